@@ -1,0 +1,257 @@
+//! `ProxyError`: the DESIGN status table as one enum.
+//!
+//! Every error the proxy itself answers with is a variant here; `status()`,
+//! `proxy_status()` and `retry_after()` turn it into the response that
+//! `http::response::write_error` writes. No I/O happens in this module.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Which upstream phase ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// Resolving or connecting to the origin.
+    Connect,
+    /// Waiting for the response head, or silence while a body streams.
+    Response,
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Connect => "connecting",
+            TimeoutPhase::Response => "waiting for the response",
+        })
+    }
+}
+
+/// Everything that makes the proxy answer a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request head or body framing could not be parsed.
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    /// An origin-form target that is not one of the proxy's own endpoints.
+    #[error("{0} is not a proxy endpoint; send an absolute URL (GET http://host/path)")]
+    NotProxyEndpoint(String),
+    /// The request head grew past `max_header_bytes` (or had too many header lines).
+    #[error("request head over {limit} bytes")]
+    HeadTooLarge { limit: usize },
+    /// The request target is longer than `max_url_bytes`.
+    #[error("request target over {limit} bytes")]
+    UrlTooLong { limit: usize },
+    /// The whole request head did not arrive within `header_timeout`.
+    #[error("request head not complete within {}", humantime::format_duration(*.0))]
+    HeadTimeout(Duration),
+    /// The request body is larger than `max_body_bytes`.
+    #[error("request body over {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    /// A method the proxy does not forward.
+    #[error("method {0} is not supported")]
+    MethodNotSupported(String),
+    /// A URL scheme the proxy does not fetch.
+    #[error("scheme {0:?} is not supported; use http or https")]
+    SchemeNotSupported(String),
+    /// The client address is outside `allow_clients`.
+    #[error("client {addr} is not allowed to use this proxy")]
+    ClientDenied { addr: IpAddr },
+    /// The destination address is not globally routable and no `allow_dest` covers it.
+    #[error("destination {addr} is not allowed")]
+    DestinationDenied { addr: IpAddr },
+    /// The destination port is outside `dest_ports` (or `connect_ports` for CONNECT).
+    #[error("destination port {port} is not allowed")]
+    PortDenied { port: u16 },
+    /// This request already passed through this proxy (`Via`).
+    #[error("request loop detected: this request already passed through this proxy")]
+    LoopDetected,
+    /// The origin's name did not resolve.
+    #[error("could not resolve host {host:?}")]
+    DnsFailed { host: String },
+    /// The origin refused the connection.
+    #[error("connection to {authority} refused")]
+    ConnectionRefused { authority: String },
+    /// The origin could not be reached for another reason.
+    #[error("could not connect to {authority}: {reason}")]
+    ConnectFailed { authority: String, reason: String },
+    /// The origin did not answer in time.
+    #[error("upstream timed out {0}")]
+    UpstreamTimeout(TimeoutPhase),
+    /// The TLS handshake with the origin failed.
+    #[error("TLS with the origin failed: {0}")]
+    UpstreamTls(String),
+    /// The origin's response is malformed.
+    #[error("malformed upstream response: {0}")]
+    UpstreamProtocol(String),
+    /// The origin's response body is larger than `max_body_bytes`.
+    #[error("upstream response body over {limit} bytes")]
+    UpstreamBodyTooLarge { limit: u64 },
+    /// The work queue is full.
+    #[error("proxy is overloaded, retry shortly")]
+    QueueFull,
+    /// The proxy is shutting down.
+    #[error("proxy is shutting down")]
+    ShuttingDown,
+    /// A connection limit (`max_connections`, `max_conns_per_client`, `max_tunnels`) was hit.
+    #[error("too many connections ({what} limit {limit})")]
+    TooManyConnections { what: &'static str, limit: usize },
+    /// A bug or an OS failure inside the proxy.
+    #[error("internal proxy error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The HTTP status code this error is answered with.
+    pub fn status(&self) -> u16 {
+        self.classify().0
+    }
+
+    /// The RFC 9209 `Proxy-Status` error type.
+    pub fn proxy_status(&self) -> &'static str {
+        self.classify().1
+    }
+
+    /// Seconds for `Retry-After`, on the errors that have one.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            ProxyError::QueueFull
+            | ProxyError::ShuttingDown
+            | ProxyError::TooManyConnections { .. } => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection must be closed after answering (we cannot
+    /// tell where the next request would start, or the client is unwelcome).
+    pub fn closes_connection(&self) -> bool {
+        !matches!(
+            self,
+            ProxyError::NotProxyEndpoint(_)
+                | ProxyError::MethodNotSupported(_)
+                | ProxyError::SchemeNotSupported(_)
+                | ProxyError::DestinationDenied { .. }
+                | ProxyError::PortDenied { .. }
+                | ProxyError::LoopDetected
+                | ProxyError::DnsFailed { .. }
+                | ProxyError::ConnectionRefused { .. }
+                | ProxyError::ConnectFailed { .. }
+                | ProxyError::UpstreamTimeout(_)
+                | ProxyError::UpstreamTls(_)
+                | ProxyError::UpstreamProtocol(_)
+                | ProxyError::UpstreamBodyTooLarge { .. }
+        )
+    }
+
+    /// The one table: (status, Proxy-Status error type).
+    fn classify(&self) -> (u16, &'static str) {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) | NotProxyEndpoint(_) | SchemeNotSupported(_) => {
+                (400, "http_request_error")
+            }
+            ClientDenied { .. } => (403, "http_request_denied"),
+            DestinationDenied { .. } => (403, "destination_ip_prohibited"),
+            PortDenied { .. } => (403, "http_request_denied"),
+            HeadTimeout(_) => (408, "http_request_error"),
+            BodyTooLarge { .. } => (413, "http_request_error"),
+            UrlTooLong { .. } => (414, "http_request_error"),
+            HeadTooLarge { .. } => (431, "http_request_error"),
+            Internal(_) => (500, "proxy_internal_error"),
+            MethodNotSupported(_) => (501, "http_request_error"),
+            DnsFailed { .. } => (502, "dns_error"),
+            ConnectionRefused { .. } => (502, "connection_refused"),
+            ConnectFailed { .. } => (502, "destination_unavailable"),
+            UpstreamTls(_) => (502, "tls_protocol_error"),
+            UpstreamProtocol(_) => (502, "http_protocol_error"),
+            UpstreamBodyTooLarge { .. } => (502, "http_response_body_size"),
+            QueueFull | ShuttingDown | TooManyConnections { .. } => (503, "proxy_internal_error"),
+            UpstreamTimeout(TimeoutPhase::Connect) => (504, "connection_timeout"),
+            UpstreamTimeout(TimeoutPhase::Response) => (504, "http_response_timeout"),
+            LoopDetected => (508, "proxy_loop_detected"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walks DESIGN.md's status table row by row.
+    #[test]
+    fn design_table_rows_map_to_status_and_proxy_status() {
+        let loopback: IpAddr = [127, 0, 0, 1].into();
+        let rows: Vec<(ProxyError, u16, &str)> = vec![
+            (
+                ProxyError::BadRequest("x".into()),
+                400,
+                "http_request_error",
+            ),
+            (
+                ProxyError::DestinationDenied { addr: loopback },
+                403,
+                "destination_ip_prohibited",
+            ),
+            (
+                ProxyError::PortDenied { port: 25 },
+                403,
+                "http_request_denied",
+            ),
+            (
+                ProxyError::HeadTooLarge { limit: 1 },
+                431,
+                "http_request_error",
+            ),
+            (
+                ProxyError::UrlTooLong { limit: 1 },
+                414,
+                "http_request_error",
+            ),
+            (ProxyError::DnsFailed { host: "x".into() }, 502, "dns_error"),
+            (
+                ProxyError::ConnectionRefused {
+                    authority: "x".into(),
+                },
+                502,
+                "connection_refused",
+            ),
+            (
+                ProxyError::UpstreamTimeout(TimeoutPhase::Connect),
+                504,
+                "connection_timeout",
+            ),
+            (
+                ProxyError::UpstreamTimeout(TimeoutPhase::Response),
+                504,
+                "http_response_timeout",
+            ),
+            (
+                ProxyError::UpstreamBodyTooLarge { limit: 1 },
+                502,
+                "http_response_body_size",
+            ),
+            (
+                ProxyError::UpstreamProtocol("x".into()),
+                502,
+                "http_protocol_error",
+            ),
+            (ProxyError::LoopDetected, 508, "proxy_loop_detected"),
+            (ProxyError::QueueFull, 503, "proxy_internal_error"),
+            (ProxyError::ShuttingDown, 503, "proxy_internal_error"),
+        ];
+        for (err, status, token) in rows {
+            assert_eq!(err.status(), status, "{err}");
+            assert_eq!(err.proxy_status(), token, "{err}");
+        }
+    }
+
+    #[test]
+    fn only_overload_errors_carry_retry_after() {
+        assert_eq!(ProxyError::QueueFull.retry_after(), Some(1));
+        assert_eq!(ProxyError::LoopDetected.retry_after(), None);
+    }
+
+    #[test]
+    fn framing_errors_close_the_connection() {
+        assert!(ProxyError::BadRequest("x".into()).closes_connection());
+        assert!(!ProxyError::DnsFailed { host: "x".into() }.closes_connection());
+    }
+}

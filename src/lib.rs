@@ -1,0 +1,27 @@
+//! fetchproxy: a multithreaded URL-fetching HTTP/1.1 forward proxy, and a
+//! batch client that saves URLs through it.
+//!
+//! ```text
+//!  clients --> acceptor (mio readiness loop: accept, read heads, park idle
+//!              keep-alive connections, enforce header/idle timeouts)
+//!                 | bounded crossbeam channel (--queue); full => 503 at once
+//!                 v
+//!              N workers (blocking): read body, fetch upstream through one
+//!              shared ureq Agent, stream the reply, hand keep-alive
+//!              connections back to the acceptor
+//! ```
+//!
+//! Start reading at `server/worker.rs`: one connection's life, top to bottom.
+
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod logging;
+pub mod server;
+pub mod shutdown;
+pub mod upstream;

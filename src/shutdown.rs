@@ -1,0 +1,1 @@
+//! Signal handling and the draining state.
