@@ -1,1 +1,86 @@
-//! Signal handling and the draining state.
+//! Shutdown state and signals: the first SIGTERM/SIGINT starts draining and
+//! wakes the acceptor, a second one asks to stop now. Knows nothing of HTTP;
+//! only this module knows how the acceptor is woken.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::thread;
+
+use mio::Waker;
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const NOW: u8 = 2;
+
+/// Shared shutdown state of one server.
+#[derive(Debug)]
+pub struct Shutdown {
+    state: AtomicU8,
+    waker: Arc<Waker>,
+}
+
+impl Shutdown {
+    /// State for a server whose acceptor is woken through `waker`.
+    pub fn new(waker: Arc<Waker>) -> Shutdown {
+        Shutdown {
+            state: AtomicU8::new(RUNNING),
+            waker,
+        }
+    }
+
+    /// Stop accepting, finish what is queued and in flight.
+    pub fn begin_drain(&self) {
+        let _ = self
+            .state
+            .compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Stop at once, cutting requests short.
+    pub fn stop_now(&self) {
+        self.state.store(NOW, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Whether draining (or stopping now) has begun.
+    pub fn is_draining(&self) -> bool {
+        self.state.load(Ordering::SeqCst) != RUNNING
+    }
+
+    /// Whether a stop-now was asked for.
+    pub fn is_stopping_now(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == NOW
+    }
+
+    /// Wakes the acceptor's readiness loop.
+    pub fn wake(&self) {
+        if let Err(err) = self.waker.wake() {
+            log::error!("cannot wake the acceptor: {err}");
+        }
+    }
+}
+
+/// Starts the `signals` thread: the first SIGTERM/SIGINT begins draining,
+/// the second stops now.
+///
+/// # Errors
+/// When the handlers cannot be registered or the thread cannot start.
+pub fn install_signals(shutdown: Arc<Shutdown>) -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if shutdown.is_draining() {
+                    log::warn!("second signal ({signal}): stopping now");
+                    shutdown.stop_now();
+                    break;
+                }
+                log::info!("signal {signal}: draining; a second signal stops at once");
+                shutdown.begin_drain();
+            }
+        })?;
+    Ok(())
+}

@@ -1,6 +1,11 @@
-//! The server: wiring of acceptor, queue, workers and shutdown.
+//! The server: wiring of listeners, acceptor, queue, workers and shutdown.
+//! `start` returns a `Running` handle; `run` = start + signals + wait.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::config::ServeConfig;
+use crate::shutdown::Shutdown;
 
 /// How the server stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,18 +21,51 @@ pub enum Stopped {
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Starts the server and waits for it to stop.
+/// A started server.
+pub struct Running {
+    addrs: Vec<SocketAddr>,
+    shutdown: Arc<Shutdown>,
+}
+
+impl Running {
+    /// The bound listening addresses (ports resolved when 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The shutdown control of this server.
+    pub fn shutdown(&self) -> &Arc<Shutdown> {
+        &self.shutdown
+    }
+
+    /// Waits until the server has stopped (after `shutdown().begin_drain()`).
+    pub fn wait(self) -> Stopped {
+        todo!()
+    }
+}
+
+/// Binds the listeners and starts the acceptor and workers.
+///
+/// # Errors
+/// `StartError` when a listener or thread cannot be set up.
+pub fn start(config: ServeConfig) -> Result<Running, StartError> {
+    let _ = config;
+    todo!()
+}
+
+/// Starts the server, installs signal handlers, and waits for it to stop.
 ///
 /// # Errors
 /// `StartError` when a listener or thread cannot be set up.
 pub fn run(config: ServeConfig) -> Result<Stopped, StartError> {
-    let _ = config;
-    todo!()
+    let running = start(config)?;
+    crate::shutdown::install_signals(running.shutdown().clone())?;
+    Ok(running.wait())
 }

@@ -1,0 +1,1 @@
+//! The fetch client end to end.

@@ -1,0 +1,6 @@
+//! Integration tests: real sockets on loopback, origins the tests start, and
+//! real clients. One binary; a module per behaviour.
+
+mod support;
+
+mod client;
