@@ -1,8 +1,19 @@
 //! Logging: simplelog set up once, the access-log line, and escaping of
 //! peer-sent text. Makes no decisions about requests.
 
+use std::fmt::Write as _;
+use std::io::{LineWriter, Stderr};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use log::{LevelFilter, Log, Metadata, Record};
+use simplelog::{ConfigBuilder, ThreadLogMode, WriteLogger};
+
+/// Escaped text longer than this is cut, and `...` marks the cut.
+const MAX_ESCAPED_BYTES: usize = 4096;
+
+/// Dependency targets that log per connection; below `warn` only at `trace`.
+const NOISY_TARGETS: &[&str] = &["ureq", "ureq_proto", "rustls"];
 
 /// One finished request, as written to the access log.
 #[derive(Debug)]
@@ -21,21 +32,253 @@ pub struct AccessRecord<'a> {
 }
 
 /// Sets up simplelog on stderr at `level`. Calling it twice is harmless.
-pub fn init(level: log::LevelFilter) {
-    let _ = level;
-    todo!()
+pub fn init(level: LevelFilter) {
+    let config = ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_time_level(LevelFilter::Error)
+        .set_thread_level(LevelFilter::Error)
+        .set_thread_mode(ThreadLogMode::Names)
+        .set_target_level(LevelFilter::Error)
+        .set_location_level(LevelFilter::Off)
+        .build();
+    let noisy_level = if level == LevelFilter::Trace {
+        LevelFilter::Trace
+    } else {
+        level.min(LevelFilter::Warn)
+    };
+    let logger = TargetFilter {
+        // A LineWriter hands each finished line to stderr in one write.
+        inner: WriteLogger::new(level, config, LineWriter::new(std::io::stderr())),
+        noisy_level,
+    };
+    // A second call finds a logger already set; keeping the first is fine.
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// simplelog, with the chatty dependency targets held to `noisy_level`.
+struct TargetFilter {
+    inner: Box<WriteLogger<LineWriter<Stderr>>>,
+    noisy_level: LevelFilter,
+}
+
+impl TargetFilter {
+    fn is_noisy(target: &str) -> bool {
+        NOISY_TARGETS.iter().any(|noisy| {
+            target
+                .strip_prefix(noisy)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+    }
+}
+
+impl Log for TargetFilter {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        if Self::is_noisy(metadata.target()) && metadata.level() > self.noisy_level {
+            return false;
+        }
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
 }
 
 /// Writes the access-log line for one request at `info`, target `access`:
 /// `client method url status bytes duration_ms request_id error` with `-` for no error.
 pub fn access(record: &AccessRecord<'_>) {
-    let _ = record;
-    todo!()
+    log::info!(target: "access", "{}", access_line(record));
+}
+
+/// The text of one access-log line (see [`access`]), peer-sent fields escaped.
+pub fn access_line(record: &AccessRecord<'_>) -> String {
+    format!(
+        "{} {} {} {} {} {}ms id={} error={}",
+        record.client,
+        dash_if_empty(escape(record.method.as_bytes())),
+        dash_if_empty(escape(record.url.as_bytes())),
+        record.status,
+        record.bytes,
+        record.duration.as_millis(),
+        dash_if_empty(escape(record.request_id.as_bytes())),
+        record.error.unwrap_or("-"),
+    )
+}
+
+/// Keeps the fields of a line countable when a peer sent nothing.
+fn dash_if_empty(text: String) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text
+    }
 }
 
 /// Makes peer-sent text safe for a log line: control characters, quotes,
 /// backslashes and non-ASCII bytes become escapes; userinfo in URLs becomes `***`.
 pub fn escape(text: &[u8]) -> String {
-    let _ = text;
-    todo!()
+    let text = redact_userinfo(text);
+    let mut out = String::with_capacity(text.len().min(MAX_ESCAPED_BYTES));
+    // Where to cut if the text turns out too long: after the last whole
+    // escape that still leaves room for the `...`.
+    let mut cut = 0;
+    for &byte in text.iter() {
+        match byte {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(char::from(byte)),
+            _ => {
+                let _ = write!(out, "\\x{byte:02x}");
+            }
+        }
+        if out.len() <= MAX_ESCAPED_BYTES - 3 {
+            cut = out.len();
+        } else if out.len() > MAX_ESCAPED_BYTES {
+            out.truncate(cut);
+            out.push_str("...");
+            return out;
+        }
+    }
+    out
+}
+
+/// Replaces `user:pass@` in `scheme://user:pass@host/...` with `***@`, so
+/// credentials a client put in a URL never reach the log.
+fn redact_userinfo(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let Some(scheme_end) = text.windows(3).position(|w| w == b"://") else {
+        return text.into();
+    };
+    let start = scheme_end + 3;
+    let authority_len = text[start..]
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(text.len() - start);
+    let authority = &text[start..start + authority_len];
+    // RFC 3986 §3.2: userinfo ends at the last `@` of the authority.
+    let Some(at) = authority.iter().rposition(|&b| b == b'@') else {
+        return text.into();
+    };
+    let mut redacted = Vec::with_capacity(text.len());
+    redacted.extend_from_slice(&text[..start]);
+    redacted.extend_from_slice(b"***");
+    redacted.extend_from_slice(&text[start + at..]);
+    redacted.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_ascii_passes_through() {
+        assert_eq!(
+            escape(b"GET http://example.com/a?b=c"),
+            "GET http://example.com/a?b=c"
+        );
+    }
+
+    #[test]
+    fn control_quote_backslash_and_non_ascii_are_escaped() {
+        assert_eq!(escape(b"a\nb\rc\td"), "a\\nb\\rc\\td");
+        assert_eq!(escape(b"say \"hi\" \\ there"), "say \\\"hi\\\" \\\\ there");
+        assert_eq!(escape(b"\x00\x1b[31m\x7f"), "\\x00\\x1b[31m\\x7f");
+        assert_eq!(escape("é".as_bytes()), "\\xc3\\xa9");
+        assert_eq!(escape(b""), "");
+    }
+
+    #[test]
+    fn long_text_is_capped_with_an_ellipsis() {
+        let long = vec![b'a'; 10_000];
+        let out = escape(&long);
+        assert!(out.len() <= MAX_ESCAPED_BYTES, "{}", out.len());
+        assert!(out.ends_with("..."));
+
+        let escapes = vec![0u8; 5_000];
+        let out = escape(&escapes);
+        assert!(out.len() <= MAX_ESCAPED_BYTES);
+        assert!(out.ends_with("\\x00..."), "an escape was split");
+
+        let exact = vec![b'b'; MAX_ESCAPED_BYTES];
+        assert_eq!(escape(&exact), String::from_utf8(exact).expect("ascii"));
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            escape(b"http://alice:s3cret@example.com/path?q=1"),
+            "http://***@example.com/path?q=1"
+        );
+        assert_eq!(
+            escape(b"https://token@example.com"),
+            "https://***@example.com"
+        );
+        // The last `@` of the authority ends the userinfo.
+        assert_eq!(escape(b"http://a@b:c@host/"), "http://***@host/");
+        // An `@` after the authority is not userinfo.
+        assert_eq!(
+            escape(b"http://example.com/u@x?mail=a@b"),
+            "http://example.com/u@x?mail=a@b"
+        );
+        assert_eq!(escape(b"example.com:443"), "example.com:443");
+        // Redaction comes first, so the escaped password never shows.
+        assert_eq!(escape(b"http://u:p\n\"w@h/"), "http://***@h/");
+    }
+
+    #[test]
+    fn access_line_has_fields_in_order() {
+        let record = AccessRecord {
+            client: "127.0.0.1:5555".parse().expect("test address"),
+            method: "GET",
+            url: "http://bob:pw@example.com/\x1b",
+            status: 200,
+            bytes: 1234,
+            duration: Duration::from_millis(57),
+            request_id: "abc123",
+            error: None,
+        };
+        assert_eq!(
+            access_line(&record),
+            "127.0.0.1:5555 GET http://***@example.com/\\x1b 200 1234 57ms id=abc123 error=-"
+        );
+        let denied = AccessRecord {
+            status: 403,
+            error: Some("destination_ip_prohibited"),
+            method: "",
+            ..record
+        };
+        assert!(
+            access_line(&denied).ends_with("error=destination_ip_prohibited"),
+            "{}",
+            access_line(&denied)
+        );
+        assert!(access_line(&denied).starts_with("127.0.0.1:5555 - "));
+    }
+
+    #[test]
+    fn noisy_targets_match_whole_path_segments() {
+        assert!(TargetFilter::is_noisy("ureq"));
+        assert!(TargetFilter::is_noisy("ureq::unversioned"));
+        assert!(TargetFilter::is_noisy("rustls::client"));
+        assert!(!TargetFilter::is_noisy("ureqx"));
+        assert!(!TargetFilter::is_noisy("fetchproxy::upstream"));
+        assert!(!TargetFilter::is_noisy("access"));
+    }
+
+    #[test]
+    fn init_twice_is_harmless() {
+        // Off first, so other tests in this binary do not write to stderr.
+        init(LevelFilter::Off);
+        init(LevelFilter::Debug);
+    }
 }
