@@ -2,6 +2,23 @@
 //! listed in `Connection`, `Via` and loop detection, `Max-Forwards`, and
 //! request ids. Pure functions over names and values.
 
+/// Most `Connection` options remembered for one message; a longer list is
+/// either a mistake or an attack, and the rest are ignored.
+const MAX_CONNECTION_TOKENS: usize = 64;
+
+/// The fixed hop-by-hop set, lowercase.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// Names of the headers that must not be forwarded for one message: the
 /// fixed hop-by-hop set plus every name listed in its `Connection` headers.
 #[derive(Debug, Default)]
@@ -12,40 +29,249 @@ pub struct HopByHop {
 impl HopByHop {
     /// Collects the names listed in the message's `Connection` header values.
     pub fn from_connection<'a>(values: impl Iterator<Item = &'a [u8]>) -> Self {
-        let _ = values;
-        todo!()
+        // RFC 9110 §7.6.1: Connection = #connection-option, a token list.
+        let listed = values
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .take(MAX_CONNECTION_TOKENS)
+            .filter_map(|t| std::str::from_utf8(t).ok())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        HopByHop { listed }
     }
 
     /// Whether `name` must be dropped when forwarding (case-insensitive).
     pub fn contains(&self, name: &str) -> bool {
-        let _ = (name, &self.listed);
-        todo!()
+        is_hop_by_hop(name) || self.listed.iter().any(|l| l.eq_ignore_ascii_case(name))
     }
 }
 
 /// The fixed hop-by-hop headers (RFC 9110 §7.6.1), plus `Proxy-Connection`,
 /// `Proxy-Authorization` and `Proxy-Authenticate`, which are meant for this hop.
 pub fn is_hop_by_hop(name: &str) -> bool {
-    let _ = name;
-    todo!()
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Whether any `Via` value names `pseudonym` as a received-by entry: the
 /// request has already passed through this proxy.
 pub fn is_loop<'a>(via_values: impl Iterator<Item = &'a [u8]>, pseudonym: &str) -> bool {
-    let _ = (via_values, pseudonym);
-    todo!()
+    if pseudonym.is_empty() {
+        return false;
+    }
+    // RFC 9110 §7.6.3: Via = #( received-protocol RWS received-by [ RWS comment ] ).
+    via_values.flat_map(via_entries).any(|entry| {
+        entry
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty())
+            .nth(1)
+            .is_some_and(|by| by.eq_ignore_ascii_case(pseudonym.as_bytes()))
+    })
+}
+
+/// Splits one `Via` value at the commas that separate entries, leaving
+/// commas inside a comment (RFC 9110 §5.6.5, nested, with quoted-pairs) alone.
+fn via_entries(value: &[u8]) -> Vec<&[u8]> {
+    let mut entries = Vec::new();
+    let (mut depth, mut escaped, mut start) = (0usize, false, 0);
+    for (i, &b) in value.iter().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match b {
+            b'\\' if depth > 0 => escaped = true,
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => {
+                entries.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    entries.push(&value[start..]);
+    entries
 }
 
 /// The `Max-Forwards` value, when present and valid (RFC 9110 §7.6.2).
-pub fn max_forwards<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<u32> {
-    let _ = values;
-    todo!()
+///
+/// Only the first value counts; values too large for a `u32` saturate.
+pub fn max_forwards<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<u32> {
+    let value = values.next()?.trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u32, |n, &d| {
+        n.saturating_mul(10).saturating_add(u32::from(d - b'0'))
+    }))
 }
 
 /// Whether a client-sent `X-Request-Id` is safe to reuse: 1 to 128 bytes of
 /// `[A-Za-z0-9._:-]`.
 pub fn is_valid_request_id(value: &[u8]) -> bool {
-    let _ = value;
-    todo!()
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values<'a>(v: &'a [&'a str]) -> impl Iterator<Item = &'a [u8]> {
+        v.iter().map(|s| s.as_bytes())
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_headers_match_in_any_case() {
+        for name in [
+            "Connection",
+            "KEEP-ALIVE",
+            "proxy-connection",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+            "TE",
+            "Trailer",
+            "transfer-encoding",
+            "Upgrade",
+        ] {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "Host",
+            "Content-Length",
+            "Trailers",
+            "X-Connection",
+            "",
+            "tee",
+        ] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn connection_listed_names_are_dropped_too() {
+        let hop = HopByHop::from_connection(values(&["keep-alive, X-Secret ,, ", " x-other"]));
+        assert!(hop.contains("x-secret"));
+        assert!(hop.contains("X-OTHER"));
+        assert!(hop.contains("Keep-Alive"));
+        assert!(hop.contains("TE"));
+        assert!(!hop.contains("Host"));
+        assert!(!hop.contains(""));
+    }
+
+    #[test]
+    fn default_hop_by_hop_is_the_fixed_set() {
+        let hop = HopByHop::default();
+        assert!(hop.contains("upgrade"));
+        assert!(!hop.contains("x-secret"));
+    }
+
+    #[test]
+    fn connection_tokens_are_bounded() {
+        let many: String = (0..1000).map(|i| format!("x-{i},")).collect();
+        let hop = HopByHop::from_connection(values(&[&many]));
+        assert!(hop.contains("x-0"));
+        assert!(hop.contains("x-63"));
+        assert!(!hop.contains("x-64"));
+        assert!(!hop.contains("x-999"));
+    }
+
+    #[test]
+    fn garbage_in_connection_is_harmless() {
+        let hop = HopByHop::from_connection([&b"\xff\xfe, ok"[..]].into_iter());
+        assert!(hop.contains("ok"));
+        assert!(!hop.contains("host"));
+    }
+
+    #[test]
+    fn via_with_our_pseudonym_is_a_loop() {
+        let us = "fetchproxy";
+        assert!(is_loop(values(&["1.1 fetchproxy"]), us));
+        assert!(is_loop(values(&["1.1 FetchProxy (fetchproxy/0.1)"]), us));
+        assert!(is_loop(values(&["1.0 a, HTTP/1.1 fetchproxy"]), us));
+        assert!(is_loop(values(&["1.0 a", "1.1  fetchproxy  "]), us));
+        assert!(is_loop(values(&["1.1\tfetchproxy"]), us));
+    }
+
+    #[test]
+    fn via_without_our_pseudonym_is_not_a_loop() {
+        let us = "fetchproxy";
+        for via in [
+            "",
+            "1.1 squid",
+            "fetchproxy",
+            "fetchproxy 1.1",
+            "1.1 fetchproxy:8080",
+            "1.1 fetchproxy.example",
+            "1.1 other (via fetchproxy)",
+            "1.1 other (a, 1.1 fetchproxy)",
+            "1.1 other (a \\) , 1.1 fetchproxy)",
+            ",,, ,",
+        ] {
+            assert!(!is_loop(values(&[via]), us), "{via}");
+        }
+        assert!(!is_loop(std::iter::empty(), us));
+        assert!(!is_loop(values(&["1.1 x"]), ""));
+    }
+
+    #[test]
+    fn via_garbage_never_panics() {
+        for via in [
+            &b"((((("[..],
+            b")))),1.1 fetchproxy",
+            b"\\",
+            b"\xff\xfe 1.1",
+            b"(\\",
+        ] {
+            let _ = is_loop([via].into_iter(), "fetchproxy");
+        }
+        // An unbalanced `)` does not hide the entries that follow.
+        assert!(is_loop(
+            [&b") , 1.1 fetchproxy"[..]].into_iter(),
+            "fetchproxy"
+        ));
+    }
+
+    #[test]
+    fn max_forwards_parses_the_first_value() {
+        assert_eq!(max_forwards(values(&["0"])), Some(0));
+        assert_eq!(max_forwards(values(&[" 10 "])), Some(10));
+        assert_eq!(max_forwards(values(&["007"])), Some(7));
+        assert_eq!(max_forwards(values(&["3", "5"])), Some(3));
+        assert_eq!(max_forwards(values(&["4294967295"])), Some(u32::MAX));
+        assert_eq!(
+            max_forwards(values(&["99999999999999999999999"])),
+            Some(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn invalid_max_forwards_is_ignored() {
+        for v in ["", " ", "-1", "+1", "1.5", "0x10", "1 2", "ten", "1,2"] {
+            assert_eq!(max_forwards(values(&[v])), None, "{v:?}");
+        }
+        assert_eq!(max_forwards(std::iter::empty()), None);
+        assert_eq!(max_forwards(values(&["x", "5"])), None);
+    }
+
+    #[test]
+    fn request_ids_are_checked() {
+        for id in ["a", "req-1", "A.b_c:d-E", &"x".repeat(128)] {
+            assert!(is_valid_request_id(id.as_bytes()), "{id}");
+        }
+        for id in [
+            &b""[..],
+            &[b'x'; 129],
+            b"a b",
+            b"a\r\nX: y",
+            b"a/b",
+            b"\xc3\xa9",
+            b"a\0",
+        ] {
+            assert!(!is_valid_request_id(id), "{id:?}");
+        }
+    }
 }

@@ -4,22 +4,131 @@
 
 use crate::error::ProxyError;
 
+/// Longest `details` text in a `Proxy-Status` header, escapes included.
+const MAX_DETAILS_BYTES: usize = 256;
+
 /// The reason phrase for a status code ("" for unknown codes).
 pub fn reason_phrase(status: u16) -> &'static str {
-    let _ = status;
-    todo!()
+    // RFC 9110 §15, plus the registered extras a proxy is likely to relay.
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        102 => "Processing",
+        103 => "Early Hints",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        418 => "I'm a teapot",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => "",
+    }
 }
 
 /// Appends `HTTP/1.1 {status} {reason}\r\n` to `out`.
+///
+/// The status is written as three digits (RFC 9112 §4); CR, LF and NUL in
+/// `reason` are dropped so it cannot end the line early.
 pub fn write_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
-    let _ = (out, status, reason);
-    todo!()
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let status = status.min(999);
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    push_line_safe(out, reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends one `name: value\r\n` line to `out`.
+///
+/// CR, LF and NUL in `name` or `value` are dropped, so no caller can split
+/// the response by accident (response splitting).
 pub fn write_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    let _ = (out, name, value);
-    todo!()
+    push_line_safe(out, name.as_bytes());
+    out.extend_from_slice(b": ");
+    push_line_safe(out, value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_line_safe(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend(
+        bytes
+            .iter()
+            .copied()
+            .filter(|b| !matches!(b, b'\r' | b'\n' | 0)),
+    );
+}
+
+/// `text` as the content of an RFC 8941 §3.3.3 sf-string: printable ASCII
+/// only (others dropped), `"` and `\` escaped, at most `MAX_DETAILS_BYTES`.
+fn sf_string_content(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().filter(|c| (' '..='~').contains(c)) {
+        let escaped = matches!(c, '"' | '\\');
+        if out.len() + 1 + usize::from(escaped) > MAX_DETAILS_BYTES {
+            break;
+        }
+        if escaped {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A complete error response: status line, `Content-Type: text/plain`,
@@ -28,6 +137,201 @@ pub fn write_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// `Connection: close` when `close` is set; body is the error's message and a newline.
 /// With `head_only` the body is left out (answer to HEAD) but Content-Length kept.
 pub fn error_response(err: &ProxyError, request_id: &str, close: bool, head_only: bool) -> Vec<u8> {
-    let _ = (err, request_id, close, head_only);
-    todo!()
+    let message = err.to_string();
+    let body = format!("{message}\n");
+    let status = err.status();
+    let mut out = Vec::with_capacity(256 + 2 * body.len());
+    write_status_line(&mut out, status, reason_phrase(status));
+    write_header(&mut out, "Content-Type", b"text/plain; charset=utf-8");
+    write_header(
+        &mut out,
+        "Content-Length",
+        body.len().to_string().as_bytes(),
+    );
+    // RFC 9209 §2: the proxy's name, then its error type and details.
+    let proxy_status = format!(
+        "fetchproxy; error={}; details=\"{}\"",
+        err.proxy_status(),
+        sf_string_content(&message)
+    );
+    write_header(&mut out, "Proxy-Status", proxy_status.as_bytes());
+    if let Some(seconds) = err.retry_after() {
+        write_header(&mut out, "Retry-After", seconds.to_string().as_bytes());
+    }
+    write_header(&mut out, "X-Request-Id", request_id.as_bytes());
+    if close {
+        write_header(&mut out, "Connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::TimeoutPhase;
+
+    #[test]
+    fn reason_phrases_cover_the_common_codes() {
+        let codes = [100, 101]
+            .into_iter()
+            .chain(200..=206)
+            .chain(300..=305)
+            .chain(307..=308)
+            .chain(400..=418)
+            .chain(421..=426)
+            .chain(428..=429)
+            .chain([431, 451])
+            .chain(500..=508)
+            .chain([511]);
+        for code in codes {
+            assert!(!reason_phrase(code).is_empty(), "{code}");
+        }
+        assert_eq!(reason_phrase(200), "OK");
+        assert_eq!(reason_phrase(404), "Not Found");
+        assert_eq!(reason_phrase(431), "Request Header Fields Too Large");
+        assert_eq!(reason_phrase(508), "Loop Detected");
+        for unknown in [0, 99, 199, 299, 306, 420, 499, 599, 999, u16::MAX] {
+            assert_eq!(reason_phrase(unknown), "", "{unknown}");
+        }
+    }
+
+    #[test]
+    fn status_line_and_headers_are_written_exactly() {
+        let mut out = Vec::new();
+        write_status_line(&mut out, 204, "No Content");
+        write_status_line(&mut out, 599, "");
+        write_header(&mut out, "X-A", b"1, 2");
+        write_header(&mut out, "X-Bin", b"\xff");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 204 No Content\r\nHTTP/1.1 599 \r\nX-A: 1, 2\r\nX-Bin: \xff\r\n"
+        );
+    }
+
+    #[test]
+    fn line_breaks_cannot_be_injected() {
+        let mut out = Vec::new();
+        write_status_line(&mut out, 200, "OK\r\nX-Evil: 1");
+        write_header(&mut out, "X-A\r\n", b"a\r\nSet-Cookie: x\0");
+        assert_eq!(out, b"HTTP/1.1 200 OKX-Evil: 1\r\nX-A: aSet-Cookie: x\r\n");
+    }
+
+    #[test]
+    fn loop_error_response_has_exact_bytes() {
+        let out = error_response(&ProxyError::LoopDetected, "req-1", false, false);
+        let message = "request loop detected: this request already passed through this proxy";
+        let expected = format!(
+            "HTTP/1.1 508 Loop Detected\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\n\
+             Proxy-Status: fetchproxy; error=proxy_loop_detected; details=\"{message}\"\r\n\
+             X-Request-Id: req-1\r\n\
+             \r\n\
+             {message}\n",
+            message.len() + 1
+        );
+        assert_eq!(String::from_utf8_lossy(&out), expected);
+    }
+
+    #[test]
+    fn queue_full_response_parses_back_with_retry_after_and_close() {
+        let out = error_response(&ProxyError::QueueFull, "abc", true, false);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head_len)) = resp.parse(&out) else {
+            panic!("unparseable: {}", String::from_utf8_lossy(&out));
+        };
+        assert_eq!(resp.code, Some(503));
+        assert_eq!(resp.reason, Some("Service Unavailable"));
+        let get = |name: &str| {
+            resp.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+        };
+        let body = &out[head_len..];
+        assert_eq!(body, b"proxy is overloaded, retry shortly\n");
+        assert_eq!(
+            get("content-length"),
+            Some(body.len().to_string().as_bytes())
+        );
+        assert_eq!(get("retry-after"), Some(&b"1"[..]));
+        assert_eq!(get("connection"), Some(&b"close"[..]));
+        assert_eq!(get("x-request-id"), Some(&b"abc"[..]));
+        assert_eq!(
+            get("proxy-status"),
+            Some(&b"fetchproxy; error=proxy_internal_error; details=\"proxy is overloaded, retry shortly\""[..])
+        );
+        let names: Vec<_> = resp.headers.iter().map(|h| h.name).collect();
+        assert_eq!(
+            names,
+            [
+                "Content-Type",
+                "Content-Length",
+                "Proxy-Status",
+                "Retry-After",
+                "X-Request-Id",
+                "Connection"
+            ]
+        );
+    }
+
+    #[test]
+    fn head_only_keeps_content_length_but_drops_the_body() {
+        let err = ProxyError::UpstreamTimeout(TimeoutPhase::Response);
+        let full = error_response(&err, "id", false, false);
+        let head = error_response(&err, "id", false, true);
+        assert!(full.starts_with(&head));
+        assert!(head.ends_with(b"\r\n\r\n"));
+        let body = &full[head.len()..];
+        assert_eq!(body, format!("{err}\n").as_bytes());
+        let length = format!("Content-Length: {}\r\n", body.len());
+        assert!(head.windows(length.len()).any(|w| w == length.as_bytes()));
+        assert!(!head.windows(10).any(|w| w == b"Connection"));
+    }
+
+    #[test]
+    fn details_are_escaped_and_capped() {
+        assert_eq!(sf_string_content(r#"a "b" \c"#), r#"a \"b\" \\c"#);
+        assert_eq!(sf_string_content("caf\u{e9}\t\n!"), "caf!");
+        let long = "\"".repeat(1000);
+        let capped = sf_string_content(&long);
+        assert_eq!(capped.len(), MAX_DETAILS_BYTES);
+        assert_eq!(capped, "\\\"".repeat(MAX_DETAILS_BYTES / 2));
+        assert_eq!(
+            sf_string_content(&"x".repeat(1000)).len(),
+            MAX_DETAILS_BYTES
+        );
+    }
+
+    #[test]
+    fn peer_text_in_an_error_stays_a_valid_header() {
+        let err = ProxyError::DnsFailed {
+            host: "evil\"\r\nX-Injected: 1\\".into(),
+        };
+        let out = error_response(&err, "id", true, false);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        assert!(matches!(
+            resp.parse(&out),
+            Ok(httparse::Status::Complete(_))
+        ));
+        assert!(!resp.headers.iter().any(|h| h.name == "X-Injected"));
+        let status = resp
+            .headers
+            .iter()
+            .find(|h| h.name == "Proxy-Status")
+            .map(|h| h.value)
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(status);
+        assert!(
+            text.starts_with("fetchproxy; error=dns_error; details=\""),
+            "{text}"
+        );
+        assert!(text.ends_with('"'), "{text}");
+    }
 }
