@@ -1,1 +1,238 @@
-//! The shared ureq Agent.
+//! The upstream side: one shared `ureq::Agent` (pooled connections, no
+//! redirects, statuses passed through, bodies untouched), a resolver that
+//! checks every resolved address against the destination policy, and the
+//! mapping of `ureq::Error` to `ProxyError`. Never sees the client socket.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use ureq::config::AutoHeaderValue;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+use crate::access;
+use crate::config::ServeConfig;
+use crate::error::{ProxyError, TimeoutPhase};
+
+/// Bytes ureq buffers per upstream connection for reading responses.
+const INPUT_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes ureq buffers per upstream connection for writing requests.
+const OUTPUT_BUFFER_BYTES: usize = 16 * 1024;
+/// How many resolved addresses ureq accepts from a resolver.
+const MAX_RESOLVED: usize = 16;
+
+/// Builds the one agent all workers share.
+pub fn agent(config: &ServeConfig) -> ureq::Agent {
+    let workers = config.workers.get();
+    let agent_config = ureq::Agent::config_builder()
+        // A proxy passes redirects and error statuses back; it follows nothing.
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .http_status_as_error(false)
+        // Never pick up HTTP_PROXY from the environment: we are the proxy.
+        .proxy(None)
+        // Forward exactly what the client sent: no headers of our own, no
+        // Accept-Encoding (so no decompression either).
+        .user_agent(AutoHeaderValue::None)
+        .accept(AutoHeaderValue::None)
+        .accept_encoding(AutoHeaderValue::None)
+        .allow_non_standard_methods(true)
+        .timeout_connect(Some(config.connect_timeout))
+        .timeout_send_request(Some(config.upstream_timeout))
+        .timeout_recv_response(Some(config.upstream_timeout))
+        // The body has no total limit, only a limit on silence.
+        .timeout_per_read(Some(config.upstream_timeout))
+        .timeout_per_write(Some(config.upstream_timeout))
+        .max_response_header_size(config.max_header_bytes)
+        .input_buffer_size(INPUT_BUFFER_BYTES)
+        .output_buffer_size(OUTPUT_BUFFER_BYTES)
+        .max_idle_connections(workers * 4)
+        .max_idle_connections_per_host(workers)
+        .max_idle_age(config.idle_timeout)
+        .build();
+    let resolver = CheckingResolver {
+        allow_dest: Arc::new(config.allow_dest.clone()),
+    };
+    ureq::Agent::with_parts(agent_config, DefaultConnector::new(), resolver)
+}
+
+/// Resolves names with the system resolver (IP literals without it), then
+/// keeps only the addresses the destination policy allows. Because ureq
+/// connects to exactly these addresses, DNS rebinding cannot slip past the check.
+#[derive(Debug)]
+struct CheckingResolver {
+    allow_dest: Arc<Vec<IpNet>>,
+}
+
+impl Resolver for CheckingResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        _config: &ureq::config::Config,
+        _timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().unwrap_or_default();
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        let resolved = resolve(host, port).map_err(|err| ureq::Error::Other(Box::new(err)))?;
+        let mut allowed = self.empty();
+        let mut first_denied = None;
+        for addr in resolved {
+            if access::allows_destination(addr.ip(), &self.allow_dest) {
+                if allowed.len() < MAX_RESOLVED {
+                    allowed.push(addr);
+                }
+            } else {
+                first_denied.get_or_insert(addr.ip());
+            }
+        }
+        match first_denied {
+            Some(addr) if allowed.is_empty() => Err(ureq::Error::Other(Box::new(
+                ProxyError::DestinationDenied { addr },
+            ))),
+            _ => Ok(allowed),
+        }
+    }
+}
+
+/// Resolves `host` (a name, or an IP literal in any spelling the system
+/// accepts, such as `127.1`) to socket addresses.
+///
+/// # Errors
+/// `DnsFailed` when the name does not resolve to any address.
+pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ProxyError> {
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let dns_failed = || ProxyError::DnsFailed {
+        host: host.to_string(),
+    };
+    let addrs: Vec<SocketAddr> = (literal, port)
+        .to_socket_addrs()
+        .map_err(|_| dns_failed())?
+        .collect();
+    if addrs.is_empty() {
+        Err(dns_failed())
+    } else {
+        Ok(addrs)
+    }
+}
+
+/// Turns a ureq failure into the error the client is answered with.
+pub fn map_error(err: ureq::Error, authority: &str) -> ProxyError {
+    use ureq::Error as E;
+    match err {
+        E::Other(inner) => match inner.downcast::<ProxyError>() {
+            Ok(proxy_error) => *proxy_error,
+            Err(other) => ProxyError::UpstreamProtocol(other.to_string()),
+        },
+        E::HostNotFound => ProxyError::DnsFailed {
+            host: authority.to_string(),
+        },
+        E::Timeout(timeout) => ProxyError::UpstreamTimeout(timeout_phase(timeout)),
+        E::Io(io_err) => map_io_error(io_err, authority),
+        E::ConnectionFailed => ProxyError::ConnectFailed {
+            authority: authority.to_string(),
+            reason: "connection failed".into(),
+        },
+        E::BodyExceedsLimit(limit) => ProxyError::UpstreamBodyTooLarge { limit },
+        E::LargeResponseHeader(_, limit) => {
+            ProxyError::UpstreamProtocol(format!("response head over {limit} bytes"))
+        }
+        E::Tls(reason) => ProxyError::UpstreamTls(reason.to_string()),
+        E::Rustls(tls_err) => ProxyError::UpstreamTls(tls_err.to_string()),
+        E::Protocol(proto) => ProxyError::UpstreamProtocol(proto.to_string()),
+        E::BadUri(uri) => ProxyError::BadRequest(format!("bad URL {uri:?}")),
+        E::Http(http_err) => ProxyError::BadRequest(http_err.to_string()),
+        other => ProxyError::UpstreamProtocol(other.to_string()),
+    }
+}
+
+/// Turns an I/O error while talking to the origin into the client's answer.
+pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => ProxyError::ConnectionRefused {
+            authority: authority.to_string(),
+        },
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+            ProxyError::UpstreamTimeout(TimeoutPhase::Response)
+        }
+        io::ErrorKind::FileTooLarge => ProxyError::UpstreamBodyTooLarge { limit: 0 },
+        _ => match err.downcast::<ureq::Error>() {
+            Ok(ureq_err) => map_error(ureq_err, authority),
+            Err(err) => ProxyError::ConnectFailed {
+                authority: authority.to_string(),
+                reason: err.to_string(),
+            },
+        },
+    }
+}
+
+fn timeout_phase(timeout: ureq::Timeout) -> TimeoutPhase {
+    match timeout {
+        ureq::Timeout::Resolve | ureq::Timeout::Connect => TimeoutPhase::Connect,
+        _ => TimeoutPhase::Response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_literals_resolve_without_dns() {
+        assert_eq!(
+            resolve("127.0.0.1", 80).expect("literal"),
+            vec!["127.0.0.1:80".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("[::1]", 443).expect("literal"),
+            vec!["[::1]:443".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn other_spellings_of_loopback_resolve_to_loopback() {
+        // The system resolver (inet_aton) reads these as IPv4 addresses; the
+        // policy then judges the address, whatever the spelling.
+        for spelling in ["127.1", "2130706433", "0x7f.1"] {
+            let addrs = resolve(spelling, 80).expect(spelling);
+            assert!(
+                addrs.iter().all(|a| a.ip().is_loopback()),
+                "{spelling}: {addrs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reserved_invalid_names_fail_as_dns_errors() {
+        let err = resolve("nothing.invalid", 80).expect_err("RFC 6761 .invalid never resolves");
+        assert_eq!(err.proxy_status(), "dns_error");
+    }
+
+    #[test]
+    fn refused_connections_map_to_connection_refused() {
+        let err = map_io_error(io::Error::from(io::ErrorKind::ConnectionRefused), "a:1");
+        assert_eq!(
+            (err.status(), err.proxy_status()),
+            (502, "connection_refused")
+        );
+    }
+
+    #[test]
+    fn connect_timeouts_are_told_apart_from_response_timeouts() {
+        let connect = map_error(ureq::Error::Timeout(ureq::Timeout::Connect), "a:1");
+        let response = map_error(ureq::Error::Timeout(ureq::Timeout::RecvResponse), "a:1");
+        assert_eq!(connect.proxy_status(), "connection_timeout");
+        assert_eq!(response.proxy_status(), "http_response_timeout");
+    }
+}

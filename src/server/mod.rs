@@ -1,11 +1,29 @@
-//! The server: wiring of listeners, acceptor, queue, workers and shutdown.
-//! `start` returns a `Running` handle; `run` = start + signals + wait.
+//! The server: wiring of listeners, acceptor, queue, workers, tunnel relay
+//! and shutdown. `start` returns a `Running` handle; `run` = start + signals
+//! + wait. Nothing here touches a request.
 
-use std::net::SocketAddr;
+mod acceptor;
+mod conn;
+mod forward;
+mod pool;
+mod request_id;
+mod tunnel;
+mod worker;
+
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use mio::{Poll, Waker};
 
 use crate::config::ServeConfig;
 use crate::shutdown::Shutdown;
+use acceptor::{Acceptor, Handback};
+use conn::ConnLimits;
+use pool::Pool;
+use request_id::RequestIds;
+use worker::Context;
 
 /// How the server stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +42,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "open-files limit {limit} is too low for max_connections = {max_connections}; raise it (ulimit -n) or lower max_connections"
+    )]
+    FileLimit { limit: u64, max_connections: usize },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -32,6 +54,10 @@ pub enum StartError {
 pub struct Running {
     addrs: Vec<SocketAddr>,
     shutdown: Arc<Shutdown>,
+    grace: std::time::Duration,
+    acceptor: JoinHandle<()>,
+    relay: JoinHandle<()>,
+    pool: Pool,
 }
 
 impl Running {
@@ -45,19 +71,94 @@ impl Running {
         &self.shutdown
     }
 
-    /// Waits until the server has stopped (after `shutdown().begin_drain()`).
+    /// Waits until the server has stopped: the acceptor returns once draining
+    /// began, then the workers get until the grace deadline to finish.
     pub fn wait(self) -> Stopped {
-        todo!()
+        let _ = self.acceptor.join();
+        let deadline = Instant::now() + self.grace;
+        let shutdown = self.shutdown.clone();
+        let finished = self.pool.join(deadline, || shutdown.is_stopping_now());
+        let cut_short = !finished || self.shutdown.is_stopping_now();
+        if cut_short {
+            // Tunnels still open are cut too.
+            self.shutdown.stop_now();
+        }
+        let _ = self.relay.join();
+        if cut_short {
+            log::warn!("stopped: requests were cut short");
+            Stopped::CutShort
+        } else {
+            log::info!("stopped");
+            Stopped::Clean
+        }
     }
 }
 
-/// Binds the listeners and starts the acceptor and workers.
+/// Binds the listeners and starts the acceptor, the workers and the relay.
 ///
 /// # Errors
 /// `StartError` when a listener or thread cannot be set up.
 pub fn start(config: ServeConfig) -> Result<Running, StartError> {
-    let _ = config;
-    todo!()
+    raise_file_limit(config.max_connections)?;
+    let mut listeners = Vec::with_capacity(config.listen.len());
+    for addr in &config.listen {
+        let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        listeners.push(listener);
+    }
+    let addrs = listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = Arc::new(config);
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), acceptor::WAKER)?);
+    let shutdown = Arc::new(Shutdown::new(waker.clone()));
+    let (handback, returns) = Handback::new(waker);
+    let (relay, relay_thread) = tunnel::spawn_relay(config.clone(), shutdown.clone())?;
+    let ids = Arc::new(RequestIds::new());
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue.get());
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        agent: crate::upstream::agent(&config),
+        shutdown: shutdown.clone(),
+        handback,
+        ids: ids.clone(),
+        relay,
+    });
+    let pool = Pool::spawn(config.workers.get(), &jobs_rx, &ctx)?;
+    drop(jobs_rx);
+    let limits = ConnLimits::new(config.max_connections, config.max_conns_per_client);
+    let acceptor = Acceptor::new(
+        poll,
+        listeners,
+        jobs_tx,
+        returns,
+        shutdown.clone(),
+        config.clone(),
+        limits,
+        ids,
+    )?;
+    let acceptor = thread::Builder::new()
+        .name("acceptor".into())
+        .spawn(move || acceptor.run())?;
+    let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    log::info!(
+        "listening on {} with {} workers, queue {}",
+        shown.join(", "),
+        config.workers,
+        config.queue
+    );
+    Ok(Running {
+        addrs,
+        shutdown,
+        grace: config.grace,
+        acceptor,
+        relay: relay_thread,
+        pool,
+    })
 }
 
 /// Starts the server, installs signal handlers, and waits for it to stop.
@@ -68,4 +169,24 @@ pub fn run(config: ServeConfig) -> Result<Stopped, StartError> {
     let running = start(config)?;
     crate::shutdown::install_signals(running.shutdown().clone())?;
     Ok(running.wait())
+}
+
+/// Raises the open-files limit to fit every client connection plus its
+/// upstream connection, as far as the hard limit allows.
+fn raise_file_limit(max_connections: usize) -> Result<(), StartError> {
+    let spare = 64;
+    let wanted = (max_connections as u64) * 2 + spare;
+    let limit = rlimit::increase_nofile_limit(wanted)?;
+    if limit < max_connections as u64 + spare {
+        return Err(StartError::FileLimit {
+            limit,
+            max_connections,
+        });
+    }
+    if limit < (max_connections as u64) * 2 {
+        log::warn!(
+            "open-files limit {limit} covers fewer than {max_connections} proxied connections"
+        );
+    }
+    Ok(())
 }

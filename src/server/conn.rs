@@ -1,0 +1,197 @@
+//! `ClientConn`: a client socket plus the bytes received from it and not yet
+//! used. The acceptor fills it without blocking while a head arrives; a
+//! worker reads bodies through it (`BufRead`), and whatever is left over (a
+//! pipelined next request) stays in it when the connection goes back.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, Read};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::ProxyError;
+
+/// Smallest read a worker makes into the buffer while reading a body.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A client connection and its unconsumed input.
+#[derive(Debug)]
+pub struct ClientConn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Counts this connection against the limits until it is dropped.
+    _slot: ConnSlot,
+}
+
+impl ClientConn {
+    /// A newly accepted connection with nothing read yet.
+    pub fn new(stream: TcpStream, peer: SocketAddr, slot: ConnSlot) -> ClientConn {
+        ClientConn {
+            stream,
+            peer,
+            buf: Vec::new(),
+            pos: 0,
+            _slot: slot,
+        }
+    }
+
+    /// Bytes received and not yet consumed.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Marks `n` pending bytes as used; frees the buffer once all are.
+    pub fn consume_pending(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+        if self.pos == self.buf.len() {
+            // An idle parked connection should hold no buffer memory.
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+
+    /// Appends bytes received elsewhere (the acceptor's scratch buffer).
+    pub fn push_received(&mut self, bytes: &[u8]) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+impl Read for ClientConn {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.buf.len() && out.len() >= READ_CHUNK {
+            // Large reads bypass the buffer.
+            return self.stream.read(out);
+        }
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ClientConn {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            self.buf.resize(READ_CHUNK, 0);
+            let n = match self.stream.read(&mut self.buf) {
+                Ok(n) => n,
+                Err(err) => {
+                    self.buf.clear();
+                    return Err(err);
+                }
+            };
+            self.buf.truncate(n);
+        }
+        Ok(&self.buf[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
+}
+
+/// Open-connection counts, total and per client address, shared by the
+/// acceptor (which admits) and whoever drops a connection (which releases).
+#[derive(Debug)]
+pub struct ConnLimits {
+    max_total: usize,
+    max_per_client: usize,
+    total: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnLimits {
+    /// Limits of `max_total` connections, `max_per_client` from one address.
+    pub fn new(max_total: usize, max_per_client: usize) -> Arc<ConnLimits> {
+        Arc::new(ConnLimits {
+            max_total,
+            max_per_client,
+            total: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a new connection from `ip`, or says which limit it is over.
+    ///
+    /// # Errors
+    /// `TooManyConnections` naming the limit.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, ProxyError> {
+        if self.total.fetch_add(1, Ordering::SeqCst) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::SeqCst);
+            return Err(ProxyError::TooManyConnections {
+                what: "max_connections",
+                limit: self.max_total,
+            });
+        }
+        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let count = per_client.entry(ip).or_insert(0);
+        if *count >= self.max_per_client {
+            drop(per_client);
+            self.total.fetch_sub(1, Ordering::SeqCst);
+            return Err(ProxyError::TooManyConnections {
+                what: "max_conns_per_client",
+                limit: self.max_per_client,
+            });
+        }
+        *count += 1;
+        Ok(ConnSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One admitted connection; dropping it gives the place back.
+#[derive(Debug)]
+pub struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut per_client = self
+            .limits
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_client.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_client.remove(&self.ip);
+            }
+        }
+        drop(per_client);
+        self.limits.total.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_per_client_and_release_on_drop() {
+        let limits = ConnLimits::new(3, 2);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let first = limits.admit(a).expect("first");
+        let _second = limits.admit(a).expect("second");
+        let err = limits.admit(a).expect_err("third from the same client");
+        assert_eq!(err.status(), 503);
+        let _third = limits.admit(b).expect("another client");
+        assert!(limits.admit(b).is_err(), "total limit");
+        drop(first);
+        assert!(limits.admit(a).is_ok(), "place given back");
+        assert_eq!(limits.total.load(Ordering::SeqCst), 3);
+    }
+}

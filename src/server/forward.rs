@@ -1,0 +1,453 @@
+//! Forwarding one absolute-form request: policy checks on the URL, the
+//! upstream request built from the client's (hop-by-hop headers out, `Via`
+//! in), the request body streamed up, and the response streamed back with
+//! framing the client can trust. A response is never made to look complete
+//! when it is not: if the upstream fails mid-body, the client connection is
+//! closed short of the declared length or without the last chunk.
+
+use std::io::{self, BufWriter, Read, Write};
+
+use ureq::SendBody;
+use ureq::http::{self, HeaderName, HeaderValue, Uri};
+
+use crate::access;
+use crate::error::ProxyError;
+use crate::http::body::{ChunkedReader, ChunkedWriter, LimitedReader};
+use crate::http::headers::{self, HopByHop};
+use crate::http::request::{BodyFraming, RequestHead, Version};
+use crate::http::response;
+use crate::server::conn::ClientConn;
+use crate::server::worker::{Context, Served};
+use crate::upstream;
+
+/// Methods forwarded upstream (DESIGN.md).
+const FORWARDED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Request headers this proxy sets itself instead of copying.
+const REPLACED_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "expect",
+    "max-forwards",
+    "x-request-id",
+    "content-length",
+];
+
+/// Forwards `head` (and its body from `conn`) and streams the answer back.
+///
+/// # Errors
+/// A `ProxyError` when nothing has been sent to the client yet; failures
+/// after the response head went out are reported in `Served` instead.
+pub fn forward(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    request_id: &str,
+    ctx: &Context,
+    buf: &mut [u8],
+) -> Result<Served, ProxyError> {
+    if !FORWARDED_METHODS.contains(&head.method.as_str()) {
+        return Err(ProxyError::MethodNotSupported(head.method.clone()));
+    }
+    let uri = target_uri(&head.target)?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    if !access::allows_port(port, &ctx.config.dest_ports) {
+        return Err(ProxyError::PortDenied { port });
+    }
+    let framing = head.body_framing()?;
+    if let (BodyFraming::Length(len), Some(limit)) = (framing, ctx.config.max_body_bytes) {
+        if len > limit {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+    }
+    // RFC 9110 §7.6.2: Max-Forwards 0 means this proxy answers OPTIONS itself.
+    let max_forwards = headers::max_forwards(head.header_values("max-forwards"));
+    if head.method == "OPTIONS" && max_forwards == Some(0) {
+        return answer_options(conn, request_id, head.keep_alive());
+    }
+    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    let mut request = http::Request::builder()
+        .method(head.method.as_str())
+        .uri(uri);
+    let request_headers = request.headers_mut().ok_or_else(|| {
+        ProxyError::BadRequest(format!("cannot forward {} {}", head.method, head.target))
+    })?;
+    copy_request_headers(head, request_headers)?;
+    if let Some(n) = max_forwards {
+        request_headers.insert("max-forwards", HeaderValue::from(n.saturating_sub(1)));
+    }
+    if let BodyFraming::Length(len) = framing {
+        request_headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    let via = format!("{} {}", version_token(head.version), ctx.config.via_name);
+    request_headers.append(http::header::VIA, header_value(via.as_bytes())?);
+    request_headers.insert("x-request-id", header_value(request_id.as_bytes())?);
+
+    if framing != BodyFraming::Empty && head.expects_continue() && head.version == Version::Http11 {
+        // We stream the body ourselves, so we answer the expectation here.
+        conn.stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(client_gone)?;
+    }
+    let mut body = ClientBody::new(conn, framing, ctx.config.max_body_bytes);
+    let result = match framing {
+        BodyFraming::Empty => ctx.agent.run(request.body(SendBody::none())?),
+        _ => ctx
+            .agent
+            .run(request.body(SendBody::from_reader(&mut body))?),
+    };
+    let body_done = body.done;
+    if let Some(err) = body.failure.take() {
+        return Err(err);
+    }
+    drop(body);
+    let response = result.map_err(|err| upstream::map_error(err, &authority))?;
+    let mut served = relay_response(conn, head, response, request_id, ctx, buf)?;
+    // A request body the origin did not wait for leaves unread bytes behind.
+    served.reusable &= body_done || framing == BodyFraming::Empty;
+    Ok(served)
+}
+
+/// Parses an absolute-form target into the URI to fetch (credentials dropped).
+fn target_uri(target: &str) -> Result<Uri, ProxyError> {
+    let uri: Uri = target
+        .parse()
+        .map_err(|err| ProxyError::BadRequest(format!("bad URL {target:?}: {err}")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(ProxyError::SchemeNotSupported(other.to_string())),
+        None => {
+            return Err(ProxyError::BadRequest(format!(
+                "URL {target:?} has no scheme"
+            )));
+        }
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(ProxyError::BadRequest(format!(
+            "URL {target:?} has no host"
+        )));
+    };
+    if authority.host().is_empty() {
+        return Err(ProxyError::BadRequest(format!(
+            "URL {target:?} has no host"
+        )));
+    }
+    if !authority.as_str().contains('@') {
+        return Ok(uri);
+    }
+    // userinfo is deprecated in http(s) URLs (RFC 9110 §4.2.4): never forwarded.
+    let host_port = authority
+        .as_str()
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut parts = uri.into_parts();
+    parts.authority = Some(
+        host_port
+            .parse()
+            .map_err(|_| ProxyError::BadRequest(format!("bad host in URL {target:?}")))?,
+    );
+    Uri::from_parts(parts).map_err(|err| ProxyError::BadRequest(format!("bad URL: {err}")))
+}
+
+/// Copies the client's end-to-end headers (RFC 9110 §7.6.1).
+fn copy_request_headers(head: &RequestHead, into: &mut http::HeaderMap) -> Result<(), ProxyError> {
+    let hop = HopByHop::from_connection(head.header_values("connection"));
+    for header in &head.headers {
+        let lower = header.name.to_ascii_lowercase();
+        if hop.contains(&lower) || REPLACED_REQUEST_HEADERS.contains(&lower.as_str()) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(lower.as_bytes())
+            .map_err(|_| ProxyError::BadRequest(format!("bad header name {:?}", header.name)))?;
+        into.append(name, header_value(&header.value)?);
+    }
+    Ok(())
+}
+
+fn header_value(bytes: &[u8]) -> Result<HeaderValue, ProxyError> {
+    HeaderValue::from_bytes(bytes).map_err(|_| ProxyError::BadRequest("bad header value".into()))
+}
+
+fn version_token(version: Version) -> &'static str {
+    match version {
+        Version::Http10 => "1.0",
+        Version::Http11 => "1.1",
+    }
+}
+
+/// Answers `OPTIONS` with `Max-Forwards: 0` on the proxy's behalf.
+fn answer_options(
+    conn: &mut ClientConn,
+    request_id: &str,
+    keep_alive: bool,
+) -> Result<Served, ProxyError> {
+    let mut out = Vec::with_capacity(256);
+    response::write_status_line(&mut out, 200, "OK");
+    response::write_header(&mut out, "Allow", FORWARDED_METHODS.join(", ").as_bytes());
+    response::write_header(&mut out, "Content-Length", b"0");
+    response::write_header(&mut out, "X-Request-Id", request_id.as_bytes());
+    if !keep_alive {
+        response::write_header(&mut out, "Connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    conn.stream.write_all(&out).map_err(client_gone)?;
+    Ok(Served {
+        status: 200,
+        bytes: 0,
+        error: None,
+        reusable: keep_alive,
+    })
+}
+
+/// How the response body is delimited towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 client and no length: the body ends when we close.
+    Close,
+}
+
+/// Writes the response head and streams the body to the client.
+fn relay_response(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    response: http::Response<ureq::Body>,
+    request_id: &str,
+    ctx: &Context,
+    buf: &mut [u8],
+) -> Result<Served, ProxyError> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status.as_u16();
+    // RFC 9110 §6.4.1: HEAD, 1xx, 204 and 304 responses have no body.
+    let bodiless = head.method == "HEAD" || status < 200 || status == 204 || status == 304;
+    let framing = if bodiless {
+        Framing::None
+    } else if let Some(len) = body.content_length() {
+        if let Some(limit) = ctx.config.max_body_bytes.filter(|limit| len > *limit) {
+            return Err(ProxyError::UpstreamBodyTooLarge { limit });
+        }
+        Framing::Length(len)
+    } else if head.version == Version::Http11 {
+        Framing::Chunked
+    } else {
+        Framing::Close
+    };
+    let keep_alive = head.keep_alive() && framing != Framing::Close && !ctx.shutdown.is_draining();
+
+    let mut out = Vec::with_capacity(1024);
+    response::write_status_line(
+        &mut out,
+        status,
+        parts.status.canonical_reason().unwrap_or(""),
+    );
+    let hop = HopByHop::from_connection(
+        parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    for (name, value) in &parts.headers {
+        let name = name.as_str();
+        // Content-Length is rewritten below from the framing actually used.
+        if hop.contains(name) || (name == "content-length" && !bodiless) || name == "x-request-id" {
+            continue;
+        }
+        response::write_header(&mut out, name, value.as_bytes());
+    }
+    match framing {
+        Framing::Length(len) => {
+            response::write_header(&mut out, "Content-Length", len.to_string().as_bytes())
+        }
+        Framing::Chunked => response::write_header(&mut out, "Transfer-Encoding", b"chunked"),
+        Framing::None | Framing::Close => {}
+    }
+    let via = format!("1.1 {}", ctx.config.via_name);
+    response::write_header(&mut out, "Via", via.as_bytes());
+    response::write_header(&mut out, "X-Request-Id", request_id.as_bytes());
+    if !keep_alive {
+        response::write_header(&mut out, "Connection", b"close");
+    } else if head.version == Version::Http10 {
+        response::write_header(&mut out, "Connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let mut client = BufWriter::with_capacity(buf.len(), &mut conn.stream);
+    client.write_all(&out).map_err(client_gone)?;
+    let mut reader = body.into_reader();
+    let limit = ctx.config.max_body_bytes.unwrap_or(u64::MAX);
+    let copied = match framing {
+        Framing::None => Ok(0),
+        Framing::Length(len) => copy_exact(&mut reader, &mut client, len, buf),
+        Framing::Close => copy_all(&mut LimitedReader::new(reader, limit), &mut client, buf),
+        Framing::Chunked => {
+            let mut chunked = ChunkedWriter::new(&mut client);
+            copy_all(&mut LimitedReader::new(reader, limit), &mut chunked, buf).and_then(|n| {
+                chunked.finish().map(|_| n).map_err(|_| Copy {
+                    sent: n,
+                    failure: None,
+                })
+            })
+        }
+    };
+    let flushed = client.flush();
+    let mut served = Served {
+        status,
+        bytes: 0,
+        error: None,
+        reusable: keep_alive,
+    };
+    match copied {
+        Ok(n) => served.bytes = n,
+        Err(Copy { sent, failure }) => {
+            // Closing now is what tells the client the body is incomplete.
+            served.bytes = sent;
+            served.reusable = false;
+            served.error =
+                failure.map(|err| upstream::map_io_error(err, "upstream").proxy_status());
+        }
+    }
+    if flushed.is_err() {
+        served.reusable = false;
+    }
+    Ok(served)
+}
+
+/// A failed body copy: bytes sent before it failed, and the upstream error
+/// (`None` when it was the client that went away).
+struct Copy {
+    sent: u64,
+    failure: Option<io::Error>,
+}
+
+/// Copies exactly `len` bytes; fewer is a failure.
+fn copy_exact(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    len: u64,
+    buf: &mut [u8],
+) -> Result<u64, Copy> {
+    let mut sent = 0;
+    while sent < len {
+        let want = buf.len().min((len - sent) as usize);
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) => {
+                let short =
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "upstream body ended early");
+                return Err(Copy {
+                    sent,
+                    failure: Some(short),
+                });
+            }
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                return Err(Copy {
+                    sent,
+                    failure: Some(err),
+                });
+            }
+        };
+        to.write_all(&buf[..n]).map_err(|_| Copy {
+            sent,
+            failure: None,
+        })?;
+        sent += n as u64;
+    }
+    Ok(sent)
+}
+
+/// Copies until the reader ends.
+fn copy_all(from: &mut impl Read, to: &mut impl Write, buf: &mut [u8]) -> Result<u64, Copy> {
+    let mut sent = 0;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(sent),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                return Err(Copy {
+                    sent,
+                    failure: Some(err),
+                });
+            }
+        };
+        to.write_all(&buf[..n]).map_err(|_| Copy {
+            sent,
+            failure: None,
+        })?;
+        sent += n as u64;
+    }
+}
+
+fn client_gone(err: io::Error) -> ProxyError {
+    ProxyError::Internal(format!("client connection failed: {err}"))
+}
+
+/// The request body as read from the client, remembering whether it was
+/// read to its end and why it failed if it did, so that a client fault is
+/// answered as one (400/413), not blamed on the upstream.
+struct ClientBody<'a> {
+    reader: Option<Box<dyn Read + 'a>>,
+    done: bool,
+    failure: Option<ProxyError>,
+}
+
+impl<'a> ClientBody<'a> {
+    fn new(conn: &'a mut ClientConn, framing: BodyFraming, limit: Option<u64>) -> ClientBody<'a> {
+        let limit = limit.unwrap_or(u64::MAX);
+        let reader: Option<Box<dyn Read + 'a>> = match framing {
+            BodyFraming::Empty => None,
+            BodyFraming::Length(len) => Some(Box::new(Read::take(conn, len))),
+            BodyFraming::Chunked => Some(Box::new(LimitedReader::new(
+                ChunkedReader::new(conn),
+                limit,
+            ))),
+        };
+        ClientBody {
+            done: reader.is_none(),
+            reader,
+            failure: None,
+        }
+    }
+}
+
+impl Read for ClientBody<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(0);
+        };
+        match reader.read(out) {
+            Ok(0) => {
+                self.done = true;
+                Ok(0)
+            }
+            Ok(n) => Ok(n),
+            Err(err) => {
+                let failure = match err.kind() {
+                    io::ErrorKind::InvalidData => {
+                        ProxyError::BadRequest(format!("bad request body: {err}"))
+                    }
+                    io::ErrorKind::FileTooLarge => ProxyError::BodyTooLarge { limit: 0 },
+                    _ => ProxyError::BadRequest(format!("request body not received: {err}")),
+                };
+                self.failure = Some(failure);
+                Err(err)
+            }
+        }
+    }
+}
+
+impl From<http::Error> for ProxyError {
+    fn from(err: http::Error) -> Self {
+        ProxyError::BadRequest(err.to_string())
+    }
+}

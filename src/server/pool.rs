@@ -1,0 +1,53 @@
+//! The worker pool: N named threads on one crossbeam `Receiver`, and the
+//! join against the grace deadline. Knows nothing of HTTP.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::server::acceptor::Job;
+use crate::server::worker::{self, Context};
+
+/// The running workers.
+pub struct Pool {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Spawns `count` workers named `worker-1`.. that serve `jobs` until the
+    /// sender is dropped and the queue is empty.
+    ///
+    /// # Errors
+    /// When a thread cannot be spawned.
+    pub fn spawn(count: usize, jobs: &Receiver<Job>, ctx: &Arc<Context>) -> io::Result<Pool> {
+        let mut handles = Vec::with_capacity(count);
+        for n in 1..=count {
+            let (jobs, ctx) = (jobs.clone(), ctx.clone());
+            let handle = thread::Builder::new()
+                // Workers copy through a 64 KiB heap buffer; the stack stays small.
+                .stack_size(256 * 1024)
+                .name(format!("worker-{n}"))
+                .spawn(move || worker::run(jobs, ctx))?;
+            handles.push(handle);
+        }
+        Ok(Pool { handles })
+    }
+
+    /// Waits for every worker to finish, until `deadline` or until
+    /// `give_up()` says to stop waiting. True when all finished.
+    pub fn join(self, deadline: Instant, give_up: impl Fn() -> bool) -> bool {
+        while Instant::now() < deadline && !give_up() {
+            if self.handles.iter().all(JoinHandle::is_finished) {
+                for handle in self.handles {
+                    let _ = handle.join();
+                }
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.handles.iter().all(JoinHandle::is_finished)
+    }
+}
