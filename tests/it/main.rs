@@ -3,4 +3,10 @@
 
 mod support;
 
+mod access;
 mod client;
+mod config;
+mod connect;
+mod forward;
+mod limits;
+mod shutdown;

@@ -1,0 +1,1 @@
+//! access behaviour end to end.

@@ -1,0 +1,1 @@
+//! config behaviour end to end.

@@ -1,0 +1,1 @@
+//! connect behaviour end to end.

@@ -1,0 +1,1 @@
+//! forward behaviour end to end.

@@ -1,0 +1,1 @@
+//! limits behaviour end to end.

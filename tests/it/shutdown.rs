@@ -1,0 +1,1 @@
+//! shutdown behaviour end to end.
