@@ -1,0 +1,321 @@
+//! Where URLs come from: command-line arguments, a file (`-` for stdin), or
+//! a prompt reading one URL a line until end of input. Yields each URL with
+//! its place (line or argument number) or an `InputError` for a bad line;
+//! blank lines and `#` comments are skipped. No network.
+
+use std::fmt;
+use std::io::{self, BufRead, Write};
+
+use url::Url;
+
+/// The longest URL accepted, in bytes (the server's default `max_url_bytes`).
+pub const MAX_URL_BYTES: usize = 8192;
+
+/// Where a URL was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// 1-based position among the URL arguments.
+    Arg(usize),
+    /// 1-based line number in the input file or prompt.
+    Line(usize),
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Arg(n) => write!(f, "argument {n}"),
+            Place::Line(n) => write!(f, "line {n}"),
+        }
+    }
+}
+
+/// What is wrong with one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadLine {
+    #[error("not a URL ({reason}): {text:?}")]
+    NotUrl { text: String, reason: String },
+    #[error("unsupported scheme {0:?}; use http or https")]
+    UnsupportedScheme(String),
+    #[error("URL over {limit} bytes ({len})")]
+    TooLong { len: usize, limit: usize },
+    #[error("credentials in URLs are not supported")]
+    Credentials,
+    #[error("not valid UTF-8")]
+    NotUtf8,
+}
+
+/// A bad line and where it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{place}: {kind}")]
+pub struct InputError {
+    pub place: Place,
+    pub kind: BadLine,
+}
+
+/// One URL to fetch, or a bad line.
+pub type Item = Result<(Place, Url), InputError>;
+
+/// Parses one line: `Ok(None)` for blank lines and comments. The fragment is
+/// dropped (it is never sent), so `page#a` and `page#b` are one URL.
+pub fn parse_line(text: &str) -> Result<Option<Url>, BadLine> {
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('#') {
+        return Ok(None);
+    }
+    let too_long = |len| BadLine::TooLong {
+        len,
+        limit: MAX_URL_BYTES,
+    };
+    if text.len() > MAX_URL_BYTES {
+        return Err(too_long(text.len()));
+    }
+    let mut url = Url::parse(text).map_err(|err| BadLine::NotUrl {
+        text: shorten(text),
+        reason: err.to_string(),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(BadLine::UnsupportedScheme(url.scheme().to_string()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(BadLine::NotUrl {
+            text: shorten(text),
+            reason: "no host".to_string(),
+        });
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // RFC 9110 §4.2.4: senders must not put userinfo in http(s) URIs.
+        return Err(BadLine::Credentials);
+    }
+    url.set_fragment(None);
+    // Percent-encoding can make the URL sent longer than the line typed.
+    if url.as_str().len() > MAX_URL_BYTES {
+        return Err(too_long(url.as_str().len()));
+    }
+    Ok(Some(url))
+}
+
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// URLs from command-line arguments.
+pub fn from_args(args: Vec<String>) -> impl Iterator<Item = Item> {
+    args.into_iter().enumerate().filter_map(|(i, text)| {
+        let place = Place::Arg(i + 1);
+        match parse_line(&text) {
+            Ok(Some(url)) => Some(Ok((place, url))),
+            Ok(None) => None,
+            Err(kind) => Some(Err(InputError { place, kind })),
+        }
+    })
+}
+
+/// URLs from a reader, one a line, read as they are needed (so a prompt's
+/// URLs are fetched while the user types). With `prompt`, `url> ` is shown
+/// on stderr before each line. A read error ends the input and is the last item.
+pub struct Lines<R> {
+    reader: R,
+    prompt: bool,
+    line: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// Reads from `reader`, showing a prompt if asked.
+    pub fn new(reader: R, prompt: bool) -> Self {
+        Lines {
+            reader,
+            prompt,
+            line: 0,
+            done: false,
+        }
+    }
+}
+
+/// What a failed read of the input turns into.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read input after line {line}: {source}")]
+pub struct ReadError {
+    pub line: usize,
+    pub source: io::Error,
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = Result<Item, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            if self.prompt {
+                let mut err = io::stderr();
+                let _ = err.write_all(b"url> ");
+                let _ = err.flush();
+            }
+            let raw = match read_line_bounded(&mut self.reader, MAX_URL_BYTES + 2) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(source) => {
+                    self.done = true;
+                    return Some(Err(ReadError {
+                        line: self.line,
+                        source,
+                    }));
+                }
+            };
+            self.line += 1;
+            let place = Place::Line(self.line);
+            let parsed = match raw {
+                Raw::Text(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => parse_line(&text),
+                    Err(_) => Err(BadLine::NotUtf8),
+                },
+                Raw::TooLong(len) => Err(BadLine::TooLong {
+                    len,
+                    limit: MAX_URL_BYTES,
+                }),
+            };
+            match parsed {
+                Ok(Some(url)) => return Some(Ok(Ok((place, url)))),
+                Ok(None) => continue,
+                Err(kind) => return Some(Ok(Err(InputError { place, kind }))),
+            }
+        }
+        None
+    }
+}
+
+enum Raw {
+    Text(Vec<u8>),
+    /// The line was longer than the limit; its length.
+    TooLong(usize),
+}
+
+/// Reads one line (without the newline) keeping at most `limit` bytes in
+/// memory; a longer line is read through and reported by length. `None` at
+/// end of input.
+fn read_line_bounded(reader: &mut impl BufRead, limit: usize) -> io::Result<Option<Raw>> {
+    let mut kept = Vec::new();
+    let mut len = 0usize;
+    let mut seen_any = false;
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if buf.is_empty() {
+            if !seen_any {
+                return Ok(None);
+            }
+            break;
+        }
+        seen_any = true;
+        let (take, end) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if len + take <= limit {
+            kept.extend_from_slice(&buf[..take]);
+        }
+        len += take;
+        reader.consume(take + usize::from(end));
+        if end {
+            break;
+        }
+    }
+    Ok(Some(if len > limit {
+        Raw::TooLong(len)
+    } else {
+        Raw::Text(kept)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(text: &[u8]) -> Vec<Item> {
+        Lines::new(text, false)
+            .map(|r| r.expect("in-memory reads do not fail"))
+            .collect()
+    }
+
+    #[test]
+    fn blank_lines_and_comments_are_skipped_and_lines_numbered() {
+        let items = read_all(b"# list\n\nhttp://a.example/\n   \n  https://b.example/x?q=1  \r\n");
+        let got: Vec<(Place, String)> = items
+            .into_iter()
+            .map(|i| i.expect("good line"))
+            .map(|(p, u)| (p, u.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Place::Line(3), "http://a.example/".to_string()),
+                (Place::Line(5), "https://b.example/x?q=1".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_their_line_number() {
+        let long = format!("http://a.example/{}\n", "x".repeat(MAX_URL_BYTES));
+        let mut text = b"ftp://a.example/f\nnot a url\n".to_vec();
+        text.extend_from_slice(long.as_bytes());
+        text.extend_from_slice(b"\xff\xfe\nhttp://user:pw@a.example/\nhttp://ok.example/");
+        let items = read_all(&text);
+        let errs: Vec<String> = items
+            .iter()
+            .filter_map(|i| i.as_ref().err())
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errs.len(), 5, "{errs:?}");
+        assert!(
+            errs[0].starts_with("line 1: unsupported scheme \"ftp\""),
+            "{errs:?}"
+        );
+        assert!(errs[1].starts_with("line 2: not a URL"), "{errs:?}");
+        assert!(
+            errs[2].starts_with("line 3: URL over 8192 bytes"),
+            "{errs:?}"
+        );
+        assert_eq!(errs[3], "line 4: not valid UTF-8");
+        assert_eq!(errs[4], "line 5: credentials in URLs are not supported");
+        assert!(matches!(items.last(), Some(Ok((Place::Line(6), _)))));
+    }
+
+    #[test]
+    fn a_line_exactly_at_the_limit_is_accepted() {
+        let prefix = "http://a.example/";
+        let url = format!("{prefix}{}", "x".repeat(MAX_URL_BYTES - prefix.len()));
+        assert!(parse_line(&url).expect("fits").is_some());
+        let over = format!("{url}x");
+        assert!(matches!(parse_line(&over), Err(BadLine::TooLong { .. })));
+    }
+
+    #[test]
+    fn fragments_are_dropped() {
+        let url = parse_line("http://a.example/p#sec")
+            .expect("ok")
+            .expect("url");
+        assert_eq!(url.as_str(), "http://a.example/p");
+    }
+
+    #[test]
+    fn arguments_are_numbered_by_position() {
+        let items: Vec<Item> =
+            from_args(vec!["http://a.example/".into(), "mailto:x@y".into()]).collect();
+        assert!(matches!(items[0], Ok((Place::Arg(1), _))));
+        let err = items[1].as_ref().expect_err("bad");
+        assert_eq!(err.place, Place::Arg(2));
+        assert!(
+            err.to_string()
+                .starts_with("argument 2: unsupported scheme")
+        );
+    }
+}

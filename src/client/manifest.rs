@@ -1,0 +1,180 @@
+//! `manifest.jsonl`: one JSON object per finished URL, appended and flushed
+//! as each one finishes, and read back at the start of a run so a re-run
+//! can skip what is already there. Records; decides nothing.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest's file name in the out-dir.
+pub const MANIFEST_NAME: &str = "manifest.jsonl";
+
+/// One line of the manifest: what became of one URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The URL as given (normalised), before redirects.
+    pub url: String,
+    /// The file name in the out-dir; `None` on failure.
+    pub file: Option<String>,
+    /// The final HTTP status; `None` when no response arrived.
+    pub status: Option<u16>,
+    /// Body bytes saved (0 on failure).
+    pub bytes: u64,
+    /// The final response's Content-Type.
+    pub content_type: Option<String>,
+    /// Lowercase hex SHA-256 of the saved file.
+    pub sha256: Option<String>,
+    /// Time for the URL, redirects and retries included.
+    pub elapsed_ms: u64,
+    /// The proxy's `X-Request-Id` for the final response.
+    pub request_id: Option<String>,
+    /// What went wrong; `None` on success.
+    pub error: Option<String>,
+}
+
+impl Entry {
+    /// True when the entry records a saved file.
+    pub fn is_success(&self) -> bool {
+        self.error.is_none() && self.file.is_some() && self.sha256.is_some()
+    }
+}
+
+/// Reads every well-formed line of `dir/manifest.jsonl` (none when missing).
+/// A torn last line (a run killed while writing it) is ignored.
+///
+/// # Errors
+/// The OS error when the file exists but cannot be read.
+pub fn load(dir: &Path) -> io::Result<Vec<Entry>> {
+    let file = match File::open(dir.join(MANIFEST_NAME)) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut entries = Vec::new();
+    for line in BufReader::new(file).split(b'\n') {
+        if let Ok(entry) = serde_json::from_slice::<Entry>(&line?) {
+            entries.push(entry);
+        }
+    }
+    Ok(entries)
+}
+
+/// The manifest open for appending.
+pub struct Manifest {
+    file: File,
+}
+
+impl Manifest {
+    /// Opens (or creates) `dir/manifest.jsonl` for appending. If a killed run
+    /// left a torn last line, a newline first keeps the next entry whole.
+    ///
+    /// # Errors
+    /// The OS error opening or repairing the file.
+    pub fn open(dir: &Path) -> io::Result<Manifest> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(dir.join(MANIFEST_NAME))?;
+        let len = file.metadata()?.len();
+        if len > 0 {
+            file.seek(SeekFrom::Start(len - 1))?;
+            let mut last = [0u8; 1];
+            file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+            }
+        }
+        Ok(Manifest { file })
+    }
+
+    /// Appends one entry as a line and flushes it to the OS.
+    ///
+    /// # Errors
+    /// The OS error writing (disk full, for one).
+    pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(url: &str, ok: bool) -> Entry {
+        Entry {
+            url: url.to_string(),
+            file: ok.then(|| "h.org.html".to_string()),
+            status: Some(if ok { 200 } else { 404 }),
+            bytes: if ok { 5 } else { 0 },
+            content_type: Some("text/html".to_string()),
+            sha256: ok.then(|| "ab".repeat(32)),
+            elapsed_ms: 12,
+            request_id: Some("r-1".to_string()),
+            error: (!ok).then(|| "HTTP 404 Not Found".to_string()),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_one_line_each() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut manifest = Manifest::open(dir.path()).expect("open");
+        let (a, b) = (entry("http://h.org/", true), entry("http://h.org/x", false));
+        manifest.append(&a).expect("append");
+        manifest.append(&b).expect("append");
+        assert_eq!(load(dir.path()).expect("load"), [a.clone(), b]);
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST_NAME)).expect("read");
+        assert_eq!(text.lines().count(), 2);
+        let value: serde_json::Value =
+            serde_json::from_str(text.lines().next().expect("line")).expect("json");
+        let keys: Vec<&str> = value
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in [
+            "url",
+            "file",
+            "status",
+            "bytes",
+            "content_type",
+            "sha256",
+            "elapsed_ms",
+            "request_id",
+            "error",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {text}");
+        }
+        assert_eq!(keys.len(), 9);
+        assert!(a.is_success());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_and_repaired() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let good = serde_json::to_string(&entry("http://h.org/", true)).expect("json");
+        std::fs::write(
+            dir.path().join(MANIFEST_NAME),
+            format!("{good}\n{{\"url\":\"http://h.o"),
+        )
+        .expect("write");
+        assert_eq!(load(dir.path()).expect("load").len(), 1);
+        let mut manifest = Manifest::open(dir.path()).expect("open");
+        manifest
+            .append(&entry("http://h.org/x", false))
+            .expect("append");
+        assert_eq!(load(dir.path()).expect("load").len(), 2);
+    }
+
+    #[test]
+    fn missing_manifest_is_empty() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(load(dir.path()).expect("load").is_empty());
+    }
+}

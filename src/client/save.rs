@@ -1,0 +1,413 @@
+//! Getting bodies onto disk safely: a temporary file in the out-dir (hashed
+//! while written, fsynced), renamed to its final name only when complete;
+//! the choice of that name among the batch's and the disk's (`-2`, `-3`);
+//! removal of temporary files left by interrupted or killed runs. No network.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::client::manifest::MANIFEST_NAME;
+use crate::client::naming;
+
+/// Temporary files are `.fetchproxy-tmp-<pid>-<n>`: hidden, and named after
+/// the process that owns them so the next run can tell stale ones.
+pub const TEMP_PREFIX: &str = ".fetchproxy-tmp-";
+
+/// Where temporary files are made: one per out-dir and run. Once closed (on
+/// Ctrl-C) it makes no more, so a cleanup cannot race a new file.
+pub struct Scratch {
+    dir: PathBuf,
+    pid: u32,
+    next: AtomicU64,
+    closed: Mutex<bool>,
+}
+
+impl Scratch {
+    /// Temporary files for this process in `dir`.
+    pub fn new(dir: &Path) -> Scratch {
+        Scratch {
+            dir: dir.to_path_buf(),
+            pid: std::process::id(),
+            next: AtomicU64::new(1),
+            closed: Mutex::new(false),
+        }
+    }
+
+    /// A new, empty temporary file.
+    ///
+    /// # Errors
+    /// The OS error creating it, or `Interrupted` once the scratch is closed.
+    pub fn create(&self) -> io::Result<TempFile> {
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{TEMP_PREFIX}{}-{n}", self.pid));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(TempFile {
+            path: Some(path),
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Makes no more temporary files and removes this process's; returns how
+    /// many were removed.
+    pub fn close_and_clean(&self) -> usize {
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        *closed = true;
+        let own = format!("{TEMP_PREFIX}{}-", self.pid);
+        remove_matching(&self.dir, |name| name.starts_with(&own))
+    }
+}
+
+/// A body being written: removed on drop unless `finish`ed.
+pub struct TempFile {
+    path: Option<PathBuf>,
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl TempFile {
+    /// Flushes and fsyncs the file; the result carries its hash and size.
+    ///
+    /// # Errors
+    /// The OS error from flushing or syncing (disk full shows up here too).
+    pub fn finish(mut self) -> io::Result<Finished> {
+        self.file.flush()?;
+        self.file.sync_all()?;
+        let path = self
+            .path
+            .take()
+            .expect("a TempFile has its path until finished");
+        Ok(Finished {
+            path: Some(path),
+            sha256: hex(&std::mem::take(&mut self.hasher).finalize()),
+            bytes: self.bytes,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// A complete body in its temporary file, waiting for a name; removed on
+/// drop unless committed.
+#[derive(Debug)]
+pub struct Finished {
+    path: Option<PathBuf>,
+    /// Lowercase hex SHA-256 of the body.
+    pub sha256: String,
+    /// Body length.
+    pub bytes: u64,
+}
+
+impl Finished {
+    /// Moves the file to `dir/name` and syncs the directory so the rename
+    /// survives a crash. With `replace` an existing file there is replaced;
+    /// without, a file there is never touched (`AlreadyExists`, and this
+    /// file stays ready for another name).
+    ///
+    /// # Errors
+    /// The OS error; on any but `AlreadyExists` the temporary file is removed.
+    pub fn commit(&mut self, dir: &Path, name: &str, replace: bool) -> io::Result<PathBuf> {
+        let from = self
+            .path
+            .clone()
+            .expect("a Finished has its path until committed");
+        let to = dir.join(name);
+        let moved = if replace {
+            fs::rename(&from, &to)
+        } else {
+            // A hard link fails if the name exists, atomically; the rename
+            // fallback is for file systems without links.
+            match fs::hard_link(&from, &to) {
+                Ok(()) => fs::remove_file(&from),
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Err(err),
+                Err(_) => fs::rename(&from, &to),
+            }
+        };
+        if let Err(err) = moved {
+            let _ = fs::remove_file(&from);
+            self.path = None;
+            return Err(err);
+        }
+        self.path = None;
+        // Best effort: not every platform can open a directory to sync it.
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(to)
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// The names in use: files the manifest records (with the URL they belong
+/// to) and names given in this batch. Compared case-insensitively, so a
+/// batch is also safe on case-insensitive file systems.
+pub struct Names {
+    owners: HashMap<String, String>,
+}
+
+impl Names {
+    /// Starts from the `(file, url)` pairs the manifest records.
+    pub fn new<'a>(recorded: impl Iterator<Item = (&'a str, &'a str)>) -> Names {
+        let mut owners: HashMap<String, String> = recorded
+            .map(|(file, url)| (file.to_ascii_lowercase(), url.to_string()))
+            .collect();
+        owners.insert(MANIFEST_NAME.to_string(), String::new());
+        Names { owners }
+    }
+
+    /// The name for `url`: `base`, else `base-2`, `base-3`, ... The first one
+    /// that no other URL holds and that is not on disk (`exists`); a file this
+    /// URL already owns may be replaced only when `overwrite` is set.
+    pub fn choose(
+        &mut self,
+        base: &str,
+        url: &str,
+        overwrite: bool,
+        exists: impl Fn(&str) -> bool,
+    ) -> String {
+        for n in 1u32.. {
+            let candidate = if n == 1 {
+                base.to_string()
+            } else {
+                naming::with_suffix(base, n)
+            };
+            let key = candidate.to_ascii_lowercase();
+            let owner = self.owners.get(&key);
+            if owner.is_some_and(|o| o != url) {
+                continue;
+            }
+            if exists(&candidate) && !(overwrite && owner.is_some()) {
+                continue;
+            }
+            self.owners.insert(key, url.to_string());
+            return candidate;
+        }
+        unreachable!("u32 suffixes run out only after 4 billion files with one name")
+    }
+}
+
+/// Removes temporary files left by runs that are gone (killed, crashed):
+/// those whose pid is not a live process, or, where liveness cannot be
+/// checked, those untouched for a day. Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let me = std::process::id();
+    let can_check = Path::new("/proc/self").exists();
+    remove_matching(dir, |name| {
+        let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+            return false;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        match pid {
+            Some(pid) if pid == me => false,
+            Some(pid) if can_check => !Path::new(&format!("/proc/{pid}")).exists(),
+            _ => is_older_than(&dir.join(name), Duration::from_secs(24 * 3600)),
+        }
+    })
+}
+
+fn is_older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|d| d > age)
+}
+
+fn remove_matching(dir: &Path, matches: impl Fn(&str) -> bool) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(&matches))
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// Lowercase hex SHA-256 of a file's contents.
+///
+/// # Errors
+/// The OS error reading the file.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex(&hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("read dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn finished_file_is_hashed_and_renamed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let scratch = Scratch::new(dir.path());
+        let mut temp = scratch.create().expect("create");
+        temp.write_all(b"hello").expect("write");
+        let done = temp.finish().expect("finish");
+        assert_eq!(done.bytes, 5);
+        assert_eq!(
+            done.sha256,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        let mut done = done;
+        let path = done.commit(dir.path(), "h.txt", false).expect("commit");
+        assert_eq!(fs::read(&path).expect("read"), b"hello");
+        assert_eq!(sha256_file(&path).expect("hash").len(), 64);
+        assert_eq!(temp_names(dir.path()), ["h.txt"]);
+    }
+
+    #[test]
+    fn commit_never_replaces_a_file_unless_asked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::write(dir.path().join("a.txt"), b"mine").expect("write");
+        let scratch = Scratch::new(dir.path());
+        let mut temp = scratch.create().expect("create");
+        temp.write_all(b"new").expect("write");
+        let mut done = temp.finish().expect("finish");
+        let err = done.commit(dir.path(), "a.txt", false).expect_err("taken");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(dir.path().join("a.txt")).expect("read"), b"mine");
+        done.commit(dir.path(), "a.txt", true).expect("replace");
+        assert_eq!(fs::read(dir.path().join("a.txt")).expect("read"), b"new");
+        assert_eq!(temp_names(dir.path()), ["a.txt"]);
+    }
+
+    #[test]
+    fn dropped_temp_files_leave_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let scratch = Scratch::new(dir.path());
+        let mut temp = scratch.create().expect("create");
+        temp.write_all(b"partial").expect("write");
+        drop(temp);
+        let temp = scratch.create().expect("create");
+        drop(temp.finish().expect("finish"));
+        assert!(temp_names(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn closing_the_scratch_removes_and_refuses_temp_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let scratch = Scratch::new(dir.path());
+        let temp = scratch.create().expect("create");
+        assert_eq!(scratch.close_and_clean(), 1);
+        assert!(temp_names(dir.path()).is_empty());
+        assert!(scratch.create().is_err());
+        drop(temp);
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mine = format!("{TEMP_PREFIX}{}-1", std::process::id());
+        // pid_max is at most 2^22 on Linux, so this pid is never alive.
+        let dead = format!("{TEMP_PREFIX}{}-1", 4_194_400 + 7);
+        for name in [&mine, &dead, &"keep.html".to_string()] {
+            fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        assert_eq!(remove_stale_temps(dir.path()), 1);
+        assert_eq!(temp_names(dir.path()), [mine, "keep.html".to_string()]);
+    }
+
+    #[test]
+    fn collisions_get_numbered_suffixes() {
+        let mut names = Names::new(std::iter::empty());
+        let none = |_: &str| false;
+        assert_eq!(names.choose("a.html", "u1", false, none), "a.html");
+        assert_eq!(names.choose("a.html", "u2", false, none), "a-2.html");
+        assert_eq!(names.choose("A.html", "u3", false, none), "A-3.html");
+        assert_eq!(
+            names.choose("manifest.jsonl", "u4", false, none),
+            "manifest-2.jsonl"
+        );
+    }
+
+    #[test]
+    fn unknown_files_on_disk_are_never_taken() {
+        let mut names = Names::new(std::iter::empty());
+        let on_disk = |n: &str| n == "a.html" || n == "a-2.html";
+        assert_eq!(names.choose("a.html", "u1", true, on_disk), "a-3.html");
+    }
+
+    #[test]
+    fn a_urls_own_file_is_replaced_only_with_overwrite() {
+        let on_disk = |n: &str| n == "a.html";
+        let mut names = Names::new([("a.html", "u1")].into_iter());
+        assert_eq!(names.choose("a.html", "u1", true, on_disk), "a.html");
+        let mut names = Names::new([("a.html", "u1")].into_iter());
+        assert_eq!(names.choose("a.html", "u1", false, on_disk), "a-2.html");
+        let mut names = Names::new([("a.html", "u1")].into_iter());
+        assert_eq!(names.choose("a.html", "u2", true, on_disk), "a-2.html");
+        // The URL's own recorded file is gone: its name is free for it again.
+        let mut names = Names::new([("a.html", "u1")].into_iter());
+        assert_eq!(names.choose("a.html", "u1", false, |_| false), "a.html");
+    }
+}
