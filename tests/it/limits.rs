@@ -1,1 +1,674 @@
-//! limits behaviour end to end.
+//! Limits and malformed input, end to end over raw sockets: bad request
+//! lines, oversized heads and URLs, request smuggling, pipelining, slow and
+//! idle clients, the queue, and connection limits.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::extra_limits::{
+    Exchange, Gate, Response, exchange, gated_origin, read_to_close,
+};
+use crate::support::{Origin, Proxy, Reply, read_response, wait_until};
+
+/// Time allowed for anything that is not itself the subject of a test.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// `GET http://ADDR/path HTTP/1.1` with a Host header, keep-alive.
+fn get(addr: SocketAddr, path: &str) -> String {
+    format!("GET http://{addr}{path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+}
+
+/// The exchange's only response, or a panic showing what was sent and got.
+fn only_response(sent: &[u8], got: &Exchange) -> Response {
+    let responses = got.responses();
+    assert_eq!(
+        responses.len(),
+        1,
+        "sent {:?}\ngot {:?}",
+        String::from_utf8_lossy(&sent[..sent.len().min(400)]),
+        got.text()
+    );
+    responses[0].clone()
+}
+
+/// Sends `request` and expects one error answer with `status` and a
+/// Proxy-Status naming `error`, after which the proxy closes.
+fn expect_error_and_close(proxy: &Proxy, request: &[u8], status: u16, error: &str) -> Response {
+    let got = exchange(proxy.addr, request, LIMIT);
+    let response = only_response(request, &got);
+    let shown = String::from_utf8_lossy(&request[..request.len().min(400)]).into_owned();
+    assert_eq!(
+        response.status,
+        status,
+        "sent {shown:?}\ngot {:?}",
+        got.text()
+    );
+    let proxy_status = response.header("proxy-status").unwrap_or_default();
+    assert!(
+        proxy_status.contains(&format!("error={error}")),
+        "sent {shown:?}\ngot {:?}",
+        got.text()
+    );
+    assert!(
+        response.header("x-request-id").is_some(),
+        "no X-Request-Id: {:?}",
+        got.text()
+    );
+    assert!(
+        got.closed,
+        "connection left open after {status}: sent {shown:?}"
+    );
+    response
+}
+
+/// Asserts that no request reached `origin` within a short settling time.
+fn assert_origin_untouched(origin: &Origin, sent: &[u8]) {
+    let reached = wait_until(Duration::from_millis(300), || !origin.requests().is_empty());
+    assert!(
+        !reached,
+        "sent {:?}\norigin received {:?}",
+        String::from_utf8_lossy(sent),
+        origin.requests()
+    );
+}
+
+#[test]
+fn garbage_request_line_is_answered_400_and_closed() {
+    let proxy = Proxy::start();
+    for request in [
+        &b"HELLO THERE\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"GET http://127.0.0.1/ HTTP/9.9\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        b"GET  http://127.0.0.1/ HTTP/1.1\r\n\r\n",
+    ] {
+        expect_error_and_close(&proxy, request, 400, "http_request_error");
+    }
+}
+
+#[test]
+fn oversized_head_is_answered_431() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    // 80 headers of 1000 bytes: over the default 64 KiB, under the header count.
+    let mut request = format!("GET {} HTTP/1.1\r\nHost: x\r\n", origin.url("/")).into_bytes();
+    for n in 0..80 {
+        request.extend_from_slice(format!("X-Filler-{n}: {}\r\n", "a".repeat(1000)).as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    expect_error_and_close(&proxy, &request, 431, "http_request_error");
+    assert_origin_untouched(&origin, b"(80 KB head)");
+}
+
+#[test]
+fn overlong_header_line_is_answered_431() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+        origin.url("/"),
+        "b".repeat(70 * 1024)
+    );
+    expect_error_and_close(&proxy, request.as_bytes(), 431, "http_request_error");
+    assert_origin_untouched(&origin, b"(70 KB header line)");
+}
+
+#[test]
+fn ten_thousand_headers_are_answered_431() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let mut request = format!("GET {} HTTP/1.1\r\n", origin.url("/")).into_bytes();
+    for n in 0..10_000 {
+        request.extend_from_slice(format!("h{n}:v\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    expect_error_and_close(&proxy, &request, 431, "http_request_error");
+    assert_origin_untouched(&origin, b"(10,000 headers)");
+}
+
+#[test]
+fn oversized_url_is_answered_414() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let url = origin.url(&format!("/{}", "u".repeat(9000)));
+    let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_error_and_close(&proxy, request.as_bytes(), 414, "http_request_error");
+    assert_origin_untouched(&origin, b"(9000-byte URL)");
+}
+
+#[test]
+fn oversized_url_is_answered_414_before_the_head_completes() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    // No line end at all: the proxy must not wait for one.
+    let request = format!("GET {}", origin.url(&format!("/{}", "u".repeat(10_000))));
+    expect_error_and_close(&proxy, request.as_bytes(), 414, "http_request_error");
+    assert_origin_untouched(&origin, b"(unfinished 10,000-byte URL)");
+}
+
+/// A head whose framing is a smuggling vector, followed by what a
+/// desynchronised server would read as a second request.
+fn smuggling_request(origin: &Origin, framing: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\n{framing}\r\n{body}",
+        origin.url("/upload"),
+        origin.addr
+    )
+    .into_bytes()
+}
+
+fn smuggled_tail(origin: &Origin) -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        origin.url("/smuggled"),
+        origin.addr
+    )
+}
+
+#[test]
+fn conflicting_length_and_chunked_is_rejected() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let body = format!("0\r\n\r\n{}", smuggled_tail(&origin));
+    let request = smuggling_request(
+        &origin,
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        &body,
+    );
+    expect_error_and_close(&proxy, &request, 400, "http_request_error");
+    assert_origin_untouched(&origin, &request);
+}
+
+#[test]
+fn differing_content_lengths_are_rejected() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let body = format!("hello{}", smuggled_tail(&origin));
+    for framing in [
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Content-Length: 5, 6\r\n",
+    ] {
+        let request = smuggling_request(&origin, framing, &body);
+        expect_error_and_close(&proxy, &request, 400, "http_request_error");
+        assert_origin_untouched(&origin, &request);
+    }
+}
+
+#[test]
+fn transfer_coding_other_than_chunked_alone_is_rejected() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let body = format!("0\r\n\r\n{}", smuggled_tail(&origin));
+    for framing in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: xchunked\r\n",
+    ] {
+        let request = smuggling_request(&origin, framing, &body);
+        expect_error_and_close(&proxy, &request, 400, "http_request_error");
+        assert_origin_untouched(&origin, &request);
+    }
+}
+
+/// A bad chunk size is only seen once the body streams, after the proxy
+/// may have sent the head upstream. What is guaranteed: the client is not
+/// told the request succeeded, the connection is closed (the rest of the
+/// stream is never read as a request), and the origin never receives a
+/// complete request, so neither the upload nor the smuggled tail.
+#[test]
+fn bad_chunk_size_in_request_body_is_rejected_and_nothing_smuggled() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let body = format!("zz\r\nhello\r\n0\r\n\r\n{}", smuggled_tail(&origin));
+    let request = smuggling_request(&origin, "Transfer-Encoding: chunked\r\n", &body);
+    let got = exchange(proxy.addr, &request, LIMIT);
+    let responses = got.responses();
+    let shown = String::from_utf8_lossy(&request);
+    assert!(responses.len() <= 1, "sent {shown:?}\ngot {:?}", got.text());
+    if let Some(response) = responses.first() {
+        assert_eq!(response.status, 400, "sent {shown:?}\ngot {:?}", got.text());
+        assert!(
+            response
+                .header("proxy-status")
+                .is_some_and(|v| v.contains("error=http_request_error")),
+            "got {:?}",
+            got.text()
+        );
+    }
+    assert!(got.closed, "connection left open: sent {shown:?}");
+    // The origin records a request only once its body is complete.
+    assert_origin_untouched(&origin, &request);
+}
+
+#[test]
+fn obs_fold_is_rejected() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nX-Folded: first\r\n second\r\n\r\n",
+        origin.url("/")
+    );
+    expect_error_and_close(&proxy, request.as_bytes(), 400, "http_request_error");
+    assert_origin_untouched(&origin, request.as_bytes());
+}
+
+#[test]
+fn whitespace_before_the_colon_is_rejected() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    for line in ["Transfer-Encoding : chunked", "X-Thing\t: 1"] {
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\n{line}\r\n\r\n",
+            origin.url("/")
+        );
+        expect_error_and_close(&proxy, request.as_bytes(), 400, "http_request_error");
+        assert_origin_untouched(&origin, request.as_bytes());
+    }
+}
+
+#[test]
+fn nul_bytes_in_the_head_are_rejected() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let url = origin.url("/");
+    for request in [
+        format!("GET {url} HTTP/1.1\r\nHost: x\r\nX-Nul: a\0b\r\n\r\n"),
+        format!("GET {url} HTTP/1.1\r\nHost: x\r\nX-\0Nul: ab\r\n\r\n"),
+        format!("GET {url}\0 HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ] {
+        expect_error_and_close(&proxy, request.as_bytes(), 400, "http_request_error");
+        assert_origin_untouched(&origin, request.as_bytes());
+    }
+}
+
+#[test]
+fn header_line_without_a_colon_is_rejected() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n",
+        origin.url("/")
+    );
+    expect_error_and_close(&proxy, request.as_bytes(), 400, "http_request_error");
+    assert_origin_untouched(&origin, request.as_bytes());
+}
+
+#[test]
+fn non_ascii_bytes_in_the_target_are_rejected() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::start();
+    let url = origin.url("/");
+    for tail in [&b"\xff\xfe"[..], "caf\u{e9}".as_bytes(), b"\xc3("] {
+        let mut request = format!("GET {url}").into_bytes();
+        request.extend_from_slice(tail);
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+        expect_error_and_close(&proxy, &request, 400, "http_request_error");
+        assert_origin_untouched(&origin, &request);
+    }
+}
+
+#[test]
+fn pipelined_good_requests_are_answered_until_a_bad_one_closes() {
+    let origin = Origin::start(|request| Reply::ok("text/plain", request.target.clone()));
+    let proxy = Proxy::start();
+    let mut request = get(origin.addr, "/one");
+    request += &get(origin.addr, "/two");
+    request += "BROKEN REQUEST LINE\r\n\r\n";
+    request += &get(origin.addr, "/after");
+    let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 400],
+        "sent {request:?}\ngot {:?}",
+        got.text()
+    );
+    let responses = got.responses();
+    assert_eq!(responses[0].text(), "/one");
+    assert_eq!(responses[1].text(), "/two");
+    assert!(got.closed, "connection left open after the bad request");
+    let targets: Vec<String> = origin.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/one", "/two"], "sent {request:?}");
+}
+
+#[test]
+fn pipelined_smuggling_after_a_good_request_is_rejected() {
+    let origin = Origin::start(|request| Reply::ok("text/plain", request.target.clone()));
+    let proxy = Proxy::start();
+    let mut request = get(origin.addr, "/first");
+    request += &format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        origin.url("/post")
+    );
+    request += &get(origin.addr, "/smuggled");
+    let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 400],
+        "sent {request:?}\ngot {:?}",
+        got.text()
+    );
+    assert!(got.closed, "connection left open after the bad request");
+    let targets: Vec<String> = origin.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/first"], "sent {request:?}");
+}
+
+/// Opens a connection and sends `head` one byte every 100 ms from a thread,
+/// stopping at the first write error or after `head`'s last byte.
+fn trickle(addr: SocketAddr, head: &'static [u8]) -> (TcpStream, thread::JoinHandle<usize>) {
+    let stream = TcpStream::connect(addr).expect("connect to proxy");
+    let mut writer = stream.try_clone().expect("clone socket");
+    let handle = thread::spawn(move || {
+        let mut sent = 0;
+        for byte in head {
+            if writer.write_all(&[*byte]).is_err() {
+                break;
+            }
+            sent += 1;
+            thread::sleep(Duration::from_millis(100));
+        }
+        sent
+    });
+    (stream, handle)
+}
+
+/// A head long enough that trickling it takes far longer than any test.
+const ENDLESS_HEAD: &[u8] = b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow-Loris: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// Ten clients at once, each with one request; returns each one's result.
+fn ten_clients(proxy: SocketAddr, origin: &Origin) -> Vec<Exchange> {
+    let handles: Vec<_> = (0..10)
+        .map(|n| {
+            let request = format!(
+                "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                origin.url(&format!("/client-{n}"))
+            );
+            thread::spawn(move || exchange(proxy, request.as_bytes(), LIMIT))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect()
+}
+
+fn assert_all_ok(results: &[Exchange]) {
+    for (n, got) in results.iter().enumerate() {
+        let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
+        assert_eq!(got.responses()[0].text(), "hello", "client {n}");
+    }
+}
+
+#[test]
+fn trickled_head_gets_408_after_header_timeout_while_others_are_served() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::with(|c| {
+        c.workers = 2.try_into().expect("non-zero");
+        c.header_timeout = Duration::from_secs(1);
+    });
+    let started = Instant::now();
+    let (mut slow, trickler) = trickle(proxy.addr, ENDLESS_HEAD);
+    let results = ten_clients(proxy.addr, &origin);
+    let got = read_to_close(&mut slow, LIMIT);
+    let waited = started.elapsed();
+    let sent = trickler.join().expect("trickler");
+    assert_all_ok(&results);
+    let responses = got.responses();
+    assert_eq!(
+        responses.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [408],
+        "trickled {sent} bytes, got {:?}",
+        got.text()
+    );
+    assert!(
+        responses[0]
+            .header("proxy-status")
+            .is_some_and(|v| v.contains("error=http_request_error")),
+        "got {:?}",
+        got.text()
+    );
+    assert!(got.closed, "slow connection left open");
+    // The deadline covers the whole head, however steadily it trickles in.
+    assert!(
+        waited >= Duration::from_millis(900),
+        "408 after {waited:?}, before the 1 s header_timeout"
+    );
+    assert!(sent < ENDLESS_HEAD.len(), "the whole head went through");
+}
+
+#[test]
+fn trickling_clients_hold_no_worker() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::with(|c| {
+        c.workers = 2.try_into().expect("non-zero");
+        c.header_timeout = Duration::from_secs(60);
+    });
+    // More slow clients than workers: if they held workers, nobody else would be served.
+    let slow: Vec<_> = (0..4).map(|_| trickle(proxy.addr, ENDLESS_HEAD)).collect();
+    let results = ten_clients(proxy.addr, &origin);
+    assert_all_ok(&results);
+    for (mut stream, _) in slow {
+        // Still waiting for its head: nothing was answered.
+        let got = read_to_close(&mut stream, Duration::from_millis(50));
+        assert!(
+            got.bytes.is_empty() && !got.closed,
+            "slow client answered early: {:?}",
+            got.text()
+        );
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::with(|c| c.idle_timeout = Duration::from_millis(500));
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let request = get(origin.addr, "/");
+    stream.write_all(request.as_bytes()).expect("send");
+    let (status, head, body) = read_response(&mut stream, LIMIT).expect("a response");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, b"hello");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    // The default idle_timeout (15 s) would outlast this limit.
+    let got = read_to_close(&mut stream, Duration::from_secs(10));
+    assert!(got.closed, "idle connection still open after 10 s");
+    assert!(got.bytes.is_empty(), "idle connection got {:?}", got.text());
+}
+
+#[test]
+fn full_queue_answers_503_with_retry_after_and_recovers() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, b"slow body");
+    let proxy = Proxy::with(|c| {
+        c.workers = 1.try_into().expect("non-zero");
+        c.queue = 1.try_into().expect("non-zero");
+    });
+    let addr = proxy.addr;
+    let first_request = get(origin.addr, "/first");
+    let first = thread::spawn(move || exchange(addr, first_request.as_bytes(), LIMIT));
+    // The only worker is now busy until the gate opens.
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "first request never reached the origin"
+    );
+    // Three more at once: one fits in the queue, the others are turned away.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let later: Vec<_> = (0..3)
+        .map(|n| {
+            let request = format!(
+                "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                origin.url(&format!("/later-{n}"))
+            );
+            let answered = answered.clone();
+            thread::spawn(move || {
+                let got = exchange(addr, request.as_bytes(), LIMIT);
+                answered.fetch_add(1, Ordering::SeqCst);
+                got
+            })
+        })
+        .collect();
+    let two_refused = wait_until(LIMIT, || answered.load(Ordering::SeqCst) >= 2);
+    gate.open();
+    let first = first.join().expect("first client");
+    let later: Vec<Exchange> = later
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .collect();
+    assert!(two_refused, "the queue never overflowed");
+    let first_statuses: Vec<u16> = first.responses().iter().map(|r| r.status).collect();
+    assert_eq!(first_statuses, [200], "first got {:?}", first.text());
+    let mut statuses: Vec<u16> = later
+        .iter()
+        .map(|got| got.responses().first().map_or(0, |r| r.status))
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 503, 503],
+        "got {:?}",
+        later.iter().map(Exchange::text).collect::<Vec<_>>()
+    );
+    for got in later.iter().filter(|g| g.responses()[0].status == 503) {
+        let response = &got.responses()[0];
+        assert_eq!(
+            response.header("retry-after").as_deref(),
+            Some("1"),
+            "{:?}",
+            got.text()
+        );
+        assert!(
+            response
+                .header("proxy-status")
+                .is_some_and(|v| v.contains("error=proxy_internal_error")),
+            "{:?}",
+            got.text()
+        );
+        assert!(got.closed, "503 left the connection open");
+    }
+    // Recovery: with the slow requests done, a new one is served.
+    let got = exchange(
+        addr,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.url("/recovered")
+        )
+        .as_bytes(),
+        LIMIT,
+    );
+    assert_eq!(
+        got.responses().first().map(|r| r.status),
+        Some(200),
+        "after recovery got {:?}",
+        got.text()
+    );
+}
+
+/// Opens `n` connections that send nothing yet.
+fn open_idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect()
+}
+
+/// The extra connection is refused with 503; after one of the open ones
+/// closes, a new connection is served.
+fn check_connection_limit(proxy: &Proxy, origin: &Origin, limit_name: &str) {
+    let mut open = open_idle(proxy.addr, 3);
+    let request = get(origin.addr, "/extra");
+    let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    let response = only_response(request.as_bytes(), &got);
+    assert_eq!(response.status, 503, "got {:?}", got.text());
+    assert!(
+        response
+            .header("proxy-status")
+            .is_some_and(|v| v.contains("error=proxy_internal_error")),
+        "got {:?}",
+        got.text()
+    );
+    assert!(response.text().contains(limit_name), "got {:?}", got.text());
+    assert!(got.closed, "refused connection left open");
+    assert!(
+        origin.requests().is_empty(),
+        "the refused request was forwarded"
+    );
+    // The open ones are still served.
+    let mut first = open.remove(0);
+    first
+        .write_all(get(origin.addr, "/kept").as_bytes())
+        .expect("send");
+    let (status, head, _) = read_response(&mut first, LIMIT).expect("an answer");
+    assert_eq!(status, 200, "{head}");
+    drop(first);
+    // Once the proxy notices the close, there is room again.
+    let mut last = String::new();
+    let served = wait_until(LIMIT, || {
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.url("/again")
+        );
+        let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+        last = got.text();
+        got.responses().first().is_some_and(|r| r.status == 200)
+    });
+    assert!(
+        served,
+        "no connection accepted after one closed; last got {last:?}"
+    );
+    drop(open);
+}
+
+#[test]
+fn connection_past_max_conns_per_client_gets_503_and_room_comes_back() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::with(|c| c.max_conns_per_client = 3);
+    check_connection_limit(&proxy, &origin, "max_conns_per_client");
+}
+
+#[test]
+fn connection_past_max_connections_gets_503_and_room_comes_back() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::with(|c| c.max_connections = 3);
+    check_connection_limit(&proxy, &origin, "max_connections");
+}
+
+#[test]
+fn client_that_stops_reading_does_not_block_others() {
+    let origin = Origin::start(|request| {
+        if request.target == "/huge" {
+            Reply::Huge { len: 256 << 20 }
+        } else {
+            Reply::ok("text/plain", "hello")
+        }
+    });
+    let proxy = Proxy::with(|c| c.workers = 2.try_into().expect("non-zero"));
+    let mut stuck = TcpStream::connect(proxy.addr).expect("connect");
+    stuck
+        .write_all(get(origin.addr, "/huge").as_bytes())
+        .expect("send");
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "huge request never reached the origin"
+    );
+    // The stuck client never reads; everyone else is still served.
+    for n in 0..10 {
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.url(&format!("/other-{n}"))
+        );
+        let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+        let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
+    }
+    drop(stuck);
+}
