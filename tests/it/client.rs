@@ -1,1 +1,686 @@
-//! The fetch client end to end.
+//! The fetch client end to end: the real binary, through a running proxy, to
+//! origins the tests start on 127.0.0.1. Checks files, manifest lines, stderr
+//! and exit codes; never speed.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::support::{Origin, OriginRequest, Proxy, ProxyProcess, Reply, wait_until};
+
+/// How a finished client run went.
+struct Ran {
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// Starts `fetchproxy fetch --proxy PROXY --out-dir OUT ARGS...` with stdin piped.
+fn spawn_fetch(proxy: SocketAddr, out: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
+        .args(["fetch", "--proxy", &proxy.to_string(), "--out-dir"])
+        .arg(out)
+        .args(["--timeout", "30s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fetchproxy fetch")
+}
+
+/// Waits for a client up to 60 s (killing it then), collecting its stderr.
+fn finish(mut child: Child, stdin: Option<&str>) -> Ran {
+    if let Some(text) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(text.as_bytes()).expect("write client stdin");
+    }
+    drop(child.stdin.take());
+    let mut pipe = child.stderr.take().expect("piped stderr");
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let mut code = None;
+    let exited = wait_until(Duration::from_secs(60), || match child.try_wait() {
+        Ok(Some(status)) => {
+            code = status.code();
+            true
+        }
+        _ => false,
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ran {
+        code,
+        stderr: reader.join().unwrap_or_default(),
+    }
+}
+
+fn run_fetch(proxy: SocketAddr, out: &Path, args: &[&str], stdin: Option<&str>) -> Ran {
+    finish(spawn_fetch(proxy, out, args), stdin)
+}
+
+fn write_input(dir: &Path, lines: &[String]) -> PathBuf {
+    let path = dir.join("urls.txt");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write input file");
+    path
+}
+
+fn manifest(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("manifest.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("manifest line is JSON"))
+        .collect()
+}
+
+/// The last manifest line for each URL.
+fn by_url(lines: &[Value]) -> HashMap<String, Value> {
+    lines
+        .iter()
+        .map(|v| (v["url"].as_str().expect("url").to_string(), v.clone()))
+        .collect()
+}
+
+fn files(out: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .expect("read out-dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn temp_files(out: &Path) -> Vec<String> {
+    files(out)
+        .into_iter()
+        .filter(|n| n.starts_with(".fetchproxy-tmp-"))
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every success line's file exists and has the recorded hash and size.
+fn assert_files_match_manifest(out: &Path) {
+    for line in manifest(out) {
+        if let Some(file) = line["file"].as_str() {
+            let bytes = std::fs::read(out.join(file)).expect("recorded file exists");
+            assert_eq!(
+                line["sha256"].as_str(),
+                Some(sha256_hex(&bytes).as_str()),
+                "{line}"
+            );
+            assert_eq!(line["bytes"].as_u64(), Some(bytes.len() as u64), "{line}");
+        }
+    }
+}
+
+fn count_requests(origin: &Origin, target: &str) -> usize {
+    origin
+        .requests()
+        .iter()
+        .filter(|r| r.target == target)
+        .count()
+}
+
+fn prefix(origin: &Origin) -> String {
+    format!("127.0.0.1_{}", origin.addr.port())
+}
+
+/// An origin with a few content types, a 404, redirects and a loop.
+fn site() -> Origin {
+    Origin::start(|req: &OriginRequest| match req.target.as_str() {
+        "/" => Reply::ok("text/html", "<h1>home</h1>"),
+        "/docs/intro" => Reply::ok("text/html; charset=utf-8", "<p>intro</p>"),
+        "/data" => Reply::ok("application/json", "{\"a\":1}"),
+        "/logo" => Reply::ok("image/png", vec![0x89, b'P', b'N', b'G', 0, 1, 2]),
+        "/notes.txt" => Reply::Chunked {
+            status: 200,
+            headers: vec![("Content-Type".into(), "text/plain".into())],
+            body: b"chunked notes\n".repeat(1000),
+            piece: 777,
+        },
+        "/search?q=rust" => Reply::ok("text/html", "results"),
+        "/old" => Reply::Full {
+            status: 301,
+            headers: vec![("Location".into(), "/docs/intro".into())],
+            body: b"moved".to_vec(),
+        },
+        "/loop" => Reply::Full {
+            status: 302,
+            headers: vec![("Location".into(), "/loop2".into())],
+            body: Vec::new(),
+        },
+        "/loop2" => Reply::Full {
+            status: 302,
+            headers: vec![("Location".into(), "/loop".into())],
+            body: Vec::new(),
+        },
+        _ => Reply::status(404),
+    })
+}
+
+#[test]
+fn mixed_batch_saves_good_urls_and_reports_the_rest() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let input = write_input(
+        dir.path(),
+        &[
+            "# pages to fetch".into(),
+            origin.url("/"),
+            String::new(),
+            origin.url("/docs/intro"),
+            origin.url("/data"),
+            "   ".into(),
+            origin.url("/logo"),
+            origin.url("/notes.txt"),
+            origin.url("/search?q=rust"),
+            origin.url("/data"),
+            "not a url".into(),
+            "ftp://127.0.0.1/file".into(),
+            origin.url("/missing"),
+            "http://nohost.invalid/".into(),
+            format!("http://127.0.0.1/{}", "x".repeat(9000)),
+            origin.url("/old"),
+        ],
+    );
+    let ran = run_fetch(
+        proxy.addr,
+        &out,
+        &["--input", input.to_str().expect("utf-8")],
+        None,
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+
+    let p = prefix(&origin);
+    let want = [
+        format!("{p}.html"),
+        format!("{p}_docs_intro.html"),
+        format!("{p}_data.json"),
+        format!("{p}_logo.png"),
+        format!("{p}_notes.txt"),
+    ];
+    let present = files(&out);
+    for name in &want {
+        assert!(
+            present.contains(name),
+            "{name} missing from {present:?}\n{}",
+            ran.stderr
+        );
+    }
+    let query_file = present
+        .iter()
+        .find(|n| n.starts_with(&format!("{p}_search_")) && n.ends_with(".html"))
+        .expect("file for the query URL");
+    assert_eq!(query_file.len(), format!("{p}_search_abcdef.html").len());
+    // The redirect lands on the intro page but is named after the URL given.
+    assert!(present.contains(&format!("{p}_old.html")), "{present:?}");
+    assert_eq!(
+        std::fs::read(out.join(format!("{p}_notes.txt"))).expect("notes"),
+        b"chunked notes\n".repeat(1000)
+    );
+    assert!(temp_files(&out).is_empty());
+
+    let lines = manifest(&out);
+    let urls = by_url(&lines);
+    // 7 saved, 404 and DNS failure recorded; bad lines and the repeat are not URLs to record.
+    assert_eq!(lines.len(), 9, "{lines:#?}");
+    assert_eq!(
+        count_requests(&origin, "/data"),
+        1,
+        "the repeated URL is fetched once"
+    );
+    let missing = &urls[&origin.url("/missing")];
+    assert_eq!(missing["status"], 404);
+    assert_eq!(missing["file"], Value::Null);
+    assert!(missing["error"].as_str().is_some_and(|e| e.contains("404")));
+    let dns = &urls["http://nohost.invalid/"];
+    assert_eq!(dns["status"], 502, "{dns}");
+    assert!(
+        dns["error"].as_str().is_some_and(|e| e.contains("dns")),
+        "{dns}"
+    );
+    let home = &urls[&origin.url("/")];
+    assert_eq!(home["content_type"], "text/html");
+    assert!(
+        home["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{home}"
+    );
+    assert!(home["elapsed_ms"].is_u64());
+    assert_eq!(home["error"], Value::Null);
+    assert_files_match_manifest(&out);
+
+    for line in [11, 12, 15] {
+        assert!(
+            ran.stderr.contains(&format!("line {line}:")),
+            "line {line}: {}",
+            ran.stderr
+        );
+    }
+    assert!(
+        ran.stderr.contains("unsupported scheme \"ftp\""),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr
+            .contains("fetched 7, skipped 1, failed 2 (and 3 bad input lines)"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn rerun_skips_saved_urls_and_overwrite_fetches_them_again() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let urls = [origin.url("/"), origin.url("/data")];
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+
+    let first = run_fetch(proxy.addr, dir.path(), &args, None);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let second = run_fetch(proxy.addr, dir.path(), &args, None);
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("fetched 0, skipped 2, failed 0"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(count_requests(&origin, "/"), 1);
+    assert_eq!(manifest(dir.path()).len(), 2, "skips add no lines");
+
+    // A saved file changed by hand is no longer intact: fetched again, and
+    // the changed file is kept.
+    let p = prefix(&origin);
+    std::fs::write(dir.path().join(format!("{p}_data.json")), "edited").expect("edit");
+    let third = run_fetch(proxy.addr, dir.path(), &args, None);
+    assert_eq!(third.code, Some(0), "{}", third.stderr);
+    assert_eq!(count_requests(&origin, "/data"), 2);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(format!("{p}_data.json"))).expect("kept"),
+        "edited"
+    );
+    assert!(dir.path().join(format!("{p}_data-2.json")).exists());
+
+    let mut with_overwrite = args.clone();
+    with_overwrite.push("--overwrite");
+    let fourth = run_fetch(proxy.addr, dir.path(), &with_overwrite, None);
+    assert_eq!(fourth.code, Some(0), "{}", fourth.stderr);
+    assert_eq!(count_requests(&origin, "/"), 2);
+    assert!(
+        fourth.stderr.contains("fetched 2, skipped 0"),
+        "{}",
+        fourth.stderr
+    );
+    assert_eq!(files(dir.path()).len(), 4, "{:?}", files(dir.path()));
+    assert_files_match_manifest(dir.path());
+}
+
+#[test]
+fn a_pre_existing_file_is_never_overwritten() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let taken = dir.path().join(format!("{}_data.json", prefix(&origin)));
+    std::fs::write(&taken, "my own file").expect("write");
+    let ran = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &[&origin.url("/data"), "--overwrite"],
+        None,
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&taken).expect("read"),
+        "my own file"
+    );
+    let line = &manifest(dir.path())[0];
+    assert_eq!(line["file"], format!("{}_data-2.json", prefix(&origin)));
+    assert_files_match_manifest(dir.path());
+}
+
+#[test]
+fn interactive_mode_reads_urls_from_stdin_until_end_of_input() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let typed = format!(
+        "{}\n\n# a comment\nnonsense\n{}\n",
+        origin.url("/"),
+        origin.url("/logo")
+    );
+    let ran = run_fetch(proxy.addr, dir.path(), &[], Some(&typed));
+    assert_eq!(ran.code, Some(1), "the bad line counts: {}", ran.stderr);
+    assert!(ran.stderr.contains("line 4:"), "{}", ran.stderr);
+    let p = prefix(&origin);
+    assert!(dir.path().join(format!("{p}.html")).exists());
+    assert!(dir.path().join(format!("{p}_logo.png")).exists());
+
+    // `--input -` reads stdin the same way.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &["--input", "-"],
+        Some(&format!("{}\n", origin.url("/data"))),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(manifest(dir.path()).len(), 1);
+}
+
+#[test]
+fn redirects_are_followed_and_loops_detected() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &[&origin.url("/old"), &origin.url("/loop")],
+        None,
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let urls = by_url(&manifest(dir.path()));
+    let old = &urls[&origin.url("/old")];
+    assert_eq!(old["status"], 200);
+    let saved = std::fs::read_to_string(dir.path().join(old["file"].as_str().expect("file")))
+        .expect("read");
+    assert_eq!(saved, "<p>intro</p>");
+    let looped = &urls[&origin.url("/loop")];
+    assert!(
+        looped["error"].as_str().is_some_and(|e| e.contains("loop")),
+        "{looped}"
+    );
+    // Each hop went through the proxy: the origin saw every one.
+    assert_eq!(count_requests(&origin, "/loop2"), 1);
+}
+
+#[test]
+fn a_503_is_retried_after_its_retry_after() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let origin = Origin::start(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) < 2 {
+            Reply::status(503).with_header("Retry-After", "1")
+        } else {
+            Reply::ok("text/plain", "finally")
+        }
+    });
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &[&origin.url("/flaky"), "--retries", "3"],
+        None,
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let line = &manifest(dir.path())[0];
+    assert_eq!(line["status"], 200);
+    assert!(
+        line["elapsed_ms"].as_u64().is_some_and(|ms| ms >= 2000),
+        "{line}"
+    );
+
+    // Without retries the 503 is the answer.
+    calls.store(0, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &[&origin.url("/flaky"), "--retries", "0"],
+        None,
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(manifest(dir.path())[0]["status"], 503);
+}
+
+#[test]
+fn exit_codes_are_0_1_and_2() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert_eq!(
+        run_fetch(proxy.addr, dir.path(), &[&origin.url("/")], None).code,
+        Some(0)
+    );
+    assert_eq!(
+        run_fetch(proxy.addr, dir.path(), &[&origin.url("/nope")], None).code,
+        Some(1)
+    );
+
+    let zero = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &["--concurrency", "0", &origin.url("/")],
+        None,
+    );
+    assert_eq!(zero.code, Some(2));
+    assert!(zero.stderr.contains("--concurrency"), "{}", zero.stderr);
+
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").expect("write");
+    let bad_dir = run_fetch(proxy.addr, &file.join("sub"), &[&origin.url("/")], None);
+    assert_eq!(bad_dir.code, Some(2));
+    assert!(bad_dir.stderr.contains("--out-dir"), "{}", bad_dir.stderr);
+
+    let missing = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &["--input", "/nonexistent/urls.txt"],
+        None,
+    );
+    assert_eq!(missing.code, Some(2), "{}", missing.stderr);
+
+    // Nothing listens on the proxy address: a per-URL failure, not a usage error.
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = closed.local_addr().expect("addr");
+    drop(closed);
+    let ran = run_fetch(
+        dead,
+        dir.path(),
+        &["--retries", "1", &origin.url("/data")],
+        None,
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("cannot connect to proxy"),
+        "{}",
+        ran.stderr
+    );
+}
+
+/// An origin whose first request for each connection gets a head and part
+/// of a long body, then silence until `release` is set; later requests get
+/// the whole body.
+struct StallingOrigin {
+    addr: SocketAddr,
+    release: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+}
+
+const STALL_BODY: usize = 1 << 20;
+/// Sent before the stall: enough to pass any buffer between origin and client.
+const STALL_AFTER: usize = 256 * 1024;
+
+impl StallingOrigin {
+    fn start() -> StallingOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let release = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (release.clone(), requests.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (flag, count) = (flag.clone(), count.clone());
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                    let body = vec![b'z'; STALL_BODY];
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {STALL_BODY}\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = stream.write_all(reply.as_bytes());
+                    if first {
+                        let _ = stream.write_all(&body[..STALL_AFTER]);
+                        wait_until(Duration::from_secs(60), || flag.load(Ordering::SeqCst));
+                    } else {
+                        let _ = stream.write_all(&body);
+                    }
+                });
+            }
+        });
+        StallingOrigin {
+            addr,
+            release,
+            requests,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for StallingOrigin {
+    fn drop(&mut self) {
+        self.release.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn server_killed_mid_download_leaves_no_partial_file() {
+    let origin = StallingOrigin::start();
+    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8", "--workers", "4"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = spawn_fetch(
+        proxy.addr,
+        dir.path(),
+        &["--retries", "0", &origin.url("/big")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || !temp_files(dir.path())
+            .is_empty()),
+        "download never started"
+    );
+    drop(proxy); // kills the server process
+    let ran = finish(client, None);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(
+        files(dir.path()),
+        ["manifest.jsonl"],
+        "no partial or temporary file"
+    );
+    let line = &manifest(dir.path())[0];
+    assert_eq!(line["file"], Value::Null);
+    assert!(
+        line["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{line}"
+    );
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn client_killed_mid_batch_then_rerun_fetches_only_the_missing_urls() {
+    let site = site();
+    let stall = StallingOrigin::start();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let urls = [
+        site.url("/"),
+        site.url("/data"),
+        stall.url("/big"),
+        site.url("/logo"),
+    ];
+    let input = write_input(dir.path(), &urls);
+    let out = dir.path().join("out");
+    let input_arg = input.to_str().expect("utf-8");
+    let args = ["--concurrency", "1", "--input", input_arg];
+
+    let mut child = spawn_fetch(proxy.addr, &out, &args);
+    let started = wait_until(Duration::from_secs(20), || {
+        manifest(&out).len() == 2 && out.exists() && !temp_files(&out).is_empty()
+    });
+    let _ = child.kill(); // SIGKILL: no chance to clean up
+    let _ = child.wait();
+    assert!(started, "batch did not reach the stalled download");
+    assert_eq!(
+        temp_files(&out).len(),
+        1,
+        "a killed run leaves its temporary file"
+    );
+
+    stall.release.store(true, Ordering::SeqCst);
+    let ran = run_fetch(proxy.addr, &out, &args, None);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("fetched 2, skipped 2, failed 0"),
+        "{}",
+        ran.stderr
+    );
+    assert!(temp_files(&out).is_empty(), "stale temporary file removed");
+    assert_eq!(count_requests(&site, "/"), 1);
+    assert_eq!(count_requests(&site, "/data"), 1);
+    let lines = manifest(&out);
+    assert_eq!(lines.len(), 4, "one success line per URL: {lines:#?}");
+    let recorded: Vec<&str> = lines.iter().filter_map(|l| l["url"].as_str()).collect();
+    for url in &urls {
+        assert_eq!(recorded.iter().filter(|u| *u == url).count(), 1, "{url}");
+    }
+    assert_files_match_manifest(&out);
+}
+
+#[test]
+fn ctrl_c_removes_temporary_files_and_exits_130() {
+    let stall = StallingOrigin::start();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let child = spawn_fetch(proxy.addr, dir.path(), &[&stall.url("/big")]);
+    let pid = child.id();
+    assert!(
+        wait_until(Duration::from_secs(20), || !temp_files(dir.path())
+            .is_empty()),
+        "download never started"
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let ran = finish(child, None);
+    assert_eq!(ran.code, Some(130), "{}", ran.stderr);
+    assert!(ran.stderr.contains("interrupted"), "{}", ran.stderr);
+    assert!(temp_files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+}
