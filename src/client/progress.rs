@@ -52,7 +52,7 @@ impl Progress {
         let bar = (mode == Mode::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} URLs {msg}",
+                "{spinner} [{elapsed_precise}] {bar:25} {pos}/{len} URLs {wide_msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
@@ -94,9 +94,9 @@ impl Progress {
         }
         match (&self.bar, self.mode) {
             (Some(bar), _) => {
-                bar.inc(1);
-                bar.println(line);
                 self.redraw();
+                bar.println(line);
+                bar.inc(1);
             }
             (None, Mode::Lines) => eprintln!("{line}"),
             _ => {}
@@ -110,11 +110,11 @@ impl Progress {
         }
         match &self.bar {
             Some(bar) => {
+                self.redraw();
+                bar.println(line);
                 if counts_as_url {
                     bar.inc(1);
                 }
-                bar.println(line);
-                self.redraw();
             }
             None => eprintln!("{line}"),
         }
