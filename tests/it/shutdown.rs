@@ -1,1 +1,288 @@
-//! shutdown behaviour end to end.
+//! Shutdown of the real binary by signal (sent by PID): draining, the grace
+//! period, the second signal, exit codes; and the startup and access-log lines.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crate::support::extra_limits::{Exchange, Gate, exchange, gated_origin, header_in};
+use crate::support::{Origin, ProxyProcess, wait_until};
+
+const LIMIT: Duration = Duration::from_secs(20);
+const BODY: &[u8] = b"the whole body, every byte of it\n";
+
+fn start(extra: &[&str]) -> ProxyProcess {
+    let mut args = vec!["--allow-dest", "127.0.0.0/8"];
+    args.extend_from_slice(extra);
+    ProxyProcess::start(&args)
+}
+
+/// Sends `GET url` through the proxy from a thread.
+fn request_in_background(proxy: SocketAddr, url: String) -> JoinHandle<Exchange> {
+    thread::spawn(move || {
+        let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
+        exchange(proxy, request.as_bytes(), Duration::from_secs(60))
+    })
+}
+
+fn log_of(proxy: &ProxyProcess) -> String {
+    proxy.log().join("\n")
+}
+
+fn is_refused(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err()
+}
+
+fn exit_code(proxy: &mut ProxyProcess, limit: Duration) -> Option<i32> {
+    proxy
+        .wait_exit(limit)
+        .map(|status| status.code().unwrap_or(-1))
+}
+
+/// Asserts that `got` is one complete 200 with `BODY`.
+fn assert_complete(got: &Exchange, proxy: &ProxyProcess) {
+    let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200],
+        "got {:?}\nproxy log:\n{}",
+        got.text(),
+        log_of(proxy)
+    );
+    assert_eq!(got.responses()[0].body, BODY, "log:\n{}", log_of(proxy));
+    assert!(got.closed, "connection not closed while draining");
+}
+
+#[test]
+fn sigterm_with_no_traffic_exits_0_and_refuses_connections() {
+    let mut proxy = start(&[]);
+    proxy.signal("TERM");
+    let code = exit_code(&mut proxy, LIMIT);
+    assert_eq!(code, Some(0), "log:\n{}", log_of(&proxy));
+    assert!(is_refused(proxy.addr), "port still accepts connections");
+    assert!(
+        proxy.log().iter().any(|l| l.contains("stopped")),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+}
+
+/// A request in flight when `signal` arrives is finished, the listener is
+/// closed meanwhile, and the process exits 0 after it.
+fn in_flight_request_completes_after(signal: &str) {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, BODY);
+    let mut proxy = start(&[]);
+    let client = request_in_background(proxy.addr, origin.url("/slow"));
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "request never reached the origin; log:\n{}",
+        log_of(&proxy)
+    );
+    proxy.signal(signal);
+    assert!(
+        proxy.wait_for_log("draining:", LIMIT).is_some(),
+        "no draining line; log:\n{}",
+        log_of(&proxy)
+    );
+    assert!(
+        is_refused(proxy.addr),
+        "new connection accepted while draining"
+    );
+    // Still running: the request is held at the origin.
+    assert_eq!(exit_code(&mut proxy, Duration::ZERO), None);
+    gate.open();
+    let got = client.join().expect("client thread");
+    assert_complete(&got, &proxy);
+    assert_eq!(
+        exit_code(&mut proxy, LIMIT),
+        Some(0),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    in_flight_request_completes_after("TERM");
+}
+
+#[test]
+fn sigint_behaves_like_sigterm() {
+    in_flight_request_completes_after("INT");
+}
+
+#[test]
+fn sigterm_lets_queued_requests_finish() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, BODY);
+    let mut proxy = start(&["--workers", "1", "--queue", "1"]);
+    let first = request_in_background(proxy.addr, origin.url("/first"));
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "first request never reached the origin"
+    );
+    // Three more: one waits in the queue, two are turned away with 503.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let later: Vec<_> = (0..3)
+        .map(|n| {
+            let (addr, url, answered) =
+                (proxy.addr, origin.url(&format!("/q{n}")), answered.clone());
+            thread::spawn(move || {
+                let got = request_in_background(addr, url).join().expect("client");
+                answered.fetch_add(1, Ordering::SeqCst);
+                got
+            })
+        })
+        .collect();
+    assert!(
+        wait_until(LIMIT, || answered.load(Ordering::SeqCst) >= 2),
+        "queue never filled; log:\n{}",
+        log_of(&proxy)
+    );
+    proxy.signal("TERM");
+    assert!(proxy.wait_for_log("draining:", LIMIT).is_some());
+    gate.open();
+    assert_complete(&first.join().expect("first"), &proxy);
+    let mut statuses: Vec<u16> = later
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .map(|got| got.responses().first().map_or(0, |r| r.status))
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 503, 503], "log:\n{}", log_of(&proxy));
+    assert_eq!(
+        exit_code(&mut proxy, LIMIT),
+        Some(0),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+}
+
+#[test]
+fn second_sigterm_during_grace_exits_1_at_once() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, BODY);
+    let mut proxy = start(&["--grace", "5m"]);
+    let client = request_in_background(proxy.addr, origin.url("/held"));
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "request never reached the origin"
+    );
+    proxy.signal("TERM");
+    assert!(
+        proxy.wait_for_log("draining:", LIMIT).is_some(),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+    proxy.signal("TERM");
+    // Far less than the 5 minute grace.
+    let code = exit_code(&mut proxy, LIMIT);
+    assert_eq!(code, Some(1), "log:\n{}", log_of(&proxy));
+    let got = client.join().expect("client");
+    assert!(
+        !got.responses().iter().any(|r| r.status == 200),
+        "a cut request looked complete: {:?}",
+        got.text()
+    );
+    gate.open();
+}
+
+#[test]
+fn grace_running_out_exits_1() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, BODY);
+    let mut proxy = start(&["--grace", "300ms"]);
+    let client = request_in_background(proxy.addr, origin.url("/held"));
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "request never reached the origin"
+    );
+    proxy.signal("TERM");
+    let code = exit_code(&mut proxy, LIMIT);
+    assert_eq!(code, Some(1), "log:\n{}", log_of(&proxy));
+    let got = client.join().expect("client");
+    assert!(
+        !got.responses().iter().any(|r| r.status == 200),
+        "a cut request looked complete: {:?}",
+        got.text()
+    );
+    assert!(
+        proxy.log().iter().any(|l| l.contains("cut short")),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+    gate.open();
+}
+
+#[test]
+fn startup_line_names_addresses_workers_and_queue() {
+    // A second listener on ::1 when this machine has IPv6 loopback.
+    let has_v6 = TcpListener::bind("[::1]:0").is_ok();
+    let mut args = vec!["--workers", "3", "--queue", "7"];
+    if has_v6 {
+        args.extend(["--listen", "[::1]:0"]);
+    }
+    let mut proxy = start(&args);
+    let line = proxy
+        .wait_for_log("listening on", LIMIT)
+        .expect("startup line");
+    assert!(
+        line.contains(&format!("listening on {}", proxy.addr)),
+        "{line}"
+    );
+    assert!(line.contains("with 3 workers, queue 7"), "{line}");
+    if has_v6 {
+        assert!(line.contains(", [::1]:"), "{line}");
+    }
+    proxy.signal("TERM");
+    assert_eq!(exit_code(&mut proxy, LIMIT), Some(0));
+}
+
+#[test]
+fn every_request_gets_an_access_log_line_with_its_request_id() {
+    let origin = Origin::fixed("text/plain", BODY);
+    let mut proxy = start(&[]);
+    let requests = [
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.url("/ok")
+        ),
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+        "GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+        "NOT HTTP AT ALL\r\n\r\n".to_string(),
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nX-Request-Id: client-chosen-42\r\nConnection: close\r\n\r\n",
+            origin.url("/mine")
+        ),
+    ];
+    let mut ids = Vec::new();
+    for request in &requests {
+        let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+        let response = got
+            .responses()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("sent {request:?}, got {:?}", got.text()));
+        let id = header_in(&response.head, "x-request-id")
+            .unwrap_or_else(|| panic!("no X-Request-Id: {:?}", got.text()));
+        ids.push((request, response.status, id));
+    }
+    assert_eq!(ids[4].2, "client-chosen-42", "client's own id not kept");
+    for (request, status, id) in &ids {
+        let needle = format!("id={id} ");
+        let line = proxy.wait_for_log(&needle, LIMIT).unwrap_or_else(|| {
+            panic!(
+                "no access line for {request:?} ({id}); log:\n{}",
+                log_of(&proxy)
+            )
+        });
+        assert!(line.contains(&format!(" {status} ")), "{line}");
+        let count = proxy.log().iter().filter(|l| l.contains(&needle)).count();
+        assert_eq!(count, 1, "lines for {id}; log:\n{}", log_of(&proxy));
+    }
+    proxy.signal("TERM");
+    assert_eq!(exit_code(&mut proxy, LIMIT), Some(0));
+}
