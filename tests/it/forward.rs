@@ -1,1 +1,1150 @@
-//! forward behaviour end to end.
+//! Forwarding end to end: bodies byte for byte both ways, methods, framing
+//! (HEAD, 204, 304, HTTP/1.0, keep-alive, pipelining), the proxy header rules
+//! (hop-by-hop, Via, Host, Max-Forwards, X-Request-Id), the proxy's own
+//! endpoints, and every upstream failure turned into an honest answer.
+//! curl is the client wherever a user would use curl; raw sockets send what
+//! curl will not.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::extra_forward::{
+    RawResponse, assert_curl_error, assert_raw_error, closes_within, exchange, read_head, read_one,
+};
+use crate::support::origin::pattern_byte;
+use crate::support::{Origin, OriginRequest, Proxy, Reply, curl, test_config};
+
+/// Generous limit for anything that should take milliseconds.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// `len` bytes covering every byte value, CR and LF included.
+fn binary_body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 256) as u8).collect()
+}
+
+/// An origin that echoes the request path as a text body.
+fn path_echo_origin() -> Origin {
+    Origin::start(|req| Reply::ok("text/plain", format!("path={}", req.target)))
+}
+
+/// A `GET url HTTP/1.1` head with `Connection: close` and extra header lines.
+fn get_request(url: &str, extra: &str) -> Vec<u8> {
+    format!("GET {url} HTTP/1.1\r\nHost: ignored.example\r\n{extra}Connection: close\r\n\r\n")
+        .into_bytes()
+}
+
+/// Opens a connection to the proxy, writes `request`, reads one response.
+fn send_one(stream: &mut TcpStream, request: &[u8], bodiless: bool) -> RawResponse {
+    stream.write_all(request).expect("send request");
+    read_one(stream, bodiless, LIMIT).unwrap_or_else(|| {
+        panic!(
+            "no complete response to {:?}",
+            String::from_utf8_lossy(request)
+        )
+    })
+}
+
+fn only_request(origin: &Origin) -> OriginRequest {
+    let requests = origin.requests();
+    assert_eq!(requests.len(), 1, "origin requests: {requests:#?}");
+    requests.into_iter().next().expect("one request")
+}
+
+fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(bytes).expect("write temp file");
+    file.flush().expect("flush temp file");
+    file
+}
+
+// --- Bodies from the origin -------------------------------------------------
+
+#[test]
+fn content_length_bodies_arrive_byte_for_byte() {
+    let body = binary_body(200_000);
+    let origin = Origin::fixed("application/octet-stream", &body);
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/bin"), &[]);
+    assert_eq!(reply.status, 200, "curl: {}", reply.stderr);
+    assert_eq!(reply.exit, 0, "curl: {}", reply.stderr);
+    assert_eq!(reply.header("content-length"), Some("200000"));
+    assert!(
+        reply.body == body,
+        "body differs: got {} bytes",
+        reply.body.len()
+    );
+}
+
+#[test]
+fn chunked_bodies_arrive_byte_for_byte() {
+    let body = binary_body(100_003);
+    let sent = body.clone();
+    let origin = Origin::start(move |_| Reply::Chunked {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+        body: sent.clone(),
+        piece: 977,
+    });
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/chunked"), &[]);
+    assert_eq!(
+        (reply.status, reply.exit),
+        (200, 0),
+        "curl: {}",
+        reply.stderr
+    );
+    assert_eq!(reply.header("transfer-encoding"), Some("chunked"));
+    assert!(
+        reply.body == body,
+        "body differs: got {} bytes",
+        reply.body.len()
+    );
+
+    // And on a raw socket: well-formed chunks that end with the last chunk.
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let request = get_request(&origin.url("/chunked"), "");
+    let response = send_one(&mut stream, &request, false);
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert!(
+        response.body == body,
+        "raw body differs: {} bytes",
+        response.body.len()
+    );
+}
+
+#[test]
+fn a_five_mib_body_arrives_byte_for_byte() {
+    let len: u64 = 5 * 1024 * 1024;
+    let origin = Origin::start(move |_| Reply::Huge { len });
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/huge"), &[]);
+    assert_eq!(
+        (reply.status, reply.exit),
+        (200, 0),
+        "curl: {}",
+        reply.stderr
+    );
+    assert_eq!(reply.body.len() as u64, len);
+    let first_bad = reply
+        .body
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b != pattern_byte(i as u64));
+    assert_eq!(first_bad, None, "first differing byte");
+}
+
+#[test]
+fn head_has_no_body_and_keeps_content_length() {
+    let origin = Origin::fixed("text/plain", &[b'x'; 1234]);
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let head = format!("HEAD {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/h"));
+    let response = send_one(&mut stream, head.as_bytes(), true);
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert_eq!(
+        response.header("content-length"),
+        Some("1234"),
+        "{}",
+        response.head
+    );
+    // No body bytes followed: the next answer on the connection starts clean.
+    let get = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/g"));
+    let next = send_one(&mut stream, get.as_bytes(), false);
+    assert_eq!(next.status, 200, "{}", next.head);
+    assert_eq!(next.body.len(), 1234);
+
+    let reply = curl(proxy.addr, &origin.url("/h"), &["-I"]);
+    assert_eq!(
+        (reply.status, reply.exit),
+        (200, 0),
+        "curl: {}",
+        reply.stderr
+    );
+    assert_eq!(reply.header("content-length"), Some("1234"));
+    let methods: Vec<String> = origin.requests().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["HEAD", "GET", "HEAD"]);
+}
+
+#[test]
+fn no_content_and_not_modified_carry_no_body() {
+    let origin = Origin::start(|req| match req.target.as_str() {
+        "/204" => Reply::Full {
+            status: 204,
+            headers: vec![("X-Kind".into(), "none".into())],
+            body: Vec::new(),
+        },
+        // The origin writes no body for a 304 but declares the representation's length.
+        "/304" => Reply::Full {
+            status: 304,
+            headers: vec![("ETag".into(), "\"v1\"".into())],
+            body: b"abcdef".to_vec(),
+        },
+        _ => Reply::ok("text/plain", "after"),
+    });
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    for (path, status) in [("/204", 204), ("/304", 304)] {
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: h\r\nIf-None-Match: \"v1\"\r\n\r\n",
+            origin.url(path)
+        );
+        let response = send_one(&mut stream, request.as_bytes(), true);
+        assert_eq!(response.status, status, "{}", response.head);
+        assert_eq!(
+            response.header("transfer-encoding"),
+            None,
+            "{}",
+            response.head
+        );
+        // Then a normal request on the same connection reads cleanly.
+        let next = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/next"));
+        let after = send_one(&mut stream, next.as_bytes(), false);
+        assert_eq!(
+            (after.status, after.text().as_str()),
+            (200, "after"),
+            "{}",
+            after.head
+        );
+    }
+    let reply = curl(proxy.addr, &origin.url("/204"), &[]);
+    assert_eq!(
+        (reply.status, reply.exit),
+        (204, 0),
+        "curl: {}",
+        reply.stderr
+    );
+    assert!(reply.body.is_empty());
+    assert_eq!(reply.header("x-kind"), Some("none"));
+}
+
+#[test]
+fn error_statuses_from_the_origin_pass_through_as_they_are() {
+    let origin = Origin::start(|req| match req.target.as_str() {
+        "/missing" => Reply::Full {
+            status: 404,
+            headers: vec![("Content-Type".into(), "text/html".into())],
+            body: b"<h1>not here</h1>".to_vec(),
+        },
+        _ => Reply::Full {
+            status: 500,
+            headers: vec![("X-Origin-Error".into(), "yes".into())],
+            body: b"origin broke".to_vec(),
+        },
+    });
+    let proxy = Proxy::start();
+    let missing = curl(proxy.addr, &origin.url("/missing"), &[]);
+    assert_eq!(
+        (missing.status, missing.text().as_str()),
+        (404, "<h1>not here</h1>")
+    );
+    assert_eq!(missing.header("content-type"), Some("text/html"));
+    assert_eq!(
+        missing.header("proxy-status"),
+        None,
+        "{:?}",
+        missing.headers
+    );
+    let broke = curl(proxy.addr, &origin.url("/broke"), &[]);
+    assert_eq!((broke.status, broke.text().as_str()), (500, "origin broke"));
+    assert_eq!(broke.header("x-origin-error"), Some("yes"));
+    assert_eq!(broke.header("proxy-status"), None, "{:?}", broke.headers);
+}
+
+#[test]
+fn redirects_are_passed_back_not_followed() {
+    let origin = Origin::start(|req| match req.target.as_str() {
+        "/old" => Reply::status(302).with_header("Location", "/new"),
+        _ => Reply::ok("text/plain", "new place"),
+    });
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/old"), &[]);
+    assert_eq!(reply.status, 302, "curl: {}", reply.stderr);
+    assert_eq!(reply.header("location"), Some("/new"));
+    assert_eq!(reply.text(), "status 302\n");
+    let targets: Vec<String> = origin.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/old"], "the proxy followed the redirect");
+}
+
+// --- Request bodies ---------------------------------------------------------
+
+#[test]
+fn request_bodies_arrive_intact_for_every_method() {
+    let origin = Origin::start(|req| Reply::ok("text/plain", format!("{} ok", req.method)));
+    let proxy = Proxy::start();
+    let body = binary_body(70_001);
+    let file = temp_file(&body);
+    let data = format!("@{}", file.path().display());
+    for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let reply = curl(
+            proxy.addr,
+            &origin.url("/upload"),
+            &["-X", method, "--data-binary", &data, "-H", "Expect:"],
+        );
+        assert_eq!(
+            (reply.status, reply.text()),
+            (200, format!("{method} ok")),
+            "{method}: {}",
+            reply.stderr
+        );
+    }
+    let requests = origin.requests();
+    assert_eq!(requests.len(), 5, "{requests:#?}");
+    for req in requests {
+        assert!(
+            req.body == body,
+            "{} body: got {} bytes, headers {:?}",
+            req.method,
+            req.body.len(),
+            req.headers
+        );
+    }
+}
+
+#[test]
+fn chunked_request_bodies_arrive_intact() {
+    let origin = Origin::start(|req| Reply::ok("text/plain", format!("{} bytes", req.body.len())));
+    let proxy = Proxy::start();
+    let body = binary_body(150_000);
+    let file = temp_file(&body);
+    let data = format!("@{}", file.path().display());
+    let reply = curl(
+        proxy.addr,
+        &origin.url("/chunked-up"),
+        &[
+            "--data-binary",
+            &data,
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Expect:",
+        ],
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "150000 bytes"),
+        "curl: {}",
+        reply.stderr
+    );
+    let req = only_request(&origin);
+    assert!(req.body == body, "origin got {} bytes", req.body.len());
+
+    // A raw chunked body with odd chunk sizes and a trailer.
+    let mut request = format!(
+        "PUT {} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        origin.url("/raw")
+    )
+    .into_bytes();
+    request.extend_from_slice(
+        b"3\r\nabc\r\n1;ext=1\r\nd\r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(response.status, 200, "{}", response.head);
+    let last = origin.requests().pop().expect("raw request arrived");
+    assert_eq!(last.body, b"abcd0123456789");
+}
+
+#[test]
+fn expect_100_continue_gets_the_body_to_the_origin() {
+    let origin = Origin::start(|req| Reply::ok("text/plain", format!("got {}", req.body.len())));
+    let proxy = Proxy::start();
+    let body = binary_body(2 * 1024 * 1024);
+    let file = temp_file(&body);
+    let data = format!("@{}", file.path().display());
+    let reply = curl(
+        proxy.addr,
+        &origin.url("/big"),
+        &[
+            "--data-binary",
+            &data,
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "20",
+        ],
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str(), reply.exit),
+        (200, "got 2097152", 0),
+        "curl: {}",
+        reply.stderr
+    );
+    let req = only_request(&origin);
+    assert!(req.body == body, "origin got {} bytes", req.body.len());
+    assert_eq!(
+        req.header("expect"),
+        None,
+        "Expect is for this hop: {:?}",
+        req.headers
+    );
+
+    // Raw: the head alone gets 100 Continue, then the body goes up.
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        origin.url("/small")
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    let interim = read_head(&mut stream, LIMIT).expect("an interim answer");
+    assert_eq!(interim.status, 100, "{}", interim.head);
+    let response = send_one(&mut stream, b"hello", false);
+    assert_eq!((response.status, response.text().as_str()), (200, "got 5"));
+}
+
+// --- Connections: HTTP/1.0, keep-alive, pipelining ---------------------------
+
+#[test]
+fn http_1_0_clients_get_a_close_delimited_body_for_chunked_replies() {
+    let body = binary_body(30_000);
+    let sent = body.clone();
+    let origin = Origin::start(move |_| Reply::Chunked {
+        status: 200,
+        headers: vec![],
+        body: sent.clone(),
+        piece: 1000,
+    });
+    let proxy = Proxy::start();
+    let request = format!("GET {} HTTP/1.0\r\n\r\n", origin.url("/old-client"));
+    let response = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert_eq!(
+        response.header("transfer-encoding"),
+        None,
+        "{}",
+        response.head
+    );
+    assert_eq!(response.header("content-length"), None, "{}", response.head);
+    assert!(response.body == body, "got {} bytes", response.body.len());
+}
+
+#[test]
+fn http_1_0_clients_get_a_length_body_and_a_close() {
+    let origin = Origin::fixed("text/plain", b"ten bytes!");
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let request = format!("GET {} HTTP/1.0\r\n\r\n", origin.url("/"));
+    let response = send_one(&mut stream, request.as_bytes(), false);
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert_eq!(response.header("content-length"), Some("10"));
+    assert_eq!(response.text(), "ten bytes!");
+    assert!(
+        closes_within(&mut stream, LIMIT),
+        "HTTP/1.0 without keep-alive stays open"
+    );
+}
+
+#[test]
+fn http_1_0_keep_alive_is_honoured() {
+    let origin = path_echo_origin();
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    for path in ["/one", "/two"] {
+        let request = format!(
+            "GET {} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            origin.url(path)
+        );
+        let response = send_one(&mut stream, request.as_bytes(), false);
+        assert_eq!(response.status, 200, "{}", response.head);
+        assert_eq!(
+            response
+                .header("connection")
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("keep-alive"),
+            "{}",
+            response.head
+        );
+        assert_eq!(response.text(), format!("path={path}"));
+    }
+}
+
+#[test]
+fn a_keep_alive_connection_carries_two_requests() {
+    let origin = path_echo_origin();
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    for path in ["/first", "/second"] {
+        let request = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url(path));
+        let response = send_one(&mut stream, request.as_bytes(), false);
+        assert_eq!(
+            (response.status, response.text()),
+            (200, format!("path={path}")),
+            "{}",
+            response.head
+        );
+        assert_eq!(response.header("connection"), None, "{}", response.head);
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let origin = path_echo_origin();
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let mut all = Vec::new();
+    for path in ["/a", "/bb", "/ccc"] {
+        all.extend_from_slice(
+            format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url(path)).as_bytes(),
+        );
+    }
+    stream.write_all(&all).expect("send three requests at once");
+    for path in ["/a", "/bb", "/ccc"] {
+        let response = read_one(&mut stream, false, LIMIT).unwrap_or_else(|| {
+            panic!(
+                "no answer for {path}; sent {:?}",
+                String::from_utf8_lossy(&all)
+            )
+        });
+        assert_eq!(
+            (response.status, response.text()),
+            (200, format!("path={path}")),
+            "{}",
+            response.head
+        );
+    }
+}
+
+// --- Proxy header rules -----------------------------------------------------
+
+#[test]
+fn hop_by_hop_headers_are_not_forwarded() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: h\r\n\
+         Connection: keep-alive, X-Foo\r\n\
+         Keep-Alive: timeout=5\r\n\
+         TE: trailers\r\n\
+         Upgrade: websocket\r\n\
+         Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         X-Foo: listed in Connection\r\n\
+         X-Keep: end-to-end\r\n\r\n",
+        origin.url("/hop")
+    );
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let response = send_one(&mut stream, request.as_bytes(), false);
+    assert_eq!(response.status, 200, "{}", response.head);
+    let req = only_request(&origin);
+    for name in [
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "x-foo",
+    ] {
+        assert_eq!(
+            req.header(name),
+            None,
+            "{name} forwarded: {:?}",
+            req.headers
+        );
+    }
+    assert_eq!(
+        req.header("x-keep"),
+        Some("end-to-end"),
+        "{:?}",
+        req.headers
+    );
+}
+
+#[test]
+fn hop_by_hop_headers_from_the_origin_are_not_passed_back() {
+    let origin = Origin::start(|_| {
+        Reply::ok("text/plain", "ok")
+            .with_header("Connection", "x-bar")
+            .with_header("X-Bar", "for the proxy only")
+            .with_header("Keep-Alive", "timeout=5")
+            .with_header("X-Kept", "yes")
+    });
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/"), &[]);
+    assert_eq!(reply.status, 200, "curl: {}", reply.stderr);
+    assert_eq!(reply.header("x-bar"), None, "{:?}", reply.headers);
+    assert_eq!(reply.header("keep-alive"), None, "{:?}", reply.headers);
+    assert_eq!(reply.header("x-kept"), Some("yes"), "{:?}", reply.headers);
+}
+
+#[test]
+fn via_is_added_both_ways() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let via = format!("1.1 {}", test_config().via_name);
+    let reply = curl(
+        proxy.addr,
+        &origin.url("/"),
+        &["-H", "Via: 1.0 other-proxy"],
+    );
+    assert_eq!(reply.status, 200, "curl: {}", reply.stderr);
+    assert!(
+        reply
+            .headers
+            .iter()
+            .any(|(n, v)| n == "via" && v.contains(&via)),
+        "client side: {:?}",
+        reply.headers
+    );
+    let req = only_request(&origin);
+    let vias: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("via"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let joined = vias.join(", ");
+    assert!(joined.contains("1.0 other-proxy"), "origin side: {vias:?}");
+    assert!(joined.ends_with(&via), "origin side: {vias:?}");
+}
+
+#[test]
+fn host_is_set_from_the_url() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let request = get_request(&origin.url("/host"), "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(response.status, 200, "{}", response.head);
+    let req = only_request(&origin);
+    let hosts: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(hosts, [origin.addr.to_string()], "{:?}", req.headers);
+    assert_eq!(req.target, "/host");
+}
+
+#[test]
+fn a_loop_is_detected_through_via() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let via = format!(
+        "Via: 1.0 a, 1.1 {} (fetchproxy)\r\n",
+        test_config().via_name
+    );
+    let request = get_request(&origin.url("/loop"), &via);
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_raw_error(&request, &response, 508, "proxy_loop_detected");
+    assert!(origin.requests().is_empty(), "origin was contacted");
+}
+
+#[test]
+fn the_proxy_pointed_at_itself_ends_without_hanging() {
+    let proxy = Proxy::start();
+    let url = format!("http://{}/self", proxy.addr);
+    let reply = curl(proxy.addr, &url, &[]);
+    assert!(
+        matches!(reply.status, 508 | 400),
+        "status {} exit {} {}\nheaders {:?}\nbody {}",
+        reply.status,
+        reply.exit,
+        reply.stderr,
+        reply.headers,
+        reply.text()
+    );
+    assert!(
+        reply.header("proxy-status").is_some(),
+        "{:?}",
+        reply.headers
+    );
+}
+
+#[test]
+fn options_with_max_forwards_zero_is_answered_by_the_proxy() {
+    let origin = Origin::fixed("text/plain", b"origin");
+    let proxy = Proxy::start();
+    let reply = curl(
+        proxy.addr,
+        &origin.url("/opt"),
+        &["-X", "OPTIONS", "-H", "Max-Forwards: 0"],
+    );
+    assert_eq!(
+        (reply.status, reply.exit),
+        (200, 0),
+        "curl: {}",
+        reply.stderr
+    );
+    assert!(
+        reply.header("allow").is_some_and(|v| v.contains("GET")),
+        "{:?}",
+        reply.headers
+    );
+    assert!(
+        reply.header("x-request-id").is_some(),
+        "{:?}",
+        reply.headers
+    );
+    assert!(origin.requests().is_empty(), "origin was contacted");
+}
+
+#[test]
+fn max_forwards_is_decremented() {
+    let origin = Origin::fixed("text/plain", b"origin");
+    let proxy = Proxy::start();
+    let reply = curl(
+        proxy.addr,
+        &origin.url("/opt"),
+        &["-X", "OPTIONS", "-H", "Max-Forwards: 5"],
+    );
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "origin"),
+        "{}",
+        reply.stderr
+    );
+    let req = only_request(&origin);
+    assert_eq!(req.header("max-forwards"), Some("4"), "{:?}", req.headers);
+}
+
+#[test]
+fn every_response_carries_a_request_id() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    // A fresh id on a forwarded answer, the same one at the origin, and a
+    // different one on the next request.
+    let first = curl(proxy.addr, &origin.url("/1"), &[]);
+    let second = curl(proxy.addr, &origin.url("/2"), &[]);
+    let id1 = first
+        .header("x-request-id")
+        .expect("id on the first answer")
+        .to_string();
+    let id2 = second
+        .header("x-request-id")
+        .expect("id on the second answer")
+        .to_string();
+    assert_ne!(id1, id2);
+    let at_origin: Vec<String> = origin
+        .requests()
+        .iter()
+        .map(|r| r.header("x-request-id").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(at_origin, [id1, id2]);
+    // On the proxy's own answers and errors too.
+    let health = exchange(
+        proxy.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    );
+    assert!(health.header("x-request-id").is_some(), "{}", health.head);
+    let bad = exchange(
+        proxy.addr,
+        b"GET ftp://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        LIMIT,
+    );
+    assert!(bad.header("x-request-id").is_some(), "{}", bad.head);
+}
+
+#[test]
+fn a_well_formed_client_request_id_is_echoed() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let reply = curl(
+        proxy.addr,
+        &origin.url("/"),
+        &["-H", "X-Request-Id: client-abc.123:x_y"],
+    );
+    assert_eq!(
+        reply.header("x-request-id"),
+        Some("client-abc.123:x_y"),
+        "{:?}",
+        reply.headers
+    );
+    let req = only_request(&origin);
+    assert_eq!(req.header("x-request-id"), Some("client-abc.123:x_y"));
+    // Errors echo it too.
+    let request = b"GET /nothing HTTP/1.1\r\nHost: h\r\nX-Request-Id: mine-1\r\n\r\n";
+    let response = exchange(proxy.addr, request, LIMIT);
+    assert_eq!(
+        response.header("x-request-id"),
+        Some("mine-1"),
+        "{}",
+        response.head
+    );
+}
+
+#[test]
+fn a_malformed_client_request_id_is_replaced() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let long = "a".repeat(200);
+    for bad in ["has spaces in it", "<script>", long.as_str()] {
+        let reply = curl(
+            proxy.addr,
+            &origin.url("/"),
+            &["-H", &format!("X-Request-Id: {bad}")],
+        );
+        assert_eq!(reply.status, 200, "curl: {}", reply.stderr);
+        let id = reply.header("x-request-id").unwrap_or_default();
+        assert!(!id.is_empty() && id != bad, "id {id:?} for {bad:?}");
+    }
+    for req in origin.requests() {
+        let id = req.header("x-request-id").unwrap_or_default();
+        assert!(
+            !id.is_empty() && !id.contains(' ') && !id.contains('<') && id.len() <= 128,
+            "{id:?}"
+        );
+    }
+}
+
+// --- The proxy's own endpoints and refusals ----------------------------------
+
+#[test]
+fn healthz_answers_200() {
+    let proxy = Proxy::start();
+    let response = exchange(
+        proxy.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    );
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert_eq!(response.text(), "ok\n");
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--noproxy", "*"])
+        .arg(format!("http://{}/healthz", proxy.addr))
+        .output()
+        .expect("run curl");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "ok\n",
+        "{output:?}"
+    );
+}
+
+#[test]
+fn other_origin_form_targets_are_400() {
+    let proxy = Proxy::start();
+    let request = b"GET /index.html HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let response = exchange(proxy.addr, request, LIMIT);
+    assert_raw_error(request, &response, 400, "http_request_error");
+    assert!(
+        response.text().contains("/index.html"),
+        "{}",
+        response.text()
+    );
+}
+
+#[test]
+fn unsupported_methods_get_a_clear_error() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    for method in ["TRACE", "BREW"] {
+        let request = get_request(&origin.url("/pot"), "").to_vec();
+        let request = [method.as_bytes(), &request[3..]].concat();
+        let response = exchange(proxy.addr, &request, LIMIT);
+        assert_raw_error(&request, &response, 501, "http_request_error");
+        assert!(response.text().contains(method), "{}", response.text());
+    }
+    assert!(origin.requests().is_empty(), "{:?}", origin.requests());
+}
+
+#[test]
+fn ftp_urls_are_400() {
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, "ftp://127.0.0.1/file.txt", &[]);
+    // curl may tunnel ftp through an HTTP proxy as a GET with the ftp URL.
+    if reply.status != 0 {
+        assert_curl_error("ftp via curl", &reply, 400, "http_request_error");
+    }
+    let request = get_request("ftp://127.0.0.1/file.txt", "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_raw_error(&request, &response, 400, "http_request_error");
+    assert!(response.text().contains("ftp"), "{}", response.text());
+}
+
+#[test]
+fn the_proxy_adds_no_user_agent_or_accept_encoding() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let request = get_request(&origin.url("/bare"), "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(response.status, 200, "{}", response.head);
+    let req = only_request(&origin);
+    for name in ["user-agent", "accept-encoding", "accept"] {
+        assert_eq!(req.header(name), None, "{name} added: {:?}", req.headers);
+    }
+}
+
+#[test]
+fn client_headers_pass_unchanged() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let reply = curl(
+        proxy.addr,
+        &origin.url("/h"),
+        &[
+            "-A",
+            "Tester/1.0 (x)",
+            "-H",
+            "Accept-Encoding: gzip, br;q=0.5",
+            "-H",
+            "Accept: text/html",
+            "-H",
+            "X-Custom: a  b, c",
+            "-H",
+            "Cookie: k=v; k2=v2",
+        ],
+    );
+    assert_eq!(reply.status, 200, "curl: {}", reply.stderr);
+    let req = only_request(&origin);
+    for (name, value) in [
+        ("user-agent", "Tester/1.0 (x)"),
+        ("accept-encoding", "gzip, br;q=0.5"),
+        ("accept", "text/html"),
+        ("x-custom", "a  b, c"),
+        ("cookie", "k=v; k2=v2"),
+    ] {
+        assert_eq!(req.header(name), Some(value), "{:?}", req.headers);
+    }
+}
+
+#[test]
+fn gzip_bodies_pass_byte_for_byte() {
+    // `printf 'hello gzip body\n' | gzip -9n`
+    const GZIP: &[u8] = &[
+        0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03, 0xcb, 0x48, 0xcd, 0xc9, 0xc9,
+        0x57, 0x48, 0xaf, 0xca, 0x2c, 0x50, 0x48, 0xca, 0x4f, 0xa9, 0xe4, 0x02, 0x00, 0x10, 0x10,
+        0xfc, 0x9a, 0x10, 0x00, 0x00, 0x00,
+    ];
+    let origin = Origin::start(|_| {
+        Reply::ok("text/plain", GZIP.to_vec()).with_header("Content-Encoding", "gzip")
+    });
+    let proxy = Proxy::start();
+    let reply = curl(
+        proxy.addr,
+        &origin.url("/z"),
+        &["-H", "Accept-Encoding: gzip"],
+    );
+    assert_eq!(reply.status, 200, "curl: {}", reply.stderr);
+    assert_eq!(reply.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        reply.header("content-length"),
+        Some(GZIP.len().to_string().as_str())
+    );
+    assert_eq!(reply.body, GZIP);
+    assert_eq!(
+        only_request(&origin).header("accept-encoding"),
+        Some("gzip")
+    );
+    // curl's own decoding of what came through proves it is intact gzip.
+    let decoded = curl(proxy.addr, &origin.url("/z"), &["--compressed"]);
+    assert_eq!(
+        decoded.text(),
+        "hello gzip body\n",
+        "curl: {}",
+        decoded.stderr
+    );
+}
+
+// --- Upstream failures ------------------------------------------------------
+
+#[test]
+fn an_unresolvable_host_is_502_dns_error() {
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, "http://nohost.invalid/", &[]);
+    assert_curl_error("GET http://nohost.invalid/", &reply, 502, "dns_error");
+    assert!(reply.text().contains("nohost.invalid"), "{}", reply.text());
+}
+
+#[test]
+fn a_refused_port_is_502_connection_refused() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let proxy = Proxy::start();
+    let url = format!("http://127.0.0.1:{port}/");
+    let reply = curl(proxy.addr, &url, &[]);
+    assert_curl_error(&format!("GET {url}"), &reply, 502, "connection_refused");
+}
+
+#[test]
+fn a_slow_upstream_is_504_after_upstream_timeout() {
+    let origin = Origin::start(|_| Reply::Slow {
+        delay: Duration::from_secs(3),
+        then: Box::new(Reply::ok("text/plain", "too late")),
+    });
+    let proxy = Proxy::with(|c| c.upstream_timeout = Duration::from_millis(500));
+    let reply = curl(proxy.addr, &origin.url("/slow"), &[]);
+    assert_curl_error("GET /slow", &reply, 504, "http_response_timeout");
+}
+
+#[test]
+fn a_malformed_upstream_reply_is_502() {
+    let origin = Origin::start(|_| Reply::Raw(b"garbage\r\n\r\n".to_vec()));
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/garbage"), &[]);
+    assert_curl_error("GET /garbage", &reply, 502, "http_protocol_error");
+}
+
+#[test]
+fn an_upstream_reset_mid_body_is_never_made_to_look_complete() {
+    let origin = Origin::start(|_| Reply::ResetMidBody {
+        declared: 100_000,
+        sent: 10_000,
+    });
+    let proxy = Proxy::start();
+    let request = get_request(&origin.url("/reset"), "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert_eq!(
+        response.header("content-length"),
+        Some("100000"),
+        "{}",
+        response.head
+    );
+    assert!(
+        response.body.len() < 100_000,
+        "got {} of 100000 bytes: looks complete",
+        response.body.len()
+    );
+    let reply = curl(proxy.addr, &origin.url("/reset"), &[]);
+    assert_ne!(
+        reply.exit, 0,
+        "curl thought the body was complete: {}",
+        reply.stderr
+    );
+    assert!(reply.body.len() < 100_000);
+}
+
+#[test]
+fn a_chunked_upstream_cut_mid_body_gets_no_final_chunk() {
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nonly part"
+                .to_vec(),
+        )
+    });
+    let proxy = Proxy::start();
+    let request = get_request(&origin.url("/cut"), "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert_eq!(
+        response.header("transfer-encoding"),
+        Some("chunked"),
+        "{}",
+        response.head
+    );
+    let body = String::from_utf8_lossy(&response.body);
+    assert!(body.contains("hello"), "{body:?}");
+    assert!(!body.contains("0\r\n\r\n"), "final chunk sent: {body:?}");
+    let reply = curl(proxy.addr, &origin.url("/cut"), &[]);
+    assert_ne!(
+        reply.exit, 0,
+        "curl thought the body was complete: {}",
+        reply.stderr
+    );
+}
+
+#[test]
+fn a_response_over_max_body_bytes_with_a_length_is_502() {
+    let origin = Origin::fixed("text/plain", &[b'x'; 5000]);
+    let proxy = Proxy::with(|c| c.max_body_bytes = Some(1000));
+    let reply = curl(proxy.addr, &origin.url("/big"), &[]);
+    assert_curl_error("GET /big", &reply, 502, "http_response_body_size");
+    assert!(reply.text().contains("1000"), "{}", reply.text());
+    // At the limit exactly is fine.
+    let small = Origin::fixed("text/plain", &[b'y'; 1000]);
+    let reply = curl(proxy.addr, &small.url("/exact"), &[]);
+    assert_eq!(
+        (reply.status, reply.body.len()),
+        (200, 1000),
+        "{}",
+        reply.stderr
+    );
+}
+
+#[test]
+fn a_chunked_response_over_max_body_bytes_is_cut() {
+    let origin = Origin::start(|_| Reply::Chunked {
+        status: 200,
+        headers: vec![],
+        body: vec![b'z'; 50_000],
+        piece: 500,
+    });
+    let proxy = Proxy::with(|c| c.max_body_bytes = Some(1000));
+    let request = get_request(&origin.url("/endless"), "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(response.status, 200, "{}", response.head);
+    let body = String::from_utf8_lossy(&response.body);
+    assert!(
+        !body.ends_with("0\r\n\r\n"),
+        "final chunk sent after cutting: {body:?}"
+    );
+    let zs = response.body.iter().filter(|&&b| b == b'z').count();
+    assert!(zs <= 1000, "{zs} payload bytes passed a 1000-byte limit");
+    let reply = curl(proxy.addr, &origin.url("/endless"), &[]);
+    assert_ne!(
+        reply.exit, 0,
+        "curl thought the body was complete: {}",
+        reply.stderr
+    );
+}
+
+#[test]
+fn wget_fetches_through_the_proxy() {
+    if Command::new("wget").arg("--version").output().is_err() {
+        eprintln!("wget not installed; skipping");
+        return;
+    }
+    let origin = Origin::fixed("text/plain", b"fetched by wget\n");
+    let proxy = Proxy::start();
+    let output = Command::new("wget")
+        .args([
+            "-q",
+            "-O",
+            "-",
+            "-T",
+            "30",
+            "-t",
+            "1",
+            "-e",
+            "use_proxy=yes",
+            "-e",
+        ])
+        .arg(format!("http_proxy=http://{}", proxy.addr))
+        .arg(origin.url("/wget"))
+        .output()
+        .expect("run wget");
+    assert!(output.status.success(), "wget: {output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "fetched by wget\n");
+    let req = only_request(&origin);
+    assert!(
+        req.header("user-agent")
+            .is_some_and(|ua| ua.contains("Wget")),
+        "{:?}",
+        req.headers
+    );
+}
+
+#[test]
+fn python_urllib_fetches_through_the_proxy() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 not installed; skipping");
+        return;
+    }
+    let origin = Origin::fixed("text/plain", b"fetched by urllib\n");
+    let proxy = Proxy::start();
+    let script = "import sys, urllib.request\n\
+        handler = urllib.request.ProxyHandler({'http': sys.argv[1]})\n\
+        opener = urllib.request.build_opener(handler)\n\
+        with opener.open(sys.argv[2], timeout=30) as r:\n\
+        \x20   sys.stdout.write(str(r.status) + ' ' + r.read().decode())\n";
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(format!("http://{}", proxy.addr))
+        .arg(origin.url("/urllib"))
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .output()
+        .expect("run python3");
+    assert!(output.status.success(), "python3: {output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "200 fetched by urllib\n"
+    );
+    assert_eq!(only_request(&origin).target, "/urllib");
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)] // each test module uses a different part of the harness
 
 pub mod client;
+pub mod extra_forward;
 pub mod origin;
 pub mod proxy;
 pub mod extra_limits;
