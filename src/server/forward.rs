@@ -399,6 +399,8 @@ struct ClientBody<'a> {
     reader: Option<Box<dyn Read + 'a>>,
     done: bool,
     failure: Option<ProxyError>,
+    /// `max_body_bytes`, named in the 413 when a chunked body goes over it.
+    limit: u64,
 }
 
 impl<'a> ClientBody<'a> {
@@ -416,6 +418,7 @@ impl<'a> ClientBody<'a> {
             done: reader.is_none(),
             reader,
             failure: None,
+            limit,
         }
     }
 }
@@ -436,7 +439,7 @@ impl Read for ClientBody<'_> {
                     io::ErrorKind::InvalidData => {
                         ProxyError::BadRequest(format!("bad request body: {err}"))
                     }
-                    io::ErrorKind::FileTooLarge => ProxyError::BodyTooLarge { limit: 0 },
+                    io::ErrorKind::FileTooLarge => ProxyError::BodyTooLarge { limit: self.limit },
                     _ => ProxyError::BadRequest(format!("request body not received: {err}")),
                 };
                 self.failure = Some(failure);

@@ -1084,6 +1084,43 @@ fn a_chunked_response_over_max_body_bytes_is_cut() {
 }
 
 #[test]
+fn a_request_body_over_max_body_bytes_is_413() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::with(|c| c.max_body_bytes = Some(1000));
+    let file = temp_file(&[b'b'; 5000]);
+    let data = format!("@{}", file.path().display());
+    let reply = curl(proxy.addr, &origin.url("/up"), &["--data-binary", &data]);
+    assert_curl_error(
+        "POST 5000 bytes, Content-Length",
+        &reply,
+        413,
+        "http_request_error",
+    );
+    assert!(reply.text().contains("1000"), "{}", reply.text());
+
+    let mut request = format!(
+        "POST {} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+        origin.url("/up-chunked")
+    )
+    .into_bytes();
+    for _ in 0..5 {
+        request.extend_from_slice(b"3e8\r\n");
+        request.extend_from_slice(&[b'c'; 1000]);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_raw_error(&request[..80], &response, 413, "http_request_error");
+    assert!(response.text().contains("1000"), "{}", response.text());
+    assert!(
+        origin.requests().iter().all(|r| r.body.len() <= 1000),
+        "a body over the limit reached the origin"
+    );
+}
+
+// --- Standard clients unchanged ------------------------------------------------
+
+#[test]
 fn wget_fetches_through_the_proxy() {
     if Command::new("wget").arg("--version").output().is_err() {
         eprintln!("wget not installed; skipping");
