@@ -169,6 +169,12 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
         io::ErrorKind::FileTooLarge => ProxyError::UpstreamBodyTooLarge { limit: 0 },
         _ => match err.downcast::<ureq::Error>() {
             Ok(ureq_err) => map_error(ureq_err, authority),
+            // rustls reports a failed handshake or a corrupt record as an
+            // InvalidData I/O error, and ureq passes it on as `Error::Io`;
+            // nothing else on the way to the origin fails that way.
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                ProxyError::UpstreamTls(err.to_string())
+            }
             Err(err) => ProxyError::ConnectFailed {
                 authority: authority.to_string(),
                 reason: err.to_string(),
@@ -225,6 +231,18 @@ mod tests {
         assert_eq!(
             (err.status(), err.proxy_status()),
             (502, "connection_refused")
+        );
+    }
+
+    #[test]
+    fn tls_failures_passed_on_as_io_errors_map_to_tls_protocol_error() {
+        let err = map_io_error(
+            io::Error::new(io::ErrorKind::InvalidData, "received corrupt message"),
+            "a:443",
+        );
+        assert_eq!(
+            (err.status(), err.proxy_status()),
+            (502, "tls_protocol_error")
         );
     }
 

@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::extra_forward::{
-    RawResponse, assert_curl_error, assert_raw_error, closes_within, exchange, read_head, read_one,
+    RawResponse, Responder, assert_curl_error, assert_raw_error, closes_within, exchange,
+    read_head, read_one,
 };
 use crate::support::origin::pattern_byte;
 use crate::support::{Origin, OriginRequest, Proxy, Reply, curl, test_config};
@@ -853,6 +854,19 @@ fn ftp_urls_are_400() {
     assert_raw_error(&request, &response, 400, "http_request_error");
     assert!(response.text().contains("ftp"), "{}", response.text());
 }
+
+#[test]
+fn https_to_a_port_without_tls_is_502_not_a_hang() {
+    // A plain-HTTP server: whatever arrives, it answers with an HTTP error.
+    let plain = Responder::start(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+    let proxy = Proxy::with(|c| c.upstream_timeout = Duration::from_secs(10));
+    let request = get_request(&format!("https://{}/secure", plain.addr), "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_raw_error(&request, &response, 502, "tls_protocol_error");
+    assert!(plain.accepted() >= 1, "the proxy never connected");
+}
+
+// --- Nothing added, nothing changed ------------------------------------------
 
 #[test]
 fn the_proxy_adds_no_user_agent_or_accept_encoding() {
