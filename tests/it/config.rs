@@ -1,1 +1,262 @@
-//! config behaviour end to end.
+//! Configuration through the real binary: the config file, flags over the
+//! file, errors that exit 2 naming the bad key, flag or value, and `--help`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use crate::support::extra_limits::{Served, exchange, run_binary_within};
+use crate::support::{Origin, ProxyProcess, run_binary};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Writes `text` as a config file in a new temporary directory.
+fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("fetchproxy.toml");
+    std::fs::write(&path, text).expect("write config file");
+    (dir, path)
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("temp path is UTF-8")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `fetchproxy ARGS...`, expecting exit 2 with a message containing every `needle`.
+fn expect_usage_error(args: &[&str], needles: &[&str]) -> String {
+    let output = run_binary_within(args, LIMIT);
+    let text = stderr(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "fetchproxy {args:?}\nstderr: {text}"
+    );
+    for needle in needles {
+        assert!(
+            text.contains(needle),
+            "fetchproxy {args:?}: stderr does not name {needle:?}: {text}"
+        );
+    }
+    assert!(
+        !text.contains("listening on"),
+        "fetchproxy {args:?} started anyway: {text}"
+    );
+    text
+}
+
+/// Stops a started binary by PID and expects a clean exit.
+fn stop(mut served: Served) {
+    let status = served.terminate(LIMIT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "log:\n{}",
+        served.log().join("\n")
+    );
+}
+
+#[test]
+fn config_file_settings_are_used() {
+    let (_dir, path) =
+        config_file("listen = [\"127.0.0.1:0\"]\nworkers = 3\nallow_dest = [\"127.0.0.0/8\"]\n");
+    let served = Served::start(&["--config", arg(&path)]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(served.addr.ip().is_loopback(), "{}", served.startup);
+    assert_ne!(served.addr.port(), 0, "{}", served.startup);
+    // The queue follows the worker count from the file.
+    assert!(
+        served.startup.contains("with 3 workers, queue 12"),
+        "{}",
+        served.startup
+    );
+    // allow_dest from the file lets a loopback origin through.
+    let origin = Origin::fixed("text/plain", b"from the file");
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        origin.url("/")
+    );
+    let got = exchange(served.addr, request.as_bytes(), LIMIT);
+    let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200], "got {:?}", got.text());
+    stop(served);
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    let (_dir, path) =
+        config_file("listen = [\"127.0.0.1:0\"]\nworkers = 3\nqueue = 9\nlog_level = \"warn\"\n");
+    let served = Served::start(&[
+        "--config",
+        arg(&path),
+        "--workers",
+        "5",
+        "--log-level",
+        "info",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Workers from the flag, queue still from the file; the startup line
+    // is at info, so the flag's level won over the file's "warn".
+    assert!(
+        served.startup.contains("with 5 workers, queue 9"),
+        "{}",
+        served.startup
+    );
+    stop(served);
+}
+
+#[test]
+fn listen_flag_overrides_the_file_listen_address() {
+    // The file's address is taken; the flag's is used instead.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (_dir, path) = config_file(&format!(
+        "listen = [\"{}\"]\n",
+        taken.local_addr().expect("addr")
+    ));
+    let served = Served::start(&["--config", arg(&path), "--listen", "127.0.0.1:0"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(
+        served.addr,
+        taken.local_addr().expect("addr"),
+        "{}",
+        served.startup
+    );
+    stop(served);
+}
+
+#[test]
+fn unknown_key_exits_2_naming_the_key() {
+    let (_dir, path) = config_file("workers = 3\nworkerz = 4\n");
+    expect_usage_error(&["serve", "--config", arg(&path)], &["workerz", "line 2"]);
+}
+
+#[test]
+fn bad_duration_in_file_exits_2_naming_key_and_value() {
+    let (_dir, path) = config_file("grace = \"30 parsecs\"\n");
+    expect_usage_error(&["serve", "--config", arg(&path)], &["grace", "30 parsecs"]);
+}
+
+#[test]
+fn bad_duration_flag_exits_2_naming_flag_and_value() {
+    expect_usage_error(
+        &["serve", "--grace", "30 parsecs"],
+        &["--grace", "30 parsecs"],
+    );
+}
+
+#[test]
+fn zero_workers_exits_2() {
+    let (_dir, path) = config_file("workers = 0\n");
+    expect_usage_error(&["serve", "--config", arg(&path)], &["workers", "0"]);
+    expect_usage_error(&["serve", "--workers", "0"], &["--workers", "0"]);
+}
+
+#[test]
+fn bad_cidr_exits_2() {
+    expect_usage_error(
+        &["serve", "--allow-dest", "127.0.0.0/33"],
+        &["--allow-dest", "127.0.0.0/33"],
+    );
+    expect_usage_error(
+        &["serve", "--allow-dest", "localhost"],
+        &["--allow-dest", "localhost"],
+    );
+    let (_dir, path) = config_file("allow_dest = [\"10.0.0.0/8\", \"not-a-range\"]\n");
+    expect_usage_error(
+        &["serve", "--config", arg(&path)],
+        &["allow_dest", "not-a-range"],
+    );
+}
+
+#[test]
+fn wrong_type_in_file_exits_2_naming_the_key() {
+    let (_dir, path) = config_file("queue = \"lots\"\n");
+    expect_usage_error(&["serve", "--config", arg(&path)], &["queue"]);
+}
+
+#[test]
+fn missing_config_file_exits_2_naming_the_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("absent.toml");
+    expect_usage_error(&["serve", "--config", arg(&path)], &["absent.toml"]);
+}
+
+#[test]
+fn listen_port_in_use_exits_2_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    expect_usage_error(&["serve", "--listen", &addr], &[&addr]);
+}
+
+#[test]
+fn config_example_loads() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let mut proxy = ProxyProcess::start(&["--config", arg(&example)]);
+    let line = proxy
+        .wait_for_log("listening on", LIMIT)
+        .expect("startup line");
+    // The example's values are the defaults.
+    assert!(line.contains("with 32 workers, queue 128"), "{line}");
+    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200], "got {:?}", got.text());
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(LIMIT).and_then(|s| s.code());
+    assert_eq!(status, Some(0), "log:\n{}", proxy.log().join("\n"));
+}
+
+#[test]
+fn log_level_debug_is_accepted_and_logs_debug_lines() {
+    let mut proxy = ProxyProcess::start(&["--log-level", "debug"]);
+    // A malformed request is logged at debug.
+    let got = exchange(proxy.addr, b"NONSENSE\r\n\r\n", LIMIT);
+    assert_eq!(
+        got.responses().first().map(|r| r.status),
+        Some(400),
+        "got {:?}",
+        got.text()
+    );
+    assert!(
+        proxy.wait_for_log("[DEBUG]", LIMIT).is_some(),
+        "no debug line; log:\n{}",
+        proxy.log().join("\n")
+    );
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn bad_log_level_exits_2() {
+    expect_usage_error(&["serve", "--log-level", "loud"], &["--log-level", "loud"]);
+    let (_dir, path) = config_file("log_level = \"loud\"\n");
+    expect_usage_error(&["serve", "--config", arg(&path)], &["log_level", "loud"]);
+}
+
+#[test]
+fn serve_help_lists_the_flags() {
+    let output = run_binary(&["serve", "--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--config",
+        "--listen",
+        "--workers",
+        "--queue",
+        "--allow-dest",
+        "--allow-client",
+        "--grace",
+        "--connect-timeout",
+        "--upstream-timeout",
+        "--idle-timeout",
+        "--header-timeout",
+        "--max-header-bytes",
+        "--max-body-bytes",
+        "--log-level",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}
