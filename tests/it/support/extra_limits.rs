@@ -153,10 +153,7 @@ pub fn parse_responses(mut data: &[u8]) -> Vec<Response> {
             .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
         {
             let mut body = Vec::new();
-            loop {
-                let Some(line_end) = find(rest, b"\r\n") else {
-                    break;
-                };
+            while let Some(line_end) = find(rest, b"\r\n") {
                 let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
                 let Ok(size) = usize::from_str_radix(size_text.trim(), 16) else {
                     break;
