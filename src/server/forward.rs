@@ -362,6 +362,9 @@ fn copy_exact(
         })?;
         sent += n as u64;
     }
+    // One more read lets ureq see the end of the body, which is what
+    // returns the upstream connection to its pool.
+    let _ = from.read(&mut buf[..1]);
     Ok(sent)
 }
 
