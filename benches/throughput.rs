@@ -1,1 +1,450 @@
-fn main() {}
+//! Throughput by worker-pool size: a loopback origin, the server started
+//! in-process, and a fixed set of client threads sending requests through it.
+//!
+//! One criterion group per workload (body size x concurrent clients, and a
+//! new-connection-per-request case), one `BenchmarkId` per pool size, and
+//! `Throughput::Elements(1)` per iteration, so criterion prints requests/s.
+//!
+//! Full run: `cargo bench --bench throughput` (a few minutes on 2 cores).
+//! CI smoke run: `cargo bench --bench throughput -- --quick` (criterion's own
+//! quick mode: each point stops once two samples agree within 5%).
+//! One workload: `cargo bench --bench throughput -- keepalive_1k_c64`.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+use fetchproxy::config::ServeConfig;
+use fetchproxy::server::{self, Running};
+
+#[path = "../tests/it/support/origin.rs"]
+#[allow(
+    dead_code,
+    reason = "the bench uses only the fixed replies of the test origin"
+)]
+mod origin;
+
+use origin::{Origin, Reply};
+
+/// Worker-pool sizes measured, one `BenchmarkId` each.
+const POOL_SIZES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// One kind of load: what is fetched, by how many clients, over which connections.
+struct Workload {
+    name: &'static str,
+    path: &'static str,
+    body_len: usize,
+    clients: usize,
+    keep_alive: bool,
+}
+
+const WORKLOADS: [Workload; 7] = [
+    keep_alive("keepalive_1k_c16", "/1k", 1 << 10, 16),
+    keep_alive("keepalive_1k_c64", "/1k", 1 << 10, 64),
+    keep_alive("keepalive_1k_c256", "/1k", 1 << 10, 256),
+    keep_alive("keepalive_64k_c16", "/64k", 64 << 10, 16),
+    keep_alive("keepalive_64k_c64", "/64k", 64 << 10, 64),
+    keep_alive("keepalive_64k_c256", "/64k", 64 << 10, 256),
+    Workload {
+        name: "newconn_1k_c64",
+        path: "/1k",
+        body_len: 1 << 10,
+        clients: 64,
+        keep_alive: false,
+    },
+];
+
+const fn keep_alive(
+    name: &'static str,
+    path: &'static str,
+    body_len: usize,
+    clients: usize,
+) -> Workload {
+    Workload {
+        name,
+        path,
+        body_len,
+        clients,
+        keep_alive: true,
+    }
+}
+
+fn throughput(c: &mut Criterion) {
+    for workload in &WORKLOADS {
+        let mut group = c.benchmark_group(workload.name);
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(measurement_time())
+            .throughput(Throughput::Elements(1));
+        for workers in POOL_SIZES {
+            // Started before criterion's clock: in quick mode a point's first
+            // sample decides its length, and must not include the set-up.
+            let rig = Rig::start(workload, workers);
+            group.bench_function(BenchmarkId::from_parameter(workers), |b| {
+                b.iter_custom(|requests| rig.clients.run(requests));
+            });
+            rig.stop(&format!("{}/{workers}", workload.name));
+        }
+        group.finish();
+    }
+}
+
+/// Time spent measuring one point. In criterion's `--quick` mode this is
+/// the most a point may take, so a smoke run is kept short.
+fn measurement_time() -> Duration {
+    if std::env::args().any(|arg| arg == "--quick") {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(2)
+    }
+}
+
+/// An origin, a server with `workers` workers, and the clients of one workload.
+struct Rig {
+    clients: Clients,
+    running: Running,
+    _origin: Origin,
+}
+
+impl Rig {
+    fn start(workload: &Workload, workers: usize) -> Rig {
+        // A fresh origin per point: the test origin records every request it sees.
+        let origin = Origin::start(|request| match request.target.as_str() {
+            "/1k" => Reply::ok("application/octet-stream", vec![b'x'; 1 << 10]),
+            "/64k" => Reply::ok("application/octet-stream", vec![b'x'; 64 << 10]),
+            _ => Reply::status(404),
+        });
+        let running =
+            server::start(bench_config(workers, workload.clients)).expect("start the proxy");
+        let proxy = running.local_addrs()[0];
+        let clients = Clients::spawn(workload, proxy, origin.addr);
+        // Open the upstream connections before criterion starts timing (quick
+        // mode has no warm-up).
+        clients.run(4 * workload.clients as u64);
+        clients.take_failures();
+        Rig {
+            clients,
+            running,
+            _origin: origin,
+        }
+    }
+
+    /// Closes the clients, drains the server and reports failed requests.
+    fn stop(self, label: &str) {
+        let Rig {
+            clients,
+            running,
+            _origin,
+        } = self;
+        let failures = clients.stop();
+        if failures.count > 0 {
+            eprintln!(
+                "{label}: {} of {} requests failed ({} with 503); first: {}",
+                failures.count,
+                failures.total,
+                failures.rejected,
+                failures.first.as_deref().unwrap_or("?")
+            );
+        }
+        running.shutdown().begin_drain();
+        running.wait();
+    }
+}
+
+/// The server's settings for one point: only the pool size varies. The queue
+/// holds every client, so a full queue (503) never stands in for throughput.
+fn bench_config(workers: usize, clients: usize) -> ServeConfig {
+    let queue = std::env::var("FETCHPROXY_BENCH_QUEUE_FACTOR")
+        .ok()
+        .and_then(|factor| factor.parse::<usize>().ok())
+        .map_or((4 * workers).max(clients), |factor| factor * workers);
+    ServeConfig {
+        listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        workers: workers.try_into().expect("pool sizes are not zero"),
+        queue: queue.try_into().expect("queue is at least one"),
+        allow_dest: vec!["127.0.0.0/8".parse().expect("loopback cidr")],
+        max_conns_per_client: 4096,
+        grace: Duration::from_secs(5),
+        ..ServeConfig::default()
+    }
+}
+
+/// Client threads kept alive across iterations; each run shares out a number
+/// of requests between them and times the whole batch.
+struct Clients {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    /// Requests not yet taken by a client in this run.
+    remaining: AtomicI64,
+    stop: AtomicBool,
+    start: Barrier,
+    done: Barrier,
+    total: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    total: u64,
+    count: u64,
+    rejected: u64,
+    first: Option<String>,
+}
+
+impl Clients {
+    fn spawn(workload: &Workload, proxy: SocketAddr, origin: SocketAddr) -> Clients {
+        let shared = Arc::new(Shared {
+            remaining: AtomicI64::new(0),
+            stop: AtomicBool::new(false),
+            start: Barrier::new(workload.clients + 1),
+            done: Barrier::new(workload.clients + 1),
+            total: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+        });
+        let close = if workload.keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
+        let request = format!(
+            "GET http://{origin}{} HTTP/1.1\r\nHost: {origin}\r\n{close}\r\n",
+            workload.path
+        )
+        .into_bytes();
+        let threads = (0..workload.clients)
+            .map(|i| {
+                let client = Client {
+                    shared: shared.clone(),
+                    proxy,
+                    request: request.clone(),
+                    body_len: workload.body_len,
+                    keep_alive: workload.keep_alive,
+                };
+                thread::Builder::new()
+                    .name(format!("client-{i}"))
+                    .stack_size(256 << 10)
+                    .spawn(move || client.run())
+                    .expect("spawn a client thread")
+            })
+            .collect();
+        Clients { shared, threads }
+    }
+
+    /// Sends `requests` requests across all clients and returns the wall time.
+    fn run(&self, requests: u64) -> Duration {
+        let requests = i64::try_from(requests).expect("request count fits in i64");
+        self.shared.remaining.store(requests, Ordering::SeqCst);
+        let started = Instant::now();
+        self.shared.start.wait();
+        self.shared.done.wait();
+        started.elapsed()
+    }
+
+    fn take_failures(&self) -> Failures {
+        let shared = &self.shared;
+        Failures {
+            total: shared.total.swap(0, Ordering::SeqCst),
+            count: shared.failed.swap(0, Ordering::SeqCst),
+            rejected: shared.rejected.swap(0, Ordering::SeqCst),
+            first: shared.first_failure.lock().ok().and_then(|mut f| f.take()),
+        }
+    }
+
+    /// Ends the client threads (closing their connections).
+    fn stop(mut self) -> Failures {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.start.wait();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        self.take_failures()
+    }
+}
+
+/// One client thread: its request, and the connection it keeps between runs.
+struct Client {
+    shared: Arc<Shared>,
+    proxy: SocketAddr,
+    request: Vec<u8>,
+    body_len: usize,
+    keep_alive: bool,
+}
+
+impl Client {
+    fn run(self) {
+        let mut conn: Option<Conn> = None;
+        loop {
+            self.shared.start.wait();
+            if self.shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            while self.shared.remaining.fetch_sub(1, Ordering::SeqCst) > 0 {
+                self.shared.total.fetch_add(1, Ordering::Relaxed);
+                let outcome = self.one_request(&mut conn);
+                if outcome.is_err() || !self.keep_alive {
+                    // A failed request is counted, not retried: the connection
+                    // is dropped and the next request opens a new one.
+                    conn = None;
+                }
+                if let Err(failure) = outcome {
+                    self.record(failure);
+                }
+            }
+            self.shared.done.wait();
+        }
+    }
+
+    fn one_request(&self, conn: &mut Option<Conn>) -> Result<(), Failure> {
+        let conn = match conn {
+            Some(conn) => conn,
+            None => conn.insert(Conn::open(self.proxy)?),
+        };
+        conn.stream.write_all(&self.request)?;
+        let (status, len) = conn.read_head()?;
+        conn.skip_body(len)?;
+        if status == 503 {
+            return Err(Failure::Rejected);
+        }
+        if status != 200 || len != self.body_len as u64 {
+            return Err(Failure::Other(format!("status {status}, {len} body bytes")));
+        }
+        if !self.keep_alive {
+            // Read to the end so the server closes first and keeps the TIME_WAIT.
+            conn.wait_for_close()?;
+        }
+        Ok(())
+    }
+
+    fn record(&self, failure: Failure) {
+        self.shared.failed.fetch_add(1, Ordering::Relaxed);
+        let message = match failure {
+            Failure::Rejected => {
+                self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+                "503 from the proxy".to_string()
+            }
+            Failure::Other(message) => message,
+        };
+        if let Ok(mut first) = self.shared.first_failure.lock() {
+            first.get_or_insert(message);
+        }
+    }
+}
+
+enum Failure {
+    Rejected,
+    Other(String),
+}
+
+impl From<io::Error> for Failure {
+    fn from(err: io::Error) -> Failure {
+        Failure::Other(err.to_string())
+    }
+}
+
+/// A client connection with a read buffer; responses are read by
+/// Content-Length, which the proxy keeps when the origin sends one.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Bytes of `buf` holding data not yet consumed.
+    filled: usize,
+}
+
+impl Conn {
+    fn open(proxy: SocketAddr) -> io::Result<Conn> {
+        let stream = TcpStream::connect(proxy)?;
+        stream.set_nodelay(true)?;
+        // Never hang the bench on a silent server.
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn {
+            stream,
+            buf: vec![0; 64 << 10],
+            filled: 0,
+        })
+    }
+
+    /// Reads a response head; returns the status and the Content-Length.
+    fn read_head(&mut self) -> Result<(u16, u64), Failure> {
+        loop {
+            if let Some(end) = find_head_end(&self.buf[..self.filled]) {
+                let parsed = parse_head(&self.buf[..end]);
+                self.buf.copy_within(end..self.filled, 0);
+                self.filled -= end;
+                return parsed;
+            }
+            if self.filled == self.buf.len() {
+                return Err(Failure::Other("response head over 64 KiB".into()));
+            }
+            let n = self.stream.read(&mut self.buf[self.filled..])?;
+            if n == 0 {
+                return Err(Failure::Other(
+                    "connection closed before a response head".into(),
+                ));
+            }
+            self.filled += n;
+        }
+    }
+
+    fn skip_body(&mut self, len: u64) -> Result<(), Failure> {
+        let buffered = (self.filled as u64).min(len);
+        self.buf.copy_within(buffered as usize..self.filled, 0);
+        self.filled -= buffered as usize;
+        let mut left = len - buffered;
+        while left > 0 {
+            let want = left.min(self.buf.len() as u64) as usize;
+            let n = self.stream.read(&mut self.buf[..want])?;
+            if n == 0 {
+                return Err(Failure::Other(format!(
+                    "connection closed {left} bytes short"
+                )));
+            }
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    fn wait_for_close(&mut self) -> Result<(), Failure> {
+        while self.stream.read(&mut self.buf)? > 0 {}
+        Ok(())
+    }
+}
+
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}
+
+fn parse_head(head: &[u8]) -> Result<(u16, u64), Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    response
+        .parse(head)
+        .map_err(|err| Failure::Other(format!("bad response head: {err}")))?;
+    let status = response.code.unwrap_or(0);
+    let len = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Failure::Other(format!("status {status} without Content-Length")))?;
+    Ok((status, len))
+}
+
+criterion_group!(benches, throughput);
+criterion_main!(benches);
