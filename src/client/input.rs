@@ -157,6 +157,10 @@ impl<R: BufRead> Iterator for Lines<R> {
                 Ok(Some(raw)) => raw,
                 Ok(None) => {
                     self.done = true;
+                    if self.prompt {
+                        // End the last `url> ` line so the summary starts on its own.
+                        eprintln!();
+                    }
                     return None;
                 }
                 Err(source) => {
