@@ -5,17 +5,17 @@
 //! curl is the client wherever a user would use curl; raw sockets send what
 //! curl will not.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::support::extra_forward::{
-    RawResponse, Responder, assert_curl_error, assert_raw_error, closes_within, exchange,
+    RawResponse, Responder, Streamer, assert_curl_error, assert_raw_error, closes_within, exchange,
     read_head, read_one,
 };
 use crate::support::origin::pattern_byte;
-use crate::support::{Origin, OriginRequest, Proxy, Reply, curl, test_config};
+use crate::support::{Origin, OriginRequest, Proxy, Reply, curl, test_config, wait_until};
 
 /// Generous limit for anything that should take milliseconds.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -1198,4 +1198,89 @@ fn python_urllib_fetches_through_the_proxy() {
         "200 fetched by urllib\n"
     );
     assert_eq!(only_request(&origin).target, "/urllib");
+}
+
+// --- Edges: URLs, repeated headers, clients that leave --------------------------
+
+#[test]
+fn the_path_and_query_reach_the_origin_unchanged() {
+    let origin = path_echo_origin();
+    let proxy = Proxy::start();
+    for path in [
+        "/a%2Fb/c%20d?q=%41&x=y+z&e=",
+        "/~user/./x/../y?a=1;b=2",
+        "/",
+    ] {
+        let request = get_request(&origin.url(path), "");
+        let response = exchange(proxy.addr, &request, LIMIT);
+        assert_eq!(
+            (response.status, response.text()),
+            (200, format!("path={path}")),
+            "{}",
+            response.head
+        );
+    }
+    // An absolute URL without a path asks for "/".
+    let request = get_request(&format!("http://{}", origin.addr), "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(response.text(), "path=/", "{}", response.head);
+}
+
+#[test]
+fn credentials_in_the_url_are_not_forwarded() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let url = format!("http://user:secret@{}/private", origin.addr);
+    let request = get_request(&url, "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(response.status, 200, "{}", response.head);
+    let req = only_request(&origin);
+    assert_eq!(req.header("authorization"), None, "{:?}", req.headers);
+    assert_eq!(req.header("host"), Some(origin.addr.to_string().as_str()));
+    assert!(!format!("{req:?}").contains("secret"), "{req:?}");
+}
+
+#[test]
+fn repeated_response_headers_pass_through_in_order() {
+    let origin = Origin::start(|_| {
+        Reply::ok("text/plain", "ok")
+            .with_header("Set-Cookie", "a=1; Path=/")
+            .with_header("Set-Cookie", "b=2; HttpOnly")
+            .with_header("X-Multi", "one")
+            .with_header("X-Multi", "two")
+    });
+    let proxy = Proxy::start();
+    let request = get_request(&origin.url("/"), "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(
+        response.headers_named("set-cookie"),
+        ["a=1; Path=/", "b=2; HttpOnly"],
+        "{}",
+        response.head
+    );
+    assert_eq!(
+        response.headers_named("x-multi"),
+        ["one", "two"],
+        "{}",
+        response.head
+    );
+}
+
+#[test]
+fn a_client_that_leaves_mid_body_drops_the_upstream_connection() {
+    let streamer = Streamer::start();
+    let proxy = Proxy::start();
+    let url = format!("http://{}/endless", streamer.addr);
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let request = get_request(&url, "");
+    stream.write_all(&request).expect("send");
+    let head = read_head(&mut stream, LIMIT).expect("a head");
+    assert_eq!(head.status, 200, "{}", head.head);
+    let mut some = [0u8; 64 * 1024];
+    stream.read_exact(&mut some).expect("some of the body");
+    drop(stream);
+    assert!(
+        wait_until(LIMIT, || streamer.abandoned() == 1),
+        "the upstream kept streaming after the client left"
+    );
 }

@@ -360,6 +360,93 @@ impl Drop for Responder {
     }
 }
 
+/// An origin on 127.0.0.1:0 that answers each request with an endless
+/// chunked body and counts the connections on which writing failed, that
+/// is, where the peer (the proxy) went away. Stops accepting on drop.
+pub struct Streamer {
+    pub addr: SocketAddr,
+    abandoned: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Streamer {
+    pub fn start() -> Streamer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind streamer on loopback");
+        let addr = listener.local_addr().expect("streamer address");
+        let abandoned = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, flag) = (abandoned.clone(), stop.clone());
+        thread::Builder::new()
+            .name("streamer".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (count, flag) = (count.clone(), flag.clone());
+                    let _ = thread::Builder::new()
+                        .name("streamer-conn".into())
+                        .spawn(move || stream_until_abandoned(stream, &count, &flag));
+                }
+            })
+            .expect("spawn streamer thread");
+        Streamer {
+            addr,
+            abandoned,
+            stop,
+        }
+    }
+
+    /// Connections whose reader went away while the body was streaming.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+fn stream_until_abandoned(mut stream: TcpStream, abandoned: &AtomicUsize, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    // A write blocked on a reader that neither reads nor leaves ends too.
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let mut chunk = format!("{:x}\r\n", 16 * 1024).into_bytes();
+    chunk.extend((0..16 * 1024u64).map(super::origin::pattern_byte));
+    chunk.extend_from_slice(b"\r\n");
+    let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    if stream.write_all(answer).is_err() {
+        return;
+    }
+    // Bounded: 4 GiB at most.
+    for _ in 0..(1u64 << 18) {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(err) = stream.write_all(&chunk) {
+            if !matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                abandoned.fetch_add(1, Ordering::SeqCst);
+            }
+            return;
+        }
+    }
+}
+
 /// Sends `CONNECT target` (plus `extra` in the same write) and reads the
 /// answer's head (an error answer's body too); returns the stream, the
 /// answer and the bytes sent.
