@@ -411,7 +411,10 @@ impl<'a> ClientBody<'a> {
         let limit = limit.unwrap_or(u64::MAX);
         let reader: Option<Box<dyn Read + 'a>> = match framing {
             BodyFraming::Empty => None,
-            BodyFraming::Length(len) => Some(Box::new(Read::take(conn, len))),
+            BodyFraming::Length(len) => Some(Box::new(ExactReader {
+                inner: conn,
+                remaining: len,
+            })),
             BodyFraming::Chunked => Some(Box::new(LimitedReader::new(
                 ChunkedReader::new(conn),
                 limit,
@@ -449,6 +452,37 @@ impl Read for ClientBody<'_> {
                 Err(err)
             }
         }
+    }
+}
+
+/// A body of exactly `remaining` bytes: the client closing before the
+/// declared length is an error, so that a cut-short body is never sent on
+/// as if it were complete (and the origin is not left waiting for the rest).
+struct ExactReader<R> {
+    inner: R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for ExactReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || out.is_empty() {
+            return Ok(0);
+        }
+        let want = out
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut out[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "client closed with {} body bytes still to come",
+                    self.remaining
+                ),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::support::extra_forward::{
     RawResponse, Responder, Streamer, assert_curl_error, assert_raw_error, closes_within, exchange,
-    read_head, read_one,
+    read_head, read_one, split_raw,
 };
 use crate::support::origin::pattern_byte;
 use crate::support::{Origin, OriginRequest, Proxy, Reply, curl, test_config, wait_until};
@@ -1264,6 +1264,30 @@ fn repeated_response_headers_pass_through_in_order() {
         "{}",
         response.head
     );
+}
+
+#[test]
+fn a_request_body_cut_short_by_the_client_is_answered_400() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly ten!!",
+        origin.url("/short")
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    let got = crate::support::read_until_close(&mut stream, LIMIT);
+    let response = split_raw(&got).unwrap_or_else(|| {
+        panic!(
+            "no answer to a cut-short body\nsent: {request:?}\ngot: {:?}",
+            String::from_utf8_lossy(&got)
+        )
+    });
+    assert_raw_error(request.as_bytes(), &response, 400, "http_request_error");
+    assert!(response.text().contains("body"), "{}", response.text());
 }
 
 #[test]
