@@ -100,16 +100,14 @@ pub fn forward(
             .agent
             .run(request.body(SendBody::from_reader(&mut body))?),
     };
-    let body_done = body.done;
+    // A request body the origin did not wait for leaves unread bytes behind.
+    let request_read = body.done;
     if let Some(err) = body.failure.take() {
         return Err(err);
     }
     drop(body);
     let response = result.map_err(|err| upstream::map_error(err, &authority))?;
-    let mut served = relay_response(conn, head, response, request_id, ctx, buf)?;
-    // A request body the origin did not wait for leaves unread bytes behind.
-    served.reusable &= body_done || framing == BodyFraming::Empty;
-    Ok(served)
+    relay_response(conn, head, response, request_id, ctx, buf, request_read)
 }
 
 /// Parses an absolute-form target into the URI to fetch (credentials dropped).
@@ -216,6 +214,8 @@ enum Framing {
 }
 
 /// Writes the response head and streams the body to the client.
+/// `request_read`: the whole request body was read, so the connection can
+/// carry another request; if not, the head says `Connection: close`.
 fn relay_response(
     conn: &mut ClientConn,
     head: &RequestHead,
@@ -223,6 +223,7 @@ fn relay_response(
     request_id: &str,
     ctx: &Context,
     buf: &mut [u8],
+    request_read: bool,
 ) -> Result<Served, ProxyError> {
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
@@ -240,7 +241,10 @@ fn relay_response(
     } else {
         Framing::Close
     };
-    let keep_alive = head.keep_alive() && framing != Framing::Close && !ctx.shutdown.is_draining();
+    let keep_alive = request_read
+        && head.keep_alive()
+        && framing != Framing::Close
+        && !ctx.shutdown.is_draining();
 
     let mut out = Vec::with_capacity(1024);
     response::write_status_line(
@@ -404,6 +408,9 @@ struct ClientBody<'a> {
     failure: Option<ProxyError>,
     /// `max_body_bytes`, named in the 413 when a chunked body goes over it.
     limit: u64,
+    /// Bytes of a Content-Length body not read yet: ureq stops reading at
+    /// the declared length, so reaching zero is what marks the body done.
+    left: Option<u64>,
 }
 
 impl<'a> ClientBody<'a> {
@@ -425,6 +432,10 @@ impl<'a> ClientBody<'a> {
             reader,
             failure: None,
             limit,
+            left: match framing {
+                BodyFraming::Length(len) => Some(len),
+                _ => None,
+            },
         }
     }
 }
@@ -439,7 +450,14 @@ impl Read for ClientBody<'_> {
                 self.done = true;
                 Ok(0)
             }
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                if let Some(left) = self.left.as_mut() {
+                    // ExactReader never yields more than is left.
+                    *left = left.saturating_sub(n as u64);
+                    self.done = *left == 0;
+                }
+                Ok(n)
+            }
             Err(err) => {
                 let failure = match err.kind() {
                     io::ErrorKind::InvalidData => {

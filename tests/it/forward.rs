@@ -1291,6 +1291,40 @@ fn a_request_body_cut_short_by_the_client_is_answered_400() {
 }
 
 #[test]
+fn a_keep_alive_connection_carries_requests_with_bodies() {
+    let origin = Origin::start(|req| Reply::ok("text/plain", req.body.clone()));
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let url = origin.url("/post");
+    let requests = [
+        (
+            format!("POST {url} HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nfirst body"),
+            "first body",
+        ),
+        (
+            format!(
+                "PUT {url} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nchunky\r\n0\r\n\r\n"
+            ),
+            "chunky",
+        ),
+        (
+            format!("POST {url} HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nthird body!"),
+            "third body!",
+        ),
+    ];
+    for (request, body) in &requests {
+        let response = send_one(&mut stream, request.as_bytes(), false);
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (200, *body),
+            "sent {request:?}\ngot {}",
+            response.head
+        );
+        assert_eq!(response.header("connection"), None, "{}", response.head);
+    }
+}
+
+#[test]
 fn a_client_that_leaves_mid_body_drops_the_upstream_connection() {
     let streamer = Streamer::start();
     let proxy = Proxy::start();
