@@ -3,9 +3,10 @@
 //! only this module knows how the acceptor is woken.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread;
+use std::time::Instant;
 
 use mio::Waker;
 
@@ -17,6 +18,8 @@ const NOW: u8 = 2;
 #[derive(Debug)]
 pub struct Shutdown {
     state: AtomicU8,
+    /// When draining began: the grace period counts from here.
+    drain_started: OnceLock<Instant>,
     waker: Arc<Waker>,
 }
 
@@ -25,12 +28,14 @@ impl Shutdown {
     pub fn new(waker: Arc<Waker>) -> Shutdown {
         Shutdown {
             state: AtomicU8::new(RUNNING),
+            drain_started: OnceLock::new(),
             waker,
         }
     }
 
     /// Stop accepting, finish what is queued and in flight.
     pub fn begin_drain(&self) {
+        self.drain_started.get_or_init(Instant::now);
         let _ = self
             .state
             .compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst);
@@ -39,6 +44,7 @@ impl Shutdown {
 
     /// Stop at once, cutting requests short.
     pub fn stop_now(&self) {
+        self.drain_started.get_or_init(Instant::now);
         self.state.store(NOW, Ordering::SeqCst);
         self.wake();
     }
@@ -46,6 +52,11 @@ impl Shutdown {
     /// Whether draining (or stopping now) has begun.
     pub fn is_draining(&self) -> bool {
         self.state.load(Ordering::SeqCst) != RUNNING
+    }
+
+    /// When draining (or stopping now) began, if it has.
+    pub fn draining_since(&self) -> Option<Instant> {
+        self.drain_started.get().copied()
     }
 
     /// Whether a stop-now was asked for.

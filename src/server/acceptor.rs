@@ -5,15 +5,16 @@
 //! `header_timeout` and `idle_timeout`. It never blocks on a worker and never
 //! reads a body: a full queue is answered 503 at once.
 
-use std::io::{self, Read, Write};
-use std::net::TcpListener;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use rustix::net::{RecvFlags, SendFlags};
 use slab::Slab;
 
 use crate::access;
@@ -22,7 +23,7 @@ use crate::error::ProxyError;
 use crate::http::request::{self, HeadLimits, Parsed, RequestHead};
 use crate::http::response;
 use crate::logging::{self, AccessRecord};
-use crate::server::conn::{ClientConn, ConnLimits};
+use crate::server::conn::{ClientConn, ConnLimits, Registration, Return};
 use crate::server::request_id::RequestIds;
 use crate::shutdown::Shutdown;
 
@@ -33,8 +34,6 @@ pub const WAKER: Token = Token(usize::MAX);
 const TICK: Duration = Duration::from_millis(100);
 /// Bytes read from a socket in one go while a head arrives.
 const SCRATCH_BYTES: usize = 16 * 1024;
-/// Write timeout for the answers the acceptor gives itself (503, 403, 408).
-const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A connection with a complete (or failed) request head, for a worker.
 #[derive(Debug)]
@@ -49,13 +48,13 @@ pub struct Job {
 /// How workers give keep-alive connections back to the acceptor.
 #[derive(Debug, Clone)]
 pub struct Handback {
-    tx: Sender<ClientConn>,
+    tx: Sender<Return>,
     waker: Arc<Waker>,
 }
 
 impl Handback {
     /// A handback channel to the acceptor woken by `waker`, and its receiving end.
-    pub fn new(waker: Arc<Waker>) -> (Handback, Receiver<ClientConn>) {
+    pub fn new(waker: Arc<Waker>) -> (Handback, Receiver<Return>) {
         // Unbounded in type, bounded in fact: each connection is in it at
         // most once, and connections are capped by `max_connections`.
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -64,7 +63,7 @@ impl Handback {
 
     /// Parks `conn` with the acceptor until its next request arrives.
     pub fn give_back(&self, conn: ClientConn) {
-        if self.tx.send(conn).is_ok() {
+        if self.tx.send(Return::Park(conn)).is_ok() {
             let _ = self.waker.wake();
         }
     }
@@ -79,28 +78,43 @@ enum Phase {
     Idle,
 }
 
+/// A connection's place in the loop. Its socket stays registered for its
+/// whole life, so handing it to a worker and back costs no system call.
 #[derive(Debug)]
-struct Entry {
-    conn: ClientConn,
-    phase: Phase,
-    deadline: Instant,
+enum Entry {
+    /// Here, waiting for input.
+    Parked {
+        conn: ClientConn,
+        phase: Phase,
+        deadline: Instant,
+    },
+    /// With a worker; `ready` records input that arrived meanwhile (the
+    /// socket is edge-triggered, so that news would be lost otherwise).
+    Busy { ready: bool },
 }
 
 /// The acceptor's state; `run` is its thread's body.
 pub struct Acceptor {
     poll: Poll,
-    listeners: Vec<mio::net::TcpListener>,
+    listeners: Vec<TcpListener>,
     /// Token of the first connection: one past the listeners' tokens.
     conn_base: usize,
     entries: Slab<Entry>,
     jobs: Sender<Job>,
-    returns: Receiver<ClientConn>,
+    returns: Receiver<Return>,
+    returns_tx: Sender<Return>,
+    waker: Arc<Waker>,
+    registry: Arc<Registry>,
     shutdown: Arc<Shutdown>,
     config: Arc<ServeConfig>,
     limits: Arc<ConnLimits>,
     ids: Arc<RequestIds>,
     scratch: Box<[u8]>,
     draining: bool,
+    /// Once draining: when the grace period ends; heads still arriving then are cut.
+    grace_end: Option<Instant>,
+    /// Whether a head still arriving was cut at the end of the grace period.
+    cut_short: bool,
 }
 
 impl Acceptor {
@@ -113,40 +127,52 @@ impl Acceptor {
         poll: Poll,
         listeners: Vec<TcpListener>,
         jobs: Sender<Job>,
-        returns: Receiver<ClientConn>,
+        handback: (Handback, Receiver<Return>),
         shutdown: Arc<Shutdown>,
         config: Arc<ServeConfig>,
         limits: Arc<ConnLimits>,
         ids: Arc<RequestIds>,
     ) -> io::Result<Acceptor> {
-        let mut mio_listeners = Vec::with_capacity(listeners.len());
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, listener) in listeners.iter().enumerate() {
             listener.set_nonblocking(true)?;
-            let mut listener = mio::net::TcpListener::from_std(listener);
+            let fd = listener.as_raw_fd();
             poll.registry()
-                .register(&mut listener, Token(index), Interest::READABLE)?;
-            mio_listeners.push(listener);
+                .register(&mut SourceFd(&fd), Token(index), Interest::READABLE)?;
         }
+        let (
+            Handback {
+                tx: returns_tx,
+                waker,
+            },
+            returns,
+        ) = handback;
+        let registry = Arc::new(poll.registry().try_clone()?);
         Ok(Acceptor {
             poll,
-            conn_base: mio_listeners.len(),
-            listeners: mio_listeners,
+            conn_base: listeners.len(),
+            listeners,
             entries: Slab::new(),
             jobs,
             returns,
+            returns_tx,
+            waker,
+            registry,
             shutdown,
             config,
             limits,
             ids,
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             draining: false,
+            grace_end: None,
+            cut_short: false,
         })
     }
 
     /// Runs until shutdown: returns once draining and no head is in progress,
     /// or at once on stop-now. Dropping `self` drops the job `Sender`, which
-    /// ends the workers' loops once the queue is empty.
-    pub fn run(mut self) {
+    /// ends the workers' loops once the queue is empty. Returns whether a
+    /// request head still arriving had to be cut at the end of the grace period.
+    pub fn run(mut self) -> bool {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
@@ -156,7 +182,7 @@ impl Acceptor {
             if self.shutdown.is_draining() && !self.draining {
                 self.start_draining();
             }
-            if self.draining && self.entries.is_empty() {
+            if self.draining && !self.has_parked() {
                 break;
             }
             let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -170,7 +196,7 @@ impl Acceptor {
                 match event.token() {
                     WAKER => self.take_returns(),
                     Token(index) if index < self.conn_base => self.accept(index),
-                    Token(token) => self.on_readable(token - self.conn_base),
+                    Token(token) => self.on_event(token - self.conn_base),
                 }
             }
             // Wake-ups coalesce; connections handed back may be waiting.
@@ -181,6 +207,7 @@ impl Acceptor {
             }
         }
         log::debug!("acceptor stopped");
+        self.cut_short
     }
 
     /// Accepts every pending connection on listener `index`.
@@ -189,6 +216,8 @@ impl Acceptor {
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
+            // std's accept gives a blocking socket, which is what workers
+            // want; the acceptor itself only ever uses non-blocking calls.
             let (stream, peer) = match listener.accept() {
                 Ok(pair) => pair,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
@@ -199,35 +228,40 @@ impl Acceptor {
                     return;
                 }
             };
-            let stream = std::net::TcpStream::from(stream);
             let ip = peer.ip().to_canonical();
             if !access::allows_client(ip, &self.config.allow_clients) {
-                self.refuse(stream, peer, ProxyError::ClientDenied { addr: ip });
+                self.refuse(&stream, peer, ProxyError::ClientDenied { addr: ip });
                 continue;
             }
             let slot = match self.limits.admit(ip) {
                 Ok(slot) => slot,
                 Err(err) => {
-                    self.refuse(stream, peer, err);
+                    self.refuse(&stream, peer, err);
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
+            // Workers use blocking I/O, always bounded by these timeouts.
+            if stream.set_nodelay(true).is_err()
+                || stream
+                    .set_read_timeout(Some(self.config.idle_timeout))
+                    .is_err()
+                || stream
+                    .set_write_timeout(Some(self.config.upstream_timeout))
+                    .is_err()
+            {
+                continue;
+            }
             let conn = ClientConn::new(stream, peer, slot);
-            let deadline = Instant::now() + self.config.header_timeout;
-            self.park(conn, Phase::Head, deadline);
+            self.register(conn);
         }
     }
 
     /// Answers a connection the proxy will not serve, and closes it.
-    fn refuse(&self, stream: std::net::TcpStream, peer: std::net::SocketAddr, err: ProxyError) {
+    fn refuse(&self, stream: &TcpStream, peer: SocketAddr, err: ProxyError) {
         log::debug!("refusing {peer}: {err}");
         let request_id = self.ids.fresh();
-        let mut stream = stream;
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_write_timeout(Some(ANSWER_WRITE_TIMEOUT));
         let answer = response::error_response(&err, &request_id, true, false);
-        let _ = stream.write_all(&answer);
+        send_now(stream, &answer);
         logging::access(&AccessRecord {
             client: peer,
             method: "-",
@@ -240,112 +274,192 @@ impl Acceptor {
         });
     }
 
-    /// Registers `conn` with the loop to wait in `phase` until `deadline`.
-    fn park(&mut self, conn: ClientConn, phase: Phase, deadline: Instant) {
-        if let Err(err) = conn.stream.set_nonblocking(true) {
-            log::debug!("cannot park {}: {err}", conn.peer);
-            return;
-        }
-        let fd = conn.stream.as_raw_fd();
+    /// Registers a new connection with the loop for its whole life.
+    fn register(&mut self, mut conn: ClientConn) {
         let entry = self.entries.vacant_entry();
-        let token = Token(entry.key() + self.conn_base);
-        if let Err(err) =
-            self.poll
-                .registry()
-                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        let key = entry.key();
+        let fd = conn.stream.as_raw_fd();
+        let token = Token(key + self.conn_base);
+        if let Err(err) = self
+            .registry
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
         {
             log::warn!("cannot register {}: {err}", conn.peer);
             return;
         }
-        entry.insert(Entry {
+        conn.set_registration(Registration::new(
+            key,
+            self.returns_tx.clone(),
+            self.waker.clone(),
+            self.registry.clone(),
+        ));
+        let deadline = Instant::now() + self.config.header_timeout;
+        entry.insert(Entry::Parked {
             conn,
-            phase,
+            phase: Phase::Head,
             deadline,
         });
     }
 
-    /// Takes the keep-alive connections workers handed back.
+    /// Takes what workers reported: connections to park, places to free.
     fn take_returns(&mut self) {
-        while let Ok(conn) = self.returns.try_recv() {
-            if self.draining {
-                continue; // dropped: closes it
+        while let Ok(message) = self.returns.try_recv() {
+            match message {
+                Return::Closed(key) => {
+                    self.entries.try_remove(key);
+                }
+                Return::Park(conn) => self.park(conn),
             }
-            let now = Instant::now();
-            if conn.pending().is_empty() {
-                self.park(conn, Phase::Idle, now + self.config.idle_timeout);
-            } else {
-                self.park(conn, Phase::Head, now + self.config.header_timeout);
+        }
+    }
+
+    /// Parks a keep-alive connection a worker gave back.
+    fn park(&mut self, mut conn: ClientConn) {
+        let Some(key) = conn.registration_key() else {
+            return;
+        };
+        let ready = match self.entries.get(key) {
+            Some(Entry::Busy { ready }) => *ready,
+            _ => {
+                log::error!(
+                    "connection {} handed back to a place it does not own",
+                    conn.peer
+                );
+                conn.disarm_registration();
+                return;
             }
+        };
+        if self.draining {
+            conn.disarm_registration();
+            self.entries.remove(key);
+            return;
+        }
+        let now = Instant::now();
+        let (phase, deadline) = if conn.pending().is_empty() {
+            (Phase::Idle, now + self.config.idle_timeout)
+        } else {
+            (Phase::Head, now + self.config.header_timeout)
+        };
+        self.entries[key] = Entry::Parked {
+            conn,
+            phase,
+            deadline,
+        };
+        if ready {
+            self.on_event(key);
+        }
+    }
+
+    /// A readiness event for the connection at `key`.
+    fn on_event(&mut self, key: usize) {
+        match self.entries.get_mut(key) {
+            Some(Entry::Busy { ready }) => *ready = true,
+            Some(Entry::Parked { .. }) => self.on_readable(key),
+            None => {}
         }
     }
 
     /// Reads what a parked connection sent; queues it once a head is complete.
     fn on_readable(&mut self, key: usize) {
         let limit = self.config.max_header_bytes;
-        let Some(entry) = self.entries.get_mut(key) else {
+        let Some(Entry::Parked {
+            conn,
+            phase,
+            deadline,
+        }) = self.entries.get_mut(key)
+        else {
             return;
         };
         let mut closed = false;
         loop {
-            let room = (limit + 1).saturating_sub(entry.conn.pending().len());
+            let room = (limit + 1).saturating_sub(conn.pending().len());
             if room == 0 {
                 break;
             }
             let want = room.min(self.scratch.len());
-            match entry.conn.stream.read(&mut self.scratch[..want]) {
-                Ok(0) => {
+            match rustix::net::recv(&conn.stream, &mut self.scratch[..want], RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
                     closed = true;
                     break;
                 }
-                Ok(n) => entry.conn.push_received(&self.scratch[..n]),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Ok((n, _)) => {
+                    conn.push_received(&self.scratch[..n]);
+                    if n < want {
+                        // A short read: the socket is very likely drained.
+                        // If not, the complete head is queued anyway, or the
+                        // next read below the head limit finds the rest.
+                        if head_may_be_complete(conn.pending()) {
+                            break;
+                        }
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => {
                     closed = true;
                     break;
                 }
             }
         }
-        if entry.conn.pending().is_empty() {
+        if conn.pending().is_empty() {
             if closed {
-                self.remove(key);
+                self.close(key);
             }
             return;
         }
-        if entry.phase == Phase::Idle {
-            entry.phase = Phase::Head;
-            entry.deadline = Instant::now() + self.config.header_timeout;
+        if *phase == Phase::Idle {
+            *phase = Phase::Head;
+            *deadline = Instant::now() + self.config.header_timeout;
         }
         let limits = HeadLimits {
             max_header_bytes: self.config.max_header_bytes,
             max_url_bytes: self.config.max_url_bytes,
         };
-        match request::parse_head(entry.conn.pending(), &limits) {
+        match request::parse_head(conn.pending(), &limits) {
             Ok(Parsed::Partial) if closed => {
                 // The client gave up mid-head; nobody is left to answer.
-                self.remove(key);
+                self.close(key);
             }
             Ok(Parsed::Partial) => {}
             Ok(Parsed::Complete { head, head_len }) => {
-                if let Some(mut conn) = self.remove(key) {
+                if let Some(mut conn) = self.take_for_worker(key) {
                     conn.consume_pending(head_len);
                     self.dispatch(conn, Ok(head));
                 }
             }
             Err(err) => {
-                if let Some(conn) = self.remove(key) {
+                if let Some(conn) = self.take_for_worker(key) {
                     self.dispatch(conn, Err(err));
                 }
             }
         }
     }
 
-    /// Unregisters a parked connection and gives it back to the caller.
-    fn remove(&mut self, key: usize) -> Option<ClientConn> {
-        let entry = self.entries.try_remove(key)?;
-        let fd = entry.conn.stream.as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        Some(entry.conn)
+    /// Takes a parked connection out to hand it to a worker; its place stays
+    /// reserved (`Busy`) until the worker parks it again or drops it.
+    fn take_for_worker(&mut self, key: usize) -> Option<ClientConn> {
+        let entry = self.entries.get_mut(key)?;
+        match std::mem::replace(entry, Entry::Busy { ready: false }) {
+            Entry::Parked { conn, .. } => Some(conn),
+            busy => {
+                *entry = busy;
+                None
+            }
+        }
+    }
+
+    /// Closes a parked connection (dropping the socket also unregisters it).
+    fn close(&mut self, key: usize) -> Option<ClientConn> {
+        if !matches!(self.entries.get(key), Some(Entry::Parked { .. })) {
+            return None;
+        }
+        match self.entries.remove(key) {
+            Entry::Parked { mut conn, .. } => {
+                conn.disarm_registration();
+                Some(conn)
+            }
+            Entry::Busy { .. } => None,
+        }
     }
 
     /// Queues a connection for a worker, or answers 503 at once if the queue is full.
@@ -381,12 +495,17 @@ impl Acceptor {
     }
 
     /// Answers a queued-to-be job with `err` from this thread and closes it.
-    fn answer_directly(&self, job: Job, err: ProxyError) {
+    fn answer_directly(&mut self, job: Job, err: ProxyError) {
         let Job {
             mut conn,
             head,
             queued_at,
         } = job;
+        // The acceptor closes it: free its place here, not by message.
+        if let Some(key) = conn.registration_key() {
+            self.entries.try_remove(key);
+        }
+        conn.disarm_registration();
         let (method, url, request_id) = match &head {
             Ok(head) => (
                 head.method.as_str(),
@@ -396,9 +515,8 @@ impl Acceptor {
             Err(_) => ("-", "-", self.ids.fresh()),
         };
         let head_only = method == "HEAD";
-        let _ = conn.stream.set_write_timeout(Some(ANSWER_WRITE_TIMEOUT));
         let answer = response::error_response(&err, &request_id, true, head_only);
-        let _ = conn.stream.write_all(&answer);
+        send_now(&conn.stream, &answer);
         logging::access(&AccessRecord {
             client: conn.peer,
             method,
@@ -412,37 +530,49 @@ impl Acceptor {
     }
 
     /// Closes connections past their deadline: 408 for a head that started
-    /// to arrive, silently for one that sent nothing.
+    /// to arrive (503 when the grace period ended it), silently for one
+    /// that sent nothing.
     fn expire(&mut self, now: Instant) {
-        let expired: Vec<usize> = self
+        let expired: Vec<(usize, bool)> = self
             .entries
             .iter()
-            .filter(|(_, entry)| entry.deadline <= now)
-            .map(|(key, _)| key)
+            .filter_map(|(key, entry)| match entry {
+                Entry::Parked {
+                    conn,
+                    phase,
+                    deadline,
+                } if *deadline <= now => {
+                    Some((key, *phase == Phase::Head && !conn.pending().is_empty()))
+                }
+                _ => None,
+            })
             .collect();
-        for key in expired {
-            let Some(entry) = self.entries.get(key) else {
+        let grace_over = self.grace_end.is_some_and(|end| now >= end);
+        for (key, started) in expired {
+            let Some(conn) = self.close(key) else {
                 continue;
             };
-            let started = entry.phase == Phase::Head && !entry.conn.pending().is_empty();
-            if let Some(mut conn) = self.remove(key) {
-                if started {
-                    let err = ProxyError::HeadTimeout(self.config.header_timeout);
-                    let request_id = self.ids.fresh();
-                    let answer = response::error_response(&err, &request_id, true, false);
-                    // Non-blocking: a peer that does not read does not get it.
-                    let _ = conn.stream.write(&answer);
-                    logging::access(&AccessRecord {
-                        client: conn.peer,
-                        method: "-",
-                        url: "-",
-                        status: err.status(),
-                        bytes: 0,
-                        duration: self.config.header_timeout,
-                        request_id: &request_id,
-                        error: Some(err.proxy_status()),
-                    });
-                }
+            if started {
+                // A head cut by the end of the grace period is a request cut short.
+                self.cut_short |= grace_over;
+                let err = if grace_over {
+                    ProxyError::ShuttingDown
+                } else {
+                    ProxyError::HeadTimeout(self.config.header_timeout)
+                };
+                let request_id = self.ids.fresh();
+                let answer = response::error_response(&err, &request_id, true, false);
+                send_now(&conn.stream, &answer);
+                logging::access(&AccessRecord {
+                    client: conn.peer,
+                    method: "-",
+                    url: "-",
+                    status: err.status(),
+                    bytes: 0,
+                    duration: self.config.header_timeout,
+                    request_id: &request_id,
+                    error: Some(err.proxy_status()),
+                });
             }
         }
     }
@@ -450,23 +580,61 @@ impl Acceptor {
     /// Closes the listeners and every connection that has not begun a request.
     fn start_draining(&mut self) {
         self.draining = true;
-        for listener in &mut self.listeners {
-            let _ = self.poll.registry().deregister(listener);
+        for listener in &self.listeners {
+            let _ = self
+                .registry
+                .deregister(&mut SourceFd(&listener.as_raw_fd()));
         }
         // Dropping the listeners closes them: new connections are refused.
         self.listeners.clear();
         let idle: Vec<usize> = self
             .entries
             .iter()
-            .filter(|(_, entry)| entry.phase == Phase::Idle || entry.conn.pending().is_empty())
+            .filter(|(_, entry)| match entry {
+                Entry::Parked { conn, phase, .. } => {
+                    *phase == Phase::Idle || conn.pending().is_empty()
+                }
+                Entry::Busy { .. } => false,
+            })
             .map(|(key, _)| key)
             .collect();
         for key in idle {
-            self.remove(key);
+            self.close(key);
+        }
+        // A head still arriving gets until the end of the grace period, not
+        // a whole header_timeout: a slow client must not hold up the exit.
+        let grace_end =
+            self.shutdown.draining_since().unwrap_or_else(Instant::now) + self.config.grace;
+        self.grace_end = Some(grace_end);
+        for (_, entry) in self.entries.iter_mut() {
+            if let Entry::Parked { deadline, .. } = entry {
+                *deadline = (*deadline).min(grace_end);
+            }
         }
         log::info!(
             "draining: listeners closed, {} request heads still arriving",
             self.entries.len()
         );
     }
+}
+
+impl Acceptor {
+    /// Whether any connection is waiting here (the acceptor must stay to serve it).
+    fn has_parked(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, entry)| matches!(entry, Entry::Parked { .. }))
+    }
+}
+
+/// Whether the bytes end with the blank line that ends a head; a cheap
+/// test to stop reading, not a parse.
+fn head_may_be_complete(bytes: &[u8]) -> bool {
+    bytes.ends_with(b"\r\n\r\n") || bytes.ends_with(b"\n\n")
+}
+
+/// Sends an answer without ever blocking: a peer that does not read it
+/// does not get it.
+fn send_now(stream: &TcpStream, bytes: &[u8]) {
+    let _ = rustix::net::send(stream, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
 }

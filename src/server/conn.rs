@@ -6,8 +6,12 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, Read};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use mio::Registry;
+use mio::unix::SourceFd;
 
 use crate::error::ProxyError;
 
@@ -23,6 +27,8 @@ pub struct ClientConn {
     pos: usize,
     /// Counts this connection against the limits until it is dropped.
     _slot: ConnSlot,
+    /// Its place in the acceptor's readiness loop, freed when it is dropped.
+    registration: Option<Registration>,
 }
 
 impl ClientConn {
@@ -34,6 +40,34 @@ impl ClientConn {
             buf: Vec::new(),
             pos: 0,
             _slot: slot,
+            registration: None,
+        }
+    }
+
+    /// Ties the connection to its place in the acceptor's loop.
+    pub fn set_registration(&mut self, registration: Registration) {
+        self.registration = Some(registration);
+    }
+
+    /// The acceptor's key for this connection, if it has one.
+    pub fn registration_key(&self) -> Option<usize> {
+        self.registration.as_ref().map(|r| r.key)
+    }
+
+    /// Takes the connection out of the acceptor's loop for good (for a
+    /// tunnel, whose bytes another loop relays).
+    pub fn detach(&mut self) {
+        if let Some(registration) = self.registration.take() {
+            let fd = self.stream.as_raw_fd();
+            let _ = registration.registry.deregister(&mut SourceFd(&fd));
+        }
+    }
+
+    /// Forgets the registration without telling the acceptor (the acceptor
+    /// itself is closing the connection and frees the place directly).
+    pub fn disarm_registration(&mut self) {
+        if let Some(mut registration) = self.registration.take() {
+            registration.armed = false;
         }
     }
 
@@ -96,6 +130,53 @@ impl BufRead for ClientConn {
 
     fn consume(&mut self, n: usize) {
         self.pos = (self.pos + n).min(self.buf.len());
+    }
+}
+
+/// Something a worker tells the acceptor about a connection it had.
+#[derive(Debug)]
+pub enum Return {
+    /// Wait for the next request on this keep-alive connection.
+    Park(ClientConn),
+    /// The connection with this key is gone (closed or detached).
+    Closed(usize),
+}
+
+/// A connection's place (`key`) in the acceptor's readiness loop. The socket
+/// stays registered there for its whole life; dropping this tells the
+/// acceptor the place is free.
+#[derive(Debug)]
+pub struct Registration {
+    pub key: usize,
+    returns: crossbeam_channel::Sender<Return>,
+    waker: Arc<mio::Waker>,
+    registry: Arc<Registry>,
+    armed: bool,
+}
+
+impl Registration {
+    /// A place that reports back through `returns` and `waker`.
+    pub fn new(
+        key: usize,
+        returns: crossbeam_channel::Sender<Return>,
+        waker: Arc<mio::Waker>,
+        registry: Arc<Registry>,
+    ) -> Registration {
+        Registration {
+            key,
+            returns,
+            waker,
+            registry,
+            armed: true,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.armed && self.returns.send(Return::Closed(self.key)).is_ok() {
+            let _ = self.waker.wake();
+        }
     }
 }
 

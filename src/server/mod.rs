@@ -55,7 +55,8 @@ pub struct Running {
     addrs: Vec<SocketAddr>,
     shutdown: Arc<Shutdown>,
     grace: std::time::Duration,
-    acceptor: JoinHandle<()>,
+    /// Says whether it cut a request head short.
+    acceptor: JoinHandle<bool>,
     relay: JoinHandle<()>,
     pool: Pool,
 }
@@ -72,13 +73,16 @@ impl Running {
     }
 
     /// Waits until the server has stopped: the acceptor returns once draining
-    /// began, then the workers get until the grace deadline to finish.
+    /// began, and the workers get until the grace period, counted from the
+    /// start of draining, is over.
     pub fn wait(self) -> Stopped {
-        let _ = self.acceptor.join();
-        let deadline = Instant::now() + self.grace;
+        // A panicked acceptor may have dropped connections mid-request.
+        let heads_cut = self.acceptor.join().unwrap_or(true);
+        let drain_started = self.shutdown.draining_since().unwrap_or_else(Instant::now);
+        let deadline = drain_started + self.grace;
         let shutdown = self.shutdown.clone();
         let finished = self.pool.join(deadline, || shutdown.is_stopping_now());
-        let cut_short = !finished || self.shutdown.is_stopping_now();
+        let cut_short = heads_cut || !finished || self.shutdown.is_stopping_now();
         if cut_short {
             // Tunnels still open are cut too.
             self.shutdown.stop_now();
@@ -117,6 +121,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let waker = Arc::new(Waker::new(poll.registry(), acceptor::WAKER)?);
     let shutdown = Arc::new(Shutdown::new(waker.clone()));
     let (handback, returns) = Handback::new(waker);
+    let acceptor_handback = (handback.clone(), returns);
     let (relay, relay_thread) = tunnel::spawn_relay(config.clone(), shutdown.clone())?;
     let ids = Arc::new(RequestIds::new());
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue.get());
@@ -135,7 +140,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         poll,
         listeners,
         jobs_tx,
-        returns,
+        acceptor_handback,
         shutdown.clone(),
         config.clone(),
         limits,

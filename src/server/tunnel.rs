@@ -125,6 +125,9 @@ impl Relay {
         request_id: &str,
         started: Instant,
     ) {
+        let mut client = client;
+        // From here on the relay's loop watches this socket, not the acceptor's.
+        client.detach();
         let tunnel = Tunnel {
             client,
             upstream,
