@@ -168,6 +168,13 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
             ProxyError::UpstreamTimeout(TimeoutPhase::Response)
         }
         io::ErrorKind::FileTooLarge => ProxyError::UpstreamBodyTooLarge { limit: 0 },
+        // Connected, then closed or reset before a complete response: the
+        // origin's answer is incomplete; its address was reachable.
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => ProxyError::UpstreamProtocol(format!(
+            "{authority} closed the connection before a complete response"
+        )),
         _ => match err.downcast::<ureq::Error>() {
             Ok(ureq_err) => map_error(ureq_err, authority),
             // rustls reports a failed handshake or a corrupt record as an
@@ -233,6 +240,22 @@ mod tests {
             (err.status(), err.proxy_status()),
             (502, "connection_refused")
         );
+    }
+
+    #[test]
+    fn an_origin_closing_early_is_a_protocol_error_not_an_unreachable_one() {
+        for kind in [
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+        ] {
+            let err = map_io_error(io::Error::new(kind, "Peer disconnected"), "a:1");
+            assert_eq!(
+                (err.status(), err.proxy_status()),
+                (502, "http_protocol_error"),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

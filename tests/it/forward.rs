@@ -1342,3 +1342,89 @@ fn a_client_that_leaves_mid_body_drops_the_upstream_connection() {
         "the upstream kept streaming after the client left"
     );
 }
+
+#[test]
+fn an_origin_that_closes_without_a_complete_answer_is_502_http_protocol_error() {
+    let proxy = Proxy::start();
+    for sent in [&b""[..], b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"] {
+        let origin = Origin::start(move |_| Reply::Raw(sent.to_vec()));
+        let request = get_request(&origin.url("/closes"), "");
+        let response = exchange(proxy.addr, &request, LIMIT);
+        let context = format!("origin sent {:?}", String::from_utf8_lossy(sent));
+        assert_eq!(response.status, 502, "{context}\n{}", response.head);
+        assert_raw_error(&request, &response, 502, "http_protocol_error");
+    }
+}
+
+#[test]
+fn odd_but_valid_upstream_framing_is_relayed_as_clean_http_1_1() {
+    let proxy = Proxy::start();
+    let cases: [(&str, &[u8], &str); 4] = [
+        (
+            "interim 103 before the answer",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "ok",
+        ),
+        (
+            "Transfer-Encoding wins over Content-Length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            "ok",
+        ),
+        (
+            "HTTP/1.0 close-delimited body",
+            b"HTTP/1.0 200 OK\r\n\r\nclose delimited",
+            "close delimited",
+        ),
+        (
+            "bare LF line ends",
+            b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+            "ok",
+        ),
+    ];
+    for (name, sent, body) in cases {
+        let origin = Origin::start(move |_| Reply::Raw(sent.to_vec()));
+        let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+        let request = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/odd"));
+        let response = send_one(&mut stream, request.as_bytes(), false);
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (200, body),
+            "{name}: {}",
+            response.head
+        );
+        // Framing the client can trust: one of the two, never both.
+        let framed = [
+            response.header("content-length").is_some(),
+            response.header("transfer-encoding").is_some(),
+        ];
+        assert!(
+            framed == [true, false] || framed == [false, true],
+            "{name}: {}",
+            response.head
+        );
+    }
+}
+
+#[test]
+fn malformed_upstream_heads_are_502_http_protocol_error() {
+    let proxy = Proxy::start();
+    let cases: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nokk",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 2\r\n\r\nok",
+    ];
+    for sent in cases {
+        let origin = Origin::start(move |_| Reply::Raw(sent.to_vec()));
+        let request = get_request(&origin.url("/bad"), "");
+        let response = exchange(proxy.addr, &request, LIMIT);
+        assert_eq!(
+            response.status,
+            502,
+            "origin sent {:?}\n{}",
+            String::from_utf8_lossy(sent),
+            response.head
+        );
+        assert_raw_error(&request, &response, 502, "http_protocol_error");
+    }
+}
