@@ -1,14 +1,17 @@
 //! Shutdown of the real binary by signal (sent by PID): draining, the grace
 //! period, the second signal, exit codes; and the startup and access-log lines.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::support::extra_limits::{Exchange, Gate, exchange, gated_origin, header_in};
-use crate::support::{Origin, ProxyProcess, wait_until};
+use crate::support::extra_limits::{
+    Exchange, Gate, exchange, gated_origin, header_in, read_to_close,
+};
+use crate::support::{Origin, ProxyProcess, read_response, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const BODY: &[u8] = b"the whole body, every byte of it\n";
@@ -285,4 +288,43 @@ fn every_request_gets_an_access_log_line_with_its_request_id() {
     }
     proxy.signal("TERM");
     assert_eq!(exit_code(&mut proxy, LIMIT), Some(0));
+}
+
+/// A client still sending its head when the grace period ends must not
+/// hold the process for a whole `header_timeout`: it is answered 503 at the
+/// end of the grace, which counts as cutting a request short.
+#[test]
+fn head_still_arriving_is_cut_when_grace_ends() {
+    let mut proxy = start(&["--grace", "300ms", "--header-timeout", "5m"]);
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    // A first request proves the connection was accepted and is parked.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let (status, head, _) = read_response(&mut stream, LIMIT).expect("healthz answer");
+    assert_eq!(status, 200, "{head}");
+    stream
+        .write_all(b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: x\r\nX-Slow")
+        .expect("send partial head");
+    proxy.signal("TERM");
+    // Far sooner than the 5 minute header_timeout.
+    let code = exit_code(&mut proxy, LIMIT);
+    let got = read_to_close(&mut stream, LIMIT);
+    match got.responses().first() {
+        // The proxy had read part of the head: it was cut at the end of the grace.
+        Some(response) => {
+            assert_eq!(response.status, 503, "got {:?}", got.text());
+            assert!(
+                response
+                    .header("proxy-status")
+                    .is_some_and(|v| v.contains("error=proxy_internal_error")),
+                "got {:?}",
+                got.text()
+            );
+            assert_eq!(code, Some(1), "log:\n{}", log_of(&proxy));
+        }
+        // The signal came before the proxy read anything: an idle connection, closed.
+        None => assert_eq!(code, Some(0), "log:\n{}", log_of(&proxy)),
+    }
+    assert!(got.closed, "connection left open");
 }
