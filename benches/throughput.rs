@@ -127,7 +127,7 @@ impl Rig {
         // Open the upstream connections before criterion starts timing (quick
         // mode has no warm-up).
         clients.run(4 * workload.clients as u64);
-        clients.take_failures();
+        clients.take_tally();
         Rig {
             clients,
             running,
@@ -135,21 +135,28 @@ impl Rig {
         }
     }
 
-    /// Closes the clients, drains the server and reports failed requests.
+    /// Closes the clients, drains the server and reports failed requests
+    /// and stalls.
     fn stop(self, label: &str) {
         let Rig {
             clients,
             running,
             _origin,
         } = self;
-        let failures = clients.stop();
-        if failures.count > 0 {
+        let tally = clients.stop();
+        if tally.failed > 0 {
             eprintln!(
                 "{label}: {} of {} requests failed ({} with 503); first: {}",
-                failures.count,
-                failures.total,
-                failures.rejected,
-                failures.first.as_deref().unwrap_or("?")
+                tally.failed,
+                tally.total,
+                tally.rejected,
+                tally.first_failure.as_deref().unwrap_or("?")
+            );
+        }
+        if tally.slowest > STALL {
+            eprintln!(
+                "{label}: slowest of {} requests took {:?}",
+                tally.total, tally.slowest
             );
         }
         running.shutdown().begin_drain();
@@ -191,16 +198,22 @@ struct Shared {
     total: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
+    slowest_micros: AtomicU64,
     first_failure: Mutex<Option<String>>,
 }
 
+/// Counts kept by the clients since the last `take_tally`.
 #[derive(Debug, Default)]
-struct Failures {
+struct Tally {
     total: u64,
-    count: u64,
+    failed: u64,
     rejected: u64,
-    first: Option<String>,
+    slowest: Duration,
+    first_failure: Option<String>,
 }
+
+/// A request slower than this is reported as a stall.
+const STALL: Duration = Duration::from_millis(100);
 
 impl Clients {
     fn spawn(workload: &Workload, proxy: SocketAddr, origin: SocketAddr) -> Clients {
@@ -212,6 +225,7 @@ impl Clients {
             total: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            slowest_micros: AtomicU64::new(0),
             first_failure: Mutex::new(None),
         });
         let close = if workload.keep_alive {
@@ -253,24 +267,25 @@ impl Clients {
         started.elapsed()
     }
 
-    fn take_failures(&self) -> Failures {
+    fn take_tally(&self) -> Tally {
         let shared = &self.shared;
-        Failures {
+        Tally {
             total: shared.total.swap(0, Ordering::SeqCst),
-            count: shared.failed.swap(0, Ordering::SeqCst),
+            failed: shared.failed.swap(0, Ordering::SeqCst),
             rejected: shared.rejected.swap(0, Ordering::SeqCst),
-            first: shared.first_failure.lock().ok().and_then(|mut f| f.take()),
+            slowest: Duration::from_micros(shared.slowest_micros.swap(0, Ordering::SeqCst)),
+            first_failure: shared.first_failure.lock().ok().and_then(|mut f| f.take()),
         }
     }
 
     /// Ends the client threads (closing their connections).
-    fn stop(mut self) -> Failures {
+    fn stop(mut self) -> Tally {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.start.wait();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-        self.take_failures()
+        self.take_tally()
     }
 }
 
@@ -293,7 +308,12 @@ impl Client {
             }
             while self.shared.remaining.fetch_sub(1, Ordering::SeqCst) > 0 {
                 self.shared.total.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
                 let outcome = self.one_request(&mut conn);
+                let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.shared
+                    .slowest_micros
+                    .fetch_max(micros, Ordering::Relaxed);
                 if outcome.is_err() || !self.keep_alive {
                     // A failed request is counted, not retried: the connection
                     // is dropped and the next request opens a new one.
