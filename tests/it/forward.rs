@@ -1132,6 +1132,25 @@ fn a_request_body_over_max_body_bytes_is_413() {
     );
 }
 
+#[test]
+fn a_declared_body_over_max_body_bytes_is_413_before_100_continue() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::with(|c| c.max_body_bytes = Some(1000));
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+        origin.url("/up")
+    );
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    stream.write_all(request.as_bytes()).expect("send head");
+    let response = read_one(&mut stream, false, LIMIT).expect("an answer without the body");
+    assert_raw_error(request.as_bytes(), &response, 413, "http_request_error");
+    assert!(
+        closes_within(&mut stream, LIMIT),
+        "connection left open mid-request"
+    );
+    assert!(origin.requests().is_empty(), "{:?}", origin.requests());
+}
+
 // --- Standard clients unchanged ------------------------------------------------
 
 #[test]
