@@ -110,6 +110,8 @@ pub struct Acceptor {
     limits: Arc<ConnLimits>,
     ids: Arc<RequestIds>,
     scratch: Box<[u8]>,
+    /// An accept failed (e.g. out of file descriptors): retry on the next tick.
+    accept_stalled: bool,
     draining: bool,
     /// Once draining: when the grace period ends; heads still arriving then are cut.
     grace_end: Option<Instant>,
@@ -162,6 +164,7 @@ impl Acceptor {
             limits,
             ids,
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+            accept_stalled: false,
             draining: false,
             grace_end: None,
             cut_short: false,
@@ -203,6 +206,11 @@ impl Acceptor {
             self.take_returns();
             if Instant::now() >= next_tick {
                 self.expire(Instant::now());
+                if std::mem::take(&mut self.accept_stalled) {
+                    for index in 0..self.listeners.len() {
+                        self.accept(index);
+                    }
+                }
                 next_tick = Instant::now() + TICK;
             }
         }
@@ -223,8 +231,11 @@ impl Acceptor {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
-                    // EMFILE and friends: give up for this round, keep serving.
+                    // EMFILE and friends: keep serving, and try again on the
+                    // next tick (the listener will not signal again for the
+                    // connections already waiting).
                     log::warn!("accept failed: {err}");
+                    self.accept_stalled = true;
                     return;
                 }
             };
@@ -330,8 +341,19 @@ impl Acceptor {
             }
         };
         if self.draining {
-            conn.disarm_registration();
-            self.entries.remove(key);
+            // Serve a next request that is already here; close otherwise.
+            let deadline = self.grace_end.unwrap_or_else(Instant::now);
+            self.entries[key] = Entry::Parked {
+                conn,
+                phase: Phase::Idle,
+                deadline,
+            };
+            self.on_readable(key);
+            if let Some(Entry::Parked { conn, .. }) = self.entries.get(key) {
+                if conn.pending().is_empty() {
+                    self.close(key);
+                }
+            }
             return;
         }
         let now = Instant::now();
@@ -580,6 +602,11 @@ impl Acceptor {
     /// Closes the listeners and every connection that has not begun a request.
     fn start_draining(&mut self) {
         self.draining = true;
+        // A head still arriving gets until the end of the grace period, not
+        // a whole header_timeout: a slow client must not hold up the exit.
+        let grace_end =
+            self.shutdown.draining_since().unwrap_or_else(Instant::now) + self.config.grace;
+        self.grace_end = Some(grace_end);
         for listener in &self.listeners {
             let _ = self
                 .registry
@@ -587,6 +614,18 @@ impl Acceptor {
         }
         // Dropping the listeners closes them: new connections are refused.
         self.listeners.clear();
+        // A request that already arrived, on a parked connection or one just
+        // handed back, is served rather than dropped.
+        self.take_returns();
+        let parked: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Entry::Parked { .. }))
+            .map(|(key, _)| key)
+            .collect();
+        for key in parked {
+            self.on_readable(key);
+        }
         let idle: Vec<usize> = self
             .entries
             .iter()
@@ -601,11 +640,6 @@ impl Acceptor {
         for key in idle {
             self.close(key);
         }
-        // A head still arriving gets until the end of the grace period, not
-        // a whole header_timeout: a slow client must not hold up the exit.
-        let grace_end =
-            self.shutdown.draining_since().unwrap_or_else(Instant::now) + self.config.grace;
-        self.grace_end = Some(grace_end);
         for (_, entry) in self.entries.iter_mut() {
             if let Entry::Parked { deadline, .. } = entry {
                 *deadline = (*deadline).min(grace_end);
