@@ -6,6 +6,7 @@
 //! closed short of the declared length or without the last chunk.
 
 use std::io::{self, BufWriter, Read, Write};
+use std::net::SocketAddr;
 
 use ureq::SendBody;
 use ureq::http::{self, HeaderName, HeaderValue, Uri};
@@ -57,6 +58,11 @@ pub fn forward(
         });
     if !access::allows_port(port, &ctx.config.dest_ports) {
         return Err(ProxyError::PortDenied { port });
+    }
+    if let Ok(local) = conn.stream.local_addr() {
+        if targets_this_proxy(uri.host().unwrap_or_default(), port, local) {
+            return Err(ProxyError::LoopDetected);
+        }
     }
     let framing = head.body_framing()?;
     if let (BodyFraming::Length(len), Some(limit)) = (framing, ctx.config.max_body_bytes) {
@@ -151,6 +157,24 @@ fn target_uri(target: &str) -> Result<Uri, ProxyError> {
             .map_err(|_| ProxyError::BadRequest(format!("bad host in URL {target:?}")))?,
     );
     Uri::from_parts(parts).map_err(|err| ProxyError::BadRequest(format!("bad URL: {err}")))
+}
+
+/// Whether `host:port` is the very socket the client reached this proxy on.
+/// Forwarding there would make the proxy its own upstream: `Via` catches the
+/// inner request, but only once a worker is free for it, and while every
+/// worker waits on itself none is. Names are looked up only for URLs on the
+/// proxy's own port, so other requests pay nothing for this check.
+fn targets_this_proxy(host: &str, port: u16, local: SocketAddr) -> bool {
+    if port != local.port() {
+        return false;
+    }
+    let local_ip = local.ip().to_canonical();
+    upstream::resolve(host, port).is_ok_and(|addrs| {
+        addrs.iter().any(|addr| {
+            let ip = addr.ip().to_canonical();
+            ip == local_ip || ip.is_unspecified()
+        })
+    })
 }
 
 /// Copies the client's end-to-end headers (RFC 9110 §7.6.1).
@@ -507,5 +531,21 @@ impl<R: Read> Read for ExactReader<R> {
 impl From<http::Error> for ProxyError {
     fn from(err: http::Error) -> Self {
         ProxyError::BadRequest(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_naming_the_proxy_own_socket_are_recognised() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().expect("address");
+        for (host, port) in [("127.0.0.1", 8080), ("127.1", 8080), ("0.0.0.0", 8080)] {
+            assert!(targets_this_proxy(host, port, local), "{host}:{port}");
+        }
+        for (host, port) in [("127.0.0.1", 8081), ("127.0.0.2", 8080), ("[::1]", 8080)] {
+            assert!(!targets_this_proxy(host, port, local), "{host}:{port}");
+        }
     }
 }
