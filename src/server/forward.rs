@@ -5,8 +5,9 @@
 //! when it is not: if the upstream fails mid-body, the client connection is
 //! closed short of the declared length or without the last chunk.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
+use std::net::TcpStream;
 
 use ureq::SendBody;
 use ureq::http::{self, HeaderName, HeaderValue, Uri};
@@ -308,8 +309,10 @@ fn relay_response(
     }
     out.extend_from_slice(b"\r\n");
 
-    let mut client = BufWriter::with_capacity(buf.len(), &mut conn.stream);
-    client.write_all(&out).map_err(client_gone)?;
+    let mut client = HeadFirst {
+        head: out,
+        stream: &mut conn.stream,
+    };
     let mut reader = body.into_reader();
     let limit = ctx.config.max_body_bytes.unwrap_or(u64::MAX);
     let copied = match framing {
@@ -347,6 +350,42 @@ fn relay_response(
         served.reusable = false;
     }
     Ok(served)
+}
+
+/// Sends the response head together with the first piece of body in one
+/// write, then every later piece as soon as it is read: small responses cost
+/// one system call, and a slow origin's bytes are never held back.
+struct HeadFirst<'a> {
+    head: Vec<u8>,
+    stream: &'a mut TcpStream,
+}
+
+impl Write for HeadFirst<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(data)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.head.is_empty() {
+            return self.stream.write_vectored(bufs);
+        }
+        let mut total = 0;
+        for buf in bufs {
+            self.head.extend_from_slice(buf);
+            total += buf.len();
+        }
+        self.stream.write_all(&self.head)?;
+        self.head = Vec::new();
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.head.is_empty() {
+            self.stream.write_all(&self.head)?;
+            self.head = Vec::new();
+        }
+        self.stream.flush()
+    }
 }
 
 /// A failed body copy: bytes sent before it failed, and the upstream error

@@ -6,10 +6,11 @@
 //! `forward::forward` or `tunnel::open` or an own endpoint → answer → log →
 //! next pipelined request, or back to the acceptor to wait.
 
-use std::io::Write;
+use std::io::{Read, Write};
+
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
@@ -269,11 +270,45 @@ fn answer_error(
     }
     let answer = response::error_response(err, request_id, close, head_only);
     let sent = conn.stream.write_all(&answer).is_ok();
+    if sent && close {
+        linger(conn);
+    }
     Served {
         status: err.status(),
         bytes: 0,
         error: Some(err.proxy_status()),
         reusable: sent && !close,
+    }
+}
+
+/// Lingering close: after the answer, stop sending and read (and drop) what
+/// the client is still sending for a short while, so that closing with
+/// unread bytes does not reset the connection before the client has read
+/// the answer (as Apache httpd does).
+fn linger(conn: &mut ClientConn) {
+    const LINGER_TIME: Duration = Duration::from_millis(500);
+    const LINGER_BYTES: usize = 256 * 1024;
+    if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = conn.pending().len();
+    let mut sink = [0u8; 8192];
+    while drained < LINGER_BYTES {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        if conn
+            .stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .is_err()
+        {
+            break;
+        }
+        match conn.stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
     }
 }
 

@@ -1477,3 +1477,83 @@ fn the_proxy_pointed_at_itself_with_one_worker_is_a_loop_not_a_timeout() {
         );
     }
 }
+
+/// An origin that sends a head and the first 1,000 bytes of a 2,000-byte
+/// body, then waits until `release` is set before sending the rest.
+fn pausing_origin(release: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+    let addr = listener.local_addr().expect("origin address");
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request);
+        let mut first = b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n".to_vec();
+        first.extend(std::iter::repeat_n(b'a', 1000));
+        let _ = stream.write_all(&first);
+        let released = wait_until(Duration::from_secs(20), || {
+            release.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        if released {
+            let _ = stream.write_all(&[b'b'; 1000]);
+        }
+    });
+    addr
+}
+
+#[test]
+fn body_bytes_reach_the_client_before_the_origin_finishes() {
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let origin = pausing_origin(release.clone());
+    let proxy = Proxy::start();
+    let mut client = TcpStream::connect(proxy.addr).expect("connect to proxy");
+    let request = get_request(&format!("http://{origin}/slow"), "");
+    client.write_all(&request).expect("send request");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // The head and the first half must arrive while the origin still holds the rest.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let streamed = wait_until(Duration::from_secs(10), || {
+        if let Ok(n) = client.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|end| got.len() - end - 4 >= 1000)
+    });
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        streamed,
+        "the first 1,000 body bytes were held back while the origin paused\nsent: {:?}\ngot: {:?}",
+        String::from_utf8_lossy(&request),
+        String::from_utf8_lossy(&got)
+    );
+    let response = read_until_close_or(&mut client, &mut got, 2000);
+    assert!(
+        response.ends_with(&[b'b'; 1000]),
+        "the rest arrives after the pause"
+    );
+}
+
+/// Reads until the body after the head is `body_len` bytes long (or 10 s pass).
+fn read_until_close_or(stream: &mut TcpStream, got: &mut Vec<u8>, body_len: usize) -> Vec<u8> {
+    let mut buf = [0u8; 4096];
+    wait_until(Duration::from_secs(10), || {
+        let end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(usize::MAX, |e| e + 4);
+        if end != usize::MAX && got.len() - end >= body_len {
+            return true;
+        }
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => {}
+        }
+        false
+    });
+    got.clone()
+}

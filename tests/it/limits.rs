@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::support::extra_limits::{
     Exchange, Gate, Response, exchange, gated_origin, read_to_close,
 };
-use crate::support::{Origin, Proxy, Reply, read_response, wait_until};
+use crate::support::{Origin, Proxy, Reply, read_response, read_until_close, wait_until};
 
 /// Time allowed for anything that is not itself the subject of a test.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -671,4 +671,32 @@ fn client_that_stops_reading_does_not_block_others() {
         assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
     }
     drop(stuck);
+}
+
+#[test]
+fn an_oversized_body_sent_in_full_still_gets_its_413_not_a_reset() {
+    let origin = Origin::fixed("text/plain", b"never");
+    let proxy = Proxy::with(|c| c.max_body_bytes = Some(1000));
+    let mut client = std::net::TcpStream::connect(proxy.addr).expect("connect to proxy");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+        origin.url("/upload")
+    );
+    let mut writer = client.try_clone().expect("clone socket");
+    // The client keeps sending its body as the answer comes back, like curl
+    // without Expect: 100-continue; the proxy must not reset it mid-answer.
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(head.as_bytes());
+        let chunk = [b'x'; 16 * 1024];
+        for _ in 0..122 {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let answer = read_until_close(&mut client, Duration::from_secs(10));
+    let _ = sender.join();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "got: {text:?}");
+    assert!(origin.requests().is_empty(), "nothing forwarded");
 }
