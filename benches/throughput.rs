@@ -1,14 +1,17 @@
 //! Throughput by worker-pool size: a loopback origin, the server started
 //! in-process, and a fixed set of client threads sending requests through it.
 //!
-//! One criterion group per workload (body size x concurrent clients, and a
-//! new-connection-per-request case), one `BenchmarkId` per pool size, and
-//! `Throughput::Elements(1)` per iteration, so criterion prints requests/s.
+//! One criterion group per workload (body size x concurrent keep-alive
+//! clients, a new-connection-per-request case, and an origin 10 ms away), one
+//! `BenchmarkId` per pool size, and `Throughput::Elements(1)` per iteration
+//! (one request), so criterion prints requests/s.
 //!
-//! Full run: `cargo bench --bench throughput` (a few minutes on 2 cores).
+//! Full run: `cargo bench --bench throughput` (about 4 minutes on 2 cores).
 //! CI smoke run: `cargo bench --bench throughput -- --quick` (criterion's own
-//! quick mode: each point stops once two samples agree within 5%).
-//! One workload: `cargo bench --bench throughput -- keepalive_1k_c64`.
+//! quick mode: a point stops once two samples agree within 5%, or after
+//! 300 ms). One workload: `cargo bench --bench throughput -- keepalive_1k_c64`.
+//! `FETCHPROXY_BENCH_QUEUE_FACTOR=4` sizes the queue as the server's default
+//! does (4 x workers) instead of fitting every client, to count 503s.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -43,7 +46,7 @@ struct Workload {
     keep_alive: bool,
 }
 
-const WORKLOADS: [Workload; 7] = [
+const WORKLOADS: [Workload; 8] = [
     keep_alive("keepalive_1k_c16", "/1k", 1 << 10, 16),
     keep_alive("keepalive_1k_c64", "/1k", 1 << 10, 64),
     keep_alive("keepalive_1k_c256", "/1k", 1 << 10, 256),
@@ -57,6 +60,8 @@ const WORKLOADS: [Workload; 7] = [
         clients: 64,
         keep_alive: false,
     },
+    // An origin 10 ms away: workers wait on the network, as they do in use.
+    keep_alive("slow10ms_1k_c64", "/slow-1k", 1 << 10, 64),
 ];
 
 const fn keep_alive(
@@ -118,6 +123,10 @@ impl Rig {
         let origin = Origin::start(|request| match request.target.as_str() {
             "/1k" => Reply::ok("application/octet-stream", vec![b'x'; 1 << 10]),
             "/64k" => Reply::ok("application/octet-stream", vec![b'x'; 64 << 10]),
+            "/slow-1k" => Reply::Slow {
+                delay: Duration::from_millis(10),
+                then: Box::new(Reply::ok("application/octet-stream", vec![b'x'; 1 << 10])),
+            },
             _ => Reply::status(404),
         });
         let running =
