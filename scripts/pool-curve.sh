@@ -30,10 +30,15 @@ idle_share() {
 
 echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+echo "commit:  $(git describe --always --dirty 2>/dev/null || echo 'not a git checkout')"
+# Built once, so every run measures the same server.
+bench=$(cargo bench --bench throughput --no-run 2>&1 | tee /dev/stderr |
+  sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
+[ -x "$bench" ] || { echo "cannot build the throughput bench" >&2; exit 1; }
 for run in $(seq "$runs"); do
   echo "run $run: load before $(cut -d' ' -f1-3 /proc/loadavg), CPUs $(idle_share) over 5 s"
   started=$(date +%s)
-  cargo bench --bench throughput -- "$@" >&2
+  "$bench" --bench "$@" >&2
   # Keep this run's requests/s per point: one request is one iteration, and
   # slope (linear sampling) is the better estimate when criterion has it.
   python3 - "$results" "$started" <<'PY'
