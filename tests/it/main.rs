@@ -9,4 +9,5 @@ mod config;
 mod connect;
 mod forward;
 mod limits;
+mod scale;
 mod shutdown;
