@@ -26,6 +26,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Fetch URLs through the proxy and save each reply to a file.
     Fetch(FetchArgs),
+    /// Read a password (one line) on standard input and print its argon2id
+    /// hash, for the `password_hash` of a `[[users]]` entry in the config file.
+    HashPassword,
 }
 
 /// `fetchproxy serve`: every flag is also a key in the TOML config file; flags win.
@@ -164,6 +167,13 @@ mod tests {
         assert_eq!(args.workers, Some(4));
         assert_eq!(args.grace, Some(Duration::from_secs(90)));
         assert_eq!(args.allow_dest[0].to_string(), "127.0.0.0/8");
+    }
+
+    #[test]
+    fn hash_password_takes_no_arguments() {
+        let cli = Cli::try_parse_from(["fetchproxy", "hash-password"]).expect("valid");
+        assert!(matches!(cli.command, Command::HashPassword));
+        assert!(Cli::try_parse_from(["fetchproxy", "hash-password", "secret"]).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::access::{self, PortRange};
+use crate::auth::{self, User};
 use crate::cli::ServeArgs;
 
 /// A configuration problem, reported with the key or flag and the value given.
@@ -33,6 +34,13 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// A `[[users]]` entry is unusable; the hash itself is never repeated.
+    #[error("[[users]] name = {name:?}: {key}: {reason}")]
+    User {
+        name: String,
+        key: &'static str,
+        reason: String,
+    },
 }
 
 /// Resolved settings of `fetchproxy serve`.
@@ -44,6 +52,9 @@ pub struct ServeConfig {
     pub workers: NonZeroUsize,
     /// Bounded queue of connections with a complete head. Default: 4 x workers.
     pub queue: NonZeroUsize,
+    // The access rules (allow_dest, allow_clients, dest_ports, connect_ports,
+    // users) are reloaded on SIGHUP: the server reads them through
+    // `rules::SharedRules`, these fields are only where they start from.
     /// Extra destination ranges allowed though not globally routable. Default: none.
     pub allow_dest: Vec<IpNet>,
     /// Client ranges allowed. Default: loopback and private ranges.
@@ -80,6 +91,9 @@ pub struct ServeConfig {
     pub via_name: String,
     /// Log level. Default: info.
     pub log_level: log::LevelFilter,
+    /// Users who may use the proxy, with `Proxy-Authorization: Basic`. Default:
+    /// none, and then no credentials are asked for.
+    pub users: Vec<User>,
 }
 
 impl Default for ServeConfig {
@@ -108,6 +122,7 @@ impl Default for ServeConfig {
             max_tunnels: 1_000,
             via_name: default_via_name(),
             log_level: log::LevelFilter::Info,
+            users: Vec::new(),
         }
     }
 }
@@ -179,6 +194,15 @@ struct FileConfig {
     max_tunnels: Option<usize>,
     via_name: Option<String>,
     log_level: Option<String>,
+    users: Option<Vec<FileUser>>,
+}
+
+/// A `[[users]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUser {
+    name: String,
+    password_hash: String,
 }
 
 /// A `dest_ports` entry: `80`, `"80"` or `"1024-65535"`.
@@ -387,7 +411,96 @@ fn resolve(args: &ServeArgs, file: FileConfig) -> Result<ServeConfig, ConfigErro
     resolve_access(args, &file, &mut config)?;
     resolve_timeouts(args, &file, &mut config)?;
     resolve_limits(args, &file, &mut config)?;
+    config.users = resolve_users(file.users.as_deref().unwrap_or_default())?;
     Ok(config)
+}
+
+/// The `[[users]]` tables: names unique and usable in Basic credentials,
+/// hashes argon2id PHC strings. There is no flag for them.
+fn resolve_users(file_users: &[FileUser]) -> Result<Vec<User>, ConfigError> {
+    let mut users: Vec<User> = Vec::with_capacity(file_users.len());
+    for entry in file_users {
+        let bad = |key, reason: &str| ConfigError::User {
+            name: entry.name.clone(),
+            key,
+            reason: reason.to_string(),
+        };
+        // RFC 7617 §2: the user-id cannot contain a colon.
+        if entry.name.is_empty()
+            || entry.name.contains(':')
+            || entry.name.chars().any(char::is_control)
+        {
+            return Err(bad(
+                "name",
+                "a user name is not empty and has no colon or control character",
+            ));
+        }
+        if users.iter().any(|user| user.name == entry.name) {
+            return Err(bad("name", "listed twice"));
+        }
+        let password_hash = auth::parse_password_hash(&entry.password_hash)
+            .map_err(|r| bad("password_hash", &r))?;
+        users.push(User {
+            name: entry.name.clone(),
+            password_hash,
+        });
+    }
+    Ok(users)
+}
+
+/// The keys whose new values a reload cannot apply (everything but the
+/// access rules), for the log line that says a restart is needed.
+pub fn keys_needing_restart(running: &ServeConfig, fresh: &ServeConfig) -> Vec<&'static str> {
+    let changed = [
+        ("listen", running.listen != fresh.listen),
+        ("workers", running.workers != fresh.workers),
+        ("queue", running.queue != fresh.queue),
+        ("grace", running.grace != fresh.grace),
+        (
+            "connect_timeout",
+            running.connect_timeout != fresh.connect_timeout,
+        ),
+        (
+            "upstream_timeout",
+            running.upstream_timeout != fresh.upstream_timeout,
+        ),
+        ("idle_timeout", running.idle_timeout != fresh.idle_timeout),
+        (
+            "header_timeout",
+            running.header_timeout != fresh.header_timeout,
+        ),
+        (
+            "tunnel_idle_timeout",
+            running.tunnel_idle_timeout != fresh.tunnel_idle_timeout,
+        ),
+        (
+            "max_header_bytes",
+            running.max_header_bytes != fresh.max_header_bytes,
+        ),
+        (
+            "max_url_bytes",
+            running.max_url_bytes != fresh.max_url_bytes,
+        ),
+        (
+            "max_body_bytes",
+            running.max_body_bytes != fresh.max_body_bytes,
+        ),
+        (
+            "max_connections",
+            running.max_connections != fresh.max_connections,
+        ),
+        (
+            "max_conns_per_client",
+            running.max_conns_per_client != fresh.max_conns_per_client,
+        ),
+        ("max_tunnels", running.max_tunnels != fresh.max_tunnels),
+        ("via_name", running.via_name != fresh.via_name),
+        ("log_level", running.log_level != fresh.log_level),
+    ];
+    changed
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect()
 }
 
 /// Listeners, workers, queue, `Via` name and log level.
@@ -712,6 +825,9 @@ mod tests {
                 "{key}"
             );
         }
+        for line in ["# [[users]]", "# name = ", "# password_hash = "] {
+            assert!(example.contains(line), "{line}");
+        }
     }
 
     #[test]
@@ -923,6 +1039,65 @@ mod tests {
         let (key, value, _) =
             invalid_key(from_file("log_level = \"loud\"\n", &ServeArgs::default()));
         assert_eq!((key, value.as_str()), ("log_level", "loud"));
+    }
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$1Lj8XbtjgKpPhZe9BbR3v0p+ROxh6hV3kdEc4S1bfqc";
+
+    #[test]
+    fn users_are_read_from_users_tables() {
+        let text = format!(
+            "[[users]]\nname = \"alice\"\npassword_hash = \"{HASH}\"\n\n[[users]]\nname = \"bob\"\npassword_hash = \"{HASH}\"\n"
+        );
+        let config = from_file(&text, &ServeArgs::default()).expect("valid");
+        let names: Vec<&str> = config.users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        assert!(
+            !format!("{config:?}").contains("c2FsdH"),
+            "hashes stay out of Debug"
+        );
+    }
+
+    #[test]
+    fn bad_users_name_the_key_but_never_echo_the_hash() {
+        let user = |name: &str, hash: &str| {
+            let text = format!("[[users]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\n");
+            match from_file(&text, &ServeArgs::default()) {
+                Err(err @ ConfigError::User { .. }) => err.to_string(),
+                other => panic!("expected User, got {other:?}"),
+            }
+        };
+        let message = user("alice", "plain-password");
+        assert!(
+            message.contains("password_hash") && message.contains("alice"),
+            "{message}"
+        );
+        assert!(!message.contains("plain-password"), "{message}");
+        let message = user("alice", &HASH.replace("argon2id", "argon2i"));
+        assert!(message.contains("argon2id"), "{message}");
+        assert!(user("a:b", HASH).contains("name"));
+        assert!(user("", HASH).contains("name"));
+        let twice = format!(
+            "[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n"
+        );
+        let err = from_file(&twice, &ServeArgs::default()).expect_err("duplicate");
+        assert!(err.to_string().contains("twice"), "{err}");
+        let message = parse_message("[[users]]\nname = \"a\"\npassword = \"x\"\n");
+        assert!(message.contains("password"), "{message}");
+    }
+
+    #[test]
+    fn only_settings_outside_the_rules_need_a_restart() {
+        let running = ServeConfig::default();
+        let mut fresh = running.clone();
+        fresh.allow_dest = vec!["127.0.0.0/8".parse().expect("cidr")];
+        fresh.connect_ports = vec![8443];
+        assert!(keys_needing_restart(&running, &fresh).is_empty());
+        fresh.workers = NonZeroUsize::new(3).expect("not zero");
+        fresh.idle_timeout = Duration::from_secs(1);
+        assert_eq!(
+            keys_needing_restart(&running, &fresh),
+            ["workers", "idle_timeout"]
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::auth::{self, AuthFailure};
+
 /// Which upstream phase ran out of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutPhase {
@@ -52,6 +54,9 @@ pub enum ProxyError {
     /// A URL scheme the proxy does not fetch.
     #[error("scheme {0:?} is not supported; use http or https")]
     SchemeNotSupported(String),
+    /// Users are configured and the request carries no valid `Proxy-Authorization`.
+    #[error("{0}")]
+    ProxyAuthRequired(AuthFailure),
     /// The client address is outside `allow_clients`.
     #[error("client {addr} is not allowed to use this proxy")]
     ClientDenied { addr: IpAddr },
@@ -120,12 +125,21 @@ impl ProxyError {
         }
     }
 
+    /// The `Proxy-Authenticate` challenge, on the errors that have one.
+    pub fn proxy_authenticate(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::ProxyAuthRequired(_) => Some(auth::CHALLENGE),
+            _ => None,
+        }
+    }
+
     /// Whether the connection must be closed after answering (we cannot
     /// tell where the next request would start, or the client is unwelcome).
     pub fn closes_connection(&self) -> bool {
         !matches!(
             self,
             ProxyError::NotProxyEndpoint(_)
+                | ProxyError::ProxyAuthRequired(_)
                 | ProxyError::MethodNotSupported(_)
                 | ProxyError::SchemeNotSupported(_)
                 | ProxyError::DestinationDenied { .. }
@@ -151,6 +165,7 @@ impl ProxyError {
             ClientDenied { .. } => (403, "http_request_denied"),
             DestinationDenied { .. } => (403, "destination_ip_prohibited"),
             PortDenied { .. } => (403, "http_request_denied"),
+            ProxyAuthRequired(_) => (407, "http_request_denied"),
             HeadTimeout(_) => (408, "http_request_error"),
             BodyTooLarge { .. } => (413, "http_request_error"),
             UrlTooLong { .. } => (414, "http_request_error"),
@@ -233,6 +248,21 @@ mod tests {
                 502,
                 "http_protocol_error",
             ),
+            (
+                ProxyError::ProxyAuthRequired(AuthFailure::Missing),
+                407,
+                "http_request_denied",
+            ),
+            (
+                ProxyError::ProxyAuthRequired(AuthFailure::Rejected),
+                407,
+                "http_request_denied",
+            ),
+            (
+                ProxyError::Internal("worker panicked".into()),
+                500,
+                "proxy_internal_error",
+            ),
             (ProxyError::LoopDetected, 508, "proxy_loop_detected"),
             (ProxyError::QueueFull, 503, "proxy_internal_error"),
             (ProxyError::ShuttingDown, 503, "proxy_internal_error"),
@@ -247,6 +277,19 @@ mod tests {
     fn only_overload_errors_carry_retry_after() {
         assert_eq!(ProxyError::QueueFull.retry_after(), Some(1));
         assert_eq!(ProxyError::LoopDetected.retry_after(), None);
+    }
+
+    #[test]
+    fn only_missing_or_wrong_credentials_carry_a_challenge() {
+        let err = ProxyError::ProxyAuthRequired(AuthFailure::Malformed);
+        assert_eq!(err.proxy_authenticate(), Some(auth::CHALLENGE));
+        assert!(auth::CHALLENGE.starts_with("Basic realm=\"fetchproxy\""));
+        assert!(
+            !err.closes_connection(),
+            "the client may retry on the same connection"
+        );
+        assert!(!err.to_string().ends_with('.'), "{err}");
+        assert_eq!(ProxyError::LoopDetected.proxy_authenticate(), None);
     }
 
     #[test]

@@ -16,12 +16,14 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod rules;
 pub mod server;
 pub mod shutdown;
 pub mod upstream;

@@ -1,13 +1,14 @@
 //! The `fetchproxy` binary: parse the command line, set up logging, run the
-//! server or the client, and turn the outcome into an exit code.
+//! server, the client or `hash-password`, and turn the outcome into an exit code.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use fetchproxy::cli::{Cli, Command};
 use fetchproxy::config::ServeConfig;
-use fetchproxy::{client, logging, server};
+use fetchproxy::{auth, client, logging, server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,7 +22,9 @@ fn main() -> ExitCode {
                 }
             };
             logging::init(config.log_level);
-            match server::run(config) {
+            // SIGHUP loads the file again, with the same flags over it.
+            let load = Box::new(move || ServeConfig::load(&args));
+            match server::run(config, load) {
                 Ok(server::Stopped::Clean) => ExitCode::SUCCESS,
                 Ok(server::Stopped::CutShort) => ExitCode::from(1),
                 Err(err) => {
@@ -31,5 +34,27 @@ fn main() -> ExitCode {
             }
         }
         Command::Fetch(args) => ExitCode::from(client::run(args)),
+        Command::HashPassword => hash_password(),
+    }
+}
+
+/// `fetchproxy hash-password`: one line on stdin, its hash on stdout.
+fn hash_password() -> ExitCode {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password (shown as typed): ");
+    }
+    match auth::hash_password_from(&mut stdin.lock()) {
+        Ok(hash) => match writeln!(std::io::stdout(), "{hash}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("fetchproxy: cannot write the hash: {err}");
+                ExitCode::from(1)
+            }
+        },
+        Err(err) => {
+            eprintln!("fetchproxy: {err}");
+            ExitCode::from(2)
+        }
     }
 }

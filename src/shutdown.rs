@@ -1,6 +1,7 @@
 //! Shutdown state and signals: the first SIGTERM/SIGINT starts draining and
-//! wakes the acceptor, a second one asks to stop now. Knows nothing of HTTP;
-//! only this module knows how the acceptor is woken.
+//! wakes the acceptor, a second one asks to stop now; SIGHUP calls the
+//! server's reload. Knows nothing of HTTP or rules; only this module knows
+//! how the acceptor is woken.
 
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -73,17 +74,25 @@ impl Shutdown {
 }
 
 /// Starts the `signals` thread: the first SIGTERM/SIGINT begins draining,
-/// the second stops now.
+/// the second stops now, and each SIGHUP runs `reload` on that thread.
 ///
 /// # Errors
 /// When the handlers cannot be registered or the thread cannot start.
-pub fn install_signals(shutdown: Arc<Shutdown>) -> io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+pub fn install_signals(
+    shutdown: Arc<Shutdown>,
+    reload: impl Fn() + Send + 'static,
+) -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    log::info!("signal {signal}: reloading the access rules and users");
+                    reload();
+                    continue;
+                }
                 if shutdown.is_draining() {
                     log::warn!("second signal ({signal}): stopping now");
                     shutdown.stop_now();

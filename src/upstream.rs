@@ -5,9 +5,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 
-use ipnet::IpNet;
 use ureq::config::AutoHeaderValue;
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
@@ -16,6 +14,7 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use crate::access;
 use crate::config::ServeConfig;
 use crate::error::{ProxyError, TimeoutPhase};
+use crate::rules::SharedRules;
 
 /// Bytes ureq buffers per upstream connection for reading responses.
 const INPUT_BUFFER_BYTES: usize = 64 * 1024;
@@ -25,7 +24,7 @@ const OUTPUT_BUFFER_BYTES: usize = 16 * 1024;
 const MAX_RESOLVED: usize = 16;
 
 /// Builds the one agent all workers share.
-pub fn agent(config: &ServeConfig) -> ureq::Agent {
+pub fn agent(config: &ServeConfig, rules: SharedRules) -> ureq::Agent {
     let workers = config.workers.get();
     let agent_config = ureq::Agent::config_builder()
         // A proxy passes redirects and error statuses back; it follows nothing.
@@ -54,9 +53,7 @@ pub fn agent(config: &ServeConfig) -> ureq::Agent {
         .max_idle_connections_per_host(workers)
         .max_idle_age(config.idle_timeout)
         .build();
-    let resolver = CheckingResolver {
-        allow_dest: Arc::new(config.allow_dest.clone()),
-    };
+    let resolver = CheckingResolver { rules };
     ureq::Agent::with_parts(agent_config, DefaultConnector::new(), resolver)
 }
 
@@ -65,7 +62,7 @@ pub fn agent(config: &ServeConfig) -> ureq::Agent {
 /// connects to exactly these addresses, DNS rebinding cannot slip past the check.
 #[derive(Debug)]
 struct CheckingResolver {
-    allow_dest: Arc<Vec<IpNet>>,
+    rules: SharedRules,
 }
 
 impl Resolver for CheckingResolver {
@@ -82,9 +79,10 @@ impl Resolver for CheckingResolver {
         });
         let resolved = resolve(host, port).map_err(|err| ureq::Error::Other(Box::new(err)))?;
         let mut allowed = self.empty();
+        let rules = self.rules.current();
         let mut first_denied = None;
         for addr in resolved {
-            if access::allows_destination(addr.ip(), &self.allow_dest) {
+            if access::allows_destination(addr.ip(), &rules.allow_dest) {
                 if allowed.len() < MAX_RESOLVED {
                     allowed.push(addr);
                 }

@@ -158,6 +158,9 @@ pub fn error_response(err: &ProxyError, request_id: &str, close: bool, head_only
     if let Some(seconds) = err.retry_after() {
         write_header(&mut out, "Retry-After", seconds.to_string().as_bytes());
     }
+    if let Some(challenge) = err.proxy_authenticate() {
+        write_header(&mut out, "Proxy-Authenticate", challenge.as_bytes());
+    }
     write_header(&mut out, "X-Request-Id", request_id.as_bytes());
     if close {
         write_header(&mut out, "Connection", b"close");

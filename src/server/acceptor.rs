@@ -23,6 +23,7 @@ use crate::error::ProxyError;
 use crate::http::request::{self, HeadLimits, Parsed, RequestHead};
 use crate::http::response;
 use crate::logging::{self, AccessRecord};
+use crate::rules::SharedRules;
 use crate::server::conn::{ClientConn, ConnLimits, Registration, Return};
 use crate::server::request_id::RequestIds;
 use crate::shutdown::Shutdown;
@@ -107,6 +108,7 @@ pub struct Acceptor {
     registry: Arc<Registry>,
     shutdown: Arc<Shutdown>,
     config: Arc<ServeConfig>,
+    rules: SharedRules,
     limits: Arc<ConnLimits>,
     ids: Arc<RequestIds>,
     scratch: Box<[u8]>,
@@ -132,6 +134,7 @@ impl Acceptor {
         handback: (Handback, Receiver<Return>),
         shutdown: Arc<Shutdown>,
         config: Arc<ServeConfig>,
+        rules: SharedRules,
         limits: Arc<ConnLimits>,
         ids: Arc<RequestIds>,
     ) -> io::Result<Acceptor> {
@@ -161,6 +164,7 @@ impl Acceptor {
             registry,
             shutdown,
             config,
+            rules,
             limits,
             ids,
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
@@ -240,7 +244,7 @@ impl Acceptor {
                 }
             };
             let ip = peer.ip().to_canonical();
-            if !access::allows_client(ip, &self.config.allow_clients) {
+            if !access::allows_client(ip, &self.rules.current().allow_clients) {
                 self.refuse(&stream, peer, ProxyError::ClientDenied { addr: ip });
                 continue;
             }

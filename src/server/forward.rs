@@ -57,7 +57,7 @@ pub fn forward(
         } else {
             80
         });
-    if !access::allows_port(port, &ctx.config.dest_ports) {
+    if !access::allows_port(port, &ctx.rules.current().dest_ports) {
         return Err(ProxyError::PortDenied { port });
     }
     if let Ok(local) = conn.stream.local_addr() {

@@ -1,6 +1,7 @@
-//! The server: wiring of listeners, acceptor, queue, workers, tunnel relay
-//! and shutdown. `start` returns a `Running` handle; `run` = start + signals
-//! + wait. Nothing here touches a request.
+//! The server: wiring of listeners, acceptor, queue, workers, tunnel relay,
+//! shared rules and shutdown. `start` returns a `Running` handle; `run` =
+//! start + signals (SIGHUP reloads the rules) + wait. Nothing here touches a
+//! request.
 
 mod acceptor;
 mod conn;
@@ -17,7 +18,8 @@ use std::time::Instant;
 
 use mio::{Poll, Waker};
 
-use crate::config::ServeConfig;
+use crate::config::{ConfigError, ServeConfig};
+use crate::rules::{Rules, SharedRules};
 use crate::shutdown::Shutdown;
 use acceptor::{Acceptor, Handback};
 use conn::ConnLimits;
@@ -50,9 +52,15 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// Loads the configuration again for a reload: the config file re-read,
+/// the command-line flags still over it.
+pub type LoadConfig = Box<dyn Fn() -> Result<ServeConfig, ConfigError> + Send>;
+
 /// A started server.
 pub struct Running {
     addrs: Vec<SocketAddr>,
+    config: Arc<ServeConfig>,
+    rules: SharedRules,
     shutdown: Arc<Shutdown>,
     grace: std::time::Duration,
     /// Says whether it cut a request head short.
@@ -70,6 +78,19 @@ impl Running {
     /// The shutdown control of this server.
     pub fn shutdown(&self) -> &Arc<Shutdown> {
         &self.shutdown
+    }
+
+    /// The access rules in force, which `reload` replaces.
+    pub fn rules(&self) -> &SharedRules {
+        &self.rules
+    }
+
+    /// Puts the access rules and users of `fresh` in force, or keeps the
+    /// current ones (logging why) when it failed to load. Connections stay
+    /// open; their next requests follow the new rules. Other settings are
+    /// not reloaded.
+    pub fn reload(&self, fresh: Result<ServeConfig, ConfigError>) {
+        self.rules.reload(&self.config, fresh);
     }
 
     /// Waits until the server has stopped: the acceptor returns once draining
@@ -116,6 +137,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         .iter()
         .map(TcpListener::local_addr)
         .collect::<Result<Vec<_>, _>>()?;
+    let rules = SharedRules::new(Rules::from_config(&config));
     let config = Arc::new(config);
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), acceptor::WAKER)?);
@@ -127,7 +149,8 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue.get());
     let ctx = Arc::new(Context {
         config: config.clone(),
-        agent: crate::upstream::agent(&config),
+        agent: crate::upstream::agent(&config, rules.clone()),
+        rules: rules.clone(),
         shutdown: shutdown.clone(),
         handback,
         ids: ids.clone(),
@@ -143,6 +166,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         acceptor_handback,
         shutdown.clone(),
         config.clone(),
+        rules.clone(),
         limits,
         ids,
     )?;
@@ -156,8 +180,13 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.workers,
         config.queue
     );
+    if !config.users.is_empty() {
+        log::info!("proxy authentication on for {} users", config.users.len());
+    }
     Ok(Running {
         addrs,
+        config: config.clone(),
+        rules,
         shutdown,
         grace: config.grace,
         acceptor,
@@ -166,13 +195,23 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     })
 }
 
+/// How many panics workers have caught and survived since the process started.
+pub fn worker_panics() -> u64 {
+    worker::panics()
+}
+
 /// Starts the server, installs signal handlers, and waits for it to stop.
+/// On SIGHUP, `load` is called and the access rules and users it gives are
+/// put in force (see `Running::reload`).
 ///
 /// # Errors
 /// `StartError` when a listener or thread cannot be set up.
-pub fn run(config: ServeConfig) -> Result<Stopped, StartError> {
+pub fn run(config: ServeConfig, load: LoadConfig) -> Result<Stopped, StartError> {
     let running = start(config)?;
-    crate::shutdown::install_signals(running.shutdown().clone())?;
+    let (rules, base) = (running.rules.clone(), running.config.clone());
+    crate::shutdown::install_signals(running.shutdown().clone(), move || {
+        rules.reload(&base, load());
+    })?;
     Ok(running.wait())
 }
 

@@ -20,6 +20,7 @@ use crate::access;
 use crate::config::ServeConfig;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::logging::{self, AccessRecord};
+use crate::rules::Rules;
 use crate::server::conn::ClientConn;
 use crate::shutdown::Shutdown;
 use crate::upstream;
@@ -35,15 +36,15 @@ const WAKER: Token = Token(usize::MAX);
 /// # Errors
 /// `BadRequest` for a target that is not `host:port`, `PortDenied`,
 /// `DnsFailed`, `DestinationDenied`, `ConnectionRefused`, `UpstreamTimeout`.
-pub fn connect(target: &str, config: &ServeConfig) -> Result<TcpStream, ProxyError> {
+pub fn connect(target: &str, config: &ServeConfig, rules: &Rules) -> Result<TcpStream, ProxyError> {
     let (host, port) = split_authority(target)?;
-    if !config.connect_ports.contains(&port) {
+    if !rules.connect_ports.contains(&port) {
         return Err(ProxyError::PortDenied { port });
     }
     let resolved = upstream::resolve(host, port)?;
     let allowed: Vec<_> = resolved
         .iter()
-        .filter(|addr| access::allows_destination(addr.ip(), &config.allow_dest))
+        .filter(|addr| access::allows_destination(addr.ip(), &rules.allow_dest))
         .collect();
     if allowed.is_empty() {
         return Err(ProxyError::DestinationDenied {
@@ -436,13 +437,15 @@ mod tests {
     #[test]
     fn connect_refuses_ports_outside_connect_ports_before_any_lookup() {
         let config = ServeConfig::default();
-        let err = connect("127.0.0.1:25", &config).expect_err("port 25 is not allowed");
+        let rules = Rules::from_config(&config);
+        let err = connect("127.0.0.1:25", &config, &rules).expect_err("port 25 is not allowed");
         assert_eq!(err.proxy_status(), "http_request_denied");
     }
 
     #[test]
     fn connect_refuses_non_global_destinations_without_connecting() {
         let config = ServeConfig::default();
+        let rules = Rules::from_config(&config);
         for target in [
             "127.0.0.1:443",
             "127.1:443",
@@ -450,7 +453,7 @@ mod tests {
             "169.254.169.254:443",
             "10.1.2.3:443",
         ] {
-            let err = connect(target, &config).expect_err(target);
+            let err = connect(target, &config, &rules).expect_err(target);
             assert_eq!(err.proxy_status(), "destination_ip_prohibited", "{target}");
         }
     }

@@ -2,37 +2,57 @@
 //! (the proxy's own endpoints, forwarding, CONNECT), the single point where
 //! an error becomes a response, and the access-log line. Owns no listener.
 //!
-//! A request goes: head (parsed by the acceptor) → loop check → route →
-//! `forward::forward` or `tunnel::open` or an own endpoint → answer → log →
-//! next pipelined request, or back to the acceptor to wait.
+//! A request goes: head (parsed by the acceptor) → rules of the moment
+//! (client, credentials) → loop check → route → `forward::forward` or
+//! `tunnel::open` or an own endpoint → answer → log → next pipelined
+//! request, or back to the acceptor to wait.
+//!
+//! A panic while a request is handled is caught here: it is logged and
+//! counted, the client gets 500 if no byte of a response went out yet, and
+//! the worker goes on to its next job.
 
+use std::any::Any;
+use std::cell::Cell;
 use std::io::{Read, Write};
-
+use std::net::TcpStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use crate::access;
 use crate::config::ServeConfig;
 use crate::error::ProxyError;
 use crate::http::headers;
 use crate::http::request::{self, BodyFraming, HeadLimits, Parsed, RequestHead, TargetForm};
 use crate::http::response;
 use crate::logging::{self, AccessRecord};
+use crate::rules::{Rules, SharedRules};
 use crate::server::acceptor::{Handback, Job};
 use crate::server::conn::ClientConn;
 use crate::server::forward;
 use crate::server::request_id::RequestIds;
-use crate::server::tunnel::{self, Relay};
+use crate::server::tunnel::{self, Relay, TunnelSlot};
 use crate::shutdown::Shutdown;
 
 /// Bytes of the buffer each worker copies bodies through.
 pub const COPY_BUFFER_BYTES: usize = 64 * 1024;
 
+/// Panics caught in workers since the process started.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many panics workers have caught (and survived) so far.
+pub fn panics() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
+
 /// What every worker shares.
 pub struct Context {
     pub config: Arc<ServeConfig>,
+    /// The access rules in force; read once per request, replaced on reload.
+    pub rules: SharedRules,
     pub agent: ureq::Agent,
     pub shutdown: Arc<Shutdown>,
     pub handback: Handback,
@@ -52,6 +72,14 @@ pub struct Served {
     pub reusable: bool,
 }
 
+/// Whether a byte of the current response may have reached the client: a
+/// panic can only be answered with 500 while it has not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    NotStarted,
+    MaybeStarted,
+}
+
 /// What happens to the connection after a request.
 enum After {
     /// Read or wait for the next request.
@@ -66,11 +94,17 @@ pub fn run(jobs: Receiver<Job>, ctx: Arc<Context>) {
     let mut buf = vec![0u8; COPY_BUFFER_BYTES].into_boxed_slice();
     for job in jobs.iter() {
         let peer = job.conn.peer;
+        // Panics while a request is handled are answered in `serve_one`;
+        // this catches the rest (handing over a connection, the access log).
         let outcome =
             panic::catch_unwind(AssertUnwindSafe(|| serve_connection(job, &ctx, &mut buf)));
-        if outcome.is_err() {
+        if let Err(payload) = outcome {
+            PANICS.fetch_add(1, Ordering::Relaxed);
             // The connection was dropped while unwinding, which closes it.
-            log::error!("worker panicked while serving {peer}; connection closed");
+            log::error!(
+                "worker panicked while serving {peer}: {}; connection closed",
+                panic_message(payload.as_ref())
+            );
         }
     }
 }
@@ -118,17 +152,25 @@ fn serve_one(
         }
     };
     let request_id = ctx.ids.for_request(&head);
+    // One set of rules for the whole request, even if a reload comes meanwhile.
+    let rules = ctx.rules.current();
     if head.target_form() == TargetForm::Authority {
-        return open_tunnel(conn, &head, &request_id, ctx, started);
+        return open_tunnel(conn, &head, &request_id, ctx, &rules, started);
     }
-    let served = match route(&mut conn, &head, &request_id, ctx, buf) {
-        Ok(served) => served,
-        Err(err) => {
+    let reply = Cell::new(Reply::NotStarted);
+    let routed = catch_panic(&mut conn, &request_id, &reply, |conn| {
+        admit(conn, &head, &rules)?;
+        route(conn, &head, &request_id, ctx, buf, &reply)
+    });
+    let served = match routed {
+        Ok(Ok(served)) => served,
+        Ok(Err(err)) => {
             // An unread request body leaves the stream mid-message: close.
             let has_body = !matches!(head.body_framing(), Ok(BodyFraming::Empty));
             let close = err.closes_connection() || has_body || !head.keep_alive();
             answer_error(&mut conn, &err, &request_id, head.method == "HEAD", close)
         }
+        Err(panicked) => panicked,
     };
     log_request(
         &conn,
@@ -146,6 +188,23 @@ fn serve_one(
     }
 }
 
+/// Applies the rules that hold for every request under the rules of the
+/// moment: the client range (a reload may have dropped a connected client's
+/// range) and, for proxied requests, the credentials. The proxy's own
+/// endpoints (origin-form, such as `/healthz`) need none.
+fn admit(conn: &ClientConn, head: &RequestHead, rules: &Rules) -> Result<(), ProxyError> {
+    let ip = conn.peer.ip().to_canonical();
+    if !access::allows_client(ip, &rules.allow_clients) {
+        return Err(ProxyError::ClientDenied { addr: ip });
+    }
+    if head.target_form() != TargetForm::Origin {
+        rules
+            .users
+            .check(head.header_values("proxy-authorization"))?;
+    }
+    Ok(())
+}
+
 /// Picks the handler for a request that is not CONNECT.
 fn route(
     conn: &mut ClientConn,
@@ -153,14 +212,19 @@ fn route(
     request_id: &str,
     ctx: &Context,
     buf: &mut [u8],
+    reply: &Cell<Reply>,
 ) -> Result<Served, ProxyError> {
     // RFC 9110 §7.6.3: a request that already passed through us is a loop.
     if headers::is_loop(head.header_values("via"), &ctx.config.via_name) {
         return Err(ProxyError::LoopDetected);
     }
     match head.target_form() {
-        TargetForm::Absolute => forward::forward(conn, head, request_id, ctx, buf),
-        TargetForm::Origin => own_endpoint(conn, head, request_id, ctx),
+        TargetForm::Absolute => {
+            // forward writes to the client itself; from here on we cannot tell.
+            reply.set(Reply::MaybeStarted);
+            forward::forward(conn, head, request_id, ctx, buf)
+        }
+        TargetForm::Origin => own_endpoint(conn, head, request_id, ctx, reply),
         TargetForm::Asterisk | TargetForm::Authority => Err(ProxyError::BadRequest(format!(
             "{} {} is not a request a proxy can forward",
             head.method, head.target
@@ -174,6 +238,7 @@ fn own_endpoint(
     head: &RequestHead,
     request_id: &str,
     ctx: &Context,
+    reply: &Cell<Reply>,
 ) -> Result<Served, ProxyError> {
     let path = head.target.split('?').next().unwrap_or_default();
     match (head.method.as_str(), path) {
@@ -202,6 +267,7 @@ fn own_endpoint(
             if !head_only {
                 out.extend_from_slice(body);
             }
+            reply.set(Reply::MaybeStarted);
             let sent = conn.stream.write_all(&out).is_ok();
             let bytes = if head_only { 0 } else { body.len() as u64 };
             Ok(Served {
@@ -221,17 +287,25 @@ fn open_tunnel(
     head: &RequestHead,
     request_id: &str,
     ctx: &Context,
+    rules: &Rules,
     started: Instant,
 ) -> After {
-    let upstream = if headers::is_loop(head.header_values("via"), &ctx.config.via_name) {
-        Err(ProxyError::LoopDetected)
-    } else {
-        ctx.relay.admit().and_then(|slot| {
-            tunnel::connect(&head.target, &ctx.config).map(|stream| (stream, slot))
-        })
-    };
+    let reply = Cell::new(Reply::NotStarted);
+    let upstream = catch_panic(&mut conn, request_id, &reply, |conn| {
+        connect_tunnel(conn, head, ctx, rules)
+    });
     match upstream {
-        Ok((upstream, slot)) => {
+        Err(panicked) => {
+            log_request(
+                &conn,
+                &head.method,
+                &head.target,
+                &panicked,
+                started,
+                request_id,
+            );
+        }
+        Ok(Ok((upstream, slot))) => {
             let mut out = Vec::with_capacity(128);
             response::write_status_line(&mut out, 200, "Connection Established");
             response::write_header(&mut out, "X-Request-Id", request_id.as_bytes());
@@ -241,7 +315,7 @@ fn open_tunnel(
                     .start(conn, upstream, slot, &head.target, request_id, started);
             }
         }
-        Err(err) => {
+        Ok(Err(err)) => {
             let served = answer_error(&mut conn, &err, request_id, false, true);
             log_request(
                 &conn,
@@ -254,6 +328,71 @@ fn open_tunnel(
         }
     }
     After::Gone
+}
+
+/// The checks before a tunnel (client, credentials, loop, `max_tunnels`,
+/// port and destination rules) and the connection to its target.
+fn connect_tunnel(
+    conn: &ClientConn,
+    head: &RequestHead,
+    ctx: &Context,
+    rules: &Rules,
+) -> Result<(TcpStream, TunnelSlot), ProxyError> {
+    admit(conn, head, rules)?;
+    if headers::is_loop(head.header_values("via"), &ctx.config.via_name) {
+        return Err(ProxyError::LoopDetected);
+    }
+    let slot = ctx.relay.admit()?;
+    let stream = tunnel::connect(&head.target, &ctx.config, rules)?;
+    Ok((stream, slot))
+}
+
+/// Runs `handle` on `conn`, catching a panic inside it: the panic is logged
+/// and counted, and while `reply` says no byte of a response went out the
+/// client is answered 500 `proxy_internal_error` (the connection then
+/// closes: we cannot tell what of the request was read). The worker goes on
+/// to its next job either way. `Err` holds what the access log records.
+fn catch_panic<T>(
+    conn: &mut ClientConn,
+    request_id: &str,
+    reply: &Cell<Reply>,
+    handle: impl FnOnce(&mut ClientConn) -> T,
+) -> Result<T, Served> {
+    let payload = match panic::catch_unwind(AssertUnwindSafe(|| handle(&mut *conn))) {
+        Ok(value) => return Ok(value),
+        Err(payload) => payload,
+    };
+    PANICS.fetch_add(1, Ordering::Relaxed);
+    let message = panic_message(payload.as_ref());
+    let err = ProxyError::Internal("the proxy failed while handling this request".into());
+    if reply.get() == Reply::NotStarted {
+        log::error!(
+            "worker panicked while serving {} {request_id}: {message}; answered 500",
+            conn.peer
+        );
+        return Err(answer_error(conn, &err, request_id, false, true));
+    }
+    log::error!(
+        "worker panicked while serving {} {request_id}: {message}; response already begun, connection closed",
+        conn.peer
+    );
+    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+    Err(Served {
+        status: err.status(),
+        bytes: 0,
+        error: Some(err.proxy_status()),
+        reusable: false,
+    })
+}
+
+/// The text a panic was raised with, made safe for a log line.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    logging::escape(text.as_bytes())
 }
 
 /// The one place where an error becomes a response to the client.
@@ -330,4 +469,90 @@ fn log_request(
         request_id,
         error: served.error,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::conn::ConnLimits;
+    use std::net::TcpListener;
+
+    /// A proxy-side connection and the client's end of it.
+    fn connection() -> (ClientConn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (stream, peer) = listener.accept().expect("accept");
+        let slot = ConnLimits::new(4, 4).admit(peer.ip()).expect("slot");
+        (ClientConn::new(stream, peer, slot), client)
+    }
+
+    fn received(client: &mut TcpStream) -> String {
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut text = Vec::new();
+        let _ = client.read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    #[test]
+    fn a_panic_before_the_response_is_answered_500_and_counted() {
+        let (mut conn, mut client) = connection();
+        let before = panics();
+        let reply = Cell::new(Reply::NotStarted);
+        let outcome = catch_panic(&mut conn, "req-1", &reply, |_| -> u16 {
+            panic!("test panic before any response")
+        });
+        let served = outcome.expect_err("the panic is caught");
+        assert_eq!((served.status, served.reusable), (500, false));
+        assert_eq!(served.error, Some("proxy_internal_error"));
+        assert!(panics() > before);
+        drop(conn);
+        let text = received(&mut client);
+        assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
+        assert!(text.contains("error=proxy_internal_error"), "{text}");
+        assert!(text.contains("X-Request-Id: req-1"), "{text}");
+        assert!(text.contains("Connection: close"), "{text}");
+        assert!(
+            !text.contains("test panic"),
+            "the panic stays in the log: {text}"
+        );
+    }
+
+    #[test]
+    fn a_panic_after_the_response_began_adds_nothing_to_it() {
+        let (mut conn, mut client) = connection();
+        let reply = Cell::new(Reply::NotStarted);
+        let outcome = catch_panic(&mut conn, "req-2", &reply, |conn| {
+            reply.set(Reply::MaybeStarted);
+            let _ = conn
+                .stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+            panic!("test panic mid-body")
+        });
+        let served: Served = match outcome {
+            Err(served) => served,
+            Ok(()) => unreachable!("the closure always panics"),
+        };
+        assert!(!served.reusable);
+        drop(conn);
+        let text = received(&mut client);
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+    }
+
+    #[test]
+    fn without_a_panic_the_value_passes_through() {
+        let (mut conn, _client) = connection();
+        let reply = Cell::new(Reply::NotStarted);
+        let outcome = catch_panic(&mut conn, "req-3", &reply, |_| 7);
+        assert!(matches!(outcome, Ok(7)));
+    }
+
+    #[test]
+    fn panic_messages_are_escaped_for_the_log() {
+        let payload: Box<dyn Any + Send> = Box::new(String::from("bad\nline"));
+        assert_eq!(panic_message(payload.as_ref()), "bad\\nline");
+        let payload: Box<dyn Any + Send> = Box::new(42);
+        assert_eq!(panic_message(payload.as_ref()), "(no message)");
+    }
 }

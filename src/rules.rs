@@ -1,0 +1,140 @@
+//! The access rules that SIGHUP reloads: `allow_dest`, `allow_clients`,
+//! `dest_ports`, `connect_ports` and the users. `SharedRules` holds the
+//! current set; every request takes its own `Arc` of it, so a reload never
+//! waits for a request and a request never sees half of a reload. Other
+//! settings (listen, workers, timeouts, limits) are fixed at start.
+
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use ipnet::IpNet;
+
+use crate::access::PortRange;
+use crate::auth::Users;
+use crate::config::{self, ConfigError, ServeConfig};
+
+/// One consistent set of access rules.
+#[derive(Debug)]
+pub struct Rules {
+    /// Non-global destination ranges allowed anyway.
+    pub allow_dest: Vec<IpNet>,
+    /// Client ranges allowed.
+    pub allow_clients: Vec<IpNet>,
+    /// Destination ports for forwarded requests.
+    pub dest_ports: Vec<PortRange>,
+    /// Ports CONNECT may reach.
+    pub connect_ports: Vec<u16>,
+    /// Users who may use the proxy (none: no credentials asked for).
+    pub users: Users,
+}
+
+impl Rules {
+    /// The rules of a resolved configuration.
+    pub fn from_config(config: &ServeConfig) -> Rules {
+        Rules {
+            allow_dest: config.allow_dest.clone(),
+            allow_clients: config.allow_clients.clone(),
+            dest_ports: config.dest_ports.clone(),
+            connect_ports: config.connect_ports.clone(),
+            users: Users::new(&config.users),
+        }
+    }
+}
+
+/// The current rules, replaced whole on reload.
+#[derive(Clone)]
+pub struct SharedRules(Arc<RwLock<Arc<Rules>>>);
+
+impl fmt::Debug for SharedRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SharedRules").field(&self.current()).finish()
+    }
+}
+
+impl SharedRules {
+    /// Starts with `rules`.
+    pub fn new(rules: Rules) -> SharedRules {
+        SharedRules(Arc::new(RwLock::new(Arc::new(rules))))
+    }
+
+    /// The rules in force now. The lock is held only to clone the `Arc`,
+    /// never across I/O; keep the result for one request.
+    pub fn current(&self) -> Arc<Rules> {
+        // Swapping an Arc cannot be left half done, so a poisoned lock is still sound.
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts `rules` in force for every request that starts from now on.
+    pub fn replace(&self, rules: Rules) {
+        let fresh = Arc::new(rules);
+        // The old set is dropped outside the lock, by its last request.
+        let _old = std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(PoisonError::into_inner),
+            fresh,
+        );
+    }
+
+    /// Applies a freshly loaded configuration's rules, or keeps the current
+    /// ones when it failed to load. Says in the log which it was, naming
+    /// the bad key, and which changed settings need a restart instead.
+    pub fn reload(&self, running: &ServeConfig, fresh: Result<ServeConfig, ConfigError>) {
+        match fresh {
+            Ok(config) => {
+                self.replace(Rules::from_config(&config));
+                let users = config.users.len();
+                let ignored = config::keys_needing_restart(running, &config);
+                if ignored.is_empty() {
+                    log::info!(
+                        "reloaded rules: allow_dest, allow_clients, dest_ports, connect_ports, \
+                         {users} users (other settings take a restart)"
+                    );
+                } else {
+                    log::warn!(
+                        "reloaded rules: allow_dest, allow_clients, dest_ports, connect_ports, \
+                         {users} users; changed {} not applied: they take a restart",
+                        ignored.join(", ")
+                    );
+                }
+            }
+            Err(err) => log::error!("reload failed, keeping the old rules: {err}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_keeps_the_rules_it_started_with() {
+        let shared = SharedRules::new(Rules::from_config(&ServeConfig::default()));
+        let before = shared.current();
+        let config = ServeConfig {
+            allow_dest: vec!["127.0.0.0/8".parse().expect("cidr")],
+            ..ServeConfig::default()
+        };
+        shared.replace(Rules::from_config(&config));
+        assert!(before.allow_dest.is_empty());
+        assert_eq!(shared.current().allow_dest, config.allow_dest);
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_old_rules() {
+        let running = ServeConfig::default();
+        let shared = SharedRules::new(Rules::from_config(&running));
+        shared.reload(
+            &running,
+            Err(ConfigError::Invalid {
+                key: "allow_dest",
+                value: "nonsense".into(),
+                reason: "bad".into(),
+            }),
+        );
+        assert_eq!(shared.current().connect_ports, vec![443]);
+        let mut fresh = running.clone();
+        fresh.connect_ports = vec![8443];
+        fresh.workers = 2.try_into().expect("not zero");
+        shared.reload(&running, Ok(fresh));
+        assert_eq!(shared.current().connect_ports, vec![8443]);
+    }
+}
