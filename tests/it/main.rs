@@ -4,10 +4,12 @@
 mod support;
 
 mod access;
+mod auth;
 mod client;
 mod config;
 mod connect;
 mod forward;
 mod limits;
+mod reload;
 mod scale;
 mod shutdown;
