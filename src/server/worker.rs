@@ -152,7 +152,8 @@ fn serve_one(
         }
     };
     let request_id = ctx.ids.for_request(&head);
-    // One set of rules for the whole request, even if a reload comes meanwhile.
+    // The rules of the moment for the client, credential and CONNECT checks;
+    // a reload meanwhile applies from the next request on.
     let rules = ctx.rules.current();
     if head.target_form() == TargetForm::Authority {
         return open_tunnel(conn, &head, &request_id, ctx, &rules, started);
