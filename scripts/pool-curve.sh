@@ -2,7 +2,7 @@
 # Runs the throughput bench and prints the pool-size curve as a Markdown
 # table (requests/s per workload and pool size), with the machine and load.
 #
-#   scripts/pool-curve.sh                # one full run, about 4 minutes on 2 cores
+#   scripts/pool-curve.sh                # one full run, 4-5 minutes on 2 cores
 #   RUNS=3 scripts/pool-curve.sh         # best of three full runs
 #   scripts/pool-curve.sh --quick        # CI smoke run, under a minute
 #
