@@ -26,4 +26,5 @@ pub mod logging;
 pub mod rules;
 pub mod server;
 pub mod shutdown;
+pub mod transport;
 pub mod upstream;

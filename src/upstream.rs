@@ -9,12 +9,13 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use ureq::config::AutoHeaderValue;
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{Connector, NextTimeout, RustlsConnector};
 
 use crate::access;
 use crate::config::ServeConfig;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::rules::SharedRules;
+use crate::transport::OriginConnector;
 
 /// Bytes ureq buffers per upstream connection for reading responses.
 const INPUT_BUFFER_BYTES: usize = 64 * 1024;
@@ -54,7 +55,9 @@ pub fn agent(config: &ServeConfig, rules: SharedRules) -> ureq::Agent {
         .max_idle_age(config.idle_timeout)
         .build();
     let resolver = CheckingResolver { rules };
-    ureq::Agent::with_parts(agent_config, DefaultConnector::new(), resolver)
+    // Plain TCP with a cheap liveness probe, then TLS for https origins.
+    let connector = ().chain(OriginConnector).chain(RustlsConnector::default());
+    ureq::Agent::with_parts(agent_config, connector, resolver)
 }
 
 /// Resolves names with the system resolver (IP literals without it), then

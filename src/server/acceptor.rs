@@ -490,19 +490,6 @@ impl Acceptor {
 
     /// Queues a connection for a worker, or answers 503 at once if the queue is full.
     fn dispatch(&mut self, conn: ClientConn, head: Result<RequestHead, ProxyError>) {
-        // Workers use blocking I/O, always bounded by timeouts.
-        if conn.stream.set_nonblocking(false).is_err()
-            || conn
-                .stream
-                .set_read_timeout(Some(self.config.idle_timeout))
-                .is_err()
-            || conn
-                .stream
-                .set_write_timeout(Some(self.config.upstream_timeout))
-                .is_err()
-        {
-            return;
-        }
         let job = Job {
             conn,
             head,

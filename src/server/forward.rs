@@ -60,7 +60,7 @@ pub fn forward(
     if !access::allows_port(port, &ctx.rules.current().dest_ports) {
         return Err(ProxyError::PortDenied { port });
     }
-    if let Ok(local) = conn.stream.local_addr() {
+    if let Some(local) = conn.local_addr() {
         if targets_this_proxy(uri.host().unwrap_or_default(), port, local) {
             return Err(ProxyError::LoopDetected);
         }
