@@ -6,7 +6,7 @@
 //! `BenchmarkId` per pool size, and `Throughput::Elements(1)` per iteration
 //! (one request), so criterion prints requests/s.
 //!
-//! Full run: `cargo bench --bench throughput` (about 4 minutes on 2 cores).
+//! Full run: `cargo bench --bench throughput` (4-5 minutes on 2 cores).
 //! CI smoke run: `cargo bench --bench throughput -- --quick` (criterion's own
 //! quick mode: a point stops once two samples agree within 5%, or after
 //! 300 ms). One workload: `cargo bench --bench throughput -- keepalive_1k_c64`.
