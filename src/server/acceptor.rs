@@ -77,7 +77,14 @@ enum Phase {
     Head,
     /// The next request on a keep-alive connection: `idle_timeout` runs.
     Idle,
+    /// Answered and closing: what the client still sends is read and
+    /// dropped for a moment, so that closing with unread bytes does not
+    /// reset the connection before the client has read the answer.
+    Linger,
 }
+
+/// How long a closing connection's input is drained (lingering close).
+const LINGER: Duration = Duration::from_secs(1);
 
 /// A connection's place in the loop. Its socket stays registered for its
 /// whole life, so handing it to a worker and back costs no system call.
@@ -396,6 +403,12 @@ impl Acceptor {
         else {
             return;
         };
+        if *phase == Phase::Linger {
+            if drain_input(&conn.stream, &mut self.scratch) {
+                self.close(key);
+            }
+            return;
+        }
         let mut closed = false;
         loop {
             let room = (limit + 1).saturating_sub(conn.pending().len());
@@ -554,18 +567,33 @@ impl Acceptor {
                     conn,
                     phase,
                     deadline,
-                } if *deadline <= now => {
-                    Some((key, *phase == Phase::Head && !conn.pending().is_empty()))
-                }
+                } if *deadline <= now => Some((
+                    key,
+                    *phase == Phase::Linger
+                        || (*phase == Phase::Head && !conn.pending().is_empty()),
+                )),
                 _ => None,
             })
             .collect();
         let grace_over = self.grace_end.is_some_and(|end| now >= end);
         for (key, started) in expired {
-            let Some(conn) = self.close(key) else {
+            if !started {
+                self.close(key);
+                continue;
+            }
+            let Some(Entry::Parked {
+                conn,
+                phase,
+                deadline,
+            }) = self.entries.get_mut(key)
+            else {
                 continue;
             };
-            if started {
+            if *phase == Phase::Linger {
+                self.close(key);
+                continue;
+            }
+            {
                 // A head cut by the end of the grace period is a request cut short.
                 self.cut_short |= grace_over;
                 let err = if grace_over {
@@ -576,6 +604,11 @@ impl Acceptor {
                 let request_id = self.ids.fresh();
                 let answer = response::error_response(&err, &request_id, true, false);
                 send_now(&conn.stream, &answer);
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                let unread = conn.pending().len();
+                conn.consume_pending(unread);
+                *phase = Phase::Linger;
+                *deadline = now + LINGER;
                 logging::access(&AccessRecord {
                     client: conn.peer,
                     method: "-",
@@ -656,6 +689,20 @@ impl Acceptor {
 /// test to stop reading, not a parse.
 fn head_may_be_complete(bytes: &[u8]) -> bool {
     bytes.ends_with(b"\r\n\r\n") || bytes.ends_with(b"\n\n")
+}
+
+/// Reads and drops whatever the peer sent, without blocking; true once the
+/// peer has closed (or the socket failed).
+fn drain_input(stream: &TcpStream, scratch: &mut [u8]) -> bool {
+    loop {
+        match rustix::net::recv(stream, &mut *scratch, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return true,
+            Ok(_) => {}
+            Err(rustix::io::Errno::AGAIN) => return false,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return true,
+        }
+    }
 }
 
 /// Sends an answer without ever blocking: a peer that does not read it

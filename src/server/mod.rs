@@ -27,6 +27,9 @@ use pool::Pool;
 use request_id::RequestIds;
 use worker::Context;
 
+/// Largest listen backlog asked for (the kernel caps it at `somaxconn`).
+const LISTEN_BACKLOG_MAX: usize = 4096;
+
 /// How the server stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -130,6 +133,14 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind {
             addr: *addr,
             source,
+        })?;
+        // std listens with a backlog of 128; a burst of new connections
+        // (a crawler starting up, many clients reconnecting) needs more, or
+        // SYNs are dropped and clients wait a second for a retransmit.
+        let backlog = config.max_connections.clamp(128, LISTEN_BACKLOG_MAX) as i32;
+        rustix::net::listen(&listener, backlog).map_err(|errno| StartError::Bind {
+            addr: *addr,
+            source: errno.into(),
         })?;
         listeners.push(listener);
     }

@@ -69,7 +69,7 @@ fn config_file_settings_are_used() {
     assert_ne!(served.addr.port(), 0, "{}", served.startup);
     // The queue follows the worker count from the file.
     assert!(
-        served.startup.contains("with 3 workers, queue 12"),
+        served.startup.contains("with 3 workers, queue 48"),
         "{}",
         served.startup
     );
@@ -199,7 +199,7 @@ fn config_example_loads() {
         .wait_for_log("listening on", LIMIT)
         .expect("startup line");
     // The example's values are the defaults.
-    assert!(line.contains("with 32 workers, queue 128"), "{line}");
+    assert!(line.contains("with 32 workers, queue 512"), "{line}");
     let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
     let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
