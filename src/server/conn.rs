@@ -4,7 +4,7 @@
 //! pipelined next request) stays in it when the connection goes back.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +31,8 @@ pub struct ClientConn {
     registration: Option<Registration>,
     /// The address the client connected to, once asked for.
     local: Option<SocketAddr>,
+    /// Bytes written to the client so far (through `Write`).
+    sent: u64,
 }
 
 impl ClientConn {
@@ -44,7 +46,14 @@ impl ClientConn {
             _slot: slot,
             registration: None,
             local: None,
+            sent: 0,
         }
+    }
+
+    /// Bytes written to the client so far: a worker that fails can still
+    /// answer with an error only while this has not moved.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
     }
 
     /// The address the client connected to (asked of the OS once).
@@ -118,6 +127,25 @@ impl Read for ClientConn {
         out[..n].copy_from_slice(&available[..n]);
         self.consume(n);
         Ok(n)
+    }
+}
+
+/// Writes go straight to the socket, counted.
+impl Write for ClientConn {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.stream.write(data)?;
+        self.sent += n as u64;
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.stream.write_vectored(bufs)?;
+        self.sent += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
     }
 }
 

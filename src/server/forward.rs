@@ -7,7 +7,6 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
-use std::net::TcpStream;
 
 use ureq::SendBody;
 use ureq::http::{self, HeaderName, HeaderValue, Uri};
@@ -96,8 +95,7 @@ pub fn forward(
 
     if framing != BodyFraming::Empty && head.expects_continue() && head.version == Version::Http11 {
         // We stream the body ourselves, so we answer the expectation here.
-        conn.stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .map_err(client_gone)?;
     }
     let mut body = ClientBody::new(conn, framing, ctx.config.max_body_bytes);
@@ -219,7 +217,7 @@ fn answer_options(
         response::write_header(&mut out, "Connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    conn.stream.write_all(&out).map_err(client_gone)?;
+    conn.write_all(&out).map_err(client_gone)?;
     Ok(Served {
         status: 200,
         bytes: 0,
@@ -309,10 +307,7 @@ fn relay_response(
     }
     out.extend_from_slice(b"\r\n");
 
-    let mut client = HeadFirst {
-        head: out,
-        stream: &mut conn.stream,
-    };
+    let mut client = HeadFirst { head: out, conn };
     let mut reader = body.into_reader();
     let limit = ctx.config.max_body_bytes.unwrap_or(u64::MAX);
     let copied = match framing {
@@ -357,7 +352,7 @@ fn relay_response(
 /// one system call, and a slow origin's bytes are never held back.
 struct HeadFirst<'a> {
     head: Vec<u8>,
-    stream: &'a mut TcpStream,
+    conn: &'a mut ClientConn,
 }
 
 impl Write for HeadFirst<'_> {
@@ -367,24 +362,24 @@ impl Write for HeadFirst<'_> {
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.head.is_empty() {
-            return self.stream.write_vectored(bufs);
+            return self.conn.write_vectored(bufs);
         }
         let mut total = 0;
         for buf in bufs {
             self.head.extend_from_slice(buf);
             total += buf.len();
         }
-        self.stream.write_all(&self.head)?;
+        self.conn.write_all(&self.head)?;
         self.head = Vec::new();
         Ok(total)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.head.is_empty() {
-            self.stream.write_all(&self.head)?;
+            self.conn.write_all(&self.head)?;
             self.head = Vec::new();
         }
-        self.stream.flush()
+        self.conn.flush()
     }
 }
 

@@ -12,7 +12,6 @@
 //! the worker goes on to its next job.
 
 use std::any::Any;
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::panic::{self, AssertUnwindSafe};
@@ -70,14 +69,6 @@ pub struct Served {
     pub error: Option<&'static str>,
     /// Whether the connection can carry another request.
     pub reusable: bool,
-}
-
-/// Whether a byte of the current response may have reached the client: a
-/// panic can only be answered with 500 while it has not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reply {
-    NotStarted,
-    MaybeStarted,
 }
 
 /// What happens to the connection after a request.
@@ -158,10 +149,9 @@ fn serve_one(
     if head.target_form() == TargetForm::Authority {
         return open_tunnel(conn, &head, &request_id, ctx, &rules, started);
     }
-    let reply = Cell::new(Reply::NotStarted);
-    let routed = catch_panic(&mut conn, &request_id, &reply, |conn| {
+    let routed = catch_panic(&mut conn, &request_id, |conn| {
         admit(conn, &head, &rules)?;
-        route(conn, &head, &request_id, ctx, buf, &reply)
+        route(conn, &head, &request_id, ctx, buf)
     });
     let served = match routed {
         Ok(Ok(served)) => served,
@@ -213,19 +203,14 @@ fn route(
     request_id: &str,
     ctx: &Context,
     buf: &mut [u8],
-    reply: &Cell<Reply>,
 ) -> Result<Served, ProxyError> {
     // RFC 9110 §7.6.3: a request that already passed through us is a loop.
     if headers::is_loop(head.header_values("via"), &ctx.config.via_name) {
         return Err(ProxyError::LoopDetected);
     }
     match head.target_form() {
-        TargetForm::Absolute => {
-            // forward writes to the client itself; from here on we cannot tell.
-            reply.set(Reply::MaybeStarted);
-            forward::forward(conn, head, request_id, ctx, buf)
-        }
-        TargetForm::Origin => own_endpoint(conn, head, request_id, ctx, reply),
+        TargetForm::Absolute => forward::forward(conn, head, request_id, ctx, buf),
+        TargetForm::Origin => own_endpoint(conn, head, request_id, ctx),
         TargetForm::Asterisk | TargetForm::Authority => Err(ProxyError::BadRequest(format!(
             "{} {} is not a request a proxy can forward",
             head.method, head.target
@@ -239,7 +224,6 @@ fn own_endpoint(
     head: &RequestHead,
     request_id: &str,
     ctx: &Context,
-    reply: &Cell<Reply>,
 ) -> Result<Served, ProxyError> {
     let path = head.target.split('?').next().unwrap_or_default();
     match (head.method.as_str(), path) {
@@ -268,8 +252,7 @@ fn own_endpoint(
             if !head_only {
                 out.extend_from_slice(body);
             }
-            reply.set(Reply::MaybeStarted);
-            let sent = conn.stream.write_all(&out).is_ok();
+            let sent = conn.write_all(&out).is_ok();
             let bytes = if head_only { 0 } else { body.len() as u64 };
             Ok(Served {
                 status: 200,
@@ -291,8 +274,7 @@ fn open_tunnel(
     rules: &Rules,
     started: Instant,
 ) -> After {
-    let reply = Cell::new(Reply::NotStarted);
-    let upstream = catch_panic(&mut conn, request_id, &reply, |conn| {
+    let upstream = catch_panic(&mut conn, request_id, |conn| {
         connect_tunnel(conn, head, ctx, rules)
     });
     match upstream {
@@ -311,7 +293,7 @@ fn open_tunnel(
             response::write_status_line(&mut out, 200, "Connection Established");
             response::write_header(&mut out, "X-Request-Id", request_id.as_bytes());
             out.extend_from_slice(b"\r\n");
-            if conn.stream.write_all(&out).is_ok() {
+            if conn.write_all(&out).is_ok() {
                 ctx.relay
                     .start(conn, upstream, slot, &head.target, request_id, started);
             }
@@ -349,16 +331,16 @@ fn connect_tunnel(
 }
 
 /// Runs `handle` on `conn`, catching a panic inside it: the panic is logged
-/// and counted, and while `reply` says no byte of a response went out the
+/// and counted, and while no byte of a response has gone out the
 /// client is answered 500 `proxy_internal_error` (the connection then
 /// closes: we cannot tell what of the request was read). The worker goes on
 /// to its next job either way. `Err` holds what the access log records.
 fn catch_panic<T>(
     conn: &mut ClientConn,
     request_id: &str,
-    reply: &Cell<Reply>,
     handle: impl FnOnce(&mut ClientConn) -> T,
 ) -> Result<T, Served> {
+    let sent_before = conn.bytes_sent();
     let payload = match panic::catch_unwind(AssertUnwindSafe(|| handle(&mut *conn))) {
         Ok(value) => return Ok(value),
         Err(payload) => payload,
@@ -366,7 +348,7 @@ fn catch_panic<T>(
     PANICS.fetch_add(1, Ordering::Relaxed);
     let message = panic_message(payload.as_ref());
     let err = ProxyError::Internal("the proxy failed while handling this request".into());
-    if reply.get() == Reply::NotStarted {
+    if conn.bytes_sent() == sent_before {
         log::error!(
             "worker panicked while serving {} {request_id}: {message}; answered 500",
             conn.peer
@@ -409,7 +391,7 @@ fn answer_error(
         _ => log::debug!("{} {}: {err}", conn.peer, request_id),
     }
     let answer = response::error_response(err, request_id, close, head_only);
-    let sent = conn.stream.write_all(&answer).is_ok();
+    let sent = conn.write_all(&answer).is_ok();
     if sent && close {
         linger(conn);
     }
@@ -500,8 +482,7 @@ mod tests {
     fn a_panic_before_the_response_is_answered_500_and_counted() {
         let (mut conn, mut client) = connection();
         let before = panics();
-        let reply = Cell::new(Reply::NotStarted);
-        let outcome = catch_panic(&mut conn, "req-1", &reply, |_| -> u16 {
+        let outcome = catch_panic(&mut conn, "req-1", |_| -> u16 {
             panic!("test panic before any response")
         });
         let served = outcome.expect_err("the panic is caught");
@@ -523,12 +504,8 @@ mod tests {
     #[test]
     fn a_panic_after_the_response_began_adds_nothing_to_it() {
         let (mut conn, mut client) = connection();
-        let reply = Cell::new(Reply::NotStarted);
-        let outcome = catch_panic(&mut conn, "req-2", &reply, |conn| {
-            reply.set(Reply::MaybeStarted);
-            let _ = conn
-                .stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+        let outcome = catch_panic(&mut conn, "req-2", |conn| {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
             panic!("test panic mid-body")
         });
         let served: Served = match outcome {
@@ -544,8 +521,7 @@ mod tests {
     #[test]
     fn without_a_panic_the_value_passes_through() {
         let (mut conn, _client) = connection();
-        let reply = Cell::new(Reply::NotStarted);
-        let outcome = catch_panic(&mut conn, "req-3", &reply, |_| 7);
+        let outcome = catch_panic(&mut conn, "req-3", |_| 7);
         assert!(matches!(outcome, Ok(7)));
     }
 
