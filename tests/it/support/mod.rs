@@ -5,9 +5,9 @@
 
 pub mod client;
 pub mod extra_forward;
+pub mod extra_limits;
 pub mod origin;
 pub mod proxy;
-pub mod extra_limits;
 
 pub use client::{CurlReply, curl, raw, read_response, read_until_close, wait_until};
 pub use origin::{Origin, OriginRequest, Reply};
