@@ -89,6 +89,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// A connection's place in the loop. Its socket stays registered for its
 /// whole life, so handing it to a worker and back costs no system call.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // most places are Parked; boxing would allocate on every park
 enum Entry {
     /// Here, waiting for input.
     Parked {
