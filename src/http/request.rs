@@ -95,12 +95,11 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
     let head_too_large = || ProxyError::HeadTooLarge {
         limit: limits.max_header_bytes,
     };
-    // Refuse a huge target while it is still arriving, so the client gets a
-    // 414 rather than a 431 once the head buffer fills up.
-    let (_, line, _) = first_line(buf);
-    if line.len() > limits.max_url_bytes.saturating_add(REQUEST_LINE_SLACK) {
-        return Err(url_too_long());
-    }
+    // Bytes past the head limit are never looked at, and the request line is
+    // judged as it arrives: so the answer depends only on the bytes, not on
+    // how they were split into reads.
+    let buf = &buf[..buf.len().min(limits.max_header_bytes)];
+    check_line_so_far(buf, limits)?;
 
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -113,17 +112,10 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
             if target.len() > limits.max_url_bytes {
                 return Err(url_too_long());
             }
-            if head_len > limits.max_header_bytes {
-                return Err(head_too_large());
-            }
             let head = owned_head(method, target, minor, req.headers)?;
             Ok(Parsed::Complete { head, head_len })
         }
         Ok(httparse::Status::Partial) => {
-            // httparse keeps the target once the request line is through.
-            if req.path.is_some_and(|t| t.len() > limits.max_url_bytes) {
-                return Err(url_too_long());
-            }
             if buf.len() >= limits.max_header_bytes {
                 return Err(head_too_large());
             }
@@ -132,6 +124,42 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
         Err(httparse::Error::TooManyHeaders) => Err(head_too_large()),
         Err(err) => Err(bad(&describe(buf, err))),
     }
+}
+
+/// Checks the request line received so far. A target that grows past
+/// `max_url_bytes` (or a line past that plus some slack) is refused while it is
+/// still arriving, so the client gets a 414 rather than a 431 once the head
+/// buffer fills up; the line is then judged as it stood at that byte, and one
+/// already malformed there is a 400.
+fn check_line_so_far(buf: &[u8], limits: &HeadLimits) -> Result<(), ProxyError> {
+    let (_, line, complete) = first_line(buf);
+    let target_cut = line.iter().position(|&b| b == b' ').and_then(|space| {
+        let start = space + 1;
+        let target_len = line[start..]
+            .iter()
+            .position(|&b| b == b' ')
+            .unwrap_or(line.len() - start);
+        (target_len > limits.max_url_bytes).then(|| start + limits.max_url_bytes + 1)
+    });
+    let line_cut = (line.len() > limits.max_url_bytes.saturating_add(REQUEST_LINE_SLACK))
+        .then(|| limits.max_url_bytes.saturating_add(REQUEST_LINE_SLACK) + 1);
+    let Some(cut) = target_cut.into_iter().chain(line_cut).min() else {
+        // A CR that arrived without its LF yet is no part of the version.
+        let line = if complete {
+            line
+        } else {
+            line.strip_suffix(b"\r").unwrap_or(line)
+        };
+        return check_request_line(line, complete).map_or(Ok(()), |msg| Err(bad(msg)));
+    };
+    let judged = &line[..cut];
+    let judged = judged.strip_suffix(b"\r").unwrap_or(judged);
+    Err(match check_request_line(judged, false) {
+        Some(msg) => bad(msg),
+        None => ProxyError::UrlTooLong {
+            limit: limits.max_url_bytes,
+        },
+    })
 }
 
 fn bad(msg: &str) -> ProxyError {
@@ -247,7 +275,8 @@ fn check_request_line(line: &[u8], complete: bool) -> Option<&'static str> {
     };
     let mut parts = line.split(|&b| b == b' ');
     let method = parts.next().unwrap_or_default();
-    if !method.iter().copied().all(is_token_byte) || (method.is_empty() && complete) {
+    let followed = parts.clone().next().is_some();
+    if !method.iter().copied().all(is_token_byte) || (method.is_empty() && (complete || followed)) {
         return Some("invalid method in request line");
     }
     let Some(target) = parts.next() else {
@@ -257,7 +286,9 @@ fn check_request_line(line: &[u8], complete: bool) -> Option<&'static str> {
         return Some("invalid byte in request target");
     }
     if target.is_empty() {
-        return Some("malformed request line");
+        // Empty so far is fine while the line is arriving and nothing follows.
+        let more = parts.clone().next().is_some();
+        return (complete || more).then_some("malformed request line");
     }
     let Some(version) = parts.next() else {
         return complete.then_some("malformed request line");
@@ -772,6 +803,57 @@ mod tests {
             }
         }
         assert!(refused);
+    }
+
+    /// Found by the `parse_head` fuzz target: a malformed request line was a
+    /// 400 while short and a 414 once past the URL limit's slack.
+    #[test]
+    fn malformed_long_request_line_is_a_bad_request_however_it_arrives() {
+        let limits = HeadLimits {
+            max_header_bytes: 1 << 20,
+            max_url_bytes: 1,
+        };
+        let mut buf = vec![0u8; 50];
+        buf.extend_from_slice(b"\xff//h/\0 HTTP/1.1\0\x0e1\r\nX-A: a\r\n\r\n\xaf\r\n");
+        for end in 1..=buf.len() {
+            assert!(
+                matches!(
+                    parse_head(&buf[..end], &limits),
+                    Err(ProxyError::BadRequest(_))
+                ),
+                "prefix of {end} bytes"
+            );
+        }
+    }
+
+    /// Found by the `parse_head` fuzz target: a target over the limit was a
+    /// 414 once its line was through but a 400 when a bad header had arrived
+    /// too.
+    #[test]
+    fn long_target_is_too_long_whatever_follows_it() {
+        let limits = HeadLimits {
+            max_header_bytes: 32,
+            max_url_bytes: 1,
+        };
+        let buf = b"T t: t";
+        for end in 4..=buf.len() {
+            assert!(
+                matches!(
+                    parse_head(&buf[..end], &limits),
+                    Err(ProxyError::UrlTooLong { limit: 1 })
+                ),
+                "prefix of {end} bytes"
+            );
+        }
+        let limits = HeadLimits {
+            max_header_bytes: 48,
+            max_url_bytes: 17,
+        };
+        let buf = b"GET http://exam~le.test/a?b=c HTTP/1.1\r\nHost: example.test\r\nUser-Agen\xc8: t\r\n\r\n";
+        assert!(matches!(
+            parse_head(buf, &limits),
+            Err(ProxyError::UrlTooLong { limit: 17 })
+        ));
     }
 
     #[test]
