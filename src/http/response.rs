@@ -106,12 +106,13 @@ pub fn write_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 fn push_line_safe(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend(
-        bytes
-            .iter()
-            .copied()
-            .filter(|b| !matches!(b, b'\r' | b'\n' | 0)),
-    );
+    let unsafe_byte = |b: &u8| matches!(b, b'\r' | b'\n' | 0);
+    if !bytes.iter().any(unsafe_byte) {
+        // The usual case, copied in one go.
+        out.extend_from_slice(bytes);
+        return;
+    }
+    out.extend(bytes.iter().copied().filter(|b| !unsafe_byte(b)));
 }
 
 /// `text` as the content of an RFC 8941 §3.3.3 sf-string: printable ASCII
