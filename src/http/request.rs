@@ -856,6 +856,26 @@ mod tests {
         ));
     }
 
+    /// Found by the `parse_head` fuzz target: a space before the method was
+    /// a 400 alone but a 414 once a target over the limit followed it.
+    #[test]
+    fn line_starting_with_a_space_is_a_bad_request_however_long() {
+        let limits = HeadLimits {
+            max_header_bytes: 16,
+            max_url_bytes: 1,
+        };
+        let buf = b" /`";
+        for end in 1..=buf.len() {
+            assert!(
+                matches!(
+                    parse_head(&buf[..end], &limits),
+                    Err(ProxyError::BadRequest(_))
+                ),
+                "prefix of {end} bytes"
+            );
+        }
+    }
+
     #[test]
     fn target_just_over_the_limit_is_refused_once_the_line_is_complete() {
         let limits = HeadLimits {
