@@ -47,7 +47,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(payload.len() < consumed);
     }
 
-    round_trip(body.split_inclusive(|&b| b == b'\n'), body, capacity, read_len);
+    round_trip(
+        body.split_inclusive(|&b| b == b'\n'),
+        body,
+        capacity,
+        read_len,
+    );
     round_trip([body], body, capacity, read_len);
 });
 
@@ -85,7 +90,11 @@ fn decode(input: &[u8], capacity: usize, read_len: usize) -> Outcome {
     let inner = reader.into_inner();
     let position = usize::try_from(inner.get_ref().position()).expect("in memory");
     let consumed = position - inner.buffer().len();
-    assert!(consumed <= input.len(), "consumed {consumed} of {}", input.len());
+    assert!(
+        consumed <= input.len(),
+        "consumed {consumed} of {}",
+        input.len()
+    );
     Ok((out, consumed))
 }
 
@@ -110,4 +119,3 @@ fn round_trip<'a>(
         "round trip of {expected:?}"
     );
 }
-

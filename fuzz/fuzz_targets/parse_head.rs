@@ -36,8 +36,14 @@ fuzz_target!(|data: &[u8]| {
                 "prefix of {end} bytes gives {p:?}, the whole {w:?}"
             ),
             (
-                Ok(Parsed::Complete { head: a, head_len: la }),
-                Ok(Parsed::Complete { head: b, head_len: lb }),
+                Ok(Parsed::Complete {
+                    head: a,
+                    head_len: la,
+                }),
+                Ok(Parsed::Complete {
+                    head: b,
+                    head_len: lb,
+                }),
             ) => {
                 assert_eq!((a, la), (b, lb), "prefix of {end} bytes");
             }
@@ -55,12 +61,21 @@ fn check_complete(buf: &[u8], limits: &HeadLimits, head: &RequestHead, head_len:
     assert!(!head.method.is_empty() && head.method.bytes().all(is_token_byte));
     assert!(!head.target.is_empty() && head.target.bytes().all(|b| (0x21..=0x7e).contains(&b)));
     for h in &head.headers {
-        assert!(!h.name.is_empty() && h.name.bytes().all(is_token_byte), "{h:?}");
         assert!(
-            h.value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
+            !h.name.is_empty() && h.name.bytes().all(is_token_byte),
             "{h:?}"
         );
-        assert_eq!(h.value.trim_ascii(), &h.value[..], "value is trimmed: {h:?}");
+        assert!(
+            h.value
+                .iter()
+                .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
+            "{h:?}"
+        );
+        assert_eq!(
+            h.value.trim_ascii(),
+            &h.value[..],
+            "value is trimmed: {h:?}"
+        );
     }
     // The head alone, and the head followed by other bytes, parse the same.
     let alone = parse_head(&buf[..head_len], limits);
@@ -84,7 +99,11 @@ fn check_complete(buf: &[u8], limits: &HeadLimits, head: &RequestHead, head_len:
         Ok(BodyFraming::Empty) => {}
         Err(e) => assert!(matches!(e, ProxyError::BadRequest(_)), "{e:?}"),
     }
-    let _ = (head.keep_alive(), head.expects_continue(), head.target_form());
+    let _ = (
+        head.keep_alive(),
+        head.expects_continue(),
+        head.target_form(),
+    );
 }
 
 fn is_token_byte(b: u8) -> bool {
