@@ -312,11 +312,22 @@ fn relay_response(
     let limit = ctx.config.max_body_bytes.unwrap_or(u64::MAX);
     let copied = match framing {
         Framing::None => Ok(0),
-        Framing::Length(len) => copy_exact(&mut reader, &mut client, len, buf),
-        Framing::Close => copy_all(&mut LimitedReader::new(reader, limit), &mut client, buf),
+        Framing::Length(len) => copy_body(&mut reader, &mut client, Some(len), buf),
+        Framing::Close => copy_body(
+            &mut LimitedReader::new(reader, limit),
+            &mut client,
+            None,
+            buf,
+        ),
         Framing::Chunked => {
             let mut chunked = ChunkedWriter::new(&mut client);
-            copy_all(&mut LimitedReader::new(reader, limit), &mut chunked, buf).and_then(|n| {
+            copy_body(
+                &mut LimitedReader::new(reader, limit),
+                &mut chunked,
+                None,
+                buf,
+            )
+            .and_then(|n| {
                 chunked.finish().map(|_| n).map_err(|_| Copy {
                     sent: n,
                     failure: None,
@@ -390,17 +401,23 @@ struct Copy {
     failure: Option<io::Error>,
 }
 
-/// Copies exactly `len` bytes; fewer is a failure.
-fn copy_exact(
+/// Copies a response body: exactly `len` bytes when the length is known
+/// (fewer is a failure), else until the reader ends.
+fn copy_body(
     from: &mut impl Read,
     to: &mut impl Write,
-    len: u64,
+    len: Option<u64>,
     buf: &mut [u8],
 ) -> Result<u64, Copy> {
     let mut sent = 0;
-    while sent < len {
-        let want = buf.len().min((len - sent) as usize);
+    loop {
+        let want = match len {
+            Some(len) if sent >= len => break,
+            Some(len) => buf.len().min((len - sent) as usize),
+            None => buf.len(),
+        };
         let n = match from.read(&mut buf[..want]) {
+            Ok(0) if len.is_none() => return Ok(sent),
             Ok(0) => {
                 let short =
                     io::Error::new(io::ErrorKind::UnexpectedEof, "upstream body ended early");
@@ -424,33 +441,10 @@ fn copy_exact(
         })?;
         sent += n as u64;
     }
-    // One more read lets ureq see the end of the body, which is what
+    // One more read lets ureq see the end of a sized body, which is what
     // returns the upstream connection to its pool.
     let _ = from.read(&mut buf[..1]);
     Ok(sent)
-}
-
-/// Copies until the reader ends.
-fn copy_all(from: &mut impl Read, to: &mut impl Write, buf: &mut [u8]) -> Result<u64, Copy> {
-    let mut sent = 0;
-    loop {
-        let n = match from.read(buf) {
-            Ok(0) => return Ok(sent),
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                return Err(Copy {
-                    sent,
-                    failure: Some(err),
-                });
-            }
-        };
-        to.write_all(&buf[..n]).map_err(|_| Copy {
-            sent,
-            failure: None,
-        })?;
-        sent += n as u64;
-    }
 }
 
 fn client_gone(err: io::Error) -> ProxyError {
