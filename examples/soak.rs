@@ -563,13 +563,12 @@ impl Server {
                 if let Some(addr) = listening_addr(&line) {
                     let _ = tx.send(addr);
                 }
-                if !line.contains(" access: ") {
-                    if let Ok(mut kept) = kept.lock() {
-                        if kept.len() < 4 << 20 {
-                            kept.push_str(&line);
-                            kept.push('\n');
-                        }
-                    }
+                if !line.contains(" access: ")
+                    && let Ok(mut kept) = kept.lock()
+                    && kept.len() < 4 << 20
+                {
+                    kept.push_str(&line);
+                    kept.push('\n');
                 }
             }
         });

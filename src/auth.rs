@@ -260,10 +260,10 @@ impl Users {
     fn verify(&self, credentials: &Credentials) -> bool {
         let known = self.users.iter().position(|u| u.name == credentials.user);
         let digest = self.digest(credentials);
-        if let Some(index) = known {
-            if self.lock_cache().matches(index, &digest) {
-                return true;
-            }
+        if let Some(index) = known
+            && self.lock_cache().matches(index, &digest)
+        {
+            return true;
         }
         // An unknown user is checked against some user's hash all the same,
         // so the time taken does not tell which names exist.
@@ -325,10 +325,11 @@ impl VerifiedCache {
 
     /// Remembers `digest` for `user`; when full, forgets some other user first.
     fn insert(&mut self, user: usize, digest: [u8; 32]) {
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&user) {
-            if let Some(&evicted) = self.entries.keys().next() {
-                self.entries.remove(&evicted);
-            }
+        if self.entries.len() >= self.capacity
+            && !self.entries.contains_key(&user)
+            && let Some(&evicted) = self.entries.keys().next()
+        {
+            self.entries.remove(&evicted);
         }
         if self.capacity > 0 {
             self.entries.insert(user, digest);

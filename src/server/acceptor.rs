@@ -201,11 +201,11 @@ impl Acceptor {
                 break;
             }
             let timeout = next_tick.saturating_duration_since(Instant::now());
-            if let Err(err) = self.poll.poll(&mut events, Some(timeout)) {
-                if err.kind() != io::ErrorKind::Interrupted {
-                    log::error!("acceptor poll failed: {err}");
-                    break;
-                }
+            if let Err(err) = self.poll.poll(&mut events, Some(timeout))
+                && err.kind() != io::ErrorKind::Interrupted
+            {
+                log::error!("acceptor poll failed: {err}");
+                break;
             }
             for event in events.iter() {
                 match event.token() {
@@ -361,10 +361,10 @@ impl Acceptor {
                 deadline,
             };
             self.on_readable(key);
-            if let Some(Entry::Parked { conn, .. }) = self.entries.get(key) {
-                if conn.pending().is_empty() {
-                    self.close(key);
-                }
+            if let Some(Entry::Parked { conn, .. }) = self.entries.get(key)
+                && conn.pending().is_empty()
+            {
+                self.close(key);
             }
             return;
         }

@@ -59,16 +59,16 @@ pub fn forward(
     if !access::allows_port(port, &ctx.rules.current().dest_ports) {
         return Err(ProxyError::PortDenied { port });
     }
-    if let Some(local) = conn.local_addr() {
-        if targets_this_proxy(uri.host().unwrap_or_default(), port, local) {
-            return Err(ProxyError::LoopDetected);
-        }
+    if let Some(local) = conn.local_addr()
+        && targets_this_proxy(uri.host().unwrap_or_default(), port, local)
+    {
+        return Err(ProxyError::LoopDetected);
     }
     let framing = head.body_framing()?;
-    if let (BodyFraming::Length(len), Some(limit)) = (framing, ctx.config.max_body_bytes) {
-        if len > limit {
-            return Err(ProxyError::BodyTooLarge { limit });
-        }
+    if let (BodyFraming::Length(len), Some(limit)) = (framing, ctx.config.max_body_bytes)
+        && len > limit
+    {
+        return Err(ProxyError::BodyTooLarge { limit });
     }
     // RFC 9110 §7.6.2: Max-Forwards 0 means this proxy answers OPTIONS itself.
     let max_forwards = headers::max_forwards(head.header_values("max-forwards"));

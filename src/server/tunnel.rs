@@ -306,11 +306,11 @@ impl RelayLoop {
             let timeout = next_tick
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(10));
-            if let Err(err) = self.poll.poll(&mut events, Some(timeout)) {
-                if err.kind() != io::ErrorKind::Interrupted {
-                    log::error!("relay poll failed: {err}");
-                    break;
-                }
+            if let Err(err) = self.poll.poll(&mut events, Some(timeout))
+                && err.kind() != io::ErrorKind::Interrupted
+            {
+                log::error!("relay poll failed: {err}");
+                break;
             }
             for event in events.iter() {
                 if event.token() != WAKER {
