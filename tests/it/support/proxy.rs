@@ -134,14 +134,7 @@ impl ProxyProcess {
 
     /// Waits for the process to exit, up to `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_for_exit(&mut self.child, limit)
     }
 
     /// The stderr lines so far.
@@ -169,6 +162,18 @@ impl Drop for ProxyProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Polls a child process for its exit status, up to `limit`.
+pub fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 /// Runs the binary to completion (for usage and config errors).
