@@ -1,16 +1,24 @@
 //! Logging: simplelog set up once, the access-log line, and escaping of
 //! peer-sent text. Makes no decisions about requests.
 
-use std::fmt::Write as _;
-use std::io::{LineWriter, Stderr};
+use std::fmt::{self, Write as _};
+use std::io::{BufWriter, Stderr};
 use std::net::SocketAddr;
+use std::thread;
 use std::time::Duration;
 
-use log::{LevelFilter, Log, Metadata, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 use simplelog::{ConfigBuilder, ThreadLogMode, WriteLogger};
 
 /// Escaped text longer than this is cut, and `...` marks the cut.
 const MAX_ESCAPED_BYTES: usize = 4096;
+
+/// Log text held in memory between writes to stderr.
+const BUFFER_BYTES: usize = 64 * 1024;
+
+/// The longest an `info` or `debug` line (an access line, say) waits in the
+/// buffer; warnings and errors are written out at once.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Dependency targets that log per connection; below `warn` only at `trace`.
 const NOISY_TARGETS: &[&str] = &["ureq", "ureq_proto", "rustls"];
@@ -31,7 +39,11 @@ pub struct AccessRecord<'a> {
     pub error: Option<&'static str>,
 }
 
-/// Sets up simplelog on stderr at `level`. Calling it twice is harmless.
+/// Sets up simplelog on stderr at `level`, buffered: lines at `warn` and
+/// above are written at once, the rest within [`FLUSH_INTERVAL`] (a thread
+/// named `log-flush` sees to that), so a busy proxy writes its access log in
+/// a few large writes instead of one per request. Call [`flush`] before the
+/// process exits. Calling `init` twice is harmless.
 pub fn init(level: LevelFilter) {
     let config = ConfigBuilder::new()
         .set_time_format_rfc3339()
@@ -46,20 +58,37 @@ pub fn init(level: LevelFilter) {
     } else {
         level.min(LevelFilter::Warn)
     };
+    let sink = BufWriter::with_capacity(BUFFER_BYTES, std::io::stderr());
     let logger = TargetFilter {
-        // A LineWriter hands each finished line to stderr in one write.
-        inner: WriteLogger::new(level, config, LineWriter::new(std::io::stderr())),
+        inner: WriteLogger::new(level, config, sink),
         noisy_level,
     };
     // A second call finds a logger already set; keeping the first is fine.
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
+        let flusher = thread::Builder::new()
+            .name("log-flush".into())
+            .stack_size(64 * 1024)
+            .spawn(|| {
+                loop {
+                    thread::sleep(FLUSH_INTERVAL);
+                    flush();
+                }
+            });
+        if let Err(err) = flusher {
+            log::warn!("no log-flush thread ({err}); buffered lines wait for a warning or exit");
+        }
     }
+}
+
+/// Writes out whatever log text is buffered.
+pub fn flush() {
+    log::logger().flush();
 }
 
 /// simplelog, with the chatty dependency targets held to `noisy_level`.
 struct TargetFilter {
-    inner: Box<WriteLogger<LineWriter<Stderr>>>,
+    inner: Box<WriteLogger<BufWriter<Stderr>>>,
     noisy_level: LevelFilter,
 }
 
@@ -84,6 +113,9 @@ impl Log for TargetFilter {
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
             self.inner.log(record);
+            if record.level() <= Level::Warn {
+                self.inner.flush();
+            }
         }
     }
 
@@ -95,37 +127,66 @@ impl Log for TargetFilter {
 /// Writes the access-log line for one request at `info`, target `access`:
 /// `client method url status bytes duration_ms request_id error` with `-` for no error.
 pub fn access(record: &AccessRecord<'_>) {
-    log::info!(target: "access", "{}", access_line(record));
+    log::info!(target: "access", "{}", AccessLine(record));
 }
 
 /// The text of one access-log line (see [`access`]), peer-sent fields escaped.
 pub fn access_line(record: &AccessRecord<'_>) -> String {
-    format!(
-        "{} {} {} {} {} {}ms id={} error={}",
-        record.client,
-        dash_if_empty(escape(record.method.as_bytes())),
-        dash_if_empty(escape(record.url.as_bytes())),
-        record.status,
-        record.bytes,
-        record.duration.as_millis(),
-        dash_if_empty(escape(record.request_id.as_bytes())),
-        record.error.unwrap_or("-"),
-    )
+    AccessLine(record).to_string()
 }
 
-/// Keeps the fields of a line countable when a peer sent nothing.
-fn dash_if_empty(text: String) -> String {
-    if text.is_empty() {
-        "-".to_string()
-    } else {
-        text
+/// An access-log line, written field by field into the log's buffer.
+struct AccessLine<'r, 'a>(&'r AccessRecord<'a>);
+
+impl fmt::Display for AccessLine<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let record = self.0;
+        write!(
+            f,
+            "{} {} {} {} {} {}ms id={} error={}",
+            record.client,
+            EscapedOrDash(record.method.as_bytes()),
+            EscapedOrDash(record.url.as_bytes()),
+            record.status,
+            record.bytes,
+            record.duration.as_millis(),
+            EscapedOrDash(record.request_id.as_bytes()),
+            record.error.unwrap_or("-"),
+        )
     }
+}
+
+/// Peer-sent text as [`escape`] makes it, or `-` when there is none, so
+/// that the fields of a line stay countable.
+struct EscapedOrDash<'a>(&'a [u8]);
+
+impl fmt::Display for EscapedOrDash<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = redact_userinfo(self.0);
+        match std::str::from_utf8(&text) {
+            Ok("") => f.write_str("-"),
+            // The usual case needs no escapes and no copy.
+            Ok(plain) if plain.len() <= MAX_ESCAPED_BYTES && plain.bytes().all(is_plain) => {
+                f.write_str(plain)
+            }
+            _ => f.write_str(&escape_redacted(&text)),
+        }
+    }
+}
+
+/// Bytes that stand for themselves in a log line.
+fn is_plain(byte: u8) -> bool {
+    matches!(byte, 0x20..=0x7e) && byte != b'"' && byte != b'\\'
 }
 
 /// Makes peer-sent text safe for a log line: control characters, quotes,
 /// backslashes and non-ASCII bytes become escapes; userinfo in URLs becomes `***`.
 pub fn escape(text: &[u8]) -> String {
-    let text = redact_userinfo(text);
+    escape_redacted(&redact_userinfo(text))
+}
+
+/// [`escape`] after the userinfo is gone.
+fn escape_redacted(text: &[u8]) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_ESCAPED_BYTES));
     // Where to cut if the text turns out too long: after the last whole
     // escape that still leaves room for the `...`.
@@ -263,6 +324,27 @@ mod tests {
             access_line(&denied)
         );
         assert!(access_line(&denied).starts_with("127.0.0.1:5555 - "));
+    }
+
+    #[test]
+    fn access_fields_match_escape_on_every_path() {
+        let long = "x".repeat(MAX_ESCAPED_BYTES + 1);
+        let samples: [&[u8]; 7] = [
+            b"http://example.com/plain",
+            b"",
+            b"a\"quote",
+            b"back\\slash",
+            b"http://u:p@host/\x1b",
+            "caf\u{e9}".as_bytes(),
+            long.as_bytes(),
+        ];
+        for sample in samples {
+            let expected = match escape(sample) {
+                text if text.is_empty() => "-".to_string(),
+                text => text,
+            };
+            assert_eq!(EscapedOrDash(sample).to_string(), expected, "{sample:?}");
+        }
     }
 
     #[test]

@@ -24,7 +24,9 @@ fn main() -> ExitCode {
             logging::init(config.log_level);
             // SIGHUP loads the file again, with the same flags over it.
             let load = Box::new(move || ServeConfig::load(&args));
-            match server::run(config, load) {
+            let outcome = server::run(config, load);
+            logging::flush();
+            match outcome {
                 Ok(server::Stopped::Clean) => ExitCode::SUCCESS,
                 Ok(server::Stopped::CutShort) => ExitCode::from(1),
                 Err(err) => {
