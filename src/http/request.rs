@@ -2,6 +2,8 @@
 //! its body framing (RFC 9112 §6). No policy: whether the request is allowed
 //! is decided by the worker and `access`.
 
+use std::mem::MaybeUninit;
+
 use crate::error::ProxyError;
 
 /// Header lines httparse is given room for; more is treated as an oversized head.
@@ -101,9 +103,11 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
     let buf = &buf[..buf.len().min(limits.max_header_bytes)];
     check_line_so_far(buf, limits)?;
 
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    // Left uninitialised: httparse writes the slots it fills, and zeroing
+    // 128 of them on every request would cost more than the parse.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(head_len)) => {
             let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version)
             else {

@@ -112,6 +112,11 @@ fn serve_connection(job: Job, ctx: &Context, buf: &mut [u8]) {
         let After::KeepAlive(mut conn) = serve_one(conn, head, ctx, buf) else {
             return;
         };
+        if conn.pending().is_empty() {
+            // The usual case: nothing more sent yet; the acceptor waits for it.
+            ctx.handback.give_back(conn);
+            return;
+        }
         // Pipelined requests are answered in order, here, before waiting.
         match request::parse_head(conn.pending(), &limits) {
             Ok(Parsed::Complete { head, head_len }) => {
