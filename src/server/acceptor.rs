@@ -9,6 +9,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -46,11 +47,16 @@ pub struct Job {
     pub queued_at: Instant,
 }
 
-/// How workers give keep-alive connections back to the acceptor.
+/// How workers give keep-alive connections back to the acceptor (and how a
+/// dropped connection frees its place): a channel, and a waker rung once per
+/// batch. Under load many connections come back between two turns of the
+/// loop; only the first of them pays for the wake-up.
 #[derive(Debug, Clone)]
 pub struct Handback {
     tx: Sender<Return>,
     waker: Arc<Waker>,
+    /// Set by the first sender since the acceptor last looked.
+    rung: Arc<AtomicBool>,
 }
 
 impl Handback {
@@ -59,14 +65,28 @@ impl Handback {
         // Unbounded in type, bounded in fact: each connection is in it at
         // most once, and connections are capped by `max_connections`.
         let (tx, rx) = crossbeam_channel::unbounded();
-        (Handback { tx, waker }, rx)
+        let rung = Arc::new(AtomicBool::new(false));
+        (Handback { tx, waker, rung }, rx)
     }
 
     /// Parks `conn` with the acceptor until its next request arrives.
     pub fn give_back(&self, conn: ClientConn) {
-        if self.tx.send(Return::Park(conn)).is_ok() {
+        self.send(Return::Park(conn));
+    }
+
+    /// Tells the acceptor something, waking it unless a wake-up is pending.
+    pub fn send(&self, message: Return) {
+        // The message is in the channel before the flag is looked at, and the
+        // acceptor clears the flag before it empties the channel: a message
+        // that finds the flag set is seen by that coming turn.
+        if self.tx.send(message).is_ok() && !self.rung.swap(true, Ordering::SeqCst) {
             let _ = self.waker.wake();
         }
+    }
+
+    /// Called by the acceptor just before it empties the channel.
+    fn rearm(&self) {
+        self.rung.store(false, Ordering::SeqCst);
     }
 }
 
@@ -111,8 +131,7 @@ pub struct Acceptor {
     entries: Slab<Entry>,
     jobs: Sender<Job>,
     returns: Receiver<Return>,
-    returns_tx: Sender<Return>,
-    waker: Arc<Waker>,
+    handback: Handback,
     registry: Arc<Registry>,
     shutdown: Arc<Shutdown>,
     config: Arc<ServeConfig>,
@@ -152,13 +171,7 @@ impl Acceptor {
             poll.registry()
                 .register(&mut SourceFd(&fd), Token(index), Interest::READABLE)?;
         }
-        let (
-            Handback {
-                tx: returns_tx,
-                waker,
-            },
-            returns,
-        ) = handback;
+        let (handback, returns) = handback;
         let registry = Arc::new(poll.registry().try_clone()?);
         Ok(Acceptor {
             poll,
@@ -167,8 +180,7 @@ impl Acceptor {
             entries: Slab::new(),
             jobs,
             returns,
-            returns_tx,
-            waker,
+            handback,
             registry,
             shutdown,
             config,
@@ -312,8 +324,7 @@ impl Acceptor {
         }
         conn.set_registration(Registration::new(
             key,
-            self.returns_tx.clone(),
-            self.waker.clone(),
+            self.handback.clone(),
             self.registry.clone(),
         ));
         let deadline = Instant::now() + self.config.header_timeout;
@@ -326,6 +337,7 @@ impl Acceptor {
 
     /// Takes what workers reported: connections to park, places to free.
     fn take_returns(&mut self) {
+        self.handback.rearm();
         while let Ok(message) = self.returns.try_recv() {
             match message {
                 Return::Closed(key) => {

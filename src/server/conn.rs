@@ -14,6 +14,7 @@ use mio::Registry;
 use mio::unix::SourceFd;
 
 use crate::error::ProxyError;
+use crate::server::acceptor::Handback;
 
 /// Smallest read a worker makes into the buffer while reading a body.
 const READ_CHUNK: usize = 16 * 1024;
@@ -187,24 +188,17 @@ pub enum Return {
 #[derive(Debug)]
 pub struct Registration {
     pub key: usize,
-    returns: crossbeam_channel::Sender<Return>,
-    waker: Arc<mio::Waker>,
+    handback: Handback,
     registry: Arc<Registry>,
     armed: bool,
 }
 
 impl Registration {
-    /// A place that reports back through `returns` and `waker`.
-    pub fn new(
-        key: usize,
-        returns: crossbeam_channel::Sender<Return>,
-        waker: Arc<mio::Waker>,
-        registry: Arc<Registry>,
-    ) -> Registration {
+    /// A place that reports back through `handback`.
+    pub fn new(key: usize, handback: Handback, registry: Arc<Registry>) -> Registration {
         Registration {
             key,
-            returns,
-            waker,
+            handback,
             registry,
             armed: true,
         }
@@ -213,8 +207,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if self.armed && self.returns.send(Return::Closed(self.key)).is_ok() {
-            let _ = self.waker.wake();
+        if self.armed {
+            self.handback.send(Return::Closed(self.key));
         }
     }
 }
