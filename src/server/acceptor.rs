@@ -25,6 +25,8 @@ use crate::http::request::{self, HeadLimits, Parsed, RequestHead};
 use crate::http::response;
 use crate::logging::{self, AccessRecord};
 use crate::rules::SharedRules;
+#[cfg(not(target_os = "linux"))]
+use crate::server::conn::set_client_options;
 use crate::server::conn::{ClientConn, ConnLimits, Registration, Return};
 use crate::server::request_id::RequestIds;
 use crate::shutdown::Shutdown;
@@ -126,6 +128,8 @@ enum Entry {
 pub struct Acceptor {
     poll: Poll,
     listeners: Vec<TcpListener>,
+    /// The listeners' addresses, by index.
+    listen_addrs: Vec<SocketAddr>,
     /// Token of the first connection: one past the listeners' tokens.
     conn_base: usize,
     entries: Slab<Entry>,
@@ -172,11 +176,16 @@ impl Acceptor {
                 .register(&mut SourceFd(&fd), Token(index), Interest::READABLE)?;
         }
         let (handback, returns) = handback;
+        let listen_addrs = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<io::Result<_>>()?;
         let registry = Arc::new(poll.registry().try_clone()?);
         Ok(Acceptor {
             poll,
             conn_base: listeners.len(),
             listeners,
+            listen_addrs,
             entries: Slab::new(),
             jobs,
             returns,
@@ -275,18 +284,19 @@ impl Acceptor {
                     continue;
                 }
             };
-            // Workers use blocking I/O, always bounded by these timeouts.
-            if stream.set_nodelay(true).is_err()
-                || stream
-                    .set_read_timeout(Some(self.config.idle_timeout))
-                    .is_err()
-                || stream
-                    .set_write_timeout(Some(self.config.upstream_timeout))
-                    .is_err()
+            // Workers use blocking I/O, always bounded by the timeouts that
+            // `server::start` set on the listener and Linux copied at accept.
+            #[cfg(not(target_os = "linux"))]
+            if set_client_options(
+                &stream,
+                self.config.idle_timeout,
+                self.config.upstream_timeout,
+            )
+            .is_err()
             {
                 continue;
             }
-            let conn = ClientConn::new(stream, peer, slot);
+            let conn = ClientConn::new(stream, peer, self.listen_addrs[index], slot);
             self.register(conn);
         }
     }

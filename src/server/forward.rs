@@ -59,7 +59,8 @@ pub fn forward(
     if !access::allows_port(port, &ctx.rules.current().dest_ports) {
         return Err(ProxyError::PortDenied { port });
     }
-    if let Some(local) = conn.local_addr()
+    if port == conn.local_port()
+        && let Some(local) = conn.local_addr()
         && targets_this_proxy(uri.host().unwrap_or_default(), port, local)
     {
         return Err(ProxyError::LoopDetected);

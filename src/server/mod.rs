@@ -22,7 +22,7 @@ use crate::config::{ConfigError, ServeConfig};
 use crate::rules::{Rules, SharedRules};
 use crate::shutdown::Shutdown;
 use acceptor::{Acceptor, Handback};
-use conn::ConnLimits;
+use conn::{ConnLimits, set_client_options};
 use pool::Pool;
 use request_id::RequestIds;
 use worker::Context;
@@ -142,6 +142,8 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
             addr: *addr,
             source: errno.into(),
         })?;
+        // Every accepted socket inherits these (see `set_client_options`).
+        set_client_options(&listener, config.idle_timeout, config.upstream_timeout)?;
         listeners.push(listener);
     }
     let addrs = listeners

@@ -468,10 +468,11 @@ mod tests {
     /// A proxy-side connection and the client's end of it.
     fn connection() -> (ClientConn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).expect("connect");
         let (stream, peer) = listener.accept().expect("accept");
         let slot = ConnLimits::new(4, 4).admit(peer.ip()).expect("slot");
-        (ClientConn::new(stream, peer, slot), client)
+        (ClientConn::new(stream, peer, addr, slot), client)
     }
 
     fn received(client: &mut TcpStream) -> String {
