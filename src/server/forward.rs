@@ -76,7 +76,8 @@ pub fn forward(
     if head.method == "OPTIONS" && max_forwards == Some(0) {
         return answer_options(conn, request_id, head.keep_alive());
     }
-    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    // For error messages only; cloning an `Authority` shares its bytes.
+    let authority = uri.authority().cloned();
     let mut request = http::Request::builder()
         .method(head.method.as_str())
         .uri(uri);
@@ -112,7 +113,8 @@ pub fn forward(
         return Err(err);
     }
     drop(body);
-    let response = result.map_err(|err| upstream::map_error(err, &authority))?;
+    let response = result
+        .map_err(|err| upstream::map_error(err, authority.as_ref().map_or("", |a| a.as_str())))?;
     relay_response(conn, head, response, request_id, ctx, buf, request_read)
 }
 
@@ -181,11 +183,16 @@ fn targets_this_proxy(host: &str, port: u16, local: SocketAddr) -> bool {
 fn copy_request_headers(head: &RequestHead, into: &mut http::HeaderMap) -> Result<(), ProxyError> {
     let hop = HopByHop::from_connection(head.header_values("connection"));
     for header in &head.headers {
-        let lower = header.name.to_ascii_lowercase();
-        if hop.contains(&lower) || REPLACED_REQUEST_HEADERS.contains(&lower.as_str()) {
+        let name = header.name.as_str();
+        if hop.contains(name)
+            || REPLACED_REQUEST_HEADERS
+                .iter()
+                .any(|replaced| replaced.eq_ignore_ascii_case(name))
+        {
             continue;
         }
-        let name = HeaderName::from_bytes(lower.as_bytes())
+        // `from_bytes` lowercases the name itself.
+        let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| ProxyError::BadRequest(format!("bad header name {:?}", header.name)))?;
         into.append(name, header_value(&header.value)?);
     }
