@@ -5,14 +5,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::extra_limits::{Exchange, Response, Tripwire, exchange};
+use crate::support::raw::{Exchange, Response, exchange_until_close};
+use crate::support::servers::Tripwire;
 use crate::support::{Proxy, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn get(proxy: SocketAddr, url: &str) -> (String, Exchange) {
     let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let got = exchange(proxy, request.as_bytes(), LIMIT);
+    let got = exchange_until_close(proxy, request.as_bytes(), LIMIT);
     (request, got)
 }
 
@@ -141,7 +142,7 @@ fn denied_destination_is_answered_without_closing_the_connection() {
         wire.addr
     );
     let request = format!("{one}{two}");
-    let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    let got = exchange_until_close(proxy.addr, request.as_bytes(), LIMIT);
     let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
     assert_eq!(
         statuses,

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::extra_limits::run_binary_within;
-use crate::support::{CurlReply, Origin, ProxyProcess, curl, read_response, wait_until};
+use crate::support::{
+    CurlReply, Origin, ProxyProcess, curl, read_response, run_binary_within, wait_until,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const USER: &str = "alice";

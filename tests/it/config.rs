@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use crate::support::extra_limits::{Served, exchange, run_binary_within};
-use crate::support::{Origin, ProxyProcess, run_binary};
+use crate::support::raw::exchange_until_close;
+use crate::support::{Origin, ProxyProcess, run_binary, run_binary_within};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -50,7 +50,7 @@ fn expect_usage_error(args: &[&str], needles: &[&str]) -> String {
 }
 
 /// Stops a started binary by PID and expects a clean exit.
-fn stop(mut served: Served) {
+fn stop(mut served: ProxyProcess) {
     let status = served.terminate(LIMIT);
     assert_eq!(
         status.and_then(|s| s.code()),
@@ -64,7 +64,7 @@ fn stop(mut served: Served) {
 fn config_file_settings_are_used() {
     let (_dir, path) =
         config_file("listen = [\"127.0.0.1:0\"]\nworkers = 3\nallow_dest = [\"127.0.0.0/8\"]\n");
-    let served = Served::start(&["--config", arg(&path)]).unwrap_or_else(|e| panic!("{e}"));
+    let served = ProxyProcess::spawn(&["--config", arg(&path)]).unwrap_or_else(|e| panic!("{e}"));
     assert!(served.addr.ip().is_loopback(), "{}", served.startup);
     assert_ne!(served.addr.port(), 0, "{}", served.startup);
     // The queue follows the worker count from the file.
@@ -79,7 +79,7 @@ fn config_file_settings_are_used() {
         "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         origin.url("/")
     );
-    let got = exchange(served.addr, request.as_bytes(), LIMIT);
+    let got = exchange_until_close(served.addr, request.as_bytes(), LIMIT);
     let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200], "got {:?}", got.text());
     stop(served);
@@ -89,7 +89,7 @@ fn config_file_settings_are_used() {
 fn flags_override_the_config_file() {
     let (_dir, path) =
         config_file("listen = [\"127.0.0.1:0\"]\nworkers = 3\nqueue = 9\nlog_level = \"warn\"\n");
-    let served = Served::start(&[
+    let served = ProxyProcess::spawn(&[
         "--config",
         arg(&path),
         "--workers",
@@ -116,7 +116,7 @@ fn listen_flag_overrides_the_file_listen_address() {
         "listen = [\"{}\"]\n",
         taken.local_addr().expect("addr")
     ));
-    let served = Served::start(&["--config", arg(&path), "--listen", "127.0.0.1:0"])
+    let served = ProxyProcess::spawn(&["--config", arg(&path), "--listen", "127.0.0.1:0"])
         .unwrap_or_else(|e| panic!("{e}"));
     assert_ne!(
         served.addr,
@@ -201,7 +201,7 @@ fn config_example_loads() {
     // The example's values are the defaults.
     assert!(line.contains("with 32 workers, queue 512"), "{line}");
     let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    let got = exchange_until_close(proxy.addr, request.as_bytes(), LIMIT);
     let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200], "got {:?}", got.text());
     proxy.signal("TERM");
@@ -213,7 +213,7 @@ fn config_example_loads() {
 fn log_level_debug_is_accepted_and_logs_debug_lines() {
     let mut proxy = ProxyProcess::start(&["--log-level", "debug"]);
     // A malformed request is logged at debug.
-    let got = exchange(proxy.addr, b"NONSENSE\r\n\r\n", LIMIT);
+    let got = exchange_until_close(proxy.addr, b"NONSENSE\r\n\r\n", LIMIT);
     assert_eq!(
         got.responses().first().map(|r| r.status),
         Some(400),

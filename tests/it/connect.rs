@@ -7,9 +7,10 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
-use crate::support::extra_forward::{
-    EchoServer, RawResponse, assert_raw_error, closes_within, connect_through, read_one,
+use crate::support::raw::{
+    RawResponse, assert_raw_error, closes_within, connect_through, read_one,
 };
+use crate::support::servers::EchoServer;
 use crate::support::{Origin, Proxy, curl, read_until_close, test_config, wait_until};
 
 /// Generous limit for anything that should take milliseconds.

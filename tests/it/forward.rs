@@ -10,11 +10,12 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::extra_forward::{
-    RawResponse, Responder, Streamer, assert_curl_error, assert_raw_error, closes_within, exchange,
-    read_head, read_one, split_raw,
-};
 use crate::support::origin::pattern_byte;
+use crate::support::raw::{
+    RawResponse, assert_curl_error, assert_raw_error, closes_within, exchange, read_head, read_one,
+    split_raw,
+};
+use crate::support::servers::{Responder, Streamer};
 use crate::support::{Origin, OriginRequest, Proxy, Reply, curl, test_config, wait_until};
 
 /// Generous limit for anything that should take milliseconds.

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::extra_limits::{
-    Exchange, Gate, Response, exchange, gated_origin, read_to_close,
+use crate::support::raw::{Exchange, Response, exchange_until_close, read_to_close};
+use crate::support::{
+    Gate, Origin, Proxy, Reply, gated_origin, read_response, read_until_close, wait_until,
 };
-use crate::support::{Origin, Proxy, Reply, read_response, read_until_close, wait_until};
 
 /// Time allowed for anything that is not itself the subject of a test.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -38,7 +38,7 @@ fn only_response(sent: &[u8], got: &Exchange) -> Response {
 /// Sends `request` and expects one error answer with `status` and a
 /// Proxy-Status naming `error`, after which the proxy closes.
 fn expect_error_and_close(proxy: &Proxy, request: &[u8], status: u16, error: &str) -> Response {
-    let got = exchange(proxy.addr, request, LIMIT);
+    let got = exchange_until_close(proxy.addr, request, LIMIT);
     let response = only_response(request, &got);
     let shown = String::from_utf8_lossy(&request[..request.len().min(400)]).into_owned();
     assert_eq!(
@@ -226,7 +226,7 @@ fn bad_chunk_size_in_request_body_is_rejected_and_nothing_smuggled() {
     let proxy = Proxy::start();
     let body = format!("zz\r\nhello\r\n0\r\n\r\n{}", smuggled_tail(&origin));
     let request = smuggling_request(&origin, "Transfer-Encoding: chunked\r\n", &body);
-    let got = exchange(proxy.addr, &request, LIMIT);
+    let got = exchange_until_close(proxy.addr, &request, LIMIT);
     let responses = got.responses();
     let shown = String::from_utf8_lossy(&request);
     assert!(responses.len() <= 1, "sent {shown:?}\ngot {:?}", got.text());
@@ -320,7 +320,7 @@ fn pipelined_good_requests_are_answered_until_a_bad_one_closes() {
     request += &get(origin.addr, "/two");
     request += "BROKEN REQUEST LINE\r\n\r\n";
     request += &get(origin.addr, "/after");
-    let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    let got = exchange_until_close(proxy.addr, request.as_bytes(), LIMIT);
     let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
     assert_eq!(
         statuses,
@@ -346,7 +346,7 @@ fn pipelined_smuggling_after_a_good_request_is_rejected() {
         origin.url("/post")
     );
     request += &get(origin.addr, "/smuggled");
-    let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    let got = exchange_until_close(proxy.addr, request.as_bytes(), LIMIT);
     let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
     assert_eq!(
         statuses,
@@ -389,7 +389,7 @@ fn ten_clients(proxy: SocketAddr, origin: &Origin) -> Vec<Exchange> {
                 "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                 origin.url(&format!("/client-{n}"))
             );
-            thread::spawn(move || exchange(proxy, request.as_bytes(), LIMIT))
+            thread::spawn(move || exchange_until_close(proxy, request.as_bytes(), LIMIT))
         })
         .collect();
     handles
@@ -496,7 +496,7 @@ fn full_queue_answers_503_with_retry_after_and_recovers() {
     });
     let addr = proxy.addr;
     let first_request = get(origin.addr, "/first");
-    let first = thread::spawn(move || exchange(addr, first_request.as_bytes(), LIMIT));
+    let first = thread::spawn(move || exchange_until_close(addr, first_request.as_bytes(), LIMIT));
     // The only worker is now busy until the gate opens.
     assert!(
         wait_until(LIMIT, || origin.requests().len() == 1),
@@ -512,7 +512,7 @@ fn full_queue_answers_503_with_retry_after_and_recovers() {
             );
             let answered = answered.clone();
             thread::spawn(move || {
-                let got = exchange(addr, request.as_bytes(), LIMIT);
+                let got = exchange_until_close(addr, request.as_bytes(), LIMIT);
                 answered.fetch_add(1, Ordering::SeqCst);
                 got
             })
@@ -557,7 +557,7 @@ fn full_queue_answers_503_with_retry_after_and_recovers() {
         assert!(got.closed, "503 left the connection open");
     }
     // Recovery: with the slow requests done, a new one is served.
-    let got = exchange(
+    let got = exchange_until_close(
         addr,
         format!(
             "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -586,7 +586,7 @@ fn open_idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 fn check_connection_limit(proxy: &Proxy, origin: &Origin, limit_name: &str) {
     let mut open = open_idle(proxy.addr, 3);
     let request = get(origin.addr, "/extra");
-    let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    let got = exchange_until_close(proxy.addr, request.as_bytes(), LIMIT);
     let response = only_response(request.as_bytes(), &got);
     assert_eq!(response.status, 503, "got {:?}", got.text());
     assert!(
@@ -617,7 +617,7 @@ fn check_connection_limit(proxy: &Proxy, origin: &Origin, limit_name: &str) {
             "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             origin.url("/again")
         );
-        let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+        let got = exchange_until_close(proxy.addr, request.as_bytes(), LIMIT);
         last = got.text();
         got.responses().first().is_some_and(|r| r.status == 200)
     });
@@ -666,7 +666,7 @@ fn client_that_stops_reading_does_not_block_others() {
             "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             origin.url(&format!("/other-{n}"))
         );
-        let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+        let got = exchange_until_close(proxy.addr, request.as_bytes(), LIMIT);
         let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
     }

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::extra_limits::parse_responses;
+use crate::support::raw::parse_responses;
 use crate::support::{Origin, ProxyProcess, curl, read_response};
 
 const TRICKLERS: usize = 1_000;

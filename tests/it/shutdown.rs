@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::support::extra_limits::{
-    Exchange, Gate, exchange, gated_origin, header_in, read_to_close,
-};
-use crate::support::{Origin, ProxyProcess, read_response, wait_until};
+use crate::support::raw::{Exchange, exchange_until_close, header_in, read_to_close};
+use crate::support::{Gate, Origin, ProxyProcess, gated_origin, read_response, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const BODY: &[u8] = b"the whole body, every byte of it\n";
@@ -26,7 +24,7 @@ fn start(extra: &[&str]) -> ProxyProcess {
 fn request_in_background(proxy: SocketAddr, url: String) -> JoinHandle<Exchange> {
     thread::spawn(move || {
         let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
-        exchange(proxy, request.as_bytes(), Duration::from_secs(60))
+        exchange_until_close(proxy, request.as_bytes(), Duration::from_secs(60))
     })
 }
 
@@ -263,7 +261,7 @@ fn every_request_gets_an_access_log_line_with_its_request_id() {
     ];
     let mut ids = Vec::new();
     for request in &requests {
-        let got = exchange(proxy.addr, request.as_bytes(), LIMIT);
+        let got = exchange_until_close(proxy.addr, request.as_bytes(), LIMIT);
         let response = got
             .responses()
             .into_iter()

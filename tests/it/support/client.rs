@@ -110,43 +110,8 @@ pub fn read_until_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
 /// Reads one response (head and Content-Length or chunked body) from `stream`.
 /// Returns (status, head text, body).
 pub fn read_response(stream: &mut TcpStream, limit: Duration) -> Option<(u16, String, Vec<u8>)> {
-    let _ = stream.set_read_timeout(Some(limit));
-    let mut data = Vec::new();
-    let mut byte = [0u8; 1];
-    while !data.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        data.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&data).into_owned();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let lower = head.to_ascii_lowercase();
-    let mut body = Vec::new();
-    if let Some(len) = lower
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        body.resize(len, 0);
-        stream.read_exact(&mut body).ok()?;
-    } else if lower.contains("transfer-encoding: chunked") {
-        loop {
-            let mut line = Vec::new();
-            while !line.ends_with(b"\r\n") {
-                stream.read_exact(&mut byte).ok()?;
-                line.push(byte[0]);
-            }
-            let size = usize::from_str_radix(String::from_utf8_lossy(&line).trim(), 16).ok()?;
-            let mut chunk = vec![0u8; size + 2];
-            stream.read_exact(&mut chunk).ok()?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    }
-    Some((status, head, body))
+    let response = super::raw::read_one(stream, false, limit)?;
+    Some((response.status, response.head, response.body))
 }
 
 /// Polls `check` every 20 ms until it is true or `limit` passes.

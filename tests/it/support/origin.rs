@@ -7,7 +7,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A request as the origin received it.
 #[derive(Debug, Clone)]
@@ -383,4 +383,48 @@ fn head(status: u16, headers: &[(String, String)]) -> Vec<u8> {
         out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
     out
+}
+
+/// Opens when told to, or when dropped; a gated origin's replies wait for it.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    open: Arc<AtomicBool>,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate {
+            open: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Lets every waiting and later reply through.
+    pub fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until open, at most `limit`.
+    pub fn wait(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.open.load(Ordering::SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new()
+    }
+}
+
+/// An origin whose every reply is `ok(text/plain, body)`, sent only once
+/// `gate` opens (or after 60 s, so no thread can hang for ever). The request
+/// is recorded before the wait, so `requests()` shows it has arrived.
+pub fn gated_origin(gate: &Gate, body: &'static [u8]) -> Origin {
+    let gate = gate.clone();
+    Origin::start(move |_| {
+        gate.wait(Duration::from_secs(60));
+        Reply::ok("text/plain", body)
+    })
 }

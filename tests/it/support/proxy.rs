@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -71,20 +72,30 @@ impl Drop for Proxy {
     }
 }
 
-/// The real `fetchproxy` binary, started with `serve` and the given arguments.
+/// The real `fetchproxy` binary running `serve`, its stderr collected;
+/// killed by PID on drop.
 pub struct ProxyProcess {
     pub addr: SocketAddr,
+    /// The startup line that named the address.
+    pub startup: String,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ProxyProcess {
-    /// Starts `fetchproxy serve --listen 127.0.0.1:0 ARGS...` and waits for its
-    /// "listening on" line.
+    /// Starts `fetchproxy serve --listen 127.0.0.1:0 ARGS...` and waits for
+    /// its "listening on" line; panics if it does not come.
     pub fn start(args: &[&str]) -> ProxyProcess {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        ProxyProcess::spawn(&all).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// Starts `fetchproxy serve ARGS...` with exactly the arguments given and
+    /// waits up to 20 s for its "listening on" line.
+    pub fn spawn(args: &[&str]) -> Result<ProxyProcess, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -98,24 +109,36 @@ impl ProxyProcess {
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(addr);
+                    let _ = tx.send((addr, line.clone()));
                 }
                 if let Ok(mut lines) = lines.lock() {
                     lines.push(line);
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "fetchproxy did not start: {:?}",
-                    log.lock().map(|l| l.clone())
-                );
-            }
+        let Ok((addr, startup)) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "fetchproxy serve {args:?} did not start: {:?}",
+                log.lock().map(|l| l.clone()).unwrap_or_default()
+            ));
         };
-        ProxyProcess { addr, child, log }
+        Ok(ProxyProcess {
+            addr,
+            startup,
+            child,
+            log,
+        })
+    }
+
+    /// Sends `-TERM` by PID (the process may be gone already) and waits up
+    /// to `limit` for the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit(limit)
     }
 
     /// The process id, for signals.
@@ -183,6 +206,36 @@ pub fn run_binary(args: &[&str]) -> std::process::Output {
         .stdin(Stdio::null())
         .output()
         .expect("run fetchproxy")
+}
+
+/// Runs the binary with `args`, killing it if it has not exited within `limit`.
+pub fn run_binary_within(args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fetchproxy");
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let watchdog = thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if !flag.load(Ordering::SeqCst) {
+            // Our own child, by its PID.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    });
+    let output = child.wait_with_output().expect("wait for fetchproxy");
+    done.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
+    output
 }
 
 /// The address in a startup line `... listening on 127.0.0.1:PORT ...`.

@@ -1,11 +1,11 @@
-//! Helpers for the forward and connect tests: responses read off raw sockets
-//! (heads, bodiless answers, truncated bodies), the checks every error the
-//! proxy generates must pass, and a TCP echo server to tunnel to.
+//! Raw HTTP on a socket, for what curl would hide or refuse: one response
+//! read off the wire (`exchange`, `read_head`, `read_one`), everything a
+//! connection gets until the proxy closes it (`exchange_until_close`), a
+//! parser for the responses in a byte stream, the checks every error the
+//! proxy generates must pass, and CONNECT by hand.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -229,222 +229,172 @@ pub fn assert_raw_error(sent: &[u8], response: &RawResponse, status: u16, token:
     );
 }
 
-/// A TCP echo server on 127.0.0.1:0: each connection gets back what it
-/// sends; at end of input it shuts its side down. Stops accepting on drop.
-pub struct EchoServer {
-    pub addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    eofs: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
+/// What came back on one raw connection.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Every byte received.
+    pub bytes: Vec<u8>,
+    /// Whether the proxy closed the connection (EOF or reset) within the limit.
+    pub closed: bool,
 }
 
-impl EchoServer {
-    pub fn start() -> EchoServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo server on loopback");
-        let addr = listener.local_addr().expect("echo address");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let eofs = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, seen, flag) = (accepted.clone(), eofs.clone(), stop.clone());
-        thread::Builder::new()
-            .name("echo".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let seen = seen.clone();
-                    let _ = thread::Builder::new()
-                        .name("echo-conn".into())
-                        .spawn(move || echo(stream, &seen));
-                }
-            })
-            .expect("spawn echo thread");
-        EchoServer {
-            addr,
-            accepted,
-            eofs,
-            stop,
-        }
+impl Exchange {
+    /// The responses in `bytes`, in order.
+    pub fn responses(&self) -> Vec<Response> {
+        parse_responses(&self.bytes)
     }
 
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    /// Connections whose peer ended its input cleanly (EOF) so far.
-    pub fn eofs(&self) -> usize {
-        self.eofs.load(Ordering::SeqCst)
+    /// The received bytes as text, for failure messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
     }
 }
 
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+/// One parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First value of a header, case-insensitive.
+    pub fn header(&self, name: &str) -> Option<String> {
+        header_in(&self.head, name)
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
-fn echo(mut stream: TcpStream, eofs: &AtomicUsize) {
-    // Bounded: a connection nobody talks to ends after a minute.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+/// First value of header `name` in a response head, case-insensitive.
+pub fn header_in(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// Sends `request` on a new connection (from a separate thread, so a proxy
+/// that answers before reading everything cannot deadlock the test), then
+/// reads until the proxy closes or `limit` passes.
+pub fn exchange_until_close(addr: SocketAddr, request: &[u8], limit: Duration) -> Exchange {
+    let stream = TcpStream::connect(addr).expect("connect to proxy");
+    exchange_until_close_on(stream, request, limit)
+}
+
+/// `exchange_until_close` on a connection already open.
+pub fn exchange_until_close_on(mut stream: TcpStream, request: &[u8], limit: Duration) -> Exchange {
+    let mut writer = stream.try_clone().expect("clone client socket");
+    let request = request.to_vec();
+    let sender = thread::spawn(move || {
+        let _ = writer.set_write_timeout(Some(Duration::from_secs(30)));
+        // The proxy may close before reading it all: errors are expected.
+        let _ = writer.write_all(&request);
+    });
+    let result = read_to_close(&mut stream, limit);
+    drop(stream);
+    let _ = sender.join();
+    result
+}
+
+/// Reads until EOF, a reset, or `limit`; says which.
+pub fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Exchange {
+    let deadline = Instant::now() + limit;
+    let mut bytes = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return Exchange {
+                bytes,
+                closed: false,
+            };
+        };
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
         match stream.read(&mut buf) {
             Ok(0) => {
-                eofs.fetch_add(1, Ordering::SeqCst);
-                let _ = stream.shutdown(Shutdown::Write);
-                return;
+                return Exchange {
+                    bytes,
+                    closed: true,
+                };
             }
-            Ok(n) => {
-                if stream.write_all(&buf[..n]).is_err() {
-                    return;
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A reset also means the proxy closed the connection.
+            Err(_) => {
+                return Exchange {
+                    bytes,
+                    closed: true,
+                };
+            }
+        }
+    }
+}
+
+/// Splits a byte stream into responses (Content-Length or chunked bodies;
+/// a response without either runs to the end). Stops at anything unparseable.
+pub fn parse_responses(mut data: &[u8]) -> Vec<Response> {
+    let mut out = Vec::new();
+    while let Some(end) = find(data, b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&data[..end + 4]).into_owned();
+        let Some(status) = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) else {
+            break;
+        };
+        let mut rest = &data[end + 4..];
+        let informational = (100..200).contains(&status);
+        let body = if informational {
+            Vec::new()
+        } else if let Some(len) =
+            header_in(&head, "content-length").and_then(|v| v.parse::<usize>().ok())
+        {
+            let len = len.min(rest.len());
+            let body = rest[..len].to_vec();
+            rest = &rest[len..];
+            body
+        } else if header_in(&head, "transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            let mut body = Vec::new();
+            while let Some(line_end) = find(rest, b"\r\n") {
+                let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+                let Ok(size) = usize::from_str_radix(size_text.trim(), 16) else {
+                    break;
+                };
+                rest = &rest[line_end + 2..];
+                let take = size.min(rest.len());
+                body.extend_from_slice(&rest[..take]);
+                rest = &rest[(take + 2).min(rest.len())..];
+                if size == 0 {
+                    break;
                 }
             }
-            Err(_) => return,
-        }
+            body
+        } else {
+            let body = rest.to_vec();
+            rest = &[];
+            body
+        };
+        out.push(Response { status, head, body });
+        data = rest;
     }
+    out
 }
 
-/// A TCP server on 127.0.0.1:0 that writes fixed bytes to every connection
-/// as soon as it is accepted, then closes it. Stops accepting on drop.
-pub struct Responder {
-    pub addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Responder {
-    pub fn start(answer: &[u8]) -> Responder {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind responder on loopback");
-        let addr = listener.local_addr().expect("responder address");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, flag, answer) = (accepted.clone(), stop.clone(), answer.to_vec());
-        thread::Builder::new()
-            .name("responder".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(mut stream) = stream else { continue };
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let _ = stream.write_all(&answer);
-                    // Read briefly so that closing does not reset what was written.
-                    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                    let _ = stream.read(&mut [0u8; 4096]);
-                }
-            })
-            .expect("spawn responder thread");
-        Responder {
-            addr,
-            accepted,
-            stop,
-        }
-    }
-
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-    }
-}
-
-/// An origin on 127.0.0.1:0 that answers each request with an endless
-/// chunked body and counts the connections on which writing failed, that
-/// is, where the peer (the proxy) went away. Stops accepting on drop.
-pub struct Streamer {
-    pub addr: SocketAddr,
-    abandoned: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Streamer {
-    pub fn start() -> Streamer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind streamer on loopback");
-        let addr = listener.local_addr().expect("streamer address");
-        let abandoned = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, flag) = (abandoned.clone(), stop.clone());
-        thread::Builder::new()
-            .name("streamer".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let (count, flag) = (count.clone(), flag.clone());
-                    let _ = thread::Builder::new()
-                        .name("streamer-conn".into())
-                        .spawn(move || stream_until_abandoned(stream, &count, &flag));
-                }
-            })
-            .expect("spawn streamer thread");
-        Streamer {
-            addr,
-            abandoned,
-            stop,
-        }
-    }
-
-    /// Connections whose reader went away while the body was streaming.
-    pub fn abandoned(&self) -> usize {
-        self.abandoned.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Streamer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-    }
-}
-
-fn stream_until_abandoned(mut stream: TcpStream, abandoned: &AtomicUsize, stop: &AtomicBool) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    // A write blocked on a reader that neither reads nor leaves ends too.
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let mut chunk = format!("{:x}\r\n", 16 * 1024).into_bytes();
-    chunk.extend((0..16 * 1024u64).map(super::origin::pattern_byte));
-    chunk.extend_from_slice(b"\r\n");
-    let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
-    if stream.write_all(answer).is_err() {
-        return;
-    }
-    // Bounded: 4 GiB at most.
-    for _ in 0..(1u64 << 18) {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        if let Err(err) = stream.write_all(&chunk) {
-            if !matches!(
-                err.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                abandoned.fetch_add(1, Ordering::SeqCst);
-            }
-            return;
-        }
-    }
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Sends `CONNECT target` (plus `extra` in the same write) and reads the
