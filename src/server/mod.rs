@@ -196,6 +196,8 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     if !config.users.is_empty() {
         log::info!("proxy authentication on for {} users", config.users.len());
     }
+    // Whoever waits for the startup lines (a person, a supervisor) sees them now.
+    crate::logging::flush();
     Ok(Running {
         addrs,
         config: config.clone(),
