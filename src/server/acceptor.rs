@@ -9,7 +9,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -51,14 +51,18 @@ pub struct Job {
 
 /// How workers give keep-alive connections back to the acceptor (and how a
 /// dropped connection frees its place): a channel, and a waker rung once per
-/// batch. Under load many connections come back between two turns of the
-/// loop; only the first of them pays for the wake-up.
+/// batch, and only when the acceptor must act at once. Under load many
+/// connections come back between two turns of the loop; at most the first
+/// of them pays for the wake-up.
 #[derive(Debug, Clone)]
-pub struct Handback {
+pub struct Handback(Arc<HandbackShared>);
+
+#[derive(Debug)]
+struct HandbackShared {
     tx: Sender<Return>,
     waker: Arc<Waker>,
     /// Set by the first sender since the acceptor last looked.
-    rung: Arc<AtomicBool>,
+    rung: AtomicBool,
 }
 
 impl Handback {
@@ -67,28 +71,52 @@ impl Handback {
         // Unbounded in type, bounded in fact: each connection is in it at
         // most once, and connections are capped by `max_connections`.
         let (tx, rx) = crossbeam_channel::unbounded();
-        let rung = Arc::new(AtomicBool::new(false));
-        (Handback { tx, waker, rung }, rx)
+        let rung = AtomicBool::new(false);
+        (Handback(Arc::new(HandbackShared { tx, waker, rung })), rx)
     }
 
     /// Parks `conn` with the acceptor until its next request arrives.
+    ///
+    /// The acceptor is woken only when the client already sent something
+    /// while the connection was away. Otherwise there is nothing to do yet:
+    /// the socket stays registered, so the next request's readiness event
+    /// wakes the acceptor, and it takes the parked connection in first.
+    /// Under keep-alive load this spares one wake-up per request.
     pub fn give_back(&self, conn: ClientConn) {
-        self.send(Return::Park(conn));
+        let input = conn.input_flag();
+        if self.0.tx.send(Return::Park(conn)).is_err() {
+            return;
+        }
+        // Sent, then looked at; the acceptor sets the flag, then empties
+        // the channel. Either it sees this message, or this sees its flag.
+        fence(Ordering::SeqCst);
+        if input.is_none_or(|flag| flag.load(Ordering::SeqCst)) {
+            self.ring();
+        }
     }
 
     /// Tells the acceptor something, waking it unless a wake-up is pending.
     pub fn send(&self, message: Return) {
+        if self.0.tx.send(message).is_ok() {
+            fence(Ordering::SeqCst);
+            self.ring();
+        }
+    }
+
+    /// Wakes the acceptor unless a wake-up is pending since it last looked.
+    fn ring(&self) {
         // The message is in the channel before the flag is looked at, and the
         // acceptor clears the flag before it empties the channel: a message
         // that finds the flag set is seen by that coming turn.
-        if self.tx.send(message).is_ok() && !self.rung.swap(true, Ordering::SeqCst) {
-            let _ = self.waker.wake();
+        if !self.0.rung.swap(true, Ordering::SeqCst) {
+            let _ = self.0.waker.wake();
         }
     }
 
     /// Called by the acceptor just before it empties the channel.
     fn rearm(&self) {
-        self.rung.store(false, Ordering::SeqCst);
+        self.0.rung.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 }
 
@@ -119,9 +147,11 @@ enum Entry {
         phase: Phase,
         deadline: Instant,
     },
-    /// With a worker; `ready` records input that arrived meanwhile (the
-    /// socket is edge-triggered, so that news would be lost otherwise).
-    Busy { ready: bool },
+    /// With a worker; `input` records input that arrived meanwhile (the
+    /// socket is edge-triggered, so that news would be lost otherwise). The
+    /// flag is shared with the connection, so that its worker knows whether
+    /// handing it back must wake the acceptor.
+    Busy { input: Arc<AtomicBool> },
 }
 
 /// The acceptor's state; `run` is its thread's body.
@@ -364,7 +394,7 @@ impl Acceptor {
             return;
         };
         let ready = match self.entries.get(key) {
-            Some(Entry::Busy { ready }) => *ready,
+            Some(Entry::Busy { input }) => input.swap(false, Ordering::SeqCst),
             _ => {
                 log::error!(
                     "connection {} handed back to a place it does not own",
@@ -409,7 +439,11 @@ impl Acceptor {
     /// A readiness event for the connection at `key`.
     fn on_event(&mut self, key: usize) {
         match self.entries.get_mut(key) {
-            Some(Entry::Busy { ready }) => *ready = true,
+            Some(Entry::Busy { input }) => {
+                input.store(true, Ordering::SeqCst);
+                // Taking the returns follows in this turn of the loop.
+                fence(Ordering::SeqCst);
+            }
             Some(Entry::Parked { .. }) => self.on_readable(key),
             None => {}
         }
@@ -501,12 +535,16 @@ impl Acceptor {
     /// reserved (`Busy`) until the worker parks it again or drops it.
     fn take_for_worker(&mut self, key: usize) -> Option<ClientConn> {
         let entry = self.entries.get_mut(key)?;
-        match std::mem::replace(entry, Entry::Busy { ready: false }) {
+        let Entry::Parked { conn, .. } = entry else {
+            return None;
+        };
+        // Without a shared flag (never the case for a registered
+        // connection) its worker wakes the acceptor every time.
+        let input = conn.input_flag().unwrap_or_default();
+        input.store(false, Ordering::SeqCst);
+        match std::mem::replace(entry, Entry::Busy { input }) {
             Entry::Parked { conn, .. } => Some(conn),
-            busy => {
-                *entry = busy;
-                None
-            }
+            Entry::Busy { .. } => None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +85,12 @@ impl ClientConn {
     /// Ties the connection to its place in the acceptor's loop.
     pub fn set_registration(&mut self, registration: Registration) {
         self.registration = Some(registration);
+    }
+
+    /// The flag the acceptor sets when the client sends something while the
+    /// connection is with a worker (see `Handback::give_back`).
+    pub fn input_flag(&self) -> Option<Arc<AtomicBool>> {
+        self.registration.as_ref().map(|r| r.input.clone())
     }
 
     /// The acceptor's key for this connection, if it has one.
@@ -223,6 +229,8 @@ pub struct Registration {
     handback: Handback,
     registry: Arc<Registry>,
     armed: bool,
+    /// Set by the acceptor when input arrives while a worker has the connection.
+    input: Arc<AtomicBool>,
 }
 
 impl Registration {
@@ -233,6 +241,7 @@ impl Registration {
             handback,
             registry,
             armed: true,
+            input: Arc::new(AtomicBool::new(false)),
         }
     }
 }

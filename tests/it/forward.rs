@@ -16,7 +16,9 @@ use crate::support::raw::{
     split_raw,
 };
 use crate::support::servers::{Responder, Streamer};
-use crate::support::{Origin, OriginRequest, Proxy, Reply, curl, test_config, wait_until};
+use crate::support::{
+    Gate, Origin, OriginRequest, Proxy, Reply, curl, gated_origin, test_config, wait_until,
+};
 
 /// Generous limit for anything that should take milliseconds.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -505,6 +507,37 @@ fn pipelined_requests_are_answered_in_order() {
             response.head
         );
     }
+}
+
+#[test]
+fn a_request_sent_while_the_previous_one_is_served_is_answered_next() {
+    // The second request arrives while a worker has the connection, so only
+    // the acceptor sees it: handing the connection back must wake it.
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, b"held");
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let request = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/held"));
+    stream.write_all(request.as_bytes()).expect("first request");
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "the first request never reached the origin"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .expect("second request");
+    gate.open();
+    for n in 1..=2 {
+        let response = read_one(&mut stream, false, LIMIT)
+            .unwrap_or_else(|| panic!("no answer to request {n}"));
+        assert_eq!(
+            (response.status, response.text()),
+            (200, "held".to_string()),
+            "{}",
+            response.head
+        );
+    }
+    assert_eq!(origin.requests().len(), 2);
 }
 
 // --- Proxy header rules -----------------------------------------------------
