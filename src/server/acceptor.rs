@@ -80,8 +80,11 @@ impl Handback {
     /// The acceptor is woken only when the client already sent something
     /// while the connection was away. Otherwise there is nothing to do yet:
     /// the socket stays registered, so the next request's readiness event
-    /// wakes the acceptor, and it takes the parked connection in first.
-    /// Under keep-alive load this spares one wake-up per request.
+    /// wakes the acceptor; that event marks the still-busy entry, and the
+    /// park, taken in later in the same turn, reads the socket at once.
+    /// Until then the park waits at most one tick, which is also how late
+    /// its idle deadline may start. Under keep-alive load this spares one
+    /// wake-up per request.
     pub fn give_back(&self, conn: ClientConn) {
         let input = conn.input_flag();
         if self.0.tx.send(Return::Park(conn)).is_err() {
