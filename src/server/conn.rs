@@ -15,7 +15,7 @@ use mio::Registry;
 use mio::unix::SourceFd;
 
 use crate::error::ProxyError;
-use crate::server::acceptor::Handback;
+use crate::server::handback::Handback;
 
 /// Smallest read a worker makes into the buffer while reading a body.
 const READ_CHUNK: usize = 16 * 1024;

@@ -6,6 +6,7 @@
 mod acceptor;
 mod conn;
 mod forward;
+mod handback;
 mod pool;
 mod request_id;
 mod tunnel;
@@ -21,8 +22,9 @@ use mio::{Poll, Waker};
 use crate::config::{ConfigError, ServeConfig};
 use crate::rules::{Rules, SharedRules};
 use crate::shutdown::Shutdown;
-use acceptor::{Acceptor, Handback};
+use acceptor::Acceptor;
 use conn::{ConnLimits, set_client_options};
+use handback::Handback;
 use pool::Pool;
 use request_id::RequestIds;
 use worker::Context;

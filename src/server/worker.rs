@@ -29,9 +29,10 @@ use crate::http::request::{self, BodyFraming, HeadLimits, Parsed, RequestHead, T
 use crate::http::response;
 use crate::logging::{self, AccessRecord};
 use crate::rules::{Rules, SharedRules};
-use crate::server::acceptor::{Handback, Job};
+use crate::server::acceptor::Job;
 use crate::server::conn::ClientConn;
 use crate::server::forward;
+use crate::server::handback::Handback;
 use crate::server::request_id::RequestIds;
 use crate::server::tunnel::{self, Relay, TunnelSlot};
 use crate::shutdown::Shutdown;
