@@ -18,7 +18,7 @@ const BUFFER_BYTES: usize = 64 * 1024;
 
 /// The longest an `info` or `debug` line (an access line, say) waits in the
 /// buffer; warnings and errors are written out at once.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Dependency targets that log per connection; below `warn` only at `trace`.
 const NOISY_TARGETS: &[&str] = &["ureq", "ureq_proto", "rustls"];

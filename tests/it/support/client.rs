@@ -22,11 +22,7 @@ pub struct CurlReply {
 impl CurlReply {
     /// First value of a header, case-insensitive.
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// The body as text.
@@ -90,6 +86,14 @@ pub fn raw(addr: SocketAddr, request: &[u8], limit: Duration) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).expect("connect to proxy");
     let _ = stream.write_all(request);
     read_until_close(&mut stream, limit)
+}
+
+/// First value of header `name` among `(lowercase name, value)` pairs.
+pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Reads from `stream` until EOF, an error, or `limit`.

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::client::{CurlReply, read_until_close};
+use super::client::{CurlReply, find_header, read_until_close};
 
 /// A response read off a raw socket.
 #[derive(Debug, Clone)]
@@ -25,11 +25,7 @@ pub struct RawResponse {
 impl RawResponse {
     /// First value of a header, case-insensitive.
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// Every value of a header, in order.
