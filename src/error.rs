@@ -104,6 +104,23 @@ pub enum ProxyError {
     Internal(String),
 }
 
+/// Every `Proxy-Status` error type the proxy answers with (see `classify`).
+pub const PROXY_STATUS_TYPES: [&str; 13] = [
+    "http_request_error",
+    "http_request_denied",
+    "destination_ip_prohibited",
+    "proxy_internal_error",
+    "dns_error",
+    "connection_refused",
+    "destination_unavailable",
+    "tls_protocol_error",
+    "http_protocol_error",
+    "http_response_body_size",
+    "connection_timeout",
+    "http_response_timeout",
+    "proxy_loop_detected",
+];
+
 impl ProxyError {
     /// The HTTP status code this error is answered with.
     pub fn status(&self) -> u16 {
@@ -271,6 +288,53 @@ mod tests {
             assert_eq!(err.status(), status, "{err}");
             assert_eq!(err.proxy_status(), token, "{err}");
         }
+    }
+
+    /// `/metrics` counts errors by type over this list: none may be missing.
+    #[test]
+    fn every_error_type_is_listed_once() {
+        let loopback: IpAddr = [127, 0, 0, 1].into();
+        let every_variant = [
+            ProxyError::BadRequest("x".into()),
+            ProxyError::NotProxyEndpoint("/".into()),
+            ProxyError::SchemeNotSupported("ftp".into()),
+            ProxyError::ClientDenied { addr: loopback },
+            ProxyError::DestinationDenied { addr: loopback },
+            ProxyError::PortDenied { port: 25 },
+            ProxyError::ProxyAuthRequired(AuthFailure::Missing),
+            ProxyError::HeadTimeout(Duration::from_secs(1)),
+            ProxyError::BodyTooLarge { limit: 1 },
+            ProxyError::UrlTooLong { limit: 1 },
+            ProxyError::HeadTooLarge { limit: 1 },
+            ProxyError::Internal("x".into()),
+            ProxyError::MethodNotSupported("BREW".into()),
+            ProxyError::DnsFailed { host: "x".into() },
+            ProxyError::ConnectionRefused {
+                authority: "x".into(),
+            },
+            ProxyError::ConnectFailed {
+                authority: "x".into(),
+                reason: "x".into(),
+            },
+            ProxyError::UpstreamTls("x".into()),
+            ProxyError::UpstreamProtocol("x".into()),
+            ProxyError::UpstreamBodyTooLarge { limit: 1 },
+            ProxyError::QueueFull,
+            ProxyError::ShuttingDown,
+            ProxyError::TooManyConnections {
+                what: "max_connections",
+                limit: 1,
+            },
+            ProxyError::UpstreamTimeout(TimeoutPhase::Connect),
+            ProxyError::UpstreamTimeout(TimeoutPhase::Response),
+            ProxyError::LoopDetected,
+        ];
+        let mut used: Vec<&str> = every_variant.iter().map(ProxyError::proxy_status).collect();
+        used.sort_unstable();
+        used.dedup();
+        let mut listed = PROXY_STATUS_TYPES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(used, listed);
     }
 
     #[test]

@@ -23,7 +23,8 @@ use crate::config::ServeConfig;
 use crate::error::ProxyError;
 use crate::http::request::{self, HeadLimits, Parsed, RequestHead};
 use crate::http::response;
-use crate::logging::{self, AccessRecord};
+use crate::logging::AccessRecord;
+use crate::metrics::Metrics;
 use crate::rules::SharedRules;
 #[cfg(not(target_os = "linux"))]
 use crate::server::conn::set_client_options;
@@ -102,6 +103,7 @@ pub struct Acceptor {
     rules: SharedRules,
     limits: Arc<ConnLimits>,
     ids: Arc<RequestIds>,
+    metrics: Arc<Metrics>,
     scratch: Box<[u8]>,
     /// An accept failed (e.g. out of file descriptors): retry on the next tick.
     accept_stalled: bool,
@@ -128,6 +130,7 @@ impl Acceptor {
         rules: SharedRules,
         limits: Arc<ConnLimits>,
         ids: Arc<RequestIds>,
+        metrics: Arc<Metrics>,
     ) -> io::Result<Acceptor> {
         for (index, listener) in listeners.iter().enumerate() {
             listener.set_nonblocking(true)?;
@@ -156,6 +159,7 @@ impl Acceptor {
             rules,
             limits,
             ids,
+            metrics,
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             accept_stalled: false,
             draining: false,
@@ -256,6 +260,7 @@ impl Acceptor {
             {
                 continue;
             }
+            self.metrics.connection_accepted();
             let conn = ClientConn::new(stream, peer, self.listen_addrs[index], slot);
             self.register(conn);
         }
@@ -267,16 +272,19 @@ impl Acceptor {
         let request_id = self.ids.fresh();
         let answer = response::error_response(&err, &request_id, true, false);
         send_now(stream, &answer);
-        logging::access(&AccessRecord {
-            client: peer,
-            method: "-",
-            url: "-",
-            status: err.status(),
-            bytes: 0,
-            duration: Duration::ZERO,
-            request_id: &request_id,
-            error: Some(err.proxy_status()),
-        });
+        super::finished(
+            &self.metrics,
+            &AccessRecord {
+                client: peer,
+                method: "-",
+                url: "-",
+                status: err.status(),
+                bytes: 0,
+                duration: Duration::ZERO,
+                request_id: &request_id,
+                error: Some(err.proxy_status()),
+            },
+        );
     }
 
     /// Registers a new connection with the loop for its whole life.
@@ -534,16 +542,19 @@ impl Acceptor {
         let head_only = method == "HEAD";
         let answer = response::error_response(&err, &request_id, true, head_only);
         send_now(&conn.stream, &answer);
-        logging::access(&AccessRecord {
-            client: conn.peer,
-            method,
-            url,
-            status: err.status(),
-            bytes: 0,
-            duration: queued_at.elapsed(),
-            request_id: &request_id,
-            error: Some(err.proxy_status()),
-        });
+        super::finished(
+            &self.metrics,
+            &AccessRecord {
+                client: conn.peer,
+                method,
+                url,
+                status: err.status(),
+                bytes: 0,
+                duration: queued_at.elapsed(),
+                request_id: &request_id,
+                error: Some(err.proxy_status()),
+            },
+        );
     }
 
     /// Closes connections past their deadline: 408 for a head that started
@@ -600,16 +611,19 @@ impl Acceptor {
                 conn.consume_pending(unread);
                 *phase = Phase::Linger;
                 *deadline = now + LINGER;
-                logging::access(&AccessRecord {
-                    client: conn.peer,
-                    method: "-",
-                    url: "-",
-                    status: err.status(),
-                    bytes: 0,
-                    duration: self.config.header_timeout,
-                    request_id: &request_id,
-                    error: Some(err.proxy_status()),
-                });
+                super::finished(
+                    &self.metrics,
+                    &AccessRecord {
+                        client: conn.peer,
+                        method: "-",
+                        url: "-",
+                        status: err.status(),
+                        bytes: 0,
+                        duration: self.config.header_timeout,
+                        request_id: &request_id,
+                        error: Some(err.proxy_status()),
+                    },
+                );
             }
         }
     }

@@ -275,6 +275,11 @@ impl ConnLimits {
         })
     }
 
+    /// How many connections are open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
     /// Counts a new connection from `ip`, or says which limit it is over.
     ///
     /// # Errors

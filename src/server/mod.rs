@@ -5,6 +5,7 @@
 
 mod acceptor;
 mod conn;
+mod endpoints;
 mod forward;
 mod handback;
 mod pool;
@@ -20,6 +21,8 @@ use std::time::Instant;
 use mio::{Poll, Waker};
 
 use crate::config::{ConfigError, ServeConfig};
+use crate::logging::{self, AccessRecord};
+use crate::metrics::{Finished, Metrics};
 use crate::rules::{Rules, SharedRules};
 use crate::shutdown::Shutdown;
 use acceptor::Acceptor;
@@ -159,8 +162,11 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let shutdown = Arc::new(Shutdown::new(waker.clone()));
     let (handback, returns) = Handback::new(waker);
     let acceptor_handback = (handback.clone(), returns);
-    let (relay, relay_thread) = tunnel::spawn_relay(config.clone(), shutdown.clone())?;
+    let metrics = Arc::new(Metrics::new());
+    let (relay, relay_thread) =
+        tunnel::spawn_relay(config.clone(), shutdown.clone(), metrics.clone())?;
     let ids = Arc::new(RequestIds::new());
+    let limits = ConnLimits::new(config.max_connections, config.max_conns_per_client);
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue.get());
     let ctx = Arc::new(Context {
         config: config.clone(),
@@ -170,10 +176,12 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         handback,
         ids: ids.clone(),
         relay,
+        metrics: metrics.clone(),
+        limits: limits.clone(),
+        queue: jobs_rx.clone(),
     });
     let pool = Pool::spawn(config.workers.get(), &jobs_rx, &ctx)?;
     drop(jobs_rx);
-    let limits = ConnLimits::new(config.max_connections, config.max_conns_per_client);
     let acceptor = Acceptor::new(
         poll,
         listeners,
@@ -184,6 +192,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         rules.clone(),
         limits,
         ids,
+        metrics,
     )?;
     let acceptor = thread::Builder::new()
         .name("acceptor".into())
@@ -212,9 +221,17 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     })
 }
 
-/// How many panics workers have caught and survived since the process started.
-pub fn worker_panics() -> u64 {
-    worker::panics()
+/// Writes the access-log line of a finished request and counts it for
+/// `/metrics`: every request gets exactly one of each, wherever it ends.
+fn finished(metrics: &Metrics, record: &AccessRecord<'_>) {
+    let tunnel = record.method == "CONNECT" && record.status == 200;
+    metrics.request(&Finished {
+        status: record.status,
+        bytes: record.bytes,
+        duration: (!tunnel).then_some(record.duration),
+        error: record.error,
+    });
+    logging::access(record);
 }
 
 /// Starts the server, installs signal handlers, and waits for it to stop.

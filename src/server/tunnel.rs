@@ -19,7 +19,8 @@ use slab::Slab;
 use crate::access;
 use crate::config::ServeConfig;
 use crate::error::{ProxyError, TimeoutPhase};
-use crate::logging::{self, AccessRecord};
+use crate::logging::AccessRecord;
+use crate::metrics::Metrics;
 use crate::rules::Rules;
 use crate::server::conn::ClientConn;
 use crate::shutdown::Shutdown;
@@ -116,6 +117,11 @@ impl Relay {
         Ok(TunnelSlot(self.open.clone()))
     }
 
+    /// How many tunnels are open now.
+    pub fn open_tunnels(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// Starts relaying between `client` and `upstream`.
     pub fn start(
         &self,
@@ -153,6 +159,7 @@ impl Relay {
 pub fn spawn_relay(
     config: Arc<ServeConfig>,
     shutdown: Arc<Shutdown>,
+    metrics: Arc<Metrics>,
 ) -> io::Result<(Relay, JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -169,6 +176,7 @@ pub fn spawn_relay(
         incoming: rx,
         config,
         shutdown,
+        metrics,
     };
     let handle = thread::Builder::new()
         .name("relay".into())
@@ -289,6 +297,7 @@ struct RelayLoop {
     incoming: Receiver<Tunnel>,
     config: Arc<ServeConfig>,
     shutdown: Arc<Shutdown>,
+    metrics: Arc<Metrics>,
 }
 
 impl RelayLoop {
@@ -395,16 +404,19 @@ impl RelayLoop {
         if let Some(why) = why {
             log::debug!("tunnel to {} closed: {why}", tunnel.target);
         }
-        logging::access(&AccessRecord {
-            client: tunnel.client.peer,
-            method: "CONNECT",
-            url: &tunnel.target,
-            status: 200,
-            bytes: tunnel.down.total,
-            duration: tunnel.started.elapsed(),
-            request_id: &tunnel.request_id,
-            error: None,
-        });
+        crate::server::finished(
+            &self.metrics,
+            &AccessRecord {
+                client: tunnel.client.peer,
+                method: "CONNECT",
+                url: &tunnel.target,
+                status: 200,
+                bytes: tunnel.down.total,
+                duration: tunnel.started.elapsed(),
+                request_id: &tunnel.request_id,
+                error: None,
+            },
+        );
     }
 }
 

@@ -16,7 +16,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -28,9 +27,11 @@ use crate::http::headers;
 use crate::http::request::{self, BodyFraming, HeadLimits, Parsed, RequestHead, TargetForm};
 use crate::http::response;
 use crate::logging::{self, AccessRecord};
+use crate::metrics::Metrics;
 use crate::rules::{Rules, SharedRules};
 use crate::server::acceptor::Job;
-use crate::server::conn::ClientConn;
+use crate::server::conn::{ClientConn, ConnLimits};
+use crate::server::endpoints;
 use crate::server::forward;
 use crate::server::handback::Handback;
 use crate::server::request_id::RequestIds;
@@ -39,14 +40,6 @@ use crate::shutdown::Shutdown;
 
 /// Bytes of the buffer each worker copies bodies through.
 pub const COPY_BUFFER_BYTES: usize = 64 * 1024;
-
-/// Panics caught in workers since the process started.
-static PANICS: AtomicU64 = AtomicU64::new(0);
-
-/// How many panics workers have caught (and survived) so far.
-pub fn panics() -> u64 {
-    PANICS.load(Ordering::Relaxed)
-}
 
 /// What every worker shares.
 pub struct Context {
@@ -58,6 +51,11 @@ pub struct Context {
     pub handback: Handback,
     pub ids: Arc<RequestIds>,
     pub relay: Relay,
+    pub metrics: Arc<Metrics>,
+    /// Open-connection counts, for `/metrics`.
+    pub limits: Arc<ConnLimits>,
+    /// The workers' queue, for its length on `/metrics`.
+    pub queue: Receiver<Job>,
 }
 
 /// How a request was answered, for the access log and the keep-alive decision.
@@ -85,13 +83,14 @@ enum After {
 pub fn run(jobs: Receiver<Job>, ctx: Arc<Context>) {
     let mut buf = vec![0u8; COPY_BUFFER_BYTES].into_boxed_slice();
     for job in jobs.iter() {
+        let _busy = ctx.metrics.worker_busy();
         let peer = job.conn.peer;
         // Panics while a request is handled are answered in `serve_one`;
         // this catches the rest (handing over a connection, the access log).
         let outcome =
             panic::catch_unwind(AssertUnwindSafe(|| serve_connection(job, &ctx, &mut buf)));
         if let Err(payload) = outcome {
-            PANICS.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.worker_panicked();
             // The connection was dropped while unwinding, which closes it.
             log::error!(
                 "worker panicked while serving {peer}: {}; connection closed",
@@ -144,7 +143,7 @@ fn serve_one(
             // We cannot tell where the next request would start: close.
             let request_id = ctx.ids.fresh();
             let served = answer_error(&mut conn, &err, &request_id, false, true);
-            log_request(&conn, "-", "-", &served, started, &request_id);
+            log_request(&conn, "-", "-", &served, started, &request_id, ctx);
             return After::Gone;
         }
     };
@@ -155,7 +154,7 @@ fn serve_one(
     if head.target_form() == TargetForm::Authority {
         return open_tunnel(conn, &head, &request_id, ctx, &rules, started);
     }
-    let routed = catch_panic(&mut conn, &request_id, |conn| {
+    let routed = catch_panic(&mut conn, &request_id, &ctx.metrics, |conn| {
         admit(conn, &head, &rules)?;
         route(conn, &head, &request_id, ctx, buf)
     });
@@ -176,6 +175,7 @@ fn serve_one(
         &served,
         started,
         &request_id,
+        ctx,
     );
     if served.reusable && head.keep_alive() && !ctx.shutdown.is_draining() {
         conn.consume_pending(0);
@@ -216,58 +216,11 @@ fn route(
     }
     match head.target_form() {
         TargetForm::Absolute => forward::forward(conn, head, request_id, ctx, buf),
-        TargetForm::Origin => own_endpoint(conn, head, request_id, ctx),
+        TargetForm::Origin => endpoints::answer(conn, head, request_id, ctx),
         TargetForm::Asterisk | TargetForm::Authority => Err(ProxyError::BadRequest(format!(
             "{} {} is not a request a proxy can forward",
             head.method, head.target
         ))),
-    }
-}
-
-/// The proxy's own endpoints, reached with origin-form targets.
-fn own_endpoint(
-    conn: &mut ClientConn,
-    head: &RequestHead,
-    request_id: &str,
-    ctx: &Context,
-) -> Result<Served, ProxyError> {
-    let path = head.target.split('?').next().unwrap_or_default();
-    match (head.method.as_str(), path) {
-        ("GET" | "HEAD", "/healthz") => {
-            let body: &[u8] = if ctx.shutdown.is_draining() {
-                b"draining\n"
-            } else {
-                b"ok\n"
-            };
-            let close = !head.keep_alive();
-            let mut out = Vec::with_capacity(256);
-            response::write_status_line(&mut out, 200, "OK");
-            response::write_header(&mut out, "Content-Type", b"text/plain; charset=utf-8");
-            response::write_header(
-                &mut out,
-                "Content-Length",
-                body.len().to_string().as_bytes(),
-            );
-            response::write_header(&mut out, "Cache-Control", b"no-store");
-            response::write_header(&mut out, "X-Request-Id", request_id.as_bytes());
-            if close {
-                response::write_header(&mut out, "Connection", b"close");
-            }
-            out.extend_from_slice(b"\r\n");
-            let head_only = head.method == "HEAD";
-            if !head_only {
-                out.extend_from_slice(body);
-            }
-            let sent = conn.write_all(&out).is_ok();
-            let bytes = if head_only { 0 } else { body.len() as u64 };
-            Ok(Served {
-                status: 200,
-                bytes,
-                error: None,
-                reusable: sent && !close,
-            })
-        }
-        _ => Err(ProxyError::NotProxyEndpoint(head.target.clone())),
     }
 }
 
@@ -280,7 +233,7 @@ fn open_tunnel(
     rules: &Rules,
     started: Instant,
 ) -> After {
-    let upstream = catch_panic(&mut conn, request_id, |conn| {
+    let upstream = catch_panic(&mut conn, request_id, &ctx.metrics, |conn| {
         connect_tunnel(conn, head, ctx, rules)
     });
     match upstream {
@@ -292,6 +245,7 @@ fn open_tunnel(
                 &panicked,
                 started,
                 request_id,
+                ctx,
             );
         }
         Ok(Ok((upstream, slot))) => {
@@ -313,6 +267,7 @@ fn open_tunnel(
                 &served,
                 started,
                 request_id,
+                ctx,
             );
         }
     }
@@ -344,6 +299,7 @@ fn connect_tunnel(
 fn catch_panic<T>(
     conn: &mut ClientConn,
     request_id: &str,
+    metrics: &Metrics,
     handle: impl FnOnce(&mut ClientConn) -> T,
 ) -> Result<T, Served> {
     let sent_before = conn.bytes_sent();
@@ -351,7 +307,7 @@ fn catch_panic<T>(
         Ok(value) => return Ok(value),
         Err(payload) => payload,
     };
-    PANICS.fetch_add(1, Ordering::Relaxed);
+    metrics.worker_panicked();
     let message = panic_message(payload.as_ref());
     let err = ProxyError::Internal("the proxy failed while handling this request".into());
     if conn.bytes_sent() == sent_before {
@@ -447,23 +403,26 @@ fn log_request(
     served: &Served,
     started: Instant,
     request_id: &str,
+    ctx: &Context,
 ) {
-    logging::access(&AccessRecord {
-        client: conn.peer,
-        method,
-        url,
-        status: served.status,
-        bytes: served.bytes,
-        duration: started.elapsed(),
-        request_id,
-        error: served.error,
-    });
+    super::finished(
+        &ctx.metrics,
+        &AccessRecord {
+            client: conn.peer,
+            method,
+            url,
+            status: served.status,
+            bytes: served.bytes,
+            duration: started.elapsed(),
+            request_id,
+            error: served.error,
+        },
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::conn::ConnLimits;
     use std::net::TcpListener;
 
     /// A proxy-side connection and the client's end of it.
@@ -488,14 +447,14 @@ mod tests {
     #[test]
     fn a_panic_before_the_response_is_answered_500_and_counted() {
         let (mut conn, mut client) = connection();
-        let before = panics();
-        let outcome = catch_panic(&mut conn, "req-1", |_| -> u16 {
+        let metrics = Metrics::new();
+        let outcome = catch_panic(&mut conn, "req-1", &metrics, |_| -> u16 {
             panic!("test panic before any response")
         });
         let served = outcome.expect_err("the panic is caught");
         assert_eq!((served.status, served.reusable), (500, false));
         assert_eq!(served.error, Some("proxy_internal_error"));
-        assert!(panics() > before);
+        assert_eq!(metrics.worker_panics(), 1);
         drop(conn);
         let text = received(&mut client);
         assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
@@ -511,7 +470,7 @@ mod tests {
     #[test]
     fn a_panic_after_the_response_began_adds_nothing_to_it() {
         let (mut conn, mut client) = connection();
-        let outcome = catch_panic(&mut conn, "req-2", |conn| {
+        let outcome = catch_panic(&mut conn, "req-2", &Metrics::new(), |conn| {
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
             panic!("test panic mid-body")
         });
@@ -528,7 +487,7 @@ mod tests {
     #[test]
     fn without_a_panic_the_value_passes_through() {
         let (mut conn, _client) = connection();
-        let outcome = catch_panic(&mut conn, "req-3", |_| 7);
+        let outcome = catch_panic(&mut conn, "req-3", &Metrics::new(), |_| 7);
         assert!(matches!(outcome, Ok(7)));
     }
 

@@ -1,7 +1,7 @@
 //! Proxy authentication through the real binary: `[[users]]` in the config
 //! file, 407 with a challenge when credentials are missing or wrong, curl's
 //! `-U` let through, credentials never reaching the origin or the log,
-//! CONNECT asking too, `/healthz` not, and `hash-password` round trips.
+//! CONNECT asking too, `/healthz` and `/metrics` not, and `hash-password` round trips.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -182,17 +182,21 @@ fn connect_needs_credentials_too() {
 }
 
 #[test]
-fn healthz_needs_no_credentials() {
+fn own_endpoints_need_no_credentials() {
     let (_dir, path) = config_with_alice("");
     let proxy = start(&path, &[]);
-    let reply = get_healthz(proxy.addr);
-    assert_eq!(reply.0, 200, "{}", reply.1);
+    for endpoint in ["/healthz", "/metrics"] {
+        let reply = get_own(proxy.addr, endpoint);
+        assert_eq!(reply.0, 200, "{endpoint}: {}", reply.1);
+    }
 }
 
-fn get_healthz(addr: SocketAddr) -> (u16, String) {
+fn get_own(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect to proxy");
     stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .expect("send");
     let (status, head, body) = read_response(&mut stream, LIMIT).expect("an answer");
     (status, format!("{head}{}", String::from_utf8_lossy(&body)))

@@ -854,6 +854,113 @@ fn healthz_answers_200() {
     );
 }
 
+/// One `/metrics` scrape with curl, as Prometheus would (no proxy).
+fn scrape(proxy: std::net::SocketAddr) -> (String, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--noproxy", "*", "-D", "-"])
+        .arg(format!("http://{proxy}/metrics"))
+        .output()
+        .expect("run curl");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    (head.to_string(), body.to_string())
+}
+
+/// The value of the sample named exactly `name` (labels included).
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (n, value) = line.rsplit_once(' ')?;
+            (n == name).then(|| value.parse().ok())?
+        })
+}
+
+#[test]
+fn metrics_count_what_was_answered() {
+    let origin = Origin::start(|_| Reply::status(203));
+    let refused_port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let proxy = Proxy::start();
+    for n in 0..3 {
+        let reply = curl(proxy.addr, &origin.url(&format!("/{n}")), &[]);
+        assert_eq!(reply.status, 203, "{}", reply.stderr);
+    }
+    let refused = curl(
+        proxy.addr,
+        &format!("http://127.0.0.1:{refused_port}/"),
+        &[],
+    );
+    assert_eq!(refused.status, 502, "{}", refused.stderr);
+    let request = b"GET /nothing-here HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    assert_eq!(exchange(proxy.addr, request, LIMIT).status, 400);
+
+    // A worker counts a request just after its last byte went out: wait for it.
+    let counted = |page: &str| {
+        sample(page, "fetchproxy_requests_total{code=\"203\"}") == Some(3.0)
+            && sample(page, "fetchproxy_requests_total{code=\"502\"}") == Some(1.0)
+            && sample(page, "fetchproxy_requests_total{code=\"400\"}") == Some(1.0)
+    };
+    let mut last = (String::new(), String::new());
+    assert!(
+        wait_until(LIMIT, || {
+            last = scrape(proxy.addr);
+            counted(&last.1)
+        }),
+        "{}",
+        last.1
+    );
+    let (head, page) = last;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let value = |name: &str| sample(&page, name).unwrap_or_else(|| panic!("{name}:\n{page}"));
+    assert_eq!(
+        value("fetchproxy_errors_total{error=\"connection_refused\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("fetchproxy_errors_total{error=\"http_request_error\"}"),
+        1.0
+    );
+    assert_eq!(value("fetchproxy_errors_total{error=\"dns_error\"}"), 0.0);
+    assert_eq!(value("fetchproxy_workers"), 4.0);
+    assert_eq!(value("fetchproxy_queue_capacity"), 16.0);
+    assert_eq!(value("fetchproxy_draining"), 0.0);
+    // This scrape's own worker is busy and its connection open.
+    assert!(value("fetchproxy_workers_busy") >= 1.0, "{page}");
+    assert!(value("fetchproxy_connections_open") >= 1.0, "{page}");
+    assert!(
+        value("fetchproxy_connections_accepted_total") >= 6.0,
+        "{page}"
+    );
+    // Three bodies of "status 203\n", and earlier scrapes' pages.
+    assert!(
+        value("fetchproxy_response_body_bytes_total") >= 33.0,
+        "{page}"
+    );
+    let count = value("fetchproxy_request_duration_seconds_count");
+    assert!(count >= 5.0, "{page}");
+    assert_eq!(
+        value("fetchproxy_request_duration_seconds_bucket{le=\"+Inf\"}"),
+        count
+    );
+
+    let head_only = exchange(
+        proxy.addr,
+        b"HEAD /metrics HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    );
+    assert_eq!(head_only.status, 200, "{}", head_only.head);
+    assert!(head_only.body.is_empty(), "{}", head_only.text());
+    assert!(head_only.header("content-length").is_some());
+}
+
 #[test]
 fn other_origin_form_targets_are_400() {
     let proxy = Proxy::start();

@@ -1,0 +1,481 @@
+//! The server's counters for `GET /metrics` and their rendering in the
+//! Prometheus text exposition format (version 0.0.4). Counting takes no lock
+//! and allocates nothing: a finished request costs four relaxed atomic adds.
+//! Gauges that other parts already keep (open connections, queue length) are
+//! read when the page is rendered. No logging here.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::PROXY_STATUS_TYPES;
+
+/// The `Content-Type` of the rendered page.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds (seconds) of the request-duration histogram's buckets.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+/// Status codes are counted one by one over this range; others (there
+/// should be none) are counted as 599.
+const STATUS_MIN: u16 = 100;
+const STATUS_MAX: u16 = 599;
+const STATUS_SLOTS: usize = (STATUS_MAX - STATUS_MIN + 1) as usize;
+
+/// One finished request, as far as the counters care.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub status: u16,
+    /// Body bytes sent to the client.
+    pub bytes: u64,
+    /// How long it took; `None` leaves it out of the duration histogram
+    /// (a CONNECT tunnel, whose duration is the tunnel's life).
+    pub duration: Option<Duration>,
+    /// The `Proxy-Status` error type, when the proxy answered with an error.
+    pub error: Option<&'a str>,
+}
+
+/// Values read from elsewhere at render time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    pub connections_open: usize,
+    pub workers: usize,
+    pub workers_busy: u64,
+    pub queue_length: usize,
+    pub queue_capacity: usize,
+    pub tunnels_open: usize,
+    pub draining: bool,
+}
+
+/// The counters of one running server.
+#[derive(Debug)]
+pub struct Metrics {
+    started: SystemTime,
+    connections_accepted: AtomicU64,
+    by_status: Box<[AtomicU64]>,
+    by_error: [AtomicU64; PROXY_STATUS_TYPES.len()],
+    body_bytes: AtomicU64,
+    /// Not cumulative: each request lands in one bucket; the last is `+Inf`.
+    duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    duration_micros: AtomicU64,
+    workers_busy: AtomicU64,
+    worker_panics: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            started: SystemTime::now(),
+            connections_accepted: AtomicU64::new(0),
+            by_status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            by_error: std::array::from_fn(|_| AtomicU64::new(0)),
+            body_bytes: AtomicU64::new(0),
+            duration_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            duration_micros: AtomicU64::new(0),
+            workers_busy: AtomicU64::new(0),
+            worker_panics: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a client connection taken in.
+    pub fn connection_accepted(&self) {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one answered request (or one closed tunnel).
+    pub fn request(&self, finished: &Finished<'_>) {
+        let status = finished.status.clamp(STATUS_MIN, STATUS_MAX);
+        self.by_status[usize::from(status - STATUS_MIN)].fetch_add(1, Ordering::Relaxed);
+        if finished.bytes > 0 {
+            self.body_bytes.fetch_add(finished.bytes, Ordering::Relaxed);
+        }
+        if let Some(error) = finished.error {
+            // Every type the proxy answers with is listed; see error.rs.
+            if let Some(index) = PROXY_STATUS_TYPES.iter().position(|t| *t == error) {
+                self.by_error[index].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(duration) = finished.duration {
+            let seconds = duration.as_secs_f64();
+            let bucket = DURATION_BUCKETS
+                .iter()
+                .position(|bound| seconds <= *bound)
+                .unwrap_or(DURATION_BUCKETS.len());
+            self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+            self.duration_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a worker busy until the returned guard is dropped.
+    pub fn worker_busy(&self) -> BusyWorker<'_> {
+        self.workers_busy.fetch_add(1, Ordering::Relaxed);
+        BusyWorker(&self.workers_busy)
+    }
+
+    /// How many workers are serving a connection now.
+    pub fn workers_busy(&self) -> u64 {
+        self.workers_busy.load(Ordering::Relaxed)
+    }
+
+    /// Counts a panic a worker caught and survived.
+    pub fn worker_panicked(&self) {
+        self.worker_panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many panics workers have caught so far.
+    pub fn worker_panics(&self) -> u64 {
+        self.worker_panics.load(Ordering::Relaxed)
+    }
+
+    /// The page for `GET /metrics`.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut page = Page(String::with_capacity(4096));
+        let started = self
+            .started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        page.family(
+            "fetchproxy_build_info",
+            "gauge",
+            "The running version; always 1.",
+        );
+        page.sample(
+            "fetchproxy_build_info",
+            &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+            1,
+        );
+        page.single(
+            "fetchproxy_start_time_seconds",
+            "gauge",
+            "When the server started, in seconds since the Unix epoch.",
+            started,
+        );
+        page.single(
+            "fetchproxy_draining",
+            "gauge",
+            "1 while the server drains for shutdown, else 0.",
+            u8::from(gauges.draining),
+        );
+        page.single(
+            "fetchproxy_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            load(&self.connections_accepted),
+        );
+        page.single(
+            "fetchproxy_connections_open",
+            "gauge",
+            "Client connections open now, idle keep-alive ones included.",
+            gauges.connections_open,
+        );
+        page.single(
+            "fetchproxy_workers",
+            "gauge",
+            "Worker threads in the pool.",
+            gauges.workers,
+        );
+        page.single(
+            "fetchproxy_workers_busy",
+            "gauge",
+            "Workers serving a connection now.",
+            gauges.workers_busy,
+        );
+        page.single(
+            "fetchproxy_queue_length",
+            "gauge",
+            "Connections with a complete request head waiting for a worker.",
+            gauges.queue_length,
+        );
+        page.single(
+            "fetchproxy_queue_capacity",
+            "gauge",
+            "Places in the queue; when it is full, new requests get 503.",
+            gauges.queue_capacity,
+        );
+        page.single(
+            "fetchproxy_tunnels_open",
+            "gauge",
+            "CONNECT tunnels open now.",
+            gauges.tunnels_open,
+        );
+        page.family(
+            "fetchproxy_requests_total",
+            "counter",
+            "Requests answered, by status code; a CONNECT tunnel counts when it closes.",
+        );
+        for (offset, count) in self.by_status.iter().enumerate() {
+            let count = load(count);
+            if count > 0 {
+                let code = usize::from(STATUS_MIN) + offset;
+                page.sample(
+                    "fetchproxy_requests_total",
+                    &format!("code=\"{code}\""),
+                    count,
+                );
+            }
+        }
+        page.family(
+            "fetchproxy_errors_total",
+            "counter",
+            "Requests the proxy answered with an error, by Proxy-Status error type (RFC 9209).",
+        );
+        for (error, count) in PROXY_STATUS_TYPES.iter().zip(&self.by_error) {
+            page.sample(
+                "fetchproxy_errors_total",
+                &format!("error=\"{error}\""),
+                load(count),
+            );
+        }
+        page.single(
+            "fetchproxy_response_body_bytes_total",
+            "counter",
+            "Body bytes sent to clients (for tunnels, bytes from the target).",
+            load(&self.body_bytes),
+        );
+        self.render_durations(&mut page);
+        page.single(
+            "fetchproxy_worker_panics_total",
+            "counter",
+            "Panics caught in workers; each cost one connection, never the process.",
+            load(&self.worker_panics),
+        );
+        page.0
+    }
+
+    fn render_durations(&self, page: &mut Page) {
+        const NAME: &str = "fetchproxy_request_duration_seconds";
+        page.family(
+            NAME,
+            "histogram",
+            "Time to answer a request, as in the access log; tunnels excluded.",
+        );
+        let bucket_name = format!("{NAME}_bucket");
+        let mut cumulative = 0;
+        for (index, count) in self.duration_buckets.iter().enumerate() {
+            cumulative += load(count);
+            let bound = DURATION_BUCKETS
+                .get(index)
+                .map_or_else(|| "+Inf".to_string(), ToString::to_string);
+            page.sample(&bucket_name, &format!("le=\"{bound}\""), cumulative);
+        }
+        let sum = Duration::from_micros(load(&self.duration_micros)).as_secs_f64();
+        page.sample(&format!("{NAME}_sum"), "", sum);
+        page.sample(&format!("{NAME}_count"), "", cumulative);
+    }
+}
+
+/// A worker marked busy; dropping it marks the worker idle again.
+#[derive(Debug)]
+pub struct BusyWorker<'a>(&'a AtomicU64);
+
+impl Drop for BusyWorker<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// The exposition text being written.
+struct Page(String);
+
+impl Page {
+    /// The `# HELP` and `# TYPE` lines of a metric family.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample line; `labels` without braces, empty for none.
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// A family with one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, "", value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample lines of `page` as (name with labels, value).
+    fn samples(page: &str) -> Vec<(String, f64)> {
+        page.lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                let (name, value) = line.rsplit_once(' ').expect("name value");
+                (name.to_string(), value.parse().expect("numeric value"))
+            })
+            .collect()
+    }
+
+    fn value(page: &str, name: &str) -> f64 {
+        samples(page)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+            .1
+    }
+
+    fn ok(status: u16, bytes: u64, millis: u64) -> Finished<'static> {
+        Finished {
+            status,
+            bytes,
+            duration: Some(Duration::from_millis(millis)),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_by_status_error_bytes_and_duration() {
+        let metrics = Metrics::new();
+        metrics.request(&ok(200, 1000, 3));
+        metrics.request(&ok(200, 24, 20));
+        metrics.request(&Finished {
+            error: Some("dns_error"),
+            ..ok(502, 0, 1)
+        });
+        metrics.request(&Finished {
+            duration: None,
+            ..ok(200, 5, 0)
+        });
+        metrics.connection_accepted();
+        let page = metrics.render(&Gauges {
+            workers: 4,
+            queue_capacity: 64,
+            ..Gauges::default()
+        });
+        assert_eq!(value(&page, "fetchproxy_requests_total{code=\"200\"}"), 3.0);
+        assert_eq!(value(&page, "fetchproxy_requests_total{code=\"502\"}"), 1.0);
+        assert_eq!(
+            value(&page, "fetchproxy_errors_total{error=\"dns_error\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &page,
+                "fetchproxy_errors_total{error=\"connection_refused\"}"
+            ),
+            0.0,
+            "every error type is shown, counted or not"
+        );
+        assert_eq!(value(&page, "fetchproxy_response_body_bytes_total"), 1029.0);
+        assert_eq!(value(&page, "fetchproxy_connections_accepted_total"), 1.0);
+        assert_eq!(value(&page, "fetchproxy_workers"), 4.0);
+        assert_eq!(value(&page, "fetchproxy_queue_capacity"), 64.0);
+        let histogram = "fetchproxy_request_duration_seconds";
+        assert_eq!(value(&page, &format!("{histogram}_count")), 3.0);
+        assert_eq!(
+            value(&page, &format!("{histogram}_bucket{{le=\"0.001\"}}")),
+            1.0
+        );
+        assert_eq!(
+            value(&page, &format!("{histogram}_bucket{{le=\"0.005\"}}")),
+            2.0
+        );
+        assert_eq!(
+            value(&page, &format!("{histogram}_bucket{{le=\"0.025\"}}")),
+            3.0
+        );
+        assert_eq!(
+            value(&page, &format!("{histogram}_bucket{{le=\"+Inf\"}}")),
+            3.0
+        );
+        assert!((value(&page, &format!("{histogram}_sum")) - 0.024).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_page_follows_the_text_format() {
+        let metrics = Metrics::new();
+        metrics.request(&ok(404, 0, 70_000));
+        let page = metrics.render(&Gauges::default());
+        assert!(page.ends_with('\n'));
+        let mut declared = Vec::new();
+        for line in page.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("name and type");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                assert!(
+                    !declared.contains(&name.to_string()),
+                    "{name} declared twice"
+                );
+                declared.push(name.to_string());
+            } else if !line.starts_with("# HELP ") {
+                let name = line.split(['{', ' ']).next().expect("a metric name");
+                assert!(
+                    declared.iter().any(|family| name == family
+                        || ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|suffix| name.strip_suffix(suffix) == Some(family))),
+                    "{line} comes before its # TYPE"
+                );
+                assert!(
+                    name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                let counter = declared.last().is_some_and(|f| f.ends_with("_total"));
+                assert!(
+                    !counter || name.ends_with("_total"),
+                    "{line}: counters end in _total"
+                );
+            }
+        }
+        // A request slower than the largest bound lands only in +Inf.
+        let last_bound = "fetchproxy_request_duration_seconds_bucket{le=\"60\"}";
+        assert_eq!(value(&page, last_bound), 0.0);
+        assert_eq!(
+            value(
+                &page,
+                "fetchproxy_request_duration_seconds_bucket{le=\"+Inf\"}"
+            ),
+            1.0
+        );
+        let build = format!(
+            "fetchproxy_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(value(&page, &build), 1.0);
+    }
+
+    #[test]
+    fn busy_workers_are_counted_while_the_guard_lives() {
+        let metrics = Metrics::new();
+        let first = metrics.worker_busy();
+        {
+            let _second = metrics.worker_busy();
+            assert_eq!(metrics.workers_busy(), 2);
+        }
+        assert_eq!(metrics.workers_busy(), 1);
+        drop(first);
+        assert_eq!(metrics.workers_busy(), 0);
+    }
+
+    #[test]
+    fn odd_status_codes_stay_in_range() {
+        let metrics = Metrics::new();
+        metrics.request(&ok(42, 0, 0));
+        metrics.request(&ok(1000, 0, 0));
+        let page = metrics.render(&Gauges::default());
+        assert_eq!(value(&page, "fetchproxy_requests_total{code=\"100\"}"), 1.0);
+        assert_eq!(value(&page, "fetchproxy_requests_total{code=\"599\"}"), 1.0);
+    }
+}
