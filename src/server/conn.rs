@@ -249,7 +249,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if self.armed {
-            self.handback.send(Return::Closed(self.key));
+            self.handback.closed(self.key);
         }
     }
 }
