@@ -4,9 +4,13 @@
 //! It parks idle keep-alive connections that workers hand back and enforces
 //! `header_timeout` and `idle_timeout`. It never blocks on a worker and never
 //! reads a body: a full queue is answered 503 at once.
+//!
+//! Here: the loop, accepting, reading heads, and the hand-off to and from
+//! workers. `answers` holds the replies it writes itself; `deadlines` the
+//! timeouts and the start of draining.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
@@ -15,15 +19,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use rustix::net::{RecvFlags, SendFlags};
+use rustix::net::RecvFlags;
 use slab::Slab;
 
 use crate::access;
 use crate::config::ServeConfig;
 use crate::error::ProxyError;
 use crate::http::request::{self, HeadLimits, Parsed, RequestHead};
-use crate::http::response;
-use crate::logging::AccessRecord;
 use crate::metrics::Metrics;
 use crate::rules::SharedRules;
 #[cfg(not(target_os = "linux"))]
@@ -32,6 +34,11 @@ use crate::server::conn::{ClientConn, ConnLimits, Registration, Return};
 use crate::server::handback::Handback;
 use crate::server::request_id::RequestIds;
 use crate::shutdown::Shutdown;
+use answers::send_now;
+use deadlines::drain_input;
+
+mod answers;
+mod deadlines;
 
 /// The token of the waker; listeners use 0..L, connections L.. .
 pub const WAKER: Token = Token(usize::MAX);
@@ -266,27 +273,6 @@ impl Acceptor {
         }
     }
 
-    /// Answers a connection the proxy will not serve, and closes it.
-    fn refuse(&self, stream: &TcpStream, peer: SocketAddr, err: ProxyError) {
-        log::debug!("refusing {peer}: {err}");
-        let request_id = self.ids.fresh();
-        let answer = response::error_response(&err, &request_id, true, false);
-        send_now(stream, &answer);
-        super::finished(
-            &self.metrics,
-            &AccessRecord {
-                client: peer,
-                method: "-",
-                url: "-",
-                status: err.status(),
-                bytes: 0,
-                duration: Duration::ZERO,
-                request_id: &request_id,
-                error: Some(err.proxy_status()),
-            },
-        );
-    }
-
     /// Registers a new connection with the loop for its whole life.
     fn register(&mut self, mut conn: ClientConn) {
         let entry = self.entries.vacant_entry();
@@ -518,200 +504,10 @@ impl Acceptor {
             }
         }
     }
-
-    /// Answers a queued-to-be job with `err` from this thread and closes it.
-    fn answer_directly(&mut self, job: Job, err: ProxyError) {
-        let Job {
-            mut conn,
-            head,
-            queued_at,
-        } = job;
-        // The acceptor closes it: free its place here, not by message.
-        if let Some(key) = conn.registration_key() {
-            self.entries.try_remove(key);
-        }
-        conn.disarm_registration();
-        let (method, url, request_id) = match &head {
-            Ok(head) => (
-                head.method.as_str(),
-                head.target.as_str(),
-                self.ids.for_request(head),
-            ),
-            Err(_) => ("-", "-", self.ids.fresh()),
-        };
-        let head_only = method == "HEAD";
-        let answer = response::error_response(&err, &request_id, true, head_only);
-        send_now(&conn.stream, &answer);
-        super::finished(
-            &self.metrics,
-            &AccessRecord {
-                client: conn.peer,
-                method,
-                url,
-                status: err.status(),
-                bytes: 0,
-                duration: queued_at.elapsed(),
-                request_id: &request_id,
-                error: Some(err.proxy_status()),
-            },
-        );
-    }
-
-    /// Closes connections past their deadline: 408 for a head that started
-    /// to arrive (503 when the grace period ended it), silently for one
-    /// that sent nothing.
-    fn expire(&mut self, now: Instant) {
-        let expired: Vec<(usize, bool)> = self
-            .entries
-            .iter()
-            .filter_map(|(key, entry)| match entry {
-                Entry::Parked {
-                    conn,
-                    phase,
-                    deadline,
-                } if *deadline <= now => Some((
-                    key,
-                    *phase == Phase::Linger
-                        || (*phase == Phase::Head && !conn.pending().is_empty()),
-                )),
-                _ => None,
-            })
-            .collect();
-        let grace_over = self.grace_end.is_some_and(|end| now >= end);
-        for (key, started) in expired {
-            if !started {
-                self.close(key);
-                continue;
-            }
-            let Some(Entry::Parked {
-                conn,
-                phase,
-                deadline,
-            }) = self.entries.get_mut(key)
-            else {
-                continue;
-            };
-            if *phase == Phase::Linger {
-                self.close(key);
-                continue;
-            }
-            {
-                // A head cut by the end of the grace period is a request cut short.
-                self.cut_short |= grace_over;
-                let err = if grace_over {
-                    ProxyError::ShuttingDown
-                } else {
-                    ProxyError::HeadTimeout(self.config.header_timeout)
-                };
-                let request_id = self.ids.fresh();
-                let answer = response::error_response(&err, &request_id, true, false);
-                send_now(&conn.stream, &answer);
-                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-                let unread = conn.pending().len();
-                conn.consume_pending(unread);
-                *phase = Phase::Linger;
-                *deadline = now + LINGER;
-                super::finished(
-                    &self.metrics,
-                    &AccessRecord {
-                        client: conn.peer,
-                        method: "-",
-                        url: "-",
-                        status: err.status(),
-                        bytes: 0,
-                        duration: self.config.header_timeout,
-                        request_id: &request_id,
-                        error: Some(err.proxy_status()),
-                    },
-                );
-            }
-        }
-    }
-
-    /// Closes the listeners and every connection that has not begun a request.
-    fn start_draining(&mut self) {
-        self.draining = true;
-        // A head still arriving gets until the end of the grace period, not
-        // a whole header_timeout: a slow client must not hold up the exit.
-        let grace_end =
-            self.shutdown.draining_since().unwrap_or_else(Instant::now) + self.config.grace;
-        self.grace_end = Some(grace_end);
-        for listener in &self.listeners {
-            let _ = self
-                .registry
-                .deregister(&mut SourceFd(&listener.as_raw_fd()));
-        }
-        // Dropping the listeners closes them: new connections are refused.
-        self.listeners.clear();
-        // A request that already arrived, on a parked connection or one just
-        // handed back, is served rather than dropped.
-        self.take_returns();
-        let parked: Vec<usize> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| matches!(entry, Entry::Parked { .. }))
-            .map(|(key, _)| key)
-            .collect();
-        for key in parked {
-            self.on_readable(key);
-        }
-        let idle: Vec<usize> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| match entry {
-                Entry::Parked { conn, phase, .. } => {
-                    *phase == Phase::Idle || conn.pending().is_empty()
-                }
-                Entry::Busy { .. } => false,
-            })
-            .map(|(key, _)| key)
-            .collect();
-        for key in idle {
-            self.close(key);
-        }
-        for (_, entry) in self.entries.iter_mut() {
-            if let Entry::Parked { deadline, .. } = entry {
-                *deadline = (*deadline).min(grace_end);
-            }
-        }
-        log::info!(
-            "draining: listeners closed, {} request heads still arriving",
-            self.entries.len()
-        );
-    }
-}
-
-impl Acceptor {
-    /// Whether any connection is waiting here (the acceptor must stay to serve it).
-    fn has_parked(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|(_, entry)| matches!(entry, Entry::Parked { .. }))
-    }
 }
 
 /// Whether the bytes end with the blank line that ends a head; a cheap
 /// test to stop reading, not a parse.
 fn head_may_be_complete(bytes: &[u8]) -> bool {
     bytes.ends_with(b"\r\n\r\n") || bytes.ends_with(b"\n\n")
-}
-
-/// Reads and drops whatever the peer sent, without blocking; true once the
-/// peer has closed (or the socket failed).
-fn drain_input(stream: &TcpStream, scratch: &mut [u8]) -> bool {
-    loop {
-        match rustix::net::recv(stream, &mut *scratch, RecvFlags::DONTWAIT) {
-            Ok((0, _)) => return true,
-            Ok(_) => {}
-            Err(rustix::io::Errno::AGAIN) => return false,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return true,
-        }
-    }
-}
-
-/// Sends an answer without ever blocking: a peer that does not read it
-/// does not get it.
-fn send_now(stream: &TcpStream, bytes: &[u8]) {
-    let _ = rustix::net::send(stream, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
 }
