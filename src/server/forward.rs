@@ -315,7 +315,7 @@ fn relay_response(
     }
     out.extend_from_slice(b"\r\n");
 
-    let mut client = HeadFirst { head: out, conn };
+    let mut client = HeadFirst::new(out, conn);
     let mut reader = body.into_reader();
     let limit = ctx.config.max_body_bytes.unwrap_or(u64::MAX);
     let copied = match framing {
@@ -367,36 +367,62 @@ fn relay_response(
 }
 
 /// Sends the response head together with the first piece of body in one
-/// write, then every later piece as soon as it is read: small responses cost
-/// one system call, and a slow origin's bytes are never held back.
-struct HeadFirst<'a> {
+/// vectored write (the body is not copied next to the head), then every
+/// later piece as soon as it is read: small responses cost one system call,
+/// and a slow origin's bytes are never held back.
+struct HeadFirst<W> {
     head: Vec<u8>,
-    conn: &'a mut ClientConn,
+    /// Bytes of `head` already written.
+    head_sent: usize,
+    conn: W,
 }
 
-impl Write for HeadFirst<'_> {
+impl<W: Write> HeadFirst<W> {
+    fn new(head: Vec<u8>, conn: W) -> HeadFirst<W> {
+        HeadFirst {
+            head,
+            head_sent: 0,
+            conn,
+        }
+    }
+}
+
+impl<W: Write> Write for HeadFirst<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[IoSlice::new(data)])
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if self.head.is_empty() {
-            return self.conn.write_vectored(bufs);
+        while self.head_sent < self.head.len() {
+            // What is left of the head, then as many pieces as fit in four
+            // slices (a chunk is three: size line, data, CRLF).
+            let head_left = self.head.len() - self.head_sent;
+            let mut slices = [IoSlice::new(&[]); 4];
+            slices[0] = IoSlice::new(&self.head[self.head_sent..]);
+            let count = 1 + bufs.len().min(slices.len() - 1);
+            slices[1..count].copy_from_slice(&bufs[..count - 1]);
+            let n = self.conn.write_vectored(&slices[..count])?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            if n < head_left {
+                self.head_sent += n;
+                continue;
+            }
+            self.head = Vec::new();
+            self.head_sent = 0;
+            if n > head_left {
+                return Ok(n - head_left);
+            }
         }
-        let mut total = 0;
-        for buf in bufs {
-            self.head.extend_from_slice(buf);
-            total += buf.len();
-        }
-        self.conn.write_all(&self.head)?;
-        self.head = Vec::new();
-        Ok(total)
+        self.conn.write_vectored(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if !self.head.is_empty() {
-            self.conn.write_all(&self.head)?;
+        if self.head_sent < self.head.len() {
+            self.conn.write_all(&self.head[self.head_sent..])?;
             self.head = Vec::new();
+            self.head_sent = 0;
         }
         self.conn.flush()
     }
@@ -582,6 +608,69 @@ mod tests {
         }
         for (host, port) in [("127.0.0.1", 8081), ("127.0.0.2", 8080), ("[::1]", 8080)] {
             assert!(!targets_this_proxy(host, port, local), "{host}:{port}");
+        }
+    }
+
+    /// Takes at most `step` bytes per write, the way a socket with a full
+    /// buffer and a send timeout does, and reports where each call ended.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+        ends: Vec<usize>,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(data)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.step;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                self.got.extend_from_slice(&buf[..n]);
+                room -= n;
+            }
+            self.ends.push(self.got.len());
+            Ok(self.step - room)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Head and body arrive whole and in order however the writes are cut:
+    /// inside the head, right at its end, and inside the body; as plain
+    /// pieces and as chunks.
+    #[test]
+    fn head_first_survives_partial_writes() {
+        let head: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        for step in [1, 7, 250, 1000, 1500, 10_000] {
+            let mut out = Trickle {
+                got: Vec::new(),
+                step,
+                ends: Vec::new(),
+            };
+            let mut writer = HeadFirst::new(head.clone(), &mut out);
+            writer.write_all(&body[..1000]).expect("plain piece");
+            let mut chunked = ChunkedWriter::new(writer);
+            chunked.write_all(&body[1000..]).expect("chunked piece");
+            chunked
+                .finish()
+                .expect("last chunk")
+                .flush()
+                .expect("flush");
+            let mut expected = head.clone();
+            expected.extend_from_slice(&body[..1000]);
+            expected.extend_from_slice(b"7d0\r\n");
+            expected.extend_from_slice(&body[1000..]);
+            expected.extend_from_slice(b"\r\n0\r\n\r\n");
+            assert!(out.got == expected, "step {step}");
+            if step >= 1500 {
+                assert_eq!(out.ends[0], step.min(2000), "head and body in one write");
+            }
         }
     }
 }
