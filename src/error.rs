@@ -329,6 +329,35 @@ mod tests {
             ProxyError::UpstreamTimeout(TimeoutPhase::Response),
             ProxyError::LoopDetected,
         ];
+        // A new variant fails to compile here until it joins the list above.
+        for err in &every_variant {
+            match err {
+                ProxyError::BadRequest(_)
+                | ProxyError::NotProxyEndpoint(_)
+                | ProxyError::SchemeNotSupported(_)
+                | ProxyError::ClientDenied { .. }
+                | ProxyError::DestinationDenied { .. }
+                | ProxyError::PortDenied { .. }
+                | ProxyError::ProxyAuthRequired(_)
+                | ProxyError::HeadTimeout(_)
+                | ProxyError::BodyTooLarge { .. }
+                | ProxyError::UrlTooLong { .. }
+                | ProxyError::HeadTooLarge { .. }
+                | ProxyError::Internal(_)
+                | ProxyError::MethodNotSupported(_)
+                | ProxyError::DnsFailed { .. }
+                | ProxyError::ConnectionRefused { .. }
+                | ProxyError::ConnectFailed { .. }
+                | ProxyError::UpstreamTls(_)
+                | ProxyError::UpstreamProtocol(_)
+                | ProxyError::UpstreamBodyTooLarge { .. }
+                | ProxyError::QueueFull
+                | ProxyError::ShuttingDown
+                | ProxyError::TooManyConnections { .. }
+                | ProxyError::UpstreamTimeout(_)
+                | ProxyError::LoopDetected => {}
+            }
+        }
         let mut used: Vec<&str> = every_variant.iter().map(ProxyError::proxy_status).collect();
         used.sort_unstable();
         used.dedup();

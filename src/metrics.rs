@@ -1,6 +1,7 @@
 //! The server's counters for `GET /metrics` and their rendering in the
 //! Prometheus text exposition format (version 0.0.4). Counting takes no lock
-//! and allocates nothing: a finished request costs four relaxed atomic adds.
+//! and allocates nothing: a finished request costs four or five relaxed
+//! atomic adds, and a job two more for the busy-worker gauge.
 //! Gauges that other parts already keep (open connections, queue length) are
 //! read when the page is rendered. No logging here.
 
@@ -19,7 +20,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// Status codes are counted one by one over this range; others (there
-/// should be none) are counted as 599.
+/// should be none) are counted at its nearer end.
 const STATUS_MIN: u16 = 100;
 const STATUS_MAX: u16 = 599;
 const STATUS_SLOTS: usize = (STATUS_MAX - STATUS_MIN + 1) as usize;
@@ -85,7 +86,7 @@ impl Metrics {
         }
     }
 
-    /// Counts a client connection taken in.
+    /// Counts a client connection taken into the loop.
     pub fn connection_accepted(&self) {
         self.connections_accepted.fetch_add(1, Ordering::Relaxed);
     }
@@ -169,7 +170,7 @@ impl Metrics {
         page.single(
             "fetchproxy_connections_accepted_total",
             "counter",
-            "Client connections accepted.",
+            "Client connections taken in; those refused at once (client range, limits) count only as requests.",
             load(&self.connections_accepted),
         );
         page.single(
@@ -227,7 +228,7 @@ impl Metrics {
         page.family(
             "fetchproxy_errors_total",
             "counter",
-            "Requests the proxy answered with an error, by Proxy-Status error type (RFC 9209).",
+            "Requests that ended in an error, by Proxy-Status error type (RFC 9209): answered by the proxy, or cut short when the upstream failed mid-body.",
         );
         for (error, count) in PROXY_STATUS_TYPES.iter().zip(&self.by_error) {
             page.sample(

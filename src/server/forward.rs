@@ -374,6 +374,8 @@ struct HeadFirst<W> {
     head: Vec<u8>,
     /// Bytes of `head` already written.
     head_sent: usize,
+    /// A write failed: the client is gone, and nothing more is tried.
+    failed: bool,
     conn: W,
 }
 
@@ -382,6 +384,7 @@ impl<W: Write> HeadFirst<W> {
         HeadFirst {
             head,
             head_sent: 0,
+            failed: false,
             conn,
         }
     }
@@ -393,6 +396,35 @@ impl<W: Write> Write for HeadFirst<W> {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let written = self.write_through(bufs);
+        if written
+            .as_ref()
+            .is_err_and(|err| err.kind() != io::ErrorKind::Interrupted)
+        {
+            self.failed = true;
+        }
+        written
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("the client connection failed"));
+        }
+        if self.head_sent < self.head.len() {
+            self.conn.write_all(&self.head[self.head_sent..])?;
+            self.head = Vec::new();
+            self.head_sent = 0;
+        }
+        self.conn.flush()
+    }
+}
+
+impl<W: Write> HeadFirst<W> {
+    /// The head's rest, then `bufs`: what `write_vectored` reports.
+    fn write_through(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::other("the client connection failed"));
+        }
         while self.head_sent < self.head.len() {
             // What is left of the head, then as many pieces as fit in four
             // slices (a chunk is three: size line, data, CRLF).
@@ -416,15 +448,6 @@ impl<W: Write> Write for HeadFirst<W> {
             }
         }
         self.conn.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.head_sent < self.head.len() {
-            self.conn.write_all(&self.head[self.head_sent..])?;
-            self.head = Vec::new();
-            self.head_sent = 0;
-        }
-        self.conn.flush()
     }
 }
 
@@ -638,6 +661,32 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Fails every write, counting the attempts.
+    struct Broken(usize);
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            self.0 += 1;
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// After the client connection failed, flushing tries nothing more (it
+    /// would wait out a second send timeout on a dead client).
+    #[test]
+    fn head_first_gives_up_after_a_failed_write() {
+        let mut broken = Broken(0);
+        let mut writer = HeadFirst::new(b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), &mut broken);
+        assert!(writer.write_all(b"body").is_err());
+        assert!(writer.flush().is_err());
+        assert!(writer.write_all(b"more").is_err());
+        assert_eq!(broken.0, 1);
     }
 
     /// Head and body arrive whole and in order however the writes are cut:

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, SendError, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -89,6 +89,7 @@ pub struct Relay {
     waker: Arc<Waker>,
     open: Arc<AtomicUsize>,
     max_tunnels: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// A place among `max_tunnels`; dropping it gives the place back.
@@ -146,8 +147,13 @@ impl Relay {
             up: Pipe::new(),
             down: Pipe::new(),
         };
-        if self.tx.send(tunnel).is_ok() {
-            let _ = self.waker.wake();
+        match self.tx.send(tunnel) {
+            Ok(()) => {
+                let _ = self.waker.wake();
+            }
+            // The relay is gone (stop-now): the client got its 200, and
+            // its tunnel ends here.
+            Err(SendError(tunnel)) => tunnel.finish(&self.metrics, "proxy shutting down"),
         }
     }
 }
@@ -164,16 +170,19 @@ pub fn spawn_relay(
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::unbounded();
+    let open = Arc::new(AtomicUsize::new(0));
     let relay = Relay {
         tx,
         waker,
-        open: Arc::new(AtomicUsize::new(0)),
+        open: open.clone(),
         max_tunnels: config.max_tunnels,
+        metrics: metrics.clone(),
     };
     let loop_state = RelayLoop {
         poll,
         tunnels: Slab::new(),
         incoming: rx,
+        open,
         config,
         shutdown,
         metrics,
@@ -263,6 +272,24 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
+    /// Writes the tunnel's access-log line and counts it: once, when it ends.
+    fn finish(&self, metrics: &Metrics, why: &str) {
+        log::debug!("tunnel to {} closed: {why}", self.target);
+        crate::server::finished(
+            metrics,
+            &AccessRecord {
+                client: self.client.peer,
+                method: "CONNECT",
+                url: &self.target,
+                status: 200,
+                bytes: self.down.total,
+                duration: self.started.elapsed(),
+                request_id: &self.request_id,
+                error: None,
+            },
+        );
+    }
+
     /// Moves what can be moved both ways; Ok(false) once both ways are done.
     fn pump(&mut self) -> io::Result<bool> {
         // Bytes the client sent right after the CONNECT head go first.
@@ -295,6 +322,8 @@ struct RelayLoop {
     poll: Poll,
     tunnels: Slab<Tunnel>,
     incoming: Receiver<Tunnel>,
+    /// Tunnel places taken, counting those a worker is still connecting.
+    open: Arc<AtomicUsize>,
     config: Arc<ServeConfig>,
     shutdown: Arc<Shutdown>,
     metrics: Arc<Metrics>,
@@ -305,9 +334,12 @@ impl RelayLoop {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now();
         loop {
+            // While draining, a worker may still be connecting a CONNECT
+            // taken in before: its place is counted in `open`, so the relay
+            // waits for it.
             if self.shutdown.is_stopping_now()
                 || (self.shutdown.is_draining()
-                    && self.tunnels.is_empty()
+                    && self.open.load(Ordering::SeqCst) == 0
                     && self.incoming.is_empty())
             {
                 break;
@@ -335,14 +367,21 @@ impl RelayLoop {
             }
         }
         for key in self.tunnels.iter().map(|(key, _)| key).collect::<Vec<_>>() {
-            self.close(key, Some("proxy shutting down"));
+            self.close(key, "proxy shutting down");
+        }
+        while let Ok(tunnel) = self.incoming.try_recv() {
+            tunnel.finish(&self.metrics, "proxy shutting down");
         }
     }
 
     fn add(&mut self, tunnel: Tunnel) {
-        if tunnel.client.stream.set_nonblocking(true).is_err()
-            || tunnel.upstream.set_nonblocking(true).is_err()
+        if let Err(err) = tunnel
+            .client
+            .stream
+            .set_nonblocking(true)
+            .and_then(|()| tunnel.upstream.set_nonblocking(true))
         {
+            tunnel.finish(&self.metrics, &format!("cannot relay: {err}"));
             return;
         }
         let entry = self.tunnels.vacant_entry();
@@ -359,6 +398,7 @@ impl RelayLoop {
                 .is_err()
         {
             let _ = registry.deregister(&mut SourceFd(&client_fd));
+            tunnel.finish(&self.metrics, "cannot relay: registration failed");
             return;
         }
         entry.insert(tunnel);
@@ -371,8 +411,8 @@ impl RelayLoop {
         };
         match tunnel.pump() {
             Ok(true) => {}
-            Ok(false) => self.close(key, None),
-            Err(err) => self.close(key, Some(&err.to_string())),
+            Ok(false) => self.close(key, "both sides done"),
+            Err(err) => self.close(key, &err.to_string()),
         }
     }
 
@@ -390,33 +430,18 @@ impl RelayLoop {
             .map(|(key, _)| key)
             .collect();
         for key in idle {
-            self.close(key, Some("idle"));
+            self.close(key, "idle");
         }
     }
 
-    fn close(&mut self, key: usize, why: Option<&str>) {
+    fn close(&mut self, key: usize, why: &str) {
         let Some(tunnel) = self.tunnels.try_remove(key) else {
             return;
         };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&tunnel.client.stream.as_raw_fd()));
         let _ = registry.deregister(&mut SourceFd(&tunnel.upstream.as_raw_fd()));
-        if let Some(why) = why {
-            log::debug!("tunnel to {} closed: {why}", tunnel.target);
-        }
-        crate::server::finished(
-            &self.metrics,
-            &AccessRecord {
-                client: tunnel.client.peer,
-                method: "CONNECT",
-                url: &tunnel.target,
-                status: 200,
-                bytes: tunnel.down.total,
-                duration: tunnel.started.elapsed(),
-                request_id: &tunnel.request_id,
-                error: None,
-            },
-        );
+        tunnel.finish(&self.metrics, why);
     }
 }
 

@@ -256,6 +256,23 @@ fn open_tunnel(
             if conn.write_all(&out).is_ok() {
                 ctx.relay
                     .start(conn, upstream, slot, &head.target, request_id, started);
+            } else {
+                // The client left before its tunnel began.
+                let served = Served {
+                    status: 200,
+                    bytes: 0,
+                    error: None,
+                    reusable: false,
+                };
+                log_request(
+                    &conn,
+                    &head.method,
+                    &head.target,
+                    &served,
+                    started,
+                    request_id,
+                    ctx,
+                );
             }
         }
         Ok(Err(err)) => {

@@ -133,10 +133,12 @@ impl Acceptor {
                 *deadline = (*deadline).min(grace_end);
             }
         }
-        log::info!(
-            "draining: listeners closed, {} request heads still arriving",
-            self.entries.len()
-        );
+        let arriving = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Entry::Parked { .. }))
+            .count();
+        log::info!("draining: listeners closed, {arriving} request heads still arriving");
     }
 
     /// Whether any connection is waiting here (the acceptor must stay to serve it).

@@ -267,7 +267,6 @@ impl Acceptor {
             {
                 continue;
             }
-            self.metrics.connection_accepted();
             let conn = ClientConn::new(stream, peer, self.listen_addrs[index], slot);
             self.register(conn);
         }
@@ -286,6 +285,7 @@ impl Acceptor {
             log::warn!("cannot register {}: {err}", conn.peer);
             return;
         }
+        self.metrics.connection_accepted();
         conn.set_registration(Registration::new(
             key,
             self.handback.clone(),
