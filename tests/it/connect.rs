@@ -11,7 +11,9 @@ use crate::support::raw::{
     RawResponse, assert_raw_error, closes_within, connect_through, read_one,
 };
 use crate::support::servers::EchoServer;
-use crate::support::{Origin, Proxy, curl, read_until_close, test_config, wait_until};
+use crate::support::{
+    Origin, Proxy, curl, metric, read_until_close, scrape_metrics, test_config, wait_until,
+};
 
 /// Generous limit for anything that should take milliseconds.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -294,6 +296,44 @@ fn open_tunnels_hold_no_worker() {
         assert_eq!(echo_through(tunnel, message.as_bytes()), message.as_bytes());
     }
     assert_eq!(echo.accepted(), 100);
+}
+
+/// `/metrics` shows a tunnel while it is open and counts it once when it
+/// closes, as a 200 left out of the duration histogram (its duration is the
+/// tunnel's life). Scrapes are the only other requests, and they are in both.
+#[test]
+fn metrics_show_an_open_tunnel_and_count_it_once_closed() {
+    let echo = EchoServer::start();
+    let proxy = proxy_for_port(echo.addr.port());
+    let mut stream = open_tunnel(&proxy, &echo.addr.to_string());
+    assert_eq!(echo_through(&mut stream, b"ping"), b"ping");
+    let tunnels_counted = |page: &str| {
+        let ok = metric(page, "fetchproxy_requests_total{code=\"200\"}").unwrap_or(0.0);
+        let timed = metric(page, "fetchproxy_request_duration_seconds_count").unwrap_or(0.0);
+        ok - timed
+    };
+    let mut page = String::new();
+    assert!(
+        wait_until(LIMIT, || {
+            page = scrape_metrics(proxy.addr).1;
+            metric(&page, "fetchproxy_tunnels_open") == Some(1.0)
+        }),
+        "{page}"
+    );
+    assert_eq!(tunnels_counted(&page), 0.0, "{page}");
+    stream.shutdown(Shutdown::Both).expect("close the tunnel");
+    drop(stream);
+    assert!(
+        wait_until(LIMIT, || {
+            page = scrape_metrics(proxy.addr).1;
+            metric(&page, "fetchproxy_tunnels_open") == Some(0.0) && tunnels_counted(&page) == 1.0
+        }),
+        "{page}"
+    );
+    assert!(
+        metric(&page, "fetchproxy_response_body_bytes_total").is_some_and(|b| b >= 4.0),
+        "{page}"
+    );
 }
 
 #[test]

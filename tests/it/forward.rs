@@ -17,7 +17,8 @@ use crate::support::raw::{
 };
 use crate::support::servers::{Responder, Streamer};
 use crate::support::{
-    Gate, Origin, OriginRequest, Proxy, Reply, curl, gated_origin, test_config, wait_until,
+    Gate, Origin, OriginRequest, Proxy, Reply, curl, gated_origin, metric, scrape_metrics,
+    test_config, wait_until,
 };
 
 /// Generous limit for anything that should take milliseconds.
@@ -854,29 +855,6 @@ fn healthz_answers_200() {
     );
 }
 
-/// One `/metrics` scrape with curl, as Prometheus would (no proxy).
-fn scrape(proxy: std::net::SocketAddr) -> (String, String) {
-    let output = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "--noproxy", "*", "-D", "-"])
-        .arg(format!("http://{proxy}/metrics"))
-        .output()
-        .expect("run curl");
-    assert!(output.status.success(), "{output:?}");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-    (head.to_string(), body.to_string())
-}
-
-/// The value of the sample named exactly `name` (labels included).
-fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (n, value) = line.rsplit_once(' ')?;
-            (n == name).then(|| value.parse().ok())?
-        })
-}
-
 #[test]
 fn metrics_count_what_was_answered() {
     let origin = Origin::start(|_| Reply::status(203));
@@ -900,14 +878,14 @@ fn metrics_count_what_was_answered() {
 
     // A worker counts a request just after its last byte went out: wait for it.
     let counted = |page: &str| {
-        sample(page, "fetchproxy_requests_total{code=\"203\"}") == Some(3.0)
-            && sample(page, "fetchproxy_requests_total{code=\"502\"}") == Some(1.0)
-            && sample(page, "fetchproxy_requests_total{code=\"400\"}") == Some(1.0)
+        metric(page, "fetchproxy_requests_total{code=\"203\"}") == Some(3.0)
+            && metric(page, "fetchproxy_requests_total{code=\"502\"}") == Some(1.0)
+            && metric(page, "fetchproxy_requests_total{code=\"400\"}") == Some(1.0)
     };
     let mut last = (String::new(), String::new());
     assert!(
         wait_until(LIMIT, || {
-            last = scrape(proxy.addr);
+            last = scrape_metrics(proxy.addr);
             counted(&last.1)
         }),
         "{}",
@@ -919,7 +897,7 @@ fn metrics_count_what_was_answered() {
             .contains("content-type: text/plain; version=0.0.4"),
         "{head}"
     );
-    let value = |name: &str| sample(&page, name).unwrap_or_else(|| panic!("{name}:\n{page}"));
+    let value = |name: &str| metric(&page, name).unwrap_or_else(|| panic!("{name}:\n{page}"));
     assert_eq!(
         value("fetchproxy_errors_total{error=\"connection_refused\"}"),
         1.0

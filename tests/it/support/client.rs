@@ -118,6 +118,31 @@ pub fn read_response(stream: &mut TcpStream, limit: Duration) -> Option<(u16, St
     Some((response.status, response.head, response.body))
 }
 
+/// One `/metrics` scrape with curl, as Prometheus would (no proxy):
+/// (response head, page).
+pub fn scrape_metrics(proxy: SocketAddr) -> (String, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--noproxy", "*", "-D", "-"])
+        .arg(format!("http://{proxy}/metrics"))
+        .output()
+        .expect("run curl");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (head, page) = text.split_once("\r\n\r\n").expect("head and body");
+    (head.to_string(), page.to_string())
+}
+
+/// The value of the sample named exactly `name` (labels included) on a
+/// `/metrics` page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (n, value) = line.rsplit_once(' ')?;
+            (n == name).then(|| value.parse().ok())?
+        })
+}
+
 /// Polls `check` every 20 ms until it is true or `limit` passes.
 pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

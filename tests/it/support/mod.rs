@@ -10,6 +10,8 @@ pub mod proxy;
 pub mod raw;
 pub mod servers;
 
-pub use client::{CurlReply, curl, raw, read_response, read_until_close, wait_until};
+pub use client::{
+    CurlReply, curl, metric, raw, read_response, read_until_close, scrape_metrics, wait_until,
+};
 pub use origin::{Gate, Origin, OriginRequest, Reply, gated_origin};
 pub use proxy::{Proxy, ProxyProcess, run_binary, run_binary_within, test_config};
