@@ -58,9 +58,9 @@ pub struct Metrics {
     by_status: Box<[AtomicU64]>,
     by_error: [AtomicU64; PROXY_STATUS_TYPES.len()],
     body_bytes: AtomicU64,
-    /// Not cumulative: each request lands in one bucket; the last is `+Inf`.
-    duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
-    duration_micros: AtomicU64,
+    durations: Histogram,
+    upstream_connects: AtomicU64,
+    upstream_waits: Histogram,
     workers_busy: AtomicU64,
     worker_panics: AtomicU64,
 }
@@ -79,8 +79,9 @@ impl Metrics {
             by_status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             by_error: std::array::from_fn(|_| AtomicU64::new(0)),
             body_bytes: AtomicU64::new(0),
-            duration_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            duration_micros: AtomicU64::new(0),
+            durations: Histogram::new(),
+            upstream_connects: AtomicU64::new(0),
+            upstream_waits: Histogram::new(),
             workers_busy: AtomicU64::new(0),
             worker_panics: AtomicU64::new(0),
         }
@@ -105,15 +106,19 @@ impl Metrics {
             }
         }
         if let Some(duration) = finished.duration {
-            let seconds = duration.as_secs_f64();
-            let bucket = DURATION_BUCKETS
-                .iter()
-                .position(|bound| seconds <= *bound)
-                .unwrap_or(DURATION_BUCKETS.len());
-            self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-            let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-            self.duration_micros.fetch_add(micros, Ordering::Relaxed);
+            self.durations.observe(duration);
         }
+    }
+
+    /// Counts a new connection to an origin (a pooled one reused is not).
+    pub fn upstream_connected(&self) {
+        self.upstream_connects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long an origin took to answer: from the start of the
+    /// request (connecting included) to its response head.
+    pub fn upstream_answered(&self, wait: Duration) {
+        self.upstream_waits.observe(wait);
     }
 
     /// Marks a worker busy until the returned guard is dropped.
@@ -243,7 +248,22 @@ impl Metrics {
             "Body bytes sent to clients (for tunnels, bytes from the target).",
             load(&self.body_bytes),
         );
-        self.render_durations(&mut page);
+        self.durations.render(
+            &mut page,
+            "fetchproxy_request_duration_seconds",
+            "Time to answer a request, as in the access log; tunnels excluded.",
+        );
+        page.single(
+            "fetchproxy_upstream_connections_opened_total",
+            "counter",
+            "Connections opened to origins; requests beyond these reused pooled ones.",
+            load(&self.upstream_connects),
+        );
+        self.upstream_waits.render(
+            &mut page,
+            "fetchproxy_upstream_response_seconds",
+            "Time from sending a request upstream (connecting included) to the origin's response head.",
+        );
         page.single(
             "fetchproxy_worker_panics_total",
             "counter",
@@ -252,26 +272,50 @@ impl Metrics {
         );
         page.0
     }
+}
 
-    fn render_durations(&self, page: &mut Page) {
-        const NAME: &str = "fetchproxy_request_duration_seconds";
-        page.family(
-            NAME,
-            "histogram",
-            "Time to answer a request, as in the access log; tunnels excluded.",
-        );
-        let bucket_name = format!("{NAME}_bucket");
+/// A latency histogram over [`DURATION_BUCKETS`].
+#[derive(Debug)]
+struct Histogram {
+    /// Not cumulative: each observation lands in one bucket; the last is `+Inf`.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The `_bucket` lines (cumulative), `_sum` and `_count`.
+    fn render(&self, page: &mut Page, name: &str, help: &str) {
+        page.family(name, "histogram", help);
+        let bucket_name = format!("{name}_bucket");
         let mut cumulative = 0;
-        for (index, count) in self.duration_buckets.iter().enumerate() {
+        for (index, count) in self.buckets.iter().enumerate() {
             cumulative += load(count);
             let bound = DURATION_BUCKETS
                 .get(index)
                 .map_or_else(|| "+Inf".to_string(), ToString::to_string);
             page.sample(&bucket_name, &format!("le=\"{bound}\""), cumulative);
         }
-        let sum = Duration::from_micros(load(&self.duration_micros)).as_secs_f64();
-        page.sample(&format!("{NAME}_sum"), "", sum);
-        page.sample(&format!("{NAME}_count"), "", cumulative);
+        let sum = Duration::from_micros(load(&self.sum_micros)).as_secs_f64();
+        page.sample(&format!("{name}_sum"), "", sum);
+        page.sample(&format!("{name}_count"), "", cumulative);
     }
 }
 
@@ -402,6 +446,34 @@ mod tests {
             3.0
         );
         assert!((value(&page, &format!("{histogram}_sum")) - 0.024).abs() < 1e-9);
+    }
+
+    #[test]
+    fn upstream_connections_and_waits_are_counted_apart() {
+        let metrics = Metrics::new();
+        metrics.upstream_connected();
+        metrics.upstream_answered(Duration::from_millis(30));
+        metrics.upstream_answered(Duration::from_micros(400));
+        metrics.request(&ok(200, 1, 31));
+        let page = metrics.render(&Gauges::default());
+        assert_eq!(
+            value(&page, "fetchproxy_upstream_connections_opened_total"),
+            1.0
+        );
+        let upstream = "fetchproxy_upstream_response_seconds";
+        assert_eq!(value(&page, &format!("{upstream}_count")), 2.0);
+        assert_eq!(
+            value(&page, &format!("{upstream}_bucket{{le=\"0.001\"}}")),
+            1.0
+        );
+        assert_eq!(
+            value(&page, &format!("{upstream}_bucket{{le=\"0.05\"}}")),
+            2.0
+        );
+        assert_eq!(
+            value(&page, "fetchproxy_request_duration_seconds_count"),
+            1.0
+        );
     }
 
     #[test]

@@ -8,17 +8,22 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::net::RecvFlags;
 use ureq::Error;
+
+use crate::metrics::Metrics;
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport,
 };
 
-/// Opens plain TCP connections to origins.
-#[derive(Debug, Default)]
-pub struct OriginConnector;
+/// Opens plain TCP connections to origins, counting them for `/metrics`.
+#[derive(Debug)]
+pub struct OriginConnector {
+    pub metrics: Arc<Metrics>,
+}
 
 impl<In: Transport> Connector<In> for OriginConnector {
     type Out = Either<In, OriginTransport>;
@@ -32,6 +37,7 @@ impl<In: Transport> Connector<In> for OriginConnector {
             return Ok(chained.map(Either::A));
         }
         let stream = connect_any(&details.addrs, details.timeout)?;
+        self.metrics.upstream_connected();
         stream.set_nodelay(true)?;
         let config = details.config;
         let buffers = LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size());

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 use ureq::config::AutoHeaderValue;
 use ureq::http::Uri;
@@ -14,6 +15,7 @@ use ureq::unversioned::transport::{Connector, NextTimeout, RustlsConnector};
 use crate::access;
 use crate::config::ServeConfig;
 use crate::error::{ProxyError, TimeoutPhase};
+use crate::metrics::Metrics;
 use crate::rules::SharedRules;
 use crate::transport::OriginConnector;
 
@@ -25,7 +27,7 @@ const OUTPUT_BUFFER_BYTES: usize = 16 * 1024;
 const MAX_RESOLVED: usize = 16;
 
 /// Builds the one agent all workers share.
-pub fn agent(config: &ServeConfig, rules: SharedRules) -> ureq::Agent {
+pub fn agent(config: &ServeConfig, rules: SharedRules, metrics: Arc<Metrics>) -> ureq::Agent {
     let workers = config.workers.get();
     let agent_config = ureq::Agent::config_builder()
         // A proxy passes redirects and error statuses back; it follows nothing.
@@ -56,7 +58,7 @@ pub fn agent(config: &ServeConfig, rules: SharedRules) -> ureq::Agent {
         .build();
     let resolver = CheckingResolver { rules };
     // Plain TCP with a cheap liveness probe, then TLS for https origins.
-    let connector = ().chain(OriginConnector).chain(RustlsConnector::default());
+    let connector = ().chain(OriginConnector { metrics }).chain(RustlsConnector::default());
     ureq::Agent::with_parts(agent_config, connector, resolver)
 }
 

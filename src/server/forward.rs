@@ -7,6 +7,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use ureq::SendBody;
 use ureq::http::{self, HeaderName, HeaderValue, Uri};
@@ -101,6 +102,7 @@ pub fn forward(
             .map_err(client_gone)?;
     }
     let mut body = ClientBody::new(conn, framing, ctx.config.max_body_bytes);
+    let sent = Instant::now();
     let result = match framing {
         BodyFraming::Empty => ctx.agent.run(request.body(SendBody::none())?),
         _ => ctx
@@ -115,6 +117,7 @@ pub fn forward(
     drop(body);
     let response = result
         .map_err(|err| upstream::map_error(err, authority.as_ref().map_or("", |a| a.as_str())))?;
+    ctx.metrics.upstream_answered(sent.elapsed());
     relay_response(conn, head, response, request_id, ctx, buf, request_read)
 }
 

@@ -170,7 +170,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue.get());
     let ctx = Arc::new(Context {
         config: config.clone(),
-        agent: crate::upstream::agent(&config, rules.clone()),
+        agent: crate::upstream::agent(&config, rules.clone(), metrics.clone()),
         rules: rules.clone(),
         shutdown: shutdown.clone(),
         handback,

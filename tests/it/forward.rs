@@ -907,6 +907,11 @@ fn metrics_count_what_was_answered() {
         1.0
     );
     assert_eq!(value("fetchproxy_errors_total{error=\"dns_error\"}"), 0.0);
+    // The three 203s came from the origin (the refused connection never
+    // opened), over one pooled connection unless the origin closed it.
+    assert_eq!(value("fetchproxy_upstream_response_seconds_count"), 3.0);
+    let opened = value("fetchproxy_upstream_connections_opened_total");
+    assert!((1.0..=3.0).contains(&opened), "{page}");
     assert_eq!(value("fetchproxy_workers"), 4.0);
     assert_eq!(value("fetchproxy_queue_capacity"), 16.0);
     assert_eq!(value("fetchproxy_draining"), 0.0);
