@@ -115,8 +115,8 @@ impl Metrics {
         self.upstream_connects.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records how long an origin took to answer: from the start of the
-    /// request (connecting included) to its response head.
+    /// Records how long an upstream call took until the response head: name
+    /// lookup, taking or opening a connection, sending the request and its body.
     pub fn upstream_answered(&self, wait: Duration) {
         self.upstream_waits.observe(wait);
     }
@@ -256,13 +256,13 @@ impl Metrics {
         page.single(
             "fetchproxy_upstream_connections_opened_total",
             "counter",
-            "Connections opened to origins; requests beyond these reused pooled ones.",
+            "TCP connections opened to origins for forwarded requests (before any TLS handshake; tunnels not counted).",
             load(&self.upstream_connects),
         );
         self.upstream_waits.render(
             &mut page,
             "fetchproxy_upstream_response_seconds",
-            "Time from sending a request upstream (connecting included) to the origin's response head.",
+            "Upstream call of a forwarded request until the response head: lookup, connection (new or pooled, TLS included), request and body sent; failures left out.",
         );
         page.single(
             "fetchproxy_worker_panics_total",
