@@ -236,58 +236,38 @@ fn open_tunnel(
     let upstream = catch_panic(&mut conn, request_id, &ctx.metrics, |conn| {
         connect_tunnel(conn, head, ctx, rules)
     });
-    match upstream {
-        Err(panicked) => {
-            log_request(
-                &conn,
-                &head.method,
-                &head.target,
-                &panicked,
-                started,
-                request_id,
-                ctx,
-            );
-        }
+    let served = match upstream {
+        Err(panicked) => panicked,
         Ok(Ok((upstream, slot))) => {
             let mut out = Vec::with_capacity(128);
             response::write_status_line(&mut out, 200, "Connection Established");
             response::write_header(&mut out, "X-Request-Id", request_id.as_bytes());
             out.extend_from_slice(b"\r\n");
             if conn.write_all(&out).is_ok() {
+                // The relay writes the tunnel's log line when it ends.
                 ctx.relay
                     .start(conn, upstream, slot, &head.target, request_id, started);
-            } else {
-                // The client left before its tunnel began.
-                let served = Served {
-                    status: 200,
-                    bytes: 0,
-                    error: None,
-                    reusable: false,
-                };
-                log_request(
-                    &conn,
-                    &head.method,
-                    &head.target,
-                    &served,
-                    started,
-                    request_id,
-                    ctx,
-                );
+                return After::Gone;
+            }
+            // The client left before its tunnel began.
+            Served {
+                status: 200,
+                bytes: 0,
+                error: None,
+                reusable: false,
             }
         }
-        Ok(Err(err)) => {
-            let served = answer_error(&mut conn, &err, request_id, false, true);
-            log_request(
-                &conn,
-                &head.method,
-                &head.target,
-                &served,
-                started,
-                request_id,
-                ctx,
-            );
-        }
-    }
+        Ok(Err(err)) => answer_error(&mut conn, &err, request_id, false, true),
+    };
+    log_request(
+        &conn,
+        &head.method,
+        &head.target,
+        &served,
+        started,
+        request_id,
+        ctx,
+    );
     After::Gone
 }
 
