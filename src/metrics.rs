@@ -1,7 +1,8 @@
 //! The server's counters for `GET /metrics` and their rendering in the
 //! Prometheus text exposition format (version 0.0.4). Counting takes no lock
 //! and allocates nothing: a finished request costs four or five relaxed
-//! atomic adds, and a job two more for the busy-worker gauge.
+//! atomic adds, a forwarded one two more for the upstream histogram, and a
+//! job two for the busy-worker gauge.
 //! Gauges that other parts already keep (open connections, queue length) are
 //! read when the page is rendered. No logging here.
 
@@ -14,7 +15,7 @@ use crate::error::PROXY_STATUS_TYPES;
 /// The `Content-Type` of the rendered page.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Upper bounds (seconds) of the request-duration histogram's buckets.
+/// Upper bounds (seconds) of both latency histograms' buckets.
 const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
@@ -34,7 +35,7 @@ pub struct Finished<'a> {
     /// How long it took; `None` leaves it out of the duration histogram
     /// (a CONNECT tunnel, whose duration is the tunnel's life).
     pub duration: Option<Duration>,
-    /// The `Proxy-Status` error type, when the proxy answered with an error.
+    /// The `Proxy-Status` error type, when the request ended in an error.
     pub error: Option<&'a str>,
 }
 
