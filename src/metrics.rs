@@ -382,6 +382,11 @@ mod tests {
             .1
     }
 
+    /// The cumulative count of histogram `name` at bound `le`.
+    fn bucket(page: &str, name: &str, le: &str) -> f64 {
+        value(page, &format!("{name}_bucket{{le=\"{le}\"}}"))
+    }
+
     fn ok(status: u16, bytes: u64, millis: u64) -> Finished<'static> {
         Finished {
             status,
@@ -430,22 +435,10 @@ mod tests {
         assert_eq!(value(&page, "fetchproxy_queue_capacity"), 64.0);
         let histogram = "fetchproxy_request_duration_seconds";
         assert_eq!(value(&page, &format!("{histogram}_count")), 3.0);
-        assert_eq!(
-            value(&page, &format!("{histogram}_bucket{{le=\"0.001\"}}")),
-            1.0
-        );
-        assert_eq!(
-            value(&page, &format!("{histogram}_bucket{{le=\"0.005\"}}")),
-            2.0
-        );
-        assert_eq!(
-            value(&page, &format!("{histogram}_bucket{{le=\"0.025\"}}")),
-            3.0
-        );
-        assert_eq!(
-            value(&page, &format!("{histogram}_bucket{{le=\"+Inf\"}}")),
-            3.0
-        );
+        assert_eq!(bucket(&page, histogram, "0.001"), 1.0);
+        assert_eq!(bucket(&page, histogram, "0.005"), 2.0);
+        assert_eq!(bucket(&page, histogram, "0.025"), 3.0);
+        assert_eq!(bucket(&page, histogram, "+Inf"), 3.0);
         assert!((value(&page, &format!("{histogram}_sum")) - 0.024).abs() < 1e-9);
     }
 
@@ -463,14 +456,8 @@ mod tests {
         );
         let upstream = "fetchproxy_upstream_response_seconds";
         assert_eq!(value(&page, &format!("{upstream}_count")), 2.0);
-        assert_eq!(
-            value(&page, &format!("{upstream}_bucket{{le=\"0.001\"}}")),
-            1.0
-        );
-        assert_eq!(
-            value(&page, &format!("{upstream}_bucket{{le=\"0.05\"}}")),
-            2.0
-        );
+        assert_eq!(bucket(&page, upstream, "0.001"), 1.0);
+        assert_eq!(bucket(&page, upstream, "0.05"), 2.0);
         assert_eq!(
             value(&page, "fetchproxy_request_duration_seconds_count"),
             1.0

@@ -1,7 +1,8 @@
 //! The server: wiring of listeners, acceptor, queue, workers, tunnel relay,
 //! shared rules and shutdown. `start` returns a `Running` handle; `run` =
 //! start + signals (SIGHUP reloads the rules) + wait. Nothing here touches a
-//! request.
+//! request; `finished` is where every request's log line and count meet,
+//! whichever thread ends it (worker, acceptor or tunnel relay).
 
 mod acceptor;
 mod conn;
@@ -224,6 +225,8 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
 /// Writes the access-log line of a finished request and counts it for
 /// `/metrics`: every request gets exactly one of each, wherever it ends.
 fn finished(metrics: &Metrics, record: &AccessRecord<'_>) {
+    // A CONNECT answered 200 is a tunnel: its duration is the tunnel's
+    // life, which would swamp the request-latency histogram.
     let tunnel = record.method == "CONNECT" && record.status == 200;
     metrics.request(&Finished {
         status: record.status,
