@@ -3,6 +3,7 @@
 //! Pure functions over byte slices and readers; no policy, no sockets.
 
 pub mod body;
+pub mod field;
 pub mod headers;
 pub mod request;
 pub mod response;

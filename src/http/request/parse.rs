@@ -1,0 +1,266 @@
+//! Reading a request head with httparse under size limits: the request
+//! line judged as it arrives (so a long target is a 414 however the bytes
+//! are split), CRLF-only line ends, the field grammar of `http::field`, and
+//! the `Host` rules. Produces an owned `RequestHead`; decides no policy.
+
+use std::mem::MaybeUninit;
+
+use super::{Header, RequestHead, Version};
+use crate::error::ProxyError;
+use crate::http::field::{check_field_line, has_bare_lf, is_token_byte, is_value_byte};
+
+/// Header lines httparse is given room for; more is treated as an oversized head.
+const MAX_HEADERS: usize = 128;
+
+/// Room for method, version and spaces when a request line is sized up before
+/// its target can be measured exactly.
+const REQUEST_LINE_SLACK: usize = 64;
+
+/// The 400 message for a line ended by LF alone.
+const BARE_LF: &str = "bare LF in request head (lines must end in CRLF)";
+
+/// Limits applied while a head is read.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Largest whole head (request line + headers + blank line).
+    pub max_header_bytes: usize,
+    /// Longest request target.
+    pub max_url_bytes: usize,
+}
+
+/// Outcome of looking at the bytes received so far.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A whole head; `head_len` bytes of the buffer belong to it.
+    Complete { head: RequestHead, head_len: usize },
+    /// More bytes are needed.
+    Partial,
+}
+
+/// Parses the head at the start of `buf`.
+///
+/// Leading empty lines (CRLF) are skipped (RFC 9112 §2.2); bytes after the
+/// head (a body or a pipelined request) are not counted in `head_len`.
+///
+/// # Errors
+/// `HeadTooLarge` when no complete head fits in `limits.max_header_bytes` (or there
+/// are too many header lines), `UrlTooLong` when the target is over
+/// `limits.max_url_bytes`, `BadRequest` for anything malformed: bad request line,
+/// a bare LF, obs-fold, whitespace before a colon, NUL or non-ASCII bytes in the
+/// target, a missing, repeated or malformed `Host` (RFC 9112 §3.2).
+pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError> {
+    let url_too_long = || ProxyError::UrlTooLong {
+        limit: limits.max_url_bytes,
+    };
+    let head_too_large = || ProxyError::HeadTooLarge {
+        limit: limits.max_header_bytes,
+    };
+    // Bytes past the head limit are never looked at, and the request line is
+    // judged as it arrives: so the answer depends only on the bytes, not on
+    // how they were split into reads.
+    let buf = &buf[..buf.len().min(limits.max_header_bytes)];
+    check_line_so_far(buf, limits)?;
+
+    // Left uninitialised: httparse writes the slots it fills, and zeroing
+    // 128 of them on every request would cost more than the parse.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(head_len)) => {
+            let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version)
+            else {
+                return Err(bad("incomplete request line"));
+            };
+            if target.len() > limits.max_url_bytes {
+                return Err(url_too_long());
+            }
+            // Judged on the complete head only, so that a prefix never gets
+            // a different verdict from the whole (see `check_line_so_far`).
+            if has_bare_lf(&buf[..head_len]) {
+                return Err(bad(BARE_LF));
+            }
+            let head = owned_head(method, target, minor, req.headers)?;
+            head.check_host()?;
+            Ok(Parsed::Complete { head, head_len })
+        }
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= limits.max_header_bytes {
+                return Err(head_too_large());
+            }
+            Ok(Parsed::Partial)
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(head_too_large()),
+        Err(err) => Err(bad(&describe(buf, err))),
+    }
+}
+
+/// Checks the request line received so far. A target that grows past
+/// `max_url_bytes` (or a line past that plus some slack) is refused while it is
+/// still arriving, so the client gets a 414 rather than a 431 once the head
+/// buffer fills up; the line is then judged as it stood at that byte, and one
+/// already malformed there is a 400.
+fn check_line_so_far(buf: &[u8], limits: &HeadLimits) -> Result<(), ProxyError> {
+    let (_, line, complete) = first_line(buf);
+    if complete && line.is_empty() {
+        // Empty CRLF lines were skipped: this one ended in a bare LF.
+        return Err(bad(BARE_LF));
+    }
+    let target_cut = line.iter().position(|&b| b == b' ').and_then(|space| {
+        let start = space + 1;
+        let target_len = line[start..]
+            .iter()
+            .position(|&b| b == b' ')
+            .unwrap_or(line.len() - start);
+        (target_len > limits.max_url_bytes).then(|| start + limits.max_url_bytes + 1)
+    });
+    let line_cut = (line.len() > limits.max_url_bytes.saturating_add(REQUEST_LINE_SLACK))
+        .then(|| limits.max_url_bytes.saturating_add(REQUEST_LINE_SLACK) + 1);
+    let Some(cut) = target_cut.into_iter().chain(line_cut).min() else {
+        // A CR that arrived without its LF yet is no part of the version.
+        let line = if complete {
+            line
+        } else {
+            line.strip_suffix(b"\r").unwrap_or(line)
+        };
+        return check_request_line(line, complete).map_or(Ok(()), |msg| Err(bad(msg)));
+    };
+    let judged = &line[..cut];
+    let judged = judged.strip_suffix(b"\r").unwrap_or(judged);
+    Err(match check_request_line(judged, false) {
+        Some(msg) => bad(msg),
+        None => ProxyError::UrlTooLong {
+            limit: limits.max_url_bytes,
+        },
+    })
+}
+
+fn bad(msg: &str) -> ProxyError {
+    ProxyError::BadRequest(msg.to_owned())
+}
+
+/// Copies a parsed head, applying the checks httparse leaves to us.
+fn owned_head(
+    method: &str,
+    target: &str,
+    minor: u8,
+    headers: &[httparse::Header<'_>],
+) -> Result<RequestHead, ProxyError> {
+    // httparse lets UTF-8 through in the target; DESIGN wants 400 for any
+    // non-ASCII byte (RFC 9112 §3.2: the target is visible ASCII).
+    if !target.bytes().all(is_target_byte) {
+        return Err(bad("invalid byte in request target"));
+    }
+    let version = match minor {
+        0 => Version::Http10,
+        1 => Version::Http11,
+        _ => return Err(bad("unsupported http version")),
+    };
+    let mut owned = Vec::with_capacity(headers.len());
+    for h in headers {
+        if h.name.is_empty() || !h.name.bytes().all(is_token_byte) {
+            return Err(bad("invalid byte in header name"));
+        }
+        if !h.value.iter().copied().all(is_value_byte) {
+            return Err(bad("invalid byte in header value"));
+        }
+        owned.push(Header {
+            name: h.name.to_owned(),
+            value: h.value.to_vec(),
+        });
+    }
+    Ok(RequestHead {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        version,
+        headers: owned,
+    })
+}
+
+/// Visible ASCII (RFC 9112 §3.2, RFC 3986): no controls, spaces or bytes >= 0x80.
+fn is_target_byte(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b)
+}
+
+/// Splits off the request line after any leading empty CRLF lines (RFC 9112
+/// §2.2; a bare LF there is left in the line, which then fails):
+/// (offset of the line, the line without its `\n`, whether the `\n` arrived).
+fn first_line(buf: &[u8]) -> (usize, &[u8], bool) {
+    let mut start = 0;
+    while buf.get(start..start + 2) == Some(b"\r\n") {
+        start += 2;
+    }
+    let rest = buf.get(start..).unwrap_or_default();
+    match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (start, &rest[..i], true),
+        None => (start, rest, false),
+    }
+}
+
+/// Finds what made httparse give up, to tell the client in words.
+fn describe(buf: &[u8], err: httparse::Error) -> String {
+    let (start, line, complete) = first_line(buf);
+    if let Some(msg) = check_request_line(line, complete) {
+        return msg.to_owned();
+    }
+    if complete {
+        let mut rest = &buf[start + line.len() + 1..];
+        loop {
+            let (line, complete) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            let content = line.strip_suffix(b"\r").unwrap_or(line);
+            if complete && content.is_empty() {
+                break;
+            }
+            if let Some(msg) = check_field_line(content, complete) {
+                return msg.to_owned();
+            }
+            if !complete {
+                break;
+            }
+            rest = &rest[line.len() + 1..];
+        }
+    }
+    err.to_string().to_ascii_lowercase()
+}
+
+/// What is wrong with a request line (possibly still arriving), if anything.
+fn check_request_line(line: &[u8], complete: bool) -> Option<&'static str> {
+    let line = if complete {
+        line.strip_suffix(b"\r").unwrap_or(line)
+    } else {
+        line
+    };
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let followed = parts.clone().next().is_some();
+    if !method.iter().copied().all(is_token_byte) || (method.is_empty() && (complete || followed)) {
+        return Some("invalid method in request line");
+    }
+    let Some(target) = parts.next() else {
+        return complete.then_some("malformed request line");
+    };
+    if !target.iter().copied().all(is_target_byte) {
+        return Some("invalid byte in request target");
+    }
+    if target.is_empty() {
+        // Empty so far is fine while the line is arriving and nothing follows.
+        let more = parts.clone().next().is_some();
+        return (complete || more).then_some("malformed request line");
+    }
+    let Some(version) = parts.next() else {
+        return complete.then_some("malformed request line");
+    };
+    if parts.next().is_some() {
+        return Some("malformed request line");
+    }
+    // RFC 9112 §2.3: we speak HTTP/1.0 and HTTP/1.1 only.
+    let known = [&b"HTTP/1.1"[..], b"HTTP/1.0"];
+    let plausible = if complete {
+        known.contains(&version)
+    } else {
+        known.iter().any(|v| v.starts_with(version))
+    };
+    (!plausible).then_some("unsupported http version")
+}
