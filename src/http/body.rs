@@ -4,6 +4,8 @@
 
 use std::io::{self, BufRead, IoSlice, Read, Write};
 
+use crate::http::field::check_field_line;
+
 /// Longest chunk-size line, extensions included, before the CRLF.
 const MAX_CHUNK_LINE_BYTES: usize = 4096;
 /// Largest trailer section, all lines and the final CRLF included.
@@ -22,12 +24,8 @@ enum State {
     DataCr,
     /// After chunk data and CR: expecting the LF.
     DataLf,
-    /// Reading and dropping trailer lines.
-    Trailers {
-        budget: usize,
-        line_len: usize,
-        prev_cr: bool,
-    },
+    /// Reading trailer lines (checked, then dropped); `budget` bytes may follow.
+    Trailers { budget: usize },
     /// The last chunk and the trailer section have been consumed.
     Done,
     /// An error was returned; the framing is lost for good.
@@ -38,7 +36,8 @@ enum State {
 ///
 /// Errors (`io::ErrorKind::InvalidData`) on a malformed or oversized chunk-size
 /// line, a missing CRLF after chunk data, or oversized trailers; end of input
-/// before the last chunk is `UnexpectedEof`. Trailers are read and dropped.
+/// before the last chunk is `UnexpectedEof`. Trailers are checked with the
+/// request-head field grammar, then dropped.
 /// After `Ok(0)` the reader has consumed exactly the body, so `inner` is
 /// positioned at the next message.
 ///
@@ -87,8 +86,6 @@ impl<R: BufRead> ChunkedReader<R> {
                     self.state = if size == 0 {
                         State::Trailers {
                             budget: MAX_TRAILER_BYTES,
-                            line_len: 0,
-                            prev_cr: false,
                         }
                     } else {
                         State::Data { remaining: size }
@@ -116,11 +113,7 @@ impl<R: BufRead> ChunkedReader<R> {
                     self.expect_byte(b'\n')?;
                     self.state = State::Size;
                 }
-                State::Trailers {
-                    budget,
-                    line_len,
-                    prev_cr,
-                } => self.step_trailers(budget, line_len, prev_cr)?,
+                State::Trailers { budget } => self.step_trailers(budget)?,
             }
         }
     }
@@ -158,50 +151,46 @@ impl<R: BufRead> ChunkedReader<R> {
         Ok(())
     }
 
-    /// Drops trailer bytes up to the end of one line (RFC 9112 §7.1.2), without
-    /// buffering them; the empty line ends the body.
-    fn step_trailers(&mut self, budget: usize, line_len: usize, prev_cr: bool) -> io::Result<()> {
-        let avail = fill(&mut self.inner)?;
+    /// Reads one trailer line (RFC 9112 §7.1.2) and checks it with the same
+    /// field grammar as a request head, then drops it; the empty line ends
+    /// the body. A trailer is never forwarded, but one that a head would
+    /// refuse (no colon, NUL, obs-fold, bare LF) still fails the body: a
+    /// lax trailer parser is where a request line can hide.
+    fn step_trailers(&mut self, budget: usize) -> io::Result<()> {
         let too_large = || invalid(format!("chunked trailers over {MAX_TRAILER_BYTES} bytes"));
-        match avail.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                let used = i + 1;
-                if used > budget {
-                    return Err(too_large());
-                }
-                let ends_crlf = if i > 0 {
-                    avail[i - 1] == b'\r'
-                } else {
-                    prev_cr
-                };
-                self.inner.consume(used);
-                if !ends_crlf {
-                    return Err(invalid("trailer line not ended by CRLF"));
-                }
-                self.state = if line_len + used == 2 {
-                    State::Done
-                } else {
-                    State::Trailers {
-                        budget: budget - used,
-                        line_len: 0,
-                        prev_cr: false,
-                    }
-                };
+        loop {
+            let avail = fill(&mut self.inner)?;
+            let (take, found) = match avail.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (avail.len(), false),
+            };
+            if self.line.len() + take > budget {
+                return Err(too_large());
             }
-            None => {
-                let n = avail.len();
-                if n > budget {
-                    return Err(too_large());
-                }
-                let prev_cr = avail[n - 1] == b'\r';
-                self.inner.consume(n);
-                self.state = State::Trailers {
-                    budget: budget - n,
-                    line_len: line_len + n,
-                    prev_cr,
-                };
+            self.line.extend_from_slice(&avail[..take]);
+            self.inner.consume(take);
+            if found {
+                break;
             }
         }
+        let used = self.line.len();
+        let Some(content) = self.line.strip_suffix(b"\r\n") else {
+            return Err(invalid("trailer line not ended by CRLF"));
+        };
+        if content.is_empty() {
+            self.state = State::Done;
+        } else {
+            if content.contains(&b'\r') {
+                return Err(invalid("stray CR in trailer line"));
+            }
+            if let Some(msg) = check_field_line(content, true) {
+                return Err(invalid(format!("bad trailer: {msg}")));
+            }
+            self.state = State::Trailers {
+                budget: budget - used,
+            };
+        }
+        self.line.clear();
         Ok(())
     }
 }
@@ -692,6 +681,34 @@ mod tests {
         let input = b"2\r\nok\r\n0\r\nExpires: never\r\nX-Checksum: abc\r\n\r\n";
         assert_eq!(decode(input).expect("valid body"), b"ok");
         assert_eq!(decode_bytewise(input).expect("valid body"), b"ok");
+    }
+
+    /// Issue 15 (5): trailers follow the same field grammar as a head.
+    #[test]
+    fn trailers_a_head_would_refuse_are_refused() {
+        for trailer in [
+            &b"GET http://h/smuggled HTTP/1.1"[..],
+            b"NoColon",
+            b"X: a\0b",
+            b" folded",
+            b"\tfolded: x",
+            b"X : y",
+            b": empty name",
+            b"X: a\rb",
+        ] {
+            let mut input = b"2\r\nok\r\n0\r\n".to_vec();
+            input.extend_from_slice(trailer);
+            input.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(
+                error_kind(&input),
+                io::ErrorKind::InvalidData,
+                "{trailer:?}"
+            );
+            let mut bytewise = ChunkedReader::new(BufReader::with_capacity(1, Cursor::new(input)));
+            let mut out = Vec::new();
+            let err = bytewise.read_to_end(&mut out).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{trailer:?}");
+        }
     }
 
     #[test]
