@@ -53,6 +53,32 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Fields that decide how a message is framed or routed.
+const FRAMING_FIELDS: [&str; 7] = [
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// Whether `name` is a framing or routing field spelled with `_` for `-`
+/// (`transfer_encoding`, `Content_Length`): CGI, WSGI, PHP and many
+/// frameworks map both to one variable, so forwarding it next to the real
+/// field lets a client smuggle framing past this proxy. Never forwarded.
+pub fn is_framing_look_alike(name: &str) -> bool {
+    name.contains('_')
+        && FRAMING_FIELDS.iter().any(|field| {
+            field.len() == name.len()
+                && field
+                    .bytes()
+                    .zip(name.bytes())
+                    .all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+        })
+}
+
 /// Whether any `Via` value names `pseudonym` as a received-by entry: the
 /// request has already passed through this proxy.
 pub fn is_loop<'a>(via_values: impl Iterator<Item = &'a [u8]>, pseudonym: &str) -> bool {
@@ -122,6 +148,31 @@ mod tests {
 
     fn values<'a>(v: &'a [&'a str]) -> impl Iterator<Item = &'a [u8]> {
         v.iter().map(|s| s.as_bytes())
+    }
+
+    #[test]
+    fn framing_look_alikes_are_recognised() {
+        for name in [
+            "transfer_encoding",
+            "Content_Length",
+            "content_length",
+            "HOST",
+            "connection",
+            "_pgrade",
+            "Trailer",
+        ] {
+            let expected = name.contains('_') && name != "_pgrade";
+            assert_eq!(is_framing_look_alike(name), expected, "{name}");
+        }
+        for name in [
+            "x_forwarded_for",
+            "content-length",
+            "content_type",
+            "te_",
+            "t_e",
+        ] {
+            assert!(!is_framing_look_alike(name), "{name}");
+        }
     }
 
     #[test]

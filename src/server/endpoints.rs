@@ -9,6 +9,7 @@ use crate::http::request::RequestHead;
 use crate::http::response;
 use crate::metrics::{self, Gauges};
 use crate::server::conn::ClientConn;
+use crate::server::request_body;
 use crate::server::worker::{Context, Served};
 
 /// Answers `GET` or `HEAD` for `/healthz` and `/metrics`.
@@ -34,7 +35,8 @@ pub fn answer(
         ("GET" | "HEAD", "/metrics") => (metrics::CONTENT_TYPE, metrics_page(ctx)),
         _ => return Err(ProxyError::NotProxyEndpoint(head.target.clone())),
     };
-    let close = !head.keep_alive();
+    // The body, if any, is read before answering (or the connection closes).
+    let close = !request_body::discard(conn, head) || !head.keep_alive();
     let head_only = head.method == "HEAD";
     let mut out = Vec::with_capacity(256 + body.len());
     response::write_status_line(&mut out, 200, "OK");

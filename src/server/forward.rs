@@ -14,11 +14,13 @@ use ureq::http::{self, HeaderName, HeaderValue, Uri};
 
 use crate::access;
 use crate::error::ProxyError;
-use crate::http::body::{ChunkedReader, ChunkedWriter, LimitedReader};
+use crate::http::body::{ChunkedWriter, LimitedReader};
 use crate::http::headers::{self, HopByHop};
 use crate::http::request::{BodyFraming, RequestHead, Version};
 use crate::http::response;
+use crate::logging;
 use crate::server::conn::ClientConn;
+use crate::server::request_body::{self, ClientBody};
 use crate::server::worker::{Context, Served};
 use crate::upstream;
 
@@ -75,7 +77,8 @@ pub fn forward(
     // RFC 9110 §7.6.2: Max-Forwards 0 means this proxy answers OPTIONS itself.
     let max_forwards = headers::max_forwards(head.header_values("max-forwards"));
     if head.method == "OPTIONS" && max_forwards == Some(0) {
-        return answer_options(conn, request_id, head.keep_alive());
+        let keep_alive = request_body::discard(conn, head) && head.keep_alive();
+        return answer_options(conn, request_id, keep_alive);
     }
     // For error messages only; cloning an `Authority` shares its bytes.
     let authority = uri.authority().cloned();
@@ -110,8 +113,8 @@ pub fn forward(
             .run(request.body(SendBody::from_reader(&mut body))?),
     };
     // A request body the origin did not wait for leaves unread bytes behind.
-    let request_read = body.done;
-    if let Some(err) = body.failure.take() {
+    let request_read = body.is_done();
+    if let Some(err) = body.take_failure() {
         return Err(err);
     }
     drop(body);
@@ -187,6 +190,13 @@ fn copy_request_headers(head: &RequestHead, into: &mut http::HeaderMap) -> Resul
     let hop = HopByHop::from_connection(head.header_values("connection"));
     for header in &head.headers {
         let name = header.name.as_str();
+        if headers::is_framing_look_alike(name) {
+            log::debug!(
+                "dropped look-alike framing header {}",
+                logging::escape(name.as_bytes())
+            );
+            continue;
+        }
         if hop.contains(name)
             || REPLACED_REQUEST_HEADERS
                 .iter()
@@ -509,111 +519,6 @@ fn copy_body(
 
 fn client_gone(err: io::Error) -> ProxyError {
     ProxyError::Internal(format!("client connection failed: {err}"))
-}
-
-/// The request body as read from the client, remembering whether it was
-/// read to its end and why it failed if it did, so that a client fault is
-/// answered as one (400/413), not blamed on the upstream.
-struct ClientBody<'a> {
-    reader: Option<Box<dyn Read + 'a>>,
-    done: bool,
-    failure: Option<ProxyError>,
-    /// `max_body_bytes`, named in the 413 when a chunked body goes over it.
-    limit: u64,
-    /// Bytes of a Content-Length body not read yet: ureq stops reading at
-    /// the declared length, so reaching zero is what marks the body done.
-    left: Option<u64>,
-}
-
-impl<'a> ClientBody<'a> {
-    fn new(conn: &'a mut ClientConn, framing: BodyFraming, limit: Option<u64>) -> ClientBody<'a> {
-        let limit = limit.unwrap_or(u64::MAX);
-        let reader: Option<Box<dyn Read + 'a>> = match framing {
-            BodyFraming::Empty => None,
-            BodyFraming::Length(len) => Some(Box::new(ExactReader {
-                inner: conn,
-                remaining: len,
-            })),
-            BodyFraming::Chunked => Some(Box::new(LimitedReader::new(
-                ChunkedReader::new(conn),
-                limit,
-            ))),
-        };
-        ClientBody {
-            done: reader.is_none(),
-            reader,
-            failure: None,
-            limit,
-            left: match framing {
-                BodyFraming::Length(len) => Some(len),
-                _ => None,
-            },
-        }
-    }
-}
-
-impl Read for ClientBody<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let Some(reader) = self.reader.as_mut() else {
-            return Ok(0);
-        };
-        match reader.read(out) {
-            Ok(0) => {
-                self.done = true;
-                Ok(0)
-            }
-            Ok(n) => {
-                if let Some(left) = self.left.as_mut() {
-                    // ExactReader never yields more than is left.
-                    *left = left.saturating_sub(n as u64);
-                    self.done = *left == 0;
-                }
-                Ok(n)
-            }
-            Err(err) => {
-                let failure = match err.kind() {
-                    io::ErrorKind::InvalidData => {
-                        ProxyError::BadRequest(format!("bad request body: {err}"))
-                    }
-                    io::ErrorKind::FileTooLarge => ProxyError::BodyTooLarge { limit: self.limit },
-                    _ => ProxyError::BadRequest(format!("request body not received: {err}")),
-                };
-                self.failure = Some(failure);
-                Err(err)
-            }
-        }
-    }
-}
-
-/// A body of exactly `remaining` bytes: the client closing before the
-/// declared length is an error, so that a cut-short body is never sent on
-/// as if it were complete (and the origin is not left waiting for the rest).
-struct ExactReader<R> {
-    inner: R,
-    remaining: u64,
-}
-
-impl<R: Read> Read for ExactReader<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 || out.is_empty() {
-            return Ok(0);
-        }
-        let want = out
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut out[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "client closed with {} body bytes still to come",
-                    self.remaining
-                ),
-            ));
-        }
-        self.remaining -= n as u64;
-        Ok(n)
-    }
 }
 
 impl From<http::Error> for ProxyError {

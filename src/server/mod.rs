@@ -10,6 +10,7 @@ mod endpoints;
 mod forward;
 mod handback;
 mod pool;
+mod request_body;
 mod request_id;
 mod tunnel;
 mod worker;

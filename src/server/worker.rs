@@ -210,6 +210,8 @@ fn route(
     ctx: &Context,
     buf: &mut [u8],
 ) -> Result<Served, ProxyError> {
+    // Bad framing is refused whoever answers: the next request's start is unknown.
+    head.body_framing()?;
     // RFC 9110 §7.6.3: a request that already passed through us is a loop.
     if headers::is_loop(head.header_values("via"), &ctx.config.via_name) {
         return Err(ProxyError::LoopDetected);

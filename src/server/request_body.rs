@@ -1,0 +1,175 @@
+//! The request body on the client connection: streamed upstream
+//! (`ClientBody`, which tells a client's fault from the origin's), or, for
+//! requests the proxy answers itself, read and dropped (`discard`) so that
+//! the next request on the connection starts where the client meant it to.
+
+use std::io::{self, Read};
+
+use crate::error::ProxyError;
+use crate::http::body::{ChunkedReader, LimitedReader};
+use crate::http::request::{BodyFraming, RequestHead};
+use crate::server::conn::ClientConn;
+
+/// Most body bytes read and dropped for a request the proxy answers itself;
+/// past this the connection is closed instead.
+pub const DISCARD_LIMIT: u64 = 64 * 1024;
+
+/// Reads and drops the body of a request the proxy answers itself (its own
+/// endpoints, `OPTIONS` with `Max-Forwards: 0`), before the answer is
+/// written. True when the whole body was consumed, so the connection can
+/// carry another request; false when it must close after the answer: the
+/// body is over `DISCARD_LIMIT`, malformed, cut short, or announced with
+/// `Expect: 100-continue` (the client may or may not send it, so where the
+/// next request starts is unknown). Leaving a body unread would have it
+/// parsed as the next request: a desync behind any front proxy that shares
+/// its connections between clients.
+pub fn discard(conn: &mut ClientConn, head: &RequestHead) -> bool {
+    let framing = match head.body_framing() {
+        Ok(BodyFraming::Empty) => return true,
+        Ok(framing) => framing,
+        Err(_) => return false,
+    };
+    if head.expects_continue() {
+        return false;
+    }
+    match framing {
+        BodyFraming::Empty => true,
+        BodyFraming::Length(len) if len > DISCARD_LIMIT => false,
+        BodyFraming::Length(len) => {
+            let mut body = ExactReader {
+                inner: conn,
+                remaining: len,
+            };
+            io::copy(&mut body, &mut io::sink()).is_ok_and(|n| n == len)
+        }
+        BodyFraming::Chunked => {
+            let mut chunked = ChunkedReader::new(&mut *conn);
+            // One byte over the limit tells "at the limit" from "over it".
+            let mut limited = (&mut chunked).take(DISCARD_LIMIT + 1);
+            let read = io::copy(&mut limited, &mut io::sink());
+            read.is_ok_and(|n| n <= DISCARD_LIMIT) && chunked.is_done()
+        }
+    }
+}
+
+/// The request body as read from the client, remembering whether it was
+/// read to its end and why it failed if it did, so that a client fault is
+/// answered as one (400/413), not blamed on the upstream.
+pub struct ClientBody<'a> {
+    reader: Option<Box<dyn Read + 'a>>,
+    done: bool,
+    failure: Option<ProxyError>,
+    /// `max_body_bytes`, named in the 413 when a chunked body goes over it.
+    limit: u64,
+    /// Bytes of a Content-Length body not read yet: ureq stops reading at
+    /// the declared length, so reaching zero is what marks the body done.
+    left: Option<u64>,
+}
+
+impl<'a> ClientBody<'a> {
+    pub fn new(
+        conn: &'a mut ClientConn,
+        framing: BodyFraming,
+        limit: Option<u64>,
+    ) -> ClientBody<'a> {
+        let limit = limit.unwrap_or(u64::MAX);
+        let reader: Option<Box<dyn Read + 'a>> = match framing {
+            BodyFraming::Empty => None,
+            BodyFraming::Length(len) => Some(Box::new(ExactReader {
+                inner: conn,
+                remaining: len,
+            })),
+            BodyFraming::Chunked => Some(Box::new(LimitedReader::new(
+                ChunkedReader::new(conn),
+                limit,
+            ))),
+        };
+        ClientBody {
+            done: reader.is_none(),
+            reader,
+            failure: None,
+            limit,
+            left: match framing {
+                BodyFraming::Length(len) => Some(len),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl ClientBody<'_> {
+    /// Whether the body was read to its end: only then can the connection
+    /// carry another request.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Why reading the body failed, if it did: the client's fault (400, 413).
+    pub fn take_failure(&mut self) -> Option<ProxyError> {
+        self.failure.take()
+    }
+}
+
+impl Read for ClientBody<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(0);
+        };
+        match reader.read(out) {
+            Ok(0) => {
+                self.done = true;
+                Ok(0)
+            }
+            Ok(n) => {
+                if let Some(left) = self.left.as_mut() {
+                    // ExactReader never yields more than is left.
+                    *left = left.saturating_sub(n as u64);
+                    self.done = *left == 0;
+                }
+                Ok(n)
+            }
+            Err(err) => {
+                let failure = match err.kind() {
+                    io::ErrorKind::InvalidData => {
+                        ProxyError::BadRequest(format!("bad request body: {err}"))
+                    }
+                    io::ErrorKind::FileTooLarge => ProxyError::BodyTooLarge { limit: self.limit },
+                    _ => ProxyError::BadRequest(format!("request body not received: {err}")),
+                };
+                self.failure = Some(failure);
+                Err(err)
+            }
+        }
+    }
+}
+
+/// A body of exactly `remaining` bytes: the client closing before the
+/// declared length is an error, so that a cut-short body is never sent on
+/// as if it were complete (and the origin is not left waiting for the rest).
+struct ExactReader<R> {
+    inner: R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for ExactReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || out.is_empty() {
+            return Ok(0);
+        }
+        let want = out
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut out[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "client closed with {} body bytes still to come",
+                    self.remaining
+                ),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
