@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod connect;
 mod forward;
+mod framing;
 mod limits;
 mod reload;
 mod scale;

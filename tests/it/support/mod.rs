@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)] // each test module uses a different part of the harness
 
 pub mod client;
+pub mod haproxy;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
