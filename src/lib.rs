@@ -24,6 +24,7 @@ pub mod error;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod pump;
 pub mod rules;
 pub mod server;
 pub mod shutdown;
