@@ -19,8 +19,6 @@ use base64ct::{Base64, Encoding};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ProxyError;
-
 /// Most users whose verified credentials are remembered at once.
 pub const CACHE_ENTRIES: usize = 1024;
 /// Argon2 verifications running at once: each holds its memory cost (19 MiB
@@ -229,47 +227,44 @@ impl Users {
         self.users.is_empty()
     }
 
-    /// Checks the request's `Proxy-Authorization` values.
+    /// Checks the request's `Proxy-Authorization` values; gives the user's
+    /// name when users are configured (for the access log), `None` when no
+    /// credentials are asked for.
     ///
     /// # Errors
-    /// `ProxyAuthRequired` when users are configured and the request does
-    /// not carry exactly one header with a known user and the right password.
-    pub fn check<'a>(&self, mut values: impl Iterator<Item = &'a [u8]>) -> Result<(), ProxyError> {
+    /// Why the request is refused, when users are configured and it does not
+    /// carry exactly one header with a known user and the right password.
+    pub fn check<'a>(
+        &self,
+        mut values: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<Option<&str>, AuthFailure> {
         if !self.is_required() {
-            return Ok(());
+            return Ok(None);
         }
-        let deny = |failure| Err(ProxyError::ProxyAuthRequired(failure));
-        let Some(value) = values.next() else {
-            return deny(AuthFailure::Missing);
-        };
+        let value = values.next().ok_or(AuthFailure::Missing)?;
         if values.next().is_some() {
-            return deny(AuthFailure::Malformed);
+            return Err(AuthFailure::Malformed);
         }
-        let credentials = match parse_basic(value) {
-            Ok(credentials) => credentials,
-            Err(failure) => return deny(failure),
-        };
-        if self.verify(&credentials) {
-            Ok(())
-        } else {
-            deny(AuthFailure::Rejected)
-        }
+        let credentials = parse_basic(value)?;
+        self.verify(&credentials)
+            .ok_or(AuthFailure::Rejected)
+            .map(Some)
     }
 
-    /// Whether the credentials name a user and that user's password.
-    fn verify(&self, credentials: &Credentials) -> bool {
+    /// The user's name when the credentials name a user and that user's password.
+    fn verify(&self, credentials: &Credentials) -> Option<&str> {
         let known = self.users.iter().position(|u| u.name == credentials.user);
         let digest = self.digest(credentials);
         if let Some(index) = known
             && self.lock_cache().matches(index, &digest)
         {
-            return true;
+            return self.users.get(index).map(|u| u.name.as_str());
         }
         // An unknown user is checked against some user's hash all the same,
         // so the time taken does not tell which names exist.
-        let Some(user) = known.and_then(|i| self.users.get(i)).or(self.users.first()) else {
-            return false;
-        };
+        let user = known
+            .and_then(|i| self.users.get(i))
+            .or(self.users.first())?;
         let verified = {
             let _slot = self.slots.take();
             Argon2::default()
@@ -279,9 +274,9 @@ impl Users {
         match known {
             Some(index) if verified => {
                 self.lock_cache().insert(index, digest);
-                true
+                Some(user.name.as_str())
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -403,10 +398,10 @@ mod tests {
         Users::new(&users)
     }
 
-    fn failure(result: Result<(), ProxyError>) -> AuthFailure {
+    fn failure(result: Result<Option<&str>, AuthFailure>) -> AuthFailure {
         match result {
-            Err(ProxyError::ProxyAuthRequired(failure)) => failure,
-            other => panic!("expected a 407, got {other:?}"),
+            Err(failure) => failure,
+            other => panic!("expected a refusal, got {other:?}"),
         }
     }
 
@@ -496,7 +491,7 @@ mod tests {
     fn without_users_nothing_is_asked() {
         let users = Users::new(&[]);
         assert!(!users.is_required());
-        assert!(users.check(std::iter::empty()).is_ok());
+        assert_eq!(users.check(std::iter::empty()), Ok(None));
     }
 
     #[test]
@@ -507,10 +502,10 @@ mod tests {
                 .check([basic(b"alice:right").as_slice()].into_iter())
                 .is_ok()
         );
-        assert!(
-            users
-                .check([basic(b"bob:other").as_slice()].into_iter())
-                .is_ok()
+        assert_eq!(
+            users.check([basic(b"bob:other").as_slice()].into_iter()),
+            Ok(Some("bob")),
+            "the user's name, for the access log"
         );
         assert_eq!(
             failure(users.check(std::iter::empty())),
@@ -578,26 +573,33 @@ mod tests {
     }
 
     #[test]
-    fn slots_let_at_most_their_limit_through_at_once() {
+    fn slots_let_exactly_their_limit_through_and_the_next_waits() {
+        use std::sync::mpsc;
+        use std::time::Duration;
         let slots = std::sync::Arc::new(Slots::new(2));
-        let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (slots, inside, most) = (slots.clone(), inside.clone(), most.clone());
-                std::thread::spawn(move || {
-                    use std::sync::atomic::Ordering::SeqCst;
-                    let _slot = slots.take();
-                    let now = inside.fetch_add(1, SeqCst) + 1;
-                    most.fetch_max(now, SeqCst);
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                    inside.fetch_sub(1, SeqCst);
-                })
+        // Up to the limit, taking never waits.
+        let first = slots.take();
+        let second = slots.take();
+        assert_eq!(*slots.taken.lock().expect("lock"), 2);
+        let (entered, took) = mpsc::channel();
+        let waiter = {
+            let slots = slots.clone();
+            std::thread::spawn(move || {
+                let _third = slots.take();
+                let _ = entered.send(());
             })
-            .collect();
-        for thread in threads {
-            thread.join().expect("no panic");
-        }
-        assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+        };
+        // While both places are held the third waits...
+        assert_eq!(
+            took.recv_timeout(Duration::from_millis(200)),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        // ...and a place given back lets it in.
+        drop(first);
+        took.recv_timeout(Duration::from_secs(10))
+            .expect("the waiter got the freed place");
+        waiter.join().expect("no panic");
+        drop(second);
+        assert_eq!(*slots.taken.lock().expect("lock"), 0);
     }
 }

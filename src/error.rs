@@ -63,9 +63,12 @@ pub enum ProxyError {
     /// The destination address is not globally routable and no `allow_dest` covers it.
     #[error("destination {addr} is not allowed")]
     DestinationDenied { addr: IpAddr },
-    /// The destination port is outside `dest_ports` (or `connect_ports` for CONNECT).
+    /// The destination port of a forwarded request is outside `dest_ports`.
     #[error("destination port {port} is not allowed")]
     PortDenied { port: u16 },
+    /// The port of a CONNECT target is outside `connect_ports`.
+    #[error("CONNECT to port {port} is not allowed")]
+    ConnectPortDenied { port: u16 },
     /// This request already passed through this proxy (`Via`).
     #[error("request loop detected: this request already passed through this proxy")]
     LoopDetected,
@@ -99,9 +102,22 @@ pub enum ProxyError {
     /// A connection limit (`max_connections`, `max_conns_per_client`, `max_tunnels`) was hit.
     #[error("too many connections ({what} limit {limit})")]
     TooManyConnections { what: &'static str, limit: usize },
+    /// The client went away (a failed write or read on its connection)
+    /// before it was answered: nobody is left to answer; the access log and
+    /// the counters record it as nginx does, 499.
+    #[error("the client closed the connection: {0}")]
+    ClientGone(String),
     /// A bug or an OS failure inside the proxy.
     #[error("internal proxy error: {0}")]
     Internal(String),
+}
+
+impl From<ureq::http::Error> for ProxyError {
+    /// The `http` crate refusing a request the proxy built from the
+    /// client's: a method, header or URL it cannot carry.
+    fn from(err: ureq::http::Error) -> Self {
+        ProxyError::BadRequest(err.to_string())
+    }
 }
 
 /// Every `Proxy-Status` error type the proxy answers with (see `classify`).
@@ -161,6 +177,7 @@ impl ProxyError {
                 | ProxyError::SchemeNotSupported(_)
                 | ProxyError::DestinationDenied { .. }
                 | ProxyError::PortDenied { .. }
+                | ProxyError::ConnectPortDenied { .. }
                 | ProxyError::LoopDetected
                 | ProxyError::DnsFailed { .. }
                 | ProxyError::ConnectionRefused { .. }
@@ -181,12 +198,14 @@ impl ProxyError {
             }
             ClientDenied { .. } => (403, "http_request_denied"),
             DestinationDenied { .. } => (403, "destination_ip_prohibited"),
-            PortDenied { .. } => (403, "http_request_denied"),
+            PortDenied { .. } | ConnectPortDenied { .. } => (403, "http_request_denied"),
             ProxyAuthRequired(_) => (407, "http_request_denied"),
             HeadTimeout(_) => (408, "http_request_error"),
             BodyTooLarge { .. } => (413, "http_request_error"),
             UrlTooLong { .. } => (414, "http_request_error"),
             HeadTooLarge { .. } => (431, "http_request_error"),
+            // Not a status anyone receives: the client is gone.
+            ClientGone(_) => (499, "http_request_error"),
             Internal(_) => (500, "proxy_internal_error"),
             MethodNotSupported(_) => (501, "http_request_error"),
             DnsFailed { .. } => (502, "dns_error"),
@@ -301,11 +320,13 @@ mod tests {
             ProxyError::ClientDenied { addr: loopback },
             ProxyError::DestinationDenied { addr: loopback },
             ProxyError::PortDenied { port: 25 },
+            ProxyError::ConnectPortDenied { port: 25 },
             ProxyError::ProxyAuthRequired(AuthFailure::Missing),
             ProxyError::HeadTimeout(Duration::from_secs(1)),
             ProxyError::BodyTooLarge { limit: 1 },
             ProxyError::UrlTooLong { limit: 1 },
             ProxyError::HeadTooLarge { limit: 1 },
+            ProxyError::ClientGone("x".into()),
             ProxyError::Internal("x".into()),
             ProxyError::MethodNotSupported("BREW".into()),
             ProxyError::DnsFailed { host: "x".into() },
@@ -338,11 +359,13 @@ mod tests {
                 | ProxyError::ClientDenied { .. }
                 | ProxyError::DestinationDenied { .. }
                 | ProxyError::PortDenied { .. }
+                | ProxyError::ConnectPortDenied { .. }
                 | ProxyError::ProxyAuthRequired(_)
                 | ProxyError::HeadTimeout(_)
                 | ProxyError::BodyTooLarge { .. }
                 | ProxyError::UrlTooLong { .. }
                 | ProxyError::HeadTooLarge { .. }
+                | ProxyError::ClientGone(_)
                 | ProxyError::Internal(_)
                 | ProxyError::MethodNotSupported(_)
                 | ProxyError::DnsFailed { .. }

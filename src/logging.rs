@@ -1,7 +1,7 @@
 //! Logging: simplelog set up once, the access-log line, and escaping of
 //! peer-sent text. Makes no decisions about requests.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::{BufWriter, Stderr};
 use std::net::SocketAddr;
 use std::thread;
@@ -37,6 +37,16 @@ pub struct AccessRecord<'a> {
     pub request_id: &'a str,
     /// The `Proxy-Status` error type when the proxy answered with an error.
     pub error: Option<&'static str>,
+    /// For a CONNECT tunnel: bytes the other way, and why it ended.
+    pub tunnel: Option<TunnelLog>,
+}
+
+/// What a CONNECT tunnel's access line adds: `bytes` counts what went to the
+/// client, this what went from it, and the ending.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelLog {
+    pub bytes_up: u64,
+    pub end: &'static str,
 }
 
 /// Sets up simplelog on stderr at `level`, buffered: lines at `warn` and
@@ -125,7 +135,8 @@ impl Log for TargetFilter {
 }
 
 /// Writes the access-log line for one request at `info`, target `access`:
-/// `client method url status bytes duration_ms request_id error` with `-` for no error.
+/// `client method url status bytes duration_ms request_id error` with `-` for
+/// no error; a tunnel's line ends with its bytes up and its ending.
 pub fn access(record: &AccessRecord<'_>) {
     log::info!(target: "access", "{}", AccessLine(record));
 }
@@ -152,7 +163,11 @@ impl fmt::Display for AccessLine<'_, '_> {
             record.duration.as_millis(),
             EscapedOrDash(record.request_id.as_bytes()),
             record.error.unwrap_or("-"),
-        )
+        )?;
+        match record.tunnel {
+            Some(tunnel) => write!(f, " up={} end={}", tunnel.bytes_up, tunnel.end),
+            None => Ok(()),
+        }
     }
 }
 
@@ -174,9 +189,10 @@ impl fmt::Display for EscapedOrDash<'_> {
     }
 }
 
-/// Bytes that stand for themselves in a log line.
+/// Bytes that stand for themselves in a log line (those
+/// `std::ascii::escape_default` leaves alone).
 fn is_plain(byte: u8) -> bool {
-    matches!(byte, 0x20..=0x7e) && byte != b'"' && byte != b'\\'
+    matches!(byte, 0x20..=0x7e) && !matches!(byte, b'"' | b'\'' | b'\\')
 }
 
 /// Makes peer-sent text safe for a log line: control characters, quotes,
@@ -192,17 +208,9 @@ fn escape_redacted(text: &[u8]) -> String {
     // escape that still leaves room for the `...`.
     let mut cut = 0;
     for &byte in text.iter() {
-        match byte {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            0x20..=0x7e => out.push(char::from(byte)),
-            _ => {
-                let _ = write!(out, "\\x{byte:02x}");
-            }
-        }
+        // std's escapes (`\n`, `\"`, `\xc3`...), one byte at a time so a
+        // cut never splits one.
+        out.extend(std::ascii::escape_default(byte).map(char::from));
         if out.len() <= MAX_ESCAPED_BYTES - 3 {
             cut = out.len();
         } else if out.len() > MAX_ESCAPED_BYTES {
@@ -307,6 +315,7 @@ mod tests {
             duration: Duration::from_millis(57),
             request_id: "abc123",
             error: None,
+            tunnel: None,
         };
         assert_eq!(
             access_line(&record),
@@ -329,8 +338,9 @@ mod tests {
     #[test]
     fn access_fields_match_escape_on_every_path() {
         let long = "x".repeat(MAX_ESCAPED_BYTES + 1);
-        let samples: [&[u8]; 7] = [
+        let samples: [&[u8]; 8] = [
             b"http://example.com/plain",
+            b"it's",
             b"",
             b"a\"quote",
             b"back\\slash",
@@ -358,9 +368,35 @@ mod tests {
     }
 
     #[test]
-    fn init_twice_is_harmless() {
+    fn a_second_init_changes_nothing() {
         // Off first, so other tests in this binary do not write to stderr.
         init(LevelFilter::Off);
+        let level = log::max_level();
+        assert_eq!(level, LevelFilter::Off, "no other test sets up logging");
         init(LevelFilter::Debug);
+        assert_eq!(log::max_level(), level, "the first logger and level stay");
+        assert!(!log::log_enabled!(target: "access", log::Level::Info));
+    }
+
+    #[test]
+    fn a_tunnel_line_ends_with_its_bytes_up_and_its_ending() {
+        let record = AccessRecord {
+            client: "127.0.0.1:5555".parse().expect("test address"),
+            method: "CONNECT",
+            url: "example.com:443",
+            status: 200,
+            bytes: 5000,
+            duration: Duration::from_millis(1500),
+            request_id: "t1",
+            error: None,
+            tunnel: Some(TunnelLog {
+                bytes_up: 700,
+                end: "done",
+            }),
+        };
+        assert_eq!(
+            access_line(&record),
+            "127.0.0.1:5555 CONNECT example.com:443 200 5000 1500ms id=t1 error=- up=700 end=done"
+        );
     }
 }

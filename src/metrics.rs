@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::PROXY_STATUS_TYPES;
+use crate::pump::TunnelEnd;
 
 /// The `Content-Type` of the rendered page.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -64,6 +65,9 @@ pub struct Metrics {
     upstream_waits: Histogram,
     workers_busy: AtomicU64,
     worker_panics: AtomicU64,
+    tunnels_ended: [AtomicU64; TunnelEnd::ALL.len()],
+    /// Tunnel bytes from the client to the target.
+    tunnel_bytes_up: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -85,6 +89,8 @@ impl Metrics {
             upstream_waits: Histogram::new(),
             workers_busy: AtomicU64::new(0),
             worker_panics: AtomicU64::new(0),
+            tunnels_ended: std::array::from_fn(|_| AtomicU64::new(0)),
+            tunnel_bytes_up: AtomicU64::new(0),
         }
     }
 
@@ -108,6 +114,17 @@ impl Metrics {
         }
         if let Some(duration) = finished.duration {
             self.durations.observe(duration);
+        }
+    }
+
+    /// Counts a closed tunnel by why it ended, with its bytes from the
+    /// client (those to the client count as response body bytes).
+    pub fn tunnel_ended(&self, end: TunnelEnd, bytes_up: u64) {
+        if let Some(index) = TunnelEnd::ALL.iter().position(|e| *e == end) {
+            self.tunnels_ended[index].fetch_add(1, Ordering::Relaxed);
+        }
+        if bytes_up > 0 {
+            self.tunnel_bytes_up.fetch_add(bytes_up, Ordering::Relaxed);
         }
     }
 
@@ -214,6 +231,24 @@ impl Metrics {
             "gauge",
             "CONNECT tunnels open now.",
             gauges.tunnels_open,
+        );
+        page.family(
+            "fetchproxy_tunnels_closed_total",
+            "counter",
+            "CONNECT tunnels closed, by why they ended.",
+        );
+        for (end, count) in TunnelEnd::ALL.iter().zip(&self.tunnels_ended) {
+            page.sample(
+                "fetchproxy_tunnels_closed_total",
+                &format!("end=\"{}\"", end.as_str()),
+                load(count),
+            );
+        }
+        page.single(
+            "fetchproxy_tunnel_bytes_up_total",
+            "counter",
+            "Bytes tunnels passed from clients to their targets.",
+            load(&self.tunnel_bytes_up),
         );
         page.family(
             "fetchproxy_requests_total",

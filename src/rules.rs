@@ -1,11 +1,14 @@
 //! The access rules that SIGHUP reloads: `allow_dest`, `allow_clients`,
 //! `dest_ports`, `connect_ports` and the users. `SharedRules` holds the
-//! current set; every request takes its own `Arc` of it, so a reload never
-//! waits for a request and a request never sees half of a reload. Other
-//! settings (listen, workers, timeouts, limits) are fixed at start.
+//! current set in an `ArcSwap`: every request takes its own `Arc` of it
+//! once, without a lock, and uses that snapshot throughout, so a reload
+//! never waits for a request and a request never sees half of a reload.
+//! Other settings (listen, workers, timeouts, limits) are fixed at start.
 
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use ipnet::IpNet;
 
@@ -43,7 +46,7 @@ impl Rules {
 
 /// The current rules, replaced whole on reload.
 #[derive(Clone)]
-pub struct SharedRules(Arc<RwLock<Arc<Rules>>>);
+pub struct SharedRules(Arc<ArcSwap<Rules>>);
 
 impl fmt::Debug for SharedRules {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,24 +57,19 @@ impl fmt::Debug for SharedRules {
 impl SharedRules {
     /// Starts with `rules`.
     pub fn new(rules: Rules) -> SharedRules {
-        SharedRules(Arc::new(RwLock::new(Arc::new(rules))))
+        SharedRules(Arc::new(ArcSwap::from_pointee(rules)))
     }
 
-    /// The rules in force now. The lock is held only to clone the `Arc`,
-    /// never across I/O; keep the result for one request.
+    /// The rules in force now, read without a lock; keep the result for
+    /// one request.
     pub fn current(&self) -> Arc<Rules> {
-        // Swapping an Arc cannot be left half done, so a poisoned lock is still sound.
-        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+        self.0.load_full()
     }
 
-    /// Puts `rules` in force for every request that starts from now on.
+    /// Puts `rules` in force for every request that starts from now on; the
+    /// old set is dropped by the last request that holds it.
     pub fn replace(&self, rules: Rules) {
-        let fresh = Arc::new(rules);
-        // The old set is dropped outside the lock, by its last request.
-        let _old = std::mem::replace(
-            &mut *self.0.write().unwrap_or_else(PoisonError::into_inner),
-            fresh,
-        );
+        self.0.store(Arc::new(rules));
     }
 
     /// Applies a freshly loaded configuration's rules, or keeps the current

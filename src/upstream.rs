@@ -1,8 +1,11 @@
 //! The upstream side: one shared `ureq::Agent` (pooled connections, no
-//! redirects, statuses passed through, bodies untouched), a resolver that
-//! checks every resolved address against the destination policy, and the
-//! mapping of `ureq::Error` to `ProxyError`. Never sees the client socket.
+//! redirects, statuses passed through, bodies untouched), the one place
+//! where a destination's addresses are resolved and checked against the
+//! destination policy (for forwarding, through ureq's resolver, and for
+//! CONNECT), and the mapping of `ureq::Error` to `ProxyError`. Never sees
+//! the client socket.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use crate::access;
 use crate::config::ServeConfig;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::metrics::Metrics;
-use crate::rules::SharedRules;
+use crate::rules::{Rules, SharedRules};
 use crate::transport::OriginConnector;
 
 /// Bytes ureq buffers per upstream connection for reading responses.
@@ -62,9 +65,64 @@ pub fn agent(config: &ServeConfig, rules: SharedRules, metrics: Arc<Metrics>) ->
     ureq::Agent::with_parts(agent_config, connector, resolver)
 }
 
-/// Resolves names with the system resolver (IP literals without it), then
-/// keeps only the addresses the destination policy allows. Because ureq
-/// connects to exactly these addresses, DNS rebinding cannot slip past the check.
+thread_local! {
+    /// The rules of the request this thread is sending upstream: ureq's
+    /// resolver runs on the calling thread and has no other way to learn
+    /// which snapshot the request took.
+    static REQUEST_RULES: RefCell<Option<Arc<Rules>>> = const { RefCell::new(None) };
+}
+
+/// Runs `send` (an `Agent::run` call) with `rules` as the rules its
+/// resolver checks addresses against, so a request uses one snapshot from
+/// admission to connection even if a reload happens meanwhile.
+pub fn with_rules<T>(rules: &Arc<Rules>, send: impl FnOnce() -> T) -> T {
+    /// Clears the slot however `send` ends, a panic included.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            REQUEST_RULES.with(|slot| slot.borrow_mut().take());
+        }
+    }
+    REQUEST_RULES.with(|slot| *slot.borrow_mut() = Some(rules.clone()));
+    let _clear = Clear;
+    send()
+}
+
+/// The port a URI names, or its scheme's default (RFC 9110 §4.2).
+pub fn port_of(uri: &Uri) -> u16 {
+    uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    })
+}
+
+/// Resolves `host` and keeps the addresses the destination policy allows
+/// (at most `MAX_RESOLVED`): forwarding and CONNECT both connect only to
+/// what this returns, so DNS rebinding cannot slip past the check.
+///
+/// # Errors
+/// `DnsFailed` when the name does not resolve, `DestinationDenied` naming
+/// the first address when none is allowed.
+pub fn resolve_allowed(
+    host: &str,
+    port: u16,
+    rules: &Rules,
+) -> Result<Vec<SocketAddr>, ProxyError> {
+    let resolved = resolve(host, port)?;
+    let first = resolved[0].ip();
+    let allowed: Vec<SocketAddr> = resolved
+        .into_iter()
+        .filter(|addr| access::allows_destination(addr.ip(), &rules.allow_dest))
+        .take(MAX_RESOLVED)
+        .collect();
+    if allowed.is_empty() {
+        return Err(ProxyError::DestinationDenied { addr: first });
+    }
+    Ok(allowed)
+}
+
+/// ureq's resolver: [`resolve_allowed`] under the rules of the request
+/// being sent (see [`with_rules`]), or the rules in force when none was set.
 #[derive(Debug)]
 struct CheckingResolver {
     rules: SharedRules,
@@ -77,30 +135,17 @@ impl Resolver for CheckingResolver {
         _config: &ureq::config::Config,
         _timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let rules = REQUEST_RULES
+            .with(|slot| slot.borrow().clone())
+            .unwrap_or_else(|| self.rules.current());
         let host = uri.host().unwrap_or_default();
-        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-            Some("https") => 443,
-            _ => 80,
-        });
-        let resolved = resolve(host, port).map_err(|err| ureq::Error::Other(Box::new(err)))?;
-        let mut allowed = self.empty();
-        let rules = self.rules.current();
-        let mut first_denied = None;
-        for addr in resolved {
-            if access::allows_destination(addr.ip(), &rules.allow_dest) {
-                if allowed.len() < MAX_RESOLVED {
-                    allowed.push(addr);
-                }
-            } else {
-                first_denied.get_or_insert(addr.ip());
-            }
+        let allowed = resolve_allowed(host, port_of(uri), &rules)
+            .map_err(|err| ureq::Error::Other(Box::new(err)))?;
+        let mut addrs = self.empty();
+        for addr in allowed {
+            addrs.push(addr);
         }
-        match first_denied {
-            Some(addr) if allowed.is_empty() => Err(ureq::Error::Other(Box::new(
-                ProxyError::DestinationDenied { addr },
-            ))),
-            _ => Ok(allowed),
-        }
+        Ok(addrs)
     }
 }
 

@@ -97,6 +97,7 @@ fn check_complete(buf: &[u8], limits: &HeadLimits, head: &RequestHead, head_len:
             assert!(head.header("content-length").is_none());
         }
         Ok(BodyFraming::Empty) => {}
+        Ok(BodyFraming::UntilClose) => panic!("a request body is never close-delimited"),
         Err(e) => assert!(matches!(e, ProxyError::BadRequest(_)), "{e:?}"),
     }
     let _ = (

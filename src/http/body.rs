@@ -13,6 +13,22 @@ const MAX_TRAILER_BYTES: usize = 64 * 1024;
 /// A chunk size has at most 16 hex digits, so it always fits in a `u64`.
 const MAX_SIZE_DIGITS: usize = 16;
 
+/// How a message body is delimited (RFC 9112 §6.3), both ways.
+///
+/// `Content-Length: 0` is reported as `Empty`, so `Length(n)` always has `n > 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Responses only (item 8 of RFC 9112 §6.3): the body ends when the
+    /// connection closes. A request without a length has no body.
+    UntilClose,
+}
+
 /// Where the decoder is in RFC 9112 §7.1's grammar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -121,7 +137,14 @@ impl<R: BufRead> ChunkedReader<R> {
     /// Reads the chunk-size line into `self.line`, up to and including its LF,
     /// consuming nothing past it.
     fn fill_line(&mut self) -> io::Result<()> {
-        let limit = MAX_CHUNK_LINE_BYTES + 2;
+        self.read_line(MAX_CHUNK_LINE_BYTES + 2, || {
+            invalid(format!("chunk-size line over {MAX_CHUNK_LINE_BYTES} bytes"))
+        })
+    }
+
+    /// Appends one line to `self.line`, up to and including its LF and
+    /// nothing past it; more than `limit` bytes in all is `too_long()`.
+    fn read_line(&mut self, limit: usize, too_long: impl Fn() -> io::Error) -> io::Result<()> {
         loop {
             let avail = fill(&mut self.inner)?;
             let (take, found) = match avail.iter().position(|&b| b == b'\n') {
@@ -129,9 +152,7 @@ impl<R: BufRead> ChunkedReader<R> {
                 None => (avail.len(), false),
             };
             if self.line.len() + take > limit {
-                return Err(invalid(format!(
-                    "chunk-size line over {MAX_CHUNK_LINE_BYTES} bytes"
-                )));
+                return Err(too_long());
             }
             self.line.extend_from_slice(&avail[..take]);
             self.inner.consume(take);
@@ -157,22 +178,9 @@ impl<R: BufRead> ChunkedReader<R> {
     /// refuse (no colon, NUL, obs-fold, bare LF) still fails the body: a
     /// lax trailer parser is where a request line can hide.
     fn step_trailers(&mut self, budget: usize) -> io::Result<()> {
-        let too_large = || invalid(format!("chunked trailers over {MAX_TRAILER_BYTES} bytes"));
-        loop {
-            let avail = fill(&mut self.inner)?;
-            let (take, found) = match avail.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (avail.len(), false),
-            };
-            if self.line.len() + take > budget {
-                return Err(too_large());
-            }
-            self.line.extend_from_slice(&avail[..take]);
-            self.inner.consume(take);
-            if found {
-                break;
-            }
-        }
+        self.read_line(budget, || {
+            invalid(format!("chunked trailers over {MAX_TRAILER_BYTES} bytes"))
+        })?;
         let used = self.line.len();
         let Some(content) = self.line.strip_suffix(b"\r\n") else {
             return Err(invalid("trailer line not ended by CRLF"));

@@ -1,6 +1,9 @@
-//! Writing responses: status line and headers into one buffer, and the
-//! short `text/plain` answers for errors the proxy generates itself.
-//! Picks no status: the caller (the worker) decides.
+//! Writing response heads: the one builder (`Head`) that every answer of
+//! the proxy goes through, so each ends the same way (`X-Request-Id`, then
+//! `Connection` as decided), and the short `text/plain` answers for errors
+//! the proxy generates itself. Picks no status: the caller decides.
+
+use ureq::http::StatusCode;
 
 use crate::error::ProxyError;
 
@@ -9,71 +12,66 @@ const MAX_DETAILS_BYTES: usize = 256;
 
 /// The reason phrase for a status code ("" for unknown codes).
 pub fn reason_phrase(status: u16) -> &'static str {
-    // RFC 9110 §15, plus the registered extras a proxy is likely to relay.
-    match status {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        102 => "Processing",
-        103 => "Early Hints",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        203 => "Non-Authoritative Information",
-        204 => "No Content",
-        205 => "Reset Content",
-        206 => "Partial Content",
-        207 => "Multi-Status",
-        208 => "Already Reported",
-        226 => "IM Used",
-        300 => "Multiple Choices",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        305 => "Use Proxy",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        402 => "Payment Required",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        407 => "Proxy Authentication Required",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        411 => "Length Required",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        416 => "Range Not Satisfiable",
-        417 => "Expectation Failed",
-        418 => "I'm a teapot",
-        421 => "Misdirected Request",
-        422 => "Unprocessable Content",
-        423 => "Locked",
-        424 => "Failed Dependency",
-        425 => "Too Early",
-        426 => "Upgrade Required",
-        428 => "Precondition Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        451 => "Unavailable For Legal Reasons",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        506 => "Variant Also Negotiates",
-        507 => "Insufficient Storage",
-        508 => "Loop Detected",
-        510 => "Not Extended",
-        511 => "Network Authentication Required",
-        _ => "",
+    StatusCode::from_u16(status)
+        .ok()
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("")
+}
+
+/// Whether the connection carries another request after a response, as
+/// its head tells the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// `Connection: close`: the connection ends after this response.
+    Close,
+    /// Kept open; HTTP/1.0 clients are told so with `Connection: keep-alive`
+    /// (RFC 9112 §9.3), HTTP/1.1 clients assume it.
+    KeepAlive { http10: bool },
+}
+
+impl Persistence {
+    /// Whether the connection stays open.
+    pub fn is_kept(self) -> bool {
+        matches!(self, Persistence::KeepAlive { .. })
+    }
+}
+
+/// A response head being written: status line, then headers.
+#[derive(Debug)]
+pub struct Head(Vec<u8>);
+
+impl Head {
+    /// A head with `status` and its canonical reason phrase.
+    pub fn new(status: u16) -> Head {
+        Head::with_reason(status, reason_phrase(status))
+    }
+
+    /// A head with `status` and `reason`.
+    pub fn with_reason(status: u16, reason: &str) -> Head {
+        let mut out = Vec::with_capacity(512);
+        write_status_line(&mut out, status, reason);
+        Head(out)
+    }
+
+    /// Adds one header line.
+    pub fn header(&mut self, name: &str, value: &[u8]) -> &mut Head {
+        write_header(&mut self.0, name, value);
+        self
+    }
+
+    /// Ends the head the way every answer of the proxy ends: `X-Request-Id`,
+    /// `Connection` as `persistence` says, and the blank line.
+    pub fn finish(mut self, request_id: &str, persistence: Persistence) -> Vec<u8> {
+        write_header(&mut self.0, "X-Request-Id", request_id.as_bytes());
+        match persistence {
+            Persistence::Close => write_header(&mut self.0, "Connection", b"close"),
+            Persistence::KeepAlive { http10: true } => {
+                write_header(&mut self.0, "Connection", b"keep-alive");
+            }
+            Persistence::KeepAlive { http10: false } => {}
+        }
+        self.0.extend_from_slice(b"\r\n");
+        self.0
     }
 }
 
@@ -132,51 +130,51 @@ fn sf_string_content(text: &str) -> String {
     out
 }
 
-/// A complete error response: status line, `Content-Type: text/plain`,
-/// `Content-Length`, `Proxy-Status: fetchproxy; error=<token>; details="..."`,
-/// `Retry-After` when the error has one, `X-Request-Id`, `Via`-free, and
-/// `Connection: close` when `close` is set; body is the error's message and a newline.
-/// With `head_only` the body is left out (answer to HEAD) but Content-Length kept.
-pub fn error_response(err: &ProxyError, request_id: &str, close: bool, head_only: bool) -> Vec<u8> {
+/// A complete error response and the length of its body: status line,
+/// `Content-Type: text/plain`, `Content-Length`, `Proxy-Status: fetchproxy;
+/// error=<token>; details="..."`, `Retry-After` and `Proxy-Authenticate`
+/// when the error has them, then the ending every answer has (see
+/// [`Head::finish`]); the body is the error's message and a newline. With
+/// `head_only` the body is left out (answer to HEAD) but Content-Length kept.
+pub fn error_response(
+    err: &ProxyError,
+    request_id: &str,
+    persistence: Persistence,
+    head_only: bool,
+) -> (Vec<u8>, u64) {
     let message = err.to_string();
     let body = format!("{message}\n");
-    let status = err.status();
-    let mut out = Vec::with_capacity(256 + 2 * body.len());
-    write_status_line(&mut out, status, reason_phrase(status));
-    write_header(&mut out, "Content-Type", b"text/plain; charset=utf-8");
-    write_header(
-        &mut out,
-        "Content-Length",
-        body.len().to_string().as_bytes(),
-    );
+    let mut head = Head::new(err.status());
+    head.header("Content-Type", b"text/plain; charset=utf-8")
+        .header("Content-Length", body.len().to_string().as_bytes());
     // RFC 9209 §2: the proxy's name, then its error type and details.
     let proxy_status = format!(
         "fetchproxy; error={}; details=\"{}\"",
         err.proxy_status(),
         sf_string_content(&message)
     );
-    write_header(&mut out, "Proxy-Status", proxy_status.as_bytes());
+    head.header("Proxy-Status", proxy_status.as_bytes());
     if let Some(seconds) = err.retry_after() {
-        write_header(&mut out, "Retry-After", seconds.to_string().as_bytes());
+        head.header("Retry-After", seconds.to_string().as_bytes());
     }
     if let Some(challenge) = err.proxy_authenticate() {
-        write_header(&mut out, "Proxy-Authenticate", challenge.as_bytes());
+        head.header("Proxy-Authenticate", challenge.as_bytes());
     }
-    write_header(&mut out, "X-Request-Id", request_id.as_bytes());
-    if close {
-        write_header(&mut out, "Connection", b"close");
+    let mut out = head.finish(request_id, persistence);
+    if head_only {
+        return (out, 0);
     }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
-    out
+    out.extend_from_slice(body.as_bytes());
+    (out, body.len() as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::TimeoutPhase;
+
+    const CLOSE: Persistence = Persistence::Close;
+    const KEEP: Persistence = Persistence::KeepAlive { http10: false };
 
     #[test]
     fn reason_phrases_cover_the_common_codes() {
@@ -198,7 +196,7 @@ mod tests {
         assert_eq!(reason_phrase(404), "Not Found");
         assert_eq!(reason_phrase(431), "Request Header Fields Too Large");
         assert_eq!(reason_phrase(508), "Loop Detected");
-        for unknown in [0, 99, 199, 299, 306, 420, 499, 599, 999, u16::MAX] {
+        for unknown in [0, 99, 199, 299, 306, 420, 499, 599, 999, 1000, u16::MAX] {
             assert_eq!(reason_phrase(unknown), "", "{unknown}");
         }
     }
@@ -226,7 +224,7 @@ mod tests {
 
     #[test]
     fn loop_error_response_has_exact_bytes() {
-        let out = error_response(&ProxyError::LoopDetected, "req-1", false, false);
+        let out = error_response(&ProxyError::LoopDetected, "req-1", KEEP, false).0;
         let message = "request loop detected: this request already passed through this proxy";
         let expected = format!(
             "HTTP/1.1 508 Loop Detected\r\n\
@@ -243,7 +241,7 @@ mod tests {
 
     #[test]
     fn queue_full_response_parses_back_with_retry_after_and_close() {
-        let out = error_response(&ProxyError::QueueFull, "abc", true, false);
+        let out = error_response(&ProxyError::QueueFull, "abc", CLOSE, false).0;
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut resp = httparse::Response::new(&mut headers);
         let Ok(httparse::Status::Complete(head_len)) = resp.parse(&out) else {
@@ -287,8 +285,9 @@ mod tests {
     #[test]
     fn head_only_keeps_content_length_but_drops_the_body() {
         let err = ProxyError::UpstreamTimeout(TimeoutPhase::Response);
-        let full = error_response(&err, "id", false, false);
-        let head = error_response(&err, "id", false, true);
+        let (full, full_len) = error_response(&err, "id", KEEP, false);
+        let (head, head_len) = error_response(&err, "id", KEEP, true);
+        assert_eq!((full_len, head_len), ((full.len() - head.len()) as u64, 0));
         assert!(full.starts_with(&head));
         assert!(head.ends_with(b"\r\n\r\n"));
         let body = &full[head.len()..];
@@ -296,6 +295,25 @@ mod tests {
         let length = format!("Content-Length: {}\r\n", body.len());
         assert!(head.windows(length.len()).any(|w| w == length.as_bytes()));
         assert!(!head.windows(10).any(|w| w == b"Connection"));
+    }
+
+    #[test]
+    fn every_head_ends_with_the_request_id_and_the_connection_decision() {
+        let ends = [
+            (CLOSE, "X-Request-Id: r\r\nConnection: close\r\n\r\n"),
+            (
+                Persistence::KeepAlive { http10: true },
+                "X-Request-Id: r\r\nConnection: keep-alive\r\n\r\n",
+            ),
+            (KEEP, "X-Request-Id: r\r\n\r\n"),
+        ];
+        for (persistence, end) in ends {
+            let mut head = Head::new(200);
+            head.header("Content-Length", b"0");
+            let out = head.finish("r", persistence);
+            let expected = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n{end}");
+            assert_eq!(String::from_utf8_lossy(&out), expected);
+        }
     }
 
     #[test]
@@ -317,7 +335,7 @@ mod tests {
         let err = ProxyError::DnsFailed {
             host: "evil\"\r\nX-Injected: 1\\".into(),
         };
-        let out = error_response(&err, "id", true, false);
+        let out = error_response(&err, "id", CLOSE, false).0;
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut resp = httparse::Response::new(&mut headers);
         assert!(matches!(

@@ -1,21 +1,17 @@
 //! `ClientConn`: a client socket plus the bytes received from it and not yet
 //! used. The acceptor fills it without blocking while a head arrives; a
 //! worker reads bodies through it (`BufRead`), and whatever is left over (a
-//! pipelined next request) stays in it when the connection goes back.
+//! pipelined next request) stays in it when the connection goes back. It
+//! also carries its connection-limit slot and its place in the acceptor's
+//! loop (see `handback`), both given back when it is dropped.
 
-use std::collections::HashMap;
 use std::io::{self, BufRead, IoSlice, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
-use mio::Registry;
-use mio::unix::SourceFd;
-
-use crate::error::ProxyError;
-use crate::server::handback::Handback;
+use crate::server::handback::Registration;
+use crate::server::limits::ConnSlot;
 
 /// Smallest read a worker makes into the buffer while reading a body.
 const READ_CHUNK: usize = 16 * 1024;
@@ -30,7 +26,7 @@ pub struct ClientConn {
     /// Counts this connection against the limits until it is dropped.
     _slot: ConnSlot,
     /// Its place in the acceptor's readiness loop, freed when it is dropped.
-    registration: Option<Registration>,
+    registration: Option<Registration<ClientConn>>,
     /// The address the client connected to: the listener's, or for a
     /// wildcard listener the OS's answer once asked for.
     local: SocketAddr,
@@ -67,11 +63,6 @@ impl ClientConn {
         self.sent
     }
 
-    /// The port the client connected to.
-    pub fn local_port(&self) -> u16 {
-        self.local.port()
-    }
-
     /// The address the client connected to (asked of the OS at most once,
     /// and only behind a wildcard listener).
     pub fn local_addr(&mut self) -> Option<SocketAddr> {
@@ -83,14 +74,14 @@ impl ClientConn {
     }
 
     /// Ties the connection to its place in the acceptor's loop.
-    pub fn set_registration(&mut self, registration: Registration) {
+    pub fn set_registration(&mut self, registration: Registration<ClientConn>) {
         self.registration = Some(registration);
     }
 
-    /// The flag the acceptor sets when the client sends something while the
-    /// connection is with a worker (see `Handback::give_back`).
+    /// The flag the acceptor sets when the client sends something while
+    /// the connection is with a worker (see `Handback::give_back`).
     pub fn input_flag(&self) -> Option<Arc<AtomicBool>> {
-        self.registration.as_ref().map(|r| r.input.clone())
+        self.registration.as_ref().map(|r| r.input().clone())
     }
 
     /// The acceptor's key for this connection, if it has one.
@@ -102,16 +93,15 @@ impl ClientConn {
     /// tunnel, whose bytes another loop relays).
     pub fn detach(&mut self) {
         if let Some(registration) = self.registration.take() {
-            let fd = self.stream.as_raw_fd();
-            let _ = registration.registry.deregister(&mut SourceFd(&fd));
+            registration.detach();
         }
     }
 
     /// Forgets the registration without telling the acceptor (the acceptor
     /// itself is closing the connection and frees the place directly).
     pub fn disarm_registration(&mut self) {
-        if let Some(mut registration) = self.registration.take() {
-            registration.armed = false;
+        if let Some(registration) = self.registration.take() {
+            registration.disarm();
         }
     }
 
@@ -193,185 +183,5 @@ impl BufRead for ClientConn {
 
     fn consume(&mut self, n: usize) {
         self.pos = (self.pos + n).min(self.buf.len());
-    }
-}
-
-/// Sets what every client socket needs: no Nagle delay, and the timeouts
-/// that bound a worker's blocking reads (`read`) and writes (`write`).
-/// Set on a listener, the options are inherited by the sockets it accepts
-/// (Linux copies them at accept), which spares three calls per connection.
-///
-/// # Errors
-/// When the OS refuses an option.
-pub fn set_client_options(socket: impl AsFd, read: Duration, write: Duration) -> io::Result<()> {
-    use rustix::net::sockopt::{self, Timeout};
-    sockopt::set_tcp_nodelay(&socket, true)?;
-    sockopt::set_socket_timeout(&socket, Timeout::Recv, Some(read))?;
-    sockopt::set_socket_timeout(&socket, Timeout::Send, Some(write))?;
-    Ok(())
-}
-
-/// Something a worker tells the acceptor about a connection it had.
-#[derive(Debug)]
-pub enum Return {
-    /// Wait for the next request on this keep-alive connection.
-    Park(ClientConn),
-    /// The connection with this key is gone (closed or detached).
-    Closed(usize),
-}
-
-/// A connection's place (`key`) in the acceptor's readiness loop. The socket
-/// stays registered there for its whole life; dropping this tells the
-/// acceptor the place is free.
-#[derive(Debug)]
-pub struct Registration {
-    pub key: usize,
-    handback: Handback,
-    registry: Arc<Registry>,
-    armed: bool,
-    /// Set by the acceptor when input arrives while a worker has the connection.
-    input: Arc<AtomicBool>,
-}
-
-impl Registration {
-    /// A place that reports back through `handback`.
-    pub fn new(key: usize, handback: Handback, registry: Arc<Registry>) -> Registration {
-        Registration {
-            key,
-            handback,
-            registry,
-            armed: true,
-            input: Arc::new(AtomicBool::new(false)),
-        }
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if self.armed {
-            self.handback.closed(self.key);
-        }
-    }
-}
-
-/// Open-connection counts, total and per client address, shared by the
-/// acceptor (which admits) and whoever drops a connection (which releases).
-#[derive(Debug)]
-pub struct ConnLimits {
-    max_total: usize,
-    max_per_client: usize,
-    total: AtomicUsize,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl ConnLimits {
-    /// Limits of `max_total` connections, `max_per_client` from one address.
-    pub fn new(max_total: usize, max_per_client: usize) -> Arc<ConnLimits> {
-        Arc::new(ConnLimits {
-            max_total,
-            max_per_client,
-            total: AtomicUsize::new(0),
-            per_client: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// How many connections are open now.
-    pub fn open(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Counts a new connection from `ip`, or says which limit it is over.
-    ///
-    /// # Errors
-    /// `TooManyConnections` naming the limit.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, ProxyError> {
-        if self.total.fetch_add(1, Ordering::SeqCst) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::SeqCst);
-            return Err(ProxyError::TooManyConnections {
-                what: "max_connections",
-                limit: self.max_total,
-            });
-        }
-        let mut per_client = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let count = per_client.entry(ip).or_insert(0);
-        if *count >= self.max_per_client {
-            drop(per_client);
-            self.total.fetch_sub(1, Ordering::SeqCst);
-            return Err(ProxyError::TooManyConnections {
-                what: "max_conns_per_client",
-                limit: self.max_per_client,
-            });
-        }
-        *count += 1;
-        Ok(ConnSlot {
-            limits: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// One admitted connection; dropping it gives the place back.
-#[derive(Debug)]
-pub struct ConnSlot {
-    limits: Arc<ConnLimits>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        let mut per_client = self
-            .limits
-            .per_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_client.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_client.remove(&self.ip);
-            }
-        }
-        drop(per_client);
-        self.limits.total.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepted_sockets_inherit_the_listeners_options() {
-        use rustix::net::sockopt::{self, Timeout};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (read, write) = (Duration::from_secs(15), Duration::from_secs(60));
-        set_client_options(&listener, read, write).expect("options");
-        let addr = listener.local_addr().expect("addr");
-        let _client = TcpStream::connect(addr).expect("connect");
-        let (accepted, _) = listener.accept().expect("accept");
-        assert!(sockopt::tcp_nodelay(&accepted).expect("nodelay"));
-        assert_eq!(
-            sockopt::socket_timeout(&accepted, Timeout::Recv).expect("rcvtimeo"),
-            Some(read)
-        );
-        assert_eq!(
-            sockopt::socket_timeout(&accepted, Timeout::Send).expect("sndtimeo"),
-            Some(write)
-        );
-    }
-
-    #[test]
-    fn limits_count_per_client_and_release_on_drop() {
-        let limits = ConnLimits::new(3, 2);
-        let a: IpAddr = [127, 0, 0, 1].into();
-        let b: IpAddr = [127, 0, 0, 2].into();
-        let first = limits.admit(a).expect("first");
-        let _second = limits.admit(a).expect("second");
-        let err = limits.admit(a).expect_err("third from the same client");
-        assert_eq!(err.status(), 503);
-        let _third = limits.admit(b).expect("another client");
-        assert!(limits.admit(b).is_err(), "total limit");
-        drop(first);
-        let _again = limits.admit(a).expect("place given back");
-        assert_eq!(limits.total.load(Ordering::SeqCst), 3);
     }
 }

@@ -1,67 +1,71 @@
-//! The proxy's own endpoints, reached with origin-form targets: `/healthz`
-//! for load balancers and supervisors, `/metrics` for Prometheus. Anything
-//! else in origin-form is an error the worker answers.
+//! The answers the proxy gives itself: `/healthz` for load balancers and
+//! supervisors (503 `draining` once shutdown began, so a balancer stops
+//! sending work), `/metrics` for Prometheus, and `OPTIONS` with
+//! `Max-Forwards: 0`. A request body is read and dropped first, or the
+//! connection closes (see `request_body::discard`).
 
 use std::io::Write;
 
-use crate::error::ProxyError;
 use crate::http::request::RequestHead;
-use crate::http::response;
+use crate::http::response::Head;
 use crate::metrics::{self, Gauges};
 use crate::server::conn::ClientConn;
+use crate::server::context::Context;
+use crate::server::finish::{self, Served};
 use crate::server::request_body;
-use crate::server::worker::{Context, Served};
+use crate::server::target::{Endpoint, FORWARDED_METHODS};
 
-/// Answers `GET` or `HEAD` for `/healthz` and `/metrics`.
-///
-/// # Errors
-/// `NotProxyEndpoint` for any other origin-form request.
+/// Answers `endpoint` for `head`.
 pub fn answer(
     conn: &mut ClientConn,
     head: &RequestHead,
+    endpoint: Endpoint,
     request_id: &str,
     ctx: &Context,
-) -> Result<Served, ProxyError> {
-    let path = head.target.split('?').next().unwrap_or_default();
-    let (content_type, body) = match (head.method.as_str(), path) {
-        ("GET" | "HEAD", "/healthz") => {
-            let body = if ctx.shutdown.is_draining() {
-                "draining\n"
+) -> Served {
+    let body_read = request_body::discard(conn, head);
+    let draining = ctx.shutdown.is_draining();
+    let persistence = finish::persistence(head, body_read, draining);
+    let (status, body, mut out) = match endpoint {
+        Endpoint::Healthz => {
+            let (status, body) = if draining {
+                (503, "draining\n".to_string())
             } else {
-                "ok\n"
+                (200, "ok\n".to_string())
             };
-            ("text/plain; charset=utf-8", body.to_string())
+            let mut out = Head::new(status);
+            out.header("Content-Type", b"text/plain; charset=utf-8");
+            (status, body, out)
         }
-        ("GET" | "HEAD", "/metrics") => (metrics::CONTENT_TYPE, metrics_page(ctx)),
-        _ => return Err(ProxyError::NotProxyEndpoint(head.target.clone())),
+        Endpoint::Metrics => {
+            let mut out = Head::new(200);
+            out.header("Content-Type", metrics::CONTENT_TYPE.as_bytes());
+            (200, metrics_page(ctx), out)
+        }
+        Endpoint::Options => {
+            let mut out = Head::new(200);
+            out.header("Allow", FORWARDED_METHODS.join(", ").as_bytes());
+            (200, String::new(), out)
+        }
     };
-    // The body, if any, is read before answering (or the connection closes).
-    let close = !request_body::discard(conn, head) || !head.keep_alive();
+    out.header("Content-Length", body.len().to_string().as_bytes())
+        .header("Cache-Control", b"no-store");
+    let mut bytes = out.finish(request_id, persistence);
     let head_only = head.method == "HEAD";
-    let mut out = Vec::with_capacity(256 + body.len());
-    response::write_status_line(&mut out, 200, "OK");
-    response::write_header(&mut out, "Content-Type", content_type.as_bytes());
-    response::write_header(
-        &mut out,
-        "Content-Length",
-        body.len().to_string().as_bytes(),
-    );
-    response::write_header(&mut out, "Cache-Control", b"no-store");
-    response::write_header(&mut out, "X-Request-Id", request_id.as_bytes());
-    if close {
-        response::write_header(&mut out, "Connection", b"close");
-    }
-    out.extend_from_slice(b"\r\n");
     if !head_only {
-        out.extend_from_slice(body.as_bytes());
+        bytes.extend_from_slice(body.as_bytes());
     }
-    let sent = conn.write_all(&out).is_ok();
-    Ok(Served {
-        status: 200,
-        bytes: if head_only { 0 } else { body.len() as u64 },
+    let sent = conn.write_all(&bytes).is_ok();
+    Served {
+        status,
+        bytes: if sent && !head_only {
+            body.len() as u64
+        } else {
+            0
+        },
         error: None,
-        reusable: sent && !close,
-    })
+        reusable: sent && persistence.is_kept(),
+    }
 }
 
 /// The counters, with the gauges of this moment.

@@ -1,17 +1,24 @@
 //! The server: wiring of listeners, acceptor, queue, workers, tunnel relay,
 //! shared rules and shutdown. `start` returns a `Running` handle; `run` =
 //! start + signals (SIGHUP reloads the rules) + wait. Nothing here touches a
-//! request; `finished` is where every request's log line and count meet,
-//! whichever thread ends it (worker, acceptor or tunnel relay).
+//! request: a request's life starts in `worker.rs`, and every request ends
+//! in `finish.rs`, whichever thread ends it.
 
 mod acceptor;
 mod conn;
+mod context;
 mod endpoints;
+mod finish;
 mod forward;
 mod handback;
+mod job;
+mod limits;
+mod listen;
 mod pool;
+mod relay;
 mod request_body;
 mod request_id;
+mod target;
 mod tunnel;
 mod worker;
 
@@ -23,19 +30,16 @@ use std::time::Instant;
 use mio::{Poll, Waker};
 
 use crate::config::{ConfigError, ServeConfig};
-use crate::logging::{self, AccessRecord};
-use crate::metrics::{Finished, Metrics};
+use crate::metrics::Metrics;
 use crate::rules::{Rules, SharedRules};
 use crate::shutdown::Shutdown;
 use acceptor::Acceptor;
-use conn::{ConnLimits, set_client_options};
+use context::Context;
 use handback::Handback;
+use limits::ConnLimits;
+pub use listen::StartError;
 use pool::Pool;
 use request_id::RequestIds;
-use worker::Context;
-
-/// Largest listen backlog asked for (the kernel caps it at `somaxconn`).
-const LISTEN_BACKLOG_MAX: usize = 4096;
 
 /// How the server stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,22 +48,6 @@ pub enum Stopped {
     Clean,
     /// The grace period ran out or a second signal cut requests short.
     CutShort,
-}
-
-/// A failure to start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(
-        "open-files limit {limit} is too low for max_connections = {max_connections}; raise it (ulimit -n) or lower max_connections"
-    )]
-    FileLimit { limit: u64, max_connections: usize },
-    #[error("cannot start: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// Loads the configuration again for a reload: the config file re-read,
@@ -134,25 +122,8 @@ impl Running {
 /// # Errors
 /// `StartError` when a listener or thread cannot be set up.
 pub fn start(config: ServeConfig) -> Result<Running, StartError> {
-    raise_file_limit(config.max_connections)?;
-    let mut listeners = Vec::with_capacity(config.listen.len());
-    for addr in &config.listen {
-        let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind {
-            addr: *addr,
-            source,
-        })?;
-        // std listens with a backlog of 128; a burst of new connections
-        // (a crawler starting up, many clients reconnecting) needs more, or
-        // SYNs are dropped and clients wait a second for a retransmit.
-        let backlog = config.max_connections.clamp(128, LISTEN_BACKLOG_MAX) as i32;
-        rustix::net::listen(&listener, backlog).map_err(|errno| StartError::Bind {
-            addr: *addr,
-            source: errno.into(),
-        })?;
-        // Every accepted socket inherits these (see `set_client_options`).
-        set_client_options(&listener, config.idle_timeout, config.upstream_timeout)?;
-        listeners.push(listener);
-    }
+    listen::raise_file_limit(config.max_connections)?;
+    let listeners = listen::bind(&config)?;
     let addrs = listeners
         .iter()
         .map(TcpListener::local_addr)
@@ -206,8 +177,10 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.workers,
         config.queue
     );
-    if !config.users.is_empty() {
-        log::info!("proxy authentication on for {} users", config.users.len());
+    match config.users.len() {
+        0 => {}
+        1 => log::info!("proxy authentication on for 1 user"),
+        n => log::info!("proxy authentication on for {n} users"),
     }
     // Whoever waits for the startup lines (a person, a supervisor) sees them now.
     crate::logging::flush();
@@ -223,21 +196,6 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     })
 }
 
-/// Writes the access-log line of a finished request and counts it for
-/// `/metrics`: every request gets exactly one of each, wherever it ends.
-fn finished(metrics: &Metrics, record: &AccessRecord<'_>) {
-    // A CONNECT answered 200 is a tunnel: its duration is the tunnel's
-    // life, which would swamp the request-latency histogram.
-    let tunnel = record.method == "CONNECT" && record.status == 200;
-    metrics.request(&Finished {
-        status: record.status,
-        bytes: record.bytes,
-        duration: (!tunnel).then_some(record.duration),
-        error: record.error,
-    });
-    logging::access(record);
-}
-
 /// Starts the server, installs signal handlers, and waits for it to stop.
 /// On SIGHUP, `load` is called and the access rules and users it gives are
 /// put in force (see `Running::reload`).
@@ -251,24 +209,4 @@ pub fn run(config: ServeConfig, load: LoadConfig) -> Result<Stopped, StartError>
         rules.reload(&base, load());
     })?;
     Ok(running.wait())
-}
-
-/// Raises the open-files limit to fit every client connection plus its
-/// upstream connection, as far as the hard limit allows.
-fn raise_file_limit(max_connections: usize) -> Result<(), StartError> {
-    let spare = 64;
-    let wanted = (max_connections as u64) * 2 + spare;
-    let limit = rlimit::increase_nofile_limit(wanted)?;
-    if limit < max_connections as u64 + spare {
-        return Err(StartError::FileLimit {
-            limit,
-            max_connections,
-        });
-    }
-    if limit < (max_connections as u64) * 2 {
-        log::warn!(
-            "open-files limit {limit} covers fewer than {max_connections} proxied connections"
-        );
-    }
-    Ok(())
 }

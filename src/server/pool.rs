@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::server::acceptor::Job;
-use crate::server::worker::{self, Context};
+use crate::server::context::Context;
+use crate::server::job::Job;
+use crate::server::worker;
 
 /// The running workers.
 pub struct Pool {

@@ -33,7 +33,8 @@ pub fn discard(conn: &mut ClientConn, head: &RequestHead) -> bool {
         return false;
     }
     match framing {
-        BodyFraming::Empty => true,
+        // A request body is never close-delimited (`body_framing` says so).
+        BodyFraming::Empty | BodyFraming::UntilClose => true,
         BodyFraming::Length(len) if len > DISCARD_LIMIT => false,
         BodyFraming::Length(len) => {
             let mut body = ExactReader {
@@ -74,7 +75,7 @@ impl<'a> ClientBody<'a> {
     ) -> ClientBody<'a> {
         let limit = limit.unwrap_or(u64::MAX);
         let reader: Option<Box<dyn Read + 'a>> = match framing {
-            BodyFraming::Empty => None,
+            BodyFraming::Empty | BodyFraming::UntilClose => None,
             BodyFraming::Length(len) => Some(Box::new(ExactReader {
                 inner: conn,
                 remaining: len,

@@ -8,6 +8,7 @@ mod parse;
 mod tests;
 
 use crate::error::ProxyError;
+pub use crate::http::body::BodyFraming;
 pub use parse::{HeadLimits, Parsed, parse_head};
 
 /// HTTP version of a request.
@@ -31,19 +32,6 @@ pub struct RequestHead {
     pub target: String,
     pub version: Version,
     pub headers: Vec<Header>,
-}
-
-/// How the request body is delimited (RFC 9112 §6.3).
-///
-/// `Content-Length: 0` is reported as `Empty`, so `Length(n)` always has `n > 0`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFraming {
-    /// No body.
-    Empty,
-    /// Exactly this many bytes.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
 }
 
 /// The form of the request target (RFC 9112 §3.2).

@@ -1,37 +1,32 @@
 //! The answers the acceptor writes itself, without a worker and without
 //! ever waiting on the client: refusals at accept (client range, connection
-//! limits), and 503 when the queue is full or the server is stopping.
+//! limits), and 503 when the queue is full or the server is stopping. They
+//! end as every request does (`finish`).
 
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::Instant;
 
 use rustix::net::SendFlags;
 
-use super::{Acceptor, Job};
+use super::Acceptor;
 use crate::error::ProxyError;
-use crate::http::response;
-use crate::logging::AccessRecord;
+use crate::http::response::Persistence;
+use crate::server::finish::{self, Request, Served};
+use crate::server::job::Job;
 
 impl Acceptor {
     /// Answers a connection the proxy will not serve, and closes it.
     pub(super) fn refuse(&self, stream: &TcpStream, peer: SocketAddr, err: ProxyError) {
         log::debug!("refusing {peer}: {err}");
         let request_id = self.ids.fresh();
-        let answer = response::error_response(&err, &request_id, true, false);
-        send_now(stream, &answer);
-        crate::server::finished(
-            &self.metrics,
-            &AccessRecord {
-                client: peer,
-                method: "-",
-                url: "-",
-                status: err.status(),
-                bytes: 0,
-                duration: Duration::ZERO,
-                request_id: &request_id,
-                error: Some(err.proxy_status()),
-            },
-        );
+        let (answer, body_len) = finish::error_bytes(&err, &request_id, None, Persistence::Close);
+        let sent = send_now(stream, &answer);
+        let served = Served {
+            bytes: if sent { body_len } else { 0 },
+            ..Served::failed(&err, 0)
+        };
+        let request = Request::unparsed(peer, &request_id, Instant::now());
+        finish::record(&self.metrics, &request, &served, None);
     }
 
     /// Answers a queued-to-be job with `err` from this thread and closes it.
@@ -46,35 +41,29 @@ impl Acceptor {
             self.entries.try_remove(key);
         }
         conn.disarm_registration();
-        let (method, url, request_id) = match &head {
-            Ok(head) => (
-                head.method.as_str(),
-                head.target.as_str(),
-                self.ids.for_request(head),
-            ),
-            Err(_) => ("-", "-", self.ids.fresh()),
+        let head = head.ok();
+        let request_id = match &head {
+            Some(head) => self.ids.for_request(head),
+            None => self.ids.fresh(),
         };
-        let head_only = method == "HEAD";
-        let answer = response::error_response(&err, &request_id, true, head_only);
-        send_now(&conn.stream, &answer);
-        crate::server::finished(
-            &self.metrics,
-            &AccessRecord {
-                client: conn.peer,
-                method,
-                url,
-                status: err.status(),
-                bytes: 0,
-                duration: queued_at.elapsed(),
-                request_id: &request_id,
-                error: Some(err.proxy_status()),
-            },
-        );
+        let (answer, body_len) =
+            finish::error_bytes(&err, &request_id, head.as_ref(), Persistence::Close);
+        let sent = send_now(&conn.stream, &answer);
+        let served = Served {
+            bytes: if sent { body_len } else { 0 },
+            ..Served::failed(&err, 0)
+        };
+        let request = match &head {
+            Some(head) => Request::of(conn.peer, head, &request_id, queued_at),
+            None => Request::unparsed(conn.peer, &request_id, queued_at),
+        };
+        finish::record(&self.metrics, &request, &served, None);
     }
 }
 
 /// Sends an answer without ever blocking: a peer that does not read it
-/// does not get it.
-pub(super) fn send_now(stream: &TcpStream, bytes: &[u8]) {
-    let _ = rustix::net::send(stream, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+/// does not get it. Says whether all of it went out.
+pub(super) fn send_now(stream: &TcpStream, bytes: &[u8]) -> bool {
+    rustix::net::send(stream, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)
+        .is_ok_and(|n| n == bytes.len())
 }

@@ -1,7 +1,8 @@
-//! Deadlines and draining: parked connections past `header_timeout` or
-//! `idle_timeout` are closed (408 for a head that began to arrive, then a
-//! lingering close), and on shutdown the listeners close and every
-//! connection that has not begun a request with them.
+//! Deadlines, lingering and draining: parked connections past
+//! `header_timeout` or `idle_timeout` are closed (408 for a head that began
+//! to arrive, then a lingering close); answered connections that must close
+//! linger here, whoever answered them; on shutdown the listeners close and
+//! every connection that has not begun a request with them.
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -12,13 +13,14 @@ use rustix::net::RecvFlags;
 
 use super::{Acceptor, Entry, LINGER, Phase, send_now};
 use crate::error::ProxyError;
-use crate::http::response;
-use crate::logging::AccessRecord;
+use crate::http::response::Persistence;
+use crate::server::conn::ClientConn;
+use crate::server::finish::{self, Request, Served};
 
 impl Acceptor {
     /// Closes connections past their deadline: 408 for a head that started
-    /// to arrive (503 when the grace period ended it), silently for one
-    /// that sent nothing.
+    /// to arrive (503 when the grace period ended it), then a lingering
+    /// close; silently for one that sent nothing or was lingering already.
     pub(super) fn expire(&mut self, now: Instant) {
         let expired: Vec<(usize, bool)> = self
             .entries
@@ -28,63 +30,75 @@ impl Acceptor {
                     conn,
                     phase,
                     deadline,
-                } if *deadline <= now => Some((
-                    key,
-                    *phase == Phase::Linger
-                        || (*phase == Phase::Head && !conn.pending().is_empty()),
-                )),
+                } if *deadline <= now => {
+                    Some((key, *phase == Phase::Head && !conn.pending().is_empty()))
+                }
                 _ => None,
             })
             .collect();
-        let grace_over = self.grace_end.is_some_and(|end| now >= end);
-        for (key, started) in expired {
-            if !started {
+        for (key, head_started) in expired {
+            if head_started {
+                self.answer_late_head(key, now);
+            } else {
                 self.close(key);
-                continue;
-            }
-            let Some(Entry::Parked {
-                conn,
-                phase,
-                deadline,
-            }) = self.entries.get_mut(key)
-            else {
-                continue;
-            };
-            if *phase == Phase::Linger {
-                self.close(key);
-                continue;
-            }
-            {
-                // A head cut by the end of the grace period is a request cut short.
-                self.cut_short |= grace_over;
-                let err = if grace_over {
-                    ProxyError::ShuttingDown
-                } else {
-                    ProxyError::HeadTimeout(self.config.header_timeout)
-                };
-                let request_id = self.ids.fresh();
-                let answer = response::error_response(&err, &request_id, true, false);
-                send_now(&conn.stream, &answer);
-                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-                let unread = conn.pending().len();
-                conn.consume_pending(unread);
-                *phase = Phase::Linger;
-                *deadline = now + LINGER;
-                crate::server::finished(
-                    &self.metrics,
-                    &AccessRecord {
-                        client: conn.peer,
-                        method: "-",
-                        url: "-",
-                        status: err.status(),
-                        bytes: 0,
-                        duration: self.config.header_timeout,
-                        request_id: &request_id,
-                        error: Some(err.proxy_status()),
-                    },
-                );
             }
         }
+    }
+
+    /// Answers a head that did not arrive in time, and lingers.
+    fn answer_late_head(&mut self, key: usize, now: Instant) {
+        let grace_over = self.grace_end.is_some_and(|end| now >= end);
+        let Some(Entry::Parked {
+            conn,
+            phase,
+            deadline,
+        }) = self.entries.get_mut(key)
+        else {
+            return;
+        };
+        // A head cut by the end of the grace period is a request cut short.
+        self.cut_short |= grace_over;
+        let err = if grace_over {
+            ProxyError::ShuttingDown
+        } else {
+            ProxyError::HeadTimeout(self.config.header_timeout)
+        };
+        let request_id = self.ids.fresh();
+        let (answer, body_len) = finish::error_bytes(&err, &request_id, None, Persistence::Close);
+        let sent = send_now(&conn.stream, &answer);
+        start_lingering(conn);
+        *phase = Phase::Linger;
+        *deadline = now + LINGER;
+        let started = now.checked_sub(self.config.header_timeout).unwrap_or(now);
+        let served = Served {
+            bytes: if sent { body_len } else { 0 },
+            ..Served::failed(&err, 0)
+        };
+        let request = Request::unparsed(conn.peer, &request_id, started);
+        finish::record(&self.metrics, &request, &served, None);
+    }
+
+    /// Takes an answered connection that must close from a worker, and
+    /// drains its input for a moment before closing it (lingering close).
+    pub(super) fn linger(&mut self, mut conn: ClientConn) {
+        let Some(key) = conn.registration_key() else {
+            return;
+        };
+        if !matches!(self.entries.get(key), Some(Entry::Busy { .. })) {
+            log::error!(
+                "connection {} handed back to a place it does not own",
+                conn.peer
+            );
+            conn.disarm_registration();
+            return;
+        }
+        start_lingering(&mut conn);
+        self.entries[key] = Entry::Parked {
+            conn,
+            phase: Phase::Linger,
+            deadline: Instant::now() + LINGER,
+        };
+        self.on_readable(key);
     }
 
     /// Closes the listeners and every connection that has not begun a request.
@@ -147,6 +161,14 @@ impl Acceptor {
             .iter()
             .any(|(_, entry)| matches!(entry, Entry::Parked { .. }))
     }
+}
+
+/// Stops sending on `conn` and forgets what it holds unread: from here on
+/// its input is only drained.
+fn start_lingering(conn: &mut ClientConn) {
+    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+    let unread = conn.pending().len();
+    conn.consume_pending(unread);
 }
 
 /// Reads and drops whatever the peer sent, without blocking; true once the

@@ -28,10 +28,12 @@ use crate::error::ProxyError;
 use crate::http::request::{self, HeadLimits, Parsed, RequestHead};
 use crate::metrics::Metrics;
 use crate::rules::SharedRules;
+use crate::server::conn::ClientConn;
+use crate::server::handback::{Handback, Return};
+use crate::server::job::Job;
+use crate::server::limits::ConnLimits;
 #[cfg(not(target_os = "linux"))]
-use crate::server::conn::set_client_options;
-use crate::server::conn::{ClientConn, ConnLimits, Registration, Return};
-use crate::server::handback::Handback;
+use crate::server::listen::set_client_options;
 use crate::server::request_id::RequestIds;
 use crate::shutdown::Shutdown;
 use answers::send_now;
@@ -48,16 +50,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// Bytes read from a socket in one go while a head arrives.
 const SCRATCH_BYTES: usize = 16 * 1024;
 
-/// A connection with a complete (or failed) request head, for a worker.
-#[derive(Debug)]
-pub struct Job {
-    pub conn: ClientConn,
-    /// The parsed head (already consumed from `conn`), or why it failed.
-    pub head: Result<RequestHead, ProxyError>,
-    /// When the head was complete.
-    pub queued_at: Instant,
-}
-
 /// What a parked connection is waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -66,8 +58,7 @@ enum Phase {
     /// The next request on a keep-alive connection: `idle_timeout` runs.
     Idle,
     /// Answered and closing: what the client still sends is read and
-    /// dropped for a moment, so that closing with unread bytes does not
-    /// reset the connection before the client has read the answer.
+    /// dropped for a moment (lingering close, see `handback`).
     Linger,
 }
 
@@ -102,8 +93,8 @@ pub struct Acceptor {
     conn_base: usize,
     entries: Slab<Entry>,
     jobs: Sender<Job>,
-    returns: Receiver<Return>,
-    handback: Handback,
+    returns: Receiver<Return<ClientConn>>,
+    handback: Handback<ClientConn>,
     registry: Arc<Registry>,
     shutdown: Arc<Shutdown>,
     config: Arc<ServeConfig>,
@@ -131,7 +122,7 @@ impl Acceptor {
         poll: Poll,
         listeners: Vec<TcpListener>,
         jobs: Sender<Job>,
-        handback: (Handback, Receiver<Return>),
+        handback: (Handback<ClientConn>, Receiver<Return<ClientConn>>),
         shutdown: Arc<Shutdown>,
         config: Arc<ServeConfig>,
         rules: SharedRules,
@@ -286,11 +277,7 @@ impl Acceptor {
             return;
         }
         self.metrics.connection_accepted();
-        conn.set_registration(Registration::new(
-            key,
-            self.handback.clone(),
-            self.registry.clone(),
-        ));
+        conn.set_registration(self.handback.register(key, fd, self.registry.clone()));
         let deadline = Instant::now() + self.config.header_timeout;
         entry.insert(Entry::Parked {
             conn,
@@ -308,6 +295,7 @@ impl Acceptor {
                     self.entries.try_remove(key);
                 }
                 Return::Park(conn) => self.park(conn),
+                Return::Linger(conn) => self.linger(conn),
             }
         }
     }

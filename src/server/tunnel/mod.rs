@@ -1,10 +1,12 @@
-//! CONNECT tunnels: the port rule and destination check, the connection to
-//! the target, and the relay thread that copies bytes both ways for every
-//! open tunnel in one readiness loop, so a tunnel never holds a worker.
-//! No HTTP after the 200.
+//! CONNECT tunnels: the connection to the target (its addresses checked
+//! by `upstream::resolve_allowed`; the port rule is the router's, in
+//! `target`), and the relay thread that moves bytes both ways for every
+//! open tunnel in one readiness loop, so a tunnel never holds a worker. The
+//! moving itself is `crate::pump`, generic over its I/O. No HTTP after the
+//! 200. Each tunnel's access-log line is written when it ends, with why.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown as Direction, TcpStream};
+use std::io;
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,13 +18,14 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::access;
 use crate::config::ServeConfig;
 use crate::error::{ProxyError, TimeoutPhase};
-use crate::logging::AccessRecord;
 use crate::metrics::Metrics;
+use crate::pump::{Pump, Step, TunnelEnd};
 use crate::rules::Rules;
 use crate::server::conn::ClientConn;
+use crate::server::finish::{self, Request, Served};
+use crate::server::target::TunnelTarget;
 use crate::shutdown::Shutdown;
 use crate::upstream;
 
@@ -32,29 +35,19 @@ const PIPE_BYTES: usize = 16 * 1024;
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 const WAKER: Token = Token(usize::MAX);
 
-/// Checks a CONNECT target against the rules and connects to it.
+/// Connects to a CONNECT target, trying each allowed address in turn.
 ///
 /// # Errors
-/// `BadRequest` for a target that is not `host:port`, `PortDenied`,
 /// `DnsFailed`, `DestinationDenied`, `ConnectionRefused`, `UpstreamTimeout`.
-pub fn connect(target: &str, config: &ServeConfig, rules: &Rules) -> Result<TcpStream, ProxyError> {
-    let (host, port) = split_authority(target)?;
-    if !rules.connect_ports.contains(&port) {
-        return Err(ProxyError::PortDenied { port });
-    }
-    let resolved = upstream::resolve(host, port)?;
-    let allowed: Vec<_> = resolved
-        .iter()
-        .filter(|addr| access::allows_destination(addr.ip(), &rules.allow_dest))
-        .collect();
-    if allowed.is_empty() {
-        return Err(ProxyError::DestinationDenied {
-            addr: resolved[0].ip(),
-        });
-    }
+pub fn connect(
+    target: &TunnelTarget,
+    timeout: Duration,
+    rules: &Rules,
+) -> Result<TcpStream, ProxyError> {
+    let authority = format!("{}:{}", target.host, target.port);
     let mut last = None;
-    for addr in allowed {
-        match TcpStream::connect_timeout(addr, config.connect_timeout) {
+    for addr in upstream::resolve_allowed(&target.host, target.port, rules)? {
+        match TcpStream::connect_timeout(&addr, timeout) {
             Ok(stream) => return Ok(stream),
             Err(err) => last = Some(err),
         }
@@ -63,23 +56,12 @@ pub fn connect(target: &str, config: &ServeConfig, rules: &Rules) -> Result<TcpS
         Some(err) if err.kind() == io::ErrorKind::TimedOut => {
             ProxyError::UpstreamTimeout(TimeoutPhase::Connect)
         }
-        Some(err) => upstream::map_io_error(err, target),
+        Some(err) => upstream::map_io_error(err, &authority),
         None => ProxyError::ConnectFailed {
-            authority: target.into(),
+            authority,
             reason: "no address".into(),
         },
     })
-}
-
-/// Splits `host:port` (`[v6]:port` too); the port is required (RFC 9110 §9.3.6).
-fn split_authority(target: &str) -> Result<(&str, u16), ProxyError> {
-    let bad = || ProxyError::BadRequest(format!("CONNECT target {target:?} is not host:port"));
-    let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if host.is_empty() || port == 0 || host.contains(['/', '@']) {
-        return Err(bad());
-    }
-    Ok((host, port))
 }
 
 /// Hands established tunnels to the relay thread.
@@ -123,29 +105,30 @@ impl Relay {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Starts relaying between `client` and `upstream`.
+    /// Starts relaying between `client` and `upstream` for the CONNECT
+    /// `request`, whose 200 went out.
     pub fn start(
         &self,
-        client: ClientConn,
+        mut client: ClientConn,
         upstream: TcpStream,
         slot: TunnelSlot,
-        target: &str,
-        request_id: &str,
-        started: Instant,
+        request: &Request<'_>,
     ) {
-        let mut client = client;
         // From here on the relay's loop watches this socket, not the acceptor's.
         client.detach();
+        // Bytes the client sent right after the CONNECT head go first.
+        let pump = Pump::new(PIPE_BYTES, client.pending());
+        let early = client.pending().len();
+        client.consume_pending(early);
         let tunnel = Tunnel {
             client,
             upstream,
             _slot: slot,
-            target: target.to_string(),
-            request_id: request_id.to_string(),
-            started,
+            target: request.url.to_string(),
+            request_id: request.request_id.to_string(),
+            started: request.started,
             last_active: Instant::now(),
-            up: Pipe::new(),
-            down: Pipe::new(),
+            pump,
         };
         match self.tx.send(tunnel) {
             Ok(()) => {
@@ -153,7 +136,7 @@ impl Relay {
             }
             // The relay is gone (stop-now): the client got its 200, and
             // its tunnel ends here.
-            Err(SendError(tunnel)) => tunnel.finish(&self.metrics, "proxy shutting down"),
+            Err(SendError(tunnel)) => tunnel.finish(&self.metrics, TunnelEnd::ShuttingDown),
         }
     }
 }
@@ -193,68 +176,6 @@ pub fn spawn_relay(
     Ok((relay, handle))
 }
 
-/// One direction of a tunnel: bytes read from one side, not yet written to the other.
-#[derive(Debug)]
-struct Pipe {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    /// The reading side has ended.
-    eof: bool,
-    /// The end was passed on (write side shut down).
-    closed: bool,
-    total: u64,
-}
-
-impl Pipe {
-    fn new() -> Pipe {
-        Pipe {
-            buf: vec![0; PIPE_BYTES].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            eof: false,
-            closed: false,
-            total: 0,
-        }
-    }
-
-    /// Moves bytes from `src` to `dst` until one would block; true if any moved.
-    fn pump(&mut self, src: &mut impl Read, dst: &mut TcpStream) -> io::Result<bool> {
-        let mut moved = false;
-        loop {
-            while self.start < self.end {
-                match dst.write(&self.buf[self.start..self.end]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => {
-                        self.start += n;
-                        self.total += n as u64;
-                        moved = true;
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            (self.start, self.end) = (0, 0);
-            if self.eof {
-                if !self.closed {
-                    let _ = dst.shutdown(Direction::Write);
-                    self.closed = true;
-                }
-                return Ok(moved);
-            }
-            match src.read(&mut self.buf) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.end = n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-            moved = true;
-        }
-    }
-}
-
 /// An open tunnel.
 #[derive(Debug)]
 pub struct Tunnel {
@@ -265,56 +186,45 @@ pub struct Tunnel {
     request_id: String,
     started: Instant,
     last_active: Instant,
-    /// Client to upstream.
-    up: Pipe,
-    /// Upstream to client.
-    down: Pipe,
+    pump: Pump,
 }
 
 impl Tunnel {
     /// Writes the tunnel's access-log line and counts it: once, when it ends.
-    fn finish(&self, metrics: &Metrics, why: &str) {
-        log::debug!("tunnel to {} closed: {why}", self.target);
-        crate::server::finished(
+    fn finish(&self, metrics: &Metrics, end: TunnelEnd) {
+        log::debug!("tunnel to {} closed: {}", self.target, end.as_str());
+        let request = Request {
+            client: self.client.peer,
+            method: "CONNECT",
+            url: &self.target,
+            request_id: &self.request_id,
+            started: self.started,
+        };
+        let served = Served {
+            status: 200,
+            bytes: self.pump.bytes_down(),
+            error: None,
+            reusable: false,
+        };
+        finish::record(
             metrics,
-            &AccessRecord {
-                client: self.client.peer,
-                method: "CONNECT",
-                url: &self.target,
-                status: 200,
-                bytes: self.down.total,
-                duration: self.started.elapsed(),
-                request_id: &self.request_id,
-                error: None,
-            },
+            &request,
+            &served,
+            Some((end, self.pump.bytes_up())),
         );
     }
 
-    /// Moves what can be moved both ways; Ok(false) once both ways are done.
-    fn pump(&mut self) -> io::Result<bool> {
-        // Bytes the client sent right after the CONNECT head go first.
-        if !self.client.pending().is_empty() {
-            let pending = self.client.pending().len();
-            match self.upstream.write(self.client.pending()) {
-                Ok(n) => {
-                    self.client.consume_pending(n);
-                    self.up.total += n as u64;
+    /// Moves what can be moved both ways; the ending once it is over.
+    fn pump(&mut self) -> Option<TunnelEnd> {
+        match self.pump.step(&mut self.client.stream, &mut self.upstream) {
+            Step::Open { moved } => {
+                if moved {
+                    self.last_active = Instant::now();
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err),
+                None
             }
-            if self.client.pending().len() == pending {
-                return Ok(true);
-            }
+            Step::Ended(end) => Some(end),
         }
-        let up = self.up.pump(&mut self.client.stream, &mut self.upstream)?;
-        let down = self
-            .down
-            .pump(&mut self.upstream, &mut self.client.stream)?;
-        if up || down {
-            self.last_active = Instant::now();
-        }
-        Ok(!(self.up.closed && self.down.closed))
     }
 }
 
@@ -367,10 +277,10 @@ impl RelayLoop {
             }
         }
         for key in self.tunnels.iter().map(|(key, _)| key).collect::<Vec<_>>() {
-            self.close(key, "proxy shutting down");
+            self.close(key, TunnelEnd::ShuttingDown);
         }
         while let Ok(tunnel) = self.incoming.try_recv() {
-            tunnel.finish(&self.metrics, "proxy shutting down");
+            tunnel.finish(&self.metrics, TunnelEnd::ShuttingDown);
         }
     }
 
@@ -381,7 +291,8 @@ impl RelayLoop {
             .set_nonblocking(true)
             .and_then(|()| tunnel.upstream.set_nonblocking(true))
         {
-            tunnel.finish(&self.metrics, &format!("cannot relay: {err}"));
+            log::warn!("cannot relay a tunnel to {}: {err}", tunnel.target);
+            tunnel.finish(&self.metrics, TunnelEnd::NotRelayed);
             return;
         }
         let entry = self.tunnels.vacant_entry();
@@ -398,7 +309,11 @@ impl RelayLoop {
                 .is_err()
         {
             let _ = registry.deregister(&mut SourceFd(&client_fd));
-            tunnel.finish(&self.metrics, "cannot relay: registration failed");
+            log::warn!(
+                "cannot relay a tunnel to {}: registration failed",
+                tunnel.target
+            );
+            tunnel.finish(&self.metrics, TunnelEnd::NotRelayed);
             return;
         }
         entry.insert(tunnel);
@@ -409,10 +324,8 @@ impl RelayLoop {
         let Some(tunnel) = self.tunnels.get_mut(key) else {
             return;
         };
-        match tunnel.pump() {
-            Ok(true) => {}
-            Ok(false) => self.close(key, "both sides done"),
-            Err(err) => self.close(key, &err.to_string()),
+        if let Some(end) = tunnel.pump() {
+            self.close(key, end);
         }
     }
 
@@ -430,18 +343,18 @@ impl RelayLoop {
             .map(|(key, _)| key)
             .collect();
         for key in idle {
-            self.close(key, "idle");
+            self.close(key, TunnelEnd::Idle);
         }
     }
 
-    fn close(&mut self, key: usize, why: &str) {
+    fn close(&mut self, key: usize, end: TunnelEnd) {
         let Some(tunnel) = self.tunnels.try_remove(key) else {
             return;
         };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&tunnel.client.stream.as_raw_fd()));
         let _ = registry.deregister(&mut SourceFd(&tunnel.upstream.as_raw_fd()));
-        tunnel.finish(&self.metrics, why);
+        tunnel.finish(&self.metrics, end);
     }
 }
 
@@ -450,48 +363,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connect_targets_need_host_and_port() {
-        assert_eq!(
-            split_authority("example.com:443").expect("valid"),
-            ("example.com", 443)
-        );
-        assert_eq!(
-            split_authority("[::1]:8443").expect("valid"),
-            ("[::1]", 8443)
-        );
-        for bad in [
-            "example.com",
-            "example.com:",
-            ":443",
-            "example.com:0",
-            "a:99999",
-            "u@h:443",
-        ] {
-            assert!(split_authority(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn connect_refuses_ports_outside_connect_ports_before_any_lookup() {
-        let config = ServeConfig::default();
-        let rules = Rules::from_config(&config);
-        let err = connect("127.0.0.1:25", &config, &rules).expect_err("port 25 is not allowed");
-        assert_eq!(err.proxy_status(), "http_request_denied");
-    }
-
-    #[test]
     fn connect_refuses_non_global_destinations_without_connecting() {
-        let config = ServeConfig::default();
-        let rules = Rules::from_config(&config);
-        for target in [
-            "127.0.0.1:443",
-            "127.1:443",
-            "[::1]:443",
-            "169.254.169.254:443",
-            "10.1.2.3:443",
+        let rules = Rules::from_config(&ServeConfig::default());
+        for (host, port) in [
+            ("127.0.0.1", 443),
+            ("127.1", 443),
+            ("[::1]", 443),
+            ("169.254.169.254", 443),
+            ("10.1.2.3", 443),
         ] {
-            let err = connect(target, &config, &rules).expect_err(target);
-            assert_eq!(err.proxy_status(), "destination_ip_prohibited", "{target}");
+            let target = TunnelTarget {
+                host: host.into(),
+                port,
+            };
+            let err = connect(&target, Duration::from_secs(1), &rules).expect_err(host);
+            assert_eq!(err.proxy_status(), "destination_ip_prohibited", "{host}");
         }
     }
 }

@@ -1,0 +1,407 @@
+//! The relay phase: an upstream response streamed back to the client,
+//! with framing the client can trust. The head is rebuilt (hop-by-hop
+//! headers out, `Via` in, the length or chunking actually used, the ending
+//! every answer has) and goes out with the first piece of body in one
+//! write. A response is never made to look complete when it is not: if the
+//! upstream fails mid-body, the client connection is closed short of the
+//! declared length or without the last chunk.
+
+use std::io::{self, IoSlice, Read, Write};
+
+use ureq::http::{self, response::Parts};
+
+use crate::error::ProxyError;
+use crate::http::body::{BodyFraming, ChunkedWriter, LimitedReader};
+use crate::http::headers::HopByHop;
+use crate::http::request::{RequestHead, Version};
+use crate::http::response::{Head, Persistence};
+use crate::server::conn::ClientConn;
+use crate::server::finish::{self, Served};
+use crate::upstream;
+
+/// What the relay needs to know besides the response.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits<'a> {
+    /// `max_body_bytes`, if any.
+    pub max_body_bytes: Option<u64>,
+    /// The proxy's `Via` pseudonym.
+    pub via_name: &'a str,
+    /// The proxy is draining: the connection closes after this answer.
+    pub draining: bool,
+}
+
+/// Writes the response head and streams the body to the client.
+/// `body_read`: the whole request body was read, so the connection can
+/// carry another request; if not, the head says `Connection: close`.
+///
+/// # Errors
+/// `UpstreamBodyTooLarge` before anything is sent, when the origin declares
+/// a body over `max_body_bytes`. Failures once the head went out are
+/// reported in `Served`.
+pub fn relay_response(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    response: http::Response<ureq::Body>,
+    body_read: bool,
+    request_id: &str,
+    limits: &RelayLimits<'_>,
+    buf: &mut [u8],
+) -> Result<Served, ProxyError> {
+    let (parts, body) = response.into_parts();
+    let framing = response_framing(head, &parts, body.content_length(), limits.max_body_bytes)?;
+    let persistence = match framing {
+        BodyFraming::UntilClose => Persistence::Close,
+        _ => finish::persistence(head, body_read, limits.draining),
+    };
+    let out = response_head(&parts, framing, limits.via_name, request_id, persistence);
+    let mut client = HeadFirst::new(out, conn);
+    let mut reader = body.into_reader();
+    let limit = limits.max_body_bytes.unwrap_or(u64::MAX);
+    let copied = match framing {
+        BodyFraming::Empty => Ok(0),
+        BodyFraming::Length(len) => copy_body(&mut reader, &mut client, Some(len), buf),
+        BodyFraming::UntilClose => copy_body(
+            &mut LimitedReader::new(reader, limit),
+            &mut client,
+            None,
+            buf,
+        ),
+        BodyFraming::Chunked => {
+            let mut chunked = ChunkedWriter::new(&mut client);
+            copy_body(
+                &mut LimitedReader::new(reader, limit),
+                &mut chunked,
+                None,
+                buf,
+            )
+            .and_then(|n| {
+                chunked.finish().map(|_| n).map_err(|_| CopyFailure {
+                    sent: n,
+                    failure: None,
+                })
+            })
+        }
+    };
+    let flushed = client.flush();
+    let mut served = Served {
+        status: parts.status.as_u16(),
+        bytes: 0,
+        error: None,
+        reusable: persistence.is_kept(),
+    };
+    match copied {
+        Ok(n) => served.bytes = n,
+        Err(CopyFailure { sent, failure }) => {
+            // Closing now is what tells the client the body is incomplete.
+            served.bytes = sent;
+            served.reusable = false;
+            served.error =
+                failure.map(|err| upstream::map_io_error(err, "upstream").proxy_status());
+        }
+    }
+    if flushed.is_err() {
+        served.reusable = false;
+    }
+    Ok(served)
+}
+
+/// How the body goes to the client: RFC 9110 §6.4.1 (HEAD, 1xx, 204, 304
+/// have none), the origin's length when it gave one, else chunked for
+/// HTTP/1.1 clients and until-close for HTTP/1.0 ones.
+fn response_framing(
+    head: &RequestHead,
+    parts: &Parts,
+    content_length: Option<u64>,
+    max_body_bytes: Option<u64>,
+) -> Result<BodyFraming, ProxyError> {
+    let status = parts.status.as_u16();
+    if head.method == "HEAD" || status < 200 || status == 204 || status == 304 {
+        return Ok(BodyFraming::Empty);
+    }
+    if let Some(len) = content_length {
+        if let Some(limit) = max_body_bytes.filter(|limit| len > *limit) {
+            return Err(ProxyError::UpstreamBodyTooLarge { limit });
+        }
+        return Ok(BodyFraming::Length(len));
+    }
+    Ok(if head.version == Version::Http11 {
+        BodyFraming::Chunked
+    } else {
+        BodyFraming::UntilClose
+    })
+}
+
+/// The head sent to the client: the origin's status and end-to-end
+/// headers (RFC 9110 §7.6.1), the framing actually used, our `Via`.
+fn response_head(
+    parts: &Parts,
+    framing: BodyFraming,
+    via_name: &str,
+    request_id: &str,
+    persistence: Persistence,
+) -> Vec<u8> {
+    let mut out = Head::with_reason(
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or(""),
+    );
+    let hop = HopByHop::from_connection(
+        parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let bodiless = framing == BodyFraming::Empty;
+    for (name, value) in &parts.headers {
+        let name = name.as_str();
+        // Content-Length is rewritten below from the framing actually used.
+        if hop.contains(name) || (name == "content-length" && !bodiless) || name == "x-request-id" {
+            continue;
+        }
+        out.header(name, value.as_bytes());
+    }
+    match framing {
+        BodyFraming::Length(len) => {
+            out.header("Content-Length", len.to_string().as_bytes());
+        }
+        BodyFraming::Chunked => {
+            out.header("Transfer-Encoding", b"chunked");
+        }
+        BodyFraming::Empty | BodyFraming::UntilClose => {}
+    }
+    let via = format!("1.1 {via_name}");
+    out.header("Via", via.as_bytes());
+    out.finish(request_id, persistence)
+}
+
+/// Sends the response head together with the first piece of body in one
+/// vectored write (the body is not copied next to the head), then every
+/// later piece as soon as it is read: small responses cost one system call,
+/// and a slow origin's bytes are never held back.
+struct HeadFirst<W> {
+    head: Vec<u8>,
+    /// Bytes of `head` already written.
+    head_sent: usize,
+    /// A write failed: the client is gone, and nothing more is tried.
+    failed: bool,
+    conn: W,
+}
+
+impl<W: Write> HeadFirst<W> {
+    fn new(head: Vec<u8>, conn: W) -> HeadFirst<W> {
+        HeadFirst {
+            head,
+            head_sent: 0,
+            failed: false,
+            conn,
+        }
+    }
+}
+
+impl<W: Write> Write for HeadFirst<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(data)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let written = self.write_through(bufs);
+        if written
+            .as_ref()
+            .is_err_and(|err| err.kind() != io::ErrorKind::Interrupted)
+        {
+            self.failed = true;
+        }
+        written
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("the client connection failed"));
+        }
+        if self.head_sent < self.head.len() {
+            self.conn.write_all(&self.head[self.head_sent..])?;
+            self.head = Vec::new();
+            self.head_sent = 0;
+        }
+        self.conn.flush()
+    }
+}
+
+impl<W: Write> HeadFirst<W> {
+    /// The head's rest, then `bufs`: what `write_vectored` reports.
+    fn write_through(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::other("the client connection failed"));
+        }
+        while self.head_sent < self.head.len() {
+            // What is left of the head, then as many pieces as fit in four
+            // slices (a chunk is three: size line, data, CRLF).
+            let head_left = self.head.len() - self.head_sent;
+            let mut slices = [IoSlice::new(&[]); 4];
+            slices[0] = IoSlice::new(&self.head[self.head_sent..]);
+            let count = 1 + bufs.len().min(slices.len() - 1);
+            slices[1..count].copy_from_slice(&bufs[..count - 1]);
+            let n = self.conn.write_vectored(&slices[..count])?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            if n < head_left {
+                self.head_sent += n;
+                continue;
+            }
+            self.head = Vec::new();
+            self.head_sent = 0;
+            if n > head_left {
+                return Ok(n - head_left);
+            }
+        }
+        self.conn.write_vectored(bufs)
+    }
+}
+
+/// A failed body copy: bytes sent before it failed, and the upstream error
+/// (`None` when it was the client that went away).
+struct CopyFailure {
+    sent: u64,
+    failure: Option<io::Error>,
+}
+
+/// Copies a response body: exactly `len` bytes when the length is known
+/// (fewer is a failure), else until the reader ends.
+fn copy_body(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    len: Option<u64>,
+    buf: &mut [u8],
+) -> Result<u64, CopyFailure> {
+    let mut sent = 0;
+    loop {
+        let want = match len {
+            Some(len) if sent >= len => break,
+            Some(len) => buf.len().min((len - sent) as usize),
+            None => buf.len(),
+        };
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) if len.is_none() => return Ok(sent),
+            Ok(0) => {
+                let short =
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "upstream body ended early");
+                return Err(CopyFailure {
+                    sent,
+                    failure: Some(short),
+                });
+            }
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                return Err(CopyFailure {
+                    sent,
+                    failure: Some(err),
+                });
+            }
+        };
+        to.write_all(&buf[..n]).map_err(|_| CopyFailure {
+            sent,
+            failure: None,
+        })?;
+        sent += n as u64;
+    }
+    // One more read lets ureq see the end of a sized body, which is what
+    // returns the upstream connection to its pool.
+    let _ = from.read(&mut buf[..1]);
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes at most `step` bytes per write, the way a socket with a full
+    /// buffer and a send timeout does, and reports where each call ended.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+        ends: Vec<usize>,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(data)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.step;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                self.got.extend_from_slice(&buf[..n]);
+                room -= n;
+            }
+            self.ends.push(self.got.len());
+            Ok(self.step - room)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Fails every write, counting the attempts.
+    struct Broken(usize);
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            self.0 += 1;
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// After the client connection failed, flushing tries nothing more (it
+    /// would wait out a second send timeout on a dead client).
+    #[test]
+    fn head_first_gives_up_after_a_failed_write() {
+        let mut broken = Broken(0);
+        let mut writer = HeadFirst::new(b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), &mut broken);
+        assert!(writer.write_all(b"body").is_err());
+        assert!(writer.flush().is_err());
+        assert!(writer.write_all(b"more").is_err());
+        assert_eq!(broken.0, 1);
+    }
+
+    /// Head and body arrive whole and in order however the writes are cut:
+    /// inside the head, right at its end, and inside the body; as plain
+    /// pieces and as chunks.
+    #[test]
+    fn head_first_survives_partial_writes() {
+        let head: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        for step in [1, 7, 250, 1000, 1500, 10_000] {
+            let mut out = Trickle {
+                got: Vec::new(),
+                step,
+                ends: Vec::new(),
+            };
+            let mut writer = HeadFirst::new(head.clone(), &mut out);
+            writer.write_all(&body[..1000]).expect("plain piece");
+            let mut chunked = ChunkedWriter::new(writer);
+            chunked.write_all(&body[1000..]).expect("chunked piece");
+            chunked
+                .finish()
+                .expect("last chunk")
+                .flush()
+                .expect("flush");
+            let mut expected = head.clone();
+            expected.extend_from_slice(&body[..1000]);
+            expected.extend_from_slice(b"7d0\r\n");
+            expected.extend_from_slice(&body[1000..]);
+            expected.extend_from_slice(b"\r\n0\r\n\r\n");
+            assert!(out.got == expected, "step {step}");
+            if step >= 1500 {
+                assert_eq!(out.ends[0], step.min(2000), "head and body in one write");
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Where a request goes, decided once, under the request's rules: one of
+//! the proxy's own answers, an origin to forward to, or a CONNECT target.
+//! Checks the URL (scheme, host, port), the method, `dest_ports` and
+//! `connect_ports`, and that the proxy is not its own destination. The
+//! destination's addresses are checked later, once resolved
+//! (`upstream::resolve_allowed`). No I/O but one name lookup, only for a
+//! URL on the proxy's own port.
+
+use std::net::SocketAddr;
+
+use ureq::http::Uri;
+
+use crate::access;
+use crate::error::ProxyError;
+use crate::http::headers;
+use crate::http::request::{RequestHead, TargetForm};
+use crate::rules::Rules;
+use crate::upstream;
+
+/// Methods forwarded upstream (DESIGN.md).
+pub const FORWARDED_METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Where a request goes.
+#[derive(Debug)]
+pub enum Route {
+    /// The proxy answers it itself.
+    Own(Endpoint),
+    /// Forward it to an origin.
+    Forward(Origin),
+    /// Open a CONNECT tunnel.
+    Tunnel(TunnelTarget),
+}
+
+/// The answers the proxy gives itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET`/`HEAD /healthz`.
+    Healthz,
+    /// `GET`/`HEAD /metrics`.
+    Metrics,
+    /// `OPTIONS` with `Max-Forwards: 0` (RFC 9110 §7.6.2).
+    Options,
+}
+
+/// An origin to forward to.
+#[derive(Debug)]
+pub struct Origin {
+    /// The URL to fetch, without credentials.
+    pub uri: Uri,
+}
+
+/// A CONNECT target.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TunnelTarget {
+    /// As the client wrote it (`[v6]` literals keep their brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+/// Decides where `head` goes under `rules`. `local` is the address the
+/// client reached the proxy on, to refuse URLs that name the proxy itself.
+///
+/// # Errors
+/// `NotProxyEndpoint`, `BadRequest` (bad URL, bad port, `*`),
+/// `SchemeNotSupported`, `MethodNotSupported`, `PortDenied`, `LoopDetected`.
+pub fn check_target(
+    head: &RequestHead,
+    rules: &Rules,
+    local: Option<SocketAddr>,
+) -> Result<Route, ProxyError> {
+    match head.target_form() {
+        TargetForm::Origin => own_endpoint(head).map(Route::Own),
+        TargetForm::Authority => {
+            let (host, port) = split_authority(&head.target)?;
+            if !rules.connect_ports.contains(&port) {
+                return Err(ProxyError::ConnectPortDenied { port });
+            }
+            Ok(Route::Tunnel(TunnelTarget {
+                host: host.to_string(),
+                port,
+            }))
+        }
+        TargetForm::Asterisk => Err(ProxyError::BadRequest(format!(
+            "{} {} is not a request a proxy can forward",
+            head.method, head.target
+        ))),
+        TargetForm::Absolute => {
+            if !FORWARDED_METHODS.contains(&head.method.as_str()) {
+                return Err(ProxyError::MethodNotSupported(head.method.clone()));
+            }
+            let uri = target_uri(&head.target)?;
+            if head.method == "OPTIONS"
+                && headers::max_forwards(head.header_values("max-forwards")) == Some(0)
+            {
+                return Ok(Route::Own(Endpoint::Options));
+            }
+            let port = upstream::port_of(&uri);
+            if !access::allows_port(port, &rules.dest_ports) {
+                return Err(ProxyError::PortDenied { port });
+            }
+            if local.is_some_and(|local| {
+                targets_this_proxy(uri.host().unwrap_or_default(), port, local)
+            }) {
+                return Err(ProxyError::LoopDetected);
+            }
+            Ok(Route::Forward(Origin { uri }))
+        }
+    }
+}
+
+/// The proxy's own endpoint an origin-form request asks for.
+fn own_endpoint(head: &RequestHead) -> Result<Endpoint, ProxyError> {
+    let path = head.target.split('?').next().unwrap_or_default();
+    match (head.method.as_str(), path) {
+        ("GET" | "HEAD", "/healthz") => Ok(Endpoint::Healthz),
+        ("GET" | "HEAD", "/metrics") => Ok(Endpoint::Metrics),
+        _ => Err(ProxyError::NotProxyEndpoint(head.target.clone())),
+    }
+}
+
+/// Parses an absolute-form target into the URI to fetch (credentials dropped).
+fn target_uri(target: &str) -> Result<Uri, ProxyError> {
+    let bad = |why: &str| ProxyError::BadRequest(format!("bad URL {target:?}: {why}"));
+    let uri: Uri = target
+        .parse()
+        .map_err(|err: ureq::http::uri::InvalidUri| bad(&err.to_string()))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(ProxyError::SchemeNotSupported(other.to_string())),
+        None => return Err(bad("no scheme")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(bad("no host"));
+    };
+    if authority.host().is_empty() {
+        return Err(bad("no host"));
+    }
+    // userinfo is deprecated in http(s) URLs (RFC 9110 §4.2.4): never forwarded.
+    let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    check_port(host_port).map_err(|why| bad(&why))?;
+    if host_port.len() == authority.as_str().len() {
+        return Ok(uri);
+    }
+    let host_port = host_port.to_string();
+    let mut parts = uri.into_parts();
+    parts.authority = Some(host_port.parse().map_err(|_| bad("bad host"))?);
+    Uri::from_parts(parts).map_err(|err| bad(&err.to_string()))
+}
+
+/// Checks the port of `host[:port]`: the `http` crate reads `:-1` or
+/// `:99999` as no port at all, which would send the request to port 80.
+/// An empty port means the default (RFC 3986 §3.2.3).
+fn check_port(host_port: &str) -> Result<(), String> {
+    let after_host = match host_port.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
+        None => host_port.find(':').map_or("", |colon| &host_port[colon..]),
+    };
+    let Some(port) = after_host.strip_prefix(':') else {
+        return Ok(());
+    };
+    if port.is_empty() {
+        return Ok(());
+    }
+    match port.parse::<u16>() {
+        Ok(n) if n > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(format!("port {port:?} is not a number from 1 to 65535")),
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` too); the port is required (RFC 9110 §9.3.6).
+fn split_authority(target: &str) -> Result<(&str, u16), ProxyError> {
+    let bad = || ProxyError::BadRequest(format!("CONNECT target {target:?} is not host:port"));
+    let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains(['/', '@']) {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+/// Whether `host:port` is the very socket the client reached this proxy on.
+/// Forwarding there would make the proxy its own upstream: `Via` catches the
+/// inner request, but only once a worker is free for it, and while every
+/// worker waits on itself none is. Names are looked up only for URLs on the
+/// proxy's own port, so other requests pay nothing for this check.
+fn targets_this_proxy(host: &str, port: u16, local: SocketAddr) -> bool {
+    if port != local.port() {
+        return false;
+    }
+    let local_ip = local.ip().to_canonical();
+    upstream::resolve(host, port).is_ok_and(|addrs| {
+        addrs.iter().any(|addr| {
+            let ip = addr.ip().to_canonical();
+            ip == local_ip || ip.is_unspecified()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests;

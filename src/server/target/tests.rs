@@ -1,0 +1,167 @@
+//! Unit tests of routing decisions, on heads parsed from bytes.
+
+use super::*;
+use crate::config::ServeConfig;
+use crate::http::request::{HeadLimits, Parsed, parse_head};
+
+const LIMITS: HeadLimits = HeadLimits {
+    max_header_bytes: 64 * 1024,
+    max_url_bytes: 8 * 1024,
+};
+
+fn head(text: &str) -> RequestHead {
+    match parse_head(text.as_bytes(), &LIMITS) {
+        Ok(Parsed::Complete { head, .. }) => head,
+        other => panic!("{text:?}: {other:?}"),
+    }
+}
+
+fn route(text: &str) -> Result<Route, ProxyError> {
+    let rules = Rules::from_config(&ServeConfig::default());
+    check_target(&head(text), &rules, None)
+}
+
+#[test]
+fn own_endpoints_are_routed_by_method_and_path() {
+    for (text, endpoint) in [
+        (
+            "GET /healthz HTTP/1.1\r\nHost: p\r\n\r\n",
+            Endpoint::Healthz,
+        ),
+        (
+            "HEAD /healthz?x=1 HTTP/1.1\r\nHost: p\r\n\r\n",
+            Endpoint::Healthz,
+        ),
+        (
+            "GET /metrics HTTP/1.1\r\nHost: p\r\n\r\n",
+            Endpoint::Metrics,
+        ),
+        (
+            "OPTIONS http://h/ HTTP/1.1\r\nHost: h\r\nMax-Forwards: 0\r\n\r\n",
+            Endpoint::Options,
+        ),
+    ] {
+        assert!(
+            matches!(route(text), Ok(Route::Own(e)) if e == endpoint),
+            "{text:?}"
+        );
+    }
+    for text in [
+        "POST /healthz HTTP/1.1\r\nHost: p\r\n\r\n",
+        "GET /other HTTP/1.1\r\nHost: p\r\n\r\n",
+    ] {
+        let err = route(text).expect_err(text);
+        assert_eq!(err.status(), 400, "{text:?}");
+    }
+}
+
+#[test]
+fn absolute_urls_are_forwarded_with_their_port() {
+    for (text, port) in [
+        ("GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n", 80),
+        ("GET https://h/ HTTP/1.1\r\nHost: h\r\n\r\n", 443),
+        ("GET http://h:8080/x HTTP/1.1\r\nHost: h\r\n\r\n", 8080),
+        ("GET http://h:/x HTTP/1.1\r\nHost: h\r\n\r\n", 80),
+        ("GET http://u:p@h:8080/x HTTP/1.1\r\nHost: h\r\n\r\n", 8080),
+    ] {
+        match route(text) {
+            Ok(Route::Forward(origin)) => {
+                assert_eq!(upstream::port_of(&origin.uri), port, "{text:?}");
+                assert!(!origin.uri.to_string().contains('@'), "{text:?}");
+            }
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+}
+
+/// Issue 11 (4): a bad port is a bad request, and nothing is dialled.
+#[test]
+fn issue_11_bad_ports_are_400_not_a_connection_to_port_80() {
+    for url in [
+        "http://127.0.0.1:-1/",
+        "http://host:99999/",
+        "http://host:0/",
+        "http://host:8o/",
+        "http://[::1]:70000/",
+    ] {
+        let err = route(&format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n")).expect_err(url);
+        assert_eq!(
+            (err.status(), err.proxy_status()),
+            (400, "http_request_error"),
+            "{url}"
+        );
+    }
+}
+
+#[test]
+fn ports_outside_dest_ports_are_refused() {
+    let err = route("GET http://h:25/ HTTP/1.1\r\nHost: h\r\n\r\n").expect_err("port 25");
+    assert_eq!(
+        (err.status(), err.proxy_status()),
+        (403, "http_request_denied")
+    );
+}
+
+#[test]
+fn methods_and_schemes_that_are_not_forwarded_are_refused() {
+    let err = route("TRACE http://h/ HTTP/1.1\r\nHost: h\r\n\r\n").expect_err("TRACE");
+    assert_eq!(err.status(), 501);
+    let err = route("GET ftp://h/ HTTP/1.1\r\nHost: h\r\n\r\n").expect_err("ftp");
+    assert_eq!(err.status(), 400);
+    let err = route("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").expect_err("*");
+    assert_eq!(err.status(), 400);
+}
+
+#[test]
+fn connect_targets_need_host_and_port() {
+    assert_eq!(
+        split_authority("example.com:443").expect("valid"),
+        ("example.com", 443)
+    );
+    assert_eq!(
+        split_authority("[::1]:8443").expect("valid"),
+        ("[::1]", 8443)
+    );
+    for bad in [
+        "example.com",
+        "example.com:",
+        ":443",
+        "example.com:0",
+        "a:99999",
+        "u@h:443",
+    ] {
+        assert!(split_authority(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn connect_is_routed_to_allowed_ports_only() {
+    match route("CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n") {
+        Ok(Route::Tunnel(target)) => {
+            assert_eq!(
+                target,
+                TunnelTarget {
+                    host: "h".into(),
+                    port: 443
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = route("CONNECT h:25 HTTP/1.1\r\nHost: h:25\r\n\r\n").expect_err("port 25");
+    assert_eq!(
+        (err.status(), err.proxy_status()),
+        (403, "http_request_denied")
+    );
+}
+
+#[test]
+fn urls_naming_the_proxy_own_socket_are_recognised() {
+    let local: SocketAddr = "127.0.0.1:8080".parse().expect("address");
+    for (host, port) in [("127.0.0.1", 8080), ("127.1", 8080), ("0.0.0.0", 8080)] {
+        assert!(targets_this_proxy(host, port, local), "{host}:{port}");
+    }
+    for (host, port) in [("127.0.0.1", 8081), ("127.0.0.2", 8080), ("[::1]", 8080)] {
+        assert!(!targets_this_proxy(host, port, local), "{host}:{port}");
+    }
+}
