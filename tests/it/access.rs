@@ -194,3 +194,21 @@ fn client_inside_allow_clients_is_served() {
     let (request, got) = get(proxy.addr, &format!("http://{}/", wire.addr));
     assert_eq!(answer(&request, &got).status, 200, "got {:?}", got.text());
 }
+
+/// The access log counts the body bytes of the proxy's own answers, as it
+/// does for forwarded ones: a 403 is not logged as `403 0`.
+#[test]
+fn the_access_log_counts_the_body_of_the_proxys_own_answers() {
+    let proxy = crate::support::ProxyProcess::start(&[]);
+    let tripwire = Tripwire::bind("127.0.0.1:0").expect("bind a loopback tripwire");
+    let url = format!("http://{}/", tripwire.addr);
+    let (request, got) = get(proxy.addr, &url);
+    let response = answer(&request, &got);
+    assert_eq!(response.status, 403, "{}", got.text());
+    let line = proxy
+        .wait_for_log(&format!("GET {url} 403"), LIMIT)
+        .unwrap_or_else(|| panic!("no access line; log:\n{}", proxy.log().join("\n")));
+    let logged = format!(" 403 {} ", response.body.len());
+    assert!(line.contains(&logged), "want {logged:?} in {line}");
+    assert_eq!(tripwire.hits(), 0, "the denied destination was contacted");
+}

@@ -361,3 +361,70 @@ fn response_with_body(mut response: RawResponse) -> RawResponse {
     response.body.truncate(declared);
     response
 }
+
+/// Issue 10 (4): a tunnel's access-log line carries its bytes both ways and
+/// why it ended, and `/metrics` counts it by that ending.
+#[test]
+fn a_tunnel_logs_its_bytes_both_ways_and_why_it_ended() {
+    let echo = EchoServer::start();
+    let port = echo.addr.port().to_string();
+    let proxy = crate::support::ProxyProcess::start(&[
+        "--allow-dest",
+        "127.0.0.0/8",
+        "--connect-port",
+        &port,
+    ]);
+    let target = echo.addr.to_string();
+    let (mut stream, response, sent) = connect_through(proxy.addr, &target, b"");
+    assert_tunnel_open(&sent, &response);
+    assert_eq!(echo_through(&mut stream, b"twelve bytes"), b"twelve bytes");
+    stream.shutdown(Shutdown::Write).expect("half-close");
+    assert!(closes_within(&mut stream, LIMIT), "tunnel still open");
+    let line = proxy
+        .wait_for_log(&format!("CONNECT {target} 200"), LIMIT)
+        .unwrap_or_else(|| panic!("no access line; log:\n{}", proxy.log().join("\n")));
+    assert!(line.contains(" 200 12 "), "12 bytes to the client: {line}");
+    assert!(line.ends_with("up=12 end=done"), "{line}");
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_tunnels_closed_total{end=\"done\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, "fetchproxy_tunnel_bytes_up_total"),
+        Some(12.0)
+    );
+}
+
+/// A tunnel whose target resets the connection ends as `upstream_error`.
+#[test]
+fn a_tunnel_cut_by_its_target_is_counted_as_an_upstream_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = listener.local_addr().expect("addr");
+    let resetter = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().expect("accept");
+        // Linger zero: closing sends a reset.
+        socket2_reset(socket);
+    });
+    let proxy = proxy_for_port(target.port());
+    let (mut stream, response, sent) = connect_through(proxy.addr, &target.to_string(), b"");
+    assert_tunnel_open(&sent, &response);
+    resetter.join().expect("resetter");
+    assert!(closes_within(&mut stream, LIMIT), "tunnel still open");
+    let counted = wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(
+            &page,
+            "fetchproxy_tunnels_closed_total{end=\"upstream_error\"}",
+        ) == Some(1.0)
+    });
+    assert!(counted, "{}", scrape_metrics(proxy.addr).1);
+}
+
+/// Closes `socket` with a reset (SO_LINGER 0) after unread input arrives
+/// or at once.
+fn socket2_reset(socket: TcpStream) {
+    rustix::net::sockopt::set_socket_linger(&socket, Some(Duration::ZERO)).expect("linger 0");
+    drop(socket);
+}
