@@ -1,52 +1,80 @@
-//! `fetchproxy fetch`: input → batch → save + manifest + progress → summary.
+//! `fetchproxy fetch`: proxies → input → batch → save + manifest + progress
+//! → summary.
 //!
-//! Three kinds of thread: `input` reads URLs and queues jobs (skipping
+//! Before anything is fetched, the proxies are parsed (`proxy`) and each is
+//! checked to take a connection: with none answering the run stops at once
+//! (exit 2). `--stdout` then fetches its one URL (`stdout`). A batch has
+//! three kinds of thread: `input` reads URLs and queues jobs (skipping
 //! repeats and URLs already saved), `fetch-N` workers download each into a
-//! temporary file (`batch`), and this main thread — the single writer —
-//! names and renames each file (`naming`, `save`), appends its manifest line
-//! (`manifest`) and shows progress (`progress`). A `signals` thread turns
-//! Ctrl-C or SIGTERM into a clean stop that leaves no temporary files.
+//! temporary file (`batch`, `fetch`), choosing the proxy by the URL
+//! (`fleet`), and this main thread, the single writer, names and renames
+//! each file (`naming`, `save`), appends its manifest line (`manifest`) and
+//! shows progress (`progress`). A `signals` thread turns Ctrl-C or SIGTERM
+//! into a clean stop that leaves no temporary files.
 
 pub mod batch;
+pub mod fetch;
+pub mod fleet;
 pub mod http;
 pub mod input;
 pub mod manifest;
 pub mod naming;
+pub mod outdir;
 pub mod progress;
+pub mod proxy;
+pub mod request;
 pub mod save;
+pub mod stdout;
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufReader, IsTerminal};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, never, select};
 
 use crate::cli::FetchArgs;
-use batch::{Event, Job, Outcome, Settings};
+use batch::{Event, Job, Outcome};
+use fetch::Settings;
+use fleet::Fleet;
 use input::{InputError, Place, ReadError};
 use manifest::{Entry, Manifest};
-use progress::{Mode, Progress, Tally};
+use outdir::OutDirError;
+use progress::{Mode, Progress, Prompt, Tally};
+use proxy::{ProxyArgError, Unreachable};
+use request::{RequestOptions, default_user_agent};
 use save::{Names, Scratch};
 
 /// Exit code when the batch is stopped by SIGINT (128 + 2).
 const EXIT_SIGINT: u8 = 130;
 /// Exit code when the batch is stopped by SIGTERM (128 + 15).
 const EXIT_SIGTERM: u8 = 143;
+/// The proxy used when `--proxy` is not given.
+pub const DEFAULT_PROXY: &str = "127.0.0.1:8080";
+/// How long the start-up check waits for each proxy to take a connection.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Why a batch cannot start (exit code 2).
+/// Why a run cannot start (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
     #[error("--concurrency must be at least 1")]
     NoConcurrency,
-    #[error("--proxy {proxy:?}: {reason}")]
-    Proxy { proxy: String, reason: String },
-    #[error("--out-dir {}: {source}", .dir.display())]
-    OutDir { dir: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Proxy(#[from] ProxyArgError),
+    #[error("{}", no_proxy_text(.down, *.default))]
+    NoProxy {
+        down: Vec<Unreachable>,
+        /// `--proxy` was not given.
+        default: bool,
+    },
+    #[error("--stdout writes the body of one URL given as an argument; {0} given")]
+    StdoutUrls(usize),
+    #[error(transparent)]
+    OutDir(#[from] OutDirError),
     #[error("cannot use {}: {source}", .path.display())]
     Manifest { path: PathBuf, source: io::Error },
     #[error("--input {}: {source}", .path.display())]
@@ -55,10 +83,33 @@ pub enum UsageError {
     Spawn(io::Error),
 }
 
-/// Runs a batch; returns the exit code (0 all fetched or skipped, 1 some
+fn no_proxy_text(down: &[Unreachable], default: bool) -> String {
+    match down {
+        [one] if default => format!(
+            "no proxy answers at {}, the default --proxy ({}): start one with \
+             \"fetchproxy serve\", or pass --proxy HOST:PORT of one that runs",
+            one.name, one.reason
+        ),
+        [one] => format!(
+            "no proxy answers at {} ({}): start one with \"fetchproxy serve --listen {}\", \
+             or pass --proxy HOST:PORT of one that runs",
+            one.name, one.reason, one.name
+        ),
+        _ => format!(
+            "no proxy answers: {}: start them with \"fetchproxy serve --listen HOST:PORT\", \
+             or pass --proxy with ones that run",
+            down.iter()
+                .map(|d| format!("{} ({})", d.name, d.reason))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Runs `fetch`; returns the exit code (0 all fetched or skipped, 1 some
 /// URL or input line failed, 2 usage error, 130/143 stopped by a signal).
 pub fn run(args: FetchArgs) -> u8 {
-    match run_batch(args) {
+    match run_fetch(args) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("fetchproxy: {err}");
@@ -67,10 +118,71 @@ pub fn run(args: FetchArgs) -> u8 {
     }
 }
 
+fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
+    if args.concurrency == 0 {
+        return Err(UsageError::NoConcurrency);
+    }
+    let to_stdout = args.writes_to_stdout();
+    if to_stdout && args.urls.len() != 1 {
+        return Err(UsageError::StdoutUrls(args.urls.len()));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let settings = Settings {
+        fleet: connect_fleet(&args)?,
+        request: RequestOptions {
+            user_agent: args.user_agent.take().unwrap_or_else(default_user_agent),
+            headers: std::mem::take(&mut args.header),
+        },
+        retries: args.retries,
+        timeout: args.timeout,
+        stop: stop.clone(),
+    };
+    if to_stdout {
+        let url = args.urls.pop().unwrap_or_default();
+        return Ok(stdout::run(url, &settings));
+    }
+    run_batch(args, settings, stop)
+}
+
+/// The proxies, checked to take connections, with their passwords.
+fn connect_fleet(args: &FetchArgs) -> Result<Fleet, UsageError> {
+    let default = args.proxy.is_empty();
+    let entries = if default {
+        vec![DEFAULT_PROXY.to_string()]
+    } else {
+        args.proxy.clone()
+    };
+    let user = args
+        .proxy_user
+        .as_deref()
+        .map(proxy::parse_proxy_user)
+        .transpose()?;
+    let mut proxies = proxy::build(&entries, user.as_ref())?;
+    let down = proxy::probe(&proxies, PROBE_TIMEOUT);
+    if down.len() == proxies.len() {
+        return Err(UsageError::NoProxy {
+            down: down.into_iter().map(|(_, d)| d).collect(),
+            default,
+        });
+    }
+    // Asked only now, so that nobody types a password for a proxy that is not there.
+    proxy::ask_passwords(&mut proxies, &mut proxy::ask_on_terminal)?;
+    let fleet = Fleet::new(proxies);
+    for (i, unreachable) in down {
+        fleet.mark_down(i);
+        eprintln!(
+            "warning: proxy {} does not answer ({}); its URLs go to the other proxies",
+            unreachable.name, unreachable.reason
+        );
+    }
+    Ok(fleet)
+}
+
 /// Something the input thread tells the main thread.
 enum Fed {
     Queued,
     Bad(InputError),
+    Note(String),
     Repeated { url: String, first: Place },
     Skipped { url: String, file: String },
     ReadFailed(ReadError),
@@ -79,16 +191,9 @@ enum Fed {
 
 type Source = Box<dyn Iterator<Item = Result<input::Item, ReadError>> + Send>;
 
-fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
-    if args.concurrency == 0 {
-        return Err(UsageError::NoConcurrency);
-    }
-    let proxy = resolve_proxy(&args.proxy)?;
+fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Result<u8, UsageError> {
     let out_dir = args.out_dir.clone();
-    fs::create_dir_all(&out_dir).map_err(|source| UsageError::OutDir {
-        dir: out_dir.clone(),
-        source,
-    })?;
+    outdir::prepare(&out_dir)?;
     let stale = save::remove_stale_temps(&out_dir);
     if stale > 0 {
         log::debug!("removed {stale} stale temporary files");
@@ -104,15 +209,25 @@ fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
         .filter(|e| e.is_success() && e.file.as_deref().is_some_and(naming::is_safe_name))
         .collect();
     let mut manifest = Manifest::open(&out_dir).map_err(manifest_error)?;
-    let (source, prompting) = open_input(&args)?;
 
+    let terminal = io::stderr().is_terminal();
+    // URLs are typed when none are given and stdin is a terminal; the
+    // prompt is shown only where the user can see it.
+    let prompting = args.input.is_none() && args.urls.is_empty() && io::stdin().is_terminal();
+    let prompt = (prompting && terminal).then(|| Arc::new(Prompt::default()));
     let mode = if args.quiet {
         Mode::Quiet
-    } else if io::stderr().is_terminal() && !prompting {
+    } else if terminal && !prompting {
         Mode::Bar
     } else {
         Mode::Lines
     };
+    let counted = if mode == Mode::Bar {
+        count_urls(&args)
+    } else {
+        None
+    };
+    let source = open_input(&args, prompt.clone())?;
     let names = Names::new(
         recorded
             .iter()
@@ -121,20 +236,18 @@ fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
     let last_saved: HashMap<String, Entry> =
         recorded.into_iter().map(|e| (e.url.clone(), e)).collect();
 
-    let stop = Arc::new(AtomicBool::new(false));
     let scratch = Arc::new(Scratch::new(&out_dir));
-    let settings = Arc::new(Settings {
-        proxy,
-        retries: args.retries,
-        timeout: args.timeout,
-        stop: stop.clone(),
-        scratch: scratch.clone(),
-    });
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(args.concurrency * 2);
     let (event_tx, event_rx) = crossbeam_channel::bounded::<Event>(4096);
     let (fed_tx, fed_rx) = crossbeam_channel::bounded::<Fed>(1024);
-    let workers = batch::spawn_workers(args.concurrency, settings, &job_rx, &event_tx)
-        .map_err(UsageError::Spawn)?;
+    let workers = batch::spawn_workers(
+        args.concurrency,
+        Arc::new(settings),
+        scratch.clone(),
+        &job_rx,
+        &event_tx,
+    )
+    .map_err(UsageError::Spawn)?;
     drop((job_rx, event_tx));
     let feeder = Feeder {
         source,
@@ -155,7 +268,7 @@ fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
         overwrite: args.overwrite,
         names,
         manifest,
-        progress: Progress::new(mode),
+        progress: Progress::new(mode, counted, prompt),
         tally: Tally::default(),
     };
     let code = main.run(&event_rx, fed_rx, signals, &stop, &scratch);
@@ -180,49 +293,48 @@ fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
     }))
 }
 
-/// `HOST:PORT` (an `http://` prefix and a trailing `/` are tolerated).
-fn resolve_proxy(text: &str) -> Result<Vec<SocketAddr>, UsageError> {
-    let bare = text.strip_prefix("http://").unwrap_or(text);
-    let bare = bare.strip_suffix('/').unwrap_or(bare);
-    let fail = |reason: String| UsageError::Proxy {
-        proxy: text.to_string(),
-        reason,
-    };
-    let addrs: Vec<SocketAddr> = bare
-        .to_socket_addrs()
-        .map_err(|err| fail(format!("{err} (expected HOST:PORT)")))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(fail("resolves to no address".into()));
+/// The URLs the arguments and an `--input` file hold, counted before the
+/// start so that the bar shows the whole batch; `None` for standard input.
+fn count_urls(args: &FetchArgs) -> Option<u64> {
+    let from_args = input::from_args(args.urls.clone())
+        .filter(Result::is_ok)
+        .count() as u64;
+    match &args.input {
+        Some(path) if path.as_os_str() == "-" => None,
+        Some(path) => {
+            let file = fs::File::open(path).ok()?;
+            let lines = input::Lines::new(BufReader::new(file), None);
+            let in_file = lines.filter(|item| matches!(item, Ok(Ok(_)))).count() as u64;
+            Some(from_args + in_file)
+        }
+        None => Some(from_args),
     }
-    Ok(addrs)
 }
 
 /// The URL source: arguments, then `--input`; a prompt on stdin when neither
-/// is given. The flag says whether a prompt is shown (so no bar is drawn).
-fn open_input(args: &FetchArgs) -> Result<(Source, bool), UsageError> {
+/// is given.
+fn open_input(args: &FetchArgs, prompt: Option<Arc<Prompt>>) -> Result<Source, UsageError> {
     let from_args = input::from_args(args.urls.clone()).map(Ok);
     match &args.input {
         Some(path) if path.as_os_str() == "-" => {
-            let lines = input::Lines::new(BufReader::new(io::stdin()), false);
-            Ok((Box::new(from_args.chain(lines)), false))
+            let lines = input::Lines::new(BufReader::new(io::stdin()), None);
+            Ok(Box::new(from_args.chain(lines)))
         }
         Some(path) => {
             let file = fs::File::open(path).map_err(|source| UsageError::Input {
                 path: path.clone(),
                 source,
             })?;
-            let lines = input::Lines::new(BufReader::new(file), false);
-            Ok((Box::new(from_args.chain(lines)), false))
+            let lines = input::Lines::new(BufReader::new(file), None);
+            Ok(Box::new(from_args.chain(lines)))
         }
-        None if !args.urls.is_empty() => Ok((Box::new(from_args), false)),
+        None if !args.urls.is_empty() => Ok(Box::new(from_args)),
         None => {
-            let prompt = io::stdin().is_terminal();
-            if prompt {
+            if prompt.is_some() {
                 eprintln!("Enter URLs, one a line; end with Ctrl-D.");
             }
             let lines = input::Lines::new(BufReader::new(io::stdin()), prompt);
-            Ok((Box::new(lines), prompt))
+            Ok(Box::new(lines))
         }
     }
 }
@@ -270,7 +382,18 @@ impl Feeder {
             let message = match item {
                 Err(err) => Fed::ReadFailed(err),
                 Ok(Err(bad)) => Fed::Bad(bad),
-                Ok(Ok((place, url))) => {
+                Ok(Ok(found)) => {
+                    let input::Found {
+                        place,
+                        url,
+                        assumed_http,
+                    } = found;
+                    if assumed_http {
+                        let note = format!("{place}: no scheme; assuming {url}");
+                        if self.fed.send(Fed::Note(note)).is_err() {
+                            return;
+                        }
+                    }
                     let key = url.to_string();
                     if let Some(&first) = seen.get(&key) {
                         Fed::Repeated { url: key, first }
@@ -340,6 +463,8 @@ impl Main {
                 recv(events) -> event => match event {
                     Ok(Event::Started { id, url }) => self.progress.started(id, url.as_str()),
                     Ok(Event::Bytes(n)) => self.progress.bytes(n),
+                    // A proxy gone is a warning: shown even with --quiet.
+                    Ok(Event::Note(line)) => self.progress.error(None, &line, false),
                     Ok(Event::Done(outcome)) => {
                         done += 1;
                         self.finish(*outcome);
@@ -380,6 +505,7 @@ impl Main {
                 self.tally.bad_lines += 1;
                 self.progress.error(None, &format!("skipped {err}"), false);
             }
+            Fed::Note(line) => self.progress.note(&line),
             Fed::ReadFailed(err) => {
                 self.tally.bad_lines += 1;
                 self.progress.error(None, &err.to_string(), false);
@@ -406,30 +532,29 @@ impl Main {
             id,
             url,
             result,
-            status,
-            content_type,
-            request_id,
+            seen,
             elapsed,
         } = outcome;
         let mut entry = Entry {
             url: url.to_string(),
             file: None,
-            status,
+            status: seen.status,
             bytes: 0,
-            content_type: content_type.clone(),
+            content_type: seen.content_type.clone(),
             sha256: None,
             elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            request_id,
+            request_id: seen.request_id,
+            proxy: seen.proxy,
             error: None,
         };
-        let saved = result.map_err(|e| e.to_string()).and_then(|mut download| {
+        let saved = result.map_err(|e| e.to_string()).and_then(|mut file| {
             let base = naming::file_name_for(
                 &url,
-                content_type.as_deref(),
-                download.content_disposition.as_deref(),
+                seen.content_type.as_deref(),
+                seen.content_disposition.as_deref(),
             );
-            let name = self.place(&base, url.as_str(), &mut download.file)?;
-            Ok((name, download.file.sha256.clone(), download.file.bytes))
+            let name = self.place(&base, url.as_str(), &mut file)?;
+            Ok((name, file.sha256.clone(), file.bytes))
         });
         match saved {
             Ok((name, sha256, bytes)) => {
@@ -486,5 +611,31 @@ impl Main {
             }
         }
         Err(format!("cannot save: no free name like {base}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn down(name: &str) -> Unreachable {
+        Unreachable {
+            name: name.to_string(),
+            reason: "connection refused".to_string(),
+        }
+    }
+
+    #[test]
+    fn no_proxy_messages_say_what_to_do() {
+        assert_eq!(
+            no_proxy_text(&[down(DEFAULT_PROXY)], true),
+            "no proxy answers at 127.0.0.1:8080, the default --proxy (connection refused): \
+             start one with \"fetchproxy serve\", or pass --proxy HOST:PORT of one that runs"
+        );
+        assert_eq!(
+            no_proxy_text(&[down("a:3128"), down("b:3128")], false),
+            "no proxy answers: a:3128 (connection refused), b:3128 (connection refused): \
+             start them with \"fetchproxy serve --listen HOST:PORT\", or pass --proxy with ones that run"
+        );
     }
 }
