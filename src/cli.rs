@@ -31,6 +31,11 @@ pub enum Command {
     /// Read a password (one line) on standard input and print its argon2id
     /// hash, for the `password_hash` of a `[[users]]` entry in the config file.
     HashPassword,
+    /// Print a completion script for a shell to standard output.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to standard output, or write one page per
+    /// command into a directory.
+    Manpage(ManpageArgs),
 }
 
 /// `fetchproxy serve`: every flag is also a key in the TOML config file; flags win.
@@ -158,6 +163,22 @@ impl FetchArgs {
     pub fn writes_to_stdout(&self) -> bool {
         self.stdout || self.output_document.is_some()
     }
+}
+
+/// `fetchproxy completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `fetchproxy manpage [--out-dir DIR]`.
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Write fetchproxy.1 and fetchproxy-SUBCOMMAND.1 into DIR instead.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// `-O` takes only `-`.

@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod rules;
 pub mod server;

@@ -13,6 +13,7 @@ mod config;
 mod connect;
 mod forward;
 mod limits;
+mod manual;
 mod reload;
 mod scale;
 mod shutdown;
