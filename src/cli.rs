@@ -108,7 +108,7 @@ pub struct ServeArgs {
 pub struct FetchArgs {
     /// The proxy to go through: HOST:PORT or http://[USER:PASS@]HOST:PORT
     /// (USER and PASS percent-encoded). Several, comma-separated or
-    /// repeated, share the URLs by a hash of each URL, with failover.
+    /// repeated, share the URLs by a hash of each URL, with failover
     /// [default: 127.0.0.1:8080]
     #[arg(long, value_name = "PROXY", value_delimiter = ',')]
     pub proxy: Vec<String>,
@@ -142,9 +142,9 @@ pub struct FetchArgs {
     /// value sends no such header (not even fetch's own User-Agent or Accept).
     #[arg(long, short = 'H', value_name = "NAME: VALUE")]
     pub header: Vec<ExtraHeader>,
-    /// The User-Agent to send. [default: fetchproxy/VERSION]
-    #[arg(long, short = 'A', value_name = "TEXT")]
-    pub user_agent: Option<String>,
+    /// The User-Agent to send; empty sends none.
+    #[arg(long, short = 'A', value_name = "TEXT", default_value = concat!("fetchproxy/", env!("CARGO_PKG_VERSION")))]
+    pub user_agent: String,
     /// Write the body of the one URL given to standard output: no file, no
     /// manifest.
     #[arg(long, conflicts_with_all = ["input", "overwrite"])]

@@ -46,7 +46,7 @@ use manifest::{Entry, Manifest};
 use outdir::OutDirError;
 use progress::{Mode, Progress, Prompt, Tally};
 use proxy::{ProxyArgError, Unreachable};
-use request::{RequestOptions, default_user_agent};
+use request::RequestOptions;
 use save::{Names, Scratch};
 
 /// Exit code when the batch is stopped by SIGINT (128 + 2).
@@ -130,7 +130,7 @@ fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
     let settings = Settings {
         fleet: connect_fleet(&args)?,
         request: RequestOptions {
-            user_agent: args.user_agent.take().unwrap_or_else(default_user_agent),
+            user_agent: std::mem::take(&mut args.user_agent),
             headers: std::mem::take(&mut args.header),
         },
         retries: args.retries,

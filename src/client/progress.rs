@@ -94,10 +94,12 @@ fn write_stderr(text: &str) {
     let _ = err.flush();
 }
 
-/// The terminal, reported two columns narrower than it is. A bar drawn to
-/// the last column leaves the cursor waiting to wrap, and the `^C` that the
-/// terminal echoes on Ctrl-C would then start a new line, under the bar,
-/// where clearing the bar would miss it.
+/// The terminal, reported two columns narrower than it is. indicatif pads
+/// the bar to the last column, which leaves the cursor waiting to wrap: the
+/// `^C` that the terminal echoes on Ctrl-C would then start a new line under
+/// the bar, where clearing the bar misses it. (Lines above the bar are
+/// therefore printed with their own newline, in `above`, not through
+/// indicatif's `println`, which relies on that wrap.)
 #[derive(Debug)]
 struct Narrow(console::Term);
 
@@ -219,7 +221,7 @@ impl Progress {
     /// proxy gone): above the bar or as a line, not with `--quiet`.
     pub fn note(&mut self, line: &str) {
         match &self.bar {
-            Some(bar) => bar.println(line),
+            Some(bar) => above(bar, line),
             None if self.mode == Mode::Lines => self.say(line),
             None => {}
         }
@@ -233,7 +235,7 @@ impl Progress {
         match &self.bar {
             Some(bar) => {
                 self.redraw();
-                bar.println(line);
+                above(bar, line);
                 if counts_as_url {
                     bar.inc(1);
                 }
@@ -282,6 +284,12 @@ impl Progress {
             self.in_flight.len()
         ));
     }
+}
+
+/// Prints `line` above the bar: the bar is cleared, the line written, and
+/// the bar drawn again below it.
+fn above(bar: &ProgressBar, line: &str) {
+    bar.suspend(|| write_stderr(&format!("{line}\n")));
 }
 
 /// The one-line summary: `fetched 12, skipped 3, failed 1, 4.20 MiB in 1.3s`.

@@ -9,7 +9,7 @@ use url::Url;
 use crate::http::headers::is_hop_by_hop;
 
 /// The User-Agent sent unless `-A` or `-H` says otherwise.
-pub fn default_user_agent() -> String {
+fn default_user_agent() -> String {
     format!("fetchproxy/{}", env!("CARGO_PKG_VERSION"))
 }
 

@@ -174,7 +174,10 @@ fn the_bar_counts_the_file_first_and_only_failures_print_above_it() {
     });
     let proxy = Proxy::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut urls: Vec<String> = (0..5).map(|i| site.url(&format!("/{i}"))).collect();
+    let mut urls: Vec<String> = (0..4).map(|i| site.url(&format!("/{i}"))).collect();
+    // A note (the scheme assumed) and a failure, both printed above the bar.
+    let bare = format!("{}/bare", site.addr);
+    urls.push(bare.clone());
     urls.push(site.url("/missing"));
     urls.push(slow.url("/last"));
     let input = write_input(dir.path(), &urls);
@@ -191,13 +194,17 @@ fn the_bar_counts_the_file_first_and_only_failures_print_above_it() {
     // Everything but the gated URL is done; the bar waits for it.
     term.wait_for_row("the bar at 6 of 7", |r| r.contains(" 6/7 URLs "));
     let screen = term.screen();
-    assert!(
-        screen
-            .iter()
-            .any(|r| r.starts_with(&format!("failed {}: HTTP 404", site.url("/missing")))),
-        "{}",
-        screen.join("\n")
-    );
+    // Whole rows: nothing of the bar is left beside them.
+    for row in [
+        format!("line 5: no scheme; assuming http://{bare}"),
+        format!("failed {}: HTTP 404 Not Found", site.url("/missing")),
+    ] {
+        assert!(
+            screen.contains(&row),
+            "no row {row:?}:\n{}",
+            screen.join("\n")
+        );
+    }
     assert!(
         !screen.iter().any(|r| r.starts_with("fetched ")),
         "per-URL lines on a terminal:\n{}",
