@@ -67,8 +67,10 @@ pub enum BadProxy {
     ColonInUser,
     #[error("the credentials are not UTF-8 once percent-decoded")]
     NotUtf8,
-    #[error("expected HOST:PORT ({0})")]
-    Address(String),
+    #[error("expected HOST:PORT")]
+    NoPort,
+    #[error("cannot resolve the host ({0})")]
+    Resolve(String),
     #[error("resolves to no address")]
     NoAddress,
     #[error("listed twice")]
@@ -220,10 +222,17 @@ pub fn build(entries: &[String], user: Option<&Credentials>) -> Result<Vec<Proxy
         if proxies.iter().any(|p| p.name == entry.host_port) {
             return Err(bad(text, BadProxy::Repeated));
         }
+        let has_port = entry
+            .host_port
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !has_port {
+            return Err(bad(text, BadProxy::NoPort));
+        }
         let addrs: Vec<SocketAddr> = entry
             .host_port
             .to_socket_addrs()
-            .map_err(|err| bad(text, BadProxy::Address(err.to_string())))?
+            .map_err(|err| bad(text, BadProxy::Resolve(err.to_string())))?
             .collect();
         if addrs.is_empty() {
             return Err(bad(text, BadProxy::NoAddress));
@@ -498,6 +507,23 @@ mod tests {
             err.to_string().contains("--proxy-user USER:PASSWORD"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_address_without_a_port_is_refused() {
+        for text in ["proxy.example", "http://proxy.example/", ":3128", "h:port"] {
+            let err = build(&[text.to_string()], None).expect_err(text);
+            assert!(
+                matches!(
+                    &err,
+                    ProxyArgError::Bad {
+                        reason: BadProxy::NoPort,
+                        ..
+                    }
+                ),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]
