@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
+use crate::client::request::ExtraHeader;
+
 /// fetchproxy: a multithreaded URL-fetching HTTP/1.1 forward proxy, and a
 /// batch client that saves URLs through it.
 #[derive(Debug, Parser)]
@@ -29,6 +31,11 @@ pub enum Command {
     /// Read a password (one line) on standard input and print its argon2id
     /// hash, for the `password_hash` of a `[[users]]` entry in the config file.
     HashPassword,
+    /// Print a completion script for a shell to standard output.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to standard output, or write one page per
+    /// command into a directory.
+    Manpage(ManpageArgs),
 }
 
 /// `fetchproxy serve`: every flag is also a key in the TOML config file; flags win.
@@ -99,9 +106,16 @@ pub struct ServeArgs {
 /// `fetchproxy fetch`: batch download through the proxy.
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// The proxy to send requests through.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
-    pub proxy: String,
+    /// The proxy to go through: HOST:PORT or http://[USER:PASS@]HOST:PORT
+    /// (USER and PASS percent-encoded). Several, comma-separated or
+    /// repeated, share the URLs by a hash of each URL, with failover
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "PROXY", value_delimiter = ',')]
+    pub proxy: Vec<String>,
+    /// Proxy credentials, sent as Proxy-Authorization: Basic; the password is
+    /// asked for on the terminal (not echoed) when left out.
+    #[arg(long, short = 'U', value_name = "USER[:PASSWORD]")]
+    pub proxy_user: Option<String>,
     /// File with one URL a line (`-` for standard input).
     #[arg(long, short = 'i', value_name = "FILE|-")]
     pub input: Option<PathBuf>,
@@ -111,7 +125,8 @@ pub struct FetchArgs {
     /// URLs fetched at the same time.
     #[arg(long, short = 'c', value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
-    /// Retries for connection failures and 503 answers.
+    /// Retries for connection failures and 503 answers (a move to the next
+    /// proxy counts as one).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retries: u32,
     /// Time limit for one URL (all its redirects and retries included).
@@ -123,9 +138,56 @@ pub struct FetchArgs {
     /// No progress bar or per-URL lines; only the summary and errors.
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// URLs to fetch; with neither URLs nor --input, they are read from a prompt.
+    /// A request header to send, 'Name: value'; repeatable. 'Name:' with no
+    /// value sends no such header (not even fetch's own User-Agent or Accept).
+    #[arg(long, short = 'H', value_name = "NAME: VALUE")]
+    pub header: Vec<ExtraHeader>,
+    /// The User-Agent to send; empty sends none.
+    #[arg(long, short = 'A', value_name = "TEXT", default_value = concat!("fetchproxy/", env!("CARGO_PKG_VERSION")))]
+    pub user_agent: String,
+    /// Write the body of the one URL given to standard output: no file, no
+    /// manifest.
+    #[arg(long, conflicts_with_all = ["input", "overwrite"])]
+    pub stdout: bool,
+    /// `-O -` is --stdout (as in wget); no other value is taken.
+    #[arg(short = 'O', value_name = "-", value_parser = parse_dash, conflicts_with_all = ["input", "overwrite"])]
+    pub output_document: Option<String>,
+    /// URLs to fetch (http:// is assumed when there is no scheme); with
+    /// neither URLs nor --input, they are read from a prompt.
     #[arg(value_name = "URL")]
     pub urls: Vec<String>,
+}
+
+impl FetchArgs {
+    /// `--stdout` or `-O -`.
+    pub fn writes_to_stdout(&self) -> bool {
+        self.stdout || self.output_document.is_some()
+    }
+}
+
+/// `fetchproxy completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `fetchproxy manpage [--out-dir DIR]`.
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Write fetchproxy.1 and fetchproxy-SUBCOMMAND.1 into DIR instead.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// `-O` takes only `-`.
+fn parse_dash(text: &str) -> Result<String, String> {
+    if text == "-" {
+        Ok(text.to_string())
+    } else {
+        Err("only '-' (standard output) is taken; files go to --out-dir".to_string())
+    }
 }
 
 /// Parses a humantime duration (`30s`, `1m 30s`, `250ms`).

@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod pump;
 pub mod rules;

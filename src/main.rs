@@ -1,5 +1,6 @@
 //! The `fetchproxy` binary: parse the command line, set up logging, run the
-//! server, the client or `hash-password`, and turn the outcome into an exit code.
+//! server, the client, `hash-password`, `completions` or `manpage`, and turn
+//! the outcome into an exit code.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use clap::Parser;
 
 use fetchproxy::cli::{Cli, Command};
 use fetchproxy::config::ServeConfig;
-use fetchproxy::{auth, client, logging, server};
+use fetchproxy::{auth, client, logging, manual, server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,6 +38,31 @@ fn main() -> ExitCode {
         }
         Command::Fetch(args) => ExitCode::from(client::run(args)),
         Command::HashPassword => hash_password(),
+        Command::Completions(args) => write_out(
+            |out| manual::completions(args.shell, out),
+            "the completions",
+        ),
+        Command::Manpage(args) => match args.out_dir {
+            Some(dir) => match manual::manpages_to(&dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("fetchproxy: --out-dir {}: {err}", dir.display());
+                    ExitCode::from(2)
+                }
+            },
+            None => write_out(manual::manpage, "the man page"),
+        },
+    }
+}
+
+/// Runs a generator over standard output.
+fn write_out(generate: impl FnOnce(&mut dyn Write) -> std::io::Result<()>, what: &str) -> ExitCode {
+    match generate(&mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fetchproxy: cannot write {what}: {err}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -1,14 +1,12 @@
-//! The fetch client's side of HTTP/1.1: one keep-alive connection to the
-//! proxy, a GET in absolute-form (for https URLs too, never CONNECT), the
-//! response head parsed with httparse, the body by Content-Length, chunked
-//! or until close. Knows nothing of redirects, retries or files.
+//! The fetch client's side of HTTP/1.1: one keep-alive connection to a
+//! proxy, a request head (built by `request`) sent on it, the response head
+//! parsed with httparse, the body by Content-Length, chunked or until
+//! close. Knows nothing of redirects, retries, other proxies or files.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use url::Url;
 
 use crate::http::body::ChunkedReader;
 
@@ -17,7 +15,7 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most headers in a response head.
 const MAX_HEADERS: usize = 128;
 /// Connecting to the proxy never waits longer than this (the URL's deadline may be shorter).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Error bodies are read (to reuse the connection) only up to this size.
 const DRAIN_LIMIT: u64 = 256 * 1024;
 
@@ -48,6 +46,12 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// No connection to the proxy could be opened: the request never left,
+    /// so another proxy may take it.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, HttpError::Connect { .. })
+    }
+
     /// Connection failures are worth another attempt; the rest are not.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -114,19 +118,18 @@ impl ProxyConnection {
         ProxyConnection { proxy, conn: None }
     }
 
-    /// Sends `GET url` and reads the response head; the body is read next
-    /// with `read_body` or `discard_body`.
+    /// Sends a request head (`request::request_head`) and reads the
+    /// response head; the body is read next with `read_body` or `discard_body`.
     ///
     /// # Errors
     /// `HttpError` when the proxy cannot be reached or answers badly.
-    pub fn send(&mut self, url: &Url, deadline: Instant) -> Result<Head, HttpError> {
-        let request = request_head(url);
+    pub fn send(&mut self, request: &[u8], deadline: Instant) -> Result<Head, HttpError> {
         let reused = self.conn.as_ref().is_some_and(|c| c.used);
-        match self.attempt(&request, deadline) {
+        match self.attempt(request, deadline) {
             Ok(head) => Ok(head),
             // An idle keep-alive connection may be closed by the proxy at any
             // time; a request that got no byte back is safe to send again.
-            Err(Attempt::NoResponse(_)) if reused => match self.attempt(&request, deadline) {
+            Err(Attempt::NoResponse(_)) if reused => match self.attempt(request, deadline) {
                 Ok(head) => Ok(head),
                 Err(Attempt::NoResponse(err) | Attempt::Failed(err)) => Err(err),
             },
@@ -239,21 +242,6 @@ impl Write for CappedSink {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// The request head, written in one `write_all`.
-fn request_head(url: &Url) -> Vec<u8> {
-    let host = url.host_str().unwrap_or("");
-    let host = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    };
-    format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fetchproxy/{}\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n",
-        url.as_str(),
-        env!("CARGO_PKG_VERSION"),
-    )
-    .into_bytes()
 }
 
 fn connect(proxy: &[SocketAddr], deadline: Instant) -> Result<Conn, HttpError> {
@@ -462,7 +450,10 @@ mod tests {
     use std::net::TcpListener;
     use std::thread;
 
+    use url::Url;
+
     use super::*;
+    use crate::client::request::{RequestOptions, request_head};
 
     /// A one-connection server that answers each request with the next reply.
     fn serve(replies: Vec<&'static [u8]>) -> SocketAddr {
@@ -486,7 +477,8 @@ mod tests {
     fn get(conn: &mut ProxyConnection, url: &str) -> Result<(Head, Vec<u8>), HttpError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let url = Url::parse(url).expect("url");
-        let head = conn.send(&url, deadline)?;
+        let request = request_head(&url, &url, &RequestOptions::default(), None);
+        let head = conn.send(&request, deadline)?;
         let mut body = Vec::new();
         conn.read_body(
             &head,
@@ -496,16 +488,6 @@ mod tests {
             &mut |_| {},
         )?;
         Ok((head, body))
-    }
-
-    #[test]
-    fn request_is_absolute_form_for_https_too() {
-        let url = Url::parse("https://example.com:8443/a?b").expect("url");
-        let head = String::from_utf8(request_head(&url)).expect("ascii");
-        assert!(head.starts_with("GET https://example.com:8443/a?b HTTP/1.1\r\n"));
-        assert!(head.contains("\r\nHost: example.com:8443\r\n"));
-        assert!(head.contains("\r\nConnection: keep-alive\r\n"));
-        assert!(head.ends_with("\r\n\r\n"));
     }
 
     #[test]

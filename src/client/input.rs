@@ -1,12 +1,16 @@
 //! Where URLs come from: command-line arguments, a file (`-` for stdin), or
 //! a prompt reading one URL a line until end of input. Yields each URL with
 //! its place (line or argument number) or an `InputError` for a bad line;
-//! blank lines and `#` comments are skipped. No network.
+//! blank lines and `#` comments are skipped, and a URL without a scheme gets
+//! `http://`, as curl and wget do. No network.
 
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead};
+use std::sync::Arc;
 
 use url::Url;
+
+use crate::client::progress::Prompt;
 
 /// The longest URL accepted, in bytes (the server's default `max_url_bytes`).
 pub const MAX_URL_BYTES: usize = 8192;
@@ -52,12 +56,38 @@ pub struct InputError {
     pub kind: BadLine,
 }
 
+/// A URL from one line or argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub url: Url,
+    /// The text had no scheme, and `http://` was put in front.
+    pub assumed_http: bool,
+}
+
+/// A URL and where it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub place: Place,
+    pub url: Url,
+    pub assumed_http: bool,
+}
+
+impl Found {
+    fn new(place: Place, parsed: Parsed) -> Found {
+        Found {
+            place,
+            url: parsed.url,
+            assumed_http: parsed.assumed_http,
+        }
+    }
+}
+
 /// One URL to fetch, or a bad line.
-pub type Item = Result<(Place, Url), InputError>;
+pub type Item = Result<Found, InputError>;
 
 /// Parses one line: `Ok(None)` for blank lines and comments. The fragment is
 /// dropped (it is never sent), so `page#a` and `page#b` are one URL.
-pub fn parse_line(text: &str) -> Result<Option<Url>, BadLine> {
+pub fn parse_line(text: &str) -> Result<Option<Parsed>, BadLine> {
     let text = text.trim();
     if text.is_empty() || text.starts_with('#') {
         return Ok(None);
@@ -69,10 +99,7 @@ pub fn parse_line(text: &str) -> Result<Option<Url>, BadLine> {
     if text.len() > MAX_URL_BYTES {
         return Err(too_long(text.len()));
     }
-    let mut url = Url::parse(text).map_err(|err| BadLine::NotUrl {
-        text: shorten(text),
-        reason: err.to_string(),
-    })?;
+    let (mut url, assumed_http) = parse_with_scheme(text)?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(BadLine::UnsupportedScheme(url.scheme().to_string()));
     }
@@ -91,7 +118,33 @@ pub fn parse_line(text: &str) -> Result<Option<Url>, BadLine> {
     if url.as_str().len() > MAX_URL_BYTES {
         return Err(too_long(url.as_str().len()));
     }
-    Ok(Some(url))
+    Ok(Some(Parsed { url, assumed_http }))
+}
+
+/// Parses `text` as a URL; without `://`, and unless it starts with a
+/// scheme of its own (`mailto:x`), as `http://` + text, the way curl and
+/// wget take `example.com/page` or `localhost:8000/x`.
+fn parse_with_scheme(text: &str) -> Result<(Url, bool), BadLine> {
+    let not_url = |err: url::ParseError| BadLine::NotUrl {
+        text: shorten(text),
+        reason: err.to_string(),
+    };
+    if text.contains("://") {
+        return Url::parse(text).map(|u| (u, false)).map_err(not_url);
+    }
+    match Url::parse(text) {
+        // `host:port/...` also parses, with the host as a scheme; a real
+        // scheme is not followed by a digit.
+        Ok(url) if !text[url.scheme().len() + 1..].starts_with(|c: char| c.is_ascii_digit()) => {
+            Ok((url, false))
+        }
+        _ => {
+            // No scheme: `example.com/page`, `127.0.0.1:8000/x`, ...
+            Url::parse(&format!("http://{text}"))
+                .map(|u| (u, true))
+                .map_err(not_url)
+        }
+    }
 }
 
 fn shorten(text: &str) -> String {
@@ -106,7 +159,7 @@ pub fn from_args(args: Vec<String>) -> impl Iterator<Item = Item> {
     args.into_iter().enumerate().filter_map(|(i, text)| {
         let place = Place::Arg(i + 1);
         match parse_line(&text) {
-            Ok(Some(url)) => Some(Ok((place, url))),
+            Ok(Some(parsed)) => Some(Ok(Found::new(place, parsed))),
             Ok(None) => None,
             Err(kind) => Some(Err(InputError { place, kind })),
         }
@@ -114,18 +167,19 @@ pub fn from_args(args: Vec<String>) -> impl Iterator<Item = Item> {
 }
 
 /// URLs from a reader, one a line, read as they are needed (so a prompt's
-/// URLs are fetched while the user types). With `prompt`, `url> ` is shown
-/// on stderr before each line. A read error ends the input and is the last item.
+/// URLs are fetched while the user types). With a `prompt`, `url> ` is
+/// shown on stderr before each line. A read error ends the input and is the
+/// last item.
 pub struct Lines<R> {
     reader: R,
-    prompt: bool,
+    prompt: Option<Arc<Prompt>>,
     line: usize,
     done: bool,
 }
 
 impl<R: BufRead> Lines<R> {
-    /// Reads from `reader`, showing a prompt if asked.
-    pub fn new(reader: R, prompt: bool) -> Self {
+    /// Reads from `reader`, showing `prompt` if given.
+    pub fn new(reader: R, prompt: Option<Arc<Prompt>>) -> Self {
         Lines {
             reader,
             prompt,
@@ -148,19 +202,19 @@ impl<R: BufRead> Iterator for Lines<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
-            if self.prompt {
-                let mut err = io::stderr();
-                let _ = err.write_all(b"url> ");
-                let _ = err.flush();
+            if let Some(prompt) = &self.prompt {
+                prompt.show();
             }
-            let raw = match read_line_bounded(&mut self.reader, MAX_URL_BYTES + 2) {
+            let read = read_line_bounded(&mut self.reader, MAX_URL_BYTES + 2);
+            if let Some(prompt) = &self.prompt {
+                // Enter moved the cursor to a line of its own; at the end
+                // of input the prompt's line is cleared.
+                prompt.answered(matches!(read, Ok(Some(_))));
+            }
+            let raw = match read {
                 Ok(Some(raw)) => raw,
                 Ok(None) => {
                     self.done = true;
-                    if self.prompt {
-                        // End the last `url> ` line so the summary starts on its own.
-                        eprintln!();
-                    }
                     return None;
                 }
                 Err(source) => {
@@ -184,7 +238,7 @@ impl<R: BufRead> Iterator for Lines<R> {
                 }),
             };
             match parsed {
-                Ok(Some(url)) => return Some(Ok(Ok((place, url)))),
+                Ok(Some(parsed)) => return Some(Ok(Ok(Found::new(place, parsed)))),
                 Ok(None) => continue,
                 Err(kind) => return Some(Ok(Err(InputError { place, kind }))),
             }
@@ -244,7 +298,7 @@ mod tests {
     use super::*;
 
     fn read_all(text: &[u8]) -> Vec<Item> {
-        Lines::new(text, false)
+        Lines::new(text, None)
             .map(|r| r.expect("in-memory reads do not fail"))
             .collect()
     }
@@ -255,7 +309,7 @@ mod tests {
         let got: Vec<(Place, String)> = items
             .into_iter()
             .map(|i| i.expect("good line"))
-            .map(|(p, u)| (p, u.to_string()))
+            .map(|f| (f.place, f.url.to_string()))
             .collect();
         assert_eq!(
             got,
@@ -290,7 +344,13 @@ mod tests {
         );
         assert_eq!(errs[3], "line 4: not valid UTF-8");
         assert_eq!(errs[4], "line 5: credentials in URLs are not supported");
-        assert!(matches!(items.last(), Some(Ok((Place::Line(6), _)))));
+        assert!(matches!(
+            items.last(),
+            Some(Ok(Found {
+                place: Place::Line(6),
+                ..
+            }))
+        ));
     }
 
     #[test]
@@ -304,22 +364,58 @@ mod tests {
 
     #[test]
     fn fragments_are_dropped() {
-        let url = parse_line("http://a.example/p#sec")
+        let parsed = parse_line("http://a.example/p#sec")
             .expect("ok")
             .expect("url");
-        assert_eq!(url.as_str(), "http://a.example/p");
+        assert_eq!(parsed.url.as_str(), "http://a.example/p");
+        assert!(!parsed.assumed_http);
     }
 
     #[test]
     fn arguments_are_numbered_by_position() {
         let items: Vec<Item> =
             from_args(vec!["http://a.example/".into(), "mailto:x@y".into()]).collect();
-        assert!(matches!(items[0], Ok((Place::Arg(1), _))));
+        assert!(matches!(
+            items[0],
+            Ok(Found {
+                place: Place::Arg(1),
+                ..
+            })
+        ));
         let err = items[1].as_ref().expect_err("bad");
         assert_eq!(err.place, Place::Arg(2));
         assert!(
             err.to_string()
                 .starts_with("argument 2: unsupported scheme")
         );
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_gets_http_as_with_curl() {
+        for (text, want) in [
+            ("example.com", "http://example.com/"),
+            ("example.com/docs?page=2", "http://example.com/docs?page=2"),
+            ("localhost:8000/x", "http://localhost:8000/x"),
+            ("127.0.0.1:8080", "http://127.0.0.1:8080/"),
+            ("[::1]:81/a", "http://[::1]:81/a"),
+        ] {
+            let parsed = parse_line(text).expect(text).expect(text);
+            assert_eq!(
+                (parsed.url.as_str(), parsed.assumed_http),
+                (want, true),
+                "{text}"
+            );
+        }
+        let given = parse_line("https://example.com").expect("ok").expect("url");
+        assert!(!given.assumed_http);
+        // A scheme of its own is kept, and refused as before.
+        assert_eq!(
+            parse_line("mailto:x@y.example"),
+            Err(BadLine::UnsupportedScheme("mailto".into()))
+        );
+        assert!(matches!(
+            parse_line("not a url"),
+            Err(BadLine::NotUrl { .. })
+        ));
     }
 }

@@ -30,6 +30,10 @@ pub struct Entry {
     pub elapsed_ms: u64,
     /// The proxy's `X-Request-Id` for the final response.
     pub request_id: Option<String>,
+    /// The proxy (`host:port`) that gave the final response; `None` when
+    /// none answered. Absent from manifests of older versions.
+    #[serde(default)]
+    pub proxy: Option<String>,
     /// What went wrong; `None` on success.
     pub error: Option<String>,
 }
@@ -116,6 +120,7 @@ mod tests {
             sha256: ok.then(|| "ab".repeat(32)),
             elapsed_ms: 12,
             request_id: Some("r-1".to_string()),
+            proxy: Some("127.0.0.1:3128".to_string()),
             error: (!ok).then(|| "HTTP 404 Not Found".to_string()),
         }
     }
@@ -147,11 +152,12 @@ mod tests {
             "sha256",
             "elapsed_ms",
             "request_id",
+            "proxy",
             "error",
         ] {
             assert!(keys.contains(&key), "{key} missing from {text}");
         }
-        assert_eq!(keys.len(), 9);
+        assert_eq!(keys.len(), 10);
         assert!(a.is_success());
     }
 
@@ -176,5 +182,16 @@ mod tests {
     fn missing_manifest_is_empty() {
         let dir = tempfile::tempdir().expect("temp dir");
         assert!(load(dir.path()).expect("load").is_empty());
+    }
+
+    #[test]
+    fn lines_of_older_versions_without_proxy_still_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let old = r#"{"url":"http://h.org/","file":"h.org.html","status":200,"bytes":5,"content_type":"text/html","sha256":"ab","elapsed_ms":1,"request_id":"r","error":null}"#;
+        std::fs::write(dir.path().join(MANIFEST_NAME), format!("{old}\n")).expect("write");
+        let entries = load(dir.path()).expect("load");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].proxy, None);
+        assert_eq!(entries[0].file.as_deref(), Some("h.org.html"));
     }
 }

@@ -1,64 +1,58 @@
-//! `fetchproxy fetch`: input → batch → save + manifest + progress → summary.
+//! `fetchproxy fetch`: proxies → input → batch → save + manifest + progress
+//! → summary.
 //!
-//! Three kinds of thread: `input` reads URLs and queues jobs (skipping
-//! repeats and URLs already saved), `fetch-N` workers download each into a
-//! temporary file (`batch`), and this main thread — the single writer —
-//! names and renames each file (`naming`, `save`), appends its manifest line
-//! (`manifest`) and shows progress (`progress`). A `signals` thread turns
-//! Ctrl-C or SIGTERM into a clean stop that leaves no temporary files.
+//! `start` checks what must hold first: the proxies parsed (`proxy`), each
+//! checked to take a connection, passwords asked for. `--stdout` then
+//! fetches its one URL (`stdout`). A batch has three kinds of thread: the
+//! input thread (`feed`) reads URLs (`input`) and queues jobs, skipping
+//! repeats and URLs already saved; `fetch-N` workers (`batch`) download
+//! each URL (`fetch`, through the proxy `fleet` picks, over `http` with the
+//! head `request` builds) into a temporary file; and this main thread
+//! (`record`), the single writer, names and renames each file (`naming`,
+//! `save`), appends its manifest line (`manifest`) and shows progress
+//! (`progress`). A `signals` thread turns Ctrl-C or SIGTERM into a clean
+//! stop that leaves no temporary files.
 
 pub mod batch;
+pub mod feed;
+pub mod fetch;
+pub mod fleet;
 pub mod http;
 pub mod input;
 pub mod manifest;
 pub mod naming;
+pub mod outdir;
 pub mod progress;
+pub mod proxy;
+pub mod record;
+pub mod request;
 pub mod save;
+pub mod start;
+pub mod stdout;
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::{self, BufReader, IsTerminal};
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::io::{self, IsTerminal};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread;
 
-use crossbeam_channel::{Receiver, Sender, never, select};
+use crossbeam_channel::{Receiver, never};
 
 use crate::cli::FetchArgs;
-use batch::{Event, Job, Outcome, Settings};
-use input::{InputError, Place, ReadError};
+use batch::{Event, Job};
+use feed::{Fed, Feeder};
+use fetch::Settings;
 use manifest::{Entry, Manifest};
-use progress::{Mode, Progress, Tally};
+use progress::{Mode, Progress, Prompt, Tally};
+use record::Recorder;
+use request::RequestOptions;
 use save::{Names, Scratch};
+pub use start::UsageError;
 
-/// Exit code when the batch is stopped by SIGINT (128 + 2).
-const EXIT_SIGINT: u8 = 130;
-/// Exit code when the batch is stopped by SIGTERM (128 + 15).
-const EXIT_SIGTERM: u8 = 143;
-
-/// Why a batch cannot start (exit code 2).
-#[derive(Debug, thiserror::Error)]
-pub enum UsageError {
-    #[error("--concurrency must be at least 1")]
-    NoConcurrency,
-    #[error("--proxy {proxy:?}: {reason}")]
-    Proxy { proxy: String, reason: String },
-    #[error("--out-dir {}: {source}", .dir.display())]
-    OutDir { dir: PathBuf, source: io::Error },
-    #[error("cannot use {}: {source}", .path.display())]
-    Manifest { path: PathBuf, source: io::Error },
-    #[error("--input {}: {source}", .path.display())]
-    Input { path: PathBuf, source: io::Error },
-    #[error("cannot start threads: {0}")]
-    Spawn(io::Error),
-}
-
-/// Runs a batch; returns the exit code (0 all fetched or skipped, 1 some
+/// Runs `fetch`; returns the exit code (0 all fetched or skipped, 1 some
 /// URL or input line failed, 2 usage error, 130/143 stopped by a signal).
 pub fn run(args: FetchArgs) -> u8 {
-    match run_batch(args) {
+    match run_fetch(args) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("fetchproxy: {err}");
@@ -67,28 +61,35 @@ pub fn run(args: FetchArgs) -> u8 {
     }
 }
 
-/// Something the input thread tells the main thread.
-enum Fed {
-    Queued,
-    Bad(InputError),
-    Repeated { url: String, first: Place },
-    Skipped { url: String, file: String },
-    ReadFailed(ReadError),
-    End,
-}
-
-type Source = Box<dyn Iterator<Item = Result<input::Item, ReadError>> + Send>;
-
-fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
+fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
     if args.concurrency == 0 {
         return Err(UsageError::NoConcurrency);
     }
-    let proxy = resolve_proxy(&args.proxy)?;
+    let to_stdout = args.writes_to_stdout();
+    if to_stdout && args.urls.len() != 1 {
+        return Err(UsageError::StdoutUrls(args.urls.len()));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let settings = Settings {
+        fleet: start::connect_fleet(&args)?,
+        request: RequestOptions {
+            user_agent: std::mem::take(&mut args.user_agent),
+            headers: std::mem::take(&mut args.header),
+        },
+        retries: args.retries,
+        timeout: args.timeout,
+        stop: stop.clone(),
+    };
+    if to_stdout {
+        let url = args.urls.pop().unwrap_or_default();
+        return Ok(stdout::run(url, &settings));
+    }
+    run_batch(args, settings, stop)
+}
+
+fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Result<u8, UsageError> {
     let out_dir = args.out_dir.clone();
-    fs::create_dir_all(&out_dir).map_err(|source| UsageError::OutDir {
-        dir: out_dir.clone(),
-        source,
-    })?;
+    outdir::prepare(&out_dir)?;
     let stale = save::remove_stale_temps(&out_dir);
     if stale > 0 {
         log::debug!("removed {stale} stale temporary files");
@@ -103,16 +104,26 @@ fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
         .into_iter()
         .filter(|e| e.is_success() && e.file.as_deref().is_some_and(naming::is_safe_name))
         .collect();
-    let mut manifest = Manifest::open(&out_dir).map_err(manifest_error)?;
-    let (source, prompting) = open_input(&args)?;
+    let manifest = Manifest::open(&out_dir).map_err(manifest_error)?;
 
+    let terminal = io::stderr().is_terminal();
+    // URLs are typed when none are given and stdin is a terminal; the
+    // prompt is shown only where the user can see it.
+    let prompting = args.input.is_none() && args.urls.is_empty() && io::stdin().is_terminal();
+    let prompt = (prompting && terminal).then(|| Arc::new(Prompt::default()));
     let mode = if args.quiet {
         Mode::Quiet
-    } else if io::stderr().is_terminal() && !prompting {
+    } else if terminal && !prompting {
         Mode::Bar
     } else {
         Mode::Lines
     };
+    let counted = if mode == Mode::Bar {
+        feed::count_urls(&args)
+    } else {
+        None
+    };
+    let source = feed::open_input(&args, prompt.clone())?;
     let names = Names::new(
         recorded
             .iter()
@@ -121,20 +132,18 @@ fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
     let last_saved: HashMap<String, Entry> =
         recorded.into_iter().map(|e| (e.url.clone(), e)).collect();
 
-    let stop = Arc::new(AtomicBool::new(false));
     let scratch = Arc::new(Scratch::new(&out_dir));
-    let settings = Arc::new(Settings {
-        proxy,
-        retries: args.retries,
-        timeout: args.timeout,
-        stop: stop.clone(),
-        scratch: scratch.clone(),
-    });
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(args.concurrency * 2);
     let (event_tx, event_rx) = crossbeam_channel::bounded::<Event>(4096);
     let (fed_tx, fed_rx) = crossbeam_channel::bounded::<Fed>(1024);
-    let workers = batch::spawn_workers(args.concurrency, settings, &job_rx, &event_tx)
-        .map_err(UsageError::Spawn)?;
+    let workers = batch::spawn_workers(
+        args.concurrency,
+        Arc::new(settings),
+        scratch.clone(),
+        &job_rx,
+        &event_tx,
+    )
+    .map_err(UsageError::Spawn)?;
     drop((job_rx, event_tx));
     let feeder = Feeder {
         source,
@@ -150,27 +159,26 @@ fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
         .map_err(UsageError::Spawn)?;
     let signals = watch_signals();
 
-    let mut main = Main {
+    let mut recorder = Recorder {
         out_dir,
         overwrite: args.overwrite,
         names,
         manifest,
-        progress: Progress::new(mode),
+        progress: Progress::new(mode, counted, prompt),
         tally: Tally::default(),
     };
-    let code = main.run(&event_rx, fed_rx, signals, &stop, &scratch);
+    let code = recorder.run(&event_rx, fed_rx, signals, &stop, &scratch);
     if code.is_none() {
         for worker in workers {
             let _ = worker.join();
         }
     }
-    manifest = main.manifest;
-    drop(manifest);
-    let tally = &main.tally;
+    drop(recorder.manifest);
+    let tally = &recorder.tally;
     let interrupted = code.is_some();
-    main.progress.finish(&progress::summary(
+    recorder.progress.finish(&progress::summary(
         tally,
-        main.progress.elapsed(),
+        recorder.progress.elapsed(),
         interrupted,
     ));
     Ok(code.unwrap_or(if tally.failed > 0 || tally.bad_lines > 0 {
@@ -178,53 +186,6 @@ fn run_batch(args: FetchArgs) -> Result<u8, UsageError> {
     } else {
         0
     }))
-}
-
-/// `HOST:PORT` (an `http://` prefix and a trailing `/` are tolerated).
-fn resolve_proxy(text: &str) -> Result<Vec<SocketAddr>, UsageError> {
-    let bare = text.strip_prefix("http://").unwrap_or(text);
-    let bare = bare.strip_suffix('/').unwrap_or(bare);
-    let fail = |reason: String| UsageError::Proxy {
-        proxy: text.to_string(),
-        reason,
-    };
-    let addrs: Vec<SocketAddr> = bare
-        .to_socket_addrs()
-        .map_err(|err| fail(format!("{err} (expected HOST:PORT)")))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(fail("resolves to no address".into()));
-    }
-    Ok(addrs)
-}
-
-/// The URL source: arguments, then `--input`; a prompt on stdin when neither
-/// is given. The flag says whether a prompt is shown (so no bar is drawn).
-fn open_input(args: &FetchArgs) -> Result<(Source, bool), UsageError> {
-    let from_args = input::from_args(args.urls.clone()).map(Ok);
-    match &args.input {
-        Some(path) if path.as_os_str() == "-" => {
-            let lines = input::Lines::new(BufReader::new(io::stdin()), false);
-            Ok((Box::new(from_args.chain(lines)), false))
-        }
-        Some(path) => {
-            let file = fs::File::open(path).map_err(|source| UsageError::Input {
-                path: path.clone(),
-                source,
-            })?;
-            let lines = input::Lines::new(BufReader::new(file), false);
-            Ok((Box::new(from_args.chain(lines)), false))
-        }
-        None if !args.urls.is_empty() => Ok((Box::new(from_args), false)),
-        None => {
-            let prompt = io::stdin().is_terminal();
-            if prompt {
-                eprintln!("Enter URLs, one a line; end with Ctrl-D.");
-            }
-            let lines = input::Lines::new(BufReader::new(io::stdin()), prompt);
-            Ok((Box::new(lines), prompt))
-        }
-    }
 }
 
 /// SIGINT/SIGTERM as messages; `never()` if they cannot be caught.
@@ -248,243 +209,5 @@ fn watch_signals() -> Receiver<i32> {
     match spawned {
         Ok(_) => rx,
         Err(_) => never(),
-    }
-}
-
-/// The input thread: reads URLs, drops repeats and URLs already saved, and
-/// queues the rest (blocking while the workers are busy).
-struct Feeder {
-    source: Source,
-    last_saved: HashMap<String, Entry>,
-    out_dir: PathBuf,
-    overwrite: bool,
-    jobs: Sender<Job>,
-    fed: Sender<Fed>,
-}
-
-impl Feeder {
-    fn run(self) {
-        let mut seen: HashMap<String, Place> = HashMap::new();
-        let mut next_id = 0;
-        for item in self.source {
-            let message = match item {
-                Err(err) => Fed::ReadFailed(err),
-                Ok(Err(bad)) => Fed::Bad(bad),
-                Ok(Ok((place, url))) => {
-                    let key = url.to_string();
-                    if let Some(&first) = seen.get(&key) {
-                        Fed::Repeated { url: key, first }
-                    } else {
-                        seen.insert(key.clone(), place);
-                        match self.last_saved.get(&key) {
-                            Some(entry) if !self.overwrite && is_intact(&self.out_dir, entry) => {
-                                Fed::Skipped {
-                                    url: key,
-                                    file: entry.file.clone().unwrap_or_default(),
-                                }
-                            }
-                            _ => {
-                                next_id += 1;
-                                if self.fed.send(Fed::Queued).is_err()
-                                    || self.jobs.send(Job { id: next_id, url }).is_err()
-                                {
-                                    return;
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                }
-            };
-            if self.fed.send(message).is_err() {
-                return;
-            }
-        }
-        let _ = self.fed.send(Fed::End);
-    }
-}
-
-/// The manifest's file for this entry is still there, byte for byte.
-fn is_intact(dir: &Path, entry: &Entry) -> bool {
-    let (Some(file), Some(sha)) = (&entry.file, &entry.sha256) else {
-        return false;
-    };
-    save::sha256_file(&dir.join(file)).is_ok_and(|got| got == *sha)
-}
-
-/// The main thread's state: the only writer of files' final names, the
-/// manifest and the display.
-struct Main {
-    out_dir: PathBuf,
-    overwrite: bool,
-    names: Names,
-    manifest: Manifest,
-    progress: Progress,
-    tally: Tally,
-}
-
-impl Main {
-    /// Handles messages until every queued URL is done; `Some(code)` when a
-    /// signal stopped the batch.
-    fn run(
-        &mut self,
-        events: &Receiver<Event>,
-        mut fed: Receiver<Fed>,
-        signals: Receiver<i32>,
-        stop: &AtomicBool,
-        scratch: &Scratch,
-    ) -> Option<u8> {
-        let (mut queued, mut done, mut input_open) = (0usize, 0usize, true);
-        while input_open || done < queued {
-            select! {
-                recv(events) -> event => match event {
-                    Ok(Event::Started { id, url }) => self.progress.started(id, url.as_str()),
-                    Ok(Event::Bytes(n)) => self.progress.bytes(n),
-                    Ok(Event::Done(outcome)) => {
-                        done += 1;
-                        self.finish(*outcome);
-                    }
-                    // Every worker is gone (they only end when input has ended).
-                    Err(_) => break,
-                },
-                recv(fed) -> message => match message {
-                    Ok(Fed::Queued) => {
-                        queued += 1;
-                        self.progress.add_total(1);
-                    }
-                    Ok(Fed::End) | Err(_) => {
-                        input_open = false;
-                        fed = never();
-                    }
-                    Ok(other) => self.input_message(other),
-                },
-                recv(signals) -> signal => {
-                    // Stop downloads, then remove their temporary files
-                    // before any new one can be made.
-                    stop.store(true, Ordering::SeqCst);
-                    let removed = scratch.close_and_clean();
-                    log::debug!("removed {removed} temporary files");
-                    return Some(match signal {
-                        Ok(signal_hook::consts::SIGTERM) => EXIT_SIGTERM,
-                        _ => EXIT_SIGINT,
-                    });
-                },
-            }
-        }
-        None
-    }
-
-    fn input_message(&mut self, message: Fed) {
-        match message {
-            Fed::Bad(err) => {
-                self.tally.bad_lines += 1;
-                self.progress.error(None, &format!("skipped {err}"), false);
-            }
-            Fed::ReadFailed(err) => {
-                self.tally.bad_lines += 1;
-                self.progress.error(None, &err.to_string(), false);
-            }
-            Fed::Repeated { url, first } => {
-                self.tally.skipped += 1;
-                self.progress.add_total(1);
-                self.progress
-                    .finished(None, &format!("skipped {url} (repeats {first})"));
-            }
-            Fed::Skipped { url, file } => {
-                self.tally.skipped += 1;
-                self.progress.add_total(1);
-                self.progress
-                    .finished(None, &format!("skipped {url} (already saved as {file})"));
-            }
-            Fed::Queued | Fed::End => {}
-        }
-    }
-
-    /// Names, renames and records one finished job.
-    fn finish(&mut self, outcome: Outcome) {
-        let Outcome {
-            id,
-            url,
-            result,
-            status,
-            content_type,
-            request_id,
-            elapsed,
-        } = outcome;
-        let mut entry = Entry {
-            url: url.to_string(),
-            file: None,
-            status,
-            bytes: 0,
-            content_type: content_type.clone(),
-            sha256: None,
-            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            request_id,
-            error: None,
-        };
-        let saved = result.map_err(|e| e.to_string()).and_then(|mut download| {
-            let base = naming::file_name_for(
-                &url,
-                content_type.as_deref(),
-                download.content_disposition.as_deref(),
-            );
-            let name = self.place(&base, url.as_str(), &mut download.file)?;
-            Ok((name, download.file.sha256.clone(), download.file.bytes))
-        });
-        match saved {
-            Ok((name, sha256, bytes)) => {
-                entry.file = Some(name.clone());
-                entry.sha256 = Some(sha256);
-                entry.bytes = bytes;
-                if let Err(err) = self.manifest.append(&entry) {
-                    self.tally.failed += 1;
-                    let line =
-                        format!("failed {url}: saved as {name} but manifest not written: {err}");
-                    self.progress.error(Some(id), &line, true);
-                    return;
-                }
-                self.tally.fetched += 1;
-                self.tally.bytes += bytes;
-                let line = format!(
-                    "fetched {url} -> {name} ({}, {:.1}s)",
-                    indicatif::HumanBytes(bytes),
-                    elapsed.as_secs_f64()
-                );
-                self.progress.finished(Some(id), &line);
-            }
-            Err(error) => {
-                self.tally.failed += 1;
-                let line = format!("failed {url}: {error}");
-                entry.error = Some(error);
-                if let Err(err) = self.manifest.append(&entry) {
-                    self.progress
-                        .error(None, &format!("cannot write manifest: {err}"), false);
-                }
-                self.progress.error(Some(id), &line, true);
-            }
-        }
-    }
-
-    /// Picks a free name for `url` and renames the file to it; a name taken
-    /// meanwhile by another program is passed over.
-    fn place(
-        &mut self,
-        base: &str,
-        url: &str,
-        file: &mut save::Finished,
-    ) -> Result<String, String> {
-        let dir = &self.out_dir;
-        // Bounded: each round either succeeds or sees the name on disk next time.
-        for _ in 0..1000 {
-            let name = self.names.choose(base, url, self.overwrite, |n| {
-                dir.join(n).symlink_metadata().is_ok()
-            });
-            match file.commit(dir, &name, self.overwrite) {
-                Ok(_) => return Ok(name),
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(err) => return Err(format!("cannot save as {name}: {err}")),
-            }
-        }
-        Err(format!("cannot save: no free name like {base}"))
     }
 }

@@ -9,6 +9,7 @@
 //! Names use only `[A-Za-z0-9._-]`, are at most 120 bytes, never start with
 //! `.` or `-`, never contain `..`, and are never a Windows reserved device name.
 
+use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 use url::Url;
 
@@ -332,22 +333,7 @@ fn unquote(value: &str) -> String {
 
 /// Decodes `%XX` escapes; invalid UTF-8 becomes U+FFFD (then `_` when sanitised).
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -426,6 +412,18 @@ mod tests {
         assert_eq!(
             name("http://bücher.example/x", Some("text/plain")),
             "xn--bcher-kva.example_x.txt"
+        );
+    }
+
+    #[test]
+    fn an_escape_at_the_end_of_the_path_is_decoded() {
+        assert_eq!(
+            name("http://h.org/file%41", Some("text/plain")),
+            "h.org_fileA.txt"
+        );
+        assert_eq!(
+            name("http://h.org/bad%4", Some("text/plain")),
+            "h.org_bad_4.txt"
         );
     }
 

@@ -1,17 +1,22 @@
 //! What the user sees on stderr while a batch runs: an indicatif bar when
-//! stderr is a terminal (URLs done/total, bytes, rate, what is in flight),
-//! plain lines otherwise, nothing but errors with `--quiet`; and the
-//! one-line summary at the end. Only the main thread calls it.
+//! stderr is a terminal (URLs done of all the input holds, bytes, rate, what
+//! is in flight) with failures and notes printed above it; one line per
+//! URL otherwise; nothing but errors with `--quiet`; and the one-line
+//! summary at the end. The `url> ` prompt is shared with the input thread
+//! so that no line lands on it. Only the main thread draws.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// A redrawn bar (stderr is a terminal).
+    /// A redrawn bar (stderr is a terminal); only failures and notes are
+    /// printed, above it.
     Bar,
     /// One line per finished URL.
     Lines,
@@ -37,20 +42,124 @@ impl Tally {
     }
 }
 
+/// The `url> ` prompt on stderr. The input thread shows it; lines printed
+/// while it is up replace it and show it again below, so that a result
+/// never lands on the prompt's line.
+#[derive(Debug, Default)]
+pub struct Prompt {
+    /// The cursor sits after a `url> ` on the last line.
+    showing: Mutex<bool>,
+}
+
+/// Erases the current line and returns to its start (ECMA-48 EL 2, CR).
+const CLEAR_LINE: &str = "\r\x1b[2K";
+
+impl Prompt {
+    /// Shows `url> `.
+    pub fn show(&self) {
+        let mut showing = self.showing.lock().unwrap_or_else(|p| p.into_inner());
+        write_stderr("url> ");
+        *showing = true;
+    }
+
+    /// A read ended: with a line, Enter moved the cursor to a line of its
+    /// own; at the end of input, the prompt's line is cleared.
+    pub fn answered(&self, got_line: bool) {
+        let mut showing = self.showing.lock().unwrap_or_else(|p| p.into_inner());
+        if *showing && !got_line {
+            write_stderr(CLEAR_LINE);
+        }
+        *showing = false;
+    }
+
+    /// Writes `line` on a line of its own, then the prompt again if it was up.
+    fn print(&self, line: &str, last: bool) {
+        let mut showing = self.showing.lock().unwrap_or_else(|p| p.into_inner());
+        if *showing {
+            if last {
+                write_stderr(&format!("{CLEAR_LINE}{line}\n"));
+                *showing = false;
+            } else {
+                write_stderr(&format!("{CLEAR_LINE}{line}\nurl> "));
+            }
+        } else {
+            write_stderr(&format!("{line}\n"));
+        }
+    }
+}
+
+fn write_stderr(text: &str) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
+}
+
+/// The terminal, reported two columns narrower than it is. indicatif pads
+/// the bar to the last column, which leaves the cursor waiting to wrap: the
+/// `^C` that the terminal echoes on Ctrl-C would then start a new line under
+/// the bar, where clearing the bar misses it. (Lines above the bar are
+/// therefore printed with their own newline, in `above`, not through
+/// indicatif's `println`, which relies on that wrap.)
+#[derive(Debug)]
+struct Narrow(console::Term);
+
+impl TermLike for Narrow {
+    fn width(&self) -> u16 {
+        self.0.size().1.saturating_sub(2).max(20)
+    }
+    fn height(&self) -> u16 {
+        self.0.size().0
+    }
+    fn move_cursor_up(&self, n: usize) -> io::Result<()> {
+        self.0.move_cursor_up(n)
+    }
+    fn move_cursor_down(&self, n: usize) -> io::Result<()> {
+        self.0.move_cursor_down(n)
+    }
+    fn move_cursor_right(&self, n: usize) -> io::Result<()> {
+        self.0.move_cursor_right(n)
+    }
+    fn move_cursor_left(&self, n: usize) -> io::Result<()> {
+        self.0.move_cursor_left(n)
+    }
+    fn write_line(&self, s: &str) -> io::Result<()> {
+        self.0.write_line(s)
+    }
+    fn write_str(&self, s: &str) -> io::Result<()> {
+        self.0.write_str(s)
+    }
+    fn clear_line(&self) -> io::Result<()> {
+        self.0.clear_line()
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// The progress display.
 pub struct Progress {
     mode: Mode,
     bar: Option<ProgressBar>,
+    prompt: Option<Arc<Prompt>>,
     started: Instant,
     in_flight: BTreeMap<usize, String>,
     bytes: u64,
+    /// URLs the input holds, when counted before the start.
+    counted: Option<u64>,
+    /// URLs met so far.
+    known: u64,
 }
 
 impl Progress {
-    /// A display in `mode`.
-    pub fn new(mode: Mode) -> Progress {
+    /// A display in `mode`; `counted` is the number of URLs when known in
+    /// advance, `prompt` the prompt when URLs are typed.
+    pub fn new(mode: Mode, counted: Option<u64>, prompt: Option<Arc<Prompt>>) -> Progress {
         let bar = (mode == Mode::Bar).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            let target = ProgressDrawTarget::term_like_with_hz(
+                Box::new(Narrow(console::Term::stderr())),
+                20,
+            );
+            let bar = ProgressBar::with_draw_target(Some(counted.unwrap_or(0)), target);
             let style = ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {bar:25} {pos}/{len} URLs {wide_msg}",
             )
@@ -62,16 +171,21 @@ impl Progress {
         Progress {
             mode,
             bar,
+            prompt,
             started: Instant::now(),
             in_flight: BTreeMap::new(),
             bytes: 0,
+            counted,
+            known: 0,
         }
     }
 
     /// One more URL is known (input is read while fetching).
     pub fn add_total(&mut self, n: u64) {
+        self.known += n;
         if let Some(bar) = &self.bar {
-            bar.inc_length(n);
+            // A file counted in advance may have grown since.
+            bar.set_length(self.known.max(self.counted.unwrap_or(0)));
         }
     }
 
@@ -87,7 +201,8 @@ impl Progress {
         self.redraw();
     }
 
-    /// A URL finished; `line` says how (shown in `Lines` mode, or above the bar).
+    /// A URL was fetched or skipped; `line` says how (one line per URL
+    /// without a bar; the bar only counts it).
     pub fn finished(&mut self, id: Option<usize>, line: &str) {
         if let Some(id) = id {
             self.in_flight.remove(&id);
@@ -95,11 +210,20 @@ impl Progress {
         match (&self.bar, self.mode) {
             (Some(bar), _) => {
                 self.redraw();
-                bar.println(line);
                 bar.inc(1);
             }
-            (None, Mode::Lines) => eprintln!("{line}"),
+            (None, Mode::Lines) => self.say(line),
             _ => {}
+        }
+    }
+
+    /// Something worth knowing that is no failure (an assumed scheme, a
+    /// proxy gone): above the bar or as a line, not with `--quiet`.
+    pub fn note(&mut self, line: &str) {
+        match &self.bar {
+            Some(bar) => above(bar, line),
+            None if self.mode == Mode::Lines => self.say(line),
+            None => {}
         }
     }
 
@@ -111,26 +235,36 @@ impl Progress {
         match &self.bar {
             Some(bar) => {
                 self.redraw();
-                bar.println(line);
+                above(bar, line);
                 if counts_as_url {
                     bar.inc(1);
                 }
             }
-            None => eprintln!("{line}"),
+            None => self.say(line),
         }
     }
 
-    /// Removes the bar and prints the summary line.
+    /// Removes the bar (or the prompt) and prints the summary line.
     pub fn finish(&mut self, summary: &str) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        eprintln!("{summary}");
+        match &self.prompt {
+            Some(prompt) => prompt.print(summary, true),
+            None => write_stderr(&format!("{summary}\n")),
+        }
     }
 
     /// Time since the batch began.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    fn say(&self, line: &str) {
+        match &self.prompt {
+            Some(prompt) => prompt.print(line, false),
+            None => write_stderr(&format!("{line}\n")),
+        }
     }
 
     fn redraw(&self) {
@@ -150,6 +284,12 @@ impl Progress {
             self.in_flight.len()
         ));
     }
+}
+
+/// Prints `line` above the bar: the bar is cleared, the line written, and
+/// the bar drawn again below it.
+fn above(bar: &ProgressBar, line: &str) {
+    bar.suspend(|| write_stderr(&format!("{line}\n")));
 }
 
 /// The one-line summary: `fetched 12, skipped 3, failed 1, 4.20 MiB in 1.3s`.

@@ -18,13 +18,13 @@ use sha2::{Digest, Sha256};
 use crate::support::{Origin, OriginRequest, Proxy, ProxyProcess, Reply, wait_until};
 
 /// How a finished client run went.
-struct Ran {
-    code: Option<i32>,
-    stderr: String,
+pub(crate) struct Ran {
+    pub(crate) code: Option<i32>,
+    pub(crate) stderr: String,
 }
 
 /// Starts `fetchproxy fetch --proxy PROXY --out-dir OUT ARGS...` with stdin piped.
-fn spawn_fetch(proxy: SocketAddr, out: &Path, args: &[&str]) -> Child {
+pub(crate) fn spawn_fetch(proxy: SocketAddr, out: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
         .args(["fetch", "--proxy", &proxy.to_string(), "--out-dir"])
         .arg(out)
@@ -38,7 +38,7 @@ fn spawn_fetch(proxy: SocketAddr, out: &Path, args: &[&str]) -> Child {
 }
 
 /// Waits for a client up to 60 s (killing it then), collecting its stderr.
-fn finish(mut child: Child, stdin: Option<&str>) -> Ran {
+pub(crate) fn finish(mut child: Child, stdin: Option<&str>) -> Ran {
     if let Some(text) = stdin
         && let Some(mut pipe) = child.stdin.take()
     {
@@ -69,17 +69,17 @@ fn finish(mut child: Child, stdin: Option<&str>) -> Ran {
     }
 }
 
-fn run_fetch(proxy: SocketAddr, out: &Path, args: &[&str], stdin: Option<&str>) -> Ran {
+pub(crate) fn run_fetch(proxy: SocketAddr, out: &Path, args: &[&str], stdin: Option<&str>) -> Ran {
     finish(spawn_fetch(proxy, out, args), stdin)
 }
 
-fn write_input(dir: &Path, lines: &[String]) -> PathBuf {
+pub(crate) fn write_input(dir: &Path, lines: &[String]) -> PathBuf {
     let path = dir.join("urls.txt");
     std::fs::write(&path, lines.join("\n") + "\n").expect("write input file");
     path
 }
 
-fn manifest(out: &Path) -> Vec<Value> {
+pub(crate) fn manifest(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out.join("manifest.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -88,14 +88,14 @@ fn manifest(out: &Path) -> Vec<Value> {
 }
 
 /// The last manifest line for each URL.
-fn by_url(lines: &[Value]) -> HashMap<String, Value> {
+pub(crate) fn by_url(lines: &[Value]) -> HashMap<String, Value> {
     lines
         .iter()
         .map(|v| (v["url"].as_str().expect("url").to_string(), v.clone()))
         .collect()
 }
 
-fn files(out: &Path) -> Vec<String> {
+pub(crate) fn files(out: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(out)
         .expect("read out-dir")
         .filter_map(Result::ok)
@@ -105,14 +105,14 @@ fn files(out: &Path) -> Vec<String> {
     names
 }
 
-fn temp_files(out: &Path) -> Vec<String> {
+pub(crate) fn temp_files(out: &Path) -> Vec<String> {
     files(out)
         .into_iter()
         .filter(|n| n.starts_with(".fetchproxy-tmp-"))
         .collect()
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -120,7 +120,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Every success line's file exists and has the recorded hash and size.
-fn assert_files_match_manifest(out: &Path) {
+pub(crate) fn assert_files_match_manifest(out: &Path) {
     for line in manifest(out) {
         if let Some(file) = line["file"].as_str() {
             let bytes = std::fs::read(out.join(file)).expect("recorded file exists");
@@ -134,7 +134,7 @@ fn assert_files_match_manifest(out: &Path) {
     }
 }
 
-fn count_requests(origin: &Origin, target: &str) -> usize {
+pub(crate) fn count_requests(origin: &Origin, target: &str) -> usize {
     origin
         .requests()
         .iter()
@@ -142,12 +142,12 @@ fn count_requests(origin: &Origin, target: &str) -> usize {
         .count()
 }
 
-fn prefix(origin: &Origin) -> String {
+pub(crate) fn prefix(origin: &Origin) -> String {
     format!("127.0.0.1_{}", origin.addr.port())
 }
 
 /// An origin with a few content types, a 404, redirects and a loop.
-fn site() -> Origin {
+pub(crate) fn site() -> Origin {
     Origin::start(|req: &OriginRequest| match req.target.as_str() {
         "/" => Reply::ok("text/html", "<h1>home</h1>"),
         "/docs/intro" => Reply::ok("text/html; charset=utf-8", "<p>intro</p>"),
@@ -496,21 +496,170 @@ fn exit_codes_are_0_1_and_2() {
     );
     assert_eq!(missing.code, Some(2), "{}", missing.stderr);
 
-    // Nothing listens on the proxy address: a per-URL failure, not a usage error.
+    let missing_input = missing.stderr.trim();
+    assert!(
+        missing_input.starts_with("fetchproxy: --input /nonexistent/urls.txt"),
+        "{missing_input}"
+    );
+}
+
+#[test]
+fn no_proxy_running_fails_at_once_with_one_message_that_says_what_to_do() {
+    let origin = site();
+    let dir = tempfile::tempdir().expect("temp dir");
     let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead = closed.local_addr().expect("addr");
     drop(closed);
+    let input = write_input(
+        dir.path(),
+        &(0..18)
+            .map(|i| origin.url(&format!("/{i}")))
+            .collect::<Vec<_>>(),
+    );
+    let out = dir.path().join("out");
     let ran = run_fetch(
         dead,
-        dir.path(),
-        &["--retries", "1", &origin.url("/data")],
+        &out,
+        &["--input", input.to_str().expect("utf-8")],
         None,
     );
-    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr,
+        format!(
+            "fetchproxy: no proxy answers at {dead} (connection refused): start one with \
+             \"fetchproxy serve --listen {dead}\", or pass --proxy HOST:PORT of one that runs\n"
+        )
+    );
     assert!(
-        ran.stderr.contains("cannot connect to proxy"),
+        !out.exists(),
+        "nothing is created for a run that cannot start"
+    );
+    assert!(origin.requests().is_empty());
+}
+
+#[test]
+fn out_dir_errors_name_the_out_dir() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("urls.txt");
+    std::fs::write(&file, origin.url("/") + "\n").expect("write");
+
+    let ran = run_fetch(proxy.addr, &file, &[&origin.url("/")], None);
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr,
+        format!(
+            "fetchproxy: --out-dir {}: is a file, not a directory\n",
+            file.display()
+        )
+    );
+
+    let under = file.join("pages");
+    let ran = run_fetch(proxy.addr, &under, &[&origin.url("/")], None);
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr,
+        format!(
+            "fetchproxy: --out-dir {}: {} is a file, not a directory\n",
+            under.display(),
+            file.display()
+        )
+    );
+
+    let locked = unwritable_dir(dir.path());
+    let ran = run_fetch(proxy.addr, &locked, &[&origin.url("/")], None);
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    let prefix = format!(
+        "fetchproxy: --out-dir {}: cannot write in it: ",
+        locked.display()
+    );
+    assert!(ran.stderr.starts_with(&prefix), "{}", ran.stderr);
+    assert!(!ran.stderr.contains("manifest"), "{}", ran.stderr);
+    assert!(origin.requests().is_empty());
+}
+
+/// A directory this process cannot create files in: a read-only one, or,
+/// for root (whom permissions do not stop), /sys.
+fn unwritable_dir(base: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = base.join("read-only");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let probe = dir.join("probe");
+    if std::fs::write(&probe, "x").is_ok() {
+        let _ = std::fs::remove_file(&probe);
+        return PathBuf::from("/sys");
+    }
+    dir
+}
+
+#[test]
+fn a_url_without_a_scheme_is_fetched_over_http_and_said_so() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bare = format!("{}/data", origin.addr);
+    let input = write_input(
+        dir.path(),
+        &["# list".into(), origin.url("/"), bare.clone()],
+    );
+    let out = dir.path().join("out");
+    let ran = run_fetch(
+        proxy.addr,
+        &out,
+        &[&bare, "--input", input.to_str().expect("utf-8")],
+        None,
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let want = origin.url("/data");
+    assert!(
+        ran.stderr
+            .contains(&format!("argument 1: no scheme; assuming {want}\n")),
         "{}",
         ran.stderr
+    );
+    assert!(
+        ran.stderr
+            .contains(&format!("line 3: no scheme; assuming {want}\n")),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("skipped"), "the repeat: {}", ran.stderr);
+    assert_eq!(by_url(&manifest(&out))[&want]["status"], 200);
+    assert_eq!(count_requests(&origin, "/data"), 1);
+}
+
+#[test]
+fn retry_after_as_an_http_date_is_honoured() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let origin = Origin::start(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Two seconds ahead, truncated to the second: a wait of 1 to 2 s,
+            // longer than the first backoff (0.5 to 0.75 s).
+            let at = std::time::SystemTime::now() + Duration::from_secs(2);
+            Reply::status(503).with_header("Retry-After", &httpdate::fmt_http_date(at))
+        } else {
+            Reply::ok("text/plain", "finally")
+        }
+    });
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &[&origin.url("/flaky"), "--retries", "1"],
+        None,
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let line = &manifest(dir.path())[0];
+    assert_eq!(line["status"], 200);
+    assert!(
+        line["elapsed_ms"].as_u64().is_some_and(|ms| ms >= 1000),
+        "waited as the date asked: {line}"
     );
 }
 

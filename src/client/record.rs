@@ -1,0 +1,201 @@
+//! The batch's main thread: the single writer of final file names, the
+//! manifest and the display. It hears the workers' events and the input
+//! thread's messages, names and renames each finished download, appends its
+//! manifest line, keeps the tally for the summary, and stops the batch
+//! cleanly on Ctrl-C or SIGTERM.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::{Receiver, never, select};
+
+use crate::client::batch::{Event, Outcome};
+use crate::client::feed::Fed;
+use crate::client::manifest::{Entry, Manifest};
+use crate::client::naming;
+use crate::client::progress::{Progress, Tally};
+use crate::client::save::{self, Names, Scratch};
+
+/// Exit code when the batch is stopped by SIGINT (128 + 2).
+pub const EXIT_SIGINT: u8 = 130;
+/// Exit code when the batch is stopped by SIGTERM (128 + 15).
+pub const EXIT_SIGTERM: u8 = 143;
+/// The main thread's state: the only writer of files' final names, the
+/// manifest and the display.
+pub struct Recorder {
+    pub out_dir: PathBuf,
+    pub overwrite: bool,
+    pub names: Names,
+    pub manifest: Manifest,
+    pub progress: Progress,
+    pub tally: Tally,
+}
+
+impl Recorder {
+    /// Handles messages until every queued URL is done; `Some(code)` when a
+    /// signal stopped the batch.
+    pub fn run(
+        &mut self,
+        events: &Receiver<Event>,
+        mut fed: Receiver<Fed>,
+        signals: Receiver<i32>,
+        stop: &AtomicBool,
+        scratch: &Scratch,
+    ) -> Option<u8> {
+        let (mut queued, mut done, mut input_open) = (0usize, 0usize, true);
+        while input_open || done < queued {
+            select! {
+                recv(events) -> event => match event {
+                    Ok(Event::Started { id, url }) => self.progress.started(id, url.as_str()),
+                    Ok(Event::Bytes(n)) => self.progress.bytes(n),
+                    // A proxy gone is a warning: shown even with --quiet.
+                    Ok(Event::Note(line)) => self.progress.error(None, &line, false),
+                    Ok(Event::Done(outcome)) => {
+                        done += 1;
+                        self.finish(*outcome);
+                    }
+                    // Every worker is gone (they only end when input has ended).
+                    Err(_) => break,
+                },
+                recv(fed) -> message => match message {
+                    Ok(Fed::Queued) => {
+                        queued += 1;
+                        self.progress.add_total(1);
+                    }
+                    Ok(Fed::End) | Err(_) => {
+                        input_open = false;
+                        fed = never();
+                    }
+                    Ok(other) => self.input_message(other),
+                },
+                recv(signals) -> signal => {
+                    // Stop downloads, then remove their temporary files
+                    // before any new one can be made.
+                    stop.store(true, Ordering::SeqCst);
+                    let removed = scratch.close_and_clean();
+                    log::debug!("removed {removed} temporary files");
+                    return Some(match signal {
+                        Ok(signal_hook::consts::SIGTERM) => EXIT_SIGTERM,
+                        _ => EXIT_SIGINT,
+                    });
+                },
+            }
+        }
+        None
+    }
+
+    fn input_message(&mut self, message: Fed) {
+        match message {
+            Fed::Bad(err) => {
+                self.tally.bad_lines += 1;
+                self.progress.error(None, &format!("skipped {err}"), false);
+            }
+            Fed::Note(line) => self.progress.note(&line),
+            Fed::ReadFailed(err) => {
+                self.tally.bad_lines += 1;
+                self.progress.error(None, &err.to_string(), false);
+            }
+            Fed::Repeated { url, first } => {
+                self.tally.skipped += 1;
+                self.progress.add_total(1);
+                self.progress
+                    .finished(None, &format!("skipped {url} (repeats {first})"));
+            }
+            Fed::Skipped { url, file } => {
+                self.tally.skipped += 1;
+                self.progress.add_total(1);
+                self.progress
+                    .finished(None, &format!("skipped {url} (already saved as {file})"));
+            }
+            Fed::Queued | Fed::End => {}
+        }
+    }
+
+    /// Names, renames and records one finished job.
+    fn finish(&mut self, outcome: Outcome) {
+        let Outcome {
+            id,
+            url,
+            result,
+            seen,
+            elapsed,
+        } = outcome;
+        let mut entry = Entry {
+            url: url.to_string(),
+            file: None,
+            status: seen.status,
+            bytes: 0,
+            content_type: seen.content_type.clone(),
+            sha256: None,
+            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            request_id: seen.request_id,
+            proxy: seen.proxy,
+            error: None,
+        };
+        let saved = result.map_err(|e| e.to_string()).and_then(|mut file| {
+            let base = naming::file_name_for(
+                &url,
+                seen.content_type.as_deref(),
+                seen.content_disposition.as_deref(),
+            );
+            let name = self.place(&base, url.as_str(), &mut file)?;
+            Ok((name, file.sha256.clone(), file.bytes))
+        });
+        match saved {
+            Ok((name, sha256, bytes)) => {
+                entry.file = Some(name.clone());
+                entry.sha256 = Some(sha256);
+                entry.bytes = bytes;
+                if let Err(err) = self.manifest.append(&entry) {
+                    self.tally.failed += 1;
+                    let line =
+                        format!("failed {url}: saved as {name} but manifest not written: {err}");
+                    self.progress.error(Some(id), &line, true);
+                    return;
+                }
+                self.tally.fetched += 1;
+                self.tally.bytes += bytes;
+                let line = format!(
+                    "fetched {url} -> {name} ({}, {:.1}s)",
+                    indicatif::HumanBytes(bytes),
+                    elapsed.as_secs_f64()
+                );
+                self.progress.finished(Some(id), &line);
+            }
+            Err(error) => {
+                self.tally.failed += 1;
+                let line = format!("failed {url}: {error}");
+                entry.error = Some(error);
+                if let Err(err) = self.manifest.append(&entry) {
+                    self.progress
+                        .error(None, &format!("cannot write manifest: {err}"), false);
+                }
+                self.progress.error(Some(id), &line, true);
+            }
+        }
+    }
+
+    /// Picks a free name for `url` and renames the file to it; a name taken
+    /// meanwhile by another program is passed over.
+    fn place(
+        &mut self,
+        base: &str,
+        url: &str,
+        file: &mut save::Finished,
+    ) -> Result<String, String> {
+        let dir = &self.out_dir;
+        // Bounded: each round either succeeds or sees the name on disk next time.
+        for _ in 0..1000 {
+            let name = self.names.choose(base, url, self.overwrite, |n| {
+                dir.join(n).symlink_metadata().is_ok()
+            });
+            match file.commit(dir, &name, self.overwrite) {
+                Ok(_) => return Ok(name),
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(format!("cannot save as {name}: {err}")),
+            }
+        }
+        Err(format!("cannot save: no free name like {base}"))
+    }
+}
