@@ -4,12 +4,14 @@
 mod support;
 
 mod access;
+mod access_log;
 mod auth;
 mod client;
 mod config;
 mod connect;
 mod forward;
 mod limits;
+mod refusals;
 mod reload;
 mod scale;
 mod shutdown;
