@@ -1,6 +1,6 @@
 //! Command-line surface: clap derive structs, flags as typed as clap can make
 //! them. `Option<T>` (or an empty list) wherever "not given" must fall through
-//! to the config file. The value parsers are `config::value`'s, shared with
+//! to the config file. The value parsers are `config::text`'s, shared with
 //! the config file. No file or network I/O happens here; `config` resolves
 //! these into settings.
 
@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::access::PortRange;
-use crate::config::{self, ConfigError, Flags, value};
+use crate::config::{self, ConfigError, Flags, text, value};
 use crate::logging::AccessLogFormat;
 
 /// fetchproxy: a multithreaded URL-fetching HTTP/1.1 forward proxy, and a
@@ -51,85 +51,85 @@ pub struct ServeArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on: PORT (on 127.0.0.1), IP:PORT, [IPv6]:PORT or HOST:PORT (every address the name resolves to); repeatable.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = value::parse_listen)]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = text::parse_listen)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listen: Vec<String>,
     /// Worker threads that fetch upstream, fixed for the life of the process.
-    #[arg(long, value_name = "N", value_parser = value::parse_count)]
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub workers: Option<usize>,
     /// Connections with a complete request head waiting for a worker (16 per worker unless set).
-    #[arg(long, value_name = "N", value_parser = value::parse_count)]
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub queue: Option<usize>,
     /// Allow destinations in this range (or this address) even if not globally routable; repeatable.
-    #[arg(long, value_name = "CIDR|ADDR", value_parser = value::parse_range)]
+    #[arg(long, value_name = "CIDR|ADDR", value_parser = text::parse_range)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_dest: Vec<IpNet>,
     /// Clients allowed to use the proxy: a range or an address; repeatable.
-    #[arg(long = "allow-client", value_name = "CIDR|ADDR", value_parser = value::parse_range)]
+    #[arg(long = "allow-client", value_name = "CIDR|ADDR", value_parser = text::parse_range)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_clients: Vec<IpNet>,
     /// Destination port (or FIRST-LAST range) forwarded requests may reach; repeatable.
-    #[arg(long = "dest-port", value_name = "PORT", value_parser = value::parse_port_range)]
+    #[arg(long = "dest-port", value_name = "PORT", value_parser = text::parse_port_range)]
     #[serde(
         skip_serializing_if = "Vec::is_empty",
         serialize_with = "value::port_ranges::serialize"
     )]
     pub dest_ports: Vec<PortRange>,
     /// Port CONNECT may reach; repeatable.
-    #[arg(long = "connect-port", value_name = "PORT", value_parser = value::parse_port)]
+    #[arg(long = "connect-port", value_name = "PORT", value_parser = text::parse_port)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub connect_ports: Vec<u16>,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
-    #[arg(long, value_name = "DURATION", value_parser = value::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub grace: Option<Duration>,
     /// Time to connect to an origin.
-    #[arg(long, value_name = "DURATION", value_parser = value::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub connect_timeout: Option<Duration>,
     /// Time for the origin's response head, and the longest silence in its body.
-    #[arg(long, value_name = "DURATION", value_parser = value::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub upstream_timeout: Option<Duration>,
     /// How long an idle keep-alive client connection is kept open.
-    #[arg(long, value_name = "DURATION", value_parser = value::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub idle_timeout: Option<Duration>,
     /// Time for a client to send a whole request head.
-    #[arg(long, value_name = "DURATION", value_parser = value::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub header_timeout: Option<Duration>,
     /// How long a CONNECT tunnel may stay silent in both directions.
-    #[arg(long, value_name = "DURATION", value_parser = value::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub tunnel_idle_timeout: Option<Duration>,
     /// Largest request head: bytes, or a size such as 64KiB.
-    #[arg(long, value_name = "SIZE", value_parser = value::parse_bytes)]
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
     pub max_header_bytes: Option<u64>,
     /// Longest request target: bytes, or a size such as 8KiB.
-    #[arg(long, value_name = "SIZE", value_parser = value::parse_bytes)]
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
     pub max_url_bytes: Option<u64>,
     /// Largest request or response body: bytes, or a size such as 100MiB; unlimited when unset.
-    #[arg(long, value_name = "SIZE", value_parser = value::parse_bytes)]
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
     pub max_body_bytes: Option<u64>,
     /// Most open client connections.
-    #[arg(long, value_name = "N", value_parser = value::parse_count)]
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub max_connections: Option<usize>,
     /// Most open connections from one client address.
-    #[arg(long, value_name = "N", value_parser = value::parse_count)]
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub max_conns_per_client: Option<usize>,
     /// Most open CONNECT tunnels; 0 turns CONNECT off.
-    #[arg(long, value_name = "N", value_parser = value::parse_count)]
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub max_tunnels: Option<usize>,
     /// Name this proxy adds to Via and looks for to detect loops; the host name unless set.
-    #[arg(long, value_name = "NAME", value_parser = value::parse_token)]
+    #[arg(long, value_name = "NAME", value_parser = text::parse_token)]
     pub via_name: Option<String>,
     /// Log level.
     #[arg(long, value_name = "LEVEL", ignore_case = true, value_parser = level_parser())]
     #[serde(serialize_with = "value::serialize_some_level")]
     pub log_level: Option<log::LevelFilter>,
     /// Write the access log to this file, reopened on SIGHUP and SIGUSR1 (default: standard error).
-    #[arg(long, value_name = "FILE", value_parser = value::parse_path)]
+    #[arg(long, value_name = "FILE", value_parser = text::parse_path)]
     pub access_log: Option<PathBuf>,
     /// Format of the access log.
     #[arg(long, value_name = "FORMAT", ignore_case = true)]
@@ -164,7 +164,7 @@ fn show_default(arg: Arg) -> Arg {
 
 /// `--log-level`: the levels listed in the help and in the error for a bad one.
 fn level_parser() -> impl TypedValueParser<Value = log::LevelFilter> {
-    PossibleValuesParser::new(value::LOG_LEVELS).try_map(|text| value::parse_level(&text))
+    PossibleValuesParser::new(text::LOG_LEVELS).try_map(|text| text::parse_level(&text))
 }
 
 /// `fetchproxy fetch`: batch download through the proxy.
@@ -200,7 +200,7 @@ pub struct FetchArgs {
 }
 
 /// Parses a humantime duration (`30s`, `1m 30s`, `250ms`).
-pub use crate::config::value::parse_duration;
+pub use crate::config::text::parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -370,8 +370,8 @@ mod tests {
             "[default: 1m]",
             "[default: 15s]",
             "[default: 5m]",
-            "[default: 65536]",
-            "[default: 8192]",
+            "[default: 64KiB]",
+            "[default: 8KiB]",
             "[default: 10000]",
             "[default: 256]",
             "[default: 1000]",

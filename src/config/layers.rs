@@ -39,12 +39,10 @@ impl Flags {
         names: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Flags, ConfigError> {
         let toml = toml::to_string(given).map_err(|err| {
-            ConfigError::Invalid(vec![Problem {
-                origin: Origin::Flag("the command line".to_string()),
-                key: None,
-                value: None,
-                reason: format!("a value cannot be used as a setting ({err})"),
-            }])
+            invalid(
+                Origin::Flag("the command line".to_string()),
+                &format!("a value cannot be used as a setting ({err})"),
+            )
         })?;
         Ok(Flags {
             toml,
@@ -141,14 +139,8 @@ pub(super) fn resolve(
 ) -> Result<ServeConfig, ConfigError> {
     let (path, text) = file.unwrap_or((Path::new("-"), ""));
     let (file_table, syntax_errors) = DeTable::parse_recoverable(text);
-    let flag_table = DeTable::parse(&flags.toml).map_err(|err| {
-        ConfigError::Invalid(vec![Problem {
-            origin: Origin::Flag("the command line".to_string()),
-            key: None,
-            value: None,
-            reason: one_line(err.message()),
-        }])
-    })?;
+    let flag_table = DeTable::parse(&flags.toml)
+        .map_err(|err| invalid(Origin::Flag("the command line".to_string()), err.message()))?;
     let mut table = file_table.into_inner();
     let mut sources = Sources {
         path,
@@ -161,14 +153,36 @@ pub(super) fn resolve(
         table.insert(key, value);
     }
 
-    // Syntax errors, the first of each line only: the parser's recovery
-    // from one mistake often reports a few more on the same line.
+    let mut problems = syntax_problems(&sources, &syntax_errors);
+    problems.extend(problems_of_each_key(&sources, &table, &syntax_errors));
+    if !problems.is_empty() {
+        sort(&mut problems);
+        return Err(ConfigError::Invalid(problems));
+    }
+    let given: Vec<(String, Range<usize>)> = table
+        .iter()
+        .map(|(key, value)| (key.get_ref().to_string(), value.span()))
+        .collect();
+    let mut config = read(table).map_err(|err| invalid(Origin::Default, err.message()))?;
+    // Unless set, the queue follows the resolved worker count.
+    if !given.iter().any(|(key, _)| key == "queue") {
+        config.queue = config.workers.saturating_mul(QUEUE_PER_WORKER);
+    }
+    let mut problems = problems_between_keys(&sources, &config, &given);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        sort(&mut problems);
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+/// The file's syntax errors, the first of each line only: the parser's
+/// recovery from one mistake often reports a few more on the same line.
+fn syntax_problems(sources: &Sources<'_>, errors: &[toml::de::Error]) -> Vec<Problem> {
     let mut problems: Vec<Problem> = Vec::new();
-    let mut broken_at: Vec<usize> = Vec::new();
-    for err in &syntax_errors {
-        let at = err.span().unwrap_or(0..0);
-        let origin = sources.origin("", &at);
-        broken_at.push(at.start);
+    for err in errors {
+        let origin = sources.origin("", &err.span().unwrap_or(0..0));
         if !problems.iter().any(|p| p.origin == origin) {
             problems.push(Problem {
                 origin,
@@ -178,59 +192,62 @@ pub(super) fn resolve(
             });
         }
     }
-    let syntax_lines: Vec<Origin> = problems.iter().map(|p| p.origin.clone()).collect();
-    for (key, value) in &table {
+    problems
+}
+
+/// Each key read on its own: unknown keys, and values that are not valid.
+/// A value whose syntax is broken has been reported already.
+fn problems_of_each_key(
+    sources: &Sources<'_>,
+    table: &DeTable<'_>,
+    syntax_errors: &[toml::de::Error],
+) -> Vec<Problem> {
+    let broken: Vec<Range<usize>> = syntax_errors
+        .iter()
+        .map(|err| err.span().unwrap_or(0..0))
+        .collect();
+    let broken_lines: Vec<usize> = broken.iter().map(|at| sources.line(at)).collect();
+    let mut problems = Vec::new();
+    for (key, value) in table {
         let name = key.get_ref().as_ref();
         if !keys().contains(&name) {
             problems.push(unknown_key(name, sources.origin(name, &key.span())));
             continue;
         }
-        // A value whose syntax is broken has been reported already.
         let span = value.span();
-        if !sources.is_flag(name)
-            && broken_at
+        let in_file = !sources.is_flag(name);
+        if in_file
+            && broken
                 .iter()
-                .any(|&at| span.start <= at && at <= span.end)
+                .any(|at| span.start <= at.start && at.start <= span.end)
         {
             continue;
         }
         let mut one = DeTable::new();
         one.insert(key.clone(), value.clone());
         if let Err(err) = read(one) {
-            let problem = sources.value_problem(key, value, &err);
-            if !syntax_lines.contains(&problem.origin) {
-                problems.push(problem);
+            let at = err.span().unwrap_or(span);
+            if !(in_file && broken_lines.contains(&sources.line(&at))) {
+                problems.push(sources.value_problem(key, value, &err));
             }
         }
     }
-    sort(&mut problems);
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
-    }
+    problems
+}
 
-    let given: Vec<(String, Range<usize>)> = table
-        .iter()
-        .map(|(key, value)| (key.get_ref().to_string(), value.span()))
-        .collect();
-    let mut config = read(table).map_err(|err| {
-        ConfigError::Invalid(vec![Problem {
-            origin: Origin::Default,
-            key: None,
-            value: None,
-            reason: one_line(err.message()),
-        }])
-    })?;
-    let is_given = |key: &str| given.iter().find(|(given, _)| given == key);
-    // Unless set, the queue follows the resolved worker count.
-    if is_given("queue").is_none() {
-        config.queue = config.workers.saturating_mul(QUEUE_PER_WORKER);
-    }
+/// The rules between keys, blamed on the key at fault where it was given
+/// (or on its default).
+fn problems_between_keys(
+    sources: &Sources<'_>,
+    config: &ServeConfig,
+    given: &[(String, Range<usize>)],
+) -> Vec<Problem> {
     let resolved = config.to_table().unwrap_or_default();
-    let broken: Vec<Problem> = config
+    config
         .rules_between_keys()
         .into_iter()
         .map(|(key, reason)| {
-            let (origin, value) = match is_given(key) {
+            let (origin, value) = match given.iter().find(|(given, _)| given == key) {
                 Some((_, at)) => (sources.origin(key, at), sources.shown(key, at)),
                 None => (Origin::Default, resolved.get(key).map(ToString::to_string)),
             };
@@ -241,14 +258,16 @@ pub(super) fn resolve(
                 reason,
             }
         })
-        .collect();
-    if broken.is_empty() {
-        Ok(config)
-    } else {
-        let mut broken = broken;
-        sort(&mut broken);
-        Err(ConfigError::Invalid(broken))
-    }
+        .collect()
+}
+
+fn invalid(origin: Origin, message: &str) -> ConfigError {
+    ConfigError::Invalid(vec![Problem {
+        origin,
+        key: None,
+        value: None,
+        reason: one_line(message),
+    }])
 }
 
 /// In the order a user reads them: the file's by line, then the flags',

@@ -2,15 +2,16 @@
 //! setting is a field of `ServeConfig`; its key in the config file is the
 //! field's name, its flag lives in `cli::ServeArgs` under the same name.
 //! The flags given become a TOML table laid over the file's table
-//! (`layers`), every key is read by serde through the helpers in `value`,
-//! and a few rules between keys are checked at the end. The rule is flag,
+//! (`layers`), every key is read by serde through the helpers in `value`
+//! (text forms in `text`, shared with the flags), and a few rules between
+//! keys are checked at the end. The rule is flag,
 //! else file key, else default. Every problem is reported at once, with its
 //! line or flag. Opens no sockets; a host name in `listen` is resolved.
 //!
 //! Adding a setting: a field here (with its doc, its default in `Default`,
-//! and a `value` helper when it is more than a string or a number), a field
-//! of the same name in `cli::ServeArgs`, and a commented line in
-//! `config.example.toml` (a unit test checks it).
+//! and a `value` helper naming its range or form), a field of the same name
+//! in `cli::ServeArgs` (its flag, with a `text` parser), and a commented
+//! line in `config.example.toml`. Unit tests check that the three agree.
 
 mod keys;
 mod layers;
@@ -18,7 +19,9 @@ mod problem;
 pub mod size;
 #[cfg(test)]
 mod tests;
+pub mod text;
 pub mod value;
+mod visit;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -123,13 +126,22 @@ pub struct ServeConfig {
     #[serde(with = "value::timeout")]
     pub tunnel_idle_timeout: Duration,
     /// Largest request head. Default: 64 KiB.
-    #[serde(deserialize_with = "Within::<1024, 1_048_576>::bytes")]
+    #[serde(
+        deserialize_with = "Within::<1024, 1_048_576>::bytes",
+        serialize_with = "value::serialize_size"
+    )]
     pub max_header_bytes: usize,
     /// Longest request target, at most `max_header_bytes`. Default: 8 KiB.
-    #[serde(deserialize_with = "Within::<16, 1_048_576>::bytes")]
+    #[serde(
+        deserialize_with = "Within::<16, 1_048_576>::bytes",
+        serialize_with = "value::serialize_size"
+    )]
     pub max_url_bytes: usize,
     /// Largest request or response body. Default: unlimited.
-    #[serde(deserialize_with = "Within::<1, { size::MAX_SIZE }>::some_bytes")]
+    #[serde(
+        deserialize_with = "Within::<1, { size::MAX_SIZE }>::some_bytes",
+        serialize_with = "value::serialize_some_size"
+    )]
     pub max_body_bytes: Option<u64>,
     /// Most open client connections. Default: 10,000.
     #[serde(deserialize_with = "Within::<1, 10_000_000>::number")]
@@ -198,7 +210,7 @@ fn default_via_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_string())
-        .filter(|name| value::is_token(name))
+        .filter(|name| text::is_token(name))
         .unwrap_or_else(|| "fetchproxy".to_string())
 }
 

@@ -113,7 +113,7 @@ fn defaults_match_the_design() {
     assert_eq!(config.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
     assert_eq!(config.max_header_bytes, 65536);
     assert_eq!(config.tunnel_idle_timeout, Duration::from_secs(300));
-    assert!(value::is_token(&config.via_name), "{}", config.via_name);
+    assert!(text::is_token(&config.via_name), "{}", config.via_name);
     assert_eq!(config.access_log, None);
     assert_eq!(config.access_log_format, AccessLogFormat::Fetchproxy);
     assert_eq!(from_file("").expect("empty file"), config);
@@ -443,7 +443,7 @@ fn bad_users_name_the_user_but_never_echo_the_hash() {
     let text = user("alice", "plain-password");
     assert!(
         text.starts_with(
-            "fetchproxy.toml:2: users: user \"alice\": password_hash is not a PHC string"
+            "fetchproxy.toml:2: users: user \"alice\": password_hash: not a PHC string"
         ),
         "{text}"
     );

@@ -389,7 +389,7 @@ fn serve_help_lists_the_flags_with_their_defaults() {
         "[default: 512]",
         "[default: 10s]",
         "[default: 1m]",
-        "[default: 65536]",
+        "[default: 64KiB]",
         "[default: 10000]",
         "[default: info]",
     ] {
