@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use simplelog::{ConfigBuilder, ThreadLogMode, WriteLogger};
 
-pub use access::{AccessDetails, AccessLine, AccessLogFormat, AccessRecord, Outcome};
+use access::AccessLine;
+pub use access::{AccessDetails, AccessLogFormat, AccessRecord, Outcome};
 pub use escape::escape;
 use file::AccessFile;
 
