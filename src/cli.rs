@@ -1,13 +1,20 @@
 //! Command-line surface: clap derive structs, flags as typed as clap can make
-//! them. `Option<T>` wherever "not given" must fall through to the config file.
-//! No file or network I/O happens here; `config` resolves these into settings.
+//! them. `Option<T>` (or an empty list) wherever "not given" must fall through
+//! to the config file. The value parsers are `config::text`'s, shared with
+//! the config file. No file or network I/O happens here; `config` resolves
+//! these into settings.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Arg, Args, Parser, Subcommand};
 use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::access::PortRange;
+use crate::config::{self, ConfigError, Flags, text, value};
+use crate::logging::AccessLogFormat;
 
 use crate::client::request::ExtraHeader;
 
@@ -39,68 +46,132 @@ pub enum Command {
 }
 
 /// `fetchproxy serve`: every flag is also a key in the TOML config file; flags win.
-#[derive(Debug, Default, Args)]
+///
+/// Each field is named like its config key, so that the flags given become
+/// a table of config keys (`flags`); `serve --help` shows each default from
+/// `ServeConfig::default()`.
+#[derive(Debug, Default, Args, Serialize)]
+#[command(mut_args = show_default)]
 pub struct ServeArgs {
     /// TOML config file (see config.example.toml).
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on; repeat for several (IPv4 or [IPv6]:port). Default: 127.0.0.1:8080.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Vec<SocketAddr>,
+    /// Address to listen on: PORT (on 127.0.0.1), IP:PORT, [IPv6]:PORT or HOST:PORT (every address the name resolves to); repeatable.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = text::parse_listen)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<String>,
     /// Worker threads that fetch upstream, fixed for the life of the process.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub workers: Option<usize>,
-    /// Connections with a complete request head waiting for a worker.
-    #[arg(long, value_name = "N")]
+    /// Connections with a complete request head waiting for a worker (16 per worker unless set).
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub queue: Option<usize>,
-    /// Allow destinations in this range even if not globally routable; repeatable.
-    #[arg(long = "allow-dest", value_name = "CIDR")]
+    /// Allow destinations in this range (or this address) even if not globally routable; repeatable.
+    #[arg(long, value_name = "CIDR|ADDR", value_parser = text::parse_range)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_dest: Vec<IpNet>,
-    /// Clients allowed to use the proxy; repeatable. Default: loopback and private ranges.
-    #[arg(long = "allow-client", value_name = "CIDR")]
-    pub allow_client: Vec<IpNet>,
+    /// Clients allowed to use the proxy: a range or an address; repeatable.
+    #[arg(long = "allow-client", value_name = "CIDR|ADDR", value_parser = text::parse_range)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_clients: Vec<IpNet>,
+    /// Destination port (or FIRST-LAST range) forwarded requests may reach; repeatable.
+    #[arg(long = "dest-port", value_name = "PORT", value_parser = text::parse_port_range)]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "value::port_ranges::serialize"
+    )]
+    pub dest_ports: Vec<PortRange>,
+    /// Port CONNECT may reach; repeatable.
+    #[arg(long = "connect-port", value_name = "PORT", value_parser = text::parse_port)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub connect_ports: Vec<u16>,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
+    #[serde(serialize_with = "value::serialize_some_duration")]
     pub grace: Option<Duration>,
     /// Time to connect to an origin.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
+    #[serde(serialize_with = "value::serialize_some_duration")]
     pub connect_timeout: Option<Duration>,
     /// Time for the origin's response head, and the longest silence in its body.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
+    #[serde(serialize_with = "value::serialize_some_duration")]
     pub upstream_timeout: Option<Duration>,
     /// How long an idle keep-alive client connection is kept open.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
+    #[serde(serialize_with = "value::serialize_some_duration")]
     pub idle_timeout: Option<Duration>,
     /// Time for a client to send a whole request head.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
+    #[serde(serialize_with = "value::serialize_some_duration")]
     pub header_timeout: Option<Duration>,
     /// How long a CONNECT tunnel may stay silent in both directions.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
+    #[serde(serialize_with = "value::serialize_some_duration")]
     pub tunnel_idle_timeout: Option<Duration>,
-    /// Largest request head accepted.
-    #[arg(long, value_name = "N")]
-    pub max_header_bytes: Option<usize>,
-    /// Longest request target accepted.
-    #[arg(long, value_name = "N")]
-    pub max_url_bytes: Option<usize>,
-    /// Largest request or response body passed through (unlimited when unset).
-    #[arg(long, value_name = "N")]
+    /// Largest request head: bytes, or a size such as 64KiB.
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
+    pub max_header_bytes: Option<u64>,
+    /// Longest request target: bytes, or a size such as 8KiB.
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
+    pub max_url_bytes: Option<u64>,
+    /// Largest request or response body: bytes, or a size such as 100MiB; unlimited when unset.
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
     pub max_body_bytes: Option<u64>,
     /// Most open client connections.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub max_connections: Option<usize>,
     /// Most open connections from one client address.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub max_conns_per_client: Option<usize>,
-    /// Most open CONNECT tunnels.
-    #[arg(long, value_name = "N")]
+    /// Most open CONNECT tunnels; 0 turns CONNECT off.
+    #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub max_tunnels: Option<usize>,
-    /// Ports CONNECT may reach; repeatable. Default: 443.
-    #[arg(long = "connect-port", value_name = "PORT")]
-    pub connect_ports: Vec<u16>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_name = "LEVEL")]
+    /// Name this proxy adds to Via and looks for to detect loops; the host name unless set.
+    #[arg(long, value_name = "NAME", value_parser = text::parse_token)]
+    pub via_name: Option<String>,
+    /// Log level.
+    #[arg(long, value_name = "LEVEL", ignore_case = true, value_parser = level_parser())]
+    #[serde(serialize_with = "value::serialize_some_level")]
     pub log_level: Option<log::LevelFilter>,
+    /// Write the access log to this file, reopened on SIGHUP and SIGUSR1 (default: standard error).
+    #[arg(long, value_name = "FILE", value_parser = text::parse_path)]
+    pub access_log: Option<PathBuf>,
+    /// Format of the access log.
+    #[arg(long, value_name = "FORMAT", ignore_case = true)]
+    pub access_log_format: Option<AccessLogFormat>,
+}
+
+impl ServeArgs {
+    /// The flags given, as config keys with the flag that set each, for
+    /// `ServeConfig::load`.
+    ///
+    /// # Errors
+    /// When a value has no TOML form (the value parsers rule that out).
+    pub fn flags(&self) -> Result<Flags, ConfigError> {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let names = command.get_arguments().filter_map(|arg| {
+            let long = arg.get_long()?;
+            Some((arg.get_id().to_string(), format!("--{long}")))
+        });
+        Flags::new(self, names)
+    }
+}
+
+/// Appends `[default: ...]` to a flag's help, from `ServeConfig::default()`
+/// so that the help cannot drift from the code.
+fn show_default(arg: Arg) -> Arg {
+    let Some(shown) = config::shown_default(arg.get_id().as_str()) else {
+        return arg;
+    };
+    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+    arg.help(format!("{help} [default: {shown}]"))
+}
+
+/// `--log-level`: the levels listed in the help and in the error for a bad one.
+fn level_parser() -> impl TypedValueParser<Value = log::LevelFilter> {
+    PossibleValuesParser::new(text::LOG_LEVELS).try_map(|text| text::parse_level(&text))
 }
 
 /// `fetchproxy fetch`: batch download through the proxy.
@@ -191,13 +262,12 @@ fn parse_dash(text: &str) -> Result<String, String> {
 }
 
 /// Parses a humantime duration (`30s`, `1m 30s`, `250ms`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|err| format!("{text:?} is not a duration ({err})"))
-}
+pub use crate::config::text::parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ServeConfig;
     use clap::CommandFactory;
 
     #[test]
@@ -236,6 +306,172 @@ mod tests {
         let cli = Cli::try_parse_from(["fetchproxy", "hash-password"]).expect("valid");
         assert!(matches!(cli.command, Command::HashPassword));
         assert!(Cli::try_parse_from(["fetchproxy", "hash-password", "secret"]).is_err());
+    }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(["fetchproxy", "serve"].iter().chain(args))
+            .unwrap_or_else(|err| panic!("{args:?}: {err}"));
+        match cli.command {
+            Command::Serve(args) => args,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    fn serve_error(args: &[&str]) -> String {
+        Cli::try_parse_from(["fetchproxy", "serve"].iter().chain(args))
+            .expect_err("bad flags")
+            .to_string()
+    }
+
+    /// Every flag is named like its config key, so that `flags` keys them
+    /// right; every key but `users` has a flag.
+    #[test]
+    fn every_flag_is_a_config_key_and_every_key_a_flag() {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let ids: Vec<String> = command
+            .get_arguments()
+            .map(|arg| arg.get_id().to_string())
+            .filter(|id| id != "config")
+            .collect();
+        let keys: Vec<&str> = config::keys()
+            .iter()
+            .copied()
+            .filter(|key| *key != "users")
+            .collect();
+        assert_eq!(ids, keys);
+    }
+
+    #[test]
+    fn flags_given_become_settings_and_the_rest_stay_unset() {
+        let args = serve(&[
+            "--listen",
+            "3128",
+            "--listen",
+            "localhost:3129",
+            "--workers",
+            "4",
+            "--allow-dest",
+            "127.0.0.1",
+            "--allow-client",
+            "::1",
+            "--dest-port",
+            "80",
+            "--dest-port",
+            "8000-8999",
+            "--connect-port",
+            "8443",
+            "--grace",
+            "1m 30s",
+            "--max-body-bytes",
+            "100MiB",
+            "--via-name",
+            "edge-1",
+            "--log-level",
+            "DEBUG",
+            "--access-log",
+            "/tmp/access.log",
+            "--access-log-format",
+            "squid",
+        ]);
+        let config = ServeConfig::load(None, &args.flags().expect("flags")).expect("valid");
+        assert_eq!(config.listen[0], "127.0.0.1:3128".parse().expect("addr"));
+        assert!(
+            config
+                .listen
+                .contains(&"127.0.0.1:3129".parse().expect("addr"))
+        );
+        assert_eq!(config.workers.get(), 4);
+        assert_eq!(config.queue.get(), 64);
+        assert_eq!(config.allow_dest, ["127.0.0.1/32".parse().expect("cidr")]);
+        assert_eq!(config.allow_clients, ["::1/128".parse().expect("cidr")]);
+        let ports: Vec<String> = config.dest_ports.iter().map(ToString::to_string).collect();
+        assert_eq!(ports, ["80", "8000-8999"]);
+        assert_eq!(config.connect_ports, [8443]);
+        assert_eq!(config.grace, Duration::from_secs(90));
+        assert_eq!(config.max_body_bytes, Some(100 << 20));
+        assert_eq!(config.via_name, "edge-1");
+        assert_eq!(config.log_level, log::LevelFilter::Debug);
+        assert_eq!(config.access_log, Some(PathBuf::from("/tmp/access.log")));
+        assert_eq!(config.access_log_format, AccessLogFormat::Squid);
+
+        let none = serve(&[]);
+        let config = ServeConfig::load(None, &none.flags().expect("flags")).expect("valid");
+        assert_eq!(config, ServeConfig::default());
+    }
+
+    #[test]
+    fn a_flag_out_of_range_is_blamed_on_the_flag() {
+        let args = serve(&["--workers", "0", "--max-tunnels", "20000000"]);
+        let err = ServeConfig::load(None, &args.flags().expect("flags")).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "2 problems in the configuration:\n  \
+             --max-tunnels 20000000: expected a whole number from 0 to 10000000\n  \
+             --workers 0: expected a whole number from 1 to 4096"
+        );
+    }
+
+    /// Issue 14: the help shows each default, from `ServeConfig::default()`.
+    #[test]
+    fn serve_help_shows_the_defaults() {
+        let mut command = Cli::command();
+        let help = command
+            .find_subcommand_mut("serve")
+            .expect("serve")
+            .render_long_help()
+            .to_string();
+        for shown in [
+            "[default: 127.0.0.1:8080]",
+            "[default: 32]",
+            "[default: 512]",
+            "[default: none]",
+            "[default: 80, 443, 1024-65535]",
+            "[default: 443]",
+            "[default: 30s]",
+            "[default: 10s]",
+            "[default: 1m]",
+            "[default: 15s]",
+            "[default: 5m]",
+            "[default: 64KiB]",
+            "[default: 8KiB]",
+            "[default: 10000]",
+            "[default: 256]",
+            "[default: 1000]",
+            "[default: info]",
+            "[default: fetchproxy]",
+            "off, error, warn, info, debug, trace",
+        ] {
+            assert!(help.contains(shown), "{shown} missing from:\n{help}");
+        }
+        let defaults = help.matches("[default: ").count();
+        // Every flag but --config, --max-body-bytes and --access-log (unset by default).
+        assert_eq!(defaults, config::keys().len() - 1 - 2, "{help}");
+    }
+
+    #[test]
+    fn bad_values_say_what_was_expected() {
+        let err = serve_error(&["--log-level", "loud"]);
+        assert!(
+            err.contains("'loud'") && err.contains("off, error, warn, info, debug, trace"),
+            "{err}"
+        );
+        let err = serve_error(&["--workers", "many"]);
+        assert!(err.contains("expected a whole number such as 32"), "{err}");
+        let err = serve_error(&["--allow-dest", "127.0.0.0/33"]);
+        assert!(
+            err.contains("'127.0.0.0/33'") && err.contains("such as 127.0.0.1, 10.0.0.0/8"),
+            "{err}"
+        );
+        let err = serve_error(&["--listen", "localhost"]);
+        assert!(err.contains("localhost:3128"), "{err}");
+        let err = serve_error(&["--dest-port", "0"]);
+        assert!(err.contains("1024-65535"), "{err}");
+        let err = serve_error(&["--access-log-format", "apache"]);
+        assert!(err.contains("fetchproxy, squid, combined"), "{err}");
+        let err = serve_error(&["--max-body-bytes", "lots"]);
+        assert!(err.contains("64KiB"), "{err}");
+        let err = serve_error(&["--via-name", "two words"]);
+        assert!(err.contains("HTTP token"), "{err}");
     }
 
     #[test]

@@ -61,13 +61,19 @@ pub enum ProxyError {
     #[error("client {addr} is not allowed to use this proxy")]
     ClientDenied { addr: IpAddr },
     /// The destination address is not globally routable and no `allow_dest` covers it.
-    #[error("destination {addr} is not allowed")]
+    #[error(
+        "destination {addr} is not allowed; allow it with --allow-dest {addr} (or allow_dest in the config file)"
+    )]
     DestinationDenied { addr: IpAddr },
     /// The destination port of a forwarded request is outside `dest_ports`.
-    #[error("destination port {port} is not allowed")]
+    #[error(
+        "destination port {port} is not allowed; allow it with --dest-port {port} (or dest_ports in the config file)"
+    )]
     PortDenied { port: u16 },
-    /// The port of a CONNECT target is outside `connect_ports`.
-    #[error("CONNECT to port {port} is not allowed")]
+    /// The port of a CONNECT is outside `connect_ports`.
+    #[error(
+        "CONNECT to port {port} is not allowed; allow it with --connect-port {port} (or connect_ports in the config file)"
+    )]
     ConnectPortDenied { port: u16 },
     /// This request already passed through this proxy (`Via`).
     #[error("request loop detected: this request already passed through this proxy")]
@@ -406,6 +412,39 @@ mod tests {
         );
         assert!(!err.to_string().ends_with('.'), "{err}");
         assert_eq!(ProxyError::LoopDetected.proxy_authenticate(), None);
+    }
+
+    /// Issue 14: a refusal says which flag or key would allow the request.
+    #[test]
+    fn refusals_name_the_flag_and_key_that_allow_them() {
+        let loopback: IpAddr = [127, 0, 0, 1].into();
+        let v6: IpAddr = "::1".parse().expect("address");
+        assert_eq!(
+            ProxyError::DestinationDenied { addr: loopback }.to_string(),
+            "destination 127.0.0.1 is not allowed; allow it with --allow-dest 127.0.0.1 (or allow_dest in the config file)"
+        );
+        assert!(
+            ProxyError::DestinationDenied { addr: v6 }
+                .to_string()
+                .contains("--allow-dest ::1 ")
+        );
+        assert_eq!(
+            ProxyError::PortDenied { port: 25 }.to_string(),
+            "destination port 25 is not allowed; allow it with --dest-port 25 (or dest_ports in the config file)"
+        );
+        assert_eq!(
+            ProxyError::ConnectPortDenied { port: 8443 }.to_string(),
+            "CONNECT to port 8443 is not allowed; allow it with --connect-port 8443 (or connect_ports in the config file)"
+        );
+        for err in [
+            ProxyError::DestinationDenied { addr: loopback },
+            ProxyError::PortDenied { port: 25 },
+            ProxyError::ConnectPortDenied { port: 25 },
+        ] {
+            assert!(!err.to_string().ends_with('.'), "{err}");
+            assert_eq!(err.status(), 403, "{err}");
+            assert!(!err.closes_connection(), "{err}");
+        }
     }
 
     #[test]

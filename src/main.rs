@@ -15,16 +15,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let config = match ServeConfig::load(&args) {
-                Ok(config) => config,
+            let path = args.config.clone();
+            let loaded = args.flags().and_then(|flags| {
+                ServeConfig::load(path.as_deref(), &flags).map(|config| (config, flags))
+            });
+            let (config, flags) = match loaded {
+                Ok(loaded) => loaded,
                 Err(err) => {
                     eprintln!("fetchproxy: {err}");
                     return ExitCode::from(2);
                 }
             };
             logging::init(config.log_level);
+            let access_log = config.access_log.as_deref();
+            if let Err(err) = logging::init_access_log(access_log, config.access_log_format) {
+                let path = access_log.unwrap_or(std::path::Path::new("-")).display();
+                eprintln!("fetchproxy: cannot open the access log {path}: {err}");
+                return ExitCode::from(2);
+            }
             // SIGHUP loads the file again, with the same flags over it.
-            let load = Box::new(move || ServeConfig::load(&args));
+            let load = Box::new(move || ServeConfig::load(path.as_deref(), &flags));
             let outcome = server::run(config, load);
             logging::flush();
             match outcome {

@@ -32,6 +32,15 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// The config keys a reload puts in force; every other key takes a restart.
+    pub const KEYS: [&str; 5] = [
+        "allow_dest",
+        "allow_clients",
+        "dest_ports",
+        "connect_ports",
+        "users",
+    ];
+
     /// The rules of a resolved configuration.
     pub fn from_config(config: &ServeConfig) -> Rules {
         Rules {
@@ -79,23 +88,39 @@ impl SharedRules {
         match fresh {
             Ok(config) => {
                 self.replace(Rules::from_config(&config));
-                let users = config.users.len();
-                let ignored = config::keys_needing_restart(running, &config);
+                let reloaded = format!(
+                    "reloaded rules: allow_dest, allow_clients, dest_ports, connect_ports, {}",
+                    count_users(config.users.len())
+                );
+                let ignored = needing_restart(running, &config);
                 if ignored.is_empty() {
-                    log::info!(
-                        "reloaded rules: allow_dest, allow_clients, dest_ports, connect_ports, \
-                         {users} users (other settings take a restart)"
-                    );
+                    log::info!("{reloaded} (other settings take a restart)");
                 } else {
                     log::warn!(
-                        "reloaded rules: allow_dest, allow_clients, dest_ports, connect_ports, \
-                         {users} users; changed {} not applied: they take a restart",
+                        "{reloaded}; changed {} not applied: they take a restart",
                         ignored.join(", ")
                     );
                 }
             }
-            Err(err) => log::error!("reload failed, keeping the old rules: {err}"),
+            Err(err) => log::error!("reload failed, keeping the old rules: {}", err.one_line()),
         }
+    }
+}
+
+/// The settings that differ in `fresh` and that a reload cannot apply.
+pub fn needing_restart(running: &ServeConfig, fresh: &ServeConfig) -> Vec<&'static str> {
+    config::changed_keys(running, fresh)
+        .into_iter()
+        .filter(|key| !Rules::KEYS.contains(key))
+        .collect()
+}
+
+/// "no users", "1 user", "2 users".
+fn count_users(n: usize) -> String {
+    match n {
+        0 => "no users".to_string(),
+        1 => "1 user".to_string(),
+        n => format!("{n} users"),
     }
 }
 
@@ -122,11 +147,12 @@ mod tests {
         let shared = SharedRules::new(Rules::from_config(&running));
         shared.reload(
             &running,
-            Err(ConfigError::Invalid {
-                key: "allow_dest",
-                value: "nonsense".into(),
+            Err(ConfigError::Invalid(vec![config::Problem {
+                origin: config::Origin::Flag("--allow-dest".into()),
+                key: Some("allow_dest".into()),
+                value: Some("nonsense".into()),
                 reason: "bad".into(),
-            }),
+            }])),
         );
         assert_eq!(shared.current().connect_ports, vec![443]);
         let mut fresh = running.clone();
@@ -134,5 +160,29 @@ mod tests {
         fresh.workers = 2.try_into().expect("not zero");
         shared.reload(&running, Ok(fresh));
         assert_eq!(shared.current().connect_ports, vec![8443]);
+    }
+
+    #[test]
+    fn only_settings_outside_the_rules_need_a_restart() {
+        let running = ServeConfig::default();
+        let mut fresh = running.clone();
+        fresh.allow_dest = vec!["127.0.0.0/8".parse().expect("cidr")];
+        fresh.connect_ports = vec![8443];
+        fresh.dest_ports = vec![crate::access::PortRange::single(80)];
+        assert!(needing_restart(&running, &fresh).is_empty());
+        fresh.workers = 3.try_into().expect("not zero");
+        fresh.idle_timeout = std::time::Duration::from_secs(1);
+        fresh.access_log = Some("/var/log/fetchproxy/access.log".into());
+        assert_eq!(
+            needing_restart(&running, &fresh),
+            ["workers", "idle_timeout", "access_log"]
+        );
+    }
+
+    #[test]
+    fn users_are_counted_in_words() {
+        assert_eq!(count_users(0), "no users");
+        assert_eq!(count_users(1), "1 user");
+        assert_eq!(count_users(2), "2 users");
     }
 }

@@ -1,7 +1,8 @@
 //! Shutdown state and signals: the first SIGTERM/SIGINT starts draining and
-//! wakes the acceptor, a second one asks to stop now; SIGHUP calls the
-//! server's reload. Knows nothing of HTTP or rules; only this module knows
-//! how the acceptor is woken.
+//! wakes the acceptor, a second one asks to stop now; SIGHUP reopens the
+//! access-log file and calls the server's reload, SIGUSR1 only reopens the
+//! file (logrotate sends either). Knows nothing of HTTP or rules; only this
+//! module knows how the acceptor is woken.
 
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -74,7 +75,8 @@ impl Shutdown {
 }
 
 /// Starts the `signals` thread: the first SIGTERM/SIGINT begins draining,
-/// the second stops now, and each SIGHUP runs `reload` on that thread.
+/// the second stops now; each SIGHUP reopens the access-log file and runs
+/// `reload` on that thread, each SIGUSR1 reopens the access-log file.
 ///
 /// # Errors
 /// When the handlers cannot be registered or the thread cannot start.
@@ -82,14 +84,22 @@ pub fn install_signals(
     shutdown: Arc<Shutdown>,
     reload: impl Fn() + Send + 'static,
 ) -> io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGUSR1 {
+                    log::info!("signal {signal}: reopening the access log");
+                    crate::logging::reopen();
+                    continue;
+                }
                 if signal == SIGHUP {
-                    log::info!("signal {signal}: reloading the access rules and users");
+                    log::info!(
+                        "signal {signal}: reopening the access log, reloading the access rules and users"
+                    );
+                    crate::logging::reopen();
                     reload();
                     continue;
                 }

@@ -1,32 +1,51 @@
-//! Serve configuration: the TOML file (`file`, unknown keys rejected),
-//! merged under the command-line flags (`resolve`) into a `ServeConfig` with
-//! concrete types. The rule is flag, else file key, else default. Opens no sockets.
+//! Serve configuration: `ServeConfig` and how it is put together. Each
+//! setting is a field of `ServeConfig`; its key in the config file is the
+//! field's name, its flag lives in `cli::ServeArgs` under the same name.
+//! The flags given become a TOML table laid over the file's table
+//! (`layers`), every key is read by serde through the helpers in `value`
+//! (text forms in `text`, shared with the flags), and a few rules between
+//! keys are checked at the end. The rule is flag,
+//! else file key, else default. Every problem is reported at once, with its
+//! line or flag. Opens no sockets; a host name in `listen` is resolved.
+//!
+//! Adding a setting: a field here (with its doc, its default in `Default`,
+//! and a `value` helper naming its range or form), a field of the same name
+//! in `cli::ServeArgs` (its flag, with a `text` parser), and a commented
+//! line in `config.example.toml`. Unit tests check that the three agree.
 
-mod file;
-mod resolve;
+mod keys;
+mod layers;
+mod problem;
+pub mod size;
 #[cfg(test)]
 mod tests;
+pub mod text;
+pub mod value;
+mod visit;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 use crate::access::{self, PortRange};
 use crate::auth::User;
-use crate::cli::ServeArgs;
-use file::{FileConfig, parse_file};
-use resolve::resolve;
+use crate::logging::AccessLogFormat;
+pub use keys::keys;
+pub use layers::Flags;
+pub use problem::{Origin, Problem};
+use value::Within;
 
 /// Default queue length per worker. A burst of a few hundred clients
 /// sending at once (a CI farm starting a build) is queued, not refused: with
 /// 4 per worker the pool-size bench saw 8% of 256 simultaneous requests get
 /// 503. A queued head costs about a kilobyte.
-const QUEUE_PER_WORKER: usize = 16;
+const QUEUE_PER_WORKER: NonZeroUsize = NonZeroUsize::new(16).expect("16 is not zero");
 
-/// A configuration problem, reported with the key or flag and the value given.
+/// The configuration could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
@@ -35,87 +54,132 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The config file is not valid TOML or has an unknown key / wrong type.
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// A key or flag has a value that is not allowed.
-    #[error("{key} = {value:?}: {reason}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
-    /// A `[[users]]` entry is unusable; the hash itself is never repeated.
-    #[error("[[users]] name = {name:?}: {key}: {reason}")]
-    User {
-        name: String,
-        key: &'static str,
-        reason: String,
-    },
+    /// Keys, flags or values that are not valid; never empty.
+    #[error("{}", problem::list(.0))]
+    Invalid(Vec<Problem>),
 }
 
-/// Resolved settings of `fetchproxy serve`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl ConfigError {
+    /// The message on one line, for a log.
+    pub fn one_line(&self) -> String {
+        match self {
+            ConfigError::Invalid(problems) => problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Resolved settings of `fetchproxy serve`. The field names are the keys of
+/// the config file; `cli::ServeArgs` has a flag of the same name for each,
+/// except `users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServeConfig {
-    /// Addresses to listen on. Default: 127.0.0.1:8080.
+    /// Addresses to listen on: `PORT` (on 127.0.0.1), `IP:PORT`,
+    /// `[IPv6]:PORT` or `HOST:PORT` (every address the name resolves to).
+    /// Default: 127.0.0.1:8080.
+    #[serde(deserialize_with = "value::listen")]
     pub listen: Vec<SocketAddr>,
-    /// Worker threads. Default: 32.
+    /// Worker threads, fixed for the life of the process. Default: 32.
+    #[serde(deserialize_with = "Within::<1, 4096>::number")]
     pub workers: NonZeroUsize,
     /// Bounded queue of connections with a complete head. Default: 16 x workers.
+    #[serde(deserialize_with = "Within::<1, 1_000_000>::number")]
     pub queue: NonZeroUsize,
     // The access rules (allow_dest, allow_clients, dest_ports, connect_ports,
     // users) are reloaded on SIGHUP: the server reads them through
     // `rules::SharedRules`, these fields are only where they start from.
-    /// Extra destination ranges allowed though not globally routable. Default: none.
+    /// Extra destination ranges allowed though not globally routable; a bare
+    /// address is a range of one. Default: none.
+    #[serde(deserialize_with = "value::ranges")]
     pub allow_dest: Vec<IpNet>,
     /// Client ranges allowed. Default: loopback and private ranges.
+    #[serde(deserialize_with = "value::some_ranges")]
     pub allow_clients: Vec<IpNet>,
     /// Destination ports for forwarded requests. Default: 80, 443, 1024-65535.
+    #[serde(with = "value::port_ranges")]
     pub dest_ports: Vec<PortRange>,
-    /// Ports CONNECT may reach. Default: 443.
+    /// Ports CONNECT may reach; none turns CONNECT off. Default: 443.
+    #[serde(deserialize_with = "value::ports")]
     pub connect_ports: Vec<u16>,
-    /// Time for queued and in-flight requests after the first signal. Default: 30s.
+    /// Time for queued and in-flight requests after the first signal; zero
+    /// stops at once. Default: 30s.
+    #[serde(with = "value::duration")]
     pub grace: Duration,
     /// Time to connect to an origin. Default: 10s.
+    #[serde(with = "value::timeout")]
     pub connect_timeout: Duration,
     /// Time for the response head, and longest silence in a body. Default: 60s.
+    #[serde(with = "value::timeout")]
     pub upstream_timeout: Duration,
     /// Keep-alive wait for the next request. Default: 15s.
+    #[serde(with = "value::timeout")]
     pub idle_timeout: Duration,
     /// Time for a whole request head. Default: 10s.
+    #[serde(with = "value::timeout")]
     pub header_timeout: Duration,
     /// Longest silence in both directions of a CONNECT tunnel. Default: 5m.
+    #[serde(with = "value::timeout")]
     pub tunnel_idle_timeout: Duration,
     /// Largest request head. Default: 64 KiB.
+    #[serde(
+        deserialize_with = "Within::<1024, 1_048_576>::bytes",
+        serialize_with = "value::serialize_size"
+    )]
     pub max_header_bytes: usize,
-    /// Longest request target. Default: 8 KiB.
+    /// Longest request target, at most `max_header_bytes`. Default: 8 KiB.
+    #[serde(
+        deserialize_with = "Within::<16, 1_048_576>::bytes",
+        serialize_with = "value::serialize_size"
+    )]
     pub max_url_bytes: usize,
     /// Largest request or response body. Default: unlimited.
+    #[serde(
+        deserialize_with = "Within::<1, { size::MAX_SIZE }>::some_bytes",
+        serialize_with = "value::serialize_some_size"
+    )]
     pub max_body_bytes: Option<u64>,
     /// Most open client connections. Default: 10,000.
+    #[serde(deserialize_with = "Within::<1, 10_000_000>::number")]
     pub max_connections: usize,
-    /// Most open connections from one client address. Default: 256.
+    /// Most open connections from one client address, at most
+    /// `max_connections`. Default: 256.
+    #[serde(deserialize_with = "Within::<1, 10_000_000>::number")]
     pub max_conns_per_client: usize,
-    /// Most open CONNECT tunnels. Default: 1,000.
+    /// Most open CONNECT tunnels, at most `max_connections`; zero turns
+    /// CONNECT off. Default: 1,000.
+    #[serde(deserialize_with = "Within::<0, 10_000_000>::number")]
     pub max_tunnels: usize,
     /// Name this proxy puts in `Via` and looks for to detect loops. Default: the host name.
+    #[serde(deserialize_with = "value::token")]
     pub via_name: String,
     /// Log level. Default: info.
+    #[serde(with = "value::level")]
     pub log_level: log::LevelFilter,
+    /// File the access log is appended to, reopened on SIGHUP and SIGUSR1.
+    /// Default: none, and access lines go to standard error with the rest.
+    #[serde(deserialize_with = "value::path")]
+    pub access_log: Option<PathBuf>,
+    /// Format of the access log. Default: fetchproxy.
+    #[serde(deserialize_with = "value::named")]
+    pub access_log_format: AccessLogFormat,
     /// Users who may use the proxy, with `Proxy-Authorization: Basic`. Default:
     /// none, and then no credentials are asked for.
+    #[serde(with = "value::users")]
     pub users: Vec<User>,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         const WORKERS: NonZeroUsize = NonZeroUsize::new(32).expect("32 is not zero");
-        const QUEUE: NonZeroUsize =
-            NonZeroUsize::new(QUEUE_PER_WORKER * 32).expect("512 is not zero");
         ServeConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             workers: WORKERS,
-            queue: QUEUE,
+            queue: WORKERS.saturating_mul(QUEUE_PER_WORKER),
             allow_dest: Vec::new(),
             allow_clients: access::default_allow_clients(),
             dest_ports: access::default_dest_ports(),
@@ -134,6 +198,8 @@ impl Default for ServeConfig {
             max_tunnels: 1_000,
             via_name: default_via_name(),
             log_level: log::LevelFilter::Info,
+            access_log: None,
+            access_log_format: AccessLogFormat::Fetchproxy,
             users: Vec::new(),
         }
     }
@@ -144,93 +210,96 @@ fn default_via_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_string())
-        .filter(|name| is_token(name))
+        .filter(|name| text::is_token(name))
         .unwrap_or_else(|| "fetchproxy".to_string())
 }
 
-/// RFC 9110 §5.6.2 token: what a `Via` pseudonym may be.
-fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 255
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 impl ServeConfig {
-    /// Resolves the flags over the config file (if `--config` was given) over the defaults.
+    /// The flags over the config file at `path` (if any) over the defaults.
     ///
     /// # Errors
-    /// `ConfigError` naming the file, key or flag and the bad value.
-    pub fn load(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
-        let file = match &args.config {
+    /// `ConfigError::Read` when the file cannot be read; `Invalid` with every
+    /// problem found, each naming its line or flag and the value.
+    pub fn load(path: Option<&Path>, flags: &Flags) -> Result<ServeConfig, ConfigError> {
+        let text = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                parse_file(&text).map_err(|message| ConfigError::Parse {
-                    path: path.clone(),
-                    message,
-                })?
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                        path: path.to_path_buf(),
+                        source,
+                    })?,
+                )
             }
-            None => FileConfig::default(),
+            None => None,
         };
-        resolve(args, file)
+        let file = path.zip(text.as_deref());
+        layers::resolve(file, flags)
+    }
+
+    /// The settings keyed like the config file, as TOML values.
+    fn to_table(&self) -> Option<toml::Table> {
+        toml::Table::try_from(self).ok()
+    }
+
+    /// The rules between keys, each broken one as the key at fault and
+    /// why. Checked once every key is valid on its own.
+    fn rules_between_keys(&self) -> Vec<(&'static str, String)> {
+        let mut broken = Vec::new();
+        if self.max_url_bytes > self.max_header_bytes {
+            broken.push((
+                "max_url_bytes",
+                format!(
+                    "must be at most max_header_bytes ({})",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("max_conns_per_client", self.max_conns_per_client),
+            ("max_tunnels", self.max_tunnels),
+        ] {
+            if value > self.max_connections {
+                broken.push((
+                    key,
+                    format!("must be at most max_connections ({})", self.max_connections),
+                ));
+            }
+        }
+        broken
     }
 }
 
-/// The keys whose new values a reload cannot apply (everything but the
-/// access rules), for the log line that says a restart is needed.
-pub fn keys_needing_restart(running: &ServeConfig, fresh: &ServeConfig) -> Vec<&'static str> {
-    let changed = [
-        ("listen", running.listen != fresh.listen),
-        ("workers", running.workers != fresh.workers),
-        ("queue", running.queue != fresh.queue),
-        ("grace", running.grace != fresh.grace),
-        (
-            "connect_timeout",
-            running.connect_timeout != fresh.connect_timeout,
-        ),
-        (
-            "upstream_timeout",
-            running.upstream_timeout != fresh.upstream_timeout,
-        ),
-        ("idle_timeout", running.idle_timeout != fresh.idle_timeout),
-        (
-            "header_timeout",
-            running.header_timeout != fresh.header_timeout,
-        ),
-        (
-            "tunnel_idle_timeout",
-            running.tunnel_idle_timeout != fresh.tunnel_idle_timeout,
-        ),
-        (
-            "max_header_bytes",
-            running.max_header_bytes != fresh.max_header_bytes,
-        ),
-        (
-            "max_url_bytes",
-            running.max_url_bytes != fresh.max_url_bytes,
-        ),
-        (
-            "max_body_bytes",
-            running.max_body_bytes != fresh.max_body_bytes,
-        ),
-        (
-            "max_connections",
-            running.max_connections != fresh.max_connections,
-        ),
-        (
-            "max_conns_per_client",
-            running.max_conns_per_client != fresh.max_conns_per_client,
-        ),
-        ("max_tunnels", running.max_tunnels != fresh.max_tunnels),
-        ("via_name", running.via_name != fresh.via_name),
-        ("log_level", running.log_level != fresh.log_level),
-    ];
-    changed
-        .into_iter()
-        .filter_map(|(key, differs)| differs.then_some(key))
+/// The keys whose values differ between two configurations, in the order
+/// of `ServeConfig`'s fields.
+pub fn changed_keys(running: &ServeConfig, fresh: &ServeConfig) -> Vec<&'static str> {
+    let (running, fresh) = (running.to_table(), fresh.to_table());
+    let value = |table: &Option<toml::Table>, key: &str| {
+        table.as_ref().map(|table| table.get(key).cloned())
+    };
+    keys()
+        .iter()
+        .copied()
+        .filter(|key| value(&running, key) != value(&fresh, key))
         .collect()
+}
+
+/// The default of `key` as `serve --help` shows it: lists joined with
+/// commas (`none` when empty); `None` for a key unset by default.
+pub fn shown_default(key: &str) -> Option<String> {
+    static DEFAULTS: std::sync::OnceLock<Option<toml::Table>> = std::sync::OnceLock::new();
+    let defaults = DEFAULTS.get_or_init(|| ServeConfig::default().to_table());
+    let shown = match defaults.as_ref()?.get(key)? {
+        toml::Value::String(text) => text.clone(),
+        toml::Value::Array(items) if items.is_empty() => "none".to_string(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    };
+    Some(shown)
 }

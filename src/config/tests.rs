@@ -1,67 +1,107 @@
+use std::path::Path;
+
 use super::*;
 
-fn from_file(text: &str, args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
-    let file = parse_file(text).map_err(|message| ConfigError::Parse {
-        path: PathBuf::from("test.toml"),
-        message,
-    })?;
-    resolve(args, file)
+const PATH: &str = "fetchproxy.toml";
+
+/// Flags given as `text`, a TOML table of keys (what `ServeArgs::flags`
+/// makes of the command line).
+fn flags(text: &str) -> Flags {
+    let table: toml::Table = toml::from_str(text).expect("test flags are TOML");
+    Flags::new(&table, []).expect("flags")
 }
 
-fn invalid_key(result: Result<ServeConfig, ConfigError>) -> (&'static str, String, String) {
+fn resolve(file: &str, given: &str) -> Result<ServeConfig, ConfigError> {
+    layers::resolve(Some((Path::new(PATH), file)), &flags(given))
+}
+
+fn from_file(text: &str) -> Result<ServeConfig, ConfigError> {
+    resolve(text, "")
+}
+
+fn problems(result: Result<ServeConfig, ConfigError>) -> Vec<Problem> {
     match result {
-        Err(ConfigError::Invalid { key, value, reason }) => (key, value, reason),
-        other => panic!("expected Invalid, got {other:?}"),
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected problems, got {other:?}"),
     }
 }
 
-fn parse_message(text: &str) -> String {
-    match from_file(text, &ServeArgs::default()) {
-        Err(err @ ConfigError::Parse { .. }) => err.to_string(),
-        other => panic!("expected Parse, got {other:?}"),
+/// The one problem `text` has, as the user reads it.
+fn message(text: &str) -> String {
+    let found = problems(from_file(text));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    found[0].to_string()
+}
+
+/// The example file with its default lines (`# key = ...`, not marked
+/// `# example`) uncommented, lists spread over lines included.
+fn example_defaults() -> String {
+    let example = include_str!("../../config.example.toml");
+    let mut uncommented = String::new();
+    let mut in_list = false;
+    for line in example.lines() {
+        let body = line.strip_prefix("# ").unwrap_or("");
+        let starts_default = body
+            .split_once(" = ")
+            .is_some_and(|(key, _)| keys().contains(&key))
+            && !body.ends_with("# example");
+        if starts_default || in_list {
+            uncommented.push_str(body);
+            uncommented.push('\n');
+            in_list = if starts_default {
+                body.ends_with('[')
+            } else {
+                body.trim() != "]"
+            };
+        }
     }
+    uncommented
 }
 
 #[test]
 fn example_file_documents_exactly_the_defaults() {
-    let example = include_str!("../../config.example.toml");
-    let config = from_file(example, &ServeArgs::default()).expect("example parses");
+    let defaults = example_defaults();
+    let config = from_file(&defaults).unwrap_or_else(|err| panic!("{err}\n{defaults}"));
     assert_eq!(config, ServeConfig::default());
-}
-
-#[test]
-fn example_file_mentions_every_key() {
-    let example = include_str!("../../config.example.toml");
-    for key in [
-        "listen",
-        "workers",
-        "queue",
-        "allow_dest",
-        "allow_clients",
-        "dest_ports",
-        "connect_ports",
-        "grace",
-        "connect_timeout",
-        "upstream_timeout",
-        "idle_timeout",
-        "header_timeout",
-        "tunnel_idle_timeout",
-        "max_header_bytes",
-        "max_url_bytes",
-        "max_body_bytes",
-        "max_connections",
-        "max_conns_per_client",
-        "max_tunnels",
-        "via_name",
-        "log_level",
-    ] {
-        assert!(
-            example.contains(&format!("\n{key} = ")) || example.contains(&format!("# {key} = ")),
+    // Everything but the keys without a fixed default is there, uncommented.
+    let table: toml::Table = toml::from_str(&defaults).expect("TOML");
+    for key in keys() {
+        let unset_by_default = ["max_body_bytes", "via_name", "access_log", "users"];
+        assert_eq!(
+            table.contains_key(*key),
+            !unset_by_default.contains(key),
             "{key}"
         );
     }
+}
+
+#[test]
+fn example_file_documents_every_key_and_sets_none() {
+    let example = include_str!("../../config.example.toml");
+    for key in keys() {
+        if *key != "users" {
+            assert!(example.contains(&format!("\n# {key} = ")), "{key}");
+        }
+    }
     for line in ["# [[users]]", "# name = ", "# password_hash = "] {
         assert!(example.contains(line), "{line}");
+    }
+    // A copy of the file sets nothing: every default stays a default.
+    let table: toml::Table = toml::from_str(example).expect("TOML");
+    assert!(table.is_empty(), "{table:?}");
+}
+
+#[test]
+fn example_values_in_the_example_file_are_valid() {
+    let example = include_str!("../../config.example.toml");
+    let examples: Vec<&str> = example
+        .lines()
+        .filter(|line| line.ends_with("# example"))
+        .filter_map(|line| line.strip_prefix("# "))
+        .collect();
+    assert!(examples.len() >= 4, "{examples:?}");
+    for line in examples {
+        from_file(line).unwrap_or_else(|err| panic!("{line}: {err}"));
     }
 }
 
@@ -73,210 +113,308 @@ fn defaults_match_the_design() {
     assert_eq!(config.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
     assert_eq!(config.max_header_bytes, 65536);
     assert_eq!(config.tunnel_idle_timeout, Duration::from_secs(300));
-    assert!(is_token(&config.via_name), "{}", config.via_name);
+    assert!(text::is_token(&config.via_name), "{}", config.via_name);
+    assert_eq!(config.access_log, None);
+    assert_eq!(config.access_log_format, AccessLogFormat::Fetchproxy);
+    assert_eq!(from_file("").expect("empty file"), config);
 }
 
 #[test]
 fn flags_override_file_which_overrides_defaults() {
-    let text =
+    let file =
         "workers = 8\ngrace = \"1m\"\nlisten = [\"127.0.0.1:9000\"]\nidle_timeout = \"5s\"\n";
-    let from_file_only = from_file(text, &ServeArgs::default()).expect("valid");
-    assert_eq!(from_file_only.workers.get(), 8);
+    let only_file = from_file(file).expect("valid");
+    assert_eq!(only_file.workers.get(), 8);
     assert_eq!(
-        from_file_only.queue.get(),
-        QUEUE_PER_WORKER * 8,
+        only_file.queue.get(),
+        16 * 8,
         "queue follows the file's workers"
     );
-    assert_eq!(from_file_only.grace, Duration::from_secs(60));
-    assert_eq!(from_file_only.idle_timeout, Duration::from_secs(5));
-    assert_eq!(from_file_only.connect_timeout, Duration::from_secs(10));
+    assert_eq!(only_file.grace, Duration::from_secs(60));
+    assert_eq!(only_file.idle_timeout, Duration::from_secs(5));
+    assert_eq!(only_file.connect_timeout, Duration::from_secs(10));
 
-    let args = ServeArgs {
-        workers: Some(2),
-        listen: vec!["[::1]:0".parse().expect("addr")],
-        idle_timeout: Some(Duration::from_secs(1)),
-        ..ServeArgs::default()
-    };
-    let config = from_file(text, &args).expect("valid");
+    let given = "workers = 2\nlisten = [\"[::1]:0\"]\nidle_timeout = \"1s\"\n";
+    let config = resolve(file, given).expect("valid");
     assert_eq!(config.workers.get(), 2);
     assert_eq!(
         config.queue.get(),
-        QUEUE_PER_WORKER * 2,
+        16 * 2,
         "queue follows the flag's workers"
     );
-    assert_eq!(config.listen, args.listen);
+    assert_eq!(config.listen, vec!["[::1]:0".parse().expect("addr")]);
     assert_eq!(config.idle_timeout, Duration::from_secs(1));
     assert_eq!(config.grace, Duration::from_secs(60), "file still applies");
 }
 
 #[test]
-fn an_explicit_queue_wins_over_four_times_workers() {
-    let args = ServeArgs {
-        queue: Some(5),
-        ..ServeArgs::default()
-    };
-    let config = from_file("workers = 8\n", &args).expect("valid");
+fn an_explicit_queue_wins_over_sixteen_per_worker() {
+    let config = resolve("workers = 8\n", "queue = 5").expect("valid");
     assert_eq!(config.queue.get(), 5);
-    let config = from_file("workers = 8\nqueue = 3\n", &ServeArgs::default()).expect("valid");
+    let config = from_file("workers = 8\nqueue = 3\n").expect("valid");
     assert_eq!(config.queue.get(), 3);
 }
 
+/// Issue 14: a typo'd key and a bad value are both reported, each with
+/// its line, the typo with the key that was meant.
 #[test]
-fn unknown_key_is_a_parse_error_naming_key_and_line() {
-    let message = parse_message("workers = 4\nwokrers = 8\n");
-    assert!(message.contains("wokrers"), "{message}");
-    assert!(message.contains("line 2"), "{message}");
-    assert!(!message.contains("key workers"), "{message}");
-    assert!(!message.contains('\n'), "{message}");
-}
-
-#[test]
-fn wrong_type_is_a_parse_error_naming_the_key() {
-    let message = parse_message("\nworkers = \"many\"\n");
-    assert!(message.contains("workers"), "{message}");
-    assert!(message.contains("line 2"), "{message}");
-    let message = parse_message("listen = \"127.0.0.1:80\"\n");
-    assert!(message.contains("listen"), "{message}");
-    let message = parse_message("dest_ports = [\n  80,\n  true,\n]\n");
-    // serde reports an untagged mismatch at the array, which starts on line 1.
-    assert!(message.contains("line 1, key dest_ports"), "{message}");
-}
-
-#[test]
-fn bad_duration_names_key_and_value() {
-    let err = from_file("grace = \"30 parsecs\"\n", &ServeArgs::default()).expect_err("bad");
-    assert!(
-        err.to_string().starts_with("grace = \"30 parsecs\": "),
-        "{err}"
-    );
-    let (key, _, _) = invalid_key(from_file(
-        "connect_timeout = \"0s\"\n",
-        &ServeArgs::default(),
+fn every_problem_is_reported_at_once_with_its_line() {
+    let found = problems(from_file(
+        "workrs = 4\n\nqueue = \"lots\"\nlisten = [\n  \"127.0.0.1:80\",\n  \"nonsense\",\n]\n",
     ));
-    assert_eq!(key, "connect_timeout");
-    let args = ServeArgs {
-        header_timeout: Some(Duration::ZERO),
-        ..ServeArgs::default()
-    };
-    let (key, _, _) = invalid_key(from_file("", &args));
-    assert_eq!(key, "--header-timeout");
-}
-
-#[test]
-fn zero_workers_is_refused_under_the_name_used() {
-    let (key, value, _) = invalid_key(from_file("workers = 0\n", &ServeArgs::default()));
-    assert_eq!((key, value.as_str()), ("workers", "0"));
-    let args = ServeArgs {
-        workers: Some(0),
-        ..ServeArgs::default()
-    };
-    let (key, _, _) = invalid_key(from_file("workers = 4\n", &args));
-    assert_eq!(key, "--workers");
-    let (key, _, _) = invalid_key(from_file("workers = 5000\n", &ServeArgs::default()));
-    assert_eq!(key, "workers");
-    let (key, _, _) = invalid_key(from_file("queue = 0\n", &ServeArgs::default()));
-    assert_eq!(key, "queue");
-}
-
-#[test]
-fn bad_cidr_and_addresses_name_key_and_value() {
-    let (key, value, _) = invalid_key(from_file(
-        "allow_dest = [\"10.0.0.0/33\"]\n",
-        &ServeArgs::default(),
-    ));
-    assert_eq!((key, value.as_str()), ("allow_dest", "10.0.0.0/33"));
-    let (key, _, _) = invalid_key(from_file(
-        "allow_clients = [\"localnet\"]\n",
-        &ServeArgs::default(),
-    ));
-    assert_eq!(key, "allow_clients");
-    let (key, value, _) = invalid_key(from_file(
-        "listen = [\"localhost:80\"]\n",
-        &ServeArgs::default(),
-    ));
-    assert_eq!((key, value.as_str()), ("listen", "localhost:80"));
-    let (key, _, _) = invalid_key(from_file("listen = []\n", &ServeArgs::default()));
-    assert_eq!(key, "listen");
-    let (key, _, _) = invalid_key(from_file("allow_clients = []\n", &ServeArgs::default()));
-    assert_eq!(key, "allow_clients");
-}
-
-#[test]
-fn ports_parse_from_numbers_and_ranges() {
-    let config = from_file(
-        "dest_ports = [80, \"8000-8999\"]\nconnect_ports = [443, 8443]\n",
-        &ServeArgs::default(),
-    )
-    .expect("valid");
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
     assert_eq!(
-        config.dest_ports,
-        vec![
-            PortRange::single(80),
-            PortRange {
-                first: 8000,
-                last: 8999
-            }
+        shown,
+        [
+            "fetchproxy.toml:1: unknown key \"workrs\"; did you mean \"workers\"?",
+            "fetchproxy.toml:3: queue = \"lots\": expected a whole number from 1 to 1000000",
+            "fetchproxy.toml:6: listen = \"nonsense\": expected PORT, IP:PORT, [IPv6]:PORT or HOST:PORT, such as 3128, 0.0.0.0:3128, [::1]:3128 or localhost:3128",
         ]
     );
-    assert_eq!(config.connect_ports, vec![443, 8443]);
+    let err = ConfigError::Invalid(found);
+    assert!(
+        err.to_string()
+            .starts_with("3 problems in the configuration:\n  fetchproxy.toml:1: "),
+        "{err}"
+    );
+    assert_eq!(err.one_line().lines().count(), 1, "{}", err.one_line());
+}
+
+#[test]
+fn an_unknown_key_far_from_any_lists_them_all() {
+    let text = message("colour = \"blue\"\n");
+    assert!(
+        text.starts_with(
+            "fetchproxy.toml:1: unknown key \"colour\"; the keys are listen, workers,"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("access_log_format, users"), "{text}");
+}
+
+#[test]
+fn no_message_speaks_rust() {
+    // Every key given a value of a wrong type says what it expected in words.
+    for key in keys() {
+        for wrong in ["true", "1.5", "\"x y\"", "{ a = 1 }"] {
+            let text = format!("{key} = {wrong}\n");
+            let Err(err) = from_file(&text) else {
+                continue;
+            };
+            let shown = err.to_string();
+            for jargon in [
+                "usize",
+                "u64",
+                "u16",
+                "i64",
+                "invalid type",
+                "variant",
+                "NonZero",
+                "struct",
+            ] {
+                assert!(!shown.contains(jargon), "{text}: {shown}");
+            }
+            assert!(shown.contains("expected"), "{text}: {shown}");
+            assert!(
+                shown.contains(&format!("{PATH}:1: {key}")),
+                "{text}: {shown}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_values_name_the_key_or_the_flag_and_the_value() {
+    assert_eq!(
+        message("grace = \"30 parsecs\"\n"),
+        "fetchproxy.toml:1: grace = \"30 parsecs\": expected a duration such as 30s, 1m 30s or 250ms (unknown unit \"parsecs\")"
+    );
+    assert_eq!(
+        message("\nconnect_timeout = \"0s\"\n"),
+        "fetchproxy.toml:2: connect_timeout = \"0s\": expected a duration of more than zero, such as 30s, 1m 30s or 250ms"
+    );
+    let flag = problems(resolve("workers = 4\n", "workers = 0"));
+    assert_eq!(
+        flag[0].to_string(),
+        "--workers 0: expected a whole number from 1 to 4096"
+    );
+    let flag = problems(resolve("", "header_timeout = \"0s\""));
+    assert_eq!(flag[0].origin, Origin::Flag("--header-timeout".into()));
+    assert_eq!(
+        message("workers = 5000\n"),
+        "fetchproxy.toml:1: workers = 5000: expected a whole number from 1 to 4096"
+    );
+    assert!(message("queue = 0\n").starts_with("fetchproxy.toml:1: queue = 0: "));
+    assert_eq!(
+        message("log_level = \"loud\"\n"),
+        "fetchproxy.toml:1: log_level = \"loud\": expected off, error, warn, info, debug or trace"
+    );
+    assert_eq!(
+        message("access_log_format = \"apache\"\n"),
+        "fetchproxy.toml:1: access_log_format = \"apache\": expected fetchproxy, squid or combined"
+    );
+    assert!(message("via_name = \"two words\"\n").contains("an HTTP token"));
+}
+
+#[test]
+fn a_bad_list_element_is_reported_at_its_own_line() {
+    assert_eq!(
+        message("allow_dest = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n"),
+        "fetchproxy.toml:3: allow_dest = \"10.0.0.0/33\": expected an address or a range such as 127.0.0.1, 10.0.0.0/8, ::1 or fc00::/7"
+    );
+    assert_eq!(
+        message("allow_clients = []\n"),
+        "fetchproxy.toml:1: allow_clients = []: expected at least one address range"
+    );
+    assert_eq!(
+        message("listen = []\n"),
+        "fetchproxy.toml:1: listen = []: expected at least one address to listen on"
+    );
     for bad in [
         "dest_ports = [0]",
         "dest_ports = [70000]",
         "dest_ports = [\"200-100\"]",
         "dest_ports = []",
     ] {
-        let (key, _, _) = invalid_key(from_file(bad, &ServeArgs::default()));
-        assert_eq!(key, "dest_ports", "{bad}");
+        assert!(
+            message(bad).starts_with("fetchproxy.toml:1: dest_ports = "),
+            "{bad}"
+        );
     }
-    let (key, _, _) = invalid_key(from_file("connect_ports = [0]", &ServeArgs::default()));
-    assert_eq!(key, "connect_ports");
-    let args = ServeArgs {
-        connect_ports: vec![0],
-        ..ServeArgs::default()
-    };
-    let (key, _, _) = invalid_key(from_file("", &args));
-    assert_eq!(key, "--connect-port");
+    assert!(message("connect_ports = [0]").contains("expected a port number from 1 to 65535"));
+}
+
+#[test]
+fn a_broken_line_is_reported_once() {
+    let found = problems(from_file("workers = [\nqueue = 3\n"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].to_string().starts_with("fetchproxy.toml:2: "),
+        "{}",
+        found[0]
+    );
+    let found = problems(from_file("workers = 4\nqueue = \n\ngrace = \"1x\"\n"));
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(shown[0].starts_with("fetchproxy.toml:2: "), "{shown:?}");
+    assert!(
+        shown[1].starts_with("fetchproxy.toml:4: grace = \"1x\""),
+        "{shown:?}"
+    );
+}
+
+/// Issue 14: `--allow-dest 127.0.0.1` and the keys take a bare address.
+#[test]
+fn bare_addresses_are_ranges_of_one() {
+    let config = resolve(
+        "allow_dest = [\"127.0.0.1\", \"::1\"]\n",
+        "allow_clients = [\"10.1.2.3\"]",
+    )
+    .expect("valid");
+    let nets: Vec<String> = config.allow_dest.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["127.0.0.1/32", "::1/128"]);
+    assert_eq!(config.allow_clients[0].to_string(), "10.1.2.3/32");
+}
+
+/// Issue 14: a bare port means 127.0.0.1, a host name every address it
+/// resolves to.
+#[test]
+fn listen_takes_a_port_or_a_host_name() {
+    let config =
+        from_file("listen = [3128, \"localhost:3129\", \"127.0.0.1:3128\"]\n").expect("valid");
+    assert_eq!(config.listen[0], "127.0.0.1:3128".parse().expect("addr"));
+    assert!(
+        config
+            .listen
+            .contains(&"127.0.0.1:3129".parse().expect("addr"))
+    );
+    assert_eq!(
+        config.listen.iter().filter(|a| a.port() == 3128).count(),
+        1,
+        "duplicates dropped: {:?}",
+        config.listen
+    );
+    let single = from_file("listen = \"3130\"\n").expect("a single value is a list of one");
+    assert_eq!(single.listen, vec!["127.0.0.1:3130".parse().expect("addr")]);
+    let text = message("listen = [\"nowhere.invalid:80\"]\n");
+    assert!(
+        text.starts_with("fetchproxy.toml:1: listen = \"nowhere.invalid:80\": cannot resolve"),
+        "{text}"
+    );
+}
+
+#[test]
+fn byte_limits_take_sizes() {
+    let config = from_file(
+        "max_header_bytes = \"32KiB\"\nmax_url_bytes = 4096\nmax_body_bytes = \"10MB\"\n",
+    )
+    .expect("valid");
+    assert_eq!(config.max_header_bytes, 32 * 1024);
+    assert_eq!(config.max_url_bytes, 4096);
+    assert_eq!(config.max_body_bytes, Some(10_000_000));
+    assert_eq!(
+        message("max_header_bytes = \"2GiB\"\n"),
+        "fetchproxy.toml:1: max_header_bytes = \"2GiB\": expected a size from 1KiB to 1MiB (a number of bytes, or with a unit such as KiB or MiB)"
+    );
+    assert_eq!(
+        message("max_body_bytes = 0\n"),
+        "fetchproxy.toml:1: max_body_bytes = 0: expected a size of at least 1 byte (a number of bytes, or with a unit such as KiB or MiB)"
+    );
+    let flag = problems(resolve("", "max_url_bytes = 8"));
+    assert!(
+        flag[0]
+            .to_string()
+            .starts_with("--max-url-bytes 8: expected a size from 16 bytes"),
+        "{}",
+        flag[0]
+    );
 }
 
 #[test]
 fn limits_are_checked_against_each_other() {
-    let (key, _, reason) = invalid_key(from_file(
-        "max_header_bytes = 2048\nmax_url_bytes = 4096\n",
-        &ServeArgs::default(),
-    ));
-    assert_eq!(key, "max_url_bytes");
-    assert!(reason.contains("2048"), "{reason}");
-    let (key, _, _) = invalid_key(from_file("max_header_bytes = 100\n", &ServeArgs::default()));
-    assert_eq!(key, "max_header_bytes");
-    let (key, _, _) = invalid_key(from_file("max_connections = 500\n", &ServeArgs::default()));
     assert_eq!(
-        key, "max_tunnels",
-        "the default 1000 tunnels exceed 500 connections"
+        message("max_header_bytes = 2048\nmax_url_bytes = 4096\n"),
+        "fetchproxy.toml:2: max_url_bytes = 4096: must be at most max_header_bytes (2048)"
     );
-    let (key, _, _) = invalid_key(from_file("max_connections = 0\n", &ServeArgs::default()));
-    assert_eq!(key, "max_connections");
-    let (key, _, _) = invalid_key(from_file("max_body_bytes = 0\n", &ServeArgs::default()));
-    assert_eq!(key, "max_body_bytes");
-    let config = from_file("max_body_bytes = 1000\n", &ServeArgs::default()).expect("valid");
-    assert_eq!(config.max_body_bytes, Some(1000));
+    let found = problems(from_file("max_connections = 100\n"));
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "max_conns_per_client = 256 (the default): must be at most max_connections (100)",
+            "max_tunnels = 1000 (the default): must be at most max_connections (100)",
+        ]
+    );
+    let flag = problems(resolve(
+        "max_connections = 100\nmax_conns_per_client = 10\n",
+        "max_tunnels = 200",
+    ));
+    assert_eq!(
+        flag[0].to_string(),
+        "--max-tunnels 200: must be at most max_connections (100)"
+    );
+    assert!(
+        from_file("max_connections = 100\nmax_conns_per_client = 10\nmax_tunnels = 0\n").is_ok()
+    );
 }
 
 #[test]
-fn via_name_and_log_level_are_checked() {
-    let (key, _, _) = invalid_key(from_file(
-        "via_name = \"two words\"\n",
-        &ServeArgs::default(),
-    ));
-    assert_eq!(key, "via_name");
+fn via_name_log_level_and_access_log_are_read() {
     let config = from_file(
-        "via_name = \"proxy-1.example\"\nlog_level = \"DEBUG\"\n",
-        &ServeArgs::default(),
+        "via_name = \"proxy-1.example\"\nlog_level = \"DEBUG\"\naccess_log = \"/var/log/fp.log\"\naccess_log_format = \"squid\"\n",
     )
     .expect("valid");
     assert_eq!(config.via_name, "proxy-1.example");
     assert_eq!(config.log_level, log::LevelFilter::Debug);
-    let (key, value, _) = invalid_key(from_file("log_level = \"loud\"\n", &ServeArgs::default()));
-    assert_eq!((key, value.as_str()), ("log_level", "loud"));
+    assert_eq!(
+        config.access_log.as_deref(),
+        Some(Path::new("/var/log/fp.log"))
+    );
+    assert_eq!(config.access_log_format, AccessLogFormat::Squid);
+    let config =
+        resolve("", "via_name = \"edge\"\naccess_log_format = \"combined\"").expect("valid");
+    assert_eq!(config.via_name, "edge");
+    assert_eq!(config.access_log_format, AccessLogFormat::Combined);
 }
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$1Lj8XbtjgKpPhZe9BbR3v0p+ROxh6hV3kdEc4S1bfqc";
@@ -286,7 +424,7 @@ fn users_are_read_from_users_tables() {
     let text = format!(
         "[[users]]\nname = \"alice\"\npassword_hash = \"{HASH}\"\n\n[[users]]\nname = \"bob\"\npassword_hash = \"{HASH}\"\n"
     );
-    let config = from_file(&text, &ServeArgs::default()).expect("valid");
+    let config = from_file(&text).expect("valid");
     let names: Vec<&str> = config.users.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["alice", "bob"]);
     assert!(
@@ -296,46 +434,78 @@ fn users_are_read_from_users_tables() {
 }
 
 #[test]
-fn bad_users_name_the_key_but_never_echo_the_hash() {
+fn bad_users_name_the_user_but_never_echo_the_hash() {
     let user = |name: &str, hash: &str| {
-        let text = format!("[[users]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\n");
-        match from_file(&text, &ServeArgs::default()) {
-            Err(err @ ConfigError::User { .. }) => err.to_string(),
-            other => panic!("expected User, got {other:?}"),
-        }
+        message(&format!(
+            "\n[[users]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\n"
+        ))
     };
-    let message = user("alice", "plain-password");
+    let text = user("alice", "plain-password");
     assert!(
-        message.contains("password_hash") && message.contains("alice"),
-        "{message}"
+        text.starts_with(
+            "fetchproxy.toml:2: users: user \"alice\": password_hash: not a PHC string"
+        ),
+        "{text}"
     );
-    assert!(!message.contains("plain-password"), "{message}");
-    let message = user("alice", &HASH.replace("argon2id", "argon2i"));
-    assert!(message.contains("argon2id"), "{message}");
-    assert!(user("a:b", HASH).contains("name"));
-    assert!(user("", HASH).contains("name"));
+    assert!(!text.contains("plain-password"), "{text}");
+    let text = user("alice", &HASH.replace("argon2id", "argon2i"));
+    assert!(text.contains("argon2id"), "{text}");
+    assert!(!text.contains("c2FsdH"), "{text}");
+    assert!(user("a:b", HASH).contains("user name \"a:b\""));
+    assert!(user("", HASH).contains("user name \"\""));
     let twice = format!(
         "[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n"
     );
-    let err = from_file(&twice, &ServeArgs::default()).expect_err("duplicate");
-    assert!(err.to_string().contains("twice"), "{err}");
-    let message = parse_message("[[users]]\nname = \"a\"\npassword = \"x\"\n");
-    assert!(message.contains("password"), "{message}");
+    assert!(message(&twice).contains("user \"a\" is listed twice"));
+    let text = message("[[users]]\nname = \"a\"\npassword = \"x\"\n");
+    assert_eq!(
+        text,
+        "fetchproxy.toml:1: users: unknown key \"password\" in [[users]]; expected a [[users]] table with name and password_hash"
+    );
+    let inline = format!(
+        "users = [{{ name = \"a\", password_hash = \"{}\" }}]\n",
+        &HASH[..40]
+    );
+    assert!(!message(&inline).contains("c2FsdH"));
 }
 
 #[test]
-fn only_settings_outside_the_rules_need_a_restart() {
+fn changed_keys_names_each_setting_that_differs() {
     let running = ServeConfig::default();
+    assert!(changed_keys(&running, &running.clone()).is_empty());
     let mut fresh = running.clone();
-    fresh.allow_dest = vec!["127.0.0.0/8".parse().expect("cidr")];
-    fresh.connect_ports = vec![8443];
-    assert!(keys_needing_restart(&running, &fresh).is_empty());
     fresh.workers = NonZeroUsize::new(3).expect("not zero");
-    fresh.idle_timeout = Duration::from_secs(1);
+    fresh.allow_dest = vec!["127.0.0.0/8".parse().expect("cidr")];
+    fresh.max_body_bytes = Some(1);
+    fresh.users = from_file(&format!(
+        "[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n"
+    ))
+    .expect("valid")
+    .users;
     assert_eq!(
-        keys_needing_restart(&running, &fresh),
-        ["workers", "idle_timeout"]
+        changed_keys(&running, &fresh),
+        ["workers", "allow_dest", "max_body_bytes", "users"]
     );
+}
+
+#[test]
+fn help_shows_each_default_from_the_code() {
+    assert_eq!(shown_default("workers").as_deref(), Some("32"));
+    assert_eq!(shown_default("queue").as_deref(), Some("512"));
+    assert_eq!(shown_default("listen").as_deref(), Some("127.0.0.1:8080"));
+    assert_eq!(shown_default("allow_dest").as_deref(), Some("none"));
+    assert_eq!(
+        shown_default("dest_ports").as_deref(),
+        Some("80, 443, 1024-65535")
+    );
+    assert_eq!(shown_default("upstream_timeout").as_deref(), Some("1m"));
+    assert_eq!(shown_default("log_level").as_deref(), Some("info"));
+    assert_eq!(
+        shown_default("access_log_format").as_deref(),
+        Some("fetchproxy")
+    );
+    assert_eq!(shown_default("max_body_bytes"), None, "unset by default");
+    assert_eq!(shown_default("config"), None, "not a setting");
 }
 
 #[test]
@@ -343,23 +513,29 @@ fn load_reads_the_file_and_names_it_in_errors() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("fetchproxy.toml");
     std::fs::write(&path, "workers = 3\n").expect("write config");
-    let args = ServeArgs {
-        config: Some(path.clone()),
-        ..ServeArgs::default()
-    };
-    assert_eq!(ServeConfig::load(&args).expect("valid").workers.get(), 3);
+    let none = Flags::default();
+    assert_eq!(
+        ServeConfig::load(Some(&path), &none)
+            .expect("valid")
+            .workers
+            .get(),
+        3
+    );
 
     std::fs::write(&path, "workers = [\n").expect("write config");
-    let err = ServeConfig::load(&args).expect_err("broken toml");
-    assert!(err.to_string().contains("fetchproxy.toml"), "{err}");
+    let err = ServeConfig::load(Some(&path), &none).expect_err("broken toml");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:1: ", path.display())),
+        "{err}"
+    );
 
-    let missing = ServeArgs {
-        config: Some(dir.path().join("absent.toml")),
-        ..ServeArgs::default()
-    };
-    assert!(matches!(
-        ServeConfig::load(&missing),
-        Err(ConfigError::Read { .. })
-    ));
-    assert!(ServeConfig::load(&ServeArgs::default()).is_ok());
+    let missing = dir.path().join("absent.toml");
+    let err = ServeConfig::load(Some(&missing), &none).expect_err("no file");
+    assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    assert!(err.to_string().contains("absent.toml"), "{err}");
+    assert_eq!(
+        ServeConfig::load(None, &none).expect("defaults"),
+        ServeConfig::default()
+    );
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::error::ProxyError;
 use crate::http::request::{RequestHead, Version};
 use crate::http::response::{self, Persistence};
-use crate::logging::{self, AccessRecord, TunnelLog};
+use crate::logging::{self, AccessDetails, AccessRecord, TunnelLog};
 use crate::metrics::{Finished, Metrics};
 use crate::pump::TunnelEnd;
 use crate::server::conn::ClientConn;
@@ -52,6 +52,11 @@ pub struct Request<'a> {
     pub url: &'a str,
     pub request_id: &'a str,
     pub started: Instant,
+    /// The head, when one was read: version, `Referer` and `User-Agent`
+    /// for the Squid and combined formats.
+    pub head: Option<&'a RequestHead>,
+    /// The user the credentials named, once they were checked.
+    pub user: Option<&'a str>,
 }
 
 impl<'a> Request<'a> {
@@ -63,6 +68,8 @@ impl<'a> Request<'a> {
             url: "-",
             request_id,
             started,
+            head: None,
+            user: None,
         }
     }
 
@@ -79,6 +86,8 @@ impl<'a> Request<'a> {
             url: &head.target,
             request_id,
             started,
+            head: Some(head),
+            user: None,
         }
     }
 }
@@ -158,7 +167,7 @@ pub fn record(
     if let Some((end, up)) = tunnel {
         metrics.tunnel_ended(end, up);
     }
-    logging::access(&AccessRecord {
+    let record = AccessRecord {
         client: request.client,
         method: request.method,
         url: request.url,
@@ -171,7 +180,24 @@ pub fn record(
             bytes_up,
             end: end.as_str(),
         }),
-    });
+    };
+    let text = |name| {
+        request
+            .head
+            .and_then(|head| head.header(name))
+            .and_then(|value| std::str::from_utf8(value).ok())
+    };
+    let details = AccessDetails {
+        user: request.user,
+        version: request.head.map(|head| match head.version {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }),
+        referer: text("referer"),
+        user_agent: text("user-agent"),
+        ..AccessDetails::default()
+    };
+    logging::access_with(&record, &details);
 }
 
 #[cfg(test)]

@@ -177,6 +177,11 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.workers,
         config.queue
     );
+    if config.allow_dest.is_empty() {
+        log::info!(
+            "destinations: globally routable addresses only; allow others (a local origin, say) with --allow-dest ADDR or CIDR"
+        );
+    }
     match config.users.len() {
         0 => {}
         1 => log::info!("proxy authentication on for 1 user"),

@@ -135,12 +135,20 @@ fn serve_one(
         }
     };
     let request_id = ctx.ids.for_request(&head);
-    let request = Request::of(conn.peer, &head, &request_id, started);
     // One snapshot of the rules for the whole request; a reload meanwhile
     // applies from the next request on.
     let rules = ctx.rules.current();
+    let mut request = Request::of(conn.peer, &head, &request_id, started);
     let handled = catch_panic(&mut conn, &request_id, &ctx.metrics, |conn| {
-        handle(conn, &head, &request_id, &rules, ctx, buf)
+        handle(
+            conn,
+            &head,
+            &request_id,
+            &rules,
+            &mut request.user,
+            ctx,
+            buf,
+        )
     });
     let served = match handled {
         Ok(Ok(Handled::Served(served))) => served,
@@ -165,16 +173,17 @@ fn serve_one(
     None
 }
 
-/// Phases 2 to 4 for one request.
-fn handle(
+/// Phases 2 to 4 for one request; `user` learns who the credentials named.
+fn handle<'r>(
     conn: &mut ClientConn,
     head: &RequestHead,
     request_id: &str,
-    rules: &Arc<Rules>,
+    rules: &'r Arc<Rules>,
+    user: &mut Option<&'r str>,
     ctx: &Context,
     buf: &mut [u8],
 ) -> Result<Handled, ProxyError> {
-    admit(conn, head, rules, &ctx.config.via_name)?;
+    *user = admit(conn, head, rules, &ctx.config.via_name)?;
     match target::check_target(head, rules, conn.local_addr())? {
         Route::Own(endpoint) => Ok(Handled::Served(endpoints::answer(
             conn, head, endpoint, request_id, ctx,
@@ -194,28 +203,30 @@ fn handle(
 /// range (a reload may have dropped a connected client's range), the
 /// credentials of proxied requests (the proxy's own endpoints need none),
 /// framing the proxy can trust whoever answers, and no `Via` loop
-/// (RFC 9110 §7.6.3).
-fn admit(
+/// (RFC 9110 §7.6.3). Gives the user the credentials named, if any.
+fn admit<'r>(
     conn: &ClientConn,
     head: &RequestHead,
-    rules: &Rules,
+    rules: &'r Rules,
     via_name: &str,
-) -> Result<(), ProxyError> {
+) -> Result<Option<&'r str>, ProxyError> {
     let ip = conn.peer.ip().to_canonical();
     if !access::allows_client(ip, &rules.allow_clients) {
         return Err(ProxyError::ClientDenied { addr: ip });
     }
-    if head.target_form() != TargetForm::Origin {
+    let user = if head.target_form() == TargetForm::Origin {
+        None
+    } else {
         rules
             .users
             .check(head.header_values("proxy-authorization"))
-            .map_err(ProxyError::ProxyAuthRequired)?;
-    }
+            .map_err(ProxyError::ProxyAuthRequired)?
+    };
     head.body_framing()?;
     if headers::is_loop(head.header_values("via"), via_name) {
         return Err(ProxyError::LoopDetected);
     }
-    Ok(())
+    Ok(user)
 }
 
 /// CONNECT, connected: the 200, then both sockets to the relay, which

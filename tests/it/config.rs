@@ -128,9 +128,113 @@ fn listen_flag_overrides_the_file_listen_address() {
 }
 
 #[test]
-fn unknown_key_exits_2_naming_the_key() {
+fn unknown_key_exits_2_naming_the_key_and_the_one_meant() {
     let (_dir, path) = config_file("workers = 3\nworkerz = 4\n");
-    expect_usage_error(&["serve", "--config", arg(&path)], &["workerz", "line 2"]);
+    let text = expect_usage_error(&["serve", "--config", arg(&path)], &["workerz"]);
+    assert_eq!(
+        text,
+        format!(
+            "fetchproxy: {}:2: unknown key \"workerz\"; did you mean \"workers\"?\n",
+            path.display()
+        )
+    );
+}
+
+/// Issue 14: a typo'd key and a bad value are both reported, each with its
+/// line, in words a user knows.
+#[test]
+fn every_problem_in_a_file_is_reported_with_its_line() {
+    let (_dir, path) =
+        config_file("workrs = 4\nqueue = \"lots\"\nallow_dest = [\n  \"localhost\",\n]\n");
+    let text = expect_usage_error(&["serve", "--config", arg(&path)], &[]);
+    let shown = path.display();
+    assert_eq!(
+        text,
+        format!(
+            "fetchproxy: 3 problems in the configuration:\n  \
+             {shown}:1: unknown key \"workrs\"; did you mean \"workers\"?\n  \
+             {shown}:2: queue = \"lots\": expected a whole number from 1 to 1000000\n  \
+             {shown}:4: allow_dest = \"localhost\": expected an address or a range such as 127.0.0.1, 10.0.0.0/8, ::1 or fc00::/7\n"
+        )
+    );
+    assert!(!text.contains("usize"), "{text}");
+}
+
+#[test]
+fn a_flag_out_of_range_exits_2_naming_the_flag() {
+    let text = expect_usage_error(&["serve", "--workers", "0"], &[]);
+    assert_eq!(
+        text,
+        "fetchproxy: --workers 0: expected a whole number from 1 to 4096\n"
+    );
+}
+
+/// Issue 14: `--listen PORT` means 127.0.0.1:PORT, as Squid users write it.
+#[test]
+fn a_bare_listen_port_means_loopback() {
+    let served = ProxyProcess::spawn(&["--listen", "0"]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        served.addr.ip().to_string(),
+        "127.0.0.1",
+        "{}",
+        served.startup
+    );
+    assert_ne!(served.addr.port(), 0, "{}", served.startup);
+    stop(served);
+}
+
+/// Issue 14: `--listen localhost:PORT` listens on every address the name
+/// resolves to.
+#[test]
+fn a_listen_host_name_is_resolved_to_every_address() {
+    let served =
+        ProxyProcess::spawn(&["--listen", "localhost:0"]).unwrap_or_else(|e| panic!("{e}"));
+    let listed = served
+        .startup
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(" with ").next())
+        .unwrap_or_default()
+        .to_string();
+    let addrs: Vec<std::net::SocketAddr> = listed
+        .split(", ")
+        .map(|addr| addr.parse().expect("a listening address"))
+        .collect();
+    let expected: Vec<std::net::IpAddr> = std::net::ToSocketAddrs::to_socket_addrs("localhost:0")
+        .expect("localhost resolves")
+        .map(|addr| addr.ip())
+        .collect();
+    assert!(!addrs.is_empty(), "{}", served.startup);
+    for addr in &addrs {
+        assert!(
+            expected.contains(&addr.ip()),
+            "{addr} is not localhost: {}",
+            served.startup
+        );
+    }
+    for ip in &expected {
+        assert!(
+            addrs.iter().any(|addr| addr.ip() == *ip),
+            "{ip} missing: {}",
+            served.startup
+        );
+    }
+    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for addr in &addrs {
+        let got = exchange_until_close(*addr, request.as_bytes(), LIMIT);
+        let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200], "{addr}: {:?}", got.text());
+    }
+    stop(served);
+}
+
+#[test]
+fn a_listen_name_that_does_not_resolve_exits_2() {
+    // `.invalid` never resolves (RFC 6761 §6.4).
+    expect_usage_error(
+        &["serve", "--listen", "nowhere.invalid:8080"],
+        &["--listen nowhere.invalid:8080: cannot resolve the host name"],
+    );
 }
 
 #[test]
@@ -230,14 +334,25 @@ fn log_level_debug_is_accepted_and_logs_debug_lines() {
 }
 
 #[test]
-fn bad_log_level_exits_2() {
-    expect_usage_error(&["serve", "--log-level", "loud"], &["--log-level", "loud"]);
+fn bad_log_level_exits_2_listing_the_levels() {
+    expect_usage_error(
+        &["serve", "--log-level", "loud"],
+        &[
+            "--log-level",
+            "loud",
+            "off, error, warn, info, debug, trace",
+        ],
+    );
     let (_dir, path) = config_file("log_level = \"loud\"\n");
-    expect_usage_error(&["serve", "--config", arg(&path)], &["log_level", "loud"]);
+    expect_usage_error(
+        &["serve", "--config", arg(&path)],
+        &["log_level = \"loud\": expected off, error, warn, info, debug or trace"],
+    );
 }
 
+/// Issue 14: `serve --help` lists every flag with its default.
 #[test]
-fn serve_help_lists_the_flags() {
+fn serve_help_lists_the_flags_with_their_defaults() {
     let output = run_binary(&["serve", "--help"]);
     assert_eq!(output.status.code(), Some(0));
     let help = String::from_utf8_lossy(&output.stdout);
@@ -248,15 +363,72 @@ fn serve_help_lists_the_flags() {
         "--queue",
         "--allow-dest",
         "--allow-client",
+        "--dest-port",
+        "--connect-port",
         "--grace",
         "--connect-timeout",
         "--upstream-timeout",
         "--idle-timeout",
         "--header-timeout",
+        "--tunnel-idle-timeout",
         "--max-header-bytes",
+        "--max-url-bytes",
         "--max-body-bytes",
+        "--max-connections",
+        "--max-conns-per-client",
+        "--max-tunnels",
+        "--via-name",
         "--log-level",
+        "--access-log",
+        "--access-log-format",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
+    for default in [
+        "[default: 32]",
+        "[default: 512]",
+        "[default: 10s]",
+        "[default: 1m]",
+        "[default: 64KiB]",
+        "[default: 10000]",
+        "[default: info]",
+    ] {
+        assert!(help.contains(default), "{default} missing from:\n{help}");
+    }
+    assert!(
+        help.contains("off, error, warn, info, debug, trace"),
+        "{help}"
+    );
+}
+
+/// Issue 14: `dest_ports` and `via_name` have flags.
+#[test]
+fn via_name_and_dest_port_flags_are_used() {
+    let origin = Origin::fixed("text/plain", b"named");
+    let served = ProxyProcess::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-dest",
+        "127.0.0.1",
+        "--via-name",
+        "edge-7",
+        "--dest-port",
+        &origin.addr.port().to_string(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        origin.url("/")
+    );
+    let got = exchange_until_close(served.addr, request.as_bytes(), LIMIT);
+    let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200], "got {:?}", got.text());
+    let via = origin.requests()[0].header("via").map(str::to_string);
+    assert_eq!(
+        via.as_deref(),
+        Some("1.1 edge-7"),
+        "{:?}",
+        origin.requests()
+    );
+    stop(served);
 }

@@ -403,13 +403,17 @@ fn a_tunnel_cut_by_its_target_is_counted_as_an_upstream_error() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let target = listener.local_addr().expect("addr");
     let resetter = std::thread::spawn(move || {
-        let (socket, _) = listener.accept().expect("accept");
-        // Linger zero: closing sends a reset.
+        let (mut socket, _) = listener.accept().expect("accept");
+        // Once the tunnel carries a byte (so the proxy's connect is long
+        // done), close with linger zero: a reset.
+        let _ = socket.set_read_timeout(Some(LIMIT));
+        let _ = socket.read(&mut [0u8; 1]);
         socket2_reset(socket);
     });
     let proxy = proxy_for_port(target.port());
     let (mut stream, response, sent) = connect_through(proxy.addr, &target.to_string(), b"");
     assert_tunnel_open(&sent, &response);
+    stream.write_all(b"x").expect("write into the tunnel");
     resetter.join().expect("resetter");
     assert!(closes_within(&mut stream, LIMIT), "tunnel still open");
     let counted = wait_until(LIMIT, || {
@@ -422,8 +426,7 @@ fn a_tunnel_cut_by_its_target_is_counted_as_an_upstream_error() {
     assert!(counted, "{}", scrape_metrics(proxy.addr).1);
 }
 
-/// Closes `socket` with a reset (SO_LINGER 0) after unread input arrives
-/// or at once.
+/// Closes `socket` with a reset (SO_LINGER 0).
 fn socket2_reset(socket: TcpStream) {
     rustix::net::sockopt::set_socket_linger(&socket, Some(Duration::ZERO)).expect("linger 0");
     drop(socket);

@@ -4,6 +4,7 @@
 mod support;
 
 mod access;
+mod access_log;
 mod auth;
 mod client;
 mod client_fleet;
@@ -15,6 +16,7 @@ mod forward;
 mod framing;
 mod limits;
 mod manual;
+mod refusals;
 mod reload;
 mod scale;
 mod shutdown;

@@ -127,6 +127,7 @@ impl Relay {
             target: request.url.to_string(),
             request_id: request.request_id.to_string(),
             started: request.started,
+            user: request.user.map(str::to_string),
             last_active: Instant::now(),
             pump,
         };
@@ -185,6 +186,8 @@ pub struct Tunnel {
     target: String,
     request_id: String,
     started: Instant,
+    /// The user the credentials named, for the access log.
+    user: Option<String>,
     last_active: Instant,
     pump: Pump,
 }
@@ -199,6 +202,8 @@ impl Tunnel {
             url: &self.target,
             request_id: &self.request_id,
             started: self.started,
+            head: None,
+            user: self.user.as_deref(),
         };
         let served = Served {
             status: 200,

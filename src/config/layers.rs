@@ -1,0 +1,318 @@
+//! The layers of a configuration: the defaults, the config file's table,
+//! and the flags given (a TOML table too) laid over it key by key. Each key
+//! is read on its own first, so that one pass finds every problem, each at
+//! its line or flag; then the whole table is read at once, and the rules
+//! between keys are checked.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::keys::{keys, nearest};
+use super::{ConfigError, Origin, Problem, QUEUE_PER_WORKER, ServeConfig};
+
+/// Longest value quoted back in a message.
+const MAX_SHOWN: usize = 80;
+
+/// Settings given as command-line flags, keyed like the config file.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// A TOML document with one key per flag given.
+    toml: String,
+    /// The flag that sets each key, such as `--allow-client` for `allow_clients`.
+    names: BTreeMap<String, String>,
+}
+
+impl Flags {
+    /// The flags in `given` (a struct whose fields are named like the keys,
+    /// serializing only the flags that were given), with the flag name of
+    /// each key.
+    ///
+    /// # Errors
+    /// When a value has no TOML form (the flag parsers rule that out).
+    pub fn new(
+        given: &impl Serialize,
+        names: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Flags, ConfigError> {
+        let toml = toml::to_string(given).map_err(|err| {
+            invalid(
+                Origin::Flag("the command line".to_string()),
+                &format!("a value cannot be used as a setting ({err})"),
+            )
+        })?;
+        Ok(Flags {
+            toml,
+            names: names.into_iter().collect(),
+        })
+    }
+
+    fn name(&self, key: &str) -> String {
+        self.names
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| format!("--{}", key.replace('_', "-")))
+    }
+}
+
+/// Where the text of each layer is, to turn positions into lines and values.
+struct Sources<'a> {
+    path: &'a Path,
+    file: &'a str,
+    flags: &'a Flags,
+    /// Keys set by a flag (the rest of the table came from the file).
+    flag_keys: Vec<String>,
+}
+
+impl Sources<'_> {
+    fn is_flag(&self, key: &str) -> bool {
+        self.flag_keys.iter().any(|flag_key| flag_key == key)
+    }
+
+    fn line(&self, at: &Range<usize>) -> usize {
+        let before = self.file.get(..at.start.min(self.file.len())).unwrap_or("");
+        before.matches('\n').count() + 1
+    }
+
+    /// Where `key` was set, `at` being a position in its layer's text.
+    fn origin(&self, key: &str, at: &Range<usize>) -> Origin {
+        if self.is_flag(key) {
+            Origin::Flag(self.flags.name(key))
+        } else {
+            Origin::File {
+                path: self.path.to_path_buf(),
+                line: self.line(at),
+            }
+        }
+    }
+
+    /// The value at `at` as written, if it fits on a line.
+    fn shown(&self, key: &str, at: &Range<usize>) -> Option<String> {
+        let (text, is_flag) = if self.is_flag(key) {
+            (self.flags.toml.as_str(), true)
+        } else {
+            (self.file, false)
+        };
+        let shown = text.get(at.clone())?.trim();
+        if shown.is_empty() || shown.len() > MAX_SHOWN || shown.contains('\n') {
+            return None;
+        }
+        // A flag's value is shown as it was typed, without TOML's quotes.
+        let unquoted = shown.strip_prefix('"').and_then(|s| s.strip_suffix('"'));
+        Some(match (is_flag, unquoted) {
+            (true, Some(inner)) => inner.to_string(),
+            _ => shown.to_string(),
+        })
+    }
+
+    /// A problem `err` found in the value of `key`.
+    fn value_problem(
+        &self,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        value: &Spanned<DeValue<'_>>,
+        err: &toml::de::Error,
+    ) -> Problem {
+        let name = key.get_ref().as_ref();
+        let at = err.span().unwrap_or_else(|| value.span());
+        // Tables (`[[users]]`) are not quoted back: they hold password hashes.
+        let shown = if holds_table(value.get_ref()) {
+            None
+        } else {
+            self.shown(name, &at)
+        };
+        Problem {
+            origin: self.origin(name, &at),
+            key: Some(name.to_string()),
+            value: shown,
+            reason: one_line(err.message()),
+        }
+    }
+}
+
+/// Reads the flags over the file (`path` and its text) over the defaults.
+pub(super) fn resolve(
+    file: Option<(&Path, &str)>,
+    flags: &Flags,
+) -> Result<ServeConfig, ConfigError> {
+    let (path, text) = file.unwrap_or((Path::new("-"), ""));
+    let (file_table, syntax_errors) = DeTable::parse_recoverable(text);
+    let flag_table = DeTable::parse(&flags.toml)
+        .map_err(|err| invalid(Origin::Flag("the command line".to_string()), err.message()))?;
+    let mut table = file_table.into_inner();
+    let mut sources = Sources {
+        path,
+        file: text,
+        flags,
+        flag_keys: Vec::new(),
+    };
+    for (key, value) in flag_table.into_inner() {
+        sources.flag_keys.push(key.get_ref().to_string());
+        table.insert(key, value);
+    }
+
+    let mut problems = syntax_problems(&sources, &syntax_errors);
+    problems.extend(problems_of_each_key(&sources, &table, &syntax_errors));
+    if !problems.is_empty() {
+        sort(&mut problems);
+        return Err(ConfigError::Invalid(problems));
+    }
+    let given: Vec<(String, Range<usize>)> = table
+        .iter()
+        .map(|(key, value)| (key.get_ref().to_string(), value.span()))
+        .collect();
+    let mut config = read(table).map_err(|err| invalid(Origin::Default, err.message()))?;
+    // Unless set, the queue follows the resolved worker count.
+    if !given.iter().any(|(key, _)| key == "queue") {
+        config.queue = config.workers.saturating_mul(QUEUE_PER_WORKER);
+    }
+    let mut problems = problems_between_keys(&sources, &config, &given);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        sort(&mut problems);
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+/// The file's syntax errors, the first of each line only: the parser's
+/// recovery from one mistake often reports a few more on the same line.
+fn syntax_problems(sources: &Sources<'_>, errors: &[toml::de::Error]) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = Vec::new();
+    for err in errors {
+        let origin = sources.origin("", &err.span().unwrap_or(0..0));
+        if !problems.iter().any(|p| p.origin == origin) {
+            problems.push(Problem {
+                origin,
+                key: None,
+                value: None,
+                reason: one_line(err.message()),
+            });
+        }
+    }
+    problems
+}
+
+/// Each key read on its own: unknown keys, and values that are not valid.
+/// A value whose syntax is broken has been reported already.
+fn problems_of_each_key(
+    sources: &Sources<'_>,
+    table: &DeTable<'_>,
+    syntax_errors: &[toml::de::Error],
+) -> Vec<Problem> {
+    let broken: Vec<Range<usize>> = syntax_errors
+        .iter()
+        .map(|err| err.span().unwrap_or(0..0))
+        .collect();
+    let broken_lines: Vec<usize> = broken.iter().map(|at| sources.line(at)).collect();
+    let mut problems = Vec::new();
+    for (key, value) in table {
+        let name = key.get_ref().as_ref();
+        if !keys().contains(&name) {
+            problems.push(unknown_key(name, sources.origin(name, &key.span())));
+            continue;
+        }
+        let span = value.span();
+        let in_file = !sources.is_flag(name);
+        if in_file
+            && broken
+                .iter()
+                .any(|at| span.start <= at.start && at.start <= span.end)
+        {
+            continue;
+        }
+        let mut one = DeTable::new();
+        one.insert(key.clone(), value.clone());
+        if let Err(err) = read(one) {
+            let at = err.span().unwrap_or(span);
+            if !(in_file && broken_lines.contains(&sources.line(&at))) {
+                problems.push(sources.value_problem(key, value, &err));
+            }
+        }
+    }
+    problems
+}
+
+/// The rules between keys, blamed on the key at fault where it was given
+/// (or on its default).
+fn problems_between_keys(
+    sources: &Sources<'_>,
+    config: &ServeConfig,
+    given: &[(String, Range<usize>)],
+) -> Vec<Problem> {
+    let resolved = config.to_table().unwrap_or_default();
+    config
+        .rules_between_keys()
+        .into_iter()
+        .map(|(key, reason)| {
+            let (origin, value) = match given.iter().find(|(given, _)| given == key) {
+                Some((_, at)) => (sources.origin(key, at), sources.shown(key, at)),
+                None => (Origin::Default, resolved.get(key).map(ToString::to_string)),
+            };
+            Problem {
+                origin,
+                key: Some(key.to_string()),
+                value,
+                reason,
+            }
+        })
+        .collect()
+}
+
+fn invalid(origin: Origin, message: &str) -> ConfigError {
+    ConfigError::Invalid(vec![Problem {
+        origin,
+        key: None,
+        value: None,
+        reason: one_line(message),
+    }])
+}
+
+/// In the order a user reads them: the file's by line, then the flags',
+/// then contradicted defaults.
+fn sort(problems: &mut [Problem]) {
+    problems.sort_by_key(|problem| match &problem.origin {
+        Origin::File { line, .. } => (0, *line),
+        Origin::Flag(_) => (1, 0),
+        Origin::Default => (2, 0),
+    });
+}
+
+/// Reads a `ServeConfig` from `table`, the missing keys at their defaults.
+fn read(table: DeTable<'_>) -> Result<ServeConfig, toml::de::Error> {
+    ServeConfig::deserialize(toml::de::Deserializer::from(Spanned::new(0..0, table)))
+}
+
+fn unknown_key(name: &str, origin: Origin) -> Problem {
+    let reason = match nearest(name) {
+        Some(key) => format!("unknown key {name:?}; did you mean {key:?}?"),
+        None => format!("unknown key {name:?}; the keys are {}", keys().join(", ")),
+    };
+    Problem {
+        origin,
+        key: None,
+        value: None,
+        reason,
+    }
+}
+
+/// Whether `value` is a table or a list holding one.
+fn holds_table(value: &DeValue<'_>) -> bool {
+    match value {
+        DeValue::Table(_) => true,
+        DeValue::Array(items) => items.iter().any(|item| holds_table(item.get_ref())),
+        _ => false,
+    }
+}
+
+/// A parser's message on one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,140 @@
+//! Sizes as people write them: `64KiB`, `256MiB`, `10GiB`, or a plain number
+//! of bytes. KiB, MiB, GiB and TiB are powers of 1024; KB, MB, GB and TB are
+//! powers of 1000, as their SI names say (so `256MB` is 256,000,000 bytes,
+//! about 5% less than `256MiB`). Units are case-insensitive and may follow a
+//! space. Pure: no I/O.
+
+/// Each unit and the bytes it stands for; the longest suffixes come first
+/// so that `KiB` is not read as a number ending in `B`.
+const UNITS: [(&str, u64); 9] = [
+    ("KiB", 1 << 10),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+    ("TiB", 1 << 40),
+    ("KB", 1_000),
+    ("MB", 1_000_000),
+    ("GB", 1_000_000_000),
+    ("TB", 1_000_000_000_000),
+    ("B", 1),
+];
+
+/// The largest size accepted: TOML integers are signed 64-bit, and a size
+/// must fit in the config file as well as on the command line.
+pub const MAX_SIZE: u64 = i64::MAX as u64;
+
+/// What a size looks like, for messages.
+pub const EXPECTED_SIZE: &str = "a whole number of bytes or a size such as 64KiB, 256MiB or 10GiB (KiB = 1024 bytes, KB = 1000)";
+
+/// Parses `64KiB`, `256 MiB`, `10GB` or `65536` into bytes.
+///
+/// # Errors
+/// What was expected, when `text` is not a size or is over [`MAX_SIZE`].
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let unit = unit.trim_start();
+    let multiplier = if unit.is_empty() {
+        Some(1)
+    } else {
+        UNITS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(unit))
+            .map(|&(_, bytes)| bytes)
+    };
+    let (Some(multiplier), false) = (multiplier, number.is_empty()) else {
+        return Err(format!("expected {EXPECTED_SIZE}"));
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|&bytes| bytes <= MAX_SIZE)
+        .ok_or_else(|| format!("too large; the largest size is {MAX_SIZE} bytes"))
+}
+
+/// Writes `bytes` in the largest binary unit that divides it exactly:
+/// 65536 is `64KiB`, 1000 stays `1000`. `parse_size` reads it back.
+pub fn format_size(bytes: u64) -> String {
+    let binary = UNITS[..4]
+        .iter()
+        .rev()
+        .find(|&&(_, unit)| bytes >= unit && bytes.is_multiple_of(unit));
+    match binary {
+        Some((name, unit)) => format!("{}{name}", bytes / unit),
+        None => bytes.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_units_are_powers_of_1024() {
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("256MiB"), Ok(256 * 1024 * 1024));
+        assert_eq!(parse_size("10GiB"), Ok(10 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+    }
+
+    #[test]
+    fn si_units_are_powers_of_1000() {
+        assert_eq!(parse_size("64KB"), Ok(64_000));
+        assert_eq!(parse_size("256MB"), Ok(256_000_000));
+        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
+        assert_eq!(parse_size("1TB"), Ok(1_000_000_000_000));
+    }
+
+    #[test]
+    fn plain_numbers_and_bytes_are_bytes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512B"), Ok(512));
+    }
+
+    #[test]
+    fn units_ignore_case_and_may_follow_a_space() {
+        assert_eq!(parse_size("64kib"), Ok(65536));
+        assert_eq!(parse_size("256 MiB"), Ok(256 << 20));
+        assert_eq!(parse_size(" 1 gib "), Ok(1 << 30));
+        assert_eq!(parse_size("5mb"), Ok(5_000_000));
+    }
+
+    #[test]
+    fn anything_else_says_what_a_size_looks_like() {
+        for bad in [
+            "", "MiB", "-1", "1.5GiB", "12XB", "64K", "ten", "64 KiB s", "+5",
+        ] {
+            let err = parse_size(bad).expect_err(bad);
+            assert!(err.contains("64KiB"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_past_the_toml_integer_range_are_refused() {
+        assert_eq!(parse_size("8388607TiB"), Ok(8_388_607 << 40));
+        assert!(
+            parse_size("8388608TiB")
+                .expect_err("too big")
+                .contains("too large")
+        );
+        assert!(parse_size("99999999999999999999").is_err());
+        assert_eq!(parse_size(&MAX_SIZE.to_string()), Ok(MAX_SIZE));
+    }
+
+    #[test]
+    fn formatting_picks_the_largest_exact_binary_unit() {
+        assert_eq!(format_size(65536), "64KiB");
+        assert_eq!(format_size(1 << 20), "1MiB");
+        assert_eq!(format_size(10 << 30), "10GiB");
+        assert_eq!(format_size(1536), "1536");
+        assert_eq!(format_size(1000), "1000");
+        assert_eq!(format_size(0), "0");
+        for bytes in [0, 1, 1024, 1536, 8192, 65536, 1 << 40, 123_456_789] {
+            assert_eq!(parse_size(&format_size(bytes)), Ok(bytes));
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Issue 14: the access log in a file of its own, in fetchproxy's, Squid's
+//! or Apache's combined format, reopened on SIGHUP and SIGUSR1 so that
+//! logrotate can rename it. Through the real binary, signals sent by PID.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::{Origin, ProxyProcess, curl, run_binary_within, wait_until};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the file at `path` has `n` lines (the log is flushed within
+/// a fraction of a second), and returns them.
+fn wait_for_lines(path: &Path, n: usize, proxy: &ProxyProcess) -> Vec<String> {
+    let arrived = wait_until(LIMIT, || lines(path).len() >= n);
+    assert!(
+        arrived,
+        "{} has {:?}, expected {n} lines; log:\n{}",
+        path.display(),
+        lines(path),
+        proxy.log().join("\n")
+    );
+    lines(path)
+}
+
+fn start(dir: &Path, format: &str) -> (ProxyProcess, PathBuf) {
+    let path = dir.join("access.log");
+    let proxy = ProxyProcess::start(&[
+        "--allow-dest",
+        "127.0.0.1",
+        "--access-log",
+        path.to_str().expect("UTF-8 temp path"),
+        "--access-log-format",
+        format,
+    ]);
+    (proxy, path)
+}
+
+fn get_ok(proxy: &ProxyProcess, url: &str) {
+    let reply = curl(proxy.addr, url, &[]);
+    assert_eq!(
+        reply.status,
+        200,
+        "{reply:?}\nlog:\n{}",
+        proxy.log().join("\n")
+    );
+}
+
+/// Renames the log away, signals, waits for the `n`th reopen, and checks
+/// that the next request lands in a fresh file while the old one keeps its
+/// lines.
+fn rotate(proxy: &ProxyProcess, path: &Path, signal: &str, n: usize, url: &str) {
+    let rotated = path.with_extension(format!("log.{n}"));
+    let before = lines(path);
+    std::fs::rename(path, &rotated).expect("rotate the log");
+    proxy.signal(signal);
+    let reopened = wait_until(LIMIT, || {
+        proxy
+            .log()
+            .iter()
+            .filter(|line| line.contains("reopened the access log"))
+            .count()
+            >= n
+    });
+    assert!(
+        reopened,
+        "no reopen after {signal}:\n{}",
+        proxy.log().join("\n")
+    );
+    get_ok(proxy, url);
+    let fresh = wait_for_lines(path, 1, proxy);
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert!(fresh[0].contains(url), "{fresh:?}");
+    assert_eq!(lines(&rotated), before, "the rotated file keeps its lines");
+}
+
+#[test]
+fn squid_format_file_is_reopened_on_sighup_and_sigusr1() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::fixed("text/plain", b"hello");
+    let url = origin.url("/");
+    let (mut proxy, path) = start(dir.path(), "squid");
+    get_ok(&proxy, &url);
+    let first = wait_for_lines(&path, 1, &proxy);
+    let fields: Vec<&str> = first[0].split_whitespace().collect();
+    assert_eq!(fields.len(), 10, "{first:?}");
+    let (secs, millis) = fields[0].split_once('.').expect("time.millis");
+    assert!(
+        secs.parse::<u64>().is_ok() && millis.len() == 3,
+        "{first:?}"
+    );
+    assert!(fields[1].parse::<u64>().is_ok(), "elapsed ms: {first:?}");
+    assert_eq!(
+        &fields[2..],
+        [
+            "127.0.0.1",
+            "TCP_MISS/200",
+            "5",
+            "GET",
+            &url,
+            "-",
+            "HIER_DIRECT/-",
+            "-"
+        ],
+        "{first:?}"
+    );
+    // The access lines go to the file, not to standard error.
+    assert!(
+        !proxy.log().iter().any(|line| line.contains(&url)),
+        "{}",
+        proxy.log().join("\n")
+    );
+
+    rotate(&proxy, &path, "HUP", 1, &url);
+    rotate(&proxy, &path, "USR1", 2, &url);
+    assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn squid_format_marks_denials() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::fixed("text/plain", b"hello");
+    let (mut proxy, path) = start(dir.path(), "squid");
+    let denied = origin.url("/").replace("127.0.0.1", "127.0.0.2");
+    let reply = curl(proxy.addr, &denied, &[]);
+    assert_eq!(reply.status, 403, "{reply:?}");
+    let logged = wait_for_lines(&path, 1, &proxy);
+    let fields: Vec<&str> = logged[0].split_whitespace().collect();
+    assert_eq!(fields.len(), 10, "{logged:?}");
+    assert_eq!(fields[3], "TCP_DENIED/403", "{logged:?}");
+    assert_eq!(
+        &fields[5..],
+        ["GET", &denied, "-", "HIER_NONE/-", "-"],
+        "{logged:?}"
+    );
+    assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn combined_format_is_apaches() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::fixed("text/plain", b"hello");
+    let url = origin.url("/");
+    let (mut proxy, path) = start(dir.path(), "combined");
+    get_ok(&proxy, &url);
+    let logged = wait_for_lines(&path, 1, &proxy);
+    let line = &logged[0];
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    // [10/Oct/2000:13:55:36 +0000]
+    let time = line
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(time, _)| time)
+        .expect("a [time]");
+    assert_eq!(time.len(), 26, "{time}");
+    assert!(time.ends_with(" +0000"), "{time}");
+    assert!(
+        line.contains(&format!("] \"GET {url} HTTP/1.1\" 200 5 \"")),
+        "{line}"
+    );
+    assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn fetchproxy_format_in_a_file_is_stamped_and_set_from_the_config_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::fixed("text/plain", b"hello");
+    let url = origin.url("/");
+    let path = dir.path().join("access.log");
+    let config = dir.path().join("fetchproxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "allow_dest = [\"127.0.0.1\"]\naccess_log = {:?}\n",
+            path.to_str().expect("UTF-8 temp path")
+        ),
+    )
+    .expect("write config");
+    let mut proxy = ProxyProcess::start(&["--config", config.to_str().expect("UTF-8")]);
+    get_ok(&proxy, &url);
+    let logged = wait_for_lines(&path, 1, &proxy);
+    let (time, rest) = logged[0].split_once(' ').expect("a time first");
+    assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+    assert!(rest.starts_with("127.0.0.1:"), "{rest}");
+    assert!(rest.contains(&format!(" GET {url} 200 5 ")), "{rest}");
+    assert!(rest.ends_with(" error=-"), "{rest}");
+    assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn an_access_log_that_cannot_be_opened_exits_2_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("no-such-dir").join("access.log");
+    let shown = path.to_str().expect("UTF-8 temp path");
+    let output = run_binary_within(
+        &["serve", "--listen", "127.0.0.1:0", "--access-log", shown],
+        LIMIT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("fetchproxy: cannot open the access log {shown}: ")),
+        "{stderr}"
+    );
+}
