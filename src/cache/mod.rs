@@ -1,0 +1,337 @@
+//! The HTTP cache: an RFC 9111 shared cache in memory and, optionally, on
+//! disk. It owns keys (`key`), policy (`policy`, from the
+//! `http-cache-semantics` crate), the two stores (`tier`, `disk`), fills
+//! that followers read while they are written (`fill`, `filler`,
+//! `collapse`), and the pure helpers that answer from a stored object
+//! (`reply`, `conditional`, `range`) and describe the outcome (`status`).
+//! It owns no sockets and never calls the upstream: the request path does
+//! both, and calls the cache in between.
+//!
+//! # How the request path calls it
+//!
+//! One `Cache` is shared by all workers (`Cache` is cheap to clone).
+//! For each forwarded request `head` (absolute-form), with `now =
+//! SystemTime::now()`:
+//!
+//! 1. `cache.lookup(&head, now)` returns a `Lookup`:
+//!    - `Hit(hit)`: `reply::plan(&hit.object, &head, now)` says what to
+//!      send. For `Reply::Full`, write `head_block`, `age_line`, the
+//!      proxy's own headers (`Via`, `X-Request-Id`, `Cache-Status` from
+//!      `hit.outcome(now)`, `Connection`) and `\r\n`, then the body: for
+//!      a memory object `object.memory_chunks()` go into the same
+//!      vectored write; otherwise loop on `object.reader(..)`'s
+//!      `next_chunk`. HEAD sends no body. If `hit.revalidate` is set
+//!      (`stale-while-revalidate`), after answering, revalidate as in the
+//!      `Stale` case with `cache.fill_alone` and no client waiting.
+//!    - `Stale(stale)`: send the request upstream with `stale.validators`
+//!      added (and the client's own `If-None-Match`/`If-Modified-Since`/
+//!      `If-Range`/`Range` removed). On a 304, `cache.refresh(&stale.object,
+//!      &head, &parts, now)` gives the updated object: answer from it as a
+//!      hit (outcome `Fwd::Stale` or `Fwd::Request` with fwd-status 304).
+//!      On any other response, use `stale.filler` as for a miss. If the
+//!      upstream fails (error or 5xx) and
+//!      `stale.object.head.policy.may_serve_on_error(&head, now)`, answer
+//!      from the stale object (`stale-if-error`).
+//!    - `Miss(miss)` with `miss.role`:
+//!      - `MissRole::Fill(filler)`: fetch upstream; give the response head
+//!        to `filler.response_head(status, &headers, now)`, every body
+//!        piece to `filler.body(bytes)` as it is relayed to the client,
+//!        and call `filler.finish()` once the body is complete. On an
+//!        upstream failure just drop the filler: its followers are cut
+//!        short and nothing is stored. The client is relayed exactly as
+//!        without a cache: storing never changes what it gets.
+//!      - `MissRole::Follow(follower)`: `follower.follow(&head)` waits
+//!        (bounded) for the head; `Following::Stream { head, reader }`:
+//!        write `head.head_block` (chunked framing when
+//!        `head.declared_len` is `None`) and loop on `reader.next_chunk()`;
+//!        an `Err` means the fill failed: close the connection short of
+//!        the declared length / without the last chunk.
+//!        `Following::Released { filler, .. }`: fetch on its own, with
+//!        that filler, as a `Fill` miss.
+//!      - `MissRole::NoStore(why)`: forward untouched, store nothing.
+//!    - `OnlyIfCached`: answer 504 (RFC 9111 §5.2.1.7).
+//!    - `Bypass(why)`: forward untouched. After an unsafe method's
+//!      response, call `cache.invalidate(&head, status, &headers)`.
+//! 2. Write `Cache-Status: {outcome.header_value()}`, log
+//!    `outcome.log_word()`, and count it with `cache.stats().record(&outcome)`
+//!    plus `served_bytes` for bytes sent from the cache.
+//! 3. `PURGE <url>` from an allowed client: `cache.purge(url)` → 200 if it
+//!    returned `Ok(true)`, 404 if `Ok(false)`.
+//!
+//! A hit costs one URL parse, one sharded-map lookup, one comparison of
+//! times (requests without Cache-Control), and writes shared buffers: no
+//! allocation proportional to the object, no lock held while writing.
+
+mod collapse;
+pub mod conditional;
+pub mod disk;
+pub mod fill;
+pub mod filler;
+pub mod key;
+mod lookup;
+pub mod object;
+pub mod policy;
+pub mod range;
+pub mod reply;
+pub mod stats;
+pub mod status;
+mod tier;
+
+#[cfg(test)]
+mod testing;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use fill::{FillFailure, FillHead, Release};
+pub use filler::{Filler, NotStored};
+pub use key::{CacheKey, KeyError};
+pub use lookup::{Bypass, Follower, Following, Hit, Lookup, Miss, MissRole, NoStore, Stale};
+pub use object::{BodyReader, StoredObject};
+pub use reply::Reply;
+pub use stats::{Stats, TierUsage};
+pub use status::{Fwd, Outcome};
+
+use collapse::Collapser;
+use disk::DiskStore;
+use tier::{Tier, TierKind};
+
+/// What the cache may hold. Every size is a hard bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Memory budget in bytes; 0 turns the whole cache off. Default: 256 MiB.
+    pub mem_bytes: u64,
+    /// Largest object kept in memory. Default: 16 MiB.
+    pub mem_max_object: u64,
+    /// Directory of the disk tier, none by default.
+    pub dir: Option<PathBuf>,
+    /// Disk budget in bytes. Default: 10 GiB.
+    pub dir_bytes: u64,
+    /// Largest object kept on disk. Default: 1 GiB.
+    pub dir_max_object: u64,
+    /// Longest a follower waits for a fill's head, and for each next piece
+    /// of its body (set it to the upstream timeout). Default: 60 s.
+    pub collapse_wait: Duration,
+    /// How long a URL whose response could not be shared is fetched
+    /// without collapsing (Varnish's hit-for-miss). Default: 120 s.
+    pub hit_for_miss: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            mem_bytes: 256 << 20,
+            mem_max_object: 16 << 20,
+            dir: None,
+            dir_bytes: 10 << 30,
+            dir_max_object: 1 << 30,
+            collapse_wait: Duration::from_secs(60),
+            hit_for_miss: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Errors of the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A configuration value that cannot work.
+    #[error("cache configuration: {0}")]
+    Config(&'static str),
+    /// The disk tier's directory cannot be created or read.
+    #[error("cache directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The index loader thread could not start.
+    #[error("cannot start the cache loader: {0}")]
+    Loader(#[source] std::io::Error),
+    /// Reading a stored body failed.
+    #[error("cache read failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// A disk object failed its checks (it has been deleted).
+    #[error("broken cache file {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: &'static str },
+    /// A fill being followed failed.
+    #[error("{0}")]
+    FillFailed(#[from] FillFailure),
+}
+
+/// State shared by the cache, its fillers and followers.
+pub(crate) struct Shared {
+    config: CacheConfig,
+    /// `None` when the cache is off.
+    memory: Option<Tier>,
+    disk: Option<Arc<DiskStore>>,
+    collapser: Collapser,
+    stats: Arc<Stats>,
+}
+
+/// The cache. Clones share one cache.
+#[derive(Clone)]
+pub struct Cache {
+    shared: Arc<Shared>,
+}
+
+impl Cache {
+    /// Opens the cache: with a directory, its index is rebuilt in a
+    /// background thread while the cache already serves.
+    ///
+    /// # Errors
+    /// `Config` for impossible sizes, `Dir` or `Loader` when the disk tier
+    /// cannot start.
+    pub fn open(config: CacheConfig) -> Result<Cache, CacheError> {
+        let stats = Arc::new(Stats::default());
+        let enabled = config.mem_bytes > 0;
+        if enabled && config.mem_max_object == 0 {
+            return Err(CacheError::Config(
+                "the memory object limit must be above 0",
+            ));
+        }
+        let memory = enabled.then(|| {
+            Tier::new(
+                config.mem_bytes,
+                config.mem_max_object.min(config.mem_bytes),
+                Arc::clone(&stats),
+                TierKind::Memory,
+            )
+        });
+        let disk = match (&config.dir, enabled) {
+            (Some(dir), true) => {
+                if config.dir_bytes == 0 || config.dir_max_object == 0 {
+                    return Err(CacheError::Config(
+                        "the disk budget and object limit must be above 0",
+                    ));
+                }
+                let max = config.dir_max_object.min(config.dir_bytes);
+                let store = Arc::new(DiskStore::open(
+                    dir,
+                    config.dir_bytes,
+                    max,
+                    Arc::clone(&stats),
+                )?);
+                store.start_loader()?;
+                Some(store)
+            }
+            _ => None,
+        };
+        let mut config = config;
+        config.mem_max_object = config.mem_max_object.min(config.mem_bytes);
+        Ok(Cache {
+            shared: Arc::new(Shared {
+                collapser: Collapser::new(config.hit_for_miss),
+                config,
+                memory,
+                disk,
+                stats,
+            }),
+        })
+    }
+
+    /// Whether the cache is on (`mem_bytes > 0`).
+    pub fn is_enabled(&self) -> bool {
+        self.shared.memory.is_some()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Objects and bytes in memory, and on disk when there is a disk tier.
+    pub fn usage(&self) -> (TierUsage, Option<TierUsage>) {
+        let memory = self
+            .shared
+            .memory
+            .as_ref()
+            .map(Tier::usage)
+            .unwrap_or_default();
+        (memory, self.shared.disk.as_ref().map(|d| d.tier.usage()))
+    }
+
+    /// Fills in progress that followers can join (a gauge).
+    pub fn fills_in_progress(&self) -> usize {
+        self.shared.collapser.fills_in_progress()
+    }
+
+    /// Whether the disk index is complete (true without a disk tier).
+    pub fn is_loaded(&self) -> bool {
+        self.shared.disk.as_ref().is_none_or(|d| d.is_loaded())
+    }
+
+    /// Waits up to `timeout` for the disk index; returns whether it is complete.
+    pub fn wait_loaded(&self, timeout: Duration) -> bool {
+        self.shared
+            .disk
+            .as_ref()
+            .is_none_or(|d| d.wait_loaded(timeout))
+    }
+
+    /// Removes every variant of `target` from both tiers (PURGE); returns
+    /// whether anything was there.
+    ///
+    /// # Errors
+    /// `KeyError` when `target` is not an http(s) absolute URL.
+    pub fn purge(&self, target: &str) -> Result<bool, KeyError> {
+        let key = CacheKey::from_target(target)?;
+        let found = self.remove(&key);
+        if found {
+            stats::bump(&self.shared.stats.purges);
+        }
+        Ok(found)
+    }
+
+    /// Removes every variant of `key` from both tiers.
+    fn remove(&self, key: &CacheKey) -> bool {
+        self.shared.collapser.clear_hit_for_miss(key);
+        let in_memory = self
+            .shared
+            .memory
+            .as_ref()
+            .and_then(|m| m.remove(key.as_str()))
+            .is_some();
+        let on_disk = self
+            .shared
+            .disk
+            .as_ref()
+            .and_then(|d| d.tier.remove(key.as_str()));
+        if let Some(variants) = &on_disk {
+            tier::remove_files(variants);
+        }
+        in_memory || on_disk.is_some()
+    }
+
+    /// After an unsafe method's response: RFC 9111 §4.4 invalidates the
+    /// target URL and same-origin `Location` / `Content-Location` when the
+    /// status is 2xx or 3xx. Returns whether anything was removed.
+    pub fn invalidate(
+        &self,
+        head: &crate::http::request::RequestHead,
+        status: u16,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        if matches!(head.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE")
+            || !(200..400).contains(&status)
+            || !self.is_enabled()
+        {
+            return false;
+        }
+        let Ok(key) = CacheKey::from_target(&head.target) else {
+            return false;
+        };
+        let mut removed = self.remove(&key);
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            for value in headers.get_all(&name) {
+                if let Some(other) = key.same_origin(value.as_bytes()) {
+                    removed |= self.remove(&other);
+                }
+            }
+        }
+        if removed {
+            stats::bump(&self.shared.stats.invalidations);
+        }
+        removed
+    }
+}

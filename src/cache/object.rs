@@ -1,0 +1,355 @@
+//! Stored objects: an immutable response head (its HTTP/1.1 bytes built
+//! once, at store time) and a body held in memory as shared `Bytes`, or in
+//! a file of the disk tier. A hit writes `head_block`, an `Age` line, the
+//! proxy's own headers and the body chunks in one vectored write: nothing
+//! of the object is copied per hit.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::cache::CacheError;
+use crate::cache::fill::FillReader;
+use crate::cache::key::{CacheKey, Variant};
+use crate::cache::policy::Policy;
+use crate::http::response;
+
+/// Largest piece read from a disk object at once.
+pub const DISK_READ_BYTES: usize = 64 * 1024;
+
+/// Response headers never written from the stored head: the proxy writes
+/// its own (`Age` computed per hit, `Content-Length` from the body).
+const NOT_REPLAYED: &[&str] = &["age", "content-length", "x-request-id"];
+
+/// Stored headers echoed in a 304 (RFC 9110 §15.4.5).
+const NOT_MODIFIED_HEADERS: &[&str] = &[
+    "cache-control",
+    "content-location",
+    "date",
+    "etag",
+    "expires",
+    "last-modified",
+    "vary",
+];
+
+/// What is known of a stored response besides its body.
+#[derive(Debug)]
+pub struct ObjectHead {
+    /// The primary key.
+    pub key: CacheKey,
+    /// The secondary key.
+    pub variant: Variant,
+    /// The stored status.
+    pub status: StatusCode,
+    /// The stored headers (hop-by-hop ones removed).
+    pub headers: HeaderMap,
+    /// Freshness and revalidation.
+    pub policy: Policy,
+    /// Length of the complete body.
+    pub body_len: u64,
+    /// Status line and headers with `Content-Length`, without `Age` and
+    /// without the blank line.
+    head_block: Bytes,
+}
+
+impl ObjectHead {
+    /// Builds the head, serialising it once.
+    pub fn new(
+        key: CacheKey,
+        variant: Variant,
+        status: StatusCode,
+        headers: HeaderMap,
+        policy: Policy,
+        body_len: u64,
+    ) -> ObjectHead {
+        let head_block = head_block(status, &headers, has_body(status).then_some(body_len));
+        ObjectHead {
+            key,
+            variant,
+            status,
+            headers,
+            policy,
+            body_len,
+            head_block,
+        }
+    }
+
+    /// Status line and headers (with `Content-Length`), without `Age` and
+    /// without the final blank line: the request path appends `age_line`,
+    /// its own headers and `\r\n`.
+    pub fn head_block(&self) -> &Bytes {
+        &self.head_block
+    }
+
+    /// `Age: N\r\n` for now (RFC 9111 §5.1: on every response from cache).
+    pub fn age_line(&self, now: SystemTime) -> String {
+        format!("Age: {}\r\n", self.policy.age(now).as_secs())
+    }
+
+    /// The head of a 304 answering a client conditional from this entry.
+    pub fn not_modified_head(&self, now: SystemTime) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        response::write_status_line(&mut out, 304, "Not Modified");
+        for (name, value) in &self.headers {
+            if NOT_MODIFIED_HEADERS.contains(&name.as_str()) {
+                response::write_header(&mut out, name.as_str(), value.as_bytes());
+            }
+        }
+        out.extend_from_slice(self.age_line(now).as_bytes());
+        out
+    }
+
+    /// The head of a 206 for bytes `start..=end` (RFC 9110 §15.3.7).
+    pub fn partial_head(&self, start: u64, end: u64, now: SystemTime) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head_block.len() + 64);
+        response::write_status_line(&mut out, 206, "Partial Content");
+        for (name, value) in &self.headers {
+            if !NOT_REPLAYED.contains(&name.as_str()) {
+                response::write_header(&mut out, name.as_str(), value.as_bytes());
+            }
+        }
+        let range = format!("bytes {start}-{end}/{}", self.body_len);
+        response::write_header(&mut out, "Content-Range", range.as_bytes());
+        let len = (end - start + 1).to_string();
+        response::write_header(&mut out, "Content-Length", len.as_bytes());
+        out.extend_from_slice(self.age_line(now).as_bytes());
+        out
+    }
+
+    /// The head of a 416 for this entry (RFC 9110 §15.5.17).
+    pub fn unsatisfiable_head(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        response::write_status_line(&mut out, 416, "Range Not Satisfiable");
+        let range = format!("bytes */{}", self.body_len);
+        response::write_header(&mut out, "Content-Range", range.as_bytes());
+        response::write_header(&mut out, "Content-Length", b"0");
+        out
+    }
+}
+
+/// Serialises a status line and `headers` (less those the proxy writes
+/// itself), with `Content-Length: len` when given; no blank line.
+pub fn head_block(status: StatusCode, headers: &HeaderMap, len: Option<u64>) -> Bytes {
+    let mut block = Vec::with_capacity(512);
+    response::write_status_line(
+        &mut block,
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+    );
+    for (name, value) in headers {
+        if !NOT_REPLAYED.contains(&name.as_str()) {
+            response::write_header(&mut block, name.as_str(), value.as_bytes());
+        }
+    }
+    if let Some(len) = len {
+        response::write_header(&mut block, "Content-Length", len.to_string().as_bytes());
+    }
+    Bytes::from(block)
+}
+
+/// Whether responses with `status` carry a body (RFC 9110 §6.4.1).
+pub fn has_body(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// Where a stored body lives.
+#[derive(Debug)]
+pub enum Body {
+    /// In memory, as the chunks it was received in (usually one).
+    Memory(Box<[Bytes]>),
+    /// In a file of the disk tier.
+    Disk(DiskBody),
+}
+
+/// A body in a disk-tier file.
+#[derive(Debug)]
+pub struct DiskBody {
+    /// The object file.
+    pub path: PathBuf,
+    /// Where the body starts in the file.
+    pub offset: u64,
+    /// The xxh3-64 of the body.
+    pub hash: u64,
+    /// The whole body was read back and its checksum held, since the file
+    /// was written or since this process found it.
+    pub verified: AtomicBool,
+}
+
+/// One stored response: shared by every reader through an `Arc`.
+#[derive(Debug)]
+pub struct StoredObject {
+    /// Everything but the body.
+    pub head: Arc<ObjectHead>,
+    /// The body.
+    pub body: Body,
+    /// A `stale-while-revalidate` revalidation has been claimed.
+    revalidating: AtomicBool,
+}
+
+impl StoredObject {
+    /// Wraps a head and a body.
+    pub fn new(head: Arc<ObjectHead>, body: Body) -> StoredObject {
+        StoredObject {
+            head,
+            body,
+            revalidating: AtomicBool::new(false),
+        }
+    }
+
+    /// The body chunks when the body is in memory: the vectored-write path.
+    pub fn memory_chunks(&self) -> Option<&[Bytes]> {
+        match &self.body {
+            Body::Memory(chunks) => Some(chunks),
+            Body::Disk(_) => None,
+        }
+    }
+
+    /// Bytes this object counts against its tier's budget.
+    pub fn weight(&self) -> u64 {
+        let head = self.head.head_block.len() as u64 * 2 + 256;
+        match &self.body {
+            Body::Memory(_) => head + self.head.body_len,
+            Body::Disk(disk) => disk.offset + self.head.body_len + crate::cache::disk::TRAILER_LEN,
+        }
+    }
+
+    /// Claims the one background revalidation of a stale entry: true for
+    /// the first caller only.
+    pub fn claim_revalidation(&self) -> bool {
+        !self.revalidating.swap(true, Ordering::AcqRel)
+    }
+
+    /// A reader of bytes `start..end` of the body (`end` exclusive).
+    ///
+    /// # Errors
+    /// `CacheError::Io` when a disk body cannot be opened (deleted since).
+    pub fn reader(self: &Arc<Self>, start: u64, end: u64) -> Result<BodyReader, CacheError> {
+        let end = end.min(self.head.body_len);
+        let start = start.min(end);
+        let source = match &self.body {
+            Body::Memory(_) => Source::Memory {
+                object: Arc::clone(self),
+                index: 0,
+                chunk_start: 0,
+            },
+            Body::Disk(disk) => {
+                let file = File::open(&disk.path)?;
+                let whole = start == 0 && end == self.head.body_len;
+                Source::Disk {
+                    file,
+                    offset: disk.offset,
+                    check: whole.then(|| Box::new((Xxh3::new(), disk.hash, disk.path.clone()))),
+                }
+            }
+        };
+        Ok(BodyReader {
+            source,
+            pos: start,
+            end,
+        })
+    }
+}
+
+/// Reads a body as `Bytes` chunks: from memory (no copy), from a file
+/// (checked against its checksum when read whole: the last chunk is
+/// withheld if it does not match), or from a fill being written.
+pub struct BodyReader {
+    source: Source,
+    pos: u64,
+    end: u64,
+}
+
+enum Source {
+    Memory {
+        object: Arc<StoredObject>,
+        index: usize,
+        chunk_start: u64,
+    },
+    Disk {
+        file: File,
+        offset: u64,
+        /// Running checksum, expected value, file to delete on mismatch
+        /// (boxed: the checksum state is large).
+        check: Option<Box<(Xxh3, u64, PathBuf)>>,
+    },
+    Fill(FillReader),
+}
+
+impl BodyReader {
+    /// A reader following a fill in progress.
+    pub fn from_fill(reader: FillReader) -> BodyReader {
+        BodyReader {
+            source: Source::Fill(reader),
+            pos: 0,
+            end: u64::MAX,
+        }
+    }
+
+    /// The next piece of body, `None` at its end.
+    ///
+    /// # Errors
+    /// `Io` for a read error, `Corrupt` for a disk body whose checksum does
+    /// not match (the file is deleted), the fill's error for a fill that
+    /// failed or stalled: the response must then be cut short.
+    pub fn next_chunk(&mut self) -> Result<Option<Bytes>, CacheError> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        match &mut self.source {
+            Source::Memory {
+                object,
+                index,
+                chunk_start,
+            } => {
+                let Some(chunks) = object.memory_chunks() else {
+                    return Ok(None);
+                };
+                while let Some(chunk) = chunks.get(*index) {
+                    let chunk_end = *chunk_start + chunk.len() as u64;
+                    if chunk_end <= self.pos {
+                        *index += 1;
+                        *chunk_start = chunk_end;
+                        continue;
+                    }
+                    let from = (self.pos - *chunk_start) as usize;
+                    let to = (self.end.min(chunk_end) - *chunk_start) as usize;
+                    self.pos = *chunk_start + to as u64;
+                    return Ok(Some(chunk.slice(from..to)));
+                }
+                Ok(None)
+            }
+            Source::Disk {
+                file,
+                offset,
+                check,
+            } => {
+                let want = (self.end - self.pos).min(DISK_READ_BYTES as u64) as usize;
+                let mut buf = BytesMut::zeroed(want);
+                file.read_exact_at(&mut buf, *offset + self.pos)?;
+                self.pos += want as u64;
+                if let Some(check) = check {
+                    let (hasher, expected, path) = &mut **check;
+                    hasher.update(&buf);
+                    if self.pos >= self.end && hasher.digest() != *expected {
+                        let _ = std::fs::remove_file(&*path);
+                        return Err(CacheError::Corrupt {
+                            path: path.clone(),
+                            reason: "body checksum mismatch",
+                        });
+                    }
+                }
+                Ok(Some(buf.freeze()))
+            }
+            Source::Fill(reader) => reader.next_chunk(),
+        }
+    }
+}
