@@ -272,7 +272,6 @@ impl Cache {
             };
         };
         let variants = disk.tier.get(key.as_str());
-        uri_known |= variants.is_some();
         let found = variants.and_then(|list| {
             list.iter()
                 .rev()
@@ -284,7 +283,8 @@ impl Cache {
         {
             return Found::Object(object);
         }
-        if uri_known {
+        // Asked again: a broken file found above is gone from the index.
+        if uri_known || disk.tier.get(key.as_str()).is_some() {
             Found::VaryMiss
         } else {
             Found::UriMiss

@@ -66,3 +66,71 @@ pub fn memory_object(url: &str, response: &[(&str, &str)], body: &[u8]) -> Arc<S
         Body::Memory(Box::new([Bytes::copy_from_slice(body)])),
     ))
 }
+
+/// A small cache in memory only, or with `dir` as its disk tier.
+pub fn small_cache(
+    mem_bytes: u64,
+    mem_max_object: u64,
+    dir: Option<&std::path::Path>,
+) -> crate::cache::Cache {
+    crate::cache::Cache::open(crate::cache::CacheConfig {
+        mem_bytes,
+        mem_max_object,
+        dir: dir.map(std::path::Path::to_path_buf),
+        dir_bytes: 64 << 20,
+        dir_max_object: 16 << 20,
+        collapse_wait: std::time::Duration::from_secs(10),
+        hit_for_miss: std::time::Duration::from_secs(60),
+    })
+    .expect("cache opens")
+}
+
+/// The filler of a miss for `req`, which must lead a fill.
+pub fn lead(cache: &crate::cache::Cache, req: &RequestHead) -> crate::cache::Filler {
+    match cache.lookup(req, SystemTime::now()) {
+        crate::cache::Lookup::Miss(crate::cache::Miss {
+            role: crate::cache::MissRole::Fill(filler),
+            ..
+        }) => filler,
+        _ => panic!("expected a miss that fills for {}", req.target),
+    }
+}
+
+/// Runs a whole fill of a 200 with `response` headers and `body` in
+/// `pieces`, as the request path would.
+pub fn store(
+    cache: &crate::cache::Cache,
+    req: &RequestHead,
+    response: &[(&str, &str)],
+    body: &[u8],
+    pieces: usize,
+) -> Result<Arc<StoredObject>, crate::cache::NotStored> {
+    let mut filler = lead(cache, req);
+    filler.response_head(StatusCode::OK, &headers(response), SystemTime::now())?;
+    for piece in body.chunks(body.len().div_ceil(pieces.max(1)).max(1)) {
+        filler.body(piece);
+    }
+    filler.finish()
+}
+
+/// Reads a whole body from a reader.
+pub fn read_body(
+    reader: &mut crate::cache::BodyReader,
+) -> Result<Vec<u8>, crate::cache::CacheError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = reader.next_chunk()? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The hit for `req`, or a panic naming what came instead.
+pub fn expect_hit(cache: &crate::cache::Cache, req: &RequestHead) -> crate::cache::Hit {
+    match cache.lookup(req, SystemTime::now()) {
+        crate::cache::Lookup::Hit(hit) => hit,
+        crate::cache::Lookup::Miss(miss) => panic!("miss ({:?}) for {}", miss.kind, req.target),
+        crate::cache::Lookup::Stale(_) => panic!("stale for {}", req.target),
+        crate::cache::Lookup::OnlyIfCached => panic!("only-if-cached for {}", req.target),
+        crate::cache::Lookup::Bypass(why) => panic!("bypass {why:?} for {}", req.target),
+    }
+}

@@ -123,7 +123,12 @@ impl DiskStore {
             .root
             .join("tmp")
             .join(format!("{id:032x}.{}.{seq}", std::process::id()));
-        let file = File::create(&tmp)?;
+        // Readable too: followers of the fill read through a clone of it.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         let read = Arc::new(file.try_clone()?);
         let mut writer = DiskWriter {
             file,

@@ -1,0 +1,495 @@
+//! The cache as the request path uses it: lookups, fills, collapsing,
+//! eviction, purge and invalidation, in memory. Disk cases are in
+//! `disk/tests.rs`.
+
+use std::sync::{Arc, Barrier, mpsc};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+use super::*;
+use crate::cache::stats::read;
+use crate::cache::testing::{expect_hit, headers, lead, read_body, request, small_cache, store};
+
+const MAX_AGE: (&str, &str) = ("cache-control", "max-age=60");
+
+fn get(url: &str) -> crate::http::request::RequestHead {
+    request("GET", url, &[])
+}
+
+fn miss_kind(cache: &Cache, req: &crate::http::request::RequestHead) -> Fwd {
+    match cache.lookup(req, SystemTime::now()) {
+        Lookup::Miss(miss) => miss.kind,
+        _ => panic!("expected a miss for {}", req.target),
+    }
+}
+
+#[test]
+fn a_stored_response_is_a_hit_for_get_and_head() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let body = b"hello, cache".repeat(100);
+    store(&cache, &get("http://h/a"), &[MAX_AGE], &body, 7).expect("stored");
+    let hit = expect_hit(&cache, &get("http://H:80/a#x"));
+    assert!(!hit.stale && !hit.revalidate);
+    let chunks = hit.object.memory_chunks().expect("in memory");
+    assert_eq!(chunks.len(), 1, "one contiguous body for one writev");
+    assert_eq!(&chunks[0][..], &body[..]);
+    let head = expect_hit(&cache, &request("HEAD", "http://h/a", &[]));
+    assert!(
+        Arc::ptr_eq(&head.object, &hit.object),
+        "GET and HEAD share the entry"
+    );
+    assert!(matches!(
+        hit.outcome(SystemTime::now()),
+        Outcome::Hit { ttl: 59 | 60, .. }
+    ));
+    let (memory, disk) = cache.usage();
+    assert_eq!(memory.urls, 1);
+    assert!(memory.bytes >= body.len() as u64);
+    assert!(disk.is_none());
+}
+
+#[test]
+fn misses_say_whether_the_url_or_the_variant_was_missing() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    assert_eq!(miss_kind(&cache, &get("http://h/v")), Fwd::UriMiss);
+    let french = request("GET", "http://h/v", &[("accept-language", "fr")]);
+    store(
+        &cache,
+        &french,
+        &[MAX_AGE, ("vary", "Accept-Language")],
+        b"bonjour",
+        1,
+    )
+    .expect("stored");
+    let german = request("GET", "http://h/v", &[("accept-language", "de")]);
+    assert_eq!(miss_kind(&cache, &german), Fwd::VaryMiss);
+    store(
+        &cache,
+        &german,
+        &[MAX_AGE, ("vary", "Accept-Language")],
+        b"hallo",
+        1,
+    )
+    .expect("stored");
+    let hit = expect_hit(&cache, &french);
+    assert_eq!(
+        &hit.object.memory_chunks().expect("memory")[0][..],
+        b"bonjour"
+    );
+    let hit = expect_hit(&cache, &german);
+    assert_eq!(
+        &hit.object.memory_chunks().expect("memory")[0][..],
+        b"hallo"
+    );
+}
+
+#[test]
+fn requests_that_cannot_use_the_cache_bypass_it() {
+    let off = small_cache(0, 1, None);
+    assert!(matches!(
+        off.lookup(&get("http://h/"), SystemTime::now()),
+        Lookup::Bypass(Bypass::Off)
+    ));
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let post = request("POST", "http://h/", &[]);
+    assert!(matches!(
+        cache.lookup(&post, SystemTime::now()),
+        Lookup::Bypass(Bypass::Method)
+    ));
+    let ftp = get("ftp://h/");
+    assert!(matches!(
+        cache.lookup(&ftp, SystemTime::now()),
+        Lookup::Bypass(Bypass::Target)
+    ));
+    let role = |req| match cache.lookup(&req, SystemTime::now()) {
+        Lookup::Miss(Miss {
+            role: MissRole::NoStore(why),
+            ..
+        }) => Some(why),
+        _ => None,
+    };
+    assert_eq!(role(request("HEAD", "http://h/", &[])), Some(NoStore::Head));
+    assert_eq!(
+        role(request("GET", "http://h/", &[("range", "bytes=0-1")])),
+        Some(NoStore::Range)
+    );
+    assert_eq!(
+        role(request(
+            "GET",
+            "http://h/",
+            &[("cache-control", "no-store")]
+        )),
+        Some(NoStore::RequestNoStore)
+    );
+    let only = request("GET", "http://h/", &[("cache-control", "only-if-cached")]);
+    assert!(matches!(
+        cache.lookup(&only, SystemTime::now()),
+        Lookup::OnlyIfCached
+    ));
+    assert_eq!(cache.fills_in_progress(), 0);
+}
+
+#[test]
+fn a_stale_entry_is_revalidated_and_a_304_refreshes_it() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let req = get("http://h/s");
+    let stored = store(
+        &cache,
+        &req,
+        &[
+            ("cache-control", "max-age=0"),
+            ("etag", "\"v1\""),
+            ("x-old", "1"),
+        ],
+        b"body",
+        1,
+    )
+    .expect("stored: it has a validator");
+    let Lookup::Stale(stale) = cache.lookup(&req, SystemTime::now()) else {
+        panic!("expected stale");
+    };
+    assert!(Arc::ptr_eq(&stale.object, &stored));
+    assert_eq!(stale.fwd(), Fwd::Stale);
+    let etag = stale
+        .validators
+        .iter()
+        .find(|(name, _)| name == "if-none-match");
+    assert_eq!(etag.map(|(_, v)| v.as_bytes()), Some(&b"\"v1\""[..]));
+    let mut answer = http::Response::new(());
+    *answer.status_mut() = StatusCode::NOT_MODIFIED;
+    *answer.headers_mut() = headers(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    let answer = answer.into_parts().0;
+    let refreshed = cache
+        .refresh(&stale.object, &req, &answer, SystemTime::now())
+        .expect("304 applies");
+    assert_eq!(
+        refreshed.head.headers.get("x-old").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let hit = expect_hit(&cache, &req);
+    assert!(Arc::ptr_eq(&hit.object, &refreshed));
+    assert_eq!(&hit.object.memory_chunks().expect("memory")[0][..], b"body");
+}
+
+#[test]
+fn a_stale_entry_refetched_in_full_is_replaced() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let req = get("http://h/r");
+    store(
+        &cache,
+        &req,
+        &[("cache-control", "max-age=0"), ("etag", "\"v1\"")],
+        b"old",
+        1,
+    )
+    .expect("stored");
+    let Lookup::Stale(mut stale) = cache.lookup(&req, SystemTime::now()) else {
+        panic!("expected stale");
+    };
+    stale
+        .filler
+        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .expect("storable");
+    stale.filler.body(b"new");
+    stale.filler.finish().expect("stored");
+    let hit = expect_hit(&cache, &req);
+    assert_eq!(&hit.object.memory_chunks().expect("memory")[0][..], b"new");
+    assert_eq!(cache.usage().0.urls, 1);
+}
+
+#[test]
+fn concurrent_misses_collapse_into_one_fill() {
+    const FOLLOWERS: usize = 20;
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/collapse";
+    let mut filler = lead(&cache, &get(url));
+    let start = Arc::new(Barrier::new(FOLLOWERS + 1));
+    let (first_tx, first_rx) = mpsc::channel();
+    let followers: Vec<_> = (0..FOLLOWERS)
+        .map(|_| {
+            let (cache, start, first_tx) = (cache.clone(), Arc::clone(&start), first_tx.clone());
+            thread::spawn(move || {
+                let req = get(url);
+                let Lookup::Miss(Miss {
+                    role: MissRole::Follow(follower),
+                    ..
+                }) = cache.lookup(&req, SystemTime::now())
+                else {
+                    panic!("a second miss must follow the fill");
+                };
+                start.wait();
+                let Following::Stream { mut reader, .. } = follower.follow(&req) else {
+                    panic!("a storable response is shared");
+                };
+                let first = reader.next_chunk().expect("chunk").expect("bytes");
+                first_tx.send(()).expect("send");
+                let mut body = first.to_vec();
+                body.extend(read_body(&mut reader).expect("rest"));
+                body
+            })
+        })
+        .collect();
+    start.wait();
+    assert_eq!(cache.fills_in_progress(), 1);
+    filler
+        .response_head(
+            StatusCode::OK,
+            &headers(&[MAX_AGE, ("content-length", "10")]),
+            SystemTime::now(),
+        )
+        .expect("storable");
+    filler.body(b"01234");
+    // Every follower has the first half while the fill is still open.
+    for _ in 0..FOLLOWERS {
+        first_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("follower got bytes before completion");
+    }
+    filler.body(b"56789");
+    filler.finish().expect("stored");
+    for follower in followers {
+        assert_eq!(follower.join().expect("follower"), b"0123456789");
+    }
+    assert_eq!(cache.fills_in_progress(), 0);
+    assert!(matches!(
+        cache.lookup(&get(url), SystemTime::now()),
+        Lookup::Hit(_)
+    ));
+}
+
+#[test]
+fn a_fill_that_fails_cuts_followers_short_and_stores_nothing() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/fail";
+    let mut filler = lead(&cache, &get(url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    filler
+        .response_head(
+            StatusCode::OK,
+            &headers(&[MAX_AGE, ("content-length", "100")]),
+            SystemTime::now(),
+        )
+        .expect("storable");
+    filler.body(b"partial");
+    let Following::Stream { mut reader, .. } = follower.follow(&get(url)) else {
+        panic!("stream expected");
+    };
+    drop(filler); // The upstream failed mid-body.
+    let err = read_body(&mut reader).expect_err("cut short");
+    assert!(
+        matches!(err, CacheError::FillFailed(FillFailure::Upstream)),
+        "{err}"
+    );
+    assert_eq!(miss_kind(&cache, &get(url)), Fwd::UriMiss);
+    assert_eq!(read(&cache.stats().fills_abandoned), 1);
+}
+
+#[test]
+fn a_body_shorter_than_its_length_is_not_stored() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let mut filler = lead(&cache, &get("http://h/short"));
+    filler
+        .response_head(
+            StatusCode::OK,
+            &headers(&[MAX_AGE, ("content-length", "10")]),
+            SystemTime::now(),
+        )
+        .expect("storable");
+    filler.body(b"12345");
+    assert_eq!(filler.finish().err(), Some(NotStored::Incomplete));
+    assert_eq!(miss_kind(&cache, &get("http://h/short")), Fwd::UriMiss);
+}
+
+#[test]
+fn an_unshareable_response_releases_followers_and_stops_collapsing() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/private";
+    let mut filler = lead(&cache, &get(url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    let waiting = thread::spawn(move || match follower.follow(&get(url)) {
+        Following::Released { why, .. } => why,
+        Following::Stream { .. } => panic!("a private response must not be shared"),
+    });
+    let got = filler.response_head(
+        StatusCode::OK,
+        &headers(&[("cache-control", "private")]),
+        SystemTime::now(),
+    );
+    assert_eq!(got, Err(NotStored::Policy));
+    assert_eq!(waiting.join().expect("follower"), Release::NotShareable);
+    // Hit-for-miss: concurrent requests now each fetch, none waits.
+    let first = lead(&cache, &get(url));
+    let second = lead(&cache, &get(url));
+    assert_eq!(cache.fills_in_progress(), 0);
+    drop((first, second, filler));
+}
+
+#[test]
+fn requests_with_credentials_never_lead_a_shared_fill() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/auth";
+    let _filler = lead(
+        &cache,
+        &request("GET", url, &[("authorization", "Basic dTpw")]),
+    );
+    assert_eq!(cache.fills_in_progress(), 0);
+    let _other = lead(&cache, &get(url));
+    assert_eq!(cache.fills_in_progress(), 1);
+}
+
+#[test]
+fn responses_over_the_object_limit_are_not_stored() {
+    let cache = small_cache(1 << 20, 1024, None);
+    let url = "http://h/big";
+    let mut filler = lead(&cache, &get(url));
+    let declared = headers(&[MAX_AGE, ("content-length", "2000")]);
+    assert_eq!(
+        filler.response_head(StatusCode::OK, &declared, SystemTime::now()),
+        Err(NotStored::TooLarge)
+    );
+    drop(filler);
+    // Unknown length: given up once it outgrows the limit, followers cut short.
+    let chunked_url = "http://h/big-chunked";
+    let mut filler = lead(&cache, &get(chunked_url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(chunked_url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    filler
+        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .expect("storable so far");
+    let Following::Stream { mut reader, .. } = follower.follow(&get(chunked_url)) else {
+        panic!("stream expected");
+    };
+    filler.body(&[b'x'; 1000]);
+    filler.body(&[b'x'; 1000]);
+    let err = read_body(&mut reader).expect_err("cut short");
+    assert!(
+        matches!(err, CacheError::FillFailed(FillFailure::TooLarge)),
+        "{err}"
+    );
+    assert!(filler.finish().is_err());
+    assert_eq!(miss_kind(&cache, &get(chunked_url)), Fwd::UriMiss);
+}
+
+#[test]
+fn the_memory_budget_is_kept_by_eviction() {
+    let budget = 64 << 10;
+    let cache = small_cache(budget, 8 << 10, None);
+    for i in 0..40 {
+        store(
+            &cache,
+            &get(&format!("http://h/e{i}")),
+            &[MAX_AGE],
+            &[b'e'; 6000],
+            1,
+        )
+        .expect("stored");
+        assert!(cache.usage().0.bytes <= budget, "over budget after {i}");
+    }
+    assert!(read(&cache.stats().evictions_memory) > 0);
+    assert!(cache.usage().0.urls < 40);
+}
+
+#[test]
+fn purge_removes_every_variant() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    for lang in ["fr", "de"] {
+        let req = request("GET", "http://h/p", &[("accept-language", lang)]);
+        store(
+            &cache,
+            &req,
+            &[MAX_AGE, ("vary", "accept-language")],
+            lang.as_bytes(),
+            1,
+        )
+        .expect("stored");
+    }
+    assert_eq!(cache.purge("http://H/p"), Ok(true));
+    assert_eq!(cache.purge("http://h/p"), Ok(false));
+    assert!(cache.purge("not a url").is_err());
+    assert_eq!(
+        miss_kind(
+            &cache,
+            &request("GET", "http://h/p", &[("accept-language", "fr")])
+        ),
+        Fwd::UriMiss
+    );
+    assert_eq!(read(&cache.stats().purges), 1);
+}
+
+#[test]
+fn successful_unsafe_methods_invalidate_the_url_and_same_origin_locations() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    for path in ["/list", "/item", "/other"] {
+        store(
+            &cache,
+            &get(&format!("http://h{path}")),
+            &[MAX_AGE],
+            b"x",
+            1,
+        )
+        .expect("stored");
+    }
+    store(&cache, &get("http://elsewhere/item"), &[MAX_AGE], b"x", 1).expect("stored");
+    let post = request("POST", "http://h/list", &[]);
+    let failed = headers(&[]);
+    assert!(
+        !cache.invalidate(&post, 500, &failed),
+        "errors invalidate nothing"
+    );
+    let answer = headers(&[
+        ("location", "/item"),
+        ("content-location", "http://elsewhere/item"),
+    ]);
+    assert!(cache.invalidate(&post, 201, &answer));
+    assert_eq!(miss_kind(&cache, &get("http://h/list")), Fwd::UriMiss);
+    assert_eq!(miss_kind(&cache, &get("http://h/item")), Fwd::UriMiss);
+    expect_hit(&cache, &get("http://h/other"));
+    expect_hit(&cache, &get("http://elsewhere/item"));
+    assert!(
+        !cache.invalidate(&get("http://h/other"), 200, &failed),
+        "safe methods invalidate nothing"
+    );
+}
+
+#[test]
+fn stale_while_revalidate_serves_stale_and_asks_one_request_to_revalidate() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let req = get("http://h/swr");
+    let response = [
+        ("cache-control", "max-age=0, stale-while-revalidate=60"),
+        ("etag", "\"a\""),
+    ];
+    store(&cache, &req, &response, b"x", 1).expect("stored");
+    let first = expect_hit(&cache, &req);
+    let second = expect_hit(&cache, &req);
+    assert!(first.stale && first.revalidate);
+    assert!(
+        second.stale && !second.revalidate,
+        "one revalidation at a time"
+    );
+    let status = first.outcome(SystemTime::now()).header_value();
+    assert!(
+        status.starts_with("fetchproxy; hit; ttl=")
+            && status.ends_with("detail=stale-while-revalidate"),
+        "{status}"
+    );
+}
