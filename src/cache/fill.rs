@@ -73,6 +73,13 @@ pub struct FillHead {
     pub head_block: Bytes,
 }
 
+impl FillHead {
+    /// `Age: N\r\n` for now (RFC 9111 §5.1).
+    pub fn age_line(&self, now: std::time::SystemTime) -> String {
+        format!("Age: {}\r\n", self.policy.age(now).as_secs())
+    }
+}
+
 #[derive(Debug)]
 enum Phase {
     AwaitingHead,

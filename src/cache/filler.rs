@@ -14,56 +14,14 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
 
 use crate::cache::Shared;
-use crate::cache::disk::{DiskWriter, Header};
+use crate::cache::admission::{self, NotStored, Plan};
+use crate::cache::disk::DiskWriter;
 use crate::cache::fill::{Fill, FillFailure, FillHead, Release};
-use crate::cache::key::{CacheKey, Variant, VaryNames};
-use crate::cache::object::{self, Body, ObjectHead, StoredObject};
-use crate::cache::policy::Policy;
+use crate::cache::key::CacheKey;
+use crate::cache::object::{Body, ObjectHead, StoredObject};
 use crate::cache::stats::bump;
 use crate::cache::tier::remove_files;
-use crate::http::headers::{HopByHop, is_hop_by_hop};
 use crate::http::request::RequestHead;
-
-/// Why a response is not stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotStored {
-    /// RFC 9111 §3 forbids it (method, status, no-store, private,
-    /// Authorization, or nothing that makes it cacheable).
-    Policy,
-    /// `Vary: *`.
-    VaryStar,
-    /// A partial response (206 or `Content-Range`).
-    Partial,
-    /// Longer than every object limit that applies.
-    TooLarge,
-    /// The disk write failed and no other tier could take it.
-    DiskError,
-    /// The body ended short of its `Content-Length`.
-    Incomplete,
-}
-
-impl NotStored {
-    /// A Cache-Status `detail` token.
-    pub fn detail(self) -> &'static str {
-        match self {
-            NotStored::Policy => "not-storable",
-            NotStored::VaryStar => "vary-star",
-            NotStored::Partial => "partial",
-            NotStored::TooLarge => "too-large",
-            NotStored::DiskError => "disk-error",
-            NotStored::Incomplete => "incomplete",
-        }
-    }
-}
-
-/// Where a storable response goes.
-struct Plan {
-    head: Arc<FillHead>,
-    /// Kept in memory (readers read the chunks).
-    memory: bool,
-    /// Written to disk.
-    disk: Option<Box<DiskWriter>>,
-}
 
 enum Store {
     AwaitingHead,
@@ -74,7 +32,7 @@ enum Store {
         disk: Option<Box<DiskWriter>>,
         received: u64,
     },
-    NotStoring,
+    NotStoring(NotStored),
     Done,
 }
 
@@ -125,10 +83,13 @@ impl Filler {
         headers: &HeaderMap,
         now: SystemTime,
     ) -> Result<(), NotStored> {
-        if !matches!(self.store, Store::AwaitingHead) {
-            return Err(NotStored::Policy);
+        match self.store {
+            Store::AwaitingHead => {}
+            Store::NotStoring(why) => return Err(why),
+            Store::Storing { .. } | Store::Done => return Err(NotStored::Request),
         }
-        match self.decide(status, headers, now) {
+        let decided = admission::plan(&self.shared, &self.key, &self.request, status, headers, now);
+        match decided {
             Ok(Plan { head, memory, disk }) => {
                 let file = disk.as_ref().map(|w| (w.read_handle(), w.body_offset()));
                 if head.policy.is_fresh(now) {
@@ -136,7 +97,7 @@ impl Filler {
                 } else {
                     // Stale at once: sharing it would be reuse without
                     // validation (RFC 9111 §4), so followers go alone.
-                    self.release(Release::NotShareable, true);
+                    self.release(Release::NotShareable, self.registered);
                 }
                 self.store = Store::Storing {
                     head,
@@ -147,91 +108,15 @@ impl Filler {
                 Ok(())
             }
             Err(why) => {
-                self.store = Store::NotStoring;
-                self.release(Release::NotShareable, why != NotStored::DiskError);
+                self.store = Store::NotStoring(why);
+                // Only a shared fill's refusal says something about the
+                // URL; a refusal caused by the request itself does not.
+                let mark = !matches!(why, NotStored::DiskError | NotStored::Request)
+                    && status != StatusCode::NOT_MODIFIED;
+                self.release(Release::NotShareable, mark);
                 Err(why)
             }
         }
-    }
-
-    fn decide(
-        &self,
-        status: StatusCode,
-        headers: &HeaderMap,
-        now: SystemTime,
-    ) -> Result<Plan, NotStored> {
-        let config = &self.shared.config;
-        let declared = content_length(headers);
-        let stored = stored_headers(headers);
-        let uri = self.key.uri().map_err(|_| NotStored::Policy)?;
-        let policy = Policy::new(&uri, &self.request, status, &stored, now);
-        if self.request.method != "GET" || !policy.is_storable() {
-            return Err(NotStored::Policy);
-        }
-        if status == StatusCode::PARTIAL_CONTENT
-            || headers.contains_key(http::header::CONTENT_RANGE)
-        {
-            return Err(NotStored::Partial);
-        }
-        let names = VaryNames::of_response(&stored);
-        if names == VaryNames::Star {
-            return Err(NotStored::VaryStar);
-        }
-        let declared = if object::has_body(status) {
-            declared
-        } else {
-            Some(0)
-        };
-        let fits = |limit: u64| declared.is_none_or(|len| len <= limit);
-        let memory = self.shared.memory.is_some() && fits(config.mem_max_object);
-        let disk_fits = self
-            .shared
-            .disk
-            .as_ref()
-            .is_some_and(|d| fits(d.max_object));
-        if !memory && !disk_fits {
-            return Err(NotStored::TooLarge);
-        }
-        let variant = Variant::capture(&names, &self.request);
-        let mut disk = None;
-        if let (true, Some(store)) = (disk_fits, &self.shared.disk) {
-            let header = Header {
-                key: self.key.clone(),
-                variant: variant.clone(),
-                response_time: now,
-                status,
-                request: policy.request_headers().clone(),
-                response: stored.clone(),
-            };
-            match store.writer(&header) {
-                Ok(writer) => disk = Some(Box::new(writer)),
-                Err(err) => {
-                    log::warn!("cache: cannot write {}: {err}", self.key);
-                    bump(&self.shared.stats.disk_write_errors);
-                    if !memory {
-                        return Err(NotStored::DiskError);
-                    }
-                }
-            }
-        }
-        let head_block = object::head_block(
-            status,
-            &stored,
-            declared.filter(|_| object::has_body(status)),
-        );
-        let head = FillHead {
-            status,
-            headers: stored,
-            policy,
-            variant,
-            declared_len: declared,
-            head_block,
-        };
-        Ok(Plan {
-            head: Arc::new(head),
-            memory,
-            disk,
-        })
     }
 
     /// Takes the next piece of body. Never fails: a limit or a disk error
@@ -313,11 +198,13 @@ impl Filler {
             received,
         } = store
         else {
-            self.store = Store::NotStoring;
-            return Err(NotStored::Policy);
+            return Err(match store {
+                Store::NotStoring(why) => why,
+                _ => NotStored::Request,
+            });
         };
         if head.declared_len.is_some_and(|len| len != received) {
-            self.store = Store::NotStoring;
+            self.store = Store::NotStoring(NotStored::Incomplete);
             self.fill.fail(FillFailure::Upstream);
             return Err(NotStored::Incomplete);
         }
@@ -404,7 +291,11 @@ impl Filler {
 
     /// Gives up storing mid-body.
     fn abandon(&mut self, failure: FillFailure) {
-        self.store = Store::NotStoring;
+        self.store = Store::NotStoring(match failure {
+            FillFailure::DiskWrite => NotStored::DiskError,
+            FillFailure::TooLarge => NotStored::TooLarge,
+            FillFailure::Upstream | FillFailure::Stalled => NotStored::Incomplete,
+        });
         bump(&self.shared.stats.fills_abandoned);
         self.fill.fail(failure);
         self.leave();
@@ -414,11 +305,12 @@ impl Filler {
     }
 
     /// Lets followers go before any body; `mark` remembers the URL as
-    /// hit-for-miss.
+    /// hit-for-miss, if this fill was the shared one for it.
     fn release(&mut self, why: Release, mark: bool) {
+        let shared_fill = self.registered;
         self.fill.release(why);
         self.leave();
-        if mark {
+        if mark && shared_fill {
             self.shared.collapser.mark_hit_for_miss(&self.key);
         }
     }
@@ -440,33 +332,4 @@ impl Drop for Filler {
         self.fill.fail(FillFailure::Upstream);
         self.leave();
     }
-}
-
-/// A single valid `Content-Length`, if any.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return None;
-    };
-    value.to_str().ok()?.trim().parse().ok()
-}
-
-/// The response headers worth storing: hop-by-hop ones (and those its
-/// `Connection` lists) and the framing go (RFC 9111 §3.1).
-fn stored_headers(headers: &HeaderMap) -> HeaderMap {
-    let hop = HopByHop::from_connection(
-        headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .map(|v| v.as_bytes()),
-    );
-    let mut stored = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let name_str = name.as_str();
-        if is_hop_by_hop(name_str) || hop.contains(name_str) || name_str == "content-length" {
-            continue;
-        }
-        stored.append(name.clone(), value.clone());
-    }
-    stored
 }

@@ -120,6 +120,9 @@ pub enum NoStore {
     Range,
     /// The request says `no-store` (RFC 9111 §5.2.1.5).
     RequestNoStore,
+    /// The client's own preconditions go upstream as sent: the answer may
+    /// be a 304 or 412, which is not the response to store.
+    Conditional,
 }
 
 /// A request waiting on another's fill.
@@ -193,7 +196,8 @@ impl Cache {
                     while_revalidate: true,
                     ..
                 } => {
-                    let revalidate = object.claim_revalidation();
+                    let wait = self.shared.config.collapse_wait;
+                    let revalidate = object.claim_revalidation(now, wait);
                     return hit(object, true, revalidate);
                 }
                 Decision::Revalidate { by_request, .. } => {
@@ -229,6 +233,15 @@ impl Cache {
         }
         if has_directive(head, "no-store") {
             return MissRole::NoStore(NoStore::RequestNoStore);
+        }
+        let conditional = [
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+        ];
+        if conditional.iter().any(|name| head.header(name).is_some()) {
+            return MissRole::NoStore(NoStore::Conditional);
         }
         // A response to a request with credentials is shared only if the
         // origin says so (RFC 9111 §3.5), which is known only once it

@@ -62,6 +62,7 @@
 //! times (requests without Cache-Control), and writes shared buffers: no
 //! allocation proportional to the object, no lock held while writing.
 
+pub mod admission;
 mod collapse;
 pub mod conditional;
 pub mod disk;
@@ -86,8 +87,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use admission::NotStored;
 pub use fill::{FillFailure, FillHead, Release};
-pub use filler::{Filler, NotStored};
+pub use filler::Filler;
 pub use key::{CacheKey, KeyError};
 pub use lookup::{Bypass, Follower, Following, Hit, Lookup, Miss, MissRole, NoStore, Stale};
 pub use object::{BodyReader, StoredObject};

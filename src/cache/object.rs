@@ -8,8 +8,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
@@ -191,8 +191,9 @@ pub struct StoredObject {
     pub head: Arc<ObjectHead>,
     /// The body.
     pub body: Body,
-    /// A `stale-while-revalidate` revalidation has been claimed.
-    revalidating: AtomicBool,
+    /// When a `stale-while-revalidate` revalidation was last claimed
+    /// (seconds since the epoch, 0 for never).
+    revalidating: AtomicU64,
 }
 
 impl StoredObject {
@@ -201,7 +202,7 @@ impl StoredObject {
         StoredObject {
             head,
             body,
-            revalidating: AtomicBool::new(false),
+            revalidating: AtomicU64::new(0),
         }
     }
 
@@ -222,10 +223,22 @@ impl StoredObject {
         }
     }
 
-    /// Claims the one background revalidation of a stale entry: true for
-    /// the first caller only.
-    pub fn claim_revalidation(&self) -> bool {
-        !self.revalidating.swap(true, Ordering::AcqRel)
+    /// Claims the background revalidation of a stale entry: true for one
+    /// caller, and again only once `retry_after` has passed since (the
+    /// claimant may have failed).
+    pub fn claim_revalidation(&self, now: SystemTime, retry_after: Duration) -> bool {
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let now = secs(now).max(1);
+        let claimed = self.revalidating.load(Ordering::Acquire);
+        if claimed != 0 && now < claimed.saturating_add(retry_after.as_secs().max(1)) {
+            return false;
+        }
+        self.revalidating
+            .compare_exchange(claimed, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// A reader of bytes `start..end` of the body (`end` exclusive).

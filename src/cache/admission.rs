@@ -1,0 +1,180 @@
+//! Admission: whether a response is stored, and where. RFC 9111 §3 via
+//! the policy, then the cache's own rules: no partial responses, no
+//! `Vary: *`, and a size that some tier's object limit allows (known up
+//! front from `Content-Length`, else checked as the body streams). Small
+//! objects are kept in memory; with a disk tier every object within its
+//! limit is also written to disk, so the disk holds what survives a
+//! restart and memory holds the hot small copies (Traffic Server's RAM
+//! cache in front of its disk).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderMap, StatusCode};
+
+use crate::cache::Shared;
+use crate::cache::disk::{DiskWriter, Header};
+use crate::cache::fill::FillHead;
+use crate::cache::key::{CacheKey, Variant, VaryNames};
+use crate::cache::object;
+use crate::cache::policy::Policy;
+use crate::cache::stats::bump;
+use crate::http::headers::{HopByHop, is_hop_by_hop};
+use crate::http::request::RequestHead;
+
+/// Why a response is not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// The request rules it out (not a GET).
+    Request,
+    /// RFC 9111 §3 forbids it (method, status, no-store, private,
+    /// Authorization, or nothing that makes it cacheable).
+    Policy,
+    /// `Vary: *`.
+    VaryStar,
+    /// A partial response (206 or `Content-Range`).
+    Partial,
+    /// Longer than every object limit that applies.
+    TooLarge,
+    /// The disk write failed and no other tier could take it.
+    DiskError,
+    /// The body ended short of its `Content-Length`.
+    Incomplete,
+}
+
+impl NotStored {
+    /// A Cache-Status `detail` token.
+    pub fn detail(self) -> &'static str {
+        match self {
+            NotStored::Request => "request",
+            NotStored::Policy => "not-storable",
+            NotStored::VaryStar => "vary-star",
+            NotStored::Partial => "partial",
+            NotStored::TooLarge => "too-large",
+            NotStored::DiskError => "disk-error",
+            NotStored::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// Where a storable response goes.
+pub(crate) struct Plan {
+    pub head: Arc<FillHead>,
+    /// Kept in memory (readers read the chunks).
+    pub memory: bool,
+    /// Written to disk.
+    pub disk: Option<Box<DiskWriter>>,
+}
+
+/// Decides whether and where the response to `request` is stored, and
+/// starts its disk file when it goes to disk.
+///
+/// # Errors
+/// Why it is not stored.
+pub(crate) fn plan(
+    shared: &Shared,
+    key: &CacheKey,
+    request: &RequestHead,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Result<Plan, NotStored> {
+    let config = &shared.config;
+    let declared = content_length(headers);
+    let stored = stored_headers(headers);
+    let uri = key.uri().map_err(|_| NotStored::Policy)?;
+    let policy = Policy::new(&uri, request, status, &stored, now);
+    if request.method != "GET" {
+        return Err(NotStored::Request);
+    }
+    if !policy.is_storable() {
+        return Err(NotStored::Policy);
+    }
+    if status == StatusCode::PARTIAL_CONTENT || headers.contains_key(http::header::CONTENT_RANGE) {
+        return Err(NotStored::Partial);
+    }
+    let names = VaryNames::of_response(&stored);
+    if names == VaryNames::Star {
+        return Err(NotStored::VaryStar);
+    }
+    let declared = if object::has_body(status) {
+        declared
+    } else {
+        Some(0)
+    };
+    let fits = |limit: u64| declared.is_none_or(|len| len <= limit);
+    let memory = shared.memory.is_some() && fits(config.mem_max_object);
+    let disk_fits = shared.disk.as_ref().is_some_and(|d| fits(d.max_object));
+    if !memory && !disk_fits {
+        return Err(NotStored::TooLarge);
+    }
+    let variant = Variant::capture(&names, request);
+    let mut disk = None;
+    if let (true, Some(store)) = (disk_fits, &shared.disk) {
+        let header = Header {
+            key: key.clone(),
+            variant: variant.clone(),
+            response_time: now,
+            status,
+            request: policy.request_headers().clone(),
+            response: stored.clone(),
+        };
+        match store.writer(&header) {
+            Ok(writer) => disk = Some(Box::new(writer)),
+            Err(err) => {
+                log::warn!("cache: cannot write {}: {err}", key);
+                bump(&shared.stats.disk_write_errors);
+                if !memory {
+                    return Err(NotStored::DiskError);
+                }
+            }
+        }
+    }
+    let head_block = object::head_block(
+        status,
+        &stored,
+        declared.filter(|_| object::has_body(status)),
+    );
+    let head = FillHead {
+        status,
+        headers: stored,
+        policy,
+        variant,
+        declared_len: declared,
+        head_block,
+    };
+    Ok(Plan {
+        head: Arc::new(head),
+        memory,
+        disk,
+    })
+}
+
+/// A single valid `Content-Length`, if any.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    value.to_str().ok()?.trim().parse().ok()
+}
+
+/// The response headers worth storing: hop-by-hop ones (and those its
+/// `Connection` lists) and the framing go (RFC 9111 §3.1).
+fn stored_headers(headers: &HeaderMap) -> HeaderMap {
+    let hop = HopByHop::from_connection(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let mut stored = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name_str = name.as_str();
+        if is_hop_by_hop(name_str) || hop.contains(name_str) || name_str == "content-length" {
+            continue;
+        }
+        stored.append(name.clone(), value.clone());
+    }
+    stored
+}
