@@ -38,6 +38,8 @@ pub enum NotStored {
     TooLarge,
     /// The disk write failed and no other tier could take it.
     DiskError,
+    /// Fills in progress held all the memory they may.
+    Busy,
     /// The body ended short of its `Content-Length`.
     Incomplete,
 }
@@ -52,6 +54,7 @@ impl NotStored {
             NotStored::Partial => "partial",
             NotStored::TooLarge => "too-large",
             NotStored::DiskError => "disk-error",
+            NotStored::Busy => "busy",
             NotStored::Incomplete => "incomplete",
         }
     }

@@ -37,6 +37,10 @@ pub enum FillFailure {
     /// Writing the disk file failed, and readers were reading from it.
     #[error("the disk write failed")]
     DiskWrite,
+    /// Fills in progress already hold all the memory they may, and the
+    /// response has no disk file to go on in.
+    #[error("the cache's memory for responses in progress is used up")]
+    MemoryFull,
     /// No byte arrived for the follower's wait.
     #[error("no progress from the fill within the wait")]
     Stalled,

@@ -8,6 +8,7 @@
 //! so followers are cut short and nothing is stored.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -44,6 +45,8 @@ pub struct Filler {
     fill: Arc<Fill>,
     /// In the collapse table: followers may be reading.
     registered: bool,
+    /// Bytes of `Shared::inflight` this fill holds in memory.
+    reserved: u64,
     store: Store,
 }
 
@@ -62,6 +65,7 @@ impl Filler {
             request: request.clone(),
             fill,
             registered,
+            reserved: 0,
             store: Store::AwaitingHead,
         }
     }
@@ -144,9 +148,13 @@ impl Filler {
             return None;
         }
         *received += bytes.len() as u64;
-        if *memory && *received > self.shared.config.mem_max_object {
-            *memory = false;
-            self.fill.spill_to_file();
+        let mut busy = false;
+        if *memory {
+            busy = !reserve(&self.shared, &mut self.reserved, bytes.len() as u64);
+            if busy || *received > self.shared.config.mem_max_object {
+                *memory = false;
+                self.fill.spill_to_file();
+            }
         }
         if let Some(writer) = disk {
             let over = self
@@ -177,6 +185,8 @@ impl Filler {
             self.fill.publish(Bytes::copy_from_slice(bytes));
         } else if disk.is_some() {
             self.fill.advance(bytes.len() as u64);
+        } else if busy {
+            return Some(FillFailure::MemoryFull);
         } else {
             return Some(FillFailure::TooLarge);
         }
@@ -208,6 +218,8 @@ impl Filler {
             self.fill.fail(FillFailure::Upstream);
             return Err(NotStored::Incomplete);
         }
+        // From here the stored object counts against its tier's budget.
+        self.unreserve();
         let object_head = Arc::new(ObjectHead::new(
             self.key.clone(),
             head.variant.clone(),
@@ -294,12 +306,15 @@ impl Filler {
         self.store = Store::NotStoring(match failure {
             FillFailure::DiskWrite => NotStored::DiskError,
             FillFailure::TooLarge => NotStored::TooLarge,
+            FillFailure::MemoryFull => NotStored::Busy,
             FillFailure::Upstream | FillFailure::Stalled => NotStored::Incomplete,
         });
+        self.unreserve();
         bump(&self.shared.stats.fills_abandoned);
         self.fill.fail(failure);
+        let shared_fill = self.registered;
         self.leave();
-        if failure == FillFailure::TooLarge {
+        if failure == FillFailure::TooLarge && shared_fill {
             self.shared.collapser.mark_hit_for_miss(&self.key);
         }
     }
@@ -315,6 +330,12 @@ impl Filler {
         }
     }
 
+    /// Returns this fill's share of the in-flight memory.
+    fn unreserve(&mut self) {
+        let reserved = std::mem::take(&mut self.reserved);
+        self.shared.inflight.fetch_sub(reserved, Ordering::AcqRel);
+    }
+
     fn leave(&mut self) {
         if self.registered {
             self.shared.collapser.leave(&self.key, &self.fill);
@@ -328,8 +349,26 @@ impl Drop for Filler {
         if let Store::Storing { .. } = self.store {
             bump(&self.shared.stats.fills_abandoned);
         }
+        self.unreserve();
         // No effect on a fill that already ended.
         self.fill.fail(FillFailure::Upstream);
         self.leave();
     }
+}
+
+/// Reserves `len` bytes of the memory that fills in progress may hold
+/// (bounded, so that many large fills at once cannot push the process far
+/// past its budget); false when there is not enough left.
+fn reserve(shared: &Shared, reserved: &mut u64, len: u64) -> bool {
+    let limit = shared.inflight_limit;
+    let fits = shared
+        .inflight
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            used.checked_add(len).filter(|total| *total <= limit)
+        })
+        .is_ok();
+    if fits {
+        *reserved += len;
+    }
+    fits
 }

@@ -85,6 +85,7 @@ mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 pub use admission::NotStored;
@@ -171,6 +172,10 @@ pub(crate) struct Shared {
     disk: Option<Arc<DiskStore>>,
     collapser: Collapser,
     stats: Arc<Stats>,
+    /// Body bytes held in memory by fills in progress, and their bound: a
+    /// quarter of the memory budget (at least one largest object).
+    inflight: AtomicU64,
+    inflight_limit: u64,
 }
 
 /// The cache. Clones share one cache.
@@ -226,6 +231,8 @@ impl Cache {
         Ok(Cache {
             shared: Arc::new(Shared {
                 collapser: Collapser::new(config.hit_for_miss),
+                inflight: AtomicU64::new(0),
+                inflight_limit: (config.mem_bytes / 4).max(config.mem_max_object),
                 config,
                 memory,
                 disk,
@@ -258,6 +265,13 @@ impl Cache {
     /// Fills in progress that followers can join (a gauge).
     pub fn fills_in_progress(&self) -> usize {
         self.shared.collapser.fills_in_progress()
+    }
+
+    /// Body bytes held in memory by fills in progress (a gauge).
+    pub fn inflight_bytes(&self) -> u64 {
+        self.shared
+            .inflight
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the disk index is complete (true without a disk tier).

@@ -493,3 +493,29 @@ fn stale_while_revalidate_serves_stale_and_asks_one_request_to_revalidate() {
         "{status}"
     );
 }
+
+#[test]
+fn fills_in_progress_share_a_bounded_amount_of_memory() {
+    // Limit: a quarter of 64 KiB, at least the 16 KiB object limit.
+    let cache = small_cache(64 << 10, 16 << 10, None);
+    let mut first = lead(&cache, &get("http://h/one"));
+    let mut second = lead(&cache, &get("http://h/two"));
+    for filler in [&mut first, &mut second] {
+        filler
+            .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+            .expect("storable");
+    }
+    first.body(&[1; 12 << 10]);
+    assert_eq!(cache.inflight_bytes(), 12 << 10);
+    second.body(&[2; 12 << 10]);
+    assert_eq!(second.finish().err(), Some(NotStored::Busy));
+    first.finish().expect("the first fill is stored");
+    assert_eq!(cache.inflight_bytes(), 0, "every reservation returned");
+    let mut dropped = lead(&cache, &get("http://h/three"));
+    dropped
+        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .expect("storable");
+    dropped.body(&[3; 1000]);
+    drop(dropped);
+    assert_eq!(cache.inflight_bytes(), 0);
+}
