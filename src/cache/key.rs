@@ -15,7 +15,12 @@ use crate::http::request::RequestHead;
 pub enum KeyError {
     /// Not an absolute URL.
     #[error("bad URL {target:?}: {reason}")]
-    BadUrl { target: String, reason: String },
+    BadUrl {
+        /// The target as sent.
+        target: String,
+        /// What the URL parser said.
+        reason: String,
+    },
     /// Only http and https responses are cached.
     #[error("scheme {0:?} is not cached")]
     Scheme(String),

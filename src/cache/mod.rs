@@ -9,58 +9,82 @@
 //!
 //! # How the request path calls it
 //!
-//! One `Cache` is shared by all workers (`Cache` is cheap to clone).
-//! For each forwarded request `head` (absolute-form), with `now =
-//! SystemTime::now()`:
+//! One `Cache` is shared by all workers (`Cache` is a cheap clone). For
+//! each forwarded request `head` (absolute-form), with `now =
+//! SystemTime::now()`, after the access checks and before the upstream:
 //!
 //! 1. `cache.lookup(&head, now)` returns a `Lookup`:
-//!    - `Hit(hit)`: `reply::plan(&hit.object, &head, now)` says what to
-//!      send. For `Reply::Full`, write `head_block`, `age_line`, the
-//!      proxy's own headers (`Via`, `X-Request-Id`, `Cache-Status` from
-//!      `hit.outcome(now)`, `Connection`) and `\r\n`, then the body: for
-//!      a memory object `object.memory_chunks()` go into the same
-//!      vectored write; otherwise loop on `object.reader(..)`'s
-//!      `next_chunk`. HEAD sends no body. If `hit.revalidate` is set
-//!      (`stale-while-revalidate`), after answering, revalidate as in the
-//!      `Stale` case with `cache.fill_alone` and no client waiting.
+//!    - `Hit(hit)` (fresh; or stale allowed by `max-stale` or
+//!      `stale-while-revalidate`): `reply::plan(&hit.object, &head, now)`
+//!      says what to send. For `Reply::Full`, write `head_block`,
+//!      `age_line`, the proxy's own headers (`Via`, `X-Request-Id`,
+//!      `Cache-Status: hit.outcome(now).header_value()`, `Connection`) and
+//!      `\r\n`, then the body: `hit.object.memory_chunks()` go into the same
+//!      vectored write; a disk object is read with
+//!      `hit.object.reader(0, len)` and `next_chunk` until `None` (an `Err`
+//!      means: close the connection short of the length). HEAD sends no
+//!      body. `Reply::Partial` reads `reader(start, end + 1)`;
+//!      `Reply::HeadOnly` (304, 412, 416) sends no body. If
+//!      `hit.revalidate` is set, after answering, revalidate in the same
+//!      worker as for `Stale` below, with no client waiting: a 304 goes to
+//!      `cache.refresh`, a 200 to `cache.fill_alone(&head, key)`.
 //!    - `Stale(stale)`: send the request upstream with `stale.validators`
-//!      added (and the client's own `If-None-Match`/`If-Modified-Since`/
-//!      `If-Range`/`Range` removed). On a 304, `cache.refresh(&stale.object,
-//!      &head, &parts, now)` gives the updated object: answer from it as a
-//!      hit (outcome `Fwd::Stale` or `Fwd::Request` with fwd-status 304).
-//!      On any other response, use `stale.filler` as for a miss. If the
-//!      upstream fails (error or 5xx) and
+//!      added and the client's own `If-None-Match` / `If-Modified-Since`
+//!      removed (ours replace them; `Range` may stay, a 206 is simply not
+//!      stored). On a 304, `cache.refresh(&stale.object, &head, &parts,
+//!      now)` gives the updated object: answer from it as from a hit, with
+//!      the outcome `Forward { fwd: stale.fwd(), fwd_status: Some(304), .. }`;
+//!      `None` (the 304 names other validators) means fetch again without
+//!      validators. On any other response, use `stale.filler` exactly as a
+//!      `Fill` miss below. If the upstream fails (an error or a 5xx) and
 //!      `stale.object.head.policy.may_serve_on_error(&head, now)`, answer
-//!      from the stale object (`stale-if-error`).
-//!    - `Miss(miss)` with `miss.role`:
-//!      - `MissRole::Fill(filler)`: fetch upstream; give the response head
-//!        to `filler.response_head(status, &headers, now)`, every body
-//!        piece to `filler.body(bytes)` as it is relayed to the client,
-//!        and call `filler.finish()` once the body is complete. On an
-//!        upstream failure just drop the filler: its followers are cut
-//!        short and nothing is stored. The client is relayed exactly as
-//!        without a cache: storing never changes what it gets.
+//!      from the stale object instead (`stale-if-error`).
+//!    - `Miss(miss)`, `miss.kind` being `Fwd::UriMiss` or `Fwd::VaryMiss`:
+//!      - `MissRole::Fill(filler)`: fetch upstream as today; give the
+//!        response head to `filler.response_head(status, &headers, now)`
+//!        (its `Err` says why it is not stored: a Cache-Status `detail`),
+//!        every body piece to `filler.body(bytes)` as it is relayed, and
+//!        call `filler.finish()` once the body is complete (`Ok` means
+//!        `stored`). On an upstream failure just drop the filler: its
+//!        followers are cut short and nothing is stored. What the client
+//!        gets is exactly what it gets without a cache.
 //!      - `MissRole::Follow(follower)`: `follower.follow(&head)` waits
-//!        (bounded) for the head; `Following::Stream { head, reader }`:
-//!        write `head.head_block` (chunked framing when
-//!        `head.declared_len` is `None`) and loop on `reader.next_chunk()`;
-//!        an `Err` means the fill failed: close the connection short of
-//!        the declared length / without the last chunk.
-//!        `Following::Released { filler, .. }`: fetch on its own, with
-//!        that filler, as a `Fill` miss.
-//!      - `MissRole::NoStore(why)`: forward untouched, store nothing.
+//!        (at most `collapse_wait`) for the fill's head.
+//!        `Following::Stream { head, reader }`: write `head.head_block`,
+//!        `head.age_line(now)`, the proxy's headers (chunked framing when
+//!        `head.declared_len` is `None`), then loop on `reader.next_chunk()`;
+//!        an `Err` means the fill failed: close the connection short of the
+//!        declared length or without the last chunk. Outcome: `Forward {
+//!        collapsed: true, .. }`. `Following::Released { filler, .. }`:
+//!        fetch on its own with that filler, as a `Fill` miss.
+//!      - `MissRole::NoStore(why)`: forward untouched, store nothing
+//!        (HEAD, Range, request `no-store`, client preconditions).
 //!    - `OnlyIfCached`: answer 504 (RFC 9111 §5.2.1.7).
-//!    - `Bypass(why)`: forward untouched. After an unsafe method's
-//!      response, call `cache.invalidate(&head, status, &headers)`.
-//! 2. Write `Cache-Status: {outcome.header_value()}`, log
-//!    `outcome.log_word()`, and count it with `cache.stats().record(&outcome)`
-//!    plus `served_bytes` for bytes sent from the cache.
-//! 3. `PURGE <url>` from an allowed client: `cache.purge(url)` → 200 if it
-//!    returned `Ok(true)`, 404 if `Ok(false)`.
+//!    - `Bypass(why)`: forward untouched (Cache-Status `fwd=bypass`).
+//!      After the response to an unsafe method, call
+//!      `cache.invalidate(&head, status, &headers)`.
+//! 2. Every response gets `Cache-Status: {outcome.header_value()}`; the
+//!    access log gets `outcome.log_word()`; `cache.stats().record(&outcome)`
+//!    counts it, and `cache.stats().served_bytes(n)` the body bytes sent from
+//!    the cache (hits and followers).
+//! 3. `PURGE <url>` from an allowed client: `cache.purge(url)`, 200 for
+//!    `Ok(true)`, 404 for `Ok(false)`, 400 for `Err`.
+//! 4. `/metrics`: the counters in `cache.stats()`, and the gauges
+//!    `cache.usage()` (URLs, bytes and budget per tier),
+//!    `cache.fills_in_progress()` and `cache.inflight_bytes()`.
 //!
 //! A hit costs one URL parse, one sharded-map lookup, one comparison of
-//! times (requests without Cache-Control), and writes shared buffers: no
-//! allocation proportional to the object, no lock held while writing.
+//! times (for requests without Cache-Control), and a write of shared
+//! buffers: nothing proportional to the object is allocated or copied, and
+//! no lock is held while writing.
+//!
+//! # Memory
+//!
+//! Stored objects are bounded by `mem_bytes`; fills in progress hold at
+//! most a quarter of it more (`inflight_bytes`), past which they spill to
+//! their disk file or give up storing. Disk objects are never held whole.
+
+#![warn(missing_docs)]
 
 pub mod admission;
 mod collapse;
@@ -146,7 +170,9 @@ pub enum CacheError {
     /// The disk tier's directory cannot be created or read.
     #[error("cache directory {dir}: {source}")]
     Dir {
+        /// The directory.
         dir: PathBuf,
+        /// What failed.
         #[source]
         source: std::io::Error,
     },
@@ -158,7 +184,12 @@ pub enum CacheError {
     Io(#[from] std::io::Error),
     /// A disk object failed its checks (it has been deleted).
     #[error("broken cache file {path}: {reason}")]
-    Corrupt { path: PathBuf, reason: &'static str },
+    Corrupt {
+        /// The file (deleted).
+        path: PathBuf,
+        /// Which check failed.
+        reason: &'static str,
+    },
     /// A fill being followed failed.
     #[error("{0}")]
     FillFailed(#[from] FillFailure),

@@ -15,7 +15,12 @@ pub enum RangeAnswer {
     /// The whole response (no Range, several ranges, or Range ignored).
     Full,
     /// 206 with bytes `start..=end`.
-    Partial { start: u64, end: u64 },
+    Partial {
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive).
+        end: u64,
+    },
     /// 416 with `Content-Range: bytes */len`.
     Unsatisfiable,
 }

@@ -20,11 +20,28 @@ use crate::http::response;
 pub enum Reply {
     /// The whole response: `head_block` then `age_line`, then the body
     /// (none for HEAD). `head_block` is shared, not copied.
-    Full { head_block: Bytes, age_line: String },
+    Full {
+        /// The stored head (`ObjectHead::head_block`).
+        head_block: Bytes,
+        /// `Age: N\r\n`.
+        age_line: String,
+    },
     /// Bytes `start..=end` of the body after `head` (a 206).
-    Partial { head: Vec<u8>, start: u64, end: u64 },
+    Partial {
+        /// Status line and headers, `Content-Range` and `Age` included.
+        head: Vec<u8>,
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive).
+        end: u64,
+    },
     /// A head with no body: 304, 412 or 416.
-    HeadOnly { status: u16, head: Vec<u8> },
+    HeadOnly {
+        /// The status.
+        status: u16,
+        /// Status line and headers.
+        head: Vec<u8>,
+    },
 }
 
 impl Reply {

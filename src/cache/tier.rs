@@ -112,6 +112,18 @@ impl Tier {
         }
     }
 
+    /// Removes `object` if the index still holds this very object (not a
+    /// newer one of the same variant); returns whether it did.
+    pub fn remove_exact(&self, object: &StoredObject) -> bool {
+        let held = self
+            .get(object.head.key.as_str())
+            .is_some_and(|list| list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), object)));
+        if held {
+            self.remove_variant(object);
+        }
+        held
+    }
+
     /// Removes every variant of `url`, returning them.
     pub fn remove(&self, url: &str) -> Option<Variants> {
         self.map.remove(url).map(|(_, variants)| variants)

@@ -33,11 +33,17 @@ pub const MAX_HEADER_BYTES: u32 = 1 << 20;
 /// The decoded header of an object file.
 #[derive(Debug, Clone)]
 pub struct Header {
+    /// The primary key.
     pub key: CacheKey,
+    /// The secondary key.
     pub variant: Variant,
+    /// When the response was received (or last revalidated).
     pub response_time: SystemTime,
+    /// The stored status.
     pub status: StatusCode,
+    /// The request headers the policy needs (`Policy::request_headers`).
     pub request: HeaderMap,
+    /// The stored response headers.
     pub response: HeaderMap,
 }
 

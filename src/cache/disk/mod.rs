@@ -196,9 +196,13 @@ impl DiskStore {
     }
 
     /// Deletes a broken object's file and index entry, and counts it.
+    /// If a newer object of the same variant has replaced it meanwhile
+    /// (its file renamed over the same path), that one is left alone.
     pub fn drop_broken(&self, object: &StoredObject) {
         bump(&self.stats.disk_corrupt);
-        self.tier.remove_variant(object);
+        if !self.tier.remove_exact(object) {
+            return;
+        }
         if let Body::Disk(disk) = &object.body {
             log::warn!("cache: dropped broken object {}", disk.path.display());
             let _ = fs::remove_file(&disk.path);
