@@ -32,7 +32,7 @@ pub enum NotStored {
     Policy,
     /// `Vary: *`.
     VaryStar,
-    /// A partial response (206 or `Content-Range`).
+    /// A partial response (206).
     Partial,
     /// Longer than every object limit that applies.
     TooLarge,
@@ -93,7 +93,9 @@ pub(crate) fn plan(
     if !policy.is_storable() {
         return Err(NotStored::Policy);
     }
-    if status == StatusCode::PARTIAL_CONTENT || headers.contains_key(http::header::CONTENT_RANGE) {
+    // A `Content-Range` on another status means nothing (RFC 9110 §14.4)
+    // and is stored like any other field.
+    if status == StatusCode::PARTIAL_CONTENT {
         return Err(NotStored::Partial);
     }
     let names = VaryNames::of_response(&stored);
@@ -162,9 +164,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     value.to_str().ok()?.trim().parse().ok()
 }
 
+/// Headers about this hop's proxy authentication: never stored for others
+/// (RFC 9111 §3.1 names `Proxy-Authentication-Info` with the hop-by-hop set).
+const NOT_STORED: &[&str] = &["content-length", "proxy-authentication-info"];
+
 /// The response headers worth storing: hop-by-hop ones (and those its
-/// `Connection` lists) and the framing go (RFC 9111 §3.1).
-fn stored_headers(headers: &HeaderMap) -> HeaderMap {
+/// `Connection` lists), this hop's authentication and the framing go
+/// (RFC 9111 §3.1).
+pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
     let hop = HopByHop::from_connection(
         headers
             .get_all(http::header::CONNECTION)
@@ -174,10 +181,52 @@ fn stored_headers(headers: &HeaderMap) -> HeaderMap {
     let mut stored = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let name_str = name.as_str();
-        if is_hop_by_hop(name_str) || hop.contains(name_str) || name_str == "content-length" {
+        if is_hop_by_hop(name_str) || hop.contains(name_str) || NOT_STORED.contains(&name_str) {
             continue;
         }
         stored.append(name.clone(), value.clone());
     }
     stored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::testing::headers;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_not_stored() {
+        let response = headers(&[
+            ("connection", "a, b"),
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "3"),
+            ("keep-alive", "x"),
+            ("te", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "x"),
+            ("proxy-connection", "x"),
+            ("proxy-authenticate", "x"),
+            ("proxy-authentication-info", "x"),
+            ("content-length", "10"),
+            ("content-range", "bytes 0-1/2"),
+            ("set-cookie", "a=b"),
+            ("set-cookie", "c=d"),
+        ]);
+        let stored = stored_headers(&response);
+        let names: Vec<&str> = stored.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["c", "content-range", "set-cookie"]);
+        assert_eq!(stored.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn content_length_is_read_only_when_single_and_valid() {
+        assert_eq!(
+            content_length(&headers(&[("content-length", "10")])),
+            Some(10)
+        );
+        assert_eq!(content_length(&headers(&[("content-length", "x")])), None);
+        let two = headers(&[("content-length", "1"), ("content-length", "1")]);
+        assert_eq!(content_length(&two), None);
+    }
 }

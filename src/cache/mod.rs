@@ -94,6 +94,7 @@ pub mod fill;
 pub mod filler;
 pub mod key;
 mod lookup;
+mod normalise;
 pub mod object;
 pub mod policy;
 pub mod range;

@@ -14,6 +14,7 @@ use http::header::{CACHE_CONTROL, PRAGMA};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 
+use crate::cache::normalise;
 use crate::http::request::RequestHead;
 
 /// Headers a 304 must not change in the stored response (RFC 9111 §4.3.4:
@@ -24,9 +25,6 @@ const KEPT_ON_UPDATE: &[&str] = &[
     "content-range",
     "transfer-encoding",
 ];
-
-/// The request headers the policy looks at, besides those `Vary` names.
-const POLICY_REQUEST_HEADERS: &[&str] = &["cache-control", "pragma", "authorization"];
 
 /// What a stored response is good for, for one request, now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,19 +73,21 @@ impl Policy {
         response_time: SystemTime,
     ) -> Policy {
         let mut request = HeaderMap::new();
-        for name in POLICY_REQUEST_HEADERS {
-            for value in head.header_values(name) {
-                // The credentials themselves are not needed, only whether
-                // there were some (RFC 9111 §3.5): never keep them.
-                let value = if *name == "authorization" {
-                    Ok(HeaderValue::from_static("present"))
-                } else {
-                    HeaderValue::from_bytes(value)
-                };
-                if let Ok(value) = value {
-                    request.append(HeaderName::from_static(name), value);
-                }
+        if let Some(value) = normalise::request_cache_control(head.header_values("cache-control")) {
+            request.insert(CACHE_CONTROL, value);
+        }
+        for value in head.header_values("pragma") {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                request.append(PRAGMA, value);
             }
+        }
+        // The credentials themselves are not needed, only whether there
+        // were some (RFC 9111 §3.5): never keep them.
+        if head.header("authorization").is_some() {
+            request.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_static("present"),
+            );
         }
         // GET and HEAD share one entry, and only GET responses are stored.
         Policy::from_parts(uri, Method::GET, request, status, response, response_time)
@@ -106,11 +106,17 @@ impl Policy {
         *req.method_mut() = method;
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = request;
+        let (view_status, view) = normalise::response_view(status, response);
         let mut res = http::Response::new(());
-        *res.status_mut() = status;
-        *res.headers_mut() = response.clone();
+        *res.status_mut() = view_status;
+        *res.headers_mut() = view;
         let inner = CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
-        let values = || response.get_all(CACHE_CONTROL).iter().map(|v| v.as_bytes());
+        let values = || {
+            res.headers()
+                .get_all(CACHE_CONTROL)
+                .iter()
+                .map(|v| v.as_bytes())
+        };
         let seconds = |name| {
             directive(values(), name)
                 .flatten()
@@ -126,7 +132,7 @@ impl Policy {
         .iter()
         .any(|name| directive(values(), name).is_some());
         Policy {
-            fresh_until: response_time + inner.time_to_live(response_time),
+            fresh_until: later(response_time, inner.time_to_live(response_time)),
             stale_while_revalidate: seconds("stale-while-revalidate"),
             stale_if_error: seconds("stale-if-error"),
             never_stale,
@@ -202,7 +208,7 @@ impl Policy {
     }
 
     fn within_while_revalidate(&self, now: SystemTime) -> bool {
-        !self.never_stale && now < self.fresh_until + self.stale_while_revalidate
+        !self.never_stale && now < later(self.fresh_until, self.stale_while_revalidate)
     }
 
     /// Whether the stale entry may answer `head` because the origin failed
@@ -215,7 +221,7 @@ impl Policy {
             .flatten()
             .and_then(parse_seconds)
             .unwrap_or(Duration::ZERO);
-        now < self.fresh_until + self.stale_if_error.max(from_request)
+        now < later(self.fresh_until, self.stale_if_error.max(from_request))
     }
 
     /// The validators to send upstream when revalidating: `If-None-Match`
@@ -260,7 +266,13 @@ impl Policy {
             return None;
         }
         let request = self.lookup_request(head);
-        if let AfterResponse::Modified(..) = self.inner.after_response(&request, answer, now) {
+        let (view_status, view) = normalise::response_view(answer.status, &answer.headers);
+        let mut answer_view = http::Response::new(());
+        *answer_view.status_mut() = view_status;
+        *answer_view.headers_mut() = view;
+        let answer_view = answer_view.into_parts().0;
+        if let AfterResponse::Modified(..) = self.inner.after_response(&request, &answer_view, now)
+        {
             return None;
         }
         let merged = merge_not_modified(stored, &answer.headers);
@@ -277,11 +289,12 @@ impl Policy {
     fn lookup_request(&self, head: &RequestHead) -> http::request::Parts {
         let mut request = http::Request::new(());
         *request.uri_mut() = self.uri();
-        for name in [CACHE_CONTROL, PRAGMA] {
-            for value in head.header_values(name.as_str()) {
-                if let Ok(value) = HeaderValue::from_bytes(value) {
-                    request.headers_mut().append(name.clone(), value);
-                }
+        if let Some(value) = normalise::request_cache_control(head.header_values("cache-control")) {
+            request.headers_mut().insert(CACHE_CONTROL, value);
+        }
+        for value in head.header_values("pragma") {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                request.headers_mut().append(PRAGMA, value);
             }
         }
         request.into_parts().0
@@ -306,6 +319,12 @@ pub fn merge_not_modified(stored: &HeaderMap, answer: &HeaderMap) -> HeaderMap {
         }
     }
     merged
+}
+
+/// `time + by`, saturating far in the future instead of overflowing.
+fn later(time: SystemTime, by: Duration) -> SystemTime {
+    time.checked_add(by)
+        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 64))
 }
 
 /// Whether the request itself rules out `stale-while-revalidate`.

@@ -229,6 +229,8 @@ fn the_fast_path_agrees_with_the_crate() {
         &[("date", &date), ("last-modified", &modified)],
         &[("cache-control", "no-cache")],
         &[("cache-control", "max-age=60"), ("set-cookie", "a=1")],
+        &[("cache-control", "MAX-AGE=60"), ("age", "30, 0")],
+        &[("expires", "Thu Aug  8 02:01:18 2050")],
         &[],
     ];
     for response in responses {
@@ -239,8 +241,12 @@ fn the_fast_path_agrees_with_the_crate() {
             .into_parts()
             .0;
         let res = {
+            // The crate is given the normalised view, as `Policy` gives it.
+            let (status, view) =
+                crate::cache::normalise::response_view(StatusCode::OK, &headers(response));
             let mut res = http::Response::new(());
-            *res.headers_mut() = headers(response);
+            *res.status_mut() = status;
+            *res.headers_mut() = view;
             res.into_parts().0
         };
         let crate_policy = CachePolicy::new_options(&req, &res, t0(), Default::default());
