@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use http::HeaderMap;
 
+use crate::cache::normalise::parse_http_date;
 use crate::http::request::RequestHead;
 
 /// What the preconditions say about serving a stored response.
@@ -105,14 +106,12 @@ fn opaque(tag: &[u8]) -> &[u8] {
 /// A request date header; an invalid date makes the header ignored
 /// (RFC 9110 §13.1.3, §13.1.4).
 fn request_date(head: &RequestHead, name: &str) -> Option<SystemTime> {
-    let value = std::str::from_utf8(head.header(name)?).ok()?;
-    httpdate::parse_http_date(value.trim()).ok()
+    parse_http_date(head.header(name)?)
 }
 
 /// A date header of the stored response.
 pub fn date_header(headers: &HeaderMap, name: &str) -> Option<SystemTime> {
-    let value = headers.get(name)?.to_str().ok()?;
-    httpdate::parse_http_date(value.trim()).ok()
+    parse_http_date(headers.get(name)?.as_bytes())
 }
 
 #[cfg(test)]
@@ -165,6 +164,9 @@ mod tests {
         assert_eq!(got, Precondition::NotModified);
         let got = check("GET", &[("if-modified-since", EARLIER)], &stored);
         assert_eq!(got, Precondition::Proceed);
+        let rfc850 = "Sunday, 06-Nov-94 08:49:37 GMT";
+        let got = check("GET", &[("if-modified-since", rfc850)], &stored);
+        assert_eq!(got, Precondition::NotModified, "any HTTP-date form");
         let got = check("GET", &[("if-modified-since", "yesterday")], &stored);
         assert_eq!(got, Precondition::Proceed, "an invalid date is ignored");
         let dated = headers(&[("date", MODIFIED)]);

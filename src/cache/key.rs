@@ -217,22 +217,31 @@ impl Variant {
     }
 }
 
+/// Request headers whose list order carries no meaning and whose items are
+/// case-insensitive (RFC 9110 §12.5.3, §12.5.4: preference is in the
+/// q-values, and codings and language tags ignore case).
+const UNORDERED: &[&str] = &["accept-encoding", "accept-language"];
+
 /// A request header's value normalised for comparison: every field line
 /// joined with ", ", whitespace around the commas dropped (RFC 9111 §4.1
-/// allows normalising when it keeps the meaning; list order is kept).
+/// allows normalising when it keeps the meaning). For `UNORDERED` headers
+/// items are also lowercased, stripped of inner spaces and sorted.
 fn request_value(request: &RequestHead, name: &str) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    for line in request.header_values(name) {
-        for item in line.split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            let joined = out.get_or_insert_with(Vec::new);
-            if !joined.is_empty() {
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(item);
+    let mut lines = request.header_values(name).peekable();
+    lines.peek()?;
+    let mut items: Vec<Vec<u8>> = lines
+        .flat_map(|line| line.split(|&b| b == b','))
+        .map(|item| item.trim_ascii().to_vec())
+        .collect();
+    if UNORDERED.contains(&name) {
+        for item in &mut items {
+            item.retain(|b| !b.is_ascii_whitespace());
+            item.make_ascii_lowercase();
         }
+        items.retain(|item| !item.is_empty());
+        items.sort_unstable();
     }
-    out
+    Some(items.join(&b", "[..]))
 }
 
 #[cfg(test)]
@@ -318,6 +327,25 @@ mod tests {
             &[("accept-encoding", "gzip,br"), ("accept-language", "en")],
         );
         assert!(!variant.matches(&extra), "absent and present differ");
+    }
+
+    #[test]
+    fn language_and_coding_lists_ignore_order_case_and_spaces() {
+        let names = VaryNames::Names(vec![HeaderName::from_static("accept-language")]);
+        let stored = request("GET", "http://h/", &[("accept-language", "en, de")]);
+        let variant = Variant::capture(&names, &stored);
+        for same in ["de, en", "eN, De", " en ,   de", "en,de"] {
+            let req = request("GET", "http://h/", &[("accept-language", same)]);
+            assert!(variant.matches(&req), "{same}");
+        }
+        let other = request("GET", "http://h/", &[("accept-language", "en;q=0.5, de")]);
+        assert!(!variant.matches(&other));
+        let names = VaryNames::Names(vec![HeaderName::from_static("foo")]);
+        let ordered = Variant::capture(&names, &request("GET", "http://h/", &[("foo", "1, 2")]));
+        assert!(
+            !ordered.matches(&request("GET", "http://h/", &[("foo", "2, 1")])),
+            "other headers keep their order"
+        );
     }
 
     #[test]

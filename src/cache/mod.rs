@@ -36,9 +36,11 @@
 //!      the outcome `Forward { fwd: stale.fwd(), fwd_status: Some(304), .. }`;
 //!      `None` (the 304 names other validators) means fetch again without
 //!      validators. On any other response, use `stale.filler` exactly as a
-//!      `Fill` miss below. If the upstream fails (an error or a 5xx) and
-//!      `stale.object.head.policy.may_serve_on_error(&head, now)`, answer
-//!      from the stale object instead (`stale-if-error`).
+//!      `Fill` miss below. If the upstream fails and
+//!      `stale.object.head.policy.may_serve_on_error(&head, failure, now)`
+//!      (`OriginFailure::Unreachable` for no answer, `ErrorStatus` for a
+//!      500/502/503/504), answer from the stale object instead
+//!      (`stale-if-error`, or a disconnected origin: RFC 9111 §4.2.4).
 //!    - `Miss(miss)`, `miss.kind` being `Fwd::UriMiss` or `Fwd::VaryMiss`:
 //!      - `MissRole::Fill(filler)`: fetch upstream as today; give the
 //!        response head to `filler.response_head(status, &headers, now)`
@@ -119,6 +121,7 @@ pub use filler::Filler;
 pub use key::{CacheKey, KeyError};
 pub use lookup::{Bypass, Follower, Following, Hit, Lookup, Miss, MissRole, NoStore, Stale};
 pub use object::{BodyReader, StoredObject};
+pub use policy::OriginFailure;
 pub use reply::Reply;
 pub use stats::{Stats, TierUsage};
 pub use status::{Fwd, Outcome};

@@ -26,6 +26,19 @@ const KEPT_ON_UPDATE: &[&str] = &[
     "transfer-encoding",
 ];
 
+/// How long past its freshness a response may be served when the origin
+/// cannot be reached (and nothing forbids it).
+pub const DISCONNECTED_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How the origin failed a revalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginFailure {
+    /// No response: connection refused or reset, DNS or timeout.
+    Unreachable,
+    /// A 500, 502, 503 or 504 (RFC 5861 §4).
+    ErrorStatus,
+}
+
 /// What a stored response is good for, for one request, now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -211,17 +224,30 @@ impl Policy {
         !self.never_stale && now < later(self.fresh_until, self.stale_while_revalidate)
     }
 
-    /// Whether the stale entry may answer `head` because the origin failed
-    /// (RFC 5861 §4: the response's or the request's `stale-if-error`).
-    pub fn may_serve_on_error(&self, head: &RequestHead, now: SystemTime) -> bool {
-        if self.never_stale {
+    /// Whether the stale entry may answer `head` because the origin
+    /// failed: within the response's or the request's `stale-if-error`
+    /// (RFC 5861 §4, for an error status or no answer at all), or, when the
+    /// origin could not be reached at all, for up to `DISCONNECTED_STALE`
+    /// (RFC 9111 §4.2.4 allows a disconnected cache to serve stale; Squid's
+    /// `max_stale` is the same week). Never when a directive forbids it.
+    pub fn may_serve_on_error(
+        &self,
+        head: &RequestHead,
+        failure: OriginFailure,
+        now: SystemTime,
+    ) -> bool {
+        if self.never_stale || forbids_stale(head) {
             return false;
         }
         let from_request = directive(head.header_values("cache-control"), "stale-if-error")
             .flatten()
             .and_then(parse_seconds)
             .unwrap_or(Duration::ZERO);
-        now < later(self.fresh_until, self.stale_if_error.max(from_request))
+        let mut window = self.stale_if_error.max(from_request);
+        if failure == OriginFailure::Unreachable {
+            window = window.max(DISCONNECTED_STALE);
+        }
+        now < later(self.fresh_until, window)
     }
 
     /// The validators to send upstream when revalidating: `If-None-Match`

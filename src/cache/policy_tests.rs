@@ -195,18 +195,38 @@ fn stale_while_revalidate_has_a_window() {
 
 #[test]
 fn stale_if_error_has_a_window_from_response_or_request() {
+    let status = OriginFailure::ErrorStatus;
     let p = policy(&[("cache-control", "max-age=10, stale-if-error=20")]);
-    assert!(p.may_serve_on_error(&plain(), at(25)));
-    assert!(!p.may_serve_on_error(&plain(), at(31)));
-    assert!(p.may_serve_on_error(&with_cc("stale-if-error=100"), at(50)));
+    assert!(p.may_serve_on_error(&plain(), status, at(25)));
+    assert!(!p.may_serve_on_error(&plain(), status, at(31)));
+    assert!(p.may_serve_on_error(&with_cc("stale-if-error=100"), status, at(50)));
     let p = policy(&[("cache-control", "max-age=10")]);
-    assert!(!p.may_serve_on_error(&plain(), at(11)));
-    assert!(p.may_serve_on_error(&with_cc("stale-if-error=5"), at(12)));
+    assert!(!p.may_serve_on_error(&plain(), status, at(11)));
+    assert!(p.may_serve_on_error(&with_cc("stale-if-error=5"), status, at(12)));
     let p = policy(&[(
         "cache-control",
         "max-age=10, stale-if-error=20, must-revalidate",
     )]);
-    assert!(!p.may_serve_on_error(&plain(), at(12)));
+    assert!(!p.may_serve_on_error(&plain(), status, at(12)));
+}
+
+#[test]
+fn an_unreachable_origin_lets_stale_be_served_unless_forbidden() {
+    let gone = OriginFailure::Unreachable;
+    let p = policy(&[("cache-control", "max-age=10")]);
+    assert!(p.may_serve_on_error(&plain(), gone, at(3600)));
+    let week = DISCONNECTED_STALE.as_secs();
+    assert!(!p.may_serve_on_error(&plain(), gone, at(10 + week)));
+    assert!(!p.may_serve_on_error(&with_cc("no-cache"), gone, at(20)));
+    for cc in [
+        "max-age=2, must-revalidate",
+        "max-age=2, proxy-revalidate",
+        "max-age=2, no-cache",
+        "max-age=2, s-maxage=2",
+    ] {
+        let p = policy(&[("cache-control", cc)]);
+        assert!(!p.may_serve_on_error(&plain(), gone, at(5)), "{cc}");
+    }
 }
 
 #[test]

@@ -115,9 +115,7 @@ fn if_range_holds(condition: &[u8], stored: &HeaderMap) -> bool {
     if condition.starts_with(b"W/") {
         return false;
     }
-    let since = std::str::from_utf8(condition)
-        .ok()
-        .and_then(|s| httpdate::parse_http_date(s).ok());
+    let since = crate::cache::normalise::parse_http_date(condition);
     since.is_some() && since == date_header(stored, "last-modified")
 }
 
