@@ -25,7 +25,8 @@ pub enum Precondition {
 /// against the stored response headers.
 pub fn evaluate(head: &RequestHead, stored: &HeaderMap) -> Precondition {
     let etag = stored.get(http::header::ETAG).map(|v| v.as_bytes());
-    let last_modified = date_header(stored, "last-modified");
+    // Parsed only when a date precondition needs it: most hits have none.
+    let last_modified = || date_header(stored, "last-modified");
     let has = |name| head.header(name).is_some();
     if has("if-match") {
         // RFC 9110 §13.1.1: strong comparison.
@@ -33,7 +34,7 @@ pub fn evaluate(head: &RequestHead, stored: &HeaderMap) -> Precondition {
             return Precondition::Failed;
         }
     } else if let Some(since) = request_date(head, "if-unmodified-since")
-        && last_modified.is_none_or(|modified| modified > since)
+        && last_modified().is_none_or(|modified| modified > since)
     {
         return Precondition::Failed;
     }
@@ -49,7 +50,7 @@ pub fn evaluate(head: &RequestHead, stored: &HeaderMap) -> Precondition {
         }
     } else if safe && let Some(since) = request_date(head, "if-modified-since") {
         // RFC 9111 §4.3.2: Last-Modified, else the response's Date.
-        let modified = last_modified.or_else(|| date_header(stored, "date"));
+        let modified = last_modified().or_else(|| date_header(stored, "date"));
         if modified.is_some_and(|modified| modified <= since) {
             return Precondition::NotModified;
         }
