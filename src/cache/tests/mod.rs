@@ -23,3 +23,17 @@ fn miss_kind(cache: &Cache, req: &RequestHead) -> Fwd {
         _ => panic!("expected a miss for {}", req.target),
     }
 }
+
+/// Workers share one cache, and each keeps what a lookup gave it for the
+/// life of one request.
+#[test]
+fn the_cache_is_shared_across_worker_threads() {
+    fn shared<T: Send + Sync>() {}
+    fn owned<T: Send>() {}
+    shared::<Cache>();
+    shared::<crate::cache::StoredObject>();
+    owned::<Lookup>();
+    owned::<crate::cache::Filler>();
+    owned::<crate::cache::Follower>();
+    owned::<crate::cache::BodyReader>();
+}
