@@ -21,7 +21,6 @@ use crate::cache::fill::{Fill, FillFailure, FillHead, Release};
 use crate::cache::key::CacheKey;
 use crate::cache::object::{Body, ObjectHead, StoredObject};
 use crate::cache::stats::bump;
-use crate::cache::tier::remove_files;
 use crate::http::request::RequestHead;
 
 enum Store {
@@ -296,8 +295,8 @@ impl Filler {
         if let (false, Some(disk)) = (on_disk, &self.shared.disk)
             && let Some(old) = older(disk.tier.get(self.key.as_str()))
         {
+            // Its file goes when the last reader lets go of it.
             disk.tier.remove_variant(&old);
-            remove_files(&[old]);
         }
     }
 

@@ -351,12 +351,9 @@ impl Cache {
         let body = match &object.body {
             Body::Memory(chunks) => Body::Memory(chunks.clone()),
             Body::Disk(disk) => Body::Disk(DiskBody {
-                path: disk.path.clone(),
+                file: Arc::clone(&disk.file),
                 offset: disk.offset,
                 hash: disk.hash,
-                verified: std::sync::atomic::AtomicBool::new(
-                    disk.verified.load(std::sync::atomic::Ordering::Acquire),
-                ),
             }),
         };
         let refreshed = Arc::new(StoredObject::new(new_head, body));

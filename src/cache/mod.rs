@@ -345,14 +345,12 @@ impl Cache {
             .as_ref()
             .and_then(|m| m.remove(key.as_str()))
             .is_some();
+        // Dropping the removed disk objects deletes their files.
         let on_disk = self
             .shared
             .disk
             .as_ref()
             .and_then(|d| d.tier.remove(key.as_str()));
-        if let Some(variants) = &on_disk {
-            tier::remove_files(variants);
-        }
         in_memory || on_disk.is_some()
     }
 

@@ -190,15 +190,47 @@ pub enum Body {
 /// A body in a disk-tier file.
 #[derive(Debug)]
 pub struct DiskBody {
-    /// The object file.
-    pub path: PathBuf,
+    /// The file, shared by every object that uses it (a 304 refresh makes
+    /// a new object on the same file).
+    pub file: Arc<DiskFile>,
     /// Where the body starts in the file.
     pub offset: u64,
     /// The xxh3-64 of the body.
     pub hash: u64,
+}
+
+/// One object file of the disk tier. Its name is unique per write, and it
+/// is deleted when the last object using it is dropped: once evicted,
+/// replaced or purged from the index, and no reader holds it any more.
+/// A cache that closes keeps its files (that is what a restart finds).
+#[derive(Debug)]
+pub struct DiskFile {
+    /// Where it is.
+    pub path: PathBuf,
     /// The whole body was read back and its checksum held, since the file
     /// was written or since this process found it.
     pub verified: AtomicBool,
+    /// Set when the disk store closes: files outlive the process then.
+    closing: Arc<AtomicBool>,
+}
+
+impl DiskFile {
+    /// A file of a store whose `closing` flag is given.
+    pub fn new(path: PathBuf, verified: bool, closing: Arc<AtomicBool>) -> DiskFile {
+        DiskFile {
+            path,
+            verified: AtomicBool::new(verified),
+            closing,
+        }
+    }
+}
+
+impl Drop for DiskFile {
+    fn drop(&mut self) {
+        if !self.closing.load(Ordering::Acquire) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// One stored response: shared by every reader through an `Arc`.
@@ -271,12 +303,13 @@ impl StoredObject {
                 chunk_start: 0,
             },
             Body::Disk(disk) => {
-                let file = File::open(&disk.path)?;
+                let file = File::open(&disk.file.path)?;
                 let whole = start == 0 && end == self.head.body_len;
                 Source::Disk {
                     file,
                     offset: disk.offset,
-                    check: whole.then(|| Box::new((Xxh3::new(), disk.hash, disk.path.clone()))),
+                    check: whole
+                        .then(|| Box::new((Xxh3::new(), disk.hash, disk.file.path.clone()))),
                 }
             }
         };

@@ -97,7 +97,8 @@ pub fn lead(cache: &crate::cache::Cache, req: &RequestHead) -> crate::cache::Fil
 }
 
 /// Runs a whole fill of a 200 with `response` headers and `body` in
-/// `pieces`, as the request path would.
+/// `pieces`, as the request path would on a miss, or on a refetch when
+/// something is stored already.
 pub fn store(
     cache: &crate::cache::Cache,
     req: &RequestHead,
@@ -105,7 +106,16 @@ pub fn store(
     body: &[u8],
     pieces: usize,
 ) -> Result<Arc<StoredObject>, crate::cache::NotStored> {
-    let mut filler = lead(cache, req);
+    let mut filler = match cache.lookup(req, SystemTime::now()) {
+        crate::cache::Lookup::Miss(crate::cache::Miss {
+            role: crate::cache::MissRole::Fill(filler),
+            ..
+        }) => filler,
+        _ => {
+            let key = CacheKey::from_target(&req.target).expect("test url");
+            cache.fill_alone(req, key)
+        }
+    };
     filler.response_head(StatusCode::OK, &headers(response), SystemTime::now())?;
     for piece in body.chunks(body.len().div_ceil(pieces.max(1)).max(1)) {
         filler.body(piece);

@@ -1,15 +1,17 @@
 //! One storage tier's index: URL → its stored variants, under a byte
 //! budget kept by `quick_cache` (S3-FIFO-like admission and eviction, with
 //! a weighter, no background thread). Used for memory (objects hold their
-//! bodies) and for disk (objects point at files, deleted when evicted,
-//! after the shard lock is released).
+//! bodies) and for disk (objects point at files, which are deleted when
+//! their last object is dropped: see `object::DiskFile`). What an insert
+//! pushes out is dropped after the shard lock is released, so no file is
+//! deleted under the lock.
 
 use std::sync::Arc;
 
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
-use crate::cache::object::{Body, StoredObject};
+use crate::cache::object::StoredObject;
 use crate::cache::stats::{Stats, TierUsage, bump};
 
 /// Most variants kept per URL; storing one more drops the oldest.
@@ -79,19 +81,33 @@ impl Tier {
             list.remove(0);
         }
         list.push(Arc::clone(&object));
-        self.map.insert(Arc::from(url), list.into());
+        self.replace(url, list);
     }
 
-    /// Stores `object` only if its variant is not there yet (the disk
-    /// loader must not replace what a fill just stored).
-    pub fn put_if_absent(&self, object: Arc<StoredObject>) -> bool {
-        let present = self
-            .get(object.head.key.as_str())
-            .is_some_and(|list| list.iter().any(|o| o.head.variant == object.head.variant));
-        if !present {
+    /// Inserts `list` under `url`. quick_cache reports the value it
+    /// replaces as evicted; the request state knows which key is being
+    /// replaced, so only true evictions are counted.
+    fn replace(&self, url: &str, list: Vec<Arc<StoredObject>>) {
+        let key: Arc<str> = Arc::from(url);
+        let mut state = Evicted {
+            replacing: Some(Arc::clone(&key)),
+            dropped: Vec::new(),
+        };
+        self.map.insert_with_lifecycle(key, list.into(), &mut state);
+    }
+
+    /// Stores `object` unless a response for its variant received later
+    /// is there (the disk loader must not replace what a fill just stored).
+    pub fn put_if_newer(&self, object: Arc<StoredObject>) -> bool {
+        let time = |o: &StoredObject| o.head.policy.response_time();
+        let newer_there = self.get(object.head.key.as_str()).is_some_and(|list| {
+            list.iter()
+                .any(|o| o.head.variant == object.head.variant && time(o) >= time(&object))
+        });
+        if !newer_there {
             self.put(object);
         }
-        !present
+        !newer_there
     }
 
     /// Removes one variant (a broken or replaced object).
@@ -108,7 +124,7 @@ impl Tier {
         if list.is_empty() {
             self.map.remove(url);
         } else {
-            self.map.insert(Arc::from(url), list.into());
+            self.replace(url, list);
         }
     }
 
@@ -159,43 +175,34 @@ pub enum TierKind {
     Disk,
 }
 
-/// Counts evictions, and deletes the files of evicted disk objects once
-/// the shard lock is released (when the request state drops).
+/// Counts evictions; what is pushed out is dropped with the request state.
 #[derive(Clone)]
 struct Evict {
     stats: Arc<Stats>,
     kind: TierKind,
 }
 
-/// Files to delete after an operation evicted their objects.
+/// What one operation pushed out, dropped once the shard lock is released
+/// (a dropped disk object may delete its file).
 #[derive(Default)]
-pub struct Evicted(Vec<Variants>);
-
-impl Drop for Evicted {
-    fn drop(&mut self) {
-        for variants in self.0.drain(..) {
-            remove_files(&variants);
-        }
-    }
+pub struct Evicted {
+    /// The key whose value this operation replaces: not an eviction.
+    replacing: Option<Arc<str>>,
+    dropped: Vec<Variants>,
 }
 
 impl Lifecycle<Arc<str>, Variants> for Evict {
     type RequestState = Evicted;
 
-    fn on_evict(&self, state: &mut Evicted, _key: Arc<str>, val: Variants) {
-        bump(match self.kind {
-            TierKind::Memory => &self.stats.evictions_memory,
-            TierKind::Disk => &self.stats.evictions_disk,
-        });
-        state.0.push(val);
-    }
-}
-
-/// Deletes the files of disk objects among `variants`.
-pub fn remove_files(variants: &[Arc<StoredObject>]) {
-    for object in variants {
-        if let Body::Disk(disk) = &object.body {
-            let _ = std::fs::remove_file(&disk.path);
+    fn on_evict(&self, state: &mut Evicted, key: Arc<str>, val: Variants) {
+        if state.replacing.as_ref() == Some(&key) {
+            state.replacing = None;
+        } else {
+            bump(match self.kind {
+                TierKind::Memory => &self.stats.evictions_memory,
+                TierKind::Disk => &self.stats.evictions_disk,
+            });
         }
+        state.dropped.push(val);
     }
 }

@@ -8,7 +8,6 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 
 use http::Method;
@@ -16,7 +15,7 @@ use http::Method;
 use super::DiskStore;
 use super::format::{self, Broken, TRAILER_LEN};
 use crate::cache::CacheError;
-use crate::cache::object::{Body, DiskBody, ObjectHead, StoredObject};
+use crate::cache::object::{Body, DiskBody, DiskFile, ObjectHead, StoredObject};
 use crate::cache::policy::Policy;
 use crate::cache::stats::bump;
 
@@ -69,10 +68,14 @@ impl DiskStore {
         if len != body_len.to_le_bytes() || magic != format::END_MAGIC {
             return Err("bad trailer");
         }
-        // A file must sit where its key puts it, or the index and the
-        // writer of the next version would disagree about it.
-        let id = header.variant.id(&header.key);
-        if path.file_name().and_then(|n| n.to_str()) != Some(format!("{id:032x}").as_str()) {
+        // A file's name starts with its variant id: a file copied or
+        // renamed under another object's name is not trusted.
+        let id = format!("{:032x}-", header.variant.id(&header.key));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !name.starts_with(&id) {
             return Err("file name does not match its key");
         }
         let uri = header.key.uri().map_err(|_| "bad url")?;
@@ -92,11 +95,11 @@ impl DiskStore {
             policy,
             body_len,
         );
+        let file = DiskFile::new(path.to_path_buf(), false, Arc::clone(&self.closing));
         let body = DiskBody {
-            path: path.to_path_buf(),
+            file: Arc::new(file),
             offset,
             hash: u64::from_le_bytes(body_hash.try_into().map_err(|_| "bad trailer")?),
-            verified: AtomicBool::new(false),
         };
         Ok(StoredObject::new(Arc::new(head), Body::Disk(body)))
     }
@@ -122,7 +125,10 @@ fn load_all(store: &Weak<DiskStore>, objects: &Path) {
             let path = file.path();
             match store.load_file(&path) {
                 Ok(object) => {
-                    store.tier.put_if_absent(Arc::new(object));
+                    // Two files of one variant (a crash between writing the
+                    // new and dropping the old): the newer response wins,
+                    // and dropping the other deletes its file.
+                    store.tier.put_if_newer(Arc::new(object));
                     count += 1;
                 }
                 Err(reason) => {

@@ -26,7 +26,7 @@ use xxhash_rust::xxh3::Xxh3;
 pub use format::{Header, TRAILER_LEN};
 
 use crate::cache::CacheError;
-use crate::cache::object::{Body, DiskBody, StoredObject};
+use crate::cache::object::{Body, DiskBody, DiskFile, StoredObject};
 use crate::cache::stats::{Stats, bump};
 use crate::cache::tier::{Tier, TierKind};
 
@@ -38,8 +38,10 @@ pub struct DiskStore {
     /// Largest body stored.
     pub max_object: u64,
     stats: Arc<Stats>,
-    /// Numbers temporary files.
+    /// Numbers object files (with the process id and the time, unique).
     seq: AtomicU64,
+    /// Set on close, so that files outlive the process (see `DiskFile`).
+    closing: Arc<AtomicBool>,
     /// Set once the loader has indexed every file.
     loaded: Mutex<bool>,
     loaded_cond: Condvar,
@@ -77,6 +79,7 @@ impl DiskStore {
             tier: Tier::new(budget, max_object, Arc::clone(&stats), TierKind::Disk),
             max_object,
             seq: AtomicU64::new(0),
+            closing: Arc::new(AtomicBool::new(false)),
             loaded: Mutex::new(false),
             loaded_cond: Condvar::new(),
             #[cfg(test)]
@@ -105,10 +108,15 @@ impl DiskStore {
         self.loaded_cond.notify_all();
     }
 
-    /// Where the object with variant id `id` lives.
-    fn object_path(&self, id: u128) -> PathBuf {
-        let name = format!("{id:032x}");
-        self.root.join("objects").join(&name[..2]).join(name)
+    /// A new file name for an object with variant id `id`: the id first
+    /// (the loader checks it), then what makes each write unique, so a
+    /// newer copy never takes an older one's name.
+    fn file_name(&self, id: u128) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        format!("{id:032x}-{nanos:x}-{:x}-{seq:x}", std::process::id())
     }
 
     /// Starts writing an object: its header goes out now, the body as it
@@ -117,12 +125,9 @@ impl DiskStore {
     /// # Errors
     /// The I/O error creating or writing the temporary file.
     pub fn writer(&self, header: &Header) -> io::Result<DiskWriter> {
-        let id = header.variant.id(&header.key);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{id:032x}.{}.{seq}", std::process::id()));
+        let name = self.file_name(header.variant.id(&header.key));
+        let tmp = self.root.join("tmp").join(&name);
+        let dest = self.root.join("objects").join(&name[..2]).join(&name);
         // Readable too: followers of the fill read through a clone of it.
         let file = fs::OpenOptions::new()
             .read(true)
@@ -134,7 +139,8 @@ impl DiskStore {
             file,
             read,
             tmp,
-            dest: self.object_path(id),
+            dest,
+            closing: Arc::clone(&self.closing),
             offset: 0,
             written: 0,
             hasher: Xxh3::new(),
@@ -160,12 +166,12 @@ impl DiskStore {
         let Body::Disk(disk) = &object.body else {
             return true;
         };
-        if disk.verified.load(Ordering::Acquire) {
+        if disk.file.verified.load(Ordering::Acquire) {
             return true;
         }
         match read_checked(disk, object.head.body_len, None) {
             Ok(()) => {
-                disk.verified.store(true, Ordering::Release);
+                disk.file.verified.store(true, Ordering::Release);
                 true
             }
             Err(_) => {
@@ -185,7 +191,7 @@ impl DiskStore {
         let mut body = BytesMut::with_capacity(len);
         match read_checked(disk, object.head.body_len, Some(&mut body)) {
             Ok(()) => {
-                disk.verified.store(true, Ordering::Release);
+                disk.file.verified.store(true, Ordering::Release);
                 Some(body.freeze())
             }
             Err(_) => {
@@ -204,9 +210,17 @@ impl DiskStore {
             return;
         }
         if let Body::Disk(disk) = &object.body {
-            log::warn!("cache: dropped broken object {}", disk.path.display());
-            let _ = fs::remove_file(&disk.path);
+            // Deleted now, not when the last reader lets go: it is broken.
+            log::warn!("cache: dropped broken object {}", disk.file.path.display());
+            let _ = fs::remove_file(&disk.file.path);
         }
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        // The index is dropped next: its files stay for the next start.
+        self.closing.store(true, Ordering::Release);
     }
 }
 
@@ -214,7 +228,7 @@ impl DiskStore {
 /// `into` when given.
 fn read_checked(disk: &DiskBody, body_len: u64, mut into: Option<&mut BytesMut>) -> io::Result<()> {
     let broken = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let file = File::open(&disk.path)?;
+    let file = File::open(&disk.file.path)?;
     if file.metadata()?.len() != disk.offset + body_len + TRAILER_LEN {
         return Err(broken("file length"));
     }
@@ -261,6 +275,7 @@ pub struct DiskWriter {
     written: u64,
     hasher: Xxh3,
     finished: bool,
+    closing: Arc<AtomicBool>,
     #[cfg(test)]
     fail_after: u64,
 }
@@ -314,11 +329,11 @@ impl DiskWriter {
         }
         fs::rename(&self.tmp, &self.dest)?;
         self.finished = true;
+        let file = DiskFile::new(self.dest.clone(), true, Arc::clone(&self.closing));
         Ok(DiskBody {
-            path: self.dest.clone(),
+            file: Arc::new(file),
             offset: self.offset,
             hash,
-            verified: AtomicBool::new(true),
         })
     }
 }

@@ -339,3 +339,91 @@ fn purge_deletes_the_files() {
     let cache = open(dir.path());
     assert!(is_miss(&cache, "http://h/gone"));
 }
+
+#[test]
+fn a_refreshed_disk_object_keeps_its_body_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    let url = "http://h/revalidate";
+    let data = body(30_000);
+    let stale_headers = [("cache-control", "max-age=0"), ("etag", "\"v1\"")];
+    store(&cache, &get(url), &stale_headers, &data, 3).expect("stored");
+    let Lookup::Stale(stale) = cache.lookup(&get(url), SystemTime::now()) else {
+        panic!("expected stale");
+    };
+    let mut answer = http::Response::new(());
+    *answer.status_mut() = StatusCode::NOT_MODIFIED;
+    *answer.headers_mut() = headers(&[MAX_AGE, ("etag", "\"v1\"")]);
+    let answer = answer.into_parts().0;
+    let refreshed = cache
+        .refresh(&stale.object, &get(url), &answer, SystemTime::now())
+        .expect("304 applies");
+    assert!(refreshed.memory_chunks().is_none(), "still on disk");
+    assert_eq!(hit_body(&cache, url), data);
+}
+
+#[test]
+fn an_unusable_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("file");
+    fs::write(&file, b"not a directory").expect("write");
+    let result = Cache::open(crate::cache::CacheConfig {
+        dir: Some(file.join("cache")),
+        ..crate::cache::CacheConfig::default()
+    });
+    let Err(err) = result else {
+        panic!("a directory under a file cannot be used");
+    };
+    assert!(matches!(err, CacheError::Dir { .. }), "{err}");
+    assert!(err.to_string().starts_with("cache directory "), "{err}");
+}
+
+#[test]
+fn variants_and_newer_copies_keep_exactly_their_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = "http://h/lang";
+    let vary = [MAX_AGE, ("vary", "accept-language")];
+    let french = request("GET", url, &[("accept-language", "fr")]);
+    let german = request("GET", url, &[("accept-language", "de")]);
+    let old_copy;
+    {
+        let cache = open(dir.path());
+        store(&cache, &french, &vary, &body(9000), 1).expect("stored");
+        old_copy = object_files(dir.path());
+        let old_bytes = fs::read(&old_copy[0]).expect("read");
+        store(&cache, &german, &vary, &body(9001), 1).expect("stored");
+        assert_eq!(
+            object_files(dir.path()).len(),
+            2,
+            "a second variant keeps the first"
+        );
+        store(&cache, &french, &vary, &body(9002), 1).expect("stored again");
+        assert_eq!(
+            object_files(dir.path()).len(),
+            2,
+            "a newer copy replaces the older file"
+        );
+        assert!(!old_copy[0].exists());
+        assert_eq!(
+            read(&cache.stats().evictions_disk),
+            0,
+            "replacing is not evicting"
+        );
+        // As if a crash came between writing the new file and dropping the old.
+        fs::write(&old_copy[0], old_bytes).expect("restore the older file");
+    }
+    let cache = open(dir.path());
+    let hit = expect_hit(&cache, &french);
+    let got = read_body(
+        &mut hit
+            .object
+            .reader(0, hit.object.head.body_len)
+            .expect("reader"),
+    )
+    .expect("body");
+    assert_eq!(got, body(9002), "the newer response wins");
+    assert!(!old_copy[0].exists(), "the older file is deleted");
+    let hit = expect_hit(&cache, &german);
+    assert_eq!(hit.object.head.body_len, 9001);
+    assert_eq!(object_files(dir.path()).len(), 2);
+}

@@ -297,3 +297,36 @@ fn stale_while_revalidate_serves_stale_and_asks_one_request_to_revalidate() {
         "{status}"
     );
 }
+
+#[test]
+fn impossible_sizes_are_refused() {
+    let zero_object = CacheConfig {
+        mem_max_object: 0,
+        ..CacheConfig::default()
+    };
+    let err = Cache::open(zero_object).err().expect("refused");
+    assert!(matches!(err, CacheError::Config(_)), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zero_disk = CacheConfig {
+        dir: Some(dir.path().to_path_buf()),
+        dir_bytes: 0,
+        ..CacheConfig::default()
+    };
+    assert!(matches!(Cache::open(zero_disk), Err(CacheError::Config(_))));
+    let off = CacheConfig {
+        mem_bytes: 0,
+        mem_max_object: 0,
+        ..CacheConfig::default()
+    };
+    assert!(!Cache::open(off).expect("off is fine").is_enabled());
+}
+
+#[test]
+fn storing_a_url_again_is_not_an_eviction() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    for round in 0..10u8 {
+        store(&cache, &get("http://h/again"), &[MAX_AGE], &[round; 100], 1).expect("stored");
+    }
+    assert_eq!(read(&cache.stats().evictions_memory), 0);
+    assert_eq!(cache.usage().0.urls, 1);
+}
