@@ -21,8 +21,8 @@ use http::{HeaderMap, StatusCode};
 
 use crate::cache::CacheError;
 use crate::cache::key::Variant;
-use crate::cache::object::DISK_READ_BYTES;
 use crate::cache::policy::Policy;
+use crate::cache::reader::DISK_READ_BYTES;
 use crate::http::request::RequestHead;
 
 /// Why a fill ended without a complete body.

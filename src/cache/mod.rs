@@ -1,9 +1,12 @@
 //! The HTTP cache: an RFC 9111 shared cache in memory and, optionally, on
 //! disk. It owns keys (`key`), policy (`policy`, from the
-//! `http-cache-semantics` crate), the two stores (`tier`, `disk`), fills
+//! `http-cache-semantics` crate, reading headers as `normalise` prepares
+//! them), what is stored where (`admission`), the stored objects and their
+//! readers (`object`, `reader`), the two stores (`tier`, `disk`), fills
 //! that followers read while they are written (`fill`, `filler`,
-//! `collapse`), and the pure helpers that answer from a stored object
-//! (`reply`, `conditional`, `range`) and describe the outcome (`status`).
+//! `collapse`), the pure helpers that answer from a stored object
+//! (`reply`, `conditional`, `range`) and the outcome and its counters
+//! (`status`, `stats`).
 //! It owns no sockets and never calls the upstream: the request path does
 //! both, and calls the cache in between.
 //!
@@ -100,6 +103,7 @@ mod normalise;
 pub mod object;
 pub mod policy;
 pub mod range;
+pub mod reader;
 pub mod reply;
 pub mod stats;
 pub mod status;
@@ -120,8 +124,9 @@ pub use fill::{FillFailure, FillHead, Release};
 pub use filler::Filler;
 pub use key::{CacheKey, KeyError};
 pub use lookup::{Bypass, Follower, Following, Hit, Lookup, Miss, MissRole, NoStore, Stale};
-pub use object::{BodyReader, StoredObject};
+pub use object::StoredObject;
 pub use policy::OriginFailure;
+pub use reader::BodyReader;
 pub use reply::Reply;
 pub use stats::{Stats, TierUsage};
 pub use status::{Fwd, Outcome};
