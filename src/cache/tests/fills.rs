@@ -229,3 +229,28 @@ fn fills_in_progress_share_a_bounded_amount_of_memory() {
     drop(dropped);
     assert_eq!(cache.inflight_bytes(), 0);
 }
+
+#[test]
+fn a_filler_that_panics_releases_its_followers() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/panic";
+    let filler = lead(&cache, &get(url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    let crashed = thread::spawn(move || {
+        let _filler = filler;
+        panic!("the worker fetching the response panicked");
+    });
+    assert!(crashed.join().is_err());
+    let Following::Released { why, .. } = follower.follow(&get(url)) else {
+        panic!("nothing to stream from a filler that is gone");
+    };
+    // Released because the filler is gone, not because the wait ran out.
+    assert_eq!(why, Release::FillerGone);
+    assert_eq!(cache.fills_in_progress(), 0);
+}
