@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;

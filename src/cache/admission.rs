@@ -1,0 +1,232 @@
+//! Admission: whether a response is stored, and where. RFC 9111 §3 via
+//! the policy, then the cache's own rules: no partial responses, no
+//! `Vary: *`, and a size that some tier's object limit allows (known up
+//! front from `Content-Length`, else checked as the body streams). Small
+//! objects are kept in memory; with a disk tier every object within its
+//! limit is also written to disk, so the disk holds what survives a
+//! restart and memory holds the hot small copies (Traffic Server's RAM
+//! cache in front of its disk).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderMap, StatusCode};
+
+use crate::cache::Shared;
+use crate::cache::disk::{DiskWriter, Header};
+use crate::cache::fill::FillHead;
+use crate::cache::key::{CacheKey, Variant, VaryNames};
+use crate::cache::object;
+use crate::cache::policy::Policy;
+use crate::cache::stats::bump;
+use crate::http::headers::{HopByHop, is_hop_by_hop};
+use crate::http::request::RequestHead;
+
+/// Why a response is not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// The request rules it out (not a GET).
+    Request,
+    /// RFC 9111 §3 forbids it (method, status, no-store, private,
+    /// Authorization, or nothing that makes it cacheable).
+    Policy,
+    /// `Vary: *`.
+    VaryStar,
+    /// A partial response (206).
+    Partial,
+    /// Longer than every object limit that applies.
+    TooLarge,
+    /// The disk write failed and no other tier could take it.
+    DiskError,
+    /// Fills in progress held all the memory they may.
+    Busy,
+    /// The body ended short of its `Content-Length`.
+    Incomplete,
+}
+
+impl NotStored {
+    /// A Cache-Status `detail` token.
+    pub fn detail(self) -> &'static str {
+        match self {
+            NotStored::Request => "request",
+            NotStored::Policy => "not-storable",
+            NotStored::VaryStar => "vary-star",
+            NotStored::Partial => "partial",
+            NotStored::TooLarge => "too-large",
+            NotStored::DiskError => "disk-error",
+            NotStored::Busy => "busy",
+            NotStored::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// Where a storable response goes.
+pub(crate) struct Plan {
+    pub head: Arc<FillHead>,
+    /// Kept in memory (readers read the chunks).
+    pub memory: bool,
+    /// Written to disk.
+    pub disk: Option<Box<DiskWriter>>,
+}
+
+/// Decides whether and where the response to `request` is stored, and
+/// starts its disk file when it goes to disk.
+///
+/// # Errors
+/// Why it is not stored.
+pub(crate) fn plan(
+    shared: &Shared,
+    key: &CacheKey,
+    request: &RequestHead,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Result<Plan, NotStored> {
+    let config = &shared.config;
+    let declared = content_length(headers);
+    let stored = stored_headers(headers);
+    let uri = key.uri().map_err(|_| NotStored::Policy)?;
+    let policy = Policy::new(&uri, request, status, &stored, now);
+    if request.method != "GET" {
+        return Err(NotStored::Request);
+    }
+    if !policy.is_storable() {
+        return Err(NotStored::Policy);
+    }
+    // A `Content-Range` on another status means nothing (RFC 9110 §14.4)
+    // and is stored like any other field.
+    if status == StatusCode::PARTIAL_CONTENT {
+        return Err(NotStored::Partial);
+    }
+    let names = VaryNames::of_response(&stored);
+    if names == VaryNames::Star {
+        return Err(NotStored::VaryStar);
+    }
+    let declared = if object::has_body(status) {
+        declared
+    } else {
+        Some(0)
+    };
+    let fits = |limit: u64| declared.is_none_or(|len| len <= limit);
+    let memory = shared.memory.is_some() && fits(config.mem_max_object);
+    let disk_fits = shared.disk.as_ref().is_some_and(|d| fits(d.max_object));
+    if !memory && !disk_fits {
+        return Err(NotStored::TooLarge);
+    }
+    let variant = Variant::capture(&names, request);
+    let mut disk = None;
+    if let (true, Some(store)) = (disk_fits, &shared.disk) {
+        let header = Header {
+            key: key.clone(),
+            variant: variant.clone(),
+            response_time: now,
+            status,
+            request: policy.request_headers().clone(),
+            response: stored.clone(),
+        };
+        match store.writer(&header) {
+            Ok(writer) => disk = Some(Box::new(writer)),
+            Err(err) => {
+                log::warn!("cache: cannot write {}: {err}", key);
+                bump(&shared.stats.disk_write_errors);
+                if !memory {
+                    return Err(NotStored::DiskError);
+                }
+            }
+        }
+    }
+    let head_block = object::head_block(
+        status,
+        &stored,
+        declared.filter(|_| object::has_body(status)),
+    );
+    let head = FillHead {
+        status,
+        headers: stored,
+        policy,
+        variant,
+        declared_len: declared,
+        head_block,
+    };
+    Ok(Plan {
+        head: Arc::new(head),
+        memory,
+        disk,
+    })
+}
+
+/// A single valid `Content-Length`, if any.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    value.to_str().ok()?.trim().parse().ok()
+}
+
+/// Headers about this hop's proxy authentication: never stored for others
+/// (RFC 9111 §3.1 names `Proxy-Authentication-Info` with the hop-by-hop set).
+const NOT_STORED: &[&str] = &["content-length", "proxy-authentication-info"];
+
+/// The response headers worth storing: hop-by-hop ones (and those its
+/// `Connection` lists), this hop's authentication and the framing go
+/// (RFC 9111 §3.1).
+pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
+    let hop = HopByHop::from_connection(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let mut stored = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name_str = name.as_str();
+        if is_hop_by_hop(name_str) || hop.contains(name_str) || NOT_STORED.contains(&name_str) {
+            continue;
+        }
+        stored.append(name.clone(), value.clone());
+    }
+    stored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::testing::headers;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_not_stored() {
+        let response = headers(&[
+            ("connection", "a, b"),
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "3"),
+            ("keep-alive", "x"),
+            ("te", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "x"),
+            ("proxy-connection", "x"),
+            ("proxy-authenticate", "x"),
+            ("proxy-authentication-info", "x"),
+            ("content-length", "10"),
+            ("content-range", "bytes 0-1/2"),
+            ("set-cookie", "a=b"),
+            ("set-cookie", "c=d"),
+        ]);
+        let stored = stored_headers(&response);
+        let names: Vec<&str> = stored.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["c", "content-range", "set-cookie"]);
+        assert_eq!(stored.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn content_length_is_read_only_when_single_and_valid() {
+        assert_eq!(
+            content_length(&headers(&[("content-length", "10")])),
+            Some(10)
+        );
+        assert_eq!(content_length(&headers(&[("content-length", "x")])), None);
+        let two = headers(&[("content-length", "1"), ("content-length", "1")]);
+        assert_eq!(content_length(&two), None);
+    }
+}

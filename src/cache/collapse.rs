@@ -1,0 +1,156 @@
+//! Collapsed forwarding: the table of fills in progress by URL, so that
+//! concurrent misses make one upstream request, and the hit-for-miss table
+//! (Varnish): URLs whose last response could not be shared are fetched by
+//! each request on its own for a while, never serialised behind a fill.
+//! Both tables are bounded: fills leave theirs when they end (their
+//! `Drop` guarantees it), hit-for-miss marks expire and are capped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::cache::fill::Fill;
+use crate::cache::key::CacheKey;
+
+/// Most URLs remembered as hit-for-miss at once.
+pub const MAX_HIT_FOR_MISS: usize = 65_536;
+
+/// What a miss does.
+pub enum Role {
+    /// Fetch, and publish the response in this new fill.
+    Lead(Arc<Fill>),
+    /// Read the fill another request leads.
+    Follow(Arc<Fill>),
+    /// Fetch alone: the URL is marked hit-for-miss.
+    Alone,
+}
+
+/// Fills in progress and hit-for-miss marks.
+pub struct Collapser {
+    fills: Mutex<HashMap<CacheKey, Arc<Fill>>>,
+    hit_for_miss: Mutex<HashMap<CacheKey, Instant>>,
+    /// How long a hit-for-miss mark lasts.
+    hfm_ttl: Duration,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Collapser {
+    /// Empty tables; marks last `hfm_ttl`.
+    pub fn new(hfm_ttl: Duration) -> Collapser {
+        Collapser {
+            fills: Mutex::new(HashMap::new()),
+            hit_for_miss: Mutex::new(HashMap::new()),
+            hfm_ttl,
+        }
+    }
+
+    /// Joins the fill for `key`, or starts one, or says to go alone.
+    pub fn join(&self, key: &CacheKey) -> Role {
+        if self.is_hit_for_miss(key) {
+            return Role::Alone;
+        }
+        let mut fills = lock(&self.fills);
+        if let Some(fill) = fills.get(key) {
+            return Role::Follow(Arc::clone(fill));
+        }
+        let fill = Fill::new();
+        fills.insert(key.clone(), Arc::clone(&fill));
+        Role::Lead(fill)
+    }
+
+    /// Removes `fill` from the table (if it is still the one for `key`).
+    pub fn leave(&self, key: &CacheKey, fill: &Arc<Fill>) {
+        let mut fills = lock(&self.fills);
+        if fills.get(key).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            fills.remove(key);
+        }
+    }
+
+    /// Fills in progress.
+    pub fn fills_in_progress(&self) -> usize {
+        lock(&self.fills).len()
+    }
+
+    fn is_hit_for_miss(&self, key: &CacheKey) -> bool {
+        let mut marks = lock(&self.hit_for_miss);
+        match marks.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                marks.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Marks `key` hit-for-miss for the configured time.
+    pub fn mark_hit_for_miss(&self, key: &CacheKey) {
+        let now = Instant::now();
+        let mut marks = lock(&self.hit_for_miss);
+        if marks.len() >= MAX_HIT_FOR_MISS {
+            marks.retain(|_, until| *until > now);
+        }
+        if marks.len() < MAX_HIT_FOR_MISS || marks.contains_key(key) {
+            marks.insert(key.clone(), now + self.hfm_ttl);
+        }
+    }
+
+    /// Forgets a hit-for-miss mark (the URL was stored after all, or purged).
+    pub fn clear_hit_for_miss(&self, key: &CacheKey) {
+        lock(&self.hit_for_miss).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(path: &str) -> CacheKey {
+        CacheKey::from_target(&format!("http://h{path}")).expect("key")
+    }
+
+    #[test]
+    fn the_first_miss_leads_and_the_next_follow() {
+        let table = Collapser::new(Duration::from_secs(60));
+        let Role::Lead(fill) = table.join(&key("/a")) else {
+            panic!("first miss must lead");
+        };
+        assert!(matches!(table.join(&key("/a")), Role::Follow(f) if Arc::ptr_eq(&f, &fill)));
+        assert!(matches!(table.join(&key("/b")), Role::Lead(_)));
+        table.leave(&key("/a"), &fill);
+        assert!(matches!(table.join(&key("/a")), Role::Lead(_)));
+    }
+
+    #[test]
+    fn leaving_never_removes_a_newer_fill() {
+        let table = Collapser::new(Duration::from_secs(60));
+        let Role::Lead(old) = table.join(&key("/a")) else {
+            panic!("lead");
+        };
+        table.leave(&key("/a"), &old);
+        let Role::Lead(new) = table.join(&key("/a")) else {
+            panic!("lead");
+        };
+        table.leave(&key("/a"), &old);
+        assert!(matches!(table.join(&key("/a")), Role::Follow(f) if Arc::ptr_eq(&f, &new)));
+    }
+
+    #[test]
+    fn hit_for_miss_marks_send_requests_alone_until_they_expire() {
+        let table = Collapser::new(Duration::from_millis(50));
+        table.mark_hit_for_miss(&key("/a"));
+        assert!(matches!(table.join(&key("/a")), Role::Alone));
+        assert!(matches!(table.join(&key("/a")), Role::Alone));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(table.join(&key("/a")), Role::Alone) {
+            assert!(Instant::now() < deadline, "mark never expired");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        table.mark_hit_for_miss(&key("/b"));
+        table.clear_hit_for_miss(&key("/b"));
+        assert!(matches!(table.join(&key("/b")), Role::Lead(_)));
+    }
+}

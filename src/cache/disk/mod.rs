@@ -1,0 +1,351 @@
+//! The disk tier: one file per stored variant under `DIR/objects/xx/`,
+//! written as the body streams (never held whole in memory) into
+//! `DIR/tmp/` and renamed into place once complete, with its length and an
+//! xxh3 checksum (see `format`). Its index is a `Tier` rebuilt at start by
+//! a background loader (`loader`) while the cache already serves, as
+//! nginx's cache loader does. A file that fails any check is deleted and
+//! reported as a miss: a broken object is never served.
+//!
+//! No fsync: a killed process loses nothing the kernel already has, and a
+//! power cut leaves files that fail their checksum and are dropped.
+
+mod format;
+mod loader;
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use xxhash_rust::xxh3::Xxh3;
+
+pub use format::{Header, TRAILER_LEN};
+
+use crate::cache::CacheError;
+use crate::cache::object::{Body, DiskBody, DiskFile, StoredObject};
+use crate::cache::stats::{Stats, bump};
+use crate::cache::tier::{Tier, TierKind};
+
+/// The disk tier.
+pub struct DiskStore {
+    root: PathBuf,
+    /// The index of stored files.
+    pub tier: Tier,
+    /// Largest body stored.
+    pub max_object: u64,
+    stats: Arc<Stats>,
+    /// Numbers object files (with the process id and the time, unique).
+    seq: AtomicU64,
+    /// Set on close, so that files outlive the process (see `DiskFile`).
+    closing: Arc<AtomicBool>,
+    /// Set once the loader has indexed every file.
+    loaded: Mutex<bool>,
+    loaded_cond: Condvar,
+    /// Tests set this to fail writes past a byte count, as a full disk does.
+    #[cfg(test)]
+    pub fail_writes_after: AtomicU64,
+}
+
+impl DiskStore {
+    /// Opens (creating) `dir`, removes temporary files an earlier process
+    /// left behind, and returns the store with an empty index: call
+    /// `start_loader` to fill it.
+    ///
+    /// # Errors
+    /// `CacheError::Dir` when the directories cannot be created or read.
+    pub fn open(
+        dir: &Path,
+        budget: u64,
+        max_object: u64,
+        stats: Arc<Stats>,
+    ) -> Result<DiskStore, CacheError> {
+        let dir_error = |source| CacheError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        for sub in ["objects", "tmp"] {
+            fs::create_dir_all(dir.join(sub)).map_err(dir_error)?;
+        }
+        // Whatever is in tmp/ was being written when a process died.
+        for entry in fs::read_dir(dir.join("tmp")).map_err(dir_error)? {
+            let _ = fs::remove_file(entry.map_err(dir_error)?.path());
+        }
+        Ok(DiskStore {
+            root: dir.to_path_buf(),
+            tier: Tier::new(budget, max_object, Arc::clone(&stats), TierKind::Disk),
+            max_object,
+            seq: AtomicU64::new(0),
+            closing: Arc::new(AtomicBool::new(false)),
+            loaded: Mutex::new(false),
+            loaded_cond: Condvar::new(),
+            #[cfg(test)]
+            fail_writes_after: AtomicU64::new(u64::MAX),
+            stats,
+        })
+    }
+
+    /// Whether the loader has finished indexing the directory.
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `timeout` for the loader; returns whether it finished.
+    pub fn wait_loaded(&self, timeout: Duration) -> bool {
+        let guard = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .loaded_cond
+            .wait_timeout_while(guard, timeout, |loaded| !*loaded)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+
+    fn set_loaded(&self) {
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.loaded_cond.notify_all();
+    }
+
+    /// A new file name for an object with variant id `id`: the id first
+    /// (the loader checks it), then what makes each write unique, so a
+    /// newer copy never takes an older one's name.
+    fn file_name(&self, id: u128) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        format!("{id:032x}-{nanos:x}-{:x}-{seq:x}", std::process::id())
+    }
+
+    /// Starts writing an object: its header goes out now, the body as it
+    /// arrives.
+    ///
+    /// # Errors
+    /// The I/O error creating or writing the temporary file.
+    pub fn writer(&self, header: &Header) -> io::Result<DiskWriter> {
+        let name = self.file_name(header.variant.id(&header.key));
+        let tmp = self.root.join("tmp").join(&name);
+        let dest = self.root.join("objects").join(&name[..2]).join(&name);
+        // Readable too: followers of the fill read through a clone of it.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let read = Arc::new(file.try_clone()?);
+        let mut writer = DiskWriter {
+            file,
+            read,
+            tmp,
+            dest,
+            closing: Arc::clone(&self.closing),
+            offset: 0,
+            written: 0,
+            hasher: Xxh3::new(),
+            finished: false,
+            #[cfg(test)]
+            fail_after: self.fail_writes_after.load(Ordering::Relaxed),
+        };
+        let header = format::encode(header);
+        let mut preamble = Vec::with_capacity(header.len() + 20);
+        preamble.extend_from_slice(format::MAGIC);
+        preamble.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        preamble.extend_from_slice(&header);
+        preamble.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&header).to_le_bytes());
+        writer.write_raw(&preamble)?;
+        writer.offset = preamble.len() as u64;
+        Ok(writer)
+    }
+
+    /// Checks a disk object before its first use in this process: reads
+    /// the body back against its checksum. A broken file is deleted and
+    /// dropped from the index.
+    pub fn verify(&self, object: &StoredObject) -> bool {
+        let Body::Disk(disk) = &object.body else {
+            return true;
+        };
+        if disk.file.verified.load(Ordering::Acquire) {
+            return true;
+        }
+        match read_checked(disk, object.head.body_len, None) {
+            Ok(()) => {
+                disk.file.verified.store(true, Ordering::Release);
+                true
+            }
+            Err(_) => {
+                self.drop_broken(object);
+                false
+            }
+        }
+    }
+
+    /// Reads a disk object's whole body into memory, checked (promotion of
+    /// a small object to the memory tier). A broken file is dropped.
+    pub fn read_whole(&self, object: &StoredObject) -> Option<Bytes> {
+        let Body::Disk(disk) = &object.body else {
+            return None;
+        };
+        let len = usize::try_from(object.head.body_len).ok()?;
+        let mut body = BytesMut::with_capacity(len);
+        match read_checked(disk, object.head.body_len, Some(&mut body)) {
+            Ok(()) => {
+                disk.file.verified.store(true, Ordering::Release);
+                Some(body.freeze())
+            }
+            Err(_) => {
+                self.drop_broken(object);
+                None
+            }
+        }
+    }
+
+    /// Deletes a broken object's file and index entry, and counts it.
+    /// If a newer object of the same variant has replaced it meanwhile
+    /// (its file renamed over the same path), that one is left alone.
+    pub fn drop_broken(&self, object: &StoredObject) {
+        bump(&self.stats.disk_corrupt);
+        if !self.tier.remove_exact(object) {
+            return;
+        }
+        if let Body::Disk(disk) = &object.body {
+            // Deleted now, not when the last reader lets go: it is broken.
+            log::warn!("cache: dropped broken object {}", disk.file.path.display());
+            let _ = fs::remove_file(&disk.file.path);
+        }
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        // The index is dropped next: its files stay for the next start.
+        self.closing.store(true, Ordering::Release);
+    }
+}
+
+/// Reads a body back and checks its length and checksum, copying it into
+/// `into` when given.
+fn read_checked(disk: &DiskBody, body_len: u64, mut into: Option<&mut BytesMut>) -> io::Result<()> {
+    let broken = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let file = File::open(&disk.file.path)?;
+    if file.metadata()?.len() != disk.offset + body_len + TRAILER_LEN {
+        return Err(broken("file length"));
+    }
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    file.read_exact_at(&mut trailer, disk.offset + body_len)?;
+    if trailer[..8] != body_len.to_le_bytes()
+        || trailer[8..16] != disk.hash.to_le_bytes()
+        || &trailer[16..] != format::END_MAGIC
+    {
+        return Err(broken("trailer"));
+    }
+    let mut hasher = Xxh3::new();
+    let mut reader = io::BufReader::with_capacity(64 * 1024, &file);
+    io::Seek::seek(&mut reader, io::SeekFrom::Start(disk.offset))?;
+    let mut left = body_len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        reader.read_exact(&mut buf[..want])?;
+        hasher.update(&buf[..want]);
+        if let Some(into) = into.as_deref_mut() {
+            into.extend_from_slice(&buf[..want]);
+        }
+        left -= want as u64;
+    }
+    if hasher.digest() != disk.hash {
+        return Err(broken("body checksum"));
+    }
+    Ok(())
+}
+
+/// An object file being written. Dropped unfinished, it deletes its
+/// temporary file: nothing half-written is ever renamed into place.
+pub struct DiskWriter {
+    file: File,
+    /// A second handle on the same file, for readers following the fill
+    /// (positioned reads, so they never disturb the writer).
+    read: Arc<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    /// Where the body starts.
+    offset: u64,
+    /// Body bytes written.
+    written: u64,
+    hasher: Xxh3,
+    finished: bool,
+    closing: Arc<AtomicBool>,
+    #[cfg(test)]
+    fail_after: u64,
+}
+
+impl DiskWriter {
+    /// The handle readers of the fill read through.
+    pub fn read_handle(&self) -> Arc<File> {
+        Arc::clone(&self.read)
+    }
+
+    /// Where the body starts in the file.
+    pub fn body_offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Appends body bytes.
+    ///
+    /// # Errors
+    /// The write error (a full disk is `StorageFull`).
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_raw(bytes)?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self.written + bytes.len() as u64 > self.fail_after {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device",
+            ));
+        }
+        self.file.write_all(bytes)
+    }
+
+    /// Writes the trailer and renames the file into place.
+    ///
+    /// # Errors
+    /// The write or rename error; the temporary file is then deleted.
+    pub fn finish(mut self) -> io::Result<DiskBody> {
+        let hash = self.hasher.digest();
+        let mut trailer = Vec::with_capacity(TRAILER_LEN as usize);
+        trailer.extend_from_slice(&self.written.to_le_bytes());
+        trailer.extend_from_slice(&hash.to_le_bytes());
+        trailer.extend_from_slice(format::END_MAGIC);
+        self.write_raw(&trailer)?;
+        if let Some(parent) = self.dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::rename(&self.tmp, &self.dest)?;
+        self.finished = true;
+        let file = DiskFile::new(self.dest.clone(), true, Arc::clone(&self.closing));
+        Ok(DiskBody {
+            file: Arc::new(file),
+            offset: self.offset,
+            hash,
+        })
+    }
+}
+
+impl Drop for DiskWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

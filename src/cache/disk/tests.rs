@@ -1,0 +1,429 @@
+//! The disk tier through the cache: round trips, restarts, broken files,
+//! a full disk, and followers reading the file being written.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+use crate::cache::stats::read;
+use crate::cache::testing::{expect_hit, headers, lead, read_body, request, small_cache, store};
+use crate::cache::{Cache, CacheError, FillFailure, Following, Fwd, Lookup, Miss, MissRole};
+
+const MAX_AGE: (&str, &str) = ("cache-control", "max-age=600");
+/// Objects up to this size live in memory too; larger ones only on disk.
+const MEM_MAX: u64 = 4096;
+const LOAD_WAIT: Duration = Duration::from_secs(10);
+
+fn open(dir: &Path) -> Cache {
+    let cache = small_cache(1 << 20, MEM_MAX, Some(dir));
+    assert!(cache.wait_loaded(LOAD_WAIT), "the loader finished");
+    cache
+}
+
+fn get(url: &str) -> crate::http::request::RequestHead {
+    request("GET", url, &[])
+}
+
+fn body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn object_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for sub in fs::read_dir(dir.join("objects"))
+        .expect("objects dir")
+        .flatten()
+    {
+        files.extend(
+            fs::read_dir(sub.path())
+                .expect("subdir")
+                .flatten()
+                .map(|f| f.path()),
+        );
+    }
+    files
+}
+
+fn tmp_files(dir: &Path) -> usize {
+    fs::read_dir(dir.join("tmp")).expect("tmp dir").count()
+}
+
+fn hit_body(cache: &Cache, url: &str) -> Vec<u8> {
+    let hit = expect_hit(cache, &get(url));
+    let len = hit.object.head.body_len;
+    read_body(&mut hit.object.reader(0, len).expect("reader")).expect("body")
+}
+
+fn is_miss(cache: &Cache, url: &str) -> bool {
+    matches!(
+        cache.lookup(&get(url), SystemTime::now()),
+        Lookup::Miss(Miss {
+            kind: Fwd::UriMiss,
+            ..
+        })
+    )
+}
+
+#[test]
+fn objects_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = body(1000);
+    let large = body(50_000);
+    {
+        let cache = open(dir.path());
+        store(&cache, &get("http://h/small"), &[MAX_AGE], &small, 3).expect("stored");
+        store(&cache, &get("http://h/large"), &[MAX_AGE], &large, 5).expect("stored");
+        let hit = expect_hit(&cache, &get("http://h/large"));
+        assert!(
+            hit.object.memory_chunks().is_none(),
+            "over the memory limit: disk only"
+        );
+    }
+    assert_eq!(object_files(dir.path()).len(), 2);
+    assert_eq!(tmp_files(dir.path()), 0);
+    let cache = open(dir.path());
+    assert_eq!(cache.usage().1.map(|d| d.urls), Some(2));
+    assert_eq!(hit_body(&cache, "http://h/small"), small);
+    let promoted = expect_hit(&cache, &get("http://h/small"));
+    assert!(
+        promoted.object.memory_chunks().is_some(),
+        "small objects are promoted to memory"
+    );
+    assert_eq!(hit_body(&cache, "http://h/large"), large);
+    assert!(promoted.object.head.policy.is_fresh(SystemTime::now()));
+}
+
+/// Breaks the one object file in `dir` with `damage`, then reopens.
+fn reopen_after(damage: impl FnOnce(&Path)) -> (tempfile::TempDir, Cache) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let cache = open(dir.path());
+        store(&cache, &get("http://h/x"), &[MAX_AGE], &body(20_000), 4).expect("stored");
+    }
+    let files = object_files(dir.path());
+    assert_eq!(files.len(), 1);
+    damage(&files[0]);
+    let cache = open(dir.path());
+    (dir, cache)
+}
+
+#[test]
+fn a_flipped_body_byte_is_never_served() {
+    let (dir, cache) = reopen_after(|file| {
+        let mut bytes = fs::read(file).expect("read");
+        let at = bytes.len() - 5000;
+        bytes[at] ^= 0x40;
+        fs::write(file, bytes).expect("write");
+    });
+    // The header is sound, so it is indexed; its body fails on first use.
+    assert!(is_miss(&cache, "http://h/x"), "a broken body is a miss");
+    assert!(object_files(dir.path()).is_empty(), "and is deleted");
+    assert_eq!(read(&cache.stats().disk_corrupt), 1);
+}
+
+#[test]
+fn a_truncated_file_is_dropped_at_load() {
+    for cut in [10, 5000, 19_000] {
+        let (dir, cache) = reopen_after(|file| {
+            let len = fs::metadata(file).expect("stat").len();
+            OpenOptions::new()
+                .write(true)
+                .open(file)
+                .expect("open")
+                .set_len(len - cut)
+                .expect("truncate");
+        });
+        assert!(is_miss(&cache, "http://h/x"), "cut by {cut}");
+        assert!(object_files(dir.path()).is_empty(), "cut by {cut}: deleted");
+    }
+}
+
+#[test]
+fn a_damaged_header_is_dropped_at_load() {
+    let (dir, cache) = reopen_after(|file| {
+        let mut bytes = fs::read(file).expect("read");
+        bytes[20] ^= 1;
+        fs::write(file, bytes).expect("write");
+    });
+    assert!(is_miss(&cache, "http://h/x"));
+    assert!(object_files(dir.path()).is_empty());
+}
+
+#[test]
+fn leftovers_of_an_interrupted_write_are_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let cache = open(dir.path());
+        let mut filler = lead(&cache, &get("http://h/cut"));
+        filler
+            .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+            .expect("storable");
+        filler.body(&body(10_000));
+        assert_eq!(tmp_files(dir.path()), 1, "written as it streams");
+        drop(filler); // The upstream failed.
+        assert_eq!(tmp_files(dir.path()), 0);
+    }
+    // A process killed mid-write leaves its temporary file behind.
+    fs::write(
+        dir.path().join("tmp").join("0123.99.0"),
+        b"FPCACHE1 partial",
+    )
+    .expect("leftover");
+    let cache = open(dir.path());
+    assert_eq!(tmp_files(dir.path()), 0);
+    assert!(object_files(dir.path()).is_empty());
+    assert!(is_miss(&cache, "http://h/cut"));
+}
+
+#[test]
+fn a_body_corrupted_after_checking_is_cut_before_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    store(&cache, &get("http://h/rot"), &[MAX_AGE], &body(200_000), 8).expect("stored");
+    let hit = expect_hit(&cache, &get("http://h/rot"));
+    let file = &object_files(dir.path())[0];
+    let mut bytes = fs::read(file).expect("read");
+    bytes[1000] ^= 1;
+    fs::write(file, bytes).expect("write");
+    let mut reader = hit
+        .object
+        .reader(0, hit.object.head.body_len)
+        .expect("reader");
+    let mut sent = 0;
+    let err = loop {
+        match reader.next_chunk() {
+            Ok(Some(chunk)) => sent += chunk.len() as u64,
+            Ok(None) => panic!("a corrupt body was read to its end"),
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        sent < hit.object.head.body_len,
+        "the last piece is withheld"
+    );
+    assert!(matches!(err, CacheError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn followers_of_a_large_fill_read_the_file_being_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    let url = "http://h/stream";
+    let data = body(100_000);
+    let mut filler = lead(&cache, &get(url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    let length = data.len().to_string();
+    filler
+        .response_head(
+            StatusCode::OK,
+            &headers(&[MAX_AGE, ("content-length", &length)]),
+            SystemTime::now(),
+        )
+        .expect("storable");
+    let Following::Stream { head, mut reader } = follower.follow(&get(url)) else {
+        panic!("stream expected");
+    };
+    assert_eq!(head.declared_len, Some(data.len() as u64));
+    filler.body(&data[..30_000]);
+    let first = reader.next_chunk().expect("chunk").expect("bytes");
+    assert_eq!(
+        &first[..],
+        &data[..first.len()],
+        "read from the file before the fill completes"
+    );
+    filler.body(&data[30_000..]);
+    filler.finish().expect("stored");
+    let mut all = first.to_vec();
+    all.extend(read_body(&mut reader).expect("rest"));
+    assert_eq!(all, data);
+}
+
+#[test]
+fn a_full_disk_abandons_the_store_but_not_the_response() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    let store_dir = cache.shared.disk.as_ref().expect("disk tier");
+    store_dir.fail_writes_after.store(20_000, Ordering::Relaxed);
+    // Disk only: followers read the file, so they are cut short.
+    let url = "http://h/full";
+    let mut filler = lead(&cache, &get(url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    filler
+        .response_head(
+            StatusCode::OK,
+            &headers(&[MAX_AGE, ("content-length", "50000")]),
+            SystemTime::now(),
+        )
+        .expect("storable");
+    let Following::Stream { mut reader, .. } = follower.follow(&get(url)) else {
+        panic!("stream expected");
+    };
+    for piece in body(50_000).chunks(10_000) {
+        filler.body(piece); // The filler's own client is relayed regardless.
+    }
+    assert!(filler.finish().is_err());
+    let err = read_body(&mut reader).expect_err("cut short");
+    assert!(
+        matches!(err, CacheError::FillFailed(FillFailure::DiskWrite)),
+        "{err}"
+    );
+    assert!(is_miss(&cache, url));
+    assert_eq!(tmp_files(dir.path()), 0);
+    // Small enough for memory: followers read memory, and memory keeps it.
+    store_dir.fail_writes_after.store(100, Ordering::Relaxed);
+    store(&cache, &get("http://h/fits"), &[MAX_AGE], &body(3000), 3).expect("stored in memory");
+    assert_eq!(hit_body(&cache, "http://h/fits"), body(3000));
+    assert!(read(&cache.stats().disk_write_errors) >= 2);
+}
+
+#[test]
+fn the_disk_budget_is_kept_by_eviction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Cache::open(crate::cache::CacheConfig {
+        mem_bytes: 1 << 20,
+        mem_max_object: 1024,
+        dir: Some(dir.path().to_path_buf()),
+        dir_bytes: 200_000,
+        dir_max_object: 20_000,
+        ..crate::cache::CacheConfig::default()
+    })
+    .expect("cache");
+    assert!(cache.wait_loaded(LOAD_WAIT));
+    for i in 0..30 {
+        store(
+            &cache,
+            &get(&format!("http://h/d{i}")),
+            &[MAX_AGE],
+            &body(15_000),
+            2,
+        )
+        .expect("stored");
+        let disk = cache.usage().1.expect("disk tier");
+        assert!(disk.bytes <= 200_000, "over budget after {i}");
+    }
+    assert!(read(&cache.stats().evictions_disk) > 0);
+    let on_disk: u64 = object_files(dir.path())
+        .iter()
+        .map(|f| fs::metadata(f).expect("stat").len())
+        .sum();
+    assert!(
+        on_disk <= 200_000,
+        "evicted files are deleted: {on_disk} bytes left"
+    );
+}
+
+#[test]
+fn purge_deletes_the_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    store(&cache, &get("http://h/gone"), &[MAX_AGE], &body(100), 1).expect("stored");
+    assert_eq!(object_files(dir.path()).len(), 1);
+    assert_eq!(cache.purge("http://h/gone"), Ok(true));
+    assert!(object_files(dir.path()).is_empty());
+    drop(cache);
+    let cache = open(dir.path());
+    assert!(is_miss(&cache, "http://h/gone"));
+}
+
+#[test]
+fn a_refreshed_disk_object_keeps_its_body_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    let url = "http://h/revalidate";
+    let data = body(30_000);
+    let stale_headers = [("cache-control", "max-age=0"), ("etag", "\"v1\"")];
+    store(&cache, &get(url), &stale_headers, &data, 3).expect("stored");
+    let Lookup::Stale(stale) = cache.lookup(&get(url), SystemTime::now()) else {
+        panic!("expected stale");
+    };
+    let mut answer = http::Response::new(());
+    *answer.status_mut() = StatusCode::NOT_MODIFIED;
+    *answer.headers_mut() = headers(&[MAX_AGE, ("etag", "\"v1\"")]);
+    let answer = answer.into_parts().0;
+    let refreshed = cache
+        .refresh(&stale.object, &get(url), &answer, SystemTime::now())
+        .expect("304 applies");
+    assert!(refreshed.memory_chunks().is_none(), "still on disk");
+    assert_eq!(hit_body(&cache, url), data);
+}
+
+#[test]
+fn an_unusable_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("file");
+    fs::write(&file, b"not a directory").expect("write");
+    let result = Cache::open(crate::cache::CacheConfig {
+        dir: Some(file.join("cache")),
+        ..crate::cache::CacheConfig::default()
+    });
+    let Err(err) = result else {
+        panic!("a directory under a file cannot be used");
+    };
+    assert!(matches!(err, CacheError::Dir { .. }), "{err}");
+    assert!(err.to_string().starts_with("cache directory "), "{err}");
+}
+
+#[test]
+fn variants_and_newer_copies_keep_exactly_their_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = "http://h/lang";
+    let vary = [MAX_AGE, ("vary", "accept-language")];
+    let french = request("GET", url, &[("accept-language", "fr")]);
+    let german = request("GET", url, &[("accept-language", "de")]);
+    let old_copy;
+    {
+        let cache = open(dir.path());
+        store(&cache, &french, &vary, &body(9000), 1).expect("stored");
+        old_copy = object_files(dir.path());
+        let old_bytes = fs::read(&old_copy[0]).expect("read");
+        store(&cache, &german, &vary, &body(9001), 1).expect("stored");
+        assert_eq!(
+            object_files(dir.path()).len(),
+            2,
+            "a second variant keeps the first"
+        );
+        store(&cache, &french, &vary, &body(9002), 1).expect("stored again");
+        assert_eq!(
+            object_files(dir.path()).len(),
+            2,
+            "a newer copy replaces the older file"
+        );
+        assert!(!old_copy[0].exists());
+        assert_eq!(
+            read(&cache.stats().evictions_disk),
+            0,
+            "replacing is not evicting"
+        );
+        // As if a crash came between writing the new file and dropping the old.
+        fs::write(&old_copy[0], old_bytes).expect("restore the older file");
+    }
+    let cache = open(dir.path());
+    let hit = expect_hit(&cache, &french);
+    let got = read_body(
+        &mut hit
+            .object
+            .reader(0, hit.object.head.body_len)
+            .expect("reader"),
+    )
+    .expect("body");
+    assert_eq!(got, body(9002), "the newer response wins");
+    assert!(!old_copy[0].exists(), "the older file is deleted");
+    let hit = expect_hit(&cache, &german);
+    assert_eq!(hit.object.head.body_len, 9001);
+    assert_eq!(object_files(dir.path()).len(), 2);
+}

@@ -1,0 +1,320 @@
+//! A fill: one response being received from the origin and stored, that
+//! other requests read while it is written (Varnish's busy objects,
+//! Traffic Server's read-while-writer). The filler publishes the head,
+//! then each piece of body; followers block on a condition variable until
+//! there is more, the fill completes, or it fails. A failed fill cuts every
+//! follower short with an error, so the proxy closes their connections
+//! before the declared length.
+//!
+//! Bytes live in memory (shared `Bytes` chunks) while the body fits the
+//! memory tier's object limit; past that, or when it never could, readers
+//! read the temporary file the disk tier is writing, with positioned reads.
+//! The state lock is never held across I/O.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+
+use crate::cache::CacheError;
+use crate::cache::key::Variant;
+use crate::cache::policy::Policy;
+use crate::cache::reader::DISK_READ_BYTES;
+use crate::http::request::RequestHead;
+
+/// Why a fill ended without a complete body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FillFailure {
+    /// The upstream failed, or the filler went away, mid-body.
+    #[error("the upstream response ended before it was complete")]
+    Upstream,
+    /// The body outgrew every limit, and no tier could hold what readers need.
+    #[error("the response grew past the cache's object limit")]
+    TooLarge,
+    /// Writing the disk file failed, and readers were reading from it.
+    #[error("the disk write failed")]
+    DiskWrite,
+    /// Fills in progress already hold all the memory they may, and the
+    /// response has no disk file to go on in.
+    #[error("the cache's memory for responses in progress is used up")]
+    MemoryFull,
+    /// No byte arrived for the follower's wait.
+    #[error("no progress from the fill within the wait")]
+    Stalled,
+}
+
+/// Why a follower was let go to fetch on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The response may not be stored or shared (or is stale at once).
+    NotShareable,
+    /// The response varies on a header whose value differs for this follower.
+    VaryMismatch,
+    /// The filler gave up before the response head arrived.
+    FillerGone,
+    /// No response head within the wait.
+    TimedOut,
+}
+
+/// The response head as followers see it.
+#[derive(Debug)]
+pub struct FillHead {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers as stored (hop-by-hop removed, no `Content-Length`).
+    pub headers: HeaderMap,
+    /// The response's policy (for `Age` and `ttl`).
+    pub policy: Policy,
+    /// The variant this response is for.
+    pub variant: Variant,
+    /// `Content-Length` of the origin's response, when it sent one.
+    pub declared_len: Option<u64>,
+    /// Status line and headers, with `Content-Length` when declared,
+    /// without `Age` and the blank line (as `ObjectHead::head_block`).
+    pub head_block: Bytes,
+}
+
+impl FillHead {
+    /// `Age: N\r\n` for now (RFC 9111 §5.1).
+    pub fn age_line(&self, now: std::time::SystemTime) -> String {
+        format!("Age: {}\r\n", self.policy.age(now).as_secs())
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    AwaitingHead,
+    Streaming,
+    Complete,
+    Failed(FillFailure),
+    Released(Release),
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    head: Option<Arc<FillHead>>,
+    /// The body so far, while it is kept in memory.
+    chunks: Vec<Bytes>,
+    /// Readers read `chunks`; once false, they read `file`.
+    in_memory: bool,
+    /// Body bytes published.
+    written: u64,
+    /// The temporary file and where the body starts in it.
+    file: Option<(Arc<File>, u64)>,
+}
+
+/// The shared state of one fill.
+#[derive(Debug)]
+pub struct Fill {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+impl Fill {
+    /// A fill waiting for its response head.
+    pub fn new() -> Arc<Fill> {
+        Arc::new(Fill {
+            state: Mutex::new(State {
+                phase: Phase::AwaitingHead,
+                head: None,
+                chunks: Vec::new(),
+                in_memory: true,
+                written: 0,
+                file: None,
+            }),
+            cond: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking filler must not take the followers down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the head: followers start reading. `file` is where the
+    /// body goes when it is not kept in memory.
+    pub fn publish_head(
+        &self,
+        head: Arc<FillHead>,
+        in_memory: bool,
+        file: Option<(Arc<File>, u64)>,
+    ) {
+        let mut state = self.lock();
+        state.head = Some(head);
+        state.in_memory = in_memory;
+        state.file = file;
+        state.phase = Phase::Streaming;
+        self.cond.notify_all();
+    }
+
+    /// Publishes body bytes that are only in the file.
+    pub fn advance(&self, len: u64) {
+        let mut state = self.lock();
+        state.written += len;
+        self.cond.notify_all();
+    }
+
+    /// Publishes body bytes (already written to the file, if any).
+    pub fn publish(&self, chunk: Bytes) {
+        let mut state = self.lock();
+        state.written += chunk.len() as u64;
+        if state.in_memory {
+            state.chunks.push(chunk);
+        }
+        self.cond.notify_all();
+    }
+
+    /// From now on readers read the file: the memory copy is dropped.
+    pub fn spill_to_file(&self) {
+        let mut state = self.lock();
+        state.in_memory = false;
+        state.chunks = Vec::new();
+    }
+
+    /// The body chunks kept in memory (to store them when complete).
+    pub fn chunks(&self) -> Vec<Bytes> {
+        self.lock().chunks.clone()
+    }
+
+    /// Ends the fill: followers read what is there and see the end.
+    pub fn complete(&self) {
+        self.end(Phase::Complete);
+    }
+
+    /// Ends the fill as failed: every follower gets `failure`.
+    pub fn fail(&self, failure: FillFailure) {
+        self.end(Phase::Failed(failure));
+    }
+
+    /// Lets followers go before the head: they fetch on their own.
+    pub fn release(&self, why: Release) {
+        self.end(Phase::Released(why));
+    }
+
+    fn end(&self, phase: Phase) {
+        let mut state = self.lock();
+        if matches!(state.phase, Phase::AwaitingHead | Phase::Streaming) {
+            // Before a head, there is nothing for followers to read.
+            state.phase = match (&state.phase, phase) {
+                (Phase::AwaitingHead, Phase::Failed(_)) => Phase::Released(Release::FillerGone),
+                (_, phase) => phase,
+            };
+            self.cond.notify_all();
+        }
+    }
+
+    /// Waits up to `wait` for the head, then decides for a follower with
+    /// request `head`.
+    pub fn follow(
+        self: &Arc<Self>,
+        request: &RequestHead,
+        wait: Duration,
+    ) -> Result<(Arc<FillHead>, FillReader), Release> {
+        let deadline = Instant::now() + wait;
+        let mut state = self.lock();
+        loop {
+            match &state.phase {
+                Phase::AwaitingHead => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Release::TimedOut);
+                    }
+                    state = self
+                        .cond
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                Phase::Released(why) => return Err(*why),
+                Phase::Failed(_) => return Err(Release::FillerGone),
+                Phase::Streaming | Phase::Complete => break,
+            }
+        }
+        let head = state.head.clone().ok_or(Release::FillerGone)?;
+        drop(state);
+        if !head.variant.matches(request) {
+            return Err(Release::VaryMismatch);
+        }
+        let reader = FillReader {
+            fill: Arc::clone(self),
+            pos: 0,
+            index: 0,
+            stall: wait,
+        };
+        Ok((head, reader))
+    }
+}
+
+/// Reads a fill's body as it is written.
+#[derive(Debug)]
+pub struct FillReader {
+    fill: Arc<Fill>,
+    /// Body bytes returned so far.
+    pos: u64,
+    /// Next chunk, while reading from memory.
+    index: usize,
+    /// Longest wait for the next bytes.
+    stall: Duration,
+}
+
+impl FillReader {
+    /// The next piece of body, `None` once the fill completed and all of
+    /// it was read.
+    ///
+    /// # Errors
+    /// `FillFailed` when the fill failed or no bytes came within the wait;
+    /// `Io` when the file cannot be read.
+    pub fn next_chunk(&mut self) -> Result<Option<Bytes>, CacheError> {
+        let mut state = self.fill.lock();
+        loop {
+            if state.in_memory {
+                if let Some(chunk) = state.chunks.get(self.index) {
+                    self.index += 1;
+                    self.pos += chunk.len() as u64;
+                    return Ok(Some(chunk.clone()));
+                }
+            } else if self.pos < state.written {
+                let Some((file, offset)) = state.file.clone() else {
+                    return Err(FillFailure::TooLarge.into());
+                };
+                let want = (state.written - self.pos).min(DISK_READ_BYTES as u64) as usize;
+                drop(state);
+                let mut buf = BytesMut::zeroed(want);
+                file.read_exact_at(&mut buf, offset + self.pos)?;
+                self.pos += want as u64;
+                return Ok(Some(buf.freeze()));
+            }
+            match state.phase {
+                Phase::Complete => return Ok(None),
+                Phase::Failed(failure) => return Err(failure.into()),
+                _ => {}
+            }
+            let (next, timeout) = self
+                .fill
+                .cond
+                .wait_timeout(state, self.stall)
+                .unwrap_or_else(|e| e.into_inner());
+            state = next;
+            if timeout.timed_out() && !self.has_more(&state) {
+                return Err(FillFailure::Stalled.into());
+            }
+        }
+    }
+
+    fn has_more(&self, state: &State) -> bool {
+        let more = if state.in_memory {
+            self.index < state.chunks.len()
+        } else {
+            self.pos < state.written
+        };
+        more || !matches!(state.phase, Phase::Streaming)
+    }
+}
+
+#[cfg(test)]
+#[path = "fill_tests.rs"]
+mod tests;

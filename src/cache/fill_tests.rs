@@ -1,0 +1,177 @@
+use std::io::Write;
+use std::sync::mpsc;
+use std::thread;
+
+use http::HeaderName;
+
+use super::*;
+use crate::cache::key::VaryNames;
+use crate::cache::testing::{headers, request};
+
+const URL: &str = "http://h/f";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn head(vary: Option<&str>) -> Arc<FillHead> {
+    let mut pairs = vec![("cache-control", "max-age=60")];
+    if let Some(vary) = vary {
+        pairs.push(("vary", vary));
+    }
+    let response = headers(&pairs);
+    let req = request("GET", URL, &[("accept", "a")]);
+    let uri = URL.parse().expect("uri");
+    let policy = Policy::new(
+        &uri,
+        &req,
+        StatusCode::OK,
+        &response,
+        std::time::SystemTime::now(),
+    );
+    Arc::new(FillHead {
+        status: StatusCode::OK,
+        variant: Variant::capture(&VaryNames::of_response(&response), &req),
+        head_block: crate::cache::object::head_block(StatusCode::OK, &response, None),
+        headers: response,
+        policy,
+        declared_len: None,
+    })
+}
+
+fn read_all(reader: &mut FillReader) -> Result<Vec<u8>, CacheError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = reader.next_chunk()? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+#[test]
+fn followers_read_bytes_before_the_fill_completes() {
+    let fill = Fill::new();
+    let (got_first, first) = mpsc::channel();
+    let follower = {
+        let fill = Arc::clone(&fill);
+        thread::spawn(move || {
+            let (_, mut reader) = fill
+                .follow(&request("GET", URL, &[]), WAIT)
+                .expect("follows");
+            let chunk = reader
+                .next_chunk()
+                .expect("first chunk")
+                .expect("not the end");
+            got_first.send(chunk.clone()).expect("send");
+            let mut all = chunk.to_vec();
+            all.extend(read_all(&mut reader).expect("rest"));
+            all
+        })
+    };
+    fill.publish_head(head(None), true, None);
+    fill.publish(Bytes::from_static(b"hello "));
+    // The fill is still open: the follower has the first bytes already.
+    let first = first.recv_timeout(WAIT).expect("bytes before completion");
+    assert_eq!(&first[..], b"hello ");
+    fill.publish(Bytes::from_static(b"world"));
+    fill.complete();
+    assert_eq!(follower.join().expect("follower"), b"hello world");
+}
+
+#[test]
+fn a_failed_fill_cuts_readers_short() {
+    let fill = Fill::new();
+    fill.publish_head(head(None), true, None);
+    fill.publish(Bytes::from_static(b"part"));
+    let (_, mut reader) = fill
+        .follow(&request("GET", URL, &[]), WAIT)
+        .expect("follows");
+    fill.fail(FillFailure::Upstream);
+    assert_eq!(
+        &reader.next_chunk().expect("published bytes").expect("some")[..],
+        b"part"
+    );
+    let err = reader.next_chunk().expect_err("cut short");
+    assert!(
+        matches!(err, CacheError::FillFailed(FillFailure::Upstream)),
+        "{err}"
+    );
+}
+
+#[test]
+fn followers_are_released_without_a_head() {
+    let fill = Fill::new();
+    fill.release(Release::NotShareable);
+    assert_eq!(
+        fill.follow(&request("GET", URL, &[]), WAIT).err(),
+        Some(Release::NotShareable)
+    );
+    let fill = Fill::new();
+    fill.fail(FillFailure::Upstream);
+    assert_eq!(
+        fill.follow(&request("GET", URL, &[]), WAIT).err(),
+        Some(Release::FillerGone)
+    );
+    let fill = Fill::new();
+    let waited = fill.follow(&request("GET", URL, &[]), Duration::from_millis(20));
+    assert_eq!(waited.err(), Some(Release::TimedOut));
+}
+
+#[test]
+fn a_follower_of_another_variant_is_released() {
+    let fill = Fill::new();
+    fill.publish_head(head(Some("accept")), true, None);
+    let other = request("GET", URL, &[("accept", "b")]);
+    assert_eq!(fill.follow(&other, WAIT).err(), Some(Release::VaryMismatch));
+    let same = request("GET", URL, &[("accept", "a")]);
+    assert!(fill.follow(&same, WAIT).is_ok());
+    assert_eq!(
+        head(Some("accept")).variant.fields().map(<[_]>::len),
+        Some(1)
+    );
+    assert_eq!(
+        head(Some("accept"))
+            .variant
+            .fields()
+            .map(|f| f[0].0.clone()),
+        Some(HeaderName::from_static("accept"))
+    );
+}
+
+#[test]
+fn a_silent_fill_stalls_its_readers() {
+    let fill = Fill::new();
+    fill.publish_head(head(None), true, None);
+    let (_, mut reader) = fill
+        .follow(&request("GET", URL, &[]), Duration::from_millis(30))
+        .expect("follows");
+    let err = reader.next_chunk().expect_err("no progress");
+    assert!(
+        matches!(err, CacheError::FillFailed(FillFailure::Stalled)),
+        "{err}"
+    );
+}
+
+#[test]
+fn readers_move_to_the_file_when_the_body_spills() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("body");
+    let mut writer = File::create(&path).expect("create");
+    let read = Arc::new(File::open(&path).expect("open"));
+    writer.write_all(b"HDR").expect("header");
+    let fill = Fill::new();
+    fill.publish_head(head(None), true, Some((read, 3)));
+    let (_, mut reader) = fill
+        .follow(&request("GET", URL, &[]), WAIT)
+        .expect("follows");
+    for piece in [&b"abc"[..], b"def"] {
+        writer.write_all(piece).expect("write");
+        fill.publish(Bytes::copy_from_slice(piece));
+    }
+    assert_eq!(
+        &reader.next_chunk().expect("chunk").expect("some")[..],
+        b"abc"
+    );
+    fill.spill_to_file();
+    writer.write_all(b"ghi").expect("write");
+    fill.advance(3);
+    fill.complete();
+    assert_eq!(read_all(&mut reader).expect("rest"), b"defghi");
+    assert!(fill.chunks().is_empty(), "memory copy dropped");
+}

@@ -1,0 +1,373 @@
+//! The filler side of a fill: the request that fetches from the origin
+//! hands the response head and then each piece of body to its `Filler`,
+//! which decides whether to store, tees the body into memory and/or the
+//! disk file, publishes it to followers, and stores the object when the
+//! body is complete. Storing never disturbs the filler's own client: a
+//! disk error or a limit only abandons the store. Dropping a `Filler`
+//! before `finish` (upstream failure, client gone, panic) fails the fill,
+//! so followers are cut short and nothing is stored.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+
+use crate::cache::Shared;
+use crate::cache::admission::{self, NotStored, Plan};
+use crate::cache::disk::DiskWriter;
+use crate::cache::fill::{Fill, FillFailure, FillHead, Release};
+use crate::cache::key::CacheKey;
+use crate::cache::object::{Body, ObjectHead, StoredObject};
+use crate::cache::stats::bump;
+use crate::http::request::RequestHead;
+
+enum Store {
+    AwaitingHead,
+    Storing {
+        head: Arc<FillHead>,
+        memory: bool,
+        /// Boxed: the checksum state is large, and most fills have no disk.
+        disk: Option<Box<DiskWriter>>,
+        received: u64,
+    },
+    NotStoring(NotStored),
+    Done,
+}
+
+/// Receives one response from the origin and stores it.
+pub struct Filler {
+    shared: Arc<Shared>,
+    key: CacheKey,
+    request: RequestHead,
+    fill: Arc<Fill>,
+    /// In the collapse table: followers may be reading.
+    registered: bool,
+    /// Bytes of `Shared::inflight` this fill holds in memory.
+    reserved: u64,
+    store: Store,
+}
+
+impl Filler {
+    /// A filler for `request`, publishing into `fill`.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        key: CacheKey,
+        request: &RequestHead,
+        fill: Arc<Fill>,
+        registered: bool,
+    ) -> Filler {
+        Filler {
+            shared,
+            key,
+            request: request.clone(),
+            fill,
+            registered,
+            reserved: 0,
+            store: Store::AwaitingHead,
+        }
+    }
+
+    /// The key being filled.
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// Takes the origin's response head (received at `now`) and decides
+    /// whether to store it; followers start reading, or are let go.
+    ///
+    /// # Errors
+    /// Why the response is not stored; the filler then stores nothing,
+    /// and its body calls do nothing.
+    pub fn response_head(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Result<(), NotStored> {
+        match self.store {
+            Store::AwaitingHead => {}
+            Store::NotStoring(why) => return Err(why),
+            Store::Storing { .. } | Store::Done => return Err(NotStored::Request),
+        }
+        let decided = admission::plan(&self.shared, &self.key, &self.request, status, headers, now);
+        match decided {
+            Ok(Plan { head, memory, disk }) => {
+                let file = disk.as_ref().map(|w| (w.read_handle(), w.body_offset()));
+                if head.policy.is_fresh(now) {
+                    self.fill.publish_head(Arc::clone(&head), memory, file);
+                } else {
+                    // Stale at once: sharing it would be reuse without
+                    // validation (RFC 9111 §4), so followers go alone.
+                    self.release(Release::NotShareable, self.registered);
+                }
+                self.store = Store::Storing {
+                    head,
+                    memory,
+                    disk,
+                    received: 0,
+                };
+                Ok(())
+            }
+            Err(why) => {
+                self.store = Store::NotStoring(why);
+                // Only a shared fill's refusal says something about the
+                // URL; a refusal caused by the request itself does not.
+                let mark = !matches!(why, NotStored::DiskError | NotStored::Request)
+                    && status != StatusCode::NOT_MODIFIED;
+                self.release(Release::NotShareable, mark);
+                Err(why)
+            }
+        }
+    }
+
+    /// Takes the next piece of body. Never fails: a limit or a disk error
+    /// only abandons the store (and cuts followers short if they were
+    /// reading what can no longer be kept).
+    pub fn body(&mut self, bytes: &[u8]) {
+        if let Some(failure) = self.tee(bytes) {
+            self.abandon(failure);
+        }
+    }
+
+    /// Writes `bytes` to the disk file and publishes them; says why the
+    /// store must be given up, if it must.
+    fn tee(&mut self, bytes: &[u8]) -> Option<FillFailure> {
+        let Store::Storing {
+            memory,
+            disk,
+            received,
+            ..
+        } = &mut self.store
+        else {
+            return None;
+        };
+        if bytes.is_empty() {
+            return None;
+        }
+        *received += bytes.len() as u64;
+        let mut busy = false;
+        if *memory {
+            busy = !reserve(&self.shared, &mut self.reserved, bytes.len() as u64);
+            if busy || *received > self.shared.config.mem_max_object {
+                *memory = false;
+                self.fill.spill_to_file();
+            }
+        }
+        if let Some(writer) = disk {
+            let over = self
+                .shared
+                .disk
+                .as_ref()
+                .is_none_or(|d| *received > d.max_object);
+            let failed = !over
+                && writer
+                    .write(bytes)
+                    .inspect_err(|err| log::warn!("cache: writing {} failed: {err}", self.key))
+                    .is_err();
+            if failed {
+                bump(&self.shared.stats.disk_write_errors);
+            }
+            if over || failed {
+                *disk = None;
+                if !*memory {
+                    return Some(if failed {
+                        FillFailure::DiskWrite
+                    } else {
+                        FillFailure::TooLarge
+                    });
+                }
+            }
+        }
+        if *memory {
+            self.fill.publish(Bytes::copy_from_slice(bytes));
+        } else if disk.is_some() {
+            self.fill.advance(bytes.len() as u64);
+        } else if busy {
+            return Some(FillFailure::MemoryFull);
+        } else {
+            return Some(FillFailure::TooLarge);
+        }
+        None
+    }
+
+    /// The body is complete: stores the object in every tier that took it
+    /// and ends the fill. Returns the stored object (for Cache-Status
+    /// `stored`), or why nothing was stored.
+    ///
+    /// # Errors
+    /// Why nothing was stored.
+    pub fn finish(mut self) -> Result<Arc<StoredObject>, NotStored> {
+        let store = std::mem::replace(&mut self.store, Store::Done);
+        let Store::Storing {
+            head,
+            memory,
+            disk,
+            received,
+        } = store
+        else {
+            return Err(match store {
+                Store::NotStoring(why) => why,
+                _ => NotStored::Request,
+            });
+        };
+        if head.declared_len.is_some_and(|len| len != received) {
+            self.store = Store::NotStoring(NotStored::Incomplete);
+            self.fill.fail(FillFailure::Upstream);
+            return Err(NotStored::Incomplete);
+        }
+        // From here the stored object counts against its tier's budget.
+        self.unreserve();
+        let object_head = Arc::new(ObjectHead::new(
+            self.key.clone(),
+            head.variant.clone(),
+            head.status,
+            head.headers.clone(),
+            head.policy.clone(),
+            received,
+        ));
+        let in_memory = memory.then(|| self.store_in_memory(&object_head));
+        let on_disk = disk.and_then(|writer| self.store_on_disk(&object_head, writer));
+        self.drop_older_copies(&object_head, in_memory.is_some(), on_disk.is_some());
+        self.fill.complete();
+        self.leave();
+        self.shared.collapser.clear_hit_for_miss(&self.key);
+        let stored = in_memory.or(on_disk).ok_or(NotStored::DiskError)?;
+        bump(&self.shared.stats.stored);
+        Ok(stored)
+    }
+
+    fn store_in_memory(&self, head: &Arc<ObjectHead>) -> Arc<StoredObject> {
+        let chunks = self.fill.chunks();
+        // One contiguous buffer: a hit is then head + body in one writev.
+        let body: Box<[Bytes]> = if chunks.len() > 1 {
+            let mut joined = BytesMut::with_capacity(head.body_len as usize);
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            Box::new([joined.freeze()])
+        } else {
+            chunks.into_boxed_slice()
+        };
+        let object = Arc::new(StoredObject::new(Arc::clone(head), Body::Memory(body)));
+        if let Some(memory) = &self.shared.memory {
+            memory.put(Arc::clone(&object));
+        }
+        object
+    }
+
+    fn store_on_disk(
+        &self,
+        head: &Arc<ObjectHead>,
+        writer: Box<DiskWriter>,
+    ) -> Option<Arc<StoredObject>> {
+        let store = self.shared.disk.as_ref()?;
+        match writer.finish() {
+            Ok(body) => {
+                let object = Arc::new(StoredObject::new(Arc::clone(head), Body::Disk(body)));
+                store.tier.put(Arc::clone(&object));
+                Some(object)
+            }
+            Err(err) => {
+                log::warn!("cache: storing {} on disk failed: {err}", self.key);
+                bump(&self.shared.stats.disk_write_errors);
+                None
+            }
+        }
+    }
+
+    /// A tier that did not take the new response must not keep serving
+    /// an older one of the same variant.
+    fn drop_older_copies(&self, head: &ObjectHead, in_memory: bool, on_disk: bool) {
+        let older = |variants: Option<crate::cache::tier::Variants>| {
+            variants.and_then(|list| {
+                list.iter()
+                    .find(|o| o.head.variant == head.variant)
+                    .cloned()
+            })
+        };
+        if let (false, Some(memory)) = (in_memory, &self.shared.memory)
+            && let Some(old) = older(memory.get(self.key.as_str()))
+        {
+            memory.remove_variant(&old);
+        }
+        if let (false, Some(disk)) = (on_disk, &self.shared.disk)
+            && let Some(old) = older(disk.tier.get(self.key.as_str()))
+        {
+            // Its file goes when the last reader lets go of it.
+            disk.tier.remove_variant(&old);
+        }
+    }
+
+    /// Gives up storing mid-body.
+    fn abandon(&mut self, failure: FillFailure) {
+        self.store = Store::NotStoring(match failure {
+            FillFailure::DiskWrite => NotStored::DiskError,
+            FillFailure::TooLarge => NotStored::TooLarge,
+            FillFailure::MemoryFull => NotStored::Busy,
+            FillFailure::Upstream | FillFailure::Stalled => NotStored::Incomplete,
+        });
+        self.unreserve();
+        bump(&self.shared.stats.fills_abandoned);
+        self.fill.fail(failure);
+        let shared_fill = self.registered;
+        self.leave();
+        if failure == FillFailure::TooLarge && shared_fill {
+            self.shared.collapser.mark_hit_for_miss(&self.key);
+        }
+    }
+
+    /// Lets followers go before any body; `mark` remembers the URL as
+    /// hit-for-miss, if this fill was the shared one for it.
+    fn release(&mut self, why: Release, mark: bool) {
+        let shared_fill = self.registered;
+        self.fill.release(why);
+        self.leave();
+        if mark && shared_fill {
+            self.shared.collapser.mark_hit_for_miss(&self.key);
+        }
+    }
+
+    /// Returns this fill's share of the in-flight memory.
+    fn unreserve(&mut self) {
+        let reserved = std::mem::take(&mut self.reserved);
+        self.shared.inflight.fetch_sub(reserved, Ordering::AcqRel);
+    }
+
+    fn leave(&mut self) {
+        if self.registered {
+            self.shared.collapser.leave(&self.key, &self.fill);
+            self.registered = false;
+        }
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        if let Store::Storing { .. } = self.store {
+            bump(&self.shared.stats.fills_abandoned);
+        }
+        self.unreserve();
+        // No effect on a fill that already ended.
+        self.fill.fail(FillFailure::Upstream);
+        self.leave();
+    }
+}
+
+/// Reserves `len` bytes of the memory that fills in progress may hold
+/// (bounded, so that many large fills at once cannot push the process far
+/// past its budget); false when there is not enough left.
+fn reserve(shared: &Shared, reserved: &mut u64, len: u64) -> bool {
+    let limit = shared.inflight_limit;
+    let fits = shared
+        .inflight
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            used.checked_add(len).filter(|total| *total <= limit)
+        })
+        .is_ok();
+    if fits {
+        *reserved += len;
+    }
+    fits
+}

@@ -1,0 +1,387 @@
+//! Looking a request up: find the variant that matches it (memory first,
+//! then disk, promoting small disk objects to memory), ask its policy
+//! what it is good for, and on a miss decide the request's role in
+//! collapsed forwarding. Also the two calls that follow a stale lookup:
+//! `refresh` after a 304 and `fill_alone`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue};
+
+use crate::cache::collapse::Role;
+use crate::cache::fill::{Fill, FillHead, Release};
+use crate::cache::filler::Filler;
+use crate::cache::key::CacheKey;
+use crate::cache::object::{Body, DiskBody, ObjectHead, StoredObject};
+use crate::cache::policy::{Decision, directive};
+use crate::cache::reader::BodyReader;
+use crate::cache::status::{Fwd, Outcome};
+use crate::cache::{Cache, Shared};
+use crate::http::request::RequestHead;
+
+/// What the cache offers for a request.
+pub enum Lookup {
+    /// Answer from the cache.
+    Hit(Hit),
+    /// A stored response exists but must be revalidated first.
+    Stale(Stale),
+    /// Nothing usable is stored.
+    Miss(Miss),
+    /// `only-if-cached` and nothing usable: answer 504 (RFC 9111 §5.2.1.7).
+    OnlyIfCached,
+    /// The cache takes no part: forward untouched.
+    Bypass(Bypass),
+}
+
+/// Why a request does not use the cache at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// The cache is off.
+    Off,
+    /// Not GET or HEAD (unsafe methods invalidate after their response).
+    Method,
+    /// The target is not an http(s) URL the cache can key.
+    Target,
+}
+
+/// A usable stored response.
+pub struct Hit {
+    /// The response.
+    pub object: Arc<StoredObject>,
+    /// Served stale (client's `max-stale`, or `stale-while-revalidate`).
+    pub stale: bool,
+    /// `stale-while-revalidate`: this request should revalidate the entry
+    /// after answering (only one request is told so).
+    pub revalidate: bool,
+}
+
+impl Hit {
+    /// The Cache-Status outcome of this hit.
+    pub fn outcome(&self, now: SystemTime) -> Outcome {
+        Outcome::Hit {
+            ttl: self.object.head.policy.ttl_seconds(now),
+            stale: self.stale,
+            detail: match (self.stale, self.revalidate) {
+                (true, true) => Some("stale-while-revalidate"),
+                (true, false) => Some("stale"),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A stored response that needs revalidation.
+pub struct Stale {
+    /// The stored response.
+    pub object: Arc<StoredObject>,
+    /// Fresh, but the request's directives asked for the origin.
+    pub by_request: bool,
+    /// Headers to add to the upstream request (RFC 9111 §4.3.1).
+    pub validators: Vec<(HeaderName, HeaderValue)>,
+    /// Stores the response if it is not a 304.
+    pub filler: Filler,
+}
+
+impl Stale {
+    /// `Fwd::Request` or `Fwd::Stale`, for Cache-Status.
+    pub fn fwd(&self) -> Fwd {
+        if self.by_request {
+            Fwd::Request
+        } else {
+            Fwd::Stale
+        }
+    }
+}
+
+/// A request that must go to the origin.
+pub struct Miss {
+    /// `Fwd::UriMiss` or `Fwd::VaryMiss`.
+    pub kind: Fwd,
+    /// What this request does about it.
+    pub role: MissRole,
+}
+
+/// A miss's part in collapsed forwarding.
+pub enum MissRole {
+    /// Fetch and fill (followers may be reading).
+    Fill(Filler),
+    /// Read another request's fill.
+    Follow(Follower),
+    /// Fetch, and store nothing.
+    NoStore(NoStore),
+}
+
+/// Why a miss stores nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoStore {
+    /// HEAD: there is no body to store.
+    Head,
+    /// A range request: the response would be partial.
+    Range,
+    /// The request says `no-store` (RFC 9111 §5.2.1.5).
+    RequestNoStore,
+    /// The client's own preconditions go upstream as sent: the answer may
+    /// be a 304 or 412, which is not the response to store.
+    Conditional,
+}
+
+/// A request waiting on another's fill.
+pub struct Follower {
+    shared: Arc<Shared>,
+    key: CacheKey,
+    fill: Arc<Fill>,
+}
+
+/// What following a fill gave.
+pub enum Following {
+    /// Stream this head and body.
+    Stream {
+        /// The response head.
+        head: Arc<FillHead>,
+        /// Its body as it arrives.
+        reader: BodyReader,
+    },
+    /// Fetch on your own with `filler`.
+    Released {
+        /// Why.
+        why: Release,
+        /// Stores the response if it turns out storable.
+        filler: Filler,
+    },
+}
+
+impl Follower {
+    /// Waits (at most the collapse wait) for the fill's head.
+    pub fn follow(self, request: &RequestHead) -> Following {
+        let wait = self.shared.config.collapse_wait;
+        match self.fill.follow(request, wait) {
+            Ok((head, reader)) => Following::Stream {
+                head,
+                reader: BodyReader::from_fill(reader),
+            },
+            Err(why) => Following::Released {
+                why,
+                filler: Filler::new(self.shared, self.key, request, Fill::new(), false),
+            },
+        }
+    }
+}
+
+/// A stored variant found for a request, or which kind of miss.
+enum Found {
+    Object(Arc<StoredObject>),
+    UriMiss,
+    VaryMiss,
+}
+
+impl Cache {
+    /// Looks `head` up at `now`: see the module docs for what to do with
+    /// each answer.
+    pub fn lookup(&self, head: &RequestHead, now: SystemTime) -> Lookup {
+        if !self.is_enabled() {
+            return Lookup::Bypass(Bypass::Off);
+        }
+        if head.method != "GET" && head.method != "HEAD" {
+            return Lookup::Bypass(Bypass::Method);
+        }
+        let Ok(key) = CacheKey::from_target(&head.target) else {
+            return Lookup::Bypass(Bypass::Target);
+        };
+        let only_if_cached = has_directive(head, "only-if-cached");
+        let kind = match self.find(&key, head) {
+            Found::Object(object) => match object.head.policy.decide(head, now) {
+                Decision::Fresh => return hit(object, false, false),
+                Decision::StaleAllowed => return hit(object, true, false),
+                Decision::Revalidate {
+                    while_revalidate: true,
+                    ..
+                } => {
+                    let wait = self.shared.config.collapse_wait;
+                    let revalidate = object.claim_revalidation(now, wait);
+                    return hit(object, true, revalidate);
+                }
+                Decision::Revalidate { by_request, .. } => {
+                    if only_if_cached {
+                        return Lookup::OnlyIfCached;
+                    }
+                    return Lookup::Stale(Stale {
+                        validators: object.head.policy.validators(now),
+                        filler: self.fill_alone(head, key),
+                        object,
+                        by_request,
+                    });
+                }
+            },
+            Found::UriMiss => Fwd::UriMiss,
+            Found::VaryMiss => Fwd::VaryMiss,
+        };
+        if only_if_cached {
+            return Lookup::OnlyIfCached;
+        }
+        Lookup::Miss(Miss {
+            kind,
+            role: self.miss_role(head, key),
+        })
+    }
+
+    fn miss_role(&self, head: &RequestHead, key: CacheKey) -> MissRole {
+        if head.method == "HEAD" {
+            return MissRole::NoStore(NoStore::Head);
+        }
+        if head.header("range").is_some() {
+            return MissRole::NoStore(NoStore::Range);
+        }
+        if has_directive(head, "no-store") {
+            return MissRole::NoStore(NoStore::RequestNoStore);
+        }
+        let conditional = [
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+        ];
+        if conditional.iter().any(|name| head.header(name).is_some()) {
+            return MissRole::NoStore(NoStore::Conditional);
+        }
+        // A response to a request with credentials is shared only if the
+        // origin says so (RFC 9111 §3.5), which is known only once it
+        // arrives: never make others wait on it.
+        if head.header("authorization").is_some() {
+            return MissRole::Fill(self.fill_alone(head, key));
+        }
+        let shared = Arc::clone(&self.shared);
+        match self.shared.collapser.join(&key) {
+            Role::Lead(fill) => MissRole::Fill(Filler::new(shared, key, head, fill, true)),
+            Role::Follow(fill) => MissRole::Follow(Follower { shared, key, fill }),
+            Role::Alone => MissRole::Fill(self.fill_alone(head, key)),
+        }
+    }
+
+    /// A filler nobody follows (a stale entry's refetch, a hit-for-miss
+    /// URL, a background revalidation's full answer).
+    pub fn fill_alone(&self, head: &RequestHead, key: CacheKey) -> Filler {
+        Filler::new(Arc::clone(&self.shared), key, head, Fill::new(), false)
+    }
+
+    /// Finds the most recent stored variant matching `head`.
+    fn find(&self, key: &CacheKey, head: &RequestHead) -> Found {
+        let mut uri_known = false;
+        if let Some(variants) = self
+            .shared
+            .memory
+            .as_ref()
+            .and_then(|m| m.get(key.as_str()))
+        {
+            uri_known = true;
+            if let Some(object) = variants.iter().rev().find(|o| o.head.variant.matches(head)) {
+                return Found::Object(Arc::clone(object));
+            }
+        }
+        let Some(disk) = &self.shared.disk else {
+            return if uri_known {
+                Found::VaryMiss
+            } else {
+                Found::UriMiss
+            };
+        };
+        let variants = disk.tier.get(key.as_str());
+        let found = variants.and_then(|list| {
+            list.iter()
+                .rev()
+                .find(|o| o.head.variant.matches(head))
+                .cloned()
+        });
+        if let Some(object) = found
+            && let Some(object) = self.load_from_disk(object)
+        {
+            return Found::Object(object);
+        }
+        // Asked again: a broken file found above is gone from the index.
+        if uri_known || disk.tier.get(key.as_str()).is_some() {
+            Found::VaryMiss
+        } else {
+            Found::UriMiss
+        }
+    }
+
+    /// A disk object checked for use: small ones are read into memory
+    /// (and kept there), large ones verified once then streamed from disk.
+    fn load_from_disk(&self, object: Arc<StoredObject>) -> Option<Arc<StoredObject>> {
+        let disk = self.shared.disk.as_ref()?;
+        let memory = self.shared.memory.as_ref()?;
+        if object.head.body_len > self.shared.config.mem_max_object {
+            return disk.verify(&object).then_some(object);
+        }
+        let body = disk.read_whole(&object)?;
+        let promoted = Arc::new(StoredObject::new(
+            Arc::clone(&object.head),
+            Body::Memory(Box::new([body])),
+        ));
+        memory.put(Arc::clone(&promoted));
+        Some(promoted)
+    }
+
+    /// Applies a revalidation's 304 (RFC 9111 §4.3.4): the stored headers
+    /// updated by the 304's, the policy refreshed, the body kept. Returns
+    /// the updated object to answer from; `None` when the 304 does not
+    /// select this entry (then fetch again without validators).
+    ///
+    /// A disk object's updated head is kept in the index only: after a
+    /// restart the file's older head makes it stale again, so it is
+    /// revalidated once more rather than served on outdated terms.
+    pub fn refresh(
+        &self,
+        object: &Arc<StoredObject>,
+        head: &RequestHead,
+        answer: &http::response::Parts,
+        now: SystemTime,
+    ) -> Option<Arc<StoredObject>> {
+        let old = &object.head;
+        let (headers, policy) = old
+            .policy
+            .refresh(head, old.status, &old.headers, answer, now)?;
+        let new_head = Arc::new(ObjectHead::new(
+            old.key.clone(),
+            old.variant.clone(),
+            old.status,
+            headers,
+            policy,
+            old.body_len,
+        ));
+        let body = match &object.body {
+            Body::Memory(chunks) => Body::Memory(chunks.clone()),
+            Body::Disk(disk) => Body::Disk(DiskBody {
+                file: Arc::clone(&disk.file),
+                offset: disk.offset,
+                hash: disk.hash,
+            }),
+        };
+        let refreshed = Arc::new(StoredObject::new(new_head, body));
+        let tier = match &refreshed.body {
+            Body::Memory(_) => self.shared.memory.as_ref(),
+            Body::Disk(_) => self.shared.disk.as_ref().map(|d| &d.tier),
+        };
+        if let Some(tier) = tier {
+            tier.put(Arc::clone(&refreshed));
+        }
+        Some(refreshed)
+    }
+
+    /// The configured collapse wait.
+    pub fn collapse_wait(&self) -> Duration {
+        self.shared.config.collapse_wait
+    }
+}
+
+fn hit(object: Arc<StoredObject>, stale: bool, revalidate: bool) -> Lookup {
+    Lookup::Hit(Hit {
+        object,
+        stale,
+        revalidate,
+    })
+}
+
+fn has_directive(head: &RequestHead, name: &str) -> bool {
+    directive(head.header_values("cache-control"), name).is_some()
+}

@@ -1,0 +1,382 @@
+//! The headers as the policy crate is given them. `http-cache-semantics`
+//! reads `Cache-Control` names case-sensitively, splits on every comma,
+//! parses dates as RFC 2822 (too lenient for HTTP-date, and blind to its
+//! obsolete forms), takes `Age: 7200, 0` as 0, refuses statuses outside a
+//! short list even with explicit freshness, and never lets a response with
+//! `Set-Cookie` be fresh. So the crate reads a normalised copy (a "view")
+//! and keeps every decision; the stored and replayed headers are the
+//! origin's own:
+//!
+//! - `Cache-Control`: parsed as RFC 9111 §5.2 lists (quoted strings kept
+//!   whole, names lowercased), written back with only the directives the
+//!   policy acts on. A `CDN-Cache-Control` that is a valid dictionary
+//!   (RFC 9213, RFC 8941) takes its place: a forward proxy shared by a
+//!   team or a CI farm sits where a CDN does, between one origin and many
+//!   clients. `must-understand` (RFC 9111 §5.2.2.3) overrides `no-store`
+//!   for statuses the cache understands, and stops all others.
+//! - `Age`: the first value of the first line, when it is a number
+//!   (RFC 9111 §5.1); otherwise ignored.
+//! - `Date`, `Last-Modified`, `Expires`: one line in any HTTP-date form
+//!   (RFC 9110 §5.6.7), case aside, rewritten as IMF-fixdate; an invalid or
+//!   repeated `Expires` is "already expired" (RFC 9111 §5.3), the others are
+//!   dropped.
+//! - `Set-Cookie` is left out: RFC 9111 lets a shared cache store it.
+//! - A final status the crate does not know is given as 200 when the
+//!   response has explicit freshness or `public` (RFC 9111 §3: any final
+//!   status may then be stored), since the crate then decides the same way.
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+/// Statuses the crate understands (and this cache, for `must-understand`).
+const UNDERSTOOD: &[u16] = &[
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
+
+/// Directives the policy acts on; others are left out of the view.
+const KNOWN: &[&str] = &[
+    "max-age",
+    "s-maxage",
+    "no-cache",
+    "no-store",
+    "private",
+    "public",
+    "must-revalidate",
+    "proxy-revalidate",
+    "immutable",
+    "must-understand",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
+
+/// Request directives the policy acts on (RFC 9111 §5.2.1).
+const REQUEST_KNOWN: &[&str] = &[
+    "no-cache",
+    "no-store",
+    "max-age",
+    "max-stale",
+    "min-fresh",
+    "only-if-cached",
+    "stale-if-error",
+];
+
+/// Directives whose value is delta-seconds.
+const SECONDS: &[&str] = &[
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+    "min-fresh",
+    "max-stale",
+];
+
+/// RFC 9111 §1.2.2: larger delta-seconds are taken as 2^31.
+const MAX_DELTA: u64 = 1 << 31;
+
+/// One directive: lowercased name, unquoted value.
+pub type Directive = (String, Option<String>);
+
+/// The response as the policy reads it: status and view headers.
+pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, HeaderMap) {
+    let mut view = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !matches!(
+            name.as_str(),
+            "cache-control"
+                | "cdn-cache-control"
+                | "age"
+                | "date"
+                | "last-modified"
+                | "expires"
+                | "set-cookie"
+        ) {
+            view.append(name.clone(), value.clone());
+        }
+    }
+    let lines = |name| headers.get_all(name).iter().map(HeaderValue::as_bytes);
+    let mut directives =
+        cdn_directives(lines("cdn-cache-control")).unwrap_or_else(|| parse(lines("cache-control")));
+    let has = |ds: &[Directive], n: &str| ds.iter().any(|(name, _)| name == n);
+    if has(&directives, "must-understand") {
+        directives.retain(|(name, _)| name != "no-store");
+        if !UNDERSTOOD.contains(&status.as_u16()) {
+            directives.push(("no-store".to_string(), None));
+        }
+    }
+    if let Some(value) = render(&directives, KNOWN) {
+        view.insert(http::header::CACHE_CONTROL, value);
+    }
+    if let Some(age) = first_number(lines("age")) {
+        view.insert(http::header::AGE, HeaderValue::from(age));
+    }
+    for (name, header) in [
+        ("date", http::header::DATE),
+        ("last-modified", http::header::LAST_MODIFIED),
+    ] {
+        if let Some(date) = single_date(lines(name)) {
+            view.insert(header, date);
+        }
+    }
+    if headers.contains_key(http::header::EXPIRES) {
+        let date = single_date(lines("expires")).unwrap_or(HeaderValue::from_static("0"));
+        view.insert(http::header::EXPIRES, date);
+    }
+    let explicit = ["max-age", "s-maxage", "public"]
+        .iter()
+        .any(|n| has(&directives, n))
+        || headers.contains_key(http::header::EXPIRES);
+    let final_unknown = status.as_u16() >= 200
+        && !UNDERSTOOD.contains(&status.as_u16())
+        && status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::NOT_MODIFIED;
+    let status = if final_unknown && explicit {
+        StatusCode::OK
+    } else {
+        status
+    };
+    (status, view)
+}
+
+/// A request's `Cache-Control` lines as one normalised value.
+pub fn request_cache_control<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<HeaderValue> {
+    render(&parse(lines), REQUEST_KNOWN)
+}
+
+/// Parses `Cache-Control` lines (RFC 9111 §5.2): a comma list of
+/// `token [ "=" ( token / quoted-string ) ]`; commas inside quoted strings
+/// do not split, names are lowercased, broken items are skipped.
+pub fn parse<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<Directive> {
+    let mut out = Vec::new();
+    for line in lines {
+        let mut rest = line;
+        while !rest.is_empty() {
+            let (item, next) = split_item(rest);
+            rest = next;
+            if let Some(directive) = parse_item(item) {
+                out.push(directive);
+            }
+        }
+    }
+    out
+}
+
+/// Splits off the next list item, honouring quoted strings.
+fn split_item(s: &[u8]) -> (&[u8], &[u8]) {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => return (&s[..i], &s[i + 1..]),
+            _ => {}
+        }
+    }
+    (s, &[])
+}
+
+fn parse_item(item: &[u8]) -> Option<Directive> {
+    let item = item.trim_ascii();
+    let (name, value) = match item.iter().position(|&b| b == b'=') {
+        Some(eq) => (item[..eq].trim_ascii(), Some(item[eq + 1..].trim_ascii())),
+        None => (item, None),
+    };
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        return None;
+    }
+    let value = match value {
+        None => None,
+        Some(v) if v.first() == Some(&b'"') => Some(unquote(v)?),
+        Some(v) if !v.is_empty() && v.iter().all(|&b| is_tchar(b)) => {
+            Some(String::from_utf8_lossy(v).into_owned())
+        }
+        // A value that is neither a token nor a quoted string.
+        Some(_) => Some(String::new()),
+    };
+    Some((String::from_utf8_lossy(name).to_ascii_lowercase(), value))
+}
+
+fn unquote(v: &[u8]) -> Option<String> {
+    let inner = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    let mut out = Vec::with_capacity(inner.len());
+    let mut escaped = false;
+    for &b in inner {
+        if escaped || b != b'\\' {
+            out.push(b);
+            escaped = false;
+        } else {
+            escaped = true;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The `known` directives as one header value; invalid delta-seconds
+/// become 0 (RFC 9111 §4.2.1: invalid freshness is taken as stale), and a
+/// bare `max-stale` stays bare (any staleness, RFC 9111 §5.2.1.2).
+fn render(directives: &[Directive], known: &[&str]) -> Option<HeaderValue> {
+    let mut out = String::new();
+    for (name, value) in directives {
+        if !known.contains(&name.as_str()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(name);
+        let bare_max_stale = name == "max-stale" && value.is_none();
+        if SECONDS.contains(&name.as_str()) && !bare_max_stale {
+            let secs = value.as_deref().map_or(0, delta_seconds);
+            out.push_str(&format!("={secs}"));
+        }
+    }
+    (!out.is_empty())
+        .then(|| HeaderValue::from_str(&out).ok())
+        .flatten()
+}
+
+fn delta_seconds(value: &str) -> u64 {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    value.parse::<u64>().map_or(MAX_DELTA, |n| n.min(MAX_DELTA))
+}
+
+/// The directives of a valid `CDN-Cache-Control` (RFC 9213): an RFC 8941
+/// dictionary whose delta-seconds members are integers. `None` when absent
+/// or invalid: then `Cache-Control` applies.
+fn cdn_directives<'a>(mut lines: impl Iterator<Item = &'a [u8]>) -> Option<Vec<Directive>> {
+    let mut joined = Vec::new();
+    for line in lines.by_ref() {
+        if !joined.is_empty() {
+            joined.push(b',');
+        }
+        joined.extend_from_slice(line);
+    }
+    if joined.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut rest = &joined[..];
+    while !rest.is_empty() {
+        let (item, next) = split_item(rest);
+        rest = next;
+        let item = item.trim_ascii();
+        // Parameters are allowed and ignored.
+        let item = item.split(|&b| b == b';').next().unwrap_or_default();
+        let (key, value) = match item.iter().position(|&b| b == b'=') {
+            Some(eq) => (&item[..eq], Some(&item[eq + 1..])),
+            None => (item, None),
+        };
+        let key_ok = key
+            .first()
+            .is_some_and(|&b| b.is_ascii_lowercase() || b == b'*')
+            && key
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b));
+        if !key_ok {
+            return None;
+        }
+        let name = String::from_utf8_lossy(key).into_owned();
+        let integer = value
+            .is_some_and(|v| !v.is_empty() && v.len() <= 15 && v.iter().all(u8::is_ascii_digit));
+        if SECONDS.contains(&name.as_str()) && !integer {
+            return None;
+        }
+        match value {
+            None | Some(b"?1") => out.push((name, None)),
+            Some(b"?0") => {}
+            Some(v) if integer || is_sf_token_or_string(v) => {
+                out.push((name, Some(String::from_utf8_lossy(v).into_owned())))
+            }
+            Some(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+fn is_sf_token_or_string(v: &[u8]) -> bool {
+    let token = v
+        .first()
+        .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'*')
+        && v.iter().all(|&b| is_tchar(b) || b == b':' || b == b'/');
+    let string = v.len() >= 2 && v.starts_with(b"\"") && v.ends_with(b"\"");
+    token || string
+}
+
+/// The first element of the first line, if a number (RFC 9111 §5.1).
+fn first_number<'a>(mut lines: impl Iterator<Item = &'a [u8]>) -> Option<u64> {
+    let first = lines.next()?.split(|&b| b == b',').next()?.trim_ascii();
+    if first.is_empty() || !first.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let text = std::str::from_utf8(first).ok()?;
+    Some(text.parse::<u64>().map_or(MAX_DELTA, |n| n.min(MAX_DELTA)))
+}
+
+/// A single HTTP-date line, rewritten as IMF-fixdate.
+fn single_date<'a>(mut lines: impl Iterator<Item = &'a [u8]>) -> Option<HeaderValue> {
+    let (Some(line), None) = (lines.next(), lines.next()) else {
+        return None;
+    };
+    let time = parse_http_date(line)?;
+    HeaderValue::from_str(&httpdate::fmt_http_date(time)).ok()
+}
+
+/// Parses an HTTP-date in any of its three forms (RFC 9110 §5.6.7),
+/// forgiving letter case in names, which recipients may (the `httpdate`
+/// crate is strict about it).
+pub fn parse_http_date(value: &[u8]) -> Option<std::time::SystemTime> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if let Ok(time) = httpdate::parse_http_date(text) {
+        return Some(time);
+    }
+    // Title-case each alphabetic word, except the zone: "THU" -> "Thu".
+    let mut fixed = String::with_capacity(text.len());
+    let mut word_start = true;
+    for c in text.chars() {
+        if c.is_ascii_alphabetic() {
+            fixed.push(if word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            fixed.push(c);
+            word_start = true;
+        }
+    }
+    let fixed = match fixed.strip_suffix("Gmt") {
+        Some(head) => format!("{head}GMT"),
+        None => fixed,
+    };
+    if let Ok(time) = httpdate::parse_http_date(&fixed) {
+        return Some(time);
+    }
+    // A weekday that does not match the date is redundant, not an error.
+    let word_end = fixed.find(|c: char| !c.is_ascii_alphabetic())?;
+    let long = word_end > 3;
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    DAYS.iter().find_map(|day| {
+        let day = if long { day } else { &day[..3] };
+        httpdate::parse_http_date(&format!("{day}{}", &fixed[word_end..])).ok()
+    })
+}
+
+#[cfg(test)]
+#[path = "normalise_tests.rs"]
+mod tests;

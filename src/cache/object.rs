@@ -1,0 +1,293 @@
+//! Stored objects: an immutable response head (its HTTP/1.1 bytes built
+//! once, at store time) and a body held in memory as shared `Bytes`, or in
+//! a file of the disk tier. A hit writes `head_block`, an `Age` line, the
+//! proxy's own headers and the body chunks in one vectored write: nothing
+//! of the object is copied per hit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use crate::cache::CacheError;
+use crate::cache::key::{CacheKey, Variant};
+use crate::cache::policy::Policy;
+use crate::cache::reader::BodyReader;
+use crate::http::response;
+
+/// Response headers never written from the stored head: the proxy writes
+/// its own (`Age` computed per hit, `Content-Length` from the body).
+const NOT_REPLAYED: &[&str] = &["age", "content-length", "x-request-id"];
+
+/// Stored headers echoed in a 304 (RFC 9110 §15.4.5).
+const NOT_MODIFIED_HEADERS: &[&str] = &[
+    "cache-control",
+    "content-location",
+    "date",
+    "etag",
+    "expires",
+    "last-modified",
+    "vary",
+];
+
+/// What is known of a stored response besides its body.
+#[derive(Debug)]
+pub struct ObjectHead {
+    /// The primary key.
+    pub key: CacheKey,
+    /// The secondary key.
+    pub variant: Variant,
+    /// The stored status.
+    pub status: StatusCode,
+    /// The stored headers (hop-by-hop ones removed).
+    pub headers: HeaderMap,
+    /// Freshness and revalidation.
+    pub policy: Policy,
+    /// Length of the complete body.
+    pub body_len: u64,
+    /// Status line and headers with `Content-Length`, without `Age` and
+    /// without the blank line.
+    head_block: Bytes,
+}
+
+impl ObjectHead {
+    /// Builds the head, serialising it once.
+    pub fn new(
+        key: CacheKey,
+        variant: Variant,
+        status: StatusCode,
+        headers: HeaderMap,
+        policy: Policy,
+        body_len: u64,
+    ) -> ObjectHead {
+        let head_block = head_block(status, &headers, has_body(status).then_some(body_len));
+        ObjectHead {
+            key,
+            variant,
+            status,
+            headers,
+            policy,
+            body_len,
+            head_block,
+        }
+    }
+
+    /// Bytes the head takes in memory, roughly but not below the truth: the
+    /// serialised head, the header map and the policy's normalised copy of
+    /// it (each entry with its map overhead, about 128 bytes), and the fixed
+    /// parts (policy, key, variant, `Arc`s, the index entry), about 2 KiB;
+    /// measured against the process's resident size for 1 KiB objects with
+    /// eight headers, this errs on the high side. For small objects the head
+    /// is most of the cost, so it is counted for the memory budget to bound
+    /// the process, not just the bodies.
+    pub fn memory_weight(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 128)
+            .sum();
+        (self.head_block.len() + 2 * headers + 2 * self.key.as_str().len() + 2048) as u64
+    }
+
+    /// Status line and headers (with `Content-Length`), without `Age` and
+    /// without the final blank line: the request path appends `age_line`,
+    /// its own headers and `\r\n`.
+    pub fn head_block(&self) -> &Bytes {
+        &self.head_block
+    }
+
+    /// `Age: N\r\n` for now (RFC 9111 §5.1: on every response from cache).
+    pub fn age_line(&self, now: SystemTime) -> String {
+        format!("Age: {}\r\n", self.policy.age(now).as_secs())
+    }
+
+    /// The head of a 304 answering a client conditional from this entry.
+    pub fn not_modified_head(&self, now: SystemTime) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        response::write_status_line(&mut out, 304, "Not Modified");
+        for (name, value) in &self.headers {
+            if NOT_MODIFIED_HEADERS.contains(&name.as_str()) {
+                response::write_header(&mut out, name.as_str(), value.as_bytes());
+            }
+        }
+        out.extend_from_slice(self.age_line(now).as_bytes());
+        out
+    }
+
+    /// The head of a 206 for bytes `start..=end` (RFC 9110 §15.3.7).
+    pub fn partial_head(&self, start: u64, end: u64, now: SystemTime) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head_block.len() + 64);
+        response::write_status_line(&mut out, 206, "Partial Content");
+        for (name, value) in &self.headers {
+            if !NOT_REPLAYED.contains(&name.as_str()) {
+                response::write_header(&mut out, name.as_str(), value.as_bytes());
+            }
+        }
+        let range = format!("bytes {start}-{end}/{}", self.body_len);
+        response::write_header(&mut out, "Content-Range", range.as_bytes());
+        let len = (end - start + 1).to_string();
+        response::write_header(&mut out, "Content-Length", len.as_bytes());
+        out.extend_from_slice(self.age_line(now).as_bytes());
+        out
+    }
+
+    /// The head of a 416 for this entry (RFC 9110 §15.5.17).
+    pub fn unsatisfiable_head(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        response::write_status_line(&mut out, 416, "Range Not Satisfiable");
+        let range = format!("bytes */{}", self.body_len);
+        response::write_header(&mut out, "Content-Range", range.as_bytes());
+        response::write_header(&mut out, "Content-Length", b"0");
+        out
+    }
+}
+
+/// Serialises a status line and `headers` (less those the proxy writes
+/// itself), with `Content-Length: len` when given; no blank line.
+pub fn head_block(status: StatusCode, headers: &HeaderMap, len: Option<u64>) -> Bytes {
+    let mut block = Vec::with_capacity(512);
+    response::write_status_line(
+        &mut block,
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+    );
+    for (name, value) in headers {
+        if !NOT_REPLAYED.contains(&name.as_str()) {
+            response::write_header(&mut block, name.as_str(), value.as_bytes());
+        }
+    }
+    if let Some(len) = len {
+        response::write_header(&mut block, "Content-Length", len.to_string().as_bytes());
+    }
+    Bytes::from(block)
+}
+
+/// Whether responses with `status` carry a body (RFC 9110 §6.4.1).
+pub fn has_body(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// Where a stored body lives.
+#[derive(Debug)]
+pub enum Body {
+    /// In memory, as the chunks it was received in (usually one).
+    Memory(Box<[Bytes]>),
+    /// In a file of the disk tier.
+    Disk(DiskBody),
+}
+
+/// A body in a disk-tier file.
+#[derive(Debug)]
+pub struct DiskBody {
+    /// The file, shared by every object that uses it (a 304 refresh makes
+    /// a new object on the same file).
+    pub file: Arc<DiskFile>,
+    /// Where the body starts in the file.
+    pub offset: u64,
+    /// The xxh3-64 of the body.
+    pub hash: u64,
+}
+
+/// One object file of the disk tier. Its name is unique per write, and it
+/// is deleted when the last object using it is dropped: once evicted,
+/// replaced or purged from the index, and no reader holds it any more.
+/// A cache that closes keeps its files (that is what a restart finds).
+#[derive(Debug)]
+pub struct DiskFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// The whole body was read back and its checksum held, since the file
+    /// was written or since this process found it.
+    pub verified: AtomicBool,
+    /// Set when the disk store closes: files outlive the process then.
+    closing: Arc<AtomicBool>,
+}
+
+impl DiskFile {
+    /// A file of a store whose `closing` flag is given.
+    pub fn new(path: PathBuf, verified: bool, closing: Arc<AtomicBool>) -> DiskFile {
+        DiskFile {
+            path,
+            verified: AtomicBool::new(verified),
+            closing,
+        }
+    }
+}
+
+impl Drop for DiskFile {
+    fn drop(&mut self) {
+        if !self.closing.load(Ordering::Acquire) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// One stored response: shared by every reader through an `Arc`.
+#[derive(Debug)]
+pub struct StoredObject {
+    /// Everything but the body.
+    pub head: Arc<ObjectHead>,
+    /// The body.
+    pub body: Body,
+    /// When a `stale-while-revalidate` revalidation was last claimed
+    /// (seconds since the epoch, 0 for never).
+    revalidating: AtomicU64,
+}
+
+impl StoredObject {
+    /// Wraps a head and a body.
+    pub fn new(head: Arc<ObjectHead>, body: Body) -> StoredObject {
+        StoredObject {
+            head,
+            body,
+            revalidating: AtomicU64::new(0),
+        }
+    }
+
+    /// The body chunks when the body is in memory: the vectored-write path.
+    pub fn memory_chunks(&self) -> Option<&[Bytes]> {
+        match &self.body {
+            Body::Memory(chunks) => Some(chunks),
+            Body::Disk(_) => None,
+        }
+    }
+
+    /// Bytes this object counts against its tier's budget.
+    pub fn weight(&self) -> u64 {
+        match &self.body {
+            Body::Memory(_) => self.head.memory_weight() + self.head.body_len,
+            Body::Disk(disk) => disk.offset + self.head.body_len + crate::cache::disk::TRAILER_LEN,
+        }
+    }
+
+    /// Claims the background revalidation of a stale entry: true for one
+    /// caller, and again only once `retry_after` has passed since (the
+    /// claimant may have failed).
+    pub fn claim_revalidation(&self, now: SystemTime, retry_after: Duration) -> bool {
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let now = secs(now).max(1);
+        let claimed = self.revalidating.load(Ordering::Acquire);
+        if claimed != 0 && now < claimed.saturating_add(retry_after.as_secs().max(1)) {
+            return false;
+        }
+        self.revalidating
+            .compare_exchange(claimed, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// A reader of bytes `start..end` of the body (`end` exclusive).
+    ///
+    /// # Errors
+    /// `CacheError::Io` when a disk body cannot be opened (deleted since).
+    pub fn reader(self: &Arc<Self>, start: u64, end: u64) -> Result<BodyReader, CacheError> {
+        BodyReader::of_object(Arc::clone(self), start, end)
+    }
+}

@@ -1,0 +1,407 @@
+//! Freshness and storability, from the `http-cache-semantics` crate in
+//! shared-cache mode (RFC 9111), plus what the crate leaves out:
+//! `stale-while-revalidate` and `stale-if-error` (RFC 5861), the rule that
+//! `proxy-revalidate`, `s-maxage` and `no-cache` forbid serving stale even
+//! when the client allows it (RFC 9111 §4.2.4), and the 304 merge done
+//! without losing repeated header lines (RFC 9111 §4.3.4).
+//!
+//! Vary is matched by `key::Variant`, not here: the crate compares only the
+//! first line of each header, so it is given none of the varied headers.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{CACHE_CONTROL, PRAGMA};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
+
+use crate::cache::normalise;
+use crate::http::request::RequestHead;
+
+/// Headers a 304 must not change in the stored response (RFC 9111 §4.3.4:
+/// they describe the stored body, which the 304 does not carry).
+const KEPT_ON_UPDATE: &[&str] = &[
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+];
+
+/// How long past its freshness a response may be served when the origin
+/// cannot be reached (and nothing forbids it).
+pub const DISCONNECTED_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How the origin failed a revalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginFailure {
+    /// No response: connection refused or reset, DNS or timeout.
+    Unreachable,
+    /// A 500, 502, 503 or 504 (RFC 5861 §4).
+    ErrorStatus,
+}
+
+/// What a stored response is good for, for one request, now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Fresh: serve it.
+    Fresh,
+    /// Stale, but the client's `max-stale` accepts it: serve it.
+    StaleAllowed,
+    /// Must be revalidated first.
+    Revalidate {
+        /// `stale-while-revalidate` lets it be served now while a
+        /// revalidation runs after (RFC 5861 §3).
+        while_revalidate: bool,
+        /// The entry is fresh, but the request's directives (`no-cache`,
+        /// `max-age`, `min-fresh`) ask for the origin (Cache-Status
+        /// `fwd=request`).
+        by_request: bool,
+    },
+}
+
+/// The cache policy of one stored response.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    inner: CachePolicy,
+    uri: Uri,
+    /// The request headers the policy was built from (kept for the disk).
+    request: HeaderMap,
+    response_time: SystemTime,
+    /// When the entry stops being fresh: the crate's `time_to_live` at
+    /// `response_time`, kept so a plain request costs one comparison.
+    fresh_until: SystemTime,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    /// A directive forbids serving it stale at all (RFC 9111 §4.2.4).
+    never_stale: bool,
+}
+
+impl Policy {
+    /// The policy of a response received at `response_time` for a request
+    /// of `head` to `uri` (the cache key's URI).
+    pub fn new(
+        uri: &Uri,
+        head: &RequestHead,
+        status: StatusCode,
+        response: &HeaderMap,
+        response_time: SystemTime,
+    ) -> Policy {
+        let mut request = HeaderMap::new();
+        if let Some(value) = normalise::request_cache_control(head.header_values("cache-control")) {
+            request.insert(CACHE_CONTROL, value);
+        }
+        for value in head.header_values("pragma") {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                request.append(PRAGMA, value);
+            }
+        }
+        // The credentials themselves are not needed, only whether there
+        // were some (RFC 9111 §3.5): never keep them.
+        if head.header("authorization").is_some() {
+            request.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_static("present"),
+            );
+        }
+        // GET and HEAD share one entry, and only GET responses are stored.
+        Policy::from_parts(uri, Method::GET, request, status, response, response_time)
+    }
+
+    /// Rebuilds a policy from stored parts (after a restart).
+    pub fn from_parts(
+        uri: &Uri,
+        method: Method,
+        request: HeaderMap,
+        status: StatusCode,
+        response: &HeaderMap,
+        response_time: SystemTime,
+    ) -> Policy {
+        let mut req = http::Request::new(());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = request;
+        let (view_status, view) = normalise::response_view(status, response);
+        let mut res = http::Response::new(());
+        *res.status_mut() = view_status;
+        *res.headers_mut() = view;
+        let inner = CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
+        let values = || {
+            res.headers()
+                .get_all(CACHE_CONTROL)
+                .iter()
+                .map(|v| v.as_bytes())
+        };
+        let seconds = |name| {
+            directive(values(), name)
+                .flatten()
+                .and_then(parse_seconds)
+                .unwrap_or(Duration::ZERO)
+        };
+        let never_stale = [
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage",
+            "no-cache",
+        ]
+        .iter()
+        .any(|name| directive(values(), name).is_some());
+        Policy {
+            fresh_until: later(response_time, inner.time_to_live(response_time)),
+            stale_while_revalidate: seconds("stale-while-revalidate"),
+            stale_if_error: seconds("stale-if-error"),
+            never_stale,
+            request: req.headers().clone(),
+            uri: uri.clone(),
+            response_time,
+            inner,
+        }
+    }
+
+    /// Whether the response may be stored at all (RFC 9111 §3, §3.5).
+    pub fn is_storable(&self) -> bool {
+        self.inner.is_storable()
+    }
+
+    /// The request headers the policy was built from.
+    pub fn request_headers(&self) -> &HeaderMap {
+        &self.request
+    }
+
+    /// When the response was received.
+    pub fn response_time(&self) -> SystemTime {
+        self.response_time
+    }
+
+    /// The `Age` to send now (RFC 9111 §4.2.3).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.inner.age(now)
+    }
+
+    /// Seconds of freshness left: negative once stale (Cache-Status `ttl`).
+    pub fn ttl_seconds(&self, now: SystemTime) -> i64 {
+        match self.fresh_until.duration_since(now) {
+            Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Whether the entry is fresh, requests aside.
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        now < self.fresh_until
+    }
+
+    /// What the entry is good for, for `head`, at `now`.
+    pub fn decide(&self, head: &RequestHead, now: SystemTime) -> Decision {
+        let has_directives =
+            head.header("cache-control").is_some() || head.header("pragma").is_some();
+        if !has_directives {
+            // Same answer as the crate's `before_request` for a request
+            // without directives, without building its response parts.
+            if self.is_fresh(now) {
+                return Decision::Fresh;
+            }
+            return Decision::Revalidate {
+                while_revalidate: self.within_while_revalidate(now),
+                by_request: false,
+            };
+        }
+        let request = self.lookup_request(head);
+        match self.inner.before_request(&request, now) {
+            BeforeRequest::Fresh(_) if self.is_fresh(now) => Decision::Fresh,
+            // The crate honours max-stale past proxy-revalidate and s-maxage.
+            BeforeRequest::Fresh(_) if !self.never_stale => Decision::StaleAllowed,
+            _ => {
+                let by_request = self.is_fresh(now);
+                let forbids = forbids_stale(head);
+                Decision::Revalidate {
+                    while_revalidate: !by_request && !forbids && self.within_while_revalidate(now),
+                    by_request,
+                }
+            }
+        }
+    }
+
+    fn within_while_revalidate(&self, now: SystemTime) -> bool {
+        !self.never_stale && now < later(self.fresh_until, self.stale_while_revalidate)
+    }
+
+    /// Whether the stale entry may answer `head` because the origin
+    /// failed: within the response's or the request's `stale-if-error`
+    /// (RFC 5861 §4, for an error status or no answer at all), or, when the
+    /// origin could not be reached at all, for up to `DISCONNECTED_STALE`
+    /// (RFC 9111 §4.2.4 allows a disconnected cache to serve stale; Squid's
+    /// `max_stale` is the same week). Never when a directive forbids it.
+    pub fn may_serve_on_error(
+        &self,
+        head: &RequestHead,
+        failure: OriginFailure,
+        now: SystemTime,
+    ) -> bool {
+        if self.never_stale || forbids_stale(head) {
+            return false;
+        }
+        let from_request = directive(head.header_values("cache-control"), "stale-if-error")
+            .flatten()
+            .and_then(parse_seconds)
+            .unwrap_or(Duration::ZERO);
+        let mut window = self.stale_if_error.max(from_request);
+        if failure == OriginFailure::Unreachable {
+            window = window.max(DISCONNECTED_STALE);
+        }
+        now < later(self.fresh_until, window)
+    }
+
+    /// The validators to send upstream when revalidating: `If-None-Match`
+    /// with the stored `ETag`, `If-Modified-Since` with `Last-Modified`
+    /// (RFC 9111 §4.3.1), as the crate builds them.
+    pub fn validators(&self, now: SystemTime) -> Vec<(HeaderName, HeaderValue)> {
+        let mut request = http::Request::new(());
+        *request.uri_mut() = self.uri();
+        // `no-cache` makes the crate build its revalidation request even
+        // for an entry that is still fresh.
+        request
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let (request, _) = request.into_parts();
+        let BeforeRequest::Stale { request, .. } = self.inner.before_request(&request, now) else {
+            return Vec::new();
+        };
+        [http::header::IF_NONE_MATCH, http::header::IF_MODIFIED_SINCE]
+            .into_iter()
+            .filter_map(|name| {
+                request
+                    .headers
+                    .get(&name)
+                    .map(|v| (name.clone(), v.clone()))
+            })
+            .collect()
+    }
+
+    /// Applies a revalidation answer (RFC 9111 §4.3.3): for a 304 that
+    /// selects this entry, the stored headers updated by the 304's (RFC 9111
+    /// §4.3.4) and the refreshed policy; `None` when the response replaces
+    /// the entry (or a 304 names other validators, RFC 9111 §4.3.4).
+    pub fn refresh(
+        &self,
+        head: &RequestHead,
+        status: StatusCode,
+        stored: &HeaderMap,
+        answer: &http::response::Parts,
+        now: SystemTime,
+    ) -> Option<(HeaderMap, Policy)> {
+        if answer.status != StatusCode::NOT_MODIFIED {
+            return None;
+        }
+        let request = self.lookup_request(head);
+        let (view_status, view) = normalise::response_view(answer.status, &answer.headers);
+        let mut answer_view = http::Response::new(());
+        *answer_view.status_mut() = view_status;
+        *answer_view.headers_mut() = view;
+        let answer_view = answer_view.into_parts().0;
+        if let AfterResponse::Modified(..) = self.inner.after_response(&request, &answer_view, now)
+        {
+            return None;
+        }
+        let merged = merge_not_modified(stored, &answer.headers);
+        let policy = Policy::new(&self.uri(), head, status, &merged, now);
+        Some((merged, policy))
+    }
+
+    fn uri(&self) -> Uri {
+        self.uri.clone()
+    }
+
+    /// The request as the crate must see it: GET (GET and HEAD share one
+    /// entry), the entry's URI, and the request's directives only.
+    fn lookup_request(&self, head: &RequestHead) -> http::request::Parts {
+        let mut request = http::Request::new(());
+        *request.uri_mut() = self.uri();
+        if let Some(value) = normalise::request_cache_control(head.header_values("cache-control")) {
+            request.headers_mut().insert(CACHE_CONTROL, value);
+        }
+        for value in head.header_values("pragma") {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                request.headers_mut().append(PRAGMA, value);
+            }
+        }
+        request.into_parts().0
+    }
+}
+
+/// RFC 9111 §4.3.4: every header line of the 304 replaces all lines of
+/// that name in the stored response, except those describing the body.
+/// `Age` is dropped from the stored head: the 304 is the new age source.
+pub fn merge_not_modified(stored: &HeaderMap, answer: &HeaderMap) -> HeaderMap {
+    let mut merged = stored.clone();
+    merged.remove(http::header::AGE);
+    for name in answer.keys() {
+        if KEPT_ON_UPDATE.contains(&name.as_str())
+            || crate::http::headers::is_hop_by_hop(name.as_str())
+        {
+            continue;
+        }
+        merged.remove(name);
+        for value in answer.get_all(name) {
+            merged.append(name.clone(), value.clone());
+        }
+    }
+    merged
+}
+
+/// `time + by`, saturating far in the future instead of overflowing.
+fn later(time: SystemTime, by: Duration) -> SystemTime {
+    time.checked_add(by)
+        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 64))
+}
+
+/// Whether the request itself rules out `stale-while-revalidate`.
+fn forbids_stale(head: &RequestHead) -> bool {
+    let values = || head.header_values("cache-control");
+    ["no-cache", "max-age", "min-fresh"]
+        .iter()
+        .any(|name| directive(values(), name).is_some())
+        || head
+            .header_values("pragma")
+            .any(|v| v.windows(8).any(|w| w.eq_ignore_ascii_case(b"no-cache")))
+}
+
+/// Looks up a Cache-Control directive in a list of field values:
+/// `Some(None)` when present without a value, `Some(Some(v))` with one.
+pub fn directive<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    name: &str,
+) -> Option<Option<&'a [u8]>> {
+    for value in values {
+        for item in value.split(|&b| b == b',') {
+            let mut parts = item.splitn(2, |&b| b == b'=');
+            let key = parts.next().unwrap_or_default().trim_ascii();
+            if key.eq_ignore_ascii_case(name.as_bytes()) {
+                let value = parts.next().map(|v| {
+                    let v = v.trim_ascii();
+                    v.strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(v)
+                });
+                return Some(value);
+            }
+        }
+    }
+    None
+}
+
+/// A delta-seconds value (RFC 9111 §1.2.2); too large saturates.
+fn parse_seconds(value: &[u8]) -> Option<Duration> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let secs = value
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .unwrap_or(u64::from(u32::MAX));
+    Some(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

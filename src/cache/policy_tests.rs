@@ -1,0 +1,388 @@
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode, Uri};
+use http_cache_semantics::{BeforeRequest, CachePolicy};
+
+use super::*;
+use crate::cache::testing::{headers, request};
+
+const URL: &str = "http://h/x";
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+fn at(secs: u64) -> SystemTime {
+    t0() + Duration::from_secs(secs)
+}
+
+fn uri() -> Uri {
+    URL.parse().expect("uri")
+}
+
+fn policy(response: &[(&str, &str)]) -> Policy {
+    policy_for(&[], response)
+}
+
+fn policy_for(req: &[(&str, &str)], response: &[(&str, &str)]) -> Policy {
+    Policy::new(
+        &uri(),
+        &request("GET", URL, req),
+        StatusCode::OK,
+        &headers(response),
+        t0(),
+    )
+}
+
+fn plain() -> RequestHead {
+    request("GET", URL, &[])
+}
+
+fn with_cc(cc: &str) -> RequestHead {
+    request("GET", URL, &[("cache-control", cc)])
+}
+
+const REVALIDATE: Decision = Decision::Revalidate {
+    while_revalidate: false,
+    by_request: false,
+};
+
+#[test]
+fn max_age_is_fresh_then_stale() {
+    let p = policy(&[("cache-control", "max-age=60")]);
+    assert!(p.is_storable());
+    assert_eq!(p.decide(&plain(), at(59)), Decision::Fresh);
+    assert_eq!(p.decide(&plain(), at(60)), REVALIDATE);
+    assert_eq!(p.ttl_seconds(at(10)), 50);
+    assert_eq!(p.ttl_seconds(at(70)), -10);
+}
+
+#[test]
+fn s_maxage_wins_over_max_age_and_expires_in_a_shared_cache() {
+    let p = policy(&[
+        ("cache-control", "max-age=1000, s-maxage=10"),
+        ("expires", "Thu, 01 Jan 2037 00:00:00 GMT"),
+    ]);
+    assert_eq!(p.decide(&plain(), at(9)), Decision::Fresh);
+    assert_eq!(p.decide(&plain(), at(11)), REVALIDATE);
+}
+
+#[test]
+fn expires_and_heuristics_give_freshness() {
+    let date = httpdate::fmt_http_date(t0());
+    let expires = httpdate::fmt_http_date(at(100));
+    let p = policy(&[("date", &date), ("expires", &expires)]);
+    assert_eq!(p.decide(&plain(), at(99)), Decision::Fresh);
+    assert_eq!(p.decide(&plain(), at(101)), REVALIDATE);
+    // 10% of the time since Last-Modified (RFC 9111 §4.2.2).
+    let modified = httpdate::fmt_http_date(t0() - Duration::from_secs(1000));
+    let p = policy(&[("date", &date), ("last-modified", &modified)]);
+    assert_eq!(p.decide(&plain(), at(99)), Decision::Fresh);
+    assert_eq!(p.decide(&plain(), at(101)), REVALIDATE);
+    let p = policy(&[("date", &date), ("expires", "0")]);
+    assert_eq!(
+        p.decide(&plain(), t0()),
+        REVALIDATE,
+        "invalid Expires is in the past"
+    );
+}
+
+#[test]
+fn immutable_gets_a_default_lifetime() {
+    let p = policy(&[("cache-control", "public, immutable")]);
+    assert_eq!(p.decide(&plain(), at(3600)), Decision::Fresh);
+}
+
+#[test]
+fn what_a_shared_cache_must_not_store() {
+    for cc in ["private", "no-store", "private, max-age=60"] {
+        assert!(!policy(&[("cache-control", cc)]).is_storable(), "{cc}");
+    }
+    assert!(
+        !policy_for(
+            &[("cache-control", "no-store")],
+            &[("cache-control", "max-age=60")]
+        )
+        .is_storable()
+    );
+    // RFC 9111 §3.5: credentials need an explicit permission.
+    let auth = [("authorization", "Basic dTpw")];
+    assert!(!policy_for(&auth, &[("cache-control", "max-age=60")]).is_storable());
+    for cc in [
+        "public, max-age=60",
+        "s-maxage=60",
+        "must-revalidate, max-age=60",
+    ] {
+        assert!(
+            policy_for(&auth, &[("cache-control", cc)]).is_storable(),
+            "{cc}"
+        );
+    }
+    let p = policy_for(&auth, &[("cache-control", "public, max-age=60")]);
+    assert_eq!(
+        p.request_headers()
+            .get("authorization")
+            .map(|v| v.as_bytes()),
+        Some(&b"present"[..]),
+        "credentials never kept"
+    );
+}
+
+#[test]
+fn no_cache_responses_are_stored_but_always_revalidated() {
+    let p = policy(&[("cache-control", "no-cache, max-age=60"), ("etag", "\"a\"")]);
+    assert!(p.is_storable());
+    assert_eq!(p.decide(&plain(), t0()), REVALIDATE);
+    assert_eq!(p.decide(&with_cc("max-stale"), at(1)), REVALIDATE);
+}
+
+#[test]
+fn request_directives_can_ask_for_the_origin() {
+    let p = policy(&[("cache-control", "max-age=100")]);
+    let by_request = Decision::Revalidate {
+        while_revalidate: false,
+        by_request: true,
+    };
+    assert_eq!(p.decide(&with_cc("no-cache"), at(1)), by_request);
+    assert_eq!(
+        p.decide(&request("GET", URL, &[("pragma", "no-cache")]), at(1)),
+        by_request
+    );
+    assert_eq!(p.decide(&with_cc("max-age=5"), at(10)), by_request);
+    assert_eq!(p.decide(&with_cc("max-age=50"), at(10)), Decision::Fresh);
+    assert_eq!(p.decide(&with_cc("min-fresh=95"), at(10)), by_request);
+    assert_eq!(p.decide(&with_cc("min-fresh=50"), at(10)), Decision::Fresh);
+}
+
+#[test]
+fn max_stale_serves_stale_unless_a_directive_forbids_it() {
+    let p = policy(&[("cache-control", "max-age=10")]);
+    assert_eq!(
+        p.decide(&with_cc("max-stale"), at(1000)),
+        Decision::StaleAllowed
+    );
+    assert_eq!(
+        p.decide(&with_cc("max-stale=100"), at(50)),
+        Decision::StaleAllowed
+    );
+    assert_eq!(p.decide(&with_cc("max-stale=5"), at(50)), REVALIDATE);
+    for cc in [
+        "max-age=10, must-revalidate",
+        "max-age=10, proxy-revalidate",
+        "s-maxage=10",
+    ] {
+        let p = policy(&[("cache-control", cc)]);
+        assert_eq!(p.decide(&with_cc("max-stale"), at(50)), REVALIDATE, "{cc}");
+    }
+}
+
+#[test]
+fn stale_while_revalidate_has_a_window() {
+    let p = policy(&[("cache-control", "max-age=10, stale-while-revalidate=20")]);
+    let swr = Decision::Revalidate {
+        while_revalidate: true,
+        by_request: false,
+    };
+    assert_eq!(p.decide(&plain(), at(15)), swr);
+    assert_eq!(p.decide(&plain(), at(31)), REVALIDATE);
+    assert_eq!(p.decide(&with_cc("no-cache"), at(15)), REVALIDATE);
+    let p = policy(&[(
+        "cache-control",
+        "max-age=10, stale-while-revalidate=20, must-revalidate",
+    )]);
+    assert_eq!(p.decide(&plain(), at(15)), REVALIDATE);
+}
+
+#[test]
+fn stale_if_error_has_a_window_from_response_or_request() {
+    let status = OriginFailure::ErrorStatus;
+    let p = policy(&[("cache-control", "max-age=10, stale-if-error=20")]);
+    assert!(p.may_serve_on_error(&plain(), status, at(25)));
+    assert!(!p.may_serve_on_error(&plain(), status, at(31)));
+    assert!(p.may_serve_on_error(&with_cc("stale-if-error=100"), status, at(50)));
+    let p = policy(&[("cache-control", "max-age=10")]);
+    assert!(!p.may_serve_on_error(&plain(), status, at(11)));
+    assert!(p.may_serve_on_error(&with_cc("stale-if-error=5"), status, at(12)));
+    let p = policy(&[(
+        "cache-control",
+        "max-age=10, stale-if-error=20, must-revalidate",
+    )]);
+    assert!(!p.may_serve_on_error(&plain(), status, at(12)));
+}
+
+#[test]
+fn an_unreachable_origin_lets_stale_be_served_unless_forbidden() {
+    let gone = OriginFailure::Unreachable;
+    let p = policy(&[("cache-control", "max-age=10")]);
+    assert!(p.may_serve_on_error(&plain(), gone, at(3600)));
+    let week = DISCONNECTED_STALE.as_secs();
+    assert!(!p.may_serve_on_error(&plain(), gone, at(10 + week)));
+    assert!(!p.may_serve_on_error(&with_cc("no-cache"), gone, at(20)));
+    for cc in [
+        "max-age=2, must-revalidate",
+        "max-age=2, proxy-revalidate",
+        "max-age=2, no-cache",
+        "max-age=2, s-maxage=2",
+    ] {
+        let p = policy(&[("cache-control", cc)]);
+        assert!(!p.may_serve_on_error(&plain(), gone, at(5)), "{cc}");
+    }
+}
+
+#[test]
+fn age_counts_the_origin_age_and_time_in_cache() {
+    let p = policy(&[("cache-control", "max-age=60"), ("age", "30")]);
+    assert_eq!(p.age(at(5)), Duration::from_secs(35));
+    assert_eq!(p.decide(&plain(), at(29)), Decision::Fresh);
+    assert_eq!(p.decide(&plain(), at(31)), REVALIDATE);
+}
+
+/// The shortcut for requests without directives gives the crate's answer.
+#[test]
+fn the_fast_path_agrees_with_the_crate() {
+    let date = httpdate::fmt_http_date(t0());
+    let modified = httpdate::fmt_http_date(t0() - Duration::from_secs(5000));
+    let responses: &[&[(&str, &str)]] = &[
+        &[("cache-control", "max-age=60")],
+        &[("cache-control", "max-age=60"), ("age", "59")],
+        &[("cache-control", "s-maxage=30, max-age=90")],
+        &[("date", &date), ("last-modified", &modified)],
+        &[("cache-control", "no-cache")],
+        &[("cache-control", "max-age=60"), ("set-cookie", "a=1")],
+        &[("cache-control", "MAX-AGE=60"), ("age", "30, 0")],
+        &[("expires", "Thu Aug  8 02:01:18 2050")],
+        &[],
+    ];
+    for response in responses {
+        let p = policy(response);
+        let req = http::Request::get(URL)
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        let res = {
+            // The crate is given the normalised view, as `Policy` gives it.
+            let (status, view) =
+                crate::cache::normalise::response_view(StatusCode::OK, &headers(response));
+            let mut res = http::Response::new(());
+            *res.status_mut() = status;
+            *res.headers_mut() = view;
+            res.into_parts().0
+        };
+        let crate_policy = CachePolicy::new_options(&req, &res, t0(), Default::default());
+        for secs in [0, 1, 29, 30, 31, 59, 60, 61, 499, 500, 501, 10_000] {
+            let crate_fresh = matches!(
+                crate_policy.before_request(&req, at(secs)),
+                BeforeRequest::Fresh(_)
+            );
+            let ours = p.decide(&plain(), at(secs)) == Decision::Fresh;
+            assert_eq!(ours, crate_fresh, "{response:?} at {secs}s");
+        }
+    }
+}
+
+#[test]
+fn validators_come_from_the_stored_response() {
+    let modified = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let p = policy(&[
+        ("cache-control", "max-age=0"),
+        ("etag", "\"abc\""),
+        ("last-modified", modified),
+    ]);
+    let validators = p.validators(at(1));
+    let get = |name: &str| {
+        validators
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_str().expect("ascii"))
+    };
+    assert_eq!(get("if-none-match"), Some("\"abc\""));
+    assert_eq!(get("if-modified-since"), Some(modified));
+    assert!(
+        policy(&[("cache-control", "max-age=0")])
+            .validators(at(1))
+            .is_empty()
+    );
+}
+
+fn not_modified(pairs: &[(&str, &str)]) -> http::response::Parts {
+    let mut res = http::Response::new(());
+    *res.status_mut() = StatusCode::NOT_MODIFIED;
+    *res.headers_mut() = headers(pairs);
+    res.into_parts().0
+}
+
+#[test]
+fn a_matching_304_updates_the_stored_headers() {
+    let stored = headers(&[
+        ("cache-control", "max-age=10"),
+        ("etag", "\"v1\""),
+        ("link", "</a>; rel=preload"),
+        ("link", "</b>; rel=preload"),
+        ("content-length", "5"),
+        ("content-type", "text/plain"),
+        ("age", "3"),
+    ]);
+    let p = Policy::new(&uri(), &plain(), StatusCode::OK, &stored, t0());
+    let answer = not_modified(&[
+        ("cache-control", "max-age=100"),
+        ("etag", "\"v1\""),
+        ("x-new", "1"),
+        ("content-length", "0"),
+    ]);
+    let (merged, refreshed) = p
+        .refresh(&plain(), StatusCode::OK, &stored, &answer, at(50))
+        .expect("304 selects the entry");
+    assert_eq!(
+        merged.get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"max-age=100"[..])
+    );
+    assert_eq!(
+        merged.get_all("link").iter().count(),
+        2,
+        "repeated lines kept"
+    );
+    assert_eq!(merged.get("x-new").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert_eq!(
+        merged.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"5"[..]),
+        "body headers kept"
+    );
+    assert!(merged.get("age").is_none(), "the 304 is the new age source");
+    assert_eq!(refreshed.decide(&plain(), at(140)), Decision::Fresh);
+    assert_eq!(refreshed.decide(&plain(), at(151)), REVALIDATE);
+}
+
+#[test]
+fn other_answers_do_not_update_the_entry() {
+    let stored = headers(&[("cache-control", "max-age=10"), ("etag", "\"v1\"")]);
+    let p = Policy::new(&uri(), &plain(), StatusCode::OK, &stored, t0());
+    let other_tag = not_modified(&[("etag", "\"v2\"")]);
+    assert!(
+        p.refresh(&plain(), StatusCode::OK, &stored, &other_tag, at(20))
+            .is_none()
+    );
+    let mut full = http::Response::new(());
+    *full.headers_mut() = HeaderMap::new();
+    let full = full.into_parts().0;
+    assert!(
+        p.refresh(&plain(), StatusCode::OK, &stored, &full, at(20))
+            .is_none()
+    );
+}
+
+#[test]
+fn directives_are_found_case_insensitively_with_values() {
+    let values = [&b"public, Max-Age=\"60\""[..], b"no-cache"];
+    assert_eq!(
+        directive(values.iter().copied(), "max-age"),
+        Some(Some(&b"60"[..]))
+    );
+    assert_eq!(directive(values.iter().copied(), "no-cache"), Some(None));
+    assert_eq!(directive(values.iter().copied(), "private"), None);
+    assert_eq!(
+        parse_seconds(b"99999999999999999999999"),
+        Some(Duration::from_secs(u64::from(u32::MAX)))
+    );
+    assert_eq!(parse_seconds(b"-1"), None);
+}

@@ -1,0 +1,256 @@
+//! Fills and collapsed forwarding.
+
+use std::sync::{Arc, Barrier, mpsc};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+use super::{MAX_AGE, get, miss_kind};
+use crate::cache::stats::read;
+use crate::cache::testing::{headers, lead, read_body, request, small_cache};
+use crate::cache::*;
+
+#[test]
+fn concurrent_misses_collapse_into_one_fill() {
+    const FOLLOWERS: usize = 20;
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/collapse";
+    let mut filler = lead(&cache, &get(url));
+    let start = Arc::new(Barrier::new(FOLLOWERS + 1));
+    let (first_tx, first_rx) = mpsc::channel();
+    let followers: Vec<_> = (0..FOLLOWERS)
+        .map(|_| {
+            let (cache, start, first_tx) = (cache.clone(), Arc::clone(&start), first_tx.clone());
+            thread::spawn(move || {
+                let req = get(url);
+                let Lookup::Miss(Miss {
+                    role: MissRole::Follow(follower),
+                    ..
+                }) = cache.lookup(&req, SystemTime::now())
+                else {
+                    panic!("a second miss must follow the fill");
+                };
+                start.wait();
+                let Following::Stream { mut reader, .. } = follower.follow(&req) else {
+                    panic!("a storable response is shared");
+                };
+                let first = reader.next_chunk().expect("chunk").expect("bytes");
+                first_tx.send(()).expect("send");
+                let mut body = first.to_vec();
+                body.extend(read_body(&mut reader).expect("rest"));
+                body
+            })
+        })
+        .collect();
+    start.wait();
+    assert_eq!(cache.fills_in_progress(), 1);
+    filler
+        .response_head(
+            StatusCode::OK,
+            &headers(&[MAX_AGE, ("content-length", "10")]),
+            SystemTime::now(),
+        )
+        .expect("storable");
+    filler.body(b"01234");
+    // Every follower has the first half while the fill is still open.
+    for _ in 0..FOLLOWERS {
+        first_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("follower got bytes before completion");
+    }
+    filler.body(b"56789");
+    filler.finish().expect("stored");
+    for follower in followers {
+        assert_eq!(follower.join().expect("follower"), b"0123456789");
+    }
+    assert_eq!(cache.fills_in_progress(), 0);
+    assert!(matches!(
+        cache.lookup(&get(url), SystemTime::now()),
+        Lookup::Hit(_)
+    ));
+}
+
+#[test]
+fn a_fill_that_fails_cuts_followers_short_and_stores_nothing() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/fail";
+    let mut filler = lead(&cache, &get(url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    filler
+        .response_head(
+            StatusCode::OK,
+            &headers(&[MAX_AGE, ("content-length", "100")]),
+            SystemTime::now(),
+        )
+        .expect("storable");
+    filler.body(b"partial");
+    let Following::Stream { mut reader, .. } = follower.follow(&get(url)) else {
+        panic!("stream expected");
+    };
+    drop(filler); // The upstream failed mid-body.
+    let err = read_body(&mut reader).expect_err("cut short");
+    assert!(
+        matches!(err, CacheError::FillFailed(FillFailure::Upstream)),
+        "{err}"
+    );
+    assert_eq!(miss_kind(&cache, &get(url)), Fwd::UriMiss);
+    assert_eq!(read(&cache.stats().fills_abandoned), 1);
+}
+
+#[test]
+fn a_body_shorter_than_its_length_is_not_stored() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let mut filler = lead(&cache, &get("http://h/short"));
+    filler
+        .response_head(
+            StatusCode::OK,
+            &headers(&[MAX_AGE, ("content-length", "10")]),
+            SystemTime::now(),
+        )
+        .expect("storable");
+    filler.body(b"12345");
+    assert_eq!(filler.finish().err(), Some(NotStored::Incomplete));
+    assert_eq!(miss_kind(&cache, &get("http://h/short")), Fwd::UriMiss);
+}
+
+#[test]
+fn an_unshareable_response_releases_followers_and_stops_collapsing() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/private";
+    let mut filler = lead(&cache, &get(url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    let waiting = thread::spawn(move || match follower.follow(&get(url)) {
+        Following::Released { why, .. } => why,
+        Following::Stream { .. } => panic!("a private response must not be shared"),
+    });
+    let got = filler.response_head(
+        StatusCode::OK,
+        &headers(&[("cache-control", "private")]),
+        SystemTime::now(),
+    );
+    assert_eq!(got, Err(NotStored::Policy));
+    assert_eq!(waiting.join().expect("follower"), Release::NotShareable);
+    // Hit-for-miss: concurrent requests now each fetch, none waits.
+    let first = lead(&cache, &get(url));
+    let second = lead(&cache, &get(url));
+    assert_eq!(cache.fills_in_progress(), 0);
+    drop((first, second, filler));
+}
+
+#[test]
+fn requests_with_credentials_never_lead_a_shared_fill() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/auth";
+    let mut filler = lead(
+        &cache,
+        &request("GET", url, &[("authorization", "Basic dTpw")]),
+    );
+    assert_eq!(cache.fills_in_progress(), 0);
+    // Its private answer says nothing about the URL: others still collapse.
+    let answer = filler.response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now());
+    assert_eq!(answer, Err(NotStored::Policy));
+    let _other = lead(&cache, &get(url));
+    assert_eq!(cache.fills_in_progress(), 1);
+}
+
+#[test]
+fn responses_over_the_object_limit_are_not_stored() {
+    let cache = small_cache(1 << 20, 1024, None);
+    let url = "http://h/big";
+    let mut filler = lead(&cache, &get(url));
+    let declared = headers(&[MAX_AGE, ("content-length", "2000")]);
+    assert_eq!(
+        filler.response_head(StatusCode::OK, &declared, SystemTime::now()),
+        Err(NotStored::TooLarge)
+    );
+    drop(filler);
+    // Unknown length: given up once it outgrows the limit, followers cut short.
+    let chunked_url = "http://h/big-chunked";
+    let mut filler = lead(&cache, &get(chunked_url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(chunked_url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    filler
+        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .expect("storable so far");
+    let Following::Stream { mut reader, .. } = follower.follow(&get(chunked_url)) else {
+        panic!("stream expected");
+    };
+    filler.body(&[b'x'; 1000]);
+    filler.body(&[b'x'; 1000]);
+    let err = read_body(&mut reader).expect_err("cut short");
+    assert!(
+        matches!(err, CacheError::FillFailed(FillFailure::TooLarge)),
+        "{err}"
+    );
+    assert!(filler.finish().is_err());
+    assert_eq!(miss_kind(&cache, &get(chunked_url)), Fwd::UriMiss);
+}
+
+#[test]
+fn fills_in_progress_share_a_bounded_amount_of_memory() {
+    // Limit: a quarter of 64 KiB, at least the 16 KiB object limit.
+    let cache = small_cache(64 << 10, 16 << 10, None);
+    let mut first = lead(&cache, &get("http://h/one"));
+    let mut second = lead(&cache, &get("http://h/two"));
+    for filler in [&mut first, &mut second] {
+        filler
+            .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+            .expect("storable");
+    }
+    first.body(&[1; 12 << 10]);
+    assert_eq!(cache.inflight_bytes(), 12 << 10);
+    second.body(&[2; 12 << 10]);
+    assert_eq!(second.finish().err(), Some(NotStored::Busy));
+    first.finish().expect("the first fill is stored");
+    assert_eq!(cache.inflight_bytes(), 0, "every reservation returned");
+    let mut dropped = lead(&cache, &get("http://h/three"));
+    dropped
+        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .expect("storable");
+    dropped.body(&[3; 1000]);
+    drop(dropped);
+    assert_eq!(cache.inflight_bytes(), 0);
+}
+
+#[test]
+fn a_filler_that_panics_releases_its_followers() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/panic";
+    let filler = lead(&cache, &get(url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    let crashed = thread::spawn(move || {
+        let _filler = filler;
+        panic!("the worker fetching the response panicked");
+    });
+    assert!(crashed.join().is_err());
+    let Following::Released { why, .. } = follower.follow(&get(url)) else {
+        panic!("nothing to stream from a filler that is gone");
+    };
+    // Released because the filler is gone, not because the wait ran out.
+    assert_eq!(why, Release::FillerGone);
+    assert_eq!(cache.fills_in_progress(), 0);
+}

@@ -1,0 +1,332 @@
+//! Lookups, revalidation, eviction, purge and invalidation.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+use super::{MAX_AGE, get, miss_kind};
+use crate::cache::stats::read;
+use crate::cache::testing::{expect_hit, headers, request, small_cache, store};
+use crate::cache::*;
+
+#[test]
+fn a_stored_response_is_a_hit_for_get_and_head() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let body = b"hello, cache".repeat(100);
+    store(&cache, &get("http://h/a"), &[MAX_AGE], &body, 7).expect("stored");
+    let hit = expect_hit(&cache, &get("http://H:80/a#x"));
+    assert!(!hit.stale && !hit.revalidate);
+    let chunks = hit.object.memory_chunks().expect("in memory");
+    assert_eq!(chunks.len(), 1, "one contiguous body for one writev");
+    assert_eq!(&chunks[0][..], &body[..]);
+    let head = expect_hit(&cache, &request("HEAD", "http://h/a", &[]));
+    assert!(
+        Arc::ptr_eq(&head.object, &hit.object),
+        "GET and HEAD share the entry"
+    );
+    let Outcome::Hit { ttl, stale, .. } = hit.outcome(SystemTime::now()) else {
+        panic!("a hit's outcome is a hit");
+    };
+    assert!((1..=60).contains(&ttl) && !stale, "ttl {ttl}");
+    let (memory, disk) = cache.usage();
+    assert_eq!(memory.urls, 1);
+    assert!(memory.bytes >= body.len() as u64);
+    assert!(disk.is_none());
+}
+
+#[test]
+fn misses_say_whether_the_url_or_the_variant_was_missing() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    assert_eq!(miss_kind(&cache, &get("http://h/v")), Fwd::UriMiss);
+    let french = request("GET", "http://h/v", &[("accept-language", "fr")]);
+    store(
+        &cache,
+        &french,
+        &[MAX_AGE, ("vary", "Accept-Language")],
+        b"bonjour",
+        1,
+    )
+    .expect("stored");
+    let german = request("GET", "http://h/v", &[("accept-language", "de")]);
+    assert_eq!(miss_kind(&cache, &german), Fwd::VaryMiss);
+    store(
+        &cache,
+        &german,
+        &[MAX_AGE, ("vary", "Accept-Language")],
+        b"hallo",
+        1,
+    )
+    .expect("stored");
+    let hit = expect_hit(&cache, &french);
+    assert_eq!(
+        &hit.object.memory_chunks().expect("memory")[0][..],
+        b"bonjour"
+    );
+    let hit = expect_hit(&cache, &german);
+    assert_eq!(
+        &hit.object.memory_chunks().expect("memory")[0][..],
+        b"hallo"
+    );
+}
+
+#[test]
+fn requests_that_cannot_use_the_cache_bypass_it() {
+    let off = small_cache(0, 1, None);
+    assert!(matches!(
+        off.lookup(&get("http://h/"), SystemTime::now()),
+        Lookup::Bypass(Bypass::Off)
+    ));
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let post = request("POST", "http://h/", &[]);
+    assert!(matches!(
+        cache.lookup(&post, SystemTime::now()),
+        Lookup::Bypass(Bypass::Method)
+    ));
+    let ftp = get("ftp://h/");
+    assert!(matches!(
+        cache.lookup(&ftp, SystemTime::now()),
+        Lookup::Bypass(Bypass::Target)
+    ));
+    let role = |req| match cache.lookup(&req, SystemTime::now()) {
+        Lookup::Miss(Miss {
+            role: MissRole::NoStore(why),
+            ..
+        }) => Some(why),
+        _ => None,
+    };
+    assert_eq!(role(request("HEAD", "http://h/", &[])), Some(NoStore::Head));
+    assert_eq!(
+        role(request("GET", "http://h/", &[("range", "bytes=0-1")])),
+        Some(NoStore::Range)
+    );
+    assert_eq!(
+        role(request(
+            "GET",
+            "http://h/",
+            &[("cache-control", "no-store")]
+        )),
+        Some(NoStore::RequestNoStore)
+    );
+    let conditional = request("GET", "http://h/", &[("if-none-match", "\"a\"")]);
+    assert_eq!(role(conditional), Some(NoStore::Conditional));
+    let only = request("GET", "http://h/", &[("cache-control", "only-if-cached")]);
+    assert!(matches!(
+        cache.lookup(&only, SystemTime::now()),
+        Lookup::OnlyIfCached
+    ));
+    assert_eq!(cache.fills_in_progress(), 0);
+}
+
+#[test]
+fn a_stale_entry_is_revalidated_and_a_304_refreshes_it() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let req = get("http://h/s");
+    let stored = store(
+        &cache,
+        &req,
+        &[
+            ("cache-control", "max-age=0"),
+            ("etag", "\"v1\""),
+            ("x-old", "1"),
+        ],
+        b"body",
+        1,
+    )
+    .expect("stored: it has a validator");
+    let Lookup::Stale(stale) = cache.lookup(&req, SystemTime::now()) else {
+        panic!("expected stale");
+    };
+    assert!(Arc::ptr_eq(&stale.object, &stored));
+    assert_eq!(stale.fwd(), Fwd::Stale);
+    let etag = stale
+        .validators
+        .iter()
+        .find(|(name, _)| name == "if-none-match");
+    assert_eq!(etag.map(|(_, v)| v.as_bytes()), Some(&b"\"v1\""[..]));
+    let mut answer = http::Response::new(());
+    *answer.status_mut() = StatusCode::NOT_MODIFIED;
+    *answer.headers_mut() = headers(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    let answer = answer.into_parts().0;
+    let refreshed = cache
+        .refresh(&stale.object, &req, &answer, SystemTime::now())
+        .expect("304 applies");
+    assert_eq!(
+        refreshed.head.headers.get("x-old").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let hit = expect_hit(&cache, &req);
+    assert!(Arc::ptr_eq(&hit.object, &refreshed));
+    assert_eq!(&hit.object.memory_chunks().expect("memory")[0][..], b"body");
+}
+
+#[test]
+fn a_stale_entry_refetched_in_full_is_replaced() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let req = get("http://h/r");
+    store(
+        &cache,
+        &req,
+        &[("cache-control", "max-age=0"), ("etag", "\"v1\"")],
+        b"old",
+        1,
+    )
+    .expect("stored");
+    let Lookup::Stale(mut stale) = cache.lookup(&req, SystemTime::now()) else {
+        panic!("expected stale");
+    };
+    stale
+        .filler
+        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .expect("storable");
+    stale.filler.body(b"new");
+    stale.filler.finish().expect("stored");
+    let hit = expect_hit(&cache, &req);
+    assert_eq!(&hit.object.memory_chunks().expect("memory")[0][..], b"new");
+    assert_eq!(cache.usage().0.urls, 1);
+}
+
+#[test]
+fn the_memory_budget_is_kept_by_eviction() {
+    let budget = 64 << 10;
+    let cache = small_cache(budget, 8 << 10, None);
+    for i in 0..40 {
+        store(
+            &cache,
+            &get(&format!("http://h/e{i}")),
+            &[MAX_AGE],
+            &[b'e'; 6000],
+            1,
+        )
+        .expect("stored");
+        assert!(cache.usage().0.bytes <= budget, "over budget after {i}");
+    }
+    assert!(read(&cache.stats().evictions_memory) > 0);
+    assert!(cache.usage().0.urls < 40);
+}
+
+#[test]
+fn purge_removes_every_variant() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    for lang in ["fr", "de"] {
+        let req = request("GET", "http://h/p", &[("accept-language", lang)]);
+        store(
+            &cache,
+            &req,
+            &[MAX_AGE, ("vary", "accept-language")],
+            lang.as_bytes(),
+            1,
+        )
+        .expect("stored");
+    }
+    assert_eq!(cache.purge("http://H/p"), Ok(true));
+    assert_eq!(cache.purge("http://h/p"), Ok(false));
+    assert!(cache.purge("not a url").is_err());
+    assert_eq!(
+        miss_kind(
+            &cache,
+            &request("GET", "http://h/p", &[("accept-language", "fr")])
+        ),
+        Fwd::UriMiss
+    );
+    assert_eq!(read(&cache.stats().purges), 1);
+}
+
+#[test]
+fn successful_unsafe_methods_invalidate_the_url_and_same_origin_locations() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    for path in ["/list", "/item", "/other"] {
+        store(
+            &cache,
+            &get(&format!("http://h{path}")),
+            &[MAX_AGE],
+            b"x",
+            1,
+        )
+        .expect("stored");
+    }
+    store(&cache, &get("http://elsewhere/item"), &[MAX_AGE], b"x", 1).expect("stored");
+    let post = request("POST", "http://h/list", &[]);
+    let failed = headers(&[]);
+    assert!(
+        !cache.invalidate(&post, 500, &failed),
+        "errors invalidate nothing"
+    );
+    let answer = headers(&[
+        ("location", "/item"),
+        ("content-location", "http://elsewhere/item"),
+    ]);
+    assert!(cache.invalidate(&post, 201, &answer));
+    assert_eq!(miss_kind(&cache, &get("http://h/list")), Fwd::UriMiss);
+    assert_eq!(miss_kind(&cache, &get("http://h/item")), Fwd::UriMiss);
+    expect_hit(&cache, &get("http://h/other"));
+    expect_hit(&cache, &get("http://elsewhere/item"));
+    assert!(
+        !cache.invalidate(&get("http://h/other"), 200, &failed),
+        "safe methods invalidate nothing"
+    );
+}
+
+#[test]
+fn stale_while_revalidate_serves_stale_and_asks_one_request_to_revalidate() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let req = get("http://h/swr");
+    let response = [
+        ("cache-control", "max-age=0, stale-while-revalidate=60"),
+        ("etag", "\"a\""),
+    ];
+    store(&cache, &req, &response, b"x", 1).expect("stored");
+    let first = expect_hit(&cache, &req);
+    let second = expect_hit(&cache, &req);
+    assert!(first.stale && first.revalidate);
+    assert!(
+        second.stale && !second.revalidate,
+        "one revalidation at a time"
+    );
+    let later = SystemTime::now() + Duration::from_secs(11);
+    let retry = Duration::from_secs(10);
+    assert!(
+        second.object.claim_revalidation(later, retry),
+        "a failed claimant is replaced"
+    );
+    assert!(!second.object.claim_revalidation(later, retry));
+    let status = first.outcome(SystemTime::now()).header_value();
+    assert!(
+        status.starts_with("fetchproxy; hit; ttl=")
+            && status.ends_with("detail=stale-while-revalidate"),
+        "{status}"
+    );
+}
+
+#[test]
+fn impossible_sizes_are_refused() {
+    let zero_object = CacheConfig {
+        mem_max_object: 0,
+        ..CacheConfig::default()
+    };
+    let err = Cache::open(zero_object).err().expect("refused");
+    assert!(matches!(err, CacheError::Config(_)), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zero_disk = CacheConfig {
+        dir: Some(dir.path().to_path_buf()),
+        dir_bytes: 0,
+        ..CacheConfig::default()
+    };
+    assert!(matches!(Cache::open(zero_disk), Err(CacheError::Config(_))));
+    let off = CacheConfig {
+        mem_bytes: 0,
+        mem_max_object: 0,
+        ..CacheConfig::default()
+    };
+    assert!(!Cache::open(off).expect("off is fine").is_enabled());
+}
+
+#[test]
+fn storing_a_url_again_is_not_an_eviction() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    for round in 0..10u8 {
+        store(&cache, &get("http://h/again"), &[MAX_AGE], &[round; 100], 1).expect("stored");
+    }
+    assert_eq!(read(&cache.stats().evictions_memory), 0);
+    assert_eq!(cache.usage().0.urls, 1);
+}

@@ -1,0 +1,208 @@
+//! One storage tier's index: URL → its stored variants, under a byte
+//! budget kept by `quick_cache` (S3-FIFO-like admission and eviction, with
+//! a weighter, no background thread). Used for memory (objects hold their
+//! bodies) and for disk (objects point at files, which are deleted when
+//! their last object is dropped: see `object::DiskFile`). What an insert
+//! pushes out is dropped after the shard lock is released, so no file is
+//! deleted under the lock.
+
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+
+use crate::cache::object::StoredObject;
+use crate::cache::stats::{Stats, TierUsage, bump};
+
+/// Most variants kept per URL; storing one more drops the oldest.
+pub const MAX_VARIANTS: usize = 16;
+
+/// The variants stored under one URL, most recent last.
+pub type Variants = Arc<[Arc<StoredObject>]>;
+
+/// A byte-budgeted map from normalised URL to variants.
+pub struct Tier {
+    map: Cache<Arc<str>, Variants, ByWeight, DefaultHashBuilder, Evict>,
+    capacity: u64,
+}
+
+impl Tier {
+    /// A tier of `budget` bytes whose objects are at most `max_object`
+    /// bytes; evictions are counted in `stats` under `kind`.
+    pub fn new(budget: u64, max_object: u64, stats: Arc<Stats>, kind: TierKind) -> Tier {
+        // quick_cache refuses an entry heavier than about one shard's
+        // budget, so shards are sized to hold the largest object 4 times.
+        let per_shard = max_object.max(1).saturating_mul(4);
+        let shards = (budget / per_shard).clamp(1, 64) as usize;
+        let shards = if shards.is_power_of_two() {
+            shards
+        } else {
+            shards.next_power_of_two() / 2
+        };
+        let items = (budget / (16 * 1024)).clamp(64, 1 << 20) as usize;
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(items)
+            .weight_capacity(budget)
+            .shards(shards)
+            .build()
+            .expect("options are in range: positive shards and items");
+        Tier {
+            map: Cache::with_options(
+                options,
+                ByWeight,
+                DefaultHashBuilder::default(),
+                Evict { stats, kind },
+            ),
+            capacity: budget,
+        }
+    }
+
+    /// The variants stored under `url`.
+    pub fn get(&self, url: &str) -> Option<Variants> {
+        self.map.get(url)
+    }
+
+    /// Stores `object`, replacing a variant with the same secondary key.
+    /// Two stores racing on one URL may lose one variant: a later miss
+    /// stores it again.
+    pub fn put(&self, object: Arc<StoredObject>) {
+        let url = object.head.key.as_str();
+        let mut list: Vec<Arc<StoredObject>> = self
+            .map
+            .get(url)
+            .map(|old| {
+                old.iter()
+                    .filter(|o| o.head.variant != object.head.variant)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if list.len() >= MAX_VARIANTS {
+            list.remove(0);
+        }
+        list.push(Arc::clone(&object));
+        self.replace(url, list);
+    }
+
+    /// Inserts `list` under `url`. quick_cache reports the value it
+    /// replaces as evicted; the request state knows which key is being
+    /// replaced, so only true evictions are counted.
+    fn replace(&self, url: &str, list: Vec<Arc<StoredObject>>) {
+        let key: Arc<str> = Arc::from(url);
+        let mut state = Evicted {
+            replacing: Some(Arc::clone(&key)),
+            dropped: Vec::new(),
+        };
+        self.map.insert_with_lifecycle(key, list.into(), &mut state);
+    }
+
+    /// Stores `object` unless a response for its variant received later
+    /// is there (the disk loader must not replace what a fill just stored).
+    pub fn put_if_newer(&self, object: Arc<StoredObject>) -> bool {
+        let time = |o: &StoredObject| o.head.policy.response_time();
+        let newer_there = self.get(object.head.key.as_str()).is_some_and(|list| {
+            list.iter()
+                .any(|o| o.head.variant == object.head.variant && time(o) >= time(&object))
+        });
+        if !newer_there {
+            self.put(object);
+        }
+        !newer_there
+    }
+
+    /// Removes one variant (a broken or replaced object).
+    pub fn remove_variant(&self, object: &StoredObject) {
+        let url = object.head.key.as_str();
+        let Some(old) = self.map.get(url) else {
+            return;
+        };
+        let list: Vec<Arc<StoredObject>> = old
+            .iter()
+            .filter(|o| o.head.variant != object.head.variant)
+            .cloned()
+            .collect();
+        if list.is_empty() {
+            self.map.remove(url);
+        } else {
+            self.replace(url, list);
+        }
+    }
+
+    /// Removes `object` if the index still holds this very object (not a
+    /// newer one of the same variant); returns whether it did.
+    pub fn remove_exact(&self, object: &StoredObject) -> bool {
+        let held = self
+            .get(object.head.key.as_str())
+            .is_some_and(|list| list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), object)));
+        if held {
+            self.remove_variant(object);
+        }
+        held
+    }
+
+    /// Removes every variant of `url`, returning them.
+    pub fn remove(&self, url: &str) -> Option<Variants> {
+        self.map.remove(url).map(|(_, variants)| variants)
+    }
+
+    /// URLs and bytes held, and the budget.
+    pub fn usage(&self) -> TierUsage {
+        TierUsage {
+            urls: self.map.len() as u64,
+            bytes: self.map.weight(),
+            capacity: self.capacity,
+        }
+    }
+}
+
+/// Weighs an entry by the bytes its variants hold.
+#[derive(Clone)]
+struct ByWeight;
+
+impl Weighter<Arc<str>, Variants> for ByWeight {
+    fn weight(&self, key: &Arc<str>, val: &Variants) -> u64 {
+        let objects: u64 = val.iter().map(|o| o.weight()).sum();
+        (key.len() as u64 + objects).max(1)
+    }
+}
+
+/// Which tier, for counting evictions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierKind {
+    /// The memory tier.
+    Memory,
+    /// The disk tier.
+    Disk,
+}
+
+/// Counts evictions; what is pushed out is dropped with the request state.
+#[derive(Clone)]
+struct Evict {
+    stats: Arc<Stats>,
+    kind: TierKind,
+}
+
+/// What one operation pushed out, dropped once the shard lock is released
+/// (a dropped disk object may delete its file).
+#[derive(Default)]
+pub struct Evicted {
+    /// The key whose value this operation replaces: not an eviction.
+    replacing: Option<Arc<str>>,
+    dropped: Vec<Variants>,
+}
+
+impl Lifecycle<Arc<str>, Variants> for Evict {
+    type RequestState = Evicted;
+
+    fn on_evict(&self, state: &mut Evicted, key: Arc<str>, val: Variants) {
+        if state.replacing.as_ref() == Some(&key) {
+            state.replacing = None;
+        } else {
+            bump(match self.kind {
+                TierKind::Memory => &self.stats.evictions_memory,
+                TierKind::Disk => &self.stats.evictions_disk,
+            });
+        }
+        state.dropped.push(val);
+    }
+}
