@@ -4,7 +4,7 @@
 
 use std::io::{self, BufRead, IoSlice, Read, Write};
 
-use crate::http::field::check_field_line;
+use crate::http::field::{check_field_line, is_token_byte};
 
 /// Longest chunk-size line, extensions included, before the CRLF.
 const MAX_CHUNK_LINE_BYTES: usize = 4096;
@@ -266,12 +266,76 @@ fn parse_size_line(line: &[u8]) -> io::Result<u64> {
         // 16 hex digits fit in a u64, so this never overflows.
         value = (value << 4) | u64::from(digit);
     }
-    // Extensions are ignored, but a CR or other control byte in one is a
-    // framing trick, not an extension.
-    if ext.is_some_and(|e| e.iter().any(|&b| b != b'\t' && (b < 0x20 || b == 0x7f))) {
-        return Err(invalid("invalid byte in chunk extension"));
+    // Extensions are ignored, but must follow their grammar: a stray quote
+    // or control byte in one is a framing trick, not an extension.
+    if ext.is_some_and(|ext| !is_chunk_ext(ext)) {
+        return Err(invalid("malformed chunk extension"));
     }
     Ok(value)
+}
+
+/// Whether `ext` (what follows the first `;`) is `chunk-ext` (RFC 9112
+/// §7.1.1): `name [= value]` pairs separated by `;`, a value a token or a
+/// quoted-string, with optional whitespace around the separators.
+fn is_chunk_ext(ext: &[u8]) -> bool {
+    let skip_ws = |i: &mut usize| {
+        while matches!(ext.get(*i), Some(b' ' | b'\t')) {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| {
+        let start = *i;
+        while ext.get(*i).is_some_and(|&b| is_token_byte(b)) {
+            *i += 1;
+        }
+        *i > start
+    };
+    let mut i = 0;
+    loop {
+        skip_ws(&mut i);
+        if !token(&mut i) {
+            return false;
+        }
+        skip_ws(&mut i);
+        if ext.get(i) == Some(&b'=') {
+            i += 1;
+            skip_ws(&mut i);
+            let value = if ext.get(i) == Some(&b'"') {
+                quoted_string_end(ext, i).map(|end| i = end).is_some()
+            } else {
+                token(&mut i)
+            };
+            if !value {
+                return false;
+            }
+            skip_ws(&mut i);
+        }
+        match ext.get(i) {
+            None => return true,
+            Some(b';') => i += 1,
+            Some(_) => return false,
+        }
+    }
+}
+
+/// Where the quoted-string (RFC 9110 §5.6.4) that opens at `start` ends
+/// (one past its closing quote), if it is well formed.
+fn quoted_string_end(text: &[u8], start: usize) -> Option<usize> {
+    let is_text = |b: u8| b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80;
+    let mut i = start + 1;
+    loop {
+        match *text.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => {
+                if !is_text(*text.get(i + 1)?) {
+                    return None;
+                }
+                i += 2;
+            }
+            b if is_text(b) => i += 1,
+            _ => return None,
+        }
+    }
 }
 
 /// Encodes everything written to it as chunks; `finish` writes the last chunk.
@@ -689,6 +753,37 @@ mod tests {
         let input = b"2\r\nok\r\n0\r\nExpires: never\r\nX-Checksum: abc\r\n\r\n";
         assert_eq!(decode(input).expect("valid body"), b"ok");
         assert_eq!(decode_bytewise(input).expect("valid body"), b"ok");
+    }
+
+    #[test]
+    fn chunk_extensions_follow_their_grammar() {
+        for ext in [
+            &b"a"[..],
+            b"a=b",
+            b" a = b ; c",
+            b"a=\"quoted; \\\" value\"",
+            b"name=\"\"",
+        ] {
+            let mut input = b"2;".to_vec();
+            input.extend_from_slice(ext);
+            input.extend_from_slice(b"\r\nok\r\n0\r\n\r\n");
+            assert_eq!(decode(&input).expect("valid extension"), b"ok", "{ext:?}");
+        }
+        for ext in [
+            &b""[..],
+            b"a=\"unterminated",
+            b"a=b c",
+            b"=b",
+            b"a;;b",
+            b"a=\"bad \x01 byte\"",
+            b"a=",
+            b"a\x0bb",
+        ] {
+            let mut input = b"2;".to_vec();
+            input.extend_from_slice(ext);
+            input.extend_from_slice(b"\r\nok\r\n0\r\n\r\n");
+            assert_eq!(error_kind(&input), io::ErrorKind::InvalidData, "{ext:?}");
+        }
     }
 
     /// Issue 15 (5): trailers follow the same field grammar as a head.

@@ -128,8 +128,10 @@ pub fn answer_error(
     head: Option<&RequestHead>,
     keep: Persistence,
 ) -> Served {
+    // Warnings are for a proxy that is degraded (itself, or its upstreams);
+    // what one client got wrong (501, 508, 4xx) is debug.
     match err.status() {
-        500.. => log::warn!("{} {request_id}: {err}", conn.peer),
+        500 | 502..=504 => log::warn!("{} {request_id}: {err}", conn.peer),
         _ => log::debug!("{} {request_id}: {err}", conn.peer),
     }
     let persistence = if err.closes_connection() {
