@@ -62,6 +62,7 @@ pub struct Metrics {
     body_bytes: AtomicU64,
     durations: Histogram,
     upstream_connects: AtomicU64,
+    upstream_retries: AtomicU64,
     upstream_waits: Histogram,
     workers_busy: AtomicU64,
     worker_panics: AtomicU64,
@@ -86,6 +87,7 @@ impl Metrics {
             body_bytes: AtomicU64::new(0),
             durations: Histogram::new(),
             upstream_connects: AtomicU64::new(0),
+            upstream_retries: AtomicU64::new(0),
             upstream_waits: Histogram::new(),
             workers_busy: AtomicU64::new(0),
             worker_panics: AtomicU64::new(0),
@@ -131,6 +133,12 @@ impl Metrics {
     /// Counts a new connection to an origin (a pooled one reused is not).
     pub fn upstream_connected(&self) {
         self.upstream_connects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an upstream call made again because the origin closed a
+    /// reused connection before answering.
+    pub fn upstream_retried(&self) {
+        self.upstream_retries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records how long an upstream call took until the response head: name
@@ -294,6 +302,12 @@ impl Metrics {
             "counter",
             "TCP connections opened to origins for forwarded requests (before any TLS handshake; tunnels not counted).",
             load(&self.upstream_connects),
+        );
+        page.single(
+            "fetchproxy_upstream_retries_total",
+            "counter",
+            "Upstream calls made again because the origin closed a reused connection before answering.",
+            load(&self.upstream_retries),
         );
         self.upstream_waits.render(
             &mut page,

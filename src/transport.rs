@@ -6,6 +6,7 @@
 //! saves four system calls on every proxied request. TLS is layered on top
 //! by ureq's rustls connector, as usual.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -18,6 +19,39 @@ use crate::metrics::Metrics;
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport,
 };
+
+thread_local! {
+    /// What the upstream call running on this thread did so far: whether it
+    /// opened a connection (else it reused a pooled one), and how many
+    /// bytes it received. ureq runs on the calling thread, so a worker can
+    /// tell an origin closing a reused connection, before any byte of an
+    /// answer, from one that failed the request.
+    static ATTEMPT: Cell<Attempt> = const { Cell::new(Attempt { opened: false, received: 0 }) };
+}
+
+/// What one upstream call did on the wire, as far as retrying it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// A new connection was opened (the call did not reuse a pooled one).
+    pub opened: bool,
+    /// Bytes received from the origin.
+    pub received: u64,
+}
+
+/// Starts counting for an upstream call on this thread.
+pub fn begin_attempt() {
+    ATTEMPT.with(|a| {
+        a.set(Attempt {
+            opened: false,
+            received: 0,
+        });
+    });
+}
+
+/// What the upstream call on this thread did since [`begin_attempt`].
+pub fn attempt() -> Attempt {
+    ATTEMPT.with(Cell::get)
+}
 
 /// Opens plain TCP connections to origins, counting them for `/metrics`.
 #[derive(Debug)]
@@ -36,6 +70,12 @@ impl<In: Transport> Connector<In> for OriginConnector {
         if chained.is_some() {
             return Ok(chained.map(Either::A));
         }
+        ATTEMPT.with(|a| {
+            a.set(Attempt {
+                opened: true,
+                ..a.get()
+            });
+        });
         let stream = connect_any(&details.addrs, details.timeout)?;
         self.metrics.upstream_connected();
         stream.set_nodelay(true)?;
@@ -129,6 +169,12 @@ impl Transport for OriginTransport {
             }
         };
         self.buffers.input_appended(amount);
+        ATTEMPT.with(|a| {
+            a.set(Attempt {
+                received: a.get().received + amount as u64,
+                ..a.get()
+            });
+        });
         Ok(amount > 0)
     }
 

@@ -5,11 +5,12 @@
 //! policy were settled before (`target`); the addresses are checked when
 //! they are resolved (`upstream`).
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
 use ureq::SendBody;
+use ureq::http::request::Parts;
 use ureq::http::{self, HeaderName, HeaderValue};
 
 use crate::error::ProxyError;
@@ -24,6 +25,7 @@ use crate::server::finish::Served;
 use crate::server::relay::{self, RelayLimits};
 use crate::server::request_body::ClientBody;
 use crate::server::target::Origin;
+use crate::transport::{self, Attempt};
 use crate::upstream;
 
 /// Request headers this proxy sets itself instead of copying.
@@ -81,7 +83,7 @@ fn upstream_request(
     framing: BodyFraming,
     request_id: &str,
     via_name: &str,
-) -> Result<http::request::Builder, ProxyError> {
+) -> Result<Parts, ProxyError> {
     let mut request = http::Request::builder()
         .method(head.method.as_str())
         .uri(origin.uri);
@@ -98,7 +100,7 @@ fn upstream_request(
     let via = format!("{} {via_name}", version_token(head.version));
     headers.append(http::header::VIA, header_value(via.as_bytes())?);
     headers.insert("x-request-id", header_value(request_id.as_bytes())?);
-    Ok(request)
+    Ok(request.body(())?.into_parts().0)
 }
 
 /// Answers `Expect: 100-continue` (RFC 9110 §10.1.1): the proxy streams the
@@ -118,24 +120,51 @@ fn answer_expectation(
 /// The upstream call: the request and its body (read from `conn` as it is
 /// sent) until the response head. Says whether the request body was read
 /// to its end (a body the origin did not wait for leaves bytes unread).
+///
+/// A pooled connection can be closed by the origin just as it is reused
+/// (many servers close idle ones after a few seconds). When that happens
+/// before any byte of an answer arrived, the call is made once more, on
+/// a fresh connection as it turns out: always for an idempotent method
+/// (RFC 9110 §9.2.2, RFC 9112 §9.3.1), for others only while none of their
+/// body was sent, since then the origin cannot have acted on them.
 fn send(
     conn: &mut ClientConn,
-    request: http::request::Builder,
+    request: Parts,
     framing: BodyFraming,
     authority: &str,
     rules: &Arc<Rules>,
     ctx: &Context,
 ) -> Result<(http::Response<ureq::Body>, bool), ProxyError> {
     let mut body = ClientBody::new(conn, framing, ctx.config.max_body_bytes);
+    let idempotent = is_idempotent(&request.method);
     let sent = Instant::now();
-    let result = upstream::with_rules(rules, || match framing {
-        BodyFraming::Empty | BodyFraming::UntilClose => {
-            request.body(SendBody::none()).map(|r| ctx.agent.run(r))
+    let mut retried = false;
+    let result = loop {
+        transport::begin_attempt();
+        let call = http::Request::from_parts(request.clone(), ());
+        let result = upstream::with_rules(rules, || match framing {
+            BodyFraming::Empty | BodyFraming::UntilClose => {
+                ctx.agent.run(call.map(|()| SendBody::none()))
+            }
+            _ => ctx
+                .agent
+                .run(call.map(|()| SendBody::from_reader(&mut body))),
+        });
+        let Err(err) = &result else {
+            break result;
+        };
+        let untouched = framing != BodyFraming::Empty && body.bytes_read() == 0;
+        let may_retry = !retried
+            && closed_before_answering(err, transport::attempt())
+            && (idempotent || untouched)
+            && body.rewind();
+        if !may_retry {
+            break result;
         }
-        _ => request
-            .body(SendBody::from_reader(&mut body))
-            .map(|r| ctx.agent.run(r)),
-    })?;
+        log::debug!("{authority} closed a reused connection before answering; trying again");
+        ctx.metrics.upstream_retried();
+        retried = true;
+    };
     let body_read = body.is_done();
     // A client fault while its body was read is the client's (400, 413).
     if let Some(err) = body.take_failure() {
@@ -144,6 +173,36 @@ fn send(
     let response = result.map_err(|err| upstream::map_error(err, authority))?;
     ctx.metrics.upstream_answered(sent.elapsed());
     Ok((response, body_read))
+}
+
+/// Whether an upstream call failed because the origin closed a connection
+/// it had kept alive, before sending a byte of its answer.
+fn closed_before_answering(err: &ureq::Error, attempt: Attempt) -> bool {
+    let closed = match err {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    };
+    closed && !attempt.opened && attempt.received == 0
+}
+
+/// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 §9.2.2).
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
 }
 
 /// Copies the client's end-to-end headers (RFC 9110 §7.6.1).

@@ -14,6 +14,9 @@ use crate::server::conn::ClientConn;
 /// past this the connection is closed instead.
 pub const DISCARD_LIMIT: u64 = 64 * 1024;
 
+/// Most body bytes kept to send again when an upstream call is retried.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
 /// Reads and drops the body of a request the proxy answers itself (its own
 /// endpoints, `OPTIONS` with `Max-Forwards: 0`), before the answer is
 /// written. True when the whole body was consumed, so the connection can
@@ -55,7 +58,9 @@ pub fn discard(conn: &mut ClientConn, head: &RequestHead) -> bool {
 
 /// The request body as read from the client, remembering whether it was
 /// read to its end and why it failed if it did, so that a client fault is
-/// answered as one (400/413), not blamed on the upstream.
+/// answered as one (400/413), not blamed on the upstream. The first
+/// `REPLAY_LIMIT` bytes are kept, so that a retried upstream call can send
+/// them again (`rewind`).
 pub struct ClientBody<'a> {
     reader: Option<Box<dyn Read + 'a>>,
     done: bool,
@@ -65,6 +70,14 @@ pub struct ClientBody<'a> {
     /// Bytes of a Content-Length body not read yet: ureq stops reading at
     /// the declared length, so reaching zero is what marks the body done.
     left: Option<u64>,
+    /// What was read from the client so far, while it fits `REPLAY_LIMIT`.
+    kept: Vec<u8>,
+    /// Everything read so far is in `kept`.
+    kept_all: bool,
+    /// Bytes read from the client so far.
+    read: u64,
+    /// Where a replay of `kept` stands, after `rewind`.
+    replayed: usize,
 }
 
 impl<'a> ClientBody<'a> {
@@ -94,6 +107,10 @@ impl<'a> ClientBody<'a> {
                 BodyFraming::Length(len) => Some(len),
                 _ => None,
             },
+            kept: Vec::new(),
+            kept_all: true,
+            read: 0,
+            replayed: 0,
         }
     }
 }
@@ -105,14 +122,29 @@ impl ClientBody<'_> {
         self.done
     }
 
+    /// Bytes read from the client so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
     /// Why reading the body failed, if it did: the client's fault (400, 413).
     pub fn take_failure(&mut self) -> Option<ProxyError> {
         self.failure.take()
     }
-}
 
-impl Read for ClientBody<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+    /// Starts the body over for a retried upstream call: what was read is
+    /// sent again from memory, then the rest from the client. False when
+    /// more was read than was kept, or reading failed.
+    pub fn rewind(&mut self) -> bool {
+        if !self.kept_all || self.failure.is_some() {
+            return false;
+        }
+        self.replayed = 0;
+        true
+    }
+
+    /// Reads from the client, keeping what fits for a replay.
+    fn read_client(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let Some(reader) = self.reader.as_mut() else {
             return Ok(0);
         };
@@ -127,6 +159,14 @@ impl Read for ClientBody<'_> {
                     *left = left.saturating_sub(n as u64);
                     self.done = *left == 0;
                 }
+                self.read += n as u64;
+                if self.kept_all && self.kept.len() + n <= REPLAY_LIMIT {
+                    self.kept.extend_from_slice(&out[..n]);
+                } else {
+                    self.kept_all = false;
+                    self.kept = Vec::new();
+                }
+                self.replayed = self.kept.len();
                 Ok(n)
             }
             Err(err) => {
@@ -141,6 +181,19 @@ impl Read for ClientBody<'_> {
                 Err(err)
             }
         }
+    }
+}
+
+impl Read for ClientBody<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.replayed < self.kept.len() {
+            let from = &self.kept[self.replayed..];
+            let n = from.len().min(out.len());
+            out[..n].copy_from_slice(&from[..n]);
+            self.replayed += n;
+            return Ok(n);
+        }
+        self.read_client(out)
     }
 }
 

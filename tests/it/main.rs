@@ -20,3 +20,4 @@ mod refusals;
 mod reload;
 mod scale;
 mod shutdown;
+mod upstream;

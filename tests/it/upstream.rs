@@ -1,0 +1,208 @@
+//! The upstream side end to end: a pooled connection the origin closes just
+//! as it is reused is retried on a fresh one when that is safe, and bad
+//! ports are refused before anything is dialled.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::support::raw::{assert_raw_error, exchange_until_close, split_raw};
+use crate::support::{Proxy, metric, scrape_metrics};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// An origin whose first connection answers one request and then, when the
+/// next request arrives on it, closes without a word: the race of an origin
+/// closing an idle connection just as the proxy reuses it. Every later
+/// connection answers every request. Records each request line it reads.
+struct ClosingOrigin {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl ClosingOrigin {
+    fn start() -> ClosingOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        let addr = listener.local_addr().expect("origin address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (log, count) = (seen.clone(), connections.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let nth = count.fetch_add(1, Ordering::SeqCst);
+                let log = log.clone();
+                thread::spawn(move || serve(stream, nth == 0, &log));
+            }
+        });
+        ClosingOrigin {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Serves one connection; the first connection closes on its second request.
+fn serve(stream: TcpStream, first: bool, seen: &Mutex<Vec<String>>) {
+    let _ = stream.set_read_timeout(Some(LIMIT));
+    let mut writer = stream.try_clone().expect("clone origin socket");
+    let mut reader = BufReader::new(stream);
+    for nth in 0.. {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header == "\r\n" {
+                break;
+            }
+            if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if let Ok(mut seen) = seen.lock() {
+            seen.push(line.trim_end().to_string());
+        }
+        if first && nth == 1 {
+            // Closed just as the kept-alive connection was reused.
+            return;
+        }
+        let answer = format!("answer {nth}");
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if writer.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends `request` on `stream` and reads one response with a body of
+/// Content-Length; the status and the body.
+fn one_exchange(stream: &mut TcpStream, request: &str) -> (u16, String) {
+    stream.write_all(request.as_bytes()).expect("send");
+    stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap_or(0);
+                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned();
+                return (status, body);
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("no whole response to {request:?}: {got:?}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn retries(proxy: &Proxy) -> f64 {
+    let (_, page) = scrape_metrics(proxy.addr);
+    metric(&page, "fetchproxy_upstream_retries_total").expect("the retry counter")
+}
+
+/// Issue 11 (3): an idempotent request on a reused connection that the
+/// origin closes before answering is sent again, and the client never sees
+/// the race.
+#[test]
+fn issue_11_a_get_on_a_reused_connection_the_origin_closed_is_retried() {
+    let origin = ClosingOrigin::start();
+    let proxy = Proxy::start();
+    let o = origin.addr;
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    let get = |path: &str| format!("GET http://{o}{path} HTTP/1.1\r\nHost: {o}\r\n\r\n");
+    assert_eq!(
+        one_exchange(&mut client, &get("/one")),
+        (200, "answer 0".into())
+    );
+    // Same pooled upstream connection, closed by the origin on arrival.
+    let (status, body) = one_exchange(&mut client, &get("/two"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "answer 0"),
+        "{:?}",
+        origin.seen()
+    );
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        origin.seen(),
+        [
+            "GET /one HTTP/1.1",
+            "GET /two HTTP/1.1",
+            "GET /two HTTP/1.1"
+        ]
+    );
+    assert_eq!(retries(&proxy), 1.0);
+}
+
+/// A POST whose body went out on the closed connection may have been acted
+/// on: it is not sent again, and the client gets a 502.
+#[test]
+fn issue_11_a_post_whose_body_was_sent_is_not_retried() {
+    let origin = ClosingOrigin::start();
+    let proxy = Proxy::start();
+    let o = origin.addr;
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    let first = format!("GET http://{o}/warm HTTP/1.1\r\nHost: {o}\r\n\r\n");
+    assert_eq!(one_exchange(&mut client, &first).0, 200);
+    let post =
+        format!("POST http://{o}/order HTTP/1.1\r\nHost: {o}\r\nContent-Length: 5\r\n\r\nhello");
+    let (status, _) = one_exchange(&mut client, &post);
+    assert_eq!(status, 502, "{:?}", origin.seen());
+    let posts = origin
+        .seen()
+        .iter()
+        .filter(|line| line.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "{:?}", origin.seen());
+    assert_eq!(retries(&proxy), 0.0);
+}
+
+/// Issue 11 (4): a port that is no port is a bad request; nothing is dialled.
+#[test]
+fn issue_11_urls_with_a_bad_port_are_400_and_nothing_is_dialled() {
+    let proxy = Proxy::start();
+    for url in [
+        "http://127.0.0.1:-1/",
+        "http://127.0.0.1:99999/",
+        "http://localhost:0/",
+    ] {
+        let sent = format!("GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        let got = exchange_until_close(proxy.addr, sent.as_bytes(), LIMIT);
+        let response = split_raw(&got.bytes).unwrap_or_else(|| panic!("no answer to {url}"));
+        assert_raw_error(sent.as_bytes(), &response, 400, "http_request_error");
+        assert!(response.text().contains("port"), "{}", response.text());
+    }
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_upstream_connections_opened_total"),
+        Some(0.0)
+    );
+}
