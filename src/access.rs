@@ -191,6 +191,15 @@ pub fn default_allow_clients() -> Vec<IpNet> {
     .collect()
 }
 
+/// The clients allowed to PURGE by default: loopback only (Squid's
+/// `http_access allow PURGE localhost`).
+pub fn default_purge_clients() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|text| text.parse().expect("built-in purge range is a valid CIDR"))
+        .collect()
+}
+
 /// The default destination ports, like Squid's `Safe_ports`: 80, 443, 1024-65535.
 pub fn default_dest_ports() -> Vec<PortRange> {
     vec![

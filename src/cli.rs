@@ -141,6 +141,25 @@ pub struct ServeArgs {
     /// Format of the access log.
     #[arg(long, value_name = "FORMAT", ignore_case = true)]
     pub access_log_format: Option<AccessLogFormat>,
+    /// Memory budget of the HTTP cache: bytes, or a size such as 256MiB; 0 turns caching off.
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
+    pub cache_mem: Option<u64>,
+    /// Largest response kept in the memory cache.
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
+    pub cache_max_object: Option<u64>,
+    /// Directory of a disk cache that survives restarts (none unless set).
+    #[arg(long, value_name = "DIR", value_parser = text::parse_path)]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk budget of the cache in --cache-dir.
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
+    pub cache_dir_size: Option<u64>,
+    /// Largest response kept in the disk cache.
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
+    pub cache_dir_max_object: Option<u64>,
+    /// Clients allowed to send PURGE: a range or an address; repeatable.
+    #[arg(long = "purge-client", value_name = "CIDR|ADDR", value_parser = text::parse_range)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purge_clients: Vec<IpNet>,
 }
 
 impl ServeArgs {
@@ -439,13 +458,19 @@ mod tests {
             "[default: 1000]",
             "[default: info]",
             "[default: fetchproxy]",
+            "[default: 256MiB]",
+            "[default: 16MiB]",
+            "[default: 10GiB]",
+            "[default: 1GiB]",
+            "[default: 127.0.0.0/8, ::1/128]",
             "off, error, warn, info, debug, trace",
         ] {
             assert!(help.contains(shown), "{shown} missing from:\n{help}");
         }
         let defaults = help.matches("[default: ").count();
-        // Every flag but --config, --max-body-bytes and --access-log (unset by default).
-        assert_eq!(defaults, config::keys().len() - 1 - 2, "{help}");
+        // Every flag but --config, --max-body-bytes, --access-log and
+        // --cache-dir (unset by default).
+        assert_eq!(defaults, config::keys().len() - 1 - 3, "{help}");
     }
 
     #[test]

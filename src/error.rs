@@ -60,6 +60,11 @@ pub enum ProxyError {
     /// The client address is outside `allow_clients`.
     #[error("client {addr} is not allowed to use this proxy")]
     ClientDenied { addr: IpAddr },
+    /// A PURGE from a client outside `purge_clients`.
+    #[error(
+        "client {addr} may not purge the cache; allow it with --purge-client {addr} (or purge_clients in the config file)"
+    )]
+    PurgeDenied { addr: IpAddr },
     /// The destination address is not globally routable and no `allow_dest` covers it.
     #[error(
         "destination {addr} is not allowed; allow it with --allow-dest {addr} (or allow_dest in the config file)"
@@ -179,6 +184,7 @@ impl ProxyError {
             self,
             ProxyError::NotProxyEndpoint(_)
                 | ProxyError::ProxyAuthRequired(_)
+                | ProxyError::PurgeDenied { .. }
                 | ProxyError::MethodNotSupported(_)
                 | ProxyError::SchemeNotSupported(_)
                 | ProxyError::DestinationDenied { .. }
@@ -202,7 +208,7 @@ impl ProxyError {
             BadRequest(_) | NotProxyEndpoint(_) | SchemeNotSupported(_) => {
                 (400, "http_request_error")
             }
-            ClientDenied { .. } => (403, "http_request_denied"),
+            ClientDenied { .. } | PurgeDenied { .. } => (403, "http_request_denied"),
             DestinationDenied { .. } => (403, "destination_ip_prohibited"),
             PortDenied { .. } | ConnectPortDenied { .. } => (403, "http_request_denied"),
             ProxyAuthRequired(_) => (407, "http_request_denied"),
@@ -324,6 +330,7 @@ mod tests {
             ProxyError::NotProxyEndpoint("/".into()),
             ProxyError::SchemeNotSupported("ftp".into()),
             ProxyError::ClientDenied { addr: loopback },
+            ProxyError::PurgeDenied { addr: loopback },
             ProxyError::DestinationDenied { addr: loopback },
             ProxyError::PortDenied { port: 25 },
             ProxyError::ConnectPortDenied { port: 25 },
@@ -363,6 +370,7 @@ mod tests {
                 | ProxyError::NotProxyEndpoint(_)
                 | ProxyError::SchemeNotSupported(_)
                 | ProxyError::ClientDenied { .. }
+                | ProxyError::PurgeDenied { .. }
                 | ProxyError::DestinationDenied { .. }
                 | ProxyError::PortDenied { .. }
                 | ProxyError::ConnectPortDenied { .. }

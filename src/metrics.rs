@@ -50,6 +50,61 @@ pub struct Gauges {
     pub queue_capacity: usize,
     pub tunnels_open: usize,
     pub draining: bool,
+    /// The cache's counters and gauges (all zero when it is off).
+    pub cache: CacheFigures,
+}
+
+/// The cache's figures, read from its counters and stores at render time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheFigures {
+    /// Answered from the cache (stale answers included).
+    pub hits: u64,
+    /// Went to the origin for want of a usable entry.
+    pub misses: u64,
+    /// Revalidations answered 304.
+    pub revalidated_not_modified: u64,
+    /// Revalidations answered with a new response.
+    pub revalidated_modified: u64,
+    /// Read from another request's fill.
+    pub collapsed: u64,
+    /// Stale answers: allowed by the client or the response, or standing
+    /// in for a failed origin.
+    pub stale_served: u64,
+    /// Requests the cache took no part in (other methods, cache off).
+    pub bypassed: u64,
+    /// Body bytes sent from the cache.
+    pub bytes_served: u64,
+    /// Responses stored.
+    pub stored: u64,
+    pub evictions_memory: u64,
+    pub evictions_disk: u64,
+    /// PURGE requests that removed something.
+    pub purges: u64,
+    /// URLs invalidated by unsafe methods.
+    pub invalidations: u64,
+    /// Fills given up mid-body.
+    pub fills_abandoned: u64,
+    pub disk_write_errors: u64,
+    /// Disk objects found broken and dropped.
+    pub disk_corrupt: u64,
+    /// URLs, bytes and budget of the memory tier.
+    pub memory: TierFigures,
+    /// The same for the disk tier, when there is one.
+    pub disk: Option<TierFigures>,
+    /// Fills in progress that other requests can follow.
+    pub fills_in_progress: usize,
+    /// Body bytes held in memory by fills in progress.
+    pub fill_memory_bytes: u64,
+    /// The disk tier's index has been read (true without a disk tier).
+    pub disk_loaded: bool,
+}
+
+/// One cache tier's occupancy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TierFigures {
+    pub urls: u64,
+    pub bytes: u64,
+    pub capacity: u64,
 }
 
 /// The counters of one running server.
@@ -320,8 +375,159 @@ impl Metrics {
             "Panics caught in workers; each cost one connection, never the process.",
             load(&self.worker_panics),
         );
+        render_cache(&mut page, &gauges.cache);
         page.0
     }
+}
+
+/// The cache's part of the page.
+fn render_cache(page: &mut Page, cache: &CacheFigures) {
+    for (name, help, value) in [
+        (
+            "fetchproxy_cache_hits_total",
+            "Responses answered from the cache without the origin (stale ones included).",
+            cache.hits,
+        ),
+        (
+            "fetchproxy_cache_misses_total",
+            "Requests that went to the origin for want of a usable stored response.",
+            cache.misses,
+        ),
+    ] {
+        page.single(name, "counter", help, value);
+    }
+    page.family(
+        "fetchproxy_cache_revalidations_total",
+        "counter",
+        "Stale or client-refreshed entries revalidated with the origin, by its answer.",
+    );
+    page.sample(
+        "fetchproxy_cache_revalidations_total",
+        "result=\"not_modified\"",
+        cache.revalidated_not_modified,
+    );
+    page.sample(
+        "fetchproxy_cache_revalidations_total",
+        "result=\"modified\"",
+        cache.revalidated_modified,
+    );
+    for (name, help, value) in [
+        (
+            "fetchproxy_cache_collapsed_total",
+            "Requests that read another request's response as it arrived (collapsed forwarding).",
+            cache.collapsed,
+        ),
+        (
+            "fetchproxy_cache_stale_served_total",
+            "Stale responses served: allowed by max-stale or stale-while-revalidate, or standing in for a failed origin.",
+            cache.stale_served,
+        ),
+        (
+            "fetchproxy_cache_bypassed_total",
+            "Forwarded requests the cache took no part in (methods other than GET and HEAD).",
+            cache.bypassed,
+        ),
+        (
+            "fetchproxy_cache_served_bytes_total",
+            "Body bytes sent to clients from the cache (hits and collapsed requests).",
+            cache.bytes_served,
+        ),
+        (
+            "fetchproxy_cache_stored_total",
+            "Responses stored.",
+            cache.stored,
+        ),
+    ] {
+        page.single(name, "counter", help, value);
+    }
+    page.family(
+        "fetchproxy_cache_evictions_total",
+        "counter",
+        "Objects evicted to keep a tier within its budget.",
+    );
+    page.sample(
+        "fetchproxy_cache_evictions_total",
+        "tier=\"memory\"",
+        cache.evictions_memory,
+    );
+    page.sample(
+        "fetchproxy_cache_evictions_total",
+        "tier=\"disk\"",
+        cache.evictions_disk,
+    );
+    for (name, help, value) in [
+        (
+            "fetchproxy_cache_purges_total",
+            "PURGE requests that removed a URL.",
+            cache.purges,
+        ),
+        (
+            "fetchproxy_cache_invalidations_total",
+            "URLs removed because an unsafe method succeeded on them (RFC 9111 section 4.4).",
+            cache.invalidations,
+        ),
+        (
+            "fetchproxy_cache_fills_abandoned_total",
+            "Responses whose storing was given up mid-body (upstream failed, over a limit, disk error).",
+            cache.fills_abandoned,
+        ),
+        (
+            "fetchproxy_cache_disk_write_errors_total",
+            "Disk writes that failed (full disk, I/O error); the object was not stored on disk.",
+            cache.disk_write_errors,
+        ),
+        (
+            "fetchproxy_cache_disk_corrupt_total",
+            "Disk objects found broken (length, checksum, format) and deleted instead of served.",
+            cache.disk_corrupt,
+        ),
+    ] {
+        page.single(name, "counter", help, value);
+    }
+    // Without a disk tier its figures are zeros.
+    let (memory, disk) = (cache.memory, cache.disk.unwrap_or_default());
+    for (name, help, in_memory, on_disk) in [
+        (
+            "fetchproxy_cache_urls",
+            "URLs stored, by tier (each with one or more variants).",
+            memory.urls,
+            disk.urls,
+        ),
+        (
+            "fetchproxy_cache_bytes",
+            "Bytes counted against each tier's budget.",
+            memory.bytes,
+            disk.bytes,
+        ),
+        (
+            "fetchproxy_cache_capacity_bytes",
+            "Each tier's budget (cache_mem, cache_dir_size); 0 when the tier is off.",
+            memory.capacity,
+            disk.capacity,
+        ),
+    ] {
+        page.family(name, "gauge", help);
+        page.sample(name, "tier=\"memory\"", in_memory);
+        page.sample(name, "tier=\"disk\"", on_disk);
+    }
+    page.single(
+        "fetchproxy_cache_fills_in_progress",
+        "gauge",
+        "Responses being fetched and stored that other requests can follow.",
+        cache.fills_in_progress,
+    );
+    page.single(
+        "fetchproxy_cache_fill_memory_bytes",
+        "gauge",
+        "Body bytes held in memory by fills in progress (at most a quarter of cache_mem).",
+        cache.fill_memory_bytes,
+    );
+    page.single(
+        "fetchproxy_cache_disk_index_loaded",
+        "gauge",
+        "1 once the disk cache's index has been read at start (always 1 without a disk cache).",
+        u8::from(cache.disk_loaded),
+    );
 }
 
 /// A latency histogram over [`DURATION_BUCKETS`].
@@ -564,6 +770,46 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(value(&page, &build), 1.0);
+    }
+
+    #[test]
+    fn cache_figures_are_shown_by_tier_and_outcome() {
+        let metrics = Metrics::new();
+        let gauges = Gauges {
+            cache: CacheFigures {
+                hits: 5,
+                revalidated_not_modified: 2,
+                evictions_disk: 1,
+                memory: TierFigures {
+                    urls: 3,
+                    bytes: 3000,
+                    capacity: 1 << 20,
+                },
+                disk_loaded: true,
+                ..CacheFigures::default()
+            },
+            ..Gauges::default()
+        };
+        let page = metrics.render(&gauges);
+        assert_eq!(value(&page, "fetchproxy_cache_hits_total"), 5.0);
+        assert_eq!(
+            value(
+                &page,
+                "fetchproxy_cache_revalidations_total{result=\"not_modified\"}"
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(&page, "fetchproxy_cache_evictions_total{tier=\"disk\"}"),
+            1.0
+        );
+        assert_eq!(value(&page, "fetchproxy_cache_urls{tier=\"memory\"}"), 3.0);
+        assert_eq!(
+            value(&page, "fetchproxy_cache_capacity_bytes{tier=\"disk\"}"),
+            0.0,
+            "no disk tier"
+        );
+        assert_eq!(value(&page, "fetchproxy_cache_disk_index_loaded"), 1.0);
     }
 
     #[test]

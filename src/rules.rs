@@ -1,5 +1,5 @@
 //! The access rules that SIGHUP reloads: `allow_dest`, `allow_clients`,
-//! `dest_ports`, `connect_ports` and the users. `SharedRules` holds the
+//! `dest_ports`, `connect_ports`, `purge_clients` and the users. `SharedRules` holds the
 //! current set in an `ArcSwap`: every request takes its own `Arc` of it
 //! once, without a lock, and uses that snapshot throughout, so a reload
 //! never waits for a request and a request never sees half of a reload.
@@ -27,17 +27,20 @@ pub struct Rules {
     pub dest_ports: Vec<PortRange>,
     /// Ports CONNECT may reach.
     pub connect_ports: Vec<u16>,
+    /// Clients allowed to send PURGE.
+    pub purge_clients: Vec<IpNet>,
     /// Users who may use the proxy (none: no credentials asked for).
     pub users: Users,
 }
 
 impl Rules {
     /// The config keys a reload puts in force; every other key takes a restart.
-    pub const KEYS: [&str; 5] = [
+    pub const KEYS: [&str; 6] = [
         "allow_dest",
         "allow_clients",
         "dest_ports",
         "connect_ports",
+        "purge_clients",
         "users",
     ];
 
@@ -48,6 +51,7 @@ impl Rules {
             allow_clients: config.allow_clients.clone(),
             dest_ports: config.dest_ports.clone(),
             connect_ports: config.connect_ports.clone(),
+            purge_clients: config.purge_clients.clone(),
             users: Users::new(&config.users),
         }
     }
@@ -89,7 +93,7 @@ impl SharedRules {
             Ok(config) => {
                 self.replace(Rules::from_config(&config));
                 let reloaded = format!(
-                    "reloaded rules: allow_dest, allow_clients, dest_ports, connect_ports, {}",
+                    "reloaded rules: allow_dest, allow_clients, dest_ports, connect_ports, purge_clients, {}",
                     count_users(config.users.len())
                 );
                 let ignored = needing_restart(running, &config);

@@ -74,6 +74,21 @@ impl Filler {
         &self.key
     }
 
+    /// Whether the response is being stored: its head was taken and the
+    /// store not given up.
+    pub fn is_storing(&self) -> bool {
+        matches!(self.store, Store::Storing { .. })
+    }
+
+    /// Seconds of freshness the response being stored has left at `now`
+    /// (Cache-Status `ttl`); `None` when it is not being stored.
+    pub fn ttl_seconds(&self, now: SystemTime) -> Option<i64> {
+        match &self.store {
+            Store::Storing { head, .. } => Some(head.policy.ttl_seconds(now)),
+            _ => None,
+        }
+    }
+
     /// Takes the origin's response head (received at `now`) and decides
     /// whether to store it; followers start reading, or are let go.
     ///

@@ -45,6 +45,17 @@ pub enum Bypass {
     Target,
 }
 
+impl Bypass {
+    /// A Cache-Status `detail` token.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Bypass::Off => "off",
+            Bypass::Method => "method",
+            Bypass::Target => "target",
+        }
+    }
+}
+
 /// A usable stored response.
 pub struct Hit {
     /// The response.
@@ -124,6 +135,18 @@ pub enum NoStore {
     /// The client's own preconditions go upstream as sent: the answer may
     /// be a 304 or 412, which is not the response to store.
     Conditional,
+}
+
+impl NoStore {
+    /// A Cache-Status `detail` token.
+    pub fn detail(self) -> &'static str {
+        match self {
+            NoStore::Head => "head",
+            NoStore::Range => "range",
+            NoStore::RequestNoStore => "no-store",
+            NoStore::Conditional => "conditional",
+        }
+    }
 }
 
 /// A request waiting on another's fill.

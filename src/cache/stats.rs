@@ -81,7 +81,8 @@ impl Stats {
                 fwd_status: Some(_),
                 ..
             } => &self.revalidated_modified,
-            Outcome::Forward { .. } => &self.misses,
+            Outcome::Forward { .. } | Outcome::NotForwarded { .. } => &self.misses,
+            Outcome::StaleOnError { .. } => &self.stale_served,
         };
         bump(counter);
     }

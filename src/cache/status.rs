@@ -38,7 +38,7 @@ impl Fwd {
 }
 
 /// How the cache took part in one response.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Answered from the cache without contacting the origin.
     Hit {
@@ -63,6 +63,21 @@ pub enum Outcome {
         ttl: Option<i64>,
         /// Free-form detail, e.g. `too-large` (an RFC 8941 token).
         detail: Option<&'static str>,
+    },
+    /// A stale stored response served because revalidating it failed: the
+    /// origin answered 500, 502, 503 or 504 (`stale-if-error`, RFC 5861
+    /// §4) or could not be reached (RFC 9111 §4.2.4).
+    StaleOnError {
+        /// The origin's error status; `None` when it could not be reached.
+        fwd_status: Option<u16>,
+        /// Seconds of freshness left (negative: how stale).
+        ttl: i64,
+    },
+    /// Answered by the cache without a stored response or the origin:
+    /// `only-if-cached` with nothing usable stored (RFC 9111 §5.2.1.7).
+    NotForwarded {
+        /// Why, e.g. `only-if-cached`.
+        detail: &'static str,
     },
 }
 
@@ -101,6 +116,19 @@ impl Outcome {
                 }
                 push_detail(&mut out, *detail);
             }
+            Outcome::StaleOnError { fwd_status, ttl } => {
+                out.push_str("; fwd=stale");
+                if let Some(status) = fwd_status {
+                    let _ = write!(out, "; fwd-status={status}");
+                }
+                let _ = write!(out, "; ttl={ttl}");
+                let why = match fwd_status {
+                    Some(_) => "stale-if-error",
+                    None => "origin-unreachable",
+                };
+                push_detail(&mut out, Some(why));
+            }
+            Outcome::NotForwarded { detail } => push_detail(&mut out, Some(detail)),
         }
         out
     }
@@ -109,7 +137,8 @@ impl Outcome {
     /// `STALE`, `REVALIDATED`, `COLLAPSED`, `MISS` or `BYPASS`.
     pub fn log_word(&self) -> &'static str {
         match self {
-            Outcome::Hit { stale: true, .. } => "STALE",
+            Outcome::Hit { stale: true, .. } | Outcome::StaleOnError { .. } => "STALE",
+            Outcome::NotForwarded { .. } => "MISS",
             Outcome::Hit { .. } => "HIT",
             Outcome::Forward {
                 fwd: Fwd::Bypass, ..
@@ -228,5 +257,31 @@ mod tests {
         assert_eq!(revalidated.log_word(), "REVALIDATED");
         let refetched = forward_with(Fwd::Stale, Some(200));
         assert_eq!(refetched.log_word(), "MISS");
+    }
+
+    #[test]
+    fn stale_answers_after_a_failed_revalidation_say_why() {
+        let error = Outcome::StaleOnError {
+            fwd_status: Some(503),
+            ttl: -30,
+        };
+        assert_eq!(
+            error.header_value(),
+            "fetchproxy; fwd=stale; fwd-status=503; ttl=-30; detail=stale-if-error"
+        );
+        assert_eq!(error.log_word(), "STALE");
+        let unreachable = Outcome::StaleOnError {
+            fwd_status: None,
+            ttl: -1,
+        };
+        assert_eq!(
+            unreachable.header_value(),
+            "fetchproxy; fwd=stale; ttl=-1; detail=origin-unreachable"
+        );
+        let only = Outcome::NotForwarded {
+            detail: "only-if-cached",
+        };
+        assert_eq!(only.header_value(), "fetchproxy; detail=only-if-cached");
+        assert_eq!(only.log_word(), "MISS");
     }
 }

@@ -167,6 +167,36 @@ pub struct ServeConfig {
     /// Format of the access log. Default: fetchproxy.
     #[serde(deserialize_with = "value::named")]
     pub access_log_format: AccessLogFormat,
+    /// Memory budget of the HTTP cache; 0 turns caching off. Default: 256MiB.
+    #[serde(
+        deserialize_with = "Within::<0, { size::MAX_SIZE }>::bytes",
+        serialize_with = "value::serialize_size"
+    )]
+    pub cache_mem: u64,
+    /// Largest response kept in memory (at most `cache_mem`). Default: 16MiB.
+    #[serde(
+        deserialize_with = "Within::<1, { size::MAX_SIZE }>::bytes",
+        serialize_with = "value::serialize_size"
+    )]
+    pub cache_max_object: u64,
+    /// Directory of the disk cache, kept across restarts. Default: none (no disk cache).
+    #[serde(deserialize_with = "value::path")]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk budget of the cache in `cache_dir`. Default: 10GiB.
+    #[serde(
+        deserialize_with = "Within::<1, { size::MAX_SIZE }>::bytes",
+        serialize_with = "value::serialize_size"
+    )]
+    pub cache_dir_size: u64,
+    /// Largest response kept on disk (at most `cache_dir_size`). Default: 1GiB.
+    #[serde(
+        deserialize_with = "Within::<1, { size::MAX_SIZE }>::bytes",
+        serialize_with = "value::serialize_size"
+    )]
+    pub cache_dir_max_object: u64,
+    /// Clients allowed to send PURGE. Default: loopback.
+    #[serde(deserialize_with = "value::ranges")]
+    pub purge_clients: Vec<IpNet>,
     /// Users who may use the proxy, with `Proxy-Authorization: Basic`. Default:
     /// none, and then no credentials are asked for.
     #[serde(with = "value::users")]
@@ -200,6 +230,12 @@ impl Default for ServeConfig {
             log_level: log::LevelFilter::Info,
             access_log: None,
             access_log_format: AccessLogFormat::Fetchproxy,
+            cache_mem: 256 << 20,
+            cache_max_object: 16 << 20,
+            cache_dir: None,
+            cache_dir_size: 10 << 30,
+            cache_dir_max_object: 1 << 30,
+            purge_clients: access::default_purge_clients(),
             users: Vec::new(),
         }
     }
@@ -252,6 +288,12 @@ impl ServeConfig {
                     "must be at most max_header_bytes ({})",
                     self.max_header_bytes
                 ),
+            ));
+        }
+        if self.cache_dir.is_some() && self.cache_mem == 0 {
+            broken.push((
+                "cache_dir",
+                "needs cache_mem above 0 (cache_mem = 0 turns the whole cache off)".to_string(),
             ));
         }
         for (key, value) in [

@@ -62,17 +62,24 @@ impl Head {
     /// Ends the head the way every answer of the proxy ends: `X-Request-Id`,
     /// `Connection` as `persistence` says, and the blank line.
     pub fn finish(mut self, request_id: &str, persistence: Persistence) -> Vec<u8> {
-        write_header(&mut self.0, "X-Request-Id", request_id.as_bytes());
-        match persistence {
-            Persistence::Close => write_header(&mut self.0, "Connection", b"close"),
-            Persistence::KeepAlive { http10: true } => {
-                write_header(&mut self.0, "Connection", b"keep-alive");
-            }
-            Persistence::KeepAlive { http10: false } => {}
-        }
-        self.0.extend_from_slice(b"\r\n");
+        end_head(&mut self.0, request_id, persistence);
         self.0
     }
+}
+
+/// Appends the ending every answer of the proxy has to header lines
+/// written elsewhere (a stored response's): `X-Request-Id`, `Connection`
+/// as `persistence` says, and the blank line.
+pub fn end_head(out: &mut Vec<u8>, request_id: &str, persistence: Persistence) {
+    write_header(out, "X-Request-Id", request_id.as_bytes());
+    match persistence {
+        Persistence::Close => write_header(out, "Connection", b"close"),
+        Persistence::KeepAlive { http10: true } => {
+            write_header(out, "Connection", b"keep-alive");
+        }
+        Persistence::KeepAlive { http10: false } => {}
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `HTTP/1.1 {status} {reason}\r\n` to `out`.

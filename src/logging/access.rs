@@ -25,6 +25,9 @@ pub struct AccessRecord<'a> {
     pub request_id: &'a str,
     /// The `Proxy-Status` error type when the proxy answered with an error.
     pub error: Option<&'static str>,
+    /// How the cache took part (`HIT`, `MISS`, `REVALIDATED`, `STALE`,
+    /// `COLLAPSED`, `BYPASS`); `None` when it did not.
+    pub cache: Option<&'static str>,
     /// For a CONNECT tunnel: bytes the other way, and why it ended.
     pub tunnel: Option<TunnelLog>,
 }
@@ -59,12 +62,28 @@ pub struct AccessDetails<'a> {
     pub user_agent: Option<&'a str>,
 }
 
-/// How a request was served, in the terms of Squid's result codes. The
-/// cache adds its own outcomes (TCP_HIT, TCP_REFRESH_MODIFIED, ...) here.
+/// How a request was served, in the terms of Squid's result codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Forwarded to the origin, or tried: `TCP_MISS`.
     Miss,
+    /// Answered from the cache without the origin (fresh, or stale as
+    /// allowed): `TCP_HIT`.
+    Hit,
+    /// Read from another request's fill in progress (collapsed
+    /// forwarding): `TCP_CF_HIT`.
+    CollapsedHit,
+    /// A stale entry revalidated, the origin said 304: `TCP_REFRESH_UNMODIFIED`.
+    RefreshUnmodified,
+    /// A stale entry revalidated, the origin sent a new response:
+    /// `TCP_REFRESH_MODIFIED`.
+    RefreshModified,
+    /// A stale entry served because its revalidation failed:
+    /// `TCP_REFRESH_FAIL_OLD`.
+    RefreshFailOld,
+    /// The client's directives sent a fresh entry to the origin:
+    /// `TCP_CLIENT_REFRESH_MISS`.
+    ClientRefresh,
     /// A CONNECT tunnel, or an attempt at one: `TCP_TUNNEL`.
     Tunnel,
     /// Refused by an access rule or for want of credentials: `TCP_DENIED`.
@@ -106,6 +125,12 @@ impl Outcome {
     pub fn squid_code(self) -> &'static str {
         match self {
             Outcome::Miss => "TCP_MISS",
+            Outcome::Hit => "TCP_HIT",
+            Outcome::CollapsedHit => "TCP_CF_HIT",
+            Outcome::RefreshUnmodified => "TCP_REFRESH_UNMODIFIED",
+            Outcome::RefreshModified => "TCP_REFRESH_MODIFIED",
+            Outcome::RefreshFailOld => "TCP_REFRESH_FAIL_OLD",
+            Outcome::ClientRefresh => "TCP_CLIENT_REFRESH_MISS",
             Outcome::Tunnel => "TCP_TUNNEL",
             Outcome::Denied => "TCP_DENIED",
             Outcome::NotForwarded => "NONE",
@@ -115,8 +140,15 @@ impl Outcome {
     /// Squid's hierarchy code: whether an origin was contacted directly.
     fn hierarchy(self) -> &'static str {
         match self {
-            Outcome::Miss | Outcome::Tunnel => "HIER_DIRECT",
-            Outcome::Denied | Outcome::NotForwarded => "HIER_NONE",
+            Outcome::Miss
+            | Outcome::Tunnel
+            | Outcome::RefreshUnmodified
+            | Outcome::RefreshModified
+            | Outcome::RefreshFailOld
+            | Outcome::ClientRefresh => "HIER_DIRECT",
+            Outcome::Hit | Outcome::CollapsedHit | Outcome::Denied | Outcome::NotForwarded => {
+                "HIER_NONE"
+            }
         }
     }
 }
@@ -174,12 +206,13 @@ impl fmt::Display for AccessLine<'_, '_> {
     }
 }
 
-/// `client method url status bytes duration_ms request_id error`, `-` for no
-/// error; a tunnel's line ends with its bytes up and its ending.
+/// `client method url status bytes duration_ms request_id error cache`, `-`
+/// for no error and for a request the cache took no part in; a tunnel's
+/// line ends with its bytes up and its ending.
 fn fetchproxy_line(f: &mut fmt::Formatter<'_>, record: &AccessRecord<'_>) -> fmt::Result {
     write!(
         f,
-        "{} {} {} {} {} {}ms id={} error={}",
+        "{} {} {} {} {} {}ms id={} error={} cache={}",
         record.client,
         EscapedOrDash(record.method.as_bytes()),
         EscapedOrDash(record.url.as_bytes()),
@@ -188,6 +221,7 @@ fn fetchproxy_line(f: &mut fmt::Formatter<'_>, record: &AccessRecord<'_>) -> fmt
         record.duration.as_millis(),
         EscapedOrDash(record.request_id.as_bytes()),
         record.error.unwrap_or("-"),
+        record.cache.unwrap_or("-"),
     )?;
     match record.tunnel {
         Some(tunnel) => write!(f, " up={} end={}", tunnel.bytes_up, tunnel.end),
@@ -329,6 +363,7 @@ mod tests {
             duration: Duration::from_millis(57),
             request_id: "abc123",
             error: None,
+            cache: None,
             tunnel: None,
         }
     }
@@ -354,8 +389,13 @@ mod tests {
         let details = AccessDetails::default();
         assert_eq!(
             line(AccessLogFormat::Fetchproxy, &record, &details),
-            "2000-10-10T13:55:36.500Z 127.0.0.1:5555 GET http://***@example.com/\\x1b 200 1234 57ms id=abc123 error=-"
+            "2000-10-10T13:55:36.500Z 127.0.0.1:5555 GET http://***@example.com/\\x1b 200 1234 57ms id=abc123 error=- cache=-"
         );
+        let hit = AccessRecord {
+            cache: Some("HIT"),
+            ..record
+        };
+        assert!(line(AccessLogFormat::Fetchproxy, &hit, &details).ends_with(" error=- cache=HIT"));
         let denied = AccessRecord {
             status: 403,
             error: Some("destination_ip_prohibited"),
@@ -372,7 +412,7 @@ mod tests {
         .to_string();
         assert!(unstamped.starts_with("127.0.0.1:5555 - "), "{unstamped}");
         assert!(
-            unstamped.ends_with("error=destination_ip_prohibited"),
+            unstamped.ends_with("error=destination_ip_prohibited cache=-"),
             "{unstamped}"
         );
     }
@@ -396,7 +436,7 @@ mod tests {
             &AccessDetails::default(),
         );
         assert!(
-            text.ends_with("127.0.0.1:5555 CONNECT example.com:443 200 5000 1500ms id=abc123 error=- up=700 end=done"),
+            text.ends_with("127.0.0.1:5555 CONNECT example.com:443 200 5000 1500ms id=abc123 error=- cache=- up=700 end=done"),
             "{text}"
         );
     }
@@ -425,6 +465,43 @@ mod tests {
         let text = line(AccessLogFormat::Squid, &record, &odd);
         assert_eq!(text.split_whitespace().count(), 10, "{text}");
         assert!(text.contains(" a%20b\\\"c "), "{text}");
+    }
+
+    #[test]
+    fn squid_codes_name_what_the_cache_did() {
+        let record = record();
+        for (outcome, code, hierarchy) in [
+            (Outcome::Hit, "TCP_HIT/200", "HIER_NONE/-"),
+            (Outcome::CollapsedHit, "TCP_CF_HIT/200", "HIER_NONE/-"),
+            (
+                Outcome::RefreshUnmodified,
+                "TCP_REFRESH_UNMODIFIED/200",
+                "HIER_DIRECT/-",
+            ),
+            (
+                Outcome::RefreshModified,
+                "TCP_REFRESH_MODIFIED/200",
+                "HIER_DIRECT/-",
+            ),
+            (
+                Outcome::RefreshFailOld,
+                "TCP_REFRESH_FAIL_OLD/200",
+                "HIER_DIRECT/-",
+            ),
+            (
+                Outcome::ClientRefresh,
+                "TCP_CLIENT_REFRESH_MISS/200",
+                "HIER_DIRECT/-",
+            ),
+        ] {
+            let details = AccessDetails {
+                outcome: Some(outcome),
+                ..AccessDetails::default()
+            };
+            let text = line(AccessLogFormat::Squid, &record, &details);
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            assert_eq!((fields[3], fields[8]), (code, hierarchy), "{text}");
+        }
     }
 
     #[test]

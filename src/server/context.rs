@@ -1,11 +1,12 @@
 //! What every worker shares: the settings, the rules in force, the one
-//! upstream agent, and the handles to the acceptor, the tunnel relay and
+//! upstream agent, the cache, and the handles to the acceptor, the tunnel relay and
 //! the counters. Built once by `server::start`.
 
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
+use crate::cache::Cache;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::rules::SharedRules;
@@ -23,6 +24,8 @@ pub struct Context {
     /// The access rules in force; a request takes one snapshot of them.
     pub rules: SharedRules,
     pub agent: ureq::Agent,
+    /// The HTTP cache (off when `cache_mem` is 0).
+    pub cache: Cache,
     pub shutdown: Arc<Shutdown>,
     pub handback: Handback<ClientConn>,
     pub ids: Arc<RequestIds>,

@@ -9,6 +9,7 @@ use std::io::Write;
 use crate::http::request::RequestHead;
 use crate::http::response::Head;
 use crate::metrics::{self, Gauges};
+use crate::server::cached;
 use crate::server::conn::ClientConn;
 use crate::server::context::Context;
 use crate::server::finish::{self, Served};
@@ -65,6 +66,7 @@ pub fn answer(
         },
         error: None,
         reusable: sent && persistence.is_kept(),
+        cache: None,
     }
 }
 
@@ -78,5 +80,6 @@ fn metrics_page(ctx: &Context) -> String {
         queue_capacity: ctx.config.queue.get(),
         tunnels_open: ctx.relay.open_tunnels(),
         draining: ctx.shutdown.is_draining(),
+        cache: cached::figures(&ctx.cache),
     })
 }

@@ -10,10 +10,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::cache::{self, Fwd};
 use crate::error::ProxyError;
 use crate::http::request::{RequestHead, Version};
 use crate::http::response::{self, Persistence};
-use crate::logging::{self, AccessDetails, AccessRecord, TunnelLog};
+use crate::logging::{self, AccessDetails, AccessRecord, Outcome, TunnelLog};
 use crate::metrics::{Finished, Metrics};
 use crate::pump::TunnelEnd;
 use crate::server::conn::ClientConn;
@@ -29,6 +30,8 @@ pub struct Served {
     pub error: Option<&'static str>,
     /// The whole answer went out and its head kept the connection open.
     pub reusable: bool,
+    /// How the cache took part, when it did.
+    pub cache: Option<cache::Outcome>,
 }
 
 impl Served {
@@ -40,6 +43,7 @@ impl Served {
             bytes,
             error: Some(err.proxy_status()),
             reusable: false,
+            cache: None,
         }
     }
 }
@@ -146,6 +150,7 @@ pub fn answer_error(
         bytes: if sent { body_len } else { 0 },
         error: Some(err.proxy_status()),
         reusable: sent && persistence.is_kept(),
+        cache: None,
     }
 }
 
@@ -178,6 +183,7 @@ pub fn record(
         duration,
         request_id: request.request_id,
         error: served.error,
+        cache: served.cache.map(|outcome| outcome.log_word()),
         tunnel: tunnel.map(|(end, bytes_up)| TunnelLog {
             bytes_up,
             end: end.as_str(),
@@ -197,9 +203,34 @@ pub fn record(
         }),
         referer: text("referer"),
         user_agent: text("user-agent"),
+        outcome: served.cache.map(|outcome| squid_outcome(&outcome)),
         ..AccessDetails::default()
     };
     logging::access_with(&record, &details);
+}
+
+/// The cache's outcome in the terms of Squid's result codes.
+fn squid_outcome(outcome: &cache::Outcome) -> Outcome {
+    match outcome {
+        cache::Outcome::Hit { .. } => Outcome::Hit,
+        cache::Outcome::StaleOnError { .. } => Outcome::RefreshFailOld,
+        cache::Outcome::NotForwarded { .. } => Outcome::NotForwarded,
+        cache::Outcome::Forward {
+            collapsed: true, ..
+        } => Outcome::CollapsedHit,
+        cache::Outcome::Forward {
+            fwd: Fwd::Stale | Fwd::Request,
+            fwd_status: Some(304),
+            ..
+        } => Outcome::RefreshUnmodified,
+        cache::Outcome::Forward {
+            fwd: Fwd::Stale, ..
+        } => Outcome::RefreshModified,
+        cache::Outcome::Forward {
+            fwd: Fwd::Request, ..
+        } => Outcome::ClientRefresh,
+        cache::Outcome::Forward { .. } => Outcome::Miss,
+    }
 }
 
 #[cfg(test)]

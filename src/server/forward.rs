@@ -1,9 +1,12 @@
 //! Forwarding one request to its origin, as phases: the request built
-//! from the client's (hop-by-hop headers out, `Via` in), `100 Continue`
-//! when the client expects it, the upstream call with the request body
-//! streamed up, then the relay of the response (`relay`). The route and the
-//! policy were settled before (`target`); the addresses are checked when
-//! they are resolved (`upstream`).
+//! from the client's (hop-by-hop headers out, `Via` in, and the cache's
+//! validators in place of the client's own when it revalidates),
+//! `100 Continue` when the client expects it, then the upstream call with
+//! the request body streamed up, until the response head. The body is
+//! streamed back by `relay`; whether the cache answers instead, or keeps a
+//! copy, is `cached`'s business. The route and the policy were settled
+//! before (`target`); the addresses are checked when they are resolved
+//! (`upstream`).
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -21,8 +24,6 @@ use crate::logging;
 use crate::rules::Rules;
 use crate::server::conn::ClientConn;
 use crate::server::context::Context;
-use crate::server::finish::Served;
-use crate::server::relay::{self, RelayLimits};
 use crate::server::request_body::ClientBody;
 use crate::server::target::Origin;
 use crate::transport::{self, Attempt};
@@ -37,21 +38,36 @@ const REPLACED_REQUEST_HEADERS: &[&str] = &[
     "content-length",
 ];
 
-/// Forwards `head` (and its body from `conn`) to `origin` and streams the
-/// answer back.
+/// The client's validators, left out when the cache sends its own: the
+/// answer must say whether the stored response is still good, not whether
+/// the client's copy is (RFC 9111 §4.3.1).
+const CLIENT_VALIDATORS: &[&str] = &["if-none-match", "if-modified-since"];
+
+/// The origin's answer: its head, with the body still to be read.
+pub struct Upstream {
+    pub response: http::Response<ureq::Body>,
+    /// The client's request body was read to its end, so the connection
+    /// can carry another request.
+    pub body_read: bool,
+}
+
+/// Sends `head` (and its body from `conn`) to `origin`, until the response
+/// head arrives. `validators`, when the cache revalidates a stored
+/// response, replace the client's `If-None-Match` and `If-Modified-Since`.
 ///
 /// # Errors
-/// A `ProxyError` when nothing has been sent to the client yet; failures
-/// after the response head went out are reported in `Served` instead.
-pub fn forward(
+/// A `ProxyError` for the client: its own fault (413, 400) or the
+/// upstream's (502, 504); nothing has been sent to the client but maybe
+/// `100 Continue`.
+pub fn fetch(
     conn: &mut ClientConn,
     head: &RequestHead,
-    origin: Origin,
+    origin: &Origin,
+    validators: Option<&[(HeaderName, HeaderValue)]>,
     request_id: &str,
     rules: &Arc<Rules>,
     ctx: &Context,
-    buf: &mut [u8],
-) -> Result<Served, ProxyError> {
+) -> Result<Upstream, ProxyError> {
     let framing = head.body_framing()?;
     if let (BodyFraming::Length(len), Some(limit)) = (framing, ctx.config.max_body_bytes)
         && len > limit
@@ -63,15 +79,20 @@ pub fn forward(
         .authority()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let request = upstream_request(head, origin, framing, request_id, &ctx.config.via_name)?;
+    let request = upstream_request(
+        head,
+        origin,
+        framing,
+        validators,
+        request_id,
+        &ctx.config.via_name,
+    )?;
     answer_expectation(conn, head, framing)?;
     let (response, body_read) = send(conn, request, framing, &authority, rules, ctx)?;
-    let limits = RelayLimits {
-        max_body_bytes: ctx.config.max_body_bytes,
-        via_name: &ctx.config.via_name,
-        draining: ctx.shutdown.is_draining(),
-    };
-    relay::relay_response(conn, head, response, body_read, request_id, &limits, buf)
+    Ok(Upstream {
+        response,
+        body_read,
+    })
 }
 
 /// The request sent upstream: the client's method and end-to-end headers
@@ -79,18 +100,27 @@ pub fn forward(
 /// the body's length, our `Via`, and the request id.
 fn upstream_request(
     head: &RequestHead,
-    origin: Origin,
+    origin: &Origin,
     framing: BodyFraming,
+    validators: Option<&[(HeaderName, HeaderValue)]>,
     request_id: &str,
     via_name: &str,
 ) -> Result<Parts, ProxyError> {
     let mut request = http::Request::builder()
         .method(head.method.as_str())
-        .uri(origin.uri);
+        .uri(origin.uri.clone());
     let headers = request.headers_mut().ok_or_else(|| {
         ProxyError::BadRequest(format!("cannot forward {} {}", head.method, head.target))
     })?;
     copy_request_headers(head, headers)?;
+    if let Some(validators) = validators {
+        for name in CLIENT_VALIDATORS {
+            headers.remove(*name);
+        }
+        for (name, value) in validators {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
     if let Some(n) = headers::max_forwards(head.header_values("max-forwards")) {
         headers.insert("max-forwards", HeaderValue::from(n.saturating_sub(1)));
     }

@@ -24,6 +24,8 @@ pub enum StartError {
         "open-files limit {limit} is too low for max_connections = {max_connections}; raise it (ulimit -n) or lower max_connections"
     )]
     FileLimit { limit: u64, max_connections: usize },
+    #[error("cannot start the cache: {0}")]
+    Cache(#[from] crate::cache::CacheError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }

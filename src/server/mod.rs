@@ -5,6 +5,7 @@
 //! in `finish.rs`, whichever thread ends it.
 
 mod acceptor;
+mod cached;
 mod conn;
 mod context;
 mod endpoints;
@@ -138,12 +139,14 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let (relay, relay_thread) =
         tunnel::spawn_relay(config.clone(), shutdown.clone(), metrics.clone())?;
+    let cache = cached::open(&config)?;
     let ids = Arc::new(RequestIds::new());
     let limits = ConnLimits::new(config.max_connections, config.max_conns_per_client);
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue.get());
     let ctx = Arc::new(Context {
         config: config.clone(),
         agent: crate::upstream::agent(&config, rules.clone(), metrics.clone()),
+        cache,
         rules: rules.clone(),
         shutdown: shutdown.clone(),
         handback,

@@ -28,6 +28,25 @@ pub struct RelayLimits<'a> {
     pub via_name: &'a str,
     /// The proxy is draining: the connection closes after this answer.
     pub draining: bool,
+    /// The `Cache-Status` value, when the cache took part (RFC 9211).
+    pub cache_status: Option<&'a str>,
+}
+
+/// An upstream response's body: where to read it, and the length the
+/// origin declared.
+pub struct UpstreamBody<R> {
+    pub reader: R,
+    pub declared: Option<u64>,
+}
+
+impl UpstreamBody<ureq::BodyReader<'static>> {
+    /// The body of a response from the upstream agent.
+    pub fn of(body: ureq::Body) -> Self {
+        UpstreamBody {
+            declared: body.content_length(),
+            reader: body.into_reader(),
+        }
+    }
 }
 
 /// Writes the response head and streams the body to the client.
@@ -38,24 +57,24 @@ pub struct RelayLimits<'a> {
 /// `UpstreamBodyTooLarge` before anything is sent, when the origin declares
 /// a body over `max_body_bytes`. Failures once the head went out are
 /// reported in `Served`.
-pub fn relay_response(
+pub fn relay_response<R: Read>(
     conn: &mut ClientConn,
     head: &RequestHead,
-    response: http::Response<ureq::Body>,
+    response: http::Response<UpstreamBody<R>>,
     body_read: bool,
     request_id: &str,
     limits: &RelayLimits<'_>,
     buf: &mut [u8],
 ) -> Result<Served, ProxyError> {
     let (parts, body) = response.into_parts();
-    let framing = response_framing(head, &parts, body.content_length(), limits.max_body_bytes)?;
+    let framing = response_framing(head, &parts, body.declared, limits.max_body_bytes)?;
     let persistence = match framing {
         BodyFraming::UntilClose => Persistence::Close,
         _ => finish::persistence(head, body_read, limits.draining),
     };
-    let out = response_head(&parts, framing, limits.via_name, request_id, persistence);
+    let out = response_head(&parts, framing, limits, request_id, persistence);
     let mut client = HeadFirst::new(out, conn);
-    let mut reader = body.into_reader();
+    let mut reader = body.reader;
     let limit = limits.max_body_bytes.unwrap_or(u64::MAX);
     let copied = match framing {
         BodyFraming::Empty => Ok(0),
@@ -88,6 +107,7 @@ pub fn relay_response(
         bytes: 0,
         error: None,
         reusable: persistence.is_kept(),
+        cache: None,
     };
     match copied {
         Ok(n) => served.bytes = n,
@@ -136,7 +156,7 @@ fn response_framing(
 fn response_head(
     parts: &Parts,
     framing: BodyFraming,
-    via_name: &str,
+    limits: &RelayLimits<'_>,
     request_id: &str,
     persistence: Persistence,
 ) -> Vec<u8> {
@@ -155,6 +175,8 @@ fn response_head(
     for (name, value) in &parts.headers {
         let name = name.as_str();
         // Content-Length is rewritten below from the framing actually used.
+        // A Cache-Status from further up stays: RFC 9211 §2 lists each
+        // cache on the way, ours last.
         if hop.contains(name) || (name == "content-length" && !bodiless) || name == "x-request-id" {
             continue;
         }
@@ -169,8 +191,11 @@ fn response_head(
         }
         BodyFraming::Empty | BodyFraming::UntilClose => {}
     }
-    let via = format!("1.1 {via_name}");
+    let via = format!("1.1 {}", limits.via_name);
     out.header("Via", via.as_bytes());
+    if let Some(status) = limits.cache_status {
+        out.header("Cache-Status", status.as_bytes());
+    }
     out.finish(request_id, persistence)
 }
 

@@ -1,5 +1,6 @@
 //! Where a request goes, decided once, under the request's rules: one of
-//! the proxy's own answers, an origin to forward to, or a CONNECT target.
+//! the proxy's own answers, an origin to forward to, a PURGE of the cache,
+//! or a CONNECT target.
 //! Checks the URL (scheme, host, port), the method, `dest_ports` and
 //! `connect_ports`, and that the proxy is not its own destination. The
 //! destination's addresses are checked later, once resolved
@@ -17,9 +18,22 @@ use crate::http::request::{RequestHead, TargetForm};
 use crate::rules::Rules;
 use crate::upstream;
 
-/// Methods forwarded upstream (DESIGN.md).
+/// The methods named in `Allow` when the proxy answers `OPTIONS` itself
+/// (DESIGN.md). Any other method the request line's grammar allows is
+/// forwarded too (WebDAV's, `M-SEARCH`, ...), as Squid does: a general
+/// proxy cannot know every extension. The cache treats those as unsafe.
 pub const FORWARDED_METHODS: &[&str] =
     &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Methods never forwarded: `TRACE` would echo the request, credentials
+/// and cookies included, to whoever can script a page (cross-site
+/// tracing); Squid and most proxies refuse it as well. (`CONNECT` only
+/// ever has a host and port, never a URL: RFC 9112 §3.2.3.)
+const REFUSED_METHODS: &[&str] = &["TRACE"];
+
+/// The method that removes a URL from the cache (Squid's and Varnish's
+/// habit), answered by the proxy itself.
+pub const PURGE: &str = "PURGE";
 
 /// Where a request goes.
 #[derive(Debug)]
@@ -30,6 +44,8 @@ pub enum Route {
     Forward(Origin),
     /// Open a CONNECT tunnel.
     Tunnel(TunnelTarget),
+    /// Remove a URL from the cache.
+    Purge,
 }
 
 /// The answers the proxy gives itself.
@@ -86,10 +102,13 @@ pub fn check_target(
             head.method, head.target
         ))),
         TargetForm::Absolute => {
-            if !FORWARDED_METHODS.contains(&head.method.as_str()) {
+            if REFUSED_METHODS.contains(&head.method.as_str()) {
                 return Err(ProxyError::MethodNotSupported(head.method.clone()));
             }
             let uri = target_uri(&head.target)?;
+            if head.method == PURGE {
+                return Ok(Route::Purge);
+            }
             if head.method == "OPTIONS"
                 && headers::max_forwards(head.header_values("max-forwards")) == Some(0)
             {

@@ -4,11 +4,14 @@
 //!
 //! 1. `serve_one`: the request id and one snapshot of the rules;
 //! 2. `admit`: client range, credentials, body framing, `Via` loop;
-//! 3. `target::check_target`: the proxy's own answer, an origin, or a
-//!    CONNECT target, under those rules;
-//! 4. `endpoints::answer`, or `forward::forward` (upstream request, body,
-//!    response head; then `relay::relay_response` streams the body back),
-//!    or `tunnel::connect` and a hand-over to the relay thread;
+//! 3. `target::check_target`: the proxy's own answer, an origin, a PURGE,
+//!    or a CONNECT target, under those rules;
+//! 4. `endpoints::answer`; or for an origin `cached::serve`: the cache
+//!    lookup, then a hit answered from the cache, or `forward::fetch`
+//!    (upstream request, body, response head) and `relay::relay_response`
+//!    streaming the body back (and into the cache when it may be stored);
+//!    or `cached::purge`; or `tunnel::connect` and a hand-over to the
+//!    relay thread;
 //! 5. `finish`: an error becomes the answer, the access-log line and the
 //!    counters, and the connection is kept, lingered or closed;
 //! 6. `serve_connection`: the next pipelined request, or back to the
@@ -36,11 +39,11 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::pump::TunnelEnd;
 use crate::rules::Rules;
+use crate::server::cached;
 use crate::server::conn::ClientConn;
 use crate::server::context::Context;
 use crate::server::endpoints;
 use crate::server::finish::{self, Request, Served};
-use crate::server::forward;
 use crate::server::job::Job;
 use crate::server::target::{self, Route};
 use crate::server::tunnel::{self, TunnelSlot};
@@ -189,8 +192,9 @@ fn handle<'r>(
             conn, head, endpoint, request_id, ctx,
         ))),
         Route::Forward(origin) => {
-            forward::forward(conn, head, origin, request_id, rules, ctx, buf).map(Handled::Served)
+            cached::serve(conn, head, &origin, request_id, rules, ctx, buf).map(Handled::Served)
         }
+        Route::Purge => cached::purge(conn, head, request_id, rules, ctx).map(Handled::Served),
         Route::Tunnel(target) => {
             let slot = ctx.relay.admit()?;
             let upstream = tunnel::connect(&target, ctx.config.connect_timeout, rules)?;
@@ -251,6 +255,7 @@ fn open_tunnel(
         bytes: 0,
         error: None,
         reusable: false,
+        cache: None,
     };
     finish::record(
         &ctx.metrics,

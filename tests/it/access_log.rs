@@ -191,7 +191,7 @@ fn fetchproxy_format_in_a_file_is_stamped_and_set_from_the_config_file() {
     assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
     assert!(rest.starts_with("127.0.0.1:"), "{rest}");
     assert!(rest.contains(&format!(" GET {url} 200 5 ")), "{rest}");
-    assert!(rest.ends_with(" error=-"), "{rest}");
+    assert!(rest.ends_with(" error=- cache=MISS"), "{rest}");
     assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
 }
 

@@ -958,17 +958,22 @@ fn other_origin_form_targets_are_400() {
 }
 
 #[test]
-fn unsupported_methods_get_a_clear_error() {
+fn trace_gets_a_clear_error_and_extension_methods_are_forwarded() {
     let origin = Origin::fixed("text/plain", b"ok");
     let proxy = Proxy::start();
-    for method in ["TRACE", "BREW"] {
-        let request = get_request(&origin.url("/pot"), "").to_vec();
+    let request = get_request(&origin.url("/pot"), "").to_vec();
+    let trace = [b"TRACE", &request[3..]].concat();
+    let response = exchange(proxy.addr, &trace, LIMIT);
+    assert_raw_error(&trace, &response, 501, "http_request_error");
+    assert!(response.text().contains("TRACE"), "{}", response.text());
+    assert!(origin.requests().is_empty(), "{:?}", origin.requests());
+    for method in ["BREW", "M-SEARCH", "PROPFIND"] {
         let request = [method.as_bytes(), &request[3..]].concat();
         let response = exchange(proxy.addr, &request, LIMIT);
-        assert_raw_error(&request, &response, 501, "http_request_error");
-        assert!(response.text().contains(method), "{}", response.text());
+        assert_eq!(response.status, 200, "{method}: {}", response.text());
     }
-    assert!(origin.requests().is_empty(), "{:?}", origin.requests());
+    let methods: Vec<String> = origin.requests().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["BREW", "M-SEARCH", "PROPFIND"]);
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod support;
 mod access;
 mod access_log;
 mod auth;
+mod cache;
 mod client;
 mod client_fleet;
 mod client_options;

@@ -113,6 +113,20 @@ fn methods_and_schemes_that_are_not_forwarded_are_refused() {
 }
 
 #[test]
+fn extension_methods_are_forwarded_and_purge_stays_here() {
+    for method in ["M-SEARCH", "PROPFIND", "BREW", "LINK"] {
+        let text = format!("{method} http://h/ HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(matches!(route(&text), Ok(Route::Forward(_))), "{method}");
+    }
+    assert!(matches!(
+        route("PURGE http://h/a HTTP/1.1\r\nHost: h\r\n\r\n"),
+        Ok(Route::Purge)
+    ));
+    let err = route("PURGE ftp://h/a HTTP/1.1\r\nHost: h\r\n\r\n").expect_err("ftp");
+    assert_eq!(err.status(), 400);
+}
+
+#[test]
 fn connect_targets_need_host_and_port() {
     assert_eq!(
         split_authority("example.com:443").expect("valid"),

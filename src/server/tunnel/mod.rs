@@ -210,6 +210,7 @@ impl Tunnel {
             bytes: self.pump.bytes_down(),
             error: None,
             reusable: false,
+            cache: None,
         };
         finish::record(
             metrics,

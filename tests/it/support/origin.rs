@@ -56,6 +56,18 @@ pub enum Reply {
     Raw(Vec<u8>),
     /// Reads the request and never answers (until the peer goes away).
     Silent,
+    /// Status, headers and Content-Length for `first` and `rest`; sends
+    /// the head and `first`, waits for `gate` (60 s at most), then `rest`.
+    Paused {
+        status: u16,
+        headers: Vec<(String, String)>,
+        first: Vec<u8>,
+        gate: Gate,
+        rest: Vec<u8>,
+    },
+    /// `len` bytes of the `Huge` pattern with `Cache-Control:
+    /// max-age=3600`: with Content-Length, or chunked.
+    HugeCacheable { len: u64, chunked: bool },
 }
 
 impl Reply {
@@ -367,6 +379,61 @@ fn write_reply(w: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Re
         Reply::Raw(bytes) => {
             w.write_all(bytes)?;
             Ok(false)
+        }
+        Reply::Paused {
+            status,
+            headers,
+            first,
+            gate,
+            rest,
+        } => {
+            let mut out = head(*status, headers);
+            let len = first.len() + rest.len();
+            out.extend_from_slice(format!("Content-Length: {len}\r\n\r\n").as_bytes());
+            if !head_only {
+                out.extend_from_slice(first);
+            }
+            w.write_all(&out)?;
+            w.flush()?;
+            if !head_only {
+                gate.wait(Duration::from_secs(60));
+                w.write_all(rest)?;
+            }
+            Ok(true)
+        }
+        Reply::HugeCacheable { len, chunked } => {
+            let mut out = head(
+                200,
+                &[
+                    ("Content-Type".into(), "application/octet-stream".into()),
+                    ("Cache-Control".into(), "max-age=3600".into()),
+                ],
+            );
+            if *chunked {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            } else {
+                out.extend_from_slice(format!("Content-Length: {len}\r\n\r\n").as_bytes());
+            }
+            w.write_all(&out)?;
+            if !head_only {
+                let block: Vec<u8> = (0..37 * 1771).map(pattern_byte).collect();
+                let mut left = *len;
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    if *chunked {
+                        w.write_all(format!("{n:x}\r\n").as_bytes())?;
+                    }
+                    w.write_all(&block[..n])?;
+                    if *chunked {
+                        w.write_all(b"\r\n")?;
+                    }
+                    left -= n as u64;
+                }
+                if *chunked {
+                    w.write_all(b"0\r\n\r\n")?;
+                }
+            }
+            Ok(true)
         }
         Reply::Silent => {
             let mut sink = [0u8; 1024];

@@ -1,0 +1,361 @@
+//! Answers written by the cache: from a stored response (a hit, an entry
+//! the origin just confirmed, a stale entry standing in for a failed
+//! origin), from another request's fill as it arrives (a follower), the
+//! 504 for `only-if-cached`, and PURGE's. A stored body in memory goes out
+//! with its head in one vectored write of shared buffers, copied nowhere;
+//! a body on disk goes from the file to the socket with `sendfile`.
+//! A body that cannot be sent whole is cut short by closing the connection.
+
+use std::fs::File;
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::cache::object::{Body, has_body};
+use crate::cache::reply::{self, Reply};
+use crate::cache::{Follower, Following, Fwd, Outcome, StoredObject};
+use crate::http::body::ChunkedWriter;
+use crate::http::request::{RequestHead, Version};
+use crate::http::response::{self, Head, Persistence};
+use crate::server::cached::{Exchange, upstream};
+use crate::server::conn::ClientConn;
+use crate::server::context::Context;
+use crate::server::finish::{self, Served};
+use crate::server::request_body;
+
+/// A hit: the request's body (if any) is read and dropped first, then the
+/// stored response answers it.
+pub fn hit(
+    ex: &mut Exchange<'_>,
+    object: &Arc<StoredObject>,
+    outcome: Outcome,
+    now: SystemTime,
+) -> Served {
+    let body_read = request_body::discard(ex.conn, ex.head);
+    from_store(ex, object, outcome, now, body_read)
+}
+
+/// Answers the request from `object` at `now`: in full, or 304/412 for
+/// the client's preconditions, or 206/416 for its range.
+pub fn from_store(
+    ex: &mut Exchange<'_>,
+    object: &Arc<StoredObject>,
+    outcome: Outcome,
+    now: SystemTime,
+    body_read: bool,
+) -> Served {
+    let reply = reply::plan(object, ex.head, now);
+    let status = reply.status(object);
+    let persistence = finish::persistence(ex.head, body_read, ex.ctx.shutdown.is_draining());
+    let tail = own_headers(ex.ctx, &outcome, ex.request_id, persistence, None);
+    let head_only = ex.head.method == "HEAD";
+    let sent = match &reply {
+        Reply::Full {
+            head_block,
+            age_line,
+        } => {
+            let len = if head_only || !has_body(object.head.status) {
+                0
+            } else {
+                object.head.body_len
+            };
+            let parts = [head_block.as_ref(), age_line.as_bytes(), &tail];
+            write_object(ex.conn, &parts, object, 0, len)
+        }
+        Reply::Partial { head, start, end } => {
+            let len = if head_only { 0 } else { end - start + 1 };
+            write_object(ex.conn, &[head, &tail], object, *start, len)
+        }
+        Reply::HeadOnly { head, .. } => write_object(ex.conn, &[head, &tail], object, 0, 0),
+    };
+    Served {
+        status,
+        bytes: sent.unwrap_or_else(|short| short),
+        error: None,
+        reusable: sent.is_ok() && persistence.is_kept(),
+        cache: Some(outcome),
+    }
+}
+
+/// Follows another request's fill: streams its head and body as they
+/// arrive, or, when the fill lets this request go (the response cannot be
+/// shared, or varies on a header this request sends differently), fetches
+/// on its own.
+///
+/// # Errors
+/// As `upstream::fill`, for a follower let go.
+pub fn follow(
+    ex: &mut Exchange<'_>,
+    kind: Fwd,
+    follower: Follower,
+) -> Result<Served, crate::error::ProxyError> {
+    let (fill, mut reader) = match follower.follow(ex.head) {
+        Following::Stream { head, reader } => (head, reader),
+        Following::Released { filler, .. } => return upstream::fill(ex, kind, filler, None),
+    };
+    let body_read = request_body::discard(ex.conn, ex.head);
+    let now = SystemTime::now();
+    let outcome = Outcome::Forward {
+        fwd: kind,
+        fwd_status: Some(fill.status.as_u16()),
+        stored: true,
+        collapsed: true,
+        ttl: Some(fill.policy.ttl_seconds(now)),
+        detail: None,
+    };
+    let bodiless = ex.head.method == "HEAD" || !has_body(fill.status);
+    // Without a declared length: chunked to HTTP/1.1 clients, until the
+    // connection closes to HTTP/1.0 ones (RFC 9112 §6.3).
+    let chunked = !bodiless && fill.declared_len.is_none() && ex.head.version == Version::Http11;
+    let until_close = !bodiless && fill.declared_len.is_none() && !chunked;
+    let persistence = if until_close {
+        Persistence::Close
+    } else {
+        finish::persistence(ex.head, body_read, ex.ctx.shutdown.is_draining())
+    };
+    let framing = chunked.then_some("Transfer-Encoding: chunked\r\n");
+    let tail = own_headers(ex.ctx, &outcome, ex.request_id, persistence, framing);
+    let age = fill.age_line(now);
+    let mut served = Served {
+        status: fill.status.as_u16(),
+        bytes: 0,
+        error: None,
+        reusable: false,
+        cache: Some(outcome),
+    };
+    let mut head = [
+        IoSlice::new(&fill.head_block),
+        IoSlice::new(age.as_bytes()),
+        IoSlice::new(&tail),
+    ];
+    if write_all_vectored(ex.conn, &mut head).is_err() {
+        return Ok(served);
+    }
+    if bodiless {
+        served.reusable = persistence.is_kept();
+        return Ok(served);
+    }
+    let streamed = if chunked {
+        let mut out = ChunkedWriter::new(&mut *ex.conn);
+        let streamed = stream_fill(&mut reader, &mut out, &mut served.bytes);
+        streamed.and_then(|()| out.finish().map(drop).map_err(|_| None))
+    } else {
+        stream_fill(&mut reader, &mut *ex.conn, &mut served.bytes)
+    };
+    match streamed {
+        Ok(()) => served.reusable = persistence.is_kept(),
+        Err(Some(failure)) => {
+            // The fill failed: the client sees the body cut short.
+            log::debug!("{} {}: fill failed: {failure}", ex.conn.peer, ex.request_id);
+            served.error = Some("http_protocol_error");
+        }
+        Err(None) => {}
+    }
+    Ok(served)
+}
+
+/// Copies a fill's body to `out` as it arrives; `Err(Some(_))` when the
+/// fill failed, `Err(None)` when the client went away.
+fn stream_fill(
+    reader: &mut crate::cache::BodyReader,
+    out: &mut impl Write,
+    sent: &mut u64,
+) -> Result<(), Option<crate::cache::CacheError>> {
+    loop {
+        match reader.next_chunk() {
+            Ok(Some(chunk)) => {
+                out.write_all(&chunk).map_err(|_| None)?;
+                *sent += chunk.len() as u64;
+            }
+            Ok(None) => return Ok(()),
+            Err(err) => return Err(Some(err)),
+        }
+    }
+}
+
+/// The 504 for `only-if-cached` with nothing usable stored (RFC 9111
+/// §5.2.1.7).
+pub fn not_cached(ex: &mut Exchange<'_>) -> Served {
+    let outcome = Outcome::NotForwarded {
+        detail: "only-if-cached",
+    };
+    let body_read = request_body::discard(ex.conn, ex.head);
+    let persistence = finish::persistence(ex.head, body_read, ex.ctx.shutdown.is_draining());
+    let status = outcome.header_value();
+    let mut head = Head::new(504);
+    head.header("Content-Type", b"text/plain; charset=utf-8")
+        .header("Cache-Status", status.as_bytes());
+    let text = "not in the cache, and the request said only-if-cached\n";
+    let served = text_answer(
+        ex.conn,
+        ex.head,
+        (504, head),
+        text,
+        ex.request_id,
+        persistence,
+    );
+    Served {
+        cache: Some(outcome),
+        ..served
+    }
+}
+
+/// PURGE's answer: 200 when something was removed, 404 when not.
+pub fn purged(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    request_id: &str,
+    found: bool,
+    ctx: &Context,
+) -> Served {
+    let body_read = request_body::discard(conn, head);
+    let persistence = finish::persistence(head, body_read, ctx.shutdown.is_draining());
+    let (status, text) = if found {
+        (200, "purged\n")
+    } else {
+        (404, "not in the cache\n")
+    };
+    let mut out = Head::new(status);
+    out.header("Content-Type", b"text/plain; charset=utf-8")
+        .header("Cache-Control", b"no-store");
+    text_answer(conn, head, (status, out), text, request_id, persistence)
+}
+
+/// A short text answer of the proxy's own.
+fn text_answer(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    (status, mut out): (u16, Head),
+    text: &str,
+    request_id: &str,
+    persistence: Persistence,
+) -> Served {
+    out.header("Content-Length", text.len().to_string().as_bytes());
+    let mut bytes = out.finish(request_id, persistence);
+    let head_only = head.method == "HEAD";
+    if !head_only {
+        bytes.extend_from_slice(text.as_bytes());
+    }
+    let sent = conn.write_all(&bytes).is_ok();
+    Served {
+        status,
+        bytes: if sent && !head_only {
+            text.len() as u64
+        } else {
+            0
+        },
+        error: None,
+        reusable: sent && persistence.is_kept(),
+        cache: None,
+    }
+}
+
+/// The headers the proxy adds to an answer from the cache, and the end of
+/// the head: `Via`, `Cache-Status`, the framing when given, `X-Request-Id`,
+/// `Connection`, and the blank line.
+fn own_headers(
+    ctx: &Context,
+    outcome: &Outcome,
+    request_id: &str,
+    persistence: Persistence,
+    framing: Option<&str>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"Via: 1.1 ");
+    out.extend_from_slice(ctx.config.via_name.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    response::write_header(&mut out, "Cache-Status", outcome.header_value().as_bytes());
+    if let Some(framing) = framing {
+        out.extend_from_slice(framing.as_bytes());
+    }
+    response::end_head(&mut out, request_id, persistence);
+    out
+}
+
+/// Writes `head` (its parts in order) and bytes `start..start + len` of
+/// `object`'s body. Returns the body bytes sent: `Err` with those sent
+/// before the write failed or the body could not be read, when the
+/// answer is incomplete (the connection must then close).
+fn write_object(
+    conn: &mut ClientConn,
+    head: &[&[u8]],
+    object: &Arc<StoredObject>,
+    start: u64,
+    len: u64,
+) -> Result<u64, u64> {
+    let head_len: usize = head.iter().map(|part| part.len()).sum();
+    match &object.body {
+        Body::Memory(chunks) => {
+            let body = slices(chunks, start, len);
+            let mut all = Vec::with_capacity(head.len() + body.len());
+            all.extend(head.iter().map(|part| IoSlice::new(part)));
+            all.extend(body.iter().map(|part| IoSlice::new(part)));
+            let written = write_all_vectored(conn, &mut all);
+            match written {
+                Ok(()) => Ok(len),
+                Err(n) => Err((n.saturating_sub(head_len) as u64).min(len)),
+            }
+        }
+        Body::Disk(disk) => {
+            let mut parts: Vec<IoSlice<'_>> = head.iter().map(|part| IoSlice::new(part)).collect();
+            if write_all_vectored(conn, &mut parts).is_err() {
+                return Err(0);
+            }
+            if len == 0 {
+                return Ok(0);
+            }
+            let opened = File::open(&disk.file.path).and_then(|mut file| {
+                file.seek(SeekFrom::Start(disk.offset + start))
+                    .map(|_| file)
+            });
+            let Ok(file) = opened else {
+                log::warn!("cache: cannot read {}", disk.file.path.display());
+                return Err(0);
+            };
+            let mut body = file.take(len);
+            match conn.send_file(&mut body) {
+                Ok(n) if n == len => Ok(len),
+                Ok(n) => Err(n),
+                Err(_) => Err(len - body.limit()),
+            }
+        }
+    }
+}
+
+/// The parts of `chunks` that hold bytes `start..start + len`, shared.
+fn slices(chunks: &[Bytes], start: u64, len: u64) -> Vec<Bytes> {
+    let end = start + len;
+    let mut out = Vec::with_capacity(chunks.len());
+    let mut at = 0u64;
+    for chunk in chunks {
+        let chunk_end = at + chunk.len() as u64;
+        if chunk_end > start && at < end {
+            let from = start.saturating_sub(at) as usize;
+            let to = (end.min(chunk_end) - at) as usize;
+            out.push(chunk.slice(from..to));
+        }
+        at = chunk_end;
+    }
+    out
+}
+
+/// Writes every slice, however the socket cuts the writes. `Err` holds
+/// the bytes written before a write failed.
+fn write_all_vectored(conn: &mut ClientConn, mut slices: &mut [IoSlice<'_>]) -> Result<(), usize> {
+    let mut written = 0;
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match conn.write_vectored(slices) {
+            Ok(0) => return Err(written),
+            Ok(n) => {
+                written += n;
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(written),
+        }
+    }
+    Ok(())
+}

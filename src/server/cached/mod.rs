@@ -1,0 +1,244 @@
+//! The cache phase of a forwarded request, between routing and the
+//! upstream. The request is looked up once (`Cache::lookup`), and then:
+//!
+//! - **hit**: answered from the stored response (`answer::from_store`: in
+//!   full, 304 or 412 for the client's preconditions, 206 or 416 for a
+//!   range), with no origin contact; for `stale-while-revalidate` the
+//!   worker then revalidates the entry with no client waiting
+//!   (`upstream::refresh_later`);
+//! - **stale**: revalidated (`upstream::revalidate`): a 304 updates the
+//!   stored headers and the client is answered from the entry; any other
+//!   response is relayed and stored; an origin that fails lets the stale
+//!   entry answer when `stale-if-error` or a disconnected origin allows;
+//! - **miss, filling**: fetched, relayed, and stored as it streams
+//!   (`upstream::fill`); concurrent misses for the same URL follow it;
+//! - **miss, following**: another request's fill is read as it arrives
+//!   (`answer::follow`), or fetched alone when the fill lets it go;
+//! - **miss that stores nothing** (HEAD, Range, `no-store` requests,
+//!   client preconditions) and **bypass** (methods other than GET and HEAD,
+//!   the cache off): forwarded untouched (`upstream::pass`); an unsafe
+//!   method that succeeds invalidates the URL (RFC 9111 §4.4);
+//! - **only-if-cached** with nothing usable: 504 (RFC 9111 §5.2.1.7).
+//!
+//! Every proxied response carries `Cache-Status` (RFC 9211) when the cache
+//! is on, the outcome goes to the access log (`Served::cache`) and to the
+//! cache's counters. `PURGE` is answered here too (`purge`). What is
+//! written to the client and when is decided here; the HTTP rules of
+//! caching are the cache library's (`crate::cache`).
+
+mod answer;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::access;
+use crate::cache::stats;
+use crate::cache::{
+    Bypass, Cache, CacheConfig, CacheError, Fwd, Lookup, Miss, MissRole, Outcome, TierUsage,
+};
+use crate::config::ServeConfig;
+use crate::config::size::format_size;
+use crate::error::ProxyError;
+use crate::http::request::RequestHead;
+use crate::metrics::{CacheFigures, TierFigures};
+use crate::rules::Rules;
+use crate::server::conn::ClientConn;
+use crate::server::context::Context;
+use crate::server::finish::Served;
+use crate::server::target::Origin;
+
+/// How long a URL whose response could not be shared is fetched by each
+/// request on its own, without collapsing (Varnish's hit-for-miss).
+const HIT_FOR_MISS: Duration = Duration::from_secs(120);
+
+/// The cache's settings from the server's.
+pub fn cache_config(config: &ServeConfig) -> CacheConfig {
+    CacheConfig {
+        mem_bytes: config.cache_mem,
+        mem_max_object: config.cache_max_object,
+        dir: config.cache_dir.clone(),
+        dir_bytes: config.cache_dir_size,
+        dir_max_object: config.cache_dir_max_object,
+        // A follower waits for the fill as long as its own fetch would
+        // wait for the origin.
+        collapse_wait: config.upstream_timeout,
+        hit_for_miss: HIT_FOR_MISS,
+    }
+}
+
+/// Opens the cache the configuration asks for, and says so in the log.
+///
+/// # Errors
+/// When the disk tier's directory cannot be used.
+pub fn open(config: &ServeConfig) -> Result<Cache, CacheError> {
+    let cache = Cache::open(cache_config(config))?;
+    let size = format_size;
+    if !cache.is_enabled() {
+        log::info!("cache: off (cache_mem = 0)");
+    } else if let Some(dir) = &config.cache_dir {
+        log::info!(
+            "cache: {} in memory (objects up to {}), {} on disk in {} (objects up to {}); reading its index in the background",
+            size(config.cache_mem),
+            size(config.cache_max_object.min(config.cache_mem)),
+            size(config.cache_dir_size),
+            dir.display(),
+            size(config.cache_dir_max_object.min(config.cache_dir_size)),
+        );
+    } else {
+        log::info!(
+            "cache: {} in memory (objects up to {}), no disk cache",
+            size(config.cache_mem),
+            size(config.cache_max_object.min(config.cache_mem)),
+        );
+    }
+    Ok(cache)
+}
+
+/// One forwarded request, as every step of the cache phase sees it.
+pub struct Exchange<'a> {
+    pub conn: &'a mut ClientConn,
+    pub head: &'a RequestHead,
+    pub origin: &'a Origin,
+    pub request_id: &'a str,
+    pub rules: &'a Arc<Rules>,
+    pub ctx: &'a Context,
+    /// The worker's copy buffer.
+    pub buf: &'a mut [u8],
+}
+
+impl Exchange<'_> {
+    fn cache(&self) -> &Cache {
+        &self.ctx.cache
+    }
+}
+
+/// The cache phase for `head`, routed to `origin`: answered from the
+/// cache, or forwarded through it.
+///
+/// # Errors
+/// A `ProxyError` when nothing has been sent to the client yet (the
+/// upstream failed and no stale entry may stand in); failures after the
+/// response head went out are reported in `Served`.
+pub fn serve(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    origin: &Origin,
+    request_id: &str,
+    rules: &Arc<Rules>,
+    ctx: &Context,
+    buf: &mut [u8],
+) -> Result<Served, ProxyError> {
+    let mut ex = Exchange {
+        conn,
+        head,
+        origin,
+        request_id,
+        rules,
+        ctx,
+        buf,
+    };
+    let now = SystemTime::now();
+    let served = match ctx.cache.lookup(head, now) {
+        Lookup::Hit(hit) => {
+            let outcome = hit.outcome(now);
+            let served = answer::hit(&mut ex, &hit.object, outcome, now);
+            if hit.revalidate {
+                upstream::refresh_later(&mut ex, &hit.object);
+            }
+            Ok(served)
+        }
+        Lookup::Stale(stale) => upstream::revalidate(&mut ex, stale),
+        Lookup::Miss(Miss { kind, role }) => match role {
+            MissRole::Fill(filler) => upstream::fill(&mut ex, kind, filler, None),
+            MissRole::Follow(follower) => answer::follow(&mut ex, kind, follower),
+            MissRole::NoStore(why) => upstream::pass(&mut ex, Some((kind, why.detail()))),
+        },
+        Lookup::OnlyIfCached => Ok(answer::not_cached(&mut ex)),
+        Lookup::Bypass(Bypass::Off) => upstream::pass(&mut ex, None),
+        Lookup::Bypass(why) => upstream::pass(&mut ex, Some((Fwd::Bypass, why.detail()))),
+    }?;
+    if let Some(outcome) = &served.cache {
+        ctx.cache.stats().record(outcome);
+        if served_from_cache(outcome) {
+            ctx.cache.stats().served_bytes(served.bytes);
+        }
+    }
+    Ok(served)
+}
+
+/// Whether the body sent came from the cache (a stored object or a fill
+/// being written), not straight from the origin.
+fn served_from_cache(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Hit { .. } | Outcome::StaleOnError { .. } => true,
+        Outcome::Forward {
+            collapsed,
+            fwd_status,
+            ..
+        } => *collapsed || *fwd_status == Some(304),
+        Outcome::NotForwarded { .. } => false,
+    }
+}
+
+/// `PURGE <url>` (Squid's and Varnish's habit): every variant of the URL
+/// leaves both tiers. 200 when something was there, 404 when not.
+///
+/// # Errors
+/// `PurgeDenied` for a client outside `purge_clients`; `BadRequest` for a
+/// URL the cache cannot key.
+pub fn purge(
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    request_id: &str,
+    rules: &Rules,
+    ctx: &Context,
+) -> Result<Served, ProxyError> {
+    let ip = conn.peer.ip().to_canonical();
+    if !access::allows_client(ip, &rules.purge_clients) {
+        return Err(ProxyError::PurgeDenied { addr: ip });
+    }
+    let found = ctx
+        .cache
+        .purge(&head.target)
+        .map_err(|err| ProxyError::BadRequest(err.to_string()))?;
+    if found {
+        log::info!("{} {request_id}: purged {}", conn.peer, head.target);
+    }
+    Ok(answer::purged(conn, head, request_id, found, ctx))
+}
+
+/// The cache's counters and gauges for `/metrics`.
+pub fn figures(cache: &Cache) -> CacheFigures {
+    let stats = cache.stats();
+    let read = stats::read;
+    let tier = |usage: TierUsage| TierFigures {
+        urls: usage.urls,
+        bytes: usage.bytes,
+        capacity: usage.capacity,
+    };
+    let (memory, disk) = cache.usage();
+    CacheFigures {
+        hits: read(&stats.hits),
+        misses: read(&stats.misses),
+        revalidated_not_modified: read(&stats.revalidated_not_modified),
+        revalidated_modified: read(&stats.revalidated_modified),
+        collapsed: read(&stats.collapsed),
+        stale_served: read(&stats.stale_served),
+        bypassed: read(&stats.bypassed),
+        bytes_served: read(&stats.bytes_served),
+        stored: read(&stats.stored),
+        evictions_memory: read(&stats.evictions_memory),
+        evictions_disk: read(&stats.evictions_disk),
+        purges: read(&stats.purges),
+        invalidations: read(&stats.invalidations),
+        fills_abandoned: read(&stats.fills_abandoned),
+        disk_write_errors: read(&stats.disk_write_errors),
+        disk_corrupt: read(&stats.disk_corrupt),
+        memory: tier(memory),
+        disk: disk.map(tier),
+        fills_in_progress: cache.fills_in_progress(),
+        fill_memory_bytes: cache.inflight_bytes(),
+        disk_loaded: cache.is_loaded(),
+    }
+}

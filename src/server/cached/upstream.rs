@@ -1,0 +1,354 @@
+//! Going to the origin through the cache: forwarding untouched (`pass`),
+//! fetching and storing as the body streams (`fill`: the relay reads the
+//! body through a `Tee` that hands every piece to the filler, so followers
+//! read it as it arrives), and revalidating a stale entry (`revalidate`,
+//! and `refresh_later` for `stale-while-revalidate`, after the client has
+//! its answer). What the client receives from the origin is exactly what
+//! it would receive without a cache.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ureq::http::{self, HeaderName, HeaderValue, StatusCode};
+
+use crate::cache::object::has_body;
+use crate::cache::{Filler, Fwd, OriginFailure, Outcome, Stale, StoredObject};
+use crate::error::ProxyError;
+use crate::http::request::{BodyFraming, Header, RequestHead};
+use crate::server::cached::{Exchange, answer};
+use crate::server::finish::Served;
+use crate::server::forward::{self, Upstream};
+use crate::server::relay::{self, RelayLimits, UpstreamBody};
+
+/// Request headers a revalidation made for the cache alone leaves out:
+/// the client's body, its expectation, its range and its preconditions
+/// are not the cache's.
+const NOT_REVALIDATED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "expect",
+    "range",
+    "if-range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+];
+
+/// Forwards the request with nothing stored. `why`: the kind of miss and
+/// the Cache-Status detail, or `None` when the cache is off (then no
+/// Cache-Status at all). An unsafe method's success invalidates what it
+/// changed (RFC 9111 §4.4).
+///
+/// # Errors
+/// As `forward::fetch` and `relay::relay_response`.
+pub fn pass(ex: &mut Exchange<'_>, why: Option<(Fwd, &'static str)>) -> Result<Served, ProxyError> {
+    let upstream = fetch(ex, None)?;
+    let response = &upstream.response;
+    ex.cache()
+        .invalidate(ex.head, response.status().as_u16(), response.headers());
+    let outcome = why.map(|(fwd, detail)| Outcome::Forward {
+        fwd,
+        fwd_status: Some(response.status().as_u16()),
+        stored: false,
+        collapsed: false,
+        ttl: None,
+        detail: Some(detail),
+    });
+    relay(ex, upstream, outcome, None)
+}
+
+/// Fetches the response and relays it, storing it as it streams when it
+/// may be stored; followers of `filler` read it as it arrives. `fetched`:
+/// a response already received (a revalidation's full answer).
+///
+/// # Errors
+/// As `forward::fetch` and `relay::relay_response`; the fill is then
+/// given up, and its followers let go or cut short.
+pub fn fill(
+    ex: &mut Exchange<'_>,
+    fwd: Fwd,
+    mut filler: Filler,
+    fetched: Option<Upstream>,
+) -> Result<Served, ProxyError> {
+    let upstream = match fetched {
+        Some(upstream) => upstream,
+        None => fetch(ex, None)?,
+    };
+    let now = SystemTime::now();
+    let response = &upstream.response;
+    let status = response.status();
+    let stored = filler.response_head(status, response.headers(), now);
+    let outcome = Outcome::Forward {
+        fwd,
+        fwd_status: Some(status.as_u16()),
+        stored: stored.is_ok(),
+        collapsed: false,
+        ttl: filler.ttl_seconds(now),
+        detail: stored.err().map(|why| why.detail()),
+    };
+    relay(ex, upstream, Some(outcome), Some(filler))
+}
+
+/// Revalidates a stale entry: the request goes upstream with the entry's
+/// validators. A 304 refreshes the entry (RFC 9111 §4.3.4) and the client
+/// is answered from it; any other answer is relayed and stored in its
+/// place. When the origin fails, the stale entry answers if its
+/// `stale-if-error` or the request's allows it, or the origin could not
+/// be reached at all (RFC 9111 §4.2.4, RFC 5861 §4).
+///
+/// # Errors
+/// The upstream's failure, when no stale answer may stand in.
+pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyError> {
+    let fwd = stale.fwd();
+    let object = Arc::clone(&stale.object);
+    let upstream = match fetch(ex, Some(&stale.validators)) {
+        Ok(upstream) => upstream,
+        Err(err) if is_origin_failure(&err) => {
+            let now = SystemTime::now();
+            let policy = &object.head.policy;
+            if !policy.may_serve_on_error(ex.head, OriginFailure::Unreachable, now) {
+                return Err(err);
+            }
+            log::debug!("{}: serving stale: {err}", ex.head.target);
+            let outcome = Outcome::StaleOnError {
+                fwd_status: None,
+                ttl: policy.ttl_seconds(now),
+            };
+            let body_read = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
+            return Ok(answer::from_store(ex, &object, outcome, now, body_read));
+        }
+        Err(err) => return Err(err),
+    };
+    let now = SystemTime::now();
+    let status = upstream.response.status();
+    if status == StatusCode::NOT_MODIFIED {
+        let (parts, body) = upstream.response.into_parts();
+        drain(body);
+        if let Some(updated) = ex.cache().refresh(&object, ex.head, &parts, now) {
+            let outcome = Outcome::Forward {
+                fwd,
+                fwd_status: Some(304),
+                stored: true,
+                collapsed: false,
+                ttl: Some(updated.head.policy.ttl_seconds(now)),
+                detail: None,
+            };
+            return Ok(answer::from_store(
+                ex,
+                &updated,
+                outcome,
+                now,
+                upstream.body_read,
+            ));
+        }
+        // The 304 names other validators than the entry's (RFC 9111
+        // §4.3.4): it says nothing about the entry, so fetch it whole.
+        let whole = fetch(ex, Some(&[]))?;
+        return fill(ex, fwd, stale.filler, Some(whole));
+    }
+    let error_status = matches!(status.as_u16(), 500 | 502 | 503 | 504);
+    if error_status
+        && object
+            .head
+            .policy
+            .may_serve_on_error(ex.head, OriginFailure::ErrorStatus, now)
+    {
+        let (_, body) = upstream.response.into_parts();
+        drain(body);
+        let outcome = Outcome::StaleOnError {
+            fwd_status: Some(status.as_u16()),
+            ttl: object.head.policy.ttl_seconds(now),
+        };
+        return Ok(answer::from_store(
+            ex,
+            &object,
+            outcome,
+            now,
+            upstream.body_read,
+        ));
+    }
+    fill(ex, fwd, stale.filler, Some(upstream))
+}
+
+/// After a `stale-while-revalidate` hit was answered: revalidates the
+/// entry with no client waiting (RFC 5861 §3), in this worker. A 304
+/// refreshes it, a full answer replaces it; a failure leaves it as it was.
+pub fn refresh_later(ex: &mut Exchange<'_>, object: &Arc<StoredObject>) {
+    let head = cache_request(ex.head);
+    let validators = object.head.policy.validators(SystemTime::now());
+    let mut own = Exchange {
+        conn: &mut *ex.conn,
+        head: &head,
+        origin: ex.origin,
+        request_id: ex.request_id,
+        rules: ex.rules,
+        ctx: ex.ctx,
+        buf: &mut *ex.buf,
+    };
+    let upstream = match fetch(&mut own, Some(&validators)) {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            log::debug!("revalidating {} failed: {err}", head.target);
+            return;
+        }
+    };
+    let now = SystemTime::now();
+    let (parts, body) = upstream.response.into_parts();
+    if parts.status == StatusCode::NOT_MODIFIED {
+        drain(body);
+        own.cache().refresh(object, &head, &parts, now);
+        return;
+    }
+    let mut filler = own.cache().fill_alone(&head, object.head.key.clone());
+    if filler
+        .response_head(parts.status, &parts.headers, now)
+        .is_err()
+    {
+        return;
+    }
+    let mut reader = body.into_reader();
+    loop {
+        match reader.read(own.buf) {
+            Ok(0) => break,
+            Ok(n) if filler.is_storing() => filler.body(&own.buf[..n]),
+            // Nothing more will be stored: no reason to read on.
+            Ok(_) | Err(_) => return,
+        }
+    }
+    if let Err(why) = filler.finish() {
+        log::debug!(
+            "revalidation of {} not stored: {}",
+            head.target,
+            why.detail()
+        );
+    }
+}
+
+/// The request a revalidation for the cache alone sends: the client's,
+/// as GET, without its body, range or preconditions.
+fn cache_request(head: &RequestHead) -> RequestHead {
+    let headers: Vec<Header> = head
+        .headers
+        .iter()
+        .filter(|h| {
+            !NOT_REVALIDATED
+                .iter()
+                .any(|name| h.name.eq_ignore_ascii_case(name))
+        })
+        .cloned()
+        .collect();
+    RequestHead {
+        method: "GET".to_string(),
+        target: head.target.clone(),
+        version: head.version,
+        headers,
+    }
+}
+
+/// The upstream call, with `validators` in place of the client's own when
+/// the cache revalidates.
+fn fetch(
+    ex: &mut Exchange<'_>,
+    validators: Option<&[(HeaderName, HeaderValue)]>,
+) -> Result<Upstream, ProxyError> {
+    forward::fetch(
+        ex.conn,
+        ex.head,
+        ex.origin,
+        validators,
+        ex.request_id,
+        ex.rules,
+        ex.ctx,
+    )
+}
+
+/// Relays the response, with its `Cache-Status`, through `filler` when
+/// the response is being stored. The fill is complete only when the
+/// upstream body ended as it should: a client that went away, an upstream
+/// that failed or a limit leaves it incomplete, and then it is dropped
+/// unstored (its followers cut short).
+fn relay(
+    ex: &mut Exchange<'_>,
+    upstream: Upstream,
+    outcome: Option<Outcome>,
+    filler: Option<Filler>,
+) -> Result<Served, ProxyError> {
+    let status = outcome.map(|outcome| outcome.header_value());
+    let limits = RelayLimits {
+        max_body_bytes: ex.ctx.config.max_body_bytes,
+        via_name: &ex.ctx.config.via_name,
+        draining: ex.ctx.shutdown.is_draining(),
+        cache_status: status.as_deref(),
+    };
+    let (parts, body) = upstream.response.into_parts();
+    // A 204's or 304's body is empty by definition: the relay reads none.
+    let bodiless = !has_body(parts.status);
+    let body = UpstreamBody::of(body);
+    let mut tee = Tee {
+        reader: body.reader,
+        filler: filler.filter(Filler::is_storing),
+        ended: false,
+    };
+    let response = http::Response::from_parts(
+        parts,
+        UpstreamBody {
+            reader: &mut tee,
+            declared: body.declared,
+        },
+    );
+    let mut served = relay::relay_response(
+        ex.conn,
+        ex.head,
+        response,
+        upstream.body_read,
+        ex.request_id,
+        &limits,
+        ex.buf,
+    )?;
+    served.cache = outcome;
+    if let Some(filler) = tee.filler.take()
+        && served.error.is_none()
+        && (tee.ended || bodiless)
+        && let Err(why) = filler.finish()
+    {
+        log::debug!("{} not stored: {}", ex.head.target, why.detail());
+    }
+    Ok(served)
+}
+
+/// The upstream body on its way to the client, each piece handed to the
+/// filler too (the one copy a stored body needs: the relay's buffer is
+/// reused for the next piece). Remembers whether the body reached its end.
+struct Tee<R> {
+    reader: R,
+    filler: Option<Filler>,
+    ended: bool,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        if n == 0 {
+            self.ended = true;
+        } else if let Some(filler) = self.filler.as_mut() {
+            filler.body(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// Reads a body the client will not see to its end (a 304's, a 5xx's
+/// replaced by a stale entry), so that its connection goes back to the
+/// pool; a long one is dropped instead, with its connection.
+fn drain(body: ureq::Body) {
+    let mut reader = body.into_reader().take(64 * 1024);
+    let _ = io::copy(&mut reader, &mut io::sink());
+}
+
+/// Whether the upstream call failed for want of an origin answer (as
+/// opposed to the client's fault).
+fn is_origin_failure(err: &ProxyError) -> bool {
+    matches!(err.status(), 502 | 504)
+}

@@ -1,0 +1,63 @@
+//! The HTTP cache end to end, through curl and raw sockets, against
+//! origins the tests script: what is stored and served again
+//! (`semantics`), concurrent misses and fills (`collapse`), the disk tier
+//! across restarts and crashes, and memory bounds (`disk`), and how the
+//! cache reports itself: Cache-Status, the access log, `/metrics`, PURGE
+//! (`reporting`).
+
+mod semantics;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::support::{CurlReply, Origin, OriginRequest, Reply, curl};
+
+/// Generous limit for anything that should take milliseconds.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A 200 with `body` and these headers (Content-Length added by the origin).
+fn reply_with(body: &str, headers: &[(&str, &str)]) -> Reply {
+    Reply::Full {
+        status: 200,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// An origin answering every request with `body`, fresh for an hour.
+fn fresh_origin(body: &'static str) -> Origin {
+    Origin::start(move |_| {
+        reply_with(
+            body,
+            &[
+                ("Content-Type", "text/plain"),
+                ("Cache-Control", "max-age=3600"),
+            ],
+        )
+    })
+}
+
+/// `curl -x proxy url` with extra arguments.
+fn get(proxy: SocketAddr, url: &str, extra: &[&str]) -> CurlReply {
+    curl(proxy, url, extra)
+}
+
+/// The `Cache-Status` of a reply, or a panic naming the reply.
+fn cache_status(reply: &CurlReply) -> String {
+    reply
+        .header("cache-status")
+        .unwrap_or_else(|| panic!("no Cache-Status in {reply:?}"))
+        .to_string()
+}
+
+/// Requests the origin received for `path`.
+fn requests_for(origin: &Origin, path: &str) -> Vec<OriginRequest> {
+    origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == path)
+        .collect()
+}

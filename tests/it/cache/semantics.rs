@@ -1,0 +1,410 @@
+//! What is stored and served again, by RFC 9111's rules: fresh hits with
+//! `Age`, HEAD from a GET entry, Vary variants, ranges and client
+//! preconditions answered from an entry, revalidation with 304, stale
+//! answers allowed by the response or the request, what is never stored,
+//! invalidation by unsafe methods, and `only-if-cached`.
+
+use super::{LIMIT, cache_status, fresh_origin, get, reply_with, requests_for};
+use crate::support::{Origin, Proxy, Reply, wait_until};
+
+#[test]
+fn a_fresh_response_is_served_again_without_the_origin() {
+    let origin = fresh_origin("hello cache");
+    let proxy = Proxy::start();
+    let url = origin.url("/fresh");
+    let first = get(proxy.addr, &url, &[]);
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.text(), "hello cache");
+    let status = cache_status(&first);
+    assert!(
+        status.starts_with("fetchproxy; fwd=uri-miss; fwd-status=200; stored; ttl="),
+        "{status}"
+    );
+    let second = get(proxy.addr, &url, &[]);
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_eq!(second.text(), "hello cache");
+    let status = cache_status(&second);
+    assert!(status.starts_with("fetchproxy; hit; ttl="), "{status}");
+    let age: u64 = second
+        .header("age")
+        .and_then(|age| age.parse().ok())
+        .unwrap_or_else(|| panic!("an Age on every hit: {second:?}"));
+    assert!(age < 3600, "{age}");
+    assert_eq!(second.header("content-type"), Some("text/plain"));
+    assert!(second.header("x-request-id").is_some(), "{second:?}");
+    assert_ne!(first.header("x-request-id"), second.header("x-request-id"));
+    assert_eq!(requests_for(&origin, "/fresh").len(), 1);
+}
+
+#[test]
+fn a_url_spelt_differently_is_the_same_entry() {
+    let origin = fresh_origin("same");
+    let proxy = Proxy::start();
+    let port = origin.addr.port();
+    get(proxy.addr, &format!("http://127.0.0.1:{port}/a/b"), &[]);
+    let other = get(proxy.addr, &format!("HTTP://127.0.0.1:{port}/a/./b"), &[]);
+    assert!(cache_status(&other).contains("; hit"), "{other:?}");
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn head_requests_are_answered_from_the_get_entry() {
+    let origin = fresh_origin("twelve bytes");
+    let proxy = Proxy::start();
+    let url = origin.url("/head");
+    get(proxy.addr, &url, &[]);
+    let head = get(proxy.addr, &url, &["-I"]);
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.header("content-length"), Some("12"));
+    assert!(cache_status(&head).contains("; hit"), "{head:?}");
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn vary_keeps_one_variant_per_header_value() {
+    let origin = Origin::start(|request| {
+        let language = request.header("accept-language").unwrap_or("none");
+        reply_with(
+            &format!("in {language}"),
+            &[
+                ("Cache-Control", "max-age=3600"),
+                ("Vary", "Accept-Language"),
+            ],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/greeting");
+    let en = get(proxy.addr, &url, &["-H", "Accept-Language: en"]);
+    assert!(cache_status(&en).contains("fwd=uri-miss"), "{en:?}");
+    let fr = get(proxy.addr, &url, &["-H", "Accept-Language: fr"]);
+    assert_eq!(fr.text(), "in fr");
+    assert!(cache_status(&fr).contains("fwd=vary-miss"), "{fr:?}");
+    for language in ["en", "fr"] {
+        let header = format!("Accept-Language: {language}");
+        let again = get(proxy.addr, &url, &["-H", &header]);
+        assert_eq!(again.text(), format!("in {language}"));
+        assert!(cache_status(&again).contains("; hit"), "{again:?}");
+    }
+    assert_eq!(origin.requests().len(), 2);
+}
+
+#[test]
+fn ranges_are_answered_from_a_complete_entry() {
+    let origin = fresh_origin("0123456789");
+    let proxy = Proxy::start();
+    let url = origin.url("/digits");
+    get(proxy.addr, &url, &[]);
+    let part = get(proxy.addr, &url, &["-r", "2-4"]);
+    assert_eq!(part.status, 206, "{part:?}");
+    assert_eq!(part.text(), "234");
+    assert_eq!(part.header("content-range"), Some("bytes 2-4/10"));
+    let tail = get(proxy.addr, &url, &["-r", "-3"]);
+    assert_eq!((tail.status, tail.text().as_str()), (206, "789"));
+    let beyond = get(proxy.addr, &url, &["-r", "20-"]);
+    assert_eq!(beyond.status, 416, "{beyond:?}");
+    assert_eq!(beyond.header("content-range"), Some("bytes */10"));
+    assert_eq!(origin.requests().len(), 1, "{:?}", origin.requests());
+}
+
+#[test]
+fn client_preconditions_get_304_from_a_fresh_entry() {
+    let origin = Origin::start(|_| {
+        reply_with(
+            "validated",
+            &[("Cache-Control", "max-age=3600"), ("ETag", "\"v1\"")],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/etag");
+    get(proxy.addr, &url, &[]);
+    let same = get(proxy.addr, &url, &["-H", "If-None-Match: \"v1\""]);
+    assert_eq!(same.status, 304, "{same:?}");
+    assert!(same.body.is_empty());
+    assert_eq!(same.header("etag"), Some("\"v1\""));
+    let other = get(proxy.addr, &url, &["-H", "If-None-Match: \"v0\""]);
+    assert_eq!((other.status, other.text().as_str()), (200, "validated"));
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn a_stale_entry_revalidated_with_304_takes_the_new_headers() {
+    let origin = Origin::start(|request| {
+        if request.header("if-none-match") == Some("\"v1\"") {
+            return Reply::Full {
+                status: 304,
+                headers: vec![
+                    ("ETag".into(), "\"v1\"".into()),
+                    ("Cache-Control".into(), "max-age=3600".into()),
+                    ("X-Version".into(), "2".into()),
+                ],
+                body: Vec::new(),
+            };
+        }
+        reply_with(
+            "kept body",
+            &[
+                ("Cache-Control", "max-age=0"),
+                ("ETag", "\"v1\""),
+                ("X-Version", "1"),
+            ],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/stale");
+    let first = get(proxy.addr, &url, &[]);
+    assert_eq!(first.header("x-version"), Some("1"), "{first:?}");
+    let revalidated = get(proxy.addr, &url, &[]);
+    assert_eq!(revalidated.status, 200, "{revalidated:?}");
+    assert_eq!(revalidated.text(), "kept body");
+    assert_eq!(
+        revalidated.header("x-version"),
+        Some("2"),
+        "{revalidated:?}"
+    );
+    let status = cache_status(&revalidated);
+    assert!(
+        status.starts_with("fetchproxy; fwd=stale; fwd-status=304; stored"),
+        "{status}"
+    );
+    let requests = origin.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].header("if-none-match"), Some("\"v1\""));
+    // Fresh now, with the headers the 304 brought.
+    let hit = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&hit).contains("; hit"), "{hit:?}");
+    assert_eq!(hit.header("x-version"), Some("2"));
+    assert_eq!(hit.header("cache-control"), Some("max-age=3600"));
+    assert_eq!(origin.requests().len(), 2);
+}
+
+#[test]
+fn a_stale_entry_replaced_by_a_new_response_is_stored_anew() {
+    let origin = Origin::start(|request| {
+        let version = if request.header("if-none-match").is_some() {
+            "new"
+        } else {
+            "old"
+        };
+        let cache_control = if version == "new" {
+            "max-age=3600"
+        } else {
+            "max-age=0"
+        };
+        reply_with(
+            version,
+            &[("Cache-Control", cache_control), ("ETag", "\"x\"")],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/replaced");
+    assert_eq!(get(proxy.addr, &url, &[]).text(), "old");
+    let replaced = get(proxy.addr, &url, &[]);
+    assert_eq!(replaced.text(), "new");
+    assert!(
+        cache_status(&replaced).contains("fwd=stale; fwd-status=200; stored"),
+        "{replaced:?}"
+    );
+    let hit = get(proxy.addr, &url, &[]);
+    assert_eq!(hit.text(), "new");
+    assert!(cache_status(&hit).contains("; hit"), "{hit:?}");
+    assert_eq!(origin.requests().len(), 2);
+}
+
+#[test]
+fn request_no_cache_goes_to_the_origin() {
+    let origin = fresh_origin("again");
+    let proxy = Proxy::start();
+    let url = origin.url("/no-cache");
+    get(proxy.addr, &url, &[]);
+    let refreshed = get(proxy.addr, &url, &["-H", "Cache-Control: no-cache"]);
+    assert!(
+        cache_status(&refreshed).contains("fwd=request"),
+        "{refreshed:?}"
+    );
+    assert_eq!(origin.requests().len(), 2);
+}
+
+#[test]
+fn stale_if_error_lets_the_stale_entry_stand_in_for_a_failing_origin() {
+    let origin = Origin::start(|request| {
+        if request.header("if-none-match").is_some() {
+            return Reply::status(503);
+        }
+        reply_with(
+            "still good",
+            &[
+                ("Cache-Control", "max-age=0, stale-if-error=600"),
+                ("ETag", "\"e\""),
+            ],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/flaky");
+    get(proxy.addr, &url, &[]);
+    let stale = get(proxy.addr, &url, &[]);
+    assert_eq!(stale.status, 200, "{stale:?}");
+    assert_eq!(stale.text(), "still good");
+    let status = cache_status(&stale);
+    assert!(
+        status.starts_with("fetchproxy; fwd=stale; fwd-status=503; ttl=")
+            && status.ends_with("detail=stale-if-error"),
+        "{status}"
+    );
+    assert_eq!(origin.requests().len(), 2);
+}
+
+#[test]
+fn without_stale_if_error_the_origin_error_goes_through() {
+    let origin = Origin::start(|request| {
+        if request.header("if-none-match").is_some() {
+            return Reply::status(503);
+        }
+        reply_with("old", &[("Cache-Control", "max-age=0"), ("ETag", "\"e\"")])
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/down");
+    get(proxy.addr, &url, &[]);
+    let failed = get(proxy.addr, &url, &[]);
+    assert_eq!(failed.status, 503, "{failed:?}");
+}
+
+#[test]
+fn stale_while_revalidate_answers_at_once_and_refreshes_after() {
+    let origin = Origin::start({
+        let served = std::sync::atomic::AtomicUsize::new(0);
+        move |_| {
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            reply_with(
+                &format!("version {n}"),
+                &[("Cache-Control", "max-age=0, stale-while-revalidate=600")],
+            )
+        }
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/swr");
+    assert_eq!(get(proxy.addr, &url, &[]).text(), "version 0");
+    let stale = get(proxy.addr, &url, &[]);
+    assert_eq!(stale.text(), "version 0", "answered from the stale entry");
+    let status = cache_status(&stale);
+    let ttl: i64 = status
+        .strip_prefix("fetchproxy; hit; ttl=")
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|ttl| ttl.parse().ok())
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(ttl <= 0, "stale: {status}");
+    assert!(
+        status.ends_with("detail=stale-while-revalidate"),
+        "{status}"
+    );
+    // The revalidation after that answer stores the next version.
+    let refreshed = wait_until(LIMIT, || get(proxy.addr, &url, &[]).text() != "version 0");
+    assert!(refreshed, "{:?}", origin.requests());
+}
+
+#[test]
+fn responses_the_origin_keeps_private_are_not_stored() {
+    for cache_control in ["private", "no-store", "s-maxage=60, private"] {
+        let origin =
+            Origin::start(move |_| reply_with("mine", &[("Cache-Control", cache_control)]));
+        let proxy = Proxy::start();
+        let url = origin.url("/private");
+        let first = get(proxy.addr, &url, &[]);
+        let status = cache_status(&first);
+        assert!(
+            status.ends_with("detail=not-storable"),
+            "{cache_control}: {status}"
+        );
+        get(proxy.addr, &url, &[]);
+        assert_eq!(origin.requests().len(), 2, "{cache_control}");
+    }
+}
+
+#[test]
+fn requests_with_credentials_are_stored_only_when_the_origin_says_so() {
+    for (cache_control, stored) in [("max-age=3600", false), ("public, max-age=3600", true)] {
+        let origin =
+            Origin::start(move |_| reply_with("secret", &[("Cache-Control", cache_control)]));
+        let proxy = Proxy::start();
+        let url = origin.url("/auth");
+        let auth = ["-H", "Authorization: Bearer abc"];
+        get(proxy.addr, &url, &auth);
+        let again = get(proxy.addr, &url, &auth);
+        let expected = if stored { 1 } else { 2 };
+        assert_eq!(
+            origin.requests().len(),
+            expected,
+            "{cache_control}: {again:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unsafe_method_invalidates_the_url_and_its_location() {
+    let origin = Origin::start(|request| match request.method.as_str() {
+        "POST" => reply_with("posted", &[("Location", "/other")]),
+        _ => reply_with(
+            &format!("page {}", request.target),
+            &[("Cache-Control", "max-age=3600")],
+        ),
+    });
+    let proxy = Proxy::start();
+    let (page, other) = (origin.url("/page"), origin.url("/other"));
+    get(proxy.addr, &page, &[]);
+    get(proxy.addr, &other, &[]);
+    assert!(cache_status(&get(proxy.addr, &page, &[])).contains("; hit"));
+    let posted = get(proxy.addr, &page, &["-d", "x=1"]);
+    assert_eq!(posted.text(), "posted");
+    assert_eq!(
+        cache_status(&posted),
+        "fetchproxy; fwd=bypass; fwd-status=200; detail=method"
+    );
+    for url in [&page, &other] {
+        let again = get(proxy.addr, url, &[]);
+        assert!(cache_status(&again).contains("fwd=uri-miss"), "{again:?}");
+    }
+    assert_eq!(requests_for(&origin, "/page").len(), 3);
+    assert_eq!(requests_for(&origin, "/other").len(), 2);
+}
+
+#[test]
+fn an_extension_method_is_forwarded_and_invalidates() {
+    let origin =
+        Origin::start(|request| reply_with(&request.method, &[("Cache-Control", "max-age=3600")]));
+    let proxy = Proxy::start();
+    let url = origin.url("/ext");
+    get(proxy.addr, &url, &[]);
+    let searched = get(proxy.addr, &url, &["-X", "M-SEARCH"]);
+    assert_eq!(searched.text(), "M-SEARCH");
+    let again = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&again).contains("fwd=uri-miss"), "{again:?}");
+    assert_eq!(origin.requests().len(), 3);
+}
+
+#[test]
+fn only_if_cached_gets_504_when_nothing_is_stored() {
+    let origin = fresh_origin("here");
+    let proxy = Proxy::start();
+    let url = origin.url("/only");
+    let only = ["-H", "Cache-Control: only-if-cached"];
+    let missing = get(proxy.addr, &url, &only);
+    assert_eq!(missing.status, 504, "{missing:?}");
+    assert_eq!(cache_status(&missing), "fetchproxy; detail=only-if-cached");
+    assert!(origin.requests().is_empty());
+    get(proxy.addr, &url, &[]);
+    let cached = get(proxy.addr, &url, &only);
+    assert_eq!((cached.status, cached.text().as_str()), (200, "here"));
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn with_the_cache_off_every_request_goes_upstream_untold() {
+    let origin = fresh_origin("plain");
+    let proxy = Proxy::with(|config| config.cache_mem = 0);
+    let url = origin.url("/off");
+    for _ in 0..2 {
+        let reply = get(proxy.addr, &url, &[]);
+        assert_eq!(reply.text(), "plain");
+        assert_eq!(reply.header("cache-status"), None, "{reply:?}");
+    }
+    assert_eq!(origin.requests().len(), 2);
+}
