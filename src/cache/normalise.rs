@@ -9,11 +9,15 @@
 //!
 //! - `Cache-Control`: parsed as RFC 9111 §5.2 lists (quoted strings kept
 //!   whole, names lowercased), written back with only the directives the
-//!   policy acts on. A `CDN-Cache-Control` that is a valid dictionary
-//!   (RFC 9213, RFC 8941) takes its place: a forward proxy shared by a
-//!   team or a CI farm sits where a CDN does, between one origin and many
-//!   clients. `must-understand` (RFC 9111 §5.2.2.3) overrides `no-store`
-//!   for statuses the cache understands, and stops all others.
+//!   policy acts on. `must-understand` (RFC 9111 §5.2.2.3) overrides
+//!   `no-store` for statuses the cache understands, and stops all others.
+//!   `CDN-Cache-Control` (RFC 9213) is not read: it targets the caches an
+//!   origin runs or hires (a CDN acts for the origin, which can purge it
+//!   and may key it on cookies without saying so in `Vary`), and a forward
+//!   proxy acts for its clients. Honouring it could share what the origin
+//!   marked `private` or `no-store` for everyone but its CDN, or keep for
+//!   a year what the origin means to purge. It is stored and passed on
+//!   like any other header.
 //! - `Age`: the first value of the first line, when it is a number
 //!   (RFC 9111 §5.1); otherwise ignored.
 //! - `Date`, `Last-Modified`, `Expires`: one line in any HTTP-date form
@@ -81,20 +85,13 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
     for (name, value) in headers {
         if !matches!(
             name.as_str(),
-            "cache-control"
-                | "cdn-cache-control"
-                | "age"
-                | "date"
-                | "last-modified"
-                | "expires"
-                | "set-cookie"
+            "cache-control" | "age" | "date" | "last-modified" | "expires" | "set-cookie"
         ) {
             view.append(name.clone(), value.clone());
         }
     }
     let lines = |name| headers.get_all(name).iter().map(HeaderValue::as_bytes);
-    let mut directives =
-        cdn_directives(lines("cdn-cache-control")).unwrap_or_else(|| parse(lines("cache-control")));
+    let mut directives = parse(lines("cache-control"));
     let has = |ds: &[Directive], n: &str| ds.iter().any(|(name, _)| name == n);
     if has(&directives, "must-understand") {
         directives.retain(|(name, _)| name != "no-store");
@@ -245,68 +242,6 @@ fn delta_seconds(value: &str) -> u64 {
         return 0;
     }
     value.parse::<u64>().map_or(MAX_DELTA, |n| n.min(MAX_DELTA))
-}
-
-/// The directives of a valid `CDN-Cache-Control` (RFC 9213): an RFC 8941
-/// dictionary whose delta-seconds members are integers. `None` when absent
-/// or invalid: then `Cache-Control` applies.
-fn cdn_directives<'a>(mut lines: impl Iterator<Item = &'a [u8]>) -> Option<Vec<Directive>> {
-    let mut joined = Vec::new();
-    for line in lines.by_ref() {
-        if !joined.is_empty() {
-            joined.push(b',');
-        }
-        joined.extend_from_slice(line);
-    }
-    if joined.is_empty() {
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut rest = &joined[..];
-    while !rest.is_empty() {
-        let (item, next) = split_item(rest);
-        rest = next;
-        let item = item.trim_ascii();
-        // Parameters are allowed and ignored.
-        let item = item.split(|&b| b == b';').next().unwrap_or_default();
-        let (key, value) = match item.iter().position(|&b| b == b'=') {
-            Some(eq) => (&item[..eq], Some(&item[eq + 1..])),
-            None => (item, None),
-        };
-        let key_ok = key
-            .first()
-            .is_some_and(|&b| b.is_ascii_lowercase() || b == b'*')
-            && key
-                .iter()
-                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b));
-        if !key_ok {
-            return None;
-        }
-        let name = String::from_utf8_lossy(key).into_owned();
-        let integer = value
-            .is_some_and(|v| !v.is_empty() && v.len() <= 15 && v.iter().all(u8::is_ascii_digit));
-        if SECONDS.contains(&name.as_str()) && !integer {
-            return None;
-        }
-        match value {
-            None | Some(b"?1") => out.push((name, None)),
-            Some(b"?0") => {}
-            Some(v) if integer || is_sf_token_or_string(v) => {
-                out.push((name, Some(String::from_utf8_lossy(v).into_owned())))
-            }
-            Some(_) => return None,
-        }
-    }
-    Some(out)
-}
-
-fn is_sf_token_or_string(v: &[u8]) -> bool {
-    let token = v
-        .first()
-        .is_some_and(|&b| b.is_ascii_alphabetic() || b == b'*')
-        && v.iter().all(|&b| is_tchar(b) || b == b':' || b == b'/');
-    let string = v.len() >= 2 && v.starts_with(b"\"") && v.ends_with(b"\"");
-    token || string
 }
 
 /// The first element of the first line, if a number (RFC 9111 §5.1).

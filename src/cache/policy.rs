@@ -292,7 +292,20 @@ impl Policy {
             return None;
         }
         let request = self.lookup_request(head);
-        let (view_status, view) = normalise::response_view(answer.status, &answer.headers);
+        let (view_status, mut view) = normalise::response_view(answer.status, &answer.headers);
+        // A 304 without validators of its own answers the validators the
+        // cache sent for this very entry: it selects the entry (RFC 9111
+        // §4.3.3), though a server ought to have repeated them (RFC 9110
+        // §15.4.5). The crate would only select an entry that has none.
+        let validators = [http::header::ETAG, http::header::LAST_MODIFIED];
+        if validators.iter().all(|name| !view.contains_key(name)) {
+            let (_, stored_view) = normalise::response_view(status, stored);
+            for name in validators {
+                if let Some(value) = stored_view.get(&name) {
+                    view.insert(name, value.clone());
+                }
+            }
+        }
         let mut answer_view = http::Response::new(());
         *answer_view.status_mut() = view_status;
         *answer_view.headers_mut() = view;

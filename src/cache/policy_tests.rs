@@ -372,6 +372,21 @@ fn other_answers_do_not_update_the_entry() {
 }
 
 #[test]
+fn a_304_without_validators_selects_the_entry_it_answers() {
+    let stored = headers(&[("cache-control", "max-age=10"), ("etag", "\"v1\"")]);
+    let p = Policy::new(&uri(), &plain(), StatusCode::OK, &stored, t0());
+    let bare = not_modified(&[("x-new", "1")]);
+    let (merged, _) = p
+        .refresh(&plain(), StatusCode::OK, &stored, &bare, at(20))
+        .expect("the answer to this entry's validators");
+    assert_eq!(
+        merged.get("etag").map(|v| v.as_bytes()),
+        Some(&b"\"v1\""[..])
+    );
+    assert_eq!(merged.get("x-new").map(|v| v.as_bytes()), Some(&b"1"[..]));
+}
+
+#[test]
 fn directives_are_found_case_insensitively_with_values() {
     let values = [&b"public, Max-Age=\"60\""[..], b"no-cache"];
     assert_eq!(
