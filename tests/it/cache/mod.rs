@@ -5,6 +5,9 @@
 //! cache reports itself: Cache-Status, the access log, `/metrics`, PURGE
 //! (`reporting`).
 
+mod collapse;
+mod disk;
+mod reporting;
 mod semantics;
 
 use std::net::SocketAddr;

@@ -57,13 +57,15 @@ pub enum Reply {
     /// Reads the request and never answers (until the peer goes away).
     Silent,
     /// Status, headers and Content-Length for `first` and `rest`; sends
-    /// the head and `first`, waits for `gate` (60 s at most), then `rest`.
+    /// the head and `first`, waits for `gate` (60 s at most), then `rest`,
+    /// or with `reset` closes the connection instead.
     Paused {
         status: u16,
         headers: Vec<(String, String)>,
         first: Vec<u8>,
         gate: Gate,
         rest: Vec<u8>,
+        reset: bool,
     },
     /// `len` bytes of the `Huge` pattern with `Cache-Control:
     /// max-age=3600`: with Content-Length, or chunked.
@@ -386,6 +388,7 @@ fn write_reply(w: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Re
             first,
             gate,
             rest,
+            reset,
         } => {
             let mut out = head(*status, headers);
             let len = first.len() + rest.len();
@@ -397,6 +400,10 @@ fn write_reply(w: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Re
             w.flush()?;
             if !head_only {
                 gate.wait(Duration::from_secs(60));
+                if *reset {
+                    w.shutdown(Shutdown::Both)?;
+                    return Ok(false);
+                }
                 w.write_all(rest)?;
             }
             Ok(true)

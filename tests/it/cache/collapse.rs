@@ -1,0 +1,248 @@
+//! Concurrent misses: one origin request for many clients, followers
+//! reading the body as it arrives, a fill that fails cutting every reader
+//! short, and responses that cannot be shared never making requests wait
+//! on each other (hit-for-miss).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use super::{LIMIT, cache_status, get, reply_with};
+use crate::support::raw::parse_head;
+use crate::support::{Gate, Origin, Proxy, Reply, metric, scrape_metrics, wait_until};
+
+/// A proxy with a worker for every client of these tests.
+fn roomy_proxy() -> Proxy {
+    Proxy::with(|config| {
+        config.workers = 64.try_into().expect("non-zero");
+        config.queue = 128.try_into().expect("non-zero");
+    })
+}
+
+/// An origin that holds every answer until `gate` opens, then sends
+/// `body`, fresh for an hour.
+fn held_origin(gate: &Gate, body: Vec<u8>) -> Origin {
+    let gate = gate.clone();
+    Origin::start(move |_| {
+        gate.wait(LIMIT);
+        Reply::Full {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+            body: body.clone(),
+        }
+    })
+}
+
+/// Sends a GET for `url` through the proxy on a new connection.
+fn send_get(proxy: SocketAddr, url: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy).expect("connect to proxy");
+    stream.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    let request = format!("GET {url} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send request");
+    stream
+}
+
+/// Reads until the response head and at least `body` bytes of body have
+/// arrived (or the connection ends): (head text, body so far).
+fn read_some(stream: &mut TcpStream, body: usize) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+            && got.len() - (end + 4) >= body
+        {
+            let head = String::from_utf8_lossy(&got[..end + 4]).into_owned();
+            return (head, got[end + 4..].to_vec());
+        }
+        assert!(Instant::now() < deadline, "no response: {got:?}");
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let end = got
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .unwrap_or_else(|| panic!("no head: {got:?}"));
+                let head = String::from_utf8_lossy(&got[..end + 4]).into_owned();
+                return (head, got[end + 4..].to_vec());
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads what is left until the proxy closes the connection.
+fn read_rest(stream: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    rest
+}
+
+#[test]
+fn fifty_concurrent_cold_requests_make_one_origin_request() {
+    let gate = Gate::new();
+    let body: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let origin = held_origin(&gate, body.clone());
+    let proxy = roomy_proxy();
+    let url = origin.url("/popular");
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let (proxy, url) = (proxy.addr, url.clone());
+            thread::spawn(move || get(proxy, &url, &[]))
+        })
+        .collect();
+    // Every client is in: one at the origin, the others waiting on it.
+    let all_in = wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(&page, "fetchproxy_workers_busy").unwrap_or(0.0) >= 50.0
+    });
+    assert!(all_in, "50 clients never got a worker each");
+    assert_eq!(
+        origin.requests().len(),
+        1,
+        "one request while the rest wait"
+    );
+    gate.open();
+    let replies: Vec<_> = clients
+        .into_iter()
+        .map(|client| client.join().expect("client thread"))
+        .collect();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(
+            reply.body == body,
+            "a body differs: {} bytes",
+            reply.body.len()
+        );
+    }
+    let collapsed = replies
+        .iter()
+        .filter(|reply| cache_status(reply).contains("; collapsed"))
+        .count();
+    assert_eq!(collapsed, 49, "the others read the first one's fill");
+    assert_eq!(origin.requests().len(), 1);
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_collapsed_total"),
+        Some(49.0)
+    );
+}
+
+#[test]
+fn followers_receive_bytes_before_the_fill_completes() {
+    let gate = Gate::new();
+    let (first, rest) = (vec![b'a'; 64 * 1024], vec![b'b'; 64 * 1024]);
+    let origin = Origin::start({
+        let (gate, first, rest) = (gate.clone(), first.clone(), rest.clone());
+        move |_| Reply::Paused {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+            first: first.clone(),
+            gate: gate.clone(),
+            rest: rest.clone(),
+            reset: false,
+        }
+    });
+    let proxy = roomy_proxy();
+    let url = origin.url("/slow");
+    let mut leader = send_get(proxy.addr, &url);
+    let (_, lead_part) = read_some(&mut leader, first.len());
+    let mut follower = send_get(proxy.addr, &url);
+    let (head, part) = read_some(&mut follower, first.len());
+    // The gate is still shut: these bytes came from the fill in progress.
+    assert_eq!(part, first, "the first half, before the origin sent more");
+    assert_eq!(lead_part, first);
+    let head = parse_head(head.as_bytes()).expect("a response head");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("131072"));
+    let status = head.header("cache-status").expect("Cache-Status");
+    assert!(status.contains("; collapsed"), "{status}");
+    gate.open();
+    let follower_rest = read_rest(&mut follower);
+    let leader_rest = read_rest(&mut leader);
+    assert_eq!(follower_rest, rest);
+    assert_eq!(leader_rest, rest);
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn a_fill_that_fails_mid_body_cuts_its_followers_short_and_stores_nothing() {
+    let gate = Gate::new();
+    let served = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let (gate, served) = (gate.clone(), served.clone());
+        move |_| {
+            let headers = vec![("Cache-Control".into(), "max-age=3600".into())];
+            if served.fetch_add(1, Ordering::SeqCst) > 0 {
+                return Reply::Full {
+                    status: 200,
+                    headers,
+                    body: vec![b'z'; 1000],
+                };
+            }
+            Reply::Paused {
+                status: 200,
+                headers,
+                first: vec![b'a'; 1000],
+                gate: gate.clone(),
+                rest: vec![b'b'; 1000],
+                reset: true,
+            }
+        }
+    });
+    let proxy = roomy_proxy();
+    let url = origin.url("/broken");
+    let mut leader = send_get(proxy.addr, &url);
+    read_some(&mut leader, 1000);
+    let mut follower = send_get(proxy.addr, &url);
+    let (head, part) = read_some(&mut follower, 1000);
+    assert!(head.contains("collapsed"), "{head}");
+    gate.open();
+    // Both end short of the 2000 bytes their heads announced.
+    assert_eq!(part.len() + read_rest(&mut follower).len(), 1000);
+    read_rest(&mut leader);
+    let after = get(proxy.addr, &url, &[]);
+    assert_eq!(after.body, vec![b'z'; 1000], "{after:?}");
+    assert!(cache_status(&after).contains("fwd=uri-miss"), "{after:?}");
+    assert_eq!(origin.requests().len(), 2);
+}
+
+#[test]
+fn an_uncacheable_url_under_concurrency_is_not_serialised() {
+    let gate = Gate::new();
+    let served = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let (gate, served) = (gate.clone(), served.clone());
+        move |_| {
+            // The first answer comes at once; the next wait for the gate.
+            if served.fetch_add(1, Ordering::SeqCst) > 0 {
+                gate.wait(LIMIT);
+            }
+            reply_with("mine alone", &[("Cache-Control", "no-store")])
+        }
+    });
+    let proxy = roomy_proxy();
+    let url = origin.url("/uncacheable");
+    let first = get(proxy.addr, &url, &[]);
+    assert!(
+        cache_status(&first).contains("detail=not-storable"),
+        "{first:?}"
+    );
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            let (proxy, url) = (proxy.addr, url.clone());
+            thread::spawn(move || get(proxy, &url, &[]))
+        })
+        .collect();
+    // All five reach the origin while it holds them: none waits on another.
+    let parallel = wait_until(LIMIT, || origin.requests().len() == 6);
+    assert!(parallel, "{} origin requests", origin.requests().len());
+    gate.open();
+    for client in clients {
+        let reply = client.join().expect("client thread");
+        assert_eq!(reply.text(), "mine alone", "{reply:?}");
+        assert!(!cache_status(&reply).contains("collapsed"), "{reply:?}");
+    }
+}

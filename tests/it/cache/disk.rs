@@ -1,0 +1,265 @@
+//! The cache through the real binary: the disk tier across a restart, a
+//! `kill -9` in the middle of a write, files broken on disk, and a
+//! response over every limit streamed through with the process's memory
+//! flat (its RSS read from `/proc`).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use super::{LIMIT, cache_status, get};
+use crate::support::origin::pattern_byte;
+use crate::support::{Gate, Origin, ProxyProcess, Reply, metric, scrape_metrics, wait_until};
+
+/// `fetchproxy serve` on loopback with local origins allowed, and `extra`.
+fn start(extra: &[&str]) -> ProxyProcess {
+    let mut args = vec!["--allow-dest", "127.0.0.0/8"];
+    args.extend_from_slice(extra);
+    ProxyProcess::start(&args)
+}
+
+/// The proxy with its disk cache in `dir`, once the index is read.
+fn start_on(dir: &Path) -> ProxyProcess {
+    let proxy = start(&["--cache-dir", dir.to_str().expect("UTF-8 temp path")]);
+    let loaded = wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(&page, "fetchproxy_cache_disk_index_loaded") == Some(1.0)
+    });
+    assert!(loaded, "index never loaded:\n{}", proxy.log().join("\n"));
+    proxy
+}
+
+/// Stops the proxy with SIGTERM and checks it exited cleanly.
+fn stop(mut proxy: ProxyProcess) {
+    let status = proxy.terminate(LIMIT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        proxy.log().join("\n")
+    );
+}
+
+/// The object files under the cache directory.
+fn object_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(subdirs) = std::fs::read_dir(dir.join("objects")) else {
+        return files;
+    };
+    for sub in subdirs.flatten() {
+        if let Ok(entries) = std::fs::read_dir(sub.path()) {
+            files.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    files
+}
+
+/// Files being written (the tier's temporary directory).
+fn temp_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("tmp")).map_or(0, |entries| entries.count())
+}
+
+/// The pattern body of `len` bytes the scripted origin sends.
+fn pattern(len: u64) -> Vec<u8> {
+    (0..len).map(pattern_byte).collect()
+}
+
+fn fresh_pattern(len: u64) -> Reply {
+    Reply::Full {
+        status: 200,
+        headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+        body: pattern(len),
+    }
+}
+
+#[test]
+fn a_restart_finds_the_disk_cache_and_serves_it_without_the_origin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::start(|_| fresh_pattern(300_000));
+    let url = origin.url("/kept");
+    let proxy = start_on(dir.path());
+    let first = get(proxy.addr, &url, &[]);
+    assert_eq!(first.body, pattern(300_000));
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    let written = wait_until(LIMIT, || object_files(dir.path()).len() == 1);
+    assert!(written, "{:?}", object_files(dir.path()));
+    stop(proxy);
+
+    let proxy = start_on(dir.path());
+    let again = get(proxy.addr, &url, &[]);
+    assert_eq!(again.status, 200, "{again:?}");
+    assert!(again.body == pattern(300_000), "the stored body, whole");
+    assert!(cache_status(&again).contains("; hit"), "{again:?}");
+    assert_eq!(
+        origin.requests().len(),
+        1,
+        "no origin request after the restart"
+    );
+    stop(proxy);
+}
+
+#[test]
+fn a_kill_during_a_write_leaves_nothing_that_is_served() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let (gate, calls) = (gate.clone(), calls.clone());
+        move |_| {
+            if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                return fresh_pattern(2_000_000);
+            }
+            // Half the body, then nothing until the test is over.
+            let body = pattern(2_000_000);
+            Reply::Paused {
+                status: 200,
+                headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+                first: body[..1_000_000].to_vec(),
+                gate: gate.clone(),
+                rest: body[1_000_000..].to_vec(),
+                reset: false,
+            }
+        }
+    });
+    let url = origin.url("/interrupted");
+    let proxy = start_on(dir.path());
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    let request = format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n");
+    client.write_all(request.as_bytes()).expect("send");
+    // The first half is on its way to disk.
+    let writing = wait_until(LIMIT, || temp_files(dir.path()) == 1);
+    assert!(writing, "no file being written");
+    proxy.signal("KILL");
+    let mut proxy = proxy;
+    assert!(proxy.wait_exit(LIMIT).is_some(), "kill -9 did not end it");
+    drop(client);
+
+    let proxy = start_on(dir.path());
+    assert_eq!(temp_files(dir.path()), 0, "the partial file is gone");
+    let after = get(proxy.addr, &url, &[]);
+    assert!(
+        after.body == pattern(2_000_000),
+        "a whole body from the origin"
+    );
+    assert!(cache_status(&after).contains("fwd=uri-miss"), "{after:?}");
+    assert_eq!(origin.requests().len(), 2);
+    gate.open();
+    stop(proxy);
+}
+
+#[test]
+fn broken_files_on_disk_are_dropped_and_fetched_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::start(|request| {
+        let len = if request.target == "/flipped" {
+            100_000
+        } else {
+            20_000_000
+        };
+        fresh_pattern(len)
+    });
+    let proxy = start_on(dir.path());
+    for path in ["/flipped", "/truncated"] {
+        get(proxy.addr, &origin.url(path), &[]);
+    }
+    let written = wait_until(LIMIT, || object_files(dir.path()).len() == 2);
+    assert!(written, "{:?}", object_files(dir.path()));
+    stop(proxy);
+    let mut files = object_files(dir.path());
+    files.sort_by_key(|path| std::fs::metadata(path).map_or(0, |m| m.len()));
+    // One byte of the small body flipped; the large file cut short.
+    let mut small = std::fs::read(&files[0]).expect("read object");
+    let at = small.len() - 100;
+    small[at] ^= 0x55;
+    std::fs::write(&files[0], small).expect("flip a byte");
+    let large = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[1])
+        .expect("open object");
+    let len = large.metadata().expect("stat").len();
+    large.set_len(len - 10).expect("truncate");
+
+    let proxy = start_on(dir.path());
+    let flipped = get(proxy.addr, &origin.url("/flipped"), &[]);
+    assert!(flipped.body == pattern(100_000), "never the flipped byte");
+    let truncated = get(proxy.addr, &origin.url("/truncated"), &[]);
+    assert!(truncated.body == pattern(20_000_000), "never a short body");
+    for reply in [&flipped, &truncated] {
+        assert!(cache_status(reply).contains("fwd="), "{:?}", reply.headers);
+    }
+    assert_eq!(origin.requests().len(), 4);
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_disk_corrupt_total"),
+        Some(2.0)
+    );
+    stop(proxy);
+}
+
+/// Peak `VmRSS` of `pid` in KiB while `work` runs, sampled every 10 ms.
+fn peak_rss_during(pid: u32, work: impl FnOnce()) -> u64 {
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = thread::spawn({
+        let (done, peak) = (done.clone(), peak.clone());
+        move || {
+            while !done.load(Ordering::SeqCst) {
+                if let Some(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, Ordering::SeqCst);
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    });
+    work();
+    done.store(true, Ordering::SeqCst);
+    sampler.join().expect("sampler");
+    peak.load(Ordering::SeqCst)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_response_over_every_limit_streams_through_with_memory_flat() {
+    const LEN: u64 = 192 << 20;
+    let origin = Origin::start(|request| Reply::HugeCacheable {
+        len: LEN,
+        chunked: request.target == "/chunked",
+    });
+    let proxy = start(&["--cache-mem", "16MiB", "--cache-max-object", "1MiB"]);
+    let before = rss_kib(proxy.pid()).expect("the proxy's RSS");
+    for path in ["/sized", "/chunked"] {
+        let url = origin.url(path);
+        let mut reply = None;
+        let peak = peak_rss_during(proxy.pid(), || reply = Some(get(proxy.addr, &url, &[])));
+        let reply = reply.expect("a reply");
+        assert_eq!(reply.body.len() as u64, LEN, "{path}");
+        assert!(
+            reply
+                .body
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == pattern_byte(i as u64)),
+            "{path}: the body streamed through intact"
+        );
+        assert!(
+            cache_status(&reply).contains("detail=too-large") || path == "/chunked",
+            "{path}: {:?}",
+            reply.headers
+        );
+        // Generous: the budget and the footprint, far below the 192 MiB body.
+        assert!(
+            peak < before + 64 * 1024,
+            "{path}: RSS went from {before} KiB to {peak} KiB"
+        );
+    }
+    assert_eq!(origin.requests().len(), 2);
+}
