@@ -206,3 +206,27 @@ fn issue_11_urls_with_a_bad_port_are_400_and_nothing_is_dialled() {
         Some(0.0)
     );
 }
+
+/// A header line longer than the upstream connection's output buffer
+/// still reaches the origin whole: heads up to `max_header_bytes` are
+/// accepted, so a single field can be nearly that long.
+#[test]
+fn a_40_kib_header_reaches_the_origin_whole() {
+    let origin = crate::support::Origin::start(|request| {
+        let cookie = request.header("cookie").unwrap_or_default().len();
+        crate::support::Reply::ok("text/plain", cookie.to_string())
+    });
+    let proxy = Proxy::start();
+    let cookie = "c".repeat(40 * 1024);
+    let reply = crate::support::curl(
+        proxy.addr,
+        &origin.url("/big"),
+        &["-H", &format!("Cookie: {cookie}")],
+    );
+    assert_eq!(
+        (reply.status, reply.text()),
+        (200, cookie.len().to_string()),
+        "{}",
+        reply.stderr
+    );
+}
