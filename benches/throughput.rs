@@ -4,9 +4,12 @@
 //! One criterion group per workload (body size x concurrent keep-alive
 //! clients, a new-connection-per-request case, and an origin 10 ms away), one
 //! `BenchmarkId` per pool size, and `Throughput::Elements(1)` per iteration
-//! (one request), so criterion prints requests/s.
+//! (one request), so criterion prints requests/s. The far-origin groups
+//! (`far50ms_1k_c64`, `_c256`, `_c1024`) put the origin 50 ms away, as on
+//! the internet, and take pool sizes up to the client count: throughput
+//! climbs with the pool until it meets clients / 50 ms.
 //!
-//! Full run: `cargo bench --bench throughput` (4-5 minutes on 2 cores).
+//! Full run: `cargo bench --bench throughput` (6-8 minutes on 2 cores).
 //! CI smoke run: `cargo bench --bench throughput -- --quick` (criterion's own
 //! quick mode: a point stops once two samples agree within 5%, or after
 //! 300 ms). One workload: `cargo bench --bench throughput -- keepalive_1k_c64`.
@@ -20,7 +23,9 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 
 use fetchproxy::config::ServeConfig;
 use fetchproxy::server::{self, Running};
@@ -35,7 +40,18 @@ mod origin;
 use origin::{Origin, Reply};
 
 /// Worker-pool sizes measured, one `BenchmarkId` each.
-const POOL_SIZES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+const POOL_SIZES: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 512];
+
+/// How far away the origin of the far-origin groups is.
+const FAR_DELAY: Duration = Duration::from_millis(50);
+/// The far-origin groups: an origin 50 ms away, as on the internet.
+const FAR: [Workload; 3] = [
+    keep_alive("far50ms_1k_c64", "/far-1k", 1 << 10, 64),
+    keep_alive("far50ms_1k_c256", "/far-1k", 1 << 10, 256),
+    keep_alive("far50ms_1k_c1024", "/far-1k", 1 << 10, 1024),
+];
+/// Pool sizes of the far-origin groups (those up to the client count).
+const FAR_POOL_SIZES: [usize; 5] = [16, 64, 256, 512, 1024];
 
 /// One kind of load: what is fetched, by how many clients, over which connections.
 struct Workload {
@@ -81,23 +97,48 @@ const fn keep_alive(
 
 fn throughput(c: &mut Criterion) {
     for workload in &WORKLOADS {
-        let mut group = c.benchmark_group(workload.name);
-        group
-            .sample_size(10)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(measurement_time())
-            .throughput(Throughput::Elements(1));
-        for workers in POOL_SIZES {
-            // Started before criterion's clock: in quick mode a point's first
-            // sample decides its length, and must not include the set-up.
-            let rig = Rig::start(workload, workers);
-            group.bench_function(BenchmarkId::from_parameter(workers), |b| {
-                b.iter_custom(|requests| rig.clients.run(requests));
-            });
-            rig.stop(&format!("{}/{workers}", workload.name));
-        }
-        group.finish();
+        measure(c, workload, &POOL_SIZES);
     }
+    for workload in &FAR {
+        let pools: Vec<usize> = FAR_POOL_SIZES
+            .into_iter()
+            .filter(|workers| *workers <= workload.clients)
+            .collect();
+        measure(c, workload, &pools);
+    }
+}
+
+/// One group: the workload at each pool size.
+fn measure(c: &mut Criterion, workload: &Workload, pools: &[usize]) {
+    let mut group = c.benchmark_group(workload.name);
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(measurement_time())
+        .throughput(Throughput::Elements(1));
+    for &workers in pools {
+        // Started before criterion's clock: in quick mode a point's first
+        // sample decides its length, and must not include the set-up.
+        let rig = Rig::start(workload, workers);
+        // Far away, a batch smaller than a few rounds of every client is
+        // mostly the wait for one round: each sample is at least four
+        // rounds, and its time is scaled back to the requests asked for.
+        let least = if workload.path == "/far-1k" {
+            4 * workload.clients as u64
+        } else {
+            0
+        };
+        group.bench_function(BenchmarkId::from_parameter(workers), |b| {
+            b.iter_custom(|requests| {
+                let sent = requests.max(least);
+                let took = rig.clients.run(sent);
+                took.mul_f64(requests as f64 / sent as f64)
+            });
+        });
+        rig.stop(&format!("{}/{workers}", workload.name));
+    }
+    group.finish();
 }
 
 /// Time spent measuring one point. In criterion's `--quick` mode this is
@@ -125,6 +166,10 @@ impl Rig {
             "/64k" => Reply::ok("application/octet-stream", vec![b'x'; 64 << 10]),
             "/slow-1k" => Reply::Slow {
                 delay: Duration::from_millis(10),
+                then: Box::new(Reply::ok("application/octet-stream", vec![b'x'; 1 << 10])),
+            },
+            "/far-1k" => Reply::Slow {
+                delay: FAR_DELAY,
                 then: Box::new(Reply::ok("application/octet-stream", vec![b'x'; 1 << 10])),
             },
             _ => Reply::status(404),

@@ -64,7 +64,7 @@ pub struct ServeArgs {
     /// Worker threads that fetch upstream, fixed for the life of the process.
     #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub workers: Option<usize>,
-    /// Connections with a complete request head waiting for a worker (16 per worker unless set).
+    /// Connections with a complete request head waiting for a worker.
     #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub queue: Option<usize>,
     /// Allow destinations in this range (or this address) even if not globally routable; repeatable.
@@ -441,8 +441,8 @@ mod tests {
             .to_string();
         for shown in [
             "[default: 127.0.0.1:8080]",
-            "[default: 32]",
             "[default: 512]",
+            "[default: 16 x workers: 8192]",
             "[default: none]",
             "[default: 80, 443, 1024-65535]",
             "[default: 443]",
@@ -454,7 +454,7 @@ mod tests {
             "[default: 64KiB]",
             "[default: 8KiB]",
             "[default: 10000]",
-            "[default: 256]",
+            "[default: workers + queue, at most max_connections: 8704]",
             "[default: 1000]",
             "[default: info]",
             "[default: fetchproxy]",

@@ -22,10 +22,13 @@ use crate::metrics::Metrics;
 use crate::rules::{Rules, SharedRules};
 use crate::transport::OriginConnector;
 
-/// Bytes ureq buffers per upstream connection for reading responses.
-const INPUT_BUFFER_BYTES: usize = 64 * 1024;
-/// Bytes ureq buffers per upstream connection for writing requests.
-const OUTPUT_BUFFER_BYTES: usize = 16 * 1024;
+/// Room beyond the response-head limit that the input buffer may grow to,
+/// so that ureq sees a head over the limit (and refuses it) before the
+/// buffer is full.
+const INPUT_HEAD_SLACK_BYTES: usize = 4 * 1024;
+/// Room beyond the request-head limit for what the proxy adds (`Via`,
+/// `X-Request-Id`, `Host`).
+const OUTPUT_HEAD_SLACK_BYTES: usize = 4 * 1024;
 /// How many resolved addresses ureq accepts from a resolver.
 const MAX_RESOLVED: usize = 16;
 
@@ -53,9 +56,17 @@ pub fn agent(config: &ServeConfig, rules: SharedRules, metrics: Arc<Metrics>) ->
         .timeout_per_read(Some(config.upstream_timeout))
         .timeout_per_write(Some(config.upstream_timeout))
         .max_response_header_size(config.max_header_bytes)
-        .input_buffer_size(INPUT_BUFFER_BYTES)
-        .output_buffer_size(OUTPUT_BUFFER_BYTES)
-        .max_idle_connections(workers * 4)
+        // Our plain-TCP transport's buffers start small and take these as
+        // how far they may grow (see transport::buffers); ureq's TLS layer
+        // allocates them whole. Either way a head that passed the request
+        // limit fits going out, and one just over the response limit is
+        // seen and refused coming in.
+        .input_buffer_size(config.max_header_bytes + INPUT_HEAD_SLACK_BYTES)
+        .output_buffer_size(config.max_header_bytes + OUTPUT_HEAD_SLACK_BYTES)
+        // A worker uses one connection at a time: more idle ones than
+        // workers for one origin are never all of use, and the pool scans
+        // its idle list under a lock on every call.
+        .max_idle_connections(workers * 2)
         .max_idle_connections_per_host(workers)
         .max_idle_age(config.idle_timeout)
         .build();

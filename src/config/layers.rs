@@ -13,7 +13,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::keys::{keys, nearest};
-use super::{ConfigError, Origin, Problem, QUEUE_PER_WORKER, ServeConfig};
+use super::{ConfigError, Origin, Problem, ServeConfig, default_conns_per_client, default_queue};
 
 /// Longest value quoted back in a message.
 const MAX_SHOWN: usize = 80;
@@ -164,9 +164,15 @@ pub(super) fn resolve(
         .map(|(key, value)| (key.get_ref().to_string(), value.span()))
         .collect();
     let mut config = read(table).map_err(|err| invalid(Origin::Default, err.message()))?;
-    // Unless set, the queue follows the resolved worker count.
-    if !given.iter().any(|(key, _)| key == "queue") {
-        config.queue = config.workers.saturating_mul(QUEUE_PER_WORKER);
+    // Unless set, the queue follows the resolved worker count, and the
+    // per-client limit what the pool can take at once.
+    let is_given = |name: &str| given.iter().any(|(key, _)| key == name);
+    if !is_given("queue") {
+        config.queue = default_queue(config.workers);
+    }
+    if !is_given("max_conns_per_client") {
+        config.max_conns_per_client =
+            default_conns_per_client(config.workers, config.queue, config.max_connections);
     }
     let mut problems = problems_between_keys(&sources, &config, &given);
     if problems.is_empty() {

@@ -39,11 +39,37 @@ pub use layers::Flags;
 pub use problem::{Origin, Problem};
 use value::Within;
 
-/// Default queue length per worker. A burst of a few hundred clients
-/// sending at once (a CI farm starting a build) is queued, not refused: with
-/// 4 per worker the pool-size bench saw 8% of 256 simultaneous requests get
-/// 503. A queued head costs about a kilobyte.
+/// Default worker threads. Workers mostly wait on the network: a request
+/// to an origin 50 ms away holds one for 50 ms, so a pool serves about
+/// `workers / latency` requests a second (512 / 50 ms = 10,240), and as
+/// many clients at once as it has workers. An idle worker costs its stack's
+/// few touched pages; a busy one about 50 KiB. See the README's curve.
+const WORKERS: NonZeroUsize = NonZeroUsize::new(512).expect("512 is not zero");
+
+/// Default queue length per worker. A burst of clients sending at once (a
+/// CI farm starting a build) is queued, not refused. A queued head costs
+/// about a kilobyte.
 const QUEUE_PER_WORKER: NonZeroUsize = NonZeroUsize::new(16).expect("16 is not zero");
+
+/// The queue unless set: `QUEUE_PER_WORKER` per worker.
+pub fn default_queue(workers: NonZeroUsize) -> NonZeroUsize {
+    workers.saturating_mul(QUEUE_PER_WORKER)
+}
+
+/// `max_conns_per_client` unless set: as many connections as the pool can
+/// take at once (its workers and its queue), so that one crawler or CI
+/// runner is never refused what the pool could serve, within
+/// `max_connections`.
+pub fn default_conns_per_client(
+    workers: NonZeroUsize,
+    queue: NonZeroUsize,
+    max_connections: usize,
+) -> usize {
+    workers
+        .get()
+        .saturating_add(queue.get())
+        .min(max_connections)
+}
 
 /// The configuration could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +110,7 @@ pub struct ServeConfig {
     /// Default: 127.0.0.1:8080.
     #[serde(deserialize_with = "value::listen")]
     pub listen: Vec<SocketAddr>,
-    /// Worker threads, fixed for the life of the process. Default: 32.
+    /// Worker threads, fixed for the life of the process. Default: 512.
     #[serde(deserialize_with = "Within::<1, 4096>::number")]
     pub workers: NonZeroUsize,
     /// Bounded queue of connections with a complete head. Default: 16 x workers.
@@ -147,7 +173,7 @@ pub struct ServeConfig {
     #[serde(deserialize_with = "Within::<1, 10_000_000>::number")]
     pub max_connections: usize,
     /// Most open connections from one client address, at most
-    /// `max_connections`. Default: 256.
+    /// `max_connections`. Default: workers + queue, at most `max_connections`.
     #[serde(deserialize_with = "Within::<1, 10_000_000>::number")]
     pub max_conns_per_client: usize,
     /// Most open CONNECT tunnels, at most `max_connections`; zero turns
@@ -205,11 +231,12 @@ pub struct ServeConfig {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        const WORKERS: NonZeroUsize = NonZeroUsize::new(32).expect("32 is not zero");
+        const MAX_CONNECTIONS: usize = 10_000;
+        let queue = default_queue(WORKERS);
         ServeConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             workers: WORKERS,
-            queue: WORKERS.saturating_mul(QUEUE_PER_WORKER),
+            queue,
             allow_dest: Vec::new(),
             allow_clients: access::default_allow_clients(),
             dest_ports: access::default_dest_ports(),
@@ -223,8 +250,8 @@ impl Default for ServeConfig {
             max_header_bytes: 64 * 1024,
             max_url_bytes: 8 * 1024,
             max_body_bytes: None,
-            max_connections: 10_000,
-            max_conns_per_client: 256,
+            max_connections: MAX_CONNECTIONS,
+            max_conns_per_client: default_conns_per_client(WORKERS, queue, MAX_CONNECTIONS),
             max_tunnels: 1_000,
             via_name: default_via_name(),
             log_level: log::LevelFilter::Info,
@@ -330,7 +357,17 @@ pub fn changed_keys(running: &ServeConfig, fresh: &ServeConfig) -> Vec<&'static 
 pub fn shown_default(key: &str) -> Option<String> {
     static DEFAULTS: std::sync::OnceLock<Option<toml::Table>> = std::sync::OnceLock::new();
     let defaults = DEFAULTS.get_or_init(|| ServeConfig::default().to_table());
-    let shown = match defaults.as_ref()?.get(key)? {
+    let value = defaults.as_ref()?.get(key)?;
+    // Values that follow other keys say so, then give the default's.
+    let follows = match key {
+        "queue" => Some("16 x workers"),
+        "max_conns_per_client" => Some("workers + queue, at most max_connections"),
+        _ => None,
+    };
+    if let Some(rule) = follows {
+        return Some(format!("{rule}: {value}"));
+    }
+    let shown = match value {
         toml::Value::String(text) => text.clone(),
         toml::Value::Array(items) if items.is_empty() => "none".to_string(),
         toml::Value::Array(items) => items

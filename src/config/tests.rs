@@ -114,8 +114,10 @@ fn example_values_in_the_example_file_are_valid() {
 #[test]
 fn defaults_match_the_design() {
     let config = ServeConfig::default();
-    assert_eq!(config.workers.get(), 32);
-    assert_eq!(config.queue.get(), 512);
+    assert_eq!(config.workers.get(), 512);
+    assert_eq!(config.queue.get(), 8192);
+    // One client may use what the pool can take at once.
+    assert_eq!(config.max_conns_per_client, 512 + 8192);
     assert_eq!(config.listen, vec!["127.0.0.1:8080".parse().expect("addr")]);
     assert_eq!(config.max_header_bytes, 65536);
     assert_eq!(config.tunnel_idle_timeout, Duration::from_secs(300));
@@ -386,10 +388,18 @@ fn limits_are_checked_against_each_other() {
     let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
-        [
-            "max_conns_per_client = 256 (the default): must be at most max_connections (100)",
-            "max_tunnels = 1000 (the default): must be at most max_connections (100)",
-        ]
+        ["max_tunnels = 1000 (the default): must be at most max_connections (100)"],
+        "the per-client default follows max_connections"
+    );
+    assert_eq!(
+        from_file(
+            "max_connections = 100
+max_tunnels = 10
+"
+        )
+        .expect("valid")
+        .max_conns_per_client,
+        100
     );
     let flag = problems(resolve(
         "max_connections = 100\nmax_conns_per_client = 10\n",
@@ -496,8 +506,15 @@ fn changed_keys_names_each_setting_that_differs() {
 
 #[test]
 fn help_shows_each_default_from_the_code() {
-    assert_eq!(shown_default("workers").as_deref(), Some("32"));
-    assert_eq!(shown_default("queue").as_deref(), Some("512"));
+    assert_eq!(shown_default("workers").as_deref(), Some("512"));
+    assert_eq!(
+        shown_default("queue").as_deref(),
+        Some("16 x workers: 8192")
+    );
+    assert_eq!(
+        shown_default("max_conns_per_client").as_deref(),
+        Some("workers + queue, at most max_connections: 8704")
+    );
     assert_eq!(shown_default("listen").as_deref(), Some("127.0.0.1:8080"));
     assert_eq!(shown_default("allow_dest").as_deref(), Some("none"));
     assert_eq!(

@@ -169,8 +169,9 @@ fn send(
     let idempotent = is_idempotent(&request.method);
     let sent = Instant::now();
     let mut retried = false;
+    let head_bytes = head_bytes(&request);
     let result = loop {
-        transport::begin_attempt();
+        transport::begin_attempt(head_bytes);
         let call = http::Request::from_parts(request.clone(), ());
         let result = upstream::with_rules(rules, || match framing {
             BodyFraming::Empty | BodyFraming::UntilClose => {
@@ -219,6 +220,22 @@ fn closed_before_answering(err: &ureq::Error, attempt: Attempt) -> bool {
         _ => false,
     };
     closed && !attempt.opened && attempt.received == 0
+}
+
+/// About how many bytes the request head takes on the wire (what ureq adds,
+/// Host and the like, is covered by the slack).
+fn head_bytes(request: &Parts) -> usize {
+    const SLACK: usize = 1024;
+    let uri = &request.uri;
+    let target = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = request.method.as_str().len() + target + 16;
+    let fields: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + fields + SLACK
 }
 
 /// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 §9.2.2).

@@ -48,8 +48,10 @@ use crate::server::job::Job;
 use crate::server::target::{self, Route};
 use crate::server::tunnel::{self, TunnelSlot};
 
-/// Bytes of the buffer each worker copies bodies through.
-pub const COPY_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes of the buffer each worker copies bodies through: as much as the
+/// upstream connection's input buffer hands over at once
+/// (`transport::buffers`), so larger would only be resident for nothing.
+pub const COPY_BUFFER_BYTES: usize = 16 * 1024;
 
 /// How a request was handled, when nothing failed.
 enum Handled {

@@ -303,7 +303,7 @@ fn config_example_loads() {
         .wait_for_log("listening on", LIMIT)
         .expect("startup line");
     // The example's values are the defaults.
-    assert!(line.contains("with 32 workers, queue 512"), "{line}");
+    assert!(line.contains("with 512 workers, queue 8192"), "{line}");
     let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let got = exchange_until_close(proxy.addr, request.as_bytes(), LIMIT);
     let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
@@ -385,8 +385,9 @@ fn serve_help_lists_the_flags_with_their_defaults() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
     for default in [
-        "[default: 32]",
         "[default: 512]",
+        "[default: 16 x workers: 8192]",
+        "[default: workers + queue, at most max_connections: 8704]",
         "[default: 10s]",
         "[default: 1m]",
         "[default: 64KiB]",

@@ -206,3 +206,80 @@ fn issue_11_urls_with_a_bad_port_are_400_and_nothing_is_dialled() {
         Some(0.0)
     );
 }
+
+/// A header line longer than the upstream connection's output buffer
+/// still reaches the origin whole: heads up to `max_header_bytes` are
+/// accepted, so a single field can be nearly that long.
+#[test]
+fn a_40_kib_header_reaches_the_origin_whole() {
+    let origin = crate::support::Origin::start(|request| {
+        let cookie = request.header("cookie").unwrap_or_default().len();
+        crate::support::Reply::ok("text/plain", cookie.to_string())
+    });
+    let proxy = Proxy::start();
+    let cookie = "c".repeat(40 * 1024);
+    let reply = crate::support::curl(
+        proxy.addr,
+        &origin.url("/big"),
+        &["-H", &format!("Cookie: {cookie}")],
+    );
+    assert_eq!(
+        (reply.status, reply.text()),
+        (200, cookie.len().to_string()),
+        "{}",
+        reply.stderr
+    );
+}
+
+/// Issue 11: far origins at the default pool size. 128 keep-alive clients
+/// (far more than CPUs) each send 3 requests to an origin that answers after
+/// 100 ms; every one is answered 200 with its own body, none refused.
+#[test]
+fn issue_11_many_clients_of_a_far_origin_all_succeed_at_the_defaults() {
+    const CLIENTS: usize = 128;
+    const REQUESTS: usize = 3;
+    let origin = crate::support::Origin::start(|request| crate::support::Reply::Slow {
+        delay: Duration::from_millis(100),
+        then: Box::new(crate::support::Reply::ok(
+            "text/plain",
+            request.target.clone(),
+        )),
+    });
+    let defaults = fetchproxy::config::ServeConfig::default();
+    let proxy = Proxy::with(|config| {
+        config.workers = defaults.workers;
+        config.queue = defaults.queue;
+        config.max_conns_per_client = defaults.max_conns_per_client;
+    });
+    let o = origin.addr;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let addr = proxy.addr;
+            thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).expect("connect");
+                (0..REQUESTS)
+                    .map(|n| {
+                        let path = format!("/c{client}-r{n}");
+                        let request = format!("GET http://{o}{path} HTTP/1.1\r\nHost: {o}\r\n\r\n");
+                        let (status, body) = one_exchange(&mut stream, &request);
+                        (status, body == path)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for client in clients {
+        for (status, own_body) in client.join().expect("client thread") {
+            assert_eq!(status, 200);
+            assert!(own_body, "a body went to the wrong request");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, CLIENTS * REQUESTS);
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_requests_total{code=\"503\"}"),
+        None
+    );
+}

@@ -16,9 +16,16 @@ use rustix::net::RecvFlags;
 use ureq::Error;
 
 use crate::metrics::Metrics;
+use buffers::OriginBuffers;
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport,
+    Buffers, ConnectionDetails, Connector, Either, NextTimeout, Transport,
 };
+
+mod buffers;
+
+/// Output buffer of a plain connection: enough for most request heads and
+/// for request bodies in useful pieces; grown for a larger head.
+const OUTPUT_BYTES: usize = 16 * 1024;
 
 thread_local! {
     /// What the upstream call running on this thread did so far: whether it
@@ -27,6 +34,10 @@ thread_local! {
     /// tell an origin closing a reused connection, before any byte of an
     /// answer, from one that failed the request.
     static ATTEMPT: Cell<Attempt> = const { Cell::new(Attempt { opened: false, received: 0 }) };
+    /// How many bytes the head of the request being sent takes: ureq writes
+    /// a head into the output buffer a field at a time, and fails when one
+    /// field does not fit, so the buffer is grown to the head first.
+    static HEAD_BYTES: Cell<usize> = const { Cell::new(0) };
 }
 
 /// What one upstream call did on the wire, as far as retrying it goes.
@@ -38,14 +49,21 @@ pub struct Attempt {
     pub received: u64,
 }
 
-/// Starts counting for an upstream call on this thread.
-pub fn begin_attempt() {
+/// Starts counting for an upstream call on this thread, whose request
+/// head takes `head_bytes` bytes.
+pub fn begin_attempt(head_bytes: usize) {
+    HEAD_BYTES.with(|h| h.set(head_bytes));
     ATTEMPT.with(|a| {
         a.set(Attempt {
             opened: false,
             received: 0,
         });
     });
+}
+
+/// The size of the head being sent on this thread (see [`begin_attempt`]).
+fn head_bytes() -> usize {
+    HEAD_BYTES.with(Cell::get)
 }
 
 /// What the upstream call on this thread did since [`begin_attempt`].
@@ -80,7 +98,7 @@ impl<In: Transport> Connector<In> for OriginConnector {
         self.metrics.upstream_connected();
         stream.set_nodelay(true)?;
         let config = details.config;
-        let buffers = LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size());
+        let buffers = OriginBuffers::new(config.input_buffer_size(), OUTPUT_BYTES, head_bytes);
         Ok(Some(Either::B(OriginTransport {
             stream,
             buffers,
@@ -110,11 +128,11 @@ fn connect_any(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, 
     Err(last.unwrap_or(Error::ConnectionFailed))
 }
 
-/// One TCP connection to an origin, with ureq's buffers.
+/// One TCP connection to an origin, with its buffers.
 #[derive(Debug)]
 pub struct OriginTransport {
     stream: TcpStream,
-    buffers: LazyBuffers,
+    buffers: OriginBuffers,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
 }
@@ -204,7 +222,7 @@ mod tests {
         let (server, _) = listener.accept().expect("accept");
         let transport = OriginTransport {
             stream: client,
-            buffers: LazyBuffers::new(1024, 1024),
+            buffers: OriginBuffers::new(1024, 1024, head_bytes),
             read_timeout: None,
             write_timeout: None,
         };
