@@ -18,6 +18,7 @@ use crate::cache::fill::FillHead;
 use crate::cache::key::{CacheKey, Variant, VaryNames};
 use crate::cache::object;
 use crate::cache::policy::Policy;
+use crate::cache::range;
 use crate::cache::stats::bump;
 use crate::http::headers::{HopByHop, is_hop_by_hop};
 use crate::http::request::RequestHead;
@@ -32,7 +33,8 @@ pub enum NotStored {
     Policy,
     /// `Vary: *`.
     VaryStar,
-    /// A partial response (206).
+    /// A partial response (206) that is not one whole range of a known
+    /// total, or a full response to a range request.
     Partial,
     /// Longer than every object limit that applies.
     TooLarge,
@@ -93,11 +95,26 @@ pub(crate) fn plan(
     if !policy.is_storable() {
         return Err(NotStored::Policy);
     }
-    // A `Content-Range` on another status means nothing (RFC 9110 §14.4)
-    // and is stored like any other field.
-    if status == StatusCode::PARTIAL_CONTENT {
-        return Err(NotStored::Partial);
-    }
+    // A part of a response (206) is kept under the URL's partial key only,
+    // whole, and when it holds one range of a known total (RFC 9111 §3.3);
+    // it then answers ranges within it (§3.4). A `Content-Range` on another
+    // status means nothing (RFC 9110 §14.4) and is stored like any field.
+    let partial = key.is_partial();
+    let declared = if status == StatusCode::PARTIAL_CONTENT || partial {
+        let part = (status == StatusCode::PARTIAL_CONTENT && partial)
+            .then(|| range::content_range(&stored))
+            .flatten();
+        let Some((first, last, _)) = part else {
+            return Err(NotStored::Partial);
+        };
+        let len = last - first + 1;
+        if declared.is_some_and(|declared| declared != len) {
+            return Err(NotStored::Partial);
+        }
+        Some(len)
+    } else {
+        declared
+    };
     let names = VaryNames::of_response(&stored);
     if names == VaryNames::Star {
         return Err(NotStored::VaryStar);
@@ -109,7 +126,8 @@ pub(crate) fn plan(
     };
     let fits = |limit: u64| declared.is_none_or(|len| len <= limit);
     let memory = shared.memory.is_some() && fits(config.mem_max_object);
-    let disk_fits = shared.disk.as_ref().is_some_and(|d| fits(d.max_object));
+    // Parts stay in memory: few clients ask for the same range twice.
+    let disk_fits = !partial && shared.disk.as_ref().is_some_and(|d| fits(d.max_object));
     if !memory && !disk_fits {
         return Err(NotStored::TooLarge);
     }

@@ -26,6 +26,10 @@ pub enum KeyError {
     Scheme(String),
 }
 
+/// Ends the key of a URL's stored parts: a normalised URL never has a
+/// fragment, so the key names no resource of its own.
+const PARTIAL_MARK: &str = "#partial";
+
 /// A normalised absolute URL: scheme and host lowercased, default port
 /// dropped, no userinfo, no fragment, dot segments resolved, empty path as
 /// `/`. Two targets that name the same resource get the same key.
@@ -62,9 +66,30 @@ impl CacheKey {
         })
     }
 
-    /// The normalised URL.
+    /// The normalised URL (with a mark for a partial key).
     pub fn as_str(&self) -> &str {
         &self.url
+    }
+
+    /// The key under which parts of this URL's responses (206s) are
+    /// kept, apart from complete ones.
+    pub fn partial(&self) -> CacheKey {
+        if self.is_partial() {
+            return self.clone();
+        }
+        CacheKey {
+            url: Arc::from(format!("{}{PARTIAL_MARK}", self.url)),
+        }
+    }
+
+    /// Whether this is the key of parts of responses (see `partial`).
+    pub fn is_partial(&self) -> bool {
+        self.url.ends_with(PARTIAL_MARK)
+    }
+
+    /// The URL itself, without the mark of a partial key.
+    fn resource(&self) -> &str {
+        self.url.strip_suffix(PARTIAL_MARK).unwrap_or(&self.url)
     }
 
     /// The normalised URL as an `http::Uri`, for the policy crate.
@@ -72,7 +97,7 @@ impl CacheKey {
     /// # Errors
     /// `BadUrl` when the normalised URL is not a valid `http::Uri`.
     pub fn uri(&self) -> Result<Uri, KeyError> {
-        self.url
+        self.resource()
             .parse()
             .map_err(|err: http::uri::InvalidUri| KeyError::BadUrl {
                 target: self.url.to_string(),
@@ -84,7 +109,7 @@ impl CacheKey {
     /// maybe relative) when it has the same origin as this key: only such
     /// URLs may be invalidated by a response (RFC 9111 §4.4).
     pub fn same_origin(&self, reference: &[u8]) -> Option<CacheKey> {
-        let base = url::Url::parse(&self.url).ok()?;
+        let base = url::Url::parse(self.resource()).ok()?;
         let reference = std::str::from_utf8(reference).ok()?.trim();
         let joined = base.join(reference).ok()?;
         if joined.origin() != base.origin() {
@@ -197,6 +222,45 @@ impl Variant {
             .all(|(name, value)| request_value(request, name.as_str()) == *value)
     }
 
+    /// Whether `request` selects this variant of a stored response with
+    /// headers `response`: `matches`, or every varied header matches but
+    /// `Accept-Language`, and the one language the response is in
+    /// (`Content-Language`) is the one the request prefers above all
+    /// others. An origin negotiating as RFC 9110 §12.5.4 describes has that
+    /// language, since it sent it, and would send it again; RFC 9111 §4.1
+    /// lets a cache use such knowledge of a header's semantics.
+    pub fn selects(&self, request: &RequestHead, response: &HeaderMap) -> bool {
+        if self.matches(request) {
+            return true;
+        }
+        let Some(fields) = &self.fields else {
+            return false;
+        };
+        let mut negotiated = false;
+        for (name, value) in fields {
+            if request_value(request, name.as_str()) == *value {
+                continue;
+            }
+            if name != http::header::ACCEPT_LANGUAGE {
+                return false;
+            }
+            negotiated = true;
+        }
+        if !negotiated {
+            return false;
+        }
+        let mut languages = response.get_all(http::header::CONTENT_LANGUAGE).iter();
+        let (Some(served), None) = (languages.next(), languages.next()) else {
+            return false;
+        };
+        let served = served.as_bytes().trim_ascii();
+        if served.contains(&b',') {
+            return false;
+        }
+        preferred_language(request.header_values("accept-language"))
+            .is_some_and(|preferred| preferred.eq_ignore_ascii_case(served))
+    }
+
     /// A stable 128-bit identity of `key` plus this variant: the disk
     /// object's file name.
     pub fn id(&self, key: &CacheKey) -> u128 {
@@ -214,6 +278,55 @@ impl Variant {
             }
         }
         hasher.digest128()
+    }
+}
+
+/// The language tag an `Accept-Language` prefers strictly above every
+/// other (RFC 9110 §12.4.2 weights, 1 when absent); `None` for a tie, a
+/// wildcard, or nothing acceptable.
+fn preferred_language<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<&'a [u8]> {
+    let mut best: Option<(&[u8], u32)> = None;
+    let mut tied = false;
+    for item in lines.flat_map(|line| line.split(|&b| b == b',')) {
+        let mut parts = item.split(|&b| b == b';');
+        let tag = parts.next().unwrap_or_default().trim_ascii();
+        if tag.is_empty() {
+            continue;
+        }
+        let weight = parts
+            .find_map(|param| {
+                let param = param.trim_ascii();
+                let value = param
+                    .strip_prefix(b"q=")
+                    .or_else(|| param.strip_prefix(b"Q="))?;
+                Some(qvalue(value.trim_ascii()))
+            })
+            .unwrap_or(Some(1000))?;
+        match best {
+            Some((_, top)) if weight < top => {}
+            Some((_, top)) if weight == top => tied = true,
+            _ => {
+                best = Some((tag, weight));
+                tied = false;
+            }
+        }
+    }
+    let (tag, weight) = best?;
+    (!tied && weight > 0 && tag != b"*").then_some(tag)
+}
+
+/// A qvalue (RFC 9110 §12.4.2) in thousandths; `None` when malformed.
+fn qvalue(text: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(text).ok()?;
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u32>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
     }
 }
 
@@ -265,6 +378,22 @@ mod tests {
         let port = CacheKey::from_target("http://example.com:8080/").expect("key");
         assert_eq!(port.as_str(), "http://example.com:8080/");
         assert!(port.uri().is_ok());
+    }
+
+    #[test]
+    fn partial_keys_are_apart_from_their_url() {
+        let key = CacheKey::from_target("http://h/a?b=1").expect("key");
+        let partial = key.partial();
+        assert_ne!(partial, key);
+        assert!(partial.is_partial() && !key.is_partial());
+        assert_eq!(partial.partial(), partial);
+        assert_eq!(
+            partial.uri().expect("uri").to_string(),
+            "http://h/a?b=1",
+            "the same resource"
+        );
+        let other = CacheKey::from_target("http://h/a?b=1#partial").expect("key");
+        assert_eq!(other, key, "a target's fragment is dropped");
     }
 
     #[test]
@@ -346,6 +475,38 @@ mod tests {
             !ordered.matches(&request("GET", "http://h/", &[("foo", "2, 1")])),
             "other headers keep their order"
         );
+    }
+
+    #[test]
+    fn a_language_the_request_prefers_most_selects_the_stored_one() {
+        let names = VaryNames::Names(vec![HeaderName::from_static("accept-language")]);
+        let stored = request("GET", "http://h/", &[("accept-language", "en, de")]);
+        let variant = Variant::capture(&names, &stored);
+        let mut response = HeaderMap::new();
+        response.insert("content-language", "de".parse().expect("v"));
+        let asks = |value: &str| {
+            variant.selects(
+                &request("GET", "http://h/", &[("accept-language", value)]),
+                &response,
+            )
+        };
+        assert!(asks("fr;q=0.5, de;q=1.0"));
+        assert!(asks("DE, fr;q=0.9"));
+        assert!(!asks("fr, de"), "fr is preferred");
+        assert!(!asks("de;q=0.5, fr;q=0.5"), "a tie");
+        assert!(!asks("*, de;q=0.5"));
+        assert!(!asks("de-AT, de;q=0.9"), "another tag is preferred");
+        assert!(!asks("de;q=x"), "a malformed weight");
+        assert!(!variant.selects(&request("GET", "http://h/", &[]), &response));
+        let mut two = HeaderMap::new();
+        two.insert("content-language", "de, en".parse().expect("v"));
+        assert!(!variant.selects(
+            &request("GET", "http://h/", &[("accept-language", "de")]),
+            &two
+        ));
+        assert_eq!(qvalue(b"0.25"), Some(250));
+        assert_eq!(qvalue(b"1.000"), Some(1000));
+        assert_eq!(qvalue(b"1.5"), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::object::{Body, DiskBody, ObjectHead, StoredObject};
 use crate::cache::policy::{Decision, directive};
 use crate::cache::reader::BodyReader;
+use crate::cache::reply;
 use crate::cache::status::{Fwd, Outcome};
 use crate::cache::{Cache, Shared};
 use crate::http::request::RequestHead;
@@ -128,12 +129,11 @@ pub enum MissRole {
 pub enum NoStore {
     /// HEAD: there is no body to store.
     Head,
-    /// A range request: the response would be partial.
-    Range,
     /// The request says `no-store` (RFC 9111 §5.2.1.5).
     RequestNoStore,
     /// The client's own preconditions go upstream as sent: the answer may
-    /// be a 304 or 412, which is not the response to store.
+    /// be a 304 or 412 (or, for `If-Range`, a 200 to a range request),
+    /// which is not the response to store.
     Conditional,
 }
 
@@ -142,7 +142,6 @@ impl NoStore {
     pub fn detail(self) -> &'static str {
         match self {
             NoStore::Head => "head",
-            NoStore::Range => "range",
             NoStore::RequestNoStore => "no-store",
             NoStore::Conditional => "conditional",
         }
@@ -239,6 +238,11 @@ impl Cache {
             Found::UriMiss => Fwd::UriMiss,
             Found::VaryMiss => Fwd::VaryMiss,
         };
+        if head.header("range").is_some()
+            && let Some(part) = self.stored_part(&key, head, now)
+        {
+            return part;
+        }
         if only_if_cached {
             return Lookup::OnlyIfCached;
         }
@@ -252,9 +256,6 @@ impl Cache {
         if head.method == "HEAD" {
             return MissRole::NoStore(NoStore::Head);
         }
-        if head.header("range").is_some() {
-            return MissRole::NoStore(NoStore::Range);
-        }
         if has_directive(head, "no-store") {
             return MissRole::NoStore(NoStore::RequestNoStore);
         }
@@ -263,9 +264,15 @@ impl Cache {
             "if-modified-since",
             "if-match",
             "if-unmodified-since",
+            "if-range",
         ];
         if conditional.iter().any(|name| head.header(name).is_some()) {
             return MissRole::NoStore(NoStore::Conditional);
+        }
+        if head.header("range").is_some() {
+            // The 206 that comes back is kept as a part of the response,
+            // for later ranges within it; nobody waits on it.
+            return MissRole::Fill(self.fill_alone(head, key.partial()));
         }
         // A response to a request with credentials is shared only if the
         // origin says so (RFC 9111 §3.5), which is known only once it
@@ -279,6 +286,63 @@ impl Cache {
             Role::Follow(fill) => MissRole::Follow(Follower { shared, key, fill }),
             Role::Alone => MissRole::Fill(self.fill_alone(head, key)),
         }
+    }
+
+    /// A stored part of the URL's response that holds the range `head`
+    /// asks for, while fresh (or stale as the request allows).
+    fn stored_part(&self, key: &CacheKey, head: &RequestHead, now: SystemTime) -> Option<Lookup> {
+        let variants = self.shared.memory.as_ref()?.get(key.partial().as_str())?;
+        let object = variants
+            .iter()
+            .rev()
+            .find(|o| selects(o, head) && reply::covers(o, head))?;
+        match object.head.policy.decide(head, now) {
+            Decision::Fresh => Some(hit(Arc::clone(object), false, false)),
+            Decision::StaleAllowed => Some(hit(Arc::clone(object), true, false)),
+            Decision::Revalidate { .. } => None,
+        }
+    }
+
+    /// A filler for the answer to a POST that later GETs of its URL may
+    /// reuse (RFC 9110 §9.3.3): one with explicit freshness and a
+    /// `Content-Location` naming the request's own URL, whose content is
+    /// then a representation of that resource (RFC 9110 §8.7). It is
+    /// stored as the URL's GET response. `None` for any other answer; call
+    /// after `invalidate`, which the POST's success calls for first.
+    pub fn post_filler(&self, head: &RequestHead, headers: &http::HeaderMap) -> Option<Filler> {
+        if !self.is_enabled() || head.method != "POST" {
+            return None;
+        }
+        let key = CacheKey::from_target(&head.target).ok()?;
+        let names_itself = headers
+            .get_all(http::header::CONTENT_LOCATION)
+            .iter()
+            .any(|value| key.same_origin(value.as_bytes()).as_ref() == Some(&key));
+        let cache_control = || {
+            headers
+                .get_all(http::header::CACHE_CONTROL)
+                .iter()
+                .map(|v| v.as_bytes())
+        };
+        let explicit = directive(cache_control(), "max-age").is_some()
+            || directive(cache_control(), "s-maxage").is_some()
+            || headers.contains_key(http::header::EXPIRES);
+        if !names_itself || !explicit {
+            return None;
+        }
+        let body_headers = ["content-length", "transfer-encoding", "expect"];
+        let as_get = RequestHead {
+            method: "GET".to_string(),
+            target: head.target.clone(),
+            version: head.version,
+            headers: head
+                .headers
+                .iter()
+                .filter(|h| !body_headers.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+                .cloned()
+                .collect(),
+        };
+        Some(self.fill_alone(&as_get, key))
     }
 
     /// A filler nobody follows (a stale entry's refetch, a hit-for-miss
@@ -297,7 +361,7 @@ impl Cache {
             .and_then(|m| m.get(key.as_str()))
         {
             uri_known = true;
-            if let Some(object) = variants.iter().rev().find(|o| o.head.variant.matches(head)) {
+            if let Some(object) = variants.iter().rev().find(|o| selects(o, head)) {
                 return Found::Object(Arc::clone(object));
             }
         }
@@ -309,12 +373,7 @@ impl Cache {
             };
         };
         let variants = disk.tier.get(key.as_str());
-        let found = variants.and_then(|list| {
-            list.iter()
-                .rev()
-                .find(|o| o.head.variant.matches(head))
-                .cloned()
-        });
+        let found = variants.and_then(|list| list.iter().rev().find(|o| selects(o, head)).cloned());
         if let Some(object) = found
             && let Some(object) = self.load_from_disk(object)
         {
@@ -403,6 +462,11 @@ fn hit(object: Arc<StoredObject>, stale: bool, revalidate: bool) -> Lookup {
         stale,
         revalidate,
     })
+}
+
+/// Whether `head` selects the stored variant `object` (RFC 9111 §4.1).
+fn selects(object: &StoredObject, head: &RequestHead) -> bool {
+    object.head.variant.selects(head, &object.head.headers)
 }
 
 fn has_directive(head: &RequestHead, name: &str) -> bool {

@@ -63,7 +63,9 @@
 //!        collapsed: true, .. }`. `Following::Released { filler, .. }`:
 //!        fetch on its own with that filler, as a `Fill` miss.
 //!      - `MissRole::NoStore(why)`: forward untouched, store nothing
-//!        (HEAD, Range, request `no-store`, client preconditions).
+//!        (HEAD, request `no-store`, client preconditions). A range
+//!        request fills the URL's partial key: its 206 is kept for
+//!        later ranges within it.
 //!    - `OnlyIfCached`: answer 504 (RFC 9111 §5.2.1.7).
 //!    - `Bypass(why)`: forward untouched (Cache-Status `fwd=bypass`).
 //!      After the response to an unsafe method, call
@@ -341,8 +343,14 @@ impl Cache {
         Ok(found)
     }
 
-    /// Removes every variant of `key` from both tiers.
+    /// Removes every variant of `key` from both tiers, and its stored parts.
     fn remove(&self, key: &CacheKey) -> bool {
+        let parts = self
+            .shared
+            .memory
+            .as_ref()
+            .and_then(|m| m.remove(key.partial().as_str()))
+            .is_some();
         self.shared.collapser.clear_hit_for_miss(key);
         let in_memory = self
             .shared
@@ -356,7 +364,7 @@ impl Cache {
             .disk
             .as_ref()
             .and_then(|d| d.tier.remove(key.as_str()));
-        in_memory || on_disk.is_some()
+        in_memory || on_disk.is_some() || parts
     }
 
     /// After an unsafe method's response: RFC 9111 §4.4 invalidates the

@@ -27,7 +27,8 @@
 //! - `Set-Cookie` is left out: RFC 9111 lets a shared cache store it.
 //! - A final status the crate does not know is given as 200 when the
 //!   response has explicit freshness or `public` (RFC 9111 §3: any final
-//!   status may then be stored), since the crate then decides the same way.
+//!   status may then be stored), since the crate then decides the same way;
+//!   a 206 is given as 200, the response it is a part of.
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -125,7 +126,10 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
         && !UNDERSTOOD.contains(&status.as_u16())
         && status != StatusCode::PARTIAL_CONTENT
         && status != StatusCode::NOT_MODIFIED;
-    let status = if final_unknown && explicit {
+    // The crate does not know 206; a part is as storable and as fresh as
+    // the response it is part of (RFC 9111 §3.3), and the cache decides
+    // itself which parts it keeps (`admission`).
+    let status = if (final_unknown && explicit) || status == StatusCode::PARTIAL_CONTENT {
         StatusCode::OK
     } else {
         status

@@ -117,16 +117,18 @@ impl ObjectHead {
         out
     }
 
-    /// The head of a 206 for bytes `start..=end` (RFC 9110 §15.3.7).
-    pub fn partial_head(&self, start: u64, end: u64, now: SystemTime) -> Vec<u8> {
+    /// The head of a 206 for bytes `start..=end` of a representation of
+    /// `total` bytes (RFC 9110 §15.3.7).
+    pub fn partial_head(&self, start: u64, end: u64, total: u64, now: SystemTime) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head_block.len() + 64);
         response::write_status_line(&mut out, 206, "Partial Content");
         for (name, value) in &self.headers {
-            if !NOT_REPLAYED.contains(&name.as_str()) {
-                response::write_header(&mut out, name.as_str(), value.as_bytes());
+            let name = name.as_str();
+            if !NOT_REPLAYED.contains(&name) && name != "content-range" {
+                response::write_header(&mut out, name, value.as_bytes());
             }
         }
-        let range = format!("bytes {start}-{end}/{}", self.body_len);
+        let range = format!("bytes {start}-{end}/{total}");
         response::write_header(&mut out, "Content-Range", range.as_bytes());
         let len = (end - start + 1).to_string();
         response::write_header(&mut out, "Content-Length", len.as_bytes());

@@ -84,6 +84,30 @@ pub fn parse(value: &[u8], len: u64) -> RangeAnswer {
     }
 }
 
+/// The one byte range a 206 holds, from its `Content-Range`:
+/// `bytes first-last/total` with the total known (RFC 9110 §14.4).
+pub fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
+    let mut values = headers.get_all(http::header::CONTENT_RANGE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let value = value.to_str().ok()?.trim();
+    let (unit, rest) = value.split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (range, total) = rest.trim().split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let digits = |text: &str| {
+        let text = text.trim();
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse::<u64>().ok())
+            .flatten()
+    };
+    let (first, last, total) = (digits(first)?, digits(last)?, digits(total)?);
+    (first <= last && last < total).then_some((first, last, total))
+}
+
 /// `None`: malformed; `Some(None)`: empty; `Some(Some(n))`: a number.
 fn number(digits: &[u8]) -> Option<Option<u64>> {
     if digits.is_empty() {
@@ -170,6 +194,19 @@ mod tests {
         assert_eq!(ask("W/\"v1\""), RangeAnswer::Full);
         assert_eq!(ask("Sun, 06 Nov 1994 08:49:37 GMT"), partial);
         assert_eq!(ask("Mon, 07 Nov 1994 08:49:37 GMT"), RangeAnswer::Full);
+    }
+
+    #[test]
+    fn content_ranges_of_stored_parts_are_read_when_whole() {
+        let range = |value: &str| content_range(&headers(&[("content-range", value)]));
+        assert_eq!(range("bytes 4-9/10"), Some((4, 9, 10)));
+        assert_eq!(range("BYTES 0-0/1"), Some((0, 0, 1)));
+        assert_eq!(range("bytes 4-9/*"), None, "unknown total");
+        assert_eq!(range("bytes */10"), None);
+        assert_eq!(range("bytes 9-4/10"), None);
+        assert_eq!(range("bytes 4-10/10"), None);
+        assert_eq!(range("items 0-1/2"), None);
+        assert_eq!(content_range(&HeaderMap::new()), None);
     }
 
     #[test]

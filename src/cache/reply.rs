@@ -26,7 +26,8 @@ pub enum Reply {
         /// `Age: N\r\n`.
         age_line: String,
     },
-    /// Bytes `start..=end` of the body after `head` (a 206).
+    /// Bytes `start..=end` of the stored body after `head` (a 206;
+    /// for a stored part, offsets into the part).
     Partial {
         /// Status line and headers, `Content-Range` and `Age` included.
         head: Vec<u8>,
@@ -55,7 +56,29 @@ impl Reply {
     }
 }
 
-/// Plans the answer to `request` from `object`, at `now`.
+/// Whether `object` can answer `request`: a complete response can; a
+/// stored part (a 206) only a single range that lies wholly within it
+/// (RFC 9111 §3.4).
+pub fn covers(object: &StoredObject, request: &RequestHead) -> bool {
+    let Some((first, last, total)) = stored_part(object) else {
+        return object.head.status != http::StatusCode::PARTIAL_CONTENT;
+    };
+    matches!(
+        range::select(request, 200, &object.head.headers, total),
+        RangeAnswer::Partial { start, end } if start >= first && end <= last
+    )
+}
+
+/// The range a stored part holds: (first, last, total).
+fn stored_part(object: &StoredObject) -> Option<(u64, u64, u64)> {
+    if object.head.status != http::StatusCode::PARTIAL_CONTENT {
+        return None;
+    }
+    range::content_range(&object.head.headers)
+}
+
+/// Plans the answer to `request` from `object`, at `now` (for a stored
+/// part, only when `covers` holds).
 pub fn plan(object: &StoredObject, request: &RequestHead, now: SystemTime) -> Reply {
     let head = &object.head;
     match conditional::evaluate(request, &head.headers) {
@@ -76,13 +99,25 @@ pub fn plan(object: &StoredObject, request: &RequestHead, now: SystemTime) -> Re
         }
         Precondition::Proceed => {}
     }
+    if let Some((first, _, total)) = stored_part(object) {
+        // `covers` said the range lies within the part.
+        if let RangeAnswer::Partial { start, end } =
+            range::select(request, 200, &head.headers, total)
+        {
+            return Reply::Partial {
+                head: head.partial_head(start, end, total, now),
+                start: start - first,
+                end: end - first,
+            };
+        }
+    }
     match range::select(request, head.status.as_u16(), &head.headers, head.body_len) {
         RangeAnswer::Full => Reply::Full {
             head_block: head.head_block().clone(),
             age_line: head.age_line(now),
         },
         RangeAnswer::Partial { start, end } => Reply::Partial {
-            head: head.partial_head(start, end, now),
+            head: head.partial_head(start, end, head.body_len, now),
             start,
             end,
         },

@@ -7,7 +7,7 @@ use http::StatusCode;
 
 use super::{MAX_AGE, get, miss_kind};
 use crate::cache::stats::read;
-use crate::cache::testing::{expect_hit, headers, request, small_cache, store};
+use crate::cache::testing::{expect_hit, headers, lead, read_body, request, small_cache, store};
 use crate::cache::*;
 
 #[test]
@@ -96,10 +96,22 @@ fn requests_that_cannot_use_the_cache_bypass_it() {
         _ => None,
     };
     assert_eq!(role(request("HEAD", "http://h/", &[])), Some(NoStore::Head));
-    assert_eq!(
-        role(request("GET", "http://h/", &[("range", "bytes=0-1")])),
-        Some(NoStore::Range)
+    let if_range = request(
+        "GET",
+        "http://h/",
+        &[("range", "bytes=0-1"), ("if-range", "\"a\"")],
     );
+    assert_eq!(role(if_range), Some(NoStore::Conditional));
+    assert!(matches!(
+        cache.lookup(
+            &request("GET", "http://h/", &[("range", "bytes=0-1")]),
+            SystemTime::now()
+        ),
+        Lookup::Miss(Miss {
+            role: MissRole::Fill(ref filler),
+            ..
+        }) if filler.key().is_partial()
+    ));
     assert_eq!(
         role(request(
             "GET",
@@ -329,4 +341,106 @@ fn storing_a_url_again_is_not_an_eviction() {
     }
     assert_eq!(read(&cache.stats().evictions_memory), 0);
     assert_eq!(cache.usage().0.urls, 1);
+}
+
+#[test]
+fn a_stored_part_answers_ranges_within_it() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let suffix = request("GET", "http://h/p", &[("range", "bytes=-5")]);
+    let mut filler = lead(&cache, &suffix);
+    let part = headers(&[MAX_AGE, ("content-range", "bytes 5-9/10")]);
+    filler
+        .response_head(StatusCode::PARTIAL_CONTENT, &part, SystemTime::now())
+        .expect("a whole part is kept");
+    filler.body(b"56789");
+    filler.finish().expect("stored");
+    let now = SystemTime::now();
+    for (range, body) in [
+        ("bytes=-5", "56789"),
+        ("bytes=6-8", "678"),
+        ("bytes=7-", "789"),
+    ] {
+        let ask = request("GET", "http://h/p", &[("range", range)]);
+        let hit = expect_hit(&cache, &ask);
+        let reply::Reply::Partial { head, start, end } = reply::plan(&hit.object, &ask, now) else {
+            panic!("{range}: a 206");
+        };
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let (first, last) = (
+            body.as_bytes()[0] - b'0',
+            body.as_bytes()[body.len() - 1] - b'0',
+        );
+        assert!(
+            head.contains(&format!("Content-Range: bytes {first}-{last}/10\r\n")),
+            "{range}: {head}"
+        );
+        assert_eq!(
+            head.matches("ontent-Range").count() + head.matches("ontent-range").count(),
+            1,
+            "{head}"
+        );
+        let mut reader = hit.object.reader(start, end + 1).expect("reader");
+        assert_eq!(
+            read_body(&mut reader).expect("body"),
+            body.as_bytes(),
+            "{range}"
+        );
+    }
+    for outside in ["bytes=0-5", "bytes=2-"] {
+        let ask = request("GET", "http://h/p", &[("range", outside)]);
+        assert!(
+            matches!(cache.lookup(&ask, now), Lookup::Miss(_)),
+            "{outside}"
+        );
+    }
+    assert_eq!(
+        miss_kind(&cache, &get("http://h/p")),
+        Fwd::UriMiss,
+        "a part is no response"
+    );
+    assert!(
+        cache.purge("http://h/p").expect("url"),
+        "purge takes the part too"
+    );
+    let ask = request("GET", "http://h/p", &[("range", "bytes=-5")]);
+    assert!(matches!(cache.lookup(&ask, now), Lookup::Miss(_)));
+}
+
+#[test]
+fn parts_that_are_not_one_whole_range_are_not_kept() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let ask = request("GET", "http://h/q", &[("range", "bytes=0-4")]);
+    for content_range in ["bytes 0-4/*", "bytes 0-9/10"] {
+        let mut filler = lead(&cache, &ask);
+        let part = headers(&[
+            MAX_AGE,
+            ("content-range", content_range),
+            ("content-length", "5"),
+        ]);
+        let refused = filler.response_head(StatusCode::PARTIAL_CONTENT, &part, SystemTime::now());
+        assert_eq!(refused, Err(NotStored::Partial), "{content_range}");
+    }
+    let mut filler = lead(&cache, &ask);
+    let whole = filler.response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now());
+    assert_eq!(whole, Err(NotStored::Partial), "a 200 to a range request");
+}
+
+#[test]
+fn a_post_answer_naming_its_own_url_is_kept_for_gets() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let post = request("POST", "http://h/form", &[("content-length", "3")]);
+    let fresh = headers(&[MAX_AGE, ("content-location", "/form")]);
+    let mut filler = cache.post_filler(&post, &fresh).expect("storable");
+    filler
+        .response_head(StatusCode::OK, &fresh, SystemTime::now())
+        .expect("stored");
+    filler.body(b"done");
+    filler.finish().expect("stored");
+    let hit = expect_hit(&cache, &get("http://h/form"));
+    assert_eq!(&hit.object.memory_chunks().expect("memory")[0][..], b"done");
+    let elsewhere = headers(&[MAX_AGE, ("content-location", "/other")]);
+    assert!(cache.post_filler(&post, &elsewhere).is_none());
+    let no_freshness = headers(&[("content-location", "/form")]);
+    assert!(cache.post_filler(&post, &no_freshness).is_none());
+    assert!(cache.post_filler(&get("http://h/form"), &fresh).is_none());
 }

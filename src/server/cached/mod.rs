@@ -14,7 +14,7 @@
 //!   (`upstream::fill`); concurrent misses for the same URL follow it;
 //! - **miss, following**: another request's fill is read as it arrives
 //!   (`answer::follow`), or fetched alone when the fill lets it go;
-//! - **miss that stores nothing** (HEAD, Range, `no-store` requests,
+//! - **miss that stores nothing** (HEAD, `no-store` requests,
 //!   client preconditions) and **bypass** (methods other than GET and HEAD,
 //!   the cache off): forwarded untouched (`upstream::pass`); an unsafe
 //!   method that succeeds invalidates the URL (RFC 9111 §4.4);

@@ -39,7 +39,8 @@ const NOT_REVALIDATED: &[&str] = &[
 /// Forwards the request with nothing stored. `why`: the kind of miss and
 /// the Cache-Status detail, or `None` when the cache is off (then no
 /// Cache-Status at all). An unsafe method's success invalidates what it
-/// changed (RFC 9111 §4.4).
+/// changed (RFC 9111 §4.4); a POST answer that says it is the URL's
+/// representation is stored for later GETs (`Cache::post_filler`).
 ///
 /// # Errors
 /// As `forward::fetch` and `relay::relay_response`.
@@ -48,6 +49,9 @@ pub fn pass(ex: &mut Exchange<'_>, why: Option<(Fwd, &'static str)>) -> Result<S
     let response = &upstream.response;
     ex.cache()
         .invalidate(ex.head, response.status().as_u16(), response.headers());
+    if let Some(filler) = ex.cache().post_filler(ex.head, response.headers()) {
+        return fill(ex, Fwd::Miss, filler, Some(upstream));
+    }
     let outcome = why.map(|(fwd, detail)| Outcome::Forward {
         fwd,
         fwd_status: Some(response.status().as_u16()),

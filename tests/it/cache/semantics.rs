@@ -106,6 +106,67 @@ fn ranges_are_answered_from_a_complete_entry() {
     assert_eq!(origin.requests().len(), 1, "{:?}", origin.requests());
 }
 
+/// An origin serving "0123456789" that honours a single `bytes=` range.
+fn range_origin() -> Origin {
+    Origin::start(|request| {
+        let body = b"0123456789";
+        let headers = vec![("Cache-Control".to_string(), "max-age=3600".to_string())];
+        let Some(range) = request
+            .header("range")
+            .and_then(|r| r.strip_prefix("bytes="))
+        else {
+            return Reply::Full {
+                status: 200,
+                headers,
+                body: body.to_vec(),
+            };
+        };
+        let (first, last) = range.split_once('-').expect("a byte range");
+        let (first, last): (usize, usize) = match (first.parse().ok(), last.parse().ok()) {
+            (None, Some(suffix)) => (10 - suffix, 9),
+            (Some(first), None) => (first, 9),
+            (Some(first), Some(last)) => (first, last),
+            (None, None) => panic!("range {range}"),
+        };
+        let mut headers = headers;
+        headers.push(("Content-Range".into(), format!("bytes {first}-{last}/10")));
+        Reply::Full {
+            status: 206,
+            headers,
+            body: body[first..=last].to_vec(),
+        }
+    })
+}
+
+#[test]
+fn a_stored_part_answers_ranges_within_it() {
+    let origin = range_origin();
+    let proxy = Proxy::start();
+    let url = origin.url("/part");
+    let first = get(proxy.addr, &url, &["-r", "-5"]);
+    assert_eq!((first.status, first.text().as_str()), (206, "56789"));
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    for (range, body, content_range) in [
+        ("-5", "56789", "bytes 5-9/10"),
+        ("6-8", "678", "bytes 6-8/10"),
+        ("7-", "789", "bytes 7-9/10"),
+    ] {
+        let part = get(proxy.addr, &url, &["-r", range]);
+        assert_eq!((part.status, part.text().as_str()), (206, body), "{range}");
+        assert_eq!(part.header("content-range"), Some(content_range));
+        assert!(cache_status(&part).contains("; hit"), "{part:?}");
+    }
+    let outside = get(proxy.addr, &url, &["-r", "0-3"]);
+    assert_eq!(outside.text(), "0123");
+    let whole = get(proxy.addr, &url, &[]);
+    assert_eq!((whole.status, whole.text().as_str()), (200, "0123456789"));
+    assert_eq!(
+        origin.requests().len(),
+        3,
+        "a part is never a whole response"
+    );
+}
+
 #[test]
 fn client_preconditions_get_304_from_a_fresh_entry() {
     let origin = Origin::start(|_| {
