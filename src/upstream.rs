@@ -21,6 +21,7 @@ use crate::error::{ProxyError, TimeoutPhase};
 use crate::metrics::Metrics;
 use crate::rules::{Rules, SharedRules};
 use crate::transport::OriginConnector;
+use crate::transport::interim::InterimConnector;
 
 /// Room beyond the response-head limit that the input buffer may grow to,
 /// so that ureq sees a head over the limit (and refuses it) before the
@@ -72,7 +73,11 @@ pub fn agent(config: &ServeConfig, rules: SharedRules, metrics: Arc<Metrics>) ->
         .build();
     let resolver = CheckingResolver { rules };
     // Plain TCP with a cheap liveness probe, then TLS for https origins.
-    let connector = ().chain(OriginConnector { metrics }).chain(RustlsConnector::default());
+    let connector = ()
+        .chain(OriginConnector { metrics })
+        .chain(RustlsConnector::default())
+        // Over TLS, so that interim responses are seen in plain text.
+        .chain(InterimConnector);
     ureq::Agent::with_parts(agent_config, connector, resolver)
 }
 

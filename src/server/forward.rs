@@ -26,7 +26,7 @@ use crate::server::conn::ClientConn;
 use crate::server::context::Context;
 use crate::server::request_body::ClientBody;
 use crate::server::target::Origin;
-use crate::transport::{self, Attempt};
+use crate::transport::{self, Attempt, interim};
 use crate::upstream;
 
 /// Request headers this proxy sets itself instead of copying.
@@ -49,6 +49,8 @@ pub struct Upstream {
     /// The client's request body was read to its end, so the connection
     /// can carry another request.
     pub body_read: bool,
+    /// Interim (1xx) heads the origin sent first, as received.
+    pub interim: Vec<Vec<u8>>,
 }
 
 /// Sends `head` (and its body from `conn`) to `origin`, until the response
@@ -92,6 +94,7 @@ pub fn fetch(
     Ok(Upstream {
         response,
         body_read,
+        interim: interim::take(),
     })
 }
 
@@ -172,6 +175,7 @@ fn send(
     let head_bytes = head_bytes(&request);
     let result = loop {
         transport::begin_attempt(head_bytes);
+        interim::arm();
         let call = http::Request::from_parts(request.clone(), ());
         let result = upstream::with_rules(rules, || match framing {
             BodyFraming::Empty | BodyFraming::UntilClose => {

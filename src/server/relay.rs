@@ -14,7 +14,7 @@ use crate::error::ProxyError;
 use crate::http::body::{BodyFraming, ChunkedWriter, LimitedReader};
 use crate::http::headers::HopByHop;
 use crate::http::request::{RequestHead, Version};
-use crate::http::response::{Head, Persistence};
+use crate::http::response::{self, Head, Persistence};
 use crate::server::conn::ClientConn;
 use crate::server::finish::{self, Served};
 use crate::upstream;
@@ -123,6 +123,42 @@ pub fn relay_response<R: Read>(
         served.reusable = false;
     }
     Ok(served)
+}
+
+/// Passes the origin's interim (1xx) responses on before the final one
+/// (RFC 9110 §15.2: a proxy forwards those it did not ask for), rebuilt
+/// without hop-by-hop fields; never to an HTTP/1.0 client, which cannot
+/// take them. A failed write is left to the relay to find.
+pub fn send_interim(conn: &mut ClientConn, head: &RequestHead, interim: &[Vec<u8>]) {
+    if head.version != Version::Http11 {
+        return;
+    }
+    for raw in interim {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let (Ok(httparse::Status::Complete(_)), Some(status)) = (parsed.parse(raw), parsed.code)
+        else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        response::write_status_line(&mut out, status, parsed.reason.unwrap_or(""));
+        let hop = HopByHop::from_connection(
+            parsed
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .map(|h| h.value),
+        );
+        for field in parsed.headers.iter() {
+            if !hop.contains(field.name) {
+                response::write_header(&mut out, field.name, field.value);
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        if conn.write_all(&out).is_err() {
+            return;
+        }
+    }
 }
 
 /// How the body goes to the client: RFC 9110 §6.4.1 (HEAD, 1xx, 204, 304

@@ -22,6 +22,7 @@ use ureq::unversioned::transport::{
 };
 
 mod buffers;
+pub mod interim;
 
 /// Output buffer of a plain connection: enough for most request heads and
 /// for request bodies in useful pieces; grown for a larger head.

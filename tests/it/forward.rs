@@ -1678,3 +1678,34 @@ fn read_until_close_or(stream: &mut TcpStream, got: &mut Vec<u8>, body_len: usiz
     });
     got.clone()
 }
+
+/// RFC 9110 §15.2: a proxy forwards the 1xx responses it did not ask for.
+#[test]
+fn interim_responses_are_passed_on_before_the_final_one() {
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                .to_vec(),
+        )
+    });
+    let proxy = Proxy::start();
+    let request = get_request(&origin.url("/hints"), "");
+    let response = exchange(proxy.addr, &request, LIMIT);
+    assert_eq!(response.status, 103, "{}", response.head);
+    assert_eq!(response.header("link"), Some("</s.css>; rel=preload"));
+    assert_eq!(
+        response.header("x-hop"),
+        None,
+        "hop-by-hop fields stay behind"
+    );
+    let rest = split_raw(&response.body).expect("the final response");
+    assert_eq!(rest.status, 200, "{}", rest.head);
+    assert!(rest.body.ends_with(b"ok"), "{:?}", rest.text());
+    let http10 = b"GET URL HTTP/1.0\r\n\r\n".to_vec();
+    let http10 = String::from_utf8(http10)
+        .expect("ascii")
+        .replace("URL", &origin.url("/hints"));
+    let response = exchange(proxy.addr, http10.as_bytes(), LIMIT);
+    assert_eq!(response.status, 200, "no 1xx to an HTTP/1.0 client");
+}

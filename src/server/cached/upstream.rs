@@ -286,6 +286,7 @@ fn relay(
         draining: ex.ctx.shutdown.is_draining(),
         cache_status: status.as_deref(),
     };
+    relay::send_interim(ex.conn, ex.head, &upstream.interim);
     let (parts, body) = upstream.response.into_parts();
     // A 204's or 304's body is empty by definition: the relay reads none.
     let bodiless = !has_body(parts.status);
