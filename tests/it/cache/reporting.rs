@@ -128,3 +128,33 @@ fn the_access_log_names_each_outcome() {
         assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
     }
 }
+
+#[test]
+fn cache_settings_that_cannot_work_exit_2_naming_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let under_file = file.join("cache");
+    let shown = under_file.to_str().expect("UTF-8 temp path");
+    for (args, expected) in [
+        (
+            vec!["--cache-mem", "lots"],
+            "'--cache-mem <SIZE>': expected a whole number of bytes or a size",
+        ),
+        (
+            vec!["--cache-dir", shown, "--cache-mem", "0"],
+            "needs cache_mem above 0",
+        ),
+        (
+            vec!["--cache-dir", shown],
+            "cannot start the cache: cache directory",
+        ),
+    ] {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(&args);
+        let output = crate::support::run_binary_within(&all, LIMIT);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -314,6 +314,53 @@ fn stale_if_error_lets_the_stale_entry_stand_in_for_a_failing_origin() {
     assert_eq!(origin.requests().len(), 2);
 }
 
+/// Stops `origin` and waits until its port refuses connections.
+fn gone(origin: Origin) {
+    let addr = origin.addr;
+    drop(origin);
+    let closed = wait_until(LIMIT, || std::net::TcpStream::connect(addr).is_err());
+    assert!(closed, "{addr} still accepts");
+}
+
+#[test]
+fn a_stale_entry_stands_in_for_an_origin_that_cannot_be_reached() {
+    // `Connection: close`: no pooled connection outlives the origin.
+    let origin = Origin::start(|_| {
+        reply_with(
+            "remembered",
+            &[
+                ("Cache-Control", "max-age=0"),
+                ("ETag", "\"r\""),
+                ("Connection", "close"),
+            ],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/gone");
+    get(proxy.addr, &url, &[]);
+    gone(origin);
+    let stale = get(proxy.addr, &url, &[]);
+    assert_eq!((stale.status, stale.text().as_str()), (200, "remembered"));
+    let status = cache_status(&stale);
+    assert!(status.ends_with("detail=origin-unreachable"), "{status}");
+    // Unless the response forbids it (RFC 9111 §4.2.4).
+    let strict = Origin::start(|_| {
+        reply_with(
+            "strict",
+            &[
+                ("Cache-Control", "max-age=0, must-revalidate"),
+                ("ETag", "\"s\""),
+                ("Connection", "close"),
+            ],
+        )
+    });
+    let url = strict.url("/strict");
+    get(proxy.addr, &url, &[]);
+    gone(strict);
+    let refused = get(proxy.addr, &url, &[]);
+    assert_eq!(refused.status, 502, "{refused:?}");
+}
+
 #[test]
 fn without_stale_if_error_the_origin_error_goes_through() {
     let origin = Origin::start(|request| {
