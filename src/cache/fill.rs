@@ -105,6 +105,18 @@ struct State {
     written: u64,
     /// The temporary file and where the body starts in it.
     file: Option<(Arc<File>, u64)>,
+    /// Followers waiting on the condition variable: without any, a change
+    /// wakes nobody, and costs no system call.
+    waiting: usize,
+}
+
+impl State {
+    /// Wakes the followers waiting for a change, if there are any.
+    fn wake(&self, cond: &Condvar) {
+        if self.waiting > 0 {
+            cond.notify_all();
+        }
+    }
 }
 
 /// The shared state of one fill.
@@ -125,6 +137,7 @@ impl Fill {
                 in_memory: true,
                 written: 0,
                 file: None,
+                waiting: 0,
             }),
             cond: Condvar::new(),
         })
@@ -148,14 +161,14 @@ impl Fill {
         state.in_memory = in_memory;
         state.file = file;
         state.phase = Phase::Streaming;
-        self.cond.notify_all();
+        state.wake(&self.cond);
     }
 
     /// Publishes body bytes that are only in the file.
     pub fn advance(&self, len: u64) {
         let mut state = self.lock();
         state.written += len;
-        self.cond.notify_all();
+        state.wake(&self.cond);
     }
 
     /// Publishes body bytes (already written to the file, if any).
@@ -165,7 +178,7 @@ impl Fill {
         if state.in_memory {
             state.chunks.push(chunk);
         }
-        self.cond.notify_all();
+        state.wake(&self.cond);
     }
 
     /// From now on readers read the file: the memory copy is dropped.
@@ -203,7 +216,7 @@ impl Fill {
                 (Phase::AwaitingHead, Phase::Failed(_)) => Phase::Released(Release::FillerGone),
                 (_, phase) => phase,
             };
-            self.cond.notify_all();
+            state.wake(&self.cond);
         }
     }
 
@@ -223,11 +236,13 @@ impl Fill {
                     if left.is_zero() {
                         return Err(Release::TimedOut);
                     }
+                    state.waiting += 1;
                     state = self
                         .cond
                         .wait_timeout(state, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
+                    state.waiting -= 1;
                 }
                 Phase::Released(why) => return Err(*why),
                 Phase::Failed(_) => return Err(Release::FillerGone),
@@ -293,12 +308,14 @@ impl FillReader {
                 Phase::Failed(failure) => return Err(failure.into()),
                 _ => {}
             }
+            state.waiting += 1;
             let (next, timeout) = self
                 .fill
                 .cond
                 .wait_timeout(state, self.stall)
                 .unwrap_or_else(|e| e.into_inner());
             state = next;
+            state.waiting -= 1;
             if timeout.timed_out() && !self.has_more(&state) {
                 return Err(FillFailure::Stalled.into());
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderMap, StatusCode};
 
 use crate::cache::Shared;
@@ -46,8 +46,16 @@ pub struct Filler {
     registered: bool,
     /// Bytes of `Shared::inflight` this fill holds in memory.
     reserved: u64,
+    /// Where the pieces of a body kept in memory are copied: one buffer of
+    /// the declared length (or blocks of `ARENA_BLOCK` when none), from
+    /// which each piece is published as a shared slice, so a body costs one
+    /// allocation and one copy, not one per piece.
+    arena: BytesMut,
     store: Store,
 }
+
+/// Size of each arena block when the body's length is not known.
+const ARENA_BLOCK: usize = 64 * 1024;
 
 impl Filler {
     /// A filler for `request`, publishing into `fill`.
@@ -65,6 +73,7 @@ impl Filler {
             fill,
             registered,
             reserved: 0,
+            arena: BytesMut::new(),
             store: Store::AwaitingHead,
         }
     }
@@ -150,10 +159,10 @@ impl Filler {
     /// store must be given up, if it must.
     fn tee(&mut self, bytes: &[u8]) -> Option<FillFailure> {
         let Store::Storing {
+            head,
             memory,
             disk,
             received,
-            ..
         } = &mut self.store
         else {
             return None;
@@ -161,6 +170,7 @@ impl Filler {
         if bytes.is_empty() {
             return None;
         }
+        let declared = head.declared_len;
         *received += bytes.len() as u64;
         let mut busy = false;
         if *memory {
@@ -196,7 +206,18 @@ impl Filler {
             }
         }
         if *memory {
-            self.fill.publish(Bytes::copy_from_slice(bytes));
+            let room = self.arena.capacity() - self.arena.len();
+            if room < bytes.len() {
+                let left = declared.map_or(ARENA_BLOCK as u64, |len| {
+                    len.saturating_sub(*received - bytes.len() as u64)
+                });
+                let size = usize::try_from(left)
+                    .unwrap_or(ARENA_BLOCK)
+                    .max(bytes.len());
+                self.arena = BytesMut::with_capacity(size);
+            }
+            self.arena.extend_from_slice(bytes);
+            self.fill.publish(self.arena.split().freeze());
         } else if disk.is_some() {
             self.fill.advance(bytes.len() as u64);
         } else if busy {
@@ -254,17 +275,10 @@ impl Filler {
     }
 
     fn store_in_memory(&self, head: &Arc<ObjectHead>) -> Arc<StoredObject> {
-        let chunks = self.fill.chunks();
-        // One contiguous buffer: a hit is then head + body in one writev.
-        let body: Box<[Bytes]> = if chunks.len() > 1 {
-            let mut joined = BytesMut::with_capacity(head.body_len as usize);
-            for chunk in &chunks {
-                joined.extend_from_slice(chunk);
-            }
-            Box::new([joined.freeze()])
-        } else {
-            chunks.into_boxed_slice()
-        };
+        // The pieces as published (slices of the arena, contiguous in
+        // memory when the length was declared): a hit writes them all in
+        // one vectored write, so they are not joined.
+        let body = self.fill.chunks().into_boxed_slice();
         let object = Arc::new(StoredObject::new(Arc::clone(head), Body::Memory(body)));
         if let Some(memory) = &self.shared.memory {
             memory.put(Arc::clone(&object));
