@@ -16,6 +16,7 @@ use crate::cache::Shared;
 use crate::cache::disk::{DiskWriter, Header};
 use crate::cache::fill::FillHead;
 use crate::cache::key::{CacheKey, Variant, VaryNames};
+use crate::cache::normalise;
 use crate::cache::object;
 use crate::cache::policy::Policy;
 use crate::cache::range;
@@ -85,13 +86,16 @@ pub(crate) fn plan(
     now: SystemTime,
 ) -> Result<Plan, NotStored> {
     let config = &shared.config;
+    if request.method != "GET" {
+        return Err(NotStored::Request);
+    }
+    if forbids_storing(headers) {
+        return Err(NotStored::Policy);
+    }
     let declared = content_length(headers);
     let stored = stored_headers(headers);
     let uri = key.uri().map_err(|_| NotStored::Policy)?;
     let policy = Policy::new(&uri, request, status, &stored, now);
-    if request.method != "GET" {
-        return Err(NotStored::Request);
-    }
     if !policy.is_storable() {
         return Err(NotStored::Policy);
     }
@@ -173,6 +177,20 @@ pub(crate) fn plan(
     })
 }
 
+/// Whether the response says `no-store`, or `private` (which a shared
+/// cache must not store, RFC 9111 §5.2.2.5 and §5.2.2.7), without
+/// `must-understand`: the answer the policy would give, known without
+/// building it, for most responses that are not to be stored.
+fn forbids_storing(headers: &HeaderMap) -> bool {
+    let lines = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .map(|v| v.as_bytes());
+    let directives = normalise::parse(lines);
+    let has = |name: &str| directives.iter().any(|(n, _)| n == name);
+    (has("no-store") || has("private")) && !has("must-understand")
+}
+
 /// A single valid `Content-Length`, if any.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
@@ -235,6 +253,23 @@ mod tests {
         let names: Vec<&str> = stored.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["c", "content-range", "set-cookie"]);
         assert_eq!(stored.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn no_store_and_private_are_known_without_the_policy() {
+        for (value, forbids) in [
+            ("no-store", true),
+            ("max-age=60, Private", true),
+            ("private=\"set-cookie\"", true),
+            ("no-store, must-understand", false),
+            ("max-age=60", false),
+            ("no-cache", false),
+            ("x=\"no-store\"", false),
+        ] {
+            let headers = headers(&[("cache-control", value)]);
+            assert_eq!(forbids_storing(&headers), forbids, "{value}");
+        }
+        assert!(!forbids_storing(&HeaderMap::new()));
     }
 
     #[test]

@@ -255,14 +255,30 @@ impl Filler {
         }
         // From here the stored object counts against its tier's budget.
         self.unreserve();
-        let object_head = Arc::new(ObjectHead::new(
-            self.key.clone(),
-            head.variant.clone(),
-            head.status,
-            head.headers.clone(),
-            head.policy.clone(),
-            received,
-        ));
+        let (key, variant, headers) =
+            (self.key.clone(), head.variant.clone(), head.headers.clone());
+        let object_head = Arc::new(if head.declared_len == Some(received) {
+            // The head written for followers says just this.
+            let block = head.head_block.clone();
+            ObjectHead::with_head_block(
+                key,
+                variant,
+                head.status,
+                headers,
+                head.policy.clone(),
+                received,
+                block,
+            )
+        } else {
+            ObjectHead::new(
+                key,
+                variant,
+                head.status,
+                headers,
+                head.policy.clone(),
+                received,
+            )
+        });
         let in_memory = memory.then(|| self.store_in_memory(&object_head));
         let on_disk = disk.and_then(|writer| self.store_on_disk(&object_head, writer));
         self.drop_older_copies(&object_head, in_memory.is_some(), on_disk.is_some());

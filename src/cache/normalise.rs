@@ -24,7 +24,9 @@
 //!   (RFC 9110 §5.6.7), case aside, rewritten as IMF-fixdate; an invalid or
 //!   repeated `Expires` is "already expired" (RFC 9111 §5.3), the others are
 //!   dropped.
-//! - `Set-Cookie` is left out: RFC 9111 lets a shared cache store it.
+//! - `Set-Cookie` is left out: RFC 9111 lets a shared cache store it. So
+//!   is every header the crate does not read (only `Pragma`, `ETag`,
+//!   `Vary` and `Warning` are given as they are).
 //! - A final status the crate does not know is given as 200 when the
 //!   response has explicit freshness or `public` (RFC 9111 §3: any final
 //!   status may then be stored), since the crate then decides the same way;
@@ -82,12 +84,12 @@ pub type Directive = (String, Option<String>);
 
 /// The response as the policy reads it: status and view headers.
 pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, HeaderMap) {
-    let mut view = HeaderMap::with_capacity(headers.len());
+    let mut view = HeaderMap::with_capacity(8);
     for (name, value) in headers {
-        if !matches!(
-            name.as_str(),
-            "cache-control" | "age" | "date" | "last-modified" | "expires" | "set-cookie"
-        ) {
+        // The crate reads no other header as it is (the dates and
+        // directives are rewritten below): copying the rest would only
+        // cost every miss a map of them.
+        if matches!(name.as_str(), "pragma" | "etag" | "vary" | "warning") {
             view.append(name.clone(), value.clone());
         }
     }

@@ -178,14 +178,20 @@ fn unknown_statuses_with_explicit_freshness_are_judged_as_200() {
 }
 
 #[test]
-fn set_cookie_is_left_out_of_the_view() {
+fn the_view_holds_only_what_the_crate_reads() {
     let v = view(&[
         ("set-cookie", "a=b"),
         ("cache-control", "max-age=60"),
         ("x", "1"),
+        ("etag", "\"e\""),
+        ("vary", "accept"),
+        ("pragma", "no-cache"),
     ]);
     assert!(v.get("set-cookie").is_none());
-    assert!(v.get("x").is_some());
+    assert!(v.get("x").is_none());
+    for kept in ["cache-control", "etag", "vary", "pragma"] {
+        assert!(v.get(kept).is_some(), "{kept}");
+    }
 }
 
 #[test]

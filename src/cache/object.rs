@@ -75,6 +75,28 @@ impl ObjectHead {
         }
     }
 
+    /// The head of a response whose `head_block` was already written for
+    /// followers (with this `body_len` as its `Content-Length`).
+    pub fn with_head_block(
+        key: CacheKey,
+        variant: Variant,
+        status: StatusCode,
+        headers: HeaderMap,
+        policy: Policy,
+        body_len: u64,
+        head_block: Bytes,
+    ) -> ObjectHead {
+        ObjectHead {
+            key,
+            variant,
+            status,
+            headers,
+            policy,
+            body_len,
+            head_block,
+        }
+    }
+
     /// Bytes the head takes in memory, roughly but not below the truth: the
     /// serialised head, the header map and the policy's normalised copy of
     /// it (each entry with its map overhead, about 128 bytes), and the fixed
