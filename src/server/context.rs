@@ -10,6 +10,7 @@ use crate::cache::Cache;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::rules::SharedRules;
+use crate::server::cached::Refresher;
 use crate::server::conn::ClientConn;
 use crate::server::handback::Handback;
 use crate::server::job::Job;
@@ -26,6 +27,8 @@ pub struct Context {
     pub agent: ureq::Agent,
     /// The HTTP cache (off when `cache_mem` is 0).
     pub cache: Cache,
+    /// The cache's own revalidations, made off the request path.
+    pub refresher: Refresher,
     pub shutdown: Arc<Shutdown>,
     pub handback: Handback<ClientConn>,
     pub ids: Arc<RequestIds>,

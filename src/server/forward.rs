@@ -98,6 +98,40 @@ pub fn fetch(
     })
 }
 
+/// Sends `head` to `origin` for the cache alone, with no client behind it
+/// (a revalidation made after a stale answer went out): no body, no
+/// retry, `validators` in place of the client's, under `rules`.
+///
+/// # Errors
+/// The upstream's failure, as for `fetch`.
+pub fn fetch_detached(
+    head: &RequestHead,
+    origin: &Origin,
+    validators: &[(HeaderName, HeaderValue)],
+    request_id: &str,
+    rules: &Arc<Rules>,
+    agent: &ureq::Agent,
+    via_name: &str,
+) -> Result<http::Response<ureq::Body>, ProxyError> {
+    let authority = origin
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let request = upstream_request(
+        head,
+        origin,
+        BodyFraming::Empty,
+        Some(validators),
+        request_id,
+        via_name,
+    )?;
+    transport::begin_attempt(head_bytes(&request));
+    let call = http::Request::from_parts(request, ());
+    upstream::with_rules(rules, || agent.run(call.map(|()| SendBody::none())))
+        .map_err(|err| upstream::map_error(err, &authority))
+}
+
 /// The request sent upstream: the client's method and end-to-end headers
 /// (RFC 9110 §7.6.1), the URL without credentials, `Max-Forwards` one less,
 /// the body's length, our `Via`, and the request id.

@@ -4,8 +4,8 @@
 //! - **hit**: answered from the stored response (`answer::from_store`: in
 //!   full, 304 or 412 for the client's preconditions, 206 or 416 for a
 //!   range), with no origin contact; for `stale-while-revalidate` the
-//!   worker then revalidates the entry with no client waiting
-//!   (`upstream::refresh_later`);
+//!   entry is then revalidated by the cache's own threads, with no client
+//!   waiting (`refresh`);
 //! - **stale**: revalidated (`upstream::revalidate`): a 304 updates the
 //!   stored headers and the client is answered from the entry; any other
 //!   response is relayed and stored; an origin that fails lets the stale
@@ -27,7 +27,10 @@
 //! caching are the cache library's (`crate::cache`).
 
 mod answer;
+mod refresh;
 mod upstream;
+
+pub use refresh::Refresher;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -144,7 +147,7 @@ pub fn serve(
             let outcome = hit.outcome(now);
             let served = answer::hit(&mut ex, &hit.object, outcome, now);
             if hit.revalidate {
-                upstream::refresh_later(&mut ex, &hit.object);
+                upstream::refresh_later(&ex, &hit.object);
             }
             Ok(served)
         }

@@ -1,9 +1,8 @@
 //! Going to the origin through the cache: forwarding untouched (`pass`),
 //! fetching and storing as the body streams (`fill`: the relay reads the
 //! body through a `Tee` that hands every piece to the filler, so followers
-//! read it as it arrives), and revalidating a stale entry (`revalidate`,
-//! and `refresh_later` for `stale-while-revalidate`, after the client has
-//! its answer). What the client receives from the origin is exactly what
+//! read it as it arrives), and revalidating a stale entry (`revalidate`;
+//! for `stale-while-revalidate`, `refresh_later` leaves it to `refresh`). What the client receives from the origin is exactly what
 //! it would receive without a cache.
 
 use std::io::{self, Read};
@@ -16,10 +15,12 @@ use crate::cache::object::has_body;
 use crate::cache::{Filler, Fwd, OriginFailure, Outcome, Stale, StoredObject};
 use crate::error::ProxyError;
 use crate::http::request::{BodyFraming, Header, RequestHead};
+use crate::server::cached::refresh::Refresh;
 use crate::server::cached::{Exchange, answer};
 use crate::server::finish::Served;
 use crate::server::forward::{self, Upstream};
 use crate::server::relay::{self, RelayLimits, UpstreamBody};
+use crate::server::target::Origin;
 
 /// Request headers a revalidation made for the cache alone leaves out:
 /// the client's body, its expectation, its range and its preconditions
@@ -176,58 +177,19 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
     fill(ex, fwd, stale.filler, Some(upstream))
 }
 
-/// After a `stale-while-revalidate` hit was answered: revalidates the
-/// entry with no client waiting (RFC 5861 §3), in this worker. A 304
-/// refreshes it, a full answer replaces it; a failure leaves it as it was.
-pub fn refresh_later(ex: &mut Exchange<'_>, object: &Arc<StoredObject>) {
-    let head = cache_request(ex.head);
-    let validators = object.head.policy.validators(SystemTime::now());
-    let mut own = Exchange {
-        conn: &mut *ex.conn,
-        head: &head,
-        origin: ex.origin,
-        request_id: ex.request_id,
-        rules: ex.rules,
-        ctx: ex.ctx,
-        buf: &mut *ex.buf,
-    };
-    let upstream = match fetch(&mut own, Some(&validators)) {
-        Ok(upstream) => upstream,
-        Err(err) => {
-            log::debug!("revalidating {} failed: {err}", head.target);
-            return;
-        }
-    };
-    let now = SystemTime::now();
-    let (parts, body) = upstream.response.into_parts();
-    if parts.status == StatusCode::NOT_MODIFIED {
-        drain(body);
-        own.cache().refresh(object, &head, &parts, now);
-        return;
-    }
-    let mut filler = own.cache().fill_alone(&head, object.head.key.clone());
-    if filler
-        .response_head(parts.status, &parts.headers, now)
-        .is_err()
-    {
-        return;
-    }
-    let mut reader = body.into_reader();
-    loop {
-        match reader.read(own.buf) {
-            Ok(0) => break,
-            Ok(n) if filler.is_storing() => filler.body(&own.buf[..n]),
-            // Nothing more will be stored: no reason to read on.
-            Ok(_) | Err(_) => return,
-        }
-    }
-    if let Err(why) = filler.finish() {
-        log::debug!(
-            "revalidation of {} not stored: {}",
-            head.target,
-            why.detail()
-        );
-    }
+/// After a `stale-while-revalidate` hit was answered: hands the entry's
+/// revalidation to the cache's own threads (`refresh`), so that neither
+/// this client nor its next request waits on it (RFC 5861 §3).
+pub fn refresh_later(ex: &Exchange<'_>, object: &Arc<StoredObject>) {
+    ex.ctx.refresher.submit(Refresh {
+        head: cache_request(ex.head),
+        origin: Origin {
+            uri: ex.origin.uri.clone(),
+        },
+        object: Arc::clone(object),
+        request_id: ex.request_id.to_string(),
+        rules: Arc::clone(ex.rules),
+    });
 }
 
 /// The request a revalidation for the cache alone sends: the client's,

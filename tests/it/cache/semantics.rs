@@ -410,6 +410,43 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_after() {
 }
 
 #[test]
+fn a_revalidation_in_the_background_holds_up_no_request() {
+    let gate = crate::support::Gate::new();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let origin = Origin::start({
+        let (gate, served) = (gate.clone(), served.clone());
+        move |_| {
+            // The first answer at once; the revalidation waits for the gate.
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n > 0 {
+                gate.wait(LIMIT);
+            }
+            reply_with(
+                &format!("version {n}"),
+                &[("Cache-Control", "max-age=0, stale-while-revalidate=600")],
+            )
+        }
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/background");
+    assert_eq!(get(proxy.addr, &url, &[]).text(), "version 0");
+    // Two requests on one connection while the origin holds the
+    // revalidation: both answered from the stale entry.
+    let mut conn = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    let request = format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n");
+    for _ in 0..2 {
+        std::io::Write::write_all(&mut conn, request.as_bytes()).expect("send");
+        let response = crate::support::raw::read_one(&mut conn, false, LIMIT).expect("an answer");
+        assert_eq!(response.text(), "version 0", "{}", response.head);
+    }
+    let asked = wait_until(LIMIT, || origin.requests().len() == 2);
+    assert!(asked, "the revalidation reached the origin");
+    gate.open();
+    let refreshed = wait_until(LIMIT, || get(proxy.addr, &url, &[]).text() != "version 0");
+    assert!(refreshed, "{:?}", origin.requests());
+}
+
+#[test]
 fn responses_the_origin_keeps_private_are_not_stored() {
     for cache_control in ["private", "no-store", "s-maxage=60, private"] {
         let origin =
