@@ -3,7 +3,9 @@
 //! (Varnish): URLs whose last response could not be shared are fetched by
 //! each request on its own for a while, never serialised behind a fill.
 //! Both tables are bounded: fills leave theirs when they end (their
-//! `Drop` guarantees it), hit-for-miss marks expire and are capped.
+//! `Drop` guarantees it); hit-for-miss marks expire, and past
+//! `MAX_HIT_FOR_MISS` the least useful give way (S3-FIFO, `quick_cache`),
+//! so a crawler's stream of uncacheable URLs costs each request the same.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,7 +30,8 @@ pub enum Role {
 /// Fills in progress and hit-for-miss marks.
 pub struct Collapser {
     fills: Mutex<HashMap<CacheKey, Arc<Fill>>>,
-    hit_for_miss: Mutex<HashMap<CacheKey, Instant>>,
+    /// URL → until when it is fetched alone.
+    hit_for_miss: quick_cache::sync::Cache<CacheKey, Instant>,
     /// How long a hit-for-miss mark lasts.
     hfm_ttl: Duration,
 }
@@ -42,7 +45,7 @@ impl Collapser {
     pub fn new(hfm_ttl: Duration) -> Collapser {
         Collapser {
             fills: Mutex::new(HashMap::new()),
-            hit_for_miss: Mutex::new(HashMap::new()),
+            hit_for_miss: quick_cache::sync::Cache::new(MAX_HIT_FOR_MISS),
             hfm_ttl,
         }
     }
@@ -75,11 +78,10 @@ impl Collapser {
     }
 
     fn is_hit_for_miss(&self, key: &CacheKey) -> bool {
-        let mut marks = lock(&self.hit_for_miss);
-        match marks.get(key) {
-            Some(until) if *until > Instant::now() => true,
+        match self.hit_for_miss.get(key) {
+            Some(until) if until > Instant::now() => true,
             Some(_) => {
-                marks.remove(key);
+                self.hit_for_miss.remove(key);
                 false
             }
             None => false,
@@ -88,19 +90,13 @@ impl Collapser {
 
     /// Marks `key` hit-for-miss for the configured time.
     pub fn mark_hit_for_miss(&self, key: &CacheKey) {
-        let now = Instant::now();
-        let mut marks = lock(&self.hit_for_miss);
-        if marks.len() >= MAX_HIT_FOR_MISS {
-            marks.retain(|_, until| *until > now);
-        }
-        if marks.len() < MAX_HIT_FOR_MISS || marks.contains_key(key) {
-            marks.insert(key.clone(), now + self.hfm_ttl);
-        }
+        self.hit_for_miss
+            .insert(key.clone(), Instant::now() + self.hfm_ttl);
     }
 
     /// Forgets a hit-for-miss mark (the URL was stored after all, or purged).
     pub fn clear_hit_for_miss(&self, key: &CacheKey) {
-        lock(&self.hit_for_miss).remove(key);
+        self.hit_for_miss.remove(key);
     }
 }
 
@@ -136,6 +132,20 @@ mod tests {
         };
         table.leave(&key("/a"), &old);
         assert!(matches!(table.join(&key("/a")), Role::Follow(f) if Arc::ptr_eq(&f, &new)));
+    }
+
+    #[test]
+    fn hit_for_miss_marks_stay_bounded() {
+        let table = Collapser::new(Duration::from_secs(60));
+        for n in 0..2 * MAX_HIT_FOR_MISS {
+            table.mark_hit_for_miss(&key(&format!("/{n}")));
+        }
+        assert!(table.hit_for_miss.len() <= MAX_HIT_FOR_MISS);
+        let last = key(&format!("/{}", 2 * MAX_HIT_FOR_MISS - 1));
+        assert!(
+            matches!(table.join(&last), Role::Alone),
+            "a new mark is kept"
+        );
     }
 
     #[test]
