@@ -12,6 +12,7 @@ mod client_options;
 mod client_terminal;
 mod config;
 mod connect;
+mod drain;
 mod forward;
 mod framing;
 mod limits;
