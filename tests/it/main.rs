@@ -13,6 +13,7 @@ mod client_terminal;
 mod config;
 mod connect;
 mod drain;
+mod fleet;
 mod forward;
 mod framing;
 mod limits;
