@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::http::body::ChunkedReader;
+use crate::http::body::{BodyFraming, ChunkedReader};
 
 /// The largest response head accepted from the proxy.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -61,15 +61,6 @@ impl HttpError {
     }
 }
 
-/// How the end of a response body is found (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
 /// A response head from the proxy.
 #[derive(Debug, Clone)]
 pub struct Head {
@@ -77,7 +68,7 @@ pub struct Head {
     pub reason: String,
     /// `(name, value)` in the order received; values decoded lossily.
     pub headers: Vec<(String, String)>,
-    framing: Framing,
+    framing: BodyFraming,
     keep_alive: bool,
 }
 
@@ -176,8 +167,8 @@ impl ProxyConnection {
         };
         let control = &conn.control;
         let result = match head.framing {
-            Framing::Empty => Ok(0),
-            Framing::Length(want) => {
+            BodyFraming::Empty => Ok(0),
+            BodyFraming::Length(want) => {
                 let mut body = (&mut conn.reader).take(want);
                 copy(&mut body, out, control, deadline, stop, on_bytes).and_then(|got| {
                     if got == want {
@@ -187,11 +178,13 @@ impl ProxyConnection {
                     }
                 })
             }
-            Framing::Chunked => {
+            BodyFraming::Chunked => {
                 let mut body = ChunkedReader::new(&mut conn.reader);
                 copy(&mut body, out, control, deadline, stop, on_bytes)
             }
-            Framing::UntilClose => copy(&mut conn.reader, out, control, deadline, stop, on_bytes),
+            BodyFraming::UntilClose => {
+                copy(&mut conn.reader, out, control, deadline, stop, on_bytes)
+            }
         };
         if result.is_err() || !head.keep_alive {
             // After a failed body we cannot tell where the next response starts.
@@ -205,8 +198,8 @@ impl ProxyConnection {
     /// Large or unframed bodies are not read: the connection is closed instead.
     pub fn discard_body(&mut self, head: &Head, deadline: Instant, stop: &AtomicBool) -> Vec<u8> {
         match head.framing {
-            Framing::Length(n) if n > DRAIN_LIMIT => self.conn = None,
-            Framing::UntilClose => self.conn = None,
+            BodyFraming::Length(n) if n > DRAIN_LIMIT => self.conn = None,
+            BodyFraming::UntilClose => self.conn = None,
             _ => {
                 let mut sink = CappedSink::default();
                 if self
@@ -385,12 +378,12 @@ fn parse_head(response: &httparse::Response<'_, '_>) -> Result<Head, HttpError> 
     let lengths = values("content-length");
     // RFC 9112 §6.3: no body for 1xx, 204 and 304; chunked wins over length.
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
-        Framing::Empty
+        BodyFraming::Empty
     } else if !coding.is_empty() {
         if coding.last().map(String::as_str) == Some("chunked") {
-            Framing::Chunked
+            BodyFraming::Chunked
         } else {
-            Framing::UntilClose
+            BodyFraming::UntilClose
         }
     } else if let Some(first) = lengths.first() {
         if lengths.iter().any(|l| l != first) {
@@ -399,12 +392,12 @@ fn parse_head(response: &httparse::Response<'_, '_>) -> Result<Head, HttpError> 
         let n = first
             .parse::<u64>()
             .map_err(|_| HttpError::Protocol(format!("bad Content-Length {first:?}")))?;
-        Framing::Length(n)
+        BodyFraming::Length(n)
     } else {
-        Framing::UntilClose
+        BodyFraming::UntilClose
     };
     let connection = values("connection");
-    let keep_alive = framing != Framing::UntilClose
+    let keep_alive = framing != BodyFraming::UntilClose
         && match response.version {
             Some(1) => !connection.iter().any(|v| v == "close"),
             _ => connection.iter().any(|v| v == "keep-alive"),
