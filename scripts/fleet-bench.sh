@@ -207,7 +207,7 @@ done
 
 echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-echo "commit:  $(git describe --always --dirty 2>/dev/null || echo 'not a git checkout')"
+echo "commit:  $(git describe --always --dirty 2>/dev/null || echo 'not a git checkout'), binary $FETCHPROXY"
 echo "haproxy: $(haproxy -v | head -1 | cut -d' ' -f3)"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min), CPUs $(idle_share) before"
 echo "wrk:     2 threads, $connections connections, $urls URLs of 1 KiB, ${run_seconds} s a run"
@@ -224,14 +224,14 @@ else
 fi
 load 3 # warm-up: connections, caches
 o1=$(origin_requests); load "$run_seconds"; o2=$(origin_requests)
-echo "1 instance:  $rate req/s through HAProxy, $failed failed, hit ratio $(hit_ratio "$o1" "$o2" "$requests")"
+echo "1 instance:  $rate req/s through HAProxy, $failed failed, hit ratio $(hit_ratio "$o1" "$o2" "$requests") ($(( o2 - o1 )) origin requests)"
 stop_fleet a
 
 for name in a b c; do start_instance "$name"; done
 start_haproxy a b c
 load 3
 o1=$(origin_requests); load "$run_seconds"; o2=$(origin_requests)
-echo "3 instances: $rate req/s through HAProxy, $failed failed, hit ratio $(hit_ratio "$o1" "$o2" "$requests")"
+echo "3 instances: $rate req/s through HAProxy, $failed failed, hit ratio $(hit_ratio "$o1" "$o2" "$requests") ($(( o2 - o1 )) origin requests)"
 
 # 2. Losing one instance: its URLs move to the others, which must fetch
 # them once before they hit again.
@@ -239,7 +239,7 @@ kill -KILL "${instance_pid[b]}"
 wait "${instance_pid[b]}" 2>/dev/null || true
 wait_for_state b 0
 o1=$(origin_requests); load "$run_seconds"; o2=$(origin_requests)
-echo "b killed:    $rate req/s through HAProxy, $failed failed, hit ratio $(hit_ratio "$o1" "$o2" "$requests") (first $run_seconds s after)"
+echo "b killed:    $rate req/s through HAProxy, $failed failed, hit ratio $(hit_ratio "$o1" "$o2" "$requests") ($(( o2 - o1 )) origin requests in the first $run_seconds s)"
 start_instance b
 wait_for_state b 2
 
@@ -251,6 +251,7 @@ out="$work/roll.wrk"
 wrk -t2 -c"$connections" -d"${load_seconds}"s --timeout 10s -s "$work/urls.lua" \
   "http://$haproxy_addr/" >"$out" &
 wrk_pid=$!
+o1=$(origin_requests)
 sleep 3
 for name in a b c; do
   started=$(date +%s.%N)
@@ -269,7 +270,8 @@ requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$out")
 non2xx=$(sed -n 's/^ *Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' "$out")
 errors=$(sed -n 's/^ *Socket errors: connect \([0-9]*\), read \([0-9]*\), write \([0-9]*\), timeout \([0-9]*\).*/\1+\2+\3+\4/p' "$out")
 failed=$(( ${non2xx:-0} + ${errors:-0} ))
-echo "rolling restart of 3 under load: $requests requests in ${load_seconds} s, $failed failed"
+o2=$(origin_requests)
+echo "rolling restart of 3 under load: $requests requests in ${load_seconds} s, $failed failed, $(( o2 - o1 )) origin requests"
 grep -E "Socket errors|Non-2xx" "$out" || true
 stop_fleet a b c
 kill -TERM "$(cat "$work/nginx/nginx.pid")" 2>/dev/null || true
