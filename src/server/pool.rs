@@ -12,6 +12,11 @@ use crate::server::context::Context;
 use crate::server::job::Job;
 use crate::server::worker;
 
+/// How long a join waits at least: ample for idle workers to wake up and
+/// end. A request that ends within it counts as finished; one still running
+/// after it is cut short as before.
+const WIND_DOWN: Duration = Duration::from_millis(200);
+
 /// The running workers.
 pub struct Pool {
     handles: Vec<JoinHandle<()>>,
@@ -39,7 +44,12 @@ impl Pool {
 
     /// Waits for every worker to finish, until `deadline` or until
     /// `give_up()` says to stop waiting. True when all finished.
+    ///
+    /// Workers end once the queue's sender is gone, which may be at the
+    /// deadline itself (the acceptor keeps idle connections open to the end
+    /// of the grace period): idle workers get `WIND_DOWN` past it to see that.
     pub fn join(self, deadline: Instant, give_up: impl Fn() -> bool) -> bool {
+        let deadline = deadline.max(Instant::now() + WIND_DOWN);
         while Instant::now() < deadline && !give_up() {
             if self.handles.iter().all(JoinHandle::is_finished) {
                 for handle in self.handles {

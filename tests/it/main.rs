@@ -13,6 +13,8 @@ mod client_options;
 mod client_terminal;
 mod config;
 mod connect;
+mod drain;
+mod fleet;
 mod forward;
 mod framing;
 mod limits;

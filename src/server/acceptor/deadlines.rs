@@ -1,12 +1,13 @@
 //! Deadlines, lingering and draining: parked connections past
 //! `header_timeout` or `idle_timeout` are closed (408 for a head that began
 //! to arrive, then a lingering close); answered connections that must close
-//! linger here, whoever answered them; on shutdown the listeners close and
-//! every connection that has not begun a request with them.
+//! linger here, whoever answered them; on shutdown the listeners close, and
+//! open connections get one more answer or their idle deadline, within the
+//! grace period.
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use rustix::net::RecvFlags;
@@ -101,7 +102,17 @@ impl Acceptor {
         self.on_readable(key);
     }
 
-    /// Closes the listeners and every connection that has not begun a request.
+    /// Closes the listeners; the connections already open stay until they
+    /// are answered or their deadline passes, at the latest at the end of
+    /// the grace period.
+    ///
+    /// An idle keep-alive connection is not closed here: its client (a load
+    /// balancer above all) may be sending its next request at this very
+    /// moment, and a close would lose that request with no answer (RFC 9112
+    /// §9.3.1: only the client can tell whether to retry it). Instead a
+    /// request that arrives is served with `Connection: close`, and an idle
+    /// connection closes at its idle deadline, by which time the balancer
+    /// has seen the closed listener (or `/healthz` 503) and sends nothing more.
     pub(super) fn start_draining(&mut self) {
         self.draining = true;
         // A head still arriving gets until the end of the grace period, not
@@ -116,43 +127,24 @@ impl Acceptor {
         }
         // Dropping the listeners closes them: new connections are refused.
         self.listeners.clear();
-        // A request that already arrived, on a parked connection or one just
-        // handed back, is served rather than dropped.
+        // Connections just handed back are parked first, so that they too
+        // wait under the grace period's deadline.
         self.take_returns();
-        let parked: Vec<usize> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| matches!(entry, Entry::Parked { .. }))
-            .map(|(key, _)| key)
-            .collect();
-        for key in parked {
-            self.on_readable(key);
-        }
-        let idle: Vec<usize> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| match entry {
-                Entry::Parked { conn, phase, .. } => {
-                    *phase == Phase::Idle || conn.pending().is_empty()
-                }
-                Entry::Busy { .. } => false,
-            })
-            .map(|(key, _)| key)
-            .collect();
-        for key in idle {
-            self.close(key);
-        }
+        let mut parked = 0;
         for (_, entry) in self.entries.iter_mut() {
             if let Entry::Parked { deadline, .. } = entry {
                 *deadline = (*deadline).min(grace_end);
+                parked += 1;
             }
         }
-        let arriving = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| matches!(entry, Entry::Parked { .. }))
-            .count();
-        log::info!("draining: listeners closed, {arriving} request heads still arriving");
+        log::info!(
+            "draining: listeners closed; {parked} waiting connections get one more answer or close at their deadline"
+        );
+    }
+
+    /// `wait` from now, or the end of the grace period when that comes first.
+    pub(super) fn deadline_after(&self, wait: Duration) -> Instant {
+        within_grace(Instant::now() + wait, self.grace_end)
     }
 
     /// Whether any connection is waiting here (the acceptor must stay to serve it).
@@ -183,4 +175,9 @@ pub(super) fn drain_input(stream: &TcpStream, scratch: &mut [u8]) -> bool {
             Err(_) => return true,
         }
     }
+}
+
+/// `deadline`, or the end of the grace period when that comes first.
+pub(super) fn within_grace(deadline: Instant, grace_end: Option<Instant>) -> Instant {
+    grace_end.map_or(deadline, |end| deadline.min(end))
 }

@@ -37,7 +37,7 @@ use crate::server::listen::set_client_options;
 use crate::server::request_id::RequestIds;
 use crate::shutdown::Shutdown;
 use answers::send_now;
-use deadlines::drain_input;
+use deadlines::{drain_input, within_grace};
 
 mod answers;
 mod deadlines;
@@ -316,27 +316,13 @@ impl Acceptor {
                 return;
             }
         };
-        if self.draining {
-            // Serve a next request that is already here; close otherwise.
-            let deadline = self.grace_end.unwrap_or_else(Instant::now);
-            self.entries[key] = Entry::Parked {
-                conn,
-                phase: Phase::Idle,
-                deadline,
-            };
-            self.on_readable(key);
-            if let Some(Entry::Parked { conn, .. }) = self.entries.get(key)
-                && conn.pending().is_empty()
-            {
-                self.close(key);
-            }
-            return;
-        }
-        let now = Instant::now();
+        // While draining too: the client may be sending its next request
+        // right now, so the connection waits for it (answered with
+        // `Connection: close`) or for its idle deadline, never cut here.
         let (phase, deadline) = if conn.pending().is_empty() {
-            (Phase::Idle, now + self.config.idle_timeout)
+            (Phase::Idle, self.deadline_after(self.config.idle_timeout))
         } else {
-            (Phase::Head, now + self.config.header_timeout)
+            (Phase::Head, self.deadline_after(self.config.header_timeout))
         };
         self.entries[key] = Entry::Parked {
             conn,
@@ -417,7 +403,7 @@ impl Acceptor {
         }
         if *phase == Phase::Idle {
             *phase = Phase::Head;
-            *deadline = Instant::now() + self.config.header_timeout;
+            *deadline = within_grace(Instant::now() + self.config.header_timeout, self.grace_end);
         }
         let limits = HeadLimits {
             max_header_bytes: self.config.max_header_bytes,

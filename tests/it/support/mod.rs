@@ -5,7 +5,9 @@
 #![allow(dead_code, unused_imports)] // each test module uses a different part of the harness
 
 pub mod client;
+pub mod fleet;
 pub mod haproxy;
+pub mod load;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
