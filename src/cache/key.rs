@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, Uri};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::cache::{language, normal};
 use crate::http::request::RequestHead;
 
 /// Why a request target cannot be a cache key.
@@ -24,109 +25,6 @@ pub enum KeyError {
     /// Only http and https responses are cached.
     #[error("scheme {0:?} is not cached")]
     Scheme(String),
-}
-
-/// Whether `target` is already written as the URL parser would write it,
-/// so that it is its own key: `http` or `https`, a host name in lowercase
-/// (whose last label starts with a letter, so it is no IPv4 address in
-/// disguise, and none in IDNA form) or a dotted IPv4 address, a port that
-/// is not the scheme's default, a path, and an optional query, all of
-/// characters the parser keeps as they are, with no dot segments, no
-/// userinfo and no fragment. Most requests are: a lookup then parses
-/// nothing. Anything else takes the parser's way.
-fn is_normal(target: &str) -> bool {
-    let target = target.as_bytes();
-    let (rest, default_port): (&[u8], &[u8]) = if let Some(rest) = target.strip_prefix(b"http://") {
-        (rest, b"80")
-    } else if let Some(rest) = target.strip_prefix(b"https://") {
-        (rest, b"443")
-    } else {
-        return false;
-    };
-    let Some(slash) = rest.iter().position(|&b| b == b'/') else {
-        return false;
-    };
-    let (authority, path_and_query) = rest.split_at(slash);
-    let (host, port) = match authority.iter().position(|&b| b == b':') {
-        Some(colon) => (&authority[..colon], Some(&authority[colon + 1..])),
-        None => (authority, None),
-    };
-    let port_ok = port.is_none_or(|port| {
-        (1..=5).contains(&port.len())
-            && port.iter().all(u8::is_ascii_digit)
-            && port[0] != b'0'
-            && port != default_port
-            && number(port) <= 65535
-    });
-    let (path, query) = match path_and_query.iter().position(|&b| b == b'?') {
-        Some(mark) => (&path_and_query[..mark], Some(&path_and_query[mark + 1..])),
-        None => (path_and_query, None),
-    };
-    port_ok
-        && is_normal_host(host)
-        && path
-            .split(|&b| b == b'/')
-            .all(|segment| segment != b"." && segment != b"..")
-        && kept_as_is(path, b"")
-        && query.is_none_or(|query| kept_as_is(query, b"/?"))
-}
-
-/// The value of a short run of ASCII digits.
-fn number(digits: &[u8]) -> u32 {
-    digits.iter().fold(0, |n, &d| n * 10 + u32::from(d - b'0'))
-}
-
-/// A lowercase host name whose labels are plain, or a dotted IPv4 address.
-fn is_normal_host(host: &[u8]) -> bool {
-    let labels = || host.split(|&b| b == b'.');
-    let named = labels().all(|label| {
-        !label.is_empty()
-            && !label.starts_with(b"xn--")
-            && label
-                .iter()
-                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    }) && labels()
-        .next_back()
-        .is_some_and(|last| last.first().is_some_and(u8::is_ascii_lowercase));
-    let octet = |label: &[u8]| {
-        (1..=3).contains(&label.len())
-            && label.iter().all(u8::is_ascii_digit)
-            && (label.len() == 1 || label[0] != b'0')
-            && number(label) <= 255
-    };
-    named || (labels().count() == 4 && labels().all(octet))
-}
-
-/// Whether the parser keeps `text` byte for byte: unreserved characters,
-/// sub-delimiters but `'` (encoded in the query of http(s) URLs), `:`,
-/// `@`, `/`, `extra`, and `%` with two hex digits but never an encoded dot
-/// (which the parser reads as a dot segment).
-fn kept_as_is(bytes: &[u8], extra: &[u8]) -> bool {
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3);
-            let Some(&[high, low]) = hex else {
-                return false;
-            };
-            if !high.is_ascii_hexdigit()
-                || !low.is_ascii_hexdigit()
-                || (high == b'2' && low.eq_ignore_ascii_case(&b'e'))
-            {
-                return false;
-            }
-            i += 3;
-            continue;
-        }
-        let plain =
-            b.is_ascii_alphanumeric() || b"-._~!$&()*+,;=:@/".contains(&b) || extra.contains(&b);
-        if !plain {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 /// Ends the key of a URL's stored parts: a normalised URL never has a
@@ -148,7 +46,7 @@ impl CacheKey {
     /// `BadUrl` when `target` is not an absolute URL with a host, `Scheme`
     /// when it is not http or https.
     pub fn from_target(target: &str) -> Result<CacheKey, KeyError> {
-        if is_normal(target) {
+        if normal::is_normal(target) {
             return Ok(CacheKey {
                 url: Arc::from(target),
             });
@@ -365,7 +263,7 @@ impl Variant {
         if served.contains(&b',') {
             return false;
         }
-        preferred_language(request.header_values("accept-language"))
+        language::preferred(request.header_values("accept-language"))
             .is_some_and(|preferred| preferred.eq_ignore_ascii_case(served))
     }
 
@@ -386,55 +284,6 @@ impl Variant {
             }
         }
         hasher.digest128()
-    }
-}
-
-/// The language tag an `Accept-Language` prefers strictly above every
-/// other (RFC 9110 §12.4.2 weights, 1 when absent); `None` for a tie, a
-/// wildcard, or nothing acceptable.
-fn preferred_language<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<&'a [u8]> {
-    let mut best: Option<(&[u8], u32)> = None;
-    let mut tied = false;
-    for item in lines.flat_map(|line| line.split(|&b| b == b',')) {
-        let mut parts = item.split(|&b| b == b';');
-        let tag = parts.next().unwrap_or_default().trim_ascii();
-        if tag.is_empty() {
-            continue;
-        }
-        let weight = parts
-            .find_map(|param| {
-                let param = param.trim_ascii();
-                let value = param
-                    .strip_prefix(b"q=")
-                    .or_else(|| param.strip_prefix(b"Q="))?;
-                Some(qvalue(value.trim_ascii()))
-            })
-            .unwrap_or(Some(1000))?;
-        match best {
-            Some((_, top)) if weight < top => {}
-            Some((_, top)) if weight == top => tied = true,
-            _ => {
-                best = Some((tag, weight));
-                tied = false;
-            }
-        }
-    }
-    let (tag, weight) = best?;
-    (!tied && weight > 0 && tag != b"*").then_some(tag)
-}
-
-/// A qvalue (RFC 9110 §12.4.2) in thousandths; `None` when malformed.
-fn qvalue(text: &[u8]) -> Option<u32> {
-    let text = std::str::from_utf8(text).ok()?;
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let thousandths = format!("{fraction:0<3}").parse::<u32>().ok()?;
-    match whole {
-        "0" => Some(thousandths),
-        "1" if thousandths == 0 => Some(1000),
-        _ => None,
     }
 }
 
@@ -486,62 +335,6 @@ mod tests {
         let port = CacheKey::from_target("http://example.com:8080/").expect("key");
         assert_eq!(port.as_str(), "http://example.com:8080/");
         assert!(port.uri().is_ok());
-    }
-
-    #[test]
-    fn targets_already_normal_are_their_own_key() {
-        for normal in [
-            "http://example.com/",
-            "http://example.com:8080/a/b.tar.gz?x=1&y=%2F",
-            "https://h-1.example/a;b=c/@d:e?q=/?&z=*",
-            "http://127.0.0.1:18931/64k.bin",
-            "http://a.b/%41%7e",
-        ] {
-            assert!(is_normal(normal), "{normal}");
-            let parsed = url::Url::parse(normal).expect("valid");
-            assert_eq!(parsed.as_str(), normal);
-        }
-        for other in [
-            "http://example.com",
-            "HTTP://example.com/",
-            "http://Example.com/",
-            "http://example.com:80/",
-            "https://example.com:443/",
-            "http://127.1/",
-            "http://0x7f.0.0.1/",
-            "http://a.0x1/",
-            "http://a.1/",
-            "http://xn--abc.example/",
-            "http://user@h/",
-            "http://h/a/../b",
-            "http://h/a/./b",
-            "http://h/%2e%2E/x",
-            "http://h/a b",
-            "http://h/a\\b",
-            "http://h/a?b='c'",
-            "http://h/a#frag",
-            "http://h/%zz",
-            "http://h:0080/",
-            "http://h:99999/",
-            "http://h..a/",
-            "http://[::1]/",
-        ] {
-            assert!(!is_normal(other), "{other}");
-        }
-    }
-
-    proptest::proptest! {
-        /// Whatever the fast path takes as normal, the URL parser writes
-        /// the same way.
-        #[test]
-        fn the_fast_path_agrees_with_the_parser(
-            target in "(http|https)://[a-z0-9.:-]{1,12}/[a-zA-Z0-9%./?;=&'@~!*()+,_:-]{0,24}"
-        ) {
-            if is_normal(&target) {
-                let parsed = url::Url::parse(&target).map(|url| url.to_string());
-                proptest::prop_assert_eq!(parsed.as_deref(), Ok(target.as_str()));
-            }
-        }
     }
 
     #[test]
@@ -668,9 +461,6 @@ mod tests {
             &request("GET", "http://h/", &[("accept-language", "de")]),
             &two
         ));
-        assert_eq!(qvalue(b"0.25"), Some(250));
-        assert_eq!(qvalue(b"1.000"), Some(1000));
-        assert_eq!(qvalue(b"1.5"), None);
     }
 
     #[test]

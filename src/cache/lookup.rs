@@ -303,48 +303,6 @@ impl Cache {
         }
     }
 
-    /// A filler for the answer to a POST that later GETs of its URL may
-    /// reuse (RFC 9110 §9.3.3): one with explicit freshness and a
-    /// `Content-Location` naming the request's own URL, whose content is
-    /// then a representation of that resource (RFC 9110 §8.7). It is
-    /// stored as the URL's GET response. `None` for any other answer; call
-    /// after `invalidate`, which the POST's success calls for first.
-    pub fn post_filler(&self, head: &RequestHead, headers: &http::HeaderMap) -> Option<Filler> {
-        if !self.is_enabled() || head.method != "POST" {
-            return None;
-        }
-        let key = CacheKey::from_target(&head.target).ok()?;
-        let names_itself = headers
-            .get_all(http::header::CONTENT_LOCATION)
-            .iter()
-            .any(|value| key.same_origin(value.as_bytes()).as_ref() == Some(&key));
-        let cache_control = || {
-            headers
-                .get_all(http::header::CACHE_CONTROL)
-                .iter()
-                .map(|v| v.as_bytes())
-        };
-        let explicit = directive(cache_control(), "max-age").is_some()
-            || directive(cache_control(), "s-maxage").is_some()
-            || headers.contains_key(http::header::EXPIRES);
-        if !names_itself || !explicit {
-            return None;
-        }
-        let body_headers = ["content-length", "transfer-encoding", "expect"];
-        let as_get = RequestHead {
-            method: "GET".to_string(),
-            target: head.target.clone(),
-            version: head.version,
-            headers: head
-                .headers
-                .iter()
-                .filter(|h| !body_headers.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
-                .cloned()
-                .collect(),
-        };
-        Some(self.fill_alone(&as_get, key))
-    }
-
     /// A filler nobody follows (a stale entry's refetch, a hit-for-miss
     /// URL, a background revalidation's full answer).
     pub fn fill_alone(&self, head: &RequestHead, key: CacheKey) -> Filler {

@@ -1,12 +1,13 @@
 //! The HTTP cache: an RFC 9111 shared cache in memory and, optionally, on
-//! disk. It owns keys (`key`), policy (`policy`, from the
-//! `http-cache-semantics` crate, reading headers as `normalise` prepares
-//! them), what is stored where (`admission`), the stored objects and their
-//! readers (`object`, `reader`), the two stores (`tier`, `disk`), fills
-//! that followers read while they are written (`fill`, `filler`,
-//! `collapse`), the pure helpers that answer from a stored object
-//! (`reply`, `conditional`, `range`) and the outcome and its counters
-//! (`status`, `stats`).
+//! disk. It owns keys (`key`, with `normal` for targets that are their own
+//! key and `language` for `Accept-Language` variants), policy (`policy`,
+//! from the `http-cache-semantics` crate, reading headers as `normalise`
+//! prepares them), what is stored where (`admission`), the stored objects
+//! and their readers (`object`, `reader`), the two stores (`tier`,
+//! `disk`), fills that followers read while they are written (`fill`,
+//! `filler`, `collapse`), what unsafe methods do (`unsafe_methods`), the
+//! pure helpers that answer from a stored object (`reply`, `conditional`,
+//! `range`) and the outcome and its counters (`status`, `stats`).
 //! It owns no sockets and never calls the upstream: the request path does
 //! both, and calls the cache in between.
 //!
@@ -100,7 +101,9 @@ pub mod disk;
 pub mod fill;
 pub mod filler;
 pub mod key;
+mod language;
 mod lookup;
+mod normal;
 mod normalise;
 pub mod object;
 pub mod policy;
@@ -110,6 +113,7 @@ pub mod reply;
 pub mod stats;
 pub mod status;
 mod tier;
+mod unsafe_methods;
 
 #[cfg(test)]
 mod testing;
@@ -344,7 +348,7 @@ impl Cache {
     }
 
     /// Removes every variant of `key` from both tiers, and its stored parts.
-    fn remove(&self, key: &CacheKey) -> bool {
+    pub(crate) fn remove(&self, key: &CacheKey) -> bool {
         let parts = self
             .shared
             .memory
@@ -365,37 +369,5 @@ impl Cache {
             .as_ref()
             .and_then(|d| d.tier.remove(key.as_str()));
         in_memory || on_disk.is_some() || parts
-    }
-
-    /// After an unsafe method's response: RFC 9111 §4.4 invalidates the
-    /// target URL and same-origin `Location` / `Content-Location` when the
-    /// status is 2xx or 3xx. Returns whether anything was removed.
-    pub fn invalidate(
-        &self,
-        head: &crate::http::request::RequestHead,
-        status: u16,
-        headers: &http::HeaderMap,
-    ) -> bool {
-        if matches!(head.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE")
-            || !(200..400).contains(&status)
-            || !self.is_enabled()
-        {
-            return false;
-        }
-        let Ok(key) = CacheKey::from_target(&head.target) else {
-            return false;
-        };
-        let mut removed = self.remove(&key);
-        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
-            for value in headers.get_all(&name) {
-                if let Some(other) = key.same_origin(value.as_bytes()) {
-                    removed |= self.remove(&other);
-                }
-            }
-        }
-        if removed {
-            stats::bump(&self.shared.stats.invalidations);
-        }
-        removed
     }
 }

@@ -1,0 +1,87 @@
+//! What requests with unsafe methods do to the cache: a success
+//! invalidates the URL and the same-origin URLs the answer names (RFC 9111
+//! §4.4), and a POST answer that says it is the URL's representation is
+//! kept for later GETs (RFC 9110 §9.3.3). Extension methods the proxy
+//! forwards count as unsafe.
+
+use crate::cache::key::CacheKey;
+use crate::cache::policy::directive;
+use crate::cache::stats;
+use crate::cache::{Cache, Filler};
+use crate::http::request::RequestHead;
+
+impl Cache {
+    /// After an unsafe method's response: RFC 9111 §4.4 invalidates the
+    /// target URL and same-origin `Location` / `Content-Location` when the
+    /// status is 2xx or 3xx. Returns whether anything was removed.
+    pub fn invalidate(
+        &self,
+        head: &crate::http::request::RequestHead,
+        status: u16,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        if matches!(head.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE")
+            || !(200..400).contains(&status)
+            || !self.is_enabled()
+        {
+            return false;
+        }
+        let Ok(key) = CacheKey::from_target(&head.target) else {
+            return false;
+        };
+        let mut removed = self.remove(&key);
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            for value in headers.get_all(&name) {
+                if let Some(other) = key.same_origin(value.as_bytes()) {
+                    removed |= self.remove(&other);
+                }
+            }
+        }
+        if removed {
+            stats::bump(&self.shared.stats.invalidations);
+        }
+        removed
+    }
+
+    /// A filler for the answer to a POST that later GETs of its URL may
+    /// reuse (RFC 9110 §9.3.3): one with explicit freshness and a
+    /// `Content-Location` naming the request's own URL, whose content is
+    /// then a representation of that resource (RFC 9110 §8.7). It is
+    /// stored as the URL's GET response. `None` for any other answer; call
+    /// after `invalidate`, which the POST's success calls for first.
+    pub fn post_filler(&self, head: &RequestHead, headers: &http::HeaderMap) -> Option<Filler> {
+        if !self.is_enabled() || head.method != "POST" {
+            return None;
+        }
+        let key = CacheKey::from_target(&head.target).ok()?;
+        let names_itself = headers
+            .get_all(http::header::CONTENT_LOCATION)
+            .iter()
+            .any(|value| key.same_origin(value.as_bytes()).as_ref() == Some(&key));
+        let cache_control = || {
+            headers
+                .get_all(http::header::CACHE_CONTROL)
+                .iter()
+                .map(|v| v.as_bytes())
+        };
+        let explicit = directive(cache_control(), "max-age").is_some()
+            || directive(cache_control(), "s-maxage").is_some()
+            || headers.contains_key(http::header::EXPIRES);
+        if !names_itself || !explicit {
+            return None;
+        }
+        let body_headers = ["content-length", "transfer-encoding", "expect"];
+        let as_get = RequestHead {
+            method: "GET".to_string(),
+            target: head.target.clone(),
+            version: head.version,
+            headers: head
+                .headers
+                .iter()
+                .filter(|h| !body_headers.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+                .cloned()
+                .collect(),
+        };
+        Some(self.fill_alone(&as_get, key))
+    }
+}
