@@ -1,14 +1,15 @@
 //! The HTTP cache end to end, through curl and raw sockets, against
 //! origins the tests script: what is stored and served again
-//! (`semantics`), concurrent misses and fills (`collapse`), the disk tier
-//! across restarts and crashes, and memory bounds (`disk`), and how the
-//! cache reports itself: Cache-Status, the access log, `/metrics`, PURGE
-//! (`reporting`).
+//! (`semantics`), stale entries (`stale`), concurrent misses and fills
+//! (`collapse`), the disk tier across restarts and crashes, and memory
+//! bounds (`disk`), and how the cache reports itself: Cache-Status, the
+//! access log, `/metrics`, PURGE (`reporting`).
 
 mod collapse;
 mod disk;
 mod reporting;
 mod semantics;
+mod stale;
 
 use std::net::SocketAddr;
 use std::time::Duration;
