@@ -12,6 +12,7 @@ mod endpoints;
 mod finish;
 mod forward;
 mod handback;
+mod idle;
 mod job;
 mod limits;
 mod listen;
@@ -37,6 +38,8 @@ use crate::shutdown::Shutdown;
 use acceptor::Acceptor;
 use context::Context;
 use handback::Handback;
+use idle::IdleWorkers;
+use job::JobQueue;
 use limits::ConnLimits;
 pub use listen::StartError;
 use pool::Pool;
@@ -159,12 +162,13 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         limits: limits.clone(),
         queue: jobs_rx.clone(),
     });
-    let pool = Pool::spawn(config.workers.get(), &jobs_rx, &ctx)?;
+    let idle = IdleWorkers::new(config.workers.get());
+    let pool = Pool::spawn(config.workers.get(), &jobs_rx, &idle, &ctx)?;
     drop(jobs_rx);
     let acceptor = Acceptor::new(
         poll,
         listeners,
-        jobs_tx,
+        JobQueue::new(jobs_tx, idle),
         acceptor_handback,
         shutdown.clone(),
         config.clone(),

@@ -1,5 +1,6 @@
-//! The worker pool: N named threads on one crossbeam `Receiver`, and the
-//! join against the grace deadline. Knows nothing of HTTP.
+//! The worker pool: N named threads on one crossbeam `Receiver`, waiting
+//! between jobs on the idle stack (`idle`), and the join against the grace
+//! deadline. Knows nothing of HTTP.
 
 use std::io;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::server::context::Context;
+use crate::server::idle::IdleWorkers;
 use crate::server::job::Job;
 use crate::server::worker;
 
@@ -28,15 +30,20 @@ impl Pool {
     ///
     /// # Errors
     /// When a thread cannot be spawned.
-    pub fn spawn(count: usize, jobs: &Receiver<Job>, ctx: &Arc<Context>) -> io::Result<Pool> {
+    pub fn spawn(
+        count: usize,
+        jobs: &Receiver<Job>,
+        idle: &Arc<IdleWorkers>,
+        ctx: &Arc<Context>,
+    ) -> io::Result<Pool> {
         let mut handles = Vec::with_capacity(count);
         for n in 1..=count {
-            let (jobs, ctx) = (jobs.clone(), ctx.clone());
+            let (jobs, idler, ctx) = (jobs.clone(), idle.idler(), ctx.clone());
             let handle = thread::Builder::new()
-                // Workers copy through a 64 KiB heap buffer; the stack stays small.
+                // Bodies go through a heap buffer; the stack stays small.
                 .stack_size(256 * 1024)
                 .name(format!("worker-{n}"))
-                .spawn(move || worker::run(jobs, ctx))?;
+                .spawn(move || worker::run(jobs, idler, ctx))?;
             handles.push(handle);
         }
         Ok(Pool { handles })

@@ -44,6 +44,7 @@ use crate::server::conn::ClientConn;
 use crate::server::context::Context;
 use crate::server::endpoints;
 use crate::server::finish::{self, Request, Served};
+use crate::server::idle::Idler;
 use crate::server::job::Job;
 use crate::server::target::{self, Route};
 use crate::server::tunnel::{self, TunnelSlot};
@@ -63,10 +64,11 @@ enum Handled {
 }
 
 /// The worker thread's body: serve jobs until the acceptor drops the sender
-/// and the queue is empty. A panic stays inside one connection.
-pub fn run(jobs: Receiver<Job>, ctx: Arc<Context>) {
+/// and the queue is empty; between jobs, wait on the idle stack (`idle`).
+/// A panic stays inside one connection.
+pub fn run(jobs: Receiver<Job>, idler: Idler, ctx: Arc<Context>) {
     let mut buf = vec![0u8; COPY_BUFFER_BYTES].into_boxed_slice();
-    for job in jobs.iter() {
+    while let Some(job) = idler.next_job(&jobs) {
         let _busy = ctx.metrics.worker_busy();
         let peer = job.conn.peer;
         // Panics while a request is handled are answered in `serve_one`;

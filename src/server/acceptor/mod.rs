@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use rustix::net::RecvFlags;
@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::rules::SharedRules;
 use crate::server::conn::ClientConn;
 use crate::server::handback::{Handback, Return};
-use crate::server::job::Job;
+use crate::server::job::{Job, JobQueue};
 use crate::server::limits::ConnLimits;
 #[cfg(not(target_os = "linux"))]
 use crate::server::listen::set_client_options;
@@ -92,7 +92,7 @@ pub struct Acceptor {
     /// Token of the first connection: one past the listeners' tokens.
     conn_base: usize,
     entries: Slab<Entry>,
-    jobs: Sender<Job>,
+    jobs: JobQueue,
     returns: Receiver<Return<ClientConn>>,
     handback: Handback<ClientConn>,
     registry: Arc<Registry>,
@@ -121,7 +121,7 @@ impl Acceptor {
     pub fn new(
         poll: Poll,
         listeners: Vec<TcpListener>,
-        jobs: Sender<Job>,
+        jobs: JobQueue,
         handback: (Handback<ClientConn>, Receiver<Return<ClientConn>>),
         shutdown: Arc<Shutdown>,
         config: Arc<ServeConfig>,
