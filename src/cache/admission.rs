@@ -45,6 +45,9 @@ pub enum NotStored {
     Busy,
     /// The body ended short of its `Content-Length`.
     Incomplete,
+    /// Stale on arrival, with no validator and nothing that allows serving
+    /// it stale: it could never answer a request.
+    Useless,
 }
 
 impl NotStored {
@@ -59,8 +62,27 @@ impl NotStored {
             NotStored::DiskError => "disk-error",
             NotStored::Busy => "busy",
             NotStored::Incomplete => "incomplete",
+            NotStored::Useless => "no-freshness",
         }
     }
+}
+
+/// Whether the response can be revalidated (RFC 9110 §8.8).
+fn has_validator(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::ETAG) || headers.contains_key(http::header::LAST_MODIFIED)
+}
+
+/// Whether the response allows serving it stale (RFC 5861).
+fn allows_stale(headers: &HeaderMap) -> bool {
+    let values = || {
+        headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .map(|v| v.as_bytes())
+    };
+    ["stale-while-revalidate", "stale-if-error"]
+        .iter()
+        .any(|name| crate::cache::policy::directive(values(), name).is_some())
 }
 
 /// Where a storable response goes.
@@ -98,6 +120,13 @@ pub(crate) fn plan(
     let policy = Policy::new(&uri, request, status, &stored, now);
     if !policy.is_storable() {
         return Err(NotStored::Policy);
+    }
+    // An origin that sends no caching fields at all (no lifetime, no
+    // Last-Modified to guess one from, no ETag) makes responses that RFC
+    // 9111 lets a cache store but that could never be used: storing each
+    // one would cost every request a store and an eviction.
+    if !policy.is_fresh(now) && !has_validator(&stored) && !allows_stale(&stored) {
+        return Err(NotStored::Useless);
     }
     // A part of a response (206) is kept under the URL's partial key only,
     // whole, and when it holds one range of a known total (RFC 9111 §3.3);
