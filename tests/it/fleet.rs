@@ -113,7 +113,6 @@ fn each_url_is_served_by_one_instance() {
 /// fleet fetches each URL from the origin once, on the one instance that
 /// owns it.
 #[test]
-#[ignore = "needs the cache in the request path"]
 fn thirty_fetches_of_twenty_urls_reach_the_origin_twenty_times() {
     let fleet = Fleet::start();
     let list = urls(&fleet, 20);
