@@ -6,9 +6,10 @@
 //!              keep-alive connections, enforce header/idle timeouts)
 //!                 | bounded crossbeam channel (--queue); full => 503 at once
 //!                 v
-//!              N workers (blocking): read body, fetch upstream through one
-//!              shared ureq Agent, stream the reply, hand keep-alive
-//!              connections back to the acceptor
+//!              N workers (blocking): look in the cache, read body, fetch
+//!              upstream through their group's ureq Agent, stream the reply,
+//!              wait a moment for the next request, else hand the
+//!              keep-alive connection back to the acceptor
 //! ```
 //!
 //! Start reading at `server/worker.rs`: one connection's life, top to bottom.

@@ -24,7 +24,7 @@ pub struct Context {
     pub config: Arc<ServeConfig>,
     /// The access rules in force; a request takes one snapshot of them.
     pub rules: SharedRules,
-    pub agent: ureq::Agent,
+    pub agents: crate::upstream::Agents,
     /// The HTTP cache (off when `cache_mem` is 0).
     pub cache: Cache,
     /// The cache's own revalidations, made off the request path.

@@ -213,10 +213,11 @@ fn send(
         let call = http::Request::from_parts(request.clone(), ());
         let result = upstream::with_rules(rules, || match framing {
             BodyFraming::Empty | BodyFraming::UntilClose => {
-                ctx.agent.run(call.map(|()| SendBody::none()))
+                ctx.agents.current().run(call.map(|()| SendBody::none()))
             }
             _ => ctx
-                .agent
+                .agents
+                .current()
                 .run(call.map(|()| SendBody::from_reader(&mut body))),
         });
         let Err(err) = &result else {

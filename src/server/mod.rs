@@ -142,15 +142,15 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let (relay, relay_thread) =
         tunnel::spawn_relay(config.clone(), shutdown.clone(), metrics.clone())?;
-    let agent = crate::upstream::agent(&config, rules.clone(), metrics.clone());
+    let agents = crate::upstream::Agents::new(&config, &rules, &metrics);
     let cache = cached::open(&config)?;
-    let refresher = cached::Refresher::spawn(&cache, &agent, &config)?;
+    let refresher = cached::Refresher::spawn(&cache, agents.current(), &config)?;
     let ids = Arc::new(RequestIds::new());
     let limits = ConnLimits::new(config.max_connections, config.max_conns_per_client);
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue.get());
     let ctx = Arc::new(Context {
         config: config.clone(),
-        agent,
+        agents,
         cache,
         refresher,
         rules: rules.clone(),

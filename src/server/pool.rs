@@ -43,7 +43,10 @@ impl Pool {
                 // Bodies go through a heap buffer; the stack stays small.
                 .stack_size(256 * 1024)
                 .name(format!("worker-{n}"))
-                .spawn(move || worker::run(jobs, idler, ctx))?;
+                .spawn(move || {
+                    crate::upstream::Agents::enter(n - 1);
+                    worker::run(jobs, idler, ctx)
+                })?;
             handles.push(handle);
         }
         Ok(Pool { handles })
