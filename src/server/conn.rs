@@ -8,7 +8,8 @@
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::server::handback::Registration;
 use crate::server::limits::ConnSlot;
@@ -102,6 +103,46 @@ impl ClientConn {
     pub fn disarm_registration(&mut self) {
         if let Some(registration) = self.registration.take() {
             registration.disarm();
+        }
+    }
+
+    /// Waits up to `wait` for the client's next bytes and takes them in,
+    /// using `scratch` to read: true when some arrived. On a timeout, the
+    /// end of the connection or an error it returns false and leaves all to
+    /// the acceptor, which the readiness it saw (the input flag) tells.
+    pub fn await_input(&mut self, wait: Duration, scratch: &mut [u8]) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let timeout = Timespec {
+            tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: wait.subsec_nanos().into(),
+        };
+        let mut fds = [PollFd::new(&self.stream, PollFlags::IN)];
+        if !matches!(poll(&mut fds, Some(&timeout)), Ok(1)) {
+            return false;
+        }
+        let flag = self.input_flag();
+        // The acceptor saw this input too and marked the place; the worker
+        // takes it, so the mark is cleared first: input after this read
+        // marks it again.
+        if let Some(flag) = &flag {
+            flag.store(false, Ordering::SeqCst);
+        }
+        match rustix::net::recv(
+            &self.stream,
+            &mut *scratch,
+            rustix::net::RecvFlags::DONTWAIT,
+        ) {
+            Ok((n, _)) if n > 0 => {
+                self.push_received(&scratch[..n]);
+                true
+            }
+            _ => {
+                // The end, or nothing after all: the acceptor looks.
+                if let Some(flag) = &flag {
+                    flag.store(true, Ordering::SeqCst);
+                }
+                false
+            }
         }
     }
 

@@ -11,7 +11,7 @@
 //! one with `try_recv`, and when there is none it puts itself on the idle
 //! stack and parks until the acceptor, having queued a job, wakes it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, Thread};
 
@@ -28,6 +28,8 @@ pub struct IdleWorkers {
     sweep_above: usize,
     /// Set once no job will ever come: every worker is woken to see it.
     closed: AtomicBool,
+    /// Workers asleep waiting for a job.
+    asleep: AtomicUsize,
 }
 
 /// A worker on the idle stack. `idle` is the worker's own flag: true while
@@ -54,6 +56,7 @@ impl IdleWorkers {
             stack: Mutex::new(Vec::with_capacity(workers)),
             sweep_above: 4 * workers.max(1),
             closed: AtomicBool::new(false),
+            asleep: AtomicUsize::new(0),
         })
     }
 
@@ -96,6 +99,13 @@ impl IdleWorkers {
 }
 
 impl Idler {
+    /// Whether a job queued now would find a worker asleep to take it: then
+    /// this worker may spend a moment on its own connection without
+    /// holding anyone up.
+    pub fn others_asleep(&self) -> bool {
+        self.workers.asleep.load(Ordering::Relaxed) > 0
+    }
+
     /// The next job: at once when one is queued, else after waiting on the
     /// idle stack. `None` once the queue is closed and empty.
     pub fn next_job<T>(&self, jobs: &Receiver<T>) -> Option<T> {
@@ -138,9 +148,11 @@ impl Idler {
             }
             // A claim clears the flag before it unparks, so no wake-up is lost;
             // a stray unpark only makes this look again.
+            self.workers.asleep.fetch_add(1, Ordering::Relaxed);
             while self.idle.load(Ordering::SeqCst) && !self.workers.closed.load(Ordering::SeqCst) {
                 thread::park();
             }
+            self.workers.asleep.fetch_sub(1, Ordering::Relaxed);
             self.idle.store(false, Ordering::SeqCst);
         }
     }

@@ -26,7 +26,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
@@ -48,6 +48,10 @@ use crate::server::idle::Idler;
 use crate::server::job::Job;
 use crate::server::target::{self, Route};
 use crate::server::tunnel::{self, TunnelSlot};
+
+/// How long a worker waits on its connection for the client's next
+/// request before handing it back, when other workers are asleep.
+const NEXT_REQUEST_WAIT: Duration = Duration::from_millis(2);
 
 /// Bytes of the buffer each worker copies bodies through: as much as the
 /// upstream connection's input buffer hands over at once
@@ -73,8 +77,9 @@ pub fn run(jobs: Receiver<Job>, idler: Idler, ctx: Arc<Context>) {
         let peer = job.conn.peer;
         // Panics while a request is handled are answered in `serve_one`;
         // this catches the rest (handing over a connection, the access log).
-        let outcome =
-            panic::catch_unwind(AssertUnwindSafe(|| serve_connection(job, &ctx, &mut buf)));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            serve_connection(job, &idler, &ctx, &mut buf)
+        }));
         if let Err(payload) = outcome {
             ctx.metrics.worker_panicked();
             // The connection was dropped while unwinding, which closes it.
@@ -88,7 +93,7 @@ pub fn run(jobs: Receiver<Job>, idler: Idler, ctx: Arc<Context>) {
 
 /// Serves one connection's requests until it closes, is handed to the
 /// relay, or has to wait for more input (then it goes back to the acceptor).
-fn serve_connection(job: Job, ctx: &Context, buf: &mut [u8]) {
+fn serve_connection(job: Job, idler: &Idler, ctx: &Context, buf: &mut [u8]) {
     let limits = HeadLimits {
         max_header_bytes: ctx.config.max_header_bytes,
         max_url_bytes: ctx.config.max_url_bytes,
@@ -98,8 +103,13 @@ fn serve_connection(job: Job, ctx: &Context, buf: &mut [u8]) {
         let Some(mut conn) = serve_one(conn, head, ctx, buf) else {
             return;
         };
-        if conn.pending().is_empty() {
-            // The usual case: nothing more sent yet; the acceptor waits for it.
+        if conn.pending().is_empty()
+            && !(idler.others_asleep() && conn.await_input(NEXT_REQUEST_WAIT, buf))
+        {
+            // Nothing more sent yet. A client that reads one answer and sends
+            // its next request at once (a crawler, a CI fetch, far origins
+            // behind it) is served here, sparing the acceptor and a worker's
+            // wake-up; otherwise the acceptor waits for it.
             let input = conn.input_flag();
             ctx.handback.give_back(conn, input.as_deref());
             return;

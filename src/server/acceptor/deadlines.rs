@@ -147,11 +147,15 @@ impl Acceptor {
         within_grace(Instant::now() + wait, self.grace_end)
     }
 
-    /// Whether any connection is waiting here (the acceptor must stay to serve it).
-    pub(super) fn has_parked(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|(_, entry)| matches!(entry, Entry::Parked { .. }))
+    /// Whether the acceptor must stay: a connection waits here, or, within
+    /// the grace period, a worker has one that it may hand back (answered
+    /// just before draining began, it waits for one more request).
+    pub(super) fn has_connections(&self) -> bool {
+        let in_grace = self.grace_end.is_none_or(|end| Instant::now() < end);
+        self.entries.iter().any(|(_, entry)| match entry {
+            Entry::Parked { .. } => true,
+            Entry::Busy { .. } => in_grace,
+        })
     }
 }
 

@@ -180,7 +180,7 @@ impl Acceptor {
             if self.shutdown.is_draining() && !self.draining {
                 self.start_draining();
             }
-            if self.draining && !self.has_parked() {
+            if self.draining && !self.has_connections() {
                 break;
             }
             let timeout = next_tick.saturating_duration_since(Instant::now());
