@@ -25,6 +25,9 @@ pub enum Role {
     Follow(Arc<Fill>),
     /// Fetch alone: the URL is marked hit-for-miss.
     Alone,
+    /// Look again: a fill stored the response after the caller looked and
+    /// before it joined.
+    Stored,
 }
 
 /// Fills in progress and hit-for-miss marks.
@@ -51,13 +54,20 @@ impl Collapser {
     }
 
     /// Joins the fill for `key`, or starts one, or says to go alone.
-    pub fn join(&self, key: &CacheKey) -> Role {
+    /// `stored` says whether the store now holds a response for `key`: a
+    /// fill stores its response before it leaves the table, so a caller
+    /// that missed just before a fill ended finds it there, and looks
+    /// again instead of fetching a second time.
+    pub fn join(&self, key: &CacheKey, stored: impl FnOnce() -> bool) -> Role {
         if self.is_hit_for_miss(key) {
             return Role::Alone;
         }
         let mut fills = lock(&self.fills);
         if let Some(fill) = fills.get(key) {
             return Role::Follow(Arc::clone(fill));
+        }
+        if stored() {
+            return Role::Stored;
         }
         let fill = Fill::new();
         fills.insert(key.clone(), Arc::clone(&fill));
@@ -104,6 +114,24 @@ impl Collapser {
 mod tests {
     use super::*;
 
+    /// The store holds nothing.
+    fn never() -> bool {
+        false
+    }
+
+    #[test]
+    fn a_miss_that_finds_the_response_stored_meanwhile_looks_again() {
+        let table = Collapser::new(Duration::from_secs(60));
+        assert!(matches!(table.join(&key("/a"), || true), Role::Stored));
+        // Nothing was registered: the next miss leads.
+        assert!(matches!(table.join(&key("/a"), never), Role::Lead(_)));
+        // A fill in progress is followed without asking the store.
+        assert!(matches!(
+            table.join(&key("/a"), || panic!("store asked")),
+            Role::Follow(_)
+        ));
+    }
+
     fn key(path: &str) -> CacheKey {
         CacheKey::from_target(&format!("http://h{path}")).expect("key")
     }
@@ -111,27 +139,27 @@ mod tests {
     #[test]
     fn the_first_miss_leads_and_the_next_follow() {
         let table = Collapser::new(Duration::from_secs(60));
-        let Role::Lead(fill) = table.join(&key("/a")) else {
+        let Role::Lead(fill) = table.join(&key("/a"), never) else {
             panic!("first miss must lead");
         };
-        assert!(matches!(table.join(&key("/a")), Role::Follow(f) if Arc::ptr_eq(&f, &fill)));
-        assert!(matches!(table.join(&key("/b")), Role::Lead(_)));
+        assert!(matches!(table.join(&key("/a"), never), Role::Follow(f) if Arc::ptr_eq(&f, &fill)));
+        assert!(matches!(table.join(&key("/b"), never), Role::Lead(_)));
         table.leave(&key("/a"), &fill);
-        assert!(matches!(table.join(&key("/a")), Role::Lead(_)));
+        assert!(matches!(table.join(&key("/a"), never), Role::Lead(_)));
     }
 
     #[test]
     fn leaving_never_removes_a_newer_fill() {
         let table = Collapser::new(Duration::from_secs(60));
-        let Role::Lead(old) = table.join(&key("/a")) else {
+        let Role::Lead(old) = table.join(&key("/a"), never) else {
             panic!("lead");
         };
         table.leave(&key("/a"), &old);
-        let Role::Lead(new) = table.join(&key("/a")) else {
+        let Role::Lead(new) = table.join(&key("/a"), never) else {
             panic!("lead");
         };
         table.leave(&key("/a"), &old);
-        assert!(matches!(table.join(&key("/a")), Role::Follow(f) if Arc::ptr_eq(&f, &new)));
+        assert!(matches!(table.join(&key("/a"), never), Role::Follow(f) if Arc::ptr_eq(&f, &new)));
     }
 
     #[test]
@@ -143,7 +171,7 @@ mod tests {
         assert!(table.hit_for_miss.len() <= MAX_HIT_FOR_MISS);
         let last = key(&format!("/{}", 2 * MAX_HIT_FOR_MISS - 1));
         assert!(
-            matches!(table.join(&last), Role::Alone),
+            matches!(table.join(&last, never), Role::Alone),
             "a new mark is kept"
         );
     }
@@ -152,15 +180,15 @@ mod tests {
     fn hit_for_miss_marks_send_requests_alone_until_they_expire() {
         let table = Collapser::new(Duration::from_millis(50));
         table.mark_hit_for_miss(&key("/a"));
-        assert!(matches!(table.join(&key("/a")), Role::Alone));
-        assert!(matches!(table.join(&key("/a")), Role::Alone));
+        assert!(matches!(table.join(&key("/a"), never), Role::Alone));
+        assert!(matches!(table.join(&key("/a"), never), Role::Alone));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(table.join(&key("/a")), Role::Alone) {
+        while matches!(table.join(&key("/a"), never), Role::Alone) {
             assert!(Instant::now() < deadline, "mark never expired");
             std::thread::sleep(Duration::from_millis(5));
         }
         table.mark_hit_for_miss(&key("/b"));
         table.clear_hit_for_miss(&key("/b"));
-        assert!(matches!(table.join(&key("/b")), Role::Lead(_)));
+        assert!(matches!(table.join(&key("/b"), never), Role::Lead(_)));
     }
 }

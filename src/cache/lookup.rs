@@ -201,6 +201,12 @@ impl Cache {
     /// Looks `head` up at `now`: see the module docs for what to do with
     /// each answer.
     pub fn lookup(&self, head: &RequestHead, now: SystemTime) -> Lookup {
+        self.look(head, now, true)
+    }
+
+    /// `lookup`; `again` allows one more look when a fill stored the
+    /// response between this look and joining the fills.
+    fn look(&self, head: &RequestHead, now: SystemTime, again: bool) -> Lookup {
         if !self.is_enabled() {
             return Lookup::Bypass(Bypass::Off);
         }
@@ -246,18 +252,20 @@ impl Cache {
         if only_if_cached {
             return Lookup::OnlyIfCached;
         }
-        Lookup::Miss(Miss {
-            kind,
-            role: self.miss_role(head, key),
-        })
+        match self.miss_role(head, key, again) {
+            Some(role) => Lookup::Miss(Miss { kind, role }),
+            None => self.look(head, now, false),
+        }
     }
 
-    fn miss_role(&self, head: &RequestHead, key: CacheKey) -> MissRole {
+    /// What a miss does; `None` when the response was stored meanwhile
+    /// (and `again` allows a second look).
+    fn miss_role(&self, head: &RequestHead, key: CacheKey, again: bool) -> Option<MissRole> {
         if head.method == "HEAD" {
-            return MissRole::NoStore(NoStore::Head);
+            return Some(MissRole::NoStore(NoStore::Head));
         }
         if has_directive(head, "no-store") {
-            return MissRole::NoStore(NoStore::RequestNoStore);
+            return Some(MissRole::NoStore(NoStore::RequestNoStore));
         }
         let conditional = [
             "if-none-match",
@@ -267,25 +275,27 @@ impl Cache {
             "if-range",
         ];
         if conditional.iter().any(|name| head.header(name).is_some()) {
-            return MissRole::NoStore(NoStore::Conditional);
+            return Some(MissRole::NoStore(NoStore::Conditional));
         }
         if head.header("range").is_some() {
             // The 206 that comes back is kept as a part of the response,
             // for later ranges within it; nobody waits on it.
-            return MissRole::Fill(self.fill_alone(head, key.partial()));
+            return Some(MissRole::Fill(self.fill_alone(head, key.partial())));
         }
         // A response to a request with credentials is shared only if the
         // origin says so (RFC 9111 §3.5), which is known only once it
         // arrives: never make others wait on it.
         if head.header("authorization").is_some() {
-            return MissRole::Fill(self.fill_alone(head, key));
+            return Some(MissRole::Fill(self.fill_alone(head, key)));
         }
         let shared = Arc::clone(&self.shared);
-        match self.shared.collapser.join(&key) {
+        let stored = || again && matches!(self.find(&key, head), Found::Object(_));
+        Some(match self.shared.collapser.join(&key, stored) {
             Role::Lead(fill) => MissRole::Fill(Filler::new(shared, key, head, fill, true)),
             Role::Follow(fill) => MissRole::Follow(Follower { shared, key, fill }),
             Role::Alone => MissRole::Fill(self.fill_alone(head, key)),
-        }
+            Role::Stored => return None,
+        })
     }
 
     /// A stored part of the URL's response that holds the range `head`
