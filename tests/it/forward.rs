@@ -483,6 +483,53 @@ fn a_keep_alive_connection_carries_two_requests() {
 }
 
 #[test]
+fn a_next_request_that_arrives_in_pieces_around_the_workers_wait_is_answered() {
+    // After an answer the worker waits a moment for the next request; a head
+    // that starts within that moment and ends after it goes to the acceptor
+    // half read, and must be answered whole.
+    let origin = path_echo_origin();
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let first = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/first"));
+    let response = send_one(&mut stream, first.as_bytes(), false);
+    assert_eq!(response.status, 200, "{}", response.head);
+    let second = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/second"));
+    let (start, rest) = second.split_at(20);
+    stream
+        .write_all(start.as_bytes())
+        .expect("the head's start");
+    std::thread::sleep(Duration::from_millis(100));
+    let response = send_one(&mut stream, rest.as_bytes(), false);
+    assert_eq!(
+        (response.status, response.text()),
+        (200, "path=/second".to_string()),
+        "{}",
+        response.head
+    );
+}
+
+#[test]
+fn a_client_that_closes_right_after_its_answer_leaves_no_connection_behind() {
+    // It closes while the worker may still be waiting on it for a next
+    // request: the close must be seen and the connection freed.
+    let origin = path_echo_origin();
+    let proxy = Proxy::start();
+    for path in ["/a", "/b", "/c"] {
+        let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+        let request = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url(path));
+        let response = send_one(&mut stream, request.as_bytes(), false);
+        assert_eq!(response.status, 200, "{}", response.head);
+    }
+    // Only the scrape's own connection stays open.
+    let mut page = String::new();
+    let freed = wait_until(LIMIT, || {
+        page = scrape_metrics(proxy.addr).1;
+        metric(&page, "fetchproxy_connections_open") == Some(1.0)
+    });
+    assert!(freed, "{page}");
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let origin = path_echo_origin();
     let proxy = Proxy::start();
