@@ -43,7 +43,8 @@ use value::Within;
 /// to an origin 50 ms away holds one for 50 ms, so a pool serves about
 /// `workers / latency` requests a second (512 / 50 ms = 10,240), and as
 /// many clients at once as it has workers. An idle worker costs its stack's
-/// few touched pages; a busy one about 50 KiB. See the README's curve.
+/// few touched pages; a busy one tens of KiB with its upstream connection.
+/// The curve is in docs/performance.md.
 const WORKERS: NonZeroUsize = NonZeroUsize::new(512).expect("512 is not zero");
 
 /// Default queue length per worker. A burst of clients sending at once (a
