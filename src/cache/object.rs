@@ -63,16 +63,8 @@ impl ObjectHead {
         policy: Policy,
         body_len: u64,
     ) -> ObjectHead {
-        let head_block = head_block(status, &headers, has_body(status).then_some(body_len));
-        ObjectHead {
-            key,
-            variant,
-            status,
-            headers,
-            policy,
-            body_len,
-            head_block,
-        }
+        let block = head_block(status, &headers, has_body(status).then_some(body_len));
+        ObjectHead::with_head_block(key, variant, status, headers, policy, body_len, block)
     }
 
     /// The head of a response whose `head_block` was already written for
