@@ -17,6 +17,10 @@ use crate::server::limits::ConnSlot;
 /// Smallest read a worker makes into the buffer while reading a body.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Most bytes one `sendfile(2)` call is asked to send (a call that
+/// blocks is cut short by the send timeout anyway).
+const SENDFILE_CHUNK: usize = 1 << 30;
+
 /// A client connection and its unconsumed input.
 #[derive(Debug)]
 pub struct ClientConn {
@@ -186,18 +190,36 @@ impl Read for ClientConn {
 }
 
 impl ClientConn {
-    /// Sends a file's bytes straight to the socket, counted: std's copy
-    /// from a file to a `TcpStream` is `sendfile(2)` on Linux, so the bytes
-    /// never pass through this process. Returns the bytes sent.
-    ///
-    /// # Errors
-    /// A read or write failure (a send timeout is `WouldBlock`).
-    pub fn send_file(&mut self, file: &mut io::Take<std::fs::File>) -> io::Result<u64> {
-        let before = file.limit();
-        let copied = io::copy(file, &mut self.stream);
-        // What left the file went to the socket, even when the copy failed.
-        self.sent += before - file.limit();
-        copied
+    /// Sends `len` bytes of `file` from `offset` straight to the socket
+    /// with `sendfile(2)`, counted: the bytes never pass through this
+    /// process. Only for files that are never written again (the disk
+    /// tier's objects): the socket may read the pages after the call
+    /// returns. (std's `io::copy` declines `sendfile` from a file to a
+    /// socket for that reason, and copies through a buffer.) Returns the
+    /// bytes sent, fewer than `len` when the file is shorter, and with them
+    /// the error that stopped the sending, if one did (a send timeout is
+    /// `WouldBlock`).
+    pub fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> (u64, io::Result<()>) {
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let want = usize::try_from(end - at)
+                .unwrap_or(usize::MAX)
+                .min(SENDFILE_CHUNK);
+            match rustix::fs::sendfile(&self.stream, file, Some(&mut at), want) {
+                // The file ended early.
+                Ok(0) => break,
+                Ok(n) => self.sent += n as u64,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => return (at - offset, Err(errno.into())),
+            }
+        }
+        (at - offset, Ok(()))
     }
 }
 

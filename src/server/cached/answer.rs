@@ -7,7 +7,7 @@
 //! A body that cannot be sent whole is cut short by closing the connection.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -306,19 +306,13 @@ fn write_object(
             if len == 0 {
                 return Ok(0);
             }
-            let opened = File::open(&disk.file.path).and_then(|mut file| {
-                file.seek(SeekFrom::Start(disk.offset + start))
-                    .map(|_| file)
-            });
-            let Ok(file) = opened else {
+            let Ok(file) = File::open(&disk.file.path) else {
                 log::warn!("cache: cannot read {}", disk.file.path.display());
                 return Err(0);
             };
-            let mut body = file.take(len);
-            match conn.send_file(&mut body) {
-                Ok(n) if n == len => Ok(len),
-                Ok(n) => Err(n),
-                Err(_) => Err(len - body.limit()),
+            match conn.send_file(&file, disk.offset + start, len) {
+                (sent, Ok(())) if sent == len => Ok(len),
+                (sent, _) => Err(sent),
             }
         }
     }

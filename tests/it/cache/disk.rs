@@ -103,6 +103,31 @@ fn a_restart_finds_the_disk_cache_and_serves_it_without_the_origin() {
 }
 
 #[test]
+fn a_range_of_a_disk_object_is_sent_from_its_offset() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::start(|_| fresh_pattern(300_000));
+    let url = origin.url("/ranged");
+    let proxy = start_on(dir.path());
+    get(proxy.addr, &url, &[]);
+    assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
+    stop(proxy);
+
+    // After the restart the object is on disk only: the answer is sent
+    // from the file, from the range's place in it.
+    let proxy = start_on(dir.path());
+    let part = get(proxy.addr, &url, &["-H", "Range: bytes=123457-223456"]);
+    assert_eq!(part.status, 206, "{part:?}");
+    assert!(
+        part.body == pattern(300_000)[123_457..=223_456],
+        "the range's bytes"
+    );
+    let whole = get(proxy.addr, &url, &[]);
+    assert!(whole.body == pattern(300_000), "the whole body after it");
+    assert_eq!(origin.requests().len(), 1, "both from the disk tier");
+    stop(proxy);
+}
+
+#[test]
 fn a_kill_during_a_write_leaves_nothing_that_is_served() {
     let dir = tempfile::tempdir().expect("temp dir");
     let gate = Gate::new();
