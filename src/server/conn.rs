@@ -138,6 +138,13 @@ impl ClientConn {
         ) {
             Ok((n, _)) if n > 0 => {
                 self.push_received(&scratch[..n]);
+                // A full read may have left bytes in the socket, which will
+                // not be announced again: whoever reads next must look.
+                if n == scratch.len()
+                    && let Some(flag) = &flag
+                {
+                    flag.store(true, Ordering::SeqCst);
+                }
                 true
             }
             _ => {

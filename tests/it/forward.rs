@@ -508,6 +508,71 @@ fn a_next_request_that_arrives_in_pieces_around_the_workers_wait_is_answered() {
     );
 }
 
+/// An origin that answers `/slow` after 300 ms and any other path at once,
+/// with the path as the body.
+fn slow_first_origin() -> Origin {
+    Origin::start(|req| {
+        let body = Reply::ok("text/plain", format!("path={}", req.target));
+        if req.target.ends_with("/slow") {
+            Reply::Slow {
+                delay: Duration::from_millis(300),
+                then: Box::new(body),
+            }
+        } else {
+            body
+        }
+    })
+}
+
+#[test]
+fn many_requests_pipelined_while_the_worker_is_busy_are_all_answered() {
+    // More than the worker's 16 KiB read takes in at once arrives while it
+    // waits on the origin: the rest, left in the socket, must still be read.
+    let origin = slow_first_origin();
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let first = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/slow"));
+    stream.write_all(first.as_bytes()).expect("first request");
+    std::thread::sleep(Duration::from_millis(100));
+    let count = 800;
+    let mut rest = Vec::new();
+    for i in 0..count {
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: h\r\n\r\n",
+            origin.url(&format!("/p{i}"))
+        );
+        rest.extend_from_slice(request.as_bytes());
+    }
+    assert!(rest.len() > 2 * 16 * 1024, "{} bytes", rest.len());
+    stream.write_all(&rest).expect("pipelined requests");
+    let answer = read_one(&mut stream, false, LIMIT).expect("first answer");
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    for i in 0..count {
+        let answer = read_one(&mut stream, false, LIMIT).map(|r| (r.status, r.text()));
+        assert_eq!(answer, Some((200, format!("path=/p{i}"))), "answer {i}");
+    }
+}
+
+#[test]
+fn a_large_next_head_sent_while_the_worker_is_busy_is_answered() {
+    let origin = slow_first_origin();
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let first = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/slow"));
+    stream.write_all(first.as_bytes()).expect("first request");
+    std::thread::sleep(Duration::from_millis(100));
+    let big = "a".repeat(20_000);
+    let second = format!(
+        "GET {} HTTP/1.1\r\nHost: h\r\nX-Big: {big}\r\n\r\n",
+        origin.url("/second")
+    );
+    stream.write_all(second.as_bytes()).expect("second request");
+    let answer = read_one(&mut stream, false, LIMIT).expect("first answer");
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    let answer = read_one(&mut stream, false, LIMIT).map(|r| (r.status, r.text()));
+    assert_eq!(answer, Some((200, "path=/second".to_string())));
+}
+
 #[test]
 fn a_client_that_closes_right_after_its_answer_leaves_no_connection_behind() {
     // It closes while the worker may still be waiting on it for a next
