@@ -74,43 +74,62 @@ impl Shutdown {
     }
 }
 
-/// Starts the `signals` thread: the first SIGTERM/SIGINT begins draining,
-/// the second stops now; each SIGHUP reopens the access-log file and runs
-/// `reload` on that thread, each SIGUSR1 reopens the access-log file.
-///
-/// # Errors
-/// When the handlers cannot be registered or the thread cannot start.
-pub fn install_signals(
-    shutdown: Arc<Shutdown>,
-    reload: impl Fn() + Send + 'static,
-) -> io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if signal == SIGUSR1 {
-                    log::info!("signal {signal}: reopening the access log");
-                    crate::logging::reopen();
-                    continue;
+/// The process's signal handlers, registered: from then on SIGTERM,
+/// SIGINT, SIGHUP and SIGUSR1 are caught and kept until `serve` acts on
+/// them, so a signal sent while the server is still starting is not lost
+/// (nor fatal, as SIGTERM and SIGHUP are by default).
+pub struct Signals(signal_hook::iterator::Signals);
+
+impl Signals {
+    /// Registers the handlers.
+    ///
+    /// # Errors
+    /// When the handlers cannot be registered.
+    pub fn register() -> io::Result<Signals> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map(Signals)
+    }
+
+    /// Starts the `signals` thread, which also acts on the signals caught
+    /// before it: the first SIGTERM/SIGINT begins draining, the second
+    /// stops now; each SIGHUP reopens the access-log file and runs `reload`
+    /// on that thread, each SIGUSR1 reopens the access-log file.
+    ///
+    /// # Errors
+    /// When the thread cannot start.
+    pub fn serve(
+        self,
+        shutdown: Arc<Shutdown>,
+        reload: impl Fn() + Send + 'static,
+    ) -> io::Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGUSR1};
+        let Signals(mut signals) = self;
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if signal == SIGUSR1 {
+                        log::info!("signal {signal}: reopening the access log");
+                        crate::logging::reopen();
+                        continue;
+                    }
+                    if signal == SIGHUP {
+                        log::info!(
+                            "signal {signal}: reopening the access log, reloading the access rules and users"
+                        );
+                        crate::logging::reopen();
+                        reload();
+                        continue;
+                    }
+                    if shutdown.is_draining() {
+                        log::warn!("second signal ({signal}): stopping now");
+                        shutdown.stop_now();
+                        break;
+                    }
+                    log::info!("signal {signal}: draining; a second signal stops at once");
+                    shutdown.begin_drain();
                 }
-                if signal == SIGHUP {
-                    log::info!(
-                        "signal {signal}: reopening the access log, reloading the access rules and users"
-                    );
-                    crate::logging::reopen();
-                    reload();
-                    continue;
-                }
-                if shutdown.is_draining() {
-                    log::warn!("second signal ({signal}): stopping now");
-                    shutdown.stop_now();
-                    break;
-                }
-                log::info!("signal {signal}: draining; a second signal stops at once");
-                shutdown.begin_drain();
-            }
-        })?;
-    Ok(())
+            })?;
+        Ok(())
+    }
 }

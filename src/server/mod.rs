@@ -1,6 +1,6 @@
 //! The server: wiring of listeners, acceptor, queue, workers, tunnel relay,
 //! shared rules and shutdown. `start` returns a `Running` handle; `run` =
-//! start + signals (SIGHUP reloads the rules) + wait. Nothing here touches a
+//! signals + start + announce + wait (SIGHUP reloads the rules). Nothing here touches a
 //! request: a request's life starts in `worker.rs`, and every request ends
 //! in `finish.rs`, whichever thread ends it.
 
@@ -95,6 +95,33 @@ impl Running {
         self.rules.reload(&self.config, fresh);
     }
 
+    /// Logs the startup lines: where it listens, which destinations it
+    /// allows, whether it asks for credentials. Called once the signal
+    /// handlers are in place, since whoever waits for these lines (a
+    /// person, a supervisor, a test) may send a signal as soon as it sees
+    /// them.
+    pub fn announce(&self) {
+        let config = &self.config;
+        let shown: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        log::info!(
+            "listening on {} with {} workers, queue {}",
+            shown.join(", "),
+            config.workers,
+            config.queue
+        );
+        if config.allow_dest.is_empty() {
+            log::info!(
+                "destinations: globally routable addresses only; allow others (a local origin, say) with --allow-dest ADDR or CIDR"
+            );
+        }
+        match config.users.len() {
+            0 => {}
+            1 => log::info!("proxy authentication on for 1 user"),
+            n => log::info!("proxy authentication on for {n} users"),
+        }
+        crate::logging::flush();
+    }
+
     /// Waits until the server has stopped: the acceptor returns once draining
     /// began, and the workers get until the grace period, counted from the
     /// start of draining, is over.
@@ -180,25 +207,6 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let acceptor = thread::Builder::new()
         .name("acceptor".into())
         .spawn(move || acceptor.run())?;
-    let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-    log::info!(
-        "listening on {} with {} workers, queue {}",
-        shown.join(", "),
-        config.workers,
-        config.queue
-    );
-    if config.allow_dest.is_empty() {
-        log::info!(
-            "destinations: globally routable addresses only; allow others (a local origin, say) with --allow-dest ADDR or CIDR"
-        );
-    }
-    match config.users.len() {
-        0 => {}
-        1 => log::info!("proxy authentication on for 1 user"),
-        n => log::info!("proxy authentication on for {n} users"),
-    }
-    // Whoever waits for the startup lines (a person, a supervisor) sees them now.
-    crate::logging::flush();
     Ok(Running {
         addrs,
         config: config.clone(),
@@ -218,10 +226,15 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
 /// # Errors
 /// `StartError` when a listener or thread cannot be set up.
 pub fn run(config: ServeConfig, load: LoadConfig) -> Result<Stopped, StartError> {
+    // Handlers first: a SIGTERM or SIGHUP sent while the server starts, or
+    // as soon as its startup lines show, drains or reloads it; it does not
+    // kill the process.
+    let signals = crate::shutdown::Signals::register()?;
     let running = start(config)?;
     let (rules, base) = (running.rules.clone(), running.config.clone());
-    crate::shutdown::install_signals(running.shutdown().clone(), move || {
+    signals.serve(running.shutdown().clone(), move || {
         rules.reload(&base, load());
     })?;
+    running.announce();
     Ok(running.wait())
 }
