@@ -45,8 +45,9 @@ pub enum NotStored {
     Busy,
     /// The body ended short of its `Content-Length`.
     Incomplete,
-    /// Stale on arrival, with no validator and nothing that allows serving
-    /// it stale: it could never answer a request.
+    /// Stale on arrival, with no validator and nothing in it that allows
+    /// serving it stale: only a client's `max-stale` or an unreachable
+    /// origin could ever make use of it.
     Useless,
 }
 
@@ -123,8 +124,11 @@ pub(crate) fn plan(
     }
     // An origin that sends no caching fields at all (no lifetime, no
     // Last-Modified to guess one from, no ETag) makes responses that RFC
-    // 9111 lets a cache store but that could never be used: storing each
-    // one would cost every request a store and an eviction.
+    // 9111 lets a cache store but that no plain request could use (only a
+    // client's `max-stale`, or an origin that cannot be reached): storing
+    // each one would cost every request a store and an eviction. What was
+    // stored before for the request is dropped instead (the filler's
+    // `drop_superseded`), so it is not served in the new one's place.
     if !policy.is_fresh(now) && !has_validator(&stored) && !allows_stale(&stored) {
         return Err(NotStored::Useless);
     }

@@ -99,7 +99,9 @@ impl Filler {
     }
 
     /// Takes the origin's response head (received at `now`) and decides
-    /// whether to store it; followers start reading, or are let go.
+    /// whether to store it; followers start reading, or are let go. A
+    /// response that is not stored still supersedes what is stored for
+    /// the request (a 5xx aside).
     ///
     /// # Errors
     /// Why the response is not stored; the filler then stores nothing,
@@ -138,9 +140,12 @@ impl Filler {
                 self.store = Store::NotStoring(why);
                 // Only a shared fill's refusal says something about the
                 // URL; a refusal caused by the request itself does not.
-                let mark = !matches!(why, NotStored::DiskError | NotStored::Request)
+                let about_response = !matches!(why, NotStored::DiskError | NotStored::Request)
                     && status != StatusCode::NOT_MODIFIED;
-                self.release(Release::NotShareable, mark);
+                if about_response && !status.is_server_error() {
+                    self.drop_superseded();
+                }
+                self.release(Release::NotShareable, about_response);
                 Err(why)
             }
         }
@@ -341,6 +346,31 @@ impl Filler {
             && let Some(old) = older(disk.tier.get(self.key.as_str()))
         {
             // Its file goes when the last reader lets go of it.
+            disk.tier.remove_variant(&old);
+        }
+    }
+
+    /// The origin answered this request with a response that is not kept:
+    /// what is stored for the same variant is out of date, and must not
+    /// be served in its place later (stale, or on an origin failure). A
+    /// server error is no such news: the stored copy stays for
+    /// `stale-if-error`.
+    fn drop_superseded(&self) {
+        let superseded = |variants: Option<crate::cache::tier::Variants>| {
+            variants.and_then(|list| {
+                list.iter()
+                    .find(|o| o.head.variant.matches(&self.request))
+                    .cloned()
+            })
+        };
+        if let Some(memory) = &self.shared.memory
+            && let Some(old) = superseded(memory.get(self.key.as_str()))
+        {
+            memory.remove_variant(&old);
+        }
+        if let Some(disk) = &self.shared.disk
+            && let Some(old) = superseded(disk.tier.get(self.key.as_str()))
+        {
             disk.tier.remove_variant(&old);
         }
     }

@@ -99,7 +99,8 @@ pub fn fill(
 /// Revalidates a stale entry: the request goes upstream with the entry's
 /// validators. A 304 refreshes the entry (RFC 9111 §4.3.4) and the client
 /// is answered from it; any other answer is relayed and stored in its
-/// place. When the origin fails, the stale entry answers if its
+/// place (or, when it is not kept, the entry is dropped: see
+/// `Filler::response_head`). When the origin fails, the stale entry answers if its
 /// `stale-if-error` or the request's allows it, or the origin could not
 /// be reached at all (RFC 9111 §4.2.4, RFC 5861 §4).
 ///

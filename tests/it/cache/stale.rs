@@ -250,3 +250,33 @@ fn a_revalidation_in_the_background_holds_up_no_request() {
     let refreshed = wait_until(LIMIT, || get(proxy.addr, &url, &[]).text() != "version 0");
     assert!(refreshed, "{:?}", origin.requests());
 }
+
+#[test]
+fn an_entry_superseded_by_a_response_not_kept_is_not_served_again() {
+    // The origin stops sending caching fields: its new answers are not
+    // stored, and the stale entry they replace must not keep answering.
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let origin = Origin::start(move |_| {
+        let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n == 0 {
+            reply_with(
+                "version 0",
+                &[("Cache-Control", "max-age=0, stale-while-revalidate=600")],
+            )
+        } else {
+            reply_with(&format!("version {n}"), &[("Content-Type", "text/plain")])
+        }
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/superseded");
+    assert_eq!(get(proxy.addr, &url, &[]).text(), "version 0");
+    // Served stale while the revalidation runs in the background; once it
+    // is back, the old entry is gone.
+    let replaced = wait_until(LIMIT, || get(proxy.addr, &url, &[]).text() != "version 0");
+    assert!(replaced, "{:?}", origin.requests());
+    for _ in 0..3 {
+        let reply = get(proxy.addr, &url, &[]);
+        assert_ne!(reply.text(), "version 0", "{}", cache_status(&reply));
+        assert!(cache_status(&reply).contains("fwd="), "{reply:?}");
+    }
+}
