@@ -289,7 +289,8 @@ impl Cache {
             return Some(MissRole::Fill(self.fill_alone(head, key)));
         }
         let shared = Arc::clone(&self.shared);
-        let stored = || again && matches!(self.find(&key, head), Found::Object(_));
+        // Asked under the fills' lock: the indexes only, no disk read.
+        let stored = || again && self.holds(&key, head);
         Some(match self.shared.collapser.join(&key, stored) {
             Role::Lead(fill) => MissRole::Fill(Filler::new(shared, key, head, fill, true)),
             Role::Follow(fill) => MissRole::Follow(Follower { shared, key, fill }),
@@ -353,6 +354,22 @@ impl Cache {
         } else {
             Found::UriMiss
         }
+    }
+
+    /// Whether a tier's index has a response for `head` under `key`,
+    /// without reading or checking it (that is `find`'s work).
+    fn holds(&self, key: &CacheKey, head: &RequestHead) -> bool {
+        let selected = |variants: Option<crate::cache::tier::Variants>| {
+            variants.is_some_and(|list| list.iter().any(|o| selects(o, head)))
+        };
+        let memory = &self.shared.memory;
+        let disk = &self.shared.disk;
+        memory
+            .as_ref()
+            .is_some_and(|m| selected(m.get(key.as_str())))
+            || disk
+                .as_ref()
+                .is_some_and(|d| selected(d.tier.get(key.as_str())))
     }
 
     /// A disk object checked for use: small ones are read into memory

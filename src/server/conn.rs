@@ -202,7 +202,11 @@ impl ClientConn {
     /// process. Only for files that are never written again (the disk
     /// tier's objects): the socket may read the pages after the call
     /// returns. (std's `io::copy` declines `sendfile` from a file to a
-    /// socket for that reason, and copies through a buffer.) Returns the
+    /// socket for that reason, and copies through a buffer.) Unlike `send`,
+    /// `sendfile` cannot be told not to raise SIGPIPE on a closed peer: a
+    /// Rust program ignores that signal from startup, so it is an `EPIPE`
+    /// here, but a program embedding the server must not restore it.
+    /// Returns the
     /// bytes sent, fewer than `len` when the file is shorter, and with them
     /// the error that stopped the sending, if one did (a send timeout is
     /// `WouldBlock`).
