@@ -222,6 +222,9 @@ pub struct DiskFile {
     pub verified: AtomicBool,
     /// Set when the disk store closes: files outlive the process then.
     closing: Arc<AtomicBool>,
+    /// Set when another `DiskFile` stands for the same path (the loader
+    /// met a file a fill had just indexed): that one deletes it.
+    disowned: AtomicBool,
 }
 
 impl DiskFile {
@@ -231,13 +234,20 @@ impl DiskFile {
             path,
             verified: AtomicBool::new(verified),
             closing,
+            disowned: AtomicBool::new(false),
         }
+    }
+
+    /// Leaves the file to the other `DiskFile` of the same path: dropping
+    /// this one no longer deletes it.
+    pub fn disown(&self) {
+        self.disowned.store(true, Ordering::Release);
     }
 }
 
 impl Drop for DiskFile {
     fn drop(&mut self) {
-        if !self.closing.load(Ordering::Acquire) {
+        if !self.closing.load(Ordering::Acquire) && !self.disowned.load(Ordering::Acquire) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -262,6 +272,23 @@ impl StoredObject {
             head,
             body,
             revalidating: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this object's body is the same disk file as `other`'s
+    /// (by path: two `DiskFile`s may stand for one file).
+    pub fn same_file(&self, other: &StoredObject) -> bool {
+        match (&self.body, &other.body) {
+            (Body::Disk(a), Body::Disk(b)) => a.file.path == b.file.path,
+            _ => false,
+        }
+    }
+
+    /// Leaves this object's disk file to another object that stands for
+    /// the same path (see `DiskFile::disown`).
+    pub fn disown_file(&self) {
+        if let Body::Disk(disk) = &self.body {
+            disk.file.disown();
         }
     }
 

@@ -67,16 +67,16 @@ impl Tier {
     /// stores it again.
     pub fn put(&self, object: Arc<StoredObject>) {
         let url = object.head.key.as_str();
-        let mut list: Vec<Arc<StoredObject>> = self
-            .map
-            .get(url)
-            .map(|old| {
-                old.iter()
-                    .filter(|o| o.head.variant != object.head.variant)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut list: Vec<Arc<StoredObject>> = Vec::new();
+        for old in self.map.get(url).iter().flat_map(|old| old.iter()) {
+            if old.head.variant != object.head.variant {
+                list.push(Arc::clone(old));
+            } else if old.same_file(&object) {
+                // The loader's view of the file a fill has just stored,
+                // or the reverse: the file stays, with the new object.
+                old.disown_file();
+            }
+        }
         if list.len() >= MAX_VARIANTS {
             list.remove(0);
         }
@@ -100,10 +100,19 @@ impl Tier {
     /// is there (the disk loader must not replace what a fill just stored).
     pub fn put_if_newer(&self, object: Arc<StoredObject>) -> bool {
         let time = |o: &StoredObject| o.head.policy.response_time();
-        let newer_there = self.get(object.head.key.as_str()).is_some_and(|list| {
+        let list = self.get(object.head.key.as_str());
+        let same_variant = || {
             list.iter()
-                .any(|o| o.head.variant == object.head.variant && time(o) >= time(&object))
-        });
+                .flat_map(|list| list.iter())
+                .filter(|o| o.head.variant == object.head.variant)
+        };
+        if same_variant().any(|o| o.same_file(&object)) {
+            // A fill stored this very file while the loader was reading
+            // the directory: it is indexed already.
+            object.disown_file();
+            return false;
+        }
+        let newer_there = same_variant().any(|o| time(o) >= time(&object));
         if !newer_there {
             self.put(object);
         }

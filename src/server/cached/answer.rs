@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -306,13 +307,22 @@ fn write_object(
             if len == 0 {
                 return Ok(0);
             }
+            // A file gone or cut short is checked again by the next
+            // lookup, which drops it: it does not answer again.
+            let suspect = || disk.file.verified.store(false, Ordering::Release);
             let Ok(file) = File::open(&disk.file.path) else {
                 log::warn!("cache: cannot read {}", disk.file.path.display());
+                suspect();
                 return Err(0);
             };
             match conn.send_file(&file, disk.offset + start, len) {
                 (sent, Ok(())) if sent == len => Ok(len),
-                (sent, _) => Err(sent),
+                (sent, Ok(())) => {
+                    log::warn!("cache: {} is cut short", disk.file.path.display());
+                    suspect();
+                    Err(sent)
+                }
+                (sent, Err(_)) => Err(sent),
             }
         }
     }

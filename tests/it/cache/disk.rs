@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -44,7 +45,7 @@ fn stop(mut proxy: ProxyProcess) {
     );
 }
 
-/// The object files under the cache directory.
+/// The object files under the cache directory (regular files only).
 fn object_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let Ok(subdirs) = std::fs::read_dir(dir.join("objects")) else {
@@ -52,7 +53,8 @@ fn object_files(dir: &Path) -> Vec<PathBuf> {
     };
     for sub in subdirs.flatten() {
         if let Ok(entries) = std::fs::read_dir(sub.path()) {
-            files.extend(entries.flatten().map(|e| e.path()));
+            let regular = |path: &PathBuf| std::fs::metadata(path).is_ok_and(|m| m.is_file());
+            files.extend(entries.flatten().map(|e| e.path()).filter(regular));
         }
     }
     files
@@ -124,6 +126,107 @@ fn a_range_of_a_disk_object_is_sent_from_its_offset() {
     let whole = get(proxy.addr, &url, &[]);
     assert!(whole.body == pattern(300_000), "the whole body after it");
     assert_eq!(origin.requests().len(), 1, "both from the disk tier");
+    stop(proxy);
+}
+
+#[test]
+fn a_disk_object_whose_file_went_missing_is_fetched_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::start(|_| fresh_pattern(300_000));
+    let url = origin.url("/vanished");
+    let dir_arg = dir.path().to_str().expect("UTF-8 temp path");
+    let proxy = start(&["--cache-dir", dir_arg, "--cache-max-object", "64KiB"]);
+    get(proxy.addr, &url, &[]);
+    assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
+    // Someone deletes the file behind the proxy's back.
+    std::fs::remove_file(object_files(dir.path()).remove(0)).expect("remove");
+    // The hit that finds it gone is cut short (its head was sent); the
+    // next request goes to the origin instead of failing the same way.
+    let cut = get(proxy.addr, &url, &[]);
+    assert!(cut.body.len() < 300_000, "{} bytes", cut.body.len());
+    let again = get(proxy.addr, &url, &[]);
+    assert_eq!(again.status, 200, "{again:?}");
+    assert!(again.body == pattern(300_000), "the whole body");
+    assert!(cache_status(&again).contains("fwd="), "{again:?}");
+    stop(proxy);
+}
+
+/// Makes a FIFO at `path` (`mkfifo`, which `.ci/run`'s machine has).
+fn make_fifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn an_object_stored_while_the_index_loads_keeps_its_file() {
+    // The loader, reading the directory at start, meets the file a fill
+    // has just written and indexed: two views of one file, and the one
+    // dropped must not delete it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::start(|_| fresh_pattern(300_000));
+    let url = origin.url("/during-load");
+    let dir_arg = dir.path().to_str().expect("UTF-8 temp path");
+    // Kept on disk only, so that every hit is sent from the file.
+    let args = ["--cache-dir", dir_arg, "--cache-max-object", "64KiB"];
+    // Where the URL's file goes: one run to find out.
+    let proxy = start(&args);
+    get(proxy.addr, &url, &[]);
+    assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
+    stop(proxy);
+    let file = object_files(dir.path()).remove(0);
+    let its_dir = file.parent().expect("a subdirectory").to_path_buf();
+    std::fs::remove_file(&file).expect("remove the file");
+    // A FIFO in every other subdirectory holds the loader up (as a large
+    // directory would) until each is opened for writing.
+    let mut fifos = Vec::new();
+    for n in 0..256 {
+        let sub = dir.path().join("objects").join(format!("{n:02x}"));
+        if sub == its_dir {
+            continue;
+        }
+        std::fs::create_dir_all(&sub).expect("subdirectory");
+        make_fifo(&sub.join("fifo"));
+        fifos.push(sub.join("fifo"));
+    }
+    let proxy = start(&args);
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_disk_index_loaded"),
+        Some(0.0)
+    );
+    let first = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
+    // Let the loader through: a FIFO opens for writing (without blocking)
+    // once the loader has it open for reading, and it then reads its end.
+    let released = wait_until(LIMIT, || {
+        fifos.retain(|fifo| {
+            fifo.exists()
+                && std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                    .open(fifo)
+                    .is_err()
+        });
+        fifos.is_empty()
+    });
+    assert!(released, "{} FIFOs never opened", fifos.len());
+    let loaded = wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(&page, "fetchproxy_cache_disk_index_loaded") == Some(1.0)
+    });
+    assert!(loaded, "{}", proxy.log().join("\n"));
+    let asked = origin.requests().len();
+    for _ in 0..3 {
+        let again = get(proxy.addr, &url, &[]);
+        assert_eq!(again.status, 200, "{again:?}");
+        assert!(again.body == pattern(300_000), "the stored body, whole");
+        assert!(cache_status(&again).contains("; hit"), "{again:?}");
+    }
+    assert_eq!(origin.requests().len(), asked, "hits, from the file");
     stop(proxy);
 }
 
