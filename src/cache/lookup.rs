@@ -19,6 +19,7 @@ use crate::cache::reader::BodyReader;
 use crate::cache::reply;
 use crate::cache::status::{Fwd, Outcome};
 use crate::cache::{Cache, Shared};
+use crate::http::body::BodyFraming;
 use crate::http::request::RequestHead;
 
 /// What the cache offers for a request.
@@ -44,6 +45,10 @@ pub enum Bypass {
     Method,
     /// The target is not an http(s) URL the cache can key.
     Target,
+    /// A GET or HEAD with a body: it can be sent upstream only once, and
+    /// an answer from the cache may need a second request (a 304 that
+    /// selects nothing is followed by a full fetch).
+    Body,
 }
 
 impl Bypass {
@@ -53,6 +58,7 @@ impl Bypass {
             Bypass::Off => "off",
             Bypass::Method => "method",
             Bypass::Target => "target",
+            Bypass::Body => "body",
         }
     }
 }
@@ -212,6 +218,12 @@ impl Cache {
         }
         if head.method != "GET" && head.method != "HEAD" {
             return Lookup::Bypass(Bypass::Method);
+        }
+        if !matches!(
+            head.body_framing(),
+            Ok(BodyFraming::Empty | BodyFraming::Length(0))
+        ) {
+            return Lookup::Bypass(Bypass::Body);
         }
         let Ok(key) = CacheKey::from_target(&head.target) else {
             return Lookup::Bypass(Bypass::Target);

@@ -89,6 +89,18 @@ fn requests_that_cannot_use_the_cache_bypass_it() {
         cache.lookup(&post, SystemTime::now()),
         Lookup::Bypass(Bypass::Method)
     ));
+    for framing in [("content-length", "5"), ("transfer-encoding", "chunked")] {
+        let with_body = request("GET", "http://h/", &[framing]);
+        assert!(matches!(
+            cache.lookup(&with_body, SystemTime::now()),
+            Lookup::Bypass(Bypass::Body)
+        ));
+    }
+    let empty = request("GET", "http://h/", &[("content-length", "0")]);
+    assert!(!matches!(
+        cache.lookup(&empty, SystemTime::now()),
+        Lookup::Bypass(_)
+    ));
     let ftp = get("ftp://h/");
     assert!(matches!(
         cache.lookup(&ftp, SystemTime::now()),

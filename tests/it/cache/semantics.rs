@@ -308,3 +308,39 @@ fn with_the_cache_off_every_request_goes_upstream_untold() {
     }
     assert_eq!(origin.requests().len(), 2);
 }
+
+#[test]
+fn a_get_with_a_body_passes_the_cache_by_and_keeps_its_neighbours() {
+    // A GET with a body could be sent upstream only once, and an answer
+    // from the cache may need a second upstream request: it is passed
+    // through, its body sent once, and the request pipelined after it is
+    // read as a request.
+    let origin = Origin::start(|request| {
+        reply_with(
+            &format!(
+                "{} body={}",
+                request.target,
+                String::from_utf8_lossy(&request.body)
+            ),
+            &[("Cache-Control", "max-age=3600")],
+        )
+    });
+    let proxy = Proxy::start();
+    let (page, other) = (origin.url("/page"), origin.url("/other"));
+    get(proxy.addr, &page, &[]);
+    let mut stream = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    let pipelined = format!(
+        "GET {page} HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET {other} HTTP/1.1\r\nHost: h\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut stream, pipelined.as_bytes()).expect("send");
+    let first = crate::support::raw::read_one(&mut stream, false, super::LIMIT).expect("answer");
+    assert_eq!(first.text(), "/page body=hello", "{}", first.head);
+    assert_eq!(
+        first.header("cache-status"),
+        Some("fetchproxy; fwd=bypass; fwd-status=200; detail=body")
+    );
+    let second = crate::support::raw::read_one(&mut stream, false, super::LIMIT).expect("answer");
+    assert_eq!(second.text(), "/other body=", "{}", second.head);
+    let bodies: Vec<Vec<u8>> = origin.requests().iter().map(|r| r.body.clone()).collect();
+    assert_eq!(bodies, [b"".to_vec(), b"hello".to_vec(), b"".to_vec()]);
+}
