@@ -137,18 +137,29 @@ impl Filler {
                 Ok(())
             }
             Err(why) => {
-                self.store = Store::NotStoring(why);
-                // Only a shared fill's refusal says something about the
-                // URL; a refusal caused by the request itself does not.
-                let about_response = !matches!(why, NotStored::DiskError | NotStored::Request)
-                    && status != StatusCode::NOT_MODIFIED;
-                if about_response && !status.is_server_error() {
-                    self.drop_superseded();
-                }
-                self.release(Release::NotShareable, about_response);
+                self.refuse(status, why);
                 Err(why)
             }
         }
+    }
+
+    /// Stores nothing of the response with `status`, for `why`: followers
+    /// go to the origin on their own. `response_head` calls it; so does
+    /// the request path, for a response the proxy will not relay (a body
+    /// declared over `max_body_bytes`), before anyone is given its head.
+    pub fn refuse(&mut self, status: StatusCode, why: NotStored) {
+        if !matches!(self.store, Store::AwaitingHead) {
+            return;
+        }
+        self.store = Store::NotStoring(why);
+        // Only a shared fill's refusal says something about the URL; a
+        // refusal caused by the request itself does not.
+        let about_response = !matches!(why, NotStored::DiskError | NotStored::Request)
+            && status != StatusCode::NOT_MODIFIED;
+        if about_response && !status.is_server_error() {
+            self.drop_superseded();
+        }
+        self.release(Release::NotShareable, about_response);
     }
 
     /// Takes the next piece of body. Never fails: a limit or a disk error

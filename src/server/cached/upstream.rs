@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use ureq::http::{self, HeaderName, HeaderValue, StatusCode};
 
 use crate::cache::object::has_body;
-use crate::cache::{Filler, Fwd, OriginFailure, Outcome, Stale, StoredObject};
+use crate::cache::{Filler, Fwd, NotStored, OriginFailure, Outcome, Stale, StoredObject};
 use crate::error::ProxyError;
 use crate::http::request::{BodyFraming, Header, RequestHead};
 use crate::server::cached::refresh::Refresh;
@@ -84,7 +84,22 @@ pub fn fill(
     let now = SystemTime::now();
     let response = &upstream.response;
     let status = response.status();
-    let stored = filler.response_head(status, response.headers(), now);
+    // A body declared over the limit is refused by the relay with a 502:
+    // followers must not be given its head first.
+    let over_limit = ex.ctx.config.max_body_bytes.is_some_and(|limit| {
+        has_body(status)
+            && ex.head.method != "HEAD"
+            && response
+                .body()
+                .content_length()
+                .is_some_and(|len| len > limit)
+    });
+    let stored = if over_limit {
+        filler.refuse(status, NotStored::TooLarge);
+        Err(NotStored::TooLarge)
+    } else {
+        filler.response_head(status, response.headers(), now)
+    };
     let outcome = Outcome::Forward {
         fwd,
         fwd_status: Some(status.as_u16()),

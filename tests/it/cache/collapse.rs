@@ -246,3 +246,47 @@ fn an_uncacheable_url_under_concurrency_is_not_serialised() {
         assert!(!cache_status(&reply).contains("collapsed"), "{reply:?}");
     }
 }
+
+#[test]
+fn followers_of_a_body_over_the_limit_get_the_leaders_error_not_a_cut_200() {
+    // The leader's answer is refused (502) for its declared length: the
+    // others must not have been given its 200 head first.
+    let gate = Gate::new();
+    let origin = Origin::start({
+        let gate = gate.clone();
+        move |_| {
+            gate.wait(LIMIT);
+            Reply::Full {
+                status: 200,
+                headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+                body: vec![b'x'; 200_000],
+            }
+        }
+    });
+    let proxy = Proxy::with(|c| c.max_body_bytes = Some(100_000));
+    let url = origin.url("/over");
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, url) = (proxy.addr, url.clone());
+            std::thread::spawn(move || get(addr, &url, &[]))
+        })
+        .collect();
+    // All three are in (one at the origin, two following it), and the
+    // worker answering this scrape.
+    let all_in = wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(&page, "fetchproxy_workers_busy").unwrap_or(0.0) >= 4.0
+    });
+    assert!(all_in);
+    gate.open();
+    for client in clients {
+        let reply = client.join().expect("client");
+        assert_eq!(reply.status, 502, "{reply:?}");
+        assert!(
+            reply
+                .header("proxy-status")
+                .is_some_and(|s| s.contains("http_response_body_size")),
+            "{reply:?}"
+        );
+    }
+}
