@@ -108,6 +108,8 @@ struct State {
     /// Followers waiting on the condition variable: without any, a change
     /// wakes nobody, and costs no system call.
     waiting: usize,
+    /// Followers reading the body (their `FillReader`s).
+    readers: usize,
 }
 
 impl State {
@@ -138,6 +140,7 @@ impl Fill {
                 written: 0,
                 file: None,
                 waiting: 0,
+                readers: 0,
             }),
             cond: Condvar::new(),
         })
@@ -146,6 +149,11 @@ impl Fill {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking filler must not take the followers down with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether followers are reading the body.
+    pub fn has_readers(&self) -> bool {
+        self.lock().readers > 0
     }
 
     /// Publishes the head: followers start reading. `file` is where the
@@ -254,11 +262,16 @@ impl Fill {
         if !head.variant.matches(request) {
             return Err(Release::VaryMismatch);
         }
+        self.lock().readers += 1;
         let reader = FillReader {
             fill: Arc::clone(self),
             pos: 0,
             index: 0,
-            stall: wait,
+            // Between two pieces the filler may wait on the origin and then
+            // on its own client, each for up to `wait`: a fill is stalled
+            // only past both. (Its client failing, the filler reads on for
+            // its followers: `Filler::has_followers`.)
+            stall: wait.saturating_mul(2),
         };
         Ok((head, reader))
     }
@@ -274,6 +287,12 @@ pub struct FillReader {
     index: usize,
     /// Longest wait for the next bytes.
     stall: Duration,
+}
+
+impl Drop for FillReader {
+    fn drop(&mut self) {
+        self.fill.lock().readers -= 1;
+    }
 }
 
 impl FillReader {

@@ -162,6 +162,12 @@ impl Filler {
         self.release(Release::NotShareable, about_response);
     }
 
+    /// Whether followers are reading what this filler stores: if its own
+    /// client stops taking the body, the body is read on for them.
+    pub fn has_followers(&self) -> bool {
+        self.fill.has_readers()
+    }
+
     /// Takes the next piece of body. Never fails: a limit or a disk error
     /// only abandons the store (and cuts followers short if they were
     /// reading what can no longer be kept).

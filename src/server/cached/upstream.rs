@@ -291,6 +291,16 @@ fn relay(
         ex.buf,
     )?;
     served.cache = outcome;
+    // The client stopped taking the body (a write failed or timed out,
+    // which is not an upstream error) while others read it from the fill:
+    // the fill goes on without the client, as fast as the origin sends.
+    let client_gone = served.error.is_none() && !tee.ended && !bodiless;
+    if client_gone && tee.filler.as_ref().is_some_and(Filler::has_followers) {
+        log::debug!("{}: client gone, filling on for others", ex.head.target);
+        if let Err(err) = tee.fill_on(ex.buf) {
+            served.error = Some(crate::upstream::map_io_error(err, "upstream").proxy_status());
+        }
+    }
     if let Some(filler) = tee.filler.take()
         && served.error.is_none()
         && (tee.ended || bodiless)
@@ -319,6 +329,21 @@ impl<R: Read> Read for Tee<R> {
             filler.body(&buf[..n]);
         }
         Ok(n)
+    }
+}
+
+impl<R: Read> Tee<R> {
+    /// Reads the rest of the body into the filler alone, while it stores
+    /// (it stops at the object limits).
+    fn fill_on(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        while !self.ended && self.filler.as_ref().is_some_and(Filler::is_storing) {
+            match self.read(buf) {
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -290,3 +290,65 @@ fn followers_of_a_body_over_the_limit_get_the_leaders_error_not_a_cut_200() {
         );
     }
 }
+
+#[test]
+fn a_fill_whose_first_client_leaves_goes_on_for_its_followers() {
+    // The first client takes a few bytes and hangs up while another
+    // follows the fill: the fill goes on without it, and the follower gets
+    // the whole body, stored once.
+    const LEN: u64 = 48 << 20;
+    let origin = Origin::start(|_| Reply::HugeCacheable {
+        len: LEN,
+        chunked: false,
+    });
+    let proxy = Proxy::with(|c| {
+        c.cache_mem = 512 << 20;
+        c.cache_max_object = 128 << 20;
+    });
+    let url = origin.url("/big");
+    let mut leader = TcpStream::connect(proxy.addr).expect("connect");
+    write!(leader, "GET {url} HTTP/1.1\r\nHost: h\r\n\r\n").expect("send");
+    let mut some = [0u8; 1024];
+    leader.read_exact(&mut some).expect("the first bytes");
+    let (reading, first_bytes) = std::sync::mpsc::channel();
+    let follower = thread::spawn({
+        let url = url.clone();
+        let addr = proxy.addr;
+        move || {
+            let mut follower = TcpStream::connect(addr).expect("connect");
+            write!(
+                follower,
+                "GET {url} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            )
+            .expect("send");
+            follower.set_read_timeout(Some(LIMIT)).expect("timeout");
+            let mut got = vec![0u8; 64 * 1024];
+            follower.read_exact(&mut got).expect("the first bytes");
+            reading.send(()).expect("tell");
+            let _ = follower.read_to_end(&mut got);
+            got
+        }
+    });
+    first_bytes.recv_timeout(LIMIT).expect("the follower reads");
+    // Unread bytes in its socket: closing it resets the connection.
+    drop(leader);
+    let got = follower.join().expect("follower");
+    let head_len = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = parse_head(&got[..head_len]).expect("a head");
+    assert_eq!(head.status, 200, "{}", head.head);
+    assert!(head.head.contains("collapsed"), "{}", head.head);
+    assert_eq!(
+        (got.len() - head_len) as u64,
+        LEN,
+        "the whole body: {}",
+        head.head
+    );
+    // Stored, too: the next request is a hit.
+    let again = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&again).contains("; hit"), "{again:?}");
+    assert_eq!(origin.requests().len(), 1);
+}
