@@ -275,11 +275,14 @@ impl StoredObject {
         }
     }
 
-    /// Whether this object's body is the same disk file as `other`'s
-    /// (by path: two `DiskFile`s may stand for one file).
-    pub fn same_file(&self, other: &StoredObject) -> bool {
+    /// Whether this object's disk file is a second `DiskFile` for the
+    /// path of `other`'s (the loader's view of a file a fill stored, or
+    /// the reverse); one shared `DiskFile` (a 304 refresh) is not.
+    pub fn duplicates_file(&self, other: &StoredObject) -> bool {
         match (&self.body, &other.body) {
-            (Body::Disk(a), Body::Disk(b)) => a.file.path == b.file.path,
+            (Body::Disk(a), Body::Disk(b)) => {
+                !Arc::ptr_eq(&a.file, &b.file) && a.file.path == b.file.path
+            }
             _ => false,
         }
     }

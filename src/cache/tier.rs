@@ -71,7 +71,7 @@ impl Tier {
         for old in self.map.get(url).iter().flat_map(|old| old.iter()) {
             if old.head.variant != object.head.variant {
                 list.push(Arc::clone(old));
-            } else if old.same_file(&object) {
+            } else if old.duplicates_file(&object) {
                 // The loader's view of the file a fill has just stored,
                 // or the reverse: the file stays, with the new object.
                 old.disown_file();
@@ -106,7 +106,7 @@ impl Tier {
                 .flat_map(|list| list.iter())
                 .filter(|o| o.head.variant == object.head.variant)
         };
-        if same_variant().any(|o| o.same_file(&object)) {
+        if same_variant().any(|o| o.duplicates_file(&object)) {
             // A fill stored this very file while the loader was reading
             // the directory: it is indexed already.
             object.disown_file();

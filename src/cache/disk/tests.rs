@@ -360,6 +360,11 @@ fn a_refreshed_disk_object_keeps_its_body_on_disk() {
         .expect("304 applies");
     assert!(refreshed.memory_chunks().is_none(), "still on disk");
     assert_eq!(hit_body(&cache, url), data);
+    // The refreshed object shares the file: once both are let go, the
+    // file goes with them.
+    assert_eq!(cache.purge(url), Ok(true));
+    drop((refreshed, stale));
+    assert!(object_files(dir.path()).is_empty());
 }
 
 #[test]

@@ -115,9 +115,9 @@ pub fn fill(
 /// validators. A 304 refreshes the entry (RFC 9111 §4.3.4) and the client
 /// is answered from it; any other answer is relayed and stored in its
 /// place (or, when it is not kept, the entry is dropped: see
-/// `Filler::response_head`). When the origin fails, the stale entry answers if its
-/// `stale-if-error` or the request's allows it, or the origin could not
-/// be reached at all (RFC 9111 §4.2.4, RFC 5861 §4).
+/// `Filler::response_head`). When the origin fails, the stale entry
+/// answers if its `stale-if-error` or the request's allows it, or the
+/// origin could not be reached at all (RFC 9111 §4.2.4, RFC 5861 §4).
 ///
 /// # Errors
 /// The upstream's failure, when no stale answer may stand in.
