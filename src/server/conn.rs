@@ -206,10 +206,9 @@ impl ClientConn {
     /// `sendfile` cannot be told not to raise SIGPIPE on a closed peer: a
     /// Rust program ignores that signal from startup, so it is an `EPIPE`
     /// here, but a program embedding the server must not restore it.
-    /// Returns the
-    /// bytes sent, fewer than `len` when the file is shorter, and with them
-    /// the error that stopped the sending, if one did (a send timeout is
-    /// `WouldBlock`).
+    /// Returns the bytes sent, fewer than `len` when the file is shorter,
+    /// and with them the error that stopped the sending, if one did (a send
+    /// timeout is `WouldBlock`).
     pub fn send_file(
         &mut self,
         file: &std::fs::File,

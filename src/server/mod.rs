@@ -1,8 +1,8 @@
 //! The server: wiring of listeners, acceptor, queue, workers, tunnel relay,
 //! shared rules and shutdown. `start` returns a `Running` handle; `run` =
-//! signals + start + announce + wait (SIGHUP reloads the rules). Nothing here touches a
-//! request: a request's life starts in `worker.rs`, and every request ends
-//! in `finish.rs`, whichever thread ends it.
+//! signals + start + announce + wait (SIGHUP reloads the rules). Nothing
+//! here touches a request: a request's life starts in `worker.rs`, and
+//! every request ends in `finish.rs`, whichever thread ends it.
 
 mod acceptor;
 mod cached;
