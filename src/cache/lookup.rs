@@ -441,8 +441,10 @@ impl Cache {
             Body::Memory(_) => self.shared.memory.as_ref(),
             Body::Disk(_) => self.shared.disk.as_ref().map(|d| &d.tier),
         };
+        // A PURGE or a newer response may have come while the origin was
+        // asked: the refreshed entry then answers this request only.
         if let Some(tier) = tier {
-            tier.put(Arc::clone(&refreshed));
+            tier.replace_exact(object, Arc::clone(&refreshed));
         }
         Some(refreshed)
     }

@@ -119,6 +119,19 @@ impl Tier {
         !newer_there
     }
 
+    /// Puts `new` in the place of `old` if the index still holds that very
+    /// object (not purged, nor replaced by a newer response meanwhile);
+    /// returns whether it did.
+    pub fn replace_exact(&self, old: &StoredObject, new: Arc<StoredObject>) -> bool {
+        let held = self
+            .get(old.head.key.as_str())
+            .is_some_and(|list| list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), old)));
+        if held {
+            self.put(new);
+        }
+        held
+    }
+
     /// Removes one variant (a broken or replaced object).
     pub fn remove_variant(&self, object: &StoredObject) {
         let url = object.head.key.as_str();

@@ -149,6 +149,31 @@ fn requests_that_cannot_use_the_cache_bypass_it() {
 }
 
 #[test]
+fn a_304_that_comes_back_after_a_purge_does_not_store_the_entry_again() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let req = get("http://h/purged");
+    let stale_headers = [("cache-control", "max-age=0"), ("etag", "\"v1\"")];
+    store(&cache, &req, &stale_headers, b"body", 1).expect("stored");
+    let Lookup::Stale(stale) = cache.lookup(&req, SystemTime::now()) else {
+        panic!("expected stale");
+    };
+    // Purged while the revalidation was at the origin.
+    assert_eq!(cache.purge("http://h/purged"), Ok(true));
+    let mut answer = http::Response::new(());
+    *answer.status_mut() = StatusCode::NOT_MODIFIED;
+    *answer.headers_mut() = headers(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    let answer = answer.into_parts().0;
+    let refreshed = cache
+        .refresh(&stale.object, &req, &answer, SystemTime::now())
+        .expect("the 304 still answers this request");
+    assert_eq!(&refreshed.memory_chunks().expect("memory")[0][..], b"body");
+    assert!(matches!(
+        cache.lookup(&req, SystemTime::now()),
+        Lookup::Miss(_)
+    ));
+}
+
+#[test]
 fn a_stale_entry_is_revalidated_and_a_304_refreshes_it() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let req = get("http://h/s");
