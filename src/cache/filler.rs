@@ -347,24 +347,8 @@ impl Filler {
     /// A tier that did not take the new response must not keep serving
     /// an older one of the same variant.
     fn drop_older_copies(&self, head: &ObjectHead, in_memory: bool, on_disk: bool) {
-        let older = |variants: Option<crate::cache::tier::Variants>| {
-            variants.and_then(|list| {
-                list.iter()
-                    .find(|o| o.head.variant == head.variant)
-                    .cloned()
-            })
-        };
-        if let (false, Some(memory)) = (in_memory, &self.shared.memory)
-            && let Some(old) = older(memory.get(self.key.as_str()))
-        {
-            memory.remove_variant(&old);
-        }
-        if let (false, Some(disk)) = (on_disk, &self.shared.disk)
-            && let Some(old) = older(disk.tier.get(self.key.as_str()))
-        {
-            // Its file goes when the last reader lets go of it.
-            disk.tier.remove_variant(&old);
-        }
+        let same_variant = |o: &StoredObject| o.head.variant == head.variant;
+        self.drop_stored(same_variant, !in_memory, !on_disk);
     }
 
     /// The origin answered this request with a response that is not kept:
@@ -373,22 +357,26 @@ impl Filler {
     /// server error is no such news: the stored copy stays for
     /// `stale-if-error`.
     fn drop_superseded(&self) {
-        let superseded = |variants: Option<crate::cache::tier::Variants>| {
-            variants.and_then(|list| {
-                list.iter()
-                    .find(|o| o.head.variant.matches(&self.request))
-                    .cloned()
-            })
+        let selected = |o: &StoredObject| o.head.variant.matches(&self.request);
+        self.drop_stored(selected, true, true);
+    }
+
+    /// Removes the first stored variant of this key that `which` picks,
+    /// from the memory tier and the disk tier as asked. A removed disk
+    /// object's file goes when the last reader lets go of it.
+    fn drop_stored(&self, which: impl Fn(&StoredObject) -> bool, memory: bool, disk: bool) {
+        let found = |variants: Option<crate::cache::tier::Variants>| {
+            variants.and_then(|list| list.iter().find(|o| which(o)).cloned())
         };
-        if let Some(memory) = &self.shared.memory
-            && let Some(old) = superseded(memory.get(self.key.as_str()))
+        if let (true, Some(tier)) = (memory, &self.shared.memory)
+            && let Some(old) = found(tier.get(self.key.as_str()))
         {
-            memory.remove_variant(&old);
+            tier.remove_variant(&old);
         }
-        if let Some(disk) = &self.shared.disk
-            && let Some(old) = superseded(disk.tier.get(self.key.as_str()))
+        if let (true, Some(store)) = (disk, &self.shared.disk)
+            && let Some(old) = found(store.tier.get(self.key.as_str()))
         {
-            disk.tier.remove_variant(&old);
+            store.tier.remove_variant(&old);
         }
     }
 

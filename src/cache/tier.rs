@@ -123,13 +123,17 @@ impl Tier {
     /// object (not purged, nor replaced by a newer response meanwhile);
     /// returns whether it did.
     pub fn replace_exact(&self, old: &StoredObject, new: Arc<StoredObject>) -> bool {
-        let held = self
-            .get(old.head.key.as_str())
-            .is_some_and(|list| list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), old)));
+        let held = self.holds_exact(old);
         if held {
             self.put(new);
         }
         held
+    }
+
+    /// Whether the index holds this very object.
+    fn holds_exact(&self, object: &StoredObject) -> bool {
+        self.get(object.head.key.as_str())
+            .is_some_and(|list| list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), object)))
     }
 
     /// Removes one variant (a broken or replaced object).
@@ -153,9 +157,7 @@ impl Tier {
     /// Removes `object` if the index still holds this very object (not a
     /// newer one of the same variant); returns whether it did.
     pub fn remove_exact(&self, object: &StoredObject) -> bool {
-        let held = self
-            .get(object.head.key.as_str())
-            .is_some_and(|list| list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), object)));
+        let held = self.holds_exact(object);
         if held {
             self.remove_variant(object);
         }

@@ -8,7 +8,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 
-use ureq::http::{self, response::Parts};
+use ureq::http::{self, StatusCode, response::Parts};
 
 use crate::error::ProxyError;
 use crate::http::body::{BodyFraming, ChunkedWriter, LimitedReader};
@@ -67,7 +67,7 @@ pub fn relay_response<R: Read>(
     buf: &mut [u8],
 ) -> Result<Served, ProxyError> {
     let (parts, body) = response.into_parts();
-    let framing = response_framing(head, &parts, body.declared, limits.max_body_bytes)?;
+    let framing = response_framing(head, parts.status, body.declared, limits.max_body_bytes)?;
     let persistence = match framing {
         BodyFraming::UntilClose => Persistence::Close,
         _ => finish::persistence(head, body_read, limits.draining),
@@ -164,13 +164,16 @@ pub fn send_interim(conn: &mut ClientConn, head: &RequestHead, interim: &[Vec<u8
 /// How the body goes to the client: RFC 9110 §6.4.1 (HEAD, 1xx, 204, 304
 /// have none), the origin's length when it gave one, else chunked for
 /// HTTP/1.1 clients and until-close for HTTP/1.0 ones.
-fn response_framing(
+///
+/// # Errors
+/// `UpstreamBodyTooLarge` for a declared length over `max_body_bytes`.
+pub fn response_framing(
     head: &RequestHead,
-    parts: &Parts,
+    status: StatusCode,
     content_length: Option<u64>,
     max_body_bytes: Option<u64>,
 ) -> Result<BodyFraming, ProxyError> {
-    let status = parts.status.as_u16();
+    let status = status.as_u16();
     if head.method == "HEAD" || status < 200 || status == 204 || status == 304 {
         return Ok(BodyFraming::Empty);
     }

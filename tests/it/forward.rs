@@ -524,16 +524,23 @@ fn slow_first_origin() -> Origin {
     })
 }
 
+/// A connection whose first request (to `/slow`) keeps its worker waiting
+/// on the origin for a while yet.
+fn busy_connection(proxy: &Proxy, origin: &Origin) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let first = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/slow"));
+    stream.write_all(first.as_bytes()).expect("first request");
+    std::thread::sleep(Duration::from_millis(100));
+    stream
+}
+
 #[test]
 fn many_requests_pipelined_while_the_worker_is_busy_are_all_answered() {
     // More than the worker's 16 KiB read takes in at once arrives while it
     // waits on the origin: the rest, left in the socket, must still be read.
     let origin = slow_first_origin();
     let proxy = Proxy::start();
-    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
-    let first = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/slow"));
-    stream.write_all(first.as_bytes()).expect("first request");
-    std::thread::sleep(Duration::from_millis(100));
+    let mut stream = busy_connection(&proxy, &origin);
     let count = 800;
     let mut rest = Vec::new();
     for i in 0..count {
@@ -557,10 +564,7 @@ fn many_requests_pipelined_while_the_worker_is_busy_are_all_answered() {
 fn a_large_next_head_sent_while_the_worker_is_busy_is_answered() {
     let origin = slow_first_origin();
     let proxy = Proxy::start();
-    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
-    let first = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/slow"));
-    stream.write_all(first.as_bytes()).expect("first request");
-    std::thread::sleep(Duration::from_millis(100));
+    let mut stream = busy_connection(&proxy, &origin);
     let big = "a".repeat(20_000);
     let second = format!(
         "GET {} HTTP/1.1\r\nHost: h\r\nX-Big: {big}\r\n\r\n",

@@ -86,14 +86,9 @@ pub fn fill(
     let status = response.status();
     // A body declared over the limit is refused by the relay with a 502:
     // followers must not be given its head first.
-    let over_limit = ex.ctx.config.max_body_bytes.is_some_and(|limit| {
-        has_body(status)
-            && ex.head.method != "HEAD"
-            && response
-                .body()
-                .content_length()
-                .is_some_and(|len| len > limit)
-    });
+    let declared = response.body().content_length();
+    let over_limit =
+        relay::response_framing(ex.head, status, declared, ex.ctx.config.max_body_bytes).is_err();
     let stored = if over_limit {
         filler.refuse(status, NotStored::TooLarge);
         Err(NotStored::TooLarge)
