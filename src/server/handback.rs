@@ -4,9 +4,9 @@
 //! for its whole life (one `Registration`, a place `key` in the acceptor's
 //! slab), so handing it to a worker and back costs no system call. The
 //! acceptor takes a connection out when a whole request head is in and
-//! marks its place busy; the worker serves it (and, while other workers
-//! sleep, waits a moment for the next request itself, clearing the `input`
-//! mark when it reads that input) and then either
+//! marks its place busy; the worker serves it (and, when no other worker
+//! is running, waits a moment for the next request itself, clearing the
+//! `input` mark when it reads that input) and then either
 //! - `give_back`s it to wait for its next request (keep-alive),
 //! - `linger`s it: it was answered and must close, and the acceptor drains
 //!   what the client still sends for a moment, without blocking anyone, so

@@ -12,7 +12,7 @@ mod endpoints;
 mod finish;
 mod forward;
 mod handback;
-mod idle;
+pub(crate) mod idle;
 mod job;
 mod limits;
 mod listen;
@@ -189,7 +189,8 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         limits: limits.clone(),
         queue: jobs_rx.clone(),
     });
-    let idle = IdleWorkers::new(config.workers.get());
+    let cpus = thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let idle = IdleWorkers::new(config.workers.get(), cpus);
     let pool = Pool::spawn(config.workers.get(), &jobs_rx, &idle, &ctx)?;
     drop(jobs_rx);
     let acceptor = Acceptor::new(

@@ -16,6 +16,7 @@ use rustix::net::RecvFlags;
 use ureq::Error;
 
 use crate::metrics::Metrics;
+use crate::server::idle;
 use buffers::OriginBuffers;
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, NextTimeout, Transport,
@@ -95,7 +96,10 @@ impl<In: Transport> Connector<In> for OriginConnector {
                 ..a.get()
             });
         });
-        let stream = connect_any(&details.addrs, details.timeout)?;
+        let stream = {
+            let _waiting = idle::waiting();
+            connect_any(&details.addrs, details.timeout)?
+        };
         self.metrics.upstream_connected();
         stream.set_nodelay(true)?;
         let config = details.config;
@@ -179,6 +183,7 @@ impl Transport for OriginTransport {
             self.read_timeout = limit;
         }
         let input = self.buffers.input_append_buf();
+        let _waiting = idle::waiting();
         let amount = loop {
             match self.stream.read(input) {
                 // A signal: the socket timeout restarts, which only lengthens

@@ -674,6 +674,56 @@ fn client_that_stops_reading_does_not_block_others() {
 }
 
 #[test]
+fn clients_that_stop_reading_do_not_hold_up_queued_requests() {
+    // A queued job wakes no worker while enough are running (two per CPU);
+    // these clients keep that many running workers stuck in a write, and
+    // the jobs behind them must still get a worker.
+    let cpus = thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let stuck_count = 2 * cpus;
+    let origin = Origin::start(|request| {
+        if request.target == "/huge" {
+            Reply::Huge { len: 256 << 20 }
+        } else {
+            Reply::ok("text/plain", "hello")
+        }
+    });
+    let proxy = Proxy::with(|c| {
+        c.workers = (stuck_count + 4).try_into().expect("non-zero");
+        // Every client request here is a miss: cached or not, the stuck
+        // workers are what the test is about.
+        c.cache_mem = 0;
+    });
+    let stuck: Vec<TcpStream> = (0..stuck_count)
+        .map(|_| {
+            let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+            stream
+                .write_all(get(origin.addr, "/huge").as_bytes())
+                .expect("send");
+            stream
+        })
+        .collect();
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == stuck_count),
+        "the huge requests never all reached the origin"
+    );
+    let clients: Vec<_> = (0..10)
+        .map(|n| {
+            let (addr, url) = (proxy.addr, origin.url(&format!("/other-{n}")));
+            thread::spawn(move || {
+                let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                exchange_until_close(addr, request.as_bytes(), LIMIT)
+            })
+        })
+        .collect();
+    for (n, client) in clients.into_iter().enumerate() {
+        let got = client.join().expect("client thread");
+        let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
+    }
+    drop(stuck);
+}
+
+#[test]
 fn an_oversized_body_sent_in_full_still_gets_its_413_not_a_reset() {
     let origin = Origin::fixed("text/plain", b"never");
     let proxy = Proxy::with(|c| c.max_body_bytes = Some(1000));

@@ -183,7 +183,11 @@ impl Acceptor {
             if self.draining && !self.has_connections() {
                 break;
             }
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let mut timeout = next_tick.saturating_duration_since(now);
+            if let Some(look_again) = self.jobs.nudge(now) {
+                timeout = timeout.min(look_again);
+            }
             if let Err(err) = self.poll.poll(&mut events, Some(timeout))
                 && err.kind() != io::ErrorKind::Interrupted
             {
