@@ -20,6 +20,7 @@ mod pool;
 mod relay;
 mod request_body;
 mod request_id;
+mod sched;
 mod target;
 mod tunnel;
 mod worker;
@@ -207,7 +208,10 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     )?;
     let acceptor = thread::Builder::new()
         .name("acceptor".into())
-        .spawn(move || acceptor.run())?;
+        .spawn(move || {
+            sched::batch_this_thread();
+            acceptor.run()
+        })?;
     Ok(Running {
         addrs,
         config: config.clone(),

@@ -44,6 +44,7 @@ impl Pool {
                 .stack_size(256 * 1024)
                 .name(format!("worker-{n}"))
                 .spawn(move || {
+                    crate::server::sched::batch_this_thread();
                     crate::upstream::Agents::enter(n - 1);
                     worker::run(jobs, idler, ctx)
                 })?;

@@ -171,9 +171,10 @@ pub fn spawn_relay(
         shutdown,
         metrics,
     };
-    let handle = thread::Builder::new()
-        .name("relay".into())
-        .spawn(move || loop_state.run())?;
+    let handle = thread::Builder::new().name("relay".into()).spawn(move || {
+        crate::server::sched::batch_this_thread();
+        loop_state.run()
+    })?;
     Ok((relay, handle))
 }
 
