@@ -18,7 +18,7 @@
 //! copies does, and will come for the next job as soon as it is done.
 //! With the origin near, a pool of 512 then serves from a queue kept by a
 //! handful of running workers, as a pool of 8 would, instead of waking a
-//! thread per request (which cost a cache hit 1.6 times the CPU); with the
+//! thread per request (which cost a cache hit 1.5 times the CPU); with the
 //! origin far, nearly every worker waits, so each job wakes one as before.
 //! Should the running workers be stuck after all (a slow client, a disk),
 //! the acceptor sees the queue stand still and wakes one more (`nudge`).
