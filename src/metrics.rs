@@ -121,6 +121,7 @@ pub struct Metrics {
     upstream_waits: Histogram,
     workers_busy: AtomicU64,
     worker_panics: AtomicU64,
+    late_wakeups: AtomicU64,
     tunnels_ended: [AtomicU64; TunnelEnd::ALL.len()],
     /// Tunnel bytes from the client to the target.
     tunnel_bytes_up: AtomicU64,
@@ -146,6 +147,7 @@ impl Metrics {
             upstream_waits: Histogram::new(),
             workers_busy: AtomicU64::new(0),
             worker_panics: AtomicU64::new(0),
+            late_wakeups: AtomicU64::new(0),
             tunnels_ended: std::array::from_fn(|_| AtomicU64::new(0)),
             tunnel_bytes_up: AtomicU64::new(0),
         }
@@ -188,6 +190,12 @@ impl Metrics {
     /// Counts a new connection to an origin (a pooled one reused is not).
     pub fn upstream_connected(&self) {
         self.upstream_connects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts workers woken for jobs that waited in the queue over a
+    /// millisecond while the running workers were held up.
+    pub fn workers_woken_late(&self, count: usize) {
+        self.late_wakeups.fetch_add(count as u64, Ordering::Relaxed);
     }
 
     /// Counts an upstream call made again because the origin closed a
@@ -357,6 +365,12 @@ impl Metrics {
             "counter",
             "TCP connections opened to origins for forwarded requests (before any TLS handshake; tunnels not counted).",
             load(&self.upstream_connects),
+        );
+        page.single(
+            "fetchproxy_worker_late_wakeups_total",
+            "counter",
+            "Workers woken for a job still queued after 1 ms because the running workers were held up (slow clients, a disk); rising steadily, the pool is too small for the load.",
+            load(&self.late_wakeups),
         );
         page.single(
             "fetchproxy_upstream_retries_total",

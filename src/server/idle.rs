@@ -112,17 +112,19 @@ impl IdleWorkers {
         }
     }
 
-    /// Wakes the worker that went idle last, if one is idle.
-    pub fn wake_one(&self) {
+    /// Wakes the worker that went idle last, if one is idle; says whether
+    /// one was.
+    pub fn wake_one(&self) -> bool {
         let mut stack = self.lock();
         while let Some(waiting) = stack.pop() {
             if waiting.idle.swap(false, Ordering::SeqCst) {
                 drop(stack);
                 self.running.fetch_add(1, Ordering::SeqCst);
                 waiting.thread.unpark();
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// How many jobs workers have taken so far.

@@ -78,12 +78,13 @@ impl JobQueue {
     /// Called by the acceptor on every turn of its loop: once jobs that
     /// were queued `STALL` ago are still there, the running workers are
     /// held up (slow clients, a disk), and a worker is woken for each such
-    /// job. Says how soon it wants to be called again, while jobs wait.
-    pub fn nudge(&mut self, now: Instant) -> Option<Duration> {
+    /// job. Says how many were woken, and how soon it wants to be called
+    /// again while jobs wait.
+    pub fn nudge(&mut self, now: Instant) -> (usize, Option<Duration>) {
         let queued = self.len();
         let since = now.saturating_duration_since(self.looked.at);
         if since < STALL && self.looked.queued > 0 {
-            return Some(STALL - since);
+            return (0, Some(STALL - since));
         }
         let taken = self.idle.taken();
         // The queue is first in, first out: of the jobs there at the last
@@ -93,15 +94,13 @@ impl JobQueue {
             .queued
             .saturating_sub(taken.wrapping_sub(self.looked.taken))
             .min(queued);
-        for _ in 0..late {
-            self.idle.wake_one();
-        }
+        let woken = (0..late).take_while(|_| self.idle.wake_one()).count();
         self.looked = Look {
             at: now,
             queued,
             taken,
         };
-        (queued > 0).then_some(STALL)
+        (woken, (queued > 0).then_some(STALL))
     }
 
     /// Jobs waiting for a worker.

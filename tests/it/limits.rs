@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::raw::{Exchange, Response, exchange_until_close, read_to_close};
 use crate::support::{
-    Gate, Origin, Proxy, Reply, gated_origin, read_response, read_until_close, wait_until,
+    Gate, Origin, Proxy, Reply, gated_origin, metric, read_response, read_until_close,
+    scrape_metrics, wait_until,
 };
 
 /// Time allowed for anything that is not itself the subject of a test.
@@ -706,6 +707,25 @@ fn clients_that_stop_reading_do_not_hold_up_queued_requests() {
         wait_until(LIMIT, || origin.requests().len() == stuck_count),
         "the huge requests never all reached the origin"
     );
+    // Stuck for good once nothing more arrives at these clients: the
+    // workers then block in their writes.
+    let unread = || -> Vec<u64> {
+        stuck
+            .iter()
+            .map(|s| rustix::io::ioctl_fionread(s).expect("FIONREAD"))
+            .collect()
+    };
+    let mut last = unread();
+    assert!(
+        wait_until(LIMIT, || {
+            thread::sleep(Duration::from_millis(100));
+            let now = unread();
+            let still = now == last && now.iter().all(|&n| n > 0);
+            last = now;
+            still
+        }),
+        "the huge answers never stopped arriving"
+    );
     let clients: Vec<_> = (0..10)
         .map(|n| {
             let (addr, url) = (proxy.addr, origin.url(&format!("/other-{n}")));
@@ -720,6 +740,9 @@ fn clients_that_stop_reading_do_not_hold_up_queued_requests() {
         let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
     }
+    let (_, page) = scrape_metrics(proxy.addr);
+    let late = metric(&page, "fetchproxy_worker_late_wakeups_total").expect("the counter");
+    assert!(late >= 1.0, "no worker was woken late: {late}");
     drop(stuck);
 }
 

@@ -185,7 +185,11 @@ impl Acceptor {
             }
             let now = Instant::now();
             let mut timeout = next_tick.saturating_duration_since(now);
-            if let Some(look_again) = self.jobs.nudge(now) {
+            let (woken, look_again) = self.jobs.nudge(now);
+            if woken > 0 {
+                self.metrics.workers_woken_late(woken);
+            }
+            if let Some(look_again) = look_again {
                 timeout = timeout.min(look_again);
             }
             if let Err(err) = self.poll.poll(&mut events, Some(timeout))
