@@ -229,10 +229,14 @@ pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ProxyError> {
     let dns_failed = || ProxyError::DnsFailed {
         host: host.to_string(),
     };
-    let addrs: Vec<SocketAddr> = (literal, port)
-        .to_socket_addrs()
-        .map_err(|_| dns_failed())?
-        .collect();
+    // A name lookup waits on a DNS server: the worker does not count as
+    // running meanwhile (see `server::idle`).
+    let addrs: Vec<SocketAddr> = {
+        let _waiting = crate::server::idle::waiting();
+        (literal, port).to_socket_addrs()
+    }
+    .map_err(|_| dns_failed())?
+    .collect();
     if addrs.is_empty() {
         Err(dns_failed())
     } else {

@@ -13,8 +13,8 @@
 //!
 //! A queued job wakes a worker only while few are running. A worker runs
 //! from when it is woken until it goes back on the stack, except while it
-//! waits on a socket (an origin's answer, a client's next request; see
-//! [`waiting`]): a worker that waits does not count, one that computes or
+//! waits on a socket (an origin's answer, a name lookup, a client's next
+//! request; see [`waiting`]): a worker that waits does not count, one that computes or
 //! copies does, and will come for the next job as soon as it is done.
 //! With the origin near, a pool of 512 then serves from a queue kept by a
 //! handful of running workers, as a pool of 8 would, instead of waking a
