@@ -298,16 +298,18 @@ mod tests {
         (results, handles)
     }
 
-    /// Waits until `count` workers are parked on the stack.
-    fn wait_parked(idle: &IdleWorkers, count: usize) {
-        let deadline = std::time::Instant::now() + LIMIT;
-        while idle
-            .lock()
+    /// Workers parked on the stack now.
+    fn parked(idle: &IdleWorkers) -> usize {
+        idle.lock()
             .iter()
             .filter(|w| w.idle.load(Ordering::SeqCst))
             .count()
-            < count
-        {
+    }
+
+    /// Waits until `count` workers are parked on the stack.
+    fn wait_parked(idle: &IdleWorkers, count: usize) {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while parked(idle) < count {
             assert!(
                 std::time::Instant::now() < deadline,
                 "workers never went idle"
@@ -330,11 +332,7 @@ mod tests {
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
-        drop(tx);
-        idle.close();
-        for handle in handles {
-            handle.join().expect("worker ends");
-        }
+        close(tx, &idle, handles);
     }
 
     #[test]
@@ -355,11 +353,7 @@ mod tests {
             let (taker, _) = results.recv_timeout(LIMIT).expect("a job lost");
             assert_eq!(taker, first, "job {job} woke a colder worker");
         }
-        drop(tx);
-        idle.close();
-        for handle in handles {
-            handle.join().expect("worker ends");
-        }
+        close(tx, &idle, handles);
     }
 
     #[test]
@@ -377,6 +371,19 @@ mod tests {
         drop(tx);
         idle.close();
         assert_eq!(idler.next_job(&rx), None);
+    }
+
+    /// Closes the queue and waits for every worker to end.
+    fn close<T>(
+        tx: crossbeam_channel::Sender<T>,
+        idle: &IdleWorkers,
+        handles: Vec<thread::JoinHandle<()>>,
+    ) {
+        drop(tx);
+        idle.close();
+        for handle in handles {
+            handle.join().expect("worker ends");
+        }
     }
 
     type Task = Box<dyn FnOnce() + Send>;
@@ -414,6 +421,22 @@ mod tests {
         (task, release)
     }
 
+    /// Queues a `holding` job, wakes for it as the acceptor does, and
+    /// waits until a worker started it; returns what releases it.
+    fn start_holding(
+        idle: &IdleWorkers,
+        tx: &crossbeam_channel::Sender<Task>,
+        (started, starts): (&mpsc::Sender<u32>, &mpsc::Receiver<u32>),
+        id: u32,
+        on_socket: bool,
+    ) -> mpsc::Sender<()> {
+        let (task, release) = holding(started, id, on_socket);
+        tx.send(task).expect("queue");
+        idle.wake_for_job();
+        assert_eq!(starts.recv_timeout(LIMIT), Ok(id), "job {id} got no worker");
+        release
+    }
+
     #[test]
     fn a_job_is_left_to_the_running_workers_once_enough_run() {
         // One CPU: two running workers are enough.
@@ -422,14 +445,9 @@ mod tests {
         let handles = task_workers(4, &idle, &rx);
         wait_parked(&idle, 4);
         let (started, starts) = mpsc::channel();
-        let mut releases = Vec::new();
-        for id in 0..2 {
-            let (task, release) = holding(&started, id, false);
-            tx.send(task).expect("queue");
-            idle.wake_for_job();
-            assert_eq!(starts.recv_timeout(LIMIT), Ok(id), "job {id} got no worker");
-            releases.push(release);
-        }
+        let releases: Vec<_> = (0..2)
+            .map(|id| start_holding(&idle, &tx, (&started, &starts), id, false))
+            .collect();
         // Two run: the third job wakes nobody, and waits for one of them.
         let (task, third) = holding(&started, 2, false);
         tx.send(task).expect("queue");
@@ -439,13 +457,7 @@ mod tests {
             Err(mpsc::RecvTimeoutError::Timeout),
             "a third worker was woken"
         );
-        assert_eq!(
-            idle.lock()
-                .iter()
-                .filter(|w| w.idle.load(Ordering::SeqCst))
-                .count(),
-            2
-        );
+        assert_eq!(parked(&idle), 2);
         let _ = releases[0].send(());
         assert_eq!(
             starts.recv_timeout(LIMIT),
@@ -455,11 +467,7 @@ mod tests {
         for release in releases.iter().chain([&third]) {
             let _ = release.send(());
         }
-        drop(tx);
-        idle.close();
-        for handle in handles {
-            handle.join().expect("worker ends");
-        }
+        close(tx, &idle, handles);
     }
 
     #[test]
@@ -469,24 +477,15 @@ mod tests {
         let handles = task_workers(4, &idle, &rx);
         wait_parked(&idle, 4);
         let (started, starts) = mpsc::channel();
-        let mut releases = Vec::new();
         // However many wait on sockets, a queued job still wakes a worker.
-        for id in 0..4 {
-            let (task, release) = holding(&started, id, true);
-            tx.send(task).expect("queue");
-            idle.wake_for_job();
-            assert_eq!(starts.recv_timeout(LIMIT), Ok(id), "job {id} got no worker");
-            releases.push(release);
-        }
+        let releases: Vec<_> = (0..4)
+            .map(|id| start_holding(&idle, &tx, (&started, &starts), id, true))
+            .collect();
         assert_eq!(idle.running.load(Ordering::SeqCst), 0);
         for release in &releases {
             let _ = release.send(());
         }
-        drop(tx);
-        idle.close();
-        for handle in handles {
-            handle.join().expect("worker ends");
-        }
+        close(tx, &idle, handles);
         assert_eq!(
             idle.running.load(Ordering::SeqCst),
             4,

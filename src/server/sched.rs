@@ -33,13 +33,18 @@ mod linux {
     /// chosen, so that only the policy changes.
     pub fn batch() -> Result<(), String> {
         let nice = rustix::process::getpriority_process(None).map_err(|err| err.to_string())?;
-        let priority = (0..=99u8)
+        let priority =
+            keeping(nice).ok_or_else(|| format!("no priority keeps the nice value {nice}"))?;
+        set_thread_priority_and_policy(thread_native_id(), priority, BATCH)
+            .map_err(|err| format!("{err:?}"))
+    }
+
+    /// The crate's priority that it maps to `nice` under `BATCH`.
+    fn keeping(nice: i32) -> Option<ThreadPriority> {
+        (0..=99u8)
             .filter_map(|value| ThreadPriorityValue::try_from(value).ok())
             .map(ThreadPriority::Crossplatform)
             .find(|priority| priority.to_posix(BATCH).ok() == Some(nice))
-            .ok_or_else(|| format!("no priority keeps the nice value {nice}"))?;
-        set_thread_priority_and_policy(thread_native_id(), priority, BATCH)
-            .map_err(|err| format!("{err:?}"))
     }
 
     #[cfg(test)]
@@ -51,24 +56,14 @@ mod linux {
             rustix::process::getpriority_process(None).expect("getpriority")
         }
 
-        #[test]
-        fn a_thread_gets_the_batch_policy_and_keeps_its_nice_value() {
-            std::thread::spawn(|| {
-                let before = nice();
-                super::super::batch_this_thread();
-                assert_eq!(thread_schedule_policy().expect("policy"), BATCH);
-                assert_eq!(nice(), before);
-            })
-            .join()
-            .expect("thread");
-        }
-
-        #[test]
-        fn a_niced_thread_keeps_its_nice_value() {
-            std::thread::spawn(|| {
-                // Raising the nice value needs no privilege.
-                let niced = nice() + 3;
-                rustix::process::setpriority_process(None, niced).expect("setpriority");
+        /// On a fresh thread, raises its nice value by `raise` (no privilege
+        /// needed), then checks that the policy is set and the nice value kept.
+        fn batch_keeps_nice(raise: i32) {
+            std::thread::spawn(move || {
+                let niced = nice() + raise;
+                if raise != 0 {
+                    rustix::process::setpriority_process(None, niced).expect("setpriority");
+                }
                 super::super::batch_this_thread();
                 assert_eq!(thread_schedule_policy().expect("policy"), BATCH);
                 assert_eq!(nice(), niced);
@@ -78,13 +73,19 @@ mod linux {
         }
 
         #[test]
+        fn a_thread_gets_the_batch_policy_and_keeps_its_nice_value() {
+            batch_keeps_nice(0);
+        }
+
+        #[test]
+        fn a_niced_thread_keeps_its_nice_value() {
+            batch_keeps_nice(3);
+        }
+
+        #[test]
         fn every_nice_value_has_a_priority_that_keeps_it() {
             for nice in -20..=19 {
-                let found = (0..=99u8)
-                    .filter_map(|value| ThreadPriorityValue::try_from(value).ok())
-                    .map(ThreadPriority::Crossplatform)
-                    .any(|priority| priority.to_posix(BATCH).ok() == Some(nice));
-                assert!(found, "nice {nice}");
+                assert!(keeping(nice).is_some(), "nice {nice}");
             }
         }
     }
