@@ -65,11 +65,11 @@ fn followers_read_bytes_before_the_fill_completes() {
         })
     };
     fill.publish_head(head(None), true, None);
-    fill.publish(Bytes::from_static(b"hello "));
+    fill.append(b"hello ", 64);
     // The fill is still open: the follower has the first bytes already.
     let first = first.recv_timeout(WAIT).expect("bytes before completion");
     assert_eq!(&first[..], b"hello ");
-    fill.publish(Bytes::from_static(b"world"));
+    fill.append(b"world", 64);
     fill.complete();
     assert_eq!(follower.join().expect("follower"), b"hello world");
 }
@@ -78,7 +78,7 @@ fn followers_read_bytes_before_the_fill_completes() {
 fn a_failed_fill_cuts_readers_short() {
     let fill = Fill::new();
     fill.publish_head(head(None), true, None);
-    fill.publish(Bytes::from_static(b"part"));
+    fill.append(b"part", 64);
     let (_, mut reader) = fill
         .follow(&request("GET", URL, &[]), WAIT)
         .expect("follows");
@@ -162,7 +162,7 @@ fn readers_move_to_the_file_when_the_body_spills() {
         .expect("follows");
     for piece in [&b"abc"[..], b"def"] {
         writer.write_all(piece).expect("write");
-        fill.publish(Bytes::copy_from_slice(piece));
+        fill.append(piece, 64);
     }
     assert_eq!(
         &reader.next_chunk().expect("chunk").expect("some")[..],
@@ -174,4 +174,39 @@ fn readers_move_to_the_file_when_the_body_spills() {
     fill.complete();
     assert_eq!(read_all(&mut reader).expect("rest"), b"defghi");
     assert!(fill.chunks().is_empty(), "memory copy dropped");
+}
+
+#[test]
+fn a_body_no_one_follows_is_kept_as_one_piece() {
+    let fill = Fill::new();
+    fill.publish_head(head(None), true, None);
+    for piece in [&b"abc"[..], b"def", b"gh"] {
+        fill.append(piece, 8);
+    }
+    // Past the block: a new one.
+    fill.append(b"ijk", 8);
+    let chunks = fill.chunks();
+    let pieces: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+    assert_eq!(pieces, [&b"abcdefgh"[..], b"ijk"]);
+}
+
+#[test]
+fn a_late_follower_gets_what_came_before_it_at_once() {
+    let fill = Fill::new();
+    fill.publish_head(head(None), true, None);
+    fill.append(b"early ", 64);
+    let (_, mut reader) = fill
+        .follow(&request("GET", URL, &[]), WAIT)
+        .expect("follows");
+    // Nothing more is appended yet: the reader does not wait for it.
+    assert_eq!(
+        &reader.next_chunk().expect("chunk").expect("some")[..],
+        b"early "
+    );
+    fill.append(b"late", 64);
+    fill.complete();
+    assert_eq!(read_all(&mut reader).expect("rest"), b"late");
+    let chunks = fill.chunks();
+    let pieces: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+    assert_eq!(pieces, [&b"early "[..], b"late"], "cut for the reader");
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use bytes::BytesMut;
 use http::{HeaderMap, StatusCode};
 
 use crate::cache::Shared;
@@ -46,16 +45,13 @@ pub struct Filler {
     registered: bool,
     /// Bytes of `Shared::inflight` this fill holds in memory.
     reserved: u64,
-    /// Where the pieces of a body kept in memory are copied: one buffer of
-    /// the declared length (or blocks of `ARENA_BLOCK` when none), from
-    /// which each piece is published as a shared slice, so a body costs one
-    /// allocation and one copy, not one per piece.
-    arena: BytesMut,
     store: Store,
 }
 
-/// Size of each arena block when the body's length is not known.
-const ARENA_BLOCK: usize = 64 * 1024;
+/// Size of each memory block of a body whose length is not known: a body
+/// of declared length goes in one block of that length, so it costs one
+/// allocation and one copy, not one per piece.
+const MEMORY_BLOCK: usize = 64 * 1024;
 
 impl Filler {
     /// A filler for `request`, publishing into `fill`.
@@ -73,7 +69,6 @@ impl Filler {
             fill,
             registered,
             reserved: 0,
-            arena: BytesMut::new(),
             store: Store::AwaitingHead,
         }
     }
@@ -228,18 +223,12 @@ impl Filler {
             }
         }
         if *memory {
-            let room = self.arena.capacity() - self.arena.len();
-            if room < bytes.len() {
-                let left = declared.map_or(ARENA_BLOCK as u64, |len| {
-                    len.saturating_sub(*received - bytes.len() as u64)
-                });
-                let size = usize::try_from(left)
-                    .unwrap_or(ARENA_BLOCK)
-                    .max(bytes.len());
-                self.arena = BytesMut::with_capacity(size);
-            }
-            self.arena.extend_from_slice(bytes);
-            self.fill.publish(self.arena.split().freeze());
+            // What is left of a declared body (this piece included).
+            let left = declared.map_or(MEMORY_BLOCK as u64, |len| {
+                len.saturating_sub(*received - bytes.len() as u64)
+            });
+            let block = usize::try_from(left).unwrap_or(MEMORY_BLOCK);
+            self.fill.append(bytes, block);
         } else if disk.is_some() {
             self.fill.advance(bytes.len() as u64);
         } else if busy {
@@ -313,9 +302,8 @@ impl Filler {
     }
 
     fn store_in_memory(&self, head: &Arc<ObjectHead>) -> Arc<StoredObject> {
-        // The pieces as published (slices of the arena, contiguous in
-        // memory when the length was declared): a hit writes them all in
-        // one vectored write, so they are not joined.
+        // One piece, unless followers read it as it came (then slices of
+        // one block, which a hit writes in one vectored write anyway).
         let body = self.fill.chunks().into_boxed_slice();
         let object = Arc::new(StoredObject::new(Arc::clone(head), Body::Memory(body)));
         if let Some(memory) = &self.shared.memory {
