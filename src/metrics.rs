@@ -87,6 +87,8 @@ pub struct CacheFigures {
     pub disk_write_errors: u64,
     /// Disk objects found broken and dropped.
     pub disk_corrupt: u64,
+    /// Disk objects read back against their checksum before first use.
+    pub disk_verified: u64,
     /// URLs, bytes and budget of the memory tier.
     pub memory: TierFigures,
     /// The same for the disk tier, when there is one.
@@ -494,6 +496,11 @@ fn render_cache(page: &mut Page, cache: &CacheFigures) {
             "fetchproxy_cache_disk_corrupt_total",
             "Disk objects found broken (length, checksum, format) and deleted instead of served.",
             cache.disk_corrupt,
+        ),
+        (
+            "fetchproxy_cache_disk_verified_total",
+            "Disk objects read back against their checksum before their first use after a start.",
+            cache.disk_verified,
         ),
     ] {
         page.single(name, "counter", help, value);

@@ -5,8 +5,8 @@
 //! of the object is copied per hit.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -220,6 +220,11 @@ pub struct DiskFile {
     /// The whole body was read back and its checksum held, since the file
     /// was written or since this process found it.
     pub verified: AtomicBool,
+    /// Held by the one request reading the body back: concurrent first
+    /// hits wait for its verdict instead of each reading the whole file.
+    pub checking: Mutex<()>,
+    /// The file was found broken and dropped: it is not checked again.
+    pub broken: AtomicBool,
     /// Set when the disk store closes: files outlive the process then.
     closing: Arc<AtomicBool>,
     /// Set when another `DiskFile` stands for the same path (the loader
@@ -233,6 +238,8 @@ impl DiskFile {
         DiskFile {
             path,
             verified: AtomicBool::new(verified),
+            checking: Mutex::new(()),
+            broken: AtomicBool::new(false),
             closing,
             disowned: AtomicBool::new(false),
         }

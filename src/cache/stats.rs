@@ -42,6 +42,9 @@ pub struct Stats {
     pub disk_write_errors: AtomicU64,
     /// Disk objects found broken (checksum, length, format) and deleted.
     pub disk_corrupt: AtomicU64,
+    /// Disk objects read back against their checksum before their first
+    /// use since the process found them.
+    pub disk_verified: AtomicU64,
 }
 
 /// Objects and bytes held by one tier.

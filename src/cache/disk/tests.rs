@@ -124,6 +124,53 @@ fn a_flipped_body_byte_is_never_served() {
     assert_eq!(read(&cache.stats().disk_corrupt), 1);
 }
 
+/// Looks `url` up from `threads` threads at once; says how many hit.
+fn concurrent_hits(cache: &Cache, url: &str, threads: usize) -> usize {
+    let start = std::sync::Barrier::new(threads);
+    std::thread::scope(|scope| {
+        let lookups: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    matches!(cache.lookup(&get(url), SystemTime::now()), Lookup::Hit(_))
+                })
+            })
+            .collect();
+        lookups
+            .into_iter()
+            .map(|lookup| lookup.join().expect("lookup thread"))
+            .filter(|&hit| hit)
+            .count()
+    })
+}
+
+#[test]
+fn concurrent_first_hits_read_a_disk_object_back_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let cache = open(dir.path());
+        store(&cache, &get("http://h/big"), &[MAX_AGE], &body(4 << 20), 64).expect("stored");
+    }
+    let cache = open(dir.path());
+    assert_eq!(concurrent_hits(&cache, "http://h/big", 8), 8);
+    assert_eq!(read(&cache.stats().disk_verified), 1);
+    assert_eq!(hit_body(&cache, "http://h/big"), body(4 << 20));
+    assert_eq!(read(&cache.stats().disk_verified), 1, "verified once");
+}
+
+#[test]
+fn concurrent_first_hits_on_a_broken_object_drop_it_once() {
+    let (dir, cache) = reopen_after(|file| {
+        let mut bytes = fs::read(file).expect("read");
+        let at = bytes.len() - 5000;
+        bytes[at] ^= 0x40;
+        fs::write(file, bytes).expect("write");
+    });
+    assert_eq!(concurrent_hits(&cache, "http://h/x", 8), 0);
+    assert!(object_files(dir.path()).is_empty(), "deleted");
+    assert_eq!(read(&cache.stats().disk_corrupt), 1, "counted once");
+}
+
 #[test]
 fn a_truncated_file_is_dropped_at_load() {
     for cut in [10, 5000, 19_000] {

@@ -238,6 +238,7 @@ pub fn figures(cache: &Cache) -> CacheFigures {
         fills_abandoned: read(&stats.fills_abandoned),
         disk_write_errors: read(&stats.disk_write_errors),
         disk_corrupt: read(&stats.disk_corrupt),
+        disk_verified: read(&stats.disk_verified),
         memory: tier(memory),
         disk: disk.map(tier),
         fills_in_progress: cache.fills_in_progress(),

@@ -105,6 +105,52 @@ fn a_restart_finds_the_disk_cache_and_serves_it_without_the_origin() {
 }
 
 #[test]
+fn concurrent_first_hits_after_a_restart_read_the_file_back_once() {
+    const LEN: u64 = 8 << 20;
+    const CLIENTS: usize = 8;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::start(|_| fresh_pattern(LEN));
+    let url = origin.url("/toolchain.tar");
+    let dir_arg = dir.path().to_str().expect("UTF-8 temp path");
+    // Over the memory tier's object limit: after the restart the object is
+    // on disk only, and checked before its first use.
+    let args = ["--cache-dir", dir_arg, "--cache-max-object", "64KiB"];
+    let proxy = start(&args);
+    get(proxy.addr, &url, &[]);
+    assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
+    stop(proxy);
+
+    let proxy = start(&args);
+    let loaded = wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(&page, "fetchproxy_cache_disk_index_loaded") == Some(1.0)
+    });
+    assert!(loaded, "index never loaded");
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || get(addr, &url, &[]))
+        })
+        .collect();
+    let expected = pattern(LEN);
+    for client in clients {
+        let reply = client.join().expect("client thread");
+        assert_eq!(reply.status, 200, "{:?}", reply.headers);
+        assert!(reply.body == expected, "the stored body, whole");
+        assert!(cache_status(&reply).contains("; hit"), "{reply:?}");
+    }
+    assert_eq!(origin.requests().len(), 1, "all from the disk tier");
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_disk_verified_total"),
+        Some(1.0),
+        "one read-back for {CLIENTS} concurrent first hits"
+    );
+    stop(proxy);
+}
+
+#[test]
 fn a_range_of_a_disk_object_is_sent_from_its_offset() {
     let dir = tempfile::tempdir().expect("temp dir");
     let origin = Origin::start(|_| fresh_pattern(300_000));
