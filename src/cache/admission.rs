@@ -68,6 +68,32 @@ impl NotStored {
     }
 }
 
+/// Statuses storable without any caching field (heuristically cacheable,
+/// RFC 9110 §15.1) among those the policy understands.
+const STORABLE_BARE: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// The commonest response that is never kept, known without building its
+/// policy (which decides the same, at the cost of a few allocations on
+/// every such miss): no `Cache-Control`, `Expires`, `Last-Modified` or
+/// `ETag`, from a status storable without them, to a request without
+/// credentials or `no-store`. It may be stored, but is never fresh (no
+/// lifetime, nothing to guess one from), cannot be revalidated, and allows
+/// nothing stale: `NotStored::Useless`. Other statuses and requests go
+/// through the policy, which tells `Policy` and `Useless` apart.
+fn never_fresh(request: &RequestHead, status: StatusCode, headers: &HeaderMap) -> bool {
+    use http::header::{CACHE_CONTROL, ETAG, EXPIRES, LAST_MODIFIED};
+    let request_no_store = || {
+        crate::cache::policy::directive(request.header_values("cache-control"), "no-store")
+            .is_some()
+    };
+    STORABLE_BARE.contains(&status.as_u16())
+        && request.header("authorization").is_none()
+        && [CACHE_CONTROL, EXPIRES, LAST_MODIFIED, ETAG]
+            .iter()
+            .all(|name| !headers.contains_key(name))
+        && !request_no_store()
+}
+
 /// Whether the response can be revalidated (RFC 9110 §8.8).
 fn has_validator(headers: &HeaderMap) -> bool {
     headers.contains_key(http::header::ETAG) || headers.contains_key(http::header::LAST_MODIFIED)
@@ -111,6 +137,9 @@ pub(crate) fn plan(
     let config = &shared.config;
     if request.method != "GET" {
         return Err(NotStored::Request);
+    }
+    if !key.is_partial() && never_fresh(request, status, headers) {
+        return Err(NotStored::Useless);
     }
     if forbids_storing(headers) {
         return Err(NotStored::Policy);
@@ -303,6 +332,53 @@ mod tests {
             assert_eq!(forbids_storing(&headers), forbids, "{value}");
         }
         assert!(!forbids_storing(&HeaderMap::new()));
+    }
+
+    /// The shortcut says `Useless` only where the policy would: storable,
+    /// never fresh, nothing to revalidate with, nothing stale allowed.
+    #[test]
+    fn a_bare_response_is_known_useless_as_the_policy_would_decide() {
+        let now = SystemTime::now();
+        let uri: http::Uri = "http://h/x".parse().expect("uri");
+        let bare = headers(&[("content-type", "text/plain"), ("content-length", "3")]);
+        let plain = crate::cache::testing::request("GET", "http://h/x", &[]);
+        let mut shortcuts = 0;
+        for code in 100..=599 {
+            let Ok(status) = StatusCode::from_u16(code) else {
+                continue;
+            };
+            if !never_fresh(&plain, status, &bare) {
+                continue;
+            }
+            shortcuts += 1;
+            let policy = Policy::new(&uri, &plain, status, &bare, now);
+            assert!(policy.is_storable(), "{code}");
+            assert!(!policy.is_fresh(now), "{code}");
+            assert!(!has_validator(&bare) && !allows_stale(&bare), "{code}");
+        }
+        assert_eq!(shortcuts, STORABLE_BARE.len());
+        let ok = StatusCode::OK;
+        for (request, response) in [
+            (vec![("authorization", "Basic eDp5")], vec![]),
+            (vec![("cache-control", "no-store")], vec![]),
+            (vec![], vec![("cache-control", "max-age=60")]),
+            (vec![], vec![("expires", "Thu, 01 Jan 2099 00:00:00 GMT")]),
+            (
+                vec![],
+                vec![("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT")],
+            ),
+            (vec![], vec![("etag", "\"v1\"")]),
+        ] {
+            let request = crate::cache::testing::request("GET", "http://h/x", &request);
+            assert!(
+                !never_fresh(&request, ok, &headers(&response)),
+                "{request:?} {response:?}: left to the policy"
+            );
+        }
+        assert!(
+            !never_fresh(&plain, StatusCode::FOUND, &bare),
+            "302: the policy's"
+        );
     }
 
     #[test]

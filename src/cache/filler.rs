@@ -45,6 +45,9 @@ pub struct Filler {
     registered: bool,
     /// Bytes of `Shared::inflight` this fill holds in memory.
     reserved: u64,
+    /// The lookup found something stored for the URL, which a response
+    /// that is not kept may supersede.
+    stored_before: bool,
     store: Store,
 }
 
@@ -69,8 +72,16 @@ impl Filler {
             fill,
             registered,
             reserved: 0,
+            stored_before: true,
             store: Store::AwaitingHead,
         }
+    }
+
+    /// The same filler, told that the lookup found nothing stored for the
+    /// URL: a response that is not kept then has nothing to supersede.
+    pub(crate) fn with_nothing_stored(mut self) -> Filler {
+        self.stored_before = false;
+        self
     }
 
     /// The key being filled.
@@ -151,7 +162,7 @@ impl Filler {
         // refusal caused by the request itself does not.
         let about_response = !matches!(why, NotStored::DiskError | NotStored::Request)
             && status != StatusCode::NOT_MODIFIED;
-        if about_response && !status.is_server_error() {
+        if about_response && !status.is_server_error() && self.stored_before {
             self.drop_superseded();
         }
         self.release(Release::NotShareable, about_response);

@@ -265,6 +265,12 @@ impl Cache {
             return Lookup::OnlyIfCached;
         }
         match self.miss_role(head, key, again) {
+            // Nothing was stored for the URL: a response that is not kept
+            // has no older copy to supersede.
+            Some(MissRole::Fill(filler)) if kind == Fwd::UriMiss => Lookup::Miss(Miss {
+                kind,
+                role: MissRole::Fill(filler.with_nothing_stored()),
+            }),
             Some(role) => Lookup::Miss(Miss { kind, role }),
             None => self.look(head, now, false),
         }
