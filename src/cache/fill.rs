@@ -12,7 +12,7 @@
 //! `Bytes` for readers. While no one reads, nothing is cut, so a body that
 //! no one followed is stored as one piece: a hit then writes it with one
 //! slice, not one per piece that came from the origin (at 1 MiB that took
-//! 2 to 8% off a hit's CPU). Past the memory limit, or when the body never
+//! about 9% off a hit's CPU). Past the memory limit, or when the body never
 //! could fit it, readers read the temporary file the disk tier is writing,
 //! with positioned reads. The state lock is never held across I/O.
 
