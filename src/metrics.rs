@@ -95,6 +95,8 @@ pub struct CacheFigures {
     pub disk: Option<TierFigures>,
     /// Fills in progress that other requests can follow.
     pub fills_in_progress: usize,
+    /// Of those, the ones received by a thread of their own.
+    pub fills_received_apart: usize,
     /// Body bytes held in memory by fills in progress.
     pub fill_memory_bytes: u64,
     /// The disk tier's index has been read (true without a disk tier).
@@ -536,6 +538,12 @@ fn render_cache(page: &mut Page, cache: &CacheFigures) {
         "gauge",
         "Responses being fetched and stored that other requests can follow.",
         cache.fills_in_progress,
+    );
+    page.single(
+        "fetchproxy_cache_fills_received_apart",
+        "gauge",
+        "Large shared fills being received by a thread of their own, so that a slow first client holds back no follower.",
+        cache.fills_received_apart,
     );
     page.single(
         "fetchproxy_cache_fill_memory_bytes",

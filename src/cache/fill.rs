@@ -9,8 +9,9 @@
 //! Bytes live in memory while the body fits the memory tier's object
 //! limit: copied into one block of the declared length (or blocks of a
 //! fixed size when none was declared), from which pieces are cut as shared
-//! `Bytes` for readers. While no one reads, nothing is cut, so a body that
-//! no one followed is stored as one piece: a hit then writes it with one
+//! `Bytes` for readers as they come for them. While no one reads, nothing
+//! is cut, so a body that no one followed is stored as one piece: a hit
+//! then writes it with one
 //! slice, not one per piece that came from the origin (at 1 MiB that took
 //! about 9% off a hit's CPU). Past the memory limit, or when the body never
 //! could fit it, readers read the temporary file the disk tier is writing,
@@ -209,9 +210,6 @@ impl Fill {
                 state.block = BytesMut::with_capacity(block.max(bytes.len()));
             }
             state.block.extend_from_slice(bytes);
-            if state.readers > 0 {
-                state.cut();
-            }
         }
         state.wake(&self.cond);
     }
@@ -297,6 +295,7 @@ impl Fill {
             fill: Arc::clone(self),
             pos: 0,
             index: 0,
+            unread: Bytes::new(),
             // Between two pieces the filler may wait on the origin and then
             // on its own client, each for up to `wait`: a fill is stalled
             // only past both. (Its client failing, the filler reads on for
@@ -315,8 +314,29 @@ pub struct FillReader {
     pos: u64,
     /// Next chunk, while reading from memory.
     index: usize,
+    /// What `Read` took from the last chunk and has not returned yet.
+    unread: Bytes,
     /// Longest wait for the next bytes.
     stall: Duration,
+}
+
+/// The body as a byte stream, for a relay that reads the fill instead of
+/// the origin; a failed fill is an error, so the relay cuts its client
+/// short.
+impl std::io::Read for FillReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.unread.is_empty() {
+            match self.next_chunk() {
+                Ok(Some(chunk)) => self.unread = chunk,
+                Ok(None) => return Ok(0),
+                Err(CacheError::Io(err)) => return Err(err),
+                Err(err) => return Err(std::io::Error::other(err)),
+            }
+        }
+        let n = out.len().min(self.unread.len());
+        out[..n].copy_from_slice(&self.unread.split_to(n));
+        Ok(n)
+    }
 }
 
 impl Drop for FillReader {

@@ -16,7 +16,7 @@ use http::{HeaderMap, StatusCode};
 use crate::cache::Shared;
 use crate::cache::admission::{self, NotStored, Plan};
 use crate::cache::disk::DiskWriter;
-use crate::cache::fill::{Fill, FillFailure, FillHead, Release};
+use crate::cache::fill::{Fill, FillFailure, FillHead, FillReader, Release};
 use crate::cache::key::CacheKey;
 use crate::cache::object::{Body, ObjectHead, StoredObject};
 use crate::cache::stats::bump;
@@ -48,6 +48,8 @@ pub struct Filler {
     /// The lookup found something stored for the URL, which a response
     /// that is not kept may supersede.
     stored_before: bool,
+    /// The whole body's memory was reserved up front (`own_reader`).
+    reserved_whole: bool,
     store: Store,
 }
 
@@ -73,6 +75,7 @@ impl Filler {
             registered,
             reserved: 0,
             stored_before: true,
+            reserved_whole: false,
             store: Store::AwaitingHead,
         }
     }
@@ -168,6 +171,36 @@ impl Filler {
         self.release(Release::NotShareable, about_response);
     }
 
+    /// A reader of this fill for the filler's own client, so that the body
+    /// can be received by another thread while the client reads at its own
+    /// pace (and a slow client does not hold back the followers). Only for
+    /// a shared fill kept in memory whose declared length is at least
+    /// `min`, and only when the memory for the whole body can be reserved
+    /// now: such a fill cannot be given up for want of memory halfway,
+    /// which would cut the client short. `None` otherwise.
+    pub fn own_reader(&mut self, min: u64) -> Option<FillReader> {
+        let Store::Storing {
+            head,
+            memory: true,
+            received: 0,
+            ..
+        } = &self.store
+        else {
+            return None;
+        };
+        let len = head.declared_len.filter(|&len| len >= min)?;
+        if !self.registered || len > self.shared.config.mem_max_object {
+            return None;
+        }
+        let wait = self.shared.config.collapse_wait;
+        let (_, reader) = self.fill.follow(&self.request, wait).ok()?;
+        if !reserve(&self.shared, &mut self.reserved, len) {
+            return None;
+        }
+        self.reserved_whole = true;
+        Some(reader)
+    }
+
     /// Whether followers are reading what this filler stores: if its own
     /// client stops taking the body, the body is read on for them.
     pub fn has_followers(&self) -> bool {
@@ -201,7 +234,7 @@ impl Filler {
         let declared = head.declared_len;
         *received += bytes.len() as u64;
         let mut busy = false;
-        if *memory {
+        if *memory && !self.reserved_whole {
             busy = !reserve(&self.shared, &mut self.reserved, bytes.len() as u64);
             if busy || *received > self.shared.config.mem_max_object {
                 *memory = false;

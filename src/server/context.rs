@@ -10,7 +10,7 @@ use crate::cache::Cache;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::rules::SharedRules;
-use crate::server::cached::Refresher;
+use crate::server::cached::{BackgroundFills, Refresher};
 use crate::server::conn::ClientConn;
 use crate::server::handback::Handback;
 use crate::server::job::Job;
@@ -29,6 +29,8 @@ pub struct Context {
     pub cache: Cache,
     /// The cache's own revalidations, made off the request path.
     pub refresher: Refresher,
+    /// Large shared fills received by threads of their own.
+    pub background: Arc<BackgroundFills>,
     pub shutdown: Arc<Shutdown>,
     pub handback: Handback<ClientConn>,
     pub ids: Arc<RequestIds>,

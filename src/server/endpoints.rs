@@ -80,6 +80,6 @@ fn metrics_page(ctx: &Context) -> String {
         queue_capacity: ctx.config.queue.get(),
         tunnels_open: ctx.relay.open_tunnels(),
         draining: ctx.shutdown.is_draining(),
-        cache: cached::figures(&ctx.cache),
+        cache: cached::figures(&ctx.cache, &ctx.background),
     })
 }

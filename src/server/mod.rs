@@ -46,6 +46,10 @@ pub use listen::StartError;
 use pool::Pool;
 use request_id::RequestIds;
 
+/// Large shared fills received by threads of their own at once (see
+/// `cached::BackgroundFills`); more stay with their requests.
+const BACKGROUND_FILLS: usize = 32;
+
 /// How the server stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -181,6 +185,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         agents,
         cache,
         refresher,
+        background: cached::BackgroundFills::new(BACKGROUND_FILLS),
         rules: rules.clone(),
         shutdown: shutdown.clone(),
         handback,

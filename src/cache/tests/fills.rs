@@ -254,3 +254,48 @@ fn a_filler_that_panics_releases_its_followers() {
     assert_eq!(why, Release::FillerGone);
     assert_eq!(cache.fills_in_progress(), 0);
 }
+
+#[test]
+fn a_fill_read_by_its_own_client_reserves_its_whole_body_first() {
+    // Limit for fills in progress: a quarter of 256 KiB.
+    let cache = small_cache(256 << 10, 64 << 10, None);
+    let declared = |len: usize| headers(&[MAX_AGE, ("content-length", &len.to_string())]);
+    let started = |url: &str, len: usize| {
+        let mut filler = lead(&cache, &get(url));
+        filler
+            .response_head(StatusCode::OK, &declared(len), SystemTime::now())
+            .expect("storable");
+        filler
+    };
+    let mut small = started("http://h/small", 1000);
+    assert!(small.own_reader(4096).is_none(), "shorter than the minimum");
+    drop(small);
+    let mut large = started("http://h/large", 40 << 10);
+    let mut own = large.own_reader(4096).expect("a reader for its client");
+    assert_eq!(cache.inflight_bytes(), 40 << 10, "reserved up front");
+    let mut other = started("http://h/other", 40 << 10);
+    assert!(
+        other.own_reader(4096).is_none(),
+        "no room for a second body"
+    );
+    drop(other);
+    let body: Vec<u8> = (0..40 << 10).map(|i| (i % 251) as u8).collect();
+    let receiving = thread::spawn(move || {
+        for piece in body.chunks(1000) {
+            large.body(piece);
+        }
+        large.finish().expect("stored");
+    });
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut own, &mut got).expect("the body through the fill");
+    receiving.join().expect("filler");
+    assert_eq!(got.len(), 40 << 10);
+    assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    assert_eq!(cache.inflight_bytes(), 0, "every reservation returned");
+    let key = CacheKey::from_target("http://h/alone").expect("key");
+    let mut alone = cache.fill_alone(&get("http://h/alone"), key);
+    alone
+        .response_head(StatusCode::OK, &declared(40 << 10), SystemTime::now())
+        .expect("storable");
+    assert!(alone.own_reader(4096).is_none(), "nobody can follow it");
+}

@@ -27,9 +27,11 @@
 //! caching are the cache library's (`crate::cache`).
 
 mod answer;
+mod background;
 mod refresh;
 mod upstream;
 
+pub use background::BackgroundFills;
 pub use refresh::Refresher;
 
 use std::sync::Arc;
@@ -212,7 +214,7 @@ pub fn purge(
 }
 
 /// The cache's counters and gauges for `/metrics`.
-pub fn figures(cache: &Cache) -> CacheFigures {
+pub fn figures(cache: &Cache, background: &BackgroundFills) -> CacheFigures {
     let stats = cache.stats();
     let read = stats::read;
     let tier = |usage: TierUsage| TierFigures {
@@ -242,6 +244,7 @@ pub fn figures(cache: &Cache) -> CacheFigures {
         memory: tier(memory),
         disk: disk.map(tier),
         fills_in_progress: cache.fills_in_progress(),
+        fills_received_apart: background.running(),
         fill_memory_bytes: cache.inflight_bytes(),
         disk_loaded: cache.is_loaded(),
     }

@@ -16,11 +16,17 @@ use crate::cache::{Filler, Fwd, NotStored, OriginFailure, Outcome, Stale, Stored
 use crate::error::ProxyError;
 use crate::http::request::{BodyFraming, Header, RequestHead};
 use crate::server::cached::refresh::Refresh;
-use crate::server::cached::{Exchange, answer};
+use crate::server::cached::{Exchange, answer, background};
 use crate::server::finish::Served;
 use crate::server::forward::{self, Upstream};
 use crate::server::relay::{self, RelayLimits, UpstreamBody};
 use crate::server::target::Origin;
+
+/// Bodies at least this long, shared with followers and kept in memory, are
+/// received by a thread of their own (`background`): past what socket
+/// buffers hold, a first client slower than the origin would otherwise
+/// set the pace of every follower.
+const RECEIVE_APART_MIN: u64 = 4 << 20;
 
 /// Request headers a revalidation made for the cache alone leaves out:
 /// the client's body, its expectation, its range and its preconditions
@@ -264,9 +270,41 @@ fn relay(
     // A 204's or 304's body is empty by definition: the relay reads none.
     let bodiless = !has_body(parts.status);
     let body = UpstreamBody::of(body);
+    let mut filler = filler.filter(Filler::is_storing);
+    let large = body.declared.is_some_and(|len| len >= RECEIVE_APART_MIN);
+    let apart = match filler.as_mut() {
+        Some(filler) if large && !bodiless => ex.ctx.background.slot().and_then(|slot| {
+            let own = filler.own_reader(RECEIVE_APART_MIN)?;
+            Some((slot, own))
+        }),
+        _ => None,
+    };
+    if let Some((slot, own)) = apart
+        && let Some(filler) = filler.take()
+    {
+        receive_apart(slot, filler, body.reader, &ex.head.target);
+        let response = http::Response::from_parts(
+            parts,
+            UpstreamBody {
+                reader: own,
+                declared: body.declared,
+            },
+        );
+        let mut served = relay::relay_response(
+            ex.conn,
+            ex.head,
+            response,
+            upstream.body_read,
+            ex.request_id,
+            &limits,
+            ex.buf,
+        )?;
+        served.cache = outcome;
+        return Ok(served);
+    }
     let mut tee = Tee {
         reader: body.reader,
-        filler: filler.filter(Filler::is_storing),
+        filler,
         ended: false,
     };
     let response = http::Response::from_parts(
@@ -305,6 +343,45 @@ fn relay(
     }
     Ok(served)
 }
+
+/// Receives the rest of the body into `filler` on a thread of its own
+/// (holding `slot`), and stores it when it is complete. A failure there
+/// fails the fill: its readers, the first client among them, are cut short.
+fn receive_apart(
+    slot: background::Slot,
+    filler: Filler,
+    reader: impl Read + Send + 'static,
+    target: &str,
+) {
+    let target = target.to_string();
+    let receive = {
+        let target = target.clone();
+        move || {
+            let mut tee = Tee {
+                reader,
+                filler: Some(filler),
+                ended: false,
+            };
+            let mut buf = vec![0u8; RECEIVE_BUFFER];
+            if let Err(err) = tee.fill_on(&mut buf) {
+                log::debug!("{target}: receiving apart failed: {err}");
+                return;
+            }
+            if let Some(filler) = tee.filler.take()
+                && tee.ended
+                && let Err(why) = filler.finish()
+            {
+                log::debug!("{target} not stored: {}", why.detail());
+            }
+        }
+    };
+    if let Err(err) = slot.spawn(receive) {
+        log::warn!("cache: cannot start a thread to receive {target}: {err}");
+    }
+}
+
+/// Bytes a fill received apart copies through at once.
+const RECEIVE_BUFFER: usize = 64 * 1024;
 
 /// The upstream body on its way to the client, each piece handed to the
 /// filler too (the one copy a stored body needs: the relay's buffer is

@@ -8,9 +8,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{LIMIT, cache_status, get, reply_with};
+use crate::support::origin::pattern_byte;
 use crate::support::raw::parse_head;
 use crate::support::{Gate, Origin, Proxy, Reply, metric, scrape_metrics, wait_until};
 
@@ -351,4 +352,54 @@ fn a_fill_whose_first_client_leaves_goes_on_for_its_followers() {
     let again = get(proxy.addr, &url, &[]);
     assert!(cache_status(&again).contains("; hit"), "{again:?}");
     assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn a_slow_first_client_does_not_hold_back_its_followers() {
+    // More than socket buffers hold, so that a first client that stops
+    // reading would stop the fill, were the body received on its behalf.
+    const LEN: u64 = 24 << 20;
+    let body: Vec<u8> = (0..LEN).map(pattern_byte).collect();
+    let origin = Origin::start({
+        let body = body.clone();
+        move |_| Reply::Full {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+            body: body.clone(),
+        }
+    });
+    let proxy = Proxy::with(|config| {
+        config.workers = 64.try_into().expect("non-zero");
+        config.cache_max_object = 64 << 20;
+        // The first client's stalled answer would outlast the followers'
+        // 30 s: only a fill that goes on without it lets them finish.
+        config.upstream_timeout = Duration::from_secs(120);
+    });
+    let url = origin.url("/artifact.tar");
+    let mut first = send_get(proxy.addr, &url);
+    let (head, mut first_body) = read_some(&mut first, 1);
+    assert!(head.contains("stored"), "{head}");
+    // The first client now reads nothing for a while.
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, url) = (proxy.addr, url.clone());
+            thread::spawn(move || get(addr, &url, &[]))
+        })
+        .collect();
+    for follower in followers {
+        let reply = follower.join().expect("follower thread");
+        assert_eq!(reply.status, 200, "{:?}", reply.headers);
+        assert!(
+            reply.body == body,
+            "a follower got {} of {LEN} bytes",
+            reply.body.len()
+        );
+    }
+    first_body.extend(read_rest(&mut first));
+    assert!(
+        first_body == body,
+        "the first client got {} of {LEN} bytes",
+        first_body.len()
+    );
+    assert_eq!(origin.requests().len(), 1, "one origin request for all");
 }
