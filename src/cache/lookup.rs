@@ -398,6 +398,25 @@ impl Cache {
         if object.head.body_len > self.shared.config.mem_max_object {
             return disk.verify(&object).then_some(object);
         }
+        let Body::Disk(on_disk) = &object.body else {
+            return Some(object);
+        };
+        // Concurrent first hits: one reads the file back, the others take
+        // the copy it put in memory.
+        let _reading = on_disk
+            .file
+            .checking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let read_meanwhile = memory.get(object.head.key.as_str()).and_then(|variants| {
+            variants
+                .iter()
+                .find(|o| Arc::ptr_eq(&o.head, &object.head))
+                .cloned()
+        });
+        if read_meanwhile.is_some() {
+            return read_meanwhile;
+        }
         let body = disk.read_whole(&object)?;
         let promoted = Arc::new(StoredObject::new(
             Arc::clone(&object.head),

@@ -198,6 +198,9 @@ impl DiskStore {
         let Body::Disk(disk) = &object.body else {
             return None;
         };
+        if disk.file.broken.load(Ordering::Acquire) {
+            return None;
+        }
         let len = usize::try_from(object.head.body_len).ok()?;
         let mut body = BytesMut::with_capacity(len);
         bump(&self.stats.disk_verified);

@@ -159,6 +159,19 @@ fn concurrent_first_hits_read_a_disk_object_back_once() {
 }
 
 #[test]
+fn concurrent_first_hits_promote_a_small_disk_object_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let cache = open(dir.path());
+        store(&cache, &get("http://h/small"), &[MAX_AGE], &body(3000), 3).expect("stored");
+    }
+    let cache = open(dir.path());
+    assert_eq!(concurrent_hits(&cache, "http://h/small", 8), 8);
+    assert_eq!(read(&cache.stats().disk_verified), 1, "read back once");
+    assert_eq!(hit_body(&cache, "http://h/small"), body(3000));
+}
+
+#[test]
 fn concurrent_first_hits_on_a_broken_object_drop_it_once() {
     let (dir, cache) = reopen_after(|file| {
         let mut bytes = fs::read(file).expect("read");
