@@ -283,47 +283,22 @@ fn relay(
         && let Some(filler) = filler.take()
     {
         receive_apart(slot, filler, body.reader, &ex.head.target);
-        let response = http::Response::from_parts(
-            parts,
-            UpstreamBody {
-                reader: own,
-                declared: body.declared,
-            },
-        );
-        let mut served = relay::relay_response(
-            ex.conn,
-            ex.head,
-            response,
-            upstream.body_read,
-            ex.request_id,
-            &limits,
-            ex.buf,
-        )?;
-        served.cache = outcome;
-        return Ok(served);
+        let own = UpstreamBody {
+            reader: own,
+            declared: body.declared,
+        };
+        return relay_body(ex, parts, own, upstream.body_read, &limits, outcome);
     }
     let mut tee = Tee {
         reader: body.reader,
         filler,
         ended: false,
     };
-    let response = http::Response::from_parts(
-        parts,
-        UpstreamBody {
-            reader: &mut tee,
-            declared: body.declared,
-        },
-    );
-    let mut served = relay::relay_response(
-        ex.conn,
-        ex.head,
-        response,
-        upstream.body_read,
-        ex.request_id,
-        &limits,
-        ex.buf,
-    )?;
-    served.cache = outcome;
+    let teed = UpstreamBody {
+        reader: &mut tee,
+        declared: body.declared,
+    };
+    let mut served = relay_body(ex, parts, teed, upstream.body_read, &limits, outcome)?;
     // The client stopped taking the body (a write failed or timed out,
     // which is not an upstream error) while others read it from the fill:
     // the fill goes on without the client, as fast as the origin sends.
@@ -344,6 +319,30 @@ fn relay(
     Ok(served)
 }
 
+/// Relays the response head `parts` and `body` to the client, with the
+/// cache's `outcome`.
+fn relay_body<R: Read>(
+    ex: &mut Exchange<'_>,
+    parts: http::response::Parts,
+    body: UpstreamBody<R>,
+    body_read: bool,
+    limits: &RelayLimits<'_>,
+    outcome: Option<Outcome>,
+) -> Result<Served, ProxyError> {
+    let response = http::Response::from_parts(parts, body);
+    let mut served = relay::relay_response(
+        ex.conn,
+        ex.head,
+        response,
+        body_read,
+        ex.request_id,
+        limits,
+        ex.buf,
+    )?;
+    served.cache = outcome;
+    Ok(served)
+}
+
 /// Receives the rest of the body into `filler` on a thread of its own
 /// (holding `slot`), and stores it when it is complete. A failure there
 /// fails the fill: its readers, the first client among them, are cut short.
@@ -353,9 +352,8 @@ fn receive_apart(
     reader: impl Read + Send + 'static,
     target: &str,
 ) {
-    let target = target.to_string();
     let receive = {
-        let target = target.clone();
+        let target = target.to_string();
         move || {
             let mut tee = Tee {
                 reader,

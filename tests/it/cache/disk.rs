@@ -25,13 +25,27 @@ fn start(extra: &[&str]) -> ProxyProcess {
 
 /// The proxy with its disk cache in `dir`, once the index is read.
 fn start_on(dir: &Path) -> ProxyProcess {
-    let proxy = start(&["--cache-dir", dir.to_str().expect("UTF-8 temp path")]);
+    start_loaded(&["--cache-dir", dir.to_str().expect("UTF-8 temp path")])
+}
+
+/// The proxy with `args` (a disk cache among them), once the index is read.
+fn start_loaded(args: &[&str]) -> ProxyProcess {
+    let proxy = start(args);
     let loaded = wait_until(LIMIT, || {
         let (_, page) = scrape_metrics(proxy.addr);
         metric(&page, "fetchproxy_cache_disk_index_loaded") == Some(1.0)
     });
     assert!(loaded, "index never loaded:\n{}", proxy.log().join("\n"));
     proxy
+}
+
+/// Runs the proxy with `args` until it has stored `url` in the disk tier
+/// in `dir`, then stops it.
+fn store_once(args: &[&str], url: &str, dir: &Path) {
+    let proxy = start(args);
+    get(proxy.addr, url, &[]);
+    assert!(wait_until(LIMIT, || object_files(dir).len() == 1));
+    stop(proxy);
 }
 
 /// Stops the proxy with SIGTERM and checks it exited cleanly.
@@ -115,17 +129,9 @@ fn concurrent_first_hits_after_a_restart_read_the_file_back_once() {
     // Over the memory tier's object limit: after the restart the object is
     // on disk only, and checked before its first use.
     let args = ["--cache-dir", dir_arg, "--cache-max-object", "64KiB"];
-    let proxy = start(&args);
-    get(proxy.addr, &url, &[]);
-    assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
-    stop(proxy);
+    store_once(&args, &url, dir.path());
 
-    let proxy = start(&args);
-    let loaded = wait_until(LIMIT, || {
-        let (_, page) = scrape_metrics(proxy.addr);
-        metric(&page, "fetchproxy_cache_disk_index_loaded") == Some(1.0)
-    });
-    assert!(loaded, "index never loaded");
+    let proxy = start_loaded(&args);
     let addr = proxy.addr;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
@@ -218,10 +224,7 @@ fn an_object_stored_while_the_index_loads_keeps_its_file() {
     // Kept on disk only, so that every hit is sent from the file.
     let args = ["--cache-dir", dir_arg, "--cache-max-object", "64KiB"];
     // Where the URL's file goes: one run to find out.
-    let proxy = start(&args);
-    get(proxy.addr, &url, &[]);
-    assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
-    stop(proxy);
+    store_once(&args, &url, dir.path());
     let file = object_files(dir.path()).remove(0);
     let its_dir = file.parent().expect("a subdirectory").to_path_buf();
     std::fs::remove_file(&file).expect("remove the file");
