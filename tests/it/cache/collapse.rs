@@ -403,3 +403,54 @@ fn a_slow_first_client_does_not_hold_back_its_followers() {
     );
     assert_eq!(origin.requests().len(), 1, "one origin request for all");
 }
+
+#[test]
+fn a_fill_received_apart_that_fails_cuts_every_reader_short() {
+    const HALF: usize = 5 << 20;
+    let gate = Gate::new();
+    let served = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let (gate, served) = (gate.clone(), served.clone());
+        move |_| {
+            let headers = vec![("Cache-Control".into(), "max-age=3600".into())];
+            if served.fetch_add(1, Ordering::SeqCst) > 0 {
+                return Reply::Full {
+                    status: 200,
+                    headers,
+                    body: vec![b'z'; 1000],
+                };
+            }
+            // Large enough to be received apart; reset halfway.
+            Reply::Paused {
+                status: 200,
+                headers,
+                first: vec![b'a'; HALF],
+                gate: gate.clone(),
+                rest: vec![b'b'; HALF],
+                reset: true,
+            }
+        }
+    });
+    let proxy = roomy_proxy();
+    let url = origin.url("/broken-artifact");
+    let mut first = send_get(proxy.addr, &url);
+    let (_, first_part) = read_some(&mut first, 1000);
+    let mut follower = send_get(proxy.addr, &url);
+    let (head, follower_part) = read_some(&mut follower, 1000);
+    assert!(head.contains("collapsed"), "{head}");
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_fills_received_apart"),
+        Some(1.0),
+        "the fill is received by a thread of its own"
+    );
+    gate.open();
+    // Both end short of the 10 MiB their heads announced.
+    let follower_got = follower_part.len() + read_rest(&mut follower).len();
+    let first_got = first_part.len() + read_rest(&mut first).len();
+    assert_eq!((first_got, follower_got), (HALF, HALF));
+    let after = get(proxy.addr, &url, &[]);
+    assert_eq!(after.body, vec![b'z'; 1000], "{after:?}");
+    assert!(cache_status(&after).contains("fwd=uri-miss"), "{after:?}");
+    assert_eq!(origin.requests().len(), 2);
+}
