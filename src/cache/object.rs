@@ -270,15 +270,24 @@ pub struct StoredObject {
     /// When a `stale-while-revalidate` revalidation was last claimed
     /// (seconds since the epoch, 0 for never).
     revalidating: AtomicU64,
+    /// Bytes counted against the tier's budget, worked out once: the
+    /// index weighs an entry again whenever it moves or evicts it, and
+    /// walking the headers of an object long untouched costs a miss.
+    weight: u64,
 }
 
 impl StoredObject {
     /// Wraps a head and a body.
     pub fn new(head: Arc<ObjectHead>, body: Body) -> StoredObject {
+        let weight = match &body {
+            Body::Memory(_) => head.memory_weight() + head.body_len,
+            Body::Disk(disk) => disk.offset + head.body_len + crate::cache::disk::TRAILER_LEN,
+        };
         StoredObject {
             head,
             body,
             revalidating: AtomicU64::new(0),
+            weight,
         }
     }
 
@@ -312,10 +321,7 @@ impl StoredObject {
 
     /// Bytes this object counts against its tier's budget.
     pub fn weight(&self) -> u64 {
-        match &self.body {
-            Body::Memory(_) => self.head.memory_weight() + self.head.body_len,
-            Body::Disk(disk) => disk.offset + self.head.body_len + crate::cache::disk::TRAILER_LEN,
-        }
+        self.weight
     }
 
     /// Claims the background revalidation of a stale entry: true for one
