@@ -32,6 +32,8 @@
 //!   status may then be stored), since the crate then decides the same way;
 //!   a 206 is given as 200, the response it is a part of.
 
+use std::fmt::Write as _;
+
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 /// Statuses the crate understands (and this cache, for `must-understand`).
@@ -235,7 +237,7 @@ fn render(directives: &[Directive], known: &[&str]) -> Option<HeaderValue> {
         let bare_max_stale = name == "max-stale" && value.is_none();
         if SECONDS.contains(&name.as_str()) && !bare_max_stale {
             let secs = value.as_deref().map_or(0, delta_seconds);
-            out.push_str(&format!("={secs}"));
+            let _ = write!(out, "={secs}");
         }
     }
     (!out.is_empty())

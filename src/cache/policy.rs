@@ -11,7 +11,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::{CACHE_CONTROL, PRAGMA};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 
 use crate::cache::normalise;
@@ -59,13 +59,24 @@ pub enum Decision {
 }
 
 /// The cache policy of one stored response.
+///
+/// It keeps what the crate's policy was built from, not the crate's policy
+/// itself: a hit without request directives needs only the times worked
+/// out here, and every allocation an object holds is paid again, cold, when
+/// the object is evicted. The crate's policy is rebuilt, from the same
+/// parts, for the rarer requests that need it (directives, revalidation).
 #[derive(Debug, Clone)]
 pub struct Policy {
-    inner: CachePolicy,
     uri: Uri,
     /// The request headers the policy was built from (kept for the disk).
     request: HeaderMap,
+    /// The response as the crate reads it (`normalise::response_view`).
+    view_status: StatusCode,
+    view: HeaderMap,
     response_time: SystemTime,
+    /// The crate's `age` at `response_time`: the `Age` header's value.
+    initial_age: Duration,
+    storable: bool,
     /// When the entry stops being fresh: the crate's `time_to_live` at
     /// `response_time`, kept so a plain request costs one comparison.
     fresh_until: SystemTime,
@@ -102,30 +113,22 @@ impl Policy {
                 HeaderValue::from_static("present"),
             );
         }
-        // GET and HEAD share one entry, and only GET responses are stored.
-        Policy::from_parts(uri, Method::GET, request, status, response, response_time)
+        Policy::from_parts(uri, request, status, response, response_time)
     }
 
     /// Rebuilds a policy from stored parts (after a restart).
     pub fn from_parts(
         uri: &Uri,
-        method: Method,
         request: HeaderMap,
         status: StatusCode,
         response: &HeaderMap,
         response_time: SystemTime,
     ) -> Policy {
-        let mut req = http::Request::new(());
-        *req.method_mut() = method;
-        *req.uri_mut() = uri.clone();
-        *req.headers_mut() = request;
         let (view_status, view) = normalise::response_view(status, response);
-        let mut res = http::Response::new(());
-        *res.status_mut() = view_status;
-        *res.headers_mut() = view;
+        let (req, res) = crate_parts(uri, request, view_status, view);
         let inner = CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
         let values = || {
-            res.headers()
+            res.headers
                 .get_all(CACHE_CONTROL)
                 .iter()
                 .map(|v| v.as_bytes())
@@ -149,16 +152,30 @@ impl Policy {
             stale_while_revalidate: seconds("stale-while-revalidate"),
             stale_if_error: seconds("stale-if-error"),
             never_stale,
-            request: req.headers().clone(),
-            uri: uri.clone(),
+            initial_age: inner.age(response_time),
+            storable: inner.is_storable(),
+            uri: req.uri,
+            request: req.headers,
+            view_status: res.status,
+            view: res.headers,
             response_time,
-            inner,
         }
+    }
+
+    /// The crate's policy, rebuilt from the parts it was first built from.
+    fn crate_policy(&self) -> CachePolicy {
+        let (req, res) = crate_parts(
+            &self.uri,
+            self.request.clone(),
+            self.view_status,
+            self.view.clone(),
+        );
+        CachePolicy::new_options(&req, &res, self.response_time, CacheOptions::default())
     }
 
     /// Whether the response may be stored at all (RFC 9111 §3, §3.5).
     pub fn is_storable(&self) -> bool {
-        self.inner.is_storable()
+        self.storable
     }
 
     /// The request headers the policy was built from.
@@ -173,7 +190,11 @@ impl Policy {
 
     /// The `Age` to send now (RFC 9111 §4.2.3).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.inner.age(now)
+        // As the crate counts it: the `Age` received, plus the time since.
+        let resident = now
+            .duration_since(self.response_time)
+            .unwrap_or(Duration::ZERO);
+        self.initial_age + resident
     }
 
     /// Seconds of freshness left: negative once stale (Cache-Status `ttl`).
@@ -205,7 +226,7 @@ impl Policy {
             };
         }
         let request = self.lookup_request(head);
-        match self.inner.before_request(&request, now) {
+        match self.crate_policy().before_request(&request, now) {
             BeforeRequest::Fresh(_) if self.is_fresh(now) => Decision::Fresh,
             // The crate honours max-stale past proxy-revalidate and s-maxage.
             BeforeRequest::Fresh(_) if !self.never_stale => Decision::StaleAllowed,
@@ -262,7 +283,9 @@ impl Policy {
             .headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         let (request, _) = request.into_parts();
-        let BeforeRequest::Stale { request, .. } = self.inner.before_request(&request, now) else {
+        let BeforeRequest::Stale { request, .. } =
+            self.crate_policy().before_request(&request, now)
+        else {
             return Vec::new();
         };
         [http::header::IF_NONE_MATCH, http::header::IF_MODIFIED_SINCE]
@@ -310,7 +333,9 @@ impl Policy {
         *answer_view.status_mut() = view_status;
         *answer_view.headers_mut() = view;
         let answer_view = answer_view.into_parts().0;
-        if let AfterResponse::Modified(..) = self.inner.after_response(&request, &answer_view, now)
+        if let AfterResponse::Modified(..) =
+            self.crate_policy()
+                .after_response(&request, &answer_view, now)
         {
             return None;
         }
@@ -338,6 +363,23 @@ impl Policy {
         }
         request.into_parts().0
     }
+}
+
+/// The request and response parts the crate's policy is built from: a
+/// GET, as GET and HEAD share one entry and only GET responses are stored.
+fn crate_parts(
+    uri: &Uri,
+    request: HeaderMap,
+    status: StatusCode,
+    response: HeaderMap,
+) -> (http::request::Parts, http::response::Parts) {
+    let mut req = http::Request::new(());
+    *req.uri_mut() = uri.clone();
+    *req.headers_mut() = request;
+    let mut res = http::Response::new(());
+    *res.status_mut() = status;
+    *res.headers_mut() = response;
+    (req.into_parts().0, res.into_parts().0)
 }
 
 /// RFC 9111 §4.3.4: every header line of the 304 replaces all lines of

@@ -237,7 +237,8 @@ fn age_counts_the_origin_age_and_time_in_cache() {
     assert_eq!(p.decide(&plain(), at(31)), REVALIDATE);
 }
 
-/// The shortcut for requests without directives gives the crate's answer.
+/// The shortcut for requests without directives gives the crate's answer,
+/// and the crate's age.
 #[test]
 fn the_fast_path_agrees_with_the_crate() {
     let date = httpdate::fmt_http_date(t0());
@@ -277,6 +278,8 @@ fn the_fast_path_agrees_with_the_crate() {
             );
             let ours = p.decide(&plain(), at(secs)) == Decision::Fresh;
             assert_eq!(ours, crate_fresh, "{response:?} at {secs}s");
+            let age = crate_policy.age(at(secs));
+            assert_eq!(p.age(at(secs)), age, "{response:?}: age at {secs}s");
         }
     }
 }

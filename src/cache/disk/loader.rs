@@ -10,8 +10,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Weak};
 
-use http::Method;
-
 use super::DiskStore;
 use super::format::{self, Broken, TRAILER_LEN};
 use crate::cache::CacheError;
@@ -81,7 +79,6 @@ impl DiskStore {
         let uri = header.key.uri().map_err(|_| "bad url")?;
         let policy = Policy::from_parts(
             &uri,
-            Method::GET,
             header.request,
             header.status,
             &header.response,
