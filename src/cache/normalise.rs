@@ -32,6 +32,7 @@
 //!   status may then be stored), since the crate then decides the same way;
 //!   a 206 is given as 200, the response it is a part of.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -81,8 +82,9 @@ const SECONDS: &[&str] = &[
 /// RFC 9111 §1.2.2: larger delta-seconds are taken as 2^31.
 const MAX_DELTA: u64 = 1 << 31;
 
-/// One directive: lowercased name, unquoted value.
-pub type Directive = (String, Option<String>);
+/// One directive: lowercased name, unquoted value; borrowed from the
+/// header line when it is already in that form, as it nearly always is.
+pub type Directive<'a> = (Cow<'a, str>, Option<Cow<'a, str>>);
 
 /// The response as the policy reads it: status and view headers.
 pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, HeaderMap) {
@@ -101,10 +103,11 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
     if has(&directives, "must-understand") {
         directives.retain(|(name, _)| name != "no-store");
         if !UNDERSTOOD.contains(&status.as_u16()) {
-            directives.push(("no-store".to_string(), None));
+            directives.push((Cow::Borrowed("no-store"), None));
         }
     }
-    if let Some(value) = render(&directives, KNOWN) {
+    let rendered = render(&directives, KNOWN);
+    if let Some(value) = rendered.and_then(|v| same_or(headers, "cache-control", v.as_bytes())) {
         view.insert(http::header::CACHE_CONTROL, value);
     }
     if let Some(age) = first_number(lines("age")) {
@@ -114,12 +117,12 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
         ("date", http::header::DATE),
         ("last-modified", http::header::LAST_MODIFIED),
     ] {
-        if let Some(date) = single_date(lines(name)) {
+        if let Some(date) = single_date(headers, name) {
             view.insert(header, date);
         }
     }
     if headers.contains_key(http::header::EXPIRES) {
-        let date = single_date(lines("expires")).unwrap_or(HeaderValue::from_static("0"));
+        let date = single_date(headers, "expires").unwrap_or(HeaderValue::from_static("0"));
         view.insert(http::header::EXPIRES, date);
     }
     let explicit = ["max-age", "s-maxage", "public"]
@@ -141,15 +144,26 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
     (status, view)
 }
 
+/// `normal` as a header value: the header's own line when it is just that
+/// (most origins send the normal form already), whose clone shares its
+/// bytes; else a new value.
+fn same_or(headers: &HeaderMap, name: &str, normal: &[u8]) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(name).iter();
+    match (lines.next(), lines.next()) {
+        (Some(line), None) if line.as_bytes() == normal => Some(line.clone()),
+        _ => HeaderValue::from_bytes(normal).ok(),
+    }
+}
+
 /// A request's `Cache-Control` lines as one normalised value.
 pub fn request_cache_control<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<HeaderValue> {
-    render(&parse(lines), REQUEST_KNOWN)
+    render(&parse(lines), REQUEST_KNOWN).and_then(|value| HeaderValue::from_str(&value).ok())
 }
 
 /// Parses `Cache-Control` lines (RFC 9111 §5.2): a comma list of
 /// `token [ "=" ( token / quoted-string ) ]`; commas inside quoted strings
 /// do not split, names are lowercased, broken items are skipped.
-pub fn parse<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<Directive> {
+pub fn parse<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<Directive<'a>> {
     let mut out = Vec::new();
     for line in lines {
         let mut rest = line;
@@ -180,7 +194,7 @@ fn split_item(s: &[u8]) -> (&[u8], &[u8]) {
     (s, &[])
 }
 
-fn parse_item(item: &[u8]) -> Option<Directive> {
+fn parse_item(item: &[u8]) -> Option<Directive<'_>> {
     let item = item.trim_ascii();
     let (name, value) = match item.iter().position(|&b| b == b'=') {
         Some(eq) => (item[..eq].trim_ascii(), Some(item[eq + 1..].trim_ascii())),
@@ -192,17 +206,30 @@ fn parse_item(item: &[u8]) -> Option<Directive> {
     let value = match value {
         None => None,
         Some(v) if v.first() == Some(&b'"') => Some(unquote(v)?),
-        Some(v) if !v.is_empty() && v.iter().all(|&b| is_tchar(b)) => {
-            Some(String::from_utf8_lossy(v).into_owned())
-        }
+        // Token characters are ASCII.
+        Some(v) if !v.is_empty() && v.iter().all(|&b| is_tchar(b)) => Some(ascii(v)),
         // A value that is neither a token nor a quoted string.
-        Some(_) => Some(String::new()),
+        Some(_) => Some(Cow::Borrowed("")),
     };
-    Some((String::from_utf8_lossy(name).to_ascii_lowercase(), value))
+    let name = match ascii(name) {
+        Cow::Borrowed(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+            Cow::Owned(name.to_ascii_lowercase())
+        }
+        name => name,
+    };
+    Some((name, value))
 }
 
-fn unquote(v: &[u8]) -> Option<String> {
+/// Token characters as text (they are ASCII, so this does not copy).
+fn ascii(token: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(token)
+}
+
+fn unquote(v: &[u8]) -> Option<Cow<'_, str>> {
     let inner = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner.contains(&b'\\') {
+        return Some(String::from_utf8_lossy(inner));
+    }
     let mut out = Vec::with_capacity(inner.len());
     let mut escaped = false;
     for &b in inner {
@@ -213,7 +240,7 @@ fn unquote(v: &[u8]) -> Option<String> {
             escaped = true;
         }
     }
-    Some(String::from_utf8_lossy(&out).into_owned())
+    Some(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// RFC 9110 §5.6.2 token characters.
@@ -224,10 +251,10 @@ fn is_tchar(b: u8) -> bool {
 /// The `known` directives as one header value; invalid delta-seconds
 /// become 0 (RFC 9111 §4.2.1: invalid freshness is taken as stale), and a
 /// bare `max-stale` stays bare (any staleness, RFC 9111 §5.2.1.2).
-fn render(directives: &[Directive], known: &[&str]) -> Option<HeaderValue> {
+fn render(directives: &[Directive], known: &[&str]) -> Option<String> {
     let mut out = String::new();
     for (name, value) in directives {
-        if !known.contains(&name.as_str()) {
+        if !known.contains(&name.as_ref()) {
             continue;
         }
         if !out.is_empty() {
@@ -235,14 +262,12 @@ fn render(directives: &[Directive], known: &[&str]) -> Option<HeaderValue> {
         }
         out.push_str(name);
         let bare_max_stale = name == "max-stale" && value.is_none();
-        if SECONDS.contains(&name.as_str()) && !bare_max_stale {
+        if SECONDS.contains(&name.as_ref()) && !bare_max_stale {
             let secs = value.as_deref().map_or(0, delta_seconds);
             let _ = write!(out, "={secs}");
         }
     }
-    (!out.is_empty())
-        .then(|| HeaderValue::from_str(&out).ok())
-        .flatten()
+    (!out.is_empty()).then_some(out)
 }
 
 fn delta_seconds(value: &str) -> u64 {
@@ -262,13 +287,23 @@ fn first_number<'a>(mut lines: impl Iterator<Item = &'a [u8]>) -> Option<u64> {
     Some(text.parse::<u64>().map_or(MAX_DELTA, |n| n.min(MAX_DELTA)))
 }
 
-/// A single HTTP-date line, rewritten as IMF-fixdate.
-fn single_date<'a>(mut lines: impl Iterator<Item = &'a [u8]>) -> Option<HeaderValue> {
+/// The header's single HTTP-date line, as IMF-fixdate.
+fn single_date(headers: &HeaderMap, name: &str) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(name).iter();
     let (Some(line), None) = (lines.next(), lines.next()) else {
         return None;
     };
-    let time = parse_http_date(line)?;
-    HeaderValue::from_str(&httpdate::fmt_http_date(time)).ok()
+    let time = parse_http_date(line.as_bytes())?;
+    // IMF-fixdate is 29 bytes: formatted on the stack, to keep the line
+    // itself when it is that already.
+    let mut fixdate = std::io::Cursor::new([0u8; 32]);
+    std::io::Write::write_fmt(
+        &mut fixdate,
+        format_args!("{}", httpdate::HttpDate::from(time)),
+    )
+    .ok()?;
+    let len = usize::try_from(fixdate.position()).ok()?;
+    same_or(headers, name, &fixdate.get_ref()[..len])
 }
 
 /// Parses an HTTP-date in any of its three forms (RFC 9110 §5.6.7),
