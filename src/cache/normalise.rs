@@ -35,7 +35,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES, LAST_MODIFIED};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// Statuses the crate understands (and this cache, for `must-understand`).
 const UNDERSTOOD: &[u16] = &[
@@ -98,7 +99,7 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
         }
     }
     let lines = |name| headers.get_all(name).iter().map(HeaderValue::as_bytes);
-    let mut directives = parse(lines("cache-control"));
+    let mut directives = parse(lines(&CACHE_CONTROL));
     let has = |ds: &[Directive], n: &str| ds.iter().any(|(name, _)| name == n);
     if has(&directives, "must-understand") {
         directives.retain(|(name, _)| name != "no-store");
@@ -107,28 +108,25 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
         }
     }
     let rendered = render(&directives, KNOWN);
-    if let Some(value) = rendered.and_then(|v| same_or(headers, "cache-control", v.as_bytes())) {
-        view.insert(http::header::CACHE_CONTROL, value);
+    if let Some(value) = rendered.and_then(|v| same_or(headers, &CACHE_CONTROL, v.as_bytes())) {
+        view.insert(CACHE_CONTROL, value);
     }
-    if let Some(age) = first_number(lines("age")) {
-        view.insert(http::header::AGE, HeaderValue::from(age));
+    if let Some(age) = first_number(lines(&AGE)) {
+        view.insert(AGE, HeaderValue::from(age));
     }
-    for (name, header) in [
-        ("date", http::header::DATE),
-        ("last-modified", http::header::LAST_MODIFIED),
-    ] {
-        if let Some(date) = single_date(headers, name) {
-            view.insert(header, date);
+    for name in [DATE, LAST_MODIFIED] {
+        if let Some(date) = single_date(headers, &name) {
+            view.insert(name, date);
         }
     }
-    if headers.contains_key(http::header::EXPIRES) {
-        let date = single_date(headers, "expires").unwrap_or(HeaderValue::from_static("0"));
-        view.insert(http::header::EXPIRES, date);
+    if headers.contains_key(EXPIRES) {
+        let date = single_date(headers, &EXPIRES).unwrap_or(HeaderValue::from_static("0"));
+        view.insert(EXPIRES, date);
     }
     let explicit = ["max-age", "s-maxage", "public"]
         .iter()
         .any(|n| has(&directives, n))
-        || headers.contains_key(http::header::EXPIRES);
+        || headers.contains_key(EXPIRES);
     let final_unknown = status.as_u16() >= 200
         && !UNDERSTOOD.contains(&status.as_u16())
         && status != StatusCode::PARTIAL_CONTENT
@@ -147,7 +145,7 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
 /// `normal` as a header value: the header's own line when it is just that
 /// (most origins send the normal form already), whose clone shares its
 /// bytes; else a new value.
-fn same_or(headers: &HeaderMap, name: &str, normal: &[u8]) -> Option<HeaderValue> {
+fn same_or(headers: &HeaderMap, name: &HeaderName, normal: &[u8]) -> Option<HeaderValue> {
     let mut lines = headers.get_all(name).iter();
     match (lines.next(), lines.next()) {
         (Some(line), None) if line.as_bytes() == normal => Some(line.clone()),
@@ -288,7 +286,7 @@ fn first_number<'a>(mut lines: impl Iterator<Item = &'a [u8]>) -> Option<u64> {
 }
 
 /// The header's single HTTP-date line, as IMF-fixdate.
-fn single_date(headers: &HeaderMap, name: &str) -> Option<HeaderValue> {
+fn single_date(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
     let mut lines = headers.get_all(name).iter();
     let (Some(line), None) = (lines.next(), lines.next()) else {
         return None;
