@@ -316,3 +316,33 @@ fn huge_lifetimes_do_not_overflow() {
     let far = policy(&[("expires", "Sun, 21 Nov 2286 04:46:39 GMT")]);
     assert_eq!(far.decide(&plain(), at(10)), Decision::Fresh);
 }
+
+#[test]
+fn lines_already_normal_are_shared_and_others_rewritten() {
+    let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let response = headers(&[
+        ("cache-control", "public, max-age=60"),
+        ("date", date),
+        ("last-modified", "Sunday, 06-Nov-94 08:49:37 GMT"),
+        ("expires", date),
+    ]);
+    let (_, view) = response_view(StatusCode::OK, &response);
+    let same_bytes = |name: &str| {
+        let (ours, theirs) = (view.get(name).expect(name), response.get(name).expect(name));
+        ours.as_bytes().as_ptr() == theirs.as_bytes().as_ptr()
+    };
+    for name in ["cache-control", "date", "expires"] {
+        assert!(same_bytes(name), "{name} is shared");
+    }
+    assert!(!same_bytes("last-modified"));
+    assert_eq!(
+        view.get("last-modified").map(HeaderValue::as_bytes),
+        Some(date.as_bytes())
+    );
+    let odd = headers(&[("cache-control", "Max-Age=60,  Public, x-other")]);
+    let (_, view) = response_view(StatusCode::OK, &odd);
+    assert_eq!(
+        view.get("cache-control").map(HeaderValue::as_bytes),
+        Some(&b"max-age=60, public"[..])
+    );
+}
