@@ -174,30 +174,42 @@ impl Filler {
     /// A reader of this fill for the filler's own client, so that the body
     /// can be received by another thread while the client reads at its own
     /// pace (and a slow client does not hold back the followers). Only for
-    /// a shared fill kept in memory whose declared length is at least
-    /// `min`, and only when the memory for the whole body can be reserved
-    /// now: such a fill cannot be given up for want of memory halfway,
-    /// which would cut the client short. `None` otherwise.
+    /// a shared fill whose declared length is at least `min`, and only when
+    /// the fill cannot be given up halfway for want of room, which would
+    /// cut the client short: kept in memory, the memory for the whole body
+    /// is reserved now; kept in its disk file alone (over the memory
+    /// tier's object limit), the file system must have room for it.
+    /// `None` otherwise.
     pub fn own_reader(&mut self, min: u64) -> Option<FillReader> {
         let Store::Storing {
             head,
-            memory: true,
+            memory,
+            disk,
             received: 0,
-            ..
         } = &self.store
         else {
             return None;
         };
         let len = head.declared_len.filter(|&len| len >= min)?;
-        if !self.registered || len > self.shared.config.mem_max_object {
+        let in_memory = *memory && len <= self.shared.config.mem_max_object;
+        let in_file_alone = !*memory
+            && disk.is_some()
+            && self
+                .shared
+                .disk
+                .as_ref()
+                .is_some_and(|store| store.has_room_for(len));
+        if !self.registered || !(in_memory || in_file_alone) {
             return None;
         }
         let wait = self.shared.config.collapse_wait;
         let (_, reader) = self.fill.follow(&self.request, wait).ok()?;
-        if !reserve(&self.shared, &mut self.reserved, len) {
-            return None;
+        if in_memory {
+            if !reserve(&self.shared, &mut self.reserved, len) {
+                return None;
+            }
+            self.reserved_whole = true;
         }
-        self.reserved_whole = true;
         Some(reader)
     }
 

@@ -108,6 +108,19 @@ impl DiskStore {
         self.loaded_cond.notify_all();
     }
 
+    /// Whether the file system holding the store has `len` bytes free for
+    /// one more object, with room to spare (a quarter more, and 64 MiB):
+    /// a fill that nothing but its file can hold is promised to its first
+    /// client only then, as a disk that fills halfway would cut it short.
+    pub fn has_room_for(&self, len: u64) -> bool {
+        let Ok(fs) = rustix::fs::statvfs(&self.root) else {
+            return false;
+        };
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        let wanted = len.saturating_add(len / 4).saturating_add(64 << 20);
+        free >= wanted
+    }
+
     /// A new file name for an object with variant id `id`: the id first
     /// (the loader checks it), then what makes each write unique, so a
     /// newer copy never takes an older one's name.

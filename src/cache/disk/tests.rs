@@ -492,3 +492,22 @@ fn variants_and_newer_copies_keep_exactly_their_files() {
     assert_eq!(hit.object.head.body_len, 9001);
     assert_eq!(object_files(dir.path()).len(), 2);
 }
+
+#[test]
+fn room_for_an_object_is_the_file_system_free_space_with_a_margin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = super::DiskStore::open(
+        dir.path(),
+        1 << 30,
+        1 << 30,
+        std::sync::Arc::new(crate::cache::stats::Stats::default()),
+    )
+    .expect("store");
+    assert!(store.has_room_for(4096), "a small object fits");
+    assert!(
+        !store.has_room_for(u64::MAX / 2),
+        "more than any disk holds"
+    );
+    fs::remove_dir_all(dir.path()).expect("remove the store");
+    assert!(!store.has_room_for(4096), "a store gone has no room");
+}

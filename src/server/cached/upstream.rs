@@ -22,8 +22,9 @@ use crate::server::forward::{self, Upstream};
 use crate::server::relay::{self, RelayLimits, UpstreamBody};
 use crate::server::target::Origin;
 
-/// Bodies at least this long, shared with followers and kept in memory, are
-/// received by a thread of their own (`background`): past what socket
+/// Bodies at least this long, shared with followers and kept in memory or
+/// in their disk file alone, are received by a thread of their own
+/// (`background`; see `Filler::own_reader`): past what socket
 /// buffers hold, a first client slower than the origin would otherwise
 /// set the pace of every follower.
 const RECEIVE_APART_MIN: u64 = 4 << 20;

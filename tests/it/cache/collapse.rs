@@ -405,6 +405,67 @@ fn a_slow_first_client_does_not_hold_back_its_followers() {
 }
 
 #[test]
+fn a_slow_first_client_does_not_hold_back_followers_of_a_disk_only_fill() {
+    // Over the memory tier's object limit, so the body is kept in its disk
+    // file alone (a CI farm's toolchain archive), and more than socket
+    // buffers hold.
+    const LEN: u64 = 24 << 20;
+    let body: Vec<u8> = (0..LEN).map(pattern_byte).collect();
+    let origin = Origin::start({
+        let body = body.clone();
+        move |_| Reply::Full {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+            body: body.clone(),
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let proxy = Proxy::with(|config| {
+        config.workers = 64.try_into().expect("non-zero");
+        config.cache_max_object = 1 << 20;
+        config.cache_dir = Some(dir.path().to_path_buf());
+        config.upstream_timeout = Duration::from_secs(120);
+    });
+    let url = origin.url("/toolchain.tar");
+    let mut first = send_get(proxy.addr, &url);
+    let (head, mut first_body) = read_some(&mut first, 1);
+    assert!(head.contains("stored"), "{head}");
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_fills_received_apart"),
+        Some(1.0),
+        "the file is filled by a thread of its own"
+    );
+    // The first client now reads nothing for a while.
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, url) = (proxy.addr, url.clone());
+            thread::spawn(move || get(addr, &url, &[]))
+        })
+        .collect();
+    for follower in followers {
+        let reply = follower.join().expect("follower thread");
+        assert_eq!(reply.status, 200, "{:?}", reply.headers);
+        assert!(
+            reply.body == body,
+            "a follower got {} of {LEN} bytes",
+            reply.body.len()
+        );
+    }
+    first_body.extend(read_rest(&mut first));
+    assert!(
+        first_body == body,
+        "the first client got {} of {LEN} bytes",
+        first_body.len()
+    );
+    assert_eq!(origin.requests().len(), 1, "one origin request for all");
+    let again = get(proxy.addr, &url, &[]);
+    assert!(again.body == body, "the stored body, whole");
+    assert!(cache_status(&again).contains("; hit"), "{again:?}");
+    assert_eq!(origin.requests().len(), 1, "a hit from the disk tier");
+}
+
+#[test]
 fn a_fill_received_apart_that_fails_cuts_every_reader_short() {
     const HALF: usize = 5 << 20;
     let gate = Gate::new();
