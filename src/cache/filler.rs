@@ -15,7 +15,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::cache::Shared;
 use crate::cache::admission::{self, NotStored, Plan};
-use crate::cache::disk::DiskWriter;
+use crate::cache::disk::{DiskStore, DiskWriter};
 use crate::cache::fill::{Fill, FillFailure, FillHead, FillReader, Release};
 use crate::cache::key::CacheKey;
 use crate::cache::object::{Body, ObjectHead, StoredObject};
@@ -176,10 +176,10 @@ impl Filler {
     /// pace (and a slow client does not hold back the followers). Only for
     /// a shared fill whose declared length is at least `min`, and only when
     /// the fill cannot be given up halfway for want of room, which would
-    /// cut the client short: kept in memory, the memory for the whole body
-    /// is reserved now; kept in its disk file alone (over the memory
-    /// tier's object limit), the file system must have room for it.
-    /// `None` otherwise.
+    /// cut the client short: the memory for the whole body is reserved now,
+    /// or the fill has a disk file (which holds the whole body, kept in
+    /// memory too or not) and the file system has room for it. `None`
+    /// otherwise.
     pub fn own_reader(&mut self, min: u64) -> Option<FillReader> {
         let Store::Storing {
             head,
@@ -191,26 +191,20 @@ impl Filler {
             return None;
         };
         let len = head.declared_len.filter(|&len| len >= min)?;
-        let in_memory = *memory && len <= self.shared.config.mem_max_object;
-        let in_file_alone = !*memory
-            && disk.is_some()
-            && self
-                .shared
-                .disk
-                .as_ref()
-                .is_some_and(|store| store.has_room_for(len));
-        if !self.registered || !(in_memory || in_file_alone) {
+        let (in_memory, has_file) = (*memory, disk.is_some());
+        if !self.registered || len > self.shared.config.mem_max_object && !has_file {
             return None;
         }
         let wait = self.shared.config.collapse_wait;
         let (_, reader) = self.fill.follow(&self.request, wait).ok()?;
-        if in_memory {
-            if !reserve(&self.shared, &mut self.reserved, len) {
-                return None;
-            }
+        if in_memory && reserve(&self.shared, &mut self.reserved, len) {
             self.reserved_whole = true;
+            return Some(reader);
         }
-        Some(reader)
+        // Kept in memory too, the fill moves on to its file alone should
+        // memory run short halfway.
+        let room = |store: &DiskStore| store.has_room_for(len);
+        (has_file && self.shared.disk.as_deref().is_some_and(room)).then_some(reader)
     }
 
     /// Whether followers are reading what this filler stores: if its own

@@ -407,24 +407,65 @@ fn a_slow_first_client_does_not_hold_back_its_followers() {
 #[test]
 fn a_slow_first_client_does_not_hold_back_followers_of_a_disk_only_fill() {
     // Over the memory tier's object limit, so the body is kept in its disk
-    // file alone (a CI farm's toolchain archive), and more than socket
-    // buffers hold.
+    // file alone (a CI farm's toolchain archive).
+    slow_first_client_with_a_disk_tier(1 << 20, false);
+}
+
+#[test]
+fn a_fill_without_memory_to_reserve_goes_on_in_its_file() {
+    // Within the memory tier's object limit, but another large fill holds
+    // the memory that fills in progress may take: the memory cannot be
+    // reserved up front, so the fill is received apart on the strength of
+    // its file, where it goes on once memory runs short.
+    slow_first_client_with_a_disk_tier(32 << 20, true);
+}
+
+/// A 24 MiB body (more than socket buffers hold) whose first client stops
+/// reading after the head, through a proxy with a disk tier and a 64 MiB
+/// memory budget: three followers get it whole, then the first client; the
+/// origin sees one request, and the object is a hit afterwards. With
+/// `busy`, a fill of another 24 MiB body, stalled halfway at the origin,
+/// holds the memory for fills in progress meanwhile (the larger of a
+/// quarter of the budget and `max_object`).
+fn slow_first_client_with_a_disk_tier(max_object: u64, busy: bool) {
     const LEN: u64 = 24 << 20;
     let body: Vec<u8> = (0..LEN).map(pattern_byte).collect();
+    let gate = Gate::new();
     let origin = Origin::start({
-        let body = body.clone();
-        move |_| Reply::Full {
-            status: 200,
-            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
-            body: body.clone(),
+        let (body, gate) = (body.clone(), gate.clone());
+        move |request| {
+            let headers = vec![("Cache-Control".into(), "max-age=3600".into())];
+            if request.target.ends_with("/other.tar") {
+                let half = body.len() / 2;
+                return Reply::Paused {
+                    status: 200,
+                    headers,
+                    first: body[..half].to_vec(),
+                    gate: gate.clone(),
+                    rest: body[half..].to_vec(),
+                    reset: false,
+                };
+            }
+            Reply::Full {
+                status: 200,
+                headers,
+                body: body.clone(),
+            }
         }
     });
     let dir = tempfile::tempdir().expect("temp dir");
     let proxy = Proxy::with(|config| {
         config.workers = 64.try_into().expect("non-zero");
-        config.cache_max_object = 1 << 20;
+        config.cache_mem = 64 << 20;
+        config.cache_max_object = max_object;
         config.cache_dir = Some(dir.path().to_path_buf());
         config.upstream_timeout = Duration::from_secs(120);
+    });
+    let occupant = busy.then(|| {
+        let mut other = send_get(proxy.addr, &origin.url("/other.tar"));
+        let (head, _) = read_some(&mut other, 1);
+        assert!(head.contains("stored"), "{head}");
+        other
     });
     let url = origin.url("/toolchain.tar");
     let mut first = send_get(proxy.addr, &url);
@@ -433,8 +474,8 @@ fn a_slow_first_client_does_not_hold_back_followers_of_a_disk_only_fill() {
     let (_, page) = scrape_metrics(proxy.addr);
     assert_eq!(
         metric(&page, "fetchproxy_cache_fills_received_apart"),
-        Some(1.0),
-        "the file is filled by a thread of its own"
+        Some(if busy { 2.0 } else { 1.0 }),
+        "the fill is received by a thread of its own"
     );
     // The first client now reads nothing for a while.
     let followers: Vec<_> = (0..3)
@@ -458,11 +499,18 @@ fn a_slow_first_client_does_not_hold_back_followers_of_a_disk_only_fill() {
         "the first client got {} of {LEN} bytes",
         first_body.len()
     );
-    assert_eq!(origin.requests().len(), 1, "one origin request for all");
+    let fetched = 1 + usize::from(busy);
+    assert_eq!(
+        origin.requests().len(),
+        fetched,
+        "one origin request for all"
+    );
     let again = get(proxy.addr, &url, &[]);
     assert!(again.body == body, "the stored body, whole");
     assert!(cache_status(&again).contains("; hit"), "{again:?}");
-    assert_eq!(origin.requests().len(), 1, "a hit from the disk tier");
+    assert_eq!(origin.requests().len(), fetched, "a hit from the store");
+    gate.open();
+    drop(occupant);
 }
 
 #[test]
