@@ -109,9 +109,10 @@ impl DiskStore {
     }
 
     /// Whether the file system holding the store has `len` bytes free for
-    /// one more object, with room to spare (a quarter more, and 64 MiB):
-    /// a fill that nothing but its file can hold is promised to its first
-    /// client only then, as a disk that fills halfway would cut it short.
+    /// one more object, with room to spare (a quarter more, and 64 MiB): a
+    /// fill whose memory is not reserved is received apart, on the strength
+    /// of its file, only then, as a disk that fills halfway would cut its
+    /// first client short.
     pub fn has_room_for(&self, len: u64) -> bool {
         let Ok(fs) = rustix::fs::statvfs(&self.root) else {
             return false;
