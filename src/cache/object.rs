@@ -272,7 +272,7 @@ pub struct StoredObject {
     revalidating: AtomicU64,
     /// Bytes counted against the tier's budget, worked out once: the
     /// index weighs an entry again whenever it moves or evicts it, and
-    /// walking the headers of an object long untouched costs a miss.
+    /// must get the same answer, without walking the headers again.
     weight: u64,
 }
 
