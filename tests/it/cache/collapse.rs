@@ -377,30 +377,10 @@ fn a_slow_first_client_does_not_hold_back_its_followers() {
     });
     let url = origin.url("/artifact.tar");
     let mut first = send_get(proxy.addr, &url);
-    let (head, mut first_body) = read_some(&mut first, 1);
+    let (head, first_body) = read_some(&mut first, 1);
     assert!(head.contains("stored"), "{head}");
     // The first client now reads nothing for a while.
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, url) = (proxy.addr, url.clone());
-            thread::spawn(move || get(addr, &url, &[]))
-        })
-        .collect();
-    for follower in followers {
-        let reply = follower.join().expect("follower thread");
-        assert_eq!(reply.status, 200, "{:?}", reply.headers);
-        assert!(
-            reply.body == body,
-            "a follower got {} of {LEN} bytes",
-            reply.body.len()
-        );
-    }
-    first_body.extend(read_rest(&mut first));
-    assert!(
-        first_body == body,
-        "the first client got {} of {LEN} bytes",
-        first_body.len()
-    );
+    followers_then_the_first_get_it_whole(proxy.addr, &url, &body, first, first_body);
     assert_eq!(origin.requests().len(), 1, "one origin request for all");
 }
 
@@ -469,7 +449,7 @@ fn slow_first_client_with_a_disk_tier(max_object: u64, busy: bool) {
     });
     let url = origin.url("/toolchain.tar");
     let mut first = send_get(proxy.addr, &url);
-    let (head, mut first_body) = read_some(&mut first, 1);
+    let (head, first_body) = read_some(&mut first, 1);
     assert!(head.contains("stored"), "{head}");
     let (_, page) = scrape_metrics(proxy.addr);
     assert_eq!(
@@ -478,27 +458,7 @@ fn slow_first_client_with_a_disk_tier(max_object: u64, busy: bool) {
         "the fill is received by a thread of its own"
     );
     // The first client now reads nothing for a while.
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, url) = (proxy.addr, url.clone());
-            thread::spawn(move || get(addr, &url, &[]))
-        })
-        .collect();
-    for follower in followers {
-        let reply = follower.join().expect("follower thread");
-        assert_eq!(reply.status, 200, "{:?}", reply.headers);
-        assert!(
-            reply.body == body,
-            "a follower got {} of {LEN} bytes",
-            reply.body.len()
-        );
-    }
-    first_body.extend(read_rest(&mut first));
-    assert!(
-        first_body == body,
-        "the first client got {} of {LEN} bytes",
-        first_body.len()
-    );
+    followers_then_the_first_get_it_whole(proxy.addr, &url, &body, first, first_body);
     let fetched = 1 + usize::from(busy);
     assert_eq!(
         origin.requests().len(),
@@ -511,6 +471,40 @@ fn slow_first_client_with_a_disk_tier(max_object: u64, busy: bool) {
     assert_eq!(origin.requests().len(), fetched, "a hit from the store");
     gate.open();
     drop(occupant);
+}
+
+/// Three followers of `url` get `body` whole while the first client
+/// (`first`, which has read `first_body` so far) reads nothing; then the
+/// first client gets the rest of it.
+fn followers_then_the_first_get_it_whole(
+    addr: SocketAddr,
+    url: &str,
+    body: &[u8],
+    mut first: TcpStream,
+    mut first_body: Vec<u8>,
+) {
+    let len = body.len();
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.to_string();
+            thread::spawn(move || get(addr, &url, &[]))
+        })
+        .collect();
+    for follower in followers {
+        let reply = follower.join().expect("follower thread");
+        assert_eq!(reply.status, 200, "{:?}", reply.headers);
+        assert!(
+            reply.body == body,
+            "a follower got {} of {len} bytes",
+            reply.body.len()
+        );
+    }
+    first_body.extend(read_rest(&mut first));
+    assert!(
+        first_body == body,
+        "the first client got {} of {len} bytes",
+        first_body.len()
+    );
 }
 
 #[test]
