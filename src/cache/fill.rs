@@ -169,9 +169,10 @@ impl Fill {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether followers are reading the body.
-    pub fn has_readers(&self) -> bool {
-        self.lock().readers > 0
+    /// Whether followers are reading the body or waiting for it.
+    pub fn has_followers(&self) -> bool {
+        let state = self.lock();
+        state.readers > 0 || state.waiting > 0
     }
 
     /// Publishes the head: followers start reading. `file` is where the
@@ -286,11 +287,13 @@ impl Fill {
             }
         }
         let head = state.head.clone().ok_or(Release::FillerGone)?;
-        drop(state);
         if !head.variant.matches(request) {
             return Err(Release::VaryMismatch);
         }
-        self.lock().readers += 1;
+        // Counted before the lock is let go: from waiting for the head to
+        // reading, a follower is never uncounted (`has_followers`).
+        state.readers += 1;
+        drop(state);
         let reader = FillReader {
             fill: Arc::clone(self),
             pos: 0,

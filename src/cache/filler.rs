@@ -207,10 +207,11 @@ impl Filler {
         (has_file && self.shared.disk.as_deref().is_some_and(room)).then_some(reader)
     }
 
-    /// Whether followers are reading what this filler stores: if its own
-    /// client stops taking the body, the body is read on for them.
+    /// Whether followers are reading what this filler stores, or waiting
+    /// for it: then a large enough body is received apart, and if the
+    /// filler's own client stops taking the body, it is read on for them.
     pub fn has_followers(&self) -> bool {
-        self.fill.has_readers()
+        self.fill.has_followers()
     }
 
     /// Takes the next piece of body. Never fails: a limit or a disk error

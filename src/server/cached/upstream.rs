@@ -29,6 +29,14 @@ use crate::server::target::Origin;
 /// set the pace of every follower.
 const RECEIVE_APART_MIN: u64 = 4 << 20;
 
+/// Bodies at least this long are received apart as well when followers
+/// already wait for them as the answer comes (a CI farm's runners asking
+/// for the same artifact at once). A fill received apart costs its first
+/// client more CPU than one it relays itself (a thread, and a hand-over
+/// per piece), so a body nobody else waits for is only received apart
+/// when it is large enough that followers may come for it while it lasts.
+const RECEIVE_APART_FOLLOWED_MIN: u64 = 256 << 10;
+
 /// Request headers a revalidation made for the cache alone leaves out:
 /// the client's body, its expectation, its range and its preconditions
 /// are not the cache's.
@@ -272,10 +280,14 @@ fn relay(
     let bodiless = !has_body(parts.status);
     let body = UpstreamBody::of(body);
     let mut filler = filler.filter(Filler::is_storing);
-    let large = body.declared.is_some_and(|len| len >= RECEIVE_APART_MIN);
+    let apart_min = match &filler {
+        Some(filler) if filler.has_followers() => RECEIVE_APART_FOLLOWED_MIN,
+        _ => RECEIVE_APART_MIN,
+    };
+    let large = body.declared.is_some_and(|len| len >= apart_min);
     let apart = match filler.as_mut() {
         Some(filler) if large && !bodiless => ex.ctx.background.slot().and_then(|slot| {
-            let own = filler.own_reader(RECEIVE_APART_MIN)?;
+            let own = filler.own_reader(apart_min)?;
             Some((slot, own))
         }),
         _ => None,

@@ -400,6 +400,109 @@ fn a_fill_without_memory_to_reserve_goes_on_in_its_file() {
     slow_first_client_with_a_disk_tier(32 << 20, true);
 }
 
+#[test]
+fn a_fill_that_followers_wait_for_is_received_apart_from_a_smaller_size() {
+    // Smaller than a fill received apart on its own account, but followers
+    // wait for it as the answer comes (a CI farm asking for an artifact at
+    // once), so that a slow first client cannot pace them. (Loopback's
+    // socket buffers hold 3 MiB, so here the first client could not hold
+    // them back either way; over the internet they hold far less.)
+    let body: Vec<u8> = (0..ARTIFACT_LEN).map(pattern_byte).collect();
+    let (asked, seen) = (Gate::new(), Gate::new());
+    let origin = artifact_origin(&body, &asked, &seen);
+    let proxy = roomy_proxy();
+    let url = origin.url("/artifact.tar");
+    let mut first = send_get(proxy.addr, &url);
+    let arrived = wait_until(LIMIT, || origin.requests().len() == 1);
+    assert!(arrived, "the first request never reached the origin");
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, url) = (proxy.addr, url.clone());
+            thread::spawn(move || get(addr, &url, &[]))
+        })
+        .collect();
+    let all_in = wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(&page, "fetchproxy_workers_busy").unwrap_or(0.0) >= 4.0
+    });
+    assert!(all_in, "the followers never got a worker each");
+    asked.open();
+    let apart = wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(&page, "fetchproxy_cache_fills_received_apart") == Some(1.0)
+    });
+    assert!(apart, "the fill is received by a thread of its own");
+    seen.open();
+    // The first client reads nothing until the followers are done.
+    for follower in followers {
+        let reply = follower.join().expect("follower thread");
+        assert_eq!(reply.status, 200, "{:?}", reply.headers);
+        assert!(cache_status(&reply).contains("; collapsed"), "{reply:?}");
+        assert!(
+            reply.body == body,
+            "a follower got {} of {ARTIFACT_LEN} bytes",
+            reply.body.len()
+        );
+    }
+    let (head, mut first_body) = read_some(&mut first, 1);
+    assert!(head.contains("stored"), "{head}");
+    first_body.extend(read_rest(&mut first));
+    assert!(
+        first_body == body,
+        "the first client got {} of {ARTIFACT_LEN} bytes",
+        first_body.len()
+    );
+    assert_eq!(origin.requests().len(), 1, "one origin request for all");
+}
+
+#[test]
+fn a_fill_of_that_size_that_nobody_waits_for_is_relayed_by_its_request() {
+    let body: Vec<u8> = (0..ARTIFACT_LEN).map(pattern_byte).collect();
+    let (asked, seen) = (Gate::new(), Gate::new());
+    let origin = artifact_origin(&body, &asked, &seen);
+    let proxy = roomy_proxy();
+    asked.open();
+    let mut alone = send_get(proxy.addr, &origin.url("/artifact.tar"));
+    let (head, mut got) = read_some(&mut alone, 1);
+    assert!(head.contains("stored"), "{head}");
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_fills_in_progress"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_fills_received_apart"),
+        Some(0.0),
+        "no thread of its own for a fill nobody follows"
+    );
+    seen.open();
+    got.extend(read_rest(&mut alone));
+    assert!(got == body, "got {} of {ARTIFACT_LEN} bytes", got.len());
+}
+
+/// A body large enough to be received apart when followers wait for it,
+/// but not otherwise.
+const ARTIFACT_LEN: u64 = 3 << 20;
+
+/// An origin that answers once `asked` opens: the head and half of `body`
+/// (fresh for an hour), then the rest once `seen` opens, so that tests see
+/// the fill in progress.
+fn artifact_origin(body: &[u8], asked: &Gate, seen: &Gate) -> Origin {
+    let (body, asked, seen) = (body.to_vec(), asked.clone(), seen.clone());
+    Origin::start(move |_| {
+        asked.wait(LIMIT);
+        let half = body.len() / 2;
+        Reply::Paused {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+            first: body[..half].to_vec(),
+            gate: seen.clone(),
+            rest: body[half..].to_vec(),
+            reset: false,
+        }
+    })
+}
+
 /// A 24 MiB body (more than socket buffers hold) whose first client stops
 /// reading after the head, through a proxy with a disk tier and a 64 MiB
 /// memory budget: three followers get it whole, then the first client; the
