@@ -246,6 +246,9 @@ impl Filler {
             if busy || *received > self.shared.config.mem_max_object {
                 *memory = false;
                 self.fill.spill_to_file();
+                // What it held in memory is gone: other fills may take it.
+                let held = std::mem::take(&mut self.reserved);
+                self.shared.inflight.fetch_sub(held, Ordering::AcqRel);
             }
         }
         if let Some(writer) = disk {

@@ -308,6 +308,29 @@ fn followers_of_a_large_fill_read_the_file_being_written() {
 }
 
 #[test]
+fn a_fill_that_moves_to_its_file_gives_back_the_memory_it_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    let url = "http://h/grows";
+    let data = body(3 * MEM_MAX as usize);
+    let mut filler = lead(&cache, &get(url));
+    // No length declared: kept in memory until it outgrows the limit.
+    filler
+        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .expect("storable");
+    filler.body(&data[..3000]);
+    assert_eq!(cache.inflight_bytes(), 3000, "held in memory so far");
+    filler.body(&data[3000..]);
+    assert_eq!(
+        cache.inflight_bytes(),
+        0,
+        "in its file alone, it holds no memory of the fills in progress"
+    );
+    filler.finish().expect("stored on disk");
+    assert_eq!(hit_body(&cache, url), data);
+}
+
+#[test]
 fn a_full_disk_abandons_the_store_but_not_the_response() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = open(dir.path());
