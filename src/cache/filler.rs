@@ -15,7 +15,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::cache::Shared;
 use crate::cache::admission::{self, NotStored, Plan};
-use crate::cache::disk::{DiskStore, DiskWriter};
+use crate::cache::disk::{DiskWriter, RoomPromise};
 use crate::cache::fill::{Fill, FillFailure, FillHead, FillReader, Release};
 use crate::cache::key::CacheKey;
 use crate::cache::object::{Body, ObjectHead, StoredObject};
@@ -50,6 +50,8 @@ pub struct Filler {
     stored_before: bool,
     /// The whole body's memory was reserved up front (`own_reader`).
     reserved_whole: bool,
+    /// Room on disk for the whole body, promised up front (`own_reader`).
+    room: Option<RoomPromise>,
     store: Store,
 }
 
@@ -76,6 +78,7 @@ impl Filler {
             reserved: 0,
             stored_before: true,
             reserved_whole: false,
+            room: None,
             store: Store::AwaitingHead,
         }
     }
@@ -178,8 +181,8 @@ impl Filler {
     /// the fill cannot be given up halfway for want of room, which would
     /// cut the client short: the memory for the whole body is reserved now,
     /// or the fill has a disk file (which holds the whole body, kept in
-    /// memory too or not) and the file system has room for it. `None`
-    /// otherwise.
+    /// memory too or not) and the disk tier promises room for it, beyond
+    /// what it promised other fills. `None` otherwise.
     pub fn own_reader(&mut self, min: u64) -> Option<FillReader> {
         let Store::Storing {
             head,
@@ -203,8 +206,9 @@ impl Filler {
         }
         // Kept in memory too, the fill moves on to its file alone should
         // memory run short halfway.
-        let room = |store: &DiskStore| store.has_room_for(len);
-        (has_file && self.shared.disk.as_deref().is_some_and(room)).then_some(reader)
+        let disk = self.shared.disk.as_deref().filter(|_| has_file)?;
+        self.room = Some(disk.promise_room(len)?);
+        Some(reader)
     }
 
     /// Whether followers are reading what this filler stores, or waiting

@@ -42,6 +42,9 @@ pub struct DiskStore {
     seq: AtomicU64,
     /// Set on close, so that files outlive the process (see `DiskFile`).
     closing: Arc<AtomicBool>,
+    /// Bytes promised to fills received apart on the strength of their
+    /// file and not yet given back (`promise_room`).
+    promised: Arc<AtomicU64>,
     /// Set once the loader has indexed every file.
     loaded: Mutex<bool>,
     loaded_cond: Condvar,
@@ -80,6 +83,7 @@ impl DiskStore {
             max_object,
             seq: AtomicU64::new(0),
             closing: Arc::new(AtomicBool::new(false)),
+            promised: Arc::new(AtomicU64::new(0)),
             loaded: Mutex::new(false),
             loaded_cond: Condvar::new(),
             #[cfg(test)]
@@ -108,18 +112,27 @@ impl DiskStore {
         self.loaded_cond.notify_all();
     }
 
-    /// Whether the file system holding the store has `len` bytes free for
-    /// one more object, with room to spare (a quarter more, and 64 MiB): a
+    /// Room for one more object of `len` bytes, promised until the promise
+    /// is dropped: the file system must have `len` free beyond what earlier
+    /// promises hold, with room to spare (a quarter more, and 64 MiB). A
     /// fill whose memory is not reserved is received apart, on the strength
-    /// of its file, only then, as a disk that fills halfway would cut its
-    /// first client short.
-    pub fn has_room_for(&self, len: u64) -> bool {
-        let Ok(fs) = rustix::fs::statvfs(&self.root) else {
-            return false;
-        };
+    /// of its file, only with such a promise, as a disk that fills halfway
+    /// would cut its first client short. A promise counts its whole length
+    /// until the fill ends, though the file takes some of the free space
+    /// meanwhile: the check errs on the side of room. `None` without room.
+    pub fn promise_room(&self, len: u64) -> Option<RoomPromise> {
+        let fs = rustix::fs::statvfs(&self.root).ok()?;
         let free = fs.f_bavail.saturating_mul(fs.f_frsize);
         let wanted = len.saturating_add(len / 4).saturating_add(64 << 20);
-        free >= wanted
+        self.promised
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |promised| {
+                (free.saturating_sub(promised) >= wanted).then(|| promised.saturating_add(len))
+            })
+            .ok()?;
+        Some(RoomPromise {
+            promised: Arc::clone(&self.promised),
+            len,
+        })
     }
 
     /// A new file name for an object with variant id `id`: the id first
@@ -375,6 +388,20 @@ impl Drop for DiskWriter {
         if !self.finished {
             let _ = fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// Disk space promised to one fill (`DiskStore::promise_room`), given back
+/// when dropped.
+#[derive(Debug)]
+pub struct RoomPromise {
+    promised: Arc<AtomicU64>,
+    len: u64,
+}
+
+impl Drop for RoomPromise {
+    fn drop(&mut self) {
+        self.promised.fetch_sub(self.len, Ordering::AcqRel);
     }
 }
 

@@ -517,7 +517,7 @@ fn variants_and_newer_copies_keep_exactly_their_files() {
 }
 
 #[test]
-fn room_for_an_object_is_the_file_system_free_space_with_a_margin() {
+fn room_is_promised_out_of_the_free_space_with_a_margin() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = super::DiskStore::open(
         dir.path(),
@@ -526,11 +526,26 @@ fn room_for_an_object_is_the_file_system_free_space_with_a_margin() {
         std::sync::Arc::new(crate::cache::stats::Stats::default()),
     )
     .expect("store");
-    assert!(store.has_room_for(4096), "a small object fits");
+    assert!(store.promise_room(4096).is_some(), "a small object fits");
     assert!(
-        !store.has_room_for(u64::MAX / 2),
+        store.promise_room(u64::MAX / 2).is_none(),
         "more than any disk holds"
     );
+    // Two objects that each fit, but not both: each takes three fifths of
+    // what is free past the margin (and a quarter more is asked).
+    let fs = rustix::fs::statvfs(dir.path()).expect("statvfs");
+    let free = fs.f_bavail * fs.f_frsize;
+    let len = free.saturating_sub(64 << 20) / 5 * 3;
+    let first = store.promise_room(len).expect("room for one");
+    assert!(
+        store.promise_room(len).is_none(),
+        "the first promise holds its room"
+    );
+    drop(first);
+    assert!(store.promise_room(len).is_some(), "room given back");
     fs::remove_dir_all(dir.path()).expect("remove the store");
-    assert!(!store.has_room_for(4096), "a store gone has no room");
+    assert!(
+        store.promise_room(4096).is_none(),
+        "a store gone has no room"
+    );
 }
