@@ -251,6 +251,8 @@ impl Filler {
                 *memory = false;
                 self.fill.spill_to_file();
                 // What it held in memory is gone: other fills may take it.
+                // (Pieces followers already took live on until they are
+                // written out: the budget is approximate for that while.)
                 let held = std::mem::take(&mut self.reserved);
                 self.shared.inflight.fetch_sub(held, Ordering::AcqRel);
             }
