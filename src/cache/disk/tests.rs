@@ -526,6 +526,13 @@ fn room_is_promised_out_of_the_free_space_with_a_margin() {
         std::sync::Arc::new(crate::cache::stats::Stats::default()),
     )
     .expect("store");
+    let fs = rustix::fs::statvfs(dir.path()).expect("statvfs");
+    let free = fs.f_bavail * fs.f_frsize;
+    assert!(
+        free > 128 << 20,
+        "this test needs more than 128 MiB free in {}, which has {free} bytes",
+        dir.path().display()
+    );
     assert!(store.promise_room(4096).is_some(), "a small object fits");
     assert!(
         store.promise_room(u64::MAX / 2).is_none(),
@@ -533,8 +540,6 @@ fn room_is_promised_out_of_the_free_space_with_a_margin() {
     );
     // Two objects that each fit, but not both: each takes three fifths of
     // what is free past the margin (and a quarter more is asked).
-    let fs = rustix::fs::statvfs(dir.path()).expect("statvfs");
-    let free = fs.f_bavail * fs.f_frsize;
     let len = free.saturating_sub(64 << 20) / 5 * 3;
     let first = store.promise_room(len).expect("room for one");
     assert!(

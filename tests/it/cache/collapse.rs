@@ -540,6 +540,16 @@ fn slow_first_client_with_a_disk_tier(max_object: u64, busy: bool) {
         }
     });
     let dir = tempfile::tempdir().expect("temp dir");
+    // The fill goes apart only with its length free on disk, plus a
+    // quarter and 64 MiB.
+    let fs = rustix::fs::statvfs(dir.path()).expect("statvfs");
+    let free = fs.f_bavail * fs.f_frsize;
+    assert!(
+        free > 2 * LEN + (64 << 20),
+        "this test needs more than {} bytes free in {}, which has {free}",
+        2 * LEN + (64 << 20),
+        dir.path().display()
+    );
     let proxy = Proxy::with(|config| {
         config.workers = 64.try_into().expect("non-zero");
         config.cache_mem = 64 << 20;
