@@ -371,6 +371,11 @@ fn deploy_unit_drains_reloads_and_fits_the_instance_limits() {
     );
     assert_eq!(key("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(key("KillSignal"), "SIGTERM");
+    // A larger per-thread cache of freed blocks, for a large pool.
+    assert_eq!(
+        key("Environment"),
+        "GLIBC_TUNABLES=glibc.malloc.tcache_count=32"
+    );
     // A client socket and an upstream one per connection, and spare.
     let files: usize = key("LimitNOFILE").parse().expect("LimitNOFILE a number");
     assert!(files >= 2 * example.max_connections + 64, "{files}");
