@@ -23,6 +23,14 @@ fn roomy_proxy() -> Proxy {
     })
 }
 
+/// Waits (up to `LIMIT`) until `proxy`'s metric `name` satisfies `holds`.
+fn metric_reaches(proxy: SocketAddr, name: &str, holds: impl Fn(f64) -> bool) -> bool {
+    wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy);
+        metric(&page, name).is_some_and(&holds)
+    })
+}
+
 /// An origin that holds every answer until `gate` opens, then sends
 /// `body`, fresh for an hour.
 fn held_origin(gate: &Gate, body: Vec<u8>) -> Origin {
@@ -96,10 +104,7 @@ fn fifty_concurrent_cold_requests_make_one_origin_request() {
         .collect();
     // Every client is in: one at the origin, the others waiting on it
     // (and the worker answering this scrape).
-    let all_in = wait_until(LIMIT, || {
-        let (_, page) = scrape_metrics(proxy.addr);
-        metric(&page, "fetchproxy_workers_busy").unwrap_or(0.0) >= 51.0
-    });
+    let all_in = metric_reaches(proxy.addr, "fetchproxy_workers_busy", |n| n >= 51.0);
     assert!(all_in, "50 clients never got a worker each");
     assert_eq!(
         origin.requests().len(),
@@ -275,10 +280,7 @@ fn followers_of_a_body_over_the_limit_get_the_leaders_error_not_a_cut_200() {
         .collect();
     // All three are in (one at the origin, two following it), and the
     // worker answering this scrape.
-    let all_in = wait_until(LIMIT, || {
-        let (_, page) = scrape_metrics(proxy.addr);
-        metric(&page, "fetchproxy_workers_busy").unwrap_or(0.0) >= 4.0
-    });
+    let all_in = metric_reaches(proxy.addr, "fetchproxy_workers_busy", |n| n >= 4.0);
     assert!(all_in);
     gate.open();
     for client in clients {
@@ -408,9 +410,12 @@ fn a_fill_that_followers_wait_for_is_received_apart_from_a_smaller_size() {
     // once), so that a slow first client cannot pace them. (Loopback's
     // socket buffers hold 3 MiB, so here the first client could not hold
     // them back either way; over the internet they hold far less.)
-    let body: Vec<u8> = (0..ARTIFACT_LEN).map(pattern_byte).collect();
-    let (asked, seen) = (Gate::new(), Gate::new());
-    let origin = artifact_origin(&body, &asked, &seen);
+    let Artifact {
+        body,
+        asked,
+        seen,
+        origin,
+    } = Artifact::start();
     let proxy = roomy_proxy();
     let url = origin.url("/artifact.tar");
     let mut first = send_get(proxy.addr, &url);
@@ -424,15 +429,11 @@ fn a_fill_that_followers_wait_for_is_received_apart_from_a_smaller_size() {
         .collect();
     // The first client, the three followers, and the worker answering
     // this scrape.
-    let all_in = wait_until(LIMIT, || {
-        let (_, page) = scrape_metrics(proxy.addr);
-        metric(&page, "fetchproxy_workers_busy").unwrap_or(0.0) >= 5.0
-    });
+    let all_in = metric_reaches(proxy.addr, "fetchproxy_workers_busy", |n| n >= 5.0);
     assert!(all_in, "the followers never got a worker each");
     asked.open();
-    let apart = wait_until(LIMIT, || {
-        let (_, page) = scrape_metrics(proxy.addr);
-        metric(&page, "fetchproxy_cache_fills_received_apart") == Some(1.0)
+    let apart = metric_reaches(proxy.addr, "fetchproxy_cache_fills_received_apart", |n| {
+        n == 1.0
     });
     assert!(apart, "the fill is received by a thread of its own");
     seen.open();
@@ -460,9 +461,12 @@ fn a_fill_that_followers_wait_for_is_received_apart_from_a_smaller_size() {
 
 #[test]
 fn a_fill_of_that_size_that_nobody_waits_for_is_relayed_by_its_request() {
-    let body: Vec<u8> = (0..ARTIFACT_LEN).map(pattern_byte).collect();
-    let (asked, seen) = (Gate::new(), Gate::new());
-    let origin = artifact_origin(&body, &asked, &seen);
+    let Artifact {
+        body,
+        asked,
+        seen,
+        origin,
+    } = Artifact::start();
     let proxy = roomy_proxy();
     asked.open();
     let mut alone = send_get(proxy.addr, &origin.url("/artifact.tar"));
@@ -487,23 +491,42 @@ fn a_fill_of_that_size_that_nobody_waits_for_is_relayed_by_its_request() {
 /// but not otherwise.
 const ARTIFACT_LEN: u64 = 3 << 20;
 
-/// An origin that answers once `asked` opens: the head and half of `body`
+/// An origin serving `body` once `asked` opens: the head and half of it
 /// (fresh for an hour), then the rest once `seen` opens, so that tests see
 /// the fill in progress.
-fn artifact_origin(body: &[u8], asked: &Gate, seen: &Gate) -> Origin {
-    let (body, asked, seen) = (body.to_vec(), asked.clone(), seen.clone());
-    Origin::start(move |_| {
-        asked.wait(LIMIT);
-        let half = body.len() / 2;
-        Reply::Paused {
-            status: 200,
-            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
-            first: body[..half].to_vec(),
-            gate: seen.clone(),
-            rest: body[half..].to_vec(),
-            reset: false,
+struct Artifact {
+    body: Vec<u8>,
+    asked: Gate,
+    seen: Gate,
+    origin: Origin,
+}
+
+impl Artifact {
+    fn start() -> Artifact {
+        let body: Vec<u8> = (0..ARTIFACT_LEN).map(pattern_byte).collect();
+        let (asked, seen) = (Gate::new(), Gate::new());
+        let origin = Origin::start({
+            let (body, asked, seen) = (body.clone(), asked.clone(), seen.clone());
+            move |_| {
+                asked.wait(LIMIT);
+                let half = body.len() / 2;
+                Reply::Paused {
+                    status: 200,
+                    headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+                    first: body[..half].to_vec(),
+                    gate: seen.clone(),
+                    rest: body[half..].to_vec(),
+                    reset: false,
+                }
+            }
+        });
+        Artifact {
+            body,
+            asked,
+            seen,
+            origin,
         }
-    })
+    }
 }
 
 /// A 24 MiB body (more than socket buffers hold) whose first client stops
