@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use quick_cache::DefaultHashBuilder;
+
 use crate::cache::fill::Fill;
 use crate::cache::key::CacheKey;
 
@@ -32,7 +34,8 @@ pub enum Role {
 
 /// Fills in progress and hit-for-miss marks.
 pub struct Collapser {
-    fills: Mutex<HashMap<CacheKey, Arc<Fill>>>,
+    /// Hashed with the key's own hash (`CacheKey`), not SipHash again.
+    fills: Mutex<HashMap<CacheKey, Arc<Fill>, DefaultHashBuilder>>,
     /// URL → until when it is fetched alone.
     hit_for_miss: quick_cache::sync::Cache<CacheKey, Instant>,
     /// How long a hit-for-miss mark lasts.
@@ -47,7 +50,7 @@ impl Collapser {
     /// Empty tables; marks last `hfm_ttl`.
     pub fn new(hfm_ttl: Duration) -> Collapser {
         Collapser {
-            fills: Mutex::new(HashMap::new()),
+            fills: Mutex::new(HashMap::default()),
             hit_for_miss: quick_cache::sync::Cache::new(MAX_HIT_FOR_MISS),
             hfm_ttl,
         }

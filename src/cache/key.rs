@@ -3,6 +3,7 @@
 //! a stored response names in `Vary` (RFC 9111 §4.1). Pure: no I/O.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Uri};
@@ -34,9 +35,28 @@ const PARTIAL_MARK: &str = "#partial";
 /// A normalised absolute URL: scheme and host lowercased, default port
 /// dropped, no userinfo, no fragment, dot segments resolved, empty path as
 /// `/`. Two targets that name the same resource get the same key.
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// The URL is hashed once, when the key is made: a request looks its key
+/// up in several tables (fills, hit-for-miss marks), which then hash the
+/// stored hash alone.
+#[derive(Clone)]
 pub struct CacheKey {
     url: Arc<str>,
+    hash: u64,
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &CacheKey) -> bool {
+        self.hash == other.hash && self.url == other.url
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 impl CacheKey {
@@ -47,9 +67,7 @@ impl CacheKey {
     /// when it is not http or https.
     pub fn from_target(target: &str) -> Result<CacheKey, KeyError> {
         if normal::is_normal(target) {
-            return Ok(CacheKey {
-                url: Arc::from(target),
-            });
+            return Ok(CacheKey::of(target));
         }
         let bad = |reason: String| KeyError::BadUrl {
             target: target.to_string(),
@@ -67,9 +85,15 @@ impl CacheKey {
         url.set_fragment(None);
         let _ = url.set_username("");
         let _ = url.set_password(None);
-        Ok(CacheKey {
-            url: Arc::from(url.as_str()),
-        })
+        Ok(CacheKey::of(url.as_str()))
+    }
+
+    /// The key of a URL already normalised.
+    fn of(url: &str) -> CacheKey {
+        CacheKey {
+            url: Arc::from(url),
+            hash: xxhash_rust::xxh3::xxh3_64(url.as_bytes()),
+        }
     }
 
     /// The normalised URL (with a mark for a partial key).
@@ -83,9 +107,7 @@ impl CacheKey {
         if self.is_partial() {
             return self.clone();
         }
-        CacheKey {
-            url: Arc::from(format!("{}{PARTIAL_MARK}", self.url)),
-        }
+        CacheKey::of(&format!("{}{PARTIAL_MARK}", self.url))
     }
 
     /// Whether this is the key of parts of responses (see `partial`).

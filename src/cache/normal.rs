@@ -44,8 +44,8 @@ pub fn is_normal(target: &str) -> bool {
         && path
             .split(|&b| b == b'/')
             .all(|segment| segment != b"." && segment != b"..")
-        && kept_as_is(path, b"")
-        && query.is_none_or(|query| kept_as_is(query, b"/?"))
+        && kept_as_is(path, &PATH_KEPT)
+        && query.is_none_or(|query| kept_as_is(query, &QUERY_KEPT))
 }
 
 /// The value of a short run of ASCII digits.
@@ -74,11 +74,34 @@ fn is_normal_host(host: &[u8]) -> bool {
     named || (labels().count() == 4 && labels().all(octet))
 }
 
-/// Whether the parser keeps `text` byte for byte: unreserved characters,
+/// Bytes the parser keeps as they are in a path: unreserved characters,
 /// sub-delimiters but `'` (encoded in the query of http(s) URLs), `:`,
-/// `@`, `/`, `extra`, and `%` with two hex digits but never an encoded dot
-/// (which the parser reads as a dot segment).
-fn kept_as_is(bytes: &[u8], extra: &[u8]) -> bool {
+/// `@` and `/`.
+const PATH_KEPT: [bool; 256] = kept_bytes(b"-._~!$&()*+,;=:@/");
+
+/// Bytes the parser keeps as they are in a query: a path's, and `?`.
+const QUERY_KEPT: [bool; 256] = kept_bytes(b"-._~!$&()*+,;=:@/?");
+
+/// A table of the ASCII letters and digits, and `extra`.
+const fn kept_bytes(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
+/// Whether the parser keeps `bytes` byte for byte: each is in `kept`, or
+/// is `%` with two hex digits but never an encoded dot (which the parser
+/// reads as a dot segment).
+fn kept_as_is(bytes: &[u8], kept: &[bool; 256]) -> bool {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -96,9 +119,7 @@ fn kept_as_is(bytes: &[u8], extra: &[u8]) -> bool {
             i += 3;
             continue;
         }
-        let plain =
-            b.is_ascii_alphanumeric() || b"-._~!$&()*+,;=:@/".contains(&b) || extra.contains(&b);
-        if !plain {
+        if !kept[usize::from(b)] {
             return false;
         }
         i += 1;
