@@ -39,7 +39,11 @@ enum Store {
 pub struct Filler {
     shared: Arc<Shared>,
     key: CacheKey,
-    request: RequestHead,
+    /// The request the response is stored for when it is not the client's
+    /// own (a POST's answer kept for later GETs); otherwise the caller
+    /// hands the client's request to each call that needs it, so that a
+    /// miss does not copy it.
+    stored_as: Option<Box<RequestHead>>,
     fill: Arc<Fill>,
     /// In the collapse table: followers may be reading.
     registered: bool,
@@ -61,18 +65,17 @@ pub struct Filler {
 const MEMORY_BLOCK: usize = 64 * 1024;
 
 impl Filler {
-    /// A filler for `request`, publishing into `fill`.
+    /// A filler publishing into `fill`.
     pub(crate) fn new(
         shared: Arc<Shared>,
         key: CacheKey,
-        request: &RequestHead,
         fill: Arc<Fill>,
         registered: bool,
     ) -> Filler {
         Filler {
             shared,
             key,
-            request: request.clone(),
+            stored_as: None,
             fill,
             registered,
             reserved: 0,
@@ -88,6 +91,19 @@ impl Filler {
     pub(crate) fn with_nothing_stored(mut self) -> Filler {
         self.stored_before = false;
         self
+    }
+
+    /// The same filler, storing the response as the answer to `request`
+    /// whichever request the client sent.
+    pub(crate) fn stored_as(mut self, request: RequestHead) -> Filler {
+        self.stored_as = Some(Box::new(request));
+        self
+    }
+
+    /// The request the response is stored for: `client`'s, unless the
+    /// filler was made for another (`stored_as`).
+    fn request<'a>(&'a self, client: &'a RequestHead) -> &'a RequestHead {
+        self.stored_as.as_deref().unwrap_or(client)
     }
 
     /// The key being filled.
@@ -110,8 +126,9 @@ impl Filler {
         }
     }
 
-    /// Takes the origin's response head (received at `now`) and decides
-    /// whether to store it; followers start reading, or are let go. A
+    /// Takes the origin's response head (received at `now`) to `client`'s
+    /// request and decides whether to store it; followers start reading,
+    /// or are let go. A
     /// response that is not stored still supersedes what is stored for
     /// the request (a 5xx aside).
     ///
@@ -120,6 +137,7 @@ impl Filler {
     /// and its body calls do nothing.
     pub fn response_head(
         &mut self,
+        client: &RequestHead,
         status: StatusCode,
         headers: &HeaderMap,
         now: SystemTime,
@@ -129,7 +147,8 @@ impl Filler {
             Store::NotStoring(why) => return Err(why),
             Store::Storing { .. } | Store::Done => return Err(NotStored::Request),
         }
-        let decided = admission::plan(&self.shared, &self.key, &self.request, status, headers, now);
+        let request = self.request(client);
+        let decided = admission::plan(&self.shared, &self.key, request, status, headers, now);
         match decided {
             Ok(Plan { head, memory, disk }) => {
                 let file = disk.as_ref().map(|w| (w.read_handle(), w.body_offset()));
@@ -149,17 +168,18 @@ impl Filler {
                 Ok(())
             }
             Err(why) => {
-                self.refuse(status, why);
+                self.refuse(client, status, why);
                 Err(why)
             }
         }
     }
 
-    /// Stores nothing of the response with `status`, for `why`: followers
+    /// Stores nothing of the response with `status` to `client`'s request,
+    /// for `why`: followers
     /// go to the origin on their own. `response_head` calls it; so does
     /// the request path, for a response the proxy will not relay (a body
     /// declared over `max_body_bytes`), before anyone is given its head.
-    pub fn refuse(&mut self, status: StatusCode, why: NotStored) {
+    pub fn refuse(&mut self, client: &RequestHead, status: StatusCode, why: NotStored) {
         if !matches!(self.store, Store::AwaitingHead) {
             return;
         }
@@ -169,7 +189,7 @@ impl Filler {
         let about_response = !matches!(why, NotStored::DiskError | NotStored::Request)
             && status != StatusCode::NOT_MODIFIED;
         if about_response && !status.is_server_error() && self.stored_before {
-            self.drop_superseded();
+            self.drop_superseded(client);
         }
         self.release(Release::NotShareable, about_response);
     }
@@ -183,7 +203,7 @@ impl Filler {
     /// or the fill has a disk file (which holds the whole body, kept in
     /// memory too or not) and the disk tier promises room for it, beyond
     /// what it promised other fills. `None` otherwise.
-    pub fn own_reader(&mut self, min: u64) -> Option<FillReader> {
+    pub fn own_reader(&mut self, client: &RequestHead, min: u64) -> Option<FillReader> {
         let Store::Storing {
             head,
             memory,
@@ -199,7 +219,7 @@ impl Filler {
             return None;
         }
         let wait = self.shared.config.collapse_wait;
-        let (_, reader) = self.fill.follow(&self.request, wait).ok()?;
+        let (_, reader) = self.fill.follow(self.request(client), wait).ok()?;
         if in_memory && reserve(&self.shared, &mut self.reserved, len) {
             self.reserved_whole = true;
             return Some(reader);
@@ -404,8 +424,9 @@ impl Filler {
     /// be served in its place later (stale, or on an origin failure). A
     /// server error is no such news: the stored copy stays for
     /// `stale-if-error`.
-    fn drop_superseded(&self) {
-        let selected = |o: &StoredObject| o.head.variant.matches(&self.request);
+    fn drop_superseded(&self, client: &RequestHead) {
+        let request = self.request(client);
+        let selected = |o: &StoredObject| o.head.variant.matches(request);
         self.drop_stored(selected, true, true);
     }
 

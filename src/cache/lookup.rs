@@ -190,7 +190,7 @@ impl Follower {
             },
             Err(why) => Following::Released {
                 why,
-                filler: Filler::new(self.shared, self.key, request, Fill::new(), false),
+                filler: Filler::new(self.shared, self.key, Fill::new(), false),
             },
         }
     }
@@ -247,7 +247,7 @@ impl Cache {
                     }
                     return Lookup::Stale(Stale {
                         validators: object.head.policy.validators(now),
-                        filler: self.fill_alone(head, key),
+                        filler: self.fill_alone(key),
                         object,
                         by_request,
                     });
@@ -298,21 +298,21 @@ impl Cache {
         if head.header("range").is_some() {
             // The 206 that comes back is kept as a part of the response,
             // for later ranges within it; nobody waits on it.
-            return Some(MissRole::Fill(self.fill_alone(head, key.partial())));
+            return Some(MissRole::Fill(self.fill_alone(key.partial())));
         }
         // A response to a request with credentials is shared only if the
         // origin says so (RFC 9111 §3.5), which is known only once it
         // arrives: never make others wait on it.
         if head.header("authorization").is_some() {
-            return Some(MissRole::Fill(self.fill_alone(head, key)));
+            return Some(MissRole::Fill(self.fill_alone(key)));
         }
         let shared = Arc::clone(&self.shared);
         // Asked under the fills' lock: the indexes only, no disk read.
         let stored = || again && self.holds(&key, head);
         Some(match self.shared.collapser.join(&key, stored) {
-            Role::Lead(fill) => MissRole::Fill(Filler::new(shared, key, head, fill, true)),
+            Role::Lead(fill) => MissRole::Fill(Filler::new(shared, key, fill, true)),
             Role::Follow(fill) => MissRole::Follow(Follower { shared, key, fill }),
-            Role::Alone => MissRole::Fill(self.fill_alone(head, key)),
+            Role::Alone => MissRole::Fill(self.fill_alone(key)),
             Role::Stored => return None,
         })
     }
@@ -334,8 +334,8 @@ impl Cache {
 
     /// A filler nobody follows (a stale entry's refetch, a hit-for-miss
     /// URL, a background revalidation's full answer).
-    pub fn fill_alone(&self, head: &RequestHead, key: CacheKey) -> Filler {
-        Filler::new(Arc::clone(&self.shared), key, head, Fill::new(), false)
+    pub fn fill_alone(&self, key: CacheKey) -> Filler {
+        Filler::new(Arc::clone(&self.shared), key, Fill::new(), false)
     }
 
     /// Finds the most recent stored variant matching `head`.

@@ -113,10 +113,10 @@ pub fn store(
         }) => filler,
         _ => {
             let key = CacheKey::from_target(&req.target).expect("test url");
-            cache.fill_alone(req, key)
+            cache.fill_alone(key)
         }
     };
-    filler.response_head(StatusCode::OK, &headers(response), SystemTime::now())?;
+    filler.response_head(req, StatusCode::OK, &headers(response), SystemTime::now())?;
     for piece in body.chunks(body.len().div_ceil(pieces.max(1)).max(1)) {
         filler.body(piece);
     }

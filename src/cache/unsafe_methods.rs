@@ -82,6 +82,6 @@ impl Cache {
                 .cloned()
                 .collect(),
         };
-        Some(self.fill_alone(&as_get, key))
+        Some(self.fill_alone(key).stored_as(as_get))
     }
 }

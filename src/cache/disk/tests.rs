@@ -219,7 +219,12 @@ fn leftovers_of_an_interrupted_write_are_removed() {
         let cache = open(dir.path());
         let mut filler = lead(&cache, &get("http://h/cut"));
         filler
-            .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+            .response_head(
+                &get("http://h/cut"),
+                StatusCode::OK,
+                &headers(&[MAX_AGE]),
+                SystemTime::now(),
+            )
             .expect("storable");
         filler.body(&body(10_000));
         assert_eq!(tmp_files(dir.path()), 1, "written as it streams");
@@ -284,6 +289,7 @@ fn followers_of_a_large_fill_read_the_file_being_written() {
     let length = data.len().to_string();
     filler
         .response_head(
+            &get(url),
             StatusCode::OK,
             &headers(&[MAX_AGE, ("content-length", &length)]),
             SystemTime::now(),
@@ -316,7 +322,12 @@ fn a_fill_that_moves_to_its_file_gives_back_the_memory_it_held() {
     let mut filler = lead(&cache, &get(url));
     // No length declared: kept in memory until it outgrows the limit.
     filler
-        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .response_head(
+            &get(url),
+            StatusCode::OK,
+            &headers(&[MAX_AGE]),
+            SystemTime::now(),
+        )
         .expect("storable");
     filler.body(&data[..3000]);
     assert_eq!(cache.inflight_bytes(), 3000, "held in memory so far");
@@ -348,6 +359,7 @@ fn a_full_disk_abandons_the_store_but_not_the_response() {
     };
     filler
         .response_head(
+            &get(url),
             StatusCode::OK,
             &headers(&[MAX_AGE, ("content-length", "50000")]),
             SystemTime::now(),

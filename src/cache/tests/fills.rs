@@ -47,6 +47,7 @@ fn concurrent_misses_collapse_into_one_fill() {
     assert_eq!(cache.fills_in_progress(), 1);
     filler
         .response_head(
+            &get(url),
             StatusCode::OK,
             &headers(&[MAX_AGE, ("content-length", "10")]),
             SystemTime::now(),
@@ -85,6 +86,7 @@ fn a_fill_that_fails_cuts_followers_short_and_stores_nothing() {
     };
     filler
         .response_head(
+            &get(url),
             StatusCode::OK,
             &headers(&[MAX_AGE, ("content-length", "100")]),
             SystemTime::now(),
@@ -110,6 +112,7 @@ fn a_body_shorter_than_its_length_is_not_stored() {
     let mut filler = lead(&cache, &get("http://h/short"));
     filler
         .response_head(
+            &get("http://h/short"),
             StatusCode::OK,
             &headers(&[MAX_AGE, ("content-length", "10")]),
             SystemTime::now(),
@@ -137,6 +140,7 @@ fn an_unshareable_response_releases_followers_and_stops_collapsing() {
         Following::Stream { .. } => panic!("a private response must not be shared"),
     });
     let got = filler.response_head(
+        &get(url),
         StatusCode::OK,
         &headers(&[("cache-control", "private")]),
         SystemTime::now(),
@@ -154,13 +158,16 @@ fn an_unshareable_response_releases_followers_and_stops_collapsing() {
 fn requests_with_credentials_never_lead_a_shared_fill() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let url = "http://h/auth";
-    let mut filler = lead(
-        &cache,
-        &request("GET", url, &[("authorization", "Basic dTpw")]),
-    );
+    let asked = request("GET", url, &[("authorization", "Basic dTpw")]);
+    let mut filler = lead(&cache, &asked);
     assert_eq!(cache.fills_in_progress(), 0);
     // Its private answer says nothing about the URL: others still collapse.
-    let answer = filler.response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now());
+    let answer = filler.response_head(
+        &asked,
+        StatusCode::OK,
+        &headers(&[MAX_AGE]),
+        SystemTime::now(),
+    );
     assert_eq!(answer, Err(NotStored::Policy));
     let _other = lead(&cache, &get(url));
     assert_eq!(cache.fills_in_progress(), 1);
@@ -173,7 +180,7 @@ fn responses_over_the_object_limit_are_not_stored() {
     let mut filler = lead(&cache, &get(url));
     let declared = headers(&[MAX_AGE, ("content-length", "2000")]);
     assert_eq!(
-        filler.response_head(StatusCode::OK, &declared, SystemTime::now()),
+        filler.response_head(&get(url), StatusCode::OK, &declared, SystemTime::now()),
         Err(NotStored::TooLarge)
     );
     drop(filler);
@@ -188,7 +195,12 @@ fn responses_over_the_object_limit_are_not_stored() {
         panic!("follower expected");
     };
     filler
-        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .response_head(
+            &get(chunked_url),
+            StatusCode::OK,
+            &headers(&[MAX_AGE]),
+            SystemTime::now(),
+        )
         .expect("storable so far");
     let Following::Stream { mut reader, .. } = follower.follow(&get(chunked_url)) else {
         panic!("stream expected");
@@ -210,9 +222,14 @@ fn fills_in_progress_share_a_bounded_amount_of_memory() {
     let cache = small_cache(64 << 10, 16 << 10, None);
     let mut first = lead(&cache, &get("http://h/one"));
     let mut second = lead(&cache, &get("http://h/two"));
-    for filler in [&mut first, &mut second] {
+    for (filler, url) in [(&mut first, "http://h/one"), (&mut second, "http://h/two")] {
         filler
-            .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+            .response_head(
+                &get(url),
+                StatusCode::OK,
+                &headers(&[MAX_AGE]),
+                SystemTime::now(),
+            )
             .expect("storable");
     }
     first.body(&[1; 12 << 10]);
@@ -223,7 +240,12 @@ fn fills_in_progress_share_a_bounded_amount_of_memory() {
     assert_eq!(cache.inflight_bytes(), 0, "every reservation returned");
     let mut dropped = lead(&cache, &get("http://h/three"));
     dropped
-        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .response_head(
+            &get("http://h/three"),
+            StatusCode::OK,
+            &headers(&[MAX_AGE]),
+            SystemTime::now(),
+        )
         .expect("storable");
     dropped.body(&[3; 1000]);
     drop(dropped);
@@ -263,19 +285,24 @@ fn a_fill_read_by_its_own_client_reserves_its_whole_body_first() {
     let started = |url: &str, len: usize| {
         let mut filler = lead(&cache, &get(url));
         filler
-            .response_head(StatusCode::OK, &declared(len), SystemTime::now())
+            .response_head(&get(url), StatusCode::OK, &declared(len), SystemTime::now())
             .expect("storable");
         filler
     };
     let mut small = started("http://h/small", 1000);
-    assert!(small.own_reader(4096).is_none(), "shorter than the minimum");
+    assert!(
+        small.own_reader(&get("http://h/small"), 4096).is_none(),
+        "shorter than the minimum"
+    );
     drop(small);
     let mut large = started("http://h/large", 40 << 10);
-    let mut own = large.own_reader(4096).expect("a reader for its client");
+    let mut own = large
+        .own_reader(&get("http://h/large"), 4096)
+        .expect("a reader for its client");
     assert_eq!(cache.inflight_bytes(), 40 << 10, "reserved up front");
     let mut other = started("http://h/other", 40 << 10);
     assert!(
-        other.own_reader(4096).is_none(),
+        other.own_reader(&get("http://h/other"), 4096).is_none(),
         "no room for a second body"
     );
     drop(other);
@@ -293,9 +320,13 @@ fn a_fill_read_by_its_own_client_reserves_its_whole_body_first() {
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
     assert_eq!(cache.inflight_bytes(), 0, "every reservation returned");
     let key = CacheKey::from_target("http://h/alone").expect("key");
-    let mut alone = cache.fill_alone(&get("http://h/alone"), key);
+    let mut alone = cache.fill_alone(key);
+    let ask = get("http://h/alone");
     alone
-        .response_head(StatusCode::OK, &declared(40 << 10), SystemTime::now())
+        .response_head(&ask, StatusCode::OK, &declared(40 << 10), SystemTime::now())
         .expect("storable");
-    assert!(alone.own_reader(4096).is_none(), "nobody can follow it");
+    assert!(
+        alone.own_reader(&ask, 4096).is_none(),
+        "nobody can follow it"
+    );
 }

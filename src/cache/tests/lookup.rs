@@ -232,7 +232,12 @@ fn a_stale_entry_refetched_in_full_is_replaced() {
     };
     stale
         .filler
-        .response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now())
+        .response_head(
+            &req,
+            StatusCode::OK,
+            &headers(&[MAX_AGE]),
+            SystemTime::now(),
+        )
         .expect("storable");
     stale.filler.body(b"new");
     stale.filler.finish().expect("stored");
@@ -393,7 +398,12 @@ fn a_stored_part_answers_ranges_within_it() {
     let mut filler = lead(&cache, &suffix);
     let part = headers(&[MAX_AGE, ("content-range", "bytes 5-9/10")]);
     filler
-        .response_head(StatusCode::PARTIAL_CONTENT, &part, SystemTime::now())
+        .response_head(
+            &suffix,
+            StatusCode::PARTIAL_CONTENT,
+            &part,
+            SystemTime::now(),
+        )
         .expect("a whole part is kept");
     filler.body(b"56789");
     filler.finish().expect("stored");
@@ -460,11 +470,17 @@ fn parts_that_are_not_one_whole_range_are_not_kept() {
             ("content-range", content_range),
             ("content-length", "5"),
         ]);
-        let refused = filler.response_head(StatusCode::PARTIAL_CONTENT, &part, SystemTime::now());
+        let refused =
+            filler.response_head(&ask, StatusCode::PARTIAL_CONTENT, &part, SystemTime::now());
         assert_eq!(refused, Err(NotStored::Partial), "{content_range}");
     }
     let mut filler = lead(&cache, &ask);
-    let whole = filler.response_head(StatusCode::OK, &headers(&[MAX_AGE]), SystemTime::now());
+    let whole = filler.response_head(
+        &ask,
+        StatusCode::OK,
+        &headers(&[MAX_AGE]),
+        SystemTime::now(),
+    );
     assert_eq!(whole, Err(NotStored::Partial), "a 200 to a range request");
 }
 
@@ -475,7 +491,7 @@ fn a_post_answer_naming_its_own_url_is_kept_for_gets() {
     let fresh = headers(&[MAX_AGE, ("content-location", "/form")]);
     let mut filler = cache.post_filler(&post, &fresh).expect("storable");
     filler
-        .response_head(StatusCode::OK, &fresh, SystemTime::now())
+        .response_head(&post, StatusCode::OK, &fresh, SystemTime::now())
         .expect("stored");
     filler.body(b"done");
     filler.finish().expect("stored");

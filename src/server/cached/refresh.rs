@@ -136,9 +136,9 @@ impl Refreshing {
             return;
         }
         let key = job.object.head.key.clone();
-        let mut filler = self.cache.fill_alone(&job.head, key);
+        let mut filler = self.cache.fill_alone(key);
         if filler
-            .response_head(parts.status, &parts.headers, now)
+            .response_head(&job.head, parts.status, &parts.headers, now)
             .is_err()
         {
             return;

@@ -105,10 +105,10 @@ pub fn fill(
     let over_limit =
         relay::response_framing(ex.head, status, declared, ex.ctx.config.max_body_bytes).is_err();
     let stored = if over_limit {
-        filler.refuse(status, NotStored::TooLarge);
+        filler.refuse(ex.head, status, NotStored::TooLarge);
         Err(NotStored::TooLarge)
     } else {
-        filler.response_head(status, response.headers(), now)
+        filler.response_head(ex.head, status, response.headers(), now)
     };
     let outcome = Outcome::Forward {
         fwd,
@@ -287,7 +287,7 @@ fn relay(
     let large = body.declared.is_some_and(|len| len >= apart_min);
     let apart = match filler.as_mut() {
         Some(filler) if large && !bodiless => ex.ctx.background.slot().and_then(|slot| {
-            let own = filler.own_reader(apart_min)?;
+            let own = filler.own_reader(ex.head, apart_min)?;
             Some((slot, own))
         }),
         _ => None,
