@@ -90,7 +90,7 @@ impl Outcome {
         match self {
             Outcome::Hit { ttl, detail, .. } => {
                 out.push_str("; hit");
-                let _ = write!(out, "; ttl={ttl}");
+                push_number(&mut out, "ttl", *ttl);
                 push_detail(&mut out, *detail);
             }
             Outcome::Forward {
@@ -101,9 +101,10 @@ impl Outcome {
                 ttl,
                 detail,
             } => {
-                let _ = write!(out, "; fwd={}", fwd.token());
+                out.push_str("; fwd=");
+                out.push_str(fwd.token());
                 if let Some(status) = fwd_status {
-                    let _ = write!(out, "; fwd-status={status}");
+                    push_number(&mut out, "fwd-status", *status);
                 }
                 if *stored {
                     out.push_str("; stored");
@@ -112,16 +113,16 @@ impl Outcome {
                     out.push_str("; collapsed");
                 }
                 if let Some(ttl) = ttl {
-                    let _ = write!(out, "; ttl={ttl}");
+                    push_number(&mut out, "ttl", *ttl);
                 }
                 push_detail(&mut out, *detail);
             }
             Outcome::StaleOnError { fwd_status, ttl } => {
                 out.push_str("; fwd=stale");
                 if let Some(status) = fwd_status {
-                    let _ = write!(out, "; fwd-status={status}");
+                    push_number(&mut out, "fwd-status", *status);
                 }
-                let _ = write!(out, "; ttl={ttl}");
+                push_number(&mut out, "ttl", *ttl);
                 let why = match fwd_status {
                     Some(_) => "stale-if-error",
                     None => "origin-unreachable",
@@ -156,6 +157,15 @@ impl Outcome {
     }
 }
 
+/// Appends `; name=value` (every response writes one or two: no
+/// formatting machinery).
+fn push_number(out: &mut String, name: &str, value: impl itoa::Integer) {
+    out.push_str("; ");
+    out.push_str(name);
+    out.push('=');
+    out.push_str(itoa::Buffer::new().format(value));
+}
+
 fn push_detail(out: &mut String, detail: Option<&str>) {
     // A token is written bare, anything else as an sf-string.
     if let Some(detail) = detail {
@@ -163,7 +173,8 @@ fn push_detail(out: &mut String, detail: Option<&str>) {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._:/*".contains(&b));
         if token && detail.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            let _ = write!(out, "; detail={detail}");
+            out.push_str("; detail=");
+            out.push_str(detail);
         } else {
             let escaped: String = detail
                 .chars()
