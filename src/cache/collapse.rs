@@ -6,6 +6,11 @@
 //! `Drop` guarantees it); hit-for-miss marks expire, and past
 //! `MAX_HIT_FOR_MISS` the least useful give way (S3-FIFO, `quick_cache`),
 //! so a crawler's stream of uncacheable URLs costs each request the same.
+//! A mark holds the key's 64-bit fingerprint, not the URL: a crawler marks
+//! a new URL on nearly every request, and marks that own no memory of
+//! their own are cheap to make and to evict. A URL whose fingerprint is
+//! marked for another (a lookup meets one about once in 2^48 with the
+//! table full) is only fetched alone for a while.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,8 +41,8 @@ pub enum Role {
 pub struct Collapser {
     /// Hashed with the key's own hash (`CacheKey`), not SipHash again.
     fills: Mutex<HashMap<CacheKey, Arc<Fill>, DefaultHashBuilder>>,
-    /// URL → until when it is fetched alone.
-    hit_for_miss: quick_cache::sync::Cache<CacheKey, Instant>,
+    /// URL fingerprint → until when it is fetched alone.
+    hit_for_miss: quick_cache::sync::Cache<u64, Instant>,
     /// How long a hit-for-miss mark lasts.
     hfm_ttl: Duration,
 }
@@ -91,10 +96,10 @@ impl Collapser {
     }
 
     fn is_hit_for_miss(&self, key: &CacheKey) -> bool {
-        match self.hit_for_miss.get(key) {
+        match self.hit_for_miss.get(&key.fingerprint()) {
             Some(until) if until > Instant::now() => true,
             Some(_) => {
-                self.hit_for_miss.remove(key);
+                self.hit_for_miss.remove(&key.fingerprint());
                 false
             }
             None => false,
@@ -104,12 +109,12 @@ impl Collapser {
     /// Marks `key` hit-for-miss for the configured time.
     pub fn mark_hit_for_miss(&self, key: &CacheKey) {
         self.hit_for_miss
-            .insert(key.clone(), Instant::now() + self.hfm_ttl);
+            .insert(key.fingerprint(), Instant::now() + self.hfm_ttl);
     }
 
     /// Forgets a hit-for-miss mark (the URL was stored after all, or purged).
     pub fn clear_hit_for_miss(&self, key: &CacheKey) {
-        self.hit_for_miss.remove(key);
+        self.hit_for_miss.remove(&key.fingerprint());
     }
 }
 

@@ -96,6 +96,13 @@ impl CacheKey {
         }
     }
 
+    /// A 64-bit hash of the URL, taken when the key was made: a stand-in
+    /// for the key where a rare collision does no harm (hit-for-miss
+    /// marks).
+    pub fn fingerprint(&self) -> u64 {
+        self.hash
+    }
+
     /// The normalised URL (with a mark for a partial key).
     pub fn as_str(&self) -> &str {
         &self.url
