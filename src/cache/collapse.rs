@@ -1,28 +1,23 @@
 //! Collapsed forwarding: the table of fills in progress by URL, so that
-//! concurrent misses make one upstream request, and the hit-for-miss table
-//! (Varnish): URLs whose last response could not be shared are fetched by
-//! each request on its own for a while, never serialised behind a fill.
-//! Both tables are bounded: fills leave theirs when they end (their
-//! `Drop` guarantees it); hit-for-miss marks expire, and past
-//! `MAX_HIT_FOR_MISS` the least useful give way (S3-FIFO, `quick_cache`),
-//! so a crawler's stream of uncacheable URLs costs each request the same.
-//! A mark holds the key's 64-bit fingerprint, not the URL: a crawler marks
-//! a new URL on nearly every request, and marks that own no memory of
-//! their own are cheap to make and to evict. A URL whose fingerprint is
-//! marked for another (a lookup meets one about once in 2^48 with the
-//! table full) is only fetched alone for a while.
+//! concurrent misses make one upstream request, and the hit-for-miss marks
+//! (`hit_for_miss`): URLs whose last response could not be shared are
+//! fetched by each request on its own for a while, never serialised
+//! behind a fill. Both are bounded: fills leave theirs when they end
+//! (their `Drop` guarantees it); the marks are a fixed table.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quick_cache::DefaultHashBuilder;
 
 use crate::cache::fill::Fill;
+use crate::cache::hit_for_miss::HitForMiss;
 use crate::cache::key::CacheKey;
 
-/// Most URLs remembered as hit-for-miss at once.
-pub const MAX_HIT_FOR_MISS: usize = 65_536;
+/// Room for this many fills at once before the table grows: a table
+/// with room to spare takes a fill and lets it go without rehashing.
+const FILLS_ROOM: usize = 1024;
 
 /// What a miss does.
 pub enum Role {
@@ -41,10 +36,8 @@ pub enum Role {
 pub struct Collapser {
     /// Hashed with the key's own hash (`CacheKey`), not SipHash again.
     fills: Mutex<HashMap<CacheKey, Arc<Fill>, DefaultHashBuilder>>,
-    /// URL fingerprint → until when it is fetched alone.
-    hit_for_miss: quick_cache::sync::Cache<u64, Instant>,
-    /// How long a hit-for-miss mark lasts.
-    hfm_ttl: Duration,
+    /// URLs fetched alone for a while, by fingerprint.
+    hit_for_miss: HitForMiss,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,9 +48,11 @@ impl Collapser {
     /// Empty tables; marks last `hfm_ttl`.
     pub fn new(hfm_ttl: Duration) -> Collapser {
         Collapser {
-            fills: Mutex::new(HashMap::default()),
-            hit_for_miss: quick_cache::sync::Cache::new(MAX_HIT_FOR_MISS),
-            hfm_ttl,
+            fills: Mutex::new(HashMap::with_capacity_and_hasher(
+                FILLS_ROOM,
+                DefaultHashBuilder::default(),
+            )),
+            hit_for_miss: HitForMiss::new(hfm_ttl),
         }
     }
 
@@ -67,7 +62,7 @@ impl Collapser {
     /// that missed just before a fill ended finds it there, and looks
     /// again instead of fetching a second time.
     pub fn join(&self, key: &CacheKey, stored: impl FnOnce() -> bool) -> Role {
-        if self.is_hit_for_miss(key) {
+        if self.hit_for_miss.is_marked(key.fingerprint()) {
             return Role::Alone;
         }
         let mut fills = lock(&self.fills);
@@ -95,32 +90,21 @@ impl Collapser {
         lock(&self.fills).len()
     }
 
-    fn is_hit_for_miss(&self, key: &CacheKey) -> bool {
-        match self.hit_for_miss.get(&key.fingerprint()) {
-            Some(until) if until > Instant::now() => true,
-            Some(_) => {
-                self.hit_for_miss.remove(&key.fingerprint());
-                false
-            }
-            None => false,
-        }
-    }
-
     /// Marks `key` hit-for-miss for the configured time.
     pub fn mark_hit_for_miss(&self, key: &CacheKey) {
-        self.hit_for_miss
-            .insert(key.fingerprint(), Instant::now() + self.hfm_ttl);
+        self.hit_for_miss.mark(key.fingerprint());
     }
 
     /// Forgets a hit-for-miss mark (the URL was stored after all, or purged).
     pub fn clear_hit_for_miss(&self, key: &CacheKey) {
-        self.hit_for_miss.remove(&key.fingerprint());
+        self.hit_for_miss.clear(key.fingerprint());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     /// The store holds nothing.
     fn never() -> bool {
@@ -168,20 +152,6 @@ mod tests {
         };
         table.leave(&key("/a"), &old);
         assert!(matches!(table.join(&key("/a"), never), Role::Follow(f) if Arc::ptr_eq(&f, &new)));
-    }
-
-    #[test]
-    fn hit_for_miss_marks_stay_bounded() {
-        let table = Collapser::new(Duration::from_secs(60));
-        for n in 0..2 * MAX_HIT_FOR_MISS {
-            table.mark_hit_for_miss(&key(&format!("/{n}")));
-        }
-        assert!(table.hit_for_miss.len() <= MAX_HIT_FOR_MISS);
-        let last = key(&format!("/{}", 2 * MAX_HIT_FOR_MISS - 1));
-        assert!(
-            matches!(table.join(&last, never), Role::Alone),
-            "a new mark is kept"
-        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! prepares them), what is stored where (`admission`), the stored objects
 //! and their readers (`object`, `reader`), the two stores (`tier`,
 //! `disk`), fills that followers read while they are written (`fill`,
-//! `filler`, `collapse`), what unsafe methods do (`unsafe_methods`), the
+//! `filler`, `collapse`) and the URLs not worth waiting for
+//! (`hit_for_miss`), what unsafe methods do (`unsafe_methods`), the
 //! pure helpers that answer from a stored object (`reply`, `conditional`,
 //! `range`) and the outcome and its counters (`status`, `stats`).
 //! It owns no sockets and never calls the upstream: the request path does
@@ -100,6 +101,7 @@ pub mod conditional;
 pub mod disk;
 pub mod fill;
 pub mod filler;
+mod hit_for_miss;
 pub mod key;
 mod language;
 mod lookup;

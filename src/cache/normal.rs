@@ -35,17 +35,7 @@ pub fn is_normal(target: &str) -> bool {
             && port != default_port
             && number(port) <= 65535
     });
-    let (path, query) = match path_and_query.iter().position(|&b| b == b'?') {
-        Some(mark) => (&path_and_query[..mark], Some(&path_and_query[mark + 1..])),
-        None => (path_and_query, None),
-    };
-    port_ok
-        && is_normal_host(host)
-        && path
-            .split(|&b| b == b'/')
-            .all(|segment| segment != b"." && segment != b"..")
-        && kept_as_is(path, &PATH_KEPT)
-        && query.is_none_or(|query| kept_as_is(query, &QUERY_KEPT))
+    port_ok && is_normal_host(host) && is_normal_path_and_query(path_and_query)
 }
 
 /// The value of a short run of ASCII digits.
@@ -55,23 +45,29 @@ fn number(digits: &[u8]) -> u32 {
 
 /// A lowercase host name whose labels are plain, or a dotted IPv4 address.
 fn is_normal_host(host: &[u8]) -> bool {
-    let labels = || host.split(|&b| b == b'.');
-    let named = labels().all(|label| {
-        !label.is_empty()
-            && !label.starts_with(b"xn--")
-            && label
-                .iter()
-                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    }) && labels()
-        .next_back()
-        .is_some_and(|last| last.first().is_some_and(u8::is_ascii_lowercase));
-    let octet = |label: &[u8]| {
-        (1..=3).contains(&label.len())
-            && label.iter().all(u8::is_ascii_digit)
-            && (label.len() == 1 || label[0] != b'0')
-            && number(label) <= 255
-    };
-    named || (labels().count() == 4 && labels().all(octet))
+    let mut labels = 0;
+    let mut octets = 0;
+    let mut last_is_named = false;
+    for label in host.split(|&b| b == b'.') {
+        let plain = label
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if label.is_empty() || label.starts_with(b"xn--") || !plain {
+            return false;
+        }
+        labels += 1;
+        octets += usize::from(is_octet(label));
+        last_is_named = label[0].is_ascii_lowercase();
+    }
+    last_is_named || (labels == 4 && octets == 4)
+}
+
+/// A decimal number from 0 to 255 without leading zeros.
+fn is_octet(label: &[u8]) -> bool {
+    (1..=3).contains(&label.len())
+        && label.iter().all(u8::is_ascii_digit)
+        && (label.len() == 1 || label[0] != b'0')
+        && number(label) <= 255
 }
 
 /// Bytes the parser keeps as they are in a path: unreserved characters,
@@ -98,16 +94,32 @@ const fn kept_bytes(extra: &[u8]) -> [bool; 256] {
     table
 }
 
-/// Whether the parser keeps `bytes` byte for byte: each is in `kept`, or
-/// is `%` with two hex digits but never an encoded dot (which the parser
-/// reads as a dot segment).
-fn kept_as_is(bytes: &[u8], kept: &[bool; 256]) -> bool {
+/// Whether a path (starting with `/`) and its optional query are kept
+/// byte for byte by the parser, with no dot segment in the path: one pass,
+/// as this runs for every request the cache sees.
+fn is_normal_path_and_query(bytes: &[u8]) -> bool {
+    let mut kept = &PATH_KEPT;
+    let mut in_path = true;
+    let mut segment = 0;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if in_path && (b == b'/' || b == b'?') {
+            if is_dot_segment(&bytes[segment..i]) {
+                return false;
+            }
+            segment = i + 1;
+            if b == b'?' {
+                in_path = false;
+                kept = &QUERY_KEPT;
+            }
+            i += 1;
+            continue;
+        }
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3);
-            let Some(&[high, low]) = hex else {
+            // Two hex digits, but never an encoded dot (which the parser
+            // reads as a dot segment).
+            let Some(&[high, low]) = bytes.get(i + 1..i + 3) else {
                 return false;
             };
             if !high.is_ascii_hexdigit()
@@ -124,7 +136,11 @@ fn kept_as_is(bytes: &[u8], kept: &[bool; 256]) -> bool {
         }
         i += 1;
     }
-    true
+    !in_path || !is_dot_segment(&bytes[segment..])
+}
+
+fn is_dot_segment(segment: &[u8]) -> bool {
+    segment == b"." || segment == b".."
 }
 
 #[cfg(test)]
