@@ -291,6 +291,9 @@ fn single_date(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
     let (Some(line), None) = (lines.next(), lines.next()) else {
         return None;
     };
+    if is_imf_fixdate(line.as_bytes()) {
+        return Some(line.clone());
+    }
     let time = parse_http_date(line.as_bytes())?;
     // IMF-fixdate is 29 bytes: formatted on the stack, to keep the line
     // itself when it is that already.
@@ -302,6 +305,18 @@ fn single_date(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
     .ok()?;
     let len = usize::try_from(fixdate.position()).ok()?;
     same_or(headers, name, &fixdate.get_ref()[..len])
+}
+
+/// Whether `line` is an IMF-fixdate exactly as `httpdate` writes it, as
+/// most origins send their dates: 29 bytes with the weekday's comma
+/// fourth (no other form of HTTP-date has that shape), which `httpdate`
+/// reads strictly, accepting only a date that it would write back byte
+/// for byte (weekday and day of month included). Such a line is its own
+/// normal form, kept without formatting it again.
+fn is_imf_fixdate(line: &[u8]) -> bool {
+    line.len() == 29
+        && line[3] == b','
+        && std::str::from_utf8(line).is_ok_and(|text| httpdate::parse_http_date(text).is_ok())
 }
 
 /// Parses an HTTP-date in any of its three forms (RFC 9110 §5.6.7),

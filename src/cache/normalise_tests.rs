@@ -346,3 +346,30 @@ fn lines_already_normal_are_shared_and_others_rewritten() {
         Some(&b"max-age=60, public"[..])
     );
 }
+
+#[test]
+fn a_date_kept_as_sent_is_the_one_httpdate_writes() {
+    let lines = [
+        "Thu, 18 Aug 2050 02:01:18 GMT",
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+        "Mon, 18 Aug 2050 02:01:18 GMT",
+        "THU, 18 Aug 2050 02:01:18 GMT",
+        "Thu, 18 aug 2050 02:01:18 GMT",
+        "Thu, 31 Feb 2050 02:01:18 GMT",
+        "Thu, 18 Aug 2050 02:01:61 GMT",
+        "Thu, 18 Aug 1950 02:01:18 GMT",
+        "Thu,  8 Aug 2050 02:01:18 GMT",
+        "Thursday, 18-Aug-50 02:01:18 GMT",
+        "Thu Aug 18 02:01:18 2050",
+        " Thu, 18 Aug 2050 02:01:18 GM",
+    ];
+    let mut kept = 0;
+    for line in lines {
+        if is_imf_fixdate(line.as_bytes()) {
+            kept += 1;
+            let time = parse_http_date(line.as_bytes()).expect("a date");
+            assert_eq!(httpdate::fmt_http_date(time), line);
+        }
+    }
+    assert_eq!(kept, 2, "only the two canonical lines are kept as sent");
+}

@@ -127,30 +127,26 @@ impl Policy {
         let (view_status, view) = normalise::response_view(status, response);
         let (req, res) = crate_parts(uri, request, view_status, view);
         let inner = CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
-        let values = || {
-            res.headers
-                .get_all(CACHE_CONTROL)
-                .iter()
-                .map(|v| v.as_bytes())
-        };
-        let seconds = |name| {
-            directive(values(), name)
-                .flatten()
-                .and_then(parse_seconds)
-                .unwrap_or(Duration::ZERO)
-        };
-        let never_stale = [
-            "must-revalidate",
-            "proxy-revalidate",
-            "s-maxage",
-            "no-cache",
-        ]
-        .iter()
-        .any(|name| directive(values(), name).is_some());
+        // One pass over the directives for what the crate does not say.
+        let mut never_stale = false;
+        let mut stale_while_revalidate = None;
+        let mut stale_if_error = None;
+        let cache_control = res.headers.get_all(CACHE_CONTROL);
+        for (name, value) in directives(cache_control.iter().map(|v| v.as_bytes())) {
+            let named = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
+            let seconds = || value.and_then(parse_seconds).unwrap_or(Duration::ZERO);
+            if NEVER_STALE.iter().any(|wanted| named(wanted)) {
+                never_stale = true;
+            } else if named("stale-while-revalidate") {
+                stale_while_revalidate.get_or_insert_with(seconds);
+            } else if named("stale-if-error") {
+                stale_if_error.get_or_insert_with(seconds);
+            }
+        }
         Policy {
             fresh_until: later(response_time, inner.time_to_live(response_time)),
-            stale_while_revalidate: seconds("stale-while-revalidate"),
-            stale_if_error: seconds("stale-if-error"),
+            stale_while_revalidate: stale_while_revalidate.unwrap_or(Duration::ZERO),
+            stale_if_error: stale_if_error.unwrap_or(Duration::ZERO),
             never_stale,
             initial_age: inner.age(response_time),
             storable: inner.is_storable(),
@@ -419,28 +415,45 @@ fn forbids_stale(head: &RequestHead) -> bool {
             .any(|v| v.windows(8).any(|w| w.eq_ignore_ascii_case(b"no-cache")))
 }
 
+/// Response directives under which a stale response is never served
+/// without revalidation, whatever the request allows (RFC 9111 §5.2.2).
+const NEVER_STALE: [&str; 4] = [
+    "must-revalidate",
+    "proxy-revalidate",
+    "s-maxage",
+    "no-cache",
+];
+
 /// Looks up a Cache-Control directive in a list of field values:
 /// `Some(None)` when present without a value, `Some(Some(v))` with one.
 pub fn directive<'a>(
     values: impl Iterator<Item = &'a [u8]>,
     name: &str,
 ) -> Option<Option<&'a [u8]>> {
-    for value in values {
-        for item in value.split(|&b| b == b',') {
+    directives(values)
+        .find(|(key, _)| key.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, value)| value)
+}
+
+/// The Cache-Control directives in a list of field values, in order:
+/// each name as sent (to be compared ignoring case) and its value,
+/// unquoted, when it has one.
+pub fn directives<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
+    values
+        .flat_map(|value| value.split(|&b| b == b','))
+        .map(|item| {
             let mut parts = item.splitn(2, |&b| b == b'=');
             let key = parts.next().unwrap_or_default().trim_ascii();
-            if key.eq_ignore_ascii_case(name.as_bytes()) {
-                let value = parts.next().map(|v| {
-                    let v = v.trim_ascii();
-                    v.strip_prefix(b"\"")
-                        .and_then(|v| v.strip_suffix(b"\""))
-                        .unwrap_or(v)
-                });
-                return Some(value);
-            }
-        }
-    }
-    None
+            let value = parts.next().map(|v| {
+                let v = v.trim_ascii();
+                v.strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(v)
+            });
+            (key, value)
+        })
 }
 
 /// A delta-seconds value (RFC 9111 §1.2.2); too large saturates.
