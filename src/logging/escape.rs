@@ -2,6 +2,7 @@
 //! characters, quotes, backslashes and non-ASCII bytes become escapes,
 //! credentials in URLs become `***`, and long text is cut.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Escaped text longer than this is cut, and `...` marks the cut.
@@ -11,17 +12,30 @@ const MAX_ESCAPED_BYTES: usize = 4096;
 /// that the fields of a line stay countable.
 pub(super) struct EscapedOrDash<'a>(pub(super) &'a [u8]);
 
+impl<'a> EscapedOrDash<'a> {
+    /// The text as a log line shows it: borrowed in the usual case, which
+    /// needs no escapes and no copy.
+    pub(super) fn text(&self) -> Cow<'a, str> {
+        let redacted = redact_userinfo(self.0);
+        if let Cow::Borrowed(bytes) = redacted
+            && let Ok(plain) = std::str::from_utf8(bytes)
+            && plain.len() <= MAX_ESCAPED_BYTES
+            && plain.bytes().all(is_plain)
+        {
+            return Cow::Borrowed(if plain.is_empty() { "-" } else { plain });
+        }
+        match std::str::from_utf8(&redacted) {
+            Ok(plain) if plain.len() <= MAX_ESCAPED_BYTES && plain.bytes().all(is_plain) => {
+                Cow::Owned(plain.to_owned())
+            }
+            _ => Cow::Owned(escape_redacted(&redacted)),
+        }
+    }
+}
+
 impl fmt::Display for EscapedOrDash<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = redact_userinfo(self.0);
-        match std::str::from_utf8(&text) {
-            Ok("") => f.write_str("-"),
-            // The usual case needs no escapes and no copy.
-            Ok(plain) if plain.len() <= MAX_ESCAPED_BYTES && plain.bytes().all(is_plain) => {
-                f.write_str(plain)
-            }
-            _ => f.write_str(&escape_redacted(&text)),
-        }
+        f.write_str(&self.text())
     }
 }
 
