@@ -96,6 +96,16 @@ pub fn lead(cache: &crate::cache::Cache, req: &RequestHead) -> crate::cache::Fil
     }
 }
 
+/// Gives `filler` the head of a 200 with `response` headers, now, as the
+/// request path does when the origin answers `req`.
+pub fn ok_head(
+    filler: &mut crate::cache::Filler,
+    req: &RequestHead,
+    response: &[(&str, &str)],
+) -> Result<(), crate::cache::NotStored> {
+    filler.response_head(req, StatusCode::OK, &headers(response), SystemTime::now())
+}
+
 /// Runs a whole fill of a 200 with `response` headers and `body` in
 /// `pieces`, as the request path would on a miss, or on a refetch when
 /// something is stored already.

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 
 use crate::cache::stats::read;
-use crate::cache::testing::{expect_hit, headers, lead, read_body, request, small_cache, store};
+use crate::cache::testing::{
+    expect_hit, headers, lead, ok_head, read_body, request, small_cache, store,
+};
 use crate::cache::{Cache, CacheError, FillFailure, Following, Fwd, Lookup, Miss, MissRole};
 
 const MAX_AGE: (&str, &str) = ("cache-control", "max-age=600");
@@ -218,14 +220,7 @@ fn leftovers_of_an_interrupted_write_are_removed() {
     {
         let cache = open(dir.path());
         let mut filler = lead(&cache, &get("http://h/cut"));
-        filler
-            .response_head(
-                &get("http://h/cut"),
-                StatusCode::OK,
-                &headers(&[MAX_AGE]),
-                SystemTime::now(),
-            )
-            .expect("storable");
+        ok_head(&mut filler, &get("http://h/cut"), &[MAX_AGE]).expect("storable");
         filler.body(&body(10_000));
         assert_eq!(tmp_files(dir.path()), 1, "written as it streams");
         drop(filler); // The upstream failed.
@@ -321,14 +316,7 @@ fn a_fill_that_moves_to_its_file_gives_back_the_memory_it_held() {
     let data = body(3 * MEM_MAX as usize);
     let mut filler = lead(&cache, &get(url));
     // No length declared: kept in memory until it outgrows the limit.
-    filler
-        .response_head(
-            &get(url),
-            StatusCode::OK,
-            &headers(&[MAX_AGE]),
-            SystemTime::now(),
-        )
-        .expect("storable");
+    ok_head(&mut filler, &get(url), &[MAX_AGE]).expect("storable");
     filler.body(&data[..3000]);
     assert_eq!(cache.inflight_bytes(), 3000, "held in memory so far");
     filler.body(&data[3000..]);

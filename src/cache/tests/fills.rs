@@ -8,7 +8,7 @@ use http::StatusCode;
 
 use super::{MAX_AGE, get, miss_kind};
 use crate::cache::stats::read;
-use crate::cache::testing::{headers, lead, read_body, request, small_cache};
+use crate::cache::testing::{headers, lead, ok_head, read_body, request, small_cache};
 use crate::cache::*;
 
 #[test]
@@ -162,12 +162,7 @@ fn requests_with_credentials_never_lead_a_shared_fill() {
     let mut filler = lead(&cache, &asked);
     assert_eq!(cache.fills_in_progress(), 0);
     // Its private answer says nothing about the URL: others still collapse.
-    let answer = filler.response_head(
-        &asked,
-        StatusCode::OK,
-        &headers(&[MAX_AGE]),
-        SystemTime::now(),
-    );
+    let answer = ok_head(&mut filler, &asked, &[MAX_AGE]);
     assert_eq!(answer, Err(NotStored::Policy));
     let _other = lead(&cache, &get(url));
     assert_eq!(cache.fills_in_progress(), 1);
@@ -194,14 +189,7 @@ fn responses_over_the_object_limit_are_not_stored() {
     else {
         panic!("follower expected");
     };
-    filler
-        .response_head(
-            &get(chunked_url),
-            StatusCode::OK,
-            &headers(&[MAX_AGE]),
-            SystemTime::now(),
-        )
-        .expect("storable so far");
+    ok_head(&mut filler, &get(chunked_url), &[MAX_AGE]).expect("storable so far");
     let Following::Stream { mut reader, .. } = follower.follow(&get(chunked_url)) else {
         panic!("stream expected");
     };
@@ -223,14 +211,7 @@ fn fills_in_progress_share_a_bounded_amount_of_memory() {
     let mut first = lead(&cache, &get("http://h/one"));
     let mut second = lead(&cache, &get("http://h/two"));
     for (filler, url) in [(&mut first, "http://h/one"), (&mut second, "http://h/two")] {
-        filler
-            .response_head(
-                &get(url),
-                StatusCode::OK,
-                &headers(&[MAX_AGE]),
-                SystemTime::now(),
-            )
-            .expect("storable");
+        ok_head(filler, &get(url), &[MAX_AGE]).expect("storable");
     }
     first.body(&[1; 12 << 10]);
     assert_eq!(cache.inflight_bytes(), 12 << 10);
@@ -239,14 +220,7 @@ fn fills_in_progress_share_a_bounded_amount_of_memory() {
     first.finish().expect("the first fill is stored");
     assert_eq!(cache.inflight_bytes(), 0, "every reservation returned");
     let mut dropped = lead(&cache, &get("http://h/three"));
-    dropped
-        .response_head(
-            &get("http://h/three"),
-            StatusCode::OK,
-            &headers(&[MAX_AGE]),
-            SystemTime::now(),
-        )
-        .expect("storable");
+    ok_head(&mut dropped, &get("http://h/three"), &[MAX_AGE]).expect("storable");
     dropped.body(&[3; 1000]);
     drop(dropped);
     assert_eq!(cache.inflight_bytes(), 0);

@@ -7,7 +7,9 @@ use http::StatusCode;
 
 use super::{MAX_AGE, get, miss_kind};
 use crate::cache::stats::read;
-use crate::cache::testing::{expect_hit, headers, lead, read_body, request, small_cache, store};
+use crate::cache::testing::{
+    expect_hit, headers, lead, ok_head, read_body, request, small_cache, store,
+};
 use crate::cache::*;
 
 #[test]
@@ -230,15 +232,7 @@ fn a_stale_entry_refetched_in_full_is_replaced() {
     let Lookup::Stale(mut stale) = cache.lookup(&req, SystemTime::now()) else {
         panic!("expected stale");
     };
-    stale
-        .filler
-        .response_head(
-            &req,
-            StatusCode::OK,
-            &headers(&[MAX_AGE]),
-            SystemTime::now(),
-        )
-        .expect("storable");
+    ok_head(&mut stale.filler, &req, &[MAX_AGE]).expect("storable");
     stale.filler.body(b"new");
     stale.filler.finish().expect("stored");
     let hit = expect_hit(&cache, &req);
@@ -475,12 +469,7 @@ fn parts_that_are_not_one_whole_range_are_not_kept() {
         assert_eq!(refused, Err(NotStored::Partial), "{content_range}");
     }
     let mut filler = lead(&cache, &ask);
-    let whole = filler.response_head(
-        &ask,
-        StatusCode::OK,
-        &headers(&[MAX_AGE]),
-        SystemTime::now(),
-    );
+    let whole = ok_head(&mut filler, &ask, &[MAX_AGE]);
     assert_eq!(whole, Err(NotStored::Partial), "a 200 to a range request");
 }
 
