@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{LIMIT, cache_status, get, reply_with};
+use super::{LIMIT, cache_status, concurrent_gets, get, reply_with};
 use crate::support::origin::pattern_byte;
 use crate::support::raw::parse_head;
 use crate::support::{Gate, Origin, Proxy, Reply, metric, scrape_metrics, wait_until};
@@ -96,12 +96,7 @@ fn fifty_concurrent_cold_requests_make_one_origin_request() {
     let origin = held_origin(&gate, body.clone());
     let proxy = roomy_proxy();
     let url = origin.url("/popular");
-    let clients: Vec<_> = (0..50)
-        .map(|_| {
-            let (proxy, url) = (proxy.addr, url.clone());
-            thread::spawn(move || get(proxy, &url, &[]))
-        })
-        .collect();
+    let clients = concurrent_gets(proxy.addr, &url, 50);
     // Every client is in: one at the origin, the others waiting on it
     // (and the worker answering this scrape).
     let all_in = metric_reaches(proxy.addr, "fetchproxy_workers_busy", |n| n >= 51.0);
@@ -237,12 +232,7 @@ fn an_uncacheable_url_under_concurrency_is_not_serialised() {
         cache_status(&first).contains("detail=not-storable"),
         "{first:?}"
     );
-    let clients: Vec<_> = (0..5)
-        .map(|_| {
-            let (proxy, url) = (proxy.addr, url.clone());
-            thread::spawn(move || get(proxy, &url, &[]))
-        })
-        .collect();
+    let clients = concurrent_gets(proxy.addr, &url, 5);
     // All five reach the origin while it holds them: none waits on another.
     let parallel = wait_until(LIMIT, || origin.requests().len() == 6);
     assert!(parallel, "{} origin requests", origin.requests().len());
@@ -272,12 +262,7 @@ fn followers_of_a_body_over_the_limit_get_the_leaders_error_not_a_cut_200() {
     });
     let proxy = Proxy::with(|c| c.max_body_bytes = Some(100_000));
     let url = origin.url("/over");
-    let clients: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, url) = (proxy.addr, url.clone());
-            std::thread::spawn(move || get(addr, &url, &[]))
-        })
-        .collect();
+    let clients = concurrent_gets(proxy.addr, &url, 3);
     // All three are in (one at the origin, two following it), and the
     // worker answering this scrape.
     let all_in = metric_reaches(proxy.addr, "fetchproxy_workers_busy", |n| n >= 4.0);
@@ -421,12 +406,7 @@ fn a_fill_that_followers_wait_for_is_received_apart_from_a_smaller_size() {
     let mut first = send_get(proxy.addr, &url);
     let arrived = wait_until(LIMIT, || origin.requests().len() == 1);
     assert!(arrived, "the first request never reached the origin");
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, url) = (proxy.addr, url.clone());
-            thread::spawn(move || get(addr, &url, &[]))
-        })
-        .collect();
+    let followers = concurrent_gets(proxy.addr, &url, 3);
     // The first client, the three followers, and the worker answering
     // this scrape.
     let all_in = metric_reaches(proxy.addr, "fetchproxy_workers_busy", |n| n >= 5.0);
@@ -623,12 +603,7 @@ fn followers_then_the_first_get_it_whole(
     mut first_body: Vec<u8>,
 ) {
     let len = body.len();
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let url = url.to_string();
-            thread::spawn(move || get(addr, &url, &[]))
-        })
-        .collect();
+    let followers = concurrent_gets(addr, url, 3);
     for follower in followers {
         let reply = follower.join().expect("follower thread");
         assert_eq!(reply.status, 200, "{:?}", reply.headers);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use super::{LIMIT, cache_status, get};
+use super::{LIMIT, cache_status, concurrent_gets, get};
 use crate::support::origin::pattern_byte;
 use crate::support::{Gate, Origin, ProxyProcess, Reply, metric, scrape_metrics, wait_until};
 
@@ -133,12 +133,7 @@ fn concurrent_first_hits_after_a_restart_read_the_file_back_once() {
 
     let proxy = start_loaded(&args);
     let addr = proxy.addr;
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let url = url.clone();
-            thread::spawn(move || get(addr, &url, &[]))
-        })
-        .collect();
+    let clients = concurrent_gets(addr, &url, CLIENTS);
     let expected = pattern(LEN);
     for client in clients {
         let reply = client.join().expect("client thread");

@@ -12,6 +12,7 @@ mod semantics;
 mod stale;
 
 use std::net::SocketAddr;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::support::{CurlReply, Origin, OriginRequest, Reply, curl};
@@ -47,6 +48,17 @@ fn fresh_origin(body: &'static str) -> Origin {
 /// `curl -x proxy url` with extra arguments.
 fn get(proxy: SocketAddr, url: &str, extra: &[&str]) -> CurlReply {
     curl(proxy, url, extra)
+}
+
+/// `n` clients asking for `url` through the proxy at once, each on a
+/// thread of its own; join them for their replies.
+fn concurrent_gets(proxy: SocketAddr, url: &str, n: usize) -> Vec<JoinHandle<CurlReply>> {
+    (0..n)
+        .map(|_| {
+            let url = url.to_string();
+            thread::spawn(move || get(proxy, &url, &[]))
+        })
+        .collect()
 }
 
 /// The `Cache-Status` of a reply, or a panic naming the reply.
