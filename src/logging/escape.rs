@@ -16,21 +16,25 @@ impl<'a> EscapedOrDash<'a> {
     /// The text as a log line shows it: borrowed in the usual case, which
     /// needs no escapes and no copy.
     pub(super) fn text(&self) -> Cow<'a, str> {
-        let redacted = redact_userinfo(self.0);
-        if let Cow::Borrowed(bytes) = redacted
-            && let Ok(plain) = std::str::from_utf8(bytes)
-            && plain.len() <= MAX_ESCAPED_BYTES
-            && plain.bytes().all(is_plain)
-        {
-            return Cow::Borrowed(if plain.is_empty() { "-" } else { plain });
-        }
-        match std::str::from_utf8(&redacted) {
-            Ok(plain) if plain.len() <= MAX_ESCAPED_BYTES && plain.bytes().all(is_plain) => {
-                Cow::Owned(plain.to_owned())
-            }
-            _ => Cow::Owned(escape_redacted(&redacted)),
+        match redact_userinfo(self.0) {
+            Cow::Borrowed(bytes) => match as_plain(bytes) {
+                Some("") => Cow::Borrowed("-"),
+                Some(plain) => Cow::Borrowed(plain),
+                None => Cow::Owned(escape_redacted(bytes)),
+            },
+            Cow::Owned(redacted) => match as_plain(&redacted) {
+                Some(plain) => Cow::Owned(plain.to_owned()),
+                None => Cow::Owned(escape_redacted(&redacted)),
+            },
         }
     }
+}
+
+/// `bytes` as text when every byte stands for itself and it needs no cut.
+fn as_plain(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|text| text.len() <= MAX_ESCAPED_BYTES && text.bytes().all(is_plain))
 }
 
 impl fmt::Display for EscapedOrDash<'_> {
