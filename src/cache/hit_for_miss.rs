@@ -11,10 +11,13 @@
 //! meets another URL's mark with the same top bits (about once in 2^24
 //! lookups of a slot holding a live mark) only fetches that URL alone.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Slots in the table (a power of two): 512 KiB.
+/// Slots in the table (a power of two): 512 KiB, made at the first mark,
+/// so that a proxy whose responses are all cacheable, or whose cache is
+/// off, never holds it.
 pub const SLOTS: usize = 1 << 16;
 
 /// Bits of a slot that hold the mark's end, in milliseconds since the
@@ -25,7 +28,7 @@ const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 
 /// A fixed, lossy table of hit-for-miss marks.
 pub struct HitForMiss {
-    slots: Box<[AtomicU64]>,
+    slots: OnceLock<Box<[AtomicU64]>>,
     epoch: Instant,
     ttl: Duration,
 }
@@ -34,7 +37,7 @@ impl HitForMiss {
     /// An empty table whose marks last `ttl`.
     pub fn new(ttl: Duration) -> HitForMiss {
         HitForMiss {
-            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            slots: OnceLock::new(),
             epoch: Instant::now(),
             ttl,
         }
@@ -42,7 +45,10 @@ impl HitForMiss {
 
     /// Whether `fingerprint` is marked and its mark has not expired.
     pub fn is_marked(&self, fingerprint: u64) -> bool {
-        let slot = self.slot(fingerprint).load(Ordering::Relaxed);
+        let Some(slots) = self.slots.get() else {
+            return false;
+        };
+        let slot = slot(slots, fingerprint).load(Ordering::Relaxed);
         slot != 0 && slot >> TIME_BITS == tag(fingerprint) && slot & TIME_MASK > self.now()
     }
 
@@ -50,23 +56,23 @@ impl HitForMiss {
     pub fn mark(&self, fingerprint: u64) {
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(TIME_MASK);
         let until = self.now().saturating_add(ttl).min(TIME_MASK);
-        self.slot(fingerprint)
-            .store(tag(fingerprint) << TIME_BITS | until, Ordering::Relaxed);
+        let slots = self
+            .slots
+            .get_or_init(|| (0..SLOTS).map(|_| AtomicU64::new(0)).collect());
+        slot(slots, fingerprint).store(tag(fingerprint) << TIME_BITS | until, Ordering::Relaxed);
     }
 
     /// Forgets the mark of `fingerprint`, if its slot holds it.
     pub fn clear(&self, fingerprint: u64) {
-        let slot = self.slot(fingerprint);
+        let Some(slots) = self.slots.get() else {
+            return;
+        };
+        let slot = slot(slots, fingerprint);
         let held = slot.load(Ordering::Relaxed);
         if held >> TIME_BITS == tag(fingerprint) {
             // A mark stored meanwhile for another URL stays.
             let _ = slot.compare_exchange(held, 0, Ordering::Relaxed, Ordering::Relaxed);
         }
-    }
-
-    fn slot(&self, fingerprint: u64) -> &AtomicU64 {
-        // The low bits pick the slot; the tag is the top bits.
-        &self.slots[(fingerprint as usize) & (SLOTS - 1)]
     }
 
     /// Milliseconds since the table was made, plus one.
@@ -76,6 +82,11 @@ impl HitForMiss {
             .saturating_add(1)
             .min(TIME_MASK)
     }
+}
+
+/// The slot of `fingerprint`: its low bits pick it (the tag is its top bits).
+fn slot(slots: &[AtomicU64], fingerprint: u64) -> &AtomicU64 {
+    &slots[(fingerprint as usize) & (SLOTS - 1)]
 }
 
 /// The fingerprint's bits a slot keeps.
@@ -124,10 +135,16 @@ mod tests {
     #[test]
     fn marks_stay_in_a_fixed_table() {
         let marks = HitForMiss::new(Duration::from_secs(60));
+        assert!(
+            marks.slots.get().is_none(),
+            "no table before the first mark"
+        );
+        marks.clear(1);
+        assert!(!marks.is_marked(1));
         for n in 0..2 * SLOTS as u64 {
             marks.mark(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         }
-        assert_eq!(marks.slots.len(), SLOTS);
+        assert_eq!(marks.slots.get().map(|slots| slots.len()), Some(SLOTS));
         let last = (2 * SLOTS as u64 - 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         assert!(marks.is_marked(last), "a new mark is kept");
     }
