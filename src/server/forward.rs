@@ -76,11 +76,7 @@ pub fn fetch(
     {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let authority = origin
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let authority = origin.uri.authority().map_or("", |a| a.as_str());
     let request = upstream_request(
         head,
         origin,
@@ -90,7 +86,7 @@ pub fn fetch(
         &ctx.config.via_name,
     )?;
     answer_expectation(conn, head, framing)?;
-    let (response, body_read) = send(conn, request, framing, &authority, rules, ctx)?;
+    let (response, body_read) = send(conn, request, framing, authority, rules, ctx)?;
     Ok(Upstream {
         response,
         body_read,
@@ -113,11 +109,7 @@ pub fn fetch_detached(
     agent: &ureq::Agent,
     via_name: &str,
 ) -> Result<http::Response<ureq::Body>, ProxyError> {
-    let authority = origin
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let authority = origin.uri.authority().map_or("", |a| a.as_str());
     let request = upstream_request(
         head,
         origin,
@@ -129,7 +121,7 @@ pub fn fetch_detached(
     transport::begin_attempt(head_bytes(&request));
     let call = http::Request::from_parts(request, ());
     upstream::with_rules(rules, || agent.run(call.map(|()| SendBody::none())))
-        .map_err(|err| upstream::map_error(err, &authority))
+        .map_err(|err| upstream::map_error(err, authority))
 }
 
 /// The request sent upstream: the client's method and end-to-end headers
@@ -164,8 +156,7 @@ fn upstream_request(
     if let BodyFraming::Length(len) = framing {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
     }
-    let via = format!("{} {via_name}", version_token(head.version));
-    headers.append(http::header::VIA, header_value(via.as_bytes())?);
+    headers.append(http::header::VIA, via_value(head.version, via_name)?);
     headers.insert("x-request-id", header_value(request_id.as_bytes())?);
     Ok(request.body(())?.into_parts().0)
 }
@@ -320,6 +311,20 @@ fn copy_request_headers(head: &RequestHead, into: &mut http::HeaderMap) -> Resul
 
 fn header_value(bytes: &[u8]) -> Result<HeaderValue, ProxyError> {
     HeaderValue::from_bytes(bytes).map_err(|_| ProxyError::BadRequest("bad header value".into()))
+}
+
+/// Our `Via` entry (RFC 9110 §7.6.3) for a request of `version`, made
+/// without formatting machinery or a second copy: this runs for every
+/// request forwarded.
+fn via_value(version: Version, via_name: &str) -> Result<HeaderValue, ProxyError> {
+    let token = version_token(version);
+    let mut via = Vec::with_capacity(token.len() + 1 + via_name.len());
+    via.extend_from_slice(token.as_bytes());
+    via.push(b' ');
+    via.extend_from_slice(via_name.as_bytes());
+    // A vector filled to its capacity becomes `Bytes` without copying.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(via))
+        .map_err(|_| ProxyError::BadRequest("bad via_name".into()))
 }
 
 fn version_token(version: Version) -> &'static str {

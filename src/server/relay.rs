@@ -223,15 +223,14 @@ fn response_head(
     }
     match framing {
         BodyFraming::Length(len) => {
-            out.header("Content-Length", len.to_string().as_bytes());
+            out.header("Content-Length", itoa::Buffer::new().format(len).as_bytes());
         }
         BodyFraming::Chunked => {
             out.header("Transfer-Encoding", b"chunked");
         }
         BodyFraming::Empty | BodyFraming::UntilClose => {}
     }
-    let via = format!("1.1 {}", limits.via_name);
-    out.header("Via", via.as_bytes());
+    out.header_parts("Via", &[b"1.1 ", limits.via_name.as_bytes()]);
     if let Some(status) = limits.cache_status {
         out.header("Cache-Status", status.as_bytes());
     }
