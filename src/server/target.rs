@@ -114,13 +114,11 @@ pub fn check_target(
             {
                 return Ok(Route::Own(Endpoint::Options));
             }
-            let port = upstream::port_of(&uri);
+            let (host, port) = upstream::host_and_port(&uri);
             if !access::allows_port(port, &rules.dest_ports) {
                 return Err(ProxyError::PortDenied { port });
             }
-            if local.is_some_and(|local| {
-                targets_this_proxy(uri.host().unwrap_or_default(), port, local)
-            }) {
+            if local.is_some_and(|local| targets_this_proxy(host, port, local)) {
                 return Err(ProxyError::LoopDetected);
             }
             Ok(Route::Forward(Origin { uri }))
@@ -152,7 +150,7 @@ fn target_uri(target: &str) -> Result<Uri, ProxyError> {
     let Some(authority) = uri.authority() else {
         return Err(bad("no host"));
     };
-    if authority.host().is_empty() {
+    if upstream::host_and_port(&uri).0.is_empty() {
         return Err(bad("no host"));
     }
     // userinfo is deprecated in http(s) URLs (RFC 9110 §4.2.4): never forwarded.
