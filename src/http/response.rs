@@ -124,10 +124,12 @@ pub fn write_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 fn push_line_safe(out: &mut Vec<u8>, bytes: &[u8]) {
     let unsafe_byte = |b: &u8| matches!(b, b'\r' | b'\n' | 0);
-    // Every byte is looked at, with no early exit, so that the compiler
-    // checks many at a time: this runs for every header of every answer.
-    let any_unsafe = bytes.iter().fold(false, |any, b| any | unsafe_byte(b));
-    if !any_unsafe {
+    // CR, LF and NUL are control bytes: a line with none (the least byte
+    // at least a space) is copied as it is. The least byte is found with
+    // no early exit, so that the compiler compares many at a time: this
+    // runs for every header of every answer.
+    let least = bytes.iter().fold(u8::MAX, |least, &b| least.min(b));
+    if least >= b' ' || !bytes.iter().any(unsafe_byte) {
         // The usual case, copied in one go.
         out.extend_from_slice(bytes);
         return;
