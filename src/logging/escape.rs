@@ -16,6 +16,13 @@ impl<'a> EscapedOrDash<'a> {
     /// The text as a log line shows it: borrowed in the usual case, which
     /// needs no escapes and no copy.
     pub(super) fn text(&self) -> Cow<'a, str> {
+        // Printable ASCII with no `@` has no userinfo to redact and nothing
+        // to escape: one look at each byte, for every field of every line.
+        let plain = self.0.len() <= MAX_ESCAPED_BYTES
+            && self.0.iter().all(|&b| PLAIN_NOT_AT[usize::from(b)]);
+        if plain && let Ok(text) = std::str::from_utf8(self.0) {
+            return Cow::Borrowed(if text.is_empty() { "-" } else { text });
+        }
         match redact_userinfo(self.0) {
             Cow::Borrowed(bytes) => match as_plain(bytes) {
                 Some("") => Cow::Borrowed("-"),
@@ -45,9 +52,20 @@ impl fmt::Display for EscapedOrDash<'_> {
 
 /// Bytes that stand for themselves in a log line (those
 /// `std::ascii::escape_default` leaves alone).
-fn is_plain(byte: u8) -> bool {
+const fn is_plain(byte: u8) -> bool {
     matches!(byte, 0x20..=0x7e) && !matches!(byte, b'"' | b'\'' | b'\\')
 }
+
+/// The plain bytes but `@`, which may end a URL's userinfo.
+const PLAIN_NOT_AT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_plain(b as u8) && b as u8 != b'@';
+        b += 1;
+    }
+    table
+};
 
 /// Makes peer-sent text safe for a log line: control characters, quotes,
 /// backslashes and non-ASCII bytes become escapes; userinfo in URLs becomes `***`.
@@ -161,8 +179,12 @@ mod tests {
     #[test]
     fn access_fields_match_escape_on_every_path() {
         let long = "x".repeat(MAX_ESCAPED_BYTES + 1);
-        let samples: [&[u8]; 8] = [
+        let longest = "y".repeat(MAX_ESCAPED_BYTES);
+        let samples: [&[u8]; 11] = [
             b"http://example.com/plain",
+            b"http://u:p@host/plain",
+            b"mail@example.com",
+            longest.as_bytes(),
             b"it's",
             b"",
             b"a\"quote",
