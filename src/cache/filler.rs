@@ -47,6 +47,9 @@ pub struct Filler {
     fill: Arc<Fill>,
     /// In the collapse table: followers may be reading.
     registered: bool,
+    /// The lone fetch of a URL marked hit-for-miss: a response that again
+    /// cannot be shared renews the mark (see `renewing_hit_for_miss`).
+    renews_mark: bool,
     /// Bytes of `Shared::inflight` this fill holds in memory.
     reserved: u64,
     /// The lookup found something stored for the URL, which a response
@@ -78,6 +81,7 @@ impl Filler {
             stored_as: None,
             fill,
             registered,
+            renews_mark: false,
             reserved: 0,
             stored_before: true,
             reserved_whole: false,
@@ -90,6 +94,18 @@ impl Filler {
     /// URL: a response that is not kept then has nothing to supersede.
     pub(crate) fn with_nothing_stored(mut self) -> Filler {
         self.stored_before = false;
+        self
+    }
+
+    /// The same filler, fetching alone for a URL marked hit-for-miss: a
+    /// response that again cannot be shared marks it once more, as
+    /// Varnish's next fetch replaces its hit-for-miss object. A URL that
+    /// stays uncacheable under steady traffic is then never collapsed
+    /// again, where a mark left to lapse would make every request that
+    /// came in the next fill's round trip wait for it, and then fetch on
+    /// its own: twice the origin's latency for a burst, every two minutes.
+    pub(crate) fn renewing_hit_for_miss(mut self) -> Filler {
+        self.renews_mark = true;
         self
     }
 
@@ -157,7 +173,7 @@ impl Filler {
                 } else {
                     // Stale at once: sharing it would be reuse without
                     // validation (RFC 9111 §4), so followers go alone.
-                    self.release(Release::NotShareable, self.registered);
+                    self.release(Release::NotShareable, true);
                 }
                 self.store = Store::Storing {
                     head,
@@ -468,12 +484,13 @@ impl Filler {
     }
 
     /// Lets followers go before any body; `mark` remembers the URL as
-    /// hit-for-miss, if this fill was the shared one for it.
+    /// hit-for-miss, if this fill speaks for the URL (the shared fill, or
+    /// the lone fetch of a URL already marked).
     fn release(&mut self, why: Release, mark: bool) {
-        let shared_fill = self.registered;
+        let speaks_for_url = self.registered || self.renews_mark;
         self.fill.release(why);
         self.leave();
-        if mark && shared_fill {
+        if mark && speaks_for_url {
             self.shared.collapser.mark_hit_for_miss(&self.key);
         }
     }

@@ -312,7 +312,7 @@ impl Cache {
         Some(match self.shared.collapser.join(&key, stored) {
             Role::Lead(fill) => MissRole::Fill(Filler::new(shared, key, fill, true)),
             Role::Follow(fill) => MissRole::Follow(Follower { shared, key, fill }),
-            Role::Alone => MissRole::Fill(self.fill_alone(key)),
+            Role::Alone => MissRole::Fill(self.fill_alone(key).renewing_hit_for_miss()),
             Role::Stored => return None,
         })
     }

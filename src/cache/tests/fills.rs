@@ -155,6 +155,30 @@ fn an_unshareable_response_releases_followers_and_stops_collapsing() {
 }
 
 #[test]
+fn a_url_that_stays_unshareable_stays_hit_for_miss() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/private-always";
+    let private = [("cache-control", "private")];
+    let mut filler = lead(&cache, &get(url));
+    assert_eq!(
+        ok_head(&mut filler, &get(url), &private),
+        Err(NotStored::Policy)
+    );
+    // Marked: the next request fetches alone.
+    let mut alone = lead(&cache, &get(url));
+    assert_eq!(cache.fills_in_progress(), 0);
+    // Its mark lapses (a purge forgets it, as time would) while it fetches;
+    // the answer, private again, marks the URL once more.
+    cache.purge(url).expect("a valid URL");
+    assert_eq!(
+        ok_head(&mut alone, &get(url), &private),
+        Err(NotStored::Policy)
+    );
+    let _next = lead(&cache, &get(url));
+    assert_eq!(cache.fills_in_progress(), 0, "fetched alone, not collapsed");
+}
+
+#[test]
 fn requests_with_credentials_never_lead_a_shared_fill() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let url = "http://h/auth";
