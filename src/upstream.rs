@@ -175,18 +175,24 @@ pub fn host_and_port(uri: &Uri) -> (&str, u16) {
         Some(at) => &authority[at + 1..],
         None => authority,
     };
+    let (host, rest) = split_host(host_port);
+    let port = rest
+        .strip_prefix(':')
+        .and_then(|port| port.parse().ok())
+        .unwrap_or(default);
+    (host, port)
+}
+
+/// Splits `host[:port]` after its host (an IPv6 literal with its
+/// brackets): the host, and what follows it (`:port`, or nothing).
+pub fn split_host(host_port: &str) -> (&str, &str) {
     let host_end = if host_port.starts_with('[') {
         host_port.bytes().position(|b| b == b']').map(|end| end + 1)
     } else {
         host_port.bytes().position(|b| b == b':')
     }
     .unwrap_or(host_port.len());
-    let (host, rest) = host_port.split_at(host_end);
-    let port = rest
-        .strip_prefix(':')
-        .and_then(|port| port.parse().ok())
-        .unwrap_or(default);
-    (host, port)
+    host_port.split_at(host_end)
 }
 
 /// Resolves `host` and keeps the addresses the destination policy allows

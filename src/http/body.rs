@@ -11,7 +11,7 @@ const MAX_CHUNK_LINE_BYTES: usize = 4096;
 /// Largest trailer section, all lines and the final CRLF included.
 const MAX_TRAILER_BYTES: usize = 64 * 1024;
 /// A chunk size has at most 16 hex digits, so it always fits in a `u64`.
-const MAX_SIZE_DIGITS: usize = 16;
+pub const MAX_SIZE_DIGITS: usize = 16;
 
 /// How a message body is delimited (RFC 9112 §6.3), both ways.
 ///
@@ -406,14 +406,23 @@ impl<W: Write> Write for ChunkedWriter<W> {
 
 /// Formats `{len:x}\r\n` into `out` without allocating.
 fn chunk_header(out: &mut [u8; MAX_SIZE_DIGITS + 2], len: u64) -> &[u8] {
-    let digits = (((64 - len.leading_zeros()) as usize).div_ceil(4)).max(1);
-    for (i, slot) in out[..digits].iter_mut().enumerate() {
-        let nibble = (len >> (4 * (digits - 1 - i))) & 0xf;
-        *slot = b"0123456789abcdef"[nibble as usize];
-    }
+    let mut hex = [0u8; MAX_SIZE_DIGITS];
+    let digits = lower_hex(&mut hex, len).len();
+    out[..digits].copy_from_slice(&hex[..digits]);
     out[digits] = b'\r';
     out[digits + 1] = b'\n';
     &out[..digits + 2]
+}
+
+/// The digits of `n` in lowercase hex, as chunk sizes are written, in
+/// `out`: no allocation, no formatting machinery.
+pub fn lower_hex(out: &mut [u8; MAX_SIZE_DIGITS], n: u64) -> &[u8] {
+    let digits = (((64 - n.leading_zeros()) as usize).div_ceil(4)).max(1);
+    for (i, slot) in out[..digits].iter_mut().enumerate() {
+        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    &out[..digits]
 }
 
 /// `write_all` over several slices: one syscall per chunk when the writer

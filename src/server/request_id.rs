@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::http::body::{MAX_SIZE_DIGITS, lower_hex};
 use crate::http::headers::is_valid_request_id;
 use crate::http::request::RequestHead;
 
@@ -31,16 +32,14 @@ impl RequestIds {
     /// A fresh id.
     pub fn fresh(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // Written by hand: `format!` cost more than the rest of this
+        // Without `format!`, which cost more than the rest of this
         // function, and this runs for every request.
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-        let mut id = String::with_capacity(self.prefix.len() + 1 + digits as usize);
+        let mut digits = [0u8; MAX_SIZE_DIGITS];
+        let hex = lower_hex(&mut digits, n);
+        let mut id = String::with_capacity(self.prefix.len() + 1 + hex.len());
         id.push_str(&self.prefix);
         id.push('-');
-        for shift in (0..digits).rev() {
-            let nibble = (n >> (shift * 4)) & 0xf;
-            id.push(char::from(b"0123456789abcdef"[nibble as usize]));
-        }
+        id.extend(hex.iter().map(|&b| char::from(b)));
         id
     }
 

@@ -150,12 +150,13 @@ fn target_uri(target: &str) -> Result<Uri, ProxyError> {
     let Some(authority) = uri.authority() else {
         return Err(bad("no host"));
     };
-    if upstream::host_and_port(&uri).0.is_empty() {
-        return Err(bad("no host"));
-    }
     // userinfo is deprecated in http(s) URLs (RFC 9110 §4.2.4): never forwarded.
     let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
-    check_port(host_port).map_err(|why| bad(&why))?;
+    let (host, after_host) = upstream::split_host(host_port);
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    check_port(after_host).map_err(|why| bad(&why))?;
     if host_port.len() == authority.as_str().len() {
         return Ok(uri);
     }
@@ -165,14 +166,11 @@ fn target_uri(target: &str) -> Result<Uri, ProxyError> {
     Uri::from_parts(parts).map_err(|err| bad(&err.to_string()))
 }
 
-/// Checks the port of `host[:port]`: the `http` crate reads `:-1` or
-/// `:99999` as no port at all, which would send the request to port 80.
-/// An empty port means the default (RFC 3986 §3.2.3).
-fn check_port(host_port: &str) -> Result<(), String> {
-    let after_host = match host_port.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
-        None => host_port.find(':').map_or("", |colon| &host_port[colon..]),
-    };
+/// Checks what follows the host in `host[:port]` (see
+/// `upstream::split_host`): the `http` crate reads `:-1` or `:99999` as no
+/// port at all, which would send the request to port 80. An empty port
+/// means the default (RFC 3986 §3.2.3).
+fn check_port(after_host: &str) -> Result<(), String> {
     let Some(port) = after_host.strip_prefix(':') else {
         return Ok(());
     };
