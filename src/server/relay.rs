@@ -17,6 +17,7 @@ use crate::http::request::{RequestHead, Version};
 use crate::http::response::{self, Head, Persistence};
 use crate::server::conn::ClientConn;
 use crate::server::finish::{self, Served};
+use crate::transport::lent::LentBuffer;
 use crate::upstream;
 
 /// What the relay needs to know besides the response.
@@ -330,13 +331,19 @@ struct CopyFailure {
 }
 
 /// Copies a response body: exactly `len` bytes when the length is known
-/// (fewer is a failure), else until the reader ends.
+/// (fewer is a failure), else until the reader ends. A body larger than
+/// `buf` moves through a lent buffer, in pieces of up to 64 KiB.
 fn copy_body(
     from: &mut impl Read,
     to: &mut impl Write,
     len: Option<u64>,
     buf: &mut [u8],
 ) -> Result<u64, CopyFailure> {
+    let mut lent = None;
+    let buf = match len {
+        Some(len) if len <= buf.len() as u64 => buf,
+        _ => &mut **lent.insert(LentBuffer::lend()),
+    };
     let mut sent = 0;
     loop {
         let want = match len {

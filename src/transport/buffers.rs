@@ -1,29 +1,43 @@
 //! The buffers of one origin connection, handed to ureq: small to start
-//! with, and grown only while a response head does not fit. ureq's own
+//! with, grown only while a response head does not fit, and swapped for a
+//! lent 64 KiB buffer while a body streams in (see `lent`). ureq's own
 //! `LazyBuffers` fill their full size with zeros at first use; with a pool
 //! of a thousand connections waiting on far origins that was 80 KiB
 //! resident per connection, most of it never read into.
 
 use ureq::unversioned::transport::Buffers;
 
-/// Input allocated at first use; enough for most response heads and for
-/// body reads of a useful size.
-const INPUT_FIRST_BYTES: usize = 16 * 1024;
+use super::lent::LentBuffer;
+
+/// Input allocated at first use: enough for most response heads, and for
+/// the first piece of a body. A read that fills it means a body is
+/// streaming in, and the next reads go to a lent buffer.
+const INPUT_FIRST_BYTES: usize = 4 * 1024;
 /// Free room below which unconsumed input moves to the front before a read.
 const MIN_READ_ROOM: usize = 4 * 1024;
 /// Room ureq wants for reading a request body into (`tmp_and_output`).
 const MIN_TMP_BYTES: usize = 10 * 1024;
+/// Output for a request head, at least (the head's own size is known).
+const MIN_HEAD_OUTPUT_BYTES: usize = 2 * 1024;
 
 /// Input and output buffers for one connection.
 #[derive(Debug)]
 pub struct OriginBuffers {
-    /// Input storage; `start..end` is received and not yet consumed.
-    input: Vec<u8>,
+    /// The connection's own input storage; empty until first used.
+    own: Vec<u8>,
+    /// A buffer borrowed while a body streams in: the input storage while held.
+    lent: Option<LentBuffer>,
+    /// `start..end` of the input storage is received and not yet consumed.
     start: usize,
     end: usize,
-    /// How large the input may grow (a response head must fit in it).
+    /// How large the own input may grow (a response head must fit in it).
     input_max: usize,
+    /// The room the last read was offered, and whether it filled all of
+    /// it: then more is likely waiting in the socket.
+    offered: usize,
+    streaming: bool,
     output: Vec<u8>,
+    /// Output for sending a request body.
     output_bytes: usize,
     /// Says how large the head being sent is (see `transport::begin_attempt`).
     head_bytes: fn() -> usize,
@@ -32,16 +46,18 @@ pub struct OriginBuffers {
 }
 
 impl OriginBuffers {
-    /// Buffers that grow their input up to `input_max` bytes and have
-    /// `output_bytes` for the request head and body, or more when
-    /// `head_bytes()` says the head being sent needs it; nothing is
-    /// allocated until used.
+    /// Buffers that grow their own input up to `input_max` bytes, and have
+    /// room for the head being sent (`head_bytes()` says how much) and
+    /// `output_bytes` for a request body; nothing is allocated until used.
     pub fn new(input_max: usize, output_bytes: usize, head_bytes: fn() -> usize) -> OriginBuffers {
         OriginBuffers {
-            input: Vec::new(),
+            own: Vec::new(),
+            lent: None,
             start: 0,
             end: 0,
             input_max: input_max.max(INPUT_FIRST_BYTES),
+            offered: 0,
+            streaming: false,
             output: Vec::new(),
             output_bytes,
             head_bytes,
@@ -49,29 +65,74 @@ impl OriginBuffers {
         }
     }
 
-    /// Makes room at the end of the input: start over once everything was
-    /// consumed, move what is left to the front when less than `compact`
-    /// bytes are free, and grow (up to `limit`) while less than `grow` are:
-    /// a response head longer than the buffer, not a slow reader.
-    fn make_room(&mut self, compact: usize, grow: usize, limit: usize) {
-        if self.input.is_empty() {
-            self.input = vec![0; INPUT_FIRST_BYTES];
-        }
+    /// Gives a lent buffer back once everything in it was consumed: called
+    /// when the connection goes idle.
+    pub fn release(&mut self) {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
-        }
-        if self.input.len() - self.end < compact && self.start > 0 {
-            self.input.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-        }
-        while self.input.len() - self.end < grow && self.input.len() < limit {
-            let grown = (self.input.len() * 2).min(limit);
-            self.input.resize(grown, 0);
+            self.lent = None;
+            self.streaming = false;
         }
     }
 
-    fn ensure_output(&mut self) {
-        let want = self.output_bytes.max((self.head_bytes)());
+    fn storage(&self) -> &[u8] {
+        self.lent.as_deref().unwrap_or(&self.own)
+    }
+
+    fn storage_mut(&mut self) -> &mut [u8] {
+        match &mut self.lent {
+            Some(lent) => lent,
+            None => &mut self.own,
+        }
+    }
+
+    /// Makes room at the end of the input: start over once everything was
+    /// consumed (in a lent buffer while a body streams in, else in the own
+    /// one), move what is left to the front when less than `compact` bytes
+    /// are free, and grow (up to `limit`) while less than `grow` are: a
+    /// response head longer than the buffer, not a slow reader.
+    fn make_room(&mut self, compact: usize, grow: usize, limit: usize) {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+            if !self.streaming {
+                self.lent = None;
+            } else if self.lent.is_none() {
+                self.lent = Some(LentBuffer::lend());
+            }
+        }
+        if self.lent.is_none() && self.own.is_empty() {
+            self.own = vec![0; INPUT_FIRST_BYTES];
+        }
+        if self.storage().len() - self.end < compact && self.start > 0 {
+            let (start, end) = (self.start, self.end);
+            self.storage_mut().copy_within(start..end, 0);
+            (self.start, self.end) = (0, end - start);
+        }
+        if self.storage().len() - self.end < grow {
+            self.unlend();
+            while self.own.len() - self.end < grow && self.own.len() < limit {
+                let grown = (self.own.len() * 2).min(limit);
+                self.own.resize(grown, 0);
+            }
+        }
+    }
+
+    /// Moves what is left in a lent buffer to the own one (which can grow),
+    /// and gives the lent one back.
+    fn unlend(&mut self) {
+        if let Some(lent) = self.lent.take() {
+            let left = &lent[self.start..self.end];
+            let want = left.len().max(INPUT_FIRST_BYTES);
+            if self.own.len() < want {
+                self.own.resize(want, 0);
+            }
+            self.own[..left.len()].copy_from_slice(left);
+            (self.start, self.end) = (0, left.len());
+        }
+    }
+
+    fn ensure_output(&mut self, at_least: usize) {
+        let want = at_least.max((self.head_bytes)());
         if self.output.len() < want {
             self.output.resize(want, 0);
         }
@@ -80,21 +141,24 @@ impl OriginBuffers {
 
 impl Buffers for OriginBuffers {
     fn output(&mut self) -> &mut [u8] {
-        self.ensure_output();
+        self.ensure_output(MIN_HEAD_OUTPUT_BYTES);
         &mut self.output
     }
 
     fn input(&self) -> &[u8] {
-        &self.input[self.start..self.end]
+        &self.storage()[self.start..self.end]
     }
 
     fn input_append_buf(&mut self) -> &mut [u8] {
         self.make_room(MIN_READ_ROOM, 1, self.input_max);
-        &mut self.input[self.end..]
+        let end = self.end;
+        self.offered = self.storage().len() - end;
+        &mut self.storage_mut()[end..]
     }
 
     fn input_appended(&mut self, amount: usize) {
-        self.end = (self.end + amount).min(self.input.len());
+        self.end = (self.end + amount).min(self.storage().len());
+        self.streaming = amount > 0 && amount >= self.offered;
     }
 
     fn input_consume(&mut self, amount: usize) {
@@ -103,10 +167,15 @@ impl Buffers for OriginBuffers {
     }
 
     fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
-        self.ensure_output();
+        self.ensure_output(self.output_bytes);
         // The scratch room must be there whatever the input limit.
         self.make_room(MIN_TMP_BYTES, MIN_TMP_BYTES, usize::MAX);
-        (&mut self.input[self.end..], &mut self.output)
+        let end = self.end;
+        let input = match &mut self.lent {
+            Some(lent) => &mut lent[end..],
+            None => &mut self.own[end..],
+        };
+        (input, &mut self.output)
     }
 
     fn can_use_input(&self) -> bool {
@@ -116,6 +185,7 @@ impl Buffers for OriginBuffers {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lent::LENT_BYTES;
     use super::*;
 
     /// Appends `bytes` the way a transport does.
@@ -136,9 +206,10 @@ mod tests {
     }
 
     #[test]
-    fn output_fits_the_head_being_sent() {
+    fn output_fits_the_head_being_sent_and_a_body_gets_more() {
         let mut buffers = OriginBuffers::new(16 * 1024, 16 * 1024, small_head);
-        assert_eq!(buffers.output().len(), 16 * 1024);
+        assert_eq!(buffers.output().len(), MIN_HEAD_OUTPUT_BYTES);
+        assert_eq!(buffers.tmp_and_output().1.len(), 16 * 1024);
         let mut buffers = OriginBuffers::new(16 * 1024, 16 * 1024, big_head);
         assert_eq!(buffers.output().len(), 40 * 1024);
     }
@@ -146,10 +217,8 @@ mod tests {
     #[test]
     fn nothing_is_allocated_until_used() {
         let buffers = OriginBuffers::new(64 * 1024, 16 * 1024, small_head);
-        assert_eq!(
-            (buffers.input.capacity(), buffers.output.capacity()),
-            (0, 0)
-        );
+        assert_eq!((buffers.own.capacity(), buffers.output.capacity()), (0, 0));
+        assert!(buffers.lent.is_none());
     }
 
     #[test]
@@ -163,7 +232,8 @@ mod tests {
             taken += receive(&mut buffers, &head[taken..]);
         }
         assert_eq!(buffers.input(), &head[..]);
-        assert_eq!(buffers.input.len(), 64 * 1024, "grown by doubling, to fit");
+        assert_eq!(buffers.own.len(), 64 * 1024, "grown by doubling, to fit");
+        assert!(buffers.lent.is_none());
         // At the limit, no more room appears.
         let mut full = OriginBuffers::new(16 * 1024, 1024, small_head);
         let mut got = 0;
@@ -174,7 +244,37 @@ mod tests {
     }
 
     #[test]
-    fn consumed_input_is_reused_without_growing() {
+    fn a_body_streams_through_a_lent_buffer_given_back_when_idle() {
+        let mut buffers = OriginBuffers::new(64 * 1024, 1024, small_head);
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        let mut reads = Vec::new();
+        while out.len() < body.len() {
+            // All that was sent is waiting; a body reader takes it all.
+            let n = receive(&mut buffers, &body[out.len()..]);
+            reads.push(n);
+            out.extend_from_slice(buffers.input());
+            buffers.input_consume(n);
+        }
+        assert!(out == body);
+        assert_eq!(
+            reads[0], INPUT_FIRST_BYTES,
+            "the first read: the own buffer"
+        );
+        assert!(reads[1..reads.len() - 1].iter().all(|&n| n == LENT_BYTES));
+        assert_eq!(buffers.own.len(), INPUT_FIRST_BYTES, "not grown");
+        buffers.release();
+        assert!(
+            buffers.lent.is_none(),
+            "given back as the connection goes idle"
+        );
+        // The next response starts in the own buffer again.
+        assert_eq!(receive(&mut buffers, b"HTTP/1.1 200 OK\r\n\r\n"), 19);
+        assert!(buffers.lent.is_none());
+    }
+
+    #[test]
+    fn a_body_read_in_small_pieces_keeps_every_byte() {
         let mut buffers = OriginBuffers::new(64 * 1024, 1024, small_head);
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut out = Vec::new();
@@ -187,17 +287,38 @@ mod tests {
             buffers.input_consume(n);
         }
         assert!(out == body);
-        assert_eq!(buffers.input.len(), INPUT_FIRST_BYTES);
+        assert_eq!(buffers.own.len(), INPUT_FIRST_BYTES);
+    }
+
+    #[test]
+    fn what_is_left_in_a_lent_buffer_moves_back_when_room_runs_out() {
+        let mut buffers = OriginBuffers::new(16 * 1024, 1024, small_head);
+        let first = vec![b'a'; INPUT_FIRST_BYTES];
+        receive(&mut buffers, &first);
+        buffers.input_consume(first.len());
+        let rest: Vec<u8> = (0..LENT_BYTES as u32).map(|i| (i % 253) as u8).collect();
+        assert_eq!(receive(&mut buffers, &rest), LENT_BYTES);
+        assert!(buffers.lent.is_some());
+        buffers.input_consume(1);
+        // Full and half read, and a request body needs scratch room.
+        let (tmp, _) = buffers.tmp_and_output();
+        assert!(tmp.len() >= MIN_TMP_BYTES);
+        assert!(buffers.lent.is_none());
+        assert_eq!(buffers.input(), &rest[1..]);
+        // Release keeps input that was not read.
+        buffers.release();
+        assert_eq!(buffers.input(), &rest[1..]);
     }
 
     #[test]
     fn scratch_room_for_a_request_body_is_always_there() {
         let mut buffers = OriginBuffers::new(16 * 1024, 1024, small_head);
-        receive(&mut buffers, &vec![b'x'; 16 * 1024]);
+        let got = receive(&mut buffers, &vec![b'x'; 16 * 1024]);
+        assert_eq!(got, INPUT_FIRST_BYTES);
         let (tmp, output) = buffers.tmp_and_output();
         assert!(tmp.len() >= MIN_TMP_BYTES);
         assert_eq!(output.len(), 1024);
-        assert_eq!(buffers.input().len(), 16 * 1024, "unconsumed input kept");
+        assert_eq!(buffers.input().len(), got, "unconsumed input kept");
     }
 
     #[test]
