@@ -77,16 +77,19 @@ pub fn fetch(
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let authority = origin.uri.authority().map_or("", |a| a.as_str());
-    let request = upstream_request(
-        head,
-        origin,
-        framing,
-        validators,
-        request_id,
-        &ctx.config.via_name,
-    )?;
+    let request = || {
+        upstream_request(
+            head,
+            origin,
+            framing,
+            validators,
+            request_id,
+            &ctx.config.via_name,
+        )
+    };
+    let first = request()?;
     answer_expectation(conn, head, framing)?;
-    let (response, body_read) = send(conn, request, framing, authority, rules, ctx)?;
+    let (response, body_read) = send(conn, first, &request, framing, authority, rules, ctx)?;
     Ok(Upstream {
         response,
         body_read,
@@ -184,24 +187,32 @@ fn answer_expectation(
 /// before any byte of an answer arrived, the call is made once more, on
 /// a fresh connection as it turns out: always for an idempotent method
 /// (RFC 9110 §9.2.2, RFC 9112 §9.3.1), for others only while none of their
-/// body was sent, since then the origin cannot have acted on them.
+/// body was sent, since then the origin cannot have acted on them. The
+/// request is `first`, and made `again` for a second call (ureq takes it
+/// whole, and a copy made in case is a dozen allocations a request).
 fn send(
     conn: &mut ClientConn,
-    request: Parts,
+    first: Parts,
+    again: &dyn Fn() -> Result<Parts, ProxyError>,
     framing: BodyFraming,
     authority: &str,
     rules: &Arc<Rules>,
     ctx: &Context,
 ) -> Result<(http::Response<ureq::Body>, bool), ProxyError> {
     let mut body = ClientBody::new(conn, framing, ctx.config.max_body_bytes);
-    let idempotent = is_idempotent(&request.method);
+    let idempotent = is_idempotent(&first.method);
     let sent = Instant::now();
     let mut retried = false;
-    let head_bytes = head_bytes(&request);
+    let head_bytes = head_bytes(&first);
+    let mut next = Some(first);
     let result = loop {
+        let request = match next.take() {
+            Some(request) => request,
+            None => again()?,
+        };
         transport::begin_attempt(head_bytes);
         interim::arm();
-        let call = http::Request::from_parts(request.clone(), ());
+        let call = http::Request::from_parts(request, ());
         let result = upstream::with_rules(rules, || match framing {
             BodyFraming::Empty | BodyFraming::UntilClose => {
                 ctx.agents.current().run(call.map(|()| SendBody::none()))
