@@ -53,9 +53,10 @@ use crate::server::tunnel::{self, TunnelSlot};
 /// request before handing it back, when other workers are asleep.
 const NEXT_REQUEST_WAIT: Duration = Duration::from_millis(2);
 
-/// Bytes of the buffer each worker copies bodies through: as much as the
-/// upstream connection's input buffer hands over at once
-/// (`transport::buffers`), so larger would only be resident for nothing.
+/// Bytes of the buffer each worker keeps: what it reads a client's input
+/// into, and copies bodies of up to this size through. Longer bodies move
+/// through 64 KiB buffers lent while they move (`transport::lent`), so a
+/// larger one here would only be resident in every worker for nothing.
 pub const COPY_BUFFER_BYTES: usize = 16 * 1024;
 
 /// How a request was handled, when nothing failed.
