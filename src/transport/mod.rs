@@ -267,6 +267,17 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_going_back_to_the_pool_is_probed_only_when_taken() {
+        let (mut transport, server) = transport_pair();
+        transport.used = true;
+        drop(server);
+        // Put back right after its answer: no probe, whatever happened.
+        assert!(transport.is_open());
+        // Taken out again: probed, and found closed.
+        assert!(crate_wait(|| !transport.is_open()));
+    }
+
+    #[test]
     fn unasked_bytes_from_the_origin_mean_not_open() {
         let (mut transport, mut server) = transport_pair();
         server
