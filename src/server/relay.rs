@@ -331,27 +331,30 @@ struct CopyFailure {
 }
 
 /// Copies a response body: exactly `len` bytes when the length is known
-/// (fewer is a failure), else until the reader ends. A body larger than
-/// `buf` moves through a lent buffer, in pieces of up to 64 KiB.
+/// (fewer is a failure), else until the reader ends. A body longer than
+/// `buf` moves through a lent buffer, in pieces of up to 64 KiB: at once
+/// when its length says so, else from the first read that fills `buf`.
 fn copy_body(
     from: &mut impl Read,
     to: &mut impl Write,
     len: Option<u64>,
     buf: &mut [u8],
 ) -> Result<u64, CopyFailure> {
-    let mut lent = None;
-    let buf = match len {
-        Some(len) if len <= buf.len() as u64 => buf,
-        _ => &mut **lent.insert(LentBuffer::lend()),
-    };
+    let mut lent = len
+        .is_some_and(|len| len > buf.len() as u64)
+        .then(LentBuffer::lend);
     let mut sent = 0;
     loop {
+        let piece = match lent.as_deref_mut() {
+            Some(lent) => lent,
+            None => &mut *buf,
+        };
         let want = match len {
             Some(len) if sent >= len => break,
-            Some(len) => buf.len().min((len - sent) as usize),
-            None => buf.len(),
+            Some(len) => piece.len().min((len - sent) as usize),
+            None => piece.len(),
         };
-        let n = match from.read(&mut buf[..want]) {
+        let n = match from.read(&mut piece[..want]) {
             Ok(0) if len.is_none() => return Ok(sent),
             Ok(0) => {
                 let short =
@@ -370,11 +373,14 @@ fn copy_body(
                 });
             }
         };
-        to.write_all(&buf[..n]).map_err(|_| CopyFailure {
+        to.write_all(&piece[..n]).map_err(|_| CopyFailure {
             sent,
             failure: None,
         })?;
         sent += n as u64;
+        if lent.is_none() && n == buf.len() {
+            lent = Some(LentBuffer::lend());
+        }
     }
     // One more read lets ureq see the end of a sized body, which is what
     // returns the upstream connection to its pool.
@@ -385,6 +391,7 @@ fn copy_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::lent::LENT_BYTES;
 
     /// Takes at most `step` bytes per write, the way a socket with a full
     /// buffer and a send timeout does, and reports where each call ended.
@@ -473,5 +480,55 @@ mod tests {
                 assert_eq!(out.ends[0], step.min(2000), "head and body in one write");
             }
         }
+    }
+
+    /// Reads from `data` at most as much as asked, and notes how much was asked.
+    struct Asked<'a> {
+        data: &'a [u8],
+        asked: Vec<usize>,
+    }
+
+    impl Read for Asked<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.asked.push(out.len());
+            let n = out.len().min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_long_body_moves_in_lent_pieces_and_a_short_one_through_the_buffer() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut buf = [0u8; 1024];
+        for len in [None, Some(body.len() as u64)] {
+            let mut from = Asked {
+                data: &body,
+                asked: Vec::new(),
+            };
+            let mut to = Vec::new();
+            let sent = copy_body(&mut from, &mut to, len, &mut buf);
+            assert_eq!(sent.ok(), Some(body.len() as u64));
+            assert!(to == body, "{len:?}");
+            let first_lent = usize::from(len.is_none());
+            assert!(from.asked[first_lent..4].iter().all(|&n| n == LENT_BYTES));
+        }
+        let short = &body[..700];
+        let mut from = Asked {
+            data: short,
+            asked: Vec::new(),
+        };
+        let mut to = Vec::new();
+        assert_eq!(
+            copy_body(&mut from, &mut to, None, &mut buf).ok(),
+            Some(700)
+        );
+        assert!(to == short);
+        assert!(
+            from.asked.iter().all(|&n| n <= buf.len()),
+            "{:?}",
+            from.asked
+        );
     }
 }
