@@ -1,6 +1,7 @@
 //! The buffers of one origin connection, handed to ureq: small to start
-//! with, grown only while a response head does not fit, and swapped for a
-//! lent 64 KiB buffer while a body streams in (see `lent`). ureq's own
+//! with, grown only while a response head does not fit (or for the scratch
+//! room of a request body), and swapped for a lent 64 KiB buffer while a
+//! response body streams in (see `lent`). ureq's own
 //! `LazyBuffers` fill their full size with zeros at first use; with a pool
 //! of a thousand connections waiting on far origins that was 80 KiB
 //! resident per connection, most of it never read into.
@@ -39,6 +40,9 @@ pub struct OriginBuffers {
     output: Vec<u8>,
     /// Output for sending a request body.
     output_bytes: usize,
+    /// Output for anything else, at least: a request head on a plain
+    /// connection, every write under TLS.
+    output_min: usize,
     /// Says how large the head being sent is (see `transport::begin_attempt`).
     head_bytes: fn() -> usize,
     /// The last consume took something (ureq's "may parse again").
@@ -60,9 +64,19 @@ impl OriginBuffers {
             streaming: false,
             output: Vec::new(),
             output_bytes,
+            output_min: MIN_HEAD_OUTPUT_BYTES,
             head_bytes,
             progress: false,
         }
+    }
+
+    /// Buffers for a connection that TLS is layered on. rustls writes the
+    /// handshake and the whole request through `output`, in pieces of at
+    /// most its size (ureq's `TransportAdapter`), so it is full size from
+    /// the start: a head-sized one would send a body 2 KiB at a time.
+    pub fn under_tls(mut self) -> OriginBuffers {
+        self.output_min = self.output_bytes;
+        self
     }
 
     /// Gives a lent buffer back once everything in it was consumed: called
@@ -141,7 +155,7 @@ impl OriginBuffers {
 
 impl Buffers for OriginBuffers {
     fn output(&mut self) -> &mut [u8] {
-        self.ensure_output(MIN_HEAD_OUTPUT_BYTES);
+        self.ensure_output(self.output_min);
         &mut self.output
     }
 
@@ -212,6 +226,12 @@ mod tests {
         assert_eq!(buffers.tmp_and_output().1.len(), 16 * 1024);
         let mut buffers = OriginBuffers::new(16 * 1024, 16 * 1024, big_head);
         assert_eq!(buffers.output().len(), 40 * 1024);
+        let mut buffers = OriginBuffers::new(16 * 1024, 16 * 1024, small_head).under_tls();
+        assert_eq!(
+            buffers.output().len(),
+            16 * 1024,
+            "every TLS write goes through it"
+        );
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! back after. Reading and writing a body in 64 KiB pieces takes a quarter
 //! of the system calls that 16 KiB pieces take, but a buffer that large for
 //! every origin connection and every worker would be 64 MiB each at a
-//! thousand of them. Lent, the memory follows the bytes in flight: a worker
-//! waiting on an origin, or a connection idle in the pool, holds none.
+//! thousand of them. Lent, the memory follows the bodies in flight: a
+//! worker waiting for an origin's answer to begin, or a connection idle in
+//! the pool, holds none; one relaying a long body holds up to two until the
+//! body is done, through any waits on a slow origin.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::LazyLock;

@@ -30,8 +30,9 @@ mod buffers;
 pub mod interim;
 pub mod lent;
 
-/// Output buffer of a plain connection: enough for most request heads and
-/// for request bodies in useful pieces; grown for a larger head.
+/// Output for a request body in useful pieces, and for every write on a
+/// connection under TLS; a request head alone on a plain connection gets
+/// a buffer of its own size (`buffers`).
 const OUTPUT_BYTES: usize = 16 * 1024;
 
 thread_local! {
@@ -108,7 +109,10 @@ impl<In: Transport> Connector<In> for OriginConnector {
         self.metrics.upstream_connected();
         stream.set_nodelay(true)?;
         let config = details.config;
-        let buffers = OriginBuffers::new(config.input_buffer_size(), OUTPUT_BYTES, head_bytes);
+        let mut buffers = OriginBuffers::new(config.input_buffer_size(), OUTPUT_BYTES, head_bytes);
+        if details.uri.scheme_str() == Some("https") {
+            buffers = buffers.under_tls();
+        }
         Ok(Some(Either::B(OriginTransport {
             stream,
             buffers,
