@@ -152,11 +152,6 @@ pub fn with_rules<T>(rules: &Arc<Rules>, send: impl FnOnce() -> T) -> T {
     send()
 }
 
-/// The port a URI names, or its scheme's default (RFC 9110 §4.2).
-pub fn port_of(uri: &Uri) -> u16 {
-    host_and_port(uri).1
-}
-
 /// The host a URI names (an IPv6 literal with its brackets) and its port
 /// (the scheme's default when it names none): what `Uri::host` and
 /// `Uri::port_u16` give, found in one pass over the authority's bytes.
@@ -170,17 +165,20 @@ pub fn host_and_port(uri: &Uri) -> (&str, u16) {
     let Some(authority) = uri.authority() else {
         return ("", default);
     };
-    let authority = authority.as_str();
-    let host_port = match authority.bytes().rposition(|b| b == b'@') {
-        Some(at) => &authority[at + 1..],
-        None => authority,
-    };
-    let (host, rest) = split_host(host_port);
+    let (host, rest) = split_host(without_userinfo(authority.as_str()));
     let port = rest
         .strip_prefix(':')
         .and_then(|port| port.parse().ok())
         .unwrap_or(default);
     (host, port)
+}
+
+/// An authority's `host[:port]`, without the userinfo before its last `@`.
+pub fn without_userinfo(authority: &str) -> &str {
+    match authority.bytes().rposition(|b| b == b'@') {
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    }
 }
 
 /// Splits `host[:port]` after its host (an IPv6 literal with its

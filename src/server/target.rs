@@ -151,7 +151,7 @@ fn target_uri(target: &str) -> Result<Uri, ProxyError> {
         return Err(bad("no host"));
     };
     // userinfo is deprecated in http(s) URLs (RFC 9110 §4.2.4): never forwarded.
-    let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    let host_port = upstream::without_userinfo(authority.as_str());
     let (host, after_host) = upstream::split_host(host_port);
     if host.is_empty() {
         return Err(bad("no host"));

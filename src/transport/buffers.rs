@@ -33,9 +33,8 @@ pub struct OriginBuffers {
     end: usize,
     /// How large the own input may grow (a response head must fit in it).
     input_max: usize,
-    /// The room the last read was offered, and whether it filled all of
-    /// it: then more is likely waiting in the socket.
-    offered: usize,
+    /// The last read filled all the room it was given: more is likely
+    /// waiting in the socket.
     streaming: bool,
     output: Vec<u8>,
     /// Output for sending a request body.
@@ -60,7 +59,6 @@ impl OriginBuffers {
             start: 0,
             end: 0,
             input_max: input_max.max(INPUT_FIRST_BYTES),
-            offered: 0,
             streaming: false,
             output: Vec::new(),
             output_bytes,
@@ -94,10 +92,7 @@ impl OriginBuffers {
     }
 
     fn storage_mut(&mut self) -> &mut [u8] {
-        match &mut self.lent {
-            Some(lent) => lent,
-            None => &mut self.own,
-        }
+        storage_in(&mut self.lent, &mut self.own)
     }
 
     /// Makes room at the end of the input: start over once everything was
@@ -153,6 +148,14 @@ impl OriginBuffers {
     }
 }
 
+/// The input storage: the lent buffer while one is held, else the own one.
+fn storage_in<'a>(lent: &'a mut Option<LentBuffer>, own: &'a mut [u8]) -> &'a mut [u8] {
+    match lent {
+        Some(lent) => lent,
+        None => own,
+    }
+}
+
 impl Buffers for OriginBuffers {
     fn output(&mut self) -> &mut [u8] {
         self.ensure_output(self.output_min);
@@ -166,13 +169,14 @@ impl Buffers for OriginBuffers {
     fn input_append_buf(&mut self) -> &mut [u8] {
         self.make_room(MIN_READ_ROOM, 1, self.input_max);
         let end = self.end;
-        self.offered = self.storage().len() - end;
         &mut self.storage_mut()[end..]
     }
 
     fn input_appended(&mut self, amount: usize) {
-        self.end = (self.end + amount).min(self.storage().len());
-        self.streaming = amount > 0 && amount >= self.offered;
+        // The room given was all of the storage after `end`.
+        let len = self.storage().len();
+        self.streaming = amount > 0 && self.end + amount >= len;
+        self.end = (self.end + amount).min(len);
     }
 
     fn input_consume(&mut self, amount: usize) {
@@ -184,12 +188,8 @@ impl Buffers for OriginBuffers {
         self.ensure_output(self.output_bytes);
         // The scratch room must be there whatever the input limit.
         self.make_room(MIN_TMP_BYTES, MIN_TMP_BYTES, usize::MAX);
-        let end = self.end;
-        let input = match &mut self.lent {
-            Some(lent) => &mut lent[end..],
-            None => &mut self.own[end..],
-        };
-        (input, &mut self.output)
+        let input = storage_in(&mut self.lent, &mut self.own);
+        (&mut input[self.end..], &mut self.output)
     }
 
     fn can_use_input(&self) -> bool {

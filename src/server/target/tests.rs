@@ -66,7 +66,7 @@ fn absolute_urls_are_forwarded_with_their_port() {
     ] {
         match route(text) {
             Ok(Route::Forward(origin)) => {
-                assert_eq!(upstream::port_of(&origin.uri), port, "{text:?}");
+                assert_eq!(upstream::host_and_port(&origin.uri).1, port, "{text:?}");
                 assert!(!origin.uri.to_string().contains('@'), "{text:?}");
             }
             other => panic!("{text:?}: {other:?}"),
