@@ -173,6 +173,28 @@ pub fn host_and_port(uri: &Uri) -> (&str, u16) {
     (host, port)
 }
 
+/// The `Host` header for a request to `uri` (RFC 9112 §3.2.2): its host,
+/// and its port when that is not the scheme's default, as ureq would write
+/// it. Set by the proxy so that ureq does not format it for every request.
+pub fn host_header(uri: &Uri) -> &str {
+    let Some(authority) = uri.authority() else {
+        return "";
+    };
+    let host_port = without_userinfo(authority.as_str());
+    let (host, rest) = split_host(host_port);
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    match rest
+        .strip_prefix(':')
+        .and_then(|port| port.parse::<u16>().ok())
+    {
+        Some(port) if port != default => host_port,
+        _ => host,
+    }
+}
+
 /// An authority's `host[:port]`, without the userinfo before its last `@`.
 pub fn without_userinfo(authority: &str) -> &str {
     match authority.bytes().rposition(|b| b == b'@') {
@@ -379,6 +401,25 @@ mod tests {
                 uri.port_u16().unwrap_or(default),
             );
             assert_eq!(host_and_port(&uri), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_host_header_is_the_authority_without_a_default_port() {
+        for (text, host) in [
+            ("http://example.com/", "example.com"),
+            ("http://example.com:80/", "example.com"),
+            ("http://example.com:443/", "example.com:443"),
+            ("https://example.com:443/", "example.com"),
+            ("http://example.com:8080/a", "example.com:8080"),
+            ("http://example.com:/", "example.com"),
+            ("http://[::1]/", "[::1]"),
+            ("http://[::1]:8080/", "[::1]:8080"),
+            ("http://user:pw@127.0.0.1:81/", "127.0.0.1:81"),
+            ("http://a:b@c:d@e:83/", "e:83"),
+        ] {
+            let uri: Uri = text.parse().expect("test URI");
+            assert_eq!(host_header(&uri), host, "{text}");
         }
     }
 
