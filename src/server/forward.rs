@@ -38,10 +38,15 @@ const REPLACED_REQUEST_HEADERS: &[&str] = &[
     "content-length",
 ];
 
+/// The request id's header, named once: a name given as text is parsed
+/// on every use.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// The client's validators, left out when the cache sends its own: the
 /// answer must say whether the stored response is still good, not whether
 /// the client's copy is (RFC 9111 §4.3.1).
-const CLIENT_VALIDATORS: &[&str] = &["if-none-match", "if-modified-since"];
+const CLIENT_VALIDATORS: [HeaderName; 2] =
+    [http::header::IF_NONE_MATCH, http::header::IF_MODIFIED_SINCE];
 
 /// The origin's answer: its head, with the body still to be read.
 pub struct Upstream {
@@ -150,21 +155,24 @@ fn upstream_request(
     );
     copy_request_headers(head, headers)?;
     if let Some(validators) = validators {
-        for name in CLIENT_VALIDATORS {
-            headers.remove(*name);
+        for name in &CLIENT_VALIDATORS {
+            headers.remove(name);
         }
         for (name, value) in validators {
             headers.insert(name.clone(), value.clone());
         }
     }
     if let Some(n) = headers::max_forwards(head.header_values("max-forwards")) {
-        headers.insert("max-forwards", HeaderValue::from(n.saturating_sub(1)));
+        headers.insert(
+            http::header::MAX_FORWARDS,
+            HeaderValue::from(n.saturating_sub(1)),
+        );
     }
     if let BodyFraming::Length(len) = framing {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     headers.append(http::header::VIA, via_value(head.version, via_name)?);
-    headers.insert("x-request-id", header_value(request_id.as_bytes())?);
+    headers.insert(X_REQUEST_ID, header_value(request_id.as_bytes())?);
     Ok(request.body(())?.into_parts().0)
 }
 
