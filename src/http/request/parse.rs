@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 
 use super::{Header, RequestHead, Version};
 use crate::error::ProxyError;
-use crate::http::field::{check_field_line, has_bare_lf, is_token_byte, is_value_byte};
+use crate::http::field::{check_field_line, has_bare_lf, is_token_byte, is_value};
 
 /// Header lines httparse is given room for; more is treated as an oversized head.
 const MAX_HEADERS: usize = 128;
@@ -147,7 +147,7 @@ fn owned_head(
 ) -> Result<RequestHead, ProxyError> {
     // httparse lets UTF-8 through in the target; DESIGN wants 400 for any
     // non-ASCII byte (RFC 9112 §3.2: the target is visible ASCII).
-    if !target.bytes().all(is_target_byte) {
+    if !is_target(target.as_bytes()) {
         return Err(bad("invalid byte in request target"));
     }
     let version = match minor {
@@ -160,7 +160,7 @@ fn owned_head(
         if h.name.is_empty() || !h.name.bytes().all(is_token_byte) {
             return Err(bad("invalid byte in header name"));
         }
-        if !h.value.iter().copied().all(is_value_byte) {
+        if !is_value(h.value) {
             return Err(bad("invalid byte in header value"));
         }
         owned.push(Header {
@@ -176,9 +176,13 @@ fn owned_head(
     })
 }
 
-/// Visible ASCII (RFC 9112 §3.2, RFC 3986): no controls, spaces or bytes >= 0x80.
-fn is_target_byte(b: u8) -> bool {
-    (0x21..=0x7e).contains(&b)
+/// Whether every byte is visible ASCII (RFC 9112 §3.2, RFC 3986): no
+/// controls, spaces or bytes >= 0x80. Without an early exit, so that the
+/// compiler checks many bytes at a time: every target is looked at.
+fn is_target(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .fold(true, |all, &b| all & (0x21..=0x7e).contains(&b))
 }
 
 /// Splits off the request line after any leading empty CRLF lines (RFC 9112
@@ -226,35 +230,41 @@ fn describe(buf: &[u8], err: httparse::Error) -> String {
 }
 
 /// What is wrong with a request line (possibly still arriving), if anything.
+/// Every request line is judged, so its spaces are found once and each
+/// part looked at once.
 fn check_request_line(line: &[u8], complete: bool) -> Option<&'static str> {
     let line = if complete {
         line.strip_suffix(b"\r").unwrap_or(line)
     } else {
         line
     };
-    let mut parts = line.split(|&b| b == b' ');
-    let method = parts.next().unwrap_or_default();
-    let followed = parts.clone().next().is_some();
-    if !method.iter().copied().all(is_token_byte) || (method.is_empty() && (complete || followed)) {
+    let mut spaces = memchr::memchr_iter(b' ', line);
+    let (first, second, third) = (spaces.next(), spaces.next(), spaces.next());
+    let part = |start: usize, end: Option<usize>| &line[start..end.unwrap_or(line.len())];
+    let method = part(0, first);
+    if !method.iter().copied().all(is_token_byte)
+        || (method.is_empty() && (complete || first.is_some()))
+    {
         return Some("invalid method in request line");
     }
-    let Some(target) = parts.next() else {
+    let Some(first) = first else {
         return complete.then_some("malformed request line");
     };
-    if !target.iter().copied().all(is_target_byte) {
+    let target = part(first + 1, second);
+    if !is_target(target) {
         return Some("invalid byte in request target");
     }
     if target.is_empty() {
         // Empty so far is fine while the line is arriving and nothing follows.
-        let more = parts.clone().next().is_some();
-        return (complete || more).then_some("malformed request line");
+        return (complete || second.is_some()).then_some("malformed request line");
     }
-    let Some(version) = parts.next() else {
+    let Some(second) = second else {
         return complete.then_some("malformed request line");
     };
-    if parts.next().is_some() {
+    if third.is_some() {
         return Some("malformed request line");
     }
+    let version = part(second + 1, None);
     // RFC 9112 §2.3: we speak HTTP/1.0 and HTTP/1.1 only.
     let known = [&b"HTTP/1.1"[..], b"HTTP/1.0"];
     let plausible = if complete {
