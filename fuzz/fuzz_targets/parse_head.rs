@@ -62,20 +62,16 @@ fn check_complete(buf: &[u8], limits: &HeadLimits, head: &RequestHead, head_len:
     assert!(!head.target.is_empty() && head.target.bytes().all(|b| (0x21..=0x7e).contains(&b)));
     for h in &head.headers {
         assert!(
-            !h.name.is_empty() && h.name.bytes().all(is_token_byte),
+            !h.name().is_empty() && h.name().bytes().all(is_token_byte),
             "{h:?}"
         );
         assert!(
-            h.value
+            h.value()
                 .iter()
                 .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
             "{h:?}"
         );
-        assert_eq!(
-            h.value.trim_ascii(),
-            &h.value[..],
-            "value is trimmed: {h:?}"
-        );
+        assert_eq!(h.value().trim_ascii(), h.value(), "value is trimmed: {h:?}");
     }
     // The head alone, and the head followed by other bytes, parse the same.
     let alone = parse_head(&buf[..head_len], limits);

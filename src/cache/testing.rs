@@ -19,10 +19,7 @@ pub fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> RequestH
         version: Version::Http11,
         headers: headers
             .iter()
-            .map(|(name, value)| Header {
-                name: name.to_string(),
-                value: value.as_bytes().to_vec(),
-            })
+            .map(|(name, value)| Header::new(name, value.as_bytes()))
             .collect(),
     }
 }

@@ -78,7 +78,11 @@ impl Cache {
             headers: head
                 .headers
                 .iter()
-                .filter(|h| !body_headers.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+                .filter(|h| {
+                    !body_headers
+                        .iter()
+                        .any(|n| h.name().eq_ignore_ascii_case(n))
+                })
                 .cloned()
                 .collect(),
         };

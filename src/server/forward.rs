@@ -309,7 +309,7 @@ fn is_idempotent(method: &http::Method) -> bool {
 fn copy_request_headers(head: &RequestHead, into: &mut http::HeaderMap) -> Result<(), ProxyError> {
     let hop = HopByHop::from_connection(head.header_values("connection"));
     for header in &head.headers {
-        let name = header.name.as_str();
+        let name = header.name();
         if headers::is_framing_look_alike(name) {
             log::debug!(
                 "dropped look-alike framing header {}",
@@ -326,14 +326,20 @@ fn copy_request_headers(head: &RequestHead, into: &mut http::HeaderMap) -> Resul
         }
         // `from_bytes` lowercases the name itself.
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| ProxyError::BadRequest(format!("bad header name {:?}", header.name)))?;
-        into.append(name, header_value(&header.value)?);
+            .map_err(|_| ProxyError::BadRequest(format!("bad header name {:?}", header.name())))?;
+        into.append(name, shared_header_value(header.shared_value())?);
     }
     Ok(())
 }
 
 fn header_value(bytes: &[u8]) -> Result<HeaderValue, ProxyError> {
     HeaderValue::from_bytes(bytes).map_err(|_| ProxyError::BadRequest("bad header value".into()))
+}
+
+/// A client's header value for the upstream request, without a copy.
+fn shared_header_value(bytes: bytes::Bytes) -> Result<HeaderValue, ProxyError> {
+    HeaderValue::from_maybe_shared(bytes)
+        .map_err(|_| ProxyError::BadRequest("bad header value".into()))
 }
 
 /// Our `Via` entry (RFC 9110 §7.6.3) for a request of `version`, made

@@ -7,6 +7,8 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
+use bytes::Bytes;
+
 use crate::error::ProxyError;
 pub use crate::http::body::BodyFraming;
 pub use parse::{HeadLimits, Parsed, parse_head};
@@ -18,11 +20,46 @@ pub enum Version {
     Http11,
 }
 
-/// One header line as received: name as sent, value as raw bytes.
+/// One header line as received: name as sent, value as raw bytes. Both
+/// share the buffer of the head they came in, so a head of many lines is
+/// one copy, not two allocations a line, and a value goes upstream
+/// without another copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    pub name: String,
-    pub value: Vec<u8>,
+    /// A token (RFC 9110 §5.6.2): ASCII, as the parser checked.
+    name: Bytes,
+    value: Bytes,
+}
+
+impl Header {
+    /// A header line made by the proxy (or a test), copied.
+    pub fn new(name: &str, value: &[u8]) -> Header {
+        Header {
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            value: Bytes::copy_from_slice(value),
+        }
+    }
+
+    /// A header line whose name and value are slices of `head`.
+    pub(crate) fn shared(name: Bytes, value: Bytes) -> Header {
+        Header { name, value }
+    }
+
+    /// The name as sent.
+    pub fn name(&self) -> &str {
+        // Checked as a token when parsed; a name made by `new` is a `str`.
+        std::str::from_utf8(&self.name).unwrap_or_default()
+    }
+
+    /// The value as received.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// The value, sharing its buffer.
+    pub fn shared_value(&self) -> Bytes {
+        self.value.clone()
+    }
 }
 
 /// An owned, parsed request head. Header order and repeats are kept.
@@ -73,16 +110,16 @@ impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_slice())
+            .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+            .map(Header::value)
     }
 
     /// Every value of a header, in order, by case-insensitive name.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers
             .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_slice())
+            .filter(move |h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+            .map(Header::value)
     }
 
     /// The body framing, rejecting anything a smuggler could exploit.

@@ -5,6 +5,8 @@
 
 use std::mem::MaybeUninit;
 
+use bytes::Bytes;
+
 use super::{Header, RequestHead, Version};
 use crate::error::ProxyError;
 use crate::http::field::{check_field_line, has_bare_lf, is_token_byte, is_value};
@@ -79,7 +81,7 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
             if has_bare_lf(&buf[..head_len]) {
                 return Err(bad(BARE_LF));
             }
-            let head = owned_head(method, target, minor, req.headers)?;
+            let head = owned_head(&buf[..head_len], method, target, minor, req.headers)?;
             head.check_host()?;
             Ok(Parsed::Complete { head, head_len })
         }
@@ -138,8 +140,11 @@ fn bad(msg: &str) -> ProxyError {
     ProxyError::BadRequest(msg.to_owned())
 }
 
-/// Copies a parsed head, applying the checks httparse leaves to us.
+/// Copies a parsed head, applying the checks httparse leaves to us. The
+/// header lines are copied as one piece, `raw` (the head's bytes), that
+/// they all share.
 fn owned_head(
+    raw: &[u8],
     method: &str,
     target: &str,
     minor: u8,
@@ -155,6 +160,17 @@ fn owned_head(
         1 => Version::Http11,
         _ => return Err(bad("unsupported http version")),
     };
+    let shared = if headers.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(raw)
+    };
+    // httparse's names and values borrow from `raw`: where each starts in
+    // it is the distance between the addresses.
+    let slice = |part: &[u8]| {
+        let start = (part.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
+        shared.slice(start..start + part.len())
+    };
     let mut owned = Vec::with_capacity(headers.len());
     for h in headers {
         if h.name.is_empty() || !h.name.bytes().all(is_token_byte) {
@@ -163,10 +179,7 @@ fn owned_head(
         if !is_value(h.value) {
             return Err(bad("invalid byte in header value"));
         }
-        owned.push(Header {
-            name: h.name.to_owned(),
-            value: h.value.to_vec(),
-        });
+        owned.push(Header::shared(slice(h.name.as_bytes()), slice(h.value)));
     }
     Ok(RequestHead {
         method: method.to_owned(),

@@ -227,7 +227,7 @@ fn cache_request(head: &RequestHead) -> RequestHead {
         .filter(|h| {
             !NOT_REVALIDATED
                 .iter()
-                .any(|name| h.name.eq_ignore_ascii_case(name))
+                .any(|name| h.name().eq_ignore_ascii_case(name))
         })
         .cloned()
         .collect();
