@@ -11,7 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use rustix::io::Errno;
+use rustix::net::{SendAncillaryBuffer, SendFlags};
+
 use crate::server::handback::Registration;
+use crate::server::idle;
 use crate::server::limits::ConnSlot;
 
 /// Smallest read a worker makes into the buffer while reading a body.
@@ -233,16 +237,32 @@ impl ClientConn {
     }
 }
 
-/// Writes go straight to the socket, counted.
+/// Writes go straight to the socket, counted. What the socket's buffer
+/// takes at once is written while the worker counts as running; when it is
+/// full, the worker waits for the client to read as it waits for a read
+/// ([`idle::waiting`]), so that a job queued meanwhile wakes another worker
+/// instead of waiting for this one (a 1 MiB cache hit to a client that
+/// reads slowly held up the queue).
 impl Write for ClientConn {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.stream.write(data)?;
-        self.sent += n as u64;
-        Ok(n)
+        self.write_vectored(&[IoSlice::new(data)])
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let n = self.stream.write_vectored(bufs)?;
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        let n = match rustix::net::sendmsg(
+            &self.stream,
+            bufs,
+            &mut SendAncillaryBuffer::default(),
+            flags,
+        ) {
+            Ok(n) => n,
+            Err(Errno::AGAIN) => {
+                let _waiting = idle::waiting();
+                self.stream.write_vectored(bufs)?
+            }
+            Err(errno) => return Err(errno.into()),
+        };
         self.sent += n as u64;
         Ok(n)
     }

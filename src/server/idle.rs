@@ -14,13 +14,14 @@
 //! A queued job wakes a worker only while few are running. A worker runs
 //! from when it is woken until it goes back on the stack, except while it
 //! waits on a socket (an origin's answer, a name lookup, a client's next
-//! request; see [`waiting`]): a worker that waits does not count, one that computes or
+//! request, a client that does not read as fast as it is written to; see
+//! [`waiting`]): a worker that waits does not count, one that computes or
 //! copies does, and will come for the next job as soon as it is done.
 //! With the origin near, a pool of 512 then serves from a queue kept by a
 //! handful of running workers, as a pool of 8 would, instead of waking a
 //! thread per request (which cost a cache hit 1.5 times the CPU); with the
 //! origin far, nearly every worker waits, so each job wakes one as before.
-//! Should the running workers be stuck after all (a slow client, a disk),
+//! Should the running workers be stuck after all (a disk, a long copy),
 //! the acceptor sees the queue stand still and wakes one more (`nudge`).
 
 use std::cell::OnceCell;
@@ -143,6 +144,15 @@ impl IdleWorkers {
             }
             entry.thread.unpark();
         }
+    }
+
+    /// Workers parked on the stack now.
+    #[cfg(test)]
+    pub(crate) fn parked(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|w| w.idle.load(Ordering::SeqCst))
+            .count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
@@ -298,12 +308,8 @@ mod tests {
         (results, handles)
     }
 
-    /// Workers parked on the stack now.
     fn parked(idle: &IdleWorkers) -> usize {
-        idle.lock()
-            .iter()
-            .filter(|w| w.idle.load(Ordering::SeqCst))
-            .count()
+        idle.parked()
     }
 
     /// Waits until `count` workers are parked on the stack.

@@ -30,8 +30,8 @@ const STALL: Duration = Duration::from_millis(1);
 /// The sending end of the workers' queue. Dropping it closes the queue:
 /// the workers take what is left, then end.
 #[derive(Debug)]
-pub struct JobQueue {
-    tx: Option<Sender<Job>>,
+pub struct JobQueue<J = Job> {
+    tx: Option<Sender<J>>,
     idle: Arc<IdleWorkers>,
     /// The last look at the queue (`nudge`): when, how many jobs were
     /// queued, and how many had been taken in all.
@@ -45,9 +45,9 @@ struct Look {
     taken: usize,
 }
 
-impl JobQueue {
+impl<J> JobQueue<J> {
     /// The acceptor's end of the queue `tx`, whose workers wait on `idle`.
-    pub fn new(tx: Sender<Job>, idle: Arc<IdleWorkers>) -> JobQueue {
+    pub fn new(tx: Sender<J>, idle: Arc<IdleWorkers>) -> JobQueue<J> {
         let looked = Look {
             at: Instant::now(),
             queued: 0,
@@ -66,7 +66,7 @@ impl JobQueue {
     /// # Errors
     /// The job back when the queue is full or closed.
     #[allow(clippy::result_large_err)] // the job comes back by value, as crossbeam gives it
-    pub fn try_send(&self, job: Job) -> Result<(), TrySendError<Job>> {
+    pub fn try_send(&self, job: J) -> Result<(), TrySendError<J>> {
         let Some(tx) = &self.tx else {
             return Err(TrySendError::Disconnected(job));
         };
@@ -77,7 +77,7 @@ impl JobQueue {
 
     /// Called by the acceptor on every turn of its loop: once jobs that
     /// were queued `STALL` ago are still there, the running workers are
-    /// held up (slow clients, a disk), and a worker is woken for each such
+    /// held up (a disk, long copies), and a worker is woken for each such
     /// job. Says how many were woken, and how soon it wants to be called
     /// again while jobs wait.
     pub fn nudge(&mut self, now: Instant) -> (usize, Option<Duration>) {
@@ -109,10 +109,84 @@ impl JobQueue {
     }
 }
 
-impl Drop for JobQueue {
+impl<J> Drop for JobQueue<J> {
     fn drop(&mut self) {
         // The sender goes first, so that every worker woken sees the end.
         drop(self.tx.take());
         self.idle.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::thread;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    type Task = Box<dyn FnOnce() + Send>;
+
+    #[test]
+    fn a_job_the_running_workers_leave_waiting_gets_a_worker_once_stalled() {
+        // One CPU: two running workers are enough, so a third job wakes
+        // nobody; if they stay busy (not waiting on a socket), the nudge
+        // wakes one for it after STALL.
+        let idle = IdleWorkers::new(3, 1);
+        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
+        let mut queue = JobQueue::new(tx, Arc::clone(&idle));
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                let (idler, rx) = (idle.idler(), rx.clone());
+                thread::spawn(move || {
+                    idler.enter();
+                    while let Some(task) = idler.next_job(&rx) {
+                        task();
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + LIMIT;
+        while idle.parked() < 3 {
+            assert!(Instant::now() < deadline, "workers never went idle");
+            thread::sleep(Duration::from_millis(1));
+        }
+        let (started, starts) = mpsc::channel::<u32>();
+        let mut releases = Vec::new();
+        let mut hold = |id: u32| {
+            let (release, released) = mpsc::channel::<()>();
+            let started = started.clone();
+            let task: Task = Box::new(move || {
+                let _ = started.send(id);
+                let _ = released.recv_timeout(LIMIT);
+            });
+            releases.push(release);
+            queue
+                .try_send(task)
+                .map_err(|_| "queue full")
+                .expect("queued");
+        };
+        hold(0);
+        assert_eq!(starts.recv_timeout(LIMIT), Ok(0));
+        hold(1);
+        assert_eq!(starts.recv_timeout(LIMIT), Ok(1));
+        hold(2);
+        assert_eq!(
+            starts.recv_timeout(Duration::from_millis(200)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "the third job woke a worker while two ran"
+        );
+        let now = Instant::now();
+        assert_eq!(queue.nudge(now), (0, Some(STALL)), "first look");
+        assert_eq!(queue.nudge(now + STALL / 2).0, 0, "not stalled yet");
+        assert_eq!(queue.nudge(now + STALL).0, 1, "one worker woken");
+        assert_eq!(starts.recv_timeout(LIMIT), Ok(2), "the third job ran");
+        for release in &releases {
+            let _ = release.send(());
+        }
+        drop(queue);
+        for worker in workers {
+            worker.join().expect("worker ends");
+        }
     }
 }

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::raw::{Exchange, Response, exchange_until_close, read_to_close};
 use crate::support::{
-    Gate, Origin, Proxy, Reply, gated_origin, metric, read_response, read_until_close,
-    scrape_metrics, wait_until,
+    Gate, Origin, Proxy, Reply, gated_origin, read_response, read_until_close, wait_until,
 };
 
 /// Time allowed for anything that is not itself the subject of a test.
@@ -676,9 +675,11 @@ fn client_that_stops_reading_does_not_block_others() {
 
 #[test]
 fn clients_that_stop_reading_do_not_hold_up_queued_requests() {
-    // A queued job wakes no worker while enough are running (two per CPU);
-    // these clients keep that many running workers stuck in a write, and
-    // the jobs behind them must still get a worker.
+    // A queued job wakes no worker while enough are running (two per CPU).
+    // These clients keep that many workers stuck in a write: a worker
+    // blocked on a full socket counts as waiting, not running, so the jobs
+    // behind them still get a worker at once. (Should running workers be
+    // held up otherwise, the acceptor's nudge wakes one: job.rs tests it.)
     let cpus = thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let stuck_count = 2 * cpus;
     let origin = Origin::start(|request| {
@@ -740,9 +741,6 @@ fn clients_that_stop_reading_do_not_hold_up_queued_requests() {
         let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
     }
-    let (_, page) = scrape_metrics(proxy.addr);
-    let late = metric(&page, "fetchproxy_worker_late_wakeups_total").expect("the counter");
-    assert!(late >= 1.0, "no worker was woken late: {late}");
     drop(stuck);
 }
 
