@@ -176,10 +176,9 @@ pub fn host_and_port(uri: &Uri) -> (&str, u16) {
 /// The `Host` header for a request to `uri` (RFC 9112 §3.2.2): its host,
 /// and its port when that is not the scheme's default, as ureq would write
 /// it. Set by the proxy so that ureq does not format it for every request.
-pub fn host_header(uri: &Uri) -> &str {
-    let Some(authority) = uri.authority() else {
-        return "";
-    };
+/// `None` for a URI without an authority.
+pub fn host_header(uri: &Uri) -> Option<&str> {
+    let authority = uri.authority()?;
     let host_port = without_userinfo(authority.as_str());
     let (host, rest) = split_host(host_port);
     let default = match uri.scheme_str() {
@@ -190,8 +189,8 @@ pub fn host_header(uri: &Uri) -> &str {
         .strip_prefix(':')
         .and_then(|port| port.parse::<u16>().ok())
     {
-        Some(port) if port != default => host_port,
-        _ => host,
+        Some(port) if port != default => Some(host_port),
+        _ => Some(host),
     }
 }
 
@@ -419,7 +418,7 @@ mod tests {
             ("http://a:b@c:d@e:83/", "e:83"),
         ] {
             let uri: Uri = text.parse().expect("test URI");
-            assert_eq!(host_header(&uri), host, "{text}");
+            assert_eq!(host_header(&uri), Some(host), "{text}");
         }
     }
 

@@ -149,10 +149,9 @@ fn upstream_request(
     let headers = request.headers_mut().ok_or_else(|| {
         ProxyError::BadRequest(format!("cannot forward {} {}", head.method, head.target))
     })?;
-    headers.insert(
-        http::header::HOST,
-        header_value(upstream::host_header(&origin.uri).as_bytes())?,
-    );
+    if let Some(host) = upstream::host_header(&origin.uri) {
+        headers.insert(http::header::HOST, header_value(host.as_bytes())?);
+    }
     copy_request_headers(head, headers)?;
     if let Some(validators) = validators {
         for name in &CLIENT_VALIDATORS {

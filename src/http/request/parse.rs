@@ -166,10 +166,14 @@ fn owned_head(
         Bytes::copy_from_slice(raw)
     };
     // httparse's names and values borrow from `raw`: where each starts in
-    // it is the distance between the addresses.
+    // it is the distance between the addresses. (One that did not would be
+    // copied on its own.)
     let slice = |part: &[u8]| {
         let start = (part.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
-        shared.slice(start..start + part.len())
+        match start.checked_add(part.len()) {
+            Some(end) if end <= raw.len() => shared.slice(start..end),
+            _ => Bytes::copy_from_slice(part),
+        }
     };
     let mut owned = Vec::with_capacity(headers.len());
     for h in headers {
