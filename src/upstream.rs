@@ -158,10 +158,7 @@ pub fn with_rules<T>(rules: &Arc<Rules>, send: impl FnOnce() -> T) -> T {
 /// Every forwarded request asks several times, and the `http` crate's
 /// generic string searches cost more than the request's cache lookup.
 pub fn host_and_port(uri: &Uri) -> (&str, u16) {
-    let default = match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    };
+    let default = default_port(uri);
     let Some(authority) = uri.authority() else {
         return ("", default);
     };
@@ -181,16 +178,21 @@ pub fn host_header(uri: &Uri) -> Option<&str> {
     let authority = uri.authority()?;
     let host_port = without_userinfo(authority.as_str());
     let (host, rest) = split_host(host_port);
-    let default = match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    };
+    let default = default_port(uri);
     match rest
         .strip_prefix(':')
         .and_then(|port| port.parse::<u16>().ok())
     {
         Some(port) if port != default => Some(host_port),
         _ => Some(host),
+    }
+}
+
+/// The port a URI's scheme implies: 443 for https, 80 otherwise.
+fn default_port(uri: &Uri) -> u16 {
+    match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
     }
 }
 

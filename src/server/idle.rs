@@ -146,15 +146,6 @@ impl IdleWorkers {
         }
     }
 
-    /// Workers parked on the stack now.
-    #[cfg(test)]
-    pub(crate) fn parked(&self) -> usize {
-        self.lock()
-            .iter()
-            .filter(|w| w.idle.load(Ordering::SeqCst))
-            .count()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
         // The stack holds plain handles; a panic cannot leave it half-changed.
         self.stack.lock().unwrap_or_else(PoisonError::into_inner)
@@ -281,7 +272,7 @@ impl Drop for SocketWait {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::mpsc;
     use std::time::Duration;
@@ -308,12 +299,16 @@ mod tests {
         (results, handles)
     }
 
+    /// Workers parked on the stack now.
     fn parked(idle: &IdleWorkers) -> usize {
-        idle.parked()
+        idle.lock()
+            .iter()
+            .filter(|w| w.idle.load(Ordering::SeqCst))
+            .count()
     }
 
     /// Waits until `count` workers are parked on the stack.
-    fn wait_parked(idle: &IdleWorkers, count: usize) {
+    pub(crate) fn wait_parked(idle: &IdleWorkers, count: usize) {
         let deadline = std::time::Instant::now() + LIMIT;
         while parked(idle) < count {
             assert!(
@@ -392,11 +387,11 @@ mod tests {
         }
     }
 
-    type Task = Box<dyn FnOnce() + Send>;
+    pub(crate) type Task = Box<dyn FnOnce() + Send>;
 
     /// Starts `count` workers that run each job (a closure), marking this
     /// thread as a pool worker as the server's workers do.
-    fn task_workers(
+    pub(crate) fn task_workers(
         count: usize,
         idle: &Arc<IdleWorkers>,
         jobs: &Receiver<Task>,

@@ -120,12 +120,10 @@ impl<J> Drop for JobQueue<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::idle::tests::{Task, task_workers, wait_parked};
     use std::sync::mpsc;
-    use std::thread;
 
     const LIMIT: Duration = Duration::from_secs(10);
-
-    type Task = Box<dyn FnOnce() + Send>;
 
     #[test]
     fn a_job_the_running_workers_leave_waiting_gets_a_worker_once_stalled() {
@@ -135,22 +133,8 @@ mod tests {
         let idle = IdleWorkers::new(3, 1);
         let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
         let mut queue = JobQueue::new(tx, Arc::clone(&idle));
-        let workers: Vec<_> = (0..3)
-            .map(|_| {
-                let (idler, rx) = (idle.idler(), rx.clone());
-                thread::spawn(move || {
-                    idler.enter();
-                    while let Some(task) = idler.next_job(&rx) {
-                        task();
-                    }
-                })
-            })
-            .collect();
-        let deadline = Instant::now() + LIMIT;
-        while idle.parked() < 3 {
-            assert!(Instant::now() < deadline, "workers never went idle");
-            thread::sleep(Duration::from_millis(1));
-        }
+        let workers = task_workers(3, &idle, &rx);
+        wait_parked(&idle, 3);
         let (started, starts) = mpsc::channel::<u32>();
         let mut releases = Vec::new();
         let mut hold = |id: u32| {
