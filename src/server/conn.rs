@@ -201,6 +201,13 @@ impl Read for ClientConn {
 }
 
 impl ClientConn {
+    /// Holds back partly filled segments while `on` (`TCP_CORK`); turning
+    /// it off sends what is held. Best effort: a socket that refuses only
+    /// sends smaller segments.
+    pub fn cork(&self, on: bool) {
+        let _ = rustix::net::sockopt::set_tcp_cork(&self.stream, on);
+    }
+
     /// Sends `len` bytes of `file` from `offset` straight to the socket
     /// with `sendfile(2)`, counted: the bytes never pass through this
     /// process. Only for files that are never written again (the disk

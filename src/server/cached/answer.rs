@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::cache::object::{Body, has_body};
+use crate::cache::object::{Body, DiskBody, has_body};
 use crate::cache::reply::{self, Reply};
 use crate::cache::{Follower, Following, Fwd, Outcome, StoredObject};
 use crate::http::body::ChunkedWriter;
@@ -300,31 +300,51 @@ fn write_object(
             }
         }
         Body::Disk(disk) => {
-            let mut parts: Vec<IoSlice<'_>> = head.iter().map(|part| IoSlice::new(part)).collect();
-            if write_all_vectored(conn, &mut parts).is_err() {
-                return Err(0);
-            }
-            if len == 0 {
-                return Ok(0);
-            }
-            // A file gone or cut short is checked again by the next
-            // lookup, which drops it: it does not answer again.
-            let suspect = || disk.file.verified.store(false, Ordering::Release);
-            let Ok(file) = File::open(&disk.file.path) else {
-                log::warn!("cache: cannot read {}", disk.file.path.display());
-                suspect();
-                return Err(0);
-            };
-            match conn.send_file(&file, disk.offset + start, len) {
-                (sent, Ok(())) if sent == len => Ok(len),
-                (sent, Ok(())) => {
-                    log::warn!("cache: {} is cut short", disk.file.path.display());
-                    suspect();
-                    Err(sent)
-                }
-                (sent, Err(_)) => Err(sent),
-            }
+            // Corked, as nginx's `tcp_nopush` does around `sendfile`: the
+            // head and the file's pages leave in full segments, and the
+            // last, short one when it is uncorked. Uncorked, a `sendfile`
+            // cut into odd-sized segments had its tail probed for loss
+            // (TLP) and sent again after most answers over loopback.
+            conn.cork(true);
+            let written = write_from_disk(conn, head, disk, start, len);
+            conn.cork(false);
+            written
         }
+    }
+}
+
+/// Writes `head`, then bytes `start..start + len` of the body in `disk`'s
+/// file, straight from the file; as [`write_object`].
+fn write_from_disk(
+    conn: &mut ClientConn,
+    head: &[&[u8]],
+    disk: &DiskBody,
+    start: u64,
+    len: u64,
+) -> Result<u64, u64> {
+    let mut parts: Vec<IoSlice<'_>> = head.iter().map(|part| IoSlice::new(part)).collect();
+    if write_all_vectored(conn, &mut parts).is_err() {
+        return Err(0);
+    }
+    if len == 0 {
+        return Ok(0);
+    }
+    // A file gone or cut short is checked again by the next lookup, which
+    // drops it: it does not answer again.
+    let suspect = || disk.file.verified.store(false, Ordering::Release);
+    let Ok(file) = File::open(&disk.file.path) else {
+        log::warn!("cache: cannot read {}", disk.file.path.display());
+        suspect();
+        return Err(0);
+    };
+    match conn.send_file(&file, disk.offset + start, len) {
+        (sent, Ok(())) if sent == len => Ok(len),
+        (sent, Ok(())) => {
+            log::warn!("cache: {} is cut short", disk.file.path.display());
+            suspect();
+            Err(sent)
+        }
+        (sent, Err(_)) => Err(sent),
     }
 }
 
