@@ -106,6 +106,37 @@ fn ranges_are_answered_from_a_complete_entry() {
     assert_eq!(origin.requests().len(), 1, "{:?}", origin.requests());
 }
 
+#[test]
+fn a_large_stored_body_is_served_whole_and_in_ranges() {
+    // Over 1 MiB: a hit goes out in several writes (pieces of 512 KiB).
+    let body: Vec<u8> = (0..1_300_000u32).map(|i| (i % 251) as u8).collect();
+    let stored = body.clone();
+    let origin = Origin::start(move |_| Reply::Full {
+        status: 200,
+        headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+        body: stored.clone(),
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/large");
+    let first = get(proxy.addr, &url, &[]);
+    assert_eq!((first.status, first.body.len()), (200, body.len()));
+    let hit = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&hit).contains("; hit"), "{:?}", hit.headers);
+    assert!(
+        hit.body == body,
+        "the hit's {} bytes differ",
+        hit.body.len()
+    );
+    let part = get(proxy.addr, &url, &["-r", "500000-1299999"]);
+    assert_eq!(part.status, 206, "{:?}", part.headers);
+    assert!(
+        part.body == body[500_000..],
+        "the range's {} bytes differ",
+        part.body.len()
+    );
+    assert_eq!(requests_for(&origin, "/large").len(), 1);
+}
+
 /// An origin serving "0123456789" that honours a single `bytes=` range.
 fn range_origin() -> Origin {
     Origin::start(|request| {
