@@ -399,7 +399,7 @@ impl Filler {
 
     fn store_in_memory(&self, head: &Arc<ObjectHead>) -> Arc<StoredObject> {
         // One piece, unless followers read it as it came (then slices of
-        // one block, which a hit writes in one vectored write anyway).
+        // one block, which a hit writes in vectored writes anyway).
         let body = self.fill.chunks().into_boxed_slice();
         let object = Arc::new(StoredObject::new(Arc::clone(head), Body::Memory(body)));
         if let Some(memory) = &self.shared.memory {

@@ -2,7 +2,8 @@
 //! the origin just confirmed, a stale entry standing in for a failed
 //! origin), from another request's fill as it arrives (a follower), the
 //! 504 for `only-if-cached`, and PURGE's. A stored body in memory goes out
-//! with its head in one vectored write of shared buffers, copied nowhere;
+//! with its head in vectored writes of shared buffers (one, up to 576 KiB;
+//! else pieces of 512 KiB), copied nowhere;
 //! a body on disk goes from the file to the socket with `sendfile`.
 //! A body that cannot be sent whole is cut short by closing the connection.
 
