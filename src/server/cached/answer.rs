@@ -3,9 +3,9 @@
 //! origin), from another request's fill as it arrives (a follower), the
 //! 504 for `only-if-cached`, and PURGE's. A stored body in memory goes out
 //! with its head in vectored writes of shared buffers (one, up to 576 KiB;
-//! else pieces of 512 KiB), copied nowhere;
-//! a body on disk goes from the file to the socket with `sendfile`.
-//! A body that cannot be sent whole is cut short by closing the connection.
+//! else pieces of 512 KiB), copied nowhere; a body on disk goes from the
+//! file to the socket with `sendfile`, corked. A body that cannot be sent
+//! whole is cut short by closing the connection.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
