@@ -170,6 +170,54 @@ fn followers_receive_bytes_before_the_fill_completes() {
 }
 
 #[test]
+fn a_body_stored_in_more_pieces_than_one_write_takes_is_served_whole() {
+    // A follower that keeps up with a fill trickling in cuts it at every
+    // piece: the body is then stored in some 1,500 pieces, more than one
+    // `sendmsg` takes (1,024 slices).
+    let body: Vec<u8> = (0..24_000u32).flat_map(u32::to_le_bytes).collect();
+    let origin = Origin::start({
+        let body = body.clone();
+        move |_| Reply::Trickle {
+            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+            body: body.clone(),
+            piece: 64,
+            gap: Duration::from_millis(1),
+        }
+    });
+    let proxy = roomy_proxy();
+    let url = origin.url("/trickle");
+    let leader = thread::spawn({
+        let url = url.clone();
+        move || get(proxy.addr, &url, &[])
+    });
+    assert!(wait_until(LIMIT, || origin.requests().len() == 1));
+    let follower = get(proxy.addr, &url, &[]);
+    assert!(
+        cache_status(&follower).contains("; collapsed"),
+        "{:?}",
+        follower.headers
+    );
+    let leader = leader.join().expect("leader");
+    for (name, reply) in [("leader", &leader), ("follower", &follower)] {
+        assert_eq!((reply.status, reply.exit), (200, 0), "{name}: {reply:?}");
+        assert!(
+            reply.body == body,
+            "{name}: {} bytes differ",
+            reply.body.len()
+        );
+    }
+    let hit = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&hit).contains("; hit"), "{:?}", hit.headers);
+    assert_eq!((hit.status, hit.exit), (200, 0), "{:?}", hit.stderr);
+    assert!(
+        hit.body == body,
+        "the hit's {} bytes differ",
+        hit.body.len()
+    );
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
 fn a_fill_that_fails_mid_body_cuts_its_followers_short_and_stores_nothing() {
     let gate = Gate::new();
     let served = Arc::new(AtomicUsize::new(0));

@@ -44,6 +44,14 @@ pub enum Reply {
         body: Vec<u8>,
         piece: usize,
     },
+    /// A body sent chunked, in pieces of `piece` bytes, each written on its
+    /// own `gap` after the one before.
+    Trickle {
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        piece: usize,
+        gap: Duration,
+    },
     /// Waits `delay` before answering `then`.
     Slow { delay: Duration, then: Box<Reply> },
     /// Declares `declared` bytes, sends `sent` of them, then resets the connection.
@@ -320,6 +328,27 @@ fn write_reply(w: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Re
                     w.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
                     w.write_all(part)?;
                     w.write_all(b"\r\n")?;
+                }
+                w.write_all(b"0\r\n\r\n")?;
+            }
+            Ok(true)
+        }
+        Reply::Trickle {
+            headers,
+            body,
+            piece,
+            gap,
+        } => {
+            let mut out = head(200, headers);
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            w.write_all(&out)?;
+            if !head_only {
+                for part in body.chunks((*piece).max(1)) {
+                    thread::sleep(*gap);
+                    let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+                    chunk.extend_from_slice(part);
+                    chunk.extend_from_slice(b"\r\n");
+                    w.write_all(&chunk)?;
                 }
                 w.write_all(b"0\r\n\r\n")?;
             }
