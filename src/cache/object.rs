@@ -1,8 +1,9 @@
 //! Stored objects: an immutable response head (its HTTP/1.1 bytes built
 //! once, at store time) and a body held in memory as shared `Bytes`, or in
-//! a file of the disk tier. A hit writes `head_block`, an `Age` line, the
-//! proxy's own headers and the body chunks in vectored writes (one for all
-//! but the largest): nothing of the object is copied per hit.
+//! a file of the disk tier. A hit from memory writes `head_block`, an `Age`
+//! line, the proxy's own headers and the body chunks in vectored writes
+//! (one for all but the largest); from disk, the head, then the file with
+//! `sendfile`. Nothing of the object is copied per hit.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
