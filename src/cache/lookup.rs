@@ -5,6 +5,7 @@
 //! `refresh` after a 304 and `fill_alone`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
@@ -391,15 +392,26 @@ impl Cache {
     }
 
     /// A disk object checked for use: small ones are read into memory
-    /// (and kept there), large ones verified once then streamed from disk.
+    /// (and kept there), large ones, and those the memory tier would not
+    /// keep, verified once then streamed from disk.
     fn load_from_disk(&self, object: Arc<StoredObject>) -> Option<Arc<StoredObject>> {
         let disk = self.shared.disk.as_ref()?;
         let memory = self.shared.memory.as_ref()?;
-        if object.head.body_len > self.shared.config.mem_max_object {
-            return disk.verify(&object).then_some(object);
-        }
         let Body::Disk(on_disk) = &object.body else {
             return Some(object);
+        };
+        if object.head.body_len > self.shared.config.mem_max_object
+            || on_disk.file.memory_refused.load(Ordering::Acquire)
+        {
+            return disk.verify(&object).then_some(object);
+        }
+        let in_memory = || {
+            memory.get(object.head.key.as_str()).and_then(|variants| {
+                variants
+                    .iter()
+                    .find(|o| Arc::ptr_eq(&o.head, &object.head))
+                    .cloned()
+            })
         };
         // Concurrent first hits: one reads the file back, the others take
         // the copy it put in memory.
@@ -408,14 +420,8 @@ impl Cache {
             .checking
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let read_meanwhile = memory.get(object.head.key.as_str()).and_then(|variants| {
-            variants
-                .iter()
-                .find(|o| Arc::ptr_eq(&o.head, &object.head))
-                .cloned()
-        });
-        if read_meanwhile.is_some() {
-            return read_meanwhile;
+        if let Some(read_meanwhile) = in_memory() {
+            return Some(read_meanwhile);
         }
         let body = disk.read_whole(&object)?;
         let promoted = Arc::new(StoredObject::new(
@@ -423,6 +429,11 @@ impl Cache {
             Body::Memory(Box::new([body])),
         ));
         memory.put(Arc::clone(&promoted));
+        if in_memory().is_none() {
+            // Too heavy for the tier's budget with its head: reading it
+            // back for every hit would only be thrown away again.
+            on_disk.file.memory_refused.store(true, Ordering::Release);
+        }
         Some(promoted)
     }
 

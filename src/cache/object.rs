@@ -226,6 +226,9 @@ pub struct DiskFile {
     pub checking: Mutex<()>,
     /// The file was found broken and dropped: it is not checked again.
     pub broken: AtomicBool,
+    /// The memory tier would not keep a copy of the body (too heavy for
+    /// it): hits send the file rather than read it back every time.
+    pub memory_refused: AtomicBool,
     /// Set when the disk store closes: files outlive the process then.
     closing: Arc<AtomicBool>,
     /// Set when another `DiskFile` stands for the same path (the loader
@@ -241,6 +244,7 @@ impl DiskFile {
             verified: AtomicBool::new(verified),
             checking: Mutex::new(()),
             broken: AtomicBool::new(false),
+            memory_refused: AtomicBool::new(false),
             closing,
             disowned: AtomicBool::new(false),
         }

@@ -119,6 +119,33 @@ fn a_restart_finds_the_disk_cache_and_serves_it_without_the_origin() {
 }
 
 #[test]
+fn an_object_too_heavy_for_the_memory_tier_is_read_back_once() {
+    // Within the object limit (the 1 MiB budget), but with its head over
+    // the budget: the memory tier cannot keep it, so hits come from disk.
+    const LEN: u64 = 1_048_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::start(|_| fresh_pattern(LEN));
+    let url = origin.url("/heavy");
+    let path = dir.path().to_str().expect("UTF-8 temp path");
+    let proxy = start_loaded(&["--cache-dir", path, "--cache-mem", "1MiB"]);
+    get(proxy.addr, &url, &[]);
+    assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
+    for _ in 0..3 {
+        let hit = get(proxy.addr, &url, &[]);
+        assert!(cache_status(&hit).contains("; hit"), "{hit:?}");
+        assert!(hit.body == pattern(LEN), "the stored body, whole");
+    }
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_disk_verified_total"),
+        Some(1.0),
+        "read back and checked once, not on every hit"
+    );
+    assert_eq!(origin.requests().len(), 1);
+    stop(proxy);
+}
+
+#[test]
 fn concurrent_first_hits_after_a_restart_read_the_file_back_once() {
     const LEN: u64 = 8 << 20;
     const CLIENTS: usize = 8;
