@@ -156,29 +156,49 @@ fn target_uri(target: &str) -> Result<Uri, ProxyError> {
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    check_port(after_host).map_err(|why| bad(&why))?;
-    if host_port.len() == authority.as_str().len() {
-        return Ok(uri);
-    }
-    let host_port = host_port.to_string();
+    let host_port = match check_port(after_host).map_err(|why| bad(&why))? {
+        // `:08080` reaches port 8080: the Host header and the cache key
+        // say 8080 too, as an origin comparing names as text expects.
+        Port::Padded(port) => format!("{host}:{port}"),
+        Port::Plain if host_port.len() == authority.as_str().len() => return Ok(uri),
+        Port::Plain => host_port.to_string(),
+    };
     let mut parts = uri.into_parts();
     parts.authority = Some(host_port.parse().map_err(|_| bad("bad host"))?);
     Uri::from_parts(parts).map_err(|err| bad(&err.to_string()))
 }
 
+/// How a valid port is written.
+enum Port {
+    /// As a number is (or not at all): the authority can stay as it is.
+    Plain,
+    /// With leading zeros, which RFC 3986 allows: this port.
+    Padded(u16),
+}
+
 /// Checks what follows the host in `host[:port]` (see
 /// `upstream::split_host`): the `http` crate reads `:-1` or `:99999` as no
-/// port at all, which would send the request to port 80. An empty port
-/// means the default (RFC 3986 §3.2.3).
-fn check_port(after_host: &str) -> Result<(), String> {
+/// port at all, which would send the request to port 80, and takes text
+/// after an IPv6 literal (`[::1]x:81`) with its port unread. An empty
+/// port means the default (RFC 3986 §3.2.3).
+fn check_port(after_host: &str) -> Result<Port, String> {
     let Some(port) = after_host.strip_prefix(':') else {
-        return Ok(());
+        return match after_host {
+            "" => Ok(Port::Plain),
+            text => Err(format!("{text:?} follows the host")),
+        };
     };
     if port.is_empty() {
-        return Ok(());
+        return Ok(Port::Plain);
     }
     match port.parse::<u16>() {
-        Ok(n) if n > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        Ok(n) if n > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(if port.starts_with('0') {
+                Port::Padded(n)
+            } else {
+                Port::Plain
+            })
+        }
         _ => Err(format!("port {port:?} is not a number from 1 to 65535")),
     }
 }

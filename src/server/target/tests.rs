@@ -83,6 +83,8 @@ fn issue_11_bad_ports_are_400_not_a_connection_to_port_80() {
         "http://host:0/",
         "http://host:8o/",
         "http://[::1]:70000/",
+        "http://[::1]x:8081/",
+        "http://[::1]:8081x/",
     ] {
         let err = route(&format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n")).expect_err(url);
         assert_eq!(
@@ -90,6 +92,31 @@ fn issue_11_bad_ports_are_400_not_a_connection_to_port_80() {
             (400, "http_request_error"),
             "{url}"
         );
+    }
+}
+
+#[test]
+fn a_port_with_leading_zeros_is_forwarded_as_its_number() {
+    for (url, authority) in [
+        ("http://h:08080/x", "h:8080"),
+        ("http://u@h:0008080/x", "h:8080"),
+        ("http://[::1]:08081/x", "[::1]:8081"),
+        ("http://h:080/x", "h:80"),
+    ] {
+        match route(&format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n")) {
+            Ok(Route::Forward(origin)) => {
+                let uri = &origin.uri;
+                assert_eq!(
+                    uri.authority().map(|a| a.as_str()),
+                    Some(authority),
+                    "{url}"
+                );
+                assert_eq!(uri.path(), "/x", "{url}");
+                let host = upstream::host_header(uri);
+                assert_eq!(host, Some(authority.trim_end_matches(":80")), "{url}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
     }
 }
 
