@@ -271,8 +271,15 @@ impl Write for ClientConn {
         ) {
             Ok(n) => n,
             Err(Errno::AGAIN) => {
+                // Blocking now, up to the socket's send timeout (then
+                // `WouldBlock`), and still without SIGPIPE.
                 let _waiting = idle::waiting();
-                self.stream.write_vectored(bufs)?
+                rustix::net::sendmsg(
+                    &self.stream,
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::NOSIGNAL,
+                )?
             }
             Err(errno) => return Err(errno.into()),
         };
