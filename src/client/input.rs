@@ -228,10 +228,16 @@ impl<R: BufRead> Iterator for Lines<R> {
             self.line += 1;
             let place = Place::Line(self.line);
             let parsed = match raw {
-                Raw::Text(bytes) => match String::from_utf8(bytes) {
-                    Ok(text) => parse_line(&text),
-                    Err(_) => Err(BadLine::NotUtf8),
-                },
+                Raw::Text(mut bytes) => {
+                    if self.line == 1 && bytes.starts_with(BOM) {
+                        // Windows editors and PowerShell start a file with one.
+                        bytes.drain(..BOM.len());
+                    }
+                    match String::from_utf8(bytes) {
+                        Ok(text) => parse_line(&text),
+                        Err(_) => Err(BadLine::NotUtf8),
+                    }
+                }
                 Raw::TooLong(len) => Err(BadLine::TooLong {
                     len,
                     limit: MAX_URL_BYTES,
@@ -246,6 +252,9 @@ impl<R: BufRead> Iterator for Lines<R> {
         None
     }
 }
+
+/// The UTF-8 byte order mark, dropped from the start of an input file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 enum Raw {
     Text(Vec<u8>),
@@ -360,6 +369,16 @@ mod tests {
         assert!(parse_line(&url).expect("fits").is_some());
         let over = format!("{url}x");
         assert!(matches!(parse_line(&over), Err(BadLine::TooLong { .. })));
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_dropped() {
+        let items = read_all(b"\xEF\xBB\xBFhttp://a.test/1\r\nhttp://a.test/2\r\n");
+        let urls: Vec<String> = items
+            .into_iter()
+            .map(|item| item.expect("a URL").url.to_string())
+            .collect();
+        assert_eq!(urls, ["http://a.test/1", "http://a.test/2"]);
     }
 
     #[test]
