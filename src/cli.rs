@@ -212,7 +212,7 @@ pub struct FetchArgs {
     /// Directory to save files and manifest.jsonl into (created if missing).
     #[arg(long, short = 'o', value_name = "DIR", default_value = ".")]
     pub out_dir: PathBuf,
-    /// URLs fetched at the same time.
+    /// URLs fetched at the same time (1 to 1024).
     #[arg(long, short = 'c', value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
     /// Retries for connection failures and 503 answers (a move to the next
@@ -266,7 +266,8 @@ pub struct CompletionsArgs {
 /// `fetchproxy manpage [--out-dir DIR]`.
 #[derive(Debug, Args)]
 pub struct ManpageArgs {
-    /// Write fetchproxy.1 and fetchproxy-SUBCOMMAND.1 into DIR instead.
+    /// Write fetchproxy.1 and fetchproxy-SUBCOMMAND.1 into DIR instead
+    /// (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
 }

@@ -49,6 +49,10 @@ use request::RequestOptions;
 use save::{Names, Scratch};
 pub use start::UsageError;
 
+/// Most URLs fetched at the same time: each is a thread with a connection
+/// to each proxy.
+pub const MAX_CONCURRENCY: usize = 1024;
+
 /// Runs `fetch`; returns the exit code (0 all fetched or skipped, 1 some
 /// URL or input line failed, 2 usage error, 130/143 stopped by a signal).
 pub fn run(args: FetchArgs) -> u8 {
@@ -64,6 +68,14 @@ pub fn run(args: FetchArgs) -> u8 {
 fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
     if args.concurrency == 0 {
         return Err(UsageError::NoConcurrency);
+    }
+    if args.concurrency > MAX_CONCURRENCY {
+        return Err(UsageError::TooMuchConcurrency(args.concurrency));
+    }
+    if let Some(path) = &args.input
+        && path.is_dir()
+    {
+        return Err(UsageError::InputIsDirectory(path.clone()));
     }
     let to_stdout = args.writes_to_stdout();
     if to_stdout && args.urls.len() != 1 {
@@ -133,11 +145,16 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
         recorded.into_iter().map(|e| (e.url.clone(), e)).collect();
 
     let scratch = Arc::new(Scratch::new(&out_dir));
-    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(args.concurrency * 2);
+    // URLs given as arguments need no more workers than there are URLs.
+    let concurrency = match (&args.input, args.urls.len()) {
+        (None, given) if given > 0 => args.concurrency.min(given),
+        _ => args.concurrency,
+    };
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(concurrency * 2);
     let (event_tx, event_rx) = crossbeam_channel::bounded::<Event>(4096);
     let (fed_tx, fed_rx) = crossbeam_channel::bounded::<Fed>(1024);
     let workers = batch::spawn_workers(
-        args.concurrency,
+        concurrency,
         Arc::new(settings),
         scratch.clone(),
         &job_rx,

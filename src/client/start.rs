@@ -23,6 +23,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum UsageError {
     #[error("--concurrency must be at least 1")]
     NoConcurrency,
+    #[error("--concurrency {0} is more than {max} URLs at a time", max = crate::client::MAX_CONCURRENCY)]
+    TooMuchConcurrency(usize),
+    #[error("--input {}: is a directory; give a file of URLs, one a line", .0.display())]
+    InputIsDirectory(PathBuf),
     #[error(transparent)]
     Proxy(#[from] ProxyArgError),
     #[error("{}", no_proxy_text(.down, *.default))]

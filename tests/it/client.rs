@@ -501,6 +501,46 @@ fn exit_codes_are_0_1_and_2() {
         missing_input.starts_with("fetchproxy: --input /nonexistent/urls.txt"),
         "{missing_input}"
     );
+
+    let many = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &["--concurrency", "100000", &origin.url("/")],
+        None,
+    );
+    assert_eq!(many.code, Some(2), "{}", many.stderr);
+    assert!(
+        many.stderr
+            .contains("--concurrency 100000 is more than 1024"),
+        "{}",
+        many.stderr
+    );
+
+    let out = dir.path().join("not-made");
+    let input_dir = dir.path().to_str().expect("utf-8");
+    let directory = run_fetch(proxy.addr, &out, &["--input", input_dir], None);
+    assert_eq!(directory.code, Some(2), "{}", directory.stderr);
+    assert!(
+        directory.stderr.contains("is a directory"),
+        "{}",
+        directory.stderr
+    );
+    assert!(!out.exists(), "nothing made for a usage error");
+}
+
+#[test]
+fn a_url_file_written_with_a_byte_order_mark_is_read_from_its_first_line() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("urls.txt");
+    let text = format!("\u{feff}{}\r\n{}\r\n", origin.url("/"), origin.url("/data"));
+    std::fs::write(&input, text).expect("write");
+    let out = dir.path().join("out");
+    let input_arg = input.to_str().expect("utf-8");
+    let ran = run_fetch(proxy.addr, &out, &["--input", input_arg], None);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(manifest(&out).len(), 2, "{}", ran.stderr);
 }
 
 #[test]
