@@ -209,8 +209,9 @@ impl Progress {
         }
         match (&self.bar, self.mode) {
             (Some(bar), _) => {
-                self.redraw();
+                // Counted first: the frame the message draws shows it done.
                 bar.inc(1);
+                self.redraw();
             }
             (None, Mode::Lines) => self.say(line),
             _ => {}
@@ -234,11 +235,11 @@ impl Progress {
         }
         match &self.bar {
             Some(bar) => {
-                self.redraw();
-                above(bar, line);
                 if counts_as_url {
                     bar.inc(1);
                 }
+                self.redraw();
+                above(bar, line);
             }
             None => self.say(line),
         }
