@@ -35,7 +35,8 @@ impl Sink for StdoutSink {
 }
 
 /// Fetches `url` (the one URL argument) to standard output; returns the
-/// exit code: 0 fetched, 1 failed or not a URL.
+/// exit code: 0 fetched (or its reader closed the pipe early), 1 failed or
+/// not a URL.
 pub fn run(url: String, settings: &Settings) -> u8 {
     let found = match input::from_args(vec![url]).next() {
         Some(Ok(found)) => found,
@@ -61,6 +62,9 @@ pub fn run(url: String, settings: &Settings) -> u8 {
     let (result, _) = fetch::fetch(&mut conns, &found.url, settings, &mut sink, &mut report);
     match result {
         Ok(()) => 0,
+        // The reader took what it wanted and left (`| head`), as with any
+        // filter: not a failure of the fetch.
+        Err(FetchError::Http(HttpError::Save(err))) if err.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(FetchError::Http(HttpError::Save(err))) => {
             eprintln!(
                 "failed {}: cannot write to standard output: {err}",

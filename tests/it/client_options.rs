@@ -198,6 +198,38 @@ fn stdout_writes_the_body_and_nothing_else() {
 }
 
 #[test]
+fn stdout_read_in_part_by_a_reader_that_leaves_is_no_failure() {
+    // `fetchproxy fetch --stdout URL | head -c 10`: the reader closes the
+    // pipe long before the 8 MiB body is written.
+    let origin = Origin::start(|_| Reply::Huge { len: 8 << 20 });
+    let proxy = Proxy::start();
+    let addr = proxy.addr.to_string();
+    let url = origin.url("/big");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
+        .args([
+            "fetch",
+            "--timeout",
+            "30s",
+            "--proxy",
+            &addr,
+            "--stdout",
+            &url,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fetchproxy fetch");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("the first bytes");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait for fetchproxy fetch");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
 fn stdout_takes_exactly_one_url() {
     let origin = site();
     let proxy = Proxy::start();
