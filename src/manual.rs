@@ -31,10 +31,11 @@ pub fn manpage(out: &mut dyn Write) -> io::Result<()> {
 }
 
 /// Writes `fetchproxy.1` and one `fetchproxy-SUBCOMMAND.1` per subcommand
-/// into `dir`, which must exist.
+/// into `dir`, created if missing (as `fetch --out-dir` is).
 ///
 /// # Errors
-/// The OS error creating a file.
+/// The OS error creating the directory or a file.
 pub fn manpages_to(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     clap_mangen::generate_to(Cli::command(), dir)
 }

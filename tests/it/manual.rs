@@ -105,9 +105,24 @@ fn man_pages_are_generated_from_the_flags() {
         assert!(fetch.contains(flag), "{flag} not in fetchproxy-fetch.1");
     }
 
+    // A directory that is not there yet is made, as `fetch --out-dir` does.
     let missing = dir.path().join("no/such/dir");
     let out = run_binary_within(
         &["manpage", "--out-dir", missing.to_str().expect("utf-8")],
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(missing.join("fetchproxy.1").is_file());
+
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").expect("write");
+    let under_a_file = file.join("sub");
+    let out = run_binary_within(
+        &[
+            "manpage",
+            "--out-dir",
+            under_a_file.to_str().expect("utf-8"),
+        ],
         LIMIT,
     );
     assert_eq!(out.status.code(), Some(2));
