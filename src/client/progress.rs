@@ -295,6 +295,10 @@ fn above(bar: &ProgressBar, line: &str) {
 
 /// The one-line summary: `fetched 12, skipped 3, failed 1, 4.20 MiB in 1.3s`.
 pub fn summary(tally: &Tally, elapsed: Duration, interrupted: bool) -> String {
+    if tally.done() == 0 && tally.bad_lines == 0 && !interrupted {
+        // A batch run from cron with an empty URL list should say so.
+        return "no URLs to fetch: the input held none".to_string();
+    }
     let mut line = format!(
         "fetched {}, skipped {}, failed {}",
         tally.fetched, tally.skipped, tally.failed
@@ -324,6 +328,12 @@ fn shorten(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_without_urls_says_so() {
+        let line = summary(&Tally::default(), Duration::from_millis(3), false);
+        assert_eq!(line, "no URLs to fetch: the input held none");
+    }
 
     #[test]
     fn summary_names_every_count() {
