@@ -26,6 +26,10 @@ pub enum KeyError {
     /// Only http and https responses are cached.
     #[error("scheme {0:?} is not cached")]
     Scheme(String),
+    /// Normalising changed the path or query, which go to the origin as
+    /// written: an answer to one cannot stand for the other.
+    #[error("{0:?} names its path or query in a form the key would rewrite")]
+    Rewritten(String),
 }
 
 /// Ends the key of a URL's stored parts: a normalised URL never has a
@@ -86,6 +90,33 @@ impl CacheKey {
         let _ = url.set_username("");
         let _ = url.set_password(None);
         Ok(CacheKey::of(url.as_str()))
+    }
+
+    /// The key a request is answered and stored under: as
+    /// [`CacheKey::from_target`], but only when normalising left its path
+    /// and query as they go to the origin, since the origin answers what it
+    /// was asked. `/a/%2e%2e/b` would otherwise be stored as `/b`, and a
+    /// query's `'` as `%27`: a client could put its own answer under
+    /// another URL. Scheme and host case, a default port, userinfo and a
+    /// fragment may differ (the origin never sees them differently).
+    ///
+    /// # Errors
+    /// As `from_target`, and `Rewritten` when the path or query would be.
+    pub fn exact(target: &str) -> Result<CacheKey, KeyError> {
+        if normal::is_normal(target) {
+            return Ok(CacheKey::of(target));
+        }
+        let key = CacheKey::from_target(target)?;
+        let raw = raw_path_and_query(target);
+        let kept = match raw.as_bytes().first() {
+            Some(b'/') => path_and_query(key.resource()) == raw,
+            // An empty path is `/` (RFC 9110 §4.2.3).
+            _ => path_and_query(key.resource()).strip_prefix('/') == Some(raw),
+        };
+        if !kept {
+            return Err(KeyError::Rewritten(target.to_string()));
+        }
+        Ok(key)
     }
 
     /// The key of a URL already normalised.
@@ -343,10 +374,63 @@ fn request_value(request: &RequestHead, name: &str) -> Option<Vec<u8>> {
     Some(items.join(&b", "[..]))
 }
 
+/// The path and query of an absolute URL as written: from the end of its
+/// authority (the first `/`, `?` or `#` after `://`) to its fragment.
+fn raw_path_and_query(target: &str) -> &str {
+    let rest = target.split_once("://").map_or(target, |(_, rest)| rest);
+    let tail = &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..];
+    &tail[..tail.find('#').unwrap_or(tail.len())]
+}
+
+/// The path and query of a normalised URL (which has a path).
+fn path_and_query(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    &rest[rest.find('/').unwrap_or(rest.len())..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cache::testing::request;
+
+    #[test]
+    fn a_request_is_keyed_only_as_it_goes_to_the_origin() {
+        for (target, key) in [
+            ("http://Example.COM/a/b?x=1", "http://example.com/a/b?x=1"),
+            (
+                "HTTP://example.com:80/a/b?x=1",
+                "http://example.com/a/b?x=1",
+            ),
+            (
+                "http://user:pw@example.com/a?x=1#frag",
+                "http://example.com/a?x=1",
+            ),
+            ("http://example.com", "http://example.com/"),
+            ("http://example.com?x=1", "http://example.com/?x=1"),
+            (
+                "http://example.com/a%20b?q=%41",
+                "http://example.com/a%20b?q=%41",
+            ),
+        ] {
+            let exact = CacheKey::exact(target).expect(target);
+            assert_eq!(exact.as_str(), key, "{target}");
+        }
+        for target in [
+            "http://example.com/evil/%2e%2e/target",
+            "http://example.com/a/./b",
+            "http://example.com/a/../b",
+            "http://example.com/q?x='",
+            "http://example.com/a b",
+        ] {
+            assert_eq!(
+                CacheKey::exact(target),
+                Err(KeyError::Rewritten(target.to_string())),
+                "{target}"
+            );
+            // Invalidation and PURGE still find the normalised URL.
+            assert!(CacheKey::from_target(target).is_ok(), "{target}");
+        }
+    }
 
     #[test]
     fn urls_naming_one_resource_share_a_key() {

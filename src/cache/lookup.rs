@@ -44,7 +44,8 @@ pub enum Bypass {
     Off,
     /// Not GET or HEAD (unsafe methods invalidate after their response).
     Method,
-    /// The target is not an http(s) URL the cache can key.
+    /// The target is not an http(s) URL the cache can key, or its path or
+    /// query is not written as its key would be (see `CacheKey::exact`).
     Target,
     /// A GET or HEAD with a body: it can be sent upstream only once, and
     /// an answer from the cache may need a second request (a 304 that
@@ -226,7 +227,7 @@ impl Cache {
         ) {
             return Lookup::Bypass(Bypass::Body);
         }
-        let Ok(key) = CacheKey::from_target(&head.target) else {
+        let Ok(key) = CacheKey::exact(&head.target) else {
             return Lookup::Bypass(Bypass::Target);
         };
         let only_if_cached = has_directive(head, "only-if-cached");

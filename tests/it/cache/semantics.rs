@@ -43,9 +43,47 @@ fn a_url_spelt_differently_is_the_same_entry() {
     let proxy = Proxy::start();
     let port = origin.addr.port();
     get(proxy.addr, &format!("http://127.0.0.1:{port}/a/b"), &[]);
-    let other = get(proxy.addr, &format!("HTTP://127.0.0.1:{port}/a/./b"), &[]);
+    let other = get(proxy.addr, &format!("HTTP://127.0.0.1:{port}/a/b"), &[]);
     assert!(cache_status(&other).contains("; hit"), "{other:?}");
     assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn a_path_the_key_would_rewrite_is_neither_answered_nor_stored_under_it() {
+    // The origin answers what it is asked, as written: `/evil/%2e%2e/b`
+    // is not `/b` to it, nor `?x='` `?x=%27`.
+    let origin = Origin::start(|request| {
+        reply_with(
+            &format!("for {}", request.target),
+            &[("Cache-Control", "max-age=3600")],
+        )
+    });
+    let proxy = Proxy::start();
+    for (crafted, plain) in [
+        ("/evil/%2e%2e/b", "/b"),
+        ("/q?x='", "/q?x=%27"),
+        ("/a/./c", "/a/c"),
+    ] {
+        // curl resolves `./` itself unless told not to.
+        let first = get(proxy.addr, &origin.url(crafted), &["--path-as-is"]);
+        assert_eq!(first.text(), format!("for {crafted}"));
+        assert!(cache_status(&first).contains("fwd=bypass"), "{first:?}");
+        let real = get(proxy.addr, &origin.url(plain), &[]);
+        assert_eq!(
+            real.text(),
+            format!("for {plain}"),
+            "not the crafted answer"
+        );
+        let again = get(proxy.addr, &origin.url(plain), &[]);
+        assert!(cache_status(&again).contains("; hit"), "{again:?}");
+        assert_eq!(again.text(), format!("for {plain}"));
+        let crafted_again = get(proxy.addr, &origin.url(crafted), &["--path-as-is"]);
+        assert_eq!(
+            crafted_again.text(),
+            format!("for {crafted}"),
+            "not the plain answer"
+        );
+    }
 }
 
 #[test]
