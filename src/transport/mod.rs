@@ -119,6 +119,7 @@ impl<In: Transport> Connector<In> for OriginConnector {
             read_timeout: None,
             write_timeout: None,
             used: true,
+            answered: 0,
         })))
     }
 }
@@ -153,6 +154,9 @@ pub struct OriginTransport {
     /// It carried a request since it was last asked whether it is open:
     /// the asking is ureq putting it back in the pool.
     used: bool,
+    /// Bytes received since a request was last sent on it: some of an
+    /// answer has come.
+    answered: u64,
 }
 
 /// The timeout to set for one operation; an exhausted budget is a timeout error.
@@ -183,6 +187,7 @@ impl Transport for OriginTransport {
             self.write_timeout = limit;
         }
         self.used = true;
+        self.answered = 0;
         let output = &self.buffers.output()[..amount];
         self.stream
             .write_all(output)
@@ -203,9 +208,19 @@ impl Transport for OriginTransport {
                 // A signal: the socket timeout restarts, which only lengthens
                 // the wait by the time already spent; acceptable for a proxy.
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                // ureq takes a reset for the end of a body that runs to the
+                // close, as it takes a FIN: one cut short would look whole,
+                // and be stored. A reset before any answer stays one (the
+                // pooled connection the origin had closed: retried).
+                Err(err) if err.kind() == io::ErrorKind::ConnectionReset && self.answered > 0 => {
+                    return Err(Error::Io(io::Error::other(
+                        "the origin reset the connection in the middle of its answer",
+                    )));
+                }
                 result => break result.map_err(|err| timeout_error(err, timeout))?,
             }
         };
+        self.answered += amount as u64;
         self.buffers.input_appended(amount);
         ATTEMPT.with(|a| {
             a.set(Attempt {
@@ -251,6 +266,7 @@ mod tests {
             read_timeout: None,
             write_timeout: None,
             used: false,
+            answered: 0,
         };
         (transport, server)
     }

@@ -218,6 +218,36 @@ fn a_body_stored_in_more_pieces_than_one_write_takes_is_served_whole() {
 }
 
 #[test]
+fn a_body_to_the_close_cut_by_a_reset_is_cut_short_and_not_stored() {
+    // No length: the body ends when the connection does. A reset is no
+    // end, whatever ureq makes of it.
+    let origin = Origin::start(|_| Reply::ResetUntilClose {
+        headers: vec![("Cache-Control".into(), "max-age=600".into())],
+        sent: b"first-part".to_vec(),
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/reset");
+    let mut client = send_get(proxy.addr, &url);
+    let (head, mut body) = read_some(&mut client, 0);
+    body.extend(read_rest(&mut client));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert!(body.starts_with(b"a\r\nfirst-part\r\n"), "{body:?}");
+    assert!(
+        !body.ends_with(b"0\r\n\r\n"),
+        "a cut body must not end with the last chunk: {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    let again = get(proxy.addr, &url, &[]);
+    assert!(!cache_status(&again).contains("; hit"), "{again:?}");
+    assert_eq!(origin.requests().len(), 2, "nothing was stored");
+}
+
+#[test]
 fn a_fill_that_fails_mid_body_cuts_its_followers_short_and_stores_nothing() {
     let gate = Gate::new();
     let served = Arc::new(AtomicUsize::new(0));

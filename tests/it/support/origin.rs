@@ -56,6 +56,12 @@ pub enum Reply {
     Slow { delay: Duration, then: Box<Reply> },
     /// Declares `declared` bytes, sends `sent` of them, then resets the connection.
     ResetMidBody { declared: u64, sent: u64 },
+    /// A 200 with `headers` and no length (its body runs to the close):
+    /// `sent`, then a TCP reset (RST, not FIN) instead of the end.
+    ResetUntilClose {
+        headers: Vec<(String, String)>,
+        sent: Vec<u8>,
+    },
     /// `len` bytes of a repeating pattern with Content-Length, generated while sent.
     Huge { len: u64 },
     /// Endless chunked body of a repeating pattern (until the peer goes away).
@@ -209,6 +215,7 @@ fn serve_connection(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Origin
         return;
     };
     let mut reader = BufReader::new(stream);
+    let mut reset = false;
     while let Some(request) = read_request(&mut reader) {
         if let Ok(mut log) = log.lock() {
             log.push(request.clone());
@@ -217,12 +224,17 @@ fn serve_connection(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Origin
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let head_only = request.method == "HEAD";
-        match write_reply(&mut writer, &handler(&request), head_only) {
+        let reply = handler(&request);
+        reset = matches!(reply, Reply::ResetUntilClose { .. });
+        match write_reply(&mut writer, &reply, head_only) {
             Ok(true) if !close => continue,
             _ => break,
         }
     }
-    let _ = writer.shutdown(Shutdown::Both);
+    if !reset {
+        let _ = writer.shutdown(Shutdown::Both);
+    }
+    // A reset is sent as the last descriptor closes (zero linger).
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<OriginRequest> {
@@ -370,6 +382,17 @@ fn write_reply(w: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Re
             thread::sleep(Duration::from_millis(50));
             // Abort: the proxy sees the connection end before the declared length.
             w.shutdown(Shutdown::Both)?;
+            Ok(false)
+        }
+        Reply::ResetUntilClose { headers, sent } => {
+            let mut out = head(200, headers);
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(sent);
+            w.write_all(&out)?;
+            w.flush()?;
+            thread::sleep(Duration::from_millis(50));
+            // Closed with a zero linger: the kernel sends a reset.
+            rustix::net::sockopt::set_socket_linger(&*w, Some(Duration::ZERO))?;
             Ok(false)
         }
         Reply::Huge { len } => {
