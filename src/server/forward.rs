@@ -95,6 +95,7 @@ pub fn fetch(
     let first = request()?;
     answer_expectation(conn, head, framing)?;
     let (response, body_read) = send(conn, first, &request, framing, authority, rules, ctx)?;
+    check_response(&response)?;
     Ok(Upstream {
         response,
         body_read,
@@ -128,8 +129,43 @@ pub fn fetch_detached(
     )?;
     transport::begin_attempt(head_bytes(&request));
     let call = http::Request::from_parts(request, ());
-    upstream::with_rules(rules, || agent.run(call.map(|()| SendBody::none())))
-        .map_err(|err| upstream::map_error(err, authority))
+    let response = upstream::with_rules(rules, || agent.run(call.map(|()| SendBody::none())))
+        .map_err(|err| upstream::map_error(err, authority))?;
+    check_response(&response)?;
+    Ok(response)
+}
+
+/// Refuses a response the proxy cannot pass on as it came: a switch of
+/// protocols it never asked for (it sends no `Upgrade`, a hop-by-hop
+/// field), and a transfer coding other than chunked, which would reach the
+/// client with the coding dropped and the bytes still coded (RFC 9112
+/// §6.1). Both are 502 `http_protocol_error`.
+fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::UpstreamProtocol(
+            "the origin switched protocols (101), which was not asked for".into(),
+        ));
+    }
+    let codings = response.headers().get_all(http::header::TRANSFER_ENCODING);
+    let mut each = codings.iter();
+    let only_chunked = match (each.next(), each.next()) {
+        (None, _) => true,
+        (Some(value), None) => value
+            .to_str()
+            .is_ok_and(|coding| coding.trim().eq_ignore_ascii_case("chunked")),
+        (Some(_), Some(_)) => false,
+    };
+    if !only_chunked {
+        let all: Vec<String> = codings
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect();
+        return Err(ProxyError::UpstreamProtocol(format!(
+            "transfer coding {:?} is not supported, only chunked",
+            all.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The request sent upstream: the client's method and end-to-end headers

@@ -1245,6 +1245,36 @@ fn a_malformed_upstream_reply_is_502() {
 }
 
 #[test]
+fn a_switch_of_protocols_nobody_asked_for_is_502() {
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxyz"
+                .to_vec(),
+        )
+    });
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/upgrade"), &[]);
+    assert_curl_error("GET /upgrade", &reply, 502, "http_protocol_error");
+}
+
+#[test]
+fn a_transfer_coding_other_than_chunked_is_502_and_not_stored() {
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+    });
+    let proxy = Proxy::start();
+    for _ in 0..2 {
+        let reply = curl(proxy.addr, &origin.url("/coded"), &[]);
+        assert_curl_error("GET /coded", &reply, 502, "http_protocol_error");
+        assert!(reply.text().contains("gzip"), "{}", reply.text());
+    }
+    assert_eq!(origin.requests().len(), 2, "nothing stored");
+}
+
+#[test]
 fn an_upstream_reset_mid_body_is_never_made_to_look_complete() {
     let origin = Origin::start(|_| Reply::ResetMidBody {
         declared: 100_000,
