@@ -47,6 +47,9 @@ pub struct ClientConn {
     local_known: bool,
     /// Bytes written to the client so far (through `Write`).
     sent: u64,
+    /// The answer was cut where the client cannot see it: it ends with a
+    /// reset (see [`ClientConn::end_with_reset`]).
+    cut: bool,
 }
 
 impl ClientConn {
@@ -68,6 +71,7 @@ impl ClientConn {
             local: listener,
             local_known: !listener.ip().is_unspecified(),
             sent: 0,
+            cut: false,
         }
     }
 
@@ -206,6 +210,20 @@ impl Read for ClientConn {
 }
 
 impl ClientConn {
+    /// Makes closing this connection send a reset instead of a FIN: a body
+    /// that runs to the close (an HTTP/1.0 client's) and was cut short
+    /// would otherwise end as a complete one does.
+    pub fn end_with_reset(&mut self) {
+        self.cut = true;
+        let _ = rustix::net::sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO));
+    }
+
+    /// Whether the connection is to end with a reset, at once, rather than
+    /// linger: see [`ClientConn::end_with_reset`].
+    pub fn ends_with_reset(&self) -> bool {
+        self.cut
+    }
+
     /// Holds back partly filled segments while `on` (`TCP_CORK`); turning
     /// it off sends what is held. Best effort: a socket that refuses only
     /// sends smaller segments.

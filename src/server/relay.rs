@@ -74,7 +74,7 @@ pub fn relay_response<R: Read>(
         _ => finish::persistence(head, body_read, limits.draining),
     };
     let out = response_head(&parts, framing, limits, request_id, persistence);
-    let mut client = HeadFirst::new(out, conn);
+    let mut client = HeadFirst::new(out, &mut *conn);
     let mut reader = body.reader;
     let limit = limits.max_body_bytes.unwrap_or(u64::MAX);
     let copied = match framing {
@@ -103,6 +103,7 @@ pub fn relay_response<R: Read>(
         }
     };
     let flushed = client.flush();
+    drop(client);
     let mut served = Served {
         status: parts.status.as_u16(),
         bytes: 0,
@@ -113,7 +114,11 @@ pub fn relay_response<R: Read>(
     match copied {
         Ok(n) => served.bytes = n,
         Err(CopyFailure { sent, failure }) => {
-            // Closing now is what tells the client the body is incomplete.
+            // Closing now is what tells the client the body is incomplete;
+            // where the body runs to the close, only a reset does.
+            if framing == BodyFraming::UntilClose && failure.is_some() {
+                conn.end_with_reset();
+            }
             served.bytes = sent;
             served.reusable = false;
             served.error =

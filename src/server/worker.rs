@@ -197,6 +197,10 @@ fn serve_one(
     if served.reusable && !ctx.shutdown.is_draining() {
         return Some(conn);
     }
+    if conn.ends_with_reset() {
+        // Dropped now: the reset is the message.
+        return None;
+    }
     if served.error.is_some() || has_body(&head) {
         // Input may be left unread: drain it for a moment before closing.
         ctx.handback.linger(conn);

@@ -1305,6 +1305,30 @@ fn an_upstream_reset_mid_body_is_never_made_to_look_complete() {
 }
 
 #[test]
+fn an_http10_client_of_a_body_cut_short_gets_a_reset_not_an_end() {
+    // An HTTP/1.0 client's body runs to the close: a FIN would say "all
+    // of it", so a cut body ends with a reset.
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nonly part"
+                .to_vec(),
+        )
+    });
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let request = format!("GET {} HTTP/1.0\r\n\r\n", origin.url("/cut10"));
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut got = Vec::new();
+    let ended = stream.read_to_end(&mut got);
+    assert!(
+        matches!(&ended, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "{ended:?} after {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
 fn a_chunked_upstream_cut_mid_body_gets_no_final_chunk() {
     let origin = Origin::start(|_| {
         Reply::Raw(
