@@ -94,7 +94,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub connect_timeout: Option<Duration>,
-    /// Time for the origin's response head, and the longest silence in its body.
+    /// The longest silence of the origin: each read of its response head and
+    /// body, and each write of the request, must progress within it (as
+    /// nginx's proxy_read_timeout).
     #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub upstream_timeout: Option<Duration>,
