@@ -36,9 +36,12 @@ pub enum ProxyError {
     /// An origin-form target that is not one of the proxy's own endpoints.
     #[error("{0} is not a proxy endpoint; send an absolute URL (GET http://host/path)")]
     NotProxyEndpoint(String),
-    /// The request head grew past `max_header_bytes` (or had too many header lines).
+    /// The request head grew past `max_header_bytes`.
     #[error("request head over {limit} bytes")]
     HeadTooLarge { limit: usize },
+    /// The request head has more header lines than are parsed.
+    #[error("request head with more than {limit} header lines")]
+    TooManyHeaderLines { limit: usize },
     /// The request target is longer than `max_url_bytes`.
     #[error("request target over {limit} bytes")]
     UrlTooLong { limit: usize },
@@ -215,7 +218,7 @@ impl ProxyError {
             HeadTimeout(_) => (408, "http_request_error"),
             BodyTooLarge { .. } => (413, "http_request_error"),
             UrlTooLong { .. } => (414, "http_request_error"),
-            HeadTooLarge { .. } => (431, "http_request_error"),
+            HeadTooLarge { .. } | TooManyHeaderLines { .. } => (431, "http_request_error"),
             // Not a status anyone receives: the client is gone.
             ClientGone(_) => (499, "http_request_error"),
             Internal(_) => (500, "proxy_internal_error"),
@@ -260,6 +263,11 @@ mod tests {
             ),
             (
                 ProxyError::HeadTooLarge { limit: 1 },
+                431,
+                "http_request_error",
+            ),
+            (
+                ProxyError::TooManyHeaderLines { limit: 1 },
                 431,
                 "http_request_error",
             ),
@@ -339,6 +347,7 @@ mod tests {
             ProxyError::BodyTooLarge { limit: 1 },
             ProxyError::UrlTooLong { limit: 1 },
             ProxyError::HeadTooLarge { limit: 1 },
+            ProxyError::TooManyHeaderLines { limit: 1 },
             ProxyError::ClientGone("x".into()),
             ProxyError::Internal("x".into()),
             ProxyError::MethodNotSupported("BREW".into()),
@@ -379,6 +388,7 @@ mod tests {
                 | ProxyError::BodyTooLarge { .. }
                 | ProxyError::UrlTooLong { .. }
                 | ProxyError::HeadTooLarge { .. }
+                | ProxyError::TooManyHeaderLines { .. }
                 | ProxyError::ClientGone(_)
                 | ProxyError::Internal(_)
                 | ProxyError::MethodNotSupported(_)

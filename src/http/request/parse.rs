@@ -45,8 +45,8 @@ pub enum Parsed {
 /// head (a body or a pipelined request) are not counted in `head_len`.
 ///
 /// # Errors
-/// `HeadTooLarge` when no complete head fits in `limits.max_header_bytes` (or there
-/// are too many header lines), `UrlTooLong` when the target is over
+/// `HeadTooLarge` when no complete head fits in `limits.max_header_bytes`,
+/// `TooManyHeaderLines` past 128 header lines, `UrlTooLong` when the target is over
 /// `limits.max_url_bytes`, `BadRequest` for anything malformed: bad request line,
 /// a bare LF, obs-fold, whitespace before a colon, NUL or non-ASCII bytes in the
 /// target, a missing, repeated or malformed `Host` (RFC 9112 §3.2).
@@ -91,7 +91,9 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
             }
             Ok(Parsed::Partial)
         }
-        Err(httparse::Error::TooManyHeaders) => Err(head_too_large()),
+        Err(httparse::Error::TooManyHeaders) => {
+            Err(ProxyError::TooManyHeaderLines { limit: MAX_HEADERS })
+        }
         Err(err) => Err(bad(&describe(buf, err))),
     }
 }

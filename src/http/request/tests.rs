@@ -333,7 +333,7 @@ fn header_names_keep_their_case() {
 }
 
 #[test]
-fn ten_thousand_headers_are_too_large() {
+fn ten_thousand_headers_are_too_many() {
     let mut buf = b"GET http://h/ HTTP/1.1\r\nHost: h\r\n".to_vec();
     for i in 0..10_000 {
         buf.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
@@ -345,11 +345,11 @@ fn ten_thousand_headers_are_too_large() {
     };
     assert!(matches!(
         parse_head(&buf, &huge),
-        Err(ProxyError::HeadTooLarge { .. })
+        Err(ProxyError::TooManyHeaderLines { limit: 128 })
     ));
     assert!(matches!(
         parse(&buf),
-        Err(ProxyError::HeadTooLarge { limit: 65536 })
+        Err(ProxyError::TooManyHeaderLines { limit: 128 })
     ));
 }
 
@@ -739,4 +739,26 @@ fn garbage_never_panics() {
             let _ = parse(&buf[..end]);
         }
     }
+}
+
+#[test]
+fn more_header_lines_than_are_parsed_are_named_as_such() {
+    let mut text = String::from("GET http://h/ HTTP/1.1\r\nHost: h\r\n");
+    for n in 0..200 {
+        text.push_str(&format!("X-{n}: v\r\n"));
+    }
+    text.push_str("\r\n");
+    let err = parse(text.as_bytes()).expect_err("too many lines");
+    assert!(
+        matches!(err, ProxyError::TooManyHeaderLines { limit: 128 }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "request head with more than 128 header lines"
+    );
+    assert_eq!(
+        (err.status(), err.proxy_status()),
+        (431, "http_request_error")
+    );
 }
