@@ -155,6 +155,15 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
             .is_ok_and(|coding| coding.trim().eq_ignore_ascii_case("chunked")),
         (Some(_), Some(_)) => false,
     };
+    // Both framings at once: the sign of a response split (RFC 9112 §6.3).
+    let headers = response.headers();
+    if headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::UpstreamProtocol(
+            "the origin sent both Content-Length and Transfer-Encoding".into(),
+        ));
+    }
     if !only_chunked {
         let all: Vec<String> = codings
             .iter()
