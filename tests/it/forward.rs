@@ -1276,7 +1276,7 @@ fn a_switch_of_protocols_nobody_asked_for_is_502() {
 }
 
 #[test]
-fn a_transfer_coding_other_than_chunked_is_502_and_not_stored() {
+fn a_transfer_coding_that_codes_the_bytes_is_502_and_not_stored() {
     let origin = Origin::start(|_| {
         Reply::Raw(
             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
@@ -1290,6 +1290,28 @@ fn a_transfer_coding_other_than_chunked_is_502_and_not_stored() {
         assert!(reply.text().contains("gzip"), "{}", reply.text());
     }
     assert_eq!(origin.requests().len(), 2, "nothing stored");
+}
+
+#[test]
+fn a_transfer_coding_nobody_knows_is_dropped_with_its_field() {
+    // As the public cache tests expect of a cache: the field is hop by
+    // hop, and the body is framed as the rest of the head says.
+    let origin = Origin::start(|_| {
+        Reply::Raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: made-up\r\n\r\nplain body".to_vec())
+    });
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/made-up"), &[]);
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "plain body"),
+        "{reply:?}"
+    );
+    // Framed anew by the proxy, chunked alone.
+    assert_eq!(
+        reply.header("transfer-encoding"),
+        Some("chunked"),
+        "{reply:?}"
+    );
 }
 
 #[test]
