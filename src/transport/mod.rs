@@ -19,6 +19,7 @@ use std::time::Duration;
 use rustix::net::RecvFlags;
 use ureq::Error;
 
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::server::idle;
 use buffers::OriginBuffers;
@@ -213,9 +214,9 @@ impl Transport for OriginTransport {
                 // and be stored. A reset before any answer stays one (the
                 // pooled connection the origin had closed: retried).
                 Err(err) if err.kind() == io::ErrorKind::ConnectionReset && self.answered > 0 => {
-                    return Err(Error::Io(io::Error::other(
-                        "the origin reset the connection in the middle of its answer",
-                    )));
+                    return Err(Error::Other(Box::new(ProxyError::UpstreamProtocol(
+                        "the origin reset the connection in the middle of its answer".into(),
+                    ))));
                 }
                 result => break result.map_err(|err| timeout_error(err, timeout))?,
             }

@@ -1263,6 +1263,16 @@ fn an_origin_answer_with_both_framings_is_502_and_not_stored() {
 }
 
 #[test]
+fn an_origin_that_resets_in_the_middle_of_its_head_is_502_http_protocol_error() {
+    let origin = Origin::start(|_| {
+        Reply::RawThenReset(b"HTTP/1.1 200 OK\r\nContent-Type: text/pl".to_vec())
+    });
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/half"), &[]);
+    assert_curl_error("GET /half", &reply, 502, "http_protocol_error");
+}
+
+#[test]
 fn a_switch_of_protocols_nobody_asked_for_is_502() {
     let origin = Origin::start(|_| {
         Reply::Raw(

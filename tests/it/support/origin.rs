@@ -51,7 +51,11 @@ pub enum Reply {
         body: Vec<u8>,
         piece: usize,
         gap: Duration,
+        /// Ends with a TCP reset instead of the last chunk.
+        reset: bool,
     },
+    /// These bytes, then a TCP reset (RST, not FIN).
+    RawThenReset(Vec<u8>),
     /// Waits `delay` before answering `then`.
     Slow { delay: Duration, then: Box<Reply> },
     /// Declares `declared` bytes, sends `sent` of them, then resets the connection.
@@ -225,7 +229,12 @@ fn serve_connection(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Origin
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let head_only = request.method == "HEAD";
         let reply = handler(&request);
-        reset = matches!(reply, Reply::ResetUntilClose { .. });
+        reset = matches!(
+            reply,
+            Reply::ResetUntilClose { .. }
+                | Reply::RawThenReset(_)
+                | Reply::Trickle { reset: true, .. }
+        );
         match write_reply(&mut writer, &reply, head_only) {
             Ok(true) if !close => continue,
             _ => break,
@@ -350,6 +359,7 @@ fn write_reply(w: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Re
             body,
             piece,
             gap,
+            reset,
         } => {
             let mut out = head(200, headers);
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
@@ -362,9 +372,20 @@ fn write_reply(w: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Re
                     chunk.extend_from_slice(b"\r\n");
                     w.write_all(&chunk)?;
                 }
+                if *reset {
+                    rustix::net::sockopt::set_socket_linger(&*w, Some(Duration::ZERO))?;
+                    return Ok(false);
+                }
                 w.write_all(b"0\r\n\r\n")?;
             }
             Ok(true)
+        }
+        Reply::RawThenReset(bytes) => {
+            w.write_all(bytes)?;
+            w.flush()?;
+            thread::sleep(Duration::from_millis(50));
+            rustix::net::sockopt::set_socket_linger(&*w, Some(Duration::ZERO))?;
+            Ok(false)
         }
         Reply::Slow { delay, then } => {
             thread::sleep(*delay);
