@@ -149,9 +149,13 @@ pub fn follow(
     match streamed {
         Ok(()) => served.reusable = persistence.is_kept(),
         Err(Some(failure)) => {
-            // The fill failed: the client sees the body cut short.
+            // The fill failed: the client sees the body cut short; where
+            // it runs to the close, only a reset says so.
             log::debug!("{} {}: fill failed: {failure}", ex.conn.peer, ex.request_id);
             served.error = Some("http_protocol_error");
+            if until_close {
+                ex.conn.end_with_reset();
+            }
         }
         Err(None) => {}
     }

@@ -182,6 +182,7 @@ fn a_body_stored_in_more_pieces_than_one_write_takes_is_served_whole() {
             body: body.clone(),
             piece: 64,
             gap: Duration::from_millis(1),
+            reset: false,
         }
     });
     let proxy = roomy_proxy();
@@ -245,6 +246,47 @@ fn a_body_to_the_close_cut_by_a_reset_is_cut_short_and_not_stored() {
     let again = get(proxy.addr, &url, &[]);
     assert!(!cache_status(&again).contains("; hit"), "{again:?}");
     assert_eq!(origin.requests().len(), 2, "nothing was stored");
+}
+
+#[test]
+fn an_http10_follower_of_a_fill_that_fails_gets_a_reset_not_an_end() {
+    // No length: an HTTP/1.0 follower's body runs to the close, so only a
+    // reset can say the fill failed.
+    let origin = Origin::start(|_| Reply::Trickle {
+        headers: vec![("Cache-Control".into(), "max-age=600".into())],
+        body: vec![b'x'; 40 * 64],
+        piece: 64,
+        gap: Duration::from_millis(20),
+        reset: true,
+    });
+    let proxy = roomy_proxy();
+    let url = origin.url("/fails");
+    let leader = thread::spawn({
+        let url = url.clone();
+        move || get(proxy.addr, &url, &[])
+    });
+    assert!(wait_until(LIMIT, || origin.requests().len() == 1));
+    let mut follower = TcpStream::connect(proxy.addr).expect("connect");
+    follower.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let request = format!("GET {url} HTTP/1.0\r\n\r\n");
+    follower.write_all(request.as_bytes()).expect("send");
+    let mut got = Vec::new();
+    let ended = follower.read_to_end(&mut got);
+    assert!(
+        matches!(&ended, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "{ended:?} after {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        String::from_utf8_lossy(&got).contains("collapsed"),
+        "a follower: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_ne!(
+        leader.join().expect("leader").exit,
+        0,
+        "the leader is cut too"
+    );
 }
 
 #[test]
