@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use crate::support::origin::pattern_byte;
 use crate::support::raw::{
-    RawResponse, assert_curl_error, assert_raw_error, closes_within, exchange, read_head, read_one,
-    split_raw,
+    RawResponse, assert_curl_error, assert_raw_error, closes_within, exchange,
+    http10_get_ending_in_reset, read_head, read_one, split_raw,
 };
 use crate::support::servers::{Responder, Streamer};
 use crate::support::{
@@ -1365,17 +1365,7 @@ fn an_http10_client_of_a_body_cut_short_gets_a_reset_not_an_end() {
         )
     });
     let proxy = Proxy::start();
-    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
-    stream.set_read_timeout(Some(LIMIT)).expect("timeout");
-    let request = format!("GET {} HTTP/1.0\r\n\r\n", origin.url("/cut10"));
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut got = Vec::new();
-    let ended = stream.read_to_end(&mut got);
-    assert!(
-        matches!(&ended, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
-        "{ended:?} after {:?}",
-        String::from_utf8_lossy(&got)
-    );
+    http10_get_ending_in_reset(proxy.addr, &origin.url("/cut10"), LIMIT);
 }
 
 #[test]

@@ -7,13 +7,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{LIMIT, cache_status, concurrent_gets, get, reply_with};
+use super::{LIMIT, cache_status, concurrent_gets, fresh_bytes_origin, get, reply_with};
 use crate::support::origin::pattern_byte;
-use crate::support::raw::parse_head;
-use crate::support::{Gate, Origin, Proxy, Reply, metric, scrape_metrics, wait_until};
+use crate::support::raw::{http10_get_ending_in_reset, parse_head};
+use crate::support::{CurlReply, Gate, Origin, Proxy, Reply, metric, scrape_metrics, wait_until};
 
 /// A proxy with a worker for every client of these tests.
 fn roomy_proxy() -> Proxy {
@@ -43,6 +43,15 @@ fn held_origin(gate: &Gate, body: Vec<u8>) -> Origin {
             body: body.clone(),
         }
     })
+}
+
+/// A first client of `url`, on a thread of its own (join it for its reply),
+/// once `origin` has its request: the fill is under way.
+fn leader_under_way(proxy: SocketAddr, origin: &Origin, url: &str) -> JoinHandle<CurlReply> {
+    let url = url.to_string();
+    let leader = thread::spawn(move || get(proxy, &url, &[]));
+    assert!(wait_until(LIMIT, || origin.requests().len() == 1));
+    leader
 }
 
 /// Sends a GET for `url` through the proxy on a new connection.
@@ -187,11 +196,7 @@ fn a_body_stored_in_more_pieces_than_one_write_takes_is_served_whole() {
     });
     let proxy = roomy_proxy();
     let url = origin.url("/trickle");
-    let leader = thread::spawn({
-        let url = url.clone();
-        move || get(proxy.addr, &url, &[])
-    });
-    assert!(wait_until(LIMIT, || origin.requests().len() == 1));
+    let leader = leader_under_way(proxy.addr, &origin, &url);
     let follower = get(proxy.addr, &url, &[]);
     assert!(
         cache_status(&follower).contains("; collapsed"),
@@ -261,22 +266,8 @@ fn an_http10_follower_of_a_fill_that_fails_gets_a_reset_not_an_end() {
     });
     let proxy = roomy_proxy();
     let url = origin.url("/fails");
-    let leader = thread::spawn({
-        let url = url.clone();
-        move || get(proxy.addr, &url, &[])
-    });
-    assert!(wait_until(LIMIT, || origin.requests().len() == 1));
-    let mut follower = TcpStream::connect(proxy.addr).expect("connect");
-    follower.set_read_timeout(Some(LIMIT)).expect("timeout");
-    let request = format!("GET {url} HTTP/1.0\r\n\r\n");
-    follower.write_all(request.as_bytes()).expect("send");
-    let mut got = Vec::new();
-    let ended = follower.read_to_end(&mut got);
-    assert!(
-        matches!(&ended, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
-        "{ended:?} after {:?}",
-        String::from_utf8_lossy(&got)
-    );
+    let leader = leader_under_way(proxy.addr, &origin, &url);
+    let got = http10_get_ending_in_reset(proxy.addr, &url, LIMIT);
     assert!(
         String::from_utf8_lossy(&got).contains("collapsed"),
         "a follower: {:?}",
@@ -468,14 +459,7 @@ fn a_slow_first_client_does_not_hold_back_its_followers() {
     // reading would stop the fill, were the body received on its behalf.
     const LEN: u64 = 24 << 20;
     let body: Vec<u8> = (0..LEN).map(pattern_byte).collect();
-    let origin = Origin::start({
-        let body = body.clone();
-        move |_| Reply::Full {
-            status: 200,
-            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
-            body: body.clone(),
-        }
-    });
+    let origin = fresh_bytes_origin(body.clone());
     let proxy = Proxy::with(|config| {
         config.workers = 64.try_into().expect("non-zero");
         config.cache_max_object = 64 << 20;

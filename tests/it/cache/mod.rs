@@ -45,6 +45,15 @@ fn fresh_origin(body: &'static str) -> Origin {
     })
 }
 
+/// An origin answering every request with `body`, fresh for an hour.
+fn fresh_bytes_origin(body: Vec<u8>) -> Origin {
+    Origin::start(move |_| Reply::Full {
+        status: 200,
+        headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+        body: body.clone(),
+    })
+}
+
 /// `curl -x proxy url` with extra arguments.
 fn get(proxy: SocketAddr, url: &str, extra: &[&str]) -> CurlReply {
     curl(proxy, url, extra)

@@ -4,7 +4,7 @@
 //! what is never stored, invalidation by unsafe methods, and
 //! `only-if-cached`.
 
-use super::{LIMIT, cache_status, fresh_origin, get, reply_with, requests_for};
+use super::{LIMIT, cache_status, fresh_bytes_origin, fresh_origin, get, reply_with, requests_for};
 use crate::support::raw::parse_head;
 use crate::support::{Origin, Proxy, Reply, raw};
 
@@ -151,14 +151,7 @@ fn a_large_stored_body_is_served_whole_and_in_ranges() {
     // 512 KiB); no stretch of it repeats, so a byte sent twice or skipped
     // at a piece's edge shows.
     let body: Vec<u8> = (0..325_000u32).flat_map(u32::to_le_bytes).collect();
-    let origin = Origin::start({
-        let body = body.clone();
-        move |_| Reply::Full {
-            status: 200,
-            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
-            body: body.clone(),
-        }
-    });
+    let origin = fresh_bytes_origin(body.clone());
     let proxy = Proxy::start();
     let url = origin.url("/large");
     let first = get(proxy.addr, &url, &[]);

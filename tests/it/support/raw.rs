@@ -225,6 +225,24 @@ pub fn assert_raw_error(sent: &[u8], response: &RawResponse, status: u16, token:
     );
 }
 
+/// Asks the proxy at `proxy` for `url` as an HTTP/1.0 client, whose body
+/// runs to the close, and checks that the connection ends with a reset
+/// (a cut body), not a FIN (a whole one); returns what arrived before it.
+pub fn http10_get_ending_in_reset(proxy: SocketAddr, url: &str, limit: Duration) -> Vec<u8> {
+    let mut stream = TcpStream::connect(proxy).expect("connect");
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let request = format!("GET {url} HTTP/1.0\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut got = Vec::new();
+    let ended = stream.read_to_end(&mut got);
+    assert!(
+        matches!(&ended, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "{ended:?} after {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    got
+}
+
 /// What came back on one raw connection.
 #[derive(Debug)]
 pub struct Exchange {
