@@ -121,6 +121,7 @@ impl<In: Transport> Connector<In> for OriginConnector {
             write_timeout: None,
             used: true,
             answered: 0,
+            answered_early: false,
         })))
     }
 }
@@ -158,6 +159,10 @@ pub struct OriginTransport {
     /// Bytes received since a request was last sent on it: some of an
     /// answer has come.
     answered: u64,
+    /// The origin answered and reset the connection while the request
+    /// body was sent: the rest of the body is dropped, and the connection
+    /// is not reused.
+    answered_early: bool,
 }
 
 /// The timeout to set for one operation; an exhausted budget is a timeout error.
@@ -189,10 +194,24 @@ impl Transport for OriginTransport {
         }
         self.used = true;
         self.answered = 0;
+        if self.answered_early {
+            return Ok(());
+        }
         let output = &self.buffers.output()[..amount];
-        self.stream
-            .write_all(output)
-            .map_err(|err| timeout_error(err, timeout))
+        match self.stream.write_all(output) {
+            Ok(()) => Ok(()),
+            // An origin may answer before it has read the request body (a
+            // 413, a 401) and close, which resets the connection while the
+            // body is still sent (RFC 9112 §9.6). Its answer is waiting:
+            // the rest of the body goes nowhere, and ureq reads the answer
+            // once it has "sent" it.
+            Err(err) if is_reset(&err) && self.has_input() => {
+                log::debug!("the origin answered before reading the whole request body");
+                self.answered_early = true;
+                Ok(())
+            }
+            Err(err) => Err(timeout_error(err, timeout)),
+        }
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
@@ -233,6 +252,10 @@ impl Transport for OriginTransport {
     }
 
     fn is_open(&mut self) -> bool {
+        if self.answered_early {
+            // Reset by the origin: never reused.
+            return false;
+        }
         if std::mem::take(&mut self.used) {
             // Going back to the pool: it is probed when taken again.
             self.buffers.release();
@@ -240,16 +263,35 @@ impl Transport for OriginTransport {
         }
         // Nothing may be waiting on an idle pooled connection: bytes mean the
         // origin sent something unasked, EOF or an error mean it is gone.
-        let mut byte = [0u8; 1];
-        matches!(
-            rustix::net::recv(
-                &self.stream,
-                &mut byte,
-                RecvFlags::PEEK | RecvFlags::DONTWAIT
-            ),
-            Err(rustix::io::Errno::AGAIN)
-        )
+        matches!(self.peek(), Err(rustix::io::Errno::AGAIN))
     }
+}
+
+impl OriginTransport {
+    /// Looks at what the origin sent, without waiting and without taking
+    /// it: the count of bytes waiting (0 at the end of the stream).
+    fn peek(&self) -> rustix::io::Result<usize> {
+        let mut byte = [0u8; 1];
+        rustix::net::recv(
+            &self.stream,
+            &mut byte,
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        )
+        .map(|(read, _)| read)
+    }
+
+    /// Whether some bytes from the origin wait to be read.
+    fn has_input(&self) -> bool {
+        matches!(self.peek(), Ok(read) if read > 0)
+    }
+}
+
+/// Whether a write failed because the origin closed or reset the connection.
+fn is_reset(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
 }
 
 #[cfg(test)]
@@ -268,6 +310,7 @@ mod tests {
             write_timeout: None,
             used: false,
             answered: 0,
+            answered_early: false,
         };
         (transport, server)
     }
@@ -305,6 +348,52 @@ mod tests {
             .write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
             .expect("write");
         assert!(crate_wait(|| !transport.is_open()));
+    }
+
+    #[test]
+    fn an_answer_that_came_before_a_reset_is_read_and_the_rest_of_the_body_dropped() {
+        let (mut transport, mut server) = transport_pair();
+        let body = || NextTimeout::default();
+        transport
+            .transmit_output(1024, body())
+            .expect("first piece");
+        let answer = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n";
+        server.write_all(answer).expect("answer");
+        // Closed with the piece unread: the origin's kernel resets.
+        drop(server);
+        assert!(crate_wait(|| {
+            transport
+                .transmit_output(1024, body())
+                .expect("a piece after the answer is dropped, not failed");
+            transport.answered_early
+        }));
+        transport
+            .transmit_output(1024, body())
+            .expect("and so is the next");
+        assert!(
+            !transport.is_open(),
+            "a reset connection went back to the pool"
+        );
+        let mut got = Vec::new();
+        while transport.await_input(body()).expect("the answer") {
+            got.extend_from_slice(transport.buffers.input());
+            let read = transport.buffers.input().len();
+            transport.buffers.input_consume(read);
+        }
+        assert_eq!(got, answer);
+    }
+
+    #[test]
+    fn a_reset_with_no_answer_fails_the_write() {
+        let (mut transport, server) = transport_pair();
+        transport
+            .transmit_output(1024, NextTimeout::default())
+            .expect("first piece");
+        drop(server);
+        assert!(crate_wait(|| transport
+            .transmit_output(1024, NextTimeout::default())
+            .is_err()));
+        assert!(!transport.answered_early);
     }
 
     /// Polls `check` for up to 5 s (the loopback delivers within microseconds).

@@ -1478,6 +1478,38 @@ fn a_request_body_over_max_body_bytes_is_413() {
 }
 
 #[test]
+fn an_origin_refusing_an_upload_before_reading_it_is_heard() {
+    // The origin answers as soon as it has the head and closes without
+    // reading the body, which resets the connection while the proxy still
+    // sends it: the client gets the origin's answer, not a 502.
+    let origin = Responder::start(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+    );
+    let proxy = Proxy::start();
+    let file = temp_file(&binary_body(8 << 20));
+    let data = format!("@{}", file.path().display());
+    let url = format!("http://{}/upload", origin.addr);
+    for method in ["POST", "PUT"] {
+        let reply = curl(proxy.addr, &url, &["-X", method, "--data-binary", &data]);
+        assert_eq!(reply.status, 413, "{method}: {}", reply.stderr);
+        assert_eq!(reply.body, b"too large", "{method}");
+    }
+    // The same with a chunked upload.
+    let reply = curl(
+        proxy.addr,
+        &url,
+        &["-H", "Transfer-Encoding: chunked", "--data-binary", &data],
+    );
+    assert_eq!(reply.status, 413, "chunked: {}", reply.stderr);
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_upstream_retries_total"),
+        Some(0.0),
+        "an answered request was sent again"
+    );
+}
+
+#[test]
 fn a_declared_body_over_max_body_bytes_is_413_before_100_continue() {
     let origin = Origin::fixed("text/plain", b"ok");
     let proxy = Proxy::with(|c| c.max_body_bytes = Some(1000));
