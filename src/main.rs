@@ -69,6 +69,8 @@ fn main() -> ExitCode {
 fn write_out(generate: impl FnOnce(&mut dyn Write) -> std::io::Result<()>, what: &str) -> ExitCode {
     match generate(&mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that had enough (`| head`) is no failure.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("fetchproxy: cannot write {what}: {err}");
             ExitCode::from(1)

@@ -17,7 +17,11 @@ use crate::cli::Cli;
 pub fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
     let mut cmd = Cli::command();
     let name = cmd.get_name().to_string();
-    clap_complete::generate(shell, &mut cmd, name, out);
+    // Made in memory first: clap_complete panics when a write fails (a
+    // reader that leaves early, as `head` does).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    out.write_all(&script)?;
     out.flush()
 }
 

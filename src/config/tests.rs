@@ -238,6 +238,14 @@ fn bad_values_name_the_key_or_the_flag_and_the_value() {
         "fetchproxy.toml:1: grace = \"30 parsecs\": expected a duration such as 30s, 1m 30s or 250ms (unknown unit \"parsecs\")"
     );
     assert_eq!(
+        message("connect_timeout = 10\n"),
+        "fetchproxy.toml:1: connect_timeout = 10: expected a duration such as 30s, 1m 30s or 250ms (10 has no unit: write 10s for seconds, or 10ms)"
+    );
+    assert_eq!(
+        message("grace = \"30 secs please\"\n"),
+        "fetchproxy.toml:1: grace = \"30 secs please\": expected a duration such as 30s, 1m 30s or 250ms (a number was expected at \"please\")"
+    );
+    assert_eq!(
         message("\nconnect_timeout = \"0s\"\n"),
         "fetchproxy.toml:2: connect_timeout = \"0s\": expected a duration of more than zero, such as 30s, 1m 30s or 250ms"
     );

@@ -51,11 +51,17 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 /// What was expected, and what humantime found wrong.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     use humantime::DurationError;
-    humantime::parse_duration(text.trim()).map_err(|err| {
+    let text = text.trim();
+    humantime::parse_duration(text).map_err(|err| {
+        // Where humantime stopped: a byte offset into `text`.
+        let rest = |at: usize| text.get(at..).unwrap_or_default();
         let found = match err {
+            DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+                format!("{value} has no unit: write {value}s for seconds, or {value}ms")
+            }
             DurationError::UnknownUnit { unit, .. } => format!("unknown unit {unit:?}"),
-            DurationError::NumberExpected(_) => "a number is missing".to_string(),
-            DurationError::InvalidCharacter(_) => "a character is out of place".to_string(),
+            DurationError::NumberExpected(at) => format!("a number was expected at {:?}", rest(at)),
+            DurationError::InvalidCharacter(at) => format!("{:?} is out of place", rest(at)),
             DurationError::NumberOverflow => "too long".to_string(),
             DurationError::Empty => "nothing given".to_string(),
         };

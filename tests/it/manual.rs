@@ -3,7 +3,7 @@
 //! on Tab, every shell's script naming the flags, roff pages for every
 //! command.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::run_binary_within;
@@ -130,4 +130,23 @@ fn man_pages_are_generated_from_the_flags() {
         text(&out.stderr).starts_with("fetchproxy: --out-dir "),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_reader_that_leaves_early_ends_the_output_quietly() {
+    // `fetchproxy manpage | head -1`: the pipe closes under the writer.
+    for args in [&["manpage"][..], &["completions", "bash"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fetchproxy");
+        // Closed before the first write: every write fails at once.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for fetchproxy");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
 }
