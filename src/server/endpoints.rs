@@ -67,6 +67,7 @@ pub fn answer(
         error: None,
         reusable: sent && persistence.is_kept(),
         cache: None,
+        own: true,
     }
 }
 

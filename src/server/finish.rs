@@ -32,6 +32,9 @@ pub struct Served {
     pub reusable: bool,
     /// How the cache took part, when it did.
     pub cache: Option<cache::Outcome>,
+    /// Answered by the proxy itself (its own endpoints, `PURGE`), with no
+    /// upstream to go to.
+    pub own: bool,
 }
 
 impl Served {
@@ -44,6 +47,7 @@ impl Served {
             error: Some(err.proxy_status()),
             reusable: false,
             cache: None,
+            own: false,
         }
     }
 }
@@ -151,6 +155,7 @@ pub fn answer_error(
         error: Some(err.proxy_status()),
         reusable: sent && persistence.is_kept(),
         cache: None,
+        own: false,
     }
 }
 
@@ -203,7 +208,11 @@ pub fn record(
         }),
         referer: text("referer"),
         user_agent: text("user-agent"),
-        outcome: served.cache.map(|outcome| squid_outcome(&outcome)),
+        outcome: if served.own {
+            Some(Outcome::NotForwarded)
+        } else {
+            served.cache.map(|outcome| squid_outcome(&outcome))
+        },
         ..AccessDetails::default()
     };
     logging::access_with(&record, &details);

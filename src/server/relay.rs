@@ -110,6 +110,7 @@ pub fn relay_response<R: Read>(
         error: None,
         reusable: persistence.is_kept(),
         cache: None,
+        own: false,
     };
     match copied {
         Ok(n) => served.bytes = n,

@@ -288,6 +288,7 @@ fn open_tunnel(
         error: None,
         reusable: false,
         cache: None,
+        own: false,
     };
     finish::record(
         &ctx.metrics,

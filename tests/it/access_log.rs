@@ -145,6 +145,30 @@ fn squid_format_marks_denials() {
 }
 
 #[test]
+fn squid_format_marks_the_proxys_own_answers_as_not_forwarded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut proxy, path) = start(dir.path(), "squid");
+    let url = "http://127.0.0.1:9/never-stored";
+    let purge = curl(proxy.addr, url, &["-X", "PURGE"]);
+    assert_eq!(purge.status, 404, "{purge:?}");
+    let health = curl(
+        proxy.addr,
+        &format!("http://{}/healthz", proxy.addr),
+        &["--noproxy", "*"],
+    );
+    assert_eq!(health.status, 200, "{health:?}");
+    let logged = wait_for_lines(&path, 2, &proxy);
+    for (line, method, status) in [(&logged[0], "PURGE", 404), (&logged[1], "GET", 200)] {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.len(), 10, "{logged:?}");
+        assert_eq!(fields[3], format!("NONE/{status}"), "{logged:?}");
+        assert_eq!(fields[5], method, "{logged:?}");
+        assert_eq!(fields[8], "HIER_NONE/-", "{logged:?}");
+    }
+    assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
 fn combined_format_is_apaches() {
     let dir = tempfile::tempdir().expect("temp dir");
     let origin = Origin::fixed("text/plain", b"hello");

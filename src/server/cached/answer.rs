@@ -78,6 +78,7 @@ pub fn from_store(
         error: None,
         reusable: sent.is_ok() && persistence.is_kept(),
         cache: Some(outcome),
+        own: false,
     }
 }
 
@@ -126,6 +127,7 @@ pub fn follow(
         error: None,
         reusable: false,
         cache: Some(outcome),
+        own: false,
     };
     let mut head = [
         IoSlice::new(&fill.head_block),
@@ -255,6 +257,7 @@ fn text_answer(
         error: None,
         reusable: sent && persistence.is_kept(),
         cache: None,
+        own: true,
     }
 }
 

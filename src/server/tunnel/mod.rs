@@ -212,6 +212,7 @@ impl Tunnel {
             error: None,
             reusable: false,
             cache: None,
+            own: false,
         };
         finish::record(
             metrics,
