@@ -193,6 +193,14 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process has the disk tier's directory.
+    #[error("cache directory {dir} is in use by another process{}; give each its own cache_dir", owner.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+        /// The process id its lock file names, when it names one.
+        owner: Option<u32>,
+    },
     /// The index loader thread could not start.
     #[error("cannot start the cache loader: {0}")]
     Loader(#[source] std::io::Error),

@@ -32,6 +32,8 @@ use crate::cache::tier::{Tier, TierKind};
 
 /// The disk tier.
 pub struct DiskStore {
+    /// The directory's lock, held while the store is open.
+    _lock: File,
     root: PathBuf,
     /// The index of stored files.
     pub tier: Tier,
@@ -53,13 +55,52 @@ pub struct DiskStore {
     pub fail_writes_after: AtomicU64,
 }
 
+/// Takes the lock of a cache directory (`DIR/lock`, holding the owner's
+/// process id): one process a directory, since each indexes, evicts and
+/// clears `tmp/` as if it were alone. A POSIX record lock: the kernel lets
+/// go of it when the process ends, however it ends, and it is the
+/// process's, so a store opened again within one process (the tests) takes
+/// it again.
+fn lock_dir(dir: &Path) -> Result<File, CacheError> {
+    use rustix::fs::{FlockOperation, fcntl_lock};
+    let path = dir.join("lock");
+    let dir_error = |source| CacheError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut lock = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(dir_error)?;
+    match fcntl_lock(&lock, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS) => {
+            let mut owner = String::new();
+            let _ = lock.read_to_string(&mut owner);
+            return Err(CacheError::InUse {
+                dir: dir.to_path_buf(),
+                owner: owner.trim().parse().ok(),
+            });
+        }
+        Err(err) => return Err(dir_error(err.into())),
+    }
+    lock.set_len(0).map_err(dir_error)?;
+    lock.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .map_err(dir_error)?;
+    Ok(lock)
+}
+
 impl DiskStore {
     /// Opens (creating) `dir`, removes temporary files an earlier process
     /// left behind, and returns the store with an empty index: call
     /// `start_loader` to fill it.
     ///
     /// # Errors
-    /// `CacheError::Dir` when the directories cannot be created or read.
+    /// `CacheError::Dir` when the directories cannot be created or read,
+    /// `CacheError::InUse` when another process has the directory.
     pub fn open(
         dir: &Path,
         budget: u64,
@@ -73,11 +114,13 @@ impl DiskStore {
         for sub in ["objects", "tmp"] {
             fs::create_dir_all(dir.join(sub)).map_err(dir_error)?;
         }
+        let lock = lock_dir(dir)?;
         // Whatever is in tmp/ was being written when a process died.
         for entry in fs::read_dir(dir.join("tmp")).map_err(dir_error)? {
             let _ = fs::remove_file(entry.map_err(dir_error)?.path());
         }
         Ok(DiskStore {
+            _lock: lock,
             root: dir.to_path_buf(),
             tier: Tier::new(budget, max_object, Arc::clone(&stats), TierKind::Disk),
             max_object,

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use super::{LIMIT, cache_status, concurrent_gets, get};
 use crate::support::origin::pattern_byte;
-use crate::support::{Gate, Origin, ProxyProcess, Reply, metric, scrape_metrics, wait_until};
+use crate::support::{
+    Gate, Origin, ProxyProcess, Reply, metric, run_binary_within, scrape_metrics, wait_until,
+};
 
 /// `fetchproxy serve` on loopback with local origins allowed, and `extra`.
 fn start(extra: &[&str]) -> ProxyProcess {
@@ -116,6 +118,30 @@ fn a_restart_finds_the_disk_cache_and_serves_it_without_the_origin() {
         "no origin request after the restart"
     );
     stop(proxy);
+}
+
+#[test]
+fn a_second_process_on_the_same_cache_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_str().expect("UTF-8 temp path");
+    let first = start_on(dir.path());
+    let second = run_binary_within(
+        &["serve", "--listen", "127.0.0.1:0", "--cache-dir", path],
+        LIMIT,
+    );
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{path} is in use by another process (pid {})",
+            first.pid()
+        )),
+        "{said}"
+    );
+    stop(first);
+    // Free again once its owner has gone.
+    let again = start_on(dir.path());
+    stop(again);
 }
 
 #[test]
