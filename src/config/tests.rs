@@ -486,6 +486,11 @@ fn bad_users_name_the_user_but_never_echo_the_hash() {
         text,
         "fetchproxy.toml:1: users: unknown key \"password\" in [[users]]; expected a [[users]] table with name and password_hash"
     );
+    let after = format!("[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\nworkers = 3\n");
+    assert_eq!(
+        message(&after),
+        "fetchproxy.toml:1: users: workers is set inside a [[users]] table, where it means nothing: move it above the first [[users]] line"
+    );
     let inline = format!(
         "users = [{{ name = \"a\", password_hash = \"{}\" }}]\n",
         &HASH[..40]

@@ -349,6 +349,13 @@ pub mod users {
             .keys()
             .find(|key| *key != "name" && *key != "password_hash")
         {
+            // Every key after a table's header belongs to that table.
+            if crate::config::keys::keys().contains(&unknown.as_str()) {
+                return Err(format!(
+                    "{unknown} is set inside a [[users]] table, where it means nothing: \
+                     move it above the first [[users]] line"
+                ));
+            }
             return Err(format!("unknown key {unknown:?} in [[users]]; {EXPECTED}"));
         }
         let field = |key: &str| match table.get(key) {
