@@ -25,8 +25,15 @@ pub enum Fed {
     Queued,
     Bad(InputError),
     Note(String),
-    Repeated { url: String, first: Place },
-    Skipped { url: String, file: String },
+    Repeated {
+        url: String,
+        place: Place,
+        first: Place,
+    },
+    Skipped {
+        url: String,
+        file: String,
+    },
     ReadFailed(ReadError),
     End,
 }
@@ -114,7 +121,11 @@ impl Feeder {
                     }
                     let key = url.to_string();
                     if let Some(&first) = seen.get(&key) {
-                        Fed::Repeated { url: key, first }
+                        Fed::Repeated {
+                            url: key,
+                            place,
+                            first,
+                        }
                     } else {
                         seen.insert(key.clone(), place);
                         match self.last_saved.get(&key) {

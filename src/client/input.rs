@@ -127,7 +127,13 @@ pub fn parse_line(text: &str) -> Result<Option<Parsed>, BadLine> {
 fn parse_with_scheme(text: &str) -> Result<(Url, bool), BadLine> {
     let not_url = |err: url::ParseError| BadLine::NotUrl {
         text: shorten(text),
-        reason: err.to_string(),
+        // Words with spaces between them read as a host name with spaces,
+        // which the parser calls an invalid international domain name.
+        reason: if text.contains(char::is_whitespace) {
+            "a URL has no spaces".to_string()
+        } else {
+            err.to_string()
+        },
     };
     if text.contains("://") {
         return Url::parse(text).map(|u| (u, false)).map_err(not_url);
@@ -346,7 +352,10 @@ mod tests {
             errs[0].starts_with("line 1: unsupported scheme \"ftp\""),
             "{errs:?}"
         );
-        assert!(errs[1].starts_with("line 2: not a URL"), "{errs:?}");
+        assert_eq!(
+            errs[1], "line 2: not a URL (a URL has no spaces): \"not a url\"",
+            "{errs:?}"
+        );
         assert!(
             errs[2].starts_with("line 3: URL over 8192 bytes"),
             "{errs:?}"

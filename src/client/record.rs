@@ -96,11 +96,11 @@ impl Recorder {
                 self.tally.bad_lines += 1;
                 self.progress.error(None, &err.to_string(), false);
             }
-            Fed::Repeated { url, first } => {
+            Fed::Repeated { url, place, first } => {
                 self.tally.skipped += 1;
                 self.progress.add_total(1);
                 self.progress
-                    .finished(None, &format!("skipped {url} (repeats {first})"));
+                    .finished(None, &format!("skipped {place}: {url} (repeats {first})"));
             }
             Fed::Skipped { url, file } => {
                 self.tally.skipped += 1;

@@ -286,6 +286,14 @@ fn mixed_batch_saves_good_urls_and_reports_the_rest() {
     );
     assert!(
         ran.stderr
+            .contains("line 11: not a URL (a URL has no spaces)"),
+        "{}",
+        ran.stderr
+    );
+    let repeat = format!("skipped line 10: {} (repeats line 5)", origin.url("/data"));
+    assert!(ran.stderr.contains(&repeat), "{repeat}: {}", ran.stderr);
+    assert!(
+        ran.stderr
             .contains("fetched 7, skipped 1, failed 2 (and 3 bad input lines)"),
         "{}",
         ran.stderr
