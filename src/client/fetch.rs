@@ -191,7 +191,12 @@ pub fn fetch<S: Sink>(
     let mut seen = Seen::default();
     let mut tried = vec![false; fleet.proxies.len()];
     let (mut retries_left, mut round) = (settings.retries, 0u32);
+    // The error reported if no attempt succeeds. One that came after a
+    // response head (a body cut short, a 503) says more than a later
+    // attempt that got no answer at all (the proxy went away): it is kept,
+    // with the status and request id it came with.
     let mut last: Option<FetchError> = None;
+    let mut last_answered = false;
     let result = loop {
         let next = fleet.order_for(url).into_iter().find(|&i| !tried[i]);
         let Some(i) = next else {
@@ -210,6 +215,7 @@ pub fn fetch<S: Sink>(
             round += 1;
             tried.fill(false);
             log::debug!("retry round {round} for {url} after {err}");
+            last = Some(err);
             continue;
         };
         tried[i] = true;
@@ -219,7 +225,18 @@ pub fn fetch<S: Sink>(
             deadline,
             settings,
         };
-        match attempt.run(url, sink, report, &mut seen) {
+        let mut this = Seen::default();
+        let outcome = attempt.run(url, sink, report, &mut this);
+        let answered = this.status.is_some();
+        if answered || !last_answered {
+            seen = this;
+        }
+        // What to report when this attempt ends the loop.
+        let settle = |err: FetchError, last: &mut Option<FetchError>| match last.take() {
+            Some(earlier) if last_answered && !answered => earlier,
+            _ => err,
+        };
+        match outcome {
             Ok(done) => {
                 fleet.mark_up(i);
                 break Ok(done);
@@ -237,19 +254,24 @@ pub fn fetch<S: Sink>(
                         error,
                     });
                 }
-                last = Some(err);
+                if !last_answered {
+                    last = Some(err);
+                }
             }
             Err(err) if err.is_retryable() && sink.can_retry() => {
                 if tried.iter().any(|t| !t) {
                     // Failing over to the next proxy at once is a retry too.
                     if retries_left == 0 {
-                        break Err(err);
+                        break Err(settle(err, &mut last));
                     }
                     retries_left -= 1;
                 }
-                last = Some(err);
+                if answered || !last_answered {
+                    last = Some(err);
+                    last_answered = answered;
+                }
             }
-            Err(err) => break Err(err),
+            Err(err) => break Err(settle(err, &mut last)),
         }
     };
     (result, seen)

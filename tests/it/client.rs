@@ -810,6 +810,38 @@ fn server_killed_mid_download_leaves_no_partial_file() {
 }
 
 #[test]
+fn a_download_cut_by_a_proxy_that_then_went_away_reports_the_cut() {
+    // Retries find the proxy gone (connection refused); what is reported
+    // is what happened to the request, with the status and request id the
+    // proxy answered with, not the last refusal.
+    let origin = StallingOrigin::start();
+    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8", "--workers", "4"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = spawn_fetch(
+        proxy.addr,
+        dir.path(),
+        &["--retries", "2", &origin.url("/big")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || !temp_files(dir.path())
+            .is_empty()),
+        "download never started"
+    );
+    drop(proxy); // kills the server process
+    let ran = finish(client, None);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let line = &manifest(dir.path())[0];
+    assert_eq!(line["status"], 200, "{line}");
+    assert!(
+        line["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{line}"
+    );
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(error.contains("body ended after"), "{line}");
+    assert!(ran.stderr.contains(error), "{}", ran.stderr);
+}
+
+#[test]
 fn client_killed_mid_batch_then_rerun_fetches_only_the_missing_urls() {
     let site = site();
     let stall = StallingOrigin::start();
