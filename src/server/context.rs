@@ -13,6 +13,7 @@ use crate::rules::SharedRules;
 use crate::server::cached::{BackgroundFills, Refresher};
 use crate::server::conn::ClientConn;
 use crate::server::handback::Handback;
+use crate::server::in_flight::InFlight;
 use crate::server::job::Job;
 use crate::server::limits::ConnLimits;
 use crate::server::request_id::RequestIds;
@@ -40,4 +41,6 @@ pub struct Context {
     pub limits: Arc<ConnLimits>,
     /// The workers' queue, for its length on `/metrics`.
     pub queue: Receiver<Job>,
+    /// The request each worker serves, for the lines of those cut short.
+    pub in_flight: Arc<InFlight>,
 }

@@ -13,6 +13,7 @@ mod finish;
 mod forward;
 mod handback;
 pub(crate) mod idle;
+mod in_flight;
 mod job;
 mod limits;
 mod listen;
@@ -40,6 +41,7 @@ use acceptor::Acceptor;
 use context::Context;
 use handback::Handback;
 use idle::IdleWorkers;
+use in_flight::{CUT_AT_SHUTDOWN, InFlight};
 use job::JobQueue;
 use limits::ConnLimits;
 pub use listen::StartError;
@@ -74,6 +76,8 @@ pub struct Running {
     acceptor: JoinHandle<bool>,
     relay: JoinHandle<()>,
     pool: Pool,
+    /// What each worker serves, for the lines of requests cut short.
+    in_flight: Arc<InFlight>,
 }
 
 impl Running {
@@ -138,13 +142,23 @@ impl Running {
         let shutdown = self.shutdown.clone();
         let finished = self.pool.join(deadline, || shutdown.is_stopping_now());
         let cut_short = heads_cut || !finished || self.shutdown.is_stopping_now();
+        let mut cut = 0;
         if cut_short {
             // Tunnels still open are cut too.
             self.shutdown.stop_now();
+            // The requests still running end with the process: their lines
+            // are written now.
+            cut = self.in_flight.cut_all();
         }
         let _ = self.relay.join();
         if cut_short {
-            log::warn!("stopped: requests were cut short");
+            match cut {
+                0 => log::warn!("stopped: requests were cut short"),
+                1 => log::warn!("stopped: 1 request was cut short (access log: {CUT_AT_SHUTDOWN})"),
+                n => log::warn!(
+                    "stopped: {n} requests were cut short (access log: {CUT_AT_SHUTDOWN})"
+                ),
+            }
             Stopped::CutShort
         } else {
             log::info!("stopped");
@@ -194,10 +208,12 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         limits: limits.clone(),
         queue: jobs_rx.clone(),
+        in_flight: Arc::new(InFlight::new(config.workers.get())),
     });
     let cpus = thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let idle = IdleWorkers::new(config.workers.get(), cpus);
     let pool = Pool::spawn(config.workers.get(), &jobs_rx, &idle, &ctx)?;
+    let in_flight = ctx.in_flight.clone();
     drop(jobs_rx);
     let acceptor = Acceptor::new(
         poll,
@@ -226,6 +242,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         acceptor,
         relay: relay_thread,
         pool,
+        in_flight,
     })
 }
 

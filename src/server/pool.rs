@@ -11,6 +11,7 @@ use crossbeam_channel::Receiver;
 
 use crate::server::context::Context;
 use crate::server::idle::IdleWorkers;
+use crate::server::in_flight::InFlight;
 use crate::server::job::Job;
 use crate::server::worker;
 
@@ -46,6 +47,7 @@ impl Pool {
                 .spawn(move || {
                     crate::server::sched::batch_this_thread();
                     crate::upstream::Agents::enter(n - 1);
+                    InFlight::enter(n - 1);
                     worker::run(jobs, idler, ctx)
                 })?;
             handles.push(handle);

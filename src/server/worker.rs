@@ -170,6 +170,7 @@ fn serve_one(
     // applies from the next request on.
     let rules = ctx.rules.current();
     let mut request = Request::of(conn.peer, &head, &request_id, started);
+    ctx.in_flight.begin(&request);
     let handled = catch_panic(&mut conn, &request_id, &ctx.metrics, |conn| {
         handle(
             conn,
@@ -184,6 +185,8 @@ fn serve_one(
     let served = match handled {
         Ok(Ok(Handled::Served(served))) => served,
         Ok(Ok(Handled::Tunnel(upstream, slot))) => {
+            // The relay writes the tunnel's line.
+            ctx.in_flight.end();
             open_tunnel(conn, upstream, slot, &request, ctx);
             return None;
         }
@@ -193,6 +196,10 @@ fn serve_one(
         }
         Err(panicked) => panicked,
     };
+    if !ctx.in_flight.end() {
+        // Logged as cut short: the process is on its way out.
+        return None;
+    }
     finish::record(&ctx.metrics, &request, &served, None);
     if served.reusable && !ctx.shutdown.is_draining() {
         return Some(conn);

@@ -188,6 +188,7 @@ fn second_sigterm_during_grace_exits_1_at_once() {
         "a cut request looked complete: {:?}",
         got.text()
     );
+    assert_cut_line(&proxy, &origin.url("/held"));
     gate.open();
 }
 
@@ -211,11 +212,28 @@ fn grace_running_out_exits_1() {
         got.text()
     );
     assert!(
-        proxy.log().iter().any(|l| l.contains("cut short")),
+        proxy
+            .log()
+            .iter()
+            .any(|l| l.contains("stopped: 1 request was cut short")),
         "log:\n{}",
         log_of(&proxy)
     );
+    assert_cut_line(&proxy, &origin.url("/held"));
     gate.open();
+}
+
+/// Asserts that the request for `url` got one access-log line, as cut at
+/// shutdown.
+fn assert_cut_line(proxy: &ProxyProcess, url: &str) {
+    let lines: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(&format!(" {url} ")))
+        .collect();
+    assert_eq!(lines.len(), 1, "log:\n{}", log_of(proxy));
+    assert!(lines[0].contains(" 0 0 "), "{}", lines[0]);
+    assert!(lines[0].contains("cut_at_shutdown"), "{}", lines[0]);
 }
 
 #[test]
