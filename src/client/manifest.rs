@@ -45,24 +45,39 @@ impl Entry {
     }
 }
 
+/// What a manifest held.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Its well-formed lines.
+    pub entries: Vec<Entry>,
+    /// The numbers of lines that are no entry (edited, or damaged), but
+    /// a torn last line, which a run killed while writing it leaves.
+    pub bad_lines: Vec<usize>,
+}
+
 /// Reads every well-formed line of `dir/manifest.jsonl` (none when missing).
-/// A torn last line (a run killed while writing it) is ignored.
 ///
 /// # Errors
 /// The OS error when the file exists but cannot be read.
-pub fn load(dir: &Path) -> io::Result<Vec<Entry>> {
+pub fn load(dir: &Path) -> io::Result<Loaded> {
     let file = match File::open(dir.join(MANIFEST_NAME)) {
         Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
         Err(err) => return Err(err),
     };
-    let mut entries = Vec::new();
-    for line in BufReader::new(file).split(b'\n') {
-        if let Ok(entry) = serde_json::from_slice::<Entry>(&line?) {
-            entries.push(entry);
+    let mut loaded = Loaded::default();
+    let mut lines = BufReader::new(file).split(b'\n').enumerate().peekable();
+    while let Some((i, line)) = lines.next() {
+        let line = line?;
+        match serde_json::from_slice::<Entry>(&line) {
+            Ok(entry) => loaded.entries.push(entry),
+            // Torn: the last line, cut before its newline.
+            Err(_) if lines.peek().is_none() => {}
+            Err(_) if line.trim_ascii().is_empty() => {}
+            Err(_) => loaded.bad_lines.push(i + 1),
         }
     }
-    Ok(entries)
+    Ok(loaded)
 }
 
 /// The manifest open for appending.
@@ -132,7 +147,7 @@ mod tests {
         let (a, b) = (entry("http://h.org/", true), entry("http://h.org/x", false));
         manifest.append(&a).expect("append");
         manifest.append(&b).expect("append");
-        assert_eq!(load(dir.path()).expect("load"), [a.clone(), b]);
+        assert_eq!(load(dir.path()).expect("load").entries, [a.clone(), b]);
         let text = std::fs::read_to_string(dir.path().join(MANIFEST_NAME)).expect("read");
         assert_eq!(text.lines().count(), 2);
         let value: serde_json::Value =
@@ -170,18 +185,22 @@ mod tests {
             format!("{good}\n{{\"url\":\"http://h.o"),
         )
         .expect("write");
-        assert_eq!(load(dir.path()).expect("load").len(), 1);
+        let loaded = load(dir.path()).expect("load");
+        assert_eq!(loaded.entries.len(), 1);
+        assert!(loaded.bad_lines.is_empty(), "a torn last line is no news");
         let mut manifest = Manifest::open(dir.path()).expect("open");
         manifest
             .append(&entry("http://h.org/x", false))
             .expect("append");
-        assert_eq!(load(dir.path()).expect("load").len(), 2);
+        let loaded = load(dir.path()).expect("load");
+        assert_eq!(loaded.entries.len(), 2);
+        assert_eq!(loaded.bad_lines, [2], "once others follow it, it is told");
     }
 
     #[test]
     fn missing_manifest_is_empty() {
         let dir = tempfile::tempdir().expect("temp dir");
-        assert!(load(dir.path()).expect("load").is_empty());
+        assert!(load(dir.path()).expect("load").entries.is_empty());
     }
 
     #[test]
@@ -189,7 +208,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let old = r#"{"url":"http://h.org/","file":"h.org.html","status":200,"bytes":5,"content_type":"text/html","sha256":"ab","elapsed_ms":1,"request_id":"r","error":null}"#;
         std::fs::write(dir.path().join(MANIFEST_NAME), format!("{old}\n")).expect("write");
-        let entries = load(dir.path()).expect("load");
+        let entries = load(dir.path()).expect("load").entries;
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].proxy, None);
         assert_eq!(entries[0].file.as_deref(), Some("h.org.html"));

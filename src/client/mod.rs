@@ -111,8 +111,19 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
         path: manifest_path.clone(),
         source,
     };
-    let recorded: Vec<Entry> = manifest::load(&out_dir)
-        .map_err(manifest_error)?
+    let loaded = manifest::load(&out_dir).map_err(manifest_error)?;
+    if let (Some(first), false) = (loaded.bad_lines.first(), args.quiet) {
+        let more = match loaded.bad_lines.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        eprintln!(
+            "{}: line {first}{more} is no entry (edited, or torn by a run that was killed): ignored",
+            manifest_path.display()
+        );
+    }
+    let recorded: Vec<Entry> = loaded
+        .entries
         .into_iter()
         .filter(|e| e.is_success() && e.file.as_deref().is_some_and(naming::is_safe_name))
         .collect();
@@ -136,13 +147,16 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
         None
     };
     let source = feed::open_input(&args, prompt.clone())?;
-    let names = Names::new(
-        recorded
-            .iter()
-            .filter_map(|e| Some((e.file.as_deref()?, e.url.as_str()))),
-    );
+    // The latest line for a URL stands: an older file of it (one changed
+    // by hand, which the latest copy was saved beside) is no longer its,
+    // and `--overwrite` replaces the latest.
     let last_saved: HashMap<String, Entry> =
         recorded.into_iter().map(|e| (e.url.clone(), e)).collect();
+    let names = Names::new(
+        last_saved
+            .values()
+            .filter_map(|e| Some((e.file.as_deref()?, e.url.as_str()))),
+    );
 
     let scratch = Arc::new(Scratch::new(&out_dir));
     // URLs given as arguments need no more workers than there are URLs.
