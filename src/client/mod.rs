@@ -206,7 +206,7 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
     }
     drop(recorder.manifest);
     let tally = &recorder.tally;
-    let interrupted = code.is_some();
+    let interrupted = code.map(|_| recorder.progress.in_flight());
     recorder.progress.finish(&progress::summary(
         tally,
         recorder.progress.elapsed(),

@@ -268,6 +268,11 @@ impl Progress {
         }
     }
 
+    /// Downloads started and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     fn redraw(&self) {
         let Some(bar) = &self.bar else { return };
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
@@ -293,9 +298,10 @@ fn above(bar: &ProgressBar, line: &str) {
     bar.suspend(|| write_stderr(&format!("{line}\n")));
 }
 
-/// The one-line summary: `fetched 12, skipped 3, failed 1, 4.20 MiB in 1.3s`.
-pub fn summary(tally: &Tally, elapsed: Duration, interrupted: bool) -> String {
-    if tally.done() == 0 && tally.bad_lines == 0 && !interrupted {
+/// The one-line summary: `fetched 12, skipped 3, failed 1, 4.20 MiB in 1.3s`;
+/// `interrupted` gives how many downloads a signal stopped.
+pub fn summary(tally: &Tally, elapsed: Duration, interrupted: Option<usize>) -> String {
+    if tally.done() == 0 && tally.bad_lines == 0 && interrupted.is_none() {
         // A batch run from cron with an empty URL list should say so.
         return "no URLs to fetch: the input held none".to_string();
     }
@@ -312,8 +318,13 @@ pub fn summary(tally: &Tally, elapsed: Duration, interrupted: bool) -> String {
         HumanBytes(tally.bytes),
         elapsed.as_secs_f64()
     ));
-    if interrupted {
-        line.push_str(", interrupted");
+    match interrupted {
+        None => {}
+        Some(0) => line.push_str(", interrupted"),
+        Some(1) => line.push_str(", interrupted: 1 download stopped; run again for the rest"),
+        Some(n) => line.push_str(&format!(
+            ", interrupted: {n} downloads stopped; run again for the rest"
+        )),
     }
     line
 }
@@ -331,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_batch_without_urls_says_so() {
-        let line = summary(&Tally::default(), Duration::from_millis(3), false);
+        let line = summary(&Tally::default(), Duration::from_millis(3), None);
         assert_eq!(line, "no URLs to fetch: the input held none");
     }
 
@@ -345,8 +356,13 @@ mod tests {
             bytes: 4 * 1024 * 1024 + 200 * 1024,
         };
         assert_eq!(
-            summary(&tally, Duration::from_millis(1330), false),
+            summary(&tally, Duration::from_millis(1330), None),
             "fetched 12, skipped 3, failed 1 (and 2 bad input lines), 4.20 MiB in 1.3s"
+        );
+        assert_eq!(
+            summary(&tally, Duration::from_millis(1330), Some(2)),
+            "fetched 12, skipped 3, failed 1 (and 2 bad input lines), 4.20 MiB in 1.3s, \
+             interrupted: 2 downloads stopped; run again for the rest"
         );
         assert_eq!(tally.done(), 16);
     }

@@ -920,6 +920,11 @@ fn ctrl_c_removes_temporary_files_and_exits_130() {
     assert!(status.success());
     let ran = finish(child, None);
     assert_eq!(ran.code, Some(130), "{}", ran.stderr);
-    assert!(ran.stderr.contains("interrupted"), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("interrupted: 1 download stopped; run again for the rest"),
+        "{}",
+        ran.stderr
+    );
     assert!(temp_files(dir.path()).is_empty(), "{:?}", files(dir.path()));
 }

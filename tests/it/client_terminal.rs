@@ -272,7 +272,7 @@ fn ctrl_c_clears_the_bar() {
         screen
             .iter()
             .any(|r| r.starts_with("fetched 0, skipped 0, failed 0, ")
-                && r.ends_with(", interrupted")),
+                && r.ends_with(", interrupted: 1 download stopped; run again for the rest")),
         "{}",
         screen.join("\n")
     );
