@@ -21,6 +21,7 @@ use crate::cache::reply;
 use crate::cache::status::{Fwd, Outcome};
 use crate::cache::{Cache, Shared};
 use crate::http::body::BodyFraming;
+use crate::http::headers;
 use crate::http::request::RequestHead;
 
 /// What the cache offers for a request.
@@ -51,6 +52,11 @@ pub enum Bypass {
     /// an answer from the cache may need a second request (a 304 that
     /// selects nothing is followed by a full fetch).
     Body,
+    /// The request names in `Connection` a field it carries: the field
+    /// goes no further (RFC 9110 §7.6.1), so the origin answers a request
+    /// without it, and a variant keyed on it (`Vary`) would be stored
+    /// under a value the origin never saw.
+    ConnectionField,
 }
 
 impl Bypass {
@@ -61,6 +67,7 @@ impl Bypass {
             Bypass::Method => "method",
             Bypass::Target => "target",
             Bypass::Body => "body",
+            Bypass::ConnectionField => "connection-field",
         }
     }
 }
@@ -230,6 +237,9 @@ impl Cache {
         let Ok(key) = CacheKey::exact(&head.target) else {
             return Lookup::Bypass(Bypass::Target);
         };
+        if drops_named_fields(head) {
+            return Lookup::Bypass(Bypass::ConnectionField);
+        }
         let only_if_cached = has_directive(head, "only-if-cached");
         let kind = match self.find(&key, head) {
             Found::Object(object) => match object.head.policy.decide(head, now) {
@@ -474,6 +484,23 @@ impl Cache {
             }),
         };
         let refreshed = Arc::new(StoredObject::new(new_head, body));
+        // The updated response answers this request; it is kept for others
+        // only if it may still be stored (a 304 that says `private` or
+        // `no-store`, or answers a request with credentials, makes it the
+        // requester's, RFC 9111 §3, §3.5) and still varies as it did (the
+        // variant was keyed on the old `Vary`). Else the entry goes.
+        let shareable = refreshed.head.policy.is_storable()
+            && old.headers.get_all(http::header::VARY).iter().eq(refreshed
+                .head
+                .headers
+                .get_all(http::header::VARY)
+                .iter());
+        if !shareable {
+            for tier in self.tiers() {
+                tier.remove_variant(object);
+            }
+            return Some(refreshed);
+        }
         let tier = match &refreshed.body {
             Body::Memory(_) => self.shared.memory.as_ref(),
             Body::Disk(_) => self.shared.disk.as_ref().map(|d| &d.tier),
@@ -484,6 +511,15 @@ impl Cache {
             tier.replace_exact(object, Arc::clone(&refreshed));
         }
         Some(refreshed)
+    }
+
+    /// The tiers there are: memory, then disk.
+    fn tiers(&self) -> impl Iterator<Item = &crate::cache::tier::Tier> {
+        self.shared
+            .memory
+            .as_ref()
+            .into_iter()
+            .chain(self.shared.disk.as_ref().map(|d| &d.tier))
     }
 
     /// The configured collapse wait.
@@ -507,4 +543,13 @@ fn selects(object: &StoredObject, head: &RequestHead) -> bool {
 
 fn has_directive(head: &RequestHead, name: &str) -> bool {
     directive(head.header_values("cache-control"), name).is_some()
+}
+
+/// Whether `head` names in `Connection` a field it also carries, beyond the
+/// hop-by-hop ones (which never take part in a key). Most requests have no
+/// `Connection` header, or only `keep-alive` or `close` in it.
+pub(crate) fn drops_named_fields(head: &RequestHead) -> bool {
+    headers::connection_options(head.header_values("connection"))
+        .filter(|option| !headers::is_hop_by_hop(option))
+        .any(|option| head.header(option).is_some())
 }

@@ -384,10 +384,16 @@ fn crate_parts(
 pub fn merge_not_modified(stored: &HeaderMap, answer: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     merged.remove(http::header::AGE);
+    // Hop-by-hop fields, and those the 304's `Connection` names, are not
+    // stored (RFC 9111 §3.2, §3.1).
+    let hop = crate::http::headers::HopByHop::from_connection(
+        answer
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
     for name in answer.keys() {
-        if KEPT_ON_UPDATE.contains(&name.as_str())
-            || crate::http::headers::is_hop_by_hop(name.as_str())
-        {
+        if KEPT_ON_UPDATE.contains(&name.as_str()) || hop.contains(name.as_str()) {
             continue;
         }
         merged.remove(name);

@@ -53,7 +53,12 @@ impl Cache {
         if !self.is_enabled() || head.method != "POST" {
             return None;
         }
-        let key = CacheKey::from_target(&head.target).ok()?;
+        // The key as a GET of it is looked up (never one normalising would
+        // rewrite: `/x/../victim` names another URL than the origin saw).
+        let key = CacheKey::exact(&head.target).ok()?;
+        if super::lookup::drops_named_fields(head) {
+            return None;
+        }
         let names_itself = headers
             .get_all(http::header::CONTENT_LOCATION)
             .iter()

@@ -29,13 +29,7 @@ pub struct HopByHop {
 impl HopByHop {
     /// Collects the names listed in the message's `Connection` header values.
     pub fn from_connection<'a>(values: impl Iterator<Item = &'a [u8]>) -> Self {
-        // RFC 9110 §7.6.1: Connection = #connection-option, a token list.
-        let listed = values
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
-            .take(MAX_CONNECTION_TOKENS)
-            .filter_map(|t| std::str::from_utf8(t).ok())
+        let listed = connection_options(values)
             .map(str::to_ascii_lowercase)
             .collect();
         HopByHop { listed }
@@ -45,6 +39,20 @@ impl HopByHop {
     pub fn contains(&self, name: &str) -> bool {
         is_hop_by_hop(name) || self.listed.iter().any(|l| l.eq_ignore_ascii_case(name))
     }
+}
+
+/// The options of a message's `Connection` header values, as sent (RFC
+/// 9110 §7.6.1: `Connection = #connection-option`, a token list), at most
+/// `MAX_CONNECTION_TOKENS` of them.
+pub fn connection_options<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> impl Iterator<Item = &'a str> {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .take(MAX_CONNECTION_TOKENS)
+        .filter_map(|t| std::str::from_utf8(t).ok())
 }
 
 /// The fixed hop-by-hop headers (RFC 9110 §7.6.1), plus `Proxy-Connection`,

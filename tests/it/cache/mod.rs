@@ -2,11 +2,13 @@
 //! origins the tests script: what is stored and served again
 //! (`semantics`), stale entries (`stale`), concurrent misses and fills
 //! (`collapse`), the disk tier across restarts and crashes, and memory
-//! bounds (`disk`), and how the cache reports itself: Cache-Status, the
+//! bounds (`disk`), what one client must not make another's answer
+//! (`poisoning`), and how the cache reports itself: Cache-Status, the
 //! access log, `/metrics`, PURGE (`reporting`).
 
 mod collapse;
 mod disk;
+mod poisoning;
 mod reporting;
 mod semantics;
 mod stale;

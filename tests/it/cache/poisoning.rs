@@ -1,0 +1,114 @@
+//! What one client sends must never become another's answer: a field the
+//! request names in `Connection` (dropped on the way up) cannot key a
+//! variant, a 304 that makes an entry private takes it out of the shared
+//! cache, and a POST's answer is stored only under the URL the origin
+//! was asked for, as written.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{cache_status, get, reply_with, requests_for};
+use crate::support::{Origin, Proxy, Reply};
+
+#[test]
+fn a_field_named_in_connection_keys_no_variant() {
+    // The origin varies on Accept; the proxy drops a field the request
+    // names in Connection, so the origin sees no Accept at all.
+    let origin = Origin::start(|request| {
+        let json = request
+            .header("accept")
+            .is_some_and(|accept| accept.contains("application/json"));
+        reply_with(
+            if json { "{\"json\":1}" } else { "<html>" },
+            &[("Cache-Control", "public, max-age=600"), ("Vary", "Accept")],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/api");
+    let crafted = get(
+        proxy.addr,
+        &url,
+        &["-H", "Accept: application/json", "-H", "Connection: Accept"],
+    );
+    assert_eq!(crafted.text(), "<html>", "the origin never saw Accept");
+    assert_eq!(
+        cache_status(&crafted),
+        "fetchproxy; fwd=bypass; fwd-status=200; detail=connection-field"
+    );
+    let victim = get(proxy.addr, &url, &["-H", "Accept: application/json"]);
+    assert_eq!(victim.text(), "{\"json\":1}", "{victim:?}");
+    assert!(cache_status(&victim).contains("fwd=uri-miss"), "{victim:?}");
+    assert_eq!(requests_for(&origin, "/api").len(), 2);
+}
+
+#[test]
+fn a_304_that_makes_an_entry_private_takes_it_out_of_the_shared_cache() {
+    // Stored public and at once stale; a revalidation on behalf of a client
+    // with a cookie is answered 304, now private, with the client's session.
+    let origin = Origin::start(|request| {
+        if request.header("if-none-match").is_some() {
+            return Reply::Full {
+                status: 304,
+                headers: vec![
+                    ("ETag".into(), "\"v1\"".into()),
+                    ("Cache-Control".into(), "private, max-age=60".into()),
+                    ("Set-Cookie".into(), "session=alice-token".into()),
+                ],
+                body: Vec::new(),
+            };
+        }
+        reply_with(
+            "shared page",
+            &[("Cache-Control", "public, max-age=0"), ("ETag", "\"v1\"")],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/page");
+    let first = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    let alice = get(proxy.addr, &url, &["-H", "Cookie: alice"]);
+    assert_eq!(alice.text(), "shared page", "{alice:?}");
+    assert_eq!(alice.header("set-cookie"), Some("session=alice-token"));
+    // Bob would take a stale entry: there must be none to take.
+    let bob = get(proxy.addr, &url, &["-H", "Cache-Control: max-stale=3600"]);
+    assert_eq!(bob.text(), "shared page", "{bob:?}");
+    assert_eq!(
+        bob.header("set-cookie"),
+        None,
+        "alice's session leaked: {bob:?}"
+    );
+    assert!(cache_status(&bob).contains("fwd=uri-miss"), "{bob:?}");
+}
+
+#[test]
+fn a_post_answer_is_stored_only_under_the_url_as_written() {
+    // The origin says its POST answer is a representation of the target it
+    // was sent, as written (Content-Location), fresh for a while.
+    let posted = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&posted);
+    let origin = Origin::start(move |request| {
+        if request.method == "POST" {
+            seen.store(true, Ordering::SeqCst);
+        }
+        reply_with(
+            &format!("{} for {}", request.method, request.target),
+            &[
+                ("Cache-Control", "max-age=999"),
+                ("Content-Location", &request.target),
+            ],
+        )
+    });
+    let proxy = Proxy::start();
+    for crafted in ["/x/%2e%2e/victim/b", "/x/../victim/b", "/victim/./b"] {
+        let post = get(
+            proxy.addr,
+            &origin.url(crafted),
+            &["--path-as-is", "-X", "POST", "--data", "x"],
+        );
+        assert_eq!(post.text(), format!("POST for {crafted}"), "{post:?}");
+    }
+    assert!(posted.load(Ordering::SeqCst));
+    let victim = get(proxy.addr, &origin.url("/victim/b"), &[]);
+    assert_eq!(victim.text(), "GET for /victim/b", "{victim:?}");
+    assert!(cache_status(&victim).contains("fwd=uri-miss"), "{victim:?}");
+}
