@@ -150,8 +150,10 @@ const BYTE_CODINGS: [&str; 7] = [
 /// Refuses a response the proxy cannot pass on as it came: a switch of
 /// protocols it never asked for (it sends no `Upgrade`, a hop-by-hop
 /// field); both `Content-Length` and `Transfer-Encoding`, the sign of a
-/// response split (RFC 9112 §6.3, which nginx refuses too); and a
-/// transfer coding that codes the bytes (`gzip, chunked`), which would
+/// response split (RFC 9112 §6.3, which nginx refuses too); an HTTP/1.0
+/// response with `Transfer-Encoding`, whose framing RFC 9112 §6.1 calls
+/// faulty (its body would reach the client with the chunks' framing in it);
+/// and a transfer coding that codes the bytes (`gzip, chunked`), which would
 /// reach the client with the coding dropped and the bytes still coded.
 /// A coding it does not know is left as before (dropped with the field,
 /// the body framed as the rest of the head says), as the public cache
@@ -169,6 +171,11 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
     if headers.contains_key(http::header::CONTENT_LENGTH) {
         return Err(ProxyError::UpstreamProtocol(
             "the origin sent both Content-Length and Transfer-Encoding".into(),
+        ));
+    }
+    if response.version() == http::Version::HTTP_10 {
+        return Err(ProxyError::UpstreamProtocol(
+            "the origin sent Transfer-Encoding in an HTTP/1.0 response".into(),
         ));
     }
     let coded = headers

@@ -1303,6 +1303,24 @@ fn a_transfer_coding_that_codes_the_bytes_is_502_and_not_stored() {
 }
 
 #[test]
+fn an_http_1_0_response_with_transfer_encoding_is_502_and_not_stored() {
+    // RFC 9112 §6.1: its framing is faulty. Passed on, the chunks' framing
+    // would reach the client as part of the body.
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.0 200 OK\r\nCache-Control: max-age=999\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+    });
+    let proxy = Proxy::start();
+    for _ in 0..2 {
+        let reply = curl(proxy.addr, &origin.url("/old"), &[]);
+        assert_curl_error("GET /old", &reply, 502, "http_protocol_error");
+    }
+    assert_eq!(origin.requests().len(), 2, "nothing stored");
+}
+
+#[test]
 fn a_transfer_coding_nobody_knows_is_dropped_with_its_field() {
     // As the public cache tests expect of a cache: the field is hop by
     // hop, and the body is framed as the rest of the head says.
