@@ -34,7 +34,9 @@ pub fn evaluate(head: &RequestHead, stored: &HeaderMap) -> Precondition {
             return Precondition::Failed;
         }
     } else if let Some(since) = request_date(head, "if-unmodified-since")
-        && last_modified().is_none_or(|modified| modified > since)
+        // Ignored when the response has no modification date (RFC 9110
+        // §13.1.4).
+        && last_modified().is_some_and(|modified| modified > since)
     {
         return Precondition::Failed;
     }
@@ -195,6 +197,12 @@ mod tests {
         );
         assert_eq!(
             check("GET", &[("if-unmodified-since", LATER)], &stored),
+            Precondition::Proceed
+        );
+        // No modification date: If-Unmodified-Since is ignored.
+        let undated = headers(&[("etag", "\"v1\"")]);
+        assert_eq!(
+            check("GET", &[("if-unmodified-since", EARLIER)], &undated),
             Precondition::Proceed
         );
     }

@@ -81,7 +81,14 @@ fn stored_part(object: &StoredObject) -> Option<(u64, u64, u64)> {
 /// part, only when `covers` holds).
 pub fn plan(object: &StoredObject, request: &RequestHead, now: SystemTime) -> Reply {
     let head = &object.head;
-    match conditional::evaluate(request, &head.headers) {
+    // Preconditions are for a 2xx answer; one that would be another status
+    // (a stored 404) ignores them (RFC 9110 §13.2.1).
+    let precondition = if head.status.is_success() {
+        conditional::evaluate(request, &head.headers)
+    } else {
+        Precondition::Proceed
+    };
+    match precondition {
         Precondition::NotModified => {
             return Reply::HeadOnly {
                 status: 304,

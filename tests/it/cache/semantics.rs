@@ -416,3 +416,23 @@ fn a_get_with_a_body_passes_the_cache_by_and_keeps_its_neighbours() {
     let bodies: Vec<Vec<u8>> = origin.requests().iter().map(|r| r.body.clone()).collect();
     assert_eq!(bodies, [b"".to_vec(), b"hello".to_vec(), b"".to_vec()]);
 }
+
+#[test]
+fn preconditions_leave_a_stored_error_as_it_is() {
+    // RFC 9110 §13.2.1: preconditions apply to a 2xx answer only.
+    let origin = Origin::start(|_| Reply::Full {
+        status: 404,
+        headers: vec![("Cache-Control".into(), "max-age=300".into())],
+        body: b"no such page".to_vec(),
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/gone");
+    let first = get(proxy.addr, &url, &[]);
+    assert_eq!(first.status, 404, "{first:?}");
+    for condition in ["If-None-Match: *", "If-Match: \"x\""] {
+        let again = get(proxy.addr, &url, &["-H", condition]);
+        assert_eq!(again.status, 404, "{condition}: {again:?}");
+        assert_eq!(again.text(), "no such page", "{condition}");
+        assert!(cache_status(&again).contains("; hit"), "{again:?}");
+    }
+}
