@@ -121,6 +121,7 @@ impl<In: Transport> Connector<In> for OriginConnector {
             write_timeout: None,
             used: true,
             answered: 0,
+            sent: 0,
             answered_early: false,
         })))
     }
@@ -159,6 +160,9 @@ pub struct OriginTransport {
     /// Bytes received since a request was last sent on it: some of an
     /// answer has come.
     answered: u64,
+    /// Bytes written of the request under way (since an answer was last
+    /// read).
+    sent: u64,
     /// The origin answered and reset the connection while the request
     /// body was sent: the rest of the body is dropped, and the connection
     /// is not reused.
@@ -199,13 +203,17 @@ impl Transport for OriginTransport {
         }
         let output = &self.buffers.output()[..amount];
         match self.stream.write_all(output) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.sent += amount as u64;
+                Ok(())
+            }
             // An origin may answer before it has read the request body (a
             // 413, a 401) and close, which resets the connection while the
             // body is still sent (RFC 9112 §9.6). Its answer is waiting:
             // the rest of the body goes nowhere, and ureq reads the answer
-            // once it has "sent" it.
-            Err(err) if is_reset(&err) && self.has_input() => {
+            // once it has "sent" it. Only once the head went out: bytes
+            // waiting before that are no answer to this request.
+            Err(err) if is_reset(&err) && self.sent > 0 && self.has_input() => {
                 log::debug!("the origin answered before reading the whole request body");
                 self.answered_early = true;
                 Ok(())
@@ -221,6 +229,8 @@ impl Transport for OriginTransport {
             self.stream.set_read_timeout(limit)?;
             self.read_timeout = limit;
         }
+        // Reading an answer: the next write starts the next request.
+        self.sent = 0;
         let input = self.buffers.input_append_buf();
         let _waiting = idle::waiting();
         let amount = loop {
@@ -310,6 +320,7 @@ mod tests {
             write_timeout: None,
             used: false,
             answered: 0,
+            sent: 0,
             answered_early: false,
         };
         (transport, server)
@@ -381,6 +392,28 @@ mod tests {
             transport.buffers.input_consume(read);
         }
         assert_eq!(got, answer);
+    }
+
+    #[test]
+    fn bytes_waiting_before_the_head_went_out_are_no_answer_to_it() {
+        // A pooled connection the origin answered something unasked on and
+        // reset: the request's first write fails, and is no early answer.
+        let (mut transport, mut server) = transport_pair();
+        server
+            .write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            .expect("write");
+        rustix::net::sockopt::set_socket_linger(&server, Some(Duration::ZERO)).expect("linger");
+        drop(server);
+        assert!(crate_wait(|| {
+            rustix::net::sockopt::socket_error(&transport.stream).is_ok_and(|state| state.is_err())
+        }));
+        assert!(transport.has_input(), "the unasked bytes wait");
+        assert!(
+            transport
+                .transmit_output(1024, NextTimeout::default())
+                .is_err()
+        );
+        assert!(!transport.answered_early);
     }
 
     #[test]
