@@ -484,6 +484,11 @@ impl Cache {
             }),
         };
         let refreshed = Arc::new(StoredObject::new(new_head, body));
+        // A request that says `no-store` has its answer kept by no one
+        // (RFC 9111 §5.2.1.5): the stored entry stays as it was.
+        if has_directive(head, "no-store") {
+            return Some(refreshed);
+        }
         // The updated response answers this request; it is kept for others
         // only if it may still be stored (a 304 that says `private` or
         // `no-store`, or answers a request with credentials, makes it the

@@ -436,3 +436,35 @@ fn preconditions_leave_a_stored_error_as_it_is() {
         assert!(cache_status(&again).contains("; hit"), "{again:?}");
     }
 }
+
+#[test]
+fn a_revalidation_for_a_no_store_request_leaves_the_entry_as_it_was() {
+    // Stored at once stale; the origin's 304 would make it fresh a minute.
+    let origin = Origin::start(|request| {
+        if request.header("if-none-match").is_some() {
+            return Reply::Full {
+                status: 304,
+                headers: vec![
+                    ("ETag".into(), "\"v1\"".into()),
+                    ("Cache-Control".into(), "max-age=60".into()),
+                ],
+                body: Vec::new(),
+            };
+        }
+        reply_with(
+            "page",
+            &[("Cache-Control", "max-age=0"), ("ETag", "\"v1\"")],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/kept-as-was");
+    get(proxy.addr, &url, &[]);
+    let no_store = get(proxy.addr, &url, &["-H", "Cache-Control: no-store"]);
+    assert_eq!(no_store.text(), "page", "{no_store:?}");
+    // Nothing of the answer to it was kept: the entry is still stale.
+    let next = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&next).contains("fwd=stale"), "{next:?}");
+    // Refreshed by a plain request, it is fresh.
+    let after = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&after).contains("; hit"), "{after:?}");
+}
