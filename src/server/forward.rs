@@ -1,14 +1,15 @@
 //! Forwarding one request to its origin, as phases: the request built
 //! from the client's (hop-by-hop headers out, `Via` in, and the cache's
-//! validators in place of the client's own when it revalidates),
-//! `100 Continue` when the client expects it, then the upstream call with
-//! the request body streamed up, until the response head. The body is
+//! validators in place of the client's own when it revalidates), then
+//! the upstream call with the request body streamed up (`100 Continue`
+//! first, when the client expects it, once the origin has the head),
+//! until the response head. The body is
 //! streamed back by `relay`; whether the cache answers instead, or keeps a
 //! copy, is `cached`'s business. The route and the policy were settled
 //! before (`target`); the addresses are checked when they are resolved
 //! (`upstream`).
 
-use std::io::{self, Write};
+use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -93,8 +94,8 @@ pub fn fetch(
         )
     };
     let first = request()?;
-    answer_expectation(conn, head, framing)?;
-    let (response, body_read) = send(conn, first, &request, framing, authority, rules, ctx)?;
+    let body = ClientBody::new(conn, head, framing, ctx.config.max_body_bytes);
+    let (response, body_read) = send(body, first, &request, framing, authority, rules, ctx)?;
     check_response(&response)?;
     Ok(Upstream {
         response,
@@ -238,20 +239,6 @@ fn upstream_request(
     Ok(request.body(())?.into_parts().0)
 }
 
-/// Answers `Expect: 100-continue` (RFC 9110 §10.1.1): the proxy streams the
-/// body itself, so it asks for it here rather than waiting on the origin.
-fn answer_expectation(
-    conn: &mut ClientConn,
-    head: &RequestHead,
-    framing: BodyFraming,
-) -> Result<(), ProxyError> {
-    if framing != BodyFraming::Empty && head.expects_continue() {
-        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .map_err(|err| ProxyError::ClientGone(err.to_string()))?;
-    }
-    Ok(())
-}
-
 /// The upstream call: the request and its body (read from `conn` as it is
 /// sent) until the response head. Says whether the request body was read
 /// to its end (a body the origin did not wait for leaves bytes unread).
@@ -265,7 +252,7 @@ fn answer_expectation(
 /// request is `first`, and made `again` for a second call (ureq takes it
 /// whole, and a copy made in case is a dozen allocations a request).
 fn send(
-    conn: &mut ClientConn,
+    mut body: ClientBody<'_>,
     first: Parts,
     again: &dyn Fn() -> Result<Parts, ProxyError>,
     framing: BodyFraming,
@@ -273,7 +260,6 @@ fn send(
     rules: &Arc<Rules>,
     ctx: &Context,
 ) -> Result<(http::Response<ureq::Body>, bool), ProxyError> {
-    let mut body = ClientBody::new(conn, framing, ctx.config.max_body_bytes);
     let idempotent = is_idempotent(&first.method);
     let sent = Instant::now();
     let mut retried = false;

@@ -3,7 +3,7 @@
 //! requests the proxy answers itself, read and dropped (`discard`) so that
 //! the next request on the connection starts where the client meant it to.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read, Write};
 
 use crate::error::ProxyError;
 use crate::http::body::{ChunkedReader, LimitedReader};
@@ -81,20 +81,26 @@ pub struct ClientBody<'a> {
 }
 
 impl<'a> ClientBody<'a> {
+    /// The body of `head`, framed as `framing`, at most `limit` bytes.
     pub fn new(
         conn: &'a mut ClientConn,
+        head: &RequestHead,
         framing: BodyFraming,
         limit: Option<u64>,
     ) -> ClientBody<'a> {
         let limit = limit.unwrap_or(u64::MAX);
+        let source = Continued {
+            conn,
+            pending: framing != BodyFraming::Empty && head.expects_continue(),
+        };
         let reader: Option<Box<dyn Read + 'a>> = match framing {
             BodyFraming::Empty | BodyFraming::UntilClose => None,
             BodyFraming::Length(len) => Some(Box::new(ExactReader {
-                inner: conn,
+                inner: source,
                 remaining: len,
             })),
             BodyFraming::Chunked => Some(Box::new(LimitedReader::new(
-                ChunkedReader::new(conn),
+                ChunkedReader::new(source),
                 limit,
             ))),
         };
@@ -194,6 +200,44 @@ impl Read for ClientBody<'_> {
             return Ok(n);
         }
         self.read_client(out)
+    }
+}
+
+/// The client's connection as the source of its body. A client that sent
+/// `Expect: 100-continue` is told to go on (RFC 9110 §10.1.1) when the body
+/// is first asked for: once the origin was reached and the request head
+/// sent to it. An origin that cannot be reached is answered before the
+/// client sends a byte of its body, as the origin itself would.
+struct Continued<'a> {
+    conn: &'a mut ClientConn,
+    pending: bool,
+}
+
+impl Continued<'_> {
+    /// Sends `100 Continue` if the client waits for it and it was not sent.
+    fn go_on(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.pending) {
+            self.conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for Continued<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.go_on()?;
+        self.conn.read(out)
+    }
+}
+
+impl BufRead for Continued<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.go_on()?;
+        self.conn.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.conn.consume(amount);
     }
 }
 

@@ -397,6 +397,37 @@ fn expect_100_continue_gets_the_body_to_the_origin() {
     assert_eq!((response.status, response.text().as_str()), (200, "got 5"));
 }
 
+#[test]
+fn continue_is_sent_once_the_origin_is_reached() {
+    // An origin that cannot be reached is answered before the client sends
+    // its body: no 100 Continue first.
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let proxy = Proxy::start();
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let head = format!(
+        "POST http://127.0.0.1:{port}/up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    let answer = read_head(&mut stream, LIMIT).expect("an answer");
+    assert_eq!(answer.status, 502, "{}", answer.head);
+
+    // A chunked body: 100 Continue once the origin has the head, then the
+    // chunks go up.
+    let origin = Origin::start(|req| Reply::ok("text/plain", format!("got {}", req.body.len())));
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+        origin.url("/chunks")
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    let interim = read_head(&mut stream, LIMIT).expect("an interim answer");
+    assert_eq!(interim.status, 100, "{}", interim.head);
+    let response = send_one(&mut stream, b"5\r\nhello\r\n0\r\n\r\n", false);
+    assert_eq!((response.status, response.text().as_str()), (200, "got 5"));
+}
+
 // --- Connections: HTTP/1.0, keep-alive, pipelining ---------------------------
 
 #[test]
