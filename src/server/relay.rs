@@ -218,12 +218,18 @@ fn response_head(
             .map(|v| v.as_bytes()),
     );
     let bodiless = framing == BodyFraming::Empty;
+    // A 204 has no Content-Length (RFC 9110 §8.6), whatever the origin said;
+    // a bodiless answer to HEAD, or a 304, keeps the origin's.
+    let lengthless = parts.status == StatusCode::NO_CONTENT;
     for (name, value) in &parts.headers {
         let name = name.as_str();
         // Content-Length is rewritten below from the framing actually used.
         // A Cache-Status from further up stays: RFC 9211 §2 lists each
         // cache on the way, ours last.
-        if hop.contains(name) || (name == "content-length" && !bodiless) || name == "x-request-id" {
+        if hop.contains(name)
+            || (name == "content-length" && (!bodiless || lengthless))
+            || name == "x-request-id"
+        {
             continue;
         }
         out.header(name, value.as_bytes());

@@ -1352,6 +1352,27 @@ fn an_http_1_0_response_with_transfer_encoding_is_502_and_not_stored() {
 }
 
 #[test]
+fn a_204_goes_on_without_content_length() {
+    // RFC 9110 §8.6: no Content-Length in a 204, whatever the origin said;
+    // fresh for a minute, so the second answer is the cache's.
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 204 No Content\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\n"
+                .to_vec(),
+        )
+    });
+    let proxy = Proxy::start();
+    for _ in 0..2 {
+        let request = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/empty"));
+        let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+        stream.write_all(request.as_bytes()).expect("send");
+        let response = read_one(&mut stream, true, LIMIT).expect("an answer");
+        assert_eq!(response.status, 204, "{}", response.head);
+        assert_eq!(response.header("content-length"), None, "{}", response.head);
+    }
+}
+
+#[test]
 fn a_transfer_coding_nobody_knows_is_dropped_with_its_field() {
     // As the public cache tests expect of a cache: the field is hop by
     // hop, and the body is framed as the rest of the head says.
