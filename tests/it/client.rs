@@ -787,15 +787,16 @@ impl Drop for StallingOrigin {
     }
 }
 
-#[test]
-fn server_killed_mid_download_leaves_no_partial_file() {
+/// Starts `fetch --retries RETRIES` of a download that stalls, kills the
+/// proxy once the download is under way, and waits for the client.
+fn proxy_killed_mid_download(retries: &str) -> (Ran, tempfile::TempDir, StallingOrigin) {
     let origin = StallingOrigin::start();
     let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8", "--workers", "4"]);
     let dir = tempfile::tempdir().expect("temp dir");
     let client = spawn_fetch(
         proxy.addr,
         dir.path(),
-        &["--retries", "0", &origin.url("/big")],
+        &["--retries", retries, &origin.url("/big")],
     );
     assert!(
         wait_until(Duration::from_secs(20), || !temp_files(dir.path())
@@ -803,7 +804,12 @@ fn server_killed_mid_download_leaves_no_partial_file() {
         "download never started"
     );
     drop(proxy); // kills the server process
-    let ran = finish(client, None);
+    (finish(client, None), dir, origin)
+}
+
+#[test]
+fn server_killed_mid_download_leaves_no_partial_file() {
+    let (ran, dir, origin) = proxy_killed_mid_download("0");
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert_eq!(
         files(dir.path()),
@@ -824,21 +830,7 @@ fn a_download_cut_by_a_proxy_that_then_went_away_reports_the_cut() {
     // Retries find the proxy gone (connection refused); what is reported
     // is what happened to the request, with the status and request id the
     // proxy answered with, not the last refusal.
-    let origin = StallingOrigin::start();
-    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8", "--workers", "4"]);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let client = spawn_fetch(
-        proxy.addr,
-        dir.path(),
-        &["--retries", "2", &origin.url("/big")],
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || !temp_files(dir.path())
-            .is_empty()),
-        "download never started"
-    );
-    drop(proxy); // kills the server process
-    let ran = finish(client, None);
+    let (ran, dir, _origin) = proxy_killed_mid_download("2");
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     let line = &manifest(dir.path())[0];
     assert_eq!(line["status"], 200, "{line}");

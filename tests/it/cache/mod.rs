@@ -47,6 +47,34 @@ fn fresh_origin(body: &'static str) -> Origin {
     })
 }
 
+/// An origin that sends `body` with `headers` and `ETag: "v1"`, and
+/// answers a revalidation of it (`If-None-Match: "v1"`) 304 with
+/// `not_modified` and the same `ETag`.
+fn revalidating_origin(
+    body: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    not_modified: &'static [(&'static str, &'static str)],
+) -> Origin {
+    Origin::start(move |request| {
+        if request.header("if-none-match") == Some("\"v1\"") {
+            let mut headers = vec![("ETag".to_string(), "\"v1\"".to_string())];
+            headers.extend(
+                not_modified
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string())),
+            );
+            return Reply::Full {
+                status: 304,
+                headers,
+                body: Vec::new(),
+            };
+        }
+        let mut all = vec![("ETag", "\"v1\"")];
+        all.extend_from_slice(headers);
+        reply_with(body, &all)
+    })
+}
+
 /// An origin answering every request with `body`, fresh for an hour.
 fn fresh_bytes_origin(body: Vec<u8>) -> Origin {
     Origin::start(move |_| Reply::Full {

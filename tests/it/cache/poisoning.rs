@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{cache_status, get, reply_with, requests_for};
-use crate::support::{Origin, Proxy, Reply};
+use super::{cache_status, get, reply_with, requests_for, revalidating_origin};
+use crate::support::{Origin, Proxy};
 
 #[test]
 fn a_field_named_in_connection_keys_no_variant() {
@@ -45,23 +45,14 @@ fn a_field_named_in_connection_keys_no_variant() {
 fn a_304_that_makes_an_entry_private_takes_it_out_of_the_shared_cache() {
     // Stored public and at once stale; a revalidation on behalf of a client
     // with a cookie is answered 304, now private, with the client's session.
-    let origin = Origin::start(|request| {
-        if request.header("if-none-match").is_some() {
-            return Reply::Full {
-                status: 304,
-                headers: vec![
-                    ("ETag".into(), "\"v1\"".into()),
-                    ("Cache-Control".into(), "private, max-age=60".into()),
-                    ("Set-Cookie".into(), "session=alice-token".into()),
-                ],
-                body: Vec::new(),
-            };
-        }
-        reply_with(
-            "shared page",
-            &[("Cache-Control", "public, max-age=0"), ("ETag", "\"v1\"")],
-        )
-    });
+    let origin = revalidating_origin(
+        "shared page",
+        &[("Cache-Control", "public, max-age=0")],
+        &[
+            ("Cache-Control", "private, max-age=60"),
+            ("Set-Cookie", "session=alice-token"),
+        ],
+    );
     let proxy = Proxy::start();
     let url = origin.url("/page");
     let first = get(proxy.addr, &url, &[]);

@@ -4,7 +4,10 @@
 //! what is never stored, invalidation by unsafe methods, and
 //! `only-if-cached`.
 
-use super::{LIMIT, cache_status, fresh_bytes_origin, fresh_origin, get, reply_with, requests_for};
+use super::{
+    LIMIT, cache_status, fresh_bytes_origin, fresh_origin, get, reply_with, requests_for,
+    revalidating_origin,
+};
 use crate::support::raw::parse_head;
 use crate::support::{Origin, Proxy, Reply, raw};
 
@@ -440,22 +443,11 @@ fn preconditions_leave_a_stored_error_as_it_is() {
 #[test]
 fn a_revalidation_for_a_no_store_request_leaves_the_entry_as_it_was() {
     // Stored at once stale; the origin's 304 would make it fresh a minute.
-    let origin = Origin::start(|request| {
-        if request.header("if-none-match").is_some() {
-            return Reply::Full {
-                status: 304,
-                headers: vec![
-                    ("ETag".into(), "\"v1\"".into()),
-                    ("Cache-Control".into(), "max-age=60".into()),
-                ],
-                body: Vec::new(),
-            };
-        }
-        reply_with(
-            "page",
-            &[("Cache-Control", "max-age=0"), ("ETag", "\"v1\"")],
-        )
-    });
+    let origin = revalidating_origin(
+        "page",
+        &[("Cache-Control", "max-age=0")],
+        &[("Cache-Control", "max-age=60")],
+    );
     let proxy = Proxy::start();
     let url = origin.url("/kept-as-was");
     get(proxy.addr, &url, &[]);

@@ -3,32 +3,16 @@
 //! `stale-while-revalidate` allows, and revalidated in the background
 //! without holding up any request.
 
-use super::{LIMIT, cache_status, get, reply_with};
+use super::{LIMIT, cache_status, get, reply_with, revalidating_origin};
 use crate::support::{Origin, Proxy, Reply, wait_until};
 
 #[test]
 fn a_stale_entry_revalidated_with_304_takes_the_new_headers() {
-    let origin = Origin::start(|request| {
-        if request.header("if-none-match") == Some("\"v1\"") {
-            return Reply::Full {
-                status: 304,
-                headers: vec![
-                    ("ETag".into(), "\"v1\"".into()),
-                    ("Cache-Control".into(), "max-age=3600".into()),
-                    ("X-Version".into(), "2".into()),
-                ],
-                body: Vec::new(),
-            };
-        }
-        reply_with(
-            "kept body",
-            &[
-                ("Cache-Control", "max-age=0"),
-                ("ETag", "\"v1\""),
-                ("X-Version", "1"),
-            ],
-        )
-    });
+    let origin = revalidating_origin(
+        "kept body",
+        &[("Cache-Control", "max-age=0"), ("X-Version", "1")],
+        &[("Cache-Control", "max-age=3600"), ("X-Version", "2")],
+    );
     let proxy = Proxy::start();
     let url = origin.url("/stale");
     let first = get(proxy.addr, &url, &[]);
