@@ -373,7 +373,7 @@ impl Metrics {
         page.single(
             "fetchproxy_worker_late_wakeups_total",
             "counter",
-            "Workers woken for a job still queued after 1 ms because the running workers were held up (a disk, long copies); rising steadily, the pool is too small for the load.",
+            "Workers woken for a job still queued after 1 ms in which no job was taken: the running workers were held up (a disk, long copies); rising steadily, the pool is too small for the load.",
             load(&self.late_wakeups),
         );
         page.single(

@@ -21,7 +21,9 @@
 //! handful of running workers, as a pool of 8 would, instead of waking a
 //! thread per request (which cost a cache hit 1.5 times the CPU); with the
 //! origin far, nearly every worker waits, so each job wakes one as before.
-//! Should the running workers be stuck after all (a disk, a long copy),
+//! A job left to the running workers is counted, and when one of them
+//! starts waiting on a socket before taking it, that one wakes a worker for
+//! it. Should the running workers be stuck after all (a disk, a long copy),
 //! the acceptor sees the queue stand still and wakes one more (`nudge`).
 
 use std::cell::OnceCell;
@@ -60,6 +62,9 @@ pub struct IdleWorkers {
     enough_running: usize,
     /// Jobs taken so far: whether the queue moves.
     taken: AtomicUsize,
+    /// Jobs queued that woke nobody, since enough workers ran: the next
+    /// worker to wait on a socket wakes one for such a job.
+    unwoken: AtomicUsize,
 }
 
 /// A worker on the idle stack. `idle` is the worker's own flag: true while
@@ -91,6 +96,7 @@ impl IdleWorkers {
             running: AtomicUsize::new(workers),
             enough_running: RUNNING_PER_CPU * cpus.max(1),
             taken: AtomicUsize::new(0),
+            unwoken: AtomicUsize::new(0),
         })
     }
 
@@ -109,6 +115,28 @@ impl IdleWorkers {
         // looks at the queue: either it finds the job, or this sees it gone.
         fence(Ordering::SeqCst);
         if self.running.load(Ordering::SeqCst) < self.enough_running {
+            self.wake_one();
+        } else {
+            self.unwoken.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Claims one job that woke nobody, if there is one.
+    fn claim_unwoken(&self) -> bool {
+        self.unwoken.load(Ordering::Relaxed) > 0
+            && self
+                .unwoken
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+    }
+
+    /// A worker stops counting as running (it waits on a socket). If that
+    /// leaves too few running for a job that woke nobody, it wakes a worker
+    /// for the job now, rather than the job waiting until one of the
+    /// running workers is done or the acceptor's `nudge`.
+    fn stop_running(&self) {
+        let running = self.running.fetch_sub(1, Ordering::SeqCst) - 1;
+        if running < self.enough_running && self.claim_unwoken() {
             self.wake_one();
         }
     }
@@ -231,6 +259,9 @@ impl Idler {
 
     fn took<T>(&self, job: T) -> T {
         self.workers.taken.fetch_add(1, Ordering::Relaxed);
+        // Any job taken serves for one that woke nobody: the queue is first
+        // in, first out, and the count only says how many wait unserved.
+        self.workers.claim_unwoken();
         job
     }
 }
@@ -240,11 +271,7 @@ impl Idler {
 /// another worker. A no-op on other threads.
 #[must_use = "the worker counts as waiting only while this lives"]
 pub fn waiting() -> SocketWait {
-    let counted = POOL.with(|pool| {
-        pool.get()
-            .map(|pool| pool.running.fetch_sub(1, Ordering::SeqCst))
-            .is_some()
-    });
+    let counted = POOL.with(|pool| pool.get().map(|pool| pool.stop_running()).is_some());
     SocketWait {
         counted,
         _this_thread: std::marker::PhantomData,
@@ -466,6 +493,49 @@ pub(crate) mod tests {
             "the running worker left the job"
         );
         for release in releases.iter().chain([&third]) {
+            let _ = release.send(());
+        }
+        close(tx, &idle, handles);
+    }
+
+    #[test]
+    fn a_job_left_to_the_running_workers_gets_one_when_a_runner_starts_waiting() {
+        // One CPU: two running workers are enough.
+        let idle = IdleWorkers::new(4, 1);
+        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
+        let handles = task_workers(4, &idle, &rx);
+        wait_parked(&idle, 4);
+        let (started, starts) = mpsc::channel();
+        // Job 0 computes until told to wait on a socket; job 1 computes.
+        let (to_socket, go_wait) = mpsc::channel::<()>();
+        let (release_first, released) = mpsc::channel::<()>();
+        let first_started = started.clone();
+        let first: Task = Box::new(move || {
+            let _ = first_started.send(0);
+            let _ = go_wait.recv_timeout(LIMIT);
+            let _wait = waiting();
+            let _ = released.recv_timeout(LIMIT);
+        });
+        tx.send(first).expect("queue");
+        idle.wake_for_job();
+        assert_eq!(starts.recv_timeout(LIMIT), Ok(0));
+        let second = start_holding(&idle, &tx, (&started, &starts), 1, false);
+        let (task, third) = holding(&started, 2, false);
+        tx.send(task).expect("queue");
+        idle.wake_for_job();
+        assert_eq!(
+            starts.recv_timeout(Duration::from_millis(200)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "a third worker was woken while two ran"
+        );
+        let _ = to_socket.send(());
+        // Well before the holds above time out and free a worker.
+        assert_eq!(
+            starts.recv_timeout(LIMIT / 2),
+            Ok(2),
+            "the job waited though only one worker ran"
+        );
+        for release in [&release_first, &second, &third] {
             let _ = release.send(());
         }
         close(tx, &idle, handles);
