@@ -112,6 +112,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub tunnel_idle_timeout: Option<Duration>,
+    /// Slowest a client may send a body or read an answer, in bytes a second (a size such as 1KiB), once it kept its worker waiting idle_timeout; 0 turns the check off.
+    #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
+    pub client_min_rate: Option<u64>,
     /// Largest request head: bytes, or a size such as 64KiB.
     #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
     pub max_header_bytes: Option<u64>,

@@ -51,6 +51,10 @@ pub enum ProxyError {
     /// The request body is larger than `max_body_bytes`.
     #[error("request body over {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    /// The request body stopped arriving (`idle_timeout`), or came slower
+    /// than `client_min_rate`.
+    #[error("request body not received in time: {0}")]
+    BodyTimeout(String),
     /// A method the proxy does not forward.
     #[error("method {0} is not supported")]
     MethodNotSupported(String),
@@ -215,7 +219,7 @@ impl ProxyError {
             DestinationDenied { .. } => (403, "destination_ip_prohibited"),
             PortDenied { .. } | ConnectPortDenied { .. } => (403, "http_request_denied"),
             ProxyAuthRequired(_) => (407, "http_request_denied"),
-            HeadTimeout(_) => (408, "http_request_error"),
+            HeadTimeout(_) | BodyTimeout(_) => (408, "http_request_error"),
             BodyTooLarge { .. } => (413, "http_request_error"),
             UrlTooLong { .. } => (414, "http_request_error"),
             HeadTooLarge { .. } | TooManyHeaderLines { .. } => (431, "http_request_error"),
@@ -344,6 +348,7 @@ mod tests {
             ProxyError::ConnectPortDenied { port: 25 },
             ProxyError::ProxyAuthRequired(AuthFailure::Missing),
             ProxyError::HeadTimeout(Duration::from_secs(1)),
+            ProxyError::BodyTimeout("x".into()),
             ProxyError::BodyTooLarge { limit: 1 },
             ProxyError::UrlTooLong { limit: 1 },
             ProxyError::HeadTooLarge { limit: 1 },
@@ -385,6 +390,7 @@ mod tests {
                 | ProxyError::ConnectPortDenied { .. }
                 | ProxyError::ProxyAuthRequired(_)
                 | ProxyError::HeadTimeout(_)
+                | ProxyError::BodyTimeout(_)
                 | ProxyError::BodyTooLarge { .. }
                 | ProxyError::UrlTooLong { .. }
                 | ProxyError::HeadTooLarge { .. }

@@ -152,6 +152,15 @@ pub struct ServeConfig {
     /// Longest silence in both directions of a CONNECT tunnel. Default: 5m.
     #[serde(with = "value::timeout")]
     pub tunnel_idle_timeout: Duration,
+    /// Slowest a client may send a request body or take an answer, in bytes
+    /// a second: a request's waits on its client may add up to
+    /// `idle_timeout`, plus a second for every this many bytes moved; 0
+    /// turns the check off. Default: 1KiB.
+    #[serde(
+        deserialize_with = "Within::<0, { size::MAX_SIZE }>::bytes",
+        serialize_with = "value::serialize_size"
+    )]
+    pub client_min_rate: u64,
     /// Largest request head. Default: 64 KiB.
     #[serde(
         deserialize_with = "Within::<1024, 1_048_576>::bytes",
@@ -248,6 +257,7 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(15),
             header_timeout: Duration::from_secs(10),
             tunnel_idle_timeout: Duration::from_secs(5 * 60),
+            client_min_rate: 1024,
             max_header_bytes: 64 * 1024,
             max_url_bytes: 8 * 1024,
             max_body_bytes: None,

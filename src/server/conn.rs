@@ -9,7 +9,7 @@ use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::net::{SendAncillaryBuffer, SendFlags};
@@ -17,6 +17,7 @@ use rustix::net::{SendAncillaryBuffer, SendFlags};
 use crate::server::handback::Registration;
 use crate::server::idle;
 use crate::server::limits::ConnSlot;
+use crate::server::pace::Pace;
 
 /// Smallest read a worker makes into the buffer while reading a body.
 const READ_CHUNK: usize = 16 * 1024;
@@ -50,6 +51,8 @@ pub struct ClientConn {
     /// The answer was cut where the client cannot see it: it ends with a
     /// reset (see [`ClientConn::end_with_reset`]).
     cut: bool,
+    /// The current request's waits on this client (see `pace`).
+    pace: Pace,
 }
 
 impl ClientConn {
@@ -72,7 +75,16 @@ impl ClientConn {
             local_known: !listener.ip().is_unspecified(),
             sent: 0,
             cut: false,
+            pace: Pace::off(),
         }
+    }
+
+    /// Starts counting a new request's waits on this client: they may add
+    /// up to `grace`, plus a second for every `min_rate` bytes it moves;
+    /// past that, reads and writes fail with `TimedOut` (see `pace`).
+    /// `write_timeout` is the socket's send timeout.
+    pub fn start_pace(&mut self, min_rate: u64, grace: Duration, write_timeout: Duration) {
+        self.pace = Pace::new(min_rate, grace, write_timeout);
     }
 
     /// Bytes written to the client so far: a worker that fails can still
@@ -195,11 +207,20 @@ impl ClientConn {
     }
 }
 
+/// Reads from the client's socket, waiting as long as its read timeout
+/// allows, and counts the wait against the request's pace.
+fn paced_read(stream: &mut TcpStream, pace: &mut Pace, out: &mut [u8]) -> io::Result<usize> {
+    let began = Instant::now();
+    let read = stream.read(out);
+    pace.waited(began.elapsed(), *read.as_ref().unwrap_or(&0))?;
+    read
+}
+
 impl Read for ClientConn {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.buf.len() && out.len() >= READ_CHUNK {
             // Large reads bypass the buffer.
-            return self.stream.read(out);
+            return paced_read(&mut self.stream, &mut self.pace, out);
         }
         let available = self.fill_buf()?;
         let n = available.len().min(out.len());
@@ -242,7 +263,7 @@ impl ClientConn {
     /// here, but a program embedding the server must not restore it.
     /// Returns the bytes sent, fewer than `len` when the file is shorter,
     /// and with them the error that stopped the sending, if one did (a send
-    /// timeout is `WouldBlock`).
+    /// timeout is `WouldBlock`, a client slower than its pace `TimedOut`).
     pub fn send_file(
         &mut self,
         file: &std::fs::File,
@@ -255,15 +276,90 @@ impl ClientConn {
             let want = usize::try_from(end - at)
                 .unwrap_or(usize::MAX)
                 .min(SENDFILE_CHUNK);
+            let began = Instant::now();
             match rustix::fs::sendfile(&self.stream, file, Some(&mut at), want) {
                 // The file ended early.
                 Ok(0) => break,
-                Ok(n) => self.sent += n as u64,
+                Ok(n) => {
+                    self.sent += n as u64;
+                    // The call blocks while the client's socket is full.
+                    if let Err(err) = self.paced_write(began, n) {
+                        return (at - offset, Err(err));
+                    }
+                }
                 Err(rustix::io::Errno::INTR) => {}
                 Err(errno) => return (at - offset, Err(errno.into())),
             }
         }
         (at - offset, Ok(()))
+    }
+}
+
+impl ClientConn {
+    /// Counts a write that waited on the client since `began` against the
+    /// request's pace. A client cut off for reading too slowly is logged:
+    /// its access line shows only that the answer was cut short.
+    fn paced_write(&mut self, began: Instant, written: usize) -> io::Result<()> {
+        self.pace
+            .waited(began.elapsed(), written)
+            .map_err(|err| self.cut_off(err))
+    }
+
+    fn cut_off(&self, err: io::Error) -> io::Error {
+        log::warn!(
+            "client {}: {err}; cut off after {} bytes",
+            self.peer,
+            self.sent
+        );
+        err
+    }
+
+    /// Waits for room in the client's socket, no longer than the send
+    /// timeout or what the request's pace has left, then writes what fits.
+    fn write_when_room(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        loop {
+            let Some((limit, paced)) = self.pace.write_wait() else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            let timeout = Timespec {
+                tv_sec: i64::try_from(limit.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: limit.subsec_nanos().into(),
+            };
+            let began = Instant::now();
+            let mut fds = [PollFd::new(&self.stream, PollFlags::OUT)];
+            let ready = match poll(&mut fds, Some(&timeout)) {
+                Ok(n) => n > 0,
+                Err(Errno::INTR) => true,
+                Err(errno) => return Err(errno.into()),
+            };
+            self.paced_write(began, 0)?;
+            if !ready {
+                return Err(if paced {
+                    self.cut_off(self.pace.too_slow())
+                } else {
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "the client took nothing for upstream_timeout",
+                    )
+                });
+            }
+            match rustix::net::sendmsg(
+                &self.stream,
+                bufs,
+                &mut SendAncillaryBuffer::default(),
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => {
+                    self.sent += n as u64;
+                    self.pace.moved(n);
+                    return Ok(n);
+                }
+                // Room for fewer bytes than the kernel wants to queue.
+                Err(Errno::AGAIN) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+        }
     }
 }
 
@@ -287,11 +383,17 @@ impl Write for ClientConn {
             &mut SendAncillaryBuffer::default(),
             flags,
         ) {
-            Ok(n) => n,
+            Ok(n) => {
+                self.pace.moved(n);
+                n
+            }
             Err(Errno::AGAIN) => {
-                // Blocking now, up to the socket's send timeout (then
-                // `WouldBlock`), and still without SIGPIPE.
                 let _waiting = idle::waiting();
+                if self.pace.write_wait().is_some() {
+                    return self.write_when_room(bufs);
+                }
+                // Before any request: blocking, up to the socket's send
+                // timeout (then `WouldBlock`), and still without SIGPIPE.
                 rustix::net::sendmsg(
                     &self.stream,
                     bufs,
@@ -316,7 +418,7 @@ impl BufRead for ClientConn {
             self.buf.clear();
             self.pos = 0;
             self.buf.resize(READ_CHUNK, 0);
-            let n = match self.stream.read(&mut self.buf) {
+            let n = match paced_read(&mut self.stream, &mut self.pace, &mut self.buf) {
                 Ok(n) => n,
                 Err(err) => {
                     self.buf.clear();

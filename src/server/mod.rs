@@ -17,6 +17,7 @@ mod in_flight;
 mod job;
 mod limits;
 mod listen;
+mod pace;
 mod pool;
 mod relay;
 mod request_body;

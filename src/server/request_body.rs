@@ -181,6 +181,11 @@ impl ClientBody<'_> {
                         ProxyError::BadRequest(format!("bad request body: {err}"))
                     }
                     io::ErrorKind::FileTooLarge => ProxyError::BodyTooLarge { limit: self.limit },
+                    io::ErrorKind::TimedOut => ProxyError::BodyTimeout(err.to_string()),
+                    // The socket's read timeout, `idle_timeout`.
+                    io::ErrorKind::WouldBlock => {
+                        ProxyError::BodyTimeout("the client sent nothing for idle_timeout".into())
+                    }
                     _ => ProxyError::BadRequest(format!("request body not received: {err}")),
                 };
                 self.failure = Some(failure);

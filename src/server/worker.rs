@@ -152,6 +152,11 @@ fn serve_one(
     buf: &mut [u8],
 ) -> Option<ClientConn> {
     let started = Instant::now();
+    conn.start_pace(
+        ctx.config.client_min_rate,
+        ctx.config.idle_timeout,
+        ctx.config.upstream_timeout,
+    );
     let head = match head {
         Ok(head) => head,
         Err(err) => {

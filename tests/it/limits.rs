@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -770,4 +770,117 @@ fn an_oversized_body_sent_in_full_still_gets_its_413_not_a_reset() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 413"), "got: {text:?}");
     assert!(origin.requests().is_empty(), "nothing forwarded");
+}
+
+#[test]
+fn a_request_body_that_trickles_in_is_cut_off_with_408() {
+    // Each byte comes within idle_timeout of the last, so no single wait
+    // runs out; together they are far slower than client_min_rate.
+    let origin = Origin::fixed("text/plain", b"never");
+    let proxy = Proxy::with(|c| {
+        c.idle_timeout = Duration::from_millis(600);
+        c.client_min_rate = 1024;
+    });
+    let mut client = TcpStream::connect(proxy.addr).expect("connect to proxy");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+        origin.url("/upload")
+    );
+    client.write_all(head.as_bytes()).expect("send head");
+    let mut writer = client.try_clone().expect("clone socket");
+    let trickler = thread::spawn(move || {
+        // At most 50 bytes (20 s), or until the proxy stops listening.
+        for _ in 0..50 {
+            if writer.write_all(b"x").is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(400));
+        }
+    });
+    let got = read_to_close(&mut client, LIMIT);
+    let responses = got.responses();
+    assert_eq!(responses.len(), 1, "{}", got.text());
+    let response = &responses[0];
+    assert_eq!(response.status, 408, "{}", got.text());
+    assert!(
+        response
+            .header("proxy-status")
+            .is_some_and(|v| v.contains("error=http_request_error")),
+        "{}",
+        response.head
+    );
+    assert!(
+        response
+            .text()
+            .contains("slower than client_min_rate (1KiB a second)"),
+        "{}",
+        response.text()
+    );
+    assert!(got.closed, "connection left open after a cut body");
+    drop(client);
+    trickler.join().expect("trickler");
+}
+
+#[test]
+fn a_client_that_reads_its_answer_too_slowly_frees_its_worker_and_a_fast_one_is_served_whole() {
+    const LEN: u64 = 64 << 20;
+    let origin = Origin::start(|request| {
+        if request.target == "/other" {
+            Reply::ok("text/plain", "other")
+        } else {
+            Reply::Huge { len: LEN }
+        }
+    });
+    // One worker: while a client holds it, nobody else is served.
+    let proxy = Proxy::with(|c| {
+        c.workers = 1.try_into().expect("non-zero");
+        c.idle_timeout = Duration::from_millis(500);
+        c.client_min_rate = 16 << 20;
+        c.cache_mem = 0;
+    });
+    // A client that takes the whole answer at loopback speed keeps up.
+    let close = |path: &str| {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.url(path)
+        )
+    };
+    let fast = exchange_until_close(proxy.addr, close("/fast").as_bytes(), LIMIT);
+    let responses = fast.responses();
+    assert_eq!(
+        responses.len(),
+        1,
+        "fast client: {} bytes",
+        fast.bytes.len()
+    );
+    assert_eq!(responses[0].body.len() as u64, LEN, "fast client cut short");
+
+    // One that reads 4 KiB every 100 ms (40 KiB a second) would hold the
+    // worker for half an hour.
+    let mut slow = TcpStream::connect(proxy.addr).expect("connect to proxy");
+    slow.write_all(close("/slow").as_bytes()).expect("send");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_reading = Arc::clone(&stop);
+    let reader = thread::spawn(move || {
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        let _ = slow.set_read_timeout(Some(LIMIT));
+        // Longer than the next client waits: only a cut frees the worker.
+        while started.elapsed() < 2 * LIMIT && !stop_reading.load(Ordering::Relaxed) {
+            if !matches!(std::io::Read::read(&mut slow, &mut buf), Ok(n) if n > 0) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 2),
+        "the slow request never reached the origin"
+    );
+    // Cut off, it leaves the worker to the next client.
+    let other = exchange_until_close(proxy.addr, close("/other").as_bytes(), LIMIT);
+    let statuses: Vec<u16> = other.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200], "{}", other.text());
+    stop.store(true, Ordering::Relaxed);
+    reader.join().expect("slow reader");
 }
