@@ -86,17 +86,26 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Opens (or creates) `dir/manifest.jsonl` for appending. If a killed run
-    /// left a torn last line, a newline first keeps the next entry whole.
+    /// Opens (or creates) `dir/manifest.jsonl` for appending, and locks it
+    /// for this run: two runs into one directory would both download every
+    /// URL, each not knowing what the other saved. If a killed run left a
+    /// torn last line, a newline first keeps the next entry whole.
     ///
     /// # Errors
-    /// The OS error opening or repairing the file.
+    /// `WouldBlock` when another run holds the lock; the OS error opening
+    /// or repairing the file.
     pub fn open(dir: &Path) -> io::Result<Manifest> {
+        use rustix::fs::{FlockOperation, flock};
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(dir.join(MANIFEST_NAME))?;
+        // A BSD lock, held by this open file until it closes (a POSIX one
+        // would go whenever this process closed any other handle on the
+        // file, as loading it does); the kernel drops it when the run ends,
+        // however it ends.
+        flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(io::Error::from)?;
         let len = file.metadata()?.len();
         if len > 0 {
             file.seek(SeekFrom::Start(len - 1))?;

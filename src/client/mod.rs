@@ -102,15 +102,20 @@ fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
 fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Result<u8, UsageError> {
     let out_dir = args.out_dir.clone();
     outdir::prepare(&out_dir)?;
-    let stale = save::remove_stale_temps(&out_dir);
-    if stale > 0 {
-        log::debug!("removed {stale} stale temporary files");
-    }
     let manifest_path = out_dir.join(manifest::MANIFEST_NAME);
     let manifest_error = |source| UsageError::Manifest {
         path: manifest_path.clone(),
         source,
     };
+    // Locked before anything in the directory is touched.
+    let manifest = Manifest::open(&out_dir).map_err(|err| match err.kind() {
+        io::ErrorKind::WouldBlock => UsageError::OutDirInUse(out_dir.clone()),
+        _ => manifest_error(err),
+    })?;
+    let stale = save::remove_stale_temps(&out_dir);
+    if stale > 0 {
+        log::debug!("removed {stale} stale temporary files");
+    }
     let loaded = manifest::load(&out_dir).map_err(manifest_error)?;
     if let (Some(first), false) = (loaded.bad_lines.first(), args.quiet) {
         let more = match loaded.bad_lines.len() {
@@ -127,7 +132,6 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
         .into_iter()
         .filter(|e| e.is_success() && e.file.as_deref().is_some_and(naming::is_safe_name))
         .collect();
-    let manifest = Manifest::open(&out_dir).map_err(manifest_error)?;
 
     let terminal = io::stderr().is_terminal();
     // URLs are typed when none are given and stdin is a terminal; the

@@ -41,6 +41,8 @@ pub enum UsageError {
     OutDir(#[from] OutDirError),
     #[error("cannot use {}: {source}", .path.display())]
     Manifest { path: PathBuf, source: io::Error },
+    #[error("{} is in use by another fetch run; wait for it to end, or give this one another --out-dir", .0.display())]
+    OutDirInUse(PathBuf),
     #[error("--input {}: {source}", .path.display())]
     Input { path: PathBuf, source: io::Error },
     #[error("cannot start threads: {0}")]

@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::support::{Origin, OriginRequest, Proxy, ProxyProcess, Reply, wait_until};
+use crate::support::{
+    Gate, Origin, OriginRequest, Proxy, ProxyProcess, Reply, gated_origin, wait_until,
+};
 
 /// How a finished client run went.
 pub(crate) struct Ran {
@@ -919,4 +921,35 @@ fn ctrl_c_removes_temporary_files_and_exits_130() {
         ran.stderr
     );
     assert!(temp_files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+}
+
+#[test]
+fn a_second_run_into_an_out_dir_in_use_stops_and_touches_nothing() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, b"slow");
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = origin.url("/held");
+    let first = spawn_fetch(proxy.addr, dir.path(), &[url.as_str()]);
+    assert!(
+        wait_until(Duration::from_secs(20), || origin.requests().len() == 1),
+        "the first run never asked"
+    );
+    let second = run_fetch(proxy.addr, dir.path(), &[url.as_str()], None);
+    assert_eq!(second.code, Some(2), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("is in use by another fetch run"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(origin.requests().len(), 1, "the second run fetched too");
+    gate.open();
+    let first = finish(first, None);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    assert_eq!(manifest(dir.path()).len(), 1);
+    assert_files_match_manifest(dir.path());
+    // Once the first run is over, the directory is free again.
+    let third = run_fetch(proxy.addr, dir.path(), &[url.as_str()], None);
+    assert_eq!(third.code, Some(0), "{}", third.stderr);
+    assert!(third.stderr.contains("skipped 1"), "{}", third.stderr);
 }
