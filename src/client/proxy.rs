@@ -67,7 +67,7 @@ pub enum BadProxy {
     ColonInUser,
     #[error("the credentials are not UTF-8 once percent-decoded")]
     NotUtf8,
-    #[error("expected HOST:PORT")]
+    #[error("no port; give HOST:PORT, such as 127.0.0.1:8080 (fetchproxy serve's default)")]
     NoPort,
     #[error("cannot resolve the host ({0})")]
     Resolve(String),
