@@ -316,6 +316,9 @@ impl ClientConn {
 
     /// Waits for room in the client's socket, no longer than the send
     /// timeout or what the request's pace has left, then writes what fits.
+    /// The slow path of a write: kept out of the callers' frames.
+    #[cold]
+    #[inline(never)]
     fn write_when_room(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
         loop {

@@ -135,7 +135,10 @@ impl IdleWorkers {
     /// for the job now, rather than the job waiting until one of the
     /// running workers is done or the acceptor's `nudge`.
     fn stop_running(&self) {
-        let running = self.running.fetch_sub(1, Ordering::SeqCst) - 1;
+        let running = self
+            .running
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1);
         if running < self.enough_running && self.claim_unwoken() {
             self.wake_one();
         }

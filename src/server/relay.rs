@@ -135,7 +135,10 @@ pub fn relay_response<R: Read>(
 /// Passes the origin's interim (1xx) responses on before the final one
 /// (RFC 9110 §15.2: a proxy forwards those it did not ask for), rebuilt
 /// without hop-by-hop fields; never to an HTTP/1.0 client, which cannot
-/// take them. A failed write is left to the relay to find.
+/// take them. A failed write is left to the relay to find. Rare, and with
+/// a 2 KiB parse table: kept out of the relay's frame.
+#[cold]
+#[inline(never)]
 pub fn send_interim(conn: &mut ClientConn, head: &RequestHead, interim: &[Vec<u8>]) {
     if head.version != Version::Http11 {
         return;

@@ -95,6 +95,10 @@ pub fn run(jobs: Receiver<Job>, idler: Idler, ctx: Arc<Context>) {
 
 /// Serves one connection's requests until it closes, is handed to the
 /// relay, or has to wait for more input (then it goes back to the acceptor).
+/// Never inlined into `run`: its frame is kilobytes, and every worker of a
+/// pool of thousands would touch those pages of its stack at start, idle
+/// or not.
+#[inline(never)]
 fn serve_connection(job: Job, idler: &Idler, ctx: &Context, buf: &mut [u8]) {
     let limits = HeadLimits {
         max_header_bytes: ctx.config.max_header_bytes,
