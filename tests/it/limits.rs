@@ -774,11 +774,11 @@ fn an_oversized_body_sent_in_full_still_gets_its_413_not_a_reset() {
 
 #[test]
 fn a_request_body_that_trickles_in_is_cut_off_with_408() {
-    // Each byte comes within idle_timeout of the last, so no single wait
-    // runs out; together they are far slower than client_min_rate.
+    // Each byte comes well within idle_timeout of the last, so no single
+    // wait runs out; together they are far slower than client_min_rate.
     let origin = Origin::fixed("text/plain", b"never");
     let proxy = Proxy::with(|c| {
-        c.idle_timeout = Duration::from_millis(600);
+        c.idle_timeout = Duration::from_secs(2);
         c.client_min_rate = 1024;
     });
     let mut client = TcpStream::connect(proxy.addr).expect("connect to proxy");
@@ -789,12 +789,12 @@ fn a_request_body_that_trickles_in_is_cut_off_with_408() {
     client.write_all(head.as_bytes()).expect("send head");
     let mut writer = client.try_clone().expect("clone socket");
     let trickler = thread::spawn(move || {
-        // At most 50 bytes (20 s), or until the proxy stops listening.
-        for _ in 0..50 {
+        // At most 60 bytes (18 s), or until the proxy stops listening.
+        for _ in 0..60 {
             if writer.write_all(b"x").is_err() {
                 break;
             }
-            thread::sleep(Duration::from_millis(400));
+            thread::sleep(Duration::from_millis(300));
         }
     });
     let got = read_to_close(&mut client, LIMIT);
@@ -835,7 +835,7 @@ fn a_client_that_reads_its_answer_too_slowly_frees_its_worker_and_a_fast_one_is_
     let proxy = Proxy::with(|c| {
         c.workers = 1.try_into().expect("non-zero");
         c.idle_timeout = Duration::from_millis(500);
-        c.client_min_rate = 16 << 20;
+        c.client_min_rate = 4 << 20;
         c.cache_mem = 0;
     });
     // A client that takes the whole answer at loopback speed keeps up.
