@@ -201,6 +201,7 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
         manifest,
         progress: Progress::new(mode, counted, prompt),
         tally: Tally::default(),
+        told_407: Vec::new(),
     };
     let code = recorder.run(&event_rx, fed_rx, signals, &stop, &scratch);
     if code.is_none() {

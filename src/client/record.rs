@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, never, select};
 
 use crate::client::batch::{Event, Outcome};
 use crate::client::feed::Fed;
+use crate::client::fetch::FetchError;
 use crate::client::manifest::{Entry, Manifest};
 use crate::client::naming;
 use crate::client::progress::{Progress, Tally};
@@ -30,6 +31,10 @@ pub struct Recorder {
     pub manifest: Manifest,
     pub progress: Progress,
     pub tally: Tally,
+    /// Proxies whose 407 was told in full: for later URLs, one short line
+    /// (a batch of a thousand URLs through a proxy that wants credentials
+    /// would otherwise repeat the same advice a thousand times).
+    pub told_407: Vec<(String, bool)>,
 }
 
 impl Recorder {
@@ -133,6 +138,18 @@ impl Recorder {
             proxy: seen.proxy,
             error: None,
         };
+        let shown_error = match &result {
+            Err(FetchError::ProxyAuth { proxy, sent }) => {
+                let key = (proxy.clone(), *sent);
+                if self.told_407.contains(&key) {
+                    Some(format!("HTTP 407 from proxy {proxy} (as above)"))
+                } else {
+                    self.told_407.push(key);
+                    None
+                }
+            }
+            _ => None,
+        };
         let saved = result.map_err(|e| e.to_string()).and_then(|mut file| {
             let base = naming::file_name_for(
                 &url,
@@ -165,7 +182,7 @@ impl Recorder {
             }
             Err(error) => {
                 self.tally.failed += 1;
-                let line = format!("failed {url}: {error}");
+                let line = format!("failed {url}: {}", shown_error.as_ref().unwrap_or(&error));
                 entry.error = Some(error);
                 if let Err(err) = self.manifest.append(&entry) {
                     self.progress

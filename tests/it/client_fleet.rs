@@ -106,6 +106,33 @@ fn proxy_user_with_a_password_is_sent_as_basic() {
 }
 
 #[test]
+fn a_batch_without_credentials_gives_the_advice_once() {
+    let origin = Origin::fixed("text/plain", b"members only");
+    let proxy = proxy_with_alice();
+    let addr = proxy.addr.to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let urls: Vec<String> = (0..3).map(|n| origin.url(&format!("/{n}"))).collect();
+    let mut args = vec!["--proxy", addr.as_str(), "--concurrency", "1"];
+    args.extend(urls.iter().map(String::as_str));
+    let ran = fetch(dir.path(), &args);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let advice = format!("HTTP 407: proxy {addr} wants credentials; pass --proxy-user USER");
+    assert_eq!(ran.stderr.matches(&advice).count(), 1, "{}", ran.stderr);
+    let short = format!("HTTP 407 from proxy {addr} (as above)");
+    assert_eq!(ran.stderr.matches(&short).count(), 2, "{}", ran.stderr);
+    // Each URL's manifest line keeps the whole reason.
+    let lines = manifest(dir.path());
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert_eq!(line["status"], 407, "{line}");
+        assert!(
+            line["error"].as_str().is_some_and(|e| e.contains(&advice)),
+            "{line}"
+        );
+    }
+}
+
+#[test]
 fn missing_or_wrong_credentials_say_what_to_do_and_show_nothing_secret() {
     let origin = Origin::fixed("text/plain", b"members only");
     let proxy = proxy_with_alice();
