@@ -65,6 +65,9 @@ pub struct IdleWorkers {
     /// Jobs queued that woke nobody, since enough workers ran: the next
     /// worker to wait on a socket wakes one for such a job.
     unwoken: AtomicUsize,
+    /// Such jobs a worker was then woken for (`stop_running`): the next
+    /// job taken is that one, not another unwoken one.
+    handed: AtomicUsize,
 }
 
 /// A worker on the idle stack. `idle` is the worker's own flag: true while
@@ -97,6 +100,7 @@ impl IdleWorkers {
             enough_running: RUNNING_PER_CPU * cpus.max(1),
             taken: AtomicUsize::new(0),
             unwoken: AtomicUsize::new(0),
+            handed: AtomicUsize::new(0),
         })
     }
 
@@ -123,11 +127,16 @@ impl IdleWorkers {
 
     /// Claims one job that woke nobody, if there is one.
     fn claim_unwoken(&self) -> bool {
-        self.unwoken.load(Ordering::Relaxed) > 0
-            && self
-                .unwoken
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
+        take_one(&self.unwoken)
+    }
+
+    /// Counts a job taken against those that woke nobody: it is the one a
+    /// worker was woken for, if any, else one of theirs (the queue is first
+    /// in, first out; the counts only say how many wait unserved).
+    fn count_taken(&self) {
+        if !take_one(&self.handed) {
+            take_one(&self.unwoken);
+        }
     }
 
     /// A worker stops counting as running (it waits on a socket). If that
@@ -140,6 +149,7 @@ impl IdleWorkers {
             .fetch_sub(1, Ordering::SeqCst)
             .saturating_sub(1);
         if running < self.enough_running && self.claim_unwoken() {
+            self.handed.fetch_add(1, Ordering::SeqCst);
             self.wake_one();
         }
     }
@@ -262,11 +272,17 @@ impl Idler {
 
     fn took<T>(&self, job: T) -> T {
         self.workers.taken.fetch_add(1, Ordering::Relaxed);
-        // Any job taken serves for one that woke nobody: the queue is first
-        // in, first out, and the count only says how many wait unserved.
-        self.workers.claim_unwoken();
+        self.workers.count_taken();
         job
     }
+}
+
+/// Takes one off `count` unless it is zero; says whether it did.
+fn take_one(count: &AtomicUsize) -> bool {
+    count.load(Ordering::Relaxed) > 0
+        && count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
 }
 
 /// Marks the worker on this thread as waiting on a socket, until dropped:
@@ -539,6 +555,64 @@ pub(crate) mod tests {
             "the job waited though only one worker ran"
         );
         for release in [&release_first, &second, &third] {
+            let _ = release.send(());
+        }
+        close(tx, &idle, handles);
+    }
+
+    #[test]
+    fn each_job_left_to_the_runners_gets_a_worker_as_they_start_waiting() {
+        // One CPU: two running workers are enough. A and B compute; C and D
+        // are left to them. A waits on a socket and wakes a worker, which
+        // takes C and waits on a socket too, leaving B alone running: D
+        // must get a worker then, though it woke nobody when queued. (Each
+        // job left behind is counted once: the worker woken for C, taking
+        // it, must not count off D as well.)
+        let idle = IdleWorkers::new(6, 1);
+        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
+        let handles = task_workers(6, &idle, &rx);
+        wait_parked(&idle, 6);
+        let (started, starts) = mpsc::channel();
+        let mut to_socket = Vec::new();
+        let mut releases = Vec::new();
+        for id in 0..2u32 {
+            let (go, go_wait) = mpsc::channel::<()>();
+            let (release, released) = mpsc::channel::<()>();
+            let started = started.clone();
+            let task: Task = Box::new(move || {
+                let _ = started.send(id);
+                let _ = go_wait.recv_timeout(LIMIT);
+                let _wait = waiting();
+                let _ = released.recv_timeout(LIMIT);
+            });
+            tx.send(task).expect("queue");
+            idle.wake_for_job();
+            assert_eq!(starts.recv_timeout(LIMIT), Ok(id));
+            to_socket.push(go);
+            releases.push(release);
+        }
+        for id in 2..4u32 {
+            let (task, release) = holding(&started, id, true);
+            tx.send(task).expect("queue");
+            idle.wake_for_job();
+            releases.push(release);
+        }
+        assert_eq!(
+            starts.recv_timeout(Duration::from_millis(200)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "a job woke a worker while two ran"
+        );
+        let _ = to_socket[0].send(());
+        // Well before the holds above time out and free a worker. C's wait
+        // may wake D's worker before C reports: either order.
+        let mut got = [
+            starts.recv_timeout(LIMIT / 2),
+            starts.recv_timeout(LIMIT / 2),
+        ];
+        got.sort_by_key(|started| started.as_ref().ok().copied());
+        assert_eq!(got, [Ok(2), Ok(3)], "C or D was stranded");
+        let _ = to_socket[1].send(());
+        for release in &releases {
             let _ = release.send(());
         }
         close(tx, &idle, handles);
