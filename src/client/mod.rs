@@ -107,7 +107,7 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
         path: manifest_path.clone(),
         source,
     };
-    // Locked before anything in the directory is touched.
+    // Locked before the directory's files are read or cleared.
     let manifest = Manifest::open(&out_dir).map_err(|err| match err.kind() {
         io::ErrorKind::WouldBlock => UsageError::OutDirInUse(out_dir.clone()),
         _ => manifest_error(err),

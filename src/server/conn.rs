@@ -321,48 +321,61 @@ impl ClientConn {
     #[inline(never)]
     fn write_when_room(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        loop {
-            let Some((limit, paced)) = self.pace.write_wait() else {
-                return Err(io::ErrorKind::WouldBlock.into());
-            };
-            let timeout = Timespec {
-                tv_sec: i64::try_from(limit.as_secs()).unwrap_or(i64::MAX),
-                tv_nsec: limit.subsec_nanos().into(),
-            };
-            let began = Instant::now();
-            let mut fds = [PollFd::new(&self.stream, PollFlags::OUT)];
-            let ready = match poll(&mut fds, Some(&timeout)) {
-                Ok(n) => n > 0,
-                Err(Errno::INTR) => true,
-                Err(errno) => return Err(errno.into()),
-            };
-            self.paced_write(began, 0)?;
-            if !ready {
-                return Err(if paced {
-                    self.cut_off(self.pace.too_slow())
-                } else {
-                    io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        "the client took nothing for upstream_timeout",
-                    )
-                });
-            }
-            match rustix::net::sendmsg(
-                &self.stream,
-                bufs,
-                &mut SendAncillaryBuffer::default(),
-                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-            ) {
-                Ok(n) => {
-                    self.sent += n as u64;
-                    self.pace.moved(n);
-                    return Ok(n);
-                }
-                // Room for fewer bytes than the kernel wants to queue.
-                Err(Errno::AGAIN) => {}
-                Err(errno) => return Err(errno.into()),
-            }
+        let Some((limit, paced)) = self.pace.write_wait() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let timeout = Timespec {
+            tv_sec: i64::try_from(limit.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: limit.subsec_nanos().into(),
+        };
+        let began = Instant::now();
+        let mut fds = [PollFd::new(&self.stream, PollFlags::OUT)];
+        let ready = match poll(&mut fds, Some(&timeout)) {
+            Ok(n) => n > 0,
+            // A signal: the send below finds out where the socket stands.
+            Err(Errno::INTR) => true,
+            Err(errno) => return Err(errno.into()),
+        };
+        self.paced_write(began, 0)?;
+        if !ready {
+            return Err(if paced {
+                self.cut_off(self.pace.too_slow())
+            } else {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the client took nothing for upstream_timeout",
+                )
+            });
         }
+        let n = match rustix::net::sendmsg(
+            &self.stream,
+            bufs,
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) => n,
+            // Writable, yet no room: the machine's TCP memory is short (its
+            // sockets then say writable regardless), or a signal cut the
+            // wait. Wait in the kernel, up to the send timeout, rather than
+            // spin.
+            Err(Errno::AGAIN) => {
+                let began = Instant::now();
+                let written = rustix::net::sendmsg(
+                    &self.stream,
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::NOSIGNAL,
+                );
+                let n = *written.as_ref().unwrap_or(&0);
+                self.sent += n as u64;
+                self.paced_write(began, n)?;
+                return Ok(written?);
+            }
+            Err(errno) => return Err(errno.into()),
+        };
+        self.sent += n as u64;
+        self.pace.moved(n);
+        Ok(n)
     }
 }
 
