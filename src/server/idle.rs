@@ -457,7 +457,11 @@ pub(crate) mod tests {
 
     /// A job that reports it started, then holds its worker until released,
     /// waiting on a socket (`waiting`) or not.
-    fn holding(started: &mpsc::Sender<u32>, id: u32, on_socket: bool) -> (Task, mpsc::Sender<()>) {
+    pub(crate) fn holding(
+        started: &mpsc::Sender<u32>,
+        id: u32,
+        on_socket: bool,
+    ) -> (Task, mpsc::Sender<()>) {
         let (release, released) = mpsc::channel::<()>();
         let started = started.clone();
         let task: Task = Box::new(move || {
@@ -466,6 +470,24 @@ pub(crate) mod tests {
             let _ = released.recv_timeout(LIMIT);
         });
         (task, release)
+    }
+
+    /// A job that reports it started, computes until the first sender says
+    /// to wait on a socket, then waits there until the second releases it.
+    fn computing_then_waiting(
+        started: &mpsc::Sender<u32>,
+        id: u32,
+    ) -> (Task, mpsc::Sender<()>, mpsc::Sender<()>) {
+        let (to_socket, go_wait) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let started = started.clone();
+        let task: Task = Box::new(move || {
+            let _ = started.send(id);
+            let _ = go_wait.recv_timeout(LIMIT);
+            let _wait = waiting();
+            let _ = released.recv_timeout(LIMIT);
+        });
+        (task, to_socket, release)
     }
 
     /// Queues a `holding` job, wakes for it as the acceptor does, and
@@ -526,15 +548,7 @@ pub(crate) mod tests {
         wait_parked(&idle, 4);
         let (started, starts) = mpsc::channel();
         // Job 0 computes until told to wait on a socket; job 1 computes.
-        let (to_socket, go_wait) = mpsc::channel::<()>();
-        let (release_first, released) = mpsc::channel::<()>();
-        let first_started = started.clone();
-        let first: Task = Box::new(move || {
-            let _ = first_started.send(0);
-            let _ = go_wait.recv_timeout(LIMIT);
-            let _wait = waiting();
-            let _ = released.recv_timeout(LIMIT);
-        });
+        let (first, to_socket, release_first) = computing_then_waiting(&started, 0);
         tx.send(first).expect("queue");
         idle.wake_for_job();
         assert_eq!(starts.recv_timeout(LIMIT), Ok(0));
@@ -576,15 +590,7 @@ pub(crate) mod tests {
         let mut to_socket = Vec::new();
         let mut releases = Vec::new();
         for id in 0..2u32 {
-            let (go, go_wait) = mpsc::channel::<()>();
-            let (release, released) = mpsc::channel::<()>();
-            let started = started.clone();
-            let task: Task = Box::new(move || {
-                let _ = started.send(id);
-                let _ = go_wait.recv_timeout(LIMIT);
-                let _wait = waiting();
-                let _ = released.recv_timeout(LIMIT);
-            });
+            let (task, go, release) = computing_then_waiting(&started, id);
             tx.send(task).expect("queue");
             idle.wake_for_job();
             assert_eq!(starts.recv_timeout(LIMIT), Ok(id));

@@ -126,10 +126,25 @@ impl<J> Drop for JobQueue<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::idle::tests::{Task, task_workers, wait_parked};
+    use crate::server::idle::tests::{Task, holding, task_workers, wait_parked};
     use std::sync::mpsc;
 
     const LIMIT: Duration = Duration::from_secs(10);
+
+    /// Queues a job that reports `id` when it starts, then computes (holds
+    /// its worker, not waiting on a socket) until released.
+    fn queue_holding(
+        queue: &JobQueue<Task>,
+        started: &mpsc::Sender<u32>,
+        id: u32,
+    ) -> mpsc::Sender<()> {
+        let (task, release) = holding(started, id, false);
+        queue
+            .try_send(task)
+            .map_err(|_| "queue full")
+            .expect("queued");
+        release
+    }
 
     #[test]
     fn a_job_the_running_workers_leave_waiting_gets_a_worker_once_stalled() {
@@ -143,19 +158,7 @@ mod tests {
         wait_parked(&idle, 3);
         let (started, starts) = mpsc::channel::<u32>();
         let mut releases = Vec::new();
-        let mut hold = |id: u32| {
-            let (release, released) = mpsc::channel::<()>();
-            let started = started.clone();
-            let task: Task = Box::new(move || {
-                let _ = started.send(id);
-                let _ = released.recv_timeout(LIMIT);
-            });
-            releases.push(release);
-            queue
-                .try_send(task)
-                .map_err(|_| "queue full")
-                .expect("queued");
-        };
+        let mut hold = |id: u32| releases.push(queue_holding(&queue, &started, id));
         hold(0);
         assert_eq!(starts.recv_timeout(LIMIT), Ok(0));
         hold(1);
@@ -193,19 +196,7 @@ mod tests {
         wait_parked(&idle, 3);
         let (started, starts) = mpsc::channel::<u32>();
         let mut releases = Vec::new();
-        let mut hold = |id: u32| {
-            let (release, released) = mpsc::channel::<()>();
-            let started = started.clone();
-            let task: Task = Box::new(move || {
-                let _ = started.send(id);
-                let _ = released.recv_timeout(LIMIT);
-            });
-            releases.push(release);
-            queue
-                .try_send(task)
-                .map_err(|_| "queue full")
-                .expect("queued");
-        };
+        let mut hold = |id: u32| releases.push(queue_holding(&queue, &started, id));
         hold(0);
         assert_eq!(starts.recv_timeout(LIMIT), Ok(0));
         hold(1);
