@@ -16,7 +16,15 @@
 //! about 9% off a hit's CPU). Past the memory limit, or when the body never
 //! could fit it, readers read the temporary file the disk tier is writing,
 //! with positioned reads. The state lock is never held across I/O.
+//!
+//! A fill that gives up storing halfway (a body of unknown length that
+//! outgrows every limit, memory for fills used up, a disk write failing)
+//! passes the rest of the body on to the readers it has (`pass_on`), as
+//! Varnish streams on from memory it no longer keeps: pieces are kept only
+//! until every reader has taken them, and the filler waits while it is
+//! more than a window ahead of the slowest one.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -50,6 +58,10 @@ pub enum FillFailure {
     /// No byte arrived for the follower's wait.
     #[error("no progress from the fill within the wait")]
     Stalled,
+    /// The reader stayed a window behind a body passed on without being
+    /// stored for longer than the wait, and was let go.
+    #[error("the client fell too far behind a response the cache does not keep")]
+    Lagged,
 }
 
 /// Why a follower was let go to fetch on its own.
@@ -104,8 +116,9 @@ struct State {
     phase: Phase,
     head: Option<Arc<FillHead>>,
     /// The body so far, while it is kept in memory: the pieces cut for
-    /// readers, then the bytes still in `block`.
-    chunks: Vec<Bytes>,
+    /// readers, then the bytes still in `block`. While passing on, the
+    /// pieces not yet taken by every reader.
+    chunks: VecDeque<Bytes>,
     /// The memory block being filled, past the bytes cut from it.
     block: BytesMut,
     /// Readers read `chunks`; once false, they read `file`.
@@ -119,6 +132,37 @@ struct State {
     waiting: usize,
     /// Followers reading the body (their `FillReader`s).
     readers: usize,
+    /// Where each reader is, by its slot: what passing on keeps for them.
+    slots: Vec<Slot>,
+    /// Set once the store was given up with readers left (`pass_on`).
+    passing: Option<Passing>,
+}
+
+/// One reader's place in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Free,
+    /// Body bytes taken so far.
+    At(u64),
+    /// Let go for lagging behind a body passed on.
+    Cut,
+}
+
+/// A body passed on to its readers without being stored.
+#[derive(Debug)]
+struct Passing {
+    /// Body offset of `chunks[0]`.
+    front: u64,
+    /// Bytes in `chunks`.
+    held: u64,
+    /// Bytes before this offset are read from the file.
+    file_end: u64,
+    /// Most bytes held for readers before the filler waits for them.
+    window: u64,
+    /// Longest wait for the slowest reader, past which it is let go.
+    wait: Duration,
+    /// The filler waits on `Fill::room`.
+    filler_waiting: bool,
 }
 
 impl State {
@@ -126,8 +170,68 @@ impl State {
     fn cut(&mut self) {
         if !self.block.is_empty() {
             let piece = self.block.split().freeze();
-            self.chunks.push(piece);
+            self.chunks.push_back(piece);
         }
+    }
+
+    /// The position of the reader furthest behind, if any reads.
+    fn slowest(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::At(pos) => Some(*pos),
+                Slot::Free | Slot::Cut => None,
+            })
+            .min()
+    }
+
+    /// While passing on: drops the pieces every reader has taken.
+    fn trim(&mut self) {
+        let slowest = self.slowest().unwrap_or(self.written);
+        let Some(passing) = &mut self.passing else {
+            return;
+        };
+        while let Some(first) = self.chunks.front() {
+            let len = first.len() as u64;
+            if passing.front + len > slowest {
+                break;
+            }
+            self.chunks.pop_front();
+            passing.front += len;
+            passing.held -= len;
+        }
+    }
+
+    /// The reader in `slot` has taken the body up to `pos`.
+    fn reader_at(&mut self, slot: usize, pos: u64, room: &Condvar) {
+        self.slots[slot] = Slot::At(pos);
+        self.moved_on(room);
+    }
+
+    /// A reader took more, or left: a filler passing the body on may have
+    /// room again.
+    fn moved_on(&mut self, room: &Condvar) {
+        if self.passing.is_some() {
+            self.trim();
+            if self.passing.as_ref().is_some_and(|p| p.filler_waiting) {
+                room.notify_one();
+            }
+        }
+    }
+
+    /// While passing on: lets go of every reader more than the window
+    /// behind the newest byte.
+    fn cut_laggards(&mut self) {
+        let Some(passing) = &self.passing else {
+            return;
+        };
+        let keep_from = self.written.saturating_sub(passing.window);
+        for slot in &mut self.slots {
+            if matches!(*slot, Slot::At(pos) if pos < keep_from) {
+                *slot = Slot::Cut;
+            }
+        }
+        self.trim();
     }
 
     /// Wakes the followers waiting for a change, if there are any.
@@ -142,7 +246,10 @@ impl State {
 #[derive(Debug)]
 pub struct Fill {
     state: Mutex<State>,
+    /// Followers wait on it for more body.
     cond: Condvar,
+    /// A filler passing the body on waits on it for its readers.
+    room: Condvar,
 }
 
 impl Fill {
@@ -152,15 +259,18 @@ impl Fill {
             state: Mutex::new(State {
                 phase: Phase::AwaitingHead,
                 head: None,
-                chunks: Vec::new(),
+                chunks: VecDeque::new(),
                 block: BytesMut::new(),
                 in_memory: true,
                 written: 0,
                 file: None,
                 waiting: 0,
                 readers: 0,
+                slots: Vec::new(),
+                passing: None,
             }),
             cond: Condvar::new(),
+            room: Condvar::new(),
         })
     }
 
@@ -205,6 +315,10 @@ impl Fill {
     pub fn append(&self, bytes: &[u8], block: usize) {
         let mut state = self.lock();
         state.written += bytes.len() as u64;
+        if state.passing.is_some() {
+            self.pass(state, bytes);
+            return;
+        }
         if state.in_memory {
             if state.block.capacity() - state.block.len() < bytes.len() {
                 state.cut();
@@ -219,7 +333,7 @@ impl Fill {
     pub fn spill_to_file(&self) {
         let mut state = self.lock();
         state.in_memory = false;
-        state.chunks = Vec::new();
+        state.chunks = VecDeque::new();
         state.block = BytesMut::new();
     }
 
@@ -227,7 +341,81 @@ impl Fill {
     pub fn chunks(&self) -> Vec<Bytes> {
         let mut state = self.lock();
         state.cut();
-        state.chunks.clone()
+        state.chunks.iter().cloned().collect()
+    }
+
+    /// The store is given up: from now on the body is passed on to the
+    /// readers there are, keeping no more than `window` bytes they have
+    /// not all taken, and waiting up to `wait` for the slowest before it
+    /// is let go. Says false when no one reads (or the body so far is
+    /// neither in memory nor in the file): there is nothing to pass on.
+    /// New followers are not taken.
+    pub fn pass_on(&self, window: u64, wait: Duration) -> bool {
+        let mut state = self.lock();
+        if state.readers == 0 || !matches!(state.phase, Phase::Streaming) {
+            return false;
+        }
+        let front = if state.in_memory {
+            state.cut();
+            0
+        } else if state.file.is_some() {
+            state.chunks.clear();
+            state.written
+        } else {
+            return false;
+        };
+        let held = state.chunks.iter().map(|c| c.len() as u64).sum();
+        state.in_memory = false;
+        state.passing = Some(Passing {
+            front,
+            held,
+            file_end: front,
+            window,
+            wait,
+            filler_waiting: false,
+        });
+        state.trim();
+        true
+    }
+
+    /// Passes `bytes` (already counted as written) on to the readers,
+    /// then waits while more than the window is held for them; a reader
+    /// still that far behind after the wait is let go.
+    fn pass(&self, mut state: MutexGuard<'_, State>, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            state.chunks.push_back(Bytes::copy_from_slice(bytes));
+        }
+        let Some(passing) = &mut state.passing else {
+            return;
+        };
+        passing.held += bytes.len() as u64;
+        let deadline = Instant::now() + passing.wait;
+        state.trim();
+        state.wake(&self.cond);
+        loop {
+            let Some(passing) = &mut state.passing else {
+                return;
+            };
+            if passing.held <= passing.window {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.cut_laggards();
+                state.wake(&self.cond);
+                return;
+            }
+            passing.filler_waiting = true;
+            state = self
+                .room
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if let Some(passing) = &mut state.passing {
+                passing.filler_waiting = false;
+            }
+            state.trim();
+        }
     }
 
     /// Ends the fill: followers read what is there and see the end.
@@ -286,6 +474,10 @@ impl Fill {
                 Phase::Streaming | Phase::Complete => break,
             }
         }
+        if state.passing.is_some() {
+            // The start of the body is gone.
+            return Err(Release::NotShareable);
+        }
         let head = state.head.clone().ok_or(Release::FillerGone)?;
         if !head.variant.matches(request) {
             return Err(Release::VaryMismatch);
@@ -293,9 +485,18 @@ impl Fill {
         // Counted before the lock is let go: from waiting for the head to
         // reading, a follower is never uncounted (`has_followers`).
         state.readers += 1;
+        let slot = match state.slots.iter().position(|s| *s == Slot::Free) {
+            Some(free) => free,
+            None => {
+                state.slots.push(Slot::Free);
+                state.slots.len() - 1
+            }
+        };
+        state.slots[slot] = Slot::At(0);
         drop(state);
         let reader = FillReader {
             fill: Arc::clone(self),
+            slot,
             pos: 0,
             index: 0,
             unread: Bytes::new(),
@@ -313,6 +514,8 @@ impl Fill {
 #[derive(Debug)]
 pub struct FillReader {
     fill: Arc<Fill>,
+    /// Its place in `State::slots`.
+    slot: usize,
     /// Body bytes returned so far.
     pos: u64,
     /// Next chunk, while reading from memory.
@@ -344,7 +547,10 @@ impl std::io::Read for FillReader {
 
 impl Drop for FillReader {
     fn drop(&mut self) {
-        self.fill.lock().readers -= 1;
+        let mut state = self.fill.lock();
+        state.readers -= 1;
+        state.slots[self.slot] = Slot::Free;
+        state.moved_on(&self.fill.room);
     }
 }
 
@@ -358,25 +564,50 @@ impl FillReader {
     pub fn next_chunk(&mut self) -> Result<Option<Bytes>, CacheError> {
         let mut state = self.fill.lock();
         loop {
-            if state.in_memory {
+            if state.slots[self.slot] == Slot::Cut {
+                return Err(FillFailure::Lagged.into());
+            }
+            let from_file = if let Some(passing) = &state.passing {
+                if self.pos >= passing.front {
+                    if let Some(piece) = piece_at(&state.chunks, passing.front, self.pos) {
+                        self.pos += piece.len() as u64;
+                        state.reader_at(self.slot, self.pos, &self.fill.room);
+                        return Ok(Some(piece));
+                    }
+                    false
+                } else {
+                    self.pos < passing.file_end
+                }
+            } else if state.in_memory {
                 if self.index == state.chunks.len() {
                     // Bytes appended before this reader came.
                     state.cut();
                 }
-                if let Some(chunk) = state.chunks.get(self.index) {
+                if let Some(chunk) = state.chunks.get(self.index).cloned() {
                     self.index += 1;
                     self.pos += chunk.len() as u64;
-                    return Ok(Some(chunk.clone()));
+                    state.reader_at(self.slot, self.pos, &self.fill.room);
+                    return Ok(Some(chunk));
                 }
-            } else if self.pos < state.written {
+                false
+            } else {
+                self.pos < state.written
+            };
+            if from_file {
+                let end = state.passing.as_ref().map_or(state.written, |p| p.file_end);
                 let Some((file, offset)) = state.file.clone() else {
                     return Err(FillFailure::TooLarge.into());
                 };
-                let want = (state.written - self.pos).min(DISK_READ_BYTES as u64) as usize;
+                let want = (end - self.pos).min(DISK_READ_BYTES as u64) as usize;
                 drop(state);
                 let mut buf = BytesMut::zeroed(want);
                 file.read_exact_at(&mut buf, offset + self.pos)?;
+                let mut state = self.fill.lock();
+                if state.slots[self.slot] == Slot::Cut {
+                    return Err(FillFailure::Lagged.into());
+                }
                 self.pos += want as u64;
+                state.reader_at(self.slot, self.pos, &self.fill.room);
                 return Ok(Some(buf.freeze()));
             }
             match state.phase {
@@ -399,13 +630,30 @@ impl FillReader {
     }
 
     fn has_more(&self, state: &State) -> bool {
-        let more = if state.in_memory {
+        let more = if state.passing.is_some() {
+            self.pos < state.written || state.slots[self.slot] == Slot::Cut
+        } else if state.in_memory {
             self.index < state.chunks.len() || !state.block.is_empty()
         } else {
             self.pos < state.written
         };
         more || !matches!(state.phase, Phase::Streaming)
     }
+}
+
+/// The body from `pos` in `chunks`, whose first piece starts at `front`:
+/// the rest of the piece that holds it.
+fn piece_at(chunks: &VecDeque<Bytes>, front: u64, pos: u64) -> Option<Bytes> {
+    let mut start = front;
+    for chunk in chunks {
+        let end = start + chunk.len() as u64;
+        if pos < end {
+            let skip = usize::try_from(pos - start).ok()?;
+            return Some(chunk.slice(skip..));
+        }
+        start = end;
+    }
+    None
 }
 
 #[cfg(test)]

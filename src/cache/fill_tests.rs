@@ -211,3 +211,97 @@ fn a_late_follower_gets_what_came_before_it_at_once() {
     let pieces: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
     assert_eq!(pieces, [&b"early "[..], b"late"], "cut for the reader");
 }
+
+/// A fill with its head published, and `n` readers of it.
+fn fill_read_by(n: usize) -> (Arc<Fill>, Vec<FillReader>) {
+    let fill = Fill::new();
+    fill.publish_head(head(None), true, None);
+    let readers = (0..n)
+        .map(|_| {
+            fill.follow(&request("GET", URL, &[]), WAIT)
+                .expect("follows")
+                .1
+        })
+        .collect();
+    (fill, readers)
+}
+
+#[test]
+fn a_body_passed_on_reaches_every_reader_whole_through_a_small_window() {
+    let (fill, readers) = fill_read_by(2);
+    fill.append(b"stored ", 64);
+    assert!(fill.pass_on(8, WAIT), "passed on to its readers");
+    let readers: Vec<_> = readers
+        .into_iter()
+        .map(|mut reader| thread::spawn(move || read_all(&mut reader)))
+        .collect();
+    // Far more than the window: the filler waits for its readers.
+    let rest: Vec<u8> = (0..4000).map(|i| (i % 251) as u8).collect();
+    for piece in rest.chunks(5) {
+        fill.append(piece, 64);
+        let state = fill.lock();
+        let held = state.passing.as_ref().expect("passing").held;
+        assert!(held <= 8, "held {held} bytes past the window");
+    }
+    fill.complete();
+    let mut whole = b"stored ".to_vec();
+    whole.extend_from_slice(&rest);
+    for reader in readers {
+        assert_eq!(reader.join().expect("reader").expect("whole"), whole);
+    }
+    assert!(fill.lock().chunks.is_empty(), "nothing kept once all read");
+}
+
+#[test]
+fn a_reader_left_behind_a_body_passed_on_is_let_go_and_the_others_read_on() {
+    let (fill, mut readers) = fill_read_by(2);
+    let mut stuck = readers.pop().expect("two readers");
+    let mut reader = readers.pop().expect("two readers");
+    assert!(fill.pass_on(4, Duration::from_millis(50)));
+    let fast = thread::spawn(move || read_all(&mut reader));
+    for piece in [&b"abcd"[..], b"efgh", b"ijkl"] {
+        fill.append(piece, 64);
+    }
+    fill.complete();
+    assert_eq!(
+        fast.join().expect("reader").expect("whole"),
+        b"abcdefghijkl"
+    );
+    let err = stuck.next_chunk().expect_err("let go");
+    assert!(
+        matches!(err, CacheError::FillFailed(FillFailure::Lagged)),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_fill_passed_on_takes_no_new_followers_and_needs_a_reader() {
+    let (fill, _) = fill_read_by(0);
+    assert!(!fill.pass_on(64, WAIT), "no one to pass it on to");
+    let (fill, _readers) = fill_read_by(1);
+    assert!(fill.pass_on(64, WAIT));
+    assert_eq!(
+        fill.follow(&request("GET", URL, &[]), WAIT).err(),
+        Some(Release::NotShareable)
+    );
+}
+
+#[test]
+fn a_spilled_body_passed_on_is_read_from_the_file_then_from_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("body");
+    let mut writer = File::create(&path).expect("create");
+    let read = Arc::new(File::open(&path).expect("open"));
+    let fill = Fill::new();
+    fill.publish_head(head(None), false, Some((read, 0)));
+    let (_, mut reader) = fill
+        .follow(&request("GET", URL, &[]), WAIT)
+        .expect("follows");
+    writer.write_all(b"on disk ").expect("write");
+    fill.advance(8);
+    // The disk gave up: the rest is passed on, never written.
+    assert!(fill.pass_on(1024, WAIT));
+    fill.append(b"in memory", 64);
+    fill.complete();
+    assert_eq!(read_all(&mut reader).expect("whole"), b"on disk in memory");
+}

@@ -3,7 +3,8 @@
 //! which decides whether to store, tees the body into memory and/or the
 //! disk file, publishes it to followers, and stores the object when the
 //! body is complete. Storing never disturbs the filler's own client: a
-//! disk error or a limit only abandons the store. Dropping a `Filler`
+//! disk error or a limit only abandons the store, and the rest of the
+//! body is passed on to the followers reading it. Dropping a `Filler`
 //! before `finish` (upstream failure, client gone, panic) fails the fill,
 //! so followers are cut short and nothing is stored.
 
@@ -32,6 +33,13 @@ enum Store {
         received: u64,
     },
     NotStoring(NotStored),
+    /// Given up for `why` halfway, with followers reading: the rest of the
+    /// body goes on to them, not stored (`Fill::pass_on`).
+    Passing {
+        why: NotStored,
+        declared: Option<u64>,
+        received: u64,
+    },
     Done,
 }
 
@@ -66,6 +74,11 @@ pub struct Filler {
 /// of declared length goes in one block of that length, so it costs one
 /// allocation and one copy, not one per piece.
 const MEMORY_BLOCK: usize = 64 * 1024;
+
+/// Most bytes of a body passed on to followers (`Fill::pass_on`) held for
+/// the slowest of them before the filler waits; never more than the memory
+/// tier's object limit.
+const PASS_WINDOW: u64 = 1 << 20;
 
 impl Filler {
     /// A filler publishing into `fill`.
@@ -161,7 +174,9 @@ impl Filler {
         match self.store {
             Store::AwaitingHead => {}
             Store::NotStoring(why) => return Err(why),
-            Store::Storing { .. } | Store::Done => return Err(NotStored::Request),
+            Store::Storing { .. } | Store::Passing { .. } | Store::Done => {
+                return Err(NotStored::Request);
+            }
         }
         let request = self.request(client);
         let decided = admission::plan(&self.shared, &self.key, request, status, headers, now);
@@ -255,11 +270,19 @@ impl Filler {
     }
 
     /// Takes the next piece of body. Never fails: a limit or a disk error
-    /// only abandons the store (and cuts followers short if they were
-    /// reading what can no longer be kept).
+    /// only abandons the store, and the followers reading get the rest of
+    /// the body passed on (cut short only when there is no memory for it).
     pub fn body(&mut self, bytes: &[u8]) {
+        if let Store::Passing { received, .. } = &mut self.store {
+            *received += bytes.len() as u64;
+            self.fill.append(bytes, 0);
+            return;
+        }
         if let Some(failure) = self.tee(bytes) {
             self.abandon(failure);
+            if let Store::Passing { .. } = self.store {
+                self.fill.append(bytes, 0);
+            }
         }
     }
 
@@ -285,10 +308,14 @@ impl Filler {
             busy = !reserve(&self.shared, &mut self.reserved, bytes.len() as u64);
             if busy || *received > self.shared.config.mem_max_object {
                 *memory = false;
-                self.fill.spill_to_file();
+                if disk.is_some() {
+                    self.fill.spill_to_file();
+                }
                 // What it held in memory is gone: other fills may take it.
                 // (Pieces followers already took live on until they are
-                // written out: the budget is approximate for that while.)
+                // written out, and without a disk file the body so far
+                // stays until the store is given up: the budget is
+                // approximate for that while.)
                 let held = std::mem::take(&mut self.reserved);
                 self.shared.inflight.fetch_sub(held, Ordering::AcqRel);
             }
@@ -352,6 +379,18 @@ impl Filler {
         else {
             return Err(match store {
                 Store::NotStoring(why) => why,
+                Store::Passing {
+                    why,
+                    declared,
+                    received,
+                } => {
+                    if declared.is_none_or(|len| len == received) {
+                        self.fill.complete();
+                    } else {
+                        self.fill.fail(FillFailure::Upstream);
+                    }
+                    why
+                }
                 _ => NotStored::Request,
             });
         };
@@ -465,17 +504,38 @@ impl Filler {
         }
     }
 
-    /// Gives up storing mid-body.
+    /// Gives up storing mid-body. Followers reading get the rest passed on
+    /// when memory for a window of it can be had; else they are cut short.
     fn abandon(&mut self, failure: FillFailure) {
-        self.store = Store::NotStoring(match failure {
+        let why = match failure {
             FillFailure::DiskWrite => NotStored::DiskError,
             FillFailure::TooLarge => NotStored::TooLarge,
             FillFailure::MemoryFull => NotStored::Busy,
-            FillFailure::Upstream | FillFailure::Stalled => NotStored::Incomplete,
-        });
+            FillFailure::Upstream | FillFailure::Stalled | FillFailure::Lagged => {
+                NotStored::Incomplete
+            }
+        };
+        let (declared, received) = match &self.store {
+            Store::Storing { head, received, .. } => (head.declared_len, *received),
+            _ => (None, 0),
+        };
+        self.store = Store::NotStoring(why);
         self.unreserve();
         bump(&self.shared.stats.fills_abandoned);
-        self.fill.fail(failure);
+        let window = PASS_WINDOW.min(self.shared.config.mem_max_object).max(1);
+        let wait = self.shared.config.collapse_wait.saturating_mul(2);
+        if reserve(&self.shared, &mut self.reserved, window) && self.fill.pass_on(window, wait) {
+            self.store = Store::Passing {
+                why,
+                declared,
+                received,
+            };
+        } else {
+            self.unreserve();
+            // Whatever the fill still held in memory goes now.
+            self.fill.spill_to_file();
+            self.fill.fail(failure);
+        }
         let shared_fill = self.registered;
         self.leave();
         if failure == FillFailure::TooLarge && shared_fill {
@@ -515,7 +575,8 @@ impl Drop for Filler {
             bump(&self.shared.stats.fills_abandoned);
         }
         self.unreserve();
-        // No effect on a fill that already ended.
+        // No effect on a fill that already ended; one still storing or
+        // passing on did not get its whole body.
         self.fill.fail(FillFailure::Upstream);
         self.leave();
     }

@@ -392,6 +392,57 @@ fn followers_of_a_body_over_the_limit_get_the_leaders_error_not_a_cut_200() {
 }
 
 #[test]
+fn followers_of_a_chunked_body_that_outgrows_the_cache_get_it_whole() {
+    // 24 MiB of unknown length, over the default 16 MiB object limit, and
+    // no disk tier: the fill gives up storing halfway, and passes the rest
+    // on to the clients following it instead of cutting them short.
+    const LEN: u64 = 24 << 20;
+    const CLIENTS: usize = 4;
+    let gate = Gate::new();
+    let origin = Origin::start({
+        let gate = gate.clone();
+        move |_| {
+            gate.wait(LIMIT);
+            Reply::HugeCacheable {
+                len: LEN,
+                chunked: true,
+            }
+        }
+    });
+    let proxy = roomy_proxy();
+    let url = origin.url("/toolchain.tar");
+    let clients = concurrent_gets(proxy.addr, &url, CLIENTS);
+    // Every client is in (one fetching, the others following), and the
+    // worker answering this scrape.
+    let all_in = metric_reaches(proxy.addr, "fetchproxy_workers_busy", |n| {
+        n >= (CLIENTS + 1) as f64
+    });
+    assert!(all_in);
+    gate.open();
+    let replies: Vec<CurlReply> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    for reply in &replies {
+        assert_eq!((reply.status, reply.exit), (200, 0), "{}", reply.stderr);
+        assert_eq!(reply.body.len() as u64, LEN, "{:?}", reply.headers);
+        let wrong = (0..LEN).find(|&i| reply.body[i as usize] != pattern_byte(i));
+        assert_eq!(wrong, None, "first wrong byte");
+    }
+    let collapsed = replies
+        .iter()
+        .filter(|r| cache_status(r).contains("collapsed"))
+        .count();
+    assert_eq!(collapsed, CLIENTS - 1, "{:?}", replies[0].headers);
+    assert_eq!(origin.requests().len(), 1);
+    // Not stored: the next request goes to the origin.
+    let again = get(proxy.addr, &url, &[]);
+    assert_eq!(again.body.len() as u64, LEN);
+    assert!(cache_status(&again).contains("fwd="), "{again:?}");
+    assert_eq!(origin.requests().len(), 2);
+}
+
+#[test]
 fn a_fill_whose_first_client_leaves_goes_on_for_its_followers() {
     // The first client takes a few bytes and hangs up while another
     // follows the fill: the fill goes on without it, and the follower gets
