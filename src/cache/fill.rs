@@ -630,8 +630,12 @@ impl FillReader {
     }
 
     fn has_more(&self, state: &State) -> bool {
-        let more = if state.passing.is_some() {
-            self.pos < state.written || state.slots[self.slot] == Slot::Cut
+        let more = if let Some(passing) = &state.passing {
+            // A filler waiting for slower readers is progress too: a reader
+            // that is ahead must not give up on it meanwhile.
+            self.pos < state.written
+                || state.slots[self.slot] == Slot::Cut
+                || passing.filler_waiting
         } else if state.in_memory {
             self.index < state.chunks.len() || !state.block.is_empty()
         } else {

@@ -523,7 +523,9 @@ impl Filler {
         self.unreserve();
         bump(&self.shared.stats.fills_abandoned);
         let window = PASS_WINDOW.min(self.shared.config.mem_max_object).max(1);
-        let wait = self.shared.config.collapse_wait.saturating_mul(2);
+        // Shorter than the readers' own wait for bytes (twice this), so
+        // that one stuck reader is let go before the others give up.
+        let wait = self.shared.config.collapse_wait;
         if reserve(&self.shared, &mut self.reserved, window) && self.fill.pass_on(window, wait) {
             self.store = Store::Passing {
                 why,
