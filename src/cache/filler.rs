@@ -146,6 +146,16 @@ impl Filler {
         matches!(self.store, Store::Storing { .. })
     }
 
+    /// Whether the body is still wanted past the filler's own client: it
+    /// is being stored, or passed on to followers still reading it.
+    pub fn wants_body(&self) -> bool {
+        match self.store {
+            Store::Storing { .. } => true,
+            Store::Passing { .. } => self.fill.has_followers(),
+            _ => false,
+        }
+    }
+
     /// Seconds of freshness the response being stored has left at `now`
     /// (Cache-Status `ttl`); `None` when it is not being stored.
     pub fn ttl_seconds(&self, now: SystemTime) -> Option<i64> {

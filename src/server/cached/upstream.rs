@@ -417,9 +417,9 @@ impl<R: Read> Read for Tee<R> {
 
 impl<R: Read> Tee<R> {
     /// Reads the rest of the body into the filler alone, while it stores
-    /// (it stops at the object limits).
+    /// or passes the body on to followers still reading.
     fn fill_on(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        while !self.ended && self.filler.as_ref().is_some_and(Filler::is_storing) {
+        while !self.ended && self.filler.as_ref().is_some_and(Filler::wants_body) {
             match self.read(buf) {
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}

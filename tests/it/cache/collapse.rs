@@ -14,6 +14,7 @@ use super::{LIMIT, cache_status, concurrent_gets, fresh_bytes_origin, get, reply
 use crate::support::origin::pattern_byte;
 use crate::support::raw::{http10_get_ending_in_reset, parse_head};
 use crate::support::{CurlReply, Gate, Origin, Proxy, Reply, metric, scrape_metrics, wait_until};
+use fetchproxy::config::ServeConfig;
 
 /// A proxy with a worker for every client of these tests.
 fn roomy_proxy() -> Proxy {
@@ -444,18 +445,36 @@ fn followers_of_a_chunked_body_that_outgrows_the_cache_get_it_whole() {
 
 #[test]
 fn a_fill_whose_first_client_leaves_goes_on_for_its_followers() {
-    // The first client takes a few bytes and hangs up while another
-    // follows the fill: the fill goes on without it, and the follower gets
-    // the whole body, stored once.
-    const LEN: u64 = 48 << 20;
-    let origin = Origin::start(|_| Reply::HugeCacheable {
-        len: LEN,
-        chunked: false,
-    });
-    let proxy = Proxy::with(|c| {
+    // Stored, so the next request is a hit.
+    let (head, body) = first_client_leaves(48 << 20, false, |c| {
         c.cache_mem = 512 << 20;
         c.cache_max_object = 128 << 20;
     });
+    assert!(head.contains("collapsed"), "{head}");
+    assert_eq!(body, (48 << 20) as u64, "the whole body: {head}");
+}
+
+#[test]
+fn a_fill_passed_on_whose_first_client_leaves_goes_on_for_its_followers() {
+    // Chunked past the default 16 MiB limit: given up storing, and still
+    // received for the follower once the first client is gone.
+    let (head, body) = first_client_leaves(24 << 20, true, |_| {});
+    assert!(head.contains("collapsed"), "{head}");
+    assert_eq!(body, (24 << 20) as u64, "the whole body: {head}");
+}
+
+/// A first client of a `len`-byte body (`chunked` or not) takes a few bytes
+/// and hangs up while another follows the fill, through a proxy set up by
+/// `adjust`: the follower's head and how many body bytes it got. Checks
+/// that the origin was asked once, and once more for the next request
+/// unless the body was stored.
+fn first_client_leaves(
+    len: u64,
+    chunked: bool,
+    adjust: impl FnOnce(&mut ServeConfig),
+) -> (String, u64) {
+    let origin = Origin::start(move |_| Reply::HugeCacheable { len, chunked });
+    let proxy = Proxy::with(adjust);
     let url = origin.url("/big");
     let mut leader = TcpStream::connect(proxy.addr).expect("connect");
     write!(leader, "GET {url} HTTP/1.1\r\nHost: h\r\n\r\n").expect("send");
@@ -491,17 +510,43 @@ fn a_fill_whose_first_client_leaves_goes_on_for_its_followers() {
         + 4;
     let head = parse_head(&got[..head_len]).expect("a head");
     assert_eq!(head.status, 200, "{}", head.head);
-    assert!(head.head.contains("collapsed"), "{}", head.head);
-    assert_eq!(
-        (got.len() - head_len) as u64,
-        LEN,
-        "the whole body: {}",
-        head.head
+    let body = &got[head_len..];
+    let body = if chunked {
+        dechunk(body).unwrap_or_else(|| panic!("not whole chunks: {}", head.head))
+    } else {
+        body.to_vec()
+    };
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern_byte(i as u64)),
+        "the origin's bytes"
     );
-    // Stored, too: the next request is a hit.
-    let again = get(proxy.addr, &url, &[]);
-    assert!(cache_status(&again).contains("; hit"), "{again:?}");
     assert_eq!(origin.requests().len(), 1);
+    let again = get(proxy.addr, &url, &[]);
+    assert_eq!(again.body.len() as u64, len);
+    let stored = cache_status(&again).contains("; hit");
+    assert_eq!(origin.requests().len(), if stored { 1 } else { 2 });
+    assert_eq!(stored, !chunked, "{again:?}");
+    (head.head, body.len() as u64)
+}
+
+/// The body of chunked `raw`, or `None` unless it is whole chunks ending
+/// in the last one.
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let httparse::Status::Complete((at, size)) = httparse::parse_chunk_size(raw).ok()? else {
+            return None;
+        };
+        let size = usize::try_from(size).ok()?;
+        raw = &raw[at..];
+        if size == 0 {
+            return (raw == b"\r\n").then_some(body);
+        }
+        body.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size..)?.strip_prefix(b"\r\n")?;
+    }
 }
 
 #[test]
