@@ -398,7 +398,7 @@ fn issue_15_a_smuggled_request_behind_haproxy_never_reaches_another_client() {
 /// timers and termination state, for the failure messages.
 fn haproxy_config(proxy: SocketAddr) -> String {
     format!(
-        "global\n  maxconn 64\n  log stdout format raw local0\n\
+        "global\n  maxconn 64\n  log stdout format raw local0\n  stats socket {{dir}}/admin.sock mode 600\n\
          defaults\n  mode http\n  log global\n  option httplog\n  timeout connect 5s\n  timeout client 20s\n  timeout server 20s\n  http-reuse always\n\
          frontend front\n  bind 127.0.0.1:{{port}}\n  default_backend proxies\n\
          backend proxies\n  server one {proxy} maxconn 1\n"
