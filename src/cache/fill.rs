@@ -151,8 +151,10 @@ enum Slot {
 /// A body passed on to its readers without being stored.
 #[derive(Debug)]
 struct Passing {
-    /// Body offset of `chunks[0]`.
+    /// Body offset of `chunks[0]` (of the next piece, when there is none).
     front: u64,
+    /// Body offset of each piece in `chunks`, for readers to find theirs.
+    starts: VecDeque<u64>,
     /// Bytes in `chunks`.
     held: u64,
     /// Bytes before this offset are read from the file.
@@ -185,7 +187,8 @@ impl State {
             .min()
     }
 
-    /// While passing on: drops the pieces every reader has taken.
+    /// While passing on: drops the pieces every reader has taken, and the
+    /// file once every reader is past it.
     fn trim(&mut self) {
         let slowest = self.slowest().unwrap_or(self.written);
         let Some(passing) = &mut self.passing else {
@@ -197,8 +200,13 @@ impl State {
                 break;
             }
             self.chunks.pop_front();
+            passing.starts.pop_front();
             passing.front += len;
             passing.held -= len;
+        }
+        if slowest >= passing.file_end {
+            // Unlinked already: its disk space goes with the last handle.
+            self.file = None;
         }
     }
 
@@ -357,6 +365,8 @@ impl Fill {
         }
         let front = if state.in_memory {
             state.cut();
+            // The rest of the block's memory goes with its pieces.
+            state.block = BytesMut::new();
             0
         } else if state.file.is_some() {
             state.chunks.clear();
@@ -364,10 +374,16 @@ impl Fill {
         } else {
             return false;
         };
-        let held = state.chunks.iter().map(|c| c.len() as u64).sum();
+        let mut starts = VecDeque::with_capacity(state.chunks.len());
+        let mut held = 0;
+        for chunk in &state.chunks {
+            starts.push_back(front + held);
+            held += chunk.len() as u64;
+        }
         state.in_memory = false;
         state.passing = Some(Passing {
             front,
+            starts,
             held,
             file_end: front,
             window,
@@ -382,21 +398,37 @@ impl Fill {
     /// then waits while more than the window is held for them; a reader
     /// still that far behind after the wait is let go.
     fn pass(&self, mut state: MutexGuard<'_, State>, bytes: &[u8]) {
-        if !bytes.is_empty() {
-            state.chunks.push_back(Bytes::copy_from_slice(bytes));
-        }
+        let start = state.written - bytes.len() as u64;
+        let readers = state.readers;
         let Some(passing) = &mut state.passing else {
             return;
         };
+        if bytes.is_empty() {
+            return;
+        }
+        if readers == 0 {
+            // Nobody to keep it for (what readers left was trimmed).
+            passing.front = start + bytes.len() as u64;
+            return;
+        }
+        passing.starts.push_back(start);
         passing.held += bytes.len() as u64;
         let deadline = Instant::now() + passing.wait;
+        state.chunks.push_back(Bytes::copy_from_slice(bytes));
         state.trim();
         state.wake(&self.cond);
+        let mut waited = false;
         loop {
             let Some(passing) = &mut state.passing else {
                 return;
             };
             if passing.held <= passing.window {
+                if waited {
+                    // Readers ahead restart their wait for bytes from here:
+                    // the filler's own waits (its client, the origin) come
+                    // after this one.
+                    state.wake(&self.cond);
+                }
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -405,6 +437,7 @@ impl Fill {
                 state.wake(&self.cond);
                 return;
             }
+            waited = true;
             passing.filler_waiting = true;
             state = self
                 .room
@@ -569,7 +602,7 @@ impl FillReader {
             }
             let from_file = if let Some(passing) = &state.passing {
                 if self.pos >= passing.front {
-                    if let Some(piece) = piece_at(&state.chunks, passing.front, self.pos) {
+                    if let Some(piece) = piece_at(&state.chunks, &passing.starts, self.pos) {
                         self.pos += piece.len() as u64;
                         state.reader_at(self.slot, self.pos, &self.fill.room);
                         return Ok(Some(piece));
@@ -645,19 +678,15 @@ impl FillReader {
     }
 }
 
-/// The body from `pos` in `chunks`, whose first piece starts at `front`:
-/// the rest of the piece that holds it.
-fn piece_at(chunks: &VecDeque<Bytes>, front: u64, pos: u64) -> Option<Bytes> {
-    let mut start = front;
-    for chunk in chunks {
-        let end = start + chunk.len() as u64;
-        if pos < end {
-            let skip = usize::try_from(pos - start).ok()?;
-            return Some(chunk.slice(skip..));
-        }
-        start = end;
-    }
-    None
+/// The body from `pos` in `chunks`, each starting at its offset in
+/// `starts`: the rest of the piece that holds it.
+fn piece_at(chunks: &VecDeque<Bytes>, starts: &VecDeque<u64>, pos: u64) -> Option<Bytes> {
+    let index = starts
+        .partition_point(|&start| start <= pos)
+        .checked_sub(1)?;
+    let chunk = chunks.get(index)?;
+    let skip = usize::try_from(pos - starts[index]).ok()?;
+    (skip < chunk.len()).then(|| chunk.slice(skip..))
 }
 
 #[cfg(test)]

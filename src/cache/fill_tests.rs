@@ -228,8 +228,12 @@ fn fill_read_by(n: usize) -> (Arc<Fill>, Vec<FillReader>) {
 
 #[test]
 fn a_body_passed_on_reaches_every_reader_whole_through_a_small_window() {
-    let (fill, readers) = fill_read_by(2);
+    let (fill, mut readers) = fill_read_by(2);
     fill.append(b"stored ", 64);
+    // One reader took the first piece from memory before the store went.
+    let first = readers[0].next_chunk().expect("read").expect("a piece");
+    assert_eq!(&first[..], b"stored ");
+    fill.append(b"kept ", 64);
     assert!(fill.pass_on(8, WAIT), "passed on to its readers");
     let readers: Vec<_> = readers
         .into_iter()
@@ -244,28 +248,38 @@ fn a_body_passed_on_reaches_every_reader_whole_through_a_small_window() {
         assert!(held <= 8, "held {held} bytes past the window");
     }
     fill.complete();
-    let mut whole = b"stored ".to_vec();
+    let mut whole = b"stored kept ".to_vec();
     whole.extend_from_slice(&rest);
-    for reader in readers {
-        assert_eq!(reader.join().expect("reader").expect("whole"), whole);
-    }
+    let got: Vec<_> = readers
+        .into_iter()
+        .map(|reader| reader.join().expect("reader").expect("whole"))
+        .collect();
+    assert_eq!(got[0], whole[b"stored ".len()..]);
+    assert_eq!(got[1], whole);
     assert!(fill.lock().chunks.is_empty(), "nothing kept once all read");
+}
+
+/// A fill with its head published and two readers that give up after
+/// `stall` without a new byte.
+fn two_readers(stall: Duration) -> (Arc<Fill>, FillReader, FillReader) {
+    let fill = Fill::new();
+    fill.publish_head(head(None), true, None);
+    let follow = || {
+        fill.follow(&request("GET", URL, &[]), stall / 2)
+            .expect("follows")
+            .1
+    };
+    let (first, second) = (follow(), follow());
+    (fill, first, second)
 }
 
 #[test]
 fn a_reader_left_behind_a_body_passed_on_is_let_go_and_the_others_read_on() {
-    let fill = Fill::new();
-    fill.publish_head(head(None), true, None);
-    // Readers that give up after 100 ms without a byte, while the filler
-    // waits 300 ms for the slowest: the one that keeps up must not give up
-    // on a filler that is waiting for the other.
-    let follow = || {
-        fill.follow(&request("GET", URL, &[]), Duration::from_millis(50))
-            .expect("follows")
-            .1
-    };
-    let (mut reader, mut stuck) = (follow(), follow());
-    assert!(fill.pass_on(4, Duration::from_millis(300)));
+    // Readers give up after 1 s without a byte; the filler waits 3 s for
+    // the slowest: the one that keeps up must not give up on a filler
+    // that is waiting for the other.
+    let (fill, mut reader, mut stuck) = two_readers(Duration::from_secs(1));
+    assert!(fill.pass_on(4, Duration::from_secs(3)));
     let fast = thread::spawn(move || read_all(&mut reader));
     for piece in [&b"abcd"[..], b"efgh", b"ijkl"] {
         fill.append(piece, 64);
@@ -280,6 +294,32 @@ fn a_reader_left_behind_a_body_passed_on_is_let_go_and_the_others_read_on() {
         matches!(err, CacheError::FillFailed(FillFailure::Lagged)),
         "{err}"
     );
+}
+
+#[test]
+fn a_reader_ahead_waits_afresh_once_the_filler_stops_waiting_for_a_slower_one() {
+    // Readers give up after 1 s. The filler waits for the slow reader for
+    // 0.7 s, then takes another 0.7 s for the next piece (as it may, on
+    // its origin): 1.4 s after the fast reader's last byte, but only
+    // 0.7 s after the filler went on.
+    let (fill, mut fast, mut slow) = two_readers(Duration::from_secs(1));
+    assert!(fill.pass_on(4, Duration::from_secs(10)));
+    fill.append(b"abcd", 64);
+    let fast = thread::spawn(move || read_all(&mut fast));
+    let slow = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(700));
+        read_all(&mut slow)
+    });
+    fill.append(b"efgh", 64); // Waits for the slow reader.
+    thread::sleep(Duration::from_millis(700));
+    fill.append(b"ijkl", 64);
+    fill.complete();
+    for reader in [fast, slow] {
+        assert_eq!(
+            reader.join().expect("reader").expect("whole"),
+            b"abcdefghijkl"
+        );
+    }
 }
 
 #[test]

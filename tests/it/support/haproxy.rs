@@ -51,7 +51,7 @@ impl Haproxy {
         }
         let path = dir.path().join("haproxy.cfg");
         let config = config
-            .replace("127.0.0.1:{port}", &format!("fd@{fd}"))
+            .replace("bind 127.0.0.1:{port}", &format!("bind fd@{fd}"))
             .replace("{dir}", &dir.path().display().to_string());
         std::fs::write(&path, config).expect("write haproxy.cfg");
         let log = dir.path().join("haproxy.log");
