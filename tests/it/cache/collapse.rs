@@ -400,13 +400,19 @@ fn followers_of_a_chunked_body_that_outgrows_the_cache_get_it_whole() {
     const LEN: u64 = 24 << 20;
     const CLIENTS: usize = 4;
     let gate = Gate::new();
+    let body: Vec<u8> = (0..LEN).map(pattern_byte).collect();
     let origin = Origin::start({
         let gate = gate.clone();
         move |_| {
             gate.wait(LIMIT);
-            Reply::HugeCacheable {
-                len: LEN,
-                chunked: true,
+            // In 1 MiB pieces 20 ms apart: a client slow to join still
+            // finds the fill storing, well before the limit.
+            Reply::Trickle {
+                headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+                body: body.clone(),
+                piece: 1 << 20,
+                gap: Duration::from_millis(20),
+                reset: false,
             }
         }
     });
