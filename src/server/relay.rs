@@ -134,7 +134,9 @@ pub fn relay_response<R: Read>(
 
 /// Passes the origin's interim (1xx) responses on before the final one
 /// (RFC 9110 §15.2: a proxy forwards those it did not ask for), rebuilt
-/// without hop-by-hop fields; never to an HTTP/1.0 client, which cannot
+/// without hop-by-hop fields, and without the framing fields a 1xx must
+/// not carry (RFC 9110 §8.6, RFC 9112 §6.1), which a client could take
+/// as the length of a body; never to an HTTP/1.0 client, which cannot
 /// take them. A failed write is left to the relay to find. Rare, and with
 /// a 2 KiB parse table: kept out of the relay's frame.
 #[cold]
@@ -160,7 +162,9 @@ pub fn send_interim(conn: &mut ClientConn, head: &RequestHead, interim: &[Vec<u8
                 .map(|h| h.value),
         );
         for field in parsed.headers.iter() {
-            if !hop.contains(field.name) {
+            let framing = field.name.eq_ignore_ascii_case("content-length")
+                || field.name.eq_ignore_ascii_case("transfer-encoding");
+            if !framing && !hop.contains(field.name) {
                 response::write_header(&mut out, field.name, field.value);
             }
         }

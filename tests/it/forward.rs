@@ -1988,7 +1988,7 @@ fn read_until_close_or(stream: &mut TcpStream, got: &mut Vec<u8>, body_len: usiz
 fn interim_responses_are_passed_on_before_the_final_one() {
     let origin = Origin::start(|_| {
         Reply::Raw(
-            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n\
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 4\r\n\r\n\
               HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
                 .to_vec(),
         )
@@ -2002,6 +2002,11 @@ fn interim_responses_are_passed_on_before_the_final_one() {
         response.header("x-hop"),
         None,
         "hop-by-hop fields stay behind"
+    );
+    assert_eq!(
+        response.header("content-length"),
+        None,
+        "a 1xx has no body to frame"
     );
     let rest = split_raw(&response.body).expect("the final response");
     assert_eq!(rest.status, 200, "{}", rest.head);
