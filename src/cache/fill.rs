@@ -19,10 +19,8 @@
 //!
 //! A fill that gives up storing halfway (a body of unknown length that
 //! outgrows every limit, memory for fills used up, a disk write failing)
-//! passes the rest of the body on to the readers it has (`pass_on`), as
-//! Varnish streams on from memory it no longer keeps: pieces are kept only
-//! until every reader has taken them, and the filler waits while it is
-//! more than a window ahead of the slowest one.
+//! passes the rest of the body on to the readers it has (`pass_on`, in
+//! `fill_pass.rs`).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -38,6 +36,10 @@ use crate::cache::key::Variant;
 use crate::cache::policy::Policy;
 use crate::cache::reader::DISK_READ_BYTES;
 use crate::http::request::RequestHead;
+
+#[path = "fill_pass.rs"]
+mod pass;
+use pass::{Passing, piece_at};
 
 /// Why a fill ended without a complete body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -148,25 +150,6 @@ enum Slot {
     Cut,
 }
 
-/// A body passed on to its readers without being stored.
-#[derive(Debug)]
-struct Passing {
-    /// Body offset of `chunks[0]` (of the next piece, when there is none).
-    front: u64,
-    /// Body offset of each piece in `chunks`, for readers to find theirs.
-    starts: VecDeque<u64>,
-    /// Bytes in `chunks`.
-    held: u64,
-    /// Bytes before this offset are read from the file.
-    file_end: u64,
-    /// Most bytes held for readers before the filler waits for them.
-    window: u64,
-    /// Longest wait for the slowest reader, past which it is let go.
-    wait: Duration,
-    /// The filler waits on `Fill::room`.
-    filler_waiting: bool,
-}
-
 impl State {
     /// Cuts what `block` holds into a piece that readers can take.
     fn cut(&mut self) {
@@ -176,70 +159,10 @@ impl State {
         }
     }
 
-    /// The position of the reader furthest behind, if any reads.
-    fn slowest(&self) -> Option<u64> {
-        self.slots
-            .iter()
-            .filter_map(|slot| match slot {
-                Slot::At(pos) => Some(*pos),
-                Slot::Free | Slot::Cut => None,
-            })
-            .min()
-    }
-
-    /// While passing on: drops the pieces every reader has taken, and the
-    /// file once every reader is past it.
-    fn trim(&mut self) {
-        let slowest = self.slowest().unwrap_or(self.written);
-        let Some(passing) = &mut self.passing else {
-            return;
-        };
-        while let Some(first) = self.chunks.front() {
-            let len = first.len() as u64;
-            if passing.front + len > slowest {
-                break;
-            }
-            self.chunks.pop_front();
-            passing.starts.pop_front();
-            passing.front += len;
-            passing.held -= len;
-        }
-        if slowest >= passing.file_end {
-            // Unlinked already: its disk space goes with the last handle.
-            self.file = None;
-        }
-    }
-
     /// The reader in `slot` has taken the body up to `pos`.
     fn reader_at(&mut self, slot: usize, pos: u64, room: &Condvar) {
         self.slots[slot] = Slot::At(pos);
         self.moved_on(room);
-    }
-
-    /// A reader took more, or left: a filler passing the body on may have
-    /// room again.
-    fn moved_on(&mut self, room: &Condvar) {
-        if self.passing.is_some() {
-            self.trim();
-            if self.passing.as_ref().is_some_and(|p| p.filler_waiting) {
-                room.notify_one();
-            }
-        }
-    }
-
-    /// While passing on: lets go of every reader more than the window
-    /// behind the newest byte.
-    fn cut_laggards(&mut self) {
-        let Some(passing) = &self.passing else {
-            return;
-        };
-        let keep_from = self.written.saturating_sub(passing.window);
-        for slot in &mut self.slots {
-            if matches!(*slot, Slot::At(pos) if pos < keep_from) {
-                *slot = Slot::Cut;
-            }
-        }
-        self.trim();
     }
 
     /// Wakes the followers waiting for a change, if there are any.
@@ -350,105 +273,6 @@ impl Fill {
         let mut state = self.lock();
         state.cut();
         state.chunks.iter().cloned().collect()
-    }
-
-    /// The store is given up: from now on the body is passed on to the
-    /// readers there are, keeping no more than `window` bytes they have
-    /// not all taken, and waiting up to `wait` for the slowest before it
-    /// is let go. Says false when no one reads (or the body so far is
-    /// neither in memory nor in the file): there is nothing to pass on.
-    /// New followers are not taken.
-    pub fn pass_on(&self, window: u64, wait: Duration) -> bool {
-        let mut state = self.lock();
-        if state.readers == 0 || !matches!(state.phase, Phase::Streaming) {
-            return false;
-        }
-        let front = if state.in_memory {
-            state.cut();
-            // The rest of the block's memory goes with its pieces.
-            state.block = BytesMut::new();
-            0
-        } else if state.file.is_some() {
-            state.chunks.clear();
-            state.written
-        } else {
-            return false;
-        };
-        let mut starts = VecDeque::with_capacity(state.chunks.len());
-        let mut held = 0;
-        for chunk in &state.chunks {
-            starts.push_back(front + held);
-            held += chunk.len() as u64;
-        }
-        state.in_memory = false;
-        state.passing = Some(Passing {
-            front,
-            starts,
-            held,
-            file_end: front,
-            window,
-            wait,
-            filler_waiting: false,
-        });
-        state.trim();
-        true
-    }
-
-    /// Passes `bytes` (already counted as written) on to the readers,
-    /// then waits while more than the window is held for them; a reader
-    /// still that far behind after the wait is let go.
-    fn pass(&self, mut state: MutexGuard<'_, State>, bytes: &[u8]) {
-        let start = state.written - bytes.len() as u64;
-        let readers = state.readers;
-        let Some(passing) = &mut state.passing else {
-            return;
-        };
-        if bytes.is_empty() {
-            return;
-        }
-        if readers == 0 {
-            // Nobody to keep it for (what readers left was trimmed).
-            passing.front = start + bytes.len() as u64;
-            return;
-        }
-        passing.starts.push_back(start);
-        passing.held += bytes.len() as u64;
-        let deadline = Instant::now() + passing.wait;
-        state.chunks.push_back(Bytes::copy_from_slice(bytes));
-        state.trim();
-        state.wake(&self.cond);
-        let mut waited = false;
-        loop {
-            let Some(passing) = &mut state.passing else {
-                return;
-            };
-            if passing.held <= passing.window {
-                if waited {
-                    // Readers ahead restart their wait for bytes from here:
-                    // the filler's own waits (its client, the origin) come
-                    // after this one.
-                    state.wake(&self.cond);
-                }
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                state.cut_laggards();
-                state.wake(&self.cond);
-                return;
-            }
-            waited = true;
-            passing.filler_waiting = true;
-            state = self
-                .room
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            if let Some(passing) = &mut state.passing {
-                passing.filler_waiting = false;
-            }
-            state.trim();
-        }
     }
 
     /// Ends the fill: followers read what is there and see the end.
@@ -676,17 +500,6 @@ impl FillReader {
         };
         more || !matches!(state.phase, Phase::Streaming)
     }
-}
-
-/// The body from `pos` in `chunks`, each starting at its offset in
-/// `starts`: the rest of the piece that holds it.
-fn piece_at(chunks: &VecDeque<Bytes>, starts: &VecDeque<u64>, pos: u64) -> Option<Bytes> {
-    let index = starts
-        .partition_point(|&start| start <= pos)
-        .checked_sub(1)?;
-    let chunk = chunks.get(index)?;
-    let skip = usize::try_from(pos - starts[index]).ok()?;
-    (skip < chunk.len()).then(|| chunk.slice(skip..))
 }
 
 #[cfg(test)]
