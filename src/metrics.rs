@@ -84,6 +84,10 @@ pub struct CacheFigures {
     pub invalidations: u64,
     /// Fills given up mid-body.
     pub fills_abandoned: u64,
+    /// Fills given up that passed the rest of the body on to followers.
+    pub fills_passed_on: u64,
+    /// Followers let go for lagging behind a body passed on.
+    pub followers_let_go: u64,
     pub disk_write_errors: u64,
     /// Disk objects found broken and dropped.
     pub disk_corrupt: u64,
@@ -488,6 +492,16 @@ fn render_cache(page: &mut Page, cache: &CacheFigures) {
             "fetchproxy_cache_fills_abandoned_total",
             "Responses whose storing was given up mid-body (upstream failed, over a limit, disk error).",
             cache.fills_abandoned,
+        ),
+        (
+            "fetchproxy_cache_fills_passed_on_total",
+            "Fills given up that passed the rest of the body on to their followers instead of cutting them short.",
+            cache.fills_passed_on,
+        ),
+        (
+            "fetchproxy_cache_followers_let_go_total",
+            "Followers let go for staying a window behind a body passed on.",
+            cache.followers_let_go,
         ),
         (
             "fetchproxy_cache_disk_write_errors_total",

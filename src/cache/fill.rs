@@ -242,13 +242,13 @@ impl Fill {
     /// Publishes body bytes (already written to the file, if any), and
     /// keeps a copy in memory while the body is kept there: in the current
     /// block while it has room, else in a new one of `block` bytes (or of
-    /// `bytes`' length, if more).
-    pub fn append(&self, bytes: &[u8], block: usize) {
+    /// `bytes`' length, if more). While the body is passed on, says how
+    /// many readers were let go for lagging (`pass_on`).
+    pub fn append(&self, bytes: &[u8], block: usize) -> usize {
         let mut state = self.lock();
         state.written += bytes.len() as u64;
         if state.passing.is_some() {
-            self.pass(state, bytes);
-            return;
+            return self.pass(state, bytes);
         }
         if state.in_memory {
             if state.block.capacity() - state.block.len() < bytes.len() {
@@ -258,6 +258,7 @@ impl Fill {
             state.block.extend_from_slice(bytes);
         }
         state.wake(&self.cond);
+        0
     }
 
     /// From now on readers read the file: the memory copy is dropped.

@@ -80,18 +80,21 @@ impl State {
     }
 
     /// While passing on: lets go of every reader more than the window
-    /// behind the newest byte.
-    fn cut_laggards(&mut self) {
+    /// behind the newest byte; says how many.
+    fn cut_laggards(&mut self) -> usize {
         let Some(passing) = &self.passing else {
-            return;
+            return 0;
         };
         let keep_from = self.written.saturating_sub(passing.window);
+        let mut let_go = 0;
         for slot in &mut self.slots {
             if matches!(*slot, Slot::At(pos) if pos < keep_from) {
                 *slot = Slot::Cut;
+                let_go += 1;
             }
         }
         self.trim();
+        let_go
     }
 }
 
@@ -140,20 +143,20 @@ impl Fill {
 
     /// Passes `bytes` (already counted as written) on to the readers,
     /// then waits while more than the window is held for them; a reader
-    /// still that far behind after the wait is let go.
-    pub(super) fn pass(&self, mut state: MutexGuard<'_, State>, bytes: &[u8]) {
+    /// still that far behind after the wait is let go. Says how many were.
+    pub(super) fn pass(&self, mut state: MutexGuard<'_, State>, bytes: &[u8]) -> usize {
         let start = state.written - bytes.len() as u64;
         let readers = state.readers;
         let Some(passing) = &mut state.passing else {
-            return;
+            return 0;
         };
         if bytes.is_empty() {
-            return;
+            return 0;
         }
         if readers == 0 {
             // Nobody to keep it for (what readers left was trimmed).
             passing.front = start + bytes.len() as u64;
-            return;
+            return 0;
         }
         passing.starts.push_back(start);
         passing.held += bytes.len() as u64;
@@ -164,7 +167,7 @@ impl Fill {
         let mut waited = false;
         loop {
             let Some(passing) = &mut state.passing else {
-                return;
+                return 0;
             };
             if passing.held <= passing.window {
                 if waited {
@@ -173,13 +176,13 @@ impl Fill {
                     // after this one.
                     state.wake(&self.cond);
                 }
-                return;
+                return 0;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                state.cut_laggards();
+                let let_go = state.cut_laggards();
                 state.wake(&self.cond);
-                return;
+                return let_go;
             }
             waited = true;
             passing.filler_waiting = true;

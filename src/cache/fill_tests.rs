@@ -281,10 +281,12 @@ fn a_reader_left_behind_a_body_passed_on_is_let_go_and_the_others_read_on() {
     let (fill, mut reader, mut stuck) = two_readers(Duration::from_secs(1));
     assert!(fill.pass_on(4, Duration::from_secs(3)));
     let fast = thread::spawn(move || read_all(&mut reader));
-    for piece in [&b"abcd"[..], b"efgh", b"ijkl"] {
-        fill.append(piece, 64);
-    }
+    let let_go: usize = [&b"abcd"[..], b"efgh", b"ijkl"]
+        .iter()
+        .map(|piece| fill.append(piece, 64))
+        .sum();
     fill.complete();
+    assert_eq!(let_go, 1, "the stuck reader, once");
     assert_eq!(
         fast.join().expect("reader").expect("whole"),
         b"abcdefghijkl"

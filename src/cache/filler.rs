@@ -20,7 +20,7 @@ use crate::cache::disk::{DiskWriter, RoomPromise};
 use crate::cache::fill::{Fill, FillFailure, FillHead, FillReader, Release};
 use crate::cache::key::CacheKey;
 use crate::cache::object::{Body, ObjectHead, StoredObject};
-use crate::cache::stats::bump;
+use crate::cache::stats::{add, bump};
 use crate::http::request::RequestHead;
 
 enum Store {
@@ -285,14 +285,23 @@ impl Filler {
     pub fn body(&mut self, bytes: &[u8]) {
         if let Store::Passing { received, .. } = &mut self.store {
             *received += bytes.len() as u64;
-            self.fill.append(bytes, 0);
+            self.pass(bytes);
             return;
         }
         if let Some(failure) = self.tee(bytes) {
             self.abandon(failure);
             if let Store::Passing { .. } = self.store {
-                self.fill.append(bytes, 0);
+                self.pass(bytes);
             }
+        }
+    }
+
+    /// Passes `bytes` on to the followers of a fill given up, counting
+    /// those let go for lagging.
+    fn pass(&self, bytes: &[u8]) {
+        let let_go = self.fill.append(bytes, 0);
+        if let_go > 0 {
+            add(&self.shared.stats.followers_let_go, let_go as u64);
         }
     }
 
@@ -542,6 +551,7 @@ impl Filler {
                 declared,
                 received,
             };
+            bump(&self.shared.stats.fills_passed_on);
         } else {
             self.unreserve();
             // Whatever the fill still held in memory goes now.

@@ -38,6 +38,11 @@ pub struct Stats {
     pub invalidations: AtomicU64,
     /// Fills given up (upstream failed, over a limit, disk error).
     pub fills_abandoned: AtomicU64,
+    /// Fills that gave up storing and passed the rest of the body on to
+    /// their followers.
+    pub fills_passed_on: AtomicU64,
+    /// Followers let go for staying a window behind a body passed on.
+    pub followers_let_go: AtomicU64,
     /// Disk writes that failed (full disk, I/O error): the object was not stored.
     pub disk_write_errors: AtomicU64,
     /// Disk objects found broken (checksum, length, format) and deleted.
@@ -99,6 +104,11 @@ impl Stats {
 /// Adds one.
 pub fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n` to a counter.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 /// Reads a counter.

@@ -227,6 +227,8 @@ fn responses_over_the_object_limit_are_not_stored() {
     let got = follower.join().expect("follower").expect("the whole body");
     assert_eq!(got, sent);
     assert_eq!(read(&cache.stats().stored), 0);
+    assert_eq!(read(&cache.stats().fills_passed_on), 1);
+    assert_eq!(read(&cache.stats().followers_let_go), 0);
     assert_eq!(cache.inflight_bytes(), 0, "the window's memory given back");
     assert_eq!(miss_kind(&cache, &get(chunked_url)), Fwd::UriMiss);
 }

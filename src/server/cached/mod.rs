@@ -238,6 +238,8 @@ pub fn figures(cache: &Cache, background: &BackgroundFills) -> CacheFigures {
         purges: read(&stats.purges),
         invalidations: read(&stats.invalidations),
         fills_abandoned: read(&stats.fills_abandoned),
+        fills_passed_on: read(&stats.fills_passed_on),
+        followers_let_go: read(&stats.followers_let_go),
         disk_write_errors: read(&stats.disk_write_errors),
         disk_corrupt: read(&stats.disk_corrupt),
         disk_verified: read(&stats.disk_verified),

@@ -442,6 +442,15 @@ fn followers_of_a_chunked_body_that_outgrows_the_cache_get_it_whole() {
         .count();
     assert_eq!(collapsed, CLIENTS - 1, "{:?}", replies[0].headers);
     assert_eq!(origin.requests().len(), 1);
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_fills_passed_on_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_followers_let_go_total"),
+        Some(0.0)
+    );
     // Not stored: the next request goes to the origin.
     let again = get(proxy.addr, &url, &[]);
     assert_eq!(again.body.len() as u64, LEN);
