@@ -455,6 +455,22 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// `count` task workers of a pool on one CPU, all parked: the pool,
+    /// the sending end of their queue, and the workers.
+    pub(crate) fn parked_pool(
+        count: usize,
+    ) -> (
+        Arc<IdleWorkers>,
+        crossbeam_channel::Sender<Task>,
+        Vec<thread::JoinHandle<()>>,
+    ) {
+        let idle = IdleWorkers::new(count, 1);
+        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
+        let handles = task_workers(count, &idle, &rx);
+        wait_parked(&idle, count);
+        (idle, tx, handles)
+    }
+
     /// A job that reports it started, then holds its worker until released,
     /// waiting on a socket (`waiting`) or not.
     pub(crate) fn holding(
@@ -509,10 +525,7 @@ pub(crate) mod tests {
     #[test]
     fn a_job_is_left_to_the_running_workers_once_enough_run() {
         // One CPU: two running workers are enough.
-        let idle = IdleWorkers::new(4, 1);
-        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
-        let handles = task_workers(4, &idle, &rx);
-        wait_parked(&idle, 4);
+        let (idle, tx, handles) = parked_pool(4);
         let (started, starts) = mpsc::channel();
         let releases: Vec<_> = (0..2)
             .map(|id| start_holding(&idle, &tx, (&started, &starts), id, false))
@@ -542,10 +555,7 @@ pub(crate) mod tests {
     #[test]
     fn a_job_left_to_the_running_workers_gets_one_when_a_runner_starts_waiting() {
         // One CPU: two running workers are enough.
-        let idle = IdleWorkers::new(4, 1);
-        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
-        let handles = task_workers(4, &idle, &rx);
-        wait_parked(&idle, 4);
+        let (idle, tx, handles) = parked_pool(4);
         let (started, starts) = mpsc::channel();
         // Job 0 computes until told to wait on a socket; job 1 computes.
         let (first, to_socket, release_first) = computing_then_waiting(&started, 0);
@@ -582,10 +592,7 @@ pub(crate) mod tests {
         // must get a worker then, though it woke nobody when queued. (Each
         // job left behind is counted once: the worker woken for C, taking
         // it, must not count off D as well.)
-        let idle = IdleWorkers::new(6, 1);
-        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
-        let handles = task_workers(6, &idle, &rx);
-        wait_parked(&idle, 6);
+        let (idle, tx, handles) = parked_pool(6);
         let (started, starts) = mpsc::channel();
         let mut to_socket = Vec::new();
         let mut releases = Vec::new();
@@ -626,10 +633,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_worker_waiting_on_a_socket_does_not_count_as_running() {
-        let idle = IdleWorkers::new(4, 1);
-        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
-        let handles = task_workers(4, &idle, &rx);
-        wait_parked(&idle, 4);
+        let (idle, tx, handles) = parked_pool(4);
         let (started, starts) = mpsc::channel();
         // However many wait on sockets, a queued job still wakes a worker.
         let releases: Vec<_> = (0..4)

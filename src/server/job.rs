@@ -126,7 +126,7 @@ impl<J> Drop for JobQueue<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::idle::tests::{Task, holding, task_workers, wait_parked};
+    use crate::server::idle::tests::{Task, holding, parked_pool};
     use std::sync::mpsc;
 
     const LIMIT: Duration = Duration::from_secs(10);
@@ -146,16 +146,28 @@ mod tests {
         release
     }
 
+    /// Releases every held job, closes the queue and waits for the workers.
+    fn end(
+        queue: JobQueue<Task>,
+        releases: &[mpsc::Sender<()>],
+        workers: Vec<std::thread::JoinHandle<()>>,
+    ) {
+        for release in releases {
+            let _ = release.send(());
+        }
+        drop(queue);
+        for worker in workers {
+            worker.join().expect("worker ends");
+        }
+    }
+
     #[test]
     fn a_job_the_running_workers_leave_waiting_gets_a_worker_once_stalled() {
         // One CPU: two running workers are enough, so a third job wakes
         // nobody; if they stay busy (not waiting on a socket), the nudge
         // wakes one for it after STALL.
-        let idle = IdleWorkers::new(3, 1);
-        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
+        let (idle, tx, workers) = parked_pool(3);
         let mut queue = JobQueue::new(tx, Arc::clone(&idle));
-        let workers = task_workers(3, &idle, &rx);
-        wait_parked(&idle, 3);
         let (started, starts) = mpsc::channel::<u32>();
         let mut releases = Vec::new();
         let mut hold = |id: u32| releases.push(queue_holding(&queue, &started, id));
@@ -174,13 +186,7 @@ mod tests {
         assert_eq!(queue.nudge(now + STALL / 2).0, 0, "not stalled yet");
         assert_eq!(queue.nudge(now + STALL).0, 1, "one worker woken");
         assert_eq!(starts.recv_timeout(LIMIT), Ok(2), "the third job ran");
-        for release in &releases {
-            let _ = release.send(());
-        }
-        drop(queue);
-        for worker in workers {
-            worker.join().expect("worker ends");
-        }
+        end(queue, &releases, workers);
     }
 
     #[test]
@@ -189,11 +195,8 @@ mod tests {
         // ends and its worker takes job 2: the queue moved, so job 3 wakes
         // nobody at the next look, though it waited STALL. At the look
         // after, nothing was taken since, and it gets the third worker.
-        let idle = IdleWorkers::new(3, 1);
-        let (tx, rx) = crossbeam_channel::bounded::<Task>(8);
+        let (idle, tx, workers) = parked_pool(3);
         let mut queue = JobQueue::new(tx, Arc::clone(&idle));
-        let workers = task_workers(3, &idle, &rx);
-        wait_parked(&idle, 3);
         let (started, starts) = mpsc::channel::<u32>();
         let mut releases = Vec::new();
         let mut hold = |id: u32| releases.push(queue_holding(&queue, &started, id));
@@ -219,12 +222,6 @@ mod tests {
         );
         assert_eq!(queue.nudge(now + 2 * STALL).0, 1, "the queue stood still");
         assert_eq!(starts.recv_timeout(LIMIT), Ok(3), "job 3 ran");
-        for release in &releases {
-            let _ = release.send(());
-        }
-        drop(queue);
-        for worker in workers {
-            worker.join().expect("worker ends");
-        }
+        end(queue, &releases, workers);
     }
 }
