@@ -69,6 +69,8 @@ pub enum BadProxy {
     NotUtf8,
     #[error("no port; give HOST:PORT, such as 127.0.0.1:8080 (fetchproxy serve's default)")]
     NoPort,
+    #[error("no host before the port; give HOST:PORT, such as 127.0.0.1:8080")]
+    NoHost,
     #[error("cannot resolve the host ({0})")]
     Resolve(String),
     #[error("resolves to no address")]
@@ -222,12 +224,12 @@ pub fn build(entries: &[String], user: Option<&Credentials>) -> Result<Vec<Proxy
         if proxies.iter().any(|p| p.name == entry.host_port) {
             return Err(bad(text, BadProxy::Repeated));
         }
-        let has_port = entry
-            .host_port
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !has_port {
-            return Err(bad(text, BadProxy::NoPort));
+        match entry.host_port.rsplit_once(':') {
+            Some(("", port)) if port.parse::<u16>().is_ok() => {
+                return Err(bad(text, BadProxy::NoHost));
+            }
+            Some((_, port)) if port.parse::<u16>().is_ok() => {}
+            _ => return Err(bad(text, BadProxy::NoPort)),
         }
         let addrs: Vec<SocketAddr> = entry
             .host_port
@@ -511,7 +513,7 @@ mod tests {
 
     #[test]
     fn an_address_without_a_port_is_refused() {
-        for text in ["proxy.example", "http://proxy.example/", ":3128", "h:port"] {
+        for text in ["proxy.example", "http://proxy.example/", "h:port", ":"] {
             let err = build(&[text.to_string()], None).expect_err(text);
             assert!(
                 matches!(
@@ -523,6 +525,24 @@ mod tests {
                 ),
                 "{text}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn a_port_without_a_host_is_refused_as_such() {
+        for text in [":3128", "http://u:p@:80"] {
+            let err = build(&[text.to_string()], None).expect_err(text);
+            assert!(
+                matches!(
+                    &err,
+                    ProxyArgError::Bad {
+                        reason: BadProxy::NoHost,
+                        ..
+                    }
+                ),
+                "{text}: {err}"
+            );
+            assert!(err.to_string().contains("no host"), "{err}");
         }
     }
 

@@ -15,7 +15,7 @@ const LISTEN_BACKLOG_MAX: usize = 4096;
 /// A failure to start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(.source))]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -28,6 +28,22 @@ pub enum StartError {
     Cache(#[from] crate::cache::CacheError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// What to do about a failed bind, for the two failures a person can fix.
+fn bind_hint(source: &io::Error) -> &'static str {
+    match source.kind() {
+        io::ErrorKind::AddrInUse => {
+            "; another process holds it: stop that one, or give another address with --listen (or `listen` in the config)"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "; no interface of this machine has that address: give one it has, such as 127.0.0.1:8080 or 0.0.0.0:8080"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need privileges: use a port from 1024 up, or grant CAP_NET_BIND_SERVICE"
+        }
+        _ => "",
+    }
 }
 
 /// Binds every `listen` address of `config`, with the client options set.
@@ -115,5 +131,19 @@ mod tests {
             sockopt::socket_timeout(&accepted, Timeout::Send).expect("sndtimeo"),
             Some(write)
         );
+    }
+
+    #[test]
+    fn a_port_another_process_holds_is_named_with_what_to_do() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let config = ServeConfig {
+            listen: vec![holder.local_addr().expect("addr")],
+            ..ServeConfig::default()
+        };
+        let err = bind(&config).expect_err("the port is held");
+        let text = err.to_string();
+        assert!(text.starts_with("cannot listen on 127.0.0.1:"), "{text}");
+        assert!(text.contains("another process holds it"), "{text}");
+        assert!(text.contains("--listen"), "{text}");
     }
 }
