@@ -34,8 +34,8 @@ pub enum ProxyError {
     #[error("malformed request: {0}")]
     BadRequest(String),
     /// An origin-form target that is not one of the proxy's own endpoints.
-    #[error("{0} is not a proxy endpoint; send an absolute URL (GET http://host/path)")]
-    NotProxyEndpoint(String),
+    #[error("{}", not_an_endpoint(.method, .target))]
+    NotProxyEndpoint { method: String, target: String },
     /// The request head grew past `max_header_bytes`.
     #[error("request head over {limit} bytes")]
     HeadTooLarge { limit: usize },
@@ -155,6 +155,19 @@ pub const PROXY_STATUS_TYPES: [&str; 13] = [
     "proxy_loop_detected",
 ];
 
+/// Why an origin-form request got no answer from the proxy's own
+/// endpoints, and how to send it through the proxy instead.
+fn not_an_endpoint(method: &str, target: &str) -> String {
+    let path = target.split('?').next().unwrap_or_default();
+    if matches!(path, "/healthz" | "/metrics") {
+        return format!("{path} answers GET and HEAD, not {method}");
+    }
+    format!(
+        "{target} is not an endpoint of the proxy (/healthz, /metrics); to go through the proxy, \
+         send an absolute URL: {method} http://host/path (curl -x http://PROXY:PORT URL does)"
+    )
+}
+
 impl ProxyError {
     /// The HTTP status code this error is answered with.
     pub fn status(&self) -> u16 {
@@ -189,7 +202,7 @@ impl ProxyError {
     pub fn closes_connection(&self) -> bool {
         !matches!(
             self,
-            ProxyError::NotProxyEndpoint(_)
+            ProxyError::NotProxyEndpoint { .. }
                 | ProxyError::ProxyAuthRequired(_)
                 | ProxyError::PurgeDenied { .. }
                 | ProxyError::MethodNotSupported(_)
@@ -212,7 +225,7 @@ impl ProxyError {
     fn classify(&self) -> (u16, &'static str) {
         use ProxyError::*;
         match self {
-            BadRequest(_) | NotProxyEndpoint(_) | SchemeNotSupported(_) => {
+            BadRequest(_) | NotProxyEndpoint { .. } | SchemeNotSupported(_) => {
                 (400, "http_request_error")
             }
             ClientDenied { .. } | PurgeDenied { .. } => (403, "http_request_denied"),
@@ -339,7 +352,10 @@ mod tests {
         let loopback: IpAddr = [127, 0, 0, 1].into();
         let every_variant = [
             ProxyError::BadRequest("x".into()),
-            ProxyError::NotProxyEndpoint("/".into()),
+            ProxyError::NotProxyEndpoint {
+                method: "GET".into(),
+                target: "/".into(),
+            },
             ProxyError::SchemeNotSupported("ftp".into()),
             ProxyError::ClientDenied { addr: loopback },
             ProxyError::PurgeDenied { addr: loopback },
@@ -381,7 +397,7 @@ mod tests {
         for err in &every_variant {
             match err {
                 ProxyError::BadRequest(_)
-                | ProxyError::NotProxyEndpoint(_)
+                | ProxyError::NotProxyEndpoint { .. }
                 | ProxyError::SchemeNotSupported(_)
                 | ProxyError::ClientDenied { .. }
                 | ProxyError::PurgeDenied { .. }

@@ -132,7 +132,10 @@ fn own_endpoint(head: &RequestHead) -> Result<Endpoint, ProxyError> {
     match (head.method.as_str(), path) {
         ("GET" | "HEAD", "/healthz") => Ok(Endpoint::Healthz),
         ("GET" | "HEAD", "/metrics") => Ok(Endpoint::Metrics),
-        _ => Err(ProxyError::NotProxyEndpoint(head.target.clone())),
+        _ => Err(ProxyError::NotProxyEndpoint {
+            method: head.method.clone(),
+            target: head.target.clone(),
+        }),
     }
 }
 

@@ -46,12 +46,27 @@ fn own_endpoints_are_routed_by_method_and_path() {
             "{text:?}"
         );
     }
-    for text in [
-        "POST /healthz HTTP/1.1\r\nHost: p\r\n\r\n",
-        "GET /other HTTP/1.1\r\nHost: p\r\n\r\n",
+    for (text, says) in [
+        (
+            "POST /healthz HTTP/1.1\r\nHost: p\r\n\r\n",
+            "/healthz answers GET and HEAD, not POST",
+        ),
+        (
+            "POST /metrics?x HTTP/1.1\r\nHost: p\r\n\r\n",
+            "/metrics answers GET and HEAD, not POST",
+        ),
+        (
+            "GET /other HTTP/1.1\r\nHost: p\r\n\r\n",
+            "/other is not an endpoint of the proxy",
+        ),
+        (
+            "PURGE /cache/a HTTP/1.1\r\nHost: p\r\n\r\n",
+            "send an absolute URL: PURGE http://host/path",
+        ),
     ] {
         let err = route(text).expect_err(text);
         assert_eq!(err.status(), 400, "{text:?}");
+        assert!(err.to_string().contains(says), "{text:?}: {err}");
     }
 }
 
