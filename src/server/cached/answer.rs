@@ -222,8 +222,10 @@ pub fn purged(
     let persistence = finish::persistence(head, body_read, ctx.shutdown.is_draining());
     let (status, text) = if found {
         (200, "purged\n")
-    } else {
+    } else if ctx.cache.is_enabled() {
         (404, "not in the cache\n")
+    } else {
+        (404, "not in the cache: caching is off (cache_mem = 0)\n")
     };
     let mut out = Head::new(status);
     out.header("Content-Type", b"text/plain; charset=utf-8")

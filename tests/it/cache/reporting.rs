@@ -29,6 +29,7 @@ fn purge_from_an_allowed_client_removes_every_variant() {
     assert_eq!(purged.status, 200, "{purged:?}");
     let again = get(proxy.addr, &url, &["-X", "PURGE"]);
     assert_eq!(again.status, 404, "{again:?}");
+    assert_eq!(again.text(), "not in the cache\n");
     for (language, miss) in [
         ("Accept-Language: en", "fwd=uri-miss"),
         ("Accept-Language: fr", "fwd=vary-miss"),
@@ -39,6 +40,21 @@ fn purge_from_an_allowed_client_removes_every_variant() {
     assert_eq!(origin.requests().len(), 4, "PURGE never reaches the origin");
     let (_, page) = scrape_metrics(proxy.addr);
     assert_eq!(metric(&page, "fetchproxy_cache_purges_total"), Some(1.0));
+}
+
+#[test]
+fn purge_with_caching_off_says_so() {
+    let origin = fresh_origin("kept");
+    let proxy = Proxy::with(|config| config.cache_mem = 0);
+    let url = origin.url("/kept");
+    get(proxy.addr, &url, &[]);
+    let purged = get(proxy.addr, &url, &["-X", "PURGE"]);
+    assert_eq!(purged.status, 404, "{purged:?}");
+    assert!(
+        purged.text().contains("caching is off"),
+        "{}",
+        purged.text()
+    );
 }
 
 #[test]
