@@ -68,6 +68,23 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// A size in a message: in the largest unit, binary or SI, that divides
+/// it exactly (`64KiB`, `10KB`), else in bytes (`1536 bytes`, `1 byte`).
+pub fn size_text(bytes: u64) -> String {
+    let plain = format_size(bytes);
+    if !plain.bytes().all(|b| b.is_ascii_digit()) {
+        return plain;
+    }
+    let si = UNITS[4..8]
+        .iter()
+        .rev()
+        .find(|&&(_, unit)| bytes >= unit && bytes.is_multiple_of(unit));
+    match si {
+        Some((name, unit)) => format!("{}{name}", bytes / unit),
+        None => format!("{plain} byte{}", if bytes == 1 { "" } else { "s" }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +153,14 @@ mod tests {
         for bytes in [0, 1, 1024, 1536, 8192, 65536, 1 << 40, 123_456_789] {
             assert_eq!(parse_size(&format_size(bytes)), Ok(bytes));
         }
+    }
+
+    #[test]
+    fn sizes_in_messages_always_carry_a_unit() {
+        assert_eq!(size_text(256 << 20), "256MiB");
+        assert_eq!(size_text(10_000), "10KB");
+        assert_eq!(size_text(1536), "1536 bytes");
+        assert_eq!(size_text(1), "1 byte");
+        assert_eq!(size_text(0), "0 bytes");
     }
 }

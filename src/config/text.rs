@@ -198,13 +198,13 @@ pub fn is_token(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// A file path: not empty, and UTF-8 so that it can stand in the config file.
+/// A path (of a file or a directory): not empty, and UTF-8 so that it can stand in the config file.
 ///
 /// # Errors
 /// What was expected.
 pub fn parse_path(text: &str) -> Result<PathBuf, String> {
     if text.trim().is_empty() {
-        Err("expected a file path".to_string())
+        Err("expected a path, not an empty string".to_string())
     } else {
         Ok(PathBuf::from(text))
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::{self, Deserializer};
 use serde::ser::{SerializeSeq, Serializer};
 
-use super::size::{EXPECTED_SIZE, MAX_SIZE, format_size, parse_size};
+use super::size::{EXPECTED_SIZE, MAX_SIZE, format_size, parse_size, size_text};
 use super::text::{
     EXPECTED_DURATION, EXPECTED_LISTEN, EXPECTED_PORT, EXPECTED_RANGE, EXPECTED_TOKEN,
     expected_level, parse_duration, parse_level, parse_path, parse_port, parse_port_range,
@@ -125,16 +125,6 @@ pub fn serialize_some_size<S: Serializer>(
     }
 }
 
-/// `64KiB`, `16 bytes`, `1 byte`: a size in a message.
-fn size_text(bytes: u64) -> String {
-    match format_size(bytes) {
-        plain if plain.bytes().all(|b| b.is_ascii_digit()) => {
-            format!("{plain} byte{}", if bytes == 1 { "" } else { "s" })
-        }
-        with_unit => with_unit,
-    }
-}
-
 /// Durations as humantime strings (`"30s"`); zero allowed.
 pub mod duration {
     use super::*;
@@ -226,7 +216,7 @@ where
 pub fn path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
     checked(deserializer, |value| match value {
         toml::Value::String(text) => parse_path(&text).map(Some),
-        _ => Err("expected a file path in quotes".to_string()),
+        _ => Err("expected a path in quotes".to_string()),
     })
 }
 

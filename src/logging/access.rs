@@ -157,7 +157,7 @@ impl Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
-    /// client method URL status bytes duration request-id error
+    /// client method URL status bytes duration request-id error cache
     #[default]
     Fetchproxy,
     /// Squid's native access.log

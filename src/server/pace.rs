@@ -16,7 +16,7 @@
 use std::io;
 use std::time::Duration;
 
-use crate::config::size::format_size;
+use crate::config::size::size_text;
 
 /// One request's waits on its client.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +96,7 @@ impl Pace {
                 humantime::format_duration(Duration::from_millis(
                     u64::try_from(self.waited.as_millis()).unwrap_or(u64::MAX)
                 )),
-                format_size(self.min_rate),
+                size_text(self.min_rate),
             ),
         )
     }

@@ -137,8 +137,13 @@ impl Acceptor {
                 parked += 1;
             }
         }
+        let they = if parked == 1 {
+            "connection gets"
+        } else {
+            "connections get"
+        };
         log::info!(
-            "draining: listeners closed; {parked} waiting connections get one more answer or close at their deadline"
+            "draining: listeners closed; {parked} waiting {they} one more answer or close at the deadline"
         );
     }
 

@@ -43,7 +43,7 @@ use crate::cache::{
     Bypass, Cache, CacheConfig, CacheError, Fwd, Lookup, Miss, MissRole, Outcome, TierUsage,
 };
 use crate::config::ServeConfig;
-use crate::config::size::format_size;
+use crate::config::size::size_text;
 use crate::error::ProxyError;
 use crate::http::request::RequestHead;
 use crate::metrics::{CacheFigures, TierFigures};
@@ -78,7 +78,7 @@ pub fn cache_config(config: &ServeConfig) -> CacheConfig {
 /// When the disk tier's directory cannot be used.
 pub fn open(config: &ServeConfig) -> Result<Cache, CacheError> {
     let cache = Cache::open(cache_config(config))?;
-    let size = format_size;
+    let size = size_text;
     if !cache.is_enabled() {
         log::info!("cache: off (cache_mem = 0)");
     } else if let Some(dir) = &config.cache_dir {
