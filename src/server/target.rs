@@ -13,6 +13,7 @@ use ureq::http::Uri;
 
 use crate::access;
 use crate::error::ProxyError;
+use crate::http::body::BodyFraming;
 use crate::http::headers;
 use crate::http::request::{RequestHead, TargetForm};
 use crate::rules::Rules;
@@ -88,6 +89,17 @@ pub fn check_target(
     match head.target_form() {
         TargetForm::Origin => own_endpoint(head).map(Route::Own),
         TargetForm::Authority => {
+            // RFC 9110 §9.3.6: a CONNECT has no content. Bytes announced as
+            // one would be piped into the tunnel, framed otherwise by any
+            // hop that reads the announcement.
+            if !matches!(
+                head.body_framing()?,
+                BodyFraming::Empty | BodyFraming::Length(0)
+            ) {
+                return Err(ProxyError::BadRequest(
+                    "a CONNECT request has no content (RFC 9110 §9.3.6): send it without Content-Length or Transfer-Encoding".into(),
+                ));
+            }
             let (host, port) = split_authority(&head.target)?;
             if !rules.connect_ports.contains(&port) {
                 return Err(ProxyError::ConnectPortDenied { port });

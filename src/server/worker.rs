@@ -200,7 +200,14 @@ fn serve_one(
             return None;
         }
         Ok(Err(err)) => {
-            let keep = finish::persistence(&head, !has_body(&head), ctx.shutdown.is_draining());
+            // What follows a CONNECT that did not become a tunnel was meant
+            // for the tunnel (a client may send it at once, RFC 9110
+            // §9.3.6): never read it as requests.
+            let keep = if head.target_form() == TargetForm::Authority {
+                Persistence::Close
+            } else {
+                finish::persistence(&head, !has_body(&head), ctx.shutdown.is_draining())
+            };
             finish::answer_error(&mut conn, &err, &request_id, Some(&head), keep)
         }
         Err(panicked) => panicked,

@@ -167,6 +167,75 @@ fn connect_to_a_denied_destination_is_403_in_every_spelling() {
 }
 
 #[test]
+fn bytes_after_a_refused_connect_are_never_read_as_requests() {
+    let origin = Origin::start(|_| crate::support::Reply::ok("text/plain", "smuggled"));
+    let proxy = Proxy::start();
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let smuggled = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        origin.url("/after-connect"),
+        origin.addr
+    );
+    // Refused by the port rule, and refused by the target itself.
+    for (proxy, target, status) in [
+        (&proxy, origin.addr.to_string(), 403),
+        (&proxy_for_port(closed), format!("127.0.0.1:{closed}"), 502),
+    ] {
+        let (mut stream, response, sent) =
+            connect_through(proxy.addr, &target, smuggled.as_bytes());
+        let response = response_with_body(response);
+        assert_eq!(response.status, status, "{}", response.head);
+        assert_eq!(
+            response.header("connection"),
+            Some("close"),
+            "sent {:?}\n{}",
+            String::from_utf8_lossy(&sent),
+            response.head
+        );
+        assert!(closes_within(&mut stream, LIMIT), "connection kept open");
+    }
+    assert!(
+        origin.requests().is_empty(),
+        "bytes after a CONNECT were forwarded: {:?}",
+        origin.requests()
+    );
+}
+
+#[test]
+fn a_connect_with_content_is_400_and_connects_nowhere() {
+    let echo = EchoServer::start();
+    let proxy = proxy_for_port(echo.addr.port());
+    let target = echo.addr.to_string();
+    for framing in ["Content-Length: 5", "Transfer-Encoding: chunked"] {
+        let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+        let request =
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{framing}\r\n\r\nhello");
+        stream.write_all(request.as_bytes()).expect("send");
+        let response = read_one(&mut stream, false, LIMIT).expect("an answer");
+        assert_raw_error(request.as_bytes(), &response, 400, "http_request_error");
+        assert!(
+            response.text().contains("no content"),
+            "{}",
+            response.text()
+        );
+        assert!(closes_within(&mut stream, LIMIT), "connection kept open");
+    }
+    // An empty Content-Length announces no content: still a tunnel.
+    let (_, response, sent) = connect_through(proxy.addr, &target, b"");
+    assert_tunnel_open(&sent, &response);
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let request =
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let response = read_one(&mut stream, true, LIMIT).expect("an answer");
+    assert_tunnel_open(request.as_bytes(), &response);
+    assert_eq!(echo.accepted(), 2, "only the two tunnels without content");
+}
+
+#[test]
 fn a_connect_target_without_a_port_is_400() {
     let proxy = proxy_for_port(443);
     for target in ["127.0.0.1", "127.0.0.1:", "localhost"] {
