@@ -554,7 +554,6 @@ fn has_directive(head: &RequestHead, name: &str) -> bool {
 /// hop-by-hop ones (which never take part in a key). Most requests have no
 /// `Connection` header, or only `keep-alive` or `close` in it.
 pub(crate) fn drops_named_fields(head: &RequestHead) -> bool {
-    headers::connection_options(head.header_values("connection"))
-        .filter(|option| !headers::is_hop_by_hop(option))
-        .any(|option| head.header(option).is_some())
+    let hop = headers::HopByHop::from_connection(head.header_values("connection"));
+    hop.has_listed() && head.headers.iter().any(|field| hop.lists(field.name()))
 }
