@@ -2,9 +2,10 @@
 //! with framing the client can trust. The head is rebuilt (hop-by-hop
 //! headers out, `Via` in, the length or chunking actually used, the ending
 //! every answer has) and goes out with the first piece of body in one
-//! write. A response is never made to look complete when it is not: if the
-//! upstream fails mid-body, the client connection is closed short of the
-//! declared length or without the last chunk.
+//! write when some of it is in, or at once when none is yet. A response is
+//! never made to look complete when it is not: if the upstream fails
+//! mid-body, the client connection is closed short of the declared length
+//! or without the last chunk.
 
 use std::io::{self, IoSlice, Read, Write};
 
@@ -17,6 +18,7 @@ use crate::http::request::{RequestHead, Version};
 use crate::http::response::{self, Head, Persistence};
 use crate::server::conn::ClientConn;
 use crate::server::finish::{self, Served};
+use crate::transport;
 use crate::transport::lent::LentBuffer;
 use crate::upstream;
 
@@ -75,6 +77,12 @@ pub fn relay_response<R: Read>(
     };
     let out = response_head(&parts, framing, limits, request_id, persistence);
     let mut client = HeadFirst::new(out, &mut *conn);
+    if framing != BodyFraming::Empty && !transport::input_waiting() {
+        // None of the body is in yet: the head goes now rather than wait
+        // for it, which may take the origin a while (a report it builds,
+        // events it streams). A failed write is found by the copy.
+        client.send_head();
+    }
     let mut reader = body.reader;
     let limit = limits.max_body_bytes.unwrap_or(u64::MAX);
     let copied = match framing {
@@ -311,6 +319,20 @@ impl<W: Write> Write for HeadFirst<W> {
 }
 
 impl<W: Write> HeadFirst<W> {
+    /// Sends the head now, without waiting for a piece of body.
+    fn send_head(&mut self) {
+        if self.failed || self.head_sent == self.head.len() {
+            return;
+        }
+        match self.conn.write_all(&self.head[self.head_sent..]) {
+            Ok(()) => {
+                self.head = Vec::new();
+                self.head_sent = 0;
+            }
+            Err(_) => self.failed = true,
+        }
+    }
+
     /// The head's rest, then `bufs`: what `write_vectored` reports.
     fn write_through(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.failed {

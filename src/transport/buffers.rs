@@ -6,6 +6,8 @@
 //! of a thousand connections waiting on far origins that was 80 KiB
 //! resident per connection, most of it never read into.
 
+use std::cell::Cell;
+
 use ureq::unversioned::transport::Buffers;
 
 use super::lent::LentBuffer;
@@ -20,6 +22,20 @@ const MIN_READ_ROOM: usize = 4 * 1024;
 const MIN_TMP_BYTES: usize = 10 * 1024;
 /// Output for a request head, at least (the head's own size is known).
 const MIN_HEAD_OUTPUT_BYTES: usize = 2 * 1024;
+
+thread_local! {
+    /// The input last appended to or consumed on this thread is not all
+    /// taken (see [`input_waiting`]).
+    static INPUT_WAITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the origin connection this thread used last holds received
+/// bytes not yet taken: after a response head, some of the body is in, and
+/// reading it will not wait for the origin. Under TLS these are the
+/// encrypted bytes, so the answer is a guess there.
+pub fn input_waiting() -> bool {
+    INPUT_WAITING.with(Cell::get)
+}
 
 /// Input and output buffers for one connection.
 #[derive(Debug)]
@@ -177,11 +193,13 @@ impl Buffers for OriginBuffers {
         let len = self.storage().len();
         self.streaming = amount > 0 && self.end + amount >= len;
         self.end = (self.end + amount).min(len);
+        INPUT_WAITING.with(|waiting| waiting.set(self.start < self.end));
     }
 
     fn input_consume(&mut self, amount: usize) {
         self.progress = amount > 0;
         self.start = (self.start + amount).min(self.end);
+        INPUT_WAITING.with(|waiting| waiting.set(self.start < self.end));
     }
 
     fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {

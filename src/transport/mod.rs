@@ -23,6 +23,7 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::server::idle;
 use buffers::OriginBuffers;
+pub use buffers::input_waiting;
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, NextTimeout, Transport,
 };

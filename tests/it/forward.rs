@@ -1266,6 +1266,39 @@ fn a_refused_port_is_502_connection_refused() {
 }
 
 #[test]
+fn the_response_head_goes_out_while_the_origin_holds_the_body_back() {
+    // Passed through, and stored on its way.
+    for cache_mem in [0, 64 << 20] {
+        let gate = Gate::new();
+        let origin = Origin::start({
+            let gate = gate.clone();
+            move |_| Reply::Paused {
+                status: 200,
+                headers: vec![
+                    ("Content-Type".into(), "text/plain".into()),
+                    ("Cache-Control".into(), "max-age=60".into()),
+                ],
+                first: Vec::new(),
+                gate: gate.clone(),
+                rest: b"held back".to_vec(),
+                reset: false,
+            }
+        });
+        let proxy = Proxy::with(|c| c.cache_mem = cache_mem);
+        let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+        stream
+            .write_all(&get_request(&origin.url("/held"), ""))
+            .expect("send");
+        let head = read_head(&mut stream, LIMIT);
+        gate.open();
+        let head = head.expect("the head, while the origin holds the body back");
+        assert_eq!(head.status, 200, "{}", head.head);
+        let body = crate::support::read_until_close(&mut stream, LIMIT);
+        assert_eq!(body, b"held back", "cache_mem = {cache_mem}");
+    }
+}
+
+#[test]
 fn a_slow_upstream_is_504_after_upstream_timeout() {
     let origin = Origin::start(|_| Reply::Slow {
         delay: Duration::from_secs(3),
