@@ -18,6 +18,16 @@ pub enum TimeoutPhase {
     Response,
 }
 
+impl TimeoutPhase {
+    /// The setting that bounds the phase.
+    pub fn setting(self) -> &'static str {
+        match self {
+            TimeoutPhase::Connect => "connect_timeout",
+            TimeoutPhase::Response => "upstream_timeout",
+        }
+    }
+}
+
 impl std::fmt::Display for TimeoutPhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -37,19 +47,19 @@ pub enum ProxyError {
     #[error("{}", not_an_endpoint(.method, .target))]
     NotProxyEndpoint { method: String, target: String },
     /// The request head grew past `max_header_bytes`.
-    #[error("request head over {limit} bytes")]
+    #[error("request head over {limit} bytes (max_header_bytes)")]
     HeadTooLarge { limit: usize },
     /// The request head has more header lines than are parsed.
     #[error("request head with more than {limit} header lines")]
     TooManyHeaderLines { limit: usize },
     /// The request target is longer than `max_url_bytes`.
-    #[error("request target over {limit} bytes")]
+    #[error("request target over {limit} bytes (max_url_bytes)")]
     UrlTooLong { limit: usize },
     /// The whole request head did not arrive within `header_timeout`.
     #[error("request head not complete within {}", humantime::format_duration(*.0))]
     HeadTimeout(Duration),
     /// The request body is larger than `max_body_bytes`.
-    #[error("request body over {limit} bytes")]
+    #[error("request body over {limit} bytes (max_body_bytes)")]
     BodyTooLarge { limit: u64 },
     /// The request body stopped arriving (`idle_timeout`), or came slower
     /// than `client_min_rate`.
@@ -100,7 +110,7 @@ pub enum ProxyError {
     #[error("could not connect to {authority}: {reason}")]
     ConnectFailed { authority: String, reason: String },
     /// The origin did not answer in time.
-    #[error("upstream timed out {0}")]
+    #[error("upstream timed out {phase} ({setting})", phase = .0, setting = .0.setting())]
     UpstreamTimeout(TimeoutPhase),
     /// The TLS handshake with the origin failed.
     #[error("TLS with the origin failed: {0}")]
@@ -109,7 +119,7 @@ pub enum ProxyError {
     #[error("malformed upstream response: {0}")]
     UpstreamProtocol(String),
     /// The origin's response body is larger than `max_body_bytes`.
-    #[error("upstream response body over {limit} bytes")]
+    #[error("upstream response body over {limit} bytes (max_body_bytes)")]
     UpstreamBodyTooLarge { limit: u64 },
     /// The work queue is full.
     #[error("proxy is overloaded, retry shortly")]

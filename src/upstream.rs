@@ -322,7 +322,7 @@ pub fn map_error(err: ureq::Error, authority: &str) -> ProxyError {
             ProxyError::UpstreamProtocol(format!("response head over {limit} bytes"))
         }
         E::Tls(reason) => ProxyError::UpstreamTls(reason.to_string()),
-        E::Rustls(tls_err) => ProxyError::UpstreamTls(tls_err.to_string()),
+        E::Rustls(tls_err) => ProxyError::UpstreamTls(tls_failure(&tls_err)),
         E::Protocol(proto) => ProxyError::UpstreamProtocol(proto.to_string()),
         E::BadUri(uri) => ProxyError::BadRequest(format!("bad URL {uri:?}")),
         E::Http(http_err) => ProxyError::BadRequest(http_err.to_string()),
@@ -353,7 +353,10 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
             // InvalidData I/O error, and ureq passes it on as `Error::Io`;
             // nothing else on the way to the origin fails that way.
             Err(err) if err.kind() == io::ErrorKind::InvalidData => {
-                ProxyError::UpstreamTls(err.to_string())
+                let tls_err = err
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<rustls::Error>());
+                ProxyError::UpstreamTls(tls_err.map_or_else(|| err.to_string(), tls_failure))
             }
             Err(err) => ProxyError::ConnectFailed {
                 authority: authority.to_string(),
@@ -361,6 +364,29 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
             },
         },
     }
+}
+
+/// A TLS failure in words: rustls shows some certificate problems only as
+/// their debug names (`UnknownIssuer`, `Other(OtherError(CaUsedAsEndEntity))`).
+fn tls_failure(err: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(problem) = err else {
+        return err.to_string();
+    };
+    let untrusted = "it is not signed by an authority the proxy trusts (self-signed, or from a \
+                     private CA); a client can reach such an origin through a CONNECT tunnel \
+                     (https_proxy), and check the certificate itself";
+    let why = match problem {
+        C::UnknownIssuer => untrusted.to_string(),
+        C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+            untrusted.to_string()
+        }
+        C::BadEncoding => "it is malformed".to_string(),
+        C::Revoked => "it is revoked".to_string(),
+        C::BadSignature => "its signature does not verify".to_string(),
+        other => other.to_string(),
+    };
+    format!("the origin's certificate was refused: {why}")
 }
 
 fn timeout_phase(timeout: ureq::Timeout) -> TimeoutPhase {
@@ -498,5 +524,37 @@ mod tests {
         let response = map_error(ureq::Error::Timeout(ureq::Timeout::RecvResponse), "a:1");
         assert_eq!(connect.proxy_status(), "connection_timeout");
         assert_eq!(response.proxy_status(), "http_response_timeout");
+    }
+
+    #[test]
+    fn certificate_problems_are_told_in_words() {
+        #[derive(Debug)]
+        struct CaUsedAsEndEntity;
+        impl std::fmt::Display for CaUsedAsEndEntity {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{self:?}")
+            }
+        }
+        impl std::error::Error for CaUsedAsEndEntity {}
+        let self_signed = rustls::CertificateError::Other(rustls::OtherError(std::sync::Arc::new(
+            CaUsedAsEndEntity,
+        )));
+        for problem in [rustls::CertificateError::UnknownIssuer, self_signed] {
+            let tls_err = rustls::Error::InvalidCertificate(problem);
+            // As ureq passes it on: inside an I/O error.
+            let err = map_io_error(io::Error::new(io::ErrorKind::InvalidData, tls_err), "a:443");
+            assert_eq!(err.proxy_status(), "tls_protocol_error");
+            let text = err.to_string();
+            assert!(
+                text.contains("not signed by an authority the proxy trusts"),
+                "{text}"
+            );
+            assert!(text.contains("CONNECT"), "{text}");
+            assert!(!text.contains("Other("), "{text}");
+        }
+        let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        let err = map_error(ureq::Error::Rustls(expired), "a:443");
+        assert_eq!(err.proxy_status(), "tls_protocol_error");
+        assert!(err.to_string().contains("certificate was refused"), "{err}");
     }
 }
