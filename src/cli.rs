@@ -268,9 +268,13 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// `fetchproxy manpage [--out-dir DIR]`.
+/// `fetchproxy manpage [COMMAND] [--out-dir DIR]`.
 #[derive(Debug, Args)]
 pub struct ManpageArgs {
+    /// The page of one command (serve, fetch, ...) instead of the
+    /// overview: `fetchproxy manpage fetch | man -l -`.
+    #[arg(value_name = "COMMAND", conflicts_with = "out_dir")]
+    pub command: Option<String>,
     /// Write fetchproxy.1 and fetchproxy-SUBCOMMAND.1 into DIR instead
     /// (created if missing).
     #[arg(long, value_name = "DIR")]

@@ -60,7 +60,16 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             },
-            None => write_out(manual::manpage, "the man page"),
+            None => {
+                if let Some(Err(err)) = args.command.as_deref().map(manual::check_command) {
+                    eprintln!("fetchproxy: {err}");
+                    return ExitCode::from(2);
+                }
+                write_out(
+                    |out| manual::manpage(args.command.as_deref(), out),
+                    "the man page",
+                )
+            }
         },
     }
 }

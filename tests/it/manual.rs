@@ -133,6 +133,27 @@ fn man_pages_are_generated_from_the_flags() {
 }
 
 #[test]
+fn one_command_s_page_is_printed_on_its_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run_binary_within(
+        &["manpage", "--out-dir", dir.path().to_str().expect("utf-8")],
+        LIMIT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = run_binary_within(&["manpage", "fetch"], LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let written = std::fs::read_to_string(dir.path().join("fetchproxy-fetch.1")).expect("read");
+    assert_eq!(text(&out.stdout), written, "the same page either way");
+
+    let out = run_binary_within(&["manpage", "fecth"], LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(said.contains("no command \"fecth\""), "{said}");
+    assert!(said.contains("serve, fetch"), "{said}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
 fn a_reader_that_leaves_early_ends_the_output_quietly() {
     // `fetchproxy manpage | head -1`: the pipe closes under the writer.
     for args in [&["manpage"][..], &["completions", "bash"]] {
