@@ -126,6 +126,8 @@ pub struct Seen {
     pub request_id: Option<String>,
     /// The name of the proxy that answered.
     pub proxy: Option<String>,
+    /// Requests made for the URL, retries and failovers included.
+    pub attempts: u32,
 }
 
 impl Seen {
@@ -137,6 +139,7 @@ impl Seen {
             content_disposition: header("content-disposition"),
             request_id: header("x-request-id"),
             proxy: Some(proxy.to_string()),
+            attempts: self.attempts,
         };
     }
 }
@@ -197,6 +200,7 @@ pub fn fetch<S: Sink>(
     // with the status and request id it came with.
     let mut last: Option<FetchError> = None;
     let mut last_answered = false;
+    let mut attempts = 0;
     let result = loop {
         let next = fleet.order_for(url).into_iter().find(|&i| !tried[i]);
         let Some(i) = next else {
@@ -226,6 +230,7 @@ pub fn fetch<S: Sink>(
             settings,
         };
         let mut this = Seen::default();
+        attempts += 1;
         let outcome = attempt.run(url, sink, report, &mut this);
         let answered = this.status.is_some();
         if answered || !last_answered {
@@ -274,6 +279,7 @@ pub fn fetch<S: Sink>(
             Err(err) => break Err(settle(err, &mut last)),
         }
     };
+    seen.attempts = attempts;
     (result, seen)
 }
 

@@ -138,6 +138,7 @@ impl Recorder {
             proxy: seen.proxy,
             error: None,
         };
+        let attempts = seen.attempts;
         let shown_error = match &result {
             Err(FetchError::ProxyAuth { proxy, sent }) => {
                 let key = (proxy.clone(), *sent);
@@ -182,7 +183,15 @@ impl Recorder {
             }
             Err(error) => {
                 self.tally.failed += 1;
-                let line = format!("failed {url}: {}", shown_error.as_ref().unwrap_or(&error));
+                let tries = if attempts > 1 {
+                    format!(" (after {attempts} attempts)")
+                } else {
+                    String::new()
+                };
+                let line = format!(
+                    "failed {url}: {}{tries}",
+                    shown_error.as_ref().unwrap_or(&error)
+                );
                 entry.error = Some(error);
                 if let Err(err) = self.manifest.append(&entry) {
                     self.progress

@@ -59,7 +59,7 @@ pub fn run(url: String, settings: &Settings) -> u8 {
             eprintln!("proxy {name} stopped taking connections ({error})");
         }
     };
-    let (result, _) = fetch::fetch(&mut conns, &found.url, settings, &mut sink, &mut report);
+    let (result, seen) = fetch::fetch(&mut conns, &found.url, settings, &mut sink, &mut report);
     match result {
         Ok(()) => 0,
         // The reader took what it wanted and left (`| head`), as with any
@@ -69,6 +69,13 @@ pub fn run(url: String, settings: &Settings) -> u8 {
             eprintln!(
                 "failed {}: cannot write to standard output: {err}",
                 found.url
+            );
+            1
+        }
+        Err(err) if seen.attempts > 1 => {
+            eprintln!(
+                "failed {}: {err} (after {} attempts)",
+                found.url, seen.attempts
             );
             1
         }

@@ -477,6 +477,24 @@ fn a_503_is_retried_after_its_retry_after() {
     );
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert_eq!(manifest(dir.path())[0]["status"], 503);
+    assert!(!ran.stderr.contains("attempts"), "{}", ran.stderr);
+
+    // Retries that all fail say how many requests were made.
+    calls.store(0, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(
+        proxy.addr,
+        dir.path(),
+        &[&origin.url("/flaky"), "--retries", "1"],
+        None,
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("HTTP 503 Service Unavailable (after 2 attempts)"),
+        "{}",
+        ran.stderr
+    );
 }
 
 #[test]
