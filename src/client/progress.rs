@@ -311,7 +311,7 @@ pub fn summary(tally: &Tally, elapsed: Duration, interrupted: Option<usize>) -> 
     );
     if tally.bad_lines > 0 {
         let s = if tally.bad_lines == 1 { "" } else { "s" };
-        line.push_str(&format!(" (and {} bad input line{s})", tally.bad_lines));
+        line.push_str(&format!(" (and {} bad input{s})", tally.bad_lines));
     }
     line.push_str(&format!(
         ", {} in {:.1}s",
@@ -357,11 +357,11 @@ mod tests {
         };
         assert_eq!(
             summary(&tally, Duration::from_millis(1330), None),
-            "fetched 12, skipped 3, failed 1 (and 2 bad input lines), 4.20 MiB in 1.3s"
+            "fetched 12, skipped 3, failed 1 (and 2 bad inputs), 4.20 MiB in 1.3s"
         );
         assert_eq!(
             summary(&tally, Duration::from_millis(1330), Some(2)),
-            "fetched 12, skipped 3, failed 1 (and 2 bad input lines), 4.20 MiB in 1.3s, \
+            "fetched 12, skipped 3, failed 1 (and 2 bad inputs), 4.20 MiB in 1.3s, \
              interrupted: 2 downloads stopped; run again for the rest"
         );
         assert_eq!(tally.done(), 16);

@@ -298,7 +298,7 @@ fn mixed_batch_saves_good_urls_and_reports_the_rest() {
     assert!(ran.stderr.contains(&repeat), "{repeat}: {}", ran.stderr);
     assert!(
         ran.stderr
-            .contains("fetched 7, skipped 1, failed 2 (and 3 bad input lines)"),
+            .contains("fetched 7, skipped 1, failed 2 (and 3 bad inputs)"),
         "{}",
         ran.stderr
     );
