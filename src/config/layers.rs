@@ -89,6 +89,41 @@ impl Sources<'_> {
         }
     }
 
+    /// The line of the last table header (`[...]`) of the file before
+    /// line `line`, if any.
+    fn header_above(&self, line: usize) -> Option<usize> {
+        let before: Vec<&str> = self.file.lines().take(line.saturating_sub(1)).collect();
+        before
+            .iter()
+            .rposition(|text| text.trim_start().starts_with('['))
+            .map(|i| i + 1)
+    }
+
+    /// The parser's "duplicate key" for the key at `at`, with its name and
+    /// the line that set it first; `None` for any other message.
+    fn duplicate(&self, message: &str, at: &Range<usize>) -> Option<String> {
+        if message.trim() != "duplicate key" {
+            return None;
+        }
+        let name = self.file.get(at.clone())?.trim().trim_matches('"');
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return None;
+        }
+        let line = self.line(at);
+        let first = self
+            .file
+            .lines()
+            .take(line - 1)
+            .position(|text| {
+                text.trim_start()
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+            .map(|i| format!(", first on line {}", i + 1))
+            .unwrap_or_default();
+        Some(format!("{name} is set twice{first}; keep one"))
+    }
+
     /// The value at `at` as written, if it fits on a line.
     fn shown(&self, key: &str, at: &Range<usize>) -> Option<String> {
         let (text, is_flag) = if self.is_flag(key) {
@@ -188,13 +223,18 @@ pub(super) fn resolve(
 fn syntax_problems(sources: &Sources<'_>, errors: &[toml::de::Error]) -> Vec<Problem> {
     let mut problems: Vec<Problem> = Vec::new();
     for err in errors {
-        let origin = sources.origin("", &err.span().unwrap_or(0..0));
+        let at = err.span().unwrap_or(0..0);
+        let origin = sources.origin("", &at);
         if !problems.iter().any(|p| p.origin == origin) {
+            let reason = match sources.duplicate(err.message(), &at) {
+                Some(said) => said,
+                None => one_line(err.message()),
+            };
             problems.push(Problem {
                 origin,
                 key: None,
                 value: None,
-                reason: one_line(err.message()),
+                reason,
             });
         }
     }
@@ -217,7 +257,15 @@ fn problems_of_each_key(
     for (key, value) in table {
         let name = key.get_ref().as_ref();
         if !keys().contains(&name) {
-            problems.push(unknown_key(name, sources.origin(name, &key.span())));
+            // Under a table header that is itself broken, the key was
+            // meant for that table: the header is the problem to fix.
+            let under_broken_header = !sources.is_flag(name)
+                && sources
+                    .header_above(sources.line(&key.span()))
+                    .is_some_and(|header| broken_lines.contains(&header));
+            if !under_broken_header {
+                problems.push(unknown_key(name, sources.origin(name, &key.span())));
+            }
             continue;
         }
         let span = value.span();

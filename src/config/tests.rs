@@ -201,6 +201,35 @@ fn an_unknown_key_far_from_any_lists_them_all() {
 }
 
 #[test]
+fn a_key_set_twice_is_named_with_the_line_that_set_it_first() {
+    assert_eq!(
+        message("workers = 8\nqueue = 100\nworkers = 9\n"),
+        "fetchproxy.toml:3: workers is set twice, first on line 1; keep one"
+    );
+}
+
+#[test]
+fn keys_under_a_broken_table_header_are_not_called_unknown() {
+    // The header is the mistake: its keys were meant for that table.
+    assert_eq!(
+        message("workers = 8\n[users\nname = \"a\"\n"),
+        "fetchproxy.toml:2: unclosed table, expected `]`"
+    );
+    // Above the broken header, an unknown key still is one.
+    let found = problems(from_file("colour = 1\n[users\nname = \"a\"\n"));
+    let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("fetchproxy.toml:1: unknown key \"colour\""),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with("fetchproxy.toml:2: unclosed table"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
 fn no_message_speaks_rust() {
     // Every key given a value of a wrong type says what it expected in words.
     for key in keys() {
