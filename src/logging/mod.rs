@@ -189,6 +189,14 @@ pub fn reopen() {
     }
 }
 
+/// Whether the access log shows the origin's address and the answer's
+/// `Content-Type` (Squid's format does), so that they are worth finding.
+pub fn shows_origin_and_type() -> bool {
+    ACCESS_LOG
+        .get()
+        .is_some_and(|log| log.format == AccessLogFormat::Squid)
+}
+
 /// Writes the access-log line of one request (see [`access_with`]), with
 /// nothing known beyond the record.
 pub fn access(record: &AccessRecord<'_>) {

@@ -7,7 +7,7 @@
 //! `handback`).
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::cache::{self, Fwd};
@@ -18,10 +18,12 @@ use crate::logging::{self, AccessDetails, AccessRecord, Outcome, TunnelLog};
 use crate::metrics::{Finished, Metrics};
 use crate::pump::TunnelEnd;
 use crate::server::conn::ClientConn;
+use ureq::http::header::CONTENT_TYPE;
+use ureq::http::{HeaderMap, HeaderValue};
 
 /// How a request was answered: what the access log and the counters record,
 /// and whether the connection can carry another request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
     pub status: u16,
     /// Body bytes sent to the client.
@@ -35,6 +37,29 @@ pub struct Served {
     /// Answered by the proxy itself (its own endpoints, `PURGE`), with no
     /// upstream to go to.
     pub own: bool,
+    /// What an access log that shows more (Squid's) needs; left out
+    /// otherwise.
+    pub shown: Option<Box<Shown>>,
+}
+
+/// The answer's `Content-Type`, and the origin's address when the request
+/// went there.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Shown {
+    pub content_type: Option<HeaderValue>,
+    pub origin: Option<IpAddr>,
+}
+
+impl Shown {
+    /// `Content-Type` from `headers`, when the access log shows it.
+    pub fn of(headers: &HeaderMap, origin: Option<IpAddr>) -> Option<Box<Shown>> {
+        logging::shows_origin_and_type().then(|| {
+            Box::new(Shown {
+                content_type: headers.get(CONTENT_TYPE).cloned(),
+                origin,
+            })
+        })
+    }
 }
 
 impl Served {
@@ -48,6 +73,7 @@ impl Served {
             reusable: false,
             cache: None,
             own: false,
+            shown: None,
         }
     }
 }
@@ -156,6 +182,7 @@ pub fn answer_error(
         reusable: sent && persistence.is_kept(),
         cache: None,
         own: false,
+        shown: None,
     }
 }
 
@@ -200,8 +227,16 @@ pub fn record(
             .and_then(|head| head.header(name))
             .and_then(|value| std::str::from_utf8(value).ok())
     };
+    let shown = served.shown.as_deref();
+    let peer = shown
+        .and_then(|shown| shown.origin)
+        .map(|ip| ip.to_string());
     let details = AccessDetails {
         user: request.user,
+        peer: peer.as_deref(),
+        content_type: shown
+            .and_then(|shown| shown.content_type.as_ref())
+            .and_then(|value| value.to_str().ok()),
         version: request.head.map(|head| match head.version {
             Version::Http10 => "HTTP/1.0",
             Version::Http11 => "HTTP/1.1",
@@ -213,7 +248,6 @@ pub fn record(
         } else {
             served.cache.map(|outcome| squid_outcome(&outcome))
         },
-        ..AccessDetails::default()
     };
     logging::access_with(&record, &details);
 }

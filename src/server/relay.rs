@@ -17,7 +17,7 @@ use crate::http::headers::HopByHop;
 use crate::http::request::{RequestHead, Version};
 use crate::http::response::{self, Head, Persistence};
 use crate::server::conn::ClientConn;
-use crate::server::finish::{self, Served};
+use crate::server::finish::{self, Served, Shown};
 use crate::transport;
 use crate::transport::lent::LentBuffer;
 use crate::upstream;
@@ -119,7 +119,9 @@ pub fn relay_response<R: Read>(
         reusable: persistence.is_kept(),
         cache: None,
         own: false,
+        shown: None,
     };
+    served.shown = Shown::of(&parts.headers, transport::attempt().origin.map(|o| o.ip()));
     match copied {
         Ok(n) => served.bytes = n,
         Err(CopyFailure { sent, failure }) => {

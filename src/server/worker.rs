@@ -312,6 +312,7 @@ fn open_tunnel(
         reusable: false,
         cache: None,
         own: false,
+        shown: None,
     };
     finish::record(
         &ctx.metrics,

@@ -43,7 +43,7 @@ thread_local! {
     /// bytes it received. ureq runs on the calling thread, so a worker can
     /// tell an origin closing a reused connection, before any byte of an
     /// answer, from one that failed the request.
-    static ATTEMPT: Cell<Attempt> = const { Cell::new(Attempt { opened: false, received: 0 }) };
+    static ATTEMPT: Cell<Attempt> = const { Cell::new(Attempt { opened: false, received: 0, origin: None }) };
     /// How many bytes the head of the request being sent takes: ureq writes
     /// a head into the output buffer a field at a time, and fails when one
     /// field does not fit, so the buffer is grown to the head first.
@@ -57,6 +57,8 @@ pub struct Attempt {
     pub opened: bool,
     /// Bytes received from the origin.
     pub received: u64,
+    /// The address the request went to.
+    pub origin: Option<SocketAddr>,
 }
 
 /// Starts counting for an upstream call on this thread, whose request
@@ -67,6 +69,7 @@ pub fn begin_attempt(head_bytes: usize) {
         a.set(Attempt {
             opened: false,
             received: 0,
+            origin: None,
         });
     });
 }
@@ -116,6 +119,7 @@ impl<In: Transport> Connector<In> for OriginConnector {
             buffers = buffers.under_tls();
         }
         Ok(Some(Either::B(OriginTransport {
+            origin: stream.peer_addr().ok(),
             stream,
             buffers,
             read_timeout: None,
@@ -152,6 +156,8 @@ fn connect_any(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, 
 #[derive(Debug)]
 pub struct OriginTransport {
     stream: TcpStream,
+    /// The origin's address (for the access log).
+    origin: Option<SocketAddr>,
     buffers: OriginBuffers,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
@@ -199,6 +205,8 @@ impl Transport for OriginTransport {
         }
         self.used = true;
         self.answered = 0;
+        let origin = self.origin;
+        ATTEMPT.with(|a| a.set(Attempt { origin, ..a.get() }));
         if self.answered_early {
             return Ok(());
         }
@@ -315,6 +323,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         let transport = OriginTransport {
+            origin: client.peer_addr().ok(),
             stream: client,
             buffers: OriginBuffers::new(1024, 1024, head_bytes),
             read_timeout: None,

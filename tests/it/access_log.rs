@@ -107,8 +107,8 @@ fn squid_format_file_is_reopened_on_sighup_and_sigusr1() {
             "GET",
             &url,
             "-",
-            "HIER_DIRECT/-",
-            "-"
+            "HIER_DIRECT/127.0.0.1",
+            "text/plain"
         ],
         "{first:?}"
     );

@@ -24,7 +24,7 @@ use crate::http::response::{self, Head, Persistence};
 use crate::server::cached::{Exchange, upstream};
 use crate::server::conn::ClientConn;
 use crate::server::context::Context;
-use crate::server::finish::{self, Served};
+use crate::server::finish::{self, Served, Shown};
 use crate::server::request_body;
 
 /// A hit: the request's body (if any) is read and dropped first, then the
@@ -79,6 +79,7 @@ pub fn from_store(
         reusable: sent.is_ok() && persistence.is_kept(),
         cache: Some(outcome),
         own: false,
+        shown: Shown::of(&object.head.headers, None),
     }
 }
 
@@ -128,6 +129,7 @@ pub fn follow(
         reusable: false,
         cache: Some(outcome),
         own: false,
+        shown: Shown::of(&fill.headers, None),
     };
     let mut head = [
         IoSlice::new(&fill.head_block),
@@ -260,6 +262,7 @@ fn text_answer(
         reusable: sent && persistence.is_kept(),
         cache: None,
         own: true,
+        shown: None,
     }
 }
 

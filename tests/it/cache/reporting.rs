@@ -139,7 +139,12 @@ fn the_access_log_names_each_outcome() {
         assert!(logged[0].contains(miss), "{format}: {logged:?}");
         assert!(logged[1].contains(hit), "{format}: {logged:?}");
         if format == "squid" {
-            assert!(logged[1].contains(" HIER_NONE/"), "{logged:?}");
+            // The origin and the type on a miss; no origin on a hit.
+            assert!(
+                logged[0].ends_with(" HIER_DIRECT/127.0.0.1 text/plain"),
+                "{logged:?}"
+            );
+            assert!(logged[1].ends_with(" HIER_NONE/- text/plain"), "{logged:?}");
         }
         assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
     }
