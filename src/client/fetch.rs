@@ -16,6 +16,7 @@ use url::Url;
 
 use crate::client::fleet::Fleet;
 use crate::client::http::{CONNECT_TIMEOUT, Head, HttpError, ProxyConnection};
+use crate::client::progress::terminal_safe;
 use crate::client::proxy::describe;
 use crate::client::request::{RequestOptions, request_head};
 
@@ -377,15 +378,16 @@ fn status_error(head: &Head, body: &[u8]) -> FetchError {
             .chars()
             .take(200)
             .collect();
-        if line.is_empty() {
+        let said = if line.is_empty() {
             token.to_string()
         } else {
             format!("{token}: {line}")
-        }
+        };
+        terminal_safe(&said).into_owned()
     });
     FetchError::Status {
         status: head.status,
-        reason: head.reason.clone(),
+        reason: terminal_safe(&head.reason).into_owned(),
         detail,
         retry_after: head
             .header("retry-after")

@@ -5,6 +5,7 @@
 //! summary at the end. The `url> ` prompt is shared with the input thread
 //! so that no line lands on it. Only the main thread draws.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
@@ -262,8 +263,9 @@ impl Progress {
     }
 
     fn say(&self, line: &str) {
+        let line = terminal_safe(line);
         match &self.prompt {
-            Some(prompt) => prompt.print(line, false),
+            Some(prompt) => prompt.print(&line, false),
             None => write_stderr(&format!("{line}\n")),
         }
     }
@@ -295,7 +297,28 @@ impl Progress {
 /// Prints `line` above the bar: the bar is cleared, the line written, and
 /// the bar drawn again below it.
 fn above(bar: &ProgressBar, line: &str) {
+    let line = terminal_safe(line);
     bar.suspend(|| write_stderr(&format!("{line}\n")));
+}
+
+/// `text` with its control characters escaped (`\u{1b}`): what an origin
+/// sent (an error page's first line, a reason phrase) must not set the
+/// terminal's title, colours or screen when it is shown.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The one-line summary: `fetched 12, skipped 3, failed 1, 4.20 MiB in 1.3s`;
@@ -365,5 +388,17 @@ mod tests {
              interrupted: 2 downloads stopped; run again for the rest"
         );
         assert_eq!(tally.done(), 16);
+    }
+
+    #[test]
+    fn control_characters_reach_the_terminal_escaped() {
+        let hostile = "HTTP 404 (x: \u{1b}]0;TITLE\u{7}\u{1b}[31mRED \u{9b}2J)";
+        let shown = terminal_safe(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert_eq!(
+            shown,
+            "HTTP 404 (x: \\u{1b}]0;TITLE\\u{7}\\u{1b}[31mRED \\u{9b}2J)"
+        );
+        assert!(matches!(terminal_safe("plain ünïcode"), Cow::Borrowed(_)));
     }
 }

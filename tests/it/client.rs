@@ -498,6 +498,24 @@ fn a_503_is_retried_after_its_retry_after() {
 }
 
 #[test]
+fn an_origin_s_error_page_cannot_drive_the_terminal() {
+    // Proxy-Status makes the client show the page's first line.
+    let origin = Origin::start(|_| Reply::Full {
+        status: 404,
+        headers: vec![("Proxy-Status".into(), "evil; error=x".into())],
+        body: "\u{1b}]0;TITLE\u{7}\u{1b}[31mRED\u{1b}[0m \u{1b}[2J gone\n".into(),
+    });
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(proxy.addr, dir.path(), &[&origin.url("/esc")], None);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(!ran.stderr.contains('\u{1b}'), "{:?}", ran.stderr);
+    assert!(ran.stderr.contains("x: \\u{1b}]0;TITLE"), "{}", ran.stderr);
+    let error = manifest(dir.path())[0]["error"].to_string();
+    assert!(!error.contains("\\u001b"), "{error}");
+}
+
+#[test]
 fn exit_codes_are_0_1_and_2() {
     let origin = site();
     let proxy = Proxy::start();
