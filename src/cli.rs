@@ -16,7 +16,7 @@ use crate::access::PortRange;
 use crate::config::{self, ConfigError, Flags, text, value};
 use crate::logging::AccessLogFormat;
 
-use crate::client::request::ExtraHeader;
+use crate::client::request::{ExtraHeader, parse_user_agent};
 
 /// fetchproxy: a multithreaded URL-fetching HTTP/1.1 forward proxy, and a
 /// batch client that saves URLs through it.
@@ -238,7 +238,7 @@ pub struct FetchArgs {
     #[arg(long, short = 'H', value_name = "NAME: VALUE")]
     pub header: Vec<ExtraHeader>,
     /// The User-Agent to send; empty sends none.
-    #[arg(long, short = 'A', value_name = "TEXT", default_value = concat!("fetchproxy/", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, short = 'A', value_name = "TEXT", value_parser = parse_user_agent, default_value = concat!("fetchproxy/", env!("CARGO_PKG_VERSION")))]
     pub user_agent: String,
     /// Write the body of the one URL given to standard output: no file, no
     /// manifest.

@@ -40,6 +40,25 @@ pub enum HeaderError {
     Body(String),
 }
 
+/// Whether `value` holds a control character a header value cannot
+/// carry (RFC 9110 §5.5: visible characters, spaces and tabs): CR or LF
+/// would end the header, or the request, early.
+fn has_control(value: &str) -> bool {
+    value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+/// `-A TEXT`: a User-Agent value, trimmed; empty sends none.
+///
+/// # Errors
+/// When it holds a control character.
+pub fn parse_user_agent(text: &str) -> Result<String, String> {
+    let value = text.trim_matches([' ', '\t']);
+    if has_control(value) {
+        return Err("the User-Agent holds a control character".to_string());
+    }
+    Ok(value.to_string())
+}
+
 impl FromStr for ExtraHeader {
     type Err = HeaderError;
 
@@ -52,7 +71,7 @@ impl FromStr for ExtraHeader {
         // RFC 9110 §5.5: the value is visible characters, spaces and tabs;
         // leading and trailing whitespace is not part of it.
         let value = value.trim_matches([' ', '\t']);
-        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        if has_control(value) {
             return Err(HeaderError::BadValue(name.to_string()));
         }
         if name.eq_ignore_ascii_case("proxy-authorization") {

@@ -98,6 +98,27 @@ fn headers_and_user_agent_reach_the_origin() {
 }
 
 #[test]
+fn a_user_agent_with_a_line_break_is_refused_before_anything_is_sent() {
+    let origin = Origin::fixed("text/plain", b"ok");
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    for agent in [
+        "ua\r\nX-Injected: yes",
+        "ua\r\n\r\nGET http://127.0.0.1:9/ HTTP/1.1",
+    ] {
+        let ran = run_fetch(
+            proxy.addr,
+            dir.path(),
+            &[&origin.url("/a"), "-A", agent],
+            None,
+        );
+        assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+        assert!(ran.stderr.contains("control character"), "{}", ran.stderr);
+    }
+    assert!(origin.requests().is_empty(), "{:?}", origin.requests());
+}
+
+#[test]
 fn an_origin_credential_is_not_sent_to_another_origin_after_a_redirect() {
     let other = Origin::fixed("text/plain", b"elsewhere");
     let target = other.url("/landing");
