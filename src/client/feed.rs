@@ -42,13 +42,16 @@ pub enum Fed {
 pub type Source = Box<dyn Iterator<Item = Result<input::Item, ReadError>> + Send>;
 
 /// The URLs the arguments and an `--input` file hold, counted before the
-/// start so that the bar shows the whole batch; `None` for standard input.
+/// start so that the bar shows the whole batch; `None` for standard input,
+/// a pipe or anything else that is not a regular file, which can be read
+/// only once.
 pub fn count_urls(args: &FetchArgs) -> Option<u64> {
     let from_args = input::from_args(args.urls.clone())
         .filter(Result::is_ok)
         .count() as u64;
     match &args.input {
         Some(path) if path.as_os_str() == "-" => None,
+        Some(path) if !fs::metadata(path).is_ok_and(|meta| meta.is_file()) => None,
         Some(path) => {
             let file = fs::File::open(path).ok()?;
             let lines = input::Lines::new(BufReader::new(file), None);

@@ -241,6 +241,53 @@ fn the_bar_counts_the_file_first_and_only_failures_print_above_it() {
 }
 
 #[test]
+fn urls_from_a_pipe_are_all_fetched_on_a_terminal_too() {
+    // A pipe can be read once: the bar must not use it up to count.
+    let site = Origin::start(|req| Reply::ok("text/plain", req.target.clone()));
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("urls.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let lines = format!("{}\n{}\n", site.url("/one"), site.url("/two"));
+    let writer = {
+        let fifo = fifo.clone();
+        // Opening the write side waits for the reader, then the lines go.
+        thread::spawn(move || {
+            let mut pipe = OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("open fifo");
+            pipe.write_all(lines.as_bytes()).expect("write fifo");
+        })
+    };
+    let out = dir.path().join("out");
+    let mut term = Terminal::start(&[
+        "fetch",
+        "--proxy",
+        &proxy.addr.to_string(),
+        "--out-dir",
+        out.to_str().expect("utf-8"),
+        "--input",
+        fifo.to_str().expect("utf-8"),
+    ]);
+    let (code, screen) = term.final_screen();
+    writer.join().expect("writer");
+    assert_eq!(code, Some(0), "{}", screen.join("\n"));
+    assert!(
+        screen
+            .iter()
+            .any(|r| r.starts_with("fetched 2, skipped 0, failed 0")),
+        "{}",
+        screen.join("\n")
+    );
+    assert_eq!(manifest(&out).len(), 2);
+}
+
+#[test]
 fn ctrl_c_clears_the_bar() {
     let gate = Gate::new();
     // A long URL, so that the bar runs to the edge of the terminal.
