@@ -7,10 +7,12 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
+use rustix::fs::OFlags;
 
 use crate::cli::FetchArgs;
 use crate::client::batch::Job;
@@ -159,10 +161,22 @@ impl Feeder {
     }
 }
 
-/// The manifest's file for this entry is still there, byte for byte.
+/// The manifest's file for this entry is still there, byte for byte: a
+/// regular file, not a link or a FIFO put in its place (which reading
+/// would follow, or wait on for ever).
 fn is_intact(dir: &Path, entry: &Entry) -> bool {
     let (Some(file), Some(sha)) = (&entry.file, &entry.sha256) else {
         return false;
     };
-    save::sha256_file(&dir.join(file)).is_ok_and(|got| got == *sha)
+    // Opened without following a link or waiting on a FIFO, then checked
+    // to be a regular file: what is read is what was checked.
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(dir.join(file));
+    let Ok(mut opened) = opened else {
+        return false;
+    };
+    opened.metadata().is_ok_and(|meta| meta.is_file())
+        && save::sha256_of(&mut opened).is_ok_and(|got| got == *sha)
 }

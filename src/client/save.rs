@@ -271,12 +271,11 @@ fn remove_matching(dir: &Path, matches: impl Fn(&str) -> bool) -> usize {
         .count()
 }
 
-/// Lowercase hex SHA-256 of a file's contents.
+/// The lowercase hex SHA-256 of what is left to read in `file`.
 ///
 /// # Errors
-/// The OS error reading the file.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
+/// The OS error reading it.
+pub fn sha256_of(file: &mut File) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -321,7 +320,8 @@ mod tests {
         let mut done = done;
         let path = done.commit(dir.path(), "h.txt", false).expect("commit");
         assert_eq!(fs::read(&path).expect("read"), b"hello");
-        assert_eq!(sha256_file(&path).expect("hash").len(), 64);
+        let mut file = File::open(&path).expect("open");
+        assert_eq!(sha256_of(&mut file).expect("hash"), done.sha256);
         assert_eq!(temp_names(dir.path()), ["h.txt"]);
     }
 

@@ -305,6 +305,39 @@ fn mixed_batch_saves_good_urls_and_reports_the_rest() {
 }
 
 #[test]
+fn a_saved_file_replaced_by_a_fifo_or_a_link_is_fetched_again_not_read() {
+    let origin = site();
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outside = tempfile::tempdir().expect("temp dir");
+    let urls = [origin.url("/"), origin.url("/data")];
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let first = run_fetch(proxy.addr, dir.path(), &args, None);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let p = prefix(&origin);
+    let data = dir.path().join(format!("{p}_data.json"));
+    // The link points at a copy with the right bytes: still not ours.
+    let copy = outside.path().join("copy.json");
+    std::fs::copy(&data, &copy).expect("copy");
+    std::fs::remove_file(&data).expect("remove");
+    std::os::unix::fs::symlink(&copy, &data).expect("symlink");
+    let index = dir.path().join(format!("{p}.html"));
+    std::fs::remove_file(&index).expect("remove");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&index)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let second = run_fetch(proxy.addr, dir.path(), &args, None);
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("fetched 2, skipped 0, failed 0"),
+        "{}",
+        second.stderr
+    );
+}
+
+#[test]
 fn rerun_skips_saved_urls_and_overwrite_fetches_them_again() {
     let origin = site();
     let proxy = Proxy::start();
