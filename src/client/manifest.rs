@@ -4,8 +4,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
 /// The manifest's file name in the out-dir.
@@ -60,7 +62,7 @@ pub struct Loaded {
 /// # Errors
 /// The OS error when the file exists but cannot be read.
 pub fn load(dir: &Path) -> io::Result<Loaded> {
-    let file = match File::open(dir.join(MANIFEST_NAME)) {
+    let file = match open_own(dir, OpenOptions::new().read(true)) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
         Err(err) => return Err(err),
@@ -80,6 +82,26 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
     Ok(loaded)
 }
 
+/// Opens `dir/manifest.jsonl` with `options`, only as a regular file of
+/// its own: a link planted under its name would have the run write
+/// outside the out-dir, and a FIFO would hang it.
+fn open_own(dir: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let path = dir.join(MANIFEST_NAME);
+    let not_own =
+        || io::Error::other("not a plain file (a link, a FIFO, a directory?); move it away");
+    let file = options
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(&path)
+        .map_err(|err| match err.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => not_own(),
+            _ => err,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(not_own());
+    }
+    Ok(file)
+}
+
 /// The manifest open for appending.
 pub struct Manifest {
     file: File,
@@ -96,11 +118,7 @@ impl Manifest {
     /// or repairing the file.
     pub fn open(dir: &Path) -> io::Result<Manifest> {
         use rustix::fs::{FlockOperation, flock};
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(dir.join(MANIFEST_NAME))?;
+        let mut file = open_own(dir, OpenOptions::new().read(true).append(true).create(true))?;
         // A BSD lock, held by this open file until it closes (a POSIX one
         // would go whenever this process closed any other handle on the
         // file, as loading it does); the kernel drops it when the run ends,
@@ -221,5 +239,35 @@ mod tests {
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].proxy, None);
         assert_eq!(entries[0].file.as_deref(), Some("h.org.html"));
+    }
+
+    #[test]
+    fn a_link_or_fifo_in_the_manifest_s_place_is_refused_untouched() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let outside = tempfile::tempdir().expect("temp dir");
+        let target = outside.path().join("profile");
+        std::fs::write(&target, "kept").expect("write");
+        let manifest = dir.path().join(MANIFEST_NAME);
+        std::os::unix::fs::symlink(&target, &manifest).expect("symlink");
+        for err in [
+            Manifest::open(dir.path()).map(drop).expect_err("refused"),
+            load(dir.path()).map(drop).expect_err("refused"),
+        ] {
+            assert!(err.to_string().contains("not a plain file"), "{err}");
+        }
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "kept");
+
+        std::fs::remove_file(&manifest).expect("remove");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &manifest,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        // Refused at once, not waited on.
+        let err = Manifest::open(dir.path()).map(drop).expect_err("refused");
+        assert!(err.to_string().contains("not a plain file"), "{err}");
     }
 }
