@@ -112,9 +112,9 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
         io::ErrorKind::WouldBlock => UsageError::OutDirInUse(out_dir.clone()),
         _ => manifest_error(err),
     })?;
-    let stale = save::remove_stale_temps(&out_dir);
-    if stale > 0 {
-        log::debug!("removed {stale} stale temporary files");
+    let left = save::remove_left_temps(&out_dir);
+    if left > 0 {
+        log::debug!("removed {left} temporary files left by killed runs");
     }
     let loaded = manifest::load(&out_dir).map_err(manifest_error)?;
     if let (Some(first), false) = (loaded.bad_lines.first(), args.quiet) {

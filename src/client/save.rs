@@ -9,7 +9,6 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -19,6 +18,9 @@ use crate::client::naming;
 /// Temporary files are `.fetchproxy-tmp-<pid>-<n>`: hidden, and named after
 /// the process that owns them so the next run can tell stale ones.
 pub const TEMP_PREFIX: &str = ".fetchproxy-tmp-";
+
+/// Numbers a temporary file's name may go up to past names already taken.
+const TAKEN_NAMES_MAX: u64 = 1 << 20;
 
 /// Where temporary files are made: one per out-dir and run. Once closed (on
 /// Ctrl-C) it makes no more, so a cleanup cannot race a new file.
@@ -49,12 +51,17 @@ impl Scratch {
         if *closed {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("{TEMP_PREFIX}{}-{n}", self.pid));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        // A name taken already was left by a killed run that had this pid
+        // (a container's runs often do): the next number is tried.
+        let (path, file) = loop {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let path = self.dir.join(format!("{TEMP_PREFIX}{}-{n}", self.pid));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => break (path, file),
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && n < TAKEN_NAMES_MAX => {}
+                Err(err) => return Err(err),
+            }
+        };
         Ok(TempFile {
             path: Some(path),
             file,
@@ -233,31 +240,14 @@ impl Names {
     }
 }
 
-/// Removes temporary files left by runs that are gone (killed, crashed):
-/// those whose pid is not a live process, or, where liveness cannot be
-/// checked, those untouched for a day. Returns how many were removed.
-pub fn remove_stale_temps(dir: &Path) -> usize {
-    let me = std::process::id();
-    let can_check = Path::new("/proc/self").exists();
-    remove_matching(dir, |name| {
-        let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
-            return false;
-        };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        match pid {
-            Some(pid) if pid == me => false,
-            Some(pid) if can_check => !Path::new(&format!("/proc/{pid}")).exists(),
-            _ => is_older_than(&dir.join(name), Duration::from_secs(24 * 3600)),
-        }
-    })
-}
-
-fn is_older_than(path: &Path, age: Duration) -> bool {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|d| d > age)
+/// Removes the temporary files that runs killed outright (`kill -9`, a
+/// crash, power loss) left in `dir`, and returns how many. Only for a run
+/// that holds the out-dir's lock and has made none of its own yet: no
+/// other run can be writing there, so every one is left over, whatever its
+/// pid (the pid of a killed run is often the next run's own, in a
+/// container, and a live process of that pid may be another one's).
+pub fn remove_left_temps(dir: &Path) -> usize {
+    remove_matching(dir, |name| name.starts_with(TEMP_PREFIX))
 }
 
 fn remove_matching(dir: &Path, matches: impl Fn(&str) -> bool) -> usize {
@@ -365,16 +355,36 @@ mod tests {
     }
 
     #[test]
-    fn stale_temp_files_of_dead_processes_are_removed() {
+    fn temp_files_left_by_killed_runs_are_removed_whatever_their_pid() {
         let dir = tempfile::tempdir().expect("temp dir");
+        // This process's pid, as a killed run in a container had it.
         let mine = format!("{TEMP_PREFIX}{}-1", std::process::id());
-        // pid_max is at most 2^22 on Linux, so this pid is never alive.
-        let dead = format!("{TEMP_PREFIX}{}-1", 4_194_400 + 7);
-        for name in [&mine, &dead, &"keep.html".to_string()] {
+        let other = format!("{TEMP_PREFIX}{}-3", 4_194_400 + 7);
+        for name in [&mine, &other, &"keep.html".to_string()] {
             fs::write(dir.path().join(name), b"x").expect("write");
         }
-        assert_eq!(remove_stale_temps(dir.path()), 1);
-        assert_eq!(temp_names(dir.path()), [mine, "keep.html".to_string()]);
+        assert_eq!(remove_left_temps(dir.path()), 2);
+        assert_eq!(temp_names(dir.path()), ["keep.html"]);
+    }
+
+    #[test]
+    fn a_temp_name_left_with_this_pid_is_passed_over() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for n in 1..=2 {
+            let left = format!("{TEMP_PREFIX}{}-{n}", std::process::id());
+            fs::write(dir.path().join(left), b"x").expect("write");
+        }
+        let scratch = Scratch::new(dir.path());
+        let temp = scratch.create().expect("a free name");
+        let name = temp
+            .path
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .expect("name");
+        assert_eq!(
+            name.to_string_lossy(),
+            format!("{TEMP_PREFIX}{}-3", std::process::id())
+        );
     }
 
     #[test]
