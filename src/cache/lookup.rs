@@ -10,11 +10,12 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 
+use crate::cache::admission::SET_COOKIES;
 use crate::cache::collapse::Role;
 use crate::cache::fill::{Fill, FillHead, Release};
 use crate::cache::filler::Filler;
 use crate::cache::key::CacheKey;
-use crate::cache::object::{Body, DiskBody, ObjectHead, StoredObject};
+use crate::cache::object::{Body, ObjectHead, StoredObject};
 use crate::cache::policy::{Decision, directive};
 use crate::cache::reader::BodyReader;
 use crate::cache::reply;
@@ -475,15 +476,7 @@ impl Cache {
             policy,
             old.body_len,
         ));
-        let body = match &object.body {
-            Body::Memory(chunks) => Body::Memory(chunks.clone()),
-            Body::Disk(disk) => Body::Disk(DiskBody {
-                file: Arc::clone(&disk.file),
-                offset: disk.offset,
-                hash: disk.hash,
-            }),
-        };
-        let refreshed = Arc::new(StoredObject::new(new_head, body));
+        let refreshed = Arc::new(StoredObject::new(new_head, object.body.share()));
         // A request that says `no-store` has its answer kept by no one
         // (RFC 9111 §5.2.1.5): the stored entry stays as it was.
         if has_directive(head, "no-store") {
@@ -513,7 +506,7 @@ impl Cache {
         // A PURGE or a newer response may have come while the origin was
         // asked: the refreshed entry then answers this request only.
         if let Some(tier) = tier {
-            tier.replace_exact(object, Arc::clone(&refreshed));
+            tier.replace_exact(object, kept_for_others(&refreshed));
         }
         Some(refreshed)
     }
@@ -542,6 +535,31 @@ fn hit(object: Arc<StoredObject>, stale: bool, revalidate: bool) -> Lookup {
 }
 
 /// Whether `head` selects the stored variant `object` (RFC 9111 §4.1).
+/// What of a refreshed entry is kept for other clients: all of it but the
+/// cookies the 304 set, which are this client's (a rolling session).
+fn kept_for_others(refreshed: &Arc<StoredObject>) -> Arc<StoredObject> {
+    let head = &refreshed.head;
+    if SET_COOKIES
+        .iter()
+        .all(|name| !head.headers.contains_key(*name))
+    {
+        return Arc::clone(refreshed);
+    }
+    let mut headers = head.headers.clone();
+    for name in SET_COOKIES {
+        headers.remove(name);
+    }
+    let kept = ObjectHead::new(
+        head.key.clone(),
+        head.variant.clone(),
+        head.status,
+        headers,
+        head.policy.clone(),
+        head.body_len,
+    );
+    Arc::new(StoredObject::new(Arc::new(kept), refreshed.body.share()))
+}
+
 fn selects(object: &StoredObject, head: &RequestHead) -> bool {
     object.head.variant.selects(head, &object.head.headers)
 }

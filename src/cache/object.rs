@@ -198,6 +198,21 @@ pub enum Body {
     Disk(DiskBody),
 }
 
+impl Body {
+    /// The same body for another object (a refreshed head): the memory's
+    /// pieces or the disk's file, shared, not copied.
+    pub fn share(&self) -> Body {
+        match self {
+            Body::Memory(chunks) => Body::Memory(chunks.clone()),
+            Body::Disk(disk) => Body::Disk(DiskBody {
+                file: Arc::clone(&disk.file),
+                offset: disk.offset,
+                hash: disk.hash,
+            }),
+        }
+    }
+}
+
 /// A body in a disk-tier file.
 #[derive(Debug)]
 pub struct DiskBody {
