@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{CACHE_CONTROL, PRAGMA};
+use http::header::{AGE, CACHE_CONTROL, DATE, PRAGMA};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 
@@ -124,7 +124,10 @@ impl Policy {
         response: &HeaderMap,
         response_time: SystemTime,
     ) -> Policy {
-        let (view_status, view) = normalise::response_view(status, response);
+        let (view_status, mut view) = normalise::response_view(status, response);
+        if let Some(age) = apparent_age(&view, response_time) {
+            view.insert(AGE, HeaderValue::from(age));
+        }
         let (req, res) = crate_parts(uri, request, view_status, view);
         let inner = CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
         // One pass over the directives for what the crate does not say.
@@ -359,6 +362,23 @@ impl Policy {
         }
         request.into_parts().0
     }
+}
+
+/// How long before `response_time` the origin dated the response, in whole
+/// seconds, when that is more than its `Age` says: RFC 9111 §4.2.3 counts
+/// a response at least that old on arrival (`apparent_age`), where the
+/// crate reads `Age` alone. A `Date` from behind an HTTP/1.0 cache, which
+/// adds no `Age`, or from an origin whose clock is late, then makes it
+/// stale as much sooner; a `Date` ahead of this clock changes nothing.
+fn apparent_age(view: &HeaderMap, response_time: SystemTime) -> Option<u64> {
+    let date = view.get(DATE)?.to_str().ok()?;
+    let dated = httpdate::parse_http_date(date).ok()?;
+    let apparent = response_time.duration_since(dated).ok()?.as_secs();
+    let received = view
+        .get(AGE)
+        .and_then(|age| age.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (apparent > received).then_some(apparent)
 }
 
 /// The request and response parts the crate's policy is built from: a

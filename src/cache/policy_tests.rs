@@ -404,3 +404,31 @@ fn directives_are_found_case_insensitively_with_values() {
     );
     assert_eq!(parse_seconds(b"-1"), None);
 }
+
+#[test]
+fn a_response_dated_before_it_arrived_is_that_old_on_arrival() {
+    let dated = |secs_before: u64| httpdate::fmt_http_date(t0() - Duration::from_secs(secs_before));
+    // An hour old by its Date, no Age: stale on arrival (RFC 9111 §4.2.3).
+    let hour = dated(3600);
+    let p = policy(&[("cache-control", "max-age=60"), ("date", &hour)]);
+    assert_eq!(p.age(t0()), Duration::from_secs(3600));
+    assert_eq!(p.decide(&plain(), t0()), REVALIDATE);
+    // Expires an hour ago by both clocks: stale too, not fresh for the
+    // 100 s between Date and Expires.
+    let expired = dated(3500);
+    let p = policy(&[("date", &hour), ("expires", &expired)]);
+    assert!(!p.is_fresh(t0()));
+    // An Age above the apparent age wins.
+    let p = policy(&[
+        ("cache-control", "max-age=600"),
+        ("date", &dated(10)),
+        ("age", "100"),
+    ]);
+    assert_eq!(p.age(t0()), Duration::from_secs(100));
+    assert_eq!(p.ttl_seconds(t0()), 500);
+    // A Date ahead of this clock changes nothing.
+    let ahead = httpdate::fmt_http_date(t0() + Duration::from_secs(300));
+    let p = policy(&[("cache-control", "max-age=60"), ("date", &ahead)]);
+    assert_eq!(p.age(t0()), Duration::ZERO);
+    assert_eq!(p.decide(&plain(), at(59)), Decision::Fresh);
+}
