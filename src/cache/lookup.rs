@@ -534,7 +534,6 @@ fn hit(object: Arc<StoredObject>, stale: bool, revalidate: bool) -> Lookup {
     })
 }
 
-/// Whether `head` selects the stored variant `object` (RFC 9111 §4.1).
 /// What of a refreshed entry is kept for other clients: all of it but the
 /// cookies the 304 set, which are this client's (a rolling session).
 fn kept_for_others(refreshed: &Arc<StoredObject>) -> Arc<StoredObject> {
@@ -560,6 +559,7 @@ fn kept_for_others(refreshed: &Arc<StoredObject>) -> Arc<StoredObject> {
     Arc::new(StoredObject::new(Arc::new(kept), refreshed.body.share()))
 }
 
+/// Whether `head` selects the stored variant `object` (RFC 9111 §4.1).
 fn selects(object: &StoredObject, head: &RequestHead) -> bool {
     object.head.variant.selects(head, &object.head.headers)
 }

@@ -198,7 +198,8 @@ pub fn is_token(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// A path (of a file or a directory): not empty, and UTF-8 so that it can stand in the config file.
+/// A path (of a file or a directory): not empty, and UTF-8 so that it can
+/// stand in the config file.
 ///
 /// # Errors
 /// What was expected.

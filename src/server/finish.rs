@@ -10,6 +10,9 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use ureq::http::header::CONTENT_TYPE;
+use ureq::http::{HeaderMap, HeaderValue};
+
 use crate::cache::{self, Fwd};
 use crate::error::ProxyError;
 use crate::http::request::{RequestHead, Version};
@@ -18,8 +21,6 @@ use crate::logging::{self, AccessDetails, AccessRecord, Outcome, TunnelLog};
 use crate::metrics::{Finished, Metrics};
 use crate::pump::TunnelEnd;
 use crate::server::conn::ClientConn;
-use ureq::http::header::CONTENT_TYPE;
-use ureq::http::{HeaderMap, HeaderValue};
 
 /// How a request was answered: what the access log and the counters record,
 /// and whether the connection can carry another request.

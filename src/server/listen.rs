@@ -30,7 +30,7 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// What to do about a failed bind, for the two failures a person can fix.
+/// What to do about a failed bind, for the failures a person can fix.
 fn bind_hint(source: &io::Error) -> &'static str {
     match source.kind() {
         io::ErrorKind::AddrInUse => {

@@ -119,9 +119,8 @@ pub fn relay_response<R: Read>(
         reusable: persistence.is_kept(),
         cache: None,
         own: false,
-        shown: None,
+        shown: Shown::of(&parts.headers, transport::attempt().origin.map(|o| o.ip())),
     };
-    served.shown = Shown::of(&parts.headers, transport::attempt().origin.map(|o| o.ip()));
     match copied {
         Ok(n) => served.bytes = n,
         Err(CopyFailure { sent, failure }) => {
