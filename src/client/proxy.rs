@@ -87,6 +87,8 @@ pub enum ProxyArgError {
     /// `shown` is the entry with any credentials replaced by `***`.
     #[error("--proxy {shown:?}: {reason}")]
     Bad { shown: String, reason: BadProxy },
+    #[error("--proxy: a comma in a user name or password splits the list there; write it as %2C")]
+    CommaInCredentials,
     #[error("--proxy-user: no user name before the ':'")]
     NoUser,
     #[error(
@@ -215,6 +217,15 @@ pub fn build(entries: &[String], user: Option<&Credentials>) -> Result<Vec<Proxy
         shown: redact(text),
         reason,
     };
+    // The list is split at every comma, one inside a password written
+    // without %2C too: `http://u:pa,ss@h:1` comes as `http://u:pa` and
+    // `ss@h:1`, and an error about the first would show part of it.
+    if entries
+        .windows(2)
+        .any(|pair| is_split_credential(&pair[0], &pair[1]))
+    {
+        return Err(ProxyArgError::CommaInCredentials);
+    }
     if entries.len() > MAX_PROXIES {
         return Err(bad(&entries[MAX_PROXIES], BadProxy::TooMany));
     }
@@ -252,6 +263,19 @@ pub fn build(entries: &[String], user: Option<&Credentials>) -> Result<Vec<Proxy
         });
     }
     Ok(proxies)
+}
+
+/// Whether `first` and `next` look like one entry cut at a comma inside its
+/// credentials: `first` names no valid `HOST:PORT` and has no `@`, and
+/// `next` carries the `@` but no scheme.
+fn is_split_credential(first: &str, next: &str) -> bool {
+    let names_a_port = parse_entry(first).is_ok_and(|entry| {
+        entry
+            .host_port
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    });
+    !names_a_port && !first.contains('@') && next.contains('@') && !next.contains("://")
 }
 
 /// Asks for the password of a proxy user; the terminal does not echo it.
@@ -544,6 +568,24 @@ mod tests {
             );
             assert!(err.to_string().contains("no host"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_comma_in_a_password_is_named_without_showing_any_of_it() {
+        // As clap hands over `http://alice:se,cret@127.0.0.1:1`.
+        for entries in [
+            ["http://alice:se", "cret@127.0.0.1:1"],
+            ["alice:se", "cret@127.0.0.1:1"],
+        ] {
+            let entries = entries.map(str::to_string);
+            let err = build(&entries, None).expect_err("refused");
+            let text = err.to_string();
+            assert!(text.contains("%2C"), "{text}");
+            assert!(!text.contains("alice") && !text.contains("cret"), "{text}");
+        }
+        // Two proxies, the second with credentials, are no such thing.
+        let entries = ["127.0.0.1:1".to_string(), "u:p@127.0.0.1:2".to_string()];
+        assert_eq!(build(&entries, None).expect("two proxies").len(), 2);
     }
 
     #[test]
