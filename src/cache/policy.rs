@@ -128,8 +128,12 @@ impl Policy {
         if let Some(age) = apparent_age(&view, response_time) {
             view.insert(AGE, HeaderValue::from(age));
         }
-        let (req, res) = crate_parts(uri, request, view_status, view);
-        let inner = CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
+        let (req, mut res) = crate_parts(uri, request, view_status, view);
+        let mut inner =
+            CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
+        if caps_heuristic(&mut res.headers, &inner, response_time) {
+            inner = CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
+        }
         // One pass over the directives for what the crate does not say.
         let mut never_stale = false;
         let mut stale_while_revalidate = None;
@@ -361,6 +365,42 @@ impl Policy {
             }
         }
         request.into_parts().0
+    }
+}
+
+/// The longest a response is fresh by heuristic (RFC 9111 §4.2.2): the
+/// crate takes a tenth of the time since `Last-Modified`, which for a file
+/// untouched for years is months. Traffic Server caps it at a day, Squid
+/// at three; after a day here the entry is revalidated (a 304 is cheap).
+pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Gives `view` (the response as the crate reads it) a `max-age` of
+/// [`HEURISTIC_MAX`] when its freshness is heuristic and longer than
+/// that; true when it did, and the crate's policy must be made again. A
+/// response with a lifetime of its own, or not storable, is left alone.
+fn caps_heuristic(view: &mut HeaderMap, inner: &CachePolicy, response_time: SystemTime) -> bool {
+    let directives = view
+        .get(CACHE_CONTROL)
+        .map(|value| normalise::parse(std::iter::once(value.as_bytes())))
+        .unwrap_or_default();
+    let explicit = view.contains_key(http::header::EXPIRES)
+        || directives
+            .iter()
+            .any(|(name, _)| name == "max-age" || name == "s-maxage");
+    if explicit || !inner.is_storable() || inner.time_to_live(response_time) <= HEURISTIC_MAX {
+        return false;
+    }
+    let cap = format!("max-age={}", HEURISTIC_MAX.as_secs());
+    let value = match view.get(CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
+        Some(given) if !given.trim().is_empty() => format!("{given}, {cap}"),
+        _ => cap,
+    };
+    match HeaderValue::from_str(&value) {
+        Ok(value) => {
+            view.insert(CACHE_CONTROL, value);
+            true
+        }
+        Err(_) => false,
     }
 }
 

@@ -432,3 +432,41 @@ fn a_response_dated_before_it_arrived_is_that_old_on_arrival() {
     assert_eq!(p.age(t0()), Duration::ZERO);
     assert_eq!(p.decide(&plain(), at(59)), Decision::Fresh);
 }
+
+#[test]
+fn heuristic_freshness_is_capped_at_a_day() {
+    let days_ago = |days: u64| httpdate::fmt_http_date(t0() - Duration::from_secs(days * 86_400));
+    let date = httpdate::fmt_http_date(t0());
+    let cap = i64::try_from(HEURISTIC_MAX.as_secs()).expect("fits");
+    // Untouched for 1,000 days: a tenth would be 100 days.
+    let old = days_ago(1000);
+    for extra in [None, Some(("cache-control", "public"))] {
+        let mut response = vec![("date", date.as_str()), ("last-modified", old.as_str())];
+        response.extend(extra);
+        let p = policy(&response);
+        assert!(p.is_storable(), "{response:?}");
+        assert_eq!(p.ttl_seconds(t0()), cap, "{response:?}");
+        assert_eq!(p.decide(&plain(), at(86_399)), Decision::Fresh);
+        assert_eq!(p.decide(&plain(), at(86_400)), REVALIDATE);
+    }
+    // A tenth of 5 days is under the cap: as the crate says.
+    let recent = days_ago(5);
+    let p = policy(&[("date", &date), ("last-modified", &recent)]);
+    assert_eq!(p.ttl_seconds(t0()), 5 * 8_640);
+    // An explicit lifetime is the origin's to give, however long.
+    let p = policy(&[
+        ("cache-control", "max-age=864000"),
+        ("date", &date),
+        ("last-modified", &old),
+    ]);
+    assert_eq!(p.ttl_seconds(t0()), 864_000);
+    // Not storable stays not storable.
+    let p = Policy::new(
+        &uri(),
+        &plain(),
+        StatusCode::FOUND,
+        &headers(&[("date", &date), ("last-modified", &old)]),
+        t0(),
+    );
+    assert!(!p.is_storable());
+}
