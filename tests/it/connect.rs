@@ -224,7 +224,7 @@ fn a_connect_with_content_is_400_and_connects_nowhere() {
         assert!(closes_within(&mut stream, LIMIT), "connection kept open");
     }
     // An empty Content-Length announces no content: still a tunnel.
-    let (_, response, sent) = connect_through(proxy.addr, &target, b"");
+    let (first, response, sent) = connect_through(proxy.addr, &target, b"");
     assert_tunnel_open(&sent, &response);
     let mut stream = TcpStream::connect(proxy.addr).expect("connect");
     let request =
@@ -232,6 +232,15 @@ fn a_connect_with_content_is_400_and_connects_nowhere() {
     stream.write_all(request.as_bytes()).expect("send");
     let response = read_one(&mut stream, true, LIMIT).expect("an answer");
     assert_tunnel_open(request.as_bytes(), &response);
+    // An echo through each tunnel shows the echo server has accepted (and
+    // counted, in order) every connection made to it so far.
+    for mut tunnel in [first, stream] {
+        tunnel.set_read_timeout(Some(LIMIT)).expect("timeout");
+        tunnel.write_all(b"ping").expect("send through the tunnel");
+        let mut back = [0u8; 4];
+        tunnel.read_exact(&mut back).expect("the echo");
+        assert_eq!(&back, b"ping");
+    }
     assert_eq!(echo.accepted(), 2, "only the two tunnels without content");
 }
 
