@@ -264,18 +264,13 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     value.to_str().ok()?.trim().parse().ok()
 }
 
-/// Headers never stored: the framing, and this hop's proxy authentication
+/// Headers about this hop's proxy authentication: never stored for others
 /// (RFC 9111 §3.1 names `Proxy-Authentication-Info` with the hop-by-hop set).
 const NOT_STORED: &[&str] = &["content-length", "proxy-authentication-info"];
 
-/// The cookies an origin sets: they belong to the client that asked (a
-/// session, a login), so a response is stored without them, and only that
-/// client gets them, as with Squid.
-pub const SET_COOKIES: [&str; 2] = ["set-cookie", "set-cookie2"];
-
 /// The response headers worth storing: hop-by-hop ones (and those its
-/// `Connection` lists), this hop's authentication, cookies set and the
-/// framing go (RFC 9111 §3.1).
+/// `Connection` lists), this hop's authentication and the framing go
+/// (RFC 9111 §3.1).
 pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
     let hop = HopByHop::from_connection(
         headers
@@ -286,11 +281,7 @@ pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
     let mut stored = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let name_str = name.as_str();
-        if is_hop_by_hop(name_str)
-            || hop.contains(name_str)
-            || NOT_STORED.contains(&name_str)
-            || SET_COOKIES.contains(&name_str)
-        {
+        if is_hop_by_hop(name_str) || hop.contains(name_str) || NOT_STORED.contains(&name_str) {
             continue;
         }
         stored.append(name.clone(), value.clone());
@@ -324,11 +315,8 @@ mod tests {
         ]);
         let stored = stored_headers(&response);
         let names: Vec<&str> = stored.keys().map(|n| n.as_str()).collect();
-        assert_eq!(
-            names,
-            ["c", "content-range"],
-            "no cookie is kept for others"
-        );
+        assert_eq!(names, ["c", "content-range", "set-cookie"]);
+        assert_eq!(stored.get_all("set-cookie").iter().count(), 2);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 
-use crate::cache::admission::SET_COOKIES;
 use crate::cache::collapse::Role;
 use crate::cache::fill::{Fill, FillHead, Release};
 use crate::cache::filler::Filler;
@@ -506,7 +505,7 @@ impl Cache {
         // A PURGE or a newer response may have come while the origin was
         // asked: the refreshed entry then answers this request only.
         if let Some(tier) = tier {
-            tier.replace_exact(object, kept_for_others(&refreshed));
+            tier.replace_exact(object, Arc::clone(&refreshed));
         }
         Some(refreshed)
     }
@@ -532,31 +531,6 @@ fn hit(object: Arc<StoredObject>, stale: bool, revalidate: bool) -> Lookup {
         stale,
         revalidate,
     })
-}
-
-/// What of a refreshed entry is kept for other clients: all of it but the
-/// cookies the 304 set, which are this client's (a rolling session).
-fn kept_for_others(refreshed: &Arc<StoredObject>) -> Arc<StoredObject> {
-    let head = &refreshed.head;
-    if SET_COOKIES
-        .iter()
-        .all(|name| !head.headers.contains_key(*name))
-    {
-        return Arc::clone(refreshed);
-    }
-    let mut headers = head.headers.clone();
-    for name in SET_COOKIES {
-        headers.remove(name);
-    }
-    let kept = ObjectHead::new(
-        head.key.clone(),
-        head.variant.clone(),
-        head.status,
-        headers,
-        head.policy.clone(),
-        head.body_len,
-    );
-    Arc::new(StoredObject::new(Arc::new(kept), refreshed.body.share()))
 }
 
 /// Whether `head` selects the stored variant `object` (RFC 9111 §4.1).

@@ -13,7 +13,6 @@ use std::sync::{Arc, Weak};
 use super::DiskStore;
 use super::format::{self, Broken, TRAILER_LEN};
 use crate::cache::CacheError;
-use crate::cache::admission::SET_COOKIES;
 use crate::cache::object::{Body, DiskBody, DiskFile, ObjectHead, StoredObject};
 use crate::cache::policy::Policy;
 use crate::cache::stats::bump;
@@ -78,23 +77,18 @@ impl DiskStore {
             return Err("file name does not match its key");
         }
         let uri = header.key.uri().map_err(|_| "bad url")?;
-        // Files written before cookies were kept out of the store keep none.
-        let mut response = header.response;
-        for name in SET_COOKIES {
-            response.remove(name);
-        }
         let policy = Policy::from_parts(
             &uri,
             header.request,
             header.status,
-            &response,
+            &header.response,
             header.response_time,
         );
         let head = ObjectHead::new(
             header.key,
             header.variant,
             header.status,
-            response,
+            header.response,
             policy,
             body_len,
         );
