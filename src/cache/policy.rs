@@ -342,7 +342,15 @@ impl Policy {
         {
             return None;
         }
-        let merged = merge_not_modified(stored, &answer.headers);
+        let mut merged = merge_not_modified(stored, &answer.headers);
+        // A 304 without `Date` is dated on arrival (RFC 9110 §6.6.1), or
+        // the stored `Date` would age the refreshed entry from the first
+        // fetch.
+        if !answer.headers.contains_key(DATE)
+            && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+        {
+            merged.insert(DATE, date);
+        }
         let policy = Policy::new(&self.uri(), head, status, &merged, now);
         Some((merged, policy))
     }

@@ -390,6 +390,25 @@ fn a_304_without_validators_selects_the_entry_it_answers() {
 }
 
 #[test]
+fn a_304_without_date_is_dated_on_arrival() {
+    let an_hour_ago = httpdate::fmt_http_date(t0() - Duration::from_secs(3600));
+    let stored = headers(&[
+        ("cache-control", "max-age=600"),
+        ("etag", "\"v1\""),
+        ("date", &an_hour_ago),
+    ]);
+    let p = Policy::new(&uri(), &plain(), StatusCode::OK, &stored, t0());
+    let answer = not_modified(&[("etag", "\"v1\"")]);
+    let (merged, refreshed) = p
+        .refresh(&plain(), StatusCode::OK, &stored, &answer, at(10))
+        .expect("304 selects the entry");
+    let date = merged.get("date").and_then(|v| v.to_str().ok());
+    assert_eq!(date, Some(httpdate::fmt_http_date(at(10)).as_str()));
+    assert_eq!(refreshed.age(at(10)), Duration::ZERO);
+    assert_eq!(refreshed.decide(&plain(), at(600)), Decision::Fresh);
+}
+
+#[test]
 fn directives_are_found_case_insensitively_with_values() {
     let values = [&b"public, Max-Age=\"60\""[..], b"no-cache"];
     assert_eq!(
