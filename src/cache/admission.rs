@@ -242,15 +242,17 @@ pub(crate) fn plan(
 }
 
 /// Whether the response says `no-store`, or `private` (which a shared
-/// cache must not store, RFC 9111 §5.2.2.5 and §5.2.2.7), without
-/// `must-understand`: the answer the policy would give, known without
-/// building it, for most responses that are not to be stored.
+/// cache must not store, RFC 9111 §5.2.2.5 and §5.2.2.7; `private="field"`
+/// keeps only that field out), without `must-understand`: the answer the
+/// policy would give, known without building it, for most responses that
+/// are not to be stored.
 fn forbids_storing(headers: &HeaderMap) -> bool {
     let lines = headers
         .get_all(http::header::CACHE_CONTROL)
         .iter()
         .map(|v| v.as_bytes());
-    let directives = normalise::parse(lines);
+    let mut directives = normalise::parse(lines);
+    directives.retain(|directive| !normalise::is_field_limit(directive));
     let has = |name: &str| directives.iter().any(|(n, _)| n == name);
     (has("no-store") || has("private")) && !has("must-understand")
 }
@@ -269,8 +271,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 const NOT_STORED: &[&str] = &["content-length", "proxy-authentication-info"];
 
 /// The response headers worth storing: hop-by-hop ones (and those its
-/// `Connection` lists), this hop's authentication and the framing go
-/// (RFC 9111 §3.1).
+/// `Connection` lists), this hop's authentication, the framing, and the
+/// fields its `no-cache="..."` or `private="..."` name go (RFC 9111 §3.1).
 pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
     let hop = HopByHop::from_connection(
         headers
@@ -286,7 +288,20 @@ pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
         }
         stored.append(name.clone(), value.clone());
     }
+    remove_unshared(&mut stored);
     stored
+}
+
+/// Takes out of `headers` the fields its `no-cache="..."` or
+/// `private="..."` name (RFC 9111 §5.2.2.4, §5.2.2.7): a field one client
+/// was sent, such as its `Set-Cookie`, that the rest may not have. True
+/// when there were any.
+pub fn remove_unshared(headers: &mut HeaderMap) -> bool {
+    let fields = normalise::unshared_fields(headers);
+    for field in &fields {
+        headers.remove(field.as_str());
+    }
+    !fields.is_empty()
 }
 
 #[cfg(test)]
@@ -320,11 +335,37 @@ mod tests {
     }
 
     #[test]
+    fn fields_a_qualified_no_cache_or_private_names_are_not_stored() {
+        let response = headers(&[
+            (
+                "cache-control",
+                "max-age=60, no-cache=\"Set-Cookie, X-A\", private=x-b",
+            ),
+            ("set-cookie", "session=alice"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-c", "3"),
+        ]);
+        let stored = stored_headers(&response);
+        let names: Vec<&str> = stored.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["cache-control", "x-c"]);
+        // Unqualified, or with an empty list, they name no field.
+        for value in ["no-cache", "private", "no-cache=\"\", private=\",\""] {
+            let response = headers(&[("cache-control", value), ("set-cookie", "a=b")]);
+            assert!(
+                stored_headers(&response).contains_key("set-cookie"),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
     fn no_store_and_private_are_known_without_the_policy() {
         for (value, forbids) in [
             ("no-store", true),
             ("max-age=60, Private", true),
-            ("private=\"set-cookie\"", true),
+            ("private=\"set-cookie\"", false),
+            ("private=\"\"", true),
             ("no-store, must-understand", false),
             ("max-age=60", false),
             ("no-cache", false),

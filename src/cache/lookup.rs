@@ -14,6 +14,7 @@ use crate::cache::collapse::Role;
 use crate::cache::fill::{Fill, FillHead, Release};
 use crate::cache::filler::Filler;
 use crate::cache::key::CacheKey;
+use crate::cache::normalise::unshared_fields;
 use crate::cache::object::{Body, ObjectHead, StoredObject};
 use crate::cache::policy::{Decision, directive};
 use crate::cache::reader::BodyReader;
@@ -505,7 +506,7 @@ impl Cache {
         // A PURGE or a newer response may have come while the origin was
         // asked: the refreshed entry then answers this request only.
         if let Some(tier) = tier {
-            tier.replace_exact(object, Arc::clone(&refreshed));
+            tier.replace_exact(object, kept_for_others(&refreshed));
         }
         Some(refreshed)
     }
@@ -531,6 +532,30 @@ fn hit(object: Arc<StoredObject>, stale: bool, revalidate: bool) -> Lookup {
         stale,
         revalidate,
     })
+}
+
+/// What of a refreshed entry is kept for other clients: all of it but the
+/// fields its `no-cache="..."` or `private="..."` name, which the 304 sent
+/// to this client only (its `Set-Cookie`, say).
+fn kept_for_others(refreshed: &Arc<StoredObject>) -> Arc<StoredObject> {
+    let head = &refreshed.head;
+    let unshared = unshared_fields(&head.headers);
+    if unshared.is_empty() {
+        return Arc::clone(refreshed);
+    }
+    let mut headers = head.headers.clone();
+    for field in &unshared {
+        headers.remove(field.as_str());
+    }
+    let kept = ObjectHead::new(
+        head.key.clone(),
+        head.variant.clone(),
+        head.status,
+        headers,
+        head.policy.clone(),
+        head.body_len,
+    );
+    Arc::new(StoredObject::new(Arc::new(kept), refreshed.body.share()))
 }
 
 /// Whether `head` selects the stored variant `object` (RFC 9111 §4.1).

@@ -24,6 +24,10 @@
 //!   (RFC 9110 §5.6.7), case aside, rewritten as IMF-fixdate; an invalid or
 //!   repeated `Expires` is "already expired" (RFC 9111 §5.3), the others are
 //!   dropped.
+//!   The qualified forms `no-cache="field"` and `private="field"` limit
+//!   the fields they name, not the response (RFC 9111 §5.2.2.4,
+//!   §5.2.2.7): those fields are not stored ([`unshared_fields`]), and the
+//!   directives are left out of the view.
 //! - `Set-Cookie` is left out: RFC 9111 lets a shared cache store it. So
 //!   is every header the crate does not read (only `Pragma`, `ETag`,
 //!   `Vary` and `Warning` are given as they are).
@@ -100,6 +104,7 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
     }
     let lines = |name| headers.get_all(name).iter().map(HeaderValue::as_bytes);
     let mut directives = parse(lines(&CACHE_CONTROL));
+    directives.retain(|directive| !is_field_limit(directive));
     let has = |ds: &[Directive], n: &str| ds.iter().any(|(name, _)| name == n);
     if has(&directives, "must-understand") {
         directives.retain(|(name, _)| name != "no-store");
@@ -140,6 +145,42 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
         status
     };
     (status, view)
+}
+
+/// Whether `directive` is `no-cache` or `private` naming fields: it then
+/// keeps those fields from being stored and limits nothing else (RFC 9111
+/// §5.2.2.4, §5.2.2.7). One with an empty or broken list is taken
+/// unqualified, which limits the whole response.
+pub fn is_field_limit((name, value): &Directive) -> bool {
+    matches!(name.as_ref(), "no-cache" | "private")
+        && value
+            .as_deref()
+            .is_some_and(|list| field_names(list).next().is_some())
+}
+
+fn field_names(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && name.bytes().all(is_tchar))
+}
+
+/// The fields, lowercased, that a response's `no-cache="..."` and
+/// `private="..."` keep out of a shared cache (RFC 9111 §3.1): stored
+/// without them, the rest of the response is shared.
+pub fn unshared_fields(headers: &HeaderMap) -> Vec<String> {
+    let lines = headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    let mut fields = Vec::new();
+    for directive in parse(lines) {
+        if is_field_limit(&directive)
+            && let Some(list) = &directive.1
+        {
+            fields.extend(field_names(list).map(str::to_ascii_lowercase));
+        }
+    }
+    fields
 }
 
 /// `normal` as a header value: the header's own line when it is just that

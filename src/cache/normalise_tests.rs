@@ -31,10 +31,10 @@ fn cache_control_is_parsed_as_a_list_with_quoted_strings() {
         ("max-age=003600", Some("max-age=3600")),
         ("max-age=99999999999", Some("max-age=2147483648")),
         ("max-age", Some("max-age=0")),
-        (
-            "no-cache=\"set-cookie, x\", s-maxage=5",
-            Some("no-cache, s-maxage=5"),
-        ),
+        // Naming fields, they limit those fields only (`unshared_fields`).
+        ("no-cache=\"set-cookie, x\", s-maxage=5", Some("s-maxage=5")),
+        ("private=x, max-age=5", Some("max-age=5")),
+        ("no-cache=\"\", s-maxage=5", Some("no-cache, s-maxage=5")),
         ("unknown", None),
     ];
     for (value, want) in cases {

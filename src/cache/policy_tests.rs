@@ -137,6 +137,27 @@ fn no_cache_responses_are_stored_but_always_revalidated() {
 }
 
 #[test]
+fn no_cache_or_private_naming_fields_limit_only_those_fields() {
+    // RFC 9111 §5.2.2.4, §5.2.2.7: the fields are not stored; the rest is
+    // stored and reused as its lifetime says.
+    for cc in [
+        "max-age=60, no-cache=\"Set-Cookie\"",
+        "max-age=60, private=\"Set-Cookie, X-User\"",
+    ] {
+        let p = policy(&[("cache-control", cc)]);
+        assert!(p.is_storable(), "{cc}");
+        assert_eq!(p.decide(&plain(), at(59)), Decision::Fresh, "{cc}");
+    }
+    // With an empty list they limit the whole response.
+    assert!(!policy(&[("cache-control", "max-age=60, private=\"\"")]).is_storable());
+    let p = policy(&[
+        ("cache-control", "max-age=60, no-cache=\"\""),
+        ("etag", "\"a\""),
+    ]);
+    assert_eq!(p.decide(&plain(), t0()), REVALIDATE);
+}
+
+#[test]
 fn request_directives_can_ask_for_the_origin() {
     let p = policy(&[("cache-control", "max-age=100")]);
     let by_request = Decision::Revalidate {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Weak};
 use super::DiskStore;
 use super::format::{self, Broken, TRAILER_LEN};
 use crate::cache::CacheError;
+use crate::cache::admission::remove_unshared;
 use crate::cache::object::{Body, DiskBody, DiskFile, ObjectHead, StoredObject};
 use crate::cache::policy::Policy;
 use crate::cache::stats::bump;
@@ -77,18 +78,22 @@ impl DiskStore {
             return Err("file name does not match its key");
         }
         let uri = header.key.uri().map_err(|_| "bad url")?;
+        // Files written before fields named by `no-cache="..."` were kept
+        // out of the store have them still.
+        let mut response = header.response;
+        remove_unshared(&mut response);
         let policy = Policy::from_parts(
             &uri,
             header.request,
             header.status,
-            &header.response,
+            &response,
             header.response_time,
         );
         let head = ObjectHead::new(
             header.key,
             header.variant,
             header.status,
-            header.response,
+            response,
             policy,
             body_len,
         );

@@ -74,14 +74,15 @@ fn a_304_that_makes_an_entry_private_takes_it_out_of_the_shared_cache() {
 
 #[test]
 fn a_cookie_the_origin_marks_as_one_users_reaches_no_other() {
-    // RFC 9111 §7.3: an origin setting a session says so with `private` or
-    // `no-cache="Set-Cookie"`; either keeps Alice's cookie from Bob.
+    // RFC 9111 §7.3: an origin that sets a session says so. `private`
+    // keeps the response to its client; `no-cache="Set-Cookie"` and
+    // `private="Set-Cookie"` keep only the cookie (§5.2.2.4, §5.2.2.7).
     let origin = Origin::start(|request| {
         let user = request.header("cookie").unwrap_or("nobody").to_string();
-        let control = if request.target.starts_with("/private") {
-            "private, max-age=600"
-        } else {
-            "max-age=600, no-cache=\"Set-Cookie\""
+        let control = match request.target.as_str() {
+            "/private" => "private, max-age=600",
+            "/no-cache-cookie" => "max-age=600, no-cache=\"Set-Cookie\"",
+            _ => "max-age=600, private=\"Set-Cookie\"",
         };
         reply_with(
             "same page for all",
@@ -92,19 +93,53 @@ fn a_cookie_the_origin_marks_as_one_users_reaches_no_other() {
         )
     });
     let proxy = Proxy::start();
-    for path in ["/private", "/no-cache-cookie"] {
+    for (path, page_shared) in [
+        ("/private", false),
+        ("/no-cache-cookie", true),
+        ("/private-cookie", true),
+    ] {
         let url = origin.url(path);
         let alice = get(proxy.addr, &url, &["-H", "Cookie: alice"]);
-        assert_eq!(alice.header("set-cookie"), Some("session=alice"));
+        assert_eq!(alice.header("set-cookie"), Some("session=alice"), "{path}");
         let bob = get(proxy.addr, &url, &[]);
         assert_eq!(bob.text(), "same page for all", "{bob:?}");
-        assert_eq!(
-            bob.header("set-cookie"),
-            Some("session=nobody"),
-            "{path}: alice's session leaked: {bob:?}"
-        );
-        assert_eq!(requests_for(&origin, path).len(), 2, "{path}");
+        if page_shared {
+            assert!(cache_status(&bob).contains("; hit"), "{path}: {bob:?}");
+            assert_eq!(bob.header("set-cookie"), None, "{path}: leaked: {bob:?}");
+            assert_eq!(requests_for(&origin, path).len(), 1, "{path}");
+        } else {
+            assert_eq!(bob.header("set-cookie"), Some("session=nobody"));
+            assert_eq!(requests_for(&origin, path).len(), 2, "{path}");
+        }
     }
+}
+
+#[test]
+fn a_cookie_a_304_names_in_no_cache_reaches_only_its_client() {
+    // Rolling sessions: the origin sets the cookie again on the 304.
+    let origin = revalidating_origin(
+        "shared page",
+        &[("Cache-Control", "max-age=0")],
+        &[
+            ("Cache-Control", "max-age=600, no-cache=\"Set-Cookie\""),
+            ("Set-Cookie", "session=alice-token"),
+        ],
+    );
+    let proxy = Proxy::start();
+    let url = origin.url("/rolling");
+    get(proxy.addr, &url, &[]);
+    let alice = get(proxy.addr, &url, &["-H", "Cookie: alice"]);
+    assert!(cache_status(&alice).contains("fwd-status=304"), "{alice:?}");
+    assert_eq!(alice.header("set-cookie"), Some("session=alice-token"));
+    // The entry was refreshed for everyone, without Alice's session.
+    let bob = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&bob).contains("; hit"), "{bob:?}");
+    assert_eq!(bob.text(), "shared page");
+    assert_eq!(
+        bob.header("set-cookie"),
+        None,
+        "alice's session leaked: {bob:?}"
+    );
 }
 
 #[test]
