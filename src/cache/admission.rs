@@ -266,7 +266,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     value.to_str().ok()?.trim().parse().ok()
 }
 
-/// Headers about this hop's proxy authentication: never stored for others
+/// Headers never stored: the framing, and this hop's proxy authentication
 /// (RFC 9111 §3.1 names `Proxy-Authentication-Info` with the hop-by-hop set).
 const NOT_STORED: &[&str] = &["content-length", "proxy-authentication-info"];
 

@@ -11,6 +11,10 @@
 //!   whole, names lowercased), written back with only the directives the
 //!   policy acts on. `must-understand` (RFC 9111 §5.2.2.3) overrides
 //!   `no-store` for statuses the cache understands, and stops all others.
+//!   The qualified forms `no-cache="field"` and `private="field"` limit
+//!   the fields they name, not the response (RFC 9111 §5.2.2.4,
+//!   §5.2.2.7): those fields are not stored ([`unshared_fields`]), and the
+//!   directives are left out of the view.
 //!   `CDN-Cache-Control` (RFC 9213) is not read: it targets the caches an
 //!   origin runs or hires (a CDN acts for the origin, which can purge it
 //!   and may key it on cookies without saying so in `Vary`), and a forward
@@ -24,10 +28,6 @@
 //!   (RFC 9110 §5.6.7), case aside, rewritten as IMF-fixdate; an invalid or
 //!   repeated `Expires` is "already expired" (RFC 9111 §5.3), the others are
 //!   dropped.
-//!   The qualified forms `no-cache="field"` and `private="field"` limit
-//!   the fields they name, not the response (RFC 9111 §5.2.2.4,
-//!   §5.2.2.7): those fields are not stored ([`unshared_fields`]), and the
-//!   directives are left out of the view.
 //! - `Set-Cookie` is left out: RFC 9111 lets a shared cache store it. So
 //!   is every header the crate does not read (only `Pragma`, `ETag`,
 //!   `Vary` and `Warning` are given as they are).
