@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
+
+use super::format;
 
 use crate::cache::stats::read;
 use crate::cache::testing::{
@@ -212,6 +214,35 @@ fn a_damaged_header_is_dropped_at_load() {
     });
     assert!(is_miss(&cache, "http://h/x"));
     assert!(object_files(dir.path()).is_empty());
+}
+
+#[test]
+fn fields_an_older_file_kept_against_no_cache_are_dropped_at_load() {
+    // A file written before the fields that `no-cache="..."` names were
+    // kept out of the store: its header is rewritten here to hold one.
+    let (_dir, cache) = reopen_after(|file| {
+        let bytes = fs::read(file).expect("read");
+        let len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+        let mut header = format::decode(&bytes[12..12 + len]).expect("header");
+        header.response.insert(
+            "cache-control",
+            HeaderValue::from_static("max-age=600, no-cache=\"Set-Cookie\""),
+        );
+        header
+            .response
+            .insert("set-cookie", HeaderValue::from_static("session=alice"));
+        let encoded = format::encode(&header);
+        let mut out = format::MAGIC.to_vec();
+        out.extend_from_slice(&u32::try_from(encoded.len()).expect("short").to_le_bytes());
+        out.extend_from_slice(&encoded);
+        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&encoded).to_le_bytes());
+        out.extend_from_slice(&bytes[12 + len + 8..]);
+        fs::write(file, out).expect("write");
+    });
+    let hit = expect_hit(&cache, &get("http://h/x"));
+    assert!(hit.object.head.headers.contains_key("cache-control"));
+    assert_eq!(hit.object.head.headers.get("set-cookie"), None);
+    assert_eq!(hit_body(&cache, "http://h/x"), body(20_000));
 }
 
 #[test]
