@@ -483,13 +483,19 @@ fn a_503_is_retried_after_its_retry_after() {
         }
     });
     let proxy = Proxy::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ran = run_fetch(
-        proxy.addr,
-        dir.path(),
-        &[&origin.url("/flaky"), "--retries", "3"],
-        None,
-    );
+    // A fresh run against an origin that fails twice, then answers.
+    let fetch_with_retries = |retries: &str| {
+        calls.store(0, Ordering::SeqCst);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ran = run_fetch(
+            proxy.addr,
+            dir.path(),
+            &[&origin.url("/flaky"), "--retries", retries],
+            None,
+        );
+        (dir, ran)
+    };
+    let (dir, ran) = fetch_with_retries("3");
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     let line = &manifest(dir.path())[0];
@@ -500,27 +506,13 @@ fn a_503_is_retried_after_its_retry_after() {
     );
 
     // Without retries the 503 is the answer.
-    calls.store(0, Ordering::SeqCst);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ran = run_fetch(
-        proxy.addr,
-        dir.path(),
-        &[&origin.url("/flaky"), "--retries", "0"],
-        None,
-    );
+    let (dir, ran) = fetch_with_retries("0");
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert_eq!(manifest(dir.path())[0]["status"], 503);
     assert!(!ran.stderr.contains("attempts"), "{}", ran.stderr);
 
     // Retries that all fail say how many requests were made.
-    calls.store(0, Ordering::SeqCst);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ran = run_fetch(
-        proxy.addr,
-        dir.path(),
-        &[&origin.url("/flaky"), "--retries", "1"],
-        None,
-    );
+    let (_dir, ran) = fetch_with_retries("1");
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert!(
         ran.stderr

@@ -160,6 +160,16 @@ impl Drop for Terminal {
     }
 }
 
+/// `fetchproxy fetch` through `proxy` into `out_dir` on a terminal, with
+/// `more` arguments after those.
+fn fetch_on_terminal(proxy: &Proxy, out_dir: &std::path::Path, more: &[&str]) -> Terminal {
+    let proxy = proxy.addr.to_string();
+    let out_dir = out_dir.to_str().expect("utf-8");
+    let mut args = vec!["fetch", "--proxy", &proxy, "--out-dir", out_dir];
+    args.extend_from_slice(more);
+    Terminal::start(&args)
+}
+
 fn bar_rows(screen: &[String]) -> Vec<&String> {
     screen.iter().filter(|r| r.contains(" URLs ")).collect()
 }
@@ -182,15 +192,7 @@ fn the_bar_counts_the_file_first_and_only_failures_print_above_it() {
     urls.push(slow.url("/last"));
     let input = write_input(dir.path(), &urls);
     let out = dir.path().join("out");
-    let mut term = Terminal::start(&[
-        "fetch",
-        "--proxy",
-        &proxy.addr.to_string(),
-        "--out-dir",
-        out.to_str().expect("utf-8"),
-        "--input",
-        input.to_str().expect("utf-8"),
-    ]);
+    let mut term = fetch_on_terminal(&proxy, &out, &["--input", input.to_str().expect("utf-8")]);
     // Everything but the gated URL is done; the bar waits for it.
     term.wait_for_row("the bar at 6 of 7", |r| r.contains(" 6/7 URLs "));
     let screen = term.screen();
@@ -265,15 +267,7 @@ fn urls_from_a_pipe_are_all_fetched_on_a_terminal_too() {
         })
     };
     let out = dir.path().join("out");
-    let mut term = Terminal::start(&[
-        "fetch",
-        "--proxy",
-        &proxy.addr.to_string(),
-        "--out-dir",
-        out.to_str().expect("utf-8"),
-        "--input",
-        fifo.to_str().expect("utf-8"),
-    ]);
+    let mut term = fetch_on_terminal(&proxy, &out, &["--input", fifo.to_str().expect("utf-8")]);
     let (code, screen) = term.final_screen();
     writer.join().expect("writer");
     assert_eq!(code, Some(0), "{}", screen.join("\n"));
@@ -295,14 +289,7 @@ fn ctrl_c_clears_the_bar() {
     let long = slow.url(&format!("/{}", "a-long-path-segment/".repeat(6)));
     let proxy = Proxy::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut term = Terminal::start(&[
-        "fetch",
-        "--proxy",
-        &proxy.addr.to_string(),
-        "--out-dir",
-        dir.path().to_str().expect("utf-8"),
-        &long,
-    ]);
+    let mut term = fetch_on_terminal(&proxy, dir.path(), &[&long]);
     term.wait_for_row("the bar", |r| {
         r.contains(" 0/1 URLs ") && r.contains("1 in flight")
     });
@@ -331,13 +318,7 @@ fn in_prompt_mode_results_never_share_a_line_with_the_prompt() {
     let slow = gated_origin(&gate, b"typed");
     let proxy = Proxy::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut term = Terminal::start(&[
-        "fetch",
-        "--proxy",
-        &proxy.addr.to_string(),
-        "--out-dir",
-        dir.path().to_str().expect("utf-8"),
-    ]);
+    let mut term = fetch_on_terminal(&proxy, dir.path(), &[]);
     term.wait_for_row("the prompt", |r| r == "url>");
     term.type_text(&format!("{}\r", slow.url("/one")));
     // The next prompt is up before the answer arrives.
@@ -388,16 +369,11 @@ fn a_left_out_proxy_password_is_asked_for_without_echo() {
     let proxy = Proxy::with(|config| config.users = vec![user]);
     let origin = Origin::fixed("text/plain", b"members only");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut term = Terminal::start(&[
-        "fetch",
-        "--proxy",
-        &proxy.addr.to_string(),
-        "--proxy-user",
-        "alice",
-        "--out-dir",
-        dir.path().to_str().expect("utf-8"),
-        &origin.url("/"),
-    ]);
+    let mut term = fetch_on_terminal(
+        &proxy,
+        dir.path(),
+        &["--proxy-user", "alice", &origin.url("/")],
+    );
     term.wait_for_row("the password prompt", |r| {
         r == "Enter proxy password for user 'alice':"
     });
