@@ -45,6 +45,9 @@ pub enum NotStored {
     Busy,
     /// The body ended short of its `Content-Length`.
     Incomplete,
+    /// A PURGE or an unsafe method invalidated the URL while the response
+    /// was coming.
+    Invalidated,
     /// Stale on arrival, with no validator and nothing in it that allows
     /// serving it stale: only a client's `max-stale` or an unreachable
     /// origin could ever make use of it.
@@ -63,6 +66,7 @@ impl NotStored {
             NotStored::DiskError => "disk-error",
             NotStored::Busy => "busy",
             NotStored::Incomplete => "incomplete",
+            NotStored::Invalidated => "invalidated",
             NotStored::Useless => "no-freshness",
         }
     }

@@ -1,9 +1,11 @@
 //! Collapsed forwarding: the table of fills in progress by URL, so that
-//! concurrent misses make one upstream request, and the hit-for-miss marks
+//! concurrent misses make one upstream request, the hit-for-miss marks
 //! (`hit_for_miss`): URLs whose last response could not be shared are
 //! fetched by each request on its own for a while, never serialised
-//! behind a fill. Both are bounded: fills leave theirs when they end
-//! (their `Drop` guarantees it); the marks are a fixed table.
+//! behind a fill, and the invalidations that fills in progress heed
+//! (`invalidations`). All are bounded: fills leave theirs when they end
+//! (their `Drop` guarantees it); the marks and invalidations are fixed
+//! tables.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +15,7 @@ use quick_cache::DefaultHashBuilder;
 
 use crate::cache::fill::Fill;
 use crate::cache::hit_for_miss::HitForMiss;
+use crate::cache::invalidations::{Invalidations, Since};
 use crate::cache::key::CacheKey;
 
 /// Room for this many fills at once before the table grows: a table
@@ -38,6 +41,8 @@ pub struct Collapser {
     fills: Mutex<HashMap<CacheKey, Arc<Fill>, DefaultHashBuilder>>,
     /// URLs fetched alone for a while, by fingerprint.
     hit_for_miss: HitForMiss,
+    /// Invalidations, for fills that started before them.
+    invalidations: Invalidations,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,6 +58,7 @@ impl Collapser {
                 DefaultHashBuilder::default(),
             )),
             hit_for_miss: HitForMiss::new(hfm_ttl),
+            invalidations: Invalidations::new(),
         }
     }
 
@@ -83,6 +89,26 @@ impl Collapser {
         if fills.get(key).is_some_and(|f| Arc::ptr_eq(f, fill)) {
             fills.remove(key);
         }
+    }
+
+    /// Invalidates `key` (a PURGE, an unsafe method's success), before
+    /// what is stored for it is removed: a fill in progress for it leaves
+    /// the table, so the next miss fetches afresh instead of following it,
+    /// and no fill that started before now stores its response. Returns
+    /// whether a fill was in progress.
+    pub fn invalidate(&self, key: &CacheKey) -> bool {
+        self.invalidations.record(key.fingerprint());
+        lock(&self.fills).remove(key).is_some()
+    }
+
+    /// When a fill starting now started, for [`Collapser::invalidated_since`].
+    pub fn fill_starts(&self) -> Since {
+        self.invalidations.now()
+    }
+
+    /// Whether `key` may have been invalidated after `since`.
+    pub fn invalidated_since(&self, key: &CacheKey, since: Since) -> bool {
+        self.invalidations.since(key.fingerprint(), since)
     }
 
     /// Fills in progress.
@@ -150,6 +176,26 @@ mod tests {
         let Role::Lead(new) = table.join(&key("/a"), never) else {
             panic!("lead");
         };
+        table.leave(&key("/a"), &old);
+        assert!(matches!(table.join(&key("/a"), never), Role::Follow(f) if Arc::ptr_eq(&f, &new)));
+    }
+
+    #[test]
+    fn an_invalidated_fill_leaves_the_table_and_may_not_store() {
+        let table = Collapser::new(Duration::from_secs(60));
+        let started = table.fill_starts();
+        let Role::Lead(old) = table.join(&key("/a"), never) else {
+            panic!("lead");
+        };
+        assert!(table.invalidate(&key("/a")));
+        assert!(!table.invalidate(&key("/b")), "no fill for /b");
+        assert!(table.invalidated_since(&key("/a"), started));
+        // The next miss leads a fill of its own, which may store.
+        let Role::Lead(new) = table.join(&key("/a"), never) else {
+            panic!("the next miss must lead");
+        };
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert!(!table.invalidated_since(&key("/a"), table.fill_starts()));
         table.leave(&key("/a"), &old);
         assert!(matches!(table.join(&key("/a"), never), Role::Follow(f) if Arc::ptr_eq(&f, &new)));
     }

@@ -18,6 +18,7 @@ use crate::cache::Shared;
 use crate::cache::admission::{self, NotStored, Plan};
 use crate::cache::disk::{DiskWriter, RoomPromise};
 use crate::cache::fill::{Fill, FillFailure, FillHead, FillReader, Release};
+use crate::cache::invalidations::Since;
 use crate::cache::key::CacheKey;
 use crate::cache::object::{Body, ObjectHead, StoredObject};
 use crate::cache::stats::{add, bump};
@@ -67,6 +68,9 @@ pub struct Filler {
     reserved_whole: bool,
     /// Room on disk for the whole body, promised up front (`own_reader`).
     room: Option<RoomPromise>,
+    /// When the fill started: an invalidation of its URL after it means
+    /// the response may predate it, and is not stored.
+    started: Since,
     store: Store,
 }
 
@@ -88,7 +92,9 @@ impl Filler {
         fill: Arc<Fill>,
         registered: bool,
     ) -> Filler {
+        let started = shared.collapser.fill_starts();
         Filler {
+            started,
             shared,
             key,
             stored_as: None,
@@ -418,6 +424,13 @@ impl Filler {
             self.fill.fail(FillFailure::Upstream);
             return Err(NotStored::Incomplete);
         }
+        if self.invalidated() {
+            // The followers have the whole body; the disk file goes with
+            // its writer.
+            self.fill.complete();
+            self.leave();
+            return Err(NotStored::Invalidated);
+        }
         // From here the stored object counts against its tier's budget.
         self.unreserve();
         let (key, variant, headers) =
@@ -449,6 +462,13 @@ impl Filler {
         self.drop_older_copies(&object_head, in_memory.is_some(), on_disk.is_some());
         self.fill.complete();
         self.leave();
+        if self.invalidated() {
+            // Invalidated while storing: the removal may have come first.
+            for object in in_memory.iter().chain(&on_disk) {
+                self.remove_stored(object);
+            }
+            return Err(NotStored::Invalidated);
+        }
         self.shared.collapser.clear_hit_for_miss(&self.key);
         let stored = in_memory.or(on_disk).ok_or(NotStored::DiskError)?;
         bump(&self.shared.stats.stored);
@@ -483,6 +503,25 @@ impl Filler {
                 bump(&self.shared.stats.disk_write_errors);
                 None
             }
+        }
+    }
+
+    /// Whether the URL was invalidated since the fill started.
+    fn invalidated(&self) -> bool {
+        self.shared
+            .collapser
+            .invalidated_since(&self.key, self.started)
+    }
+
+    /// Takes this fill's own stored `object` out of its tier.
+    fn remove_stored(&self, object: &StoredObject) {
+        let tier = match &object.body {
+            Body::Memory(_) => self.shared.memory.as_ref(),
+            Body::Disk(_) => self.shared.disk.as_ref().map(|d| &d.tier),
+        };
+        if let Some(tier) = tier {
+            // Not a newer fill's response, stored meanwhile.
+            tier.remove_exact(object);
         }
     }
 

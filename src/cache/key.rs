@@ -129,7 +129,7 @@ impl CacheKey {
 
     /// A 64-bit hash of the URL, taken when the key was made: a stand-in
     /// for the key where a rare collision does no harm (hit-for-miss
-    /// marks).
+    /// marks, invalidations).
     pub fn fingerprint(&self) -> u64 {
         self.hash
     }

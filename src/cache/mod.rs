@@ -102,6 +102,7 @@ pub mod disk;
 pub mod fill;
 pub mod filler;
 mod hit_for_miss;
+mod invalidations;
 pub mod key;
 mod language;
 mod lookup;
@@ -357,8 +358,12 @@ impl Cache {
         Ok(found)
     }
 
-    /// Removes every variant of `key` from both tiers, and its stored parts.
+    /// Removes every variant of `key` from both tiers, and its stored
+    /// parts; a fill in progress for it will not store. Returns whether
+    /// anything was stored or being filled.
     pub(crate) fn remove(&self, key: &CacheKey) -> bool {
+        let collapser = &self.shared.collapser;
+        let filling = collapser.invalidate(key) | collapser.invalidate(&key.partial());
         let parts = self
             .shared
             .memory
@@ -378,6 +383,6 @@ impl Cache {
             .disk
             .as_ref()
             .and_then(|d| d.tier.remove(key.as_str()));
-        in_memory || on_disk.is_some() || parts
+        in_memory || on_disk.is_some() || parts || filling
     }
 }

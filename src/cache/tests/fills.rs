@@ -73,6 +73,71 @@ fn concurrent_misses_collapse_into_one_fill() {
 }
 
 #[test]
+fn a_purge_during_a_fill_keeps_its_response_out_of_the_cache() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/purged-while-filling";
+    let mut filler = lead(&cache, &get(url));
+    let Lookup::Miss(Miss {
+        role: MissRole::Follow(follower),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("follower expected");
+    };
+    filler
+        .response_head(
+            &get(url),
+            StatusCode::OK,
+            &headers(&[MAX_AGE, ("content-length", "10")]),
+            SystemTime::now(),
+        )
+        .expect("storable");
+    filler.body(b"old01");
+    assert_eq!(cache.purge(url), Ok(true), "a fill was in progress");
+    // A request after the purge fetches afresh: it does not follow the
+    // fill that began before it.
+    let Lookup::Miss(Miss {
+        role: MissRole::Fill(next),
+        ..
+    }) = cache.lookup(&get(url), SystemTime::now())
+    else {
+        panic!("the next miss must fill on its own");
+    };
+    filler.body(b"old23");
+    assert_eq!(filler.finish().err(), Some(NotStored::Invalidated));
+    // The follower from before the purge still gets its whole answer.
+    let Following::Stream { mut reader, .. } = follower.follow(&get(url)) else {
+        panic!("stream expected");
+    };
+    assert_eq!(read_body(&mut reader).expect("body"), b"old01old23");
+    assert_eq!(miss_kind(&cache, &get(url)), Fwd::UriMiss);
+    // The fill that began after the purge stores.
+    let mut next = next;
+    ok_head(&mut next, &get(url), &[MAX_AGE, ("content-length", "3")]).expect("storable");
+    next.body(b"new");
+    next.finish().expect("stored");
+    assert!(matches!(
+        cache.lookup(&get(url), SystemTime::now()),
+        Lookup::Hit(_)
+    ));
+}
+
+#[test]
+fn an_invalidation_during_a_lone_fill_keeps_its_response_out_too() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/posted-while-filling";
+    let key = crate::cache::key::CacheKey::from_target(url).expect("url");
+    let mut filler = cache.fill_alone(key);
+    ok_head(&mut filler, &get(url), &[MAX_AGE, ("content-length", "3")]).expect("storable");
+    filler.body(b"old");
+    let post = request("POST", url, &[]);
+    // Nothing was stored yet, and a lone fill is in no table.
+    assert!(!cache.invalidate(&post, 204, &http::HeaderMap::new()));
+    assert_eq!(filler.finish().err(), Some(NotStored::Invalidated));
+    assert_eq!(miss_kind(&cache, &get(url)), Fwd::UriMiss);
+}
+
+#[test]
 fn a_fill_that_fails_cuts_followers_short_and_stores_nothing() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let url = "http://h/fail";

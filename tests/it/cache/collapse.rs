@@ -1,7 +1,8 @@
 //! Concurrent misses: one origin request for many clients, followers
 //! reading the body as it arrives, a fill that fails cutting every reader
-//! short, and responses that cannot be shared never making requests wait
-//! on each other (hit-for-miss).
+//! short, a PURGE during a fill keeping its response out, and responses
+//! that cannot be shared never making requests wait on each other
+//! (hit-for-miss).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -177,6 +178,47 @@ fn followers_receive_bytes_before_the_fill_completes() {
     assert_eq!(follower_rest, rest);
     assert_eq!(leader_rest, rest);
     assert_eq!(origin.requests().len(), 1);
+}
+
+#[test]
+fn a_purge_during_a_fill_keeps_the_response_from_before_it_out_of_the_cache() {
+    let gate = Gate::new();
+    let (first, rest) = (vec![b'o'; 16 * 1024], vec![b'O'; 16 * 1024]);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let (gate, first, rest, answered) =
+            (gate.clone(), first.clone(), rest.clone(), answered.clone());
+        move |_| {
+            if answered.fetch_add(1, Ordering::SeqCst) > 0 {
+                return reply_with("new", &[("Cache-Control", "max-age=3600")]);
+            }
+            Reply::Paused {
+                status: 200,
+                headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+                first: first.clone(),
+                gate: gate.clone(),
+                rest: rest.clone(),
+                reset: false,
+            }
+        }
+    });
+    // Loopback clients may PURGE by default.
+    let proxy = roomy_proxy();
+    let url = origin.url("/republished");
+    let mut leader = send_get(proxy.addr, &url);
+    let (_, part) = read_some(&mut leader, first.len());
+    assert_eq!(part, first);
+    let purged = get(proxy.addr, &url, &["-X", "PURGE"]);
+    assert_eq!(purged.status, 200, "a fill was under way: {purged:?}");
+    gate.open();
+    assert_eq!(read_rest(&mut leader), rest, "the leader's answer is whole");
+    let after = get(proxy.addr, &url, &[]);
+    assert_eq!(after.text(), "new", "{}", cache_status(&after));
+    assert!(cache_status(&after).contains("fwd=uri-miss"), "{after:?}");
+    let hit = get(proxy.addr, &url, &[]);
+    assert_eq!(hit.text(), "new");
+    assert!(cache_status(&hit).contains("hit"), "{hit:?}");
+    assert_eq!(origin.requests().len(), 2);
 }
 
 #[test]
