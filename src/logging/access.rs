@@ -30,6 +30,27 @@ pub struct AccessRecord<'a> {
     pub cache: Option<&'static str>,
     /// For a CONNECT tunnel: bytes the other way, and why it ended.
     pub tunnel: Option<TunnelLog>,
+    /// The client closed its connection before the whole answer was sent.
+    pub client_left: bool,
+}
+
+/// The `error` word of a fetchproxy line whose client left mid-answer.
+pub const CLIENT_ABORTED: &str = "client_aborted";
+
+impl AccessRecord<'_> {
+    /// The `error` word of the fetchproxy format: the error, or that the
+    /// client left before the whole answer.
+    fn error_word(&self) -> &'static str {
+        self.error
+            .or(self.client_left.then_some(CLIENT_ABORTED))
+            .unwrap_or("-")
+    }
+
+    /// Whether the answer began but did not reach the client whole: the
+    /// client left, or the upstream failed mid-body (Squid's `_ABORTED`).
+    fn aborted(&self) -> bool {
+        self.client_left || (self.error.is_some() && (100..400).contains(&self.status))
+    }
 }
 
 /// What a CONNECT tunnel's line adds: `bytes` counts what went to the
@@ -233,7 +254,7 @@ fn push_fetchproxy_line(out: &mut String, record: &AccessRecord<'_>) {
     out.push_str("ms id=");
     out.push_str(&EscapedOrDash(record.request_id.as_bytes()).text());
     out.push_str(" error=");
-    out.push_str(record.error.unwrap_or("-"));
+    out.push_str(record.error_word());
     out.push_str(" cache=");
     out.push_str(record.cache.unwrap_or("-"));
     if let Some(tunnel) = record.tunnel {
@@ -276,12 +297,13 @@ fn squid_line(
     let outcome = details.outcome.unwrap_or_else(|| Outcome::of(record));
     write!(
         f,
-        "{}.{:03} {:>6} {} {}/{:03} {} {} {} {} {}/{} {}",
+        "{}.{:03} {:>6} {} {}{}/{:03} {} {} {} {} {}/{} {}",
         since_epoch.as_secs(),
         since_epoch.subsec_millis(),
         record.duration.as_millis(),
         record.client.ip(),
         outcome.squid_code(),
+        if record.aborted() { "_ABORTED" } else { "" },
         record.status,
         record.bytes,
         SquidField(Some(record.method)),
@@ -399,6 +421,7 @@ mod tests {
             error: None,
             cache: None,
             tunnel: None,
+            client_left: false,
         }
     }
 
@@ -463,7 +486,7 @@ mod tests {
             record.bytes,
             record.duration.as_millis(),
             EscapedOrDash(record.request_id.as_bytes()),
-            record.error.unwrap_or("-"),
+            record.error_word(),
             record.cache.unwrap_or("-"),
         );
         if let Some(tunnel) = record.tunnel {
@@ -504,6 +527,7 @@ mod tests {
                         bytes_up: 7,
                         end: "done",
                     }),
+                    client_left: i == 0,
                 };
                 let mut line = String::new();
                 push_fetchproxy_line(&mut line, &record);
@@ -597,6 +621,54 @@ mod tests {
             let fields: Vec<&str> = text.split_whitespace().collect();
             assert_eq!((fields[3], fields[8]), (code, hierarchy), "{text}");
         }
+    }
+
+    #[test]
+    fn an_answer_cut_short_says_so() {
+        let left = AccessRecord {
+            bytes: 100,
+            client_left: true,
+            ..record()
+        };
+        let fetchproxy = line(
+            AccessLogFormat::Fetchproxy,
+            &left,
+            &AccessDetails::default(),
+        );
+        assert!(
+            fetchproxy.ends_with(" error=client_aborted cache=-"),
+            "{fetchproxy}"
+        );
+        let hit = AccessDetails {
+            outcome: Some(Outcome::Hit),
+            ..AccessDetails::default()
+        };
+        let squid = line(AccessLogFormat::Squid, &left, &hit);
+        assert!(squid.contains(" TCP_HIT_ABORTED/200 100 "), "{squid}");
+        // The origin failing mid-body: Squid marks it the same way.
+        let upstream = AccessRecord {
+            error: Some("http_protocol_error"),
+            ..record()
+        };
+        let squid = line(AccessLogFormat::Squid, &upstream, &AccessDetails::default());
+        assert!(squid.contains(" TCP_MISS_ABORTED/200 "), "{squid}");
+        let fetchproxy = line(
+            AccessLogFormat::Fetchproxy,
+            &upstream,
+            &AccessDetails::default(),
+        );
+        assert!(
+            fetchproxy.contains(" error=http_protocol_error "),
+            "{fetchproxy}"
+        );
+        // An error answer of the proxy's own is whole.
+        let refused = AccessRecord {
+            status: 502,
+            error: Some("connection_refused"),
+            ..record()
+        };
+        let squid = line(AccessLogFormat::Squid, &refused, &AccessDetails::default());
+        assert!(squid.contains(" TCP_MISS/502 "), "{squid}");
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub fn answer(
         reusable: sent && persistence.is_kept(),
         cache: None,
         own: true,
+        client_left: false,
         shown: None,
     }
 }

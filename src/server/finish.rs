@@ -38,6 +38,8 @@ pub struct Served {
     /// Answered by the proxy itself (its own endpoints, `PURGE`), with no
     /// upstream to go to.
     pub own: bool,
+    /// The client closed its connection before the whole answer was sent.
+    pub client_left: bool,
     /// What an access log that shows more (Squid's) needs; left out
     /// otherwise.
     pub shown: Option<Box<Shown>>,
@@ -74,6 +76,7 @@ impl Served {
             reusable: false,
             cache: None,
             own: false,
+            client_left: false,
             shown: None,
         }
     }
@@ -183,6 +186,7 @@ pub fn answer_error(
         reusable: sent && persistence.is_kept(),
         cache: None,
         own: false,
+        client_left: false,
         shown: None,
     }
 }
@@ -221,6 +225,7 @@ pub fn record(
             bytes_up,
             end: end.as_str(),
         }),
+        client_left: served.client_left,
     };
     let text = |name| {
         request

@@ -119,6 +119,7 @@ pub fn relay_response<R: Read>(
         reusable: persistence.is_kept(),
         cache: None,
         own: false,
+        client_left: false,
         shown: Shown::of(&parts.headers, transport::attempt().origin.map(|o| o.ip())),
     };
     match copied {
@@ -131,12 +132,14 @@ pub fn relay_response<R: Read>(
             }
             served.bytes = sent;
             served.reusable = false;
+            served.client_left = failure.is_none();
             served.error =
                 failure.map(|err| upstream::map_io_error(err, "upstream").proxy_status());
         }
     }
     if flushed.is_err() {
         served.reusable = false;
+        served.client_left = served.error.is_none();
     }
     Ok(served)
 }

@@ -312,6 +312,7 @@ fn open_tunnel(
         reusable: false,
         cache: None,
         own: false,
+        client_left: false,
         shown: None,
     };
     finish::record(

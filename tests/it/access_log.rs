@@ -2,10 +2,12 @@
 //! or Apache's combined format, reopened on SIGHUP and SIGUSR1 so that
 //! logrotate can rename it. Through the real binary, signals sent by PID.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::{Origin, ProxyProcess, curl, run_binary_within, wait_until};
+use crate::support::{Origin, ProxyProcess, Reply, curl, run_binary_within, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -165,6 +167,75 @@ fn squid_format_marks_the_proxys_own_answers_as_not_forwarded() {
         assert_eq!(fields[5], method, "{logged:?}");
         assert_eq!(fields[8], "HIER_NONE/-", "{logged:?}");
     }
+    assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+/// Asks the proxy for `url`, reads the head and some of the body, and
+/// closes with the rest unread.
+fn leave_mid_answer(proxy: &ProxyProcess, url: &str) {
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect to proxy");
+    stream.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    let request = format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send request");
+    let mut got = 0;
+    let mut buf = [0u8; 16 * 1024];
+    while got < 64 * 1024 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("the answer ended after {got} bytes"),
+            Ok(n) => got += n,
+        }
+    }
+}
+
+#[test]
+fn a_client_that_leaves_mid_answer_is_logged_as_aborted() {
+    const LEN: u64 = 32 << 20;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::start(|_| Reply::HugeCacheable {
+        len: LEN,
+        chunked: false,
+    });
+    let path = dir.path().join("access.log");
+    let mut proxy = ProxyProcess::start(&[
+        "--allow-dest",
+        "127.0.0.1",
+        "--access-log",
+        path.to_str().expect("UTF-8 temp path"),
+        "--access-log-format",
+        "squid",
+        "--cache-max-object",
+        "64MiB",
+    ]);
+    let url = origin.url("/big");
+    // Far more than the sockets between them hold: the proxy is still
+    // writing when the client goes.
+    leave_mid_answer(&proxy, &url);
+    get_ok(&proxy, &url);
+    leave_mid_answer(&proxy, &url);
+    let logged = wait_for_lines(&path, 3, &proxy);
+    // In the order the requests ended: the first may end after the second
+    // when its fill went on for it.
+    let ends: Vec<(&str, u64)> = logged
+        .iter()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[3], fields[4].parse().expect("bytes"))
+        })
+        .collect();
+    let bytes_of = |code: &str| {
+        let found: Vec<u64> = ends.iter().filter(|e| e.0 == code).map(|e| e.1).collect();
+        assert_eq!(found.len(), 1, "one {code}: {logged:?}");
+        found[0]
+    };
+    assert!(bytes_of("TCP_MISS_ABORTED/200") < LEN, "{logged:?}");
+    assert!(bytes_of("TCP_HIT_ABORTED/200") < LEN, "{logged:?}");
+    // Whole: fetched, or read from the first request's fill, which goes
+    // on for it once that client has left.
+    let whole = ends
+        .iter()
+        .find(|e| ["TCP_MISS/200", "TCP_CF_HIT/200"].contains(&e.0))
+        .unwrap_or_else(|| panic!("{logged:?}"));
+    assert_eq!(whole.1, LEN, "{logged:?}");
     assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
 }
 

@@ -74,11 +74,12 @@ pub fn from_store(
     };
     Served {
         status,
-        bytes: sent.unwrap_or_else(|short| short),
+        bytes: sent.unwrap_or_else(|cut| cut.sent),
         error: None,
         reusable: sent.is_ok() && persistence.is_kept(),
         cache: Some(outcome),
         own: false,
+        client_left: sent.is_err_and(|cut| cut.by_client),
         shown: Shown::of(&object.head.headers, None),
     }
 }
@@ -129,6 +130,7 @@ pub fn follow(
         reusable: false,
         cache: Some(outcome),
         own: false,
+        client_left: false,
         shown: Shown::of(&fill.headers, None),
     };
     let mut head = [
@@ -137,6 +139,7 @@ pub fn follow(
         IoSlice::new(&tail),
     ];
     if write_all_vectored(ex.conn, &mut head).is_err() {
+        served.client_left = true;
         return Ok(served);
     }
     if bodiless {
@@ -161,7 +164,7 @@ pub fn follow(
                 ex.conn.end_with_reset();
             }
         }
-        Err(None) => {}
+        Err(None) => served.client_left = true,
     }
     Ok(served)
 }
@@ -262,6 +265,7 @@ fn text_answer(
         reusable: sent && persistence.is_kept(),
         cache: None,
         own: true,
+        client_left: false,
         shown: None,
     }
 }
@@ -288,17 +292,40 @@ fn own_headers(
     out
 }
 
+/// An answer from the store cut short: the body bytes sent, and whether
+/// the client went away (else the stored body could not be read).
+#[derive(Clone, Copy)]
+struct Cut {
+    sent: u64,
+    by_client: bool,
+}
+
+impl Cut {
+    fn by_client(sent: u64) -> Cut {
+        Cut {
+            sent,
+            by_client: true,
+        }
+    }
+
+    fn unreadable(sent: u64) -> Cut {
+        Cut {
+            sent,
+            by_client: false,
+        }
+    }
+}
+
 /// Writes `head` (its parts in order) and bytes `start..start + len` of
-/// `object`'s body. Returns the body bytes sent: `Err` with those sent
-/// before the write failed or the body could not be read, when the
-/// answer is incomplete (the connection must then close).
+/// `object`'s body. Returns the body bytes sent, or how the answer was
+/// cut short (the connection must then close).
 fn write_object(
     conn: &mut ClientConn,
     head: &[&[u8]],
     object: &Arc<StoredObject>,
     start: u64,
     len: u64,
-) -> Result<u64, u64> {
+) -> Result<u64, Cut> {
     let head_len: usize = head.iter().map(|part| part.len()).sum();
     match &object.body {
         Body::Memory(chunks) => {
@@ -309,7 +336,7 @@ fn write_object(
             let written = write_all_vectored(conn, &mut all);
             match written {
                 Ok(()) => Ok(len),
-                Err(n) => Err((n.saturating_sub(head_len) as u64).min(len)),
+                Err(n) => Err(Cut::by_client((n.saturating_sub(head_len) as u64).min(len))),
             }
         }
         Body::Disk(disk) => {
@@ -334,10 +361,10 @@ fn write_from_disk(
     disk: &DiskBody,
     start: u64,
     len: u64,
-) -> Result<u64, u64> {
+) -> Result<u64, Cut> {
     let mut parts: Vec<IoSlice<'_>> = head.iter().map(|part| IoSlice::new(part)).collect();
     if write_all_vectored(conn, &mut parts).is_err() {
-        return Err(0);
+        return Err(Cut::by_client(0));
     }
     if len == 0 {
         return Ok(0);
@@ -348,16 +375,16 @@ fn write_from_disk(
     let Ok(file) = File::open(&disk.file.path) else {
         log::warn!("cache: cannot read {}", disk.file.path.display());
         suspect();
-        return Err(0);
+        return Err(Cut::unreadable(0));
     };
     match conn.send_file(&file, disk.offset + start, len) {
         (sent, Ok(())) if sent == len => Ok(len),
         (sent, Ok(())) => {
             log::warn!("cache: {} is cut short", disk.file.path.display());
             suspect();
-            Err(sent)
+            Err(Cut::unreadable(sent))
         }
-        (sent, Err(_)) => Err(sent),
+        (sent, Err(_)) => Err(Cut::by_client(sent)),
     }
 }
 

@@ -213,6 +213,7 @@ impl Tunnel {
             reusable: false,
             cache: None,
             own: false,
+            client_left: false,
             shown: None,
         };
         finish::record(
