@@ -100,6 +100,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub upstream_timeout: Option<Duration>,
+    /// PEM file of the certificate authorities https origins must be signed
+    /// by, in place of the bundled public ones (a private CA: add the public
+    /// ones to the file to keep them).
+    #[arg(long, value_name = "FILE", value_parser = text::parse_path)]
+    pub upstream_ca_file: Option<PathBuf>,
     /// How long an idle keep-alive client connection is kept open.
     #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
@@ -478,9 +483,9 @@ mod tests {
             assert!(help.contains(shown), "{shown} missing from:\n{help}");
         }
         let defaults = help.matches("[default: ").count();
-        // Every flag but --config, --max-body-bytes, --access-log and
-        // --cache-dir (unset by default).
-        assert_eq!(defaults, config::keys().len() - 1 - 3, "{help}");
+        // Every flag but --config, --max-body-bytes, --upstream-ca-file,
+        // --access-log and --cache-dir (unset by default).
+        assert_eq!(defaults, config::keys().len() - 1 - 4, "{help}");
     }
 
     #[test]

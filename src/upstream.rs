@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use ureq::config::AutoHeaderValue;
 use ureq::http::Uri;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{Connector, NextTimeout, RustlsConnector};
 
@@ -34,14 +35,65 @@ const OUTPUT_HEAD_SLACK_BYTES: usize = 4 * 1024;
 /// How many resolved addresses ureq accepts from a resolver.
 const MAX_RESOLVED: usize = 16;
 
+/// A CA file (`upstream_ca_file`) that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream_ca_file {path}: {problem}")]
+pub struct CaFileError {
+    path: String,
+    problem: String,
+}
+
+/// The TLS settings of https origins: the bundled public roots, or the
+/// authorities of `upstream_ca_file` in their place.
+///
+/// # Errors
+/// When the file cannot be read, or holds no certificate.
+pub fn tls_config(config: &ServeConfig) -> Result<TlsConfig, CaFileError> {
+    let Some(path) = &config.upstream_ca_file else {
+        return Ok(TlsConfig::default());
+    };
+    let failed = |problem: String| CaFileError {
+        path: path.display().to_string(),
+        problem,
+    };
+    let pem = std::fs::read(path).map_err(|err| failed(format!("cannot read it: {err}")))?;
+    let roots = authorities(&pem).map_err(failed)?;
+    log::info!(
+        "https origins: checked against the {} certificate(s) of {}",
+        roots.len(),
+        path.display()
+    );
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .build())
+}
+
+/// The certificates of a PEM file; anything else in it (a key) is skipped.
+fn authorities(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(err) => return Err(format!("not a PEM file of certificates ({err})")),
+        }
+    }
+    if certs.is_empty() {
+        return Err("no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs)
+}
+
 /// Builds the agent a group of `workers` workers shares.
 fn agent(
     config: &ServeConfig,
+    tls: &TlsConfig,
     workers: usize,
     rules: SharedRules,
     metrics: Arc<Metrics>,
 ) -> ureq::Agent {
     let agent_config = ureq::Agent::config_builder()
+        .tls_config(tls.clone())
         // A proxy passes redirects and error statuses back; it follows nothing.
         .max_redirects(0)
         .max_redirects_will_error(false)
@@ -104,14 +156,20 @@ thread_local! {
 }
 
 impl Agents {
-    /// One agent per group of workers.
-    pub fn new(config: &ServeConfig, rules: &SharedRules, metrics: &Arc<Metrics>) -> Agents {
+    /// One agent per group of workers, checking https origins as `tls`
+    /// says (see [`tls_config`]).
+    pub fn new(
+        config: &ServeConfig,
+        tls: &TlsConfig,
+        rules: &SharedRules,
+        metrics: &Arc<Metrics>,
+    ) -> Agents {
         let workers = config.workers.get();
         let groups = workers.div_ceil(WORKERS_PER_POOL);
         let per_group = workers.min(WORKERS_PER_POOL);
         Agents(
             (0..groups)
-                .map(|_| agent(config, per_group, rules.clone(), metrics.clone()))
+                .map(|_| agent(config, tls, per_group, rules.clone(), metrics.clone()))
                 .collect(),
         )
     }
@@ -374,8 +432,9 @@ fn tls_failure(err: &rustls::Error) -> String {
         return err.to_string();
     };
     let untrusted = "it is not signed by an authority the proxy trusts (self-signed, or from a \
-                     private CA); a client can reach such an origin through a CONNECT tunnel \
-                     (https_proxy), and check the certificate itself";
+                     private CA); name that CA in upstream_ca_file (with the public ones, if \
+                     they are still wanted), or reach the origin through a CONNECT tunnel \
+                     (https_proxy), where the client checks the certificate itself";
     let why = match problem {
         C::UnknownIssuer => untrusted.to_string(),
         C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
@@ -399,6 +458,18 @@ fn timeout_phase(timeout: ureq::Timeout) -> TimeoutPhase {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_file_gives_its_certificates_and_nothing_else() {
+        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let two = format!("{cert}{key}{cert}");
+        assert_eq!(authorities(two.as_bytes()).map(|c| c.len()), Ok(2));
+        for nothing in ["", "just text", key] {
+            let err = authorities(nothing.as_bytes()).expect_err(nothing);
+            assert!(err.contains("no certificate"), "{err}");
+        }
+    }
 
     #[test]
     fn host_and_port_agree_with_the_http_crate() {

@@ -143,6 +143,11 @@ pub struct ServeConfig {
     /// Time for the response head, and longest silence in a body. Default: 60s.
     #[serde(with = "value::timeout")]
     pub upstream_timeout: Duration,
+    /// PEM file of the certificate authorities https origins are checked
+    /// against, in place of the bundled public ones. Default: none (the
+    /// bundled Mozilla roots).
+    #[serde(deserialize_with = "value::path")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// Keep-alive wait for the next request. Default: 15s.
     #[serde(with = "value::timeout")]
     pub idle_timeout: Duration,
@@ -254,6 +259,7 @@ impl Default for ServeConfig {
             grace: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(60),
+            upstream_ca_file: None,
             idle_timeout: Duration::from_secs(15),
             header_timeout: Duration::from_secs(10),
             tunnel_idle_timeout: Duration::from_secs(5 * 60),

@@ -69,6 +69,7 @@ fn example_file_documents_exactly_the_defaults() {
         let unset_by_default = [
             "max_body_bytes",
             "via_name",
+            "upstream_ca_file",
             "access_log",
             "cache_dir",
             "users",

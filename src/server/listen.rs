@@ -26,6 +26,8 @@ pub enum StartError {
     FileLimit { limit: u64, max_connections: usize },
     #[error("cannot start the cache: {0}")]
     Cache(#[from] crate::cache::CacheError),
+    #[error("{0}")]
+    CaFile(#[from] crate::upstream::CaFileError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -173,6 +173,7 @@ impl Running {
 /// # Errors
 /// `StartError` when a listener or thread cannot be set up.
 pub fn start(config: ServeConfig) -> Result<Running, StartError> {
+    let tls = crate::upstream::tls_config(&config)?;
     listen::raise_file_limit(config.max_connections)?;
     let listeners = listen::bind(&config)?;
     let addrs = listeners
@@ -189,7 +190,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let (relay, relay_thread) =
         tunnel::spawn_relay(config.clone(), shutdown.clone(), metrics.clone())?;
-    let agents = crate::upstream::Agents::new(&config, &rules, &metrics);
+    let agents = crate::upstream::Agents::new(&config, &tls, &rules, &metrics);
     let cache = cached::open(&config)?;
     let refresher = cached::Refresher::spawn(&cache, agents.current(), &config)?;
     let ids = Arc::new(RequestIds::new());

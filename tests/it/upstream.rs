@@ -1,6 +1,7 @@
 //! The upstream side end to end: a pooled connection the origin closes just
-//! as it is reused is retried on a fresh one when that is safe, and bad
-//! ports are refused before anything is dialled.
+//! as it is reused is retried on a fresh one when that is safe, bad ports
+//! are refused before anything is dialled, and an https origin of a
+//! private CA is reached once `upstream_ca_file` names that CA.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -9,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::support::raw::{assert_raw_error, exchange_until_close, split_raw};
-use crate::support::{Proxy, metric, scrape_metrics};
+use crate::support::raw::{assert_raw_error, exchange, exchange_until_close, split_raw};
+use crate::support::tls::{BODY, TlsOrigin};
+use crate::support::{Proxy, ProxyProcess, metric, run_binary_within, scrape_metrics};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -282,4 +284,73 @@ fn issue_11_many_clients_of_a_far_origin_all_succeed_at_the_defaults() {
         metric(&page, "fetchproxy_requests_total{code=\"503\"}"),
         None
     );
+}
+
+/// A `GET https://...` in absolute form, as `fetchproxy fetch` and HTTP
+/// libraries send it: the proxy makes the TLS connection itself.
+fn get_https(proxy: SocketAddr, url: &str) -> crate::support::raw::RawResponse {
+    let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    exchange(proxy, request.as_bytes(), LIMIT)
+}
+
+#[test]
+fn an_origin_of_a_private_ca_is_refused_until_upstream_ca_file_names_it() {
+    let origin = TlsOrigin::start();
+    let url = origin.url("/artifact");
+    let mut bundled = ProxyProcess::start(&["--allow-dest", "127.0.0.1"]);
+    let refused = get_https(bundled.addr, &url);
+    assert_eq!(refused.status, 502, "{}", refused.head);
+    let text = refused.text();
+    assert!(
+        text.contains("not signed by an authority the proxy trusts"),
+        "{text}"
+    );
+    assert!(text.contains("upstream_ca_file"), "{text}");
+    assert_eq!(bundled.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+
+    let ca = origin.ca_file.to_str().expect("UTF-8 path");
+    let mut trusting =
+        ProxyProcess::start(&["--allow-dest", "127.0.0.1", "--upstream-ca-file", ca]);
+    let fetched = get_https(trusting.addr, &url);
+    assert_eq!(fetched.status, 200, "{}", fetched.head);
+    assert_eq!(fetched.text(), BODY);
+    assert!(
+        trusting
+            .log()
+            .iter()
+            .any(|l| l.contains("checked against the 1 certificate(s)")),
+        "{:?}",
+        trusting.log()
+    );
+    assert_eq!(trusting.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn an_upstream_ca_file_that_cannot_be_used_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "just text\n").expect("write");
+    let missing = dir.path().join("missing.pem");
+    for (path, problem) in [
+        (&not_pem, "no certificate in it"),
+        (&missing, "cannot read it"),
+    ] {
+        let path = path.to_str().expect("UTF-8 path");
+        let out = run_binary_within(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream-ca-file",
+                path,
+            ],
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("upstream_ca_file {path}: {problem}")),
+            "{stderr}"
+        );
+    }
 }

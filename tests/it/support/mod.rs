@@ -12,6 +12,7 @@ pub mod origin;
 pub mod proxy;
 pub mod raw;
 pub mod servers;
+pub mod tls;
 
 pub use client::{
     CurlReply, curl, metric, raw, read_response, read_until_close, scrape_metrics, wait_until,
