@@ -3,7 +3,7 @@
 //! the choice of that name among the batch's and the disk's (`-2`, `-3`);
 //! removal of temporary files left by interrupted or killed runs. No network.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -193,10 +193,17 @@ impl Drop for Finished {
 }
 
 /// The names in use: files the manifest records (with the URL they belong
-/// to) and names given in this batch. Compared case-insensitively, so a
-/// batch is also safe on case-insensitive file systems.
+/// to), names given in this batch, and other files found in the way.
+/// Compared case-insensitively, so a batch is also safe on
+/// case-insensitive file systems.
 pub struct Names {
     owners: HashMap<String, String>,
+    /// URLs the manifest gives a file: one of them may own any suffix.
+    recorded: HashSet<String>,
+    /// Per base name (lowercase), the first suffix not known to be held:
+    /// ten thousand files named alike (one `Content-Disposition` name for
+    /// every download) each try one name, not all the ones before it.
+    first_unowned: HashMap<String, u32>,
 }
 
 impl Names {
@@ -205,8 +212,13 @@ impl Names {
         let mut owners: HashMap<String, String> = recorded
             .map(|(file, url)| (file.to_ascii_lowercase(), url.to_string()))
             .collect();
+        let recorded = owners.values().cloned().collect();
         owners.insert(MANIFEST_NAME.to_string(), String::new());
-        Names { owners }
+        Names {
+            owners,
+            recorded,
+            first_unowned: HashMap::new(),
+        }
     }
 
     /// The name for `url`: `base`, else `base-2`, `base-3`, ... The first one
@@ -219,24 +231,54 @@ impl Names {
         overwrite: bool,
         exists: impl Fn(&str) -> bool,
     ) -> String {
-        for n in 1u32.. {
-            let candidate = if n == 1 {
-                base.to_string()
-            } else {
-                naming::with_suffix(base, n)
-            };
+        let base_key = base.to_ascii_lowercase();
+        // Suffixes below the first unowned one are all held (by URLs, or by
+        // files on disk); only a URL the manifest records can hold one of
+        // them itself.
+        let first = if self.recorded.contains(url) {
+            1
+        } else {
+            self.first_unowned.get(&base_key).copied().unwrap_or(1)
+        };
+        for n in first.. {
+            let candidate = candidate(base, n);
             let key = candidate.to_ascii_lowercase();
             let owner = self.owners.get(&key);
             if owner.is_some_and(|o| o != url) {
                 continue;
             }
             if exists(&candidate) && !(overwrite && owner.is_some()) {
+                if owner.is_none() {
+                    // Another program's file: held, as the manifest is.
+                    self.owners.insert(key, String::new());
+                }
                 continue;
             }
             self.owners.insert(key, url.to_string());
+            self.pass_held(base, base_key);
             return candidate;
         }
         unreachable!("u32 suffixes run out only after 4 billion files with one name")
+    }
+
+    /// Moves the first unowned suffix of `base` past the names now held.
+    fn pass_held(&mut self, base: &str, base_key: String) {
+        let first = self.first_unowned.entry(base_key).or_insert(1);
+        while self
+            .owners
+            .contains_key(&candidate(base, *first).to_ascii_lowercase())
+        {
+            *first += 1;
+        }
+    }
+}
+
+/// The `n`th name tried for `base`: `base`, then `base-2`, `base-3`, ...
+fn candidate(base: &str, n: u32) -> String {
+    if n == 1 {
+        base.to_string()
+    } else {
+        naming::with_suffix(base, n)
     }
 }
 
@@ -398,6 +440,21 @@ mod tests {
             names.choose("manifest.jsonl", "u4", false, none),
             "manifest-2.jsonl"
         );
+    }
+
+    #[test]
+    fn many_files_of_one_name_are_numbered_in_order() {
+        let mut names = Names::new([("f.zip", "old"), ("f-3.zip", "older")].into_iter());
+        let on_disk = |n: &str| n == "f-5.zip";
+        let chosen: Vec<String> = (0..20_000)
+            .map(|i| names.choose("f.zip", &format!("u{i}"), false, on_disk))
+            .collect();
+        assert_eq!(chosen[..3], ["f-2.zip", "f-4.zip", "f-6.zip"]);
+        assert_eq!(chosen[19_999], "f-20003.zip");
+        // The file on disk that no URL owns stays passed over, and a URL the
+        // manifest records still finds its own name below the others.
+        assert_eq!(names.choose("F.zip", "new", false, on_disk), "F-20004.zip");
+        assert_eq!(names.choose("f.zip", "older", true, |_| true), "f-3.zip");
     }
 
     #[test]
