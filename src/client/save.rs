@@ -3,7 +3,7 @@
 //! the choice of that name among the batch's and the disk's (`-2`, `-3`);
 //! removal of temporary files left by interrupted or killed runs. No network.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -198,8 +198,9 @@ impl Drop for Finished {
 /// case-insensitive file systems.
 pub struct Names {
     owners: HashMap<String, String>,
-    /// URLs the manifest gives a file: one of them may own any suffix.
-    recorded: HashSet<String>,
+    /// The files the manifest gives each URL (lowercase): a suffix below
+    /// the first unowned one may be the URL's own.
+    recorded: HashMap<String, Vec<String>>,
     /// Per base name (lowercase), the first suffix not known to be held:
     /// ten thousand files named alike (one `Content-Disposition` name for
     /// every download) each try one name, not all the ones before it.
@@ -212,7 +213,10 @@ impl Names {
         let mut owners: HashMap<String, String> = recorded
             .map(|(file, url)| (file.to_ascii_lowercase(), url.to_string()))
             .collect();
-        let recorded = owners.values().cloned().collect();
+        let mut recorded: HashMap<String, Vec<String>> = HashMap::new();
+        for (file, url) in &owners {
+            recorded.entry(url.clone()).or_default().push(file.clone());
+        }
         owners.insert(MANIFEST_NAME.to_string(), String::new());
         Names {
             owners,
@@ -233,13 +237,12 @@ impl Names {
     ) -> String {
         let base_key = base.to_ascii_lowercase();
         // Suffixes below the first unowned one are all held (by URLs, or by
-        // files on disk); only a URL the manifest records can hold one of
-        // them itself.
-        let first = if self.recorded.contains(url) {
-            1
-        } else {
-            self.first_unowned.get(&base_key).copied().unwrap_or(1)
-        };
+        // files on disk): of those, only the URL's own can be its answer.
+        let unowned = self.first_unowned.get(&base_key).copied().unwrap_or(1);
+        let own = self.recorded.get(url).into_iter().flatten();
+        let first = own
+            .filter_map(|file| suffix_of(base, file))
+            .fold(unowned, u32::min);
         for n in first.. {
             let candidate = candidate(base, n);
             let key = candidate.to_ascii_lowercase();
@@ -280,6 +283,16 @@ fn candidate(base: &str, n: u32) -> String {
     } else {
         naming::with_suffix(base, n)
     }
+}
+
+/// Which of `base`'s names `file` (lowercase) is, if it is one.
+fn suffix_of(base: &str, file: &str) -> Option<u32> {
+    if file == base.to_ascii_lowercase() {
+        return Some(1);
+    }
+    let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
+    let n: u32 = stem.rsplit_once('-')?.1.parse().ok()?;
+    (n >= 2 && candidate(base, n).to_ascii_lowercase() == file).then_some(n)
 }
 
 /// Removes the temporary files that runs killed outright (`kill -9`, a
@@ -455,6 +468,28 @@ mod tests {
         // manifest records still finds its own name below the others.
         assert_eq!(names.choose("F.zip", "new", false, on_disk), "F-20004.zip");
         assert_eq!(names.choose("f.zip", "older", true, |_| true), "f-3.zip");
+    }
+
+    #[test]
+    fn a_rerun_finds_each_urls_own_name() {
+        let recorded: Vec<(String, String)> = (1..=20_000)
+            .map(|n| (candidate("F.zip", n), format!("u{n}")))
+            .collect();
+        let mut names = Names::new(recorded.iter().map(|(f, u)| (f.as_str(), u.as_str())));
+        for n in 1..=20_000 {
+            let url = format!("u{n}");
+            assert_eq!(
+                names.choose("f.zip", &url, true, |_| true),
+                candidate("f.zip", n)
+            );
+        }
+        // Without --overwrite a URL's own file is kept, and it gets a new name.
+        let on_disk = |n: &str| suffix_of("f.zip", n).is_some_and(|n| n <= 20_000);
+        assert_eq!(names.choose("f.zip", "u7", false, on_disk), "f-20001.zip");
+        assert_eq!(suffix_of("a.tar.gz", "a.tar-12.gz"), Some(12));
+        assert_eq!(suffix_of("a.tar.gz", "a-12.tar.gz"), None);
+        assert_eq!(suffix_of("readme", "readme-3"), Some(3));
+        assert_eq!(suffix_of("readme", "other-3"), None);
     }
 
     #[test]
