@@ -109,17 +109,20 @@ impl Sources<'_> {
         if name.is_empty() || name.contains(char::is_whitespace) {
             return None;
         }
-        let line = self.line(at);
-        let first = self
-            .file
-            .lines()
-            .take(line - 1)
+        let before: Vec<&str> = self.file.lines().take(self.line(at) - 1).collect();
+        // In the same table: from its header, or from the top.
+        let table = before
+            .iter()
+            .rposition(|text| text.trim_start().starts_with('['))
+            .map_or(0, |i| i + 1);
+        let first = before[table..]
+            .iter()
             .position(|text| {
                 text.trim_start()
                     .strip_prefix(name)
                     .is_some_and(|rest| rest.trim_start().starts_with('='))
             })
-            .map(|i| format!(", first on line {}", i + 1))
+            .map(|i| format!(", first on line {}", table + i + 1))
             .unwrap_or_default();
         Some(format!("{name} is set twice{first}; keep one"))
     }

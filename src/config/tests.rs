@@ -207,6 +207,15 @@ fn a_key_set_twice_is_named_with_the_line_that_set_it_first() {
         message("workers = 8\nqueue = 100\nworkers = 9\n"),
         "fetchproxy.toml:3: workers is set twice, first on line 1; keep one"
     );
+    // The first of a [[users]] block's own, not of the block above it.
+    let users = format!(
+        "[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n\n\
+         [[users]]\npassword_hash = \"{HASH}\"\nname = \"b\"\nname = \"c\"\n"
+    );
+    assert_eq!(
+        message(&users),
+        "fetchproxy.toml:8: name is set twice, first on line 7; keep one"
+    );
 }
 
 #[test]

@@ -42,7 +42,7 @@ struct AccessLog {
 static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
 
 /// Sets up simplelog on stderr at `level`, buffered: lines at `warn` and
-/// above are written at once, the rest within [`FLUSH_INTERVAL`] (a thread
+/// above are written at once, the rest within `FLUSH_INTERVAL` (a thread
 /// named `log-flush` sees to that), so a busy proxy writes its access log in
 /// a few large writes instead of one per request. Call [`flush`] before the
 /// process exits. Calling `init` twice is harmless.
