@@ -217,7 +217,12 @@ fn serve_one(
         return None;
     }
     finish::record(&ctx.metrics, &request, &served, None);
-    if served.reusable && !ctx.shutdown.is_draining() {
+    if served.reusable {
+        // The answer said keep-alive: if draining began since, the
+        // acceptor gives the connection one more request (answered with
+        // `Connection: close`) or closes it at its deadline, as it does
+        // every idle one. Closing it here could meet the client's next
+        // request on the way.
         return Some(conn);
     }
     if conn.ends_with_reset() {
