@@ -109,6 +109,9 @@ impl Refreshing {
     }
 
     fn refresh(&self, job: &Refresh, buf: &mut [u8]) {
+        // Made before the request goes out: a PURGE meanwhile keeps the
+        // new answer out of the cache (a 304 only updates what is there).
+        let mut filler = self.cache.fill_alone(job.object.head.key.clone());
         let validators = job.object.head.policy.validators(SystemTime::now());
         let response = forward::fetch_detached(
             &job.head,
@@ -135,8 +138,6 @@ impl Refreshing {
             self.cache.refresh(&job.object, &job.head, &parts, now);
             return;
         }
-        let key = job.object.head.key.clone();
-        let mut filler = self.cache.fill_alone(key);
         if filler
             .response_head(&job.head, parts.status, &parts.headers, now)
             .is_err()
