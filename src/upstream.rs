@@ -69,6 +69,8 @@ pub fn tls_config(config: &ServeConfig) -> Result<TlsConfig, CaFileError> {
 }
 
 /// The certificates of a PEM file; anything else in it (a key) is skipped.
+/// Each must read as an authority: ureq would drop one that does not
+/// without a word, and every origin it signs would then be refused.
 fn authorities(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(pem) {
@@ -80,6 +82,16 @@ fn authorities(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
     }
     if certs.is_empty() {
         return Err("no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)".into());
+    }
+    let ders = certs
+        .iter()
+        .map(|cert| rustls::pki_types::CertificateDer::from(cert.der()));
+    let (_, unreadable) = rustls::RootCertStore::empty().add_parsable_certificates(ders);
+    if unreadable > 0 {
+        return Err(format!(
+            "{unreadable} of its {} certificates cannot be read as an authority",
+            certs.len()
+        ));
     }
     Ok(certs)
 }
@@ -432,9 +444,10 @@ fn tls_failure(err: &rustls::Error) -> String {
         return err.to_string();
     };
     let untrusted = "it is not signed by an authority the proxy trusts (self-signed, or from a \
-                     private CA); name that CA in upstream_ca_file (with the public ones, if \
-                     they are still wanted), or reach the origin through a CONNECT tunnel \
-                     (https_proxy), where the client checks the certificate itself";
+                     private CA); name that CA in upstream_ca_file (which replaces the public \
+                     authorities: put those in the same file to keep them), or reach the \
+                     origin through a CONNECT tunnel (https_proxy), where the client checks \
+                     the certificate itself";
     let why = match problem {
         C::UnknownIssuer => untrusted.to_string(),
         C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
@@ -459,16 +472,35 @@ fn timeout_phase(timeout: ureq::Timeout) -> TimeoutPhase {
 mod tests {
     use super::*;
 
+    /// A CA certificate (EC P-256, valid until 2126), made with openssl.
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBqjCCAVGgAwIBAgIUSg4KZhwxFxTg15hDpXNBeP5fOcIwCgYIKoZIzj0EAwIw
+IjEgMB4GA1UEAwwXZmV0Y2hwcm94eSB1bml0IHRlc3QgQ0EwIBcNMjYxMjA2MDMz
+MzU1WhgPMjEyNjExMTIwMzMzNTVaMCIxIDAeBgNVBAMMF2ZldGNocHJveHkgdW5p
+dCB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEcHZHaMhB2hVy71RL
+7Wg85rzCZYDE3tMOIq/5hXzwNiJ1yUalEQIoTqHSoL5sfDBvpwOLBmNpKAc9Tc5n
+YuwqA6NjMGEwHQYDVR0OBBYEFD3Jfyp968TebCc62fVkCJQ2viKxMB8GA1UdIwQY
+MBaAFD3Jfyp968TebCc62fVkCJQ2viKxMA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0P
+AQH/BAQDAgIEMAoGCCqGSM49BAMCA0cAMEQCIEiXdoDBxw3puNEwh0AzD366Yz1f
+nGGLp51Yyb3TtxNiAiAKTmHdoKVJI6DKPrpS1xaDdfevOc405DGRo1ZldDK0Ag==
+-----END CERTIFICATE-----
+";
+
     #[test]
     fn a_ca_file_gives_its_certificates_and_nothing_else() {
-        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
-        let two = format!("{cert}{key}{cert}");
+        let two = format!("{CA_PEM}{key}{CA_PEM}");
         assert_eq!(authorities(two.as_bytes()).map(|c| c.len()), Ok(2));
         for nothing in ["", "just text", key] {
             let err = authorities(nothing.as_bytes()).expect_err(nothing);
             assert!(err.contains("no certificate"), "{err}");
         }
+        let garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let err = authorities(format!("{CA_PEM}{garbled}").as_bytes()).expect_err("garbled");
+        assert_eq!(
+            err,
+            "1 of its 2 certificates cannot be read as an authority"
+        );
     }
 
     #[test]
