@@ -30,8 +30,18 @@ pub struct AccessRecord<'a> {
     pub cache: Option<&'static str>,
     /// For a CONNECT tunnel: bytes the other way, and why it ended.
     pub tunnel: Option<TunnelLog>,
-    /// The client closed its connection before the whole answer was sent.
-    pub client_left: bool,
+    /// How the answer was cut short after it began, if it was.
+    pub cut: Option<Cut>,
+}
+
+/// Why an answer that began did not reach the client whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The client closed its connection.
+    ClientLeft,
+    /// The body could not be had (the origin, a fill, the stored copy);
+    /// the error says which.
+    Failed,
 }
 
 /// The `error` word of a fetchproxy line whose client left mid-answer.
@@ -42,14 +52,8 @@ impl AccessRecord<'_> {
     /// client left before the whole answer.
     fn error_word(&self) -> &'static str {
         self.error
-            .or(self.client_left.then_some(CLIENT_ABORTED))
+            .or((self.cut == Some(Cut::ClientLeft)).then_some(CLIENT_ABORTED))
             .unwrap_or("-")
-    }
-
-    /// Whether the answer began but did not reach the client whole: the
-    /// client left, or the upstream failed mid-body (Squid's `_ABORTED`).
-    fn aborted(&self) -> bool {
-        self.client_left || (self.error.is_some() && (100..400).contains(&self.status))
     }
 }
 
@@ -303,7 +307,7 @@ fn squid_line(
         record.duration.as_millis(),
         record.client.ip(),
         outcome.squid_code(),
-        if record.aborted() { "_ABORTED" } else { "" },
+        if record.cut.is_some() { "_ABORTED" } else { "" },
         record.status,
         record.bytes,
         SquidField(Some(record.method)),
@@ -421,7 +425,7 @@ mod tests {
             error: None,
             cache: None,
             tunnel: None,
-            client_left: false,
+            cut: None,
         }
     }
 
@@ -527,7 +531,7 @@ mod tests {
                         bytes_up: 7,
                         end: "done",
                     }),
-                    client_left: i == 0,
+                    cut: (i == 0).then_some(Cut::ClientLeft),
                 };
                 let mut line = String::new();
                 push_fetchproxy_line(&mut line, &record);
@@ -627,7 +631,7 @@ mod tests {
     fn an_answer_cut_short_says_so() {
         let left = AccessRecord {
             bytes: 100,
-            client_left: true,
+            cut: Some(Cut::ClientLeft),
             ..record()
         };
         let fetchproxy = line(
@@ -645,22 +649,30 @@ mod tests {
         };
         let squid = line(AccessLogFormat::Squid, &left, &hit);
         assert!(squid.contains(" TCP_HIT_ABORTED/200 100 "), "{squid}");
-        // The origin failing mid-body: Squid marks it the same way.
-        let upstream = AccessRecord {
-            error: Some("http_protocol_error"),
-            ..record()
-        };
-        let squid = line(AccessLogFormat::Squid, &upstream, &AccessDetails::default());
-        assert!(squid.contains(" TCP_MISS_ABORTED/200 "), "{squid}");
-        let fetchproxy = line(
-            AccessLogFormat::Fetchproxy,
-            &upstream,
-            &AccessDetails::default(),
-        );
-        assert!(
-            fetchproxy.contains(" error=http_protocol_error "),
-            "{fetchproxy}"
-        );
+        // The origin failing mid-body, whatever the status it had sent:
+        // Squid marks it the same way.
+        for status in [200, 404, 502] {
+            let upstream = AccessRecord {
+                status,
+                error: Some("http_protocol_error"),
+                cut: Some(Cut::Failed),
+                ..record()
+            };
+            let squid = line(AccessLogFormat::Squid, &upstream, &AccessDetails::default());
+            assert!(
+                squid.contains(&format!(" TCP_MISS_ABORTED/{status} ")),
+                "{squid}"
+            );
+            let fetchproxy = line(
+                AccessLogFormat::Fetchproxy,
+                &upstream,
+                &AccessDetails::default(),
+            );
+            assert!(
+                fetchproxy.contains(" error=http_protocol_error "),
+                "{fetchproxy}"
+            );
+        }
         // An error answer of the proxy's own is whole.
         let refused = AccessRecord {
             status: 502,

@@ -18,7 +18,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use simplelog::{ConfigBuilder, WriteLogger};
 
 use access::AccessLine;
-pub use access::{AccessDetails, AccessLogFormat, AccessRecord, Outcome, TunnelLog};
+pub use access::{AccessDetails, AccessLogFormat, AccessRecord, Cut, Outcome, TunnelLog};
 pub use escape::escape;
 use file::AccessFile;
 

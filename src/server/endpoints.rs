@@ -68,7 +68,7 @@ pub fn answer(
         reusable: sent && persistence.is_kept(),
         cache: None,
         own: true,
-        client_left: false,
+        cut: None,
         shown: None,
     }
 }

@@ -17,6 +17,7 @@ use crate::cache::{self, Fwd};
 use crate::error::ProxyError;
 use crate::http::request::{RequestHead, Version};
 use crate::http::response::{self, Persistence};
+pub use crate::logging::Cut;
 use crate::logging::{self, AccessDetails, AccessRecord, Outcome, TunnelLog};
 use crate::metrics::{Finished, Metrics};
 use crate::pump::TunnelEnd;
@@ -38,8 +39,8 @@ pub struct Served {
     /// Answered by the proxy itself (its own endpoints, `PURGE`), with no
     /// upstream to go to.
     pub own: bool,
-    /// The client closed its connection before the whole answer was sent.
-    pub client_left: bool,
+    /// How the answer was cut short after it began, if it was.
+    pub cut: Option<Cut>,
     /// What an access log that shows more (Squid's) needs; left out
     /// otherwise.
     pub shown: Option<Box<Shown>>,
@@ -76,7 +77,7 @@ impl Served {
             reusable: false,
             cache: None,
             own: false,
-            client_left: false,
+            cut: None,
             shown: None,
         }
     }
@@ -186,7 +187,7 @@ pub fn answer_error(
         reusable: sent && persistence.is_kept(),
         cache: None,
         own: false,
-        client_left: false,
+        cut: None,
         shown: None,
     }
 }
@@ -225,7 +226,7 @@ pub fn record(
             bytes_up,
             end: end.as_str(),
         }),
-        client_left: served.client_left,
+        cut: served.cut,
     };
     let text = |name| {
         request

@@ -108,7 +108,7 @@ impl InFlight {
                 error: Some(CUT_AT_SHUTDOWN),
                 cache: None,
                 tunnel: None,
-                client_left: false,
+                cut: None,
             };
             logging::access_with(&record, &AccessDetails::default());
             slot.open = false;

@@ -17,7 +17,7 @@ use crate::http::headers::HopByHop;
 use crate::http::request::{RequestHead, Version};
 use crate::http::response::{self, Head, Persistence};
 use crate::server::conn::ClientConn;
-use crate::server::finish::{self, Served, Shown};
+use crate::server::finish::{self, Cut, Served, Shown};
 use crate::transport;
 use crate::transport::lent::LentBuffer;
 use crate::upstream;
@@ -119,7 +119,7 @@ pub fn relay_response<R: Read>(
         reusable: persistence.is_kept(),
         cache: None,
         own: false,
-        client_left: false,
+        cut: None,
         shown: Shown::of(&parts.headers, transport::attempt().origin.map(|o| o.ip())),
     };
     match copied {
@@ -132,14 +132,18 @@ pub fn relay_response<R: Read>(
             }
             served.bytes = sent;
             served.reusable = false;
-            served.client_left = failure.is_none();
+            served.cut = Some(if failure.is_none() {
+                Cut::ClientLeft
+            } else {
+                Cut::Failed
+            });
             served.error =
                 failure.map(|err| upstream::map_io_error(err, "upstream").proxy_status());
         }
     }
     if flushed.is_err() {
         served.reusable = false;
-        served.client_left = served.error.is_none();
+        served.cut = served.cut.or(Some(Cut::ClientLeft));
     }
     Ok(served)
 }

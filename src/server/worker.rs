@@ -317,7 +317,7 @@ fn open_tunnel(
         reusable: false,
         cache: None,
         own: false,
-        client_left: false,
+        cut: None,
         shown: None,
     };
     finish::record(

@@ -24,7 +24,7 @@ use crate::http::response::{self, Head, Persistence};
 use crate::server::cached::{Exchange, upstream};
 use crate::server::conn::ClientConn;
 use crate::server::context::Context;
-use crate::server::finish::{self, Served, Shown};
+use crate::server::finish::{self, Cut, Served, Shown};
 use crate::server::request_body;
 
 /// A hit: the request's body (if any) is read and dropped first, then the
@@ -75,11 +75,20 @@ pub fn from_store(
     Served {
         status,
         bytes: sent.unwrap_or_else(|cut| cut.sent),
-        error: None,
+        // The stored copy could not be read to its end.
+        error: sent
+            .is_err_and(|cut| !cut.by_client)
+            .then_some("proxy_internal_error"),
         reusable: sent.is_ok() && persistence.is_kept(),
         cache: Some(outcome),
         own: false,
-        client_left: sent.is_err_and(|cut| cut.by_client),
+        cut: sent.err().map(|cut| {
+            if cut.by_client {
+                Cut::ClientLeft
+            } else {
+                Cut::Failed
+            }
+        }),
         shown: Shown::of(&object.head.headers, None),
     }
 }
@@ -130,7 +139,7 @@ pub fn follow(
         reusable: false,
         cache: Some(outcome),
         own: false,
-        client_left: false,
+        cut: None,
         shown: Shown::of(&fill.headers, None),
     };
     let mut head = [
@@ -139,7 +148,7 @@ pub fn follow(
         IoSlice::new(&tail),
     ];
     if write_all_vectored(ex.conn, &mut head).is_err() {
-        served.client_left = true;
+        served.cut = Some(Cut::ClientLeft);
         return Ok(served);
     }
     if bodiless {
@@ -160,11 +169,12 @@ pub fn follow(
             // it runs to the close, only a reset says so.
             log::debug!("{} {}: fill failed: {failure}", ex.conn.peer, ex.request_id);
             served.error = Some("http_protocol_error");
+            served.cut = Some(Cut::Failed);
             if until_close {
                 ex.conn.end_with_reset();
             }
         }
-        Err(None) => served.client_left = true,
+        Err(None) => served.cut = Some(Cut::ClientLeft),
     }
     Ok(served)
 }
@@ -265,7 +275,7 @@ fn text_answer(
         reusable: sent && persistence.is_kept(),
         cache: None,
         own: true,
-        client_left: false,
+        cut: None,
         shown: None,
     }
 }
@@ -295,21 +305,21 @@ fn own_headers(
 /// An answer from the store cut short: the body bytes sent, and whether
 /// the client went away (else the stored body could not be read).
 #[derive(Clone, Copy)]
-struct Cut {
+struct Shortfall {
     sent: u64,
     by_client: bool,
 }
 
-impl Cut {
-    fn by_client(sent: u64) -> Cut {
-        Cut {
+impl Shortfall {
+    fn by_client(sent: u64) -> Shortfall {
+        Shortfall {
             sent,
             by_client: true,
         }
     }
 
-    fn unreadable(sent: u64) -> Cut {
-        Cut {
+    fn unreadable(sent: u64) -> Shortfall {
+        Shortfall {
             sent,
             by_client: false,
         }
@@ -325,7 +335,7 @@ fn write_object(
     object: &Arc<StoredObject>,
     start: u64,
     len: u64,
-) -> Result<u64, Cut> {
+) -> Result<u64, Shortfall> {
     let head_len: usize = head.iter().map(|part| part.len()).sum();
     match &object.body {
         Body::Memory(chunks) => {
@@ -336,7 +346,9 @@ fn write_object(
             let written = write_all_vectored(conn, &mut all);
             match written {
                 Ok(()) => Ok(len),
-                Err(n) => Err(Cut::by_client((n.saturating_sub(head_len) as u64).min(len))),
+                Err(n) => Err(Shortfall::by_client(
+                    (n.saturating_sub(head_len) as u64).min(len),
+                )),
             }
         }
         Body::Disk(disk) => {
@@ -361,10 +373,10 @@ fn write_from_disk(
     disk: &DiskBody,
     start: u64,
     len: u64,
-) -> Result<u64, Cut> {
+) -> Result<u64, Shortfall> {
     let mut parts: Vec<IoSlice<'_>> = head.iter().map(|part| IoSlice::new(part)).collect();
     if write_all_vectored(conn, &mut parts).is_err() {
-        return Err(Cut::by_client(0));
+        return Err(Shortfall::by_client(0));
     }
     if len == 0 {
         return Ok(0);
@@ -375,16 +387,16 @@ fn write_from_disk(
     let Ok(file) = File::open(&disk.file.path) else {
         log::warn!("cache: cannot read {}", disk.file.path.display());
         suspect();
-        return Err(Cut::unreadable(0));
+        return Err(Shortfall::unreadable(0));
     };
     match conn.send_file(&file, disk.offset + start, len) {
         (sent, Ok(())) if sent == len => Ok(len),
         (sent, Ok(())) => {
             log::warn!("cache: {} is cut short", disk.file.path.display());
             suspect();
-            Err(Cut::unreadable(sent))
+            Err(Shortfall::unreadable(sent))
         }
-        (sent, Err(_)) => Err(Cut::by_client(sent)),
+        (sent, Err(_)) => Err(Shortfall::by_client(sent)),
     }
 }
 

@@ -213,7 +213,7 @@ impl Tunnel {
             reusable: false,
             cache: None,
             own: false,
-            client_left: false,
+            cut: None,
             shown: None,
         };
         finish::record(
