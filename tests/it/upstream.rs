@@ -326,6 +326,23 @@ fn an_origin_of_a_private_ca_is_refused_until_upstream_ca_file_names_it() {
 }
 
 #[test]
+fn the_fetch_client_saves_a_private_ca_origins_file_through_a_proxy_that_trusts_it() {
+    let origin = TlsOrigin::start();
+    let ca = origin.ca_file.to_str().expect("UTF-8 path");
+    let mut proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.1", "--upstream-ca-file", ca]);
+    let out = tempfile::tempdir().expect("temp dir");
+    let url = origin.url("/artifact.txt");
+    let ran = crate::client::run_fetch(proxy.addr, out.path(), &[&url], None);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let saved = crate::client::files(out.path());
+    let name = format!("127.0.0.1_{}_artifact.txt", origin.addr.port());
+    assert_eq!(saved, [name.as_str(), "manifest.jsonl"]);
+    let body = std::fs::read_to_string(out.path().join(&name)).expect("saved file");
+    assert_eq!(body, BODY);
+    assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
 fn an_upstream_ca_file_that_cannot_be_used_stops_the_start_naming_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let not_pem = dir.path().join("not.pem");
