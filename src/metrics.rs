@@ -38,6 +38,8 @@ pub struct Finished<'a> {
     pub duration: Option<Duration>,
     /// The `Proxy-Status` error type, when the request ended in an error.
     pub error: Option<&'a str>,
+    /// The client closed its connection before the whole answer.
+    pub client_left: bool,
 }
 
 /// Values read from elsewhere at render time.
@@ -123,6 +125,7 @@ pub struct Metrics {
     by_status: Box<[AtomicU64]>,
     by_error: [AtomicU64; PROXY_STATUS_TYPES.len()],
     body_bytes: AtomicU64,
+    client_aborts: AtomicU64,
     durations: Histogram,
     upstream_connects: AtomicU64,
     upstream_retries: AtomicU64,
@@ -149,6 +152,7 @@ impl Metrics {
             by_status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             by_error: std::array::from_fn(|_| AtomicU64::new(0)),
             body_bytes: AtomicU64::new(0),
+            client_aborts: AtomicU64::new(0),
             durations: Histogram::new(),
             upstream_connects: AtomicU64::new(0),
             upstream_retries: AtomicU64::new(0),
@@ -172,6 +176,9 @@ impl Metrics {
         self.by_status[usize::from(status - STATUS_MIN)].fetch_add(1, Ordering::Relaxed);
         if finished.bytes > 0 {
             self.body_bytes.fetch_add(finished.bytes, Ordering::Relaxed);
+        }
+        if finished.client_left {
+            self.client_aborts.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(error) = finished.error {
             // Every type the proxy answers with is listed; see error.rs.
@@ -362,6 +369,12 @@ impl Metrics {
             "counter",
             "Body bytes sent to clients (for tunnels, bytes from the target).",
             load(&self.body_bytes),
+        );
+        page.single(
+            "fetchproxy_client_aborts_total",
+            "counter",
+            "Answers the client closed its connection on before their end (access log: client_aborted).",
+            load(&self.client_aborts),
         );
         self.durations.render(
             &mut page,
@@ -691,6 +704,7 @@ mod tests {
             bytes,
             duration: Some(Duration::from_millis(millis)),
             error: None,
+            client_left: false,
         }
     }
 
@@ -738,6 +752,19 @@ mod tests {
         assert_eq!(bucket(&page, histogram, "0.025"), 3.0);
         assert_eq!(bucket(&page, histogram, "+Inf"), 3.0);
         assert!((value(&page, &format!("{histogram}_sum")) - 0.024).abs() < 1e-9);
+    }
+
+    #[test]
+    fn answers_the_client_left_are_counted() {
+        let metrics = Metrics::new();
+        for client_left in [true, false, true] {
+            metrics.request(&Finished {
+                client_left,
+                ..ok(200, 10, 1)
+            });
+        }
+        let page = metrics.render(&Gauges::default());
+        assert_eq!(value(&page, "fetchproxy_client_aborts_total"), 2.0);
     }
 
     #[test]

@@ -208,6 +208,7 @@ pub fn record(
         bytes: served.bytes,
         duration: tunnel.is_none().then_some(duration),
         error: served.error,
+        client_left: served.cut == Some(Cut::ClientLeft),
     });
     if let Some((end, up)) = tunnel {
         metrics.tunnel_ended(end, up);

@@ -7,7 +7,9 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::{Origin, ProxyProcess, Reply, curl, run_binary_within, wait_until};
+use crate::support::{
+    Origin, ProxyProcess, Reply, curl, metric, run_binary_within, scrape_metrics, wait_until,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -243,6 +245,8 @@ fn a_client_that_leaves_mid_answer_is_logged_as_aborted() {
     let count = |code: &str| lines.iter().filter(|l| l.contains(code)).count();
     assert_eq!(count(" TCP_MISS_ABORTED/200 "), 1, "{lines:?}");
     assert_eq!(count(" TCP_HIT_ABORTED/200 "), 1, "{lines:?}");
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(metric(&page, "fetchproxy_client_aborts_total"), Some(2.0));
     assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
 }
 
