@@ -93,6 +93,17 @@ pub fn lead(cache: &crate::cache::Cache, req: &RequestHead) -> crate::cache::Fil
     }
 }
 
+/// The follower `req` becomes while another request fills its URL.
+pub fn follow(cache: &crate::cache::Cache, req: &RequestHead) -> crate::cache::Follower {
+    match cache.lookup(req, SystemTime::now()) {
+        crate::cache::Lookup::Miss(crate::cache::Miss {
+            role: crate::cache::MissRole::Follow(follower),
+            ..
+        }) => follower,
+        _ => panic!("expected a miss that follows a fill for {}", req.target),
+    }
+}
+
 /// Gives `filler` the head of a 200 with `response` headers, now, as the
 /// request path does when the origin answers `req`.
 pub fn ok_head(

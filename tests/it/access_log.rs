@@ -36,15 +36,22 @@ fn wait_for_lines(path: &Path, n: usize, proxy: &ProxyProcess) -> Vec<String> {
 }
 
 fn start(dir: &Path, format: &str) -> (ProxyProcess, PathBuf) {
+    start_with(dir, format, &[])
+}
+
+/// As `start`, with more flags.
+fn start_with(dir: &Path, format: &str, flags: &[&str]) -> (ProxyProcess, PathBuf) {
     let path = dir.join("access.log");
-    let proxy = ProxyProcess::start(&[
+    let mut args = vec![
         "--allow-dest",
         "127.0.0.1",
         "--access-log",
         path.to_str().expect("UTF-8 temp path"),
         "--access-log-format",
         format,
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    let proxy = ProxyProcess::start(&args);
     (proxy, path)
 }
 
@@ -197,17 +204,7 @@ fn a_client_that_leaves_mid_answer_is_logged_as_aborted() {
         len: LEN,
         chunked: false,
     });
-    let path = dir.path().join("access.log");
-    let mut proxy = ProxyProcess::start(&[
-        "--allow-dest",
-        "127.0.0.1",
-        "--access-log",
-        path.to_str().expect("UTF-8 temp path"),
-        "--access-log-format",
-        "squid",
-        "--cache-max-object",
-        "64MiB",
-    ]);
+    let (mut proxy, path) = start_with(dir.path(), "squid", &["--cache-max-object", "64MiB"]);
     let url = origin.url("/big");
     // Far more than the sockets between them hold: the proxy is still
     // writing when the client goes.

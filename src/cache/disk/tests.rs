@@ -12,9 +12,9 @@ use super::format;
 
 use crate::cache::stats::read;
 use crate::cache::testing::{
-    expect_hit, headers, lead, ok_head, read_body, request, small_cache, store,
+    expect_hit, follow, headers, lead, ok_head, read_body, request, small_cache, store,
 };
-use crate::cache::{Cache, CacheError, Following, Fwd, Lookup, Miss, MissRole, NotStored};
+use crate::cache::{Cache, CacheError, Following, Fwd, Lookup, Miss, NotStored};
 
 const MAX_AGE: (&str, &str) = ("cache-control", "max-age=600");
 /// Objects up to this size live in memory too; larger ones only on disk.
@@ -305,13 +305,7 @@ fn followers_of_a_large_fill_read_the_file_being_written() {
     let url = "http://h/stream";
     let data = body(100_000);
     let mut filler = lead(&cache, &get(url));
-    let Lookup::Miss(Miss {
-        role: MissRole::Follow(follower),
-        ..
-    }) = cache.lookup(&get(url), SystemTime::now())
-    else {
-        panic!("follower expected");
-    };
+    let follower = follow(&cache, &get(url));
     let length = data.len().to_string();
     filler
         .response_head(
@@ -369,13 +363,7 @@ fn a_full_disk_abandons_the_store_but_not_the_response() {
     // Disk only: the follower reads the file, then the rest is passed on.
     let url = "http://h/full";
     let mut filler = lead(&cache, &get(url));
-    let Lookup::Miss(Miss {
-        role: MissRole::Follow(follower),
-        ..
-    }) = cache.lookup(&get(url), SystemTime::now())
-    else {
-        panic!("follower expected");
-    };
+    let follower = follow(&cache, &get(url));
     filler
         .response_head(
             &get(url),

@@ -8,7 +8,7 @@ use http::StatusCode;
 
 use super::{MAX_AGE, get, miss_kind};
 use crate::cache::stats::read;
-use crate::cache::testing::{headers, lead, ok_head, read_body, request, small_cache};
+use crate::cache::testing::{follow, headers, lead, ok_head, read_body, request, small_cache};
 use crate::cache::*;
 
 #[test]
@@ -24,13 +24,7 @@ fn concurrent_misses_collapse_into_one_fill() {
             let (cache, start, first_tx) = (cache.clone(), Arc::clone(&start), first_tx.clone());
             thread::spawn(move || {
                 let req = get(url);
-                let Lookup::Miss(Miss {
-                    role: MissRole::Follow(follower),
-                    ..
-                }) = cache.lookup(&req, SystemTime::now())
-                else {
-                    panic!("a second miss must follow the fill");
-                };
+                let follower = follow(&cache, &req);
                 start.wait();
                 let Following::Stream { mut reader, .. } = follower.follow(&req) else {
                     panic!("a storable response is shared");
@@ -77,13 +71,7 @@ fn a_purge_during_a_fill_keeps_its_response_out_of_the_cache() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let url = "http://h/purged-while-filling";
     let mut filler = lead(&cache, &get(url));
-    let Lookup::Miss(Miss {
-        role: MissRole::Follow(follower),
-        ..
-    }) = cache.lookup(&get(url), SystemTime::now())
-    else {
-        panic!("follower expected");
-    };
+    let follower = follow(&cache, &get(url));
     filler
         .response_head(
             &get(url),
@@ -142,13 +130,7 @@ fn a_fill_that_fails_cuts_followers_short_and_stores_nothing() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let url = "http://h/fail";
     let mut filler = lead(&cache, &get(url));
-    let Lookup::Miss(Miss {
-        role: MissRole::Follow(follower),
-        ..
-    }) = cache.lookup(&get(url), SystemTime::now())
-    else {
-        panic!("follower expected");
-    };
+    let follower = follow(&cache, &get(url));
     filler
         .response_head(
             &get(url),
@@ -193,13 +175,7 @@ fn an_unshareable_response_releases_followers_and_stops_collapsing() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let url = "http://h/private";
     let mut filler = lead(&cache, &get(url));
-    let Lookup::Miss(Miss {
-        role: MissRole::Follow(follower),
-        ..
-    }) = cache.lookup(&get(url), SystemTime::now())
-    else {
-        panic!("follower expected");
-    };
+    let follower = follow(&cache, &get(url));
     let waiting = thread::spawn(move || match follower.follow(&get(url)) {
         Following::Released { why, .. } => why,
         Following::Stream { .. } => panic!("a private response must not be shared"),
@@ -272,13 +248,7 @@ fn responses_over_the_object_limit_are_not_stored() {
     // on to the follower, which gets the whole body; nothing is stored.
     let chunked_url = "http://h/big-chunked";
     let mut filler = lead(&cache, &get(chunked_url));
-    let Lookup::Miss(Miss {
-        role: MissRole::Follow(follower),
-        ..
-    }) = cache.lookup(&get(chunked_url), SystemTime::now())
-    else {
-        panic!("follower expected");
-    };
+    let follower = follow(&cache, &get(chunked_url));
     ok_head(&mut filler, &get(chunked_url), &[MAX_AGE]).expect("storable so far");
     let Following::Stream { mut reader, .. } = follower.follow(&get(chunked_url)) else {
         panic!("stream expected");
@@ -325,13 +295,7 @@ fn a_filler_that_panics_releases_its_followers() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let url = "http://h/panic";
     let filler = lead(&cache, &get(url));
-    let Lookup::Miss(Miss {
-        role: MissRole::Follow(follower),
-        ..
-    }) = cache.lookup(&get(url), SystemTime::now())
-    else {
-        panic!("follower expected");
-    };
+    let follower = follow(&cache, &get(url));
     let crashed = thread::spawn(move || {
         let _filler = filler;
         panic!("the worker fetching the response panicked");
