@@ -52,6 +52,8 @@ pub enum Command {
 /// `ServeConfig::default()`.
 #[derive(Debug, Default, Args, Serialize)]
 #[command(mut_args = show_default)]
+// The field docs are `--help` text: `[IPv6]` there is not a link.
+#[allow(rustdoc::broken_intra_doc_links)]
 pub struct ServeArgs {
     /// TOML config file (see config.example.toml).
     #[arg(long, value_name = "FILE")]
@@ -205,6 +207,8 @@ fn level_parser() -> impl TypedValueParser<Value = log::LevelFilter> {
 
 /// `fetchproxy fetch`: batch download through the proxy.
 #[derive(Debug, Args)]
+// The field docs are `--help` text: `[USER:PASS@]` there is not a link.
+#[allow(rustdoc::broken_intra_doc_links)]
 pub struct FetchArgs {
     /// The proxy to go through: HOST:PORT or http://[USER:PASS@]HOST:PORT
     /// (USER and PASS percent-encoded). Several, comma-separated or
