@@ -231,8 +231,17 @@ fn upstream_request(
             HeaderValue::from(n.saturating_sub(1)),
         );
     }
-    if let BodyFraming::Length(len) = framing {
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    match framing {
+        BodyFraming::Length(len) => {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        // Without a length, ureq sends these methods' empty body chunked
+        // (`0\r\n\r\n`), which an origin that takes no chunked request
+        // refuses (411 Length Required).
+        BodyFraming::Empty if matches!(head.method.as_str(), "POST" | "PUT" | "PATCH") => {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(0u64));
+        }
+        _ => {}
     }
     headers.append(http::header::VIA, via_value(head.version, via_name)?);
     headers.insert(X_REQUEST_ID, header_value(request_id.as_bytes())?);

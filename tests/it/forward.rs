@@ -308,6 +308,41 @@ fn request_bodies_arrive_intact_for_every_method() {
 }
 
 #[test]
+fn empty_request_bodies_go_up_with_a_zero_length_not_chunked() {
+    // An origin that takes no chunked request (411) must get what the
+    // client sent: no body, said with `Content-Length: 0`, or nothing at
+    // all for a method that expects none.
+    let origin = Origin::start(|_| Reply::ok("text/plain", "ok"));
+    let proxy = Proxy::start();
+    let requests = [
+        ("POST", "Content-Length: 0\r\n"),
+        ("PUT", ""),
+        ("PATCH", "Content-Length: 0\r\n"),
+        ("DELETE", ""),
+    ];
+    for (method, length) in requests {
+        let request = format!(
+            "{method} {} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n{length}\r\n",
+            origin.url("/empty")
+        );
+        let response = exchange(proxy.addr, request.as_bytes(), LIMIT);
+        assert_eq!(response.status, 200, "{method}: {}", response.head);
+    }
+    let seen = origin.requests();
+    assert_eq!(seen.len(), requests.len());
+    for req in &seen {
+        assert_eq!(req.header("transfer-encoding"), None, "{req:?}");
+        assert!(req.body.is_empty(), "{req:?}");
+        let length = if req.method == "DELETE" {
+            None
+        } else {
+            Some("0")
+        };
+        assert_eq!(req.header("content-length"), length, "{req:?}");
+    }
+}
+
+#[test]
 fn chunked_request_bodies_arrive_intact() {
     let origin = Origin::start(|req| Reply::ok("text/plain", format!("{} bytes", req.body.len())));
     let proxy = Proxy::start();
