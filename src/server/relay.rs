@@ -33,6 +33,8 @@ pub struct RelayLimits<'a> {
     pub draining: bool,
     /// The `Cache-Status` value, when the cache took part (RFC 9211).
     pub cache_status: Option<&'a str>,
+    /// The origin's authority, named in an error answered instead.
+    pub authority: &'a str,
 }
 
 /// An upstream response's body: where to read it, and the length the
@@ -58,8 +60,9 @@ impl UpstreamBody<ureq::BodyReader<'static>> {
 ///
 /// # Errors
 /// `UpstreamBodyTooLarge` before anything is sent, when the origin declares
-/// a body over `max_body_bytes`. Failures once the head went out are
-/// reported in `Served`.
+/// a body over `max_body_bytes`; the upstream failure, when the body failed
+/// before any of it was read and the head still waited for it (a malformed
+/// first chunk). Failures once the head went out are reported in `Served`.
 pub fn relay_response<R: Read>(
     conn: &mut ClientConn,
     head: &RequestHead,
@@ -109,6 +112,17 @@ pub fn relay_response<R: Read>(
                 })
             })
         }
+    };
+    let copied = match copied {
+        // The head waited for the first piece of body, which never came:
+        // the client is told plainly, rather than given a head and a close.
+        Err(CopyFailure {
+            sent: 0,
+            failure: Some(err),
+        }) if client.untouched() => {
+            return Err(upstream::map_io_error(err, limits.authority));
+        }
+        copied => copied,
     };
     let flushed = client.flush();
     drop(client);
@@ -327,6 +341,11 @@ impl<W: Write> Write for HeadFirst<W> {
 }
 
 impl<W: Write> HeadFirst<W> {
+    /// Nothing was written yet, nor tried.
+    fn untouched(&self) -> bool {
+        !self.failed && self.head_sent == 0 && !self.head.is_empty()
+    }
+
     /// Sends the head now, without waiting for a piece of body.
     fn send_head(&mut self) {
         if self.failed || self.head_sent == self.head.len() {

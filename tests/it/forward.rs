@@ -1371,6 +1371,29 @@ fn an_origin_answer_with_both_framings_is_502_and_not_stored() {
 }
 
 #[test]
+fn a_malformed_first_chunk_is_502_not_a_head_and_a_close() {
+    // The head waits for the first piece of body when it came with it; a
+    // piece that cannot be read leaves nothing sent, so the client is told
+    // plainly, and nothing is stored.
+    let sizes: [&[u8]; 4] = [b"zz", b"0x3", b"-3", b"10000000000000003"];
+    for size in sizes {
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        answer.extend_from_slice(size);
+        answer.extend_from_slice(b"\r\nabc\r\n0\r\n\r\n");
+        let origin = Origin::start(move |_| Reply::Raw(answer.clone()));
+        let proxy = Proxy::start();
+        for _ in 0..2 {
+            let reply = curl(proxy.addr, &origin.url("/bad-chunk"), &[]);
+            let context = format!("first chunk size {}", String::from_utf8_lossy(size));
+            assert_curl_error(&context, &reply, 502, "http_protocol_error");
+        }
+        assert_eq!(origin.requests().len(), 2, "nothing stored");
+    }
+}
+
+#[test]
 fn an_origin_that_resets_in_the_middle_of_its_head_is_502_http_protocol_error() {
     let origin = Origin::start(|_| {
         Reply::RawThenReset(b"HTTP/1.1 200 OK\r\nContent-Type: text/pl".to_vec())

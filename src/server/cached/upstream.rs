@@ -273,6 +273,7 @@ fn relay(
         via_name: &ex.ctx.config.via_name,
         draining: ex.ctx.shutdown.is_draining(),
         cache_status: status.as_deref(),
+        authority: ex.origin.uri.authority().map_or("upstream", |a| a.as_str()),
     };
     relay::send_interim(ex.conn, ex.head, &upstream.interim);
     let (parts, body) = upstream.response.into_parts();
