@@ -154,8 +154,9 @@ const BYTE_CODINGS: [&str; 7] = [
 /// response split (RFC 9112 §6.3, which nginx refuses too); an HTTP/1.0
 /// response with `Transfer-Encoding`, whose framing RFC 9112 §6.1 calls
 /// faulty (its body would reach the client with the chunks' framing in it);
-/// and a transfer coding that codes the bytes (`gzip, chunked`), which would
-/// reach the client with the coding dropped and the bytes still coded.
+/// a transfer coding that codes the bytes (`gzip, chunked`), which would
+/// reach the client with the coding dropped and the bytes still coded; and
+/// `chunked` followed by another coding.
 /// A coding it does not know is left as before (dropped with the field,
 /// the body framed as the rest of the head says), as the public cache
 /// tests expect. All are 502 `http_protocol_error`.
@@ -179,7 +180,7 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
             "the origin sent Transfer-Encoding in an HTTP/1.0 response".into(),
         ));
     }
-    let coded = headers
+    let codings: Vec<String> = headers
         .get_all(http::header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
@@ -187,13 +188,26 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
             let name = coding.split(|&b| b == b';').next().unwrap_or_default();
             String::from_utf8_lossy(name.trim_ascii()).to_ascii_lowercase()
         })
-        .find(|coding| BYTE_CODINGS.contains(&coding.as_str()));
-    match coded {
-        Some(coding) => Err(ProxyError::UpstreamProtocol(format!(
+        .filter(|coding| !coding.is_empty())
+        .collect();
+    if let Some(coding) = codings
+        .iter()
+        .find(|coding| BYTE_CODINGS.contains(&coding.as_str()))
+    {
+        return Err(ProxyError::UpstreamProtocol(format!(
             "transfer coding {coding:?} is not decoded by this proxy; only chunked"
-        ))),
-        None => Ok(()),
+        )));
     }
+    // RFC 9112 §6.3: chunked anywhere but last leaves the body to run to
+    // the close, while ureq would read it as chunked and reuse the
+    // connection after it.
+    let chunked = codings.iter().position(|coding| coding == "chunked");
+    if chunked.is_some_and(|at| at + 1 != codings.len()) {
+        return Err(ProxyError::UpstreamProtocol(
+            "the origin's Transfer-Encoding has chunked before another coding".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The request sent upstream: the client's method and end-to-end headers

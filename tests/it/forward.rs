@@ -1434,6 +1434,27 @@ fn a_transfer_coding_that_codes_the_bytes_is_502_and_not_stored() {
 }
 
 #[test]
+fn chunked_before_another_transfer_coding_is_502_and_not_stored() {
+    // RFC 9112 §6.3: such a body runs to the close; read as chunked, the
+    // connection would be taken up again after it.
+    for codings in [
+        "chunked, identity",
+        "chunked\r\nTransfer-Encoding: identity",
+    ] {
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: {codings}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let origin = Origin::start(move |_| Reply::Raw(answer.clone().into_bytes()));
+        let proxy = Proxy::start();
+        for _ in 0..2 {
+            let reply = curl(proxy.addr, &origin.url("/late-chunked"), &[]);
+            assert_curl_error(codings, &reply, 502, "http_protocol_error");
+        }
+        assert_eq!(origin.requests().len(), 2, "nothing stored");
+    }
+}
+
+#[test]
 fn an_http_1_0_response_with_transfer_encoding_is_502_and_not_stored() {
     // RFC 9112 §6.1: its framing is faulty. Passed on, the chunks' framing
     // would reach the client as part of the body.
