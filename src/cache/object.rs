@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -234,8 +234,11 @@ pub struct DiskFile {
     /// Where it is.
     pub path: PathBuf,
     /// The whole body was read back and its checksum held, since the file
-    /// was written or since this process found it.
+    /// was written or since this process found it, and the file has not
+    /// changed since (`unchanged`).
     pub verified: AtomicBool,
+    /// The file as it was when it was written or checked.
+    stamp: Mutex<Option<FileStamp>>,
     /// Held by the one request reading the body back: concurrent first
     /// hits wait for its verdict instead of each reading the whole file.
     pub checking: Mutex<()>,
@@ -252,11 +255,14 @@ pub struct DiskFile {
 }
 
 impl DiskFile {
-    /// A file of a store whose `closing` flag is given.
-    pub fn new(path: PathBuf, verified: bool, closing: Arc<AtomicBool>) -> DiskFile {
+    /// A file of a store whose `closing` flag is given; `checked`: as it
+    /// was when this process wrote it or read it back, or `None` when it
+    /// must be read back before its first use.
+    pub fn new(path: PathBuf, checked: Option<FileStamp>, closing: Arc<AtomicBool>) -> DiskFile {
         DiskFile {
             path,
-            verified: AtomicBool::new(verified),
+            verified: AtomicBool::new(checked.is_some()),
+            stamp: Mutex::new(checked),
             checking: Mutex::new(()),
             broken: AtomicBool::new(false),
             memory_refused: AtomicBool::new(false),
@@ -265,10 +271,52 @@ impl DiskFile {
         }
     }
 
+    /// Marks the file checked, as it was when `stamp` was taken.
+    pub fn checked(&self, stamp: FileStamp) {
+        *self.stamp.lock().unwrap_or_else(PoisonError::into_inner) = Some(stamp);
+        self.verified.store(true, Ordering::Release);
+    }
+
+    /// Whether the file at `path` is still the one written or checked: not
+    /// written to, cut, replaced or deleted since (by another program, or
+    /// a disk gone bad). One `stat`, on hits sent from the file.
+    pub fn unchanged(&self) -> bool {
+        let now = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| FileStamp::of(&m));
+        let then = *self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+        now.is_some() && now == then
+    }
+
     /// Leaves the file to the other `DiskFile` of the same path: dropping
     /// this one no longer deletes it.
     pub fn disown(&self) {
         self.disowned.store(true, Ordering::Release);
+    }
+}
+
+/// What tells one state of a file from another without reading it: the
+/// inode, the length, and the times of the last write and change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of `meta` (from `stat`, or `fstat` on an open file).
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
     }
 }
 

@@ -97,7 +97,7 @@ impl DiskStore {
             policy,
             body_len,
         );
-        let file = DiskFile::new(path.to_path_buf(), false, Arc::clone(&self.closing));
+        let file = DiskFile::new(path.to_path_buf(), None, Arc::clone(&self.closing));
         let body = DiskBody {
             file: Arc::new(file),
             offset,

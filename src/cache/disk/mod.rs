@@ -26,7 +26,7 @@ use xxhash_rust::xxh3::Xxh3;
 pub use format::{Header, TRAILER_LEN};
 
 use crate::cache::CacheError;
-use crate::cache::object::{Body, DiskBody, DiskFile, StoredObject};
+use crate::cache::object::{Body, DiskBody, DiskFile, FileStamp, StoredObject};
 use crate::cache::stats::{Stats, bump};
 use crate::cache::tier::{Tier, TierKind};
 
@@ -238,7 +238,12 @@ impl DiskStore {
         };
         let file = &disk.file;
         if file.verified.load(Ordering::Acquire) {
-            return true;
+            if file.unchanged() {
+                return true;
+            }
+            // Written to, cut, replaced or gone since it was checked: read
+            // back again before it answers.
+            file.verified.store(false, Ordering::Release);
         }
         // After a restart, a CI farm's runners ask for the same toolchain at
         // once: one request reads it back, the others wait for its verdict.
@@ -251,8 +256,8 @@ impl DiskStore {
         }
         bump(&self.stats.disk_verified);
         match read_checked(disk, object.head.body_len, None) {
-            Ok(()) => {
-                disk.file.verified.store(true, Ordering::Release);
+            Ok(stamp) => {
+                disk.file.checked(stamp);
                 true
             }
             Err(_) => {
@@ -275,8 +280,8 @@ impl DiskStore {
         let mut body = BytesMut::with_capacity(len);
         bump(&self.stats.disk_verified);
         match read_checked(disk, object.head.body_len, Some(&mut body)) {
-            Ok(()) => {
-                disk.file.verified.store(true, Ordering::Release);
+            Ok(stamp) => {
+                disk.file.checked(stamp);
                 Some(body.freeze())
             }
             Err(_) => {
@@ -313,11 +318,17 @@ impl Drop for DiskStore {
 }
 
 /// Reads a body back and checks its length and checksum, copying it into
-/// `into` when given.
-fn read_checked(disk: &DiskBody, body_len: u64, mut into: Option<&mut BytesMut>) -> io::Result<()> {
+/// `into` when given. Returns the file's stamp from before the read: a
+/// change during it shows at the next look.
+fn read_checked(
+    disk: &DiskBody,
+    body_len: u64,
+    mut into: Option<&mut BytesMut>,
+) -> io::Result<FileStamp> {
     let broken = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     let file = File::open(&disk.file.path)?;
-    if file.metadata()?.len() != disk.offset + body_len + TRAILER_LEN {
+    let meta = file.metadata()?;
+    if meta.len() != disk.offset + body_len + TRAILER_LEN {
         return Err(broken("file length"));
     }
     let mut trailer = [0u8; TRAILER_LEN as usize];
@@ -345,7 +356,7 @@ fn read_checked(disk: &DiskBody, body_len: u64, mut into: Option<&mut BytesMut>)
     if hasher.digest() != disk.hash {
         return Err(broken("body checksum"));
     }
-    Ok(())
+    Ok(FileStamp::of(&meta))
 }
 
 /// An object file being written. Dropped unfinished, it deletes its
@@ -417,7 +428,10 @@ impl DiskWriter {
         }
         fs::rename(&self.tmp, &self.dest)?;
         self.finished = true;
-        let file = DiskFile::new(self.dest.clone(), true, Arc::clone(&self.closing));
+        // Taken after the rename, which changes the file's ctime; without
+        // it, the first hit reads the file back.
+        let stamp = self.file.metadata().ok().map(|meta| FileStamp::of(&meta));
+        let file = DiskFile::new(self.dest.clone(), stamp, Arc::clone(&self.closing));
         Ok(DiskBody {
             file: Arc::new(file),
             offset: self.offset,
