@@ -199,11 +199,23 @@ impl DiskStore {
         let tmp = self.root.join("tmp").join(&name);
         let dest = self.root.join("objects").join(&name[..2]).join(&name);
         // Readable too: followers of the fill read through a clone of it.
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let create = || {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+        };
+        let file = match create() {
+            // The directory was removed under the running store (a cache
+            // cleared by hand): made again, rather than storing nothing
+            // until a restart.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(self.root.join("tmp"))?;
+                create()?
+            }
+            file => file?,
+        };
         let read = Arc::new(file.try_clone()?);
         let mut writer = DiskWriter {
             file,

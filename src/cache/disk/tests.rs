@@ -270,6 +270,26 @@ fn leftovers_of_an_interrupted_write_are_removed() {
 }
 
 #[test]
+fn a_cache_dir_removed_while_open_is_made_again_by_the_next_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    store(
+        &cache,
+        &get("http://h/before"),
+        &[MAX_AGE],
+        &body(20_000),
+        4,
+    )
+    .expect("stored");
+    fs::remove_dir_all(dir.path()).expect("remove the cache dir");
+    store(&cache, &get("http://h/after"), &[MAX_AGE], &body(20_000), 4).expect("stored");
+    assert_eq!(object_files(dir.path()).len(), 1);
+    assert_eq!(hit_body(&cache, "http://h/after"), body(20_000));
+    // The object whose file went with the directory is a miss, not an error.
+    assert!(is_miss(&cache, "http://h/before"));
+}
+
+#[test]
 fn a_body_corrupted_after_checking_is_cut_before_its_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = open(dir.path());
