@@ -11,7 +11,8 @@ use std::io::{self, IoSlice, Read, Write};
 
 use ureq::http::{self, StatusCode, response::Parts};
 
-use crate::error::ProxyError;
+use crate::cache::{CacheError, FillFailure};
+use crate::error::{ProxyError, TimeoutPhase};
 use crate::http::body::{BodyFraming, ChunkedWriter, LimitedReader};
 use crate::http::headers::HopByHop;
 use crate::http::request::{RequestHead, Version};
@@ -120,7 +121,7 @@ pub fn relay_response<R: Read>(
             sent: 0,
             failure: Some(err),
         }) if client.untouched() => {
-            return Err(upstream::map_io_error(err, limits.authority));
+            return Err(body_failure(err, limits.authority));
         }
         copied => copied,
     };
@@ -151,8 +152,7 @@ pub fn relay_response<R: Read>(
             } else {
                 Cut::Failed
             });
-            served.error =
-                failure.map(|err| upstream::map_io_error(err, "upstream").proxy_status());
+            served.error = failure.map(|err| body_failure(err, limits.authority).proxy_status());
         }
     }
     if flushed.is_err() {
@@ -160,6 +160,25 @@ pub fn relay_response<R: Read>(
         served.cut = served.cut.or(Some(Cut::ClientLeft));
     }
     Ok(served)
+}
+
+/// What a body that failed is answered or logged as: a fill read through
+/// the cache that failed or stalled as what it was, else as the origin's
+/// I/O error.
+fn body_failure(err: io::Error, authority: &str) -> ProxyError {
+    match err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<CacheError>())
+    {
+        Some(CacheError::FillFailed(FillFailure::Stalled)) => {
+            ProxyError::UpstreamTimeout(TimeoutPhase::Response)
+        }
+        Some(CacheError::FillFailed(FillFailure::Upstream)) => ProxyError::UpstreamProtocol(
+            format!("the response from {authority} ended before it was complete"),
+        ),
+        Some(other) => ProxyError::Internal(other.to_string()),
+        None => upstream::map_io_error(err, authority),
+    }
 }
 
 /// Passes the origin's interim (1xx) responses on before the final one
@@ -548,6 +567,50 @@ mod tests {
                 assert_eq!(out.ends[0], step.min(2000), "head and body in one write");
             }
         }
+    }
+
+    /// Only a head not written at all, nor tried, may give way to an error
+    /// answer: not one written in pieces, sent early, or whose write failed.
+    #[test]
+    fn a_head_is_untouched_only_before_any_write() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n".to_vec();
+        let mut out = Trickle {
+            got: Vec::new(),
+            step: 10,
+            ends: Vec::new(),
+        };
+        let writer = HeadFirst::new(head.clone(), &mut out);
+        assert!(writer.untouched());
+        let mut cut = HeadFirst::new(head.clone(), &mut out);
+        cut.write_all(b"body").expect("written 10 bytes at a time");
+        assert!(!cut.untouched());
+        let mut early = HeadFirst::new(head.clone(), Vec::new());
+        early.send_head();
+        assert!(!early.untouched());
+        let mut broken = Broken(0);
+        let mut failed = HeadFirst::new(head, &mut broken);
+        assert!(failed.write(b"body").is_err());
+        assert!(!failed.untouched());
+    }
+
+    #[test]
+    fn a_failed_fill_is_answered_as_what_it_was() {
+        let as_read = |failure: FillFailure| io::Error::other(CacheError::FillFailed(failure));
+        let status = |err: ProxyError| err.proxy_status();
+        assert_eq!(
+            status(body_failure(as_read(FillFailure::Stalled), "h")),
+            "http_response_timeout"
+        );
+        assert_eq!(
+            status(body_failure(as_read(FillFailure::Upstream), "h")),
+            "http_protocol_error"
+        );
+        assert_eq!(
+            status(body_failure(as_read(FillFailure::MemoryFull), "h")),
+            "proxy_internal_error"
+        );
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "cut");
+        assert_eq!(status(body_failure(eof, "h")), "http_protocol_error");
     }
 
     /// Reads from `data` at most as much as asked, and notes how much was asked.
