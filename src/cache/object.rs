@@ -278,14 +278,18 @@ impl DiskFile {
     }
 
     /// Whether the file at `path` is still the one written or checked: not
-    /// written to, cut, replaced or deleted since (by another program, or
-    /// a disk gone bad). One `stat`, on hits sent from the file.
+    /// written to, cut, replaced or deleted since, by another program. One
+    /// `stat`, on hits sent from the file. (A disk that flips a bit under
+    /// the file system changes none of what `stat` shows.)
     pub fn unchanged(&self) -> bool {
-        let now = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| FileStamp::of(&m));
+        std::fs::metadata(&self.path).is_ok_and(|meta| self.is_as_checked(&meta))
+    }
+
+    /// Whether `meta` (of the file at `path`, or of a handle opened on it)
+    /// is the file as it was written or checked.
+    pub fn is_as_checked(&self, meta: &std::fs::Metadata) -> bool {
         let then = *self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
-        now.is_some() && now == then
+        then == Some(FileStamp::of(meta))
     }
 
     /// Leaves the file to the other `DiskFile` of the same path: dropping

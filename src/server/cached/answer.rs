@@ -18,6 +18,7 @@ use bytes::Bytes;
 use crate::cache::object::{Body, DiskBody, has_body};
 use crate::cache::reply::{self, Reply};
 use crate::cache::{Follower, Following, Fwd, Outcome, StoredObject};
+use crate::error::ProxyError;
 use crate::http::body::ChunkedWriter;
 use crate::http::request::{RequestHead, Version};
 use crate::http::response::{self, Head, Persistence};
@@ -27,27 +28,52 @@ use crate::server::context::Context;
 use crate::server::finish::{self, Cut, Served, Shown};
 use crate::server::request_body;
 
+/// A stored answer that could not begin: its file changed between the
+/// lookup and the answer. Nothing was sent; the next lookup reads the file
+/// back, and drops it.
+#[derive(Debug)]
+pub struct Unsent;
+
+impl Unsent {
+    /// The error answered in its place.
+    pub fn into_error(self) -> ProxyError {
+        ProxyError::Internal("the stored copy changed on disk before it could be sent".into())
+    }
+}
+
 /// A hit: the request's body (if any) is read and dropped first, then the
 /// stored response answers it.
+///
+/// # Errors
+/// `Unsent`, as [`from_store`].
 pub fn hit(
     ex: &mut Exchange<'_>,
     object: &Arc<StoredObject>,
     outcome: Outcome,
     now: SystemTime,
-) -> Served {
+) -> Result<Served, Unsent> {
     let body_read = request_body::discard(ex.conn, ex.head);
     from_store(ex, object, outcome, now, body_read)
 }
 
 /// Answers the request from `object` at `now`: in full, or 304/412 for
 /// the client's preconditions, or 206/416 for its range.
+///
+/// # Errors
+/// `Unsent` when the object's file is gone or changed since it was
+/// checked: found before anything is sent, from the handle it would be
+/// sent from.
 pub fn from_store(
     ex: &mut Exchange<'_>,
     object: &Arc<StoredObject>,
     outcome: Outcome,
     now: SystemTime,
     body_read: bool,
-) -> Served {
+) -> Result<Served, Unsent> {
+    let file = match &object.body {
+        Body::Disk(disk) => Some(open_checked(disk).ok_or(Unsent)?),
+        Body::Memory(_) => None,
+    };
     let reply = reply::plan(object, ex.head, now);
     let status = reply.status(object);
     let persistence = finish::persistence(ex.head, body_read, ex.ctx.shutdown.is_draining());
@@ -64,15 +90,17 @@ pub fn from_store(
                 object.head.body_len
             };
             let parts = [head_block.as_ref(), age_line.as_bytes(), &tail];
-            write_object(ex.conn, &parts, object, 0, len)
+            write_object(ex.conn, &parts, object, file.as_ref(), 0, len)
         }
         Reply::Partial { head, start, end } => {
             let len = if head_only { 0 } else { end - start + 1 };
-            write_object(ex.conn, &[head, &tail], object, *start, len)
+            write_object(ex.conn, &[head, &tail], object, file.as_ref(), *start, len)
         }
-        Reply::HeadOnly { head, .. } => write_object(ex.conn, &[head, &tail], object, 0, 0),
+        Reply::HeadOnly { head, .. } => {
+            write_object(ex.conn, &[head, &tail], object, file.as_ref(), 0, 0)
+        }
     };
-    Served {
+    Ok(Served {
         status,
         bytes: sent.unwrap_or_else(|cut| cut.sent),
         // The stored copy could not be read to its end.
@@ -90,7 +118,27 @@ pub fn from_store(
             }
         }),
         shown: Shown::of(&object.head.headers, None),
+    })
+}
+
+/// The file of a disk object, opened before anything is sent, if it is
+/// still the file written or checked (`DiskFile::is_as_checked`): else it
+/// is marked for a read-back, and `None`.
+fn open_checked(disk: &DiskBody) -> Option<File> {
+    let file = File::open(&disk.file.path).ok();
+    let same = file
+        .as_ref()
+        .and_then(|file| file.metadata().ok())
+        .is_some_and(|meta| disk.file.is_as_checked(&meta));
+    if !same {
+        log::warn!(
+            "cache: {} changed since it was checked",
+            disk.file.path.display()
+        );
+        disk.file.verified.store(false, Ordering::Release);
+        return None;
     }
+    file
 }
 
 /// Follows another request's fill: streams its head and body as they
@@ -100,11 +148,7 @@ pub fn from_store(
 ///
 /// # Errors
 /// As `upstream::fill`, for a follower let go.
-pub fn follow(
-    ex: &mut Exchange<'_>,
-    kind: Fwd,
-    follower: Follower,
-) -> Result<Served, crate::error::ProxyError> {
+pub fn follow(ex: &mut Exchange<'_>, kind: Fwd, follower: Follower) -> Result<Served, ProxyError> {
     let (fill, mut reader) = match follower.follow(ex.head) {
         Following::Stream { head, reader } => (head, reader),
         Following::Released { filler, .. } => return upstream::fill(ex, kind, filler, None),
@@ -327,12 +371,13 @@ impl Shortfall {
 }
 
 /// Writes `head` (its parts in order) and bytes `start..start + len` of
-/// `object`'s body. Returns the body bytes sent, or how the answer was
-/// cut short (the connection must then close).
+/// `object`'s body, from `file` for a body on disk. Returns the body bytes
+/// sent, or how the answer was cut short (the connection must then close).
 fn write_object(
     conn: &mut ClientConn,
     head: &[&[u8]],
     object: &Arc<StoredObject>,
+    file: Option<&File>,
     start: u64,
     len: u64,
 ) -> Result<u64, Shortfall> {
@@ -357,8 +402,11 @@ fn write_object(
             // last, short one when it is uncorked. Uncorked, a `sendfile`
             // cut into odd-sized segments had its tail probed for loss
             // (TLP) and sent again after most answers over loopback.
+            let Some(file) = file else {
+                return Err(Shortfall::unreadable(0));
+            };
             conn.cork(true);
-            let written = write_from_disk(conn, head, disk, start, len);
+            let written = write_from_disk(conn, head, disk, file, start, len);
             conn.cork(false);
             written
         }
@@ -366,11 +414,12 @@ fn write_object(
 }
 
 /// Writes `head`, then bytes `start..start + len` of the body in `disk`'s
-/// file, straight from the file; as [`write_object`].
+/// `file`, straight from the file; as [`write_object`].
 fn write_from_disk(
     conn: &mut ClientConn,
     head: &[&[u8]],
     disk: &DiskBody,
+    file: &File,
     start: u64,
     len: u64,
 ) -> Result<u64, Shortfall> {
@@ -381,15 +430,10 @@ fn write_from_disk(
     if len == 0 {
         return Ok(0);
     }
-    // A file gone or cut short is checked again by the next lookup, which
-    // drops it: it does not answer again.
+    // A file cut short is checked again by the next lookup, which drops
+    // it: it does not answer again.
     let suspect = || disk.file.verified.store(false, Ordering::Release);
-    let Ok(file) = File::open(&disk.file.path) else {
-        log::warn!("cache: cannot read {}", disk.file.path.display());
-        suspect();
-        return Err(Shortfall::unreadable(0));
-    };
-    match conn.send_file(&file, disk.offset + start, len) {
+    match conn.send_file(file, disk.offset + start, len) {
         (sent, Ok(())) if sent == len => Ok(len),
         (sent, Ok(())) => {
             log::warn!("cache: {} is cut short", disk.file.path.display());

@@ -45,6 +45,7 @@ use crate::cache::{
 use crate::config::ServeConfig;
 use crate::config::size::size_text;
 use crate::error::ProxyError;
+use crate::http::body::BodyFraming;
 use crate::http::request::RequestHead;
 use crate::metrics::{CacheFigures, TierFigures};
 use crate::rules::Rules;
@@ -143,26 +144,7 @@ pub fn serve(
         ctx,
         buf,
     };
-    let now = SystemTime::now();
-    let served = match ctx.cache.lookup(head, now) {
-        Lookup::Hit(hit) => {
-            let outcome = hit.outcome(now);
-            let served = answer::hit(&mut ex, &hit.object, outcome, now);
-            if hit.revalidate {
-                upstream::refresh_later(&ex, &hit.object);
-            }
-            Ok(served)
-        }
-        Lookup::Stale(stale) => upstream::revalidate(&mut ex, stale),
-        Lookup::Miss(Miss { kind, role }) => match role {
-            MissRole::Fill(filler) => upstream::fill(&mut ex, kind, filler, None),
-            MissRole::Follow(follower) => answer::follow(&mut ex, kind, follower),
-            MissRole::NoStore(why) => upstream::pass(&mut ex, Some((kind, why.detail()))),
-        },
-        Lookup::OnlyIfCached => Ok(answer::not_cached(&mut ex)),
-        Lookup::Bypass(Bypass::Off) => upstream::pass(&mut ex, None),
-        Lookup::Bypass(why) => upstream::pass(&mut ex, Some((Fwd::Bypass, why.detail()))),
-    }?;
+    let served = by_lookup(&mut ex, true)?;
     if let Some(outcome) = &served.cache {
         ctx.cache.stats().record(outcome);
         if served_from_cache(outcome) {
@@ -170,6 +152,44 @@ pub fn serve(
         }
     }
     Ok(served)
+}
+
+/// Answers by what the cache holds for the request. A hit whose file
+/// changed before it could be sent, when `may_look_again`, looks once
+/// more: the file is then read back and dropped, and the request fetched.
+/// Not for a request with a body, which the hit has read away.
+fn by_lookup(ex: &mut Exchange<'_>, may_look_again: bool) -> Result<Served, ProxyError> {
+    let now = SystemTime::now();
+    match ex.ctx.cache.lookup(ex.head, now) {
+        Lookup::Hit(hit) => {
+            let outcome = hit.outcome(now);
+            match answer::hit(ex, &hit.object, outcome, now) {
+                Ok(served) => {
+                    if hit.revalidate {
+                        upstream::refresh_later(ex, &hit.object);
+                    }
+                    Ok(served)
+                }
+                Err(unsent) => {
+                    let bodiless = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
+                    if may_look_again && bodiless {
+                        by_lookup(ex, false)
+                    } else {
+                        Err(unsent.into_error())
+                    }
+                }
+            }
+        }
+        Lookup::Stale(stale) => upstream::revalidate(ex, stale),
+        Lookup::Miss(Miss { kind, role }) => match role {
+            MissRole::Fill(filler) => upstream::fill(ex, kind, filler, None),
+            MissRole::Follow(follower) => answer::follow(ex, kind, follower),
+            MissRole::NoStore(why) => upstream::pass(ex, Some((kind, why.detail()))),
+        },
+        Lookup::OnlyIfCached => Ok(answer::not_cached(ex)),
+        Lookup::Bypass(Bypass::Off) => upstream::pass(ex, None),
+        Lookup::Bypass(why) => upstream::pass(ex, Some((Fwd::Bypass, why.detail()))),
+    }
 }
 
 /// Whether the body sent came from the cache (a stored object or a fill

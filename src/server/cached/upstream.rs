@@ -148,7 +148,8 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
                 ttl: policy.ttl_seconds(now),
             };
             let body_read = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
-            return Ok(answer::from_store(ex, &object, outcome, now, body_read));
+            return answer::from_store(ex, &object, outcome, now, body_read)
+                .map_err(answer::Unsent::into_error);
         }
         Err(err) => return Err(err),
     };
@@ -166,13 +167,8 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
                 ttl: Some(updated.head.policy.ttl_seconds(now)),
                 detail: None,
             };
-            return Ok(answer::from_store(
-                ex,
-                &updated,
-                outcome,
-                now,
-                upstream.body_read,
-            ));
+            return answer::from_store(ex, &updated, outcome, now, upstream.body_read)
+                .map_err(answer::Unsent::into_error);
         }
         // The 304 names other validators than the entry's (RFC 9111
         // §4.3.4): it says nothing about the entry, so fetch it whole.
@@ -192,13 +188,8 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
             fwd_status: Some(status.as_u16()),
             ttl: object.head.policy.ttl_seconds(now),
         };
-        return Ok(answer::from_store(
-            ex,
-            &object,
-            outcome,
-            now,
-            upstream.body_read,
-        ));
+        return answer::from_store(ex, &object, outcome, now, upstream.body_read)
+            .map_err(answer::Unsent::into_error);
     }
     fill(ex, fwd, stale.filler, Some(upstream))
 }

@@ -281,6 +281,17 @@ fn a_disk_object_changed_while_the_proxy_runs_is_never_served_changed() {
     let cut = stored("/cuts");
     let replaced = stored("/repl");
     let other = stored("/othr");
+    let verified = || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(&page, "fetchproxy_cache_disk_verified_total")
+    };
+    let hit = get(proxy.addr, &origin.url("/flip"), &[]);
+    assert!(cache_status(&hit).contains("; hit"), "{hit:?}");
+    assert_eq!(
+        verified(),
+        Some(0.0),
+        "a file just written is not read back"
+    );
     // A change in the same clock tick as the write could keep the file's
     // times (on kernels before 6.13, whose times are coarse).
     thread::sleep(Duration::from_millis(50));
@@ -312,6 +323,7 @@ fn a_disk_object_changed_while_the_proxy_runs_is_never_served_changed() {
         assert!(cache_status(&reply).contains("fwd="), "{path}: {reply:?}");
     }
     assert_eq!(origin.requests().len(), 7, "each changed one fetched again");
+    assert_eq!(verified(), Some(3.0), "each changed one read back once");
     let (_, page) = scrape_metrics(proxy.addr);
     assert_eq!(
         metric(&page, "fetchproxy_cache_disk_corrupt_total"),
@@ -323,6 +335,7 @@ fn a_disk_object_changed_while_the_proxy_runs_is_never_served_changed() {
         assert!(hit.body == pattern(LEN), "{path}: whole");
         assert!(cache_status(&hit).contains("; hit"), "{path}: {hit:?}");
     }
+    assert_eq!(verified(), Some(3.0), "the new copies are not read back");
     stop(proxy);
 }
 
