@@ -41,7 +41,7 @@ pub enum NotStored {
     TooLarge,
     /// The disk write failed and no other tier could take it.
     DiskError,
-    /// Fills in progress held all the memory they may.
+    /// Fills in progress held all the memory, or disk room, they may.
     Busy,
     /// The body ended short of its `Content-Length`.
     Incomplete,
@@ -214,8 +214,14 @@ pub(crate) fn plan(
             request: policy.request_headers().clone(),
             response: stored.clone(),
         };
-        match store.writer(&header) {
-            Ok(writer) => disk = Some(Box::new(writer)),
+        let written = match store.writing_room(declared) {
+            Some(room) => store.writer(&header, room).map(Some),
+            // The files of fills in progress already hold their share.
+            None if memory => Ok(None),
+            None => return Err(NotStored::Busy),
+        };
+        match written {
+            Ok(writer) => disk = writer.map(Box::new),
             Err(err) => {
                 log::warn!("cache: cannot write {}: {err}", key);
                 bump(&shared.stats.disk_write_errors);

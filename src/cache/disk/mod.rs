@@ -47,6 +47,12 @@ pub struct DiskStore {
     /// Bytes promised to fills received apart on the strength of their
     /// file and not yet given back (`promise_room`).
     promised: Arc<AtomicU64>,
+    /// Bytes the files of fills in progress hold or were promised
+    /// (`writing_room`), outside the index's budget.
+    writing: Arc<AtomicU64>,
+    /// Past this, no more fills of a known length start a file: a quarter
+    /// of the budget (one fill may always start).
+    writing_limit: u64,
     /// Set once the loader has indexed every file.
     loaded: Mutex<bool>,
     loaded_cond: Condvar,
@@ -127,6 +133,8 @@ impl DiskStore {
             seq: AtomicU64::new(0),
             closing: Arc::new(AtomicBool::new(false)),
             promised: Arc::new(AtomicU64::new(0)),
+            writing: Arc::new(AtomicU64::new(0)),
+            writing_limit: budget / 4,
             loaded: Mutex::new(false),
             loaded_cond: Condvar::new(),
             #[cfg(test)]
@@ -178,6 +186,26 @@ impl DiskStore {
         })
     }
 
+    /// Room for one more fill's file, of `declared` bytes when the length
+    /// is known, among the files of fills in progress: the stored objects
+    /// keep to the budget by eviction, and these to a quarter of it more,
+    /// or to one fill at a time. A fill of unknown length is let in and
+    /// counted as it grows. `None` without room.
+    pub fn writing_room(&self, declared: Option<u64>) -> Option<WritingRoom> {
+        let len = declared.unwrap_or(0);
+        self.writing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |writing| {
+                let fits = writing == 0 || writing.saturating_add(len) <= self.writing_limit;
+                fits.then(|| writing.saturating_add(len))
+            })
+            .ok()?;
+        Some(WritingRoom {
+            writing: Arc::clone(&self.writing),
+            held: len,
+            growing: declared.is_none(),
+        })
+    }
+
     /// A new file name for an object with variant id `id`: the id first
     /// (the loader checks it), then what makes each write unique, so a
     /// newer copy never takes an older one's name.
@@ -189,12 +217,12 @@ impl DiskStore {
         format!("{id:032x}-{nanos:x}-{:x}-{seq:x}", std::process::id())
     }
 
-    /// Starts writing an object: its header goes out now, the body as it
-    /// arrives.
+    /// Starts writing an object in `room`: its header goes out now, the
+    /// body as it arrives.
     ///
     /// # Errors
     /// The I/O error creating or writing the temporary file.
-    pub fn writer(&self, header: &Header) -> io::Result<DiskWriter> {
+    pub fn writer(&self, header: &Header, room: WritingRoom) -> io::Result<DiskWriter> {
         let name = self.file_name(header.variant.id(&header.key));
         let tmp = self.root.join("tmp").join(&name);
         let dest = self.root.join("objects").join(&name[..2]).join(&name);
@@ -219,6 +247,7 @@ impl DiskStore {
         let read = Arc::new(file.try_clone()?);
         let mut writer = DiskWriter {
             file,
+            room,
             read,
             tmp,
             dest,
@@ -375,6 +404,8 @@ fn read_checked(
 /// temporary file: nothing half-written is ever renamed into place.
 pub struct DiskWriter {
     file: File,
+    /// Its share of the room of fills in progress, given back when done.
+    room: WritingRoom,
     /// A second handle on the same file, for readers following the fill
     /// (positioned reads, so they never disturb the writer).
     read: Arc<File>,
@@ -408,6 +439,7 @@ impl DiskWriter {
     /// The write error (a full disk is `StorageFull`).
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.write_raw(bytes)?;
+        self.room.grow(bytes.len() as u64);
         self.hasher.update(bytes);
         self.written += bytes.len() as u64;
         Ok(())
@@ -457,6 +489,31 @@ impl Drop for DiskWriter {
         if !self.finished {
             let _ = fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// One fill's share of the room of fills in progress
+/// (`DiskStore::writing_room`), given back when dropped.
+#[derive(Debug)]
+pub struct WritingRoom {
+    writing: Arc<AtomicU64>,
+    held: u64,
+    /// The length was not known: the file is counted as it grows.
+    growing: bool,
+}
+
+impl WritingRoom {
+    fn grow(&mut self, bytes: u64) {
+        if self.growing {
+            self.writing.fetch_add(bytes, Ordering::AcqRel);
+            self.held += bytes;
+        }
+    }
+}
+
+impl Drop for WritingRoom {
+    fn drop(&mut self) {
+        self.writing.fetch_sub(self.held, Ordering::AcqRel);
     }
 }
 

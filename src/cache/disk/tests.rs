@@ -290,6 +290,37 @@ fn a_cache_dir_removed_while_open_is_made_again_by_the_next_store() {
 }
 
 #[test]
+fn fills_in_progress_keep_their_files_to_a_quarter_of_the_budget() {
+    // The test cache's disk budget is 64 MiB: fills of a known length may
+    // start files while those in progress hold at most 16 MiB, or when
+    // none does.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    let ten_mib = (10u64 << 20).to_string();
+    let sized = [MAX_AGE, ("content-length", ten_mib.as_str())];
+    let mut first = lead(&cache, &get("http://h/first"));
+    ok_head(&mut first, &get("http://h/first"), &sized).expect("one fill may always start");
+    let mut second = lead(&cache, &get("http://h/second"));
+    assert_eq!(
+        ok_head(&mut second, &get("http://h/second"), &sized),
+        Err(NotStored::Busy),
+        "10 MiB more would pass a quarter of the budget"
+    );
+    // Small enough for memory: kept there.
+    let small = store(&cache, &get("http://h/small"), &[MAX_AGE], &body(1000), 1);
+    assert!(small.is_ok(), "{small:?}");
+    // The first fill given up, its room is back.
+    drop(first);
+    let mut third = lead(&cache, &get("http://h/third"));
+    ok_head(&mut third, &get("http://h/third"), &sized).expect("room again");
+    third.body(&body(10 << 20));
+    third.finish().expect("stored");
+    assert_eq!(object_files(dir.path()).len(), 2, "small and third");
+    let mut fourth = lead(&cache, &get("http://h/fourth"));
+    ok_head(&mut fourth, &get("http://h/fourth"), &sized).expect("a stored file is the budget's");
+}
+
+#[test]
 fn a_body_corrupted_after_checking_is_cut_before_its_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = open(dir.path());

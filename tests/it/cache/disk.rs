@@ -416,6 +416,67 @@ fn an_object_stored_while_the_index_loads_keeps_its_file() {
 }
 
 #[test]
+fn fills_in_progress_start_files_only_within_their_share_of_the_budget() {
+    // Four cold 5 MiB objects at once, with a 12 MiB disk budget: fills in
+    // progress may hold a quarter of it, or one file. One writes to disk;
+    // the others are streamed through, whole, and say why.
+    const LEN: u64 = 5 << 20;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gate = Gate::new();
+    let origin = Origin::start({
+        let gate = gate.clone();
+        move |_| {
+            let body = pattern(LEN);
+            Reply::Paused {
+                status: 200,
+                headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+                first: body[..1 << 20].to_vec(),
+                gate: gate.clone(),
+                rest: body[1 << 20..].to_vec(),
+                reset: false,
+            }
+        }
+    });
+    let dir_arg = dir.path().to_str().expect("UTF-8 temp path");
+    let proxy = start(&[
+        "--cache-dir",
+        dir_arg,
+        "--cache-dir-size",
+        "12MiB",
+        "--cache-max-object",
+        "1KiB",
+    ]);
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (addr, url) = (proxy.addr, origin.url(&format!("/artifact-{i}")));
+            thread::spawn(move || get(addr, &url, &[]))
+        })
+        .collect();
+    // Every head is in (each was sent before the gate), and a moment
+    // later each fill has decided where its body goes.
+    assert!(wait_until(LIMIT, || origin.requests().len() == 4));
+    assert!(wait_until(LIMIT, || temp_files(dir.path()) == 1));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(temp_files(dir.path()), 1, "one file written at a time");
+    gate.open();
+    let replies: Vec<_> = clients
+        .into_iter()
+        .map(|client| client.join().expect("client thread"))
+        .collect();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(reply.body == pattern(LEN), "whole");
+    }
+    let busy = replies
+        .iter()
+        .filter(|reply| cache_status(reply).contains("detail=busy"))
+        .count();
+    assert_eq!(busy, 3, "the others say why they were not stored");
+    assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
+    stop(proxy);
+}
+
+#[test]
 fn a_kill_during_a_write_leaves_nothing_that_is_served() {
     let dir = tempfile::tempdir().expect("temp dir");
     let gate = Gate::new();
