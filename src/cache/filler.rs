@@ -231,10 +231,13 @@ impl Filler {
             return;
         }
         self.store = Store::NotStoring(why);
-        // Only a shared fill's refusal says something about the URL; a
-        // refusal caused by the request itself does not.
-        let about_response = !matches!(why, NotStored::DiskError | NotStored::Request)
-            && status != StatusCode::NOT_MODIFIED;
+        // Only a shared fill's refusal says something about the URL; one
+        // caused by the request itself, or by the cache's state (a disk
+        // error, no room), does not.
+        let about_response = !matches!(
+            why,
+            NotStored::DiskError | NotStored::Request | NotStored::Busy
+        ) && status != StatusCode::NOT_MODIFIED;
         if about_response && !status.is_server_error() && self.stored_before {
             self.drop_superseded(client);
         }

@@ -192,16 +192,17 @@ impl DiskStore {
     /// or to one fill at a time. A fill of unknown length is let in and
     /// counted as it grows. `None` without room.
     pub fn writing_room(&self, declared: Option<u64>) -> Option<WritingRoom> {
-        let len = declared.unwrap_or(0);
-        self.writing
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |writing| {
-                let fits = writing == 0 || writing.saturating_add(len) <= self.writing_limit;
-                fits.then(|| writing.saturating_add(len))
-            })
-            .ok()?;
+        if let Some(len) = declared {
+            self.writing
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |writing| {
+                    let fits = writing == 0 || writing.saturating_add(len) <= self.writing_limit;
+                    fits.then(|| writing.saturating_add(len))
+                })
+                .ok()?;
+        }
         Some(WritingRoom {
             writing: Arc::clone(&self.writing),
-            held: len,
+            held: declared.unwrap_or(0),
             growing: declared.is_none(),
         })
     }

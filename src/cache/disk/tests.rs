@@ -306,6 +306,12 @@ fn fills_in_progress_keep_their_files_to_a_quarter_of_the_budget() {
         Err(NotStored::Busy),
         "10 MiB more would pass a quarter of the budget"
     );
+    // A lack of room says nothing about the URL: it is not marked, and
+    // the next misses for it collapse as before.
+    drop(second);
+    let again = lead(&cache, &get("http://h/second"));
+    let _follower = follow(&cache, &get("http://h/second"));
+    drop(again);
     // Small enough for memory: kept there.
     let small = store(&cache, &get("http://h/small"), &[MAX_AGE], &body(1000), 1);
     assert!(small.is_ok(), "{small:?}");
@@ -318,6 +324,26 @@ fn fills_in_progress_keep_their_files_to_a_quarter_of_the_budget() {
     assert_eq!(object_files(dir.path()).len(), 2, "small and third");
     let mut fourth = lead(&cache, &get("http://h/fourth"));
     ok_head(&mut fourth, &get("http://h/fourth"), &sized).expect("a stored file is the budget's");
+}
+
+#[test]
+fn a_fill_of_unknown_length_always_gets_its_file() {
+    // Two fills of unknown length grow past the quarter of the budget that
+    // fills in progress may hold; a third still starts its file (it cannot
+    // be judged by a length it does not have) and is stored, though its
+    // body is over the memory tier's limit.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open(dir.path());
+    let mut growing = Vec::new();
+    for url in ["http://h/one", "http://h/two"] {
+        let mut filler = lead(&cache, &get(url));
+        ok_head(&mut filler, &get(url), &[MAX_AGE]).expect("admitted");
+        filler.body(&body(15 << 20));
+        growing.push(filler);
+    }
+    let stored = store(&cache, &get("http://h/three"), &[MAX_AGE], &body(50_000), 5);
+    assert!(stored.is_ok(), "{stored:?}");
+    assert_eq!(hit_body(&cache, "http://h/three"), body(50_000));
 }
 
 #[test]
