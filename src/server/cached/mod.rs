@@ -171,7 +171,10 @@ fn by_lookup(ex: &mut Exchange<'_>, may_look_again: bool) -> Result<Served, Prox
                     Ok(served)
                 }
                 Err(unsent) => {
-                    let bodiless = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
+                    let bodiless = matches!(
+                        ex.head.body_framing(),
+                        Ok(BodyFraming::Empty | BodyFraming::Length(0))
+                    );
                     if may_look_again && bodiless {
                         by_lookup(ex, false)
                     } else {

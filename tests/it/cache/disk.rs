@@ -3,7 +3,7 @@
 //! response over every limit streamed through with the process's memory
 //! flat (its RSS read from `/proc`).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::{LIMIT, cache_status, concurrent_gets, get};
 use crate::support::origin::pattern_byte;
+use crate::support::raw::read_head;
 use crate::support::{
     Gate, Origin, ProxyProcess, Reply, metric, run_binary_within, scrape_metrics, wait_until,
 };
@@ -446,32 +447,39 @@ fn fills_in_progress_start_files_only_within_their_share_of_the_budget() {
         "--cache-max-object",
         "1KiB",
     ]);
-    let clients: Vec<_> = (0..4)
+    // Each client reads its head before the gate opens: its Cache-Status
+    // says where the body goes, decided while the others' files are open.
+    let mut clients: Vec<_> = (0..4)
         .map(|i| {
-            let (addr, url) = (proxy.addr, origin.url(&format!("/artifact-{i}")));
-            thread::spawn(move || get(addr, &url, &[]))
+            let url = origin.url(&format!("/artifact-{i}"));
+            let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+            let request = format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n");
+            stream.write_all(request.as_bytes()).expect("send");
+            stream
         })
         .collect();
-    // Every head is in (each was sent before the gate), and a moment
-    // later each fill has decided where its body goes.
-    assert!(wait_until(LIMIT, || origin.requests().len() == 4));
-    assert!(wait_until(LIMIT, || temp_files(dir.path()) == 1));
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(temp_files(dir.path()), 1, "one file written at a time");
-    gate.open();
-    let replies: Vec<_> = clients
-        .into_iter()
-        .map(|client| client.join().expect("client thread"))
+    let heads: Vec<_> = clients
+        .iter_mut()
+        .map(|stream| read_head(stream, LIMIT).expect("a response head"))
         .collect();
-    for reply in &replies {
-        assert_eq!(reply.status, 200, "{reply:?}");
-        assert!(reply.body == pattern(LEN), "whole");
-    }
-    let busy = replies
+    assert_eq!(temp_files(dir.path()), 1, "one file written at a time");
+    let busy = heads
         .iter()
-        .filter(|reply| cache_status(reply).contains("detail=busy"))
+        .filter(|head| {
+            head.header("cache-status")
+                .is_some_and(|s| s.contains("detail=busy"))
+        })
         .count();
-    assert_eq!(busy, 3, "the others say why they were not stored");
+    assert_eq!(busy, 3, "the others say why they are not stored: {heads:?}");
+    gate.open();
+    for (stream, head) in clients.iter_mut().zip(&heads) {
+        assert_eq!(head.status, 200, "{}", head.head);
+        let mut body = vec![0u8; LEN as usize];
+        stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+        stream.read_exact(&mut body).expect("the whole body");
+        assert!(body == pattern(LEN), "whole");
+    }
+    drop(clients);
     assert!(wait_until(LIMIT, || object_files(dir.path()).len() == 1));
     stop(proxy);
 }
