@@ -201,8 +201,10 @@ impl DiskStore {
                 .ok()?;
         }
         Some(WritingRoom {
-            writing: Arc::clone(&self.writing),
-            held: declared.unwrap_or(0),
+            held: RoomPromise {
+                promised: Arc::clone(&self.writing),
+                len: declared.unwrap_or(0),
+            },
             growing: declared.is_none(),
         })
     }
@@ -497,8 +499,7 @@ impl Drop for DiskWriter {
 /// (`DiskStore::writing_room`), given back when dropped.
 #[derive(Debug)]
 pub struct WritingRoom {
-    writing: Arc<AtomicU64>,
-    held: u64,
+    held: RoomPromise,
     /// The length was not known: the file is counted as it grows.
     growing: bool,
 }
@@ -506,20 +507,15 @@ pub struct WritingRoom {
 impl WritingRoom {
     fn grow(&mut self, bytes: u64) {
         if self.growing {
-            self.writing.fetch_add(bytes, Ordering::AcqRel);
-            self.held += bytes;
+            self.held.promised.fetch_add(bytes, Ordering::AcqRel);
+            self.held.len += bytes;
         }
     }
 }
 
-impl Drop for WritingRoom {
-    fn drop(&mut self) {
-        self.writing.fetch_sub(self.held, Ordering::AcqRel);
-    }
-}
-
-/// Disk space promised to one fill (`DiskStore::promise_room`), given back
-/// when dropped.
+/// Bytes promised to one fill out of a shared count, given back when
+/// dropped: disk space (`DiskStore::promise_room`), or a share of the room
+/// of fills in progress (`WritingRoom`).
 #[derive(Debug)]
 pub struct RoomPromise {
     promised: Arc<AtomicU64>,
