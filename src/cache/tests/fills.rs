@@ -8,7 +8,9 @@ use http::StatusCode;
 
 use super::{MAX_AGE, get, miss_kind};
 use crate::cache::stats::read;
-use crate::cache::testing::{follow, headers, lead, ok_head, read_body, request, small_cache};
+use crate::cache::testing::{
+    expect_hit, follow, headers, lead, ok_head, read_body, request, small_cache,
+};
 use crate::cache::*;
 
 #[test]
@@ -72,25 +74,12 @@ fn a_purge_during_a_fill_keeps_its_response_out_of_the_cache() {
     let url = "http://h/purged-while-filling";
     let mut filler = lead(&cache, &get(url));
     let follower = follow(&cache, &get(url));
-    filler
-        .response_head(
-            &get(url),
-            StatusCode::OK,
-            &headers(&[MAX_AGE, ("content-length", "10")]),
-            SystemTime::now(),
-        )
-        .expect("storable");
+    ok_head(&mut filler, &get(url), &[MAX_AGE, ("content-length", "10")]).expect("storable");
     filler.body(b"old01");
     assert_eq!(cache.purge(url), Ok(true), "a fill was in progress");
     // A request after the purge fetches afresh: it does not follow the
     // fill that began before it.
-    let Lookup::Miss(Miss {
-        role: MissRole::Fill(next),
-        ..
-    }) = cache.lookup(&get(url), SystemTime::now())
-    else {
-        panic!("the next miss must fill on its own");
-    };
+    let mut next = lead(&cache, &get(url));
     filler.body(b"old23");
     assert_eq!(filler.finish().err(), Some(NotStored::Invalidated));
     // The follower from before the purge still gets its whole answer.
@@ -100,14 +89,10 @@ fn a_purge_during_a_fill_keeps_its_response_out_of_the_cache() {
     assert_eq!(read_body(&mut reader).expect("body"), b"old01old23");
     assert_eq!(miss_kind(&cache, &get(url)), Fwd::UriMiss);
     // The fill that began after the purge stores.
-    let mut next = next;
     ok_head(&mut next, &get(url), &[MAX_AGE, ("content-length", "3")]).expect("storable");
     next.body(b"new");
     next.finish().expect("stored");
-    assert!(matches!(
-        cache.lookup(&get(url), SystemTime::now()),
-        Lookup::Hit(_)
-    ));
+    expect_hit(&cache, &get(url));
 }
 
 #[test]

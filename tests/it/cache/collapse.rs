@@ -148,15 +148,8 @@ fn followers_receive_bytes_before_the_fill_completes() {
     let gate = Gate::new();
     let (first, rest) = (vec![b'a'; 64 * 1024], vec![b'b'; 64 * 1024]);
     let origin = Origin::start({
-        let (gate, first, rest) = (gate.clone(), first.clone(), rest.clone());
-        move |_| Reply::Paused {
-            status: 200,
-            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
-            first: first.clone(),
-            gate: gate.clone(),
-            rest: rest.clone(),
-            reset: false,
-        }
+        let (gate, body, at) = (gate.clone(), [&first[..], &rest[..]].concat(), first.len());
+        move |_| Reply::fresh_paused(&body, at, &gate)
     });
     let proxy = roomy_proxy();
     let url = origin.url("/slow");
@@ -186,20 +179,13 @@ fn a_purge_during_a_fill_keeps_the_response_from_before_it_out_of_the_cache() {
     let (first, rest) = (vec![b'o'; 16 * 1024], vec![b'O'; 16 * 1024]);
     let answered = Arc::new(AtomicUsize::new(0));
     let origin = Origin::start({
-        let (gate, first, rest, answered) =
-            (gate.clone(), first.clone(), rest.clone(), answered.clone());
+        let (gate, answered) = (gate.clone(), answered.clone());
+        let (body, at) = ([&first[..], &rest[..]].concat(), first.len());
         move |_| {
             if answered.fetch_add(1, Ordering::SeqCst) > 0 {
                 return reply_with("new", &[("Cache-Control", "max-age=3600")]);
             }
-            Reply::Paused {
-                status: 200,
-                headers: vec![("Cache-Control".into(), "max-age=3600".into())],
-                first: first.clone(),
-                gate: gate.clone(),
-                rest: rest.clone(),
-                reset: false,
-            }
+            Reply::fresh_paused(&body, at, &gate)
         }
     });
     // Loopback clients may PURGE by default.
@@ -746,15 +732,7 @@ impl Artifact {
             let (body, asked, seen) = (body.clone(), asked.clone(), seen.clone());
             move |_| {
                 asked.wait(LIMIT);
-                let half = body.len() / 2;
-                Reply::Paused {
-                    status: 200,
-                    headers: vec![("Cache-Control".into(), "max-age=3600".into())],
-                    first: body[..half].to_vec(),
-                    gate: seen.clone(),
-                    rest: body[half..].to_vec(),
-                    reset: false,
-                }
+                Reply::fresh_paused(&body, body.len() / 2, &seen)
             }
         });
         Artifact {

@@ -426,17 +426,7 @@ fn fills_in_progress_start_files_only_within_their_share_of_the_budget() {
     let gate = Gate::new();
     let origin = Origin::start({
         let gate = gate.clone();
-        move |_| {
-            let body = pattern(LEN);
-            Reply::Paused {
-                status: 200,
-                headers: vec![("Cache-Control".into(), "max-age=3600".into())],
-                first: body[..1 << 20].to_vec(),
-                gate: gate.clone(),
-                rest: body[1 << 20..].to_vec(),
-                reset: false,
-            }
-        }
+        move |_| Reply::fresh_paused(&pattern(LEN), 1 << 20, &gate)
     });
     let dir_arg = dir.path().to_str().expect("UTF-8 temp path");
     let proxy = start(&[
@@ -496,15 +486,7 @@ fn a_kill_during_a_write_leaves_nothing_that_is_served() {
                 return fresh_pattern(2_000_000);
             }
             // Half the body, then nothing until the test is over.
-            let body = pattern(2_000_000);
-            Reply::Paused {
-                status: 200,
-                headers: vec![("Cache-Control".into(), "max-age=3600".into())],
-                first: body[..1_000_000].to_vec(),
-                gate: gate.clone(),
-                rest: body[1_000_000..].to_vec(),
-                reset: false,
-            }
+            Reply::fresh_paused(&pattern(2_000_000), 1_000_000, &gate)
         }
     });
     let url = origin.url("/interrupted");

@@ -91,6 +91,19 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// A 200 fresh for an hour (`max-age=3600`) whose `body` stops after
+    /// `at` bytes until `gate` opens.
+    pub fn fresh_paused(body: &[u8], at: usize, gate: &Gate) -> Reply {
+        Reply::Paused {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+            first: body[..at].to_vec(),
+            gate: gate.clone(),
+            rest: body[at..].to_vec(),
+            reset: false,
+        }
+    }
+
     /// 200 with a body and a Content-Type.
     pub fn ok(content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
         Reply::Full {
