@@ -44,13 +44,19 @@ impl Cache {
     }
 
     /// A filler for the answer to a POST that later GETs of its URL may
-    /// reuse (RFC 9110 §9.3.3): one with explicit freshness and a
+    /// reuse (RFC 9110 §9.3.3): a 200 or 203 with explicit freshness and a
     /// `Content-Location` naming the request's own URL, whose content is
-    /// then a representation of that resource (RFC 9110 §8.7). It is
-    /// stored as the URL's GET response. `None` for any other answer; call
-    /// after `invalidate`, which the POST's success calls for first.
-    pub fn post_filler(&self, head: &RequestHead, headers: &http::HeaderMap) -> Option<Filler> {
-        if !self.is_enabled() || head.method != "POST" {
+    /// then a representation of that resource (RFC 9110 §8.7: only a 2xx
+    /// says so; an error's content describes the error). It is stored as
+    /// the URL's GET response. `None` for any other answer; call after
+    /// `invalidate`, which the POST's success calls for first.
+    pub fn post_filler(
+        &self,
+        head: &RequestHead,
+        status: u16,
+        headers: &http::HeaderMap,
+    ) -> Option<Filler> {
+        if !self.is_enabled() || head.method != "POST" || !matches!(status, 200 | 203) {
             return None;
         }
         // The key as a GET of it is looked up (never one normalising would

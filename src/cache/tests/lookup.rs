@@ -478,7 +478,7 @@ fn a_post_answer_naming_its_own_url_is_kept_for_gets() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let post = request("POST", "http://h/form", &[("content-length", "3")]);
     let fresh = headers(&[MAX_AGE, ("content-location", "/form")]);
-    let mut filler = cache.post_filler(&post, &fresh).expect("storable");
+    let mut filler = cache.post_filler(&post, 200, &fresh).expect("storable");
     filler
         .response_head(&post, StatusCode::OK, &fresh, SystemTime::now())
         .expect("stored");
@@ -487,8 +487,21 @@ fn a_post_answer_naming_its_own_url_is_kept_for_gets() {
     let hit = expect_hit(&cache, &get("http://h/form"));
     assert_eq!(&hit.object.memory_chunks().expect("memory")[0][..], b"done");
     let elsewhere = headers(&[MAX_AGE, ("content-location", "/other")]);
-    assert!(cache.post_filler(&post, &elsewhere).is_none());
+    assert!(cache.post_filler(&post, 200, &elsewhere).is_none());
     let no_freshness = headers(&[("content-location", "/form")]);
-    assert!(cache.post_filler(&post, &no_freshness).is_none());
-    assert!(cache.post_filler(&get("http://h/form"), &fresh).is_none());
+    assert!(cache.post_filler(&post, 200, &no_freshness).is_none());
+    assert!(
+        cache
+            .post_filler(&get("http://h/form"), 200, &fresh)
+            .is_none()
+    );
+    // An error's content describes the error, not the resource: a failed
+    // POST must not become every later GET's answer.
+    for status in [201, 204, 206, 303, 400, 409, 500] {
+        assert!(
+            cache.post_filler(&post, status, &fresh).is_none(),
+            "{status}"
+        );
+    }
+    assert!(cache.post_filler(&post, 203, &fresh).is_some());
 }

@@ -63,9 +63,9 @@ const NOT_REVALIDATED: &[&str] = &[
 pub fn pass(ex: &mut Exchange<'_>, why: Option<(Fwd, &'static str)>) -> Result<Served, ProxyError> {
     let upstream = fetch(ex, None)?;
     let response = &upstream.response;
-    ex.cache()
-        .invalidate(ex.head, response.status().as_u16(), response.headers());
-    if let Some(filler) = ex.cache().post_filler(ex.head, response.headers()) {
+    let status = response.status().as_u16();
+    ex.cache().invalidate(ex.head, status, response.headers());
+    if let Some(filler) = ex.cache().post_filler(ex.head, status, response.headers()) {
         return fill(ex, Fwd::Miss, filler, Some(upstream));
     }
     let outcome = why.map(|(fwd, detail)| Outcome::Forward {

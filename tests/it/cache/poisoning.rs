@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{cache_status, get, reply_with, requests_for, revalidating_origin};
-use crate::support::{Origin, Proxy};
+use crate::support::{Origin, Proxy, Reply};
 
 #[test]
 fn a_field_named_in_connection_keys_no_variant() {
@@ -173,4 +173,42 @@ fn a_post_answer_is_stored_only_under_the_url_as_written() {
     let victim = get(proxy.addr, &origin.url("/victim/b"), &[]);
     assert_eq!(victim.text(), "GET for /victim/b", "{victim:?}");
     assert!(cache_status(&victim).contains("fwd=uri-miss"), "{victim:?}");
+}
+
+#[test]
+fn a_failed_post_does_not_become_the_answer_to_gets() {
+    // The origin labels its error answers to a POST as the URL's content
+    // (Content-Location, fresh): only a 2xx is the resource's content.
+    let origin = Origin::start(|request| {
+        if request.method == "POST" {
+            let status = request
+                .target
+                .trim_start_matches("/p")
+                .parse()
+                .unwrap_or(500);
+            return Reply::Full {
+                status,
+                headers: vec![
+                    ("Cache-Control".into(), "max-age=100".into()),
+                    ("Content-Location".into(), request.target.clone()),
+                ],
+                body: format!("post failed {status}").into_bytes(),
+            };
+        }
+        reply_with(
+            &format!("page {}", request.target),
+            &[("Cache-Control", "max-age=100")],
+        )
+    });
+    let proxy = Proxy::start();
+    for status in [400, 409, 500, 303] {
+        let url = origin.url(&format!("/p{status}"));
+        let before = get(proxy.addr, &url, &[]);
+        assert_eq!(before.text(), format!("page /p{status}"), "{before:?}");
+        let post = get(proxy.addr, &url, &["-X", "POST", "--data", "x"]);
+        assert_eq!(post.status, status, "{post:?}");
+        let after = get(proxy.addr, &url, &[]);
+        assert_eq!(after.status, 200, "{after:?}");
+        assert_eq!(after.text(), format!("page /p{status}"), "{after:?}");
+    }
 }
