@@ -231,6 +231,16 @@ impl Filler {
             return;
         }
         self.store = Store::NotStoring(why);
+        // Whatever keeps it out of the cache, a new response supersedes the
+        // stored one, except a 304 (which updates it), a 5xx (which
+        // `stale-if-error` may stand in for), and an answer to a request
+        // that keeps itself out of the cache (`no-store`).
+        let supersedes = why != NotStored::Request
+            && status != StatusCode::NOT_MODIFIED
+            && !status.is_server_error();
+        if supersedes && self.stored_before {
+            self.drop_superseded(client);
+        }
         // Only a shared fill's refusal says something about the URL; one
         // caused by the request itself, or by the cache's state (a disk
         // error, no room), does not.
@@ -238,9 +248,6 @@ impl Filler {
             why,
             NotStored::DiskError | NotStored::Request | NotStored::Busy
         ) && status != StatusCode::NOT_MODIFIED;
-        if about_response && !status.is_server_error() && self.stored_before {
-            self.drop_superseded(client);
-        }
         self.release(Release::NotShareable, about_response);
     }
 
@@ -577,7 +584,22 @@ impl Filler {
             }
         };
         let (declared, received) = match &self.store {
-            Store::Storing { head, received, .. } => (head.declared_len, *received),
+            Store::Storing { head, received, .. } => {
+                // Given up for the cache's sake (too large for every tier,
+                // a disk error, no memory), the response still supersedes
+                // what is stored for its variant: the old copy must not
+                // answer in its place. One cut short by the origin does
+                // not, as a 5xx does not.
+                let cache_side = matches!(
+                    failure,
+                    FillFailure::TooLarge | FillFailure::DiskWrite | FillFailure::MemoryFull
+                );
+                if cache_side && self.stored_before && !head.status.is_server_error() {
+                    let same_variant = |o: &StoredObject| o.head.variant == head.variant;
+                    self.drop_stored(same_variant, true, true);
+                }
+                (head.declared_len, *received)
+            }
             _ => (None, 0),
         };
         self.store = Store::NotStoring(why);

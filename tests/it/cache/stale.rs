@@ -264,3 +264,39 @@ fn an_entry_superseded_by_a_response_not_kept_is_not_served_again() {
         assert!(cache_status(&reply).contains("fwd="), "{reply:?}");
     }
 }
+
+#[test]
+fn an_entry_superseded_by_a_response_too_large_to_keep_is_not_served_again() {
+    // v1 is stored; its replacement comes chunked (no length), over the
+    // object limit, so storing it is given up halfway; then the origin
+    // fails. v1 is out of date: the failure must go through, not v1.
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let origin = Origin::start(move |_| {
+        let caching = "max-age=0, stale-if-error=600";
+        match served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => reply_with(
+                "small v1",
+                &[("Cache-Control", caching), ("ETag", "\"v1\"")],
+            ),
+            1 => Reply::Chunked {
+                status: 200,
+                headers: vec![
+                    ("Cache-Control".into(), caching.into()),
+                    ("ETag".into(), "\"v2\"".into()),
+                ],
+                body: vec![b'2'; 200_000],
+                piece: 16 * 1024,
+            },
+            _ => Reply::status(503),
+        }
+    });
+    let proxy = Proxy::with(|config| config.cache_max_object = 64 << 10);
+    let url = origin.url("/grown");
+    assert_eq!(get(proxy.addr, &url, &[]).text(), "small v1");
+    let grown = get(proxy.addr, &url, &[]);
+    assert_eq!(grown.header("etag"), Some("\"v2\""), "{grown:?}");
+    assert_eq!(grown.body.len(), 200_000);
+    let failed = get(proxy.addr, &url, &[]);
+    assert_eq!(failed.status, 503, "{failed:?}");
+    assert!(cache_status(&failed).contains("fwd=uri-miss"), "{failed:?}");
+}
