@@ -99,6 +99,18 @@ pub fn parse_line(text: &str) -> Result<Option<Parsed>, BadLine> {
     if text.len() > MAX_URL_BYTES {
         return Err(too_long(text.len()));
     }
+    // The URL parser would quietly encode a space and drop a tab, and so
+    // fetch another URL than the line says (`page<TAB>label`).
+    if let Some(c) = text.chars().find(|&c| c.is_whitespace() || c.is_control()) {
+        return Err(BadLine::NotUrl {
+            text: shorten(text),
+            reason: if c.is_whitespace() {
+                "a URL has no spaces or tabs; write a space as %20".to_string()
+            } else {
+                "a URL has no control characters".to_string()
+            },
+        });
+    }
     let (mut url, assumed_http) = parse_with_scheme(text)?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(BadLine::UnsupportedScheme(url.scheme().to_string()));
@@ -127,13 +139,7 @@ pub fn parse_line(text: &str) -> Result<Option<Parsed>, BadLine> {
 fn parse_with_scheme(text: &str) -> Result<(Url, bool), BadLine> {
     let not_url = |err: url::ParseError| BadLine::NotUrl {
         text: shorten(text),
-        // Words with spaces between them read as a host name with spaces,
-        // which the parser calls an invalid international domain name.
-        reason: if text.contains(char::is_whitespace) {
-            "a URL has no spaces".to_string()
-        } else {
-            err.to_string()
-        },
+        reason: err.to_string(),
     };
     if text.contains("://") {
         return Url::parse(text).map(|u| (u, false)).map_err(not_url);
@@ -234,6 +240,18 @@ impl<R: BufRead> Iterator for Lines<R> {
             self.line += 1;
             let place = Place::Line(self.line);
             let parsed = match raw {
+                Raw::Text(bytes) if bytes.contains(&0) => {
+                    // A binary file given by mistake: its fragments would
+                    // read as host names, each looked up and fetched.
+                    self.done = true;
+                    return Some(Err(ReadError {
+                        line: self.line - 1,
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("line {} has a NUL byte: not a text file of URLs", self.line),
+                        ),
+                    }));
+                }
                 Raw::Text(mut bytes) => {
                     if self.line == 1 && bytes.starts_with(BOM) {
                         // Windows editors and PowerShell start a file with one.
@@ -353,7 +371,8 @@ mod tests {
             "{errs:?}"
         );
         assert_eq!(
-            errs[1], "line 2: not a URL (a URL has no spaces): \"not a url\"",
+            errs[1],
+            "line 2: not a URL (a URL has no spaces or tabs; write a space as %20): \"not a url\"",
             "{errs:?}"
         );
         assert!(
@@ -369,6 +388,36 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn spaces_tabs_and_control_characters_are_not_quietly_encoded_or_dropped() {
+        let items = read_all(b"http://h/x y\nhttp://h/page\tlabel\nhttp://h/a\x07b\nhttp://h/ok\n");
+        let errs: Vec<String> = items
+            .iter()
+            .filter_map(|i| i.as_ref().err())
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("line 1: not a URL (a URL has no spaces or tabs"));
+        assert!(errs[1].starts_with("line 2: not a URL (a URL has no spaces or tabs"));
+        assert!(errs[2].starts_with("line 3: not a URL (a URL has no control characters)"));
+        assert!(matches!(items.last(), Some(Ok(found)) if found.url.as_str() == "http://h/ok"));
+    }
+
+    #[test]
+    fn a_binary_file_stops_the_input_at_its_first_nul_byte() {
+        let mut lines = Lines::new(&b"http://h/a\nELF\0\x01junk\nhttp://h/b\n"[..], None);
+        assert!(matches!(lines.next(), Some(Ok(Ok(_)))));
+        let err = match lines.next() {
+            Some(Err(err)) => err.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            err,
+            "cannot read input after line 1: line 2 has a NUL byte: not a text file of URLs"
+        );
+        assert!(lines.next().is_none());
     }
 
     #[test]

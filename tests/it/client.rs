@@ -290,7 +290,7 @@ fn mixed_batch_saves_good_urls_and_reports_the_rest() {
     );
     assert!(
         ran.stderr
-            .contains("line 11: not a URL (a URL has no spaces)"),
+            .contains("line 11: not a URL (a URL has no spaces or tabs"),
         "{}",
         ran.stderr
     );
