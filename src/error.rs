@@ -97,6 +97,11 @@ pub enum ProxyError {
         "CONNECT to port {port} is not allowed; allow it with --connect-port {port} (or connect_ports in the config file)"
     )]
     ConnectPortDenied { port: u16 },
+    /// A CONNECT while `max_tunnels` is 0: tunnels are turned off.
+    #[error(
+        "CONNECT is turned off on this proxy (max_tunnels = 0); set max_tunnels in the config file to allow tunnels"
+    )]
+    TunnelsOff,
     /// This request already passed through this proxy (`Via`).
     #[error("request loop detected: this request already passed through this proxy")]
     LoopDetected,
@@ -220,6 +225,7 @@ impl ProxyError {
                 | ProxyError::DestinationDenied { .. }
                 | ProxyError::PortDenied { .. }
                 | ProxyError::ConnectPortDenied { .. }
+                | ProxyError::TunnelsOff
                 | ProxyError::LoopDetected
                 | ProxyError::DnsFailed { .. }
                 | ProxyError::ConnectionRefused { .. }
@@ -240,7 +246,9 @@ impl ProxyError {
             }
             ClientDenied { .. } | PurgeDenied { .. } => (403, "http_request_denied"),
             DestinationDenied { .. } => (403, "destination_ip_prohibited"),
-            PortDenied { .. } | ConnectPortDenied { .. } => (403, "http_request_denied"),
+            PortDenied { .. } | ConnectPortDenied { .. } | TunnelsOff => {
+                (403, "http_request_denied")
+            }
             ProxyAuthRequired(_) => (407, "http_request_denied"),
             HeadTimeout(_) | BodyTimeout(_) => (408, "http_request_error"),
             BodyTooLarge { .. } => (413, "http_request_error"),
@@ -372,6 +380,7 @@ mod tests {
             ProxyError::DestinationDenied { addr: loopback },
             ProxyError::PortDenied { port: 25 },
             ProxyError::ConnectPortDenied { port: 25 },
+            ProxyError::TunnelsOff,
             ProxyError::ProxyAuthRequired(AuthFailure::Missing),
             ProxyError::HeadTimeout(Duration::from_secs(1)),
             ProxyError::BodyTimeout("x".into()),
@@ -414,6 +423,7 @@ mod tests {
                 | ProxyError::DestinationDenied { .. }
                 | ProxyError::PortDenied { .. }
                 | ProxyError::ConnectPortDenied { .. }
+                | ProxyError::TunnelsOff
                 | ProxyError::ProxyAuthRequired(_)
                 | ProxyError::HeadTimeout(_)
                 | ProxyError::BodyTimeout(_)

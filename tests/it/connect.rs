@@ -328,6 +328,29 @@ fn max_tunnels_reached_is_503_and_a_place_frees_when_one_closes() {
 }
 
 #[test]
+fn max_tunnels_0_turns_connect_off_with_a_403_not_a_retry() {
+    let echo = EchoServer::start();
+    let port = echo.addr.port();
+    let proxy = Proxy::with(|c| {
+        c.connect_ports = vec![port];
+        c.max_tunnels = 0;
+    });
+    let (_, response, sent) = connect_through(proxy.addr, &echo.addr.to_string(), b"");
+    let response = response_with_body(response);
+    assert_raw_error(&sent, &response, 403, "http_request_denied");
+    assert!(
+        response.header("retry-after").is_none(),
+        "{}",
+        response.head
+    );
+    assert!(
+        String::from_utf8_lossy(&response.body).contains("max_tunnels = 0"),
+        "{response:?}"
+    );
+    assert_eq!(echo.accepted(), 0);
+}
+
+#[test]
 fn a_silent_tunnel_is_closed_after_the_idle_timeout() {
     let echo = EchoServer::start();
     let port = echo.addr.port();

@@ -88,8 +88,13 @@ impl Relay {
     /// Takes a place for a new tunnel.
     ///
     /// # Errors
-    /// `TooManyConnections` when `max_tunnels` are open.
+    /// `TunnelsOff` when `max_tunnels` is 0; `TooManyConnections` when
+    /// `max_tunnels` are open.
     pub fn admit(&self) -> Result<TunnelSlot, ProxyError> {
+        if self.max_tunnels == 0 {
+            // Not a limit reached for now, which a client would retry.
+            return Err(ProxyError::TunnelsOff);
+        }
         if self.open.fetch_add(1, Ordering::SeqCst) >= self.max_tunnels {
             self.open.fetch_sub(1, Ordering::SeqCst);
             return Err(ProxyError::TooManyConnections {
