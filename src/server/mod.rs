@@ -48,6 +48,7 @@ use limits::ConnLimits;
 pub use listen::StartError;
 use pool::Pool;
 use request_id::RequestIds;
+use tunnel::OpenTunnels;
 
 /// Large shared fills received by threads of their own at once (see
 /// `cached::BackgroundFills`); more stay with their requests.
@@ -79,6 +80,8 @@ pub struct Running {
     pool: Pool,
     /// What each worker serves, for the lines of requests cut short.
     in_flight: Arc<InFlight>,
+    /// Tunnels open, which a stop cuts too.
+    tunnels: OpenTunnels,
 }
 
 impl Running {
@@ -142,21 +145,28 @@ impl Running {
         let deadline = drain_started + self.grace;
         let shutdown = self.shutdown.clone();
         let finished = self.pool.join(deadline, || shutdown.is_stopping_now());
-        let cut_short = heads_cut || !finished || self.shutdown.is_stopping_now();
+        let stopping = heads_cut || !finished || self.shutdown.is_stopping_now();
         let mut cut = 0;
-        if cut_short {
+        let mut tunnels = 0;
+        if stopping {
             // Tunnels still open are cut too.
+            tunnels = self.tunnels.get();
             self.shutdown.stop_now();
             // The requests still running end with the process: their lines
             // are written now.
             cut = self.in_flight.cut_all();
         }
         let _ = self.relay.join();
-        if cut_short {
-            match cut {
-                0 => log::warn!("stopped: requests were cut short"),
-                1 => log::warn!("stopped: 1 request was cut short (access log: {CUT_AT_SHUTDOWN})"),
-                n => log::warn!(
+        // Only what was cut makes the stop unclean: a second signal to an
+        // idle proxy (as `timeout` sends) cuts nothing.
+        if heads_cut || cut > 0 || tunnels > 0 {
+            match (cut, tunnels) {
+                (0, 0) => log::warn!("stopped: requests still arriving were cut short"),
+                (0, n) => log::warn!("stopped: {n} open tunnels were closed"),
+                (1, _) => {
+                    log::warn!("stopped: 1 request was cut short (access log: {CUT_AT_SHUTDOWN})");
+                }
+                (n, _) => log::warn!(
                     "stopped: {n} requests were cut short (access log: {CUT_AT_SHUTDOWN})"
                 ),
             }
@@ -216,6 +226,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let idle = IdleWorkers::new(config.workers.get(), cpus);
     let pool = Pool::spawn(config.workers.get(), &jobs_rx, &idle, &ctx)?;
     let in_flight = ctx.in_flight.clone();
+    let tunnels = ctx.relay.open_count();
     drop(jobs_rx);
     let acceptor = Acceptor::new(
         poll,
@@ -245,6 +256,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         relay: relay_thread,
         pool,
         in_flight,
+        tunnels,
     })
 }
 

@@ -344,3 +344,19 @@ fn head_still_arriving_is_cut_when_grace_ends() {
     }
     assert!(got.closed, "connection left open");
 }
+
+#[test]
+fn two_quick_signals_to_an_idle_proxy_exit_0() {
+    // `timeout` signals its child, then the child's process group: an idle
+    // proxy gets two signals at once, and has cut nothing.
+    let mut proxy = start(&[]);
+    proxy.signal("TERM");
+    proxy.signal("TERM");
+    let code = exit_code(&mut proxy, LIMIT);
+    assert_eq!(code, Some(0), "log:\n{}", log_of(&proxy));
+    assert!(
+        !log_of(&proxy).contains("cut short"),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+}

@@ -74,6 +74,18 @@ pub struct Relay {
     metrics: Arc<Metrics>,
 }
 
+/// How many tunnels are open, read apart from the [`Relay`] (whose
+/// channel it does not keep open).
+#[derive(Debug, Clone)]
+pub struct OpenTunnels(Arc<AtomicUsize>);
+
+impl OpenTunnels {
+    /// Tunnels open now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// A place among `max_tunnels`; dropping it gives the place back.
 #[derive(Debug)]
 pub struct TunnelSlot(Arc<AtomicUsize>);
@@ -108,6 +120,11 @@ impl Relay {
     /// How many tunnels are open now.
     pub fn open_tunnels(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// The open tunnels' count, to read after the relay is gone.
+    pub fn open_count(&self) -> OpenTunnels {
+        OpenTunnels(Arc::clone(&self.open))
     }
 
     /// Starts relaying between `client` and `upstream` for the CONNECT
