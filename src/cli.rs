@@ -234,7 +234,7 @@ pub struct FetchArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retries: u32,
     /// Time limit for one URL (all its redirects and retries included).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_time_limit, default_value = "5m")]
     pub timeout: Duration,
     /// Fetch again and replace files the manifest already records.
     #[arg(long)]
@@ -302,6 +302,17 @@ fn parse_dash(text: &str) -> Result<String, String> {
 /// Parses a humantime duration (`30s`, `1m 30s`, `250ms`).
 pub use crate::config::text::parse_duration;
 
+/// Parses a time limit: a duration other than zero, which would fail
+/// every URL at once.
+fn parse_time_limit(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => {
+            Err("a limit of 0 would fail every URL at once; give one such as 30s".into())
+        }
+        limit => Ok(limit),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +322,18 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_fetch_time_limit_of_zero_is_a_usage_error() {
+        for zero in ["0s", "0ms"] {
+            let err = Cli::try_parse_from(["fetchproxy", "fetch", "--timeout", zero, "http://h/"])
+                .expect_err(zero);
+            assert!(err.to_string().contains("would fail every URL"), "{err}");
+        }
+        assert!(
+            Cli::try_parse_from(["fetchproxy", "fetch", "--timeout", "1ms", "http://h/"]).is_ok()
+        );
     }
 
     #[test]
