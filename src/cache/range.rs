@@ -61,8 +61,12 @@ pub fn parse(value: &[u8], len: u64) -> RangeAnswer {
     match (first, last) {
         // RFC 9110 §14.1.2: "-N" is the last N bytes.
         (Some(None), Some(Some(suffix))) => {
-            if suffix == 0 || len == 0 {
+            if suffix == 0 {
                 return RangeAnswer::Unsatisfiable;
+            }
+            if len == 0 {
+                // Satisfiable (§14.1.1), and nothing to cut: all of it.
+                return RangeAnswer::Full;
             }
             RangeAnswer::Partial {
                 start: len.saturating_sub(suffix),
@@ -127,7 +131,9 @@ fn number(digits: &[u8]) -> Option<Option<u64>> {
 }
 
 /// RFC 9110 §13.1.5: a strong entity-tag equal to the stored one, or a
-/// date equal to a strong `Last-Modified`.
+/// date equal to a strong `Last-Modified`: for a cache, one at least a
+/// second before the stored `Date` (§8.8.2.2), as one changed twice within
+/// its second would not be.
 fn if_range_holds(condition: &[u8], stored: &HeaderMap) -> bool {
     let condition = condition.trim_ascii();
     if condition.starts_with(b"\"") {
@@ -140,7 +146,14 @@ fn if_range_holds(condition: &[u8], stored: &HeaderMap) -> bool {
         return false;
     }
     let since = crate::cache::normalise::parse_http_date(condition);
-    since.is_some() && since == date_header(stored, "last-modified")
+    let modified = date_header(stored, "last-modified");
+    let strong = match (modified, date_header(stored, "date")) {
+        (Some(modified), Some(date)) => date
+            .duration_since(modified)
+            .is_ok_and(|gap| gap >= std::time::Duration::from_secs(1)),
+        _ => false,
+    };
+    strong && since.is_some() && since == modified
 }
 
 #[cfg(test)]
@@ -172,6 +185,9 @@ mod tests {
             assert_eq!(parse(value.as_bytes(), 100), *want, "{value}");
         }
         assert_eq!(parse(b"bytes=0-", 0), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse(b"bytes=-0", 0), RangeAnswer::Unsatisfiable);
+        // A suffix of an empty representation is satisfiable: all of it.
+        assert_eq!(parse(b"bytes=-5", 0), RangeAnswer::Full);
     }
 
     #[test]
@@ -179,6 +195,7 @@ mod tests {
         let stored = headers(&[
             ("etag", "\"v1\""),
             ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("date", "Sun, 06 Nov 1994 08:49:38 GMT"),
         ]);
         let partial = RangeAnswer::Partial { start: 0, end: 0 };
         let ask = |cond: &str| {
@@ -194,6 +211,25 @@ mod tests {
         assert_eq!(ask("W/\"v1\""), RangeAnswer::Full);
         assert_eq!(ask("Sun, 06 Nov 1994 08:49:37 GMT"), partial);
         assert_eq!(ask("Mon, 07 Nov 1994 08:49:37 GMT"), RangeAnswer::Full);
+        // Modified within the second the response was sent (or no Date to
+        // tell): a weak date, which If-Range does not take.
+        for date in [Some("Sun, 06 Nov 1994 08:49:37 GMT"), None] {
+            let mut weak = vec![("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")];
+            weak.extend(date.map(|d| ("date", d)));
+            let head = request(
+                "GET",
+                "http://h/",
+                &[
+                    ("range", "bytes=0-0"),
+                    ("if-range", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                ],
+            );
+            assert_eq!(
+                select(&head, 200, &headers(&weak), 10),
+                RangeAnswer::Full,
+                "{date:?}"
+            );
+        }
     }
 
     #[test]
