@@ -100,7 +100,7 @@ impl Policy {
         if let Some(value) = normalise::request_cache_control(head.header_values("cache-control")) {
             request.insert(CACHE_CONTROL, value);
         }
-        for value in head.header_values("pragma") {
+        for value in pragma(head) {
             if let Ok(value) = HeaderValue::from_bytes(value) {
                 request.append(PRAGMA, value);
             }
@@ -367,13 +367,20 @@ impl Policy {
         if let Some(value) = normalise::request_cache_control(head.header_values("cache-control")) {
             request.headers_mut().insert(CACHE_CONTROL, value);
         }
-        for value in head.header_values("pragma") {
+        for value in pragma(head) {
             if let Ok(value) = HeaderValue::from_bytes(value) {
                 request.headers_mut().append(PRAGMA, value);
             }
         }
         request.into_parts().0
     }
+}
+
+/// The request's `Pragma` values, which count only when it has no
+/// `Cache-Control` (RFC 9111 §5.4).
+fn pragma(head: &RequestHead) -> impl Iterator<Item = &[u8]> {
+    let counts = head.header("cache-control").is_none();
+    head.header_values("pragma").filter(move |_| counts)
 }
 
 /// The longest a response is fresh by heuristic (RFC 9111 §4.2.2): the
