@@ -171,7 +171,10 @@ fn request_directives_can_ask_for_the_origin() {
     );
     // With Cache-Control present, Pragma is ignored (RFC 9111 §5.4).
     let both = [("cache-control", "max-age=100"), ("pragma", "no-cache")];
-    assert_eq!(p.decide(&request("GET", URL, &both), at(1)), Decision::Fresh);
+    assert_eq!(
+        p.decide(&request("GET", URL, &both), at(1)),
+        Decision::Fresh
+    );
     assert_eq!(p.decide(&with_cc("max-age=5"), at(10)), by_request);
     assert_eq!(p.decide(&with_cc("max-age=50"), at(10)), Decision::Fresh);
     assert_eq!(p.decide(&with_cc("min-fresh=95"), at(10)), by_request);

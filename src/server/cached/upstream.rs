@@ -175,6 +175,20 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
         let whole = fetch(ex, Some(&[]))?;
         return fill(ex, fwd, stale.filler, Some(whole));
     }
+    if status == StatusCode::PRECONDITION_FAILED {
+        // The client's own If-Match or If-Unmodified-Since failed: news
+        // about its precondition, not a new representation. The entry
+        // stays, for the next request and for stale-if-error.
+        let outcome = Outcome::Forward {
+            fwd,
+            fwd_status: Some(412),
+            stored: false,
+            collapsed: false,
+            ttl: None,
+            detail: None,
+        };
+        return relay(ex, upstream, Some(outcome), None);
+    }
     let error_status = matches!(status.as_u16(), 500 | 502 | 503 | 504);
     if error_status
         && object

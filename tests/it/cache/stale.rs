@@ -300,3 +300,42 @@ fn an_entry_superseded_by_a_response_too_large_to_keep_is_not_served_again() {
     assert_eq!(failed.status, 503, "{failed:?}");
     assert!(cache_status(&failed).contains("fwd=uri-miss"), "{failed:?}");
 }
+
+#[test]
+fn a_clients_failed_precondition_leaves_the_stale_entry_in_place() {
+    // A 412 to the client's If-Match says nothing new about the entry: it
+    // must still stand in when the origin fails next.
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let origin = Origin::start(move |request| {
+        if request.header("if-match").is_some() {
+            return Reply::status(412);
+        }
+        match served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => reply_with(
+                "v1",
+                &[
+                    ("Cache-Control", "max-age=0, stale-if-error=600"),
+                    ("ETag", "\"v1\""),
+                ],
+            ),
+            _ => Reply::status(503),
+        }
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/guarded");
+    assert_eq!(get(proxy.addr, &url, &[]).text(), "v1");
+    let failed = get(proxy.addr, &url, &["-H", "If-Match: \"other\""]);
+    assert_eq!(failed.status, 412, "{failed:?}");
+    let status = cache_status(&failed);
+    assert!(
+        status.contains("fwd-status=412") && !status.contains("stored"),
+        "{status}"
+    );
+    let stale = get(proxy.addr, &url, &[]);
+    assert_eq!(stale.status, 200, "{stale:?}");
+    assert_eq!(stale.text(), "v1");
+    assert!(
+        cache_status(&stale).ends_with("detail=stale-if-error"),
+        "{stale:?}"
+    );
+}
