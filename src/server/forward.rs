@@ -95,8 +95,9 @@ pub fn fetch(
     };
     let first = request()?;
     let body = ClientBody::new(conn, head, framing, ctx.config.max_body_bytes);
-    let (response, body_read) = send(body, first, &request, framing, authority, rules, ctx)?;
+    let (mut response, body_read) = send(body, first, &request, framing, authority, rules, ctx)?;
     check_response(&response)?;
+    date_if_missing(&mut response);
     Ok(Upstream {
         response,
         body_read,
@@ -130,10 +131,25 @@ pub fn fetch_detached(
     )?;
     transport::begin_attempt(head_bytes(&request));
     let call = http::Request::from_parts(request, ());
-    let response = upstream::with_rules(rules, || agent.run(call.map(|()| SendBody::none())))
+    let mut response = upstream::with_rules(rules, || agent.run(call.map(|()| SendBody::none())))
         .map_err(|err| upstream::map_error(err, authority))?;
     check_response(&response)?;
+    date_if_missing(&mut response);
     Ok(response)
+}
+
+/// Gives a response without `Date` the time it was received, as a
+/// recipient with a clock must before it forwards or caches it (RFC 9110
+/// §6.6.1); its age is then counted from then.
+fn date_if_missing<B>(response: &mut http::Response<B>) {
+    let headers = response.headers_mut();
+    if headers.contains_key(http::header::DATE) {
+        return;
+    }
+    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+    if let Ok(value) = http::HeaderValue::from_str(&now) {
+        headers.insert(http::header::DATE, value);
+    }
 }
 
 /// Content codings that change a body's bytes: named as a transfer

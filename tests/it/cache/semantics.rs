@@ -470,3 +470,26 @@ fn a_revalidation_for_a_no_store_request_leaves_the_entry_as_it_was() {
     let after = get(proxy.addr, &url, &[]);
     assert!(cache_status(&after).contains("; hit"), "{after:?}");
 }
+
+#[test]
+fn a_response_without_date_gets_one_when_forwarded_and_stored() {
+    // The test origins send no Date (RFC 9110 §6.6.1: the proxy must add it).
+    let origin = fresh_origin("no date");
+    let proxy = Proxy::start();
+    let url = origin.url("/undated");
+    let first = get(proxy.addr, &url, &[]);
+    let date = first
+        .header("date")
+        .unwrap_or_else(|| panic!("no Date on the miss: {first:?}"))
+        .to_string();
+    assert!(httpdate::parse_http_date(&date).is_ok(), "{date}");
+    let hit = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&hit).contains("; hit"), "{hit:?}");
+    assert_eq!(hit.header("date"), Some(date.as_str()), "{hit:?}");
+    let passed = get(
+        proxy.addr,
+        &origin.url("/other"),
+        &["-H", "Cache-Control: no-store"],
+    );
+    assert!(passed.header("date").is_some(), "{passed:?}");
+}
