@@ -449,6 +449,23 @@ impl Cache {
         Some(promoted)
     }
 
+    /// Takes a forwarded HEAD's 200 for the stored GET response `object`
+    /// (RFC 9111 §4.3.5): when a validator it sends, or its
+    /// `Content-Length`, differs from the stored one, the stored response
+    /// is out of date and is dropped from both tiers. Says whether it was.
+    pub fn head_answered(&self, object: &StoredObject, answer: &http::HeaderMap) -> bool {
+        if !outdated_by_head(&object.head.headers, object.head.body_len, answer) {
+            return false;
+        }
+        if let Some(memory) = &self.shared.memory {
+            memory.remove_variant(object);
+        }
+        if let Some(disk) = &self.shared.disk {
+            disk.tier.remove_variant(object);
+        }
+        true
+    }
+
     /// Applies a revalidation's 304 (RFC 9111 §4.3.4): the stored headers
     /// updated by the 304's, the policy refreshed, the body kept. Returns
     /// the updated object to answer from; `None` when the 304 does not
@@ -573,4 +590,54 @@ fn has_directive(head: &RequestHead, name: &str) -> bool {
 pub(crate) fn drops_named_fields(head: &RequestHead) -> bool {
     let hop = headers::HopByHop::from_connection(head.header_values("connection"));
     hop.has_listed() && head.headers.iter().any(|field| hop.lists(field.name()))
+}
+
+/// Whether a HEAD's 200 `answer` shows the stored GET response (its
+/// `stored` headers, a body of `len` bytes) out of date: an `ETag` or a
+/// `Last-Modified` it sends that the stored one does not match, or a
+/// `Content-Length` other than the stored body's.
+fn outdated_by_head(stored: &http::HeaderMap, len: u64, answer: &http::HeaderMap) -> bool {
+    let differs = |name: http::header::HeaderName| {
+        answer.get(&name).is_some_and(|value| {
+            stored.get(&name).map(|v| v.as_bytes().trim_ascii())
+                != Some(value.as_bytes().trim_ascii())
+        })
+    };
+    let length = answer
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    differs(http::header::ETAG)
+        || differs(http::header::LAST_MODIFIED)
+        || length.is_some_and(|length| length != len)
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::outdated_by_head;
+    use crate::cache::testing::headers;
+
+    #[test]
+    fn a_head_answer_outdates_on_any_validator_or_length_it_sends_that_differs() {
+        let stored = headers(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        let same = headers(&[("etag", "\"v1\""), ("content-length", "10")]);
+        assert!(!outdated_by_head(&stored, 10, &same));
+        assert!(!outdated_by_head(&stored, 10, &headers(&[])));
+        assert!(outdated_by_head(
+            &stored,
+            10,
+            &headers(&[("etag", "\"v2\"")])
+        ));
+        assert!(outdated_by_head(&stored, 11, &same));
+        let later = headers(&[("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")]);
+        assert!(outdated_by_head(&stored, 10, &later));
+        assert!(outdated_by_head(
+            &headers(&[]),
+            10,
+            &headers(&[("etag", "\"v1\"")])
+        ));
+    }
 }

@@ -189,6 +189,12 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
         };
         return relay(ex, upstream, Some(outcome), None);
     }
+    if ex.head.method == "HEAD" && status == StatusCode::OK {
+        // Not stored itself, but it may show the stored GET response out
+        // of date (RFC 9111 §4.3.5).
+        ex.cache()
+            .head_answered(&object, upstream.response.headers());
+    }
     let error_status = matches!(status.as_u16(), 500 | 502 | 503 | 504);
     if error_status
         && object

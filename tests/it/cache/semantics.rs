@@ -493,3 +493,34 @@ fn a_response_without_date_gets_one_when_forwarded_and_stored() {
     );
     assert!(passed.header("date").is_some(), "{passed:?}");
 }
+
+#[test]
+fn a_head_that_sees_a_new_version_drops_the_stored_get_response() {
+    // RFC 9111 §4.3.5: the HEAD's ETag differs from the stored one.
+    let version = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let current = std::sync::Arc::clone(&version);
+    let origin = Origin::start(move |request| {
+        let v = current.load(std::sync::atomic::Ordering::SeqCst);
+        let etag = format!("\"v{v}\"");
+        if request.header("if-none-match") == Some(etag.as_str()) {
+            return Reply::Full {
+                status: 304,
+                headers: vec![("ETag".into(), etag)],
+                body: Vec::new(),
+            };
+        }
+        reply_with(
+            &format!("body of v{v}"),
+            &[("Cache-Control", "max-age=100"), ("ETag", &etag)],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/versioned");
+    assert_eq!(get(proxy.addr, &url, &[]).text(), "body of v1");
+    version.store(2, std::sync::atomic::Ordering::SeqCst);
+    let head = get(proxy.addr, &url, &["-I", "-H", "Cache-Control: no-cache"]);
+    assert_eq!(head.header("etag"), Some("\"v2\""), "{head:?}");
+    let after = get(proxy.addr, &url, &[]);
+    assert_eq!(after.text(), "body of v2", "{after:?}");
+    assert!(cache_status(&after).contains("fwd="), "{after:?}");
+}
