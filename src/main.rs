@@ -87,13 +87,20 @@ fn write_out(generate: impl FnOnce(&mut dyn Write) -> std::io::Result<()>, what:
     }
 }
 
-/// `fetchproxy hash-password`: one line on stdin, its hash on stdout.
+/// `fetchproxy hash-password`: one line on stdin, its hash on stdout. On a
+/// terminal the password is asked for with echo off, as `passwd` does, so
+/// that it stays out of the scrollback.
 fn hash_password() -> ExitCode {
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("password (shown as typed): ");
-    }
-    match auth::hash_password_from(&mut stdin.lock()) {
+    let hashed = if stdin.is_terminal() {
+        match rpassword::prompt_password("password (not shown): ") {
+            Ok(password) => auth::hash_password_from(&mut format!("{password}\n").as_bytes()),
+            Err(err) => Err(format!("cannot read the password from the terminal: {err}")),
+        }
+    } else {
+        auth::hash_password_from(&mut stdin.lock())
+    };
+    match hashed {
         Ok(hash) => match writeln!(std::io::stdout(), "{hash}") {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

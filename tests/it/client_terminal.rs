@@ -383,3 +383,25 @@ fn a_left_out_proxy_password_is_asked_for_without_echo() {
     assert!(!term.raw().contains(PASSWORD), "the password was echoed");
     assert_eq!(manifest(dir.path())[0]["status"], 200);
 }
+
+#[test]
+fn hash_password_on_a_terminal_does_not_echo_the_password() {
+    use argon2::{Argon2, PasswordHash, PasswordVerifier};
+    const PASSWORD: &str = "kept-off-the-screen";
+    let mut term = Terminal::start(&["hash-password"]);
+    term.wait_for_row("the password prompt", |r| r == "password (not shown):");
+    term.type_text(&format!("{PASSWORD}\r"));
+    let (code, screen) = term.final_screen();
+    assert_eq!(code, Some(0), "{}", screen.join("\n"));
+    assert!(!term.raw().contains(PASSWORD), "the password was echoed");
+    let line = screen
+        .iter()
+        .find(|r| r.starts_with("$argon2id$"))
+        .unwrap_or_else(|| panic!("no hash:\n{}", screen.join("\n")));
+    let hash = PasswordHash::new(line.trim()).expect("a PHC string");
+    assert!(
+        Argon2::default()
+            .verify_password(PASSWORD.as_bytes(), &hash)
+            .is_ok()
+    );
+}
