@@ -32,7 +32,7 @@ pub enum HttpError {
     #[error("body ended after {got} of {want} bytes")]
     Truncated { got: u64, want: u64 },
     /// The URL's time limit passed.
-    #[error("timed out")]
+    #[error("timed out: the time limit for the URL (--timeout) passed")]
     Timeout,
     /// The proxy sent something that is not HTTP/1.1.
     #[error("malformed response from proxy: {0}")]

@@ -289,3 +289,27 @@ fn stdout_takes_exactly_one_url() {
     assert!(origin.requests().is_empty());
     assert!(files(dir.path()).is_empty());
 }
+
+#[test]
+fn a_url_over_its_time_limit_fails_and_says_which_limit() {
+    let origin = Origin::start(|_| Reply::Silent);
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let addr = proxy.addr.to_string();
+    let url = origin.url("/silent");
+    let child = Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
+        .args(["fetch", "--timeout", "1s", "--proxy", &addr, &url])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fetchproxy fetch");
+    let out = child.wait_with_output().expect("wait for fetchproxy fetch");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("timed out: the time limit for the URL (--timeout) passed"),
+        "{}",
+        text(&out.stderr)
+    );
+}
