@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeArray, DeTable, DeValue};
 
 use super::keys::{keys, nearest};
 use super::{ConfigError, Origin, Problem, ServeConfig, default_conns_per_client, default_queue};
@@ -186,13 +186,30 @@ pub(super) fn resolve(
         flags,
         flag_keys: Vec::new(),
     };
+    // The file's values that flags override: still checked, so that a
+    // file that only works under its flags says so now, not the day it is
+    // run without them (as a service unit runs it).
+    let mut overridden = DeTable::new();
     for (key, value) in flag_table.into_inner() {
         sources.flag_keys.push(key.get_ref().to_string());
-        table.insert(key, value);
+        if let Some(old) = table.insert(key.clone(), value) {
+            overridden.insert(key, old);
+        }
     }
+    let file_only = Sources {
+        path,
+        file: text,
+        flags,
+        flag_keys: Vec::new(),
+    };
 
     let mut problems = syntax_problems(&sources, &syntax_errors);
     problems.extend(problems_of_each_key(&sources, &table, &syntax_errors));
+    problems.extend(problems_of_each_key(
+        &file_only,
+        &overridden,
+        &syntax_errors,
+    ));
     if !problems.is_empty() {
         sort(&mut problems);
         return Err(ConfigError::Invalid(problems));
@@ -280,13 +297,35 @@ fn problems_of_each_key(
         {
             continue;
         }
+        let not_broken = |at: &Range<usize>| !(in_file && broken_lines.contains(&sources.line(at)));
+        // Each element of a list on its own, so that every bad one (each
+        // `[[users]]` table) is reported, at its own line.
+        if let DeValue::Array(items) = value.get_ref()
+            && items.len() > 1
+        {
+            let each: Vec<Problem> = items
+                .iter()
+                .filter_map(|item| {
+                    let mut list = DeArray::new();
+                    list.push(item.clone());
+                    let mut one = DeTable::new();
+                    one.insert(key.clone(), Spanned::new(item.span(), DeValue::Array(list)));
+                    let err = read(one).err()?;
+                    not_broken(&err.span().unwrap_or(item.span()))
+                        .then(|| sources.value_problem(key, item, &err))
+                })
+                .collect();
+            if !each.is_empty() {
+                problems.extend(each);
+                continue;
+            }
+        }
         let mut one = DeTable::new();
         one.insert(key.clone(), value.clone());
-        if let Err(err) = read(one) {
-            let at = err.span().unwrap_or(span);
-            if !(in_file && broken_lines.contains(&sources.line(&at))) {
-                problems.push(sources.value_problem(key, value, &err));
-            }
+        if let Err(err) = read(one)
+            && not_broken(&err.span().unwrap_or(span))
+        {
+            problems.push(sources.value_problem(key, value, &err));
         }
     }
     problems

@@ -340,6 +340,43 @@ fn a_bad_list_element_is_reported_at_its_own_line() {
 }
 
 #[test]
+fn every_bad_user_is_reported_at_its_own_table() {
+    let file = format!(
+        "[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n\n\
+         [[users]]\nname = \"b\"\npassword = \"x\"\n\n\
+         [[users]]\nname = \"c\"\npassword_hash = \"plain\"\n"
+    );
+    let found: Vec<String> = problems(from_file(&file))
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("fetchproxy.toml:5: users: unknown key \"password\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("fetchproxy.toml:9: users: user \"c\": password_hash:"),
+        "{found:#?}"
+    );
+    assert!(!found[1].contains("plain"), "{found:#?}");
+}
+
+#[test]
+fn a_bad_file_value_is_reported_even_when_a_flag_overrides_it() {
+    let found = problems(resolve(
+        "workers = 4\nlisten = []\n",
+        "listen = [\"127.0.0.1:0\"]",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(
+        found[0].to_string(),
+        "fetchproxy.toml:2: listen = []: expected at least one address to listen on"
+    );
+    assert!(resolve("listen = [\"127.0.0.1:9\"]\n", "listen = [\"127.0.0.1:0\"]").is_ok());
+}
+
+#[test]
 fn a_broken_line_is_reported_once() {
     let found = problems(from_file("workers = [\nqueue = 3\n"));
     assert_eq!(found.len(), 1, "{found:#?}");
