@@ -77,6 +77,9 @@ pub enum Release {
     FillerGone,
     /// No response head within the wait.
     TimedOut,
+    /// A revalidation's 304 refreshed the stored response: look it up
+    /// again.
+    Refreshed,
 }
 
 /// The response head as followers see it.

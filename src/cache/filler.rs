@@ -251,6 +251,12 @@ impl Filler {
         self.release(Release::NotShareable, about_response);
     }
 
+    /// The revalidation this filler stood for got a 304, and the stored
+    /// response was refreshed: its followers look it up again.
+    pub fn refreshed(mut self) {
+        self.release(Release::Refreshed, false);
+    }
+
     /// A reader of this fill for the filler's own client, so that the body
     /// can be received by another thread while the client reads at its own
     /// pace (and a slow client does not hold back the followers). Only for

@@ -171,6 +171,22 @@ pub struct Follower {
     fill: Arc<Fill>,
 }
 
+impl Following {
+    /// Whether a follower of a revalidation looks the entry up again
+    /// (`Cache::lookup_alone`) rather than fetch it whole: a 304 refreshed
+    /// the entry, or the leader gave up or took too long (the entry then
+    /// is revalidated alone, `stale-if-error` and all).
+    pub fn looks_again(&self) -> bool {
+        matches!(
+            self,
+            Following::Released {
+                why: Release::Refreshed | Release::FillerGone | Release::TimedOut,
+                ..
+            }
+        )
+    }
+}
+
 /// What following a fill gave.
 pub enum Following {
     /// Stream this head and body.
@@ -217,12 +233,18 @@ impl Cache {
     /// Looks `head` up at `now`: see the module docs for what to do with
     /// each answer.
     pub fn lookup(&self, head: &RequestHead, now: SystemTime) -> Lookup {
-        self.look(head, now, true)
+        self.look(head, now, true, true)
+    }
+
+    /// `lookup`, for a request whose wait on another's revalidation of
+    /// the entry came to nothing: a stale entry is revalidated alone.
+    pub fn lookup_alone(&self, head: &RequestHead, now: SystemTime) -> Lookup {
+        self.look(head, now, true, false)
     }
 
     /// `lookup`; `again` allows one more look when a fill stored the
     /// response between this look and joining the fills.
-    fn look(&self, head: &RequestHead, now: SystemTime, again: bool) -> Lookup {
+    fn look(&self, head: &RequestHead, now: SystemTime, again: bool, collapse: bool) -> Lookup {
         if !self.is_enabled() {
             return Lookup::Bypass(Bypass::Off);
         }
@@ -258,9 +280,18 @@ impl Cache {
                     if only_if_cached {
                         return Lookup::OnlyIfCached;
                     }
+                    let filler = match self.revalidation_role(head, key, by_request || !collapse) {
+                        Ok(filler) => filler,
+                        Err(follower) => {
+                            return Lookup::Miss(Miss {
+                                kind: Fwd::Stale,
+                                role: MissRole::Follow(follower),
+                            });
+                        }
+                    };
                     return Lookup::Stale(Stale {
                         validators: object.head.policy.validators(now),
-                        filler: self.fill_alone(key),
+                        filler,
                         object,
                         by_request,
                     });
@@ -285,7 +316,44 @@ impl Cache {
                 role: MissRole::Fill(filler.with_nothing_stored()),
             }),
             Some(role) => Lookup::Miss(Miss { kind, role }),
-            None => self.look(head, now, false),
+            None => self.look(head, now, false, collapse),
+        }
+    }
+
+    /// Who revalidates a stale entry: concurrent plain GETs of it make one
+    /// upstream request, as concurrent misses do. The first leads (its
+    /// filler, registered); the others follow it (`Err`): they read its
+    /// answer as it arrives, or, when it was a 304, look the refreshed
+    /// entry up again. A request whose answer is its own (a HEAD, a range,
+    /// its own preconditions, credentials, `no-store`, or directives that
+    /// ask for the origin) revalidates alone.
+    fn revalidation_role(
+        &self,
+        head: &RequestHead,
+        key: CacheKey,
+        alone: bool,
+    ) -> Result<Filler, Follower> {
+        let own_answer = [
+            "range",
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+            "if-range",
+            "authorization",
+        ];
+        if alone
+            || head.method != "GET"
+            || own_answer.iter().any(|name| head.header(name).is_some())
+            || has_directive(head, "no-store")
+        {
+            return Ok(self.fill_alone(key));
+        }
+        let shared = Arc::clone(&self.shared);
+        match self.shared.collapser.join(&key, || false) {
+            Role::Lead(fill) => Ok(Filler::new(shared, key, fill, true)),
+            Role::Follow(fill) => Err(Follower { shared, key, fill }),
+            Role::Alone | Role::Stored => Ok(self.fill_alone(key)),
         }
     }
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::cache::object::{Body, DiskBody, has_body};
 use crate::cache::reply::{self, Reply};
-use crate::cache::{Follower, Following, Fwd, Outcome, StoredObject};
+use crate::cache::{Following, Fwd, Outcome, StoredObject};
 use crate::error::ProxyError;
 use crate::http::body::ChunkedWriter;
 use crate::http::request::{RequestHead, Version};
@@ -148,8 +148,12 @@ fn open_checked(disk: &DiskBody) -> Option<File> {
 ///
 /// # Errors
 /// As `upstream::fill`, for a follower let go.
-pub fn follow(ex: &mut Exchange<'_>, kind: Fwd, follower: Follower) -> Result<Served, ProxyError> {
-    let (fill, mut reader) = match follower.follow(ex.head) {
+pub fn follow(
+    ex: &mut Exchange<'_>,
+    kind: Fwd,
+    following: Following,
+) -> Result<Served, ProxyError> {
+    let (fill, mut reader) = match following {
         Following::Stream { head, reader } => (head, reader),
         Following::Released { filler, .. } => return upstream::fill(ex, kind, filler, None),
     };

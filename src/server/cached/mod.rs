@@ -144,7 +144,7 @@ pub fn serve(
         ctx,
         buf,
     };
-    let served = by_lookup(&mut ex, true)?;
+    let served = by_lookup(&mut ex, true, true)?;
     if let Some(outcome) = &served.cache {
         ctx.cache.stats().record(outcome);
         if served_from_cache(outcome) {
@@ -157,10 +157,20 @@ pub fn serve(
 /// Answers by what the cache holds for the request. A hit whose file
 /// changed before it could be sent, when `may_look_again`, looks once
 /// more: the file is then read back and dropped, and the request fetched.
-/// Not for a request with a body, which the hit has read away.
-fn by_lookup(ex: &mut Exchange<'_>, may_look_again: bool) -> Result<Served, ProxyError> {
+/// Not for a request with a body, which the hit has read away. Without
+/// `collapse`, a stale entry is revalidated alone (`Cache::lookup_alone`).
+fn by_lookup(
+    ex: &mut Exchange<'_>,
+    may_look_again: bool,
+    collapse: bool,
+) -> Result<Served, ProxyError> {
     let now = SystemTime::now();
-    match ex.ctx.cache.lookup(ex.head, now) {
+    let lookup = if collapse {
+        ex.ctx.cache.lookup(ex.head, now)
+    } else {
+        ex.ctx.cache.lookup_alone(ex.head, now)
+    };
+    match lookup {
         Lookup::Hit(hit) => {
             let outcome = hit.outcome(now);
             match answer::hit(ex, &hit.object, outcome, now) {
@@ -176,7 +186,7 @@ fn by_lookup(ex: &mut Exchange<'_>, may_look_again: bool) -> Result<Served, Prox
                         Ok(BodyFraming::Empty | BodyFraming::Length(0))
                     );
                     if may_look_again && bodiless {
-                        by_lookup(ex, false)
+                        by_lookup(ex, false, collapse)
                     } else {
                         Err(unsent.into_error())
                     }
@@ -186,7 +196,15 @@ fn by_lookup(ex: &mut Exchange<'_>, may_look_again: bool) -> Result<Served, Prox
         Lookup::Stale(stale) => upstream::revalidate(ex, stale),
         Lookup::Miss(Miss { kind, role }) => match role {
             MissRole::Fill(filler) => upstream::fill(ex, kind, filler, None),
-            MissRole::Follow(follower) => answer::follow(ex, kind, follower),
+            MissRole::Follow(follower) => {
+                let following = follower.follow(ex.head);
+                if kind == Fwd::Stale && following.looks_again() {
+                    // The entry as it now stands: fresh when a 304
+                    // refreshed it, else revalidated alone.
+                    return by_lookup(ex, false, false);
+                }
+                answer::follow(ex, kind, following)
+            }
             MissRole::NoStore(why) => upstream::pass(ex, Some((kind, why.detail()))),
         },
         Lookup::OnlyIfCached => Ok(answer::not_cached(ex)),

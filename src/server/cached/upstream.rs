@@ -159,6 +159,9 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
         let (parts, body) = upstream.response.into_parts();
         drain(body);
         if let Some(updated) = ex.cache().refresh(&object, ex.head, &parts, now) {
+            // Requests that waited on this revalidation look the entry up
+            // again, before this client is answered.
+            stale.filler.refreshed();
             let outcome = Outcome::Forward {
                 fwd,
                 fwd_status: Some(304),

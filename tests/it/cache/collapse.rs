@@ -906,3 +906,103 @@ fn a_fill_received_apart_that_fails_cuts_every_reader_short() {
     assert!(cache_status(&after).contains("fwd=uri-miss"), "{after:?}");
     assert_eq!(origin.requests().len(), 2);
 }
+
+/// An origin whose `/popular` is stored stale at once (`ETag: "v1"`), and
+/// which holds each revalidation of it until `gate` opens, then answers
+/// it with `revalidated`.
+fn stale_origin(gate: &Gate, revalidated: Reply) -> Origin {
+    let gate = gate.clone();
+    Origin::start(move |request| {
+        if request.header("if-none-match") == Some("\"v1\"") {
+            gate.wait(LIMIT);
+            return revalidated.clone();
+        }
+        reply_with(
+            "stored body",
+            &[
+                ("Cache-Control", "max-age=0, stale-if-error=600"),
+                ("ETag", "\"v1\""),
+            ],
+        )
+    })
+}
+
+/// Stores `/popular`, then sends `n` requests for it at once while its
+/// revalidation is held; opens `gate` once the others had time to come.
+fn revalidated_at_once(gate: &Gate, origin: &Origin, proxy: &Proxy, n: usize) -> Vec<CurlReply> {
+    let url = origin.url("/popular");
+    assert_eq!(get(proxy.addr, &url, &[]).text(), "stored body");
+    let clients = concurrent_gets(proxy.addr, &url, n);
+    assert!(wait_until(LIMIT, || origin.requests().len() == 2));
+    // Those that come after the gate opens find the outcome stored; this
+    // only gives the others time to wait on the revalidation first.
+    thread::sleep(Duration::from_millis(300));
+    gate.open();
+    clients
+        .into_iter()
+        .map(|client| client.join().expect("client"))
+        .collect()
+}
+
+#[test]
+fn concurrent_requests_for_a_stale_entry_wait_on_one_revalidation() {
+    let gate = Gate::new();
+    let not_modified = Reply::Full {
+        status: 304,
+        headers: vec![
+            ("ETag".into(), "\"v1\"".into()),
+            ("Cache-Control".into(), "max-age=600".into()),
+        ],
+        body: Vec::new(),
+    };
+    let origin = stale_origin(&gate, not_modified);
+    let proxy = roomy_proxy();
+    for reply in revalidated_at_once(&gate, &origin, &proxy, 10) {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.text(), "stored body", "{reply:?}");
+    }
+    assert_eq!(origin.requests().len(), 2, "{:?}", origin.requests());
+}
+
+#[test]
+fn followers_of_a_revalidation_read_the_new_body_it_brings() {
+    let gate = Gate::new();
+    let changed = Reply::Full {
+        status: 200,
+        headers: vec![
+            ("ETag".into(), "\"v2\"".into()),
+            ("Cache-Control".into(), "max-age=600".into()),
+        ],
+        body: b"new body".to_vec(),
+    };
+    let origin = stale_origin(&gate, changed);
+    let proxy = roomy_proxy();
+    let replies = revalidated_at_once(&gate, &origin, &proxy, 10);
+    for reply in &replies {
+        assert_eq!(reply.text(), "new body", "{reply:?}");
+    }
+    assert!(
+        replies
+            .iter()
+            .any(|reply| cache_status(reply).contains("; collapsed")),
+        "{replies:?}"
+    );
+    assert_eq!(origin.requests().len(), 2, "{:?}", origin.requests());
+}
+
+#[test]
+fn followers_of_a_failed_revalidation_still_get_the_stale_entry() {
+    // The origin fails every revalidation: each follower, let go, tries
+    // alone, and stale-if-error answers all of them.
+    let gate = Gate::new();
+    let origin = stale_origin(&gate, Reply::status(503));
+    let proxy = roomy_proxy();
+    for reply in revalidated_at_once(&gate, &origin, &proxy, 5) {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.text(), "stored body", "{reply:?}");
+        assert!(
+            cache_status(&reply).ends_with("detail=stale-if-error"),
+            "{reply:?}"
+        );
+    }
+}
