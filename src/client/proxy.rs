@@ -69,7 +69,7 @@ pub enum BadProxy {
     NotUtf8,
     #[error("no port; give HOST:PORT, such as 127.0.0.1:8080 (fetchproxy serve's default)")]
     NoPort,
-    #[error("no host before the port; give HOST:PORT, such as 127.0.0.1:8080")]
+    #[error("no host; give HOST:PORT, such as 127.0.0.1:8080")]
     NoHost,
     #[error("cannot resolve the host ({0})")]
     Resolve(String),
@@ -236,6 +236,7 @@ pub fn build(entries: &[String], user: Option<&Credentials>) -> Result<Vec<Proxy
             return Err(bad(text, BadProxy::Repeated));
         }
         match entry.host_port.rsplit_once(':') {
+            _ if entry.host_port.is_empty() => return Err(bad(text, BadProxy::NoHost)),
             Some(("", port)) if port.parse::<u16>().is_ok() => {
                 return Err(bad(text, BadProxy::NoHost));
             }
@@ -554,7 +555,12 @@ mod tests {
 
     #[test]
     fn a_port_without_a_host_is_refused_as_such() {
-        for text in [":3128", "http://u:p@:80"] {
+        for text in [
+            ":3128",
+            "http://u:p@:80",
+            "http://alice:pw@",
+            "http://alice:pw@/",
+        ] {
             let err = build(&[text.to_string()], None).expect_err(text);
             assert!(
                 matches!(

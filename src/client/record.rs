@@ -192,7 +192,7 @@ impl Recorder {
                     "failed {url}: {}{tries}",
                     shown_error.as_ref().unwrap_or(&error)
                 );
-                entry.error = Some(error);
+                entry.error = Some(format!("{error}{tries}"));
                 if let Err(err) = self.manifest.append(&entry) {
                     self.progress
                         .error(None, &format!("cannot write manifest: {err}"), false);

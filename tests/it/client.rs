@@ -511,14 +511,20 @@ fn a_503_is_retried_after_its_retry_after() {
     assert_eq!(manifest(dir.path())[0]["status"], 503);
     assert!(!ran.stderr.contains("attempts"), "{}", ran.stderr);
 
-    // Retries that all fail say how many requests were made.
-    let (_dir, ran) = fetch_with_retries("1");
+    // Retries that all fail say how many requests were made, on the
+    // terminal and in the manifest.
+    let (dir, ran) = fetch_with_retries("1");
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert!(
         ran.stderr
             .contains("HTTP 503 Service Unavailable (after 2 attempts)"),
         "{}",
         ran.stderr
+    );
+    let line = &manifest(dir.path())[0];
+    assert_eq!(
+        line["error"], "HTTP 503 Service Unavailable (after 2 attempts)",
+        "{line}"
     );
 }
 
