@@ -48,7 +48,6 @@ use limits::ConnLimits;
 pub use listen::StartError;
 use pool::Pool;
 use request_id::RequestIds;
-use tunnel::OpenTunnels;
 
 /// Large shared fills received by threads of their own at once (see
 /// `cached::BackgroundFills`); more stay with their requests.
@@ -76,12 +75,11 @@ pub struct Running {
     grace: std::time::Duration,
     /// Says whether it cut a request head short.
     acceptor: JoinHandle<bool>,
-    relay: JoinHandle<()>,
+    /// Says how many tunnels the stop cut.
+    relay: JoinHandle<usize>,
     pool: Pool,
     /// What each worker serves, for the lines of requests cut short.
     in_flight: Arc<InFlight>,
-    /// Tunnels open, which a stop cuts too.
-    tunnels: OpenTunnels,
 }
 
 impl Running {
@@ -147,21 +145,22 @@ impl Running {
         let finished = self.pool.join(deadline, || shutdown.is_stopping_now());
         let stopping = heads_cut || !finished || self.shutdown.is_stopping_now();
         let mut cut = 0;
-        let mut tunnels = 0;
         if stopping {
             // Tunnels still open are cut too.
-            tunnels = self.tunnels.get();
             self.shutdown.stop_now();
             // The requests still running end with the process: their lines
             // are written now.
             cut = self.in_flight.cut_all();
         }
-        let _ = self.relay.join();
+        // Tunnels cut by the stop, whenever it came (a second signal while
+        // the relay waited for the last tunnels to end, too).
+        let tunnels = self.relay.join().unwrap_or(0);
         // Only what was cut makes the stop unclean: a second signal to an
         // idle proxy (as `timeout` sends) cuts nothing.
         if heads_cut || cut > 0 || tunnels > 0 {
             match (cut, tunnels) {
                 (0, 0) => log::warn!("stopped: requests still arriving were cut short"),
+                (0, 1) => log::warn!("stopped: 1 open tunnel was closed"),
                 (0, n) => log::warn!("stopped: {n} open tunnels were closed"),
                 (1, _) => {
                     log::warn!("stopped: 1 request was cut short (access log: {CUT_AT_SHUTDOWN})");
@@ -226,7 +225,6 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let idle = IdleWorkers::new(config.workers.get(), cpus);
     let pool = Pool::spawn(config.workers.get(), &jobs_rx, &idle, &ctx)?;
     let in_flight = ctx.in_flight.clone();
-    let tunnels = ctx.relay.open_count();
     drop(jobs_rx);
     let acceptor = Acceptor::new(
         poll,
@@ -256,7 +254,6 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
         relay: relay_thread,
         pool,
         in_flight,
-        tunnels,
     })
 }
 

@@ -360,3 +360,44 @@ fn two_quick_signals_to_an_idle_proxy_exit_0() {
         log_of(&proxy)
     );
 }
+
+#[test]
+fn a_second_signal_that_cuts_an_open_tunnel_exits_1() {
+    let echo = crate::support::servers::EchoServer::start();
+    let port = echo.addr.port().to_string();
+    let mut proxy = start(&["--connect-port", &port, "--grace", "5m"]);
+    let mut tunnel = TcpStream::connect(proxy.addr).expect("connect");
+    tunnel.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    let target = echo.addr.to_string();
+    write!(
+        tunnel,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+    )
+    .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        std::io::Read::read_exact(&mut tunnel, &mut byte).expect("the CONNECT answer");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    proxy.signal("TERM");
+    assert!(
+        proxy.wait_for_log("draining:", LIMIT).is_some(),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+    // The open tunnel holds the drain; the second signal cuts it.
+    proxy.signal("TERM");
+    let code = exit_code(&mut proxy, LIMIT);
+    assert_eq!(code, Some(1), "log:\n{}", log_of(&proxy));
+    assert!(
+        log_of(&proxy).contains("stopped: 1 open tunnel was closed"),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+}

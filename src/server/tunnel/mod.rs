@@ -74,18 +74,6 @@ pub struct Relay {
     metrics: Arc<Metrics>,
 }
 
-/// How many tunnels are open, read apart from the [`Relay`] (whose
-/// channel it does not keep open).
-#[derive(Debug, Clone)]
-pub struct OpenTunnels(Arc<AtomicUsize>);
-
-impl OpenTunnels {
-    /// Tunnels open now.
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// A place among `max_tunnels`; dropping it gives the place back.
 #[derive(Debug)]
 pub struct TunnelSlot(Arc<AtomicUsize>);
@@ -120,11 +108,6 @@ impl Relay {
     /// How many tunnels are open now.
     pub fn open_tunnels(&self) -> usize {
         self.open.load(Ordering::Relaxed)
-    }
-
-    /// The open tunnels' count, to read after the relay is gone.
-    pub fn open_count(&self) -> OpenTunnels {
-        OpenTunnels(Arc::clone(&self.open))
     }
 
     /// Starts relaying between `client` and `upstream` for the CONNECT
@@ -172,7 +155,7 @@ pub fn spawn_relay(
     config: Arc<ServeConfig>,
     shutdown: Arc<Shutdown>,
     metrics: Arc<Metrics>,
-) -> io::Result<(Relay, JoinHandle<()>)> {
+) -> io::Result<(Relay, JoinHandle<usize>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -272,7 +255,8 @@ struct RelayLoop {
 }
 
 impl RelayLoop {
-    fn run(mut self) {
+    /// Relays until the stop; returns how many tunnels the stop cut.
+    fn run(mut self) -> usize {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now();
         loop {
@@ -308,12 +292,16 @@ impl RelayLoop {
                 next_tick = Instant::now() + Duration::from_millis(250);
             }
         }
+        let mut cut = 0;
         for key in self.tunnels.iter().map(|(key, _)| key).collect::<Vec<_>>() {
             self.close(key, TunnelEnd::ShuttingDown);
+            cut += 1;
         }
         while let Ok(tunnel) = self.incoming.try_recv() {
             tunnel.finish(&self.metrics, TunnelEnd::ShuttingDown);
+            cut += 1;
         }
+        cut
     }
 
     fn add(&mut self, tunnel: Tunnel) {
