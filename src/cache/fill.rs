@@ -80,6 +80,9 @@ pub enum Release {
     /// A revalidation's 304 refreshed the stored response: look it up
     /// again.
     Refreshed,
+    /// A revalidation found the origin failing: unreachable (`None`), or
+    /// answering with this 5xx. The stale entry may stand in.
+    OriginFailed(Option<u16>),
 }
 
 /// The response head as followers see it.

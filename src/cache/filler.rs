@@ -234,7 +234,7 @@ impl Filler {
         // Whatever keeps it out of the cache, a new response supersedes the
         // stored one, except a 304 (which updates it), a 5xx (which
         // `stale-if-error` may stand in for), and an answer to a request
-        // that keeps itself out of the cache (`no-store`).
+        // that is not a GET (a HEAD's is weighed by `Cache::head_answered`).
         let supersedes = why != NotStored::Request
             && status != StatusCode::NOT_MODIFIED
             && !status.is_server_error();
@@ -255,6 +255,14 @@ impl Filler {
     /// response was refreshed: its followers look it up again.
     pub fn refreshed(mut self) {
         self.release(Release::Refreshed, false);
+    }
+
+    /// The revalidation this filler stood for found the origin failing
+    /// (`status`: its 5xx, or `None` when it could not be reached): its
+    /// followers answer from the stale entry where `stale-if-error`
+    /// allows, without asking the failing origin again.
+    pub fn origin_failed(mut self, status: Option<u16>) {
+        self.release(Release::OriginFailed(status), false);
     }
 
     /// A reader of this fill for the filler's own client, so that the body

@@ -1,8 +1,9 @@
 //! Looking a request up: find the variant that matches it (memory first,
 //! then disk, promoting small disk objects to memory), ask its policy
-//! what it is good for, and on a miss decide the request's role in
-//! collapsed forwarding. Also the two calls that follow a stale lookup:
-//! `refresh` after a 304 and `fill_alone`.
+//! what it is good for, and on a miss, or a stale entry, decide the
+//! request's role in collapsed forwarding. Also the calls that follow a
+//! stale lookup: `refresh` after a 304, `head_answered` after a HEAD's
+//! 200, and `fill_alone`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -172,18 +173,23 @@ pub struct Follower {
 }
 
 impl Following {
-    /// Whether a follower of a revalidation looks the entry up again
-    /// (`Cache::lookup_alone`) rather than fetch it whole: a 304 refreshed
-    /// the entry, or the leader gave up or took too long (the entry then
-    /// is revalidated alone, `stale-if-error` and all).
-    pub fn looks_again(&self) -> bool {
-        matches!(
-            self,
+    /// How a follower of a revalidation takes the entry up again
+    /// (`Cache::lookup_alone`) rather than fetch it whole: after a 304
+    /// refreshed it, or when the leader gave up or took too long (then it
+    /// is revalidated alone, `stale-if-error` and all), or found the origin
+    /// failing (then it stands in where it may). `None`: fetch it whole.
+    pub fn looks_again(&self) -> Option<Release> {
+        match self {
             Following::Released {
-                why: Release::Refreshed | Release::FillerGone | Release::TimedOut,
+                why:
+                    why @ (Release::Refreshed
+                    | Release::FillerGone
+                    | Release::TimedOut
+                    | Release::OriginFailed(_)),
                 ..
-            }
-        )
+            } => Some(*why),
+            _ => None,
+        }
     }
 }
 
@@ -280,7 +286,8 @@ impl Cache {
                     if only_if_cached {
                         return Lookup::OnlyIfCached;
                     }
-                    let filler = match self.revalidation_role(head, key, by_request || !collapse) {
+                    let alone = by_request || !collapse;
+                    let filler = match self.revalidation_role(head, &object, key, alone) {
                         Ok(filler) => filler,
                         Err(follower) => {
                             return Lookup::Miss(Miss {
@@ -320,16 +327,24 @@ impl Cache {
         }
     }
 
-    /// Who revalidates a stale entry: concurrent plain GETs of it make one
-    /// upstream request, as concurrent misses do. The first leads (its
+    /// Who revalidates the stale `object`: concurrent plain GETs of it make
+    /// one upstream request, as concurrent misses do. The first leads (its
     /// filler, registered); the others follow it (`Err`): they read its
-    /// answer as it arrives, or, when it was a 304, look the refreshed
-    /// entry up again. A request whose answer is its own (a HEAD, a range,
-    /// its own preconditions, credentials, `no-store`, or directives that
-    /// ask for the origin) revalidates alone.
+    /// answer as it arrives, or look the entry up again (refreshed by a
+    /// 304, or standing in for a failing origin).
+    ///
+    /// Only plain GETs (no directives, preconditions, range or
+    /// credentials) of an entry without `Vary` that had a lifetime of its
+    /// own collapse. A request whose answer is its own, or whose
+    /// directives decide what it may be given, revalidates alone; so does
+    /// an entry that is stale from the start (`no-cache`, `max-age=0`),
+    /// which a 304 leaves stale for the next request, and one with
+    /// variants, whose requests a fill of another variant would only hold
+    /// up.
     fn revalidation_role(
         &self,
         head: &RequestHead,
+        object: &StoredObject,
         key: CacheKey,
         alone: bool,
     ) -> Result<Filler, Follower> {
@@ -341,11 +356,15 @@ impl Cache {
             "if-unmodified-since",
             "if-range",
             "authorization",
+            "cache-control",
+            "pragma",
         ];
+        let shared_entry = object.head.variant.fields().is_some_and(<[_]>::is_empty)
+            && object.head.policy.had_lifetime();
         if alone
+            || !shared_entry
             || head.method != "GET"
             || own_answer.iter().any(|name| head.header(name).is_some())
-            || has_directive(head, "no-store")
         {
             return Ok(self.fill_alone(key));
         }
@@ -413,8 +432,8 @@ impl Cache {
         }
     }
 
-    /// A filler nobody follows (a stale entry's refetch, a hit-for-miss
-    /// URL, a background revalidation's full answer).
+    /// A filler nobody follows (a stale entry revalidated alone, a
+    /// hit-for-miss URL, a background revalidation's full answer).
     pub fn fill_alone(&self, key: CacheKey) -> Filler {
         Filler::new(Arc::clone(&self.shared), key, Fill::new(), false)
     }
@@ -525,11 +544,21 @@ impl Cache {
         if !outdated_by_head(&object.head.headers, object.head.body_len, answer) {
             return false;
         }
+        // This very response, in either tier (they share its head), not a
+        // newer one of its variant stored meanwhile.
+        let drop_from = |tier: &crate::cache::tier::Tier| {
+            let held = tier
+                .get(object.head.key.as_str())
+                .is_some_and(|list| list.iter().any(|o| Arc::ptr_eq(&o.head, &object.head)));
+            if held {
+                tier.remove_variant(object);
+            }
+        };
         if let Some(memory) = &self.shared.memory {
-            memory.remove_variant(object);
+            drop_from(memory);
         }
         if let Some(disk) = &self.shared.disk {
-            disk.tier.remove_variant(object);
+            drop_from(&disk.tier);
         }
         true
     }

@@ -37,16 +37,21 @@
 //!      added and the client's own `If-None-Match` / `If-Modified-Since`
 //!      removed (ours replace them; `Range` may stay, a 206 is simply not
 //!      stored). On a 304, `cache.refresh(&stale.object, &head, &parts,
-//!      now)` gives the updated object: answer from it as from a hit, with
-//!      the outcome `Forward { fwd: stale.fwd(), fwd_status: Some(304), .. }`;
-//!      `None` (the 304 names other validators) means fetch again without
-//!      validators. On any other response, use `stale.filler` exactly as a
-//!      `Fill` miss below. If the upstream fails and
+//!      now)` gives the updated object: call `stale.filler.refreshed()`,
+//!      then answer from it as from a hit, with the outcome `Forward { fwd:
+//!      stale.fwd(), fwd_status: Some(304), .. }`; `None` (the 304 names
+//!      other validators) means fetch again without validators. On any
+//!      other response, use `stale.filler` exactly as a `Fill` miss below.
+//!      If the upstream fails and
 //!      `stale.object.head.policy.may_serve_on_error(&head, failure, now)`
 //!      (`OriginFailure::Unreachable` for no answer, `ErrorStatus` for a
-//!      500/502/503/504), answer from the stale object instead
-//!      (`stale-if-error`, or a disconnected origin: RFC 9111 §4.2.4).
-//!    - `Miss(miss)`, `miss.kind` being `Fwd::UriMiss` or `Fwd::VaryMiss`:
+//!      500/502/503/504), call `stale.filler.origin_failed(status)` and
+//!      answer from the stale object instead (`stale-if-error`, or a
+//!      disconnected origin: RFC 9111 §4.2.4). The filler may have
+//!      followers: plain GETs of the same entry that wait on this
+//!      revalidation (`Miss` of kind `Fwd::Stale` below).
+//!    - `Miss(miss)`, `miss.kind` being `Fwd::UriMiss` or `Fwd::VaryMiss`,
+//!      or `Fwd::Stale` for a follower of a stale entry's revalidation:
 //!      - `MissRole::Fill(filler)`: fetch upstream as today; give the
 //!        response head to `filler.response_head(status, &headers, now)`
 //!        (its `Err` says why it is not stored: a Cache-Status `detail`),
@@ -63,7 +68,11 @@
 //!        an `Err` means the fill failed: close the connection short of the
 //!        declared length or without the last chunk. Outcome: `Forward {
 //!        collapsed: true, .. }`. `Following::Released { filler, .. }`:
-//!        fetch on its own with that filler, as a `Fill` miss.
+//!        fetch on its own with that filler, as a `Fill` miss; but for a
+//!        follower of a revalidation, when `following.looks_again()` says
+//!        so, look up again with `cache.lookup_alone` (a fresh hit after a
+//!        304; for `Release::OriginFailed`, a stale entry answers where
+//!        `may_serve_on_error` allows, else it is revalidated alone).
 //!      - `MissRole::NoStore(why)`: forward untouched, store nothing
 //!        (HEAD, request `no-store`, client preconditions). A range
 //!        request fills the URL's partial key: its 206 is kept for

@@ -213,6 +213,12 @@ impl Policy {
         now < self.fresh_until
     }
 
+    /// Whether the response was fresh when it came: one stale from the
+    /// start (`no-cache`, `max-age=0`) must be revalidated on every use.
+    pub fn had_lifetime(&self) -> bool {
+        self.response_time < self.fresh_until
+    }
+
     /// What the entry is good for, for `head`, at `now`.
     pub fn decide(&self, head: &RequestHead, now: SystemTime) -> Decision {
         let has_directives =
@@ -491,9 +497,7 @@ fn forbids_stale(head: &RequestHead) -> bool {
     ["no-cache", "max-age", "min-fresh"]
         .iter()
         .any(|name| directive(values(), name).is_some())
-        || head
-            .header_values("pragma")
-            .any(|v| v.windows(8).any(|w| w.eq_ignore_ascii_case(b"no-cache")))
+        || pragma(head).any(|v| v.windows(8).any(|w| w.eq_ignore_ascii_case(b"no-cache")))
 }
 
 /// Response directives under which a stale response is never served

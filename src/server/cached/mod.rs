@@ -40,7 +40,8 @@ use std::time::{Duration, SystemTime};
 use crate::access;
 use crate::cache::stats;
 use crate::cache::{
-    Bypass, Cache, CacheConfig, CacheError, Fwd, Lookup, Miss, MissRole, Outcome, TierUsage,
+    Bypass, Cache, CacheConfig, CacheError, Fwd, Lookup, Miss, MissRole, Outcome, Release,
+    TierUsage,
 };
 use crate::config::ServeConfig;
 use crate::config::size::size_text;
@@ -144,7 +145,7 @@ pub fn serve(
         ctx,
         buf,
     };
-    let served = by_lookup(&mut ex, true, true)?;
+    let served = by_lookup(&mut ex, true, Staleness::Collapse)?;
     if let Some(outcome) = &served.cache {
         ctx.cache.stats().record(outcome);
         if served_from_cache(outcome) {
@@ -154,18 +155,30 @@ pub fn serve(
     Ok(served)
 }
 
+/// What `by_lookup` does with a stale entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Staleness {
+    /// Revalidates it, concurrent requests waiting on one revalidation.
+    Collapse,
+    /// Revalidates it alone: the revalidation waited on came to nothing.
+    Alone,
+    /// The revalidation waited on found the origin failing (as in
+    /// `Release::OriginFailed`): the entry stands in where `stale-if-error`
+    /// allows, else it is revalidated alone.
+    OriginFailed(Option<u16>),
+}
+
 /// Answers by what the cache holds for the request. A hit whose file
 /// changed before it could be sent, when `may_look_again`, looks once
 /// more: the file is then read back and dropped, and the request fetched.
-/// Not for a request with a body, which the hit has read away. Without
-/// `collapse`, a stale entry is revalidated alone (`Cache::lookup_alone`).
+/// Not for a request with a body, which the hit has read away.
 fn by_lookup(
     ex: &mut Exchange<'_>,
     may_look_again: bool,
-    collapse: bool,
+    staleness: Staleness,
 ) -> Result<Served, ProxyError> {
     let now = SystemTime::now();
-    let lookup = if collapse {
+    let lookup = if staleness == Staleness::Collapse {
         ex.ctx.cache.lookup(ex.head, now)
     } else {
         ex.ctx.cache.lookup_alone(ex.head, now)
@@ -186,22 +199,32 @@ fn by_lookup(
                         Ok(BodyFraming::Empty | BodyFraming::Length(0))
                     );
                     if may_look_again && bodiless {
-                        by_lookup(ex, false, collapse)
+                        by_lookup(ex, false, staleness)
                     } else {
                         Err(unsent.into_error())
                     }
                 }
             }
         }
-        Lookup::Stale(stale) => upstream::revalidate(ex, stale),
+        Lookup::Stale(stale) => match staleness {
+            Staleness::OriginFailed(status) => upstream::stand_in(ex, stale, status),
+            _ => upstream::revalidate(ex, stale),
+        },
         Lookup::Miss(Miss { kind, role }) => match role {
             MissRole::Fill(filler) => upstream::fill(ex, kind, filler, None),
             MissRole::Follow(follower) => {
                 let following = follower.follow(ex.head);
-                if kind == Fwd::Stale && following.looks_again() {
+                if kind == Fwd::Stale
+                    && let Some(why) = following.looks_again()
+                {
                     // The entry as it now stands: fresh when a 304
-                    // refreshed it, else revalidated alone.
-                    return by_lookup(ex, false, false);
+                    // refreshed it, else standing in for a failing origin
+                    // or revalidated alone.
+                    let again = match why {
+                        Release::OriginFailed(status) => Staleness::OriginFailed(status),
+                        _ => Staleness::Alone,
+                    };
+                    return by_lookup(ex, may_look_again, again);
                 }
                 answer::follow(ex, kind, following)
             }

@@ -137,6 +137,8 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
     let upstream = match fetch(ex, Some(&stale.validators)) {
         Ok(upstream) => upstream,
         Err(err) if is_origin_failure(&err) => {
+            // Those waiting on this revalidation need not ask again.
+            stale.filler.origin_failed(None);
             let now = SystemTime::now();
             let policy = &object.head.policy;
             if !policy.may_serve_on_error(ex.head, OriginFailure::Unreachable, now) {
@@ -205,6 +207,7 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
             .policy
             .may_serve_on_error(ex.head, OriginFailure::ErrorStatus, now)
     {
+        stale.filler.origin_failed(Some(status.as_u16()));
         let (_, body) = upstream.response.into_parts();
         drain(body);
         let outcome = Outcome::StaleOnError {
@@ -215,6 +218,36 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
             .map_err(answer::Unsent::into_error);
     }
     fill(ex, fwd, stale.filler, Some(upstream))
+}
+
+/// Answers from the stale entry when `stale-if-error` allows it for the
+/// origin's failure that another request's revalidation just met
+/// (`status`: its 5xx, or `None` when the origin could not be reached);
+/// else revalidates it alone.
+///
+/// # Errors
+/// As `revalidate`.
+pub fn stand_in(
+    ex: &mut Exchange<'_>,
+    stale: Stale,
+    status: Option<u16>,
+) -> Result<Served, ProxyError> {
+    let now = SystemTime::now();
+    let failure = match status {
+        Some(_) => OriginFailure::ErrorStatus,
+        None => OriginFailure::Unreachable,
+    };
+    let policy = &stale.object.head.policy;
+    if !policy.may_serve_on_error(ex.head, failure, now) {
+        return revalidate(ex, stale);
+    }
+    let outcome = Outcome::StaleOnError {
+        fwd_status: status,
+        ttl: policy.ttl_seconds(now),
+    };
+    let body_read = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
+    answer::from_store(ex, &stale.object, outcome, now, body_read)
+        .map_err(answer::Unsent::into_error)
 }
 
 /// After a `stale-while-revalidate` hit was answered: hands the entry's

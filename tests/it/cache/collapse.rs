@@ -907,7 +907,7 @@ fn a_fill_received_apart_that_fails_cuts_every_reader_short() {
     assert_eq!(origin.requests().len(), 2);
 }
 
-/// An origin whose `/popular` is stored stale at once (`ETag: "v1"`), and
+/// An origin whose `/popular` is fresh for a second (`ETag: "v1"`), and
 /// which holds each revalidation of it until `gate` opens, then answers
 /// it with `revalidated`.
 fn stale_origin(gate: &Gate, revalidated: Reply) -> Origin {
@@ -920,18 +920,25 @@ fn stale_origin(gate: &Gate, revalidated: Reply) -> Origin {
         reply_with(
             "stored body",
             &[
-                ("Cache-Control", "max-age=0, stale-if-error=600"),
+                ("Cache-Control", "max-age=1, stale-if-error=600"),
                 ("ETag", "\"v1\""),
             ],
         )
     })
 }
 
+/// Stores `/popular` of a `stale_origin` and waits until it is stale.
+fn stored_then_stale(origin: &Origin, proxy: &Proxy) -> String {
+    let url = origin.url("/popular");
+    assert_eq!(get(proxy.addr, &url, &[]).text(), "stored body");
+    thread::sleep(Duration::from_millis(2100));
+    url
+}
+
 /// Stores `/popular`, then sends `n` requests for it at once while its
 /// revalidation is held; opens `gate` once the others had time to come.
 fn revalidated_at_once(gate: &Gate, origin: &Origin, proxy: &Proxy, n: usize) -> Vec<CurlReply> {
-    let url = origin.url("/popular");
-    assert_eq!(get(proxy.addr, &url, &[]).text(), "stored body");
+    let url = stored_then_stale(origin, proxy);
     let clients = concurrent_gets(proxy.addr, &url, n);
     assert!(wait_until(LIMIT, || origin.requests().len() == 2));
     // Those that come after the gate opens find the outcome stored; this
@@ -991,9 +998,10 @@ fn followers_of_a_revalidation_read_the_new_body_it_brings() {
 }
 
 #[test]
-fn followers_of_a_failed_revalidation_still_get_the_stale_entry() {
-    // The origin fails every revalidation: each follower, let go, tries
-    // alone, and stale-if-error answers all of them.
+fn followers_of_a_failed_revalidation_get_the_stale_entry_without_asking_again() {
+    // The origin fails the revalidation: stale-if-error answers the one
+    // that asked and every request that waited on it, and the failing
+    // origin is not asked again.
     let gate = Gate::new();
     let origin = stale_origin(&gate, Reply::status(503));
     let proxy = roomy_proxy();
@@ -1005,4 +1013,37 @@ fn followers_of_a_failed_revalidation_still_get_the_stale_entry() {
             "{reply:?}"
         );
     }
+    assert_eq!(origin.requests().len(), 2, "{:?}", origin.requests());
+}
+
+#[test]
+fn a_request_with_directives_revalidates_alone() {
+    // A reload (`max-age=0`) may not be given a stale entry: it must not
+    // lead plain GETs, whose stale-if-error would then be lost, nor wait
+    // on them.
+    let gate = Gate::new();
+    let origin = stale_origin(&gate, Reply::status(503));
+    let proxy = roomy_proxy();
+    let url = stored_then_stale(&origin, &proxy);
+    let reload = {
+        let url = url.clone();
+        let addr = proxy.addr;
+        thread::spawn(move || get(addr, &url, &["-H", "Cache-Control: max-age=0"]))
+    };
+    assert!(wait_until(LIMIT, || origin.requests().len() == 2));
+    let plain = concurrent_gets(proxy.addr, &url, 4);
+    assert!(wait_until(LIMIT, || origin.requests().len() == 3));
+    thread::sleep(Duration::from_millis(300));
+    gate.open();
+    let reload = reload.join().expect("reload");
+    assert_eq!(reload.status, 503, "{reload:?}");
+    for reply in plain {
+        let reply = reply.join().expect("client");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(
+            cache_status(&reply).ends_with("detail=stale-if-error"),
+            "{reply:?}"
+        );
+    }
+    assert_eq!(origin.requests().len(), 3, "{:?}", origin.requests());
 }
