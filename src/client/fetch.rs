@@ -385,6 +385,12 @@ fn status_error(head: &Head, body: &[u8]) -> FetchError {
         };
         terminal_safe(&said).into_owned()
     });
+    // A redirect is followed by its Location (`redirect_location`): one
+    // without is the origin's mistake, and worth saying so.
+    let detail = detail.or_else(|| {
+        matches!(head.status, 301 | 302 | 303 | 307 | 308)
+            .then(|| "a redirect with no Location to follow".to_string())
+    });
     FetchError::Status {
         status: head.status,
         reason: terminal_safe(&head.reason).into_owned(),

@@ -472,6 +472,21 @@ fn redirects_are_followed_and_loops_detected() {
 }
 
 #[test]
+fn a_redirect_without_a_location_says_so() {
+    let origin = Origin::start(|_| Reply::status(301));
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(proxy.addr, dir.path(), &[&origin.url("/moved")], None);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let error = &manifest(dir.path())[0]["error"];
+    assert_eq!(
+        error, "HTTP 301 Moved Permanently (a redirect with no Location to follow)",
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
 fn a_503_is_retried_after_its_retry_after() {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
