@@ -228,6 +228,16 @@ impl Follower {
     }
 }
 
+/// The client's own preconditions (RFC 9110 §13.1): a request with one
+/// gets an answer of its own (a 304, a 412, a 200 to a range request).
+const PRECONDITIONS: [&str; 5] = [
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+];
+
 /// A stored variant found for a request, or which kind of miss.
 enum Found {
     Object(Arc<StoredObject>),
@@ -348,23 +358,16 @@ impl Cache {
         key: CacheKey,
         alone: bool,
     ) -> Result<Filler, Follower> {
-        let own_answer = [
-            "range",
-            "if-none-match",
-            "if-modified-since",
-            "if-match",
-            "if-unmodified-since",
-            "if-range",
-            "authorization",
-            "cache-control",
-            "pragma",
-        ];
+        let own_answer = ["range", "authorization", "cache-control", "pragma"];
         let shared_entry = object.head.variant.fields().is_some_and(<[_]>::is_empty)
             && object.head.policy.had_lifetime();
         if alone
             || !shared_entry
             || head.method != "GET"
-            || own_answer.iter().any(|name| head.header(name).is_some())
+            || PRECONDITIONS
+                .iter()
+                .chain(&own_answer)
+                .any(|name| head.header(name).is_some())
         {
             return Ok(self.fill_alone(key));
         }
@@ -385,14 +388,7 @@ impl Cache {
         if has_directive(head, "no-store") {
             return Some(MissRole::NoStore(NoStore::RequestNoStore));
         }
-        let conditional = [
-            "if-none-match",
-            "if-modified-since",
-            "if-match",
-            "if-unmodified-since",
-            "if-range",
-        ];
-        if conditional.iter().any(|name| head.header(name).is_some()) {
+        if PRECONDITIONS.iter().any(|name| head.header(name).is_some()) {
             return Some(MissRole::NoStore(NoStore::Conditional));
         }
         if head.header("range").is_some() {

@@ -352,10 +352,8 @@ impl Policy {
         // A 304 without `Date` is dated on arrival (RFC 9110 §6.6.1), or
         // the stored `Date` would age the refreshed entry from the first
         // fetch.
-        if !answer.headers.contains_key(DATE)
-            && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(now))
-        {
-            merged.insert(DATE, date);
+        if !answer.headers.contains_key(DATE) {
+            merged.insert(DATE, crate::http::headers::http_date(now));
         }
         let policy = Policy::new(&self.uri(), head, status, &merged, now);
         Some((merged, policy))

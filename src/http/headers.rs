@@ -1,6 +1,7 @@
 //! Proxy header rules (RFC 9110 §7.6): hop-by-hop removal including names
-//! listed in `Connection`, `Via` and loop detection, `Max-Forwards`, and
-//! request ids. Pure functions over names and values.
+//! listed in `Connection`, `Via` and loop detection, `Max-Forwards`,
+//! request ids, and the `Date` a response without one gets. Pure functions
+//! over names and values.
 
 /// The fixed hop-by-hop set, lowercase.
 const HOP_BY_HOP: [&str; 9] = [
@@ -156,6 +157,14 @@ pub fn max_forwards<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<u3
     Some(value.iter().fold(0u32, |n, &d| {
         n.saturating_mul(10).saturating_add(u32::from(d - b'0'))
     }))
+}
+
+/// `at` as an HTTP date (RFC 9110 §5.6.7), for the `Date` a response
+/// without one gets on arrival (§6.6.1).
+pub fn http_date(at: std::time::SystemTime) -> http::HeaderValue {
+    // Always ASCII letters, digits, spaces, commas and colons.
+    http::HeaderValue::from_str(&httpdate::fmt_http_date(at))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
 /// Whether a client-sent `X-Request-Id` is safe to reuse: 1 to 128 bytes of

@@ -146,10 +146,8 @@ fn date_if_missing<B>(response: &mut http::Response<B>) {
     if headers.contains_key(http::header::DATE) {
         return;
     }
-    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
-    if let Ok(value) = http::HeaderValue::from_str(&now) {
-        headers.insert(http::header::DATE, value);
-    }
+    let now = headers::http_date(std::time::SystemTime::now());
+    headers.insert(http::header::DATE, now);
 }
 
 /// Content codings that change a body's bytes: named as a transfer

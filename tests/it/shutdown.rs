@@ -32,6 +32,17 @@ fn log_of(proxy: &ProxyProcess) -> String {
     proxy.log().join("\n")
 }
 
+/// SIGTERM, then once the drain has begun, SIGTERM again.
+fn signal_twice_while_draining(proxy: &ProxyProcess) {
+    proxy.signal("TERM");
+    assert!(
+        proxy.wait_for_log("draining:", LIMIT).is_some(),
+        "log:\n{}",
+        log_of(proxy)
+    );
+    proxy.signal("TERM");
+}
+
 fn is_refused(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err()
 }
@@ -172,13 +183,7 @@ fn second_sigterm_during_grace_exits_1_at_once() {
         wait_until(LIMIT, || origin.requests().len() == 1),
         "request never reached the origin"
     );
-    proxy.signal("TERM");
-    assert!(
-        proxy.wait_for_log("draining:", LIMIT).is_some(),
-        "log:\n{}",
-        log_of(&proxy)
-    );
-    proxy.signal("TERM");
+    signal_twice_while_draining(&proxy);
     // Far less than the 5 minute grace.
     let code = exit_code(&mut proxy, LIMIT);
     assert_eq!(code, Some(1), "log:\n{}", log_of(&proxy));
@@ -385,14 +390,8 @@ fn a_second_signal_that_cuts_an_open_tunnel_exits_1() {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    proxy.signal("TERM");
-    assert!(
-        proxy.wait_for_log("draining:", LIMIT).is_some(),
-        "log:\n{}",
-        log_of(&proxy)
-    );
     // The open tunnel holds the drain; the second signal cuts it.
-    proxy.signal("TERM");
+    signal_twice_while_draining(&proxy);
     let code = exit_code(&mut proxy, LIMIT);
     assert_eq!(code, Some(1), "log:\n{}", log_of(&proxy));
     assert!(

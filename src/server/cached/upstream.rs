@@ -140,18 +140,12 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
             // Those waiting on this revalidation need not ask again.
             stale.filler.origin_failed(None);
             let now = SystemTime::now();
-            let policy = &object.head.policy;
-            if !policy.may_serve_on_error(ex.head, OriginFailure::Unreachable, now) {
+            if !may_stand_in(ex, &object, None, now) {
                 return Err(err);
             }
             log::debug!("{}: serving stale: {err}", ex.head.target);
-            let outcome = Outcome::StaleOnError {
-                fwd_status: None,
-                ttl: policy.ttl_seconds(now),
-            };
             let body_read = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
-            return answer::from_store(ex, &object, outcome, now, body_read)
-                .map_err(answer::Unsent::into_error);
+            return answer_stale(ex, &object, None, now, body_read);
         }
         Err(err) => return Err(err),
     };
@@ -201,21 +195,11 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
             .head_answered(&object, upstream.response.headers());
     }
     let error_status = matches!(status.as_u16(), 500 | 502 | 503 | 504);
-    if error_status
-        && object
-            .head
-            .policy
-            .may_serve_on_error(ex.head, OriginFailure::ErrorStatus, now)
-    {
+    if error_status && may_stand_in(ex, &object, Some(status.as_u16()), now) {
         stale.filler.origin_failed(Some(status.as_u16()));
         let (_, body) = upstream.response.into_parts();
         drain(body);
-        let outcome = Outcome::StaleOnError {
-            fwd_status: Some(status.as_u16()),
-            ttl: object.head.policy.ttl_seconds(now),
-        };
-        return answer::from_store(ex, &object, outcome, now, upstream.body_read)
-            .map_err(answer::Unsent::into_error);
+        return answer_stale(ex, &object, Some(status.as_u16()), now, upstream.body_read);
     }
     fill(ex, fwd, stale.filler, Some(upstream))
 }
@@ -233,21 +217,44 @@ pub fn stand_in(
     status: Option<u16>,
 ) -> Result<Served, ProxyError> {
     let now = SystemTime::now();
+    if !may_stand_in(ex, &stale.object, status, now) {
+        return revalidate(ex, stale);
+    }
+    let body_read = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
+    answer_stale(ex, &stale.object, status, now, body_read)
+}
+
+/// Whether the stale `object` may stand in for an origin's failure
+/// (`status`: its 5xx, or `None` when the origin could not be reached) at
+/// `now`: `stale-if-error`, or a disconnected origin (RFC 9111 §4.2.4,
+/// RFC 5861 §4), as this request allows.
+fn may_stand_in(
+    ex: &Exchange<'_>,
+    object: &StoredObject,
+    status: Option<u16>,
+    now: SystemTime,
+) -> bool {
     let failure = match status {
         Some(_) => OriginFailure::ErrorStatus,
         None => OriginFailure::Unreachable,
     };
-    let policy = &stale.object.head.policy;
-    if !policy.may_serve_on_error(ex.head, failure, now) {
-        return revalidate(ex, stale);
-    }
+    object.head.policy.may_serve_on_error(ex.head, failure, now)
+}
+
+/// Answers from the stale `object` in place of an origin's failure, once
+/// `may_stand_in` said it may.
+fn answer_stale(
+    ex: &mut Exchange<'_>,
+    object: &Arc<StoredObject>,
+    status: Option<u16>,
+    now: SystemTime,
+    body_read: bool,
+) -> Result<Served, ProxyError> {
     let outcome = Outcome::StaleOnError {
         fwd_status: status,
-        ttl: policy.ttl_seconds(now),
+        ttl: object.head.policy.ttl_seconds(now),
     };
-    let body_read = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
-    answer::from_store(ex, &stale.object, outcome, now, body_read)
-        .map_err(answer::Unsent::into_error)
+    answer::from_store(ex, object, outcome, now, body_read).map_err(answer::Unsent::into_error)
 }
 
 /// After a `stale-while-revalidate` hit was answered: hands the entry's
