@@ -121,6 +121,11 @@ impl Collapser {
         self.hit_for_miss.mark(key.fingerprint());
     }
 
+    /// Whether `key` is marked hit-for-miss now.
+    pub fn is_hit_for_miss(&self, key: &CacheKey) -> bool {
+        self.hit_for_miss.is_marked(key.fingerprint())
+    }
+
     /// Forgets a hit-for-miss mark (the URL was stored after all, or purged).
     pub fn clear_hit_for_miss(&self, key: &CacheKey) {
         self.hit_for_miss.clear(key.fingerprint());

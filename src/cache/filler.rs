@@ -56,6 +56,9 @@ pub struct Filler {
     fill: Arc<Fill>,
     /// In the collapse table: followers may be reading.
     registered: bool,
+    /// The key it is in the collapse table under, when not `key`: a
+    /// revalidation of one variant (`CacheKey::of_variant`).
+    joined_as: Option<CacheKey>,
     /// The lone fetch of a URL marked hit-for-miss: a response that again
     /// cannot be shared renews the mark (see `renewing_hit_for_miss`).
     renews_mark: bool,
@@ -100,6 +103,7 @@ impl Filler {
             stored_as: None,
             fill,
             registered,
+            joined_as: None,
             renews_mark: false,
             reserved: 0,
             stored_before: true,
@@ -107,6 +111,13 @@ impl Filler {
             room: None,
             store: Store::AwaitingHead,
         }
+    }
+
+    /// The same filler, in the collapse table under `joined` rather than
+    /// its own key.
+    pub(crate) fn joined_as(mut self, joined: CacheKey) -> Filler {
+        self.joined_as = Some(joined);
+        self
     }
 
     /// The same filler, told that the lookup found nothing stored for the
@@ -663,7 +674,8 @@ impl Filler {
 
     fn leave(&mut self) {
         if self.registered {
-            self.shared.collapser.leave(&self.key, &self.fill);
+            let joined = self.joined_as.as_ref().unwrap_or(&self.key);
+            self.shared.collapser.leave(joined, &self.fill);
             self.registered = false;
         }
     }

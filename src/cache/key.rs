@@ -36,6 +36,10 @@ pub enum KeyError {
 /// fragment, so the key names no resource of its own.
 const PARTIAL_MARK: &str = "#partial";
 
+/// Begins the suffix of a variant's key in the collapse table (see
+/// `CacheKey::of_variant`); a fragment too, so it names no resource.
+const VARIANT_MARK: &str = "#variant-";
+
 /// A normalised absolute URL: scheme and host lowercased, default port
 /// dropped, no userinfo, no fragment, dot segments resolved, empty path as
 /// `/`. Two targets that name the same resource get the same key.
@@ -146,6 +150,17 @@ impl CacheKey {
             return self.clone();
         }
         CacheKey::of(&format!("{}{PARTIAL_MARK}", self.url))
+    }
+
+    /// The key under which requests for `variant` of this URL wait on
+    /// one revalidation (the collapse table's, never the store's): the URL
+    /// and the variant's identity (`Variant::id`, the disk's file name).
+    pub fn of_variant(&self, variant: &Variant) -> CacheKey {
+        CacheKey::of(&format!(
+            "{}{VARIANT_MARK}{:032x}",
+            self.resource(),
+            variant.id(self)
+        ))
     }
 
     /// Whether this is the key of parts of responses (see `partial`).
@@ -602,5 +617,20 @@ mod tests {
             }
         }
         assert_eq!(a.id(&k1), a.clone().id(&k1));
+    }
+
+    #[test]
+    fn each_variant_has_a_collapse_key_of_its_own() {
+        let names = VaryNames::Names(vec![HeaderName::from_static("accept-encoding")]);
+        let gzip = request("GET", "http://h/", &[("accept-encoding", "gzip")]);
+        let key = CacheKey::from_target("http://h/").expect("key");
+        let of = |request: &RequestHead| key.of_variant(&Variant::capture(&names, request));
+        let upper = request("GET", "http://h/", &[("accept-encoding", "GZIP")]);
+        assert_eq!(of(&gzip), of(&upper), "the same variant");
+        let br = request("GET", "http://h/", &[("accept-encoding", "br")]);
+        assert_ne!(of(&gzip), of(&br));
+        assert_ne!(of(&gzip), key);
+        assert!(!of(&gzip).is_partial());
+        assert_ne!(of(&gzip), key.partial());
     }
 }

@@ -344,13 +344,13 @@ impl Cache {
     /// 304, or standing in for a failing origin).
     ///
     /// Only plain GETs (no directives, preconditions, range or
-    /// credentials) of an entry without `Vary` that had a lifetime of its
-    /// own collapse. A request whose answer is its own, or whose
-    /// directives decide what it may be given, revalidates alone; so does
-    /// an entry that is stale from the start (`no-cache`, `max-age=0`),
-    /// which a 304 leaves stale for the next request, and one with
-    /// variants, whose requests a fill of another variant would only hold
-    /// up.
+    /// credentials) of an entry that had a lifetime of its own collapse,
+    /// those for one variant (`Vary`) apart from the URL's others, which
+    /// its revalidation would only hold up. A request whose answer is its
+    /// own, or whose directives decide what it may be given, revalidates
+    /// alone; so does an entry that is stale from the start (`no-cache`,
+    /// `max-age=0`), which a 304 leaves stale for the next request, and
+    /// one with `Vary: *`, which no other request matches.
     fn revalidation_role(
         &self,
         head: &RequestHead,
@@ -359,8 +359,8 @@ impl Cache {
         alone: bool,
     ) -> Result<Filler, Follower> {
         let own_answer = ["range", "authorization", "cache-control", "pragma"];
-        let shared_entry = object.head.variant.fields().is_some_and(<[_]>::is_empty)
-            && object.head.policy.had_lifetime();
+        let variant = &object.head.variant;
+        let shared_entry = variant.fields().is_some() && object.head.policy.had_lifetime();
         if alone
             || !shared_entry
             || head.method != "GET"
@@ -371,9 +371,18 @@ impl Cache {
         {
             return Ok(self.fill_alone(key));
         }
+        // Requests for one variant wait on one revalidation, apart from
+        // the URL's other variants and its misses.
+        let joined = if variant.fields().is_some_and(<[_]>::is_empty) {
+            key.clone()
+        } else if self.shared.collapser.is_hit_for_miss(&key) {
+            return Ok(self.fill_alone(key));
+        } else {
+            key.of_variant(variant)
+        };
         let shared = Arc::clone(&self.shared);
-        match self.shared.collapser.join(&key, || false) {
-            Role::Lead(fill) => Ok(Filler::new(shared, key, fill, true)),
+        match self.shared.collapser.join(&joined, || false) {
+            Role::Lead(fill) => Ok(Filler::new(shared, key, fill, true).joined_as(joined)),
             Role::Follow(fill) => Err(Follower { shared, key, fill }),
             Role::Alone | Role::Stored => Ok(self.fill_alone(key)),
         }

@@ -1047,3 +1047,82 @@ fn a_request_with_directives_revalidates_alone() {
     }
     assert_eq!(origin.requests().len(), 3, "{:?}", origin.requests());
 }
+
+#[test]
+fn requests_for_each_variant_wait_on_one_revalidation_of_it() {
+    // `/popular` varies on Accept-Encoding. Once both stored variants are
+    // stale, each variant's requests make one revalidation, and neither
+    // variant's waits on the other's: both reach the origin while held.
+    let gate = Gate::new();
+    let origin = {
+        let gate = gate.clone();
+        Origin::start(move |request| {
+            let coding = request
+                .header("accept-encoding")
+                .unwrap_or("none")
+                .to_string();
+            let etag = format!("\"v1-{coding}\"");
+            let headers = [
+                ("Cache-Control", "max-age=1"),
+                ("Vary", "Accept-Encoding"),
+                ("ETag", etag.as_str()),
+            ];
+            if request.header("if-none-match") == Some(etag.as_str()) {
+                gate.wait(LIMIT);
+                let mut not_modified = reply_with("", &headers);
+                if let Reply::Full { status, .. } = &mut not_modified {
+                    *status = 304;
+                }
+                return not_modified;
+            }
+            reply_with(&format!("body for {coding}"), &headers)
+        })
+    };
+    let proxy = roomy_proxy();
+    let url = origin.url("/popular");
+    let codings = ["gzip", "br"];
+    for coding in codings {
+        let header = format!("Accept-Encoding: {coding}");
+        assert_eq!(
+            get(proxy.addr, &url, &["-H", &header]).text(),
+            format!("body for {coding}")
+        );
+    }
+    thread::sleep(Duration::from_millis(2100));
+    let clients: Vec<(&str, JoinHandle<CurlReply>)> = codings
+        .iter()
+        .flat_map(|coding| (0..4).map(move |_| *coding))
+        .map(|coding| {
+            let (url, addr) = (url.clone(), proxy.addr);
+            let header = format!("Accept-Encoding: {coding}");
+            (
+                coding,
+                thread::spawn(move || get(addr, &url, &["-H", &header])),
+            )
+        })
+        .collect();
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 4),
+        "each variant's revalidation reaches the origin: {:?}",
+        origin.requests()
+    );
+    thread::sleep(Duration::from_millis(300));
+    gate.open();
+    for (coding, client) in clients {
+        let reply = client.join().expect("client");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.text(), format!("body for {coding}"), "{reply:?}");
+    }
+    let requests = origin.requests();
+    assert_eq!(
+        requests.len(),
+        4,
+        "one revalidation per variant: {requests:?}"
+    );
+    let mut revalidated: Vec<_> = requests[2..]
+        .iter()
+        .map(|r| r.header("accept-encoding").unwrap_or("none").to_string())
+        .collect();
+    revalidated.sort();
+    assert_eq!(revalidated, ["br", "gzip"]);
+}
