@@ -3,10 +3,18 @@
 //! a weighter, no background thread). Used for memory (objects hold their
 //! bodies) and for disk (objects point at files, which are deleted when
 //! their last object is dropped: see `object::DiskFile`). What an insert
-//! pushes out is dropped after the shard lock is released, so no file is
-//! deleted under the lock.
+//! pushes out is dropped after the locks are released, so no file is
+//! deleted under a lock.
+//!
+//! A URL's variants are one value, so storing or removing one variant
+//! reads the list and writes a new one. Those updates take a lock of the
+//! URL's stripe: two at once on one URL (a `gzip` and a `br` client's
+//! fills ending together, a PURGE and a store) would otherwise each write
+//! the list it read, and the later write would undo the earlier: a variant
+//! lost, or a purged or replaced one back. Lookups take no lock.
 
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
@@ -17,6 +25,10 @@ use crate::cache::stats::{Stats, TierUsage, bump};
 /// Most variants kept per URL; storing one more drops the oldest.
 pub const MAX_VARIANTS: usize = 16;
 
+/// Locks that serialise updates of a URL's variants, chosen by its hash:
+/// enough that two busy URLs rarely share one.
+const UPDATE_STRIPES: usize = 64;
+
 /// The variants stored under one URL, most recent last.
 pub type Variants = Arc<[Arc<StoredObject>]>;
 
@@ -24,6 +36,9 @@ pub type Variants = Arc<[Arc<StoredObject>]>;
 pub struct Tier {
     map: Cache<Arc<str>, Variants, ByWeight, DefaultHashBuilder, Evict>,
     capacity: u64,
+    /// One of these is held while a URL's list is read and rewritten.
+    updates: Box<[Mutex<()>]>,
+    stripe_of: DefaultHashBuilder,
 }
 
 impl Tier {
@@ -54,7 +69,18 @@ impl Tier {
                 Evict { stats, kind },
             ),
             capacity: budget,
+            updates: (0..UPDATE_STRIPES).map(|_| Mutex::new(())).collect(),
+            stripe_of: DefaultHashBuilder::default(),
         }
+    }
+
+    /// Holds the update lock of `url`'s stripe.
+    fn lock(&self, url: &str) -> MutexGuard<'_, ()> {
+        let stripe = self.stripe_of.hash_one(url) as usize % UPDATE_STRIPES;
+        // Guards no data of its own: a panic leaves nothing half-done.
+        self.updates[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The variants stored under `url`.
@@ -63,9 +89,16 @@ impl Tier {
     }
 
     /// Stores `object`, replacing a variant with the same secondary key.
-    /// Two stores racing on one URL may lose one variant: a later miss
-    /// stores it again.
     pub fn put(&self, object: Arc<StoredObject>) {
+        let update = self.lock(object.head.key.as_str());
+        let pushed_out = self.put_locked(object);
+        drop(update);
+        drop(pushed_out);
+    }
+
+    /// `put`, under the URL's update lock; returns what it pushed out, to
+    /// be dropped once the lock is let go.
+    fn put_locked(&self, object: Arc<StoredObject>) -> Evicted {
         let url = object.head.key.as_str();
         let mut list: Vec<Arc<StoredObject>> = Vec::new();
         for old in self.map.get(url).iter().flat_map(|old| old.iter()) {
@@ -81,24 +114,26 @@ impl Tier {
             list.remove(0);
         }
         list.push(Arc::clone(&object));
-        self.replace(url, list);
+        self.replace(url, list)
     }
 
     /// Inserts `list` under `url`. quick_cache reports the value it
     /// replaces as evicted; the request state knows which key is being
     /// replaced, so only true evictions are counted.
-    fn replace(&self, url: &str, list: Vec<Arc<StoredObject>>) {
+    fn replace(&self, url: &str, list: Vec<Arc<StoredObject>>) -> Evicted {
         let key: Arc<str> = Arc::from(url);
         let mut state = Evicted {
             replacing: Some(Arc::clone(&key)),
             dropped: Vec::new(),
         };
         self.map.insert_with_lifecycle(key, list.into(), &mut state);
+        state
     }
 
     /// Stores `object` unless a response for its variant received later
     /// is there (the disk loader must not replace what a fill just stored).
     pub fn put_if_newer(&self, object: Arc<StoredObject>) -> bool {
+        let update = self.lock(object.head.key.as_str());
         let time = |o: &StoredObject| o.head.policy.response_time();
         let list = self.get(object.head.key.as_str());
         let same_variant = || {
@@ -113,9 +148,9 @@ impl Tier {
             return false;
         }
         let newer_there = same_variant().any(|o| time(o) >= time(&object));
-        if !newer_there {
-            self.put(object);
-        }
+        let pushed_out = (!newer_there).then(|| self.put_locked(object));
+        drop(update);
+        drop(pushed_out);
         !newer_there
     }
 
@@ -123,10 +158,11 @@ impl Tier {
     /// object (not purged, nor replaced by a newer response meanwhile);
     /// returns whether it did.
     pub fn replace_exact(&self, old: &StoredObject, new: Arc<StoredObject>) -> bool {
+        let update = self.lock(old.head.key.as_str());
         let held = self.holds_exact(old);
-        if held {
-            self.put(new);
-        }
+        let pushed_out = held.then(|| self.put_locked(new));
+        drop(update);
+        drop(pushed_out);
         held
     }
 
@@ -138,9 +174,18 @@ impl Tier {
 
     /// Removes one variant (a broken or replaced object).
     pub fn remove_variant(&self, object: &StoredObject) {
+        let update = self.lock(object.head.key.as_str());
+        let removed = self.remove_variant_locked(object);
+        drop(update);
+        drop(removed);
+    }
+
+    /// `remove_variant`, under the URL's update lock; returns what it
+    /// took out, to be dropped once the lock is let go.
+    fn remove_variant_locked(&self, object: &StoredObject) -> Evicted {
         let url = object.head.key.as_str();
         let Some(old) = self.map.get(url) else {
-            return;
+            return Evicted::default();
         };
         let list: Vec<Arc<StoredObject>> = old
             .iter()
@@ -148,24 +193,35 @@ impl Tier {
             .cloned()
             .collect();
         if list.is_empty() {
-            self.map.remove(url);
+            Evicted {
+                replacing: None,
+                dropped: self
+                    .map
+                    .remove(url)
+                    .map(|(_, all)| all)
+                    .into_iter()
+                    .collect(),
+            }
         } else {
-            self.replace(url, list);
+            self.replace(url, list)
         }
     }
 
     /// Removes `object` if the index still holds this very object (not a
     /// newer one of the same variant); returns whether it did.
     pub fn remove_exact(&self, object: &StoredObject) -> bool {
+        let update = self.lock(object.head.key.as_str());
         let held = self.holds_exact(object);
-        if held {
-            self.remove_variant(object);
-        }
+        let removed = held.then(|| self.remove_variant_locked(object));
+        drop(update);
+        drop(removed);
         held
     }
 
-    /// Removes every variant of `url`, returning them.
+    /// Removes every variant of `url`, returning them (to be dropped by
+    /// the caller, outside the lock).
     pub fn remove(&self, url: &str) -> Option<Variants> {
+        let _update = self.lock(url);
         self.map.remove(url).map(|(_, variants)| variants)
     }
 
@@ -228,5 +284,89 @@ impl Lifecycle<Arc<str>, Variants> for Evict {
             });
         }
         state.dropped.push(val);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::key::{CacheKey, Variant, VaryNames};
+    use crate::cache::object::{Body, ObjectHead};
+    use crate::cache::policy::Policy;
+    use crate::cache::stats::Stats;
+    use crate::cache::testing::{headers, request};
+    use bytes::Bytes;
+    use http::StatusCode;
+    use std::time::SystemTime;
+
+    const URL: &str = "http://h/index";
+
+    /// The variant of `URL` for clients sending `Accept-Encoding: coding`.
+    fn variant(coding: &str) -> Arc<StoredObject> {
+        let key = CacheKey::from_target(URL).expect("key");
+        let req = request("GET", URL, &[("accept-encoding", coding)]);
+        let response = headers(&[("cache-control", "max-age=60"), ("vary", "accept-encoding")]);
+        let policy = Policy::new(
+            &key.uri().expect("uri"),
+            &req,
+            StatusCode::OK,
+            &response,
+            SystemTime::now(),
+        );
+        let variant = Variant::capture(&VaryNames::of_response(&response), &req);
+        let head = ObjectHead::new(key, variant, StatusCode::OK, response, policy, 1);
+        Arc::new(StoredObject::new(
+            Arc::new(head),
+            Body::Memory(Box::new([Bytes::from_static(b"x")])),
+        ))
+    }
+
+    fn tier() -> Tier {
+        Tier::new(
+            64 << 20,
+            1 << 20,
+            Arc::new(Stats::default()),
+            TierKind::Memory,
+        )
+    }
+
+    #[test]
+    fn variants_stored_at_once_on_one_url_are_all_kept() {
+        let tier = tier();
+        let codings: Vec<String> = (0..8).map(|n| format!("coding-{n}")).collect();
+        for _ in 0..100 {
+            tier.remove(URL);
+            let start = std::sync::Barrier::new(codings.len());
+            std::thread::scope(|scope| {
+                for coding in &codings {
+                    let (tier, start) = (&tier, &start);
+                    scope.spawn(move || {
+                        let object = variant(coding);
+                        start.wait();
+                        tier.put(object);
+                    });
+                }
+            });
+            let stored = tier.get(URL).expect("stored");
+            assert_eq!(stored.len(), codings.len(), "a variant was lost");
+        }
+    }
+
+    #[test]
+    fn a_removed_variant_stays_removed_while_others_are_stored() {
+        let tier = tier();
+        for _ in 0..200 {
+            let gone = variant("gzip");
+            tier.put(Arc::clone(&gone));
+            std::thread::scope(|scope| {
+                scope.spawn(|| tier.put(variant("br")));
+                scope.spawn(|| tier.remove_variant(&gone));
+            });
+            let stored = tier.get(URL).expect("br is stored");
+            assert!(
+                stored.iter().all(|o| o.head.variant != gone.head.variant),
+                "the removed variant came back"
+            );
+        }
     }
 }
