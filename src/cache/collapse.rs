@@ -38,11 +38,17 @@ pub enum Role {
 /// Fills in progress and hit-for-miss marks.
 pub struct Collapser {
     /// Hashed with the key's own hash (`CacheKey`), not SipHash again.
-    fills: Mutex<HashMap<CacheKey, Arc<Fill>, DefaultHashBuilder>>,
+    fills: Mutex<HashMap<CacheKey, Joinable, DefaultHashBuilder>>,
     /// URLs fetched alone for a while, by fingerprint.
     hit_for_miss: HitForMiss,
     /// Invalidations, for fills that started before them.
     invalidations: Invalidations,
+}
+
+/// A fill in the table, and when it started (in invalidations counted).
+struct Joinable {
+    fill: Arc<Fill>,
+    started: Since,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,21 +78,54 @@ impl Collapser {
             return Role::Alone;
         }
         let mut fills = lock(&self.fills);
-        if let Some(fill) = fills.get(key) {
-            return Role::Follow(Arc::clone(fill));
+        if let Some(joinable) = fills.get(key) {
+            return Role::Follow(Arc::clone(&joinable.fill));
         }
         if stored() {
             return Role::Stored;
         }
+        self.start(&mut fills, key)
+    }
+
+    /// Joins the revalidation of one variant of `url`, in the table under
+    /// `joined` (`CacheKey::of_variant`), or starts one, or says to go
+    /// alone (`url` is marked hit-for-miss). `invalidate` removes only the
+    /// URL's own fills, so a revalidation that started before an
+    /// invalidation of `url` is not joined here but replaced: its answer
+    /// may be what the invalidation was meant to drop.
+    pub fn join_variant(&self, url: &CacheKey, joined: &CacheKey) -> Role {
+        if self.hit_for_miss.is_marked(url.fingerprint()) {
+            return Role::Alone;
+        }
+        let mut fills = lock(&self.fills);
+        if let Some(joinable) = fills.get(joined)
+            && !self.invalidated_since(url, joinable.started)
+        {
+            return Role::Follow(Arc::clone(&joinable.fill));
+        }
+        self.start(&mut fills, joined)
+    }
+
+    /// Puts a new fill in the table under `key`, in place of any there.
+    fn start(
+        &self,
+        fills: &mut HashMap<CacheKey, Joinable, DefaultHashBuilder>,
+        key: &CacheKey,
+    ) -> Role {
         let fill = Fill::new();
-        fills.insert(key.clone(), Arc::clone(&fill));
+        let started = self.invalidations.now();
+        let joinable = Joinable {
+            fill: Arc::clone(&fill),
+            started,
+        };
+        fills.insert(key.clone(), joinable);
         Role::Lead(fill)
     }
 
     /// Removes `fill` from the table (if it is still the one for `key`).
     pub fn leave(&self, key: &CacheKey, fill: &Arc<Fill>) {
         let mut fills = lock(&self.fills);
-        if fills.get(key).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+        if fills.get(key).is_some_and(|j| Arc::ptr_eq(&j.fill, fill)) {
             fills.remove(key);
         }
     }
@@ -119,11 +158,6 @@ impl Collapser {
     /// Marks `key` hit-for-miss for the configured time.
     pub fn mark_hit_for_miss(&self, key: &CacheKey) {
         self.hit_for_miss.mark(key.fingerprint());
-    }
-
-    /// Whether `key` is marked hit-for-miss now.
-    pub fn is_hit_for_miss(&self, key: &CacheKey) -> bool {
-        self.hit_for_miss.is_marked(key.fingerprint())
     }
 
     /// Forgets a hit-for-miss mark (the URL was stored after all, or purged).
@@ -203,6 +237,35 @@ mod tests {
         assert!(!table.invalidated_since(&key("/a"), table.fill_starts()));
         table.leave(&key("/a"), &old);
         assert!(matches!(table.join(&key("/a"), never), Role::Follow(f) if Arc::ptr_eq(&f, &new)));
+    }
+
+    #[test]
+    fn a_variant_revalidation_started_before_an_invalidation_is_not_joined() {
+        let table = Collapser::new(Duration::from_secs(60));
+        let url = key("/a");
+        let joined = CacheKey::from_target("http://h/a#variant-1").expect("key");
+        let Role::Lead(old) = table.join_variant(&url, &joined) else {
+            panic!("lead");
+        };
+        assert!(
+            matches!(table.join_variant(&url, &joined), Role::Follow(f) if Arc::ptr_eq(&f, &old))
+        );
+        // Another URL's invalidation changes nothing; this URL's does.
+        table.invalidate(&key("/b"));
+        assert!(matches!(table.join_variant(&url, &joined), Role::Follow(_)));
+        table.invalidate(&url);
+        let Role::Lead(new) = table.join_variant(&url, &joined) else {
+            panic!("a request after the invalidation must lead a fill of its own");
+        };
+        assert!(!Arc::ptr_eq(&old, &new));
+        table.leave(&joined, &old);
+        assert!(
+            matches!(table.join_variant(&url, &joined), Role::Follow(f) if Arc::ptr_eq(&f, &new))
+        );
+        table.leave(&joined, &new);
+        assert_eq!(table.fills_in_progress(), 0);
+        table.mark_hit_for_miss(&url);
+        assert!(matches!(table.join_variant(&url, &joined), Role::Alone));
     }
 
     #[test]

@@ -373,15 +373,16 @@ impl Cache {
         }
         // Requests for one variant wait on one revalidation, apart from
         // the URL's other variants and its misses.
-        let joined = if variant.fields().is_some_and(<[_]>::is_empty) {
-            key.clone()
-        } else if self.shared.collapser.is_hit_for_miss(&key) {
-            return Ok(self.fill_alone(key));
+        let collapser = &self.shared.collapser;
+        let (joined, role) = if variant.fields().is_some_and(<[_]>::is_empty) {
+            (key.clone(), collapser.join(&key, || false))
         } else {
-            key.of_variant(variant)
+            let joined = key.of_variant(variant);
+            let role = collapser.join_variant(&key, &joined);
+            (joined, role)
         };
         let shared = Arc::clone(&self.shared);
-        match self.shared.collapser.join(&joined, || false) {
+        match role {
             Role::Lead(fill) => Ok(Filler::new(shared, key, fill, true).joined_as(joined)),
             Role::Follow(fill) => Err(Follower { shared, key, fill }),
             Role::Alone | Role::Stored => Ok(self.fill_alone(key)),

@@ -100,8 +100,9 @@ impl Tier {
     /// be dropped once the lock is let go.
     fn put_locked(&self, object: Arc<StoredObject>) -> Evicted {
         let url = object.head.key.as_str();
+        let before = self.map.get(url);
         let mut list: Vec<Arc<StoredObject>> = Vec::new();
-        for old in self.map.get(url).iter().flat_map(|old| old.iter()) {
+        for old in before.iter().flat_map(|old| old.iter()) {
             if old.head.variant != object.head.variant {
                 list.push(Arc::clone(old));
             } else if old.duplicates_file(&object) {
@@ -114,7 +115,11 @@ impl Tier {
             list.remove(0);
         }
         list.push(Arc::clone(&object));
-        self.replace(url, list)
+        let mut pushed_out = self.replace(url, list);
+        // Evicted by another URL's insert meanwhile, the list read holds
+        // the last references to what it replaces.
+        pushed_out.dropped.extend(before);
+        pushed_out
     }
 
     /// Inserts `list` under `url`. quick_cache reports the value it
@@ -192,7 +197,7 @@ impl Tier {
             .filter(|o| o.head.variant != object.head.variant)
             .cloned()
             .collect();
-        if list.is_empty() {
+        let mut removed = if list.is_empty() {
             Evicted {
                 replacing: None,
                 dropped: self
@@ -204,7 +209,10 @@ impl Tier {
             }
         } else {
             self.replace(url, list)
-        }
+        };
+        // See `put_locked`.
+        removed.dropped.push(old);
+        removed
     }
 
     /// Removes `object` if the index still holds this very object (not a
@@ -358,9 +366,16 @@ mod tests {
         for _ in 0..200 {
             let gone = variant("gzip");
             tier.put(Arc::clone(&gone));
+            let (br, start) = (variant("br"), std::sync::Barrier::new(2));
             std::thread::scope(|scope| {
-                scope.spawn(|| tier.put(variant("br")));
-                scope.spawn(|| tier.remove_variant(&gone));
+                scope.spawn(|| {
+                    start.wait();
+                    tier.put(br);
+                });
+                scope.spawn(|| {
+                    start.wait();
+                    tier.remove_variant(&gone);
+                });
             });
             let stored = tier.get(URL).expect("br is stored");
             assert!(

@@ -1131,4 +1131,9 @@ fn requests_for_each_variant_wait_on_one_revalidation_of_it() {
         .collect();
     revalidated.sort();
     assert_eq!(revalidated, ["br", "gzip"]);
+    assert!(
+        metric_reaches(proxy.addr, "fetchproxy_cache_fills_in_progress", |n| n
+            == 0.0),
+        "each revalidation left the collapse table"
+    );
 }
