@@ -499,7 +499,7 @@ impl Cache {
     /// A disk object checked for use: small ones are read into memory
     /// (and kept there), large ones, and those the memory tier would not
     /// keep, verified once then streamed from disk.
-    fn load_from_disk(&self, object: Arc<StoredObject>) -> Option<Arc<StoredObject>> {
+    pub(crate) fn load_from_disk(&self, object: Arc<StoredObject>) -> Option<Arc<StoredObject>> {
         let disk = self.shared.disk.as_ref()?;
         let memory = self.shared.memory.as_ref()?;
         let Body::Disk(on_disk) = &object.body else {
@@ -533,8 +533,16 @@ impl Cache {
             Arc::clone(&object.head),
             Body::Memory(Box::new([body])),
         ));
-        memory.put(Arc::clone(&promoted));
-        if in_memory().is_none() {
+        // Not over a newer response of the variant that a fill stored in
+        // memory meanwhile.
+        let kept = memory.put_if_newer(Arc::clone(&promoted));
+        if !disk.tier.holds_exact(&object) {
+            // Purged or replaced while the file was read: the copy must
+            // not outlive it. (`Cache::remove` empties the disk tier
+            // first, so either this sees the removal, or the memory
+            // tier's removal comes after the copy was put.)
+            memory.remove_exact(&promoted);
+        } else if kept && in_memory().is_none() {
             // Too heavy for the tier's budget with its head: reading it
             // back for every hit would only be thrown away again.
             on_disk.file.memory_refused.store(true, Ordering::Release);

@@ -380,18 +380,21 @@ impl Cache {
             .and_then(|m| m.remove(key.partial().as_str()))
             .is_some();
         self.shared.collapser.clear_hit_for_miss(key);
+        // Disk first: a disk object being read into memory now is either
+        // seen gone by its reader, or its copy is put before the memory
+        // tier is emptied (`lookup::load_from_disk`). Dropping the removed
+        // disk objects deletes their files.
+        let on_disk = self
+            .shared
+            .disk
+            .as_ref()
+            .and_then(|d| d.tier.remove(key.as_str()));
         let in_memory = self
             .shared
             .memory
             .as_ref()
             .and_then(|m| m.remove(key.as_str()))
             .is_some();
-        // Dropping the removed disk objects deletes their files.
-        let on_disk = self
-            .shared
-            .disk
-            .as_ref()
-            .and_then(|d| d.tier.remove(key.as_str()));
         in_memory || on_disk.is_some() || parts || filling
     }
 }

@@ -172,7 +172,7 @@ impl Tier {
     }
 
     /// Whether the index holds this very object.
-    fn holds_exact(&self, object: &StoredObject) -> bool {
+    pub fn holds_exact(&self, object: &StoredObject) -> bool {
         self.get(object.head.key.as_str())
             .is_some_and(|list| list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), object)))
     }

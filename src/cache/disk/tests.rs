@@ -648,3 +648,28 @@ fn room_is_promised_out_of_the_free_space_with_a_margin() {
         "a store gone has no room"
     );
 }
+
+#[test]
+fn a_disk_object_purged_while_it_is_read_back_is_not_kept_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let cache = open(dir.path());
+        store(&cache, &get("http://h/small"), &[MAX_AGE], &body(3000), 3).expect("stored");
+    }
+    let cache = open(dir.path());
+    let disk = cache.shared.disk.as_ref().expect("disk tier");
+    let found = disk.tier.get("http://h/small").expect("indexed")[0].clone();
+    // The PURGE comes after the lookup found the object on disk, before
+    // the copy read from its file is put in memory.
+    assert!(cache.purge("http://h/small").expect("url"));
+    let promoted = cache.load_from_disk(found).expect("read back");
+    let len = promoted.head.body_len;
+    let answered = read_body(&mut promoted.reader(0, len).expect("reader")).expect("body");
+    assert_eq!(answered, body(3000), "this request is answered");
+    let memory = cache.shared.memory.as_ref().expect("memory tier");
+    assert!(
+        memory.get("http://h/small").is_none(),
+        "the copy outlived the PURGE"
+    );
+    assert!(is_miss(&cache, "http://h/small"));
+}
