@@ -42,7 +42,7 @@ pub struct Collapser {
     /// URLs fetched alone for a while, by fingerprint.
     hit_for_miss: HitForMiss,
     /// Invalidations, for fills that started before them.
-    invalidations: Invalidations,
+    invalidations: Arc<Invalidations>,
 }
 
 /// A fill in the table, and when it started (in invalidations counted).
@@ -64,7 +64,7 @@ impl Collapser {
                 DefaultHashBuilder::default(),
             )),
             hit_for_miss: HitForMiss::new(hfm_ttl),
-            invalidations: Invalidations::new(),
+            invalidations: Arc::new(Invalidations::new()),
         }
     }
 
@@ -138,6 +138,12 @@ impl Collapser {
     pub fn invalidate(&self, key: &CacheKey) -> bool {
         self.invalidations.record(key.fingerprint());
         lock(&self.fills).remove(key).is_some()
+    }
+
+    /// The invalidation log, for the disk loader: a file it indexes after
+    /// its URL was invalidated may hold what the invalidation dropped.
+    pub fn invalidations(&self) -> Arc<Invalidations> {
+        Arc::clone(&self.invalidations)
     }
 
     /// When a fill starting now started, for [`Collapser::invalidated_since`].

@@ -273,6 +273,7 @@ impl Cache {
                 TierKind::Memory,
             )
         });
+        let collapser = Collapser::new(config.hit_for_miss);
         let disk = match (&config.dir, enabled) {
             (Some(dir), true) => {
                 if config.dir_bytes == 0 || config.dir_max_object == 0 {
@@ -287,7 +288,7 @@ impl Cache {
                     max,
                     Arc::clone(&stats),
                 )?);
-                store.start_loader()?;
+                store.start_loader(collapser.invalidations())?;
                 Some(store)
             }
             _ => None,
@@ -296,7 +297,7 @@ impl Cache {
         config.mem_max_object = config.mem_max_object.min(config.mem_bytes);
         Ok(Cache {
             shared: Arc::new(Shared {
-                collapser: Collapser::new(config.hit_for_miss),
+                collapser,
                 inflight: AtomicU64::new(0),
                 inflight_limit: (config.mem_bytes / 4).max(config.mem_max_object),
                 config,

@@ -14,6 +14,7 @@ use super::DiskStore;
 use super::format::{self, Broken, TRAILER_LEN};
 use crate::cache::CacheError;
 use crate::cache::admission::remove_unshared;
+use crate::cache::invalidations::{Invalidations, Since};
 use crate::cache::object::{Body, DiskBody, DiskFile, ObjectHead, StoredObject};
 use crate::cache::policy::Policy;
 use crate::cache::stats::bump;
@@ -24,12 +25,21 @@ impl DiskStore {
     ///
     /// # Errors
     /// `CacheError::Loader` when the thread cannot be spawned.
-    pub fn start_loader(self: &Arc<Self>) -> Result<(), CacheError> {
+    ///
+    /// A PURGE or an unsafe method's success while it runs finds nothing
+    /// yet indexed of a file not read yet: `invalidations` tells the loader
+    /// which URLs were invalidated since it started, and their files are
+    /// dropped as they are read, not indexed.
+    pub fn start_loader(
+        self: &Arc<Self>,
+        invalidations: Arc<Invalidations>,
+    ) -> Result<(), CacheError> {
         let store = Arc::downgrade(self);
         let objects = self.root.join("objects");
+        let started = invalidations.now();
         std::thread::Builder::new()
             .name("cache-loader".to_string())
-            .spawn(move || load_all(&store, &objects))
+            .spawn(move || load_all(&store, &objects, &invalidations, started))
             .map(|_| ())
             .map_err(CacheError::Loader)
     }
@@ -108,7 +118,12 @@ impl DiskStore {
 }
 
 /// Indexes every file under `objects/`, then marks the store loaded.
-fn load_all(store: &Weak<DiskStore>, objects: &Path) {
+fn load_all(
+    store: &Weak<DiskStore>,
+    objects: &Path,
+    invalidations: &Invalidations,
+    started: Since,
+) {
     let Ok(dirs) = fs::read_dir(objects) else {
         if let Some(store) = store.upgrade() {
             store.set_loaded();
@@ -130,8 +145,15 @@ fn load_all(store: &Weak<DiskStore>, objects: &Path) {
                     // Two files of one variant (a crash between writing the
                     // new and dropping the old): the newer response wins,
                     // and dropping the other deletes its file.
-                    store.tier.put_if_newer(Arc::new(object));
-                    count += 1;
+                    let object = Arc::new(object);
+                    if store.tier.put_if_newer(Arc::clone(&object)) {
+                        count += 1;
+                    }
+                    // Checked after it is indexed: an invalidation either
+                    // found it in the index, or is seen here.
+                    if invalidations.since(object.head.key.fingerprint(), started) {
+                        store.tier.remove_exact(&object);
+                    }
                 }
                 Err(reason) => {
                     log::warn!("cache: deleting {}: {reason}", path.display());

@@ -673,3 +673,36 @@ fn a_disk_object_purged_while_it_is_read_back_is_not_kept_in_memory() {
     );
     assert!(is_miss(&cache, "http://h/small"));
 }
+
+#[test]
+fn a_purge_while_the_index_is_rebuilt_drops_files_not_read_yet() {
+    // A PURGE that comes before the loader has read a URL's file finds
+    // nothing indexed: the loader must drop that file, not index it.
+    const URLS: usize = 1500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = |n: usize| format!("http://h/purged/{n}");
+    {
+        let cache = open(dir.path());
+        for n in 0..URLS {
+            store(&cache, &get(&url(n)), &[MAX_AGE], &body(100), 3).expect("stored");
+        }
+    }
+    assert_eq!(object_files(dir.path()).len(), URLS);
+    let cache = small_cache(1 << 20, MEM_MAX, Some(dir.path()));
+    for n in 0..URLS {
+        cache.purge(&url(n)).expect("url");
+    }
+    assert!(cache.wait_loaded(LOAD_WAIT), "the loader finished");
+    let served: Vec<usize> = (0..URLS).filter(|&n| !is_miss(&cache, &url(n))).collect();
+    assert!(
+        served.is_empty(),
+        "{} of {URLS} purged URLs served, the first {:?}",
+        served.len(),
+        served.first()
+    );
+    assert_eq!(cache.usage().1.map(|d| d.urls), Some(0));
+    assert!(
+        object_files(dir.path()).is_empty(),
+        "their files are deleted"
+    );
+}
