@@ -588,12 +588,12 @@ impl Filler {
         if let (true, Some(tier)) = (memory, &self.shared.memory)
             && let Some(old) = found(tier.get(self.key.as_str()))
         {
-            tier.remove_variant(&old);
+            tier.remove_exact(&old);
         }
         if let (true, Some(store)) = (disk, &self.shared.disk)
             && let Some(old) = found(store.tier.get(self.key.as_str()))
         {
-            store.tier.remove_variant(&old);
+            store.tier.remove_exact(&old);
         }
     }
 

@@ -561,12 +561,7 @@ impl Cache {
         // This very response, in either tier (they share its head), not a
         // newer one of its variant stored meanwhile.
         let drop_from = |tier: &crate::cache::tier::Tier| {
-            let held = tier
-                .get(object.head.key.as_str())
-                .is_some_and(|list| list.iter().any(|o| Arc::ptr_eq(&o.head, &object.head)));
-            if held {
-                tier.remove_variant(object);
-            }
+            tier.remove_with_head(&object.head);
         };
         if let Some(memory) = &self.shared.memory {
             drop_from(memory);
@@ -623,7 +618,7 @@ impl Cache {
                 .iter());
         if !shareable {
             for tier in self.tiers() {
-                tier.remove_variant(object);
+                tier.remove_with_head(&object.head);
             }
             return Some(refreshed);
         }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
-use crate::cache::object::StoredObject;
+use crate::cache::object::{ObjectHead, StoredObject};
 use crate::cache::stats::{Stats, TierUsage, bump};
 
 /// Most variants kept per URL; storing one more drops the oldest.
@@ -177,16 +177,8 @@ impl Tier {
             .is_some_and(|list| list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), object)))
     }
 
-    /// Removes one variant (a broken or replaced object).
-    pub fn remove_variant(&self, object: &StoredObject) {
-        let update = self.lock(object.head.key.as_str());
-        let removed = self.remove_variant_locked(object);
-        drop(update);
-        drop(removed);
-    }
-
-    /// `remove_variant`, under the URL's update lock; returns what it
-    /// took out, to be dropped once the lock is let go.
+    /// Removes `object`'s variant, under the URL's update lock; returns
+    /// what it took out, to be dropped once the lock is let go.
     fn remove_variant_locked(&self, object: &StoredObject) -> Evicted {
         let url = object.head.key.as_str();
         let Some(old) = self.map.get(url) else {
@@ -224,6 +216,20 @@ impl Tier {
         drop(update);
         drop(removed);
         held
+    }
+
+    /// Removes the object stored with `head` (the memory and the disk
+    /// copies of one response share it) if the index still holds it, not
+    /// a newer response of its variant; returns whether it did.
+    pub fn remove_with_head(&self, head: &Arc<ObjectHead>) -> bool {
+        let update = self.lock(head.key.as_str());
+        let found = self
+            .get(head.key.as_str())
+            .and_then(|list| list.iter().find(|o| Arc::ptr_eq(&o.head, head)).cloned());
+        let removed = found.as_deref().map(|o| self.remove_variant_locked(o));
+        drop(update);
+        drop(removed);
+        found.is_some()
     }
 
     /// Removes every variant of `url`, returning them (to be dropped by
@@ -361,6 +367,20 @@ mod tests {
     }
 
     #[test]
+    fn removing_a_stored_response_spares_a_newer_one_of_its_variant() {
+        let tier = tier();
+        let old = variant("gzip");
+        tier.put(Arc::clone(&old));
+        let newer = variant("gzip");
+        tier.put(Arc::clone(&newer));
+        assert!(!tier.remove_exact(&old));
+        assert!(!tier.remove_with_head(&old.head));
+        assert!(tier.holds_exact(&newer), "the newer response went too");
+        assert!(tier.remove_with_head(&newer.head));
+        assert!(tier.get(URL).is_none());
+    }
+
+    #[test]
     fn a_removed_variant_stays_removed_while_others_are_stored() {
         let tier = tier();
         for _ in 0..200 {
@@ -374,7 +394,7 @@ mod tests {
                 });
                 scope.spawn(|| {
                     start.wait();
-                    tier.remove_variant(&gone);
+                    tier.remove_exact(&gone);
                 });
             });
             let stored = tier.get(URL).expect("br is stored");
