@@ -560,14 +560,8 @@ impl Cache {
         }
         // This very response, in either tier (they share its head), not a
         // newer one of its variant stored meanwhile.
-        let drop_from = |tier: &crate::cache::tier::Tier| {
+        for tier in self.tiers() {
             tier.remove_with_head(&object.head);
-        };
-        if let Some(memory) = &self.shared.memory {
-            drop_from(memory);
-        }
-        if let Some(disk) = &self.shared.disk {
-            drop_from(&disk.tier);
         }
         true
     }

@@ -14,7 +14,7 @@
 //! lost, or a purged or replaced one back. Lookups take no lock.
 
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
@@ -74,13 +74,16 @@ impl Tier {
         }
     }
 
-    /// Holds the update lock of `url`'s stripe.
-    fn lock(&self, url: &str) -> MutexGuard<'_, ()> {
+    /// Runs `update` under the lock of `url`'s stripe. What it returns
+    /// (what it pushed out or took out) is dropped by the caller, after the
+    /// lock is let go: dropping a disk object may delete its file.
+    fn updating<R>(&self, url: &str, update: impl FnOnce() -> R) -> R {
         let stripe = self.stripe_of.hash_one(url) as usize % UPDATE_STRIPES;
         // Guards no data of its own: a panic leaves nothing half-done.
-        self.updates[stripe]
+        let _stripe = self.updates[stripe]
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        update()
     }
 
     /// The variants stored under `url`.
@@ -90,14 +93,11 @@ impl Tier {
 
     /// Stores `object`, replacing a variant with the same secondary key.
     pub fn put(&self, object: Arc<StoredObject>) {
-        let update = self.lock(object.head.key.as_str());
-        let pushed_out = self.put_locked(object);
-        drop(update);
-        drop(pushed_out);
+        let url = object.head.key.as_str();
+        drop(self.updating(url, || self.put_locked(Arc::clone(&object))));
     }
 
-    /// `put`, under the URL's update lock; returns what it pushed out, to
-    /// be dropped once the lock is let go.
+    /// `put`, under the URL's update lock; returns what it pushed out.
     fn put_locked(&self, object: Arc<StoredObject>) -> Evicted {
         let url = object.head.key.as_str();
         let before = self.map.get(url);
@@ -138,37 +138,37 @@ impl Tier {
     /// Stores `object` unless a response for its variant received later
     /// is there (the disk loader must not replace what a fill just stored).
     pub fn put_if_newer(&self, object: Arc<StoredObject>) -> bool {
-        let update = self.lock(object.head.key.as_str());
-        let time = |o: &StoredObject| o.head.policy.response_time();
-        let list = self.get(object.head.key.as_str());
-        let same_variant = || {
-            list.iter()
-                .flat_map(|list| list.iter())
-                .filter(|o| o.head.variant == object.head.variant)
-        };
-        if same_variant().any(|o| o.duplicates_file(&object)) {
-            // A fill stored this very file while the loader was reading
-            // the directory: it is indexed already.
-            object.disown_file();
-            return false;
-        }
-        let newer_there = same_variant().any(|o| time(o) >= time(&object));
-        let pushed_out = (!newer_there).then(|| self.put_locked(object));
-        drop(update);
-        drop(pushed_out);
-        !newer_there
+        let url = object.head.key.as_str();
+        let pushed_out = self.updating(url, || {
+            let time = |o: &StoredObject| o.head.policy.response_time();
+            let list = self.get(url);
+            let same_variant = || {
+                list.iter()
+                    .flat_map(|list| list.iter())
+                    .filter(|o| o.head.variant == object.head.variant)
+            };
+            if same_variant().any(|o| o.duplicates_file(&object)) {
+                // A fill stored this very file while the loader was reading
+                // the directory: it is indexed already.
+                object.disown_file();
+                return None;
+            }
+            let newer_there = same_variant().any(|o| time(o) >= time(&object));
+            (!newer_there).then(|| self.put_locked(Arc::clone(&object)))
+        });
+        // `object`, when not kept, goes after the lock too.
+        pushed_out.is_some()
     }
 
     /// Puts `new` in the place of `old` if the index still holds that very
     /// object (not purged, nor replaced by a newer response meanwhile);
     /// returns whether it did.
     pub fn replace_exact(&self, old: &StoredObject, new: Arc<StoredObject>) -> bool {
-        let update = self.lock(old.head.key.as_str());
-        let held = self.holds_exact(old);
-        let pushed_out = held.then(|| self.put_locked(new));
-        drop(update);
-        drop(pushed_out);
-        held
+        let pushed_out = self.updating(old.head.key.as_str(), || {
+            self.holds_exact(old)
+                .then(|| self.put_locked(Arc::clone(&new)))
+        });
+        pushed_out.is_some()
     }
 
     /// Whether the index holds this very object.
@@ -178,7 +178,7 @@ impl Tier {
     }
 
     /// Removes `object`'s variant, under the URL's update lock; returns
-    /// what it took out, to be dropped once the lock is let go.
+    /// what it took out.
     fn remove_variant_locked(&self, object: &StoredObject) -> Evicted {
         let url = object.head.key.as_str();
         let Some(old) = self.map.get(url) else {
@@ -210,33 +210,29 @@ impl Tier {
     /// Removes `object` if the index still holds this very object (not a
     /// newer one of the same variant); returns whether it did.
     pub fn remove_exact(&self, object: &StoredObject) -> bool {
-        let update = self.lock(object.head.key.as_str());
-        let held = self.holds_exact(object);
-        let removed = held.then(|| self.remove_variant_locked(object));
-        drop(update);
-        drop(removed);
-        held
+        let removed = self.updating(object.head.key.as_str(), || {
+            self.holds_exact(object)
+                .then(|| self.remove_variant_locked(object))
+        });
+        removed.is_some()
     }
 
     /// Removes the object stored with `head` (the memory and the disk
     /// copies of one response share it) if the index still holds it, not
     /// a newer response of its variant; returns whether it did.
     pub fn remove_with_head(&self, head: &Arc<ObjectHead>) -> bool {
-        let update = self.lock(head.key.as_str());
-        let found = self
-            .get(head.key.as_str())
-            .and_then(|list| list.iter().find(|o| Arc::ptr_eq(&o.head, head)).cloned());
-        let removed = found.as_deref().map(|o| self.remove_variant_locked(o));
-        drop(update);
-        drop(removed);
-        found.is_some()
+        let removed = self.updating(head.key.as_str(), || {
+            let list = self.get(head.key.as_str())?;
+            let found = list.iter().find(|o| Arc::ptr_eq(&o.head, head))?;
+            Some(self.remove_variant_locked(found))
+        });
+        removed.is_some()
     }
 
     /// Removes every variant of `url`, returning them (to be dropped by
     /// the caller, outside the lock).
     pub fn remove(&self, url: &str) -> Option<Variants> {
-        let _update = self.lock(url);
-        self.map.remove(url).map(|(_, variants)| variants)
+        self.updating(url, || self.map.remove(url).map(|(_, variants)| variants))
     }
 
     /// URLs and bytes held, and the budget.
