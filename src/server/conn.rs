@@ -197,6 +197,25 @@ impl ClientConn {
         }
     }
 
+    /// Whether the client sent bytes that no one has read: some already
+    /// taken in, some the acceptor saw arrive, or some waiting in the
+    /// socket (one look, without waiting).
+    pub fn has_unread_input(&self) -> bool {
+        let seen = |r: &Registration<ClientConn>| r.input().load(Ordering::SeqCst);
+        if !self.pending().is_empty() || self.registration.as_ref().is_some_and(seen) {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        matches!(
+            rustix::net::recv(
+                &self.stream,
+                &mut byte,
+                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+            ),
+            Ok((1, _))
+        )
+    }
+
     /// Appends bytes received elsewhere (the acceptor's scratch buffer).
     pub fn push_received(&mut self, bytes: &[u8]) {
         if self.pos > 0 {

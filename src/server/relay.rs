@@ -46,10 +46,23 @@ pub struct UpstreamBody<R> {
 }
 
 impl UpstreamBody<ureq::BodyReader<'static>> {
-    /// The body of a response from the upstream agent.
-    pub fn of(body: ureq::Body) -> Self {
+    /// The body of a response from the upstream agent, whose head is
+    /// `parts`.
+    pub fn of(body: ureq::Body, parts: &Parts) -> Self {
+        // ureq knows no length for a body it need not read, `Content-Length:
+        // 0` included; that zero is still the origin's declared length (the
+        // agent has checked the field), and sent on, it keeps the client's
+        // connection, where chunked or until-close framing would not.
+        let empty = || {
+            let zero = |v: &http::HeaderValue| v.as_bytes().trim_ascii() == b"0";
+            parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .filter(|v| zero(v))
+                .map(|_| 0)
+        };
         UpstreamBody {
-            declared: body.content_length(),
+            declared: body.content_length().or_else(empty),
             reader: body.into_reader(),
         }
     }
@@ -299,7 +312,13 @@ fn response_head(
         }
         BodyFraming::Empty | BodyFraming::UntilClose => {}
     }
-    out.header_parts("Via", &[b"1.1 ", limits.via_name.as_bytes()]);
+    // The protocol the response came in (RFC 9110 §7.6.3).
+    let received: &[u8] = if parts.version == http::Version::HTTP_10 {
+        b"1.0 "
+    } else {
+        b"1.1 "
+    };
+    out.header_parts("Via", &[received, limits.via_name.as_bytes()]);
     if let Some(status) = limits.cache_status {
         out.header("Cache-Status", status.as_bytes());
     }

@@ -229,8 +229,14 @@ fn serve_one(
         // Dropped now: the reset is the message.
         return None;
     }
-    if served.error.is_some() || has_body(&head) {
-        // Input may be left unread: drain it for a moment before closing.
+    // Closing a socket with unread input resets it, and a reset throws
+    // away the end of the answer still on its way to the client. So the
+    // connection is closed in stages (RFC 9112 §9.6), its input drained
+    // for a moment, unless the client asked for the close and sent nothing
+    // more: after an error or a request body, input may be left unread; a
+    // client that expected to keep the connection (the proxy is draining)
+    // may be sending its next request.
+    if served.error.is_some() || has_body(&head) || head.keep_alive() || conn.has_unread_input() {
         ctx.handback.linger(conn);
     }
     None

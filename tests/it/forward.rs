@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::support::origin::pattern_byte;
 use crate::support::raw::{
     RawResponse, assert_curl_error, assert_raw_error, closes_within, exchange,
-    http10_get_ending_in_reset, read_head, read_one, split_raw,
+    http10_get_ending_in_reset, read_head, read_one, read_to_close, split_raw,
 };
 use crate::support::servers::{Responder, Streamer};
 use crate::support::{
@@ -2138,4 +2138,113 @@ fn interim_responses_are_passed_on_before_the_final_one() {
         .replace("URL", &origin.url("/hints"));
     let response = exchange(proxy.addr, http10.as_bytes(), LIMIT);
     assert_eq!(response.status, 200, "no 1xx to an HTTP/1.0 client");
+}
+
+#[test]
+fn a_closing_connection_keeps_the_end_of_its_answer_though_the_client_sent_more() {
+    // A client that asks for the close, then sends another request anyway
+    // and reads late: closing over its unread input would reset the
+    // connection and throw away the end of the answer still buffered.
+    let body = binary_body(16 * 1024 * 1024);
+    let origin = Origin::fixed("application/octet-stream", &body);
+    let proxy = Proxy::with(|config| config.cache_mem = 0);
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let first = format!(
+        "GET {} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        origin.url("/big")
+    );
+    stream
+        .write_all(first.as_bytes())
+        .expect("send the request");
+    // Sent while the answer is being written, this stays in the socket.
+    std::thread::sleep(Duration::from_millis(300));
+    let more = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/more"));
+    stream.write_all(more.as_bytes()).expect("send one more");
+    // The proxy fills the sockets' buffers and finishes while this waits.
+    std::thread::sleep(Duration::from_millis(300));
+    let got = read_to_close(&mut stream, LIMIT);
+    assert!(got.closed, "the connection stays open");
+    let responses = got.responses();
+    let first = responses.first().expect("an answer");
+    assert_eq!(first.status, 200, "{}", first.head);
+    assert_eq!(first.body.len(), body.len(), "{}", first.head);
+    assert!(first.body == body, "the body differs");
+    assert_eq!(
+        responses.len(),
+        1,
+        "the request after the close was answered"
+    );
+}
+
+#[test]
+fn an_empty_body_keeps_its_zero_length_and_the_connection() {
+    let origin = Origin::start(|request| {
+        Reply::Full {
+            status: 302,
+            headers: vec![("Location".into(), "/elsewhere".into())],
+            body: Vec::new(),
+        }
+        .with_header("X-Path", &request.target)
+    });
+    let proxy = Proxy::start();
+    // An HTTP/1.1 client gets the length, not a chunked empty body.
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    let request = format!("GET {} HTTP/1.1\r\nHost: h\r\n\r\n", origin.url("/a"));
+    let response = send_one(&mut stream, request.as_bytes(), false);
+    assert_eq!(response.status, 302, "{}", response.head);
+    assert_eq!(
+        response.header("content-length"),
+        Some("0"),
+        "{}",
+        response.head
+    );
+    assert_eq!(
+        response.header("transfer-encoding"),
+        None,
+        "{}",
+        response.head
+    );
+    // An HTTP/1.0 keep-alive client keeps its connection for the next one.
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    for path in ["/b", "/c"] {
+        let request = format!(
+            "GET {} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            origin.url(path)
+        );
+        let response = send_one(&mut stream, request.as_bytes(), false);
+        assert_eq!(response.status, 302, "{}", response.head);
+        assert_eq!(
+            response.header("content-length"),
+            Some("0"),
+            "{}",
+            response.head
+        );
+        assert_eq!(
+            response
+                .header("connection")
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("keep-alive"),
+            "{}",
+            response.head
+        );
+    }
+}
+
+#[test]
+fn via_names_the_protocol_the_response_came_in() {
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        )
+    });
+    let proxy = Proxy::with(|config| config.cache_mem = 0);
+    let reply = curl(proxy.addr, &origin.url("/"), &[]);
+    assert_eq!(reply.status, 200, "curl: {}", reply.stderr);
+    let via = format!("1.0 {}", test_config().via_name);
+    assert!(
+        reply.headers.iter().any(|(n, v)| n == "via" && v == &via),
+        "{:?}",
+        reply.headers
+    );
 }

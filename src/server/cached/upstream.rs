@@ -333,7 +333,7 @@ fn relay(
     let (parts, body) = upstream.response.into_parts();
     // A 204's or 304's body is empty by definition: the relay reads none.
     let bodiless = !has_body(parts.status);
-    let body = UpstreamBody::of(body);
+    let body = UpstreamBody::of(body, &parts);
     let mut filler = filler.filter(Filler::is_storing);
     let apart_min = match &filler {
         Some(filler) if filler.has_followers() => RECEIVE_APART_FOLLOWED_MIN,
