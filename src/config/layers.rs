@@ -127,6 +127,25 @@ impl Sources<'_> {
         Some(format!("{name} is set twice{first}; keep one"))
     }
 
+    /// A hint for a syntax error on a `key = value` line whose value is
+    /// bare text (`listen = 127.0.0.1:8080`): TOML wants text quoted.
+    fn unquoted(&self, at: &Range<usize>) -> Option<String> {
+        let text = self.file.lines().nth(self.line(at) - 1)?;
+        let (key, value) = text.split_once('=')?;
+        let (key, value) = (key.trim(), value.trim());
+        let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        let quoted_or_structured = value.starts_with(['"', '\'', '[', '{']);
+        if key.is_empty() || !key.chars().all(bare) || value.is_empty() || quoted_or_structured {
+            return None;
+        }
+        if value.len() > MAX_SHOWN || value.contains('#') {
+            return Some("text values are quoted in TOML".to_string());
+        }
+        Some(format!(
+            "text values are quoted in TOML: {key} = \"{value}\""
+        ))
+    }
+
     /// The value at `at` as written, if it fits on a line.
     fn shown(&self, key: &str, at: &Range<usize>) -> Option<String> {
         let (text, is_flag) = if self.is_flag(key) {
@@ -248,7 +267,13 @@ fn syntax_problems(sources: &Sources<'_>, errors: &[toml::de::Error]) -> Vec<Pro
         if !problems.iter().any(|p| p.origin == origin) {
             let reason = match sources.duplicate(err.message(), &at) {
                 Some(said) => said,
-                None => one_line(err.message()),
+                None => match sources.unquoted(&at) {
+                    // The parser says so itself for some values, not all.
+                    Some(hint) if !err.message().contains("quoted") => {
+                        format!("{}; {hint}", one_line(err.message()))
+                    }
+                    _ => one_line(err.message()),
+                },
             };
             problems.push(Problem {
                 origin,

@@ -219,6 +219,27 @@ fn a_key_set_twice_is_named_with_the_line_that_set_it_first() {
 }
 
 #[test]
+fn a_bare_text_value_is_shown_quoted() {
+    assert_eq!(
+        message("workers = 4\nlisten = 127.0.0.1:8092\n"),
+        "fetchproxy.toml:2: invalid float, expected nothing; \
+         text values are quoted in TOML: listen = \"127.0.0.1:8092\""
+    );
+    // Where the parser says so itself, it is not said twice; numbers,
+    // quoted text and lists get no hint.
+    let text = message("via_name = my proxy\n");
+    assert_eq!(text.matches("quoted").count(), 1, "{text}");
+    for fine in [
+        "workers = 4x\n",
+        "listen = [127.0.0.1]\n",
+        "via_name = \"a\n",
+    ] {
+        let text = message(fine);
+        assert!(!text.contains("quoted in TOML"), "{fine:?}: {text}");
+    }
+}
+
+#[test]
 fn keys_under_a_broken_table_header_are_not_called_unknown() {
     // The header is the mistake: its keys were meant for that table.
     assert_eq!(
