@@ -124,6 +124,12 @@ impl Running {
             log::info!(
                 "destinations: globally routable addresses only; allow others (a local origin, say) with --allow-dest ADDR or CIDR"
             );
+        } else {
+            let allowed: Vec<String> = config.allow_dest.iter().map(ToString::to_string).collect();
+            log::info!(
+                "destinations: globally routable addresses, and {}",
+                allowed.join(", ")
+            );
         }
         match config.users.len() {
             0 => {}

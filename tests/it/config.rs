@@ -433,3 +433,24 @@ fn via_name_and_dest_port_flags_are_used() {
     );
     stop(served);
 }
+
+#[test]
+fn the_destinations_allowed_are_said_at_startup() {
+    let allowed = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8", "--allow-dest", "::1"]);
+    let line = allowed.wait_for_log("destinations:", LIMIT);
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l
+                .ends_with("destinations: globally routable addresses, and 127.0.0.0/8, ::1/128")),
+        "{line:?}"
+    );
+    stop(allowed);
+    let plain = ProxyProcess::start(&[]);
+    let line = plain.wait_for_log("destinations:", LIMIT);
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.contains("destinations: globally routable addresses only;")),
+        "{line:?}"
+    );
+    stop(plain);
+}
