@@ -73,9 +73,17 @@ fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
         return Err(UsageError::TooMuchConcurrency(args.concurrency));
     }
     if let Some(path) = &args.input
-        && path.is_dir()
+        && path.as_os_str() != "-"
     {
-        return Err(UsageError::InputIsDirectory(path.clone()));
+        if path.is_dir() {
+            return Err(UsageError::InputIsDirectory(path.clone()));
+        }
+        // Before the output directory is made: a run that cannot read its
+        // input leaves nothing behind. (It is opened again to be read.)
+        std::fs::File::open(path).map_err(|source| UsageError::Input {
+            path: path.clone(),
+            source,
+        })?;
     }
     let to_stdout = args.writes_to_stdout();
     if to_stdout && args.urls.len() != 1 {

@@ -590,13 +590,18 @@ fn exit_codes_are_0_1_and_2() {
     assert_eq!(bad_dir.code, Some(2));
     assert!(bad_dir.stderr.contains("--out-dir"), "{}", bad_dir.stderr);
 
+    let unmade = dir.path().join("not-made-either");
     let missing = run_fetch(
         proxy.addr,
-        dir.path(),
+        &unmade,
         &["--input", "/nonexistent/urls.txt"],
         None,
     );
     assert_eq!(missing.code, Some(2), "{}", missing.stderr);
+    assert!(
+        !unmade.exists(),
+        "nothing made for an input that cannot be read"
+    );
 
     let missing_input = missing.stderr.trim();
     assert!(
