@@ -131,8 +131,12 @@ impl Policy {
         let (req, mut res) = crate_parts(uri, request, view_status, view);
         let mut inner =
             CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
-        if caps_heuristic(&mut res.headers, &inner, response_time) {
+        let mut storable = inner.is_storable();
+        let mut ttl = inner.time_to_live(response_time);
+        if caps_heuristic(&mut res.headers, storable, ttl) {
             inner = CachePolicy::new_options(&req, &res, response_time, CacheOptions::default());
+            storable = inner.is_storable();
+            ttl = inner.time_to_live(response_time);
         }
         // One pass over the directives for what the crate does not say.
         let mut never_stale = false;
@@ -151,12 +155,12 @@ impl Policy {
             }
         }
         Policy {
-            fresh_until: later(response_time, inner.time_to_live(response_time)),
+            fresh_until: later(response_time, ttl),
             stale_while_revalidate: stale_while_revalidate.unwrap_or(Duration::ZERO),
             stale_if_error: stale_if_error.unwrap_or(Duration::ZERO),
             never_stale,
             initial_age: inner.age(response_time),
-            storable: inner.is_storable(),
+            storable,
             uri: req.uri,
             request: req.headers,
             view_status: res.status,
@@ -395,9 +399,10 @@ pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Gives `view` (the response as the crate reads it) a `max-age` of
 /// [`HEURISTIC_MAX`] when its freshness is heuristic and longer than
-/// that; true when it did, and the crate's policy must be made again. A
-/// response with a lifetime of its own, or not storable, is left alone.
-fn caps_heuristic(view: &mut HeaderMap, inner: &CachePolicy, response_time: SystemTime) -> bool {
+/// that (`ttl`, the crate's at arrival); true when it did, and the crate's
+/// policy must be made again. A response with a lifetime of its own, or
+/// not `storable`, is left alone.
+fn caps_heuristic(view: &mut HeaderMap, storable: bool, ttl: Duration) -> bool {
     let directives = view
         .get(CACHE_CONTROL)
         .map(|value| normalise::parse(std::iter::once(value.as_bytes())))
@@ -406,7 +411,7 @@ fn caps_heuristic(view: &mut HeaderMap, inner: &CachePolicy, response_time: Syst
         || directives
             .iter()
             .any(|(name, _)| name == "max-age" || name == "s-maxage");
-    if explicit || !inner.is_storable() || inner.time_to_live(response_time) <= HEURISTIC_MAX {
+    if explicit || !storable || ttl <= HEURISTIC_MAX {
         return false;
     }
     let cap = format!("max-age={}", HEURISTIC_MAX.as_secs());
