@@ -79,11 +79,16 @@ fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
             return Err(UsageError::InputIsDirectory(path.clone()));
         }
         // Before the output directory is made: a run that cannot read its
-        // input leaves nothing behind. (It is opened again to be read.)
-        std::fs::File::open(path).map_err(|source| UsageError::Input {
+        // input leaves nothing behind. A regular file is tried here and
+        // opened again to be read; a pipe is not, as closing it would end
+        // its writer's stream.
+        let unreadable = |source| UsageError::Input {
             path: path.clone(),
             source,
-        })?;
+        };
+        if std::fs::metadata(path).map_err(unreadable)?.is_file() {
+            std::fs::File::open(path).map_err(unreadable)?;
+        }
     }
     let to_stdout = args.writes_to_stdout();
     if to_stdout && args.urls.len() != 1 {
