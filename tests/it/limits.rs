@@ -884,3 +884,33 @@ fn a_client_that_reads_its_answer_too_slowly_frees_its_worker_and_a_fast_one_is_
     stop.store(true, Ordering::Relaxed);
     reader.join().expect("slow reader");
 }
+
+#[test]
+fn a_head_sent_a_byte_at_a_time_gets_the_verdict_a_whole_one_gets() {
+    // The acceptor parses a trickled head again only when a line ends:
+    // a good head is answered when its blank line comes, a bad header
+    // line as soon as it ends, long before the header timeout.
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = Proxy::with(|c| c.header_timeout = Duration::from_secs(60));
+    let good = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nX-One: 1\r\nConnection: close\r\n\r\n",
+        origin.url("/trickled")
+    );
+    let bad = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n",
+        origin.url("/never")
+    );
+    for (head, status) in [(good, 200), (bad, 400)] {
+        let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        for byte in head.bytes() {
+            stream.write_all(&[byte]).expect("send a byte");
+            thread::sleep(Duration::from_millis(2));
+        }
+        let got = read_to_close(&mut stream, LIMIT);
+        let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [status], "sent {head:?}, got {:?}", got.text());
+    }
+    let targets: Vec<String> = origin.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/trickled"]);
+}

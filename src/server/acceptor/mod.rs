@@ -372,6 +372,7 @@ impl Acceptor {
             }
             return;
         }
+        let before = conn.pending().len();
         let mut closed = false;
         loop {
             let room = (limit + 1).saturating_sub(conn.pending().len());
@@ -412,6 +413,9 @@ impl Acceptor {
         if *phase == Phase::Idle {
             *phase = Phase::Head;
             *deadline = within_grace(Instant::now() + self.config.header_timeout, self.grace_end);
+        }
+        if !closed && !worth_parsing(conn.pending(), before, limit) {
+            return;
         }
         let limits = HeadLimits {
             max_header_bytes: self.config.max_header_bytes,
@@ -490,6 +494,45 @@ impl Acceptor {
 
 /// Whether the bytes end with the blank line that ends a head; a cheap
 /// test to stop reading, not a parse.
+/// Whether the head so far, `pending`, of which the first `before` bytes
+/// were parsed already, could get a new verdict: while the request line
+/// arrives (it is judged as it comes), when a line ended, or at the head
+/// limit. Parsing it again for anything else would let a client that
+/// trickles its head a byte at a time make the one acceptor thread parse
+/// the whole of it for every byte, a cost quadratic in the head's length;
+/// this way a head is parsed about once a line (and at most 128 lines).
+fn worth_parsing(pending: &[u8], before: usize, limit: usize) -> bool {
+    let (old, new) = pending.split_at(before.min(pending.len()));
+    // The search stops at the end of the request line, at most a URL long.
+    let line_done = memchr::memchr(b'\n', old).is_some();
+    !line_done || memchr::memchr(b'\n', new).is_some() || pending.len() >= limit
+}
+
 fn head_may_be_complete(bytes: &[u8]) -> bool {
     bytes.ends_with(b"\r\n\r\n") || bytes.ends_with(b"\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worth_parsing;
+
+    #[test]
+    fn a_head_is_parsed_again_only_when_its_verdict_can_change() {
+        let limit = 64;
+        // The request line is judged as it arrives.
+        assert!(worth_parsing(b"GET http://h/", 5, limit));
+        // Once it ended, only a new line end or the limit count.
+        let head = b"GET http://h/ HTTP/1.1\r\nX-Pad: aaaa";
+        assert!(!worth_parsing(head, head.len() - 2, limit));
+        let ended = b"GET http://h/ HTTP/1.1\r\nX-Pad: aaaa\r\n";
+        assert!(worth_parsing(ended, ended.len() - 1, limit));
+        assert!(
+            worth_parsing(ended, 10, limit),
+            "the line ended in this read"
+        );
+        let full = [b'a'; 64];
+        let mut at_limit = b"GET http://h/ HTTP/1.1\r\n".to_vec();
+        at_limit.extend_from_slice(&full[..limit - at_limit.len()]);
+        assert!(worth_parsing(&at_limit, at_limit.len() - 1, limit));
+    }
 }
