@@ -197,6 +197,11 @@ impl ClientConn {
         }
     }
 
+    /// Sends the FIN: nothing more will be written.
+    pub fn shut_write(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
     /// Whether the client sent bytes that no one has read: some already
     /// taken in, some the acceptor saw arrive, or some waiting in the
     /// socket (one look, without waiting).

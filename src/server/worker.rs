@@ -170,7 +170,7 @@ fn serve_one(
                 finish::answer_error(&mut conn, &err, &request_id, None, Persistence::Close);
             let request = Request::unparsed(conn.peer, &request_id, started);
             finish::record(&ctx.metrics, &request, &served, None);
-            ctx.handback.linger(conn);
+            close_lingering(conn, ctx);
             return None;
         }
     };
@@ -237,9 +237,17 @@ fn serve_one(
     // client that expected to keep the connection (the proxy is draining)
     // may be sending its next request.
     if served.error.is_some() || has_body(&head) || head.keep_alive() || conn.has_unread_input() {
-        ctx.handback.linger(conn);
+        close_lingering(conn, ctx);
     }
     None
+}
+
+/// Ends the answer now (a body that runs to the close ends with this FIN,
+/// not at the acceptor's next turn), then leaves the connection to the
+/// acceptor to drain its input for a moment before closing it.
+fn close_lingering(conn: ClientConn, ctx: &Context) {
+    conn.shut_write();
+    ctx.handback.linger(conn);
 }
 
 /// Phases 2 to 4 for one request; `user` learns who the credentials named.

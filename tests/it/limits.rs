@@ -914,3 +914,25 @@ fn a_head_sent_a_byte_at_a_time_gets_the_verdict_a_whole_one_gets() {
     let targets: Vec<String> = origin.requests().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/trickled"]);
 }
+
+#[test]
+fn a_long_target_after_an_empty_line_is_refused_as_it_arrives() {
+    // An empty line may come before the request line (RFC 9112 §2.2); the
+    // request line after it is still judged as it arrives, not when the
+    // head is complete or times out.
+    let proxy = Proxy::with(|c| {
+        c.max_url_bytes = 100;
+        c.header_timeout = Duration::from_secs(60);
+    });
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    stream.write_all(b"\r\n").expect("send an empty line");
+    thread::sleep(Duration::from_millis(200));
+    let line = format!("GET http://127.0.0.1:9/{}", "a".repeat(300));
+    stream
+        .write_all(line.as_bytes())
+        .expect("send a long target");
+    let got = read_to_close(&mut stream, LIMIT);
+    let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [414], "got {:?}", got.text());
+}

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::error::ProxyError;
 pub use crate::http::body::BodyFraming;
-pub use parse::{HeadLimits, Parsed, parse_head};
+pub use parse::{HeadLimits, Parsed, parse_head, request_line_ended};
 
 /// HTTP version of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

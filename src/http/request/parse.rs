@@ -204,6 +204,14 @@ fn is_target(bytes: &[u8]) -> bool {
         .fold(true, |all, &b| all & (0x21..=0x7e).contains(&b))
 }
 
+/// Whether `buf` holds the whole request line: a line end after the empty
+/// lines a request may start with (RFC 9112 §2.2). A line that ended in a
+/// bare LF counts as not ended: it is for the parser to refuse.
+pub fn request_line_ended(buf: &[u8]) -> bool {
+    let (_, line, complete) = first_line(buf);
+    complete && !line.is_empty()
+}
+
 /// Splits off the request line after any leading empty CRLF lines (RFC 9112
 /// §2.2; a bare LF there is left in the line, which then fails):
 /// (offset of the line, the line without its `\n`, whether the `\n` arrived).

@@ -69,7 +69,7 @@ impl Acceptor {
         let sent = send_now(&conn.stream, &answer);
         start_lingering(conn);
         *phase = Phase::Linger;
-        *deadline = now + LINGER;
+        *deadline = within_grace(now + LINGER, self.grace_end);
         let started = now.checked_sub(self.config.header_timeout).unwrap_or(now);
         let served = Served {
             bytes: if sent { body_len } else { 0 },
@@ -97,7 +97,7 @@ impl Acceptor {
         self.entries[key] = Entry::Parked {
             conn,
             phase: Phase::Linger,
-            deadline: Instant::now() + LINGER,
+            deadline: within_grace(Instant::now() + LINGER, self.grace_end),
         };
         self.on_readable(key);
     }

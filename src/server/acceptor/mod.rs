@@ -492,8 +492,6 @@ impl Acceptor {
     }
 }
 
-/// Whether the bytes end with the blank line that ends a head; a cheap
-/// test to stop reading, not a parse.
 /// Whether the head so far, `pending`, of which the first `before` bytes
 /// were parsed already, could get a new verdict: while the request line
 /// arrives (it is judged as it comes), when a line ended, or at the head
@@ -503,11 +501,13 @@ impl Acceptor {
 /// this way a head is parsed about once a line (and at most 128 lines).
 fn worth_parsing(pending: &[u8], before: usize, limit: usize) -> bool {
     let (old, new) = pending.split_at(before.min(pending.len()));
-    // The search stops at the end of the request line, at most a URL long.
-    let line_done = memchr::memchr(b'\n', old).is_some();
-    !line_done || memchr::memchr(b'\n', new).is_some() || pending.len() >= limit
+    !request::request_line_ended(old)
+        || memchr::memchr(b'\n', new).is_some()
+        || pending.len() >= limit
 }
 
+/// Whether the bytes end with the blank line that ends a head; a cheap
+/// test to stop reading, not a parse.
 fn head_may_be_complete(bytes: &[u8]) -> bool {
     bytes.ends_with(b"\r\n\r\n") || bytes.ends_with(b"\n\n")
 }
@@ -534,5 +534,8 @@ mod tests {
         let mut at_limit = b"GET http://h/ HTTP/1.1\r\n".to_vec();
         at_limit.extend_from_slice(&full[..limit - at_limit.len()]);
         assert!(worth_parsing(&at_limit, at_limit.len() - 1, limit));
+        // Empty lines before the request line (RFC 9112 §2.2) do not end it.
+        let late = b"\r\n\r\nGET http://h/aaaa";
+        assert!(worth_parsing(late, late.len() - 1, limit));
     }
 }
