@@ -138,7 +138,9 @@ impl Sources<'_> {
         if key.is_empty() || !key.chars().all(bare) || value.is_empty() || quoted_or_structured {
             return None;
         }
-        if value.len() > MAX_SHOWN || value.contains('#') {
+        // Where quotes alone would not make it valid, no example.
+        let plain = |c: char| !matches!(c, '"' | '\\' | '\'' | '#');
+        if value.len() > MAX_SHOWN || !value.chars().all(plain) {
             return Some("text values are quoted in TOML".to_string());
         }
         Some(format!(

@@ -229,6 +229,14 @@ fn a_bare_text_value_is_shown_quoted() {
     // quoted text and lists get no hint.
     let text = message("via_name = my proxy\n");
     assert_eq!(text.matches("quoted").count(), 1, "{text}");
+    // Where quotes alone would not make it valid, no example.
+    for odd in ["via_name = my \"proxy\"\n", "allow_dest = 10.0.0.1\\8\n"] {
+        let text = message(odd);
+        assert!(
+            text.ends_with("text values are quoted in TOML"),
+            "{odd:?}: {text}"
+        );
+    }
     for fine in [
         "workers = 4x\n",
         "listen = [127.0.0.1]\n",
