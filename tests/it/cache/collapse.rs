@@ -755,25 +755,27 @@ fn slow_first_client_with_a_disk_tier(max_object: u64, busy: bool) {
     const LEN: u64 = 24 << 20;
     let body: Vec<u8> = (0..LEN).map(pattern_byte).collect();
     let gate = Gate::new();
+    // Holds the fill under test halfway until its count is read: a fill
+    // received apart counts while it runs, and one that ran to its end
+    // before the look would not be seen.
+    let held = Gate::new();
     let origin = Origin::start({
-        let (body, gate) = (body.clone(), gate.clone());
+        let (body, gate, held) = (body.clone(), gate.clone(), held.clone());
         move |request| {
             let headers = vec![("Cache-Control".into(), "max-age=3600".into())];
-            if request.target.ends_with("/other.tar") {
-                let half = body.len() / 2;
-                return Reply::Paused {
-                    status: 200,
-                    headers,
-                    first: body[..half].to_vec(),
-                    gate: gate.clone(),
-                    rest: body[half..].to_vec(),
-                    reset: false,
-                };
-            }
-            Reply::Full {
+            let stalled = if request.target.ends_with("/other.tar") {
+                &gate
+            } else {
+                &held
+            };
+            let half = body.len() / 2;
+            Reply::Paused {
                 status: 200,
                 headers,
-                body: body.clone(),
+                first: body[..half].to_vec(),
+                gate: stalled.clone(),
+                rest: body[half..].to_vec(),
+                reset: false,
             }
         }
     });
@@ -811,6 +813,7 @@ fn slow_first_client_with_a_disk_tier(max_object: u64, busy: bool) {
         Some(if busy { 2.0 } else { 1.0 }),
         "the fill is received by a thread of its own"
     );
+    held.open();
     // The first client now reads nothing for a while.
     followers_then_the_first_get_it_whole(proxy.addr, &url, &body, first, first_body);
     let fetched = 1 + usize::from(busy);
