@@ -18,6 +18,12 @@ const MAX_HEADERS: usize = 128;
 /// its target can be measured exactly.
 const REQUEST_LINE_SLACK: usize = 64;
 
+/// Most empty lines taken before the request line. RFC 9112 §2.2 asks a
+/// server to ignore at least one (a client may send a stray CRLF after a
+/// body); more are no client's doing, and each one a client trickles in
+/// would have the whole head parsed again.
+const MAX_EMPTY_LINES: usize = 4;
+
 /// The 400 message for a line ended by LF alone.
 const BARE_LF: &str = "bare LF in request head (lines must end in CRLF)";
 
@@ -104,7 +110,10 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
 /// buffer fills up; the line is then judged as it stood at that byte, and one
 /// already malformed there is a 400.
 fn check_line_so_far(buf: &[u8], limits: &HeadLimits) -> Result<(), ProxyError> {
-    let (_, line, complete) = first_line(buf);
+    let (start, line, complete) = first_line(buf);
+    if start > 2 * MAX_EMPTY_LINES {
+        return Err(bad("too many empty lines before the request line"));
+    }
     if complete && line.is_empty() {
         // Empty CRLF lines were skipped: this one ended in a bare LF.
         return Err(bad(BARE_LF));

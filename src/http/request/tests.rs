@@ -97,6 +97,15 @@ fn leading_empty_lines_are_skipped_and_counted() {
     assert_eq!(head.target, "http://h/");
     assert_eq!(len, buf.len());
     assert!(matches!(parse(b"\r\n\r\n"), Ok(Parsed::Partial)));
+    // Four are taken; a fifth is refused, whatever follows.
+    let four = b"\r\n\r\n\r\n\r\nGET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n";
+    assert_eq!(complete(four).1, four.len());
+    for five in [
+        &b"\r\n\r\n\r\n\r\n\r\n"[..],
+        b"\r\n\r\n\r\n\r\n\r\nGET http://h/ HTTP/1.1\r\n",
+    ] {
+        assert!(parse(five).is_err(), "{five:?}");
+    }
 }
 
 /// Issue 15 (2): RFC 9112 §2.2 only allows a lone LF as a line end; two
