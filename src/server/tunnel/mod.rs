@@ -301,7 +301,10 @@ impl RelayLoop {
             tunnel.finish(&self.metrics, TunnelEnd::ShuttingDown);
             cut += 1;
         }
-        cut
+        // What is left open are tunnels a worker still holds: its 200 on
+        // the way, or sent and the tunnel not handed over yet. The stop
+        // cuts them too (the process ends), and the exit says so.
+        cut + self.open.load(Ordering::SeqCst)
     }
 
     fn add(&mut self, tunnel: Tunnel) {
