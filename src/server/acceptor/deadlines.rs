@@ -79,8 +79,9 @@ impl Acceptor {
         finish::record(&self.metrics, &request, &served, None);
     }
 
-    /// Takes an answered connection that must close from a worker, and
-    /// drains its input for a moment before closing it (lingering close).
+    /// Takes an answered connection that must close from a worker (which
+    /// shut its write side), and drains its input for a moment before
+    /// closing it (lingering close).
     pub(super) fn linger(&mut self, mut conn: ClientConn) {
         let Some(key) = conn.registration_key() else {
             return;
@@ -93,7 +94,8 @@ impl Acceptor {
             conn.disarm_registration();
             return;
         }
-        start_lingering(&mut conn);
+        // Its worker shut the write side already, as the answer ended.
+        forget_unread(&mut conn);
         self.entries[key] = Entry::Parked {
             conn,
             phase: Phase::Linger,
@@ -167,7 +169,13 @@ impl Acceptor {
 /// Stops sending on `conn` and forgets what it holds unread: from here on
 /// its input is only drained.
 fn start_lingering(conn: &mut ClientConn) {
-    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+    conn.shut_write();
+    forget_unread(conn);
+}
+
+/// Drops what `conn` holds unread: a lingering connection's input is only
+/// drained.
+fn forget_unread(conn: &mut ClientConn) {
     let unread = conn.pending().len();
     conn.consume_pending(unread);
 }
