@@ -162,7 +162,8 @@ pub struct ServeArgs {
     /// Directory of a disk cache that survives restarts (none unless set).
     #[arg(long, value_name = "DIR", value_parser = text::parse_path)]
     pub cache_dir: Option<PathBuf>,
-    /// Disk budget of the cache in --cache-dir.
+    /// Disk budget of the cache in --cache-dir (less while its file system
+    /// lacks the room).
     #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
     pub cache_dir_size: Option<u64>,
     /// Largest response kept in the disk cache.

@@ -225,6 +225,7 @@ pub(crate) fn plan(
             Err(err) => {
                 log::warn!("cache: cannot write {}: {err}", key);
                 bump(&shared.stats.disk_write_errors);
+                store.write_failed(&err);
                 if !memory {
                     return Err(NotStored::DiskError);
                 }

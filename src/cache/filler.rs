@@ -389,11 +389,14 @@ impl Filler {
             let failed = !over
                 && writer
                     .write(bytes)
-                    .inspect_err(|err| log::warn!("cache: writing {} failed: {err}", self.key))
+                    .inspect_err(|err| {
+                        log::warn!("cache: writing {} failed: {err}", self.key);
+                        bump(&self.shared.stats.disk_write_errors);
+                        if let Some(store) = &self.shared.disk {
+                            store.write_failed(err);
+                        }
+                    })
                     .is_err();
-            if failed {
-                bump(&self.shared.stats.disk_write_errors);
-            }
             if over || failed {
                 *disk = None;
                 if !*memory {
@@ -536,6 +539,7 @@ impl Filler {
             Err(err) => {
                 log::warn!("cache: storing {} on disk failed: {err}", self.key);
                 bump(&self.shared.stats.disk_write_errors);
+                store.write_failed(&err);
                 None
             }
         }

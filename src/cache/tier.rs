@@ -14,6 +14,7 @@
 //! lost, or a purged or replaced one back. Lookups take no lock.
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use quick_cache::sync::Cache;
@@ -35,7 +36,8 @@ pub type Variants = Arc<[Arc<StoredObject>]>;
 /// A byte-budgeted map from normalised URL to variants.
 pub struct Tier {
     map: Cache<Arc<str>, Variants, ByWeight, DefaultHashBuilder, Evict>,
-    capacity: u64,
+    /// The budget, as last set.
+    capacity: AtomicU64,
     /// One of these is held while a URL's list is read and rewritten.
     updates: Box<[Mutex<()>]>,
     stripe_of: DefaultHashBuilder,
@@ -68,7 +70,7 @@ impl Tier {
                 DefaultHashBuilder::default(),
                 Evict { stats, kind },
             ),
-            capacity: budget,
+            capacity: AtomicU64::new(budget),
             updates: (0..UPDATE_STRIPES).map(|_| Mutex::new(())).collect(),
             stripe_of: DefaultHashBuilder::default(),
         }
@@ -240,7 +242,20 @@ impl Tier {
         TierUsage {
             urls: self.map.len() as u64,
             bytes: self.map.weight(),
-            capacity: self.capacity,
+            capacity: self.capacity.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The budget.
+    pub fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Sets a new budget; going down evicts at once, and what that pushes
+    /// out is dropped outside the locks.
+    pub fn set_capacity(&self, budget: u64) {
+        if self.capacity.swap(budget, Ordering::Relaxed) != budget {
+            self.map.set_capacity(budget);
         }
     }
 }

@@ -8,6 +8,13 @@
 //!
 //! No fsync: a killed process loses nothing the kernel already has, and a
 //! power cut leaves files that fail their checksum and are dropped.
+//!
+//! The budget is `cache_dir_size`, or less when the file system has not
+//! that much room: the tier keeps what it holds plus the free space, less
+//! a reserve left to everything else on the disk (`fitted_budget`). A disk
+//! that fills (the cache sized larger than it, other files growing) makes
+//! the tier evict instead of failing every write; room freed is taken
+//! back. nginx's `min_free` does the like.
 
 mod format;
 mod loader;
@@ -18,9 +25,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use indicatif::HumanBytes;
 use xxhash_rust::xxh3::Xxh3;
 
 pub use format::{Header, TRAILER_LEN};
@@ -29,6 +37,23 @@ use crate::cache::CacheError;
 use crate::cache::object::{Body, DiskBody, DiskFile, FileStamp, StoredObject};
 use crate::cache::stats::{Stats, bump};
 use crate::cache::tier::{Tier, TierKind};
+
+/// How often, at most, the budget is checked against the file system's
+/// free space as fills start their files.
+const FIT_EVERY: Duration = Duration::from_secs(10);
+
+/// Space the tier leaves free on its file system, of `fs_size` bytes: a
+/// twentieth of it, from 16 MiB to 1 GiB.
+fn reserve(fs_size: u64) -> u64 {
+    (fs_size / 20).clamp(16 << 20, 1 << 30)
+}
+
+/// The budget the tier can keep: `configured`, or less when the file
+/// system cannot hold it, that is what the tier `held` plus the `free`
+/// space, less the reserve.
+fn fitted_budget(configured: u64, held: u64, free: u64, fs_size: u64) -> u64 {
+    configured.min(held.saturating_add(free).saturating_sub(reserve(fs_size)))
+}
 
 /// The disk tier.
 pub struct DiskStore {
@@ -56,9 +81,24 @@ pub struct DiskStore {
     /// Set once the loader has indexed every file.
     loaded: Mutex<bool>,
     loaded_cond: Condvar,
+    /// `cache_dir_size`.
+    budget: u64,
+    /// When the budget was last fitted to the file system.
+    fit: Mutex<Fit>,
     /// Tests set this to fail writes past a byte count, as a full disk does.
     #[cfg(test)]
     pub fail_writes_after: AtomicU64,
+    /// Tests set this to the free space and size the file system reports.
+    #[cfg(test)]
+    pub space: Mutex<Option<(u64, u64)>>,
+}
+
+/// The last fitting of the budget to the file system.
+#[derive(Debug, Default)]
+struct Fit {
+    checked: Option<Instant>,
+    /// Whether the budget is below `cache_dir_size` (said once).
+    reduced: bool,
 }
 
 /// Takes the lock of a cache directory (`DIR/lock`, holding the owner's
@@ -137,8 +177,12 @@ impl DiskStore {
             writing_limit: budget / 4,
             loaded: Mutex::new(false),
             loaded_cond: Condvar::new(),
+            budget,
+            fit: Mutex::new(Fit::default()),
             #[cfg(test)]
             fail_writes_after: AtomicU64::new(u64::MAX),
+            #[cfg(test)]
+            space: Mutex::new(None),
             stats,
         })
     }
@@ -161,6 +205,76 @@ impl DiskStore {
     fn set_loaded(&self) {
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.loaded_cond.notify_all();
+        self.fit_to_file_system(true);
+    }
+
+    /// The file system's free space (for this process) and size.
+    fn file_system_space(&self) -> Option<(u64, u64)> {
+        #[cfg(test)]
+        if let Some(space) = *self.space.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Some(space);
+        }
+        let fs = rustix::fs::statvfs(&self.root).ok()?;
+        Some((
+            fs.f_bavail.saturating_mul(fs.f_frsize),
+            fs.f_blocks.saturating_mul(fs.f_frsize),
+        ))
+    }
+
+    /// Sets the budget to what the file system can hold (`fitted_budget`):
+    /// at once when `now`, else at most every `FIT_EVERY`. Not before the
+    /// loader is done: until then the files it has not indexed hold room
+    /// that the tier does not count. Going down evicts.
+    fn fit_to_file_system(&self, now: bool) {
+        let mut fit = if now {
+            self.fit.lock().unwrap_or_else(PoisonError::into_inner)
+        } else {
+            // Another fill is at it.
+            let Ok(fit) = self.fit.try_lock() else {
+                return;
+            };
+            if fit.checked.is_some_and(|at| at.elapsed() < FIT_EVERY) {
+                return;
+            }
+            fit
+        };
+        if !self.is_loaded() {
+            return;
+        }
+        fit.checked = Some(Instant::now());
+        let Some((free, fs_size)) = self.file_system_space() else {
+            return;
+        };
+        let held = self.tier.usage().bytes;
+        let budget = fitted_budget(self.budget, held, free, fs_size);
+        self.tier.set_capacity(budget);
+        let reduced = budget < self.budget;
+        if reduced && !fit.reduced {
+            log::warn!(
+                "cache: {} has {} free: the disk cache keeps at most {} (cache_dir_size is {}), \
+                 leaving {} to the rest of the disk",
+                self.root.display(),
+                HumanBytes(free),
+                HumanBytes(budget),
+                HumanBytes(self.budget),
+                HumanBytes(reserve(fs_size)),
+            );
+        } else if !reduced && fit.reduced {
+            log::info!(
+                "cache: {} has room again: the disk cache keeps up to cache_dir_size ({})",
+                self.root.display(),
+                HumanBytes(self.budget),
+            );
+        }
+        fit.reduced = reduced;
+    }
+
+    /// Told of a write that failed: a full file system makes the budget fit
+    /// it at once, so that eviction makes room for the next fills.
+    pub fn write_failed(&self, err: &io::Error) {
+        if err.kind() == io::ErrorKind::StorageFull {
+            self.fit_to_file_system(true);
+        }
     }
 
     /// Room for one more object of `len` bytes, promised until the promise
@@ -226,6 +340,7 @@ impl DiskStore {
     /// # Errors
     /// The I/O error creating or writing the temporary file.
     pub fn writer(&self, header: &Header, room: WritingRoom) -> io::Result<DiskWriter> {
+        self.fit_to_file_system(false);
         let name = self.file_name(header.variant.id(&header.key));
         let tmp = self.root.join("tmp").join(&name);
         let dest = self.root.join("objects").join(&name[..2]).join(&name);

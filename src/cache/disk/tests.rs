@@ -706,3 +706,75 @@ fn a_purge_while_the_index_is_rebuilt_drops_files_not_read_yet() {
         "their files are deleted"
     );
 }
+
+#[test]
+fn the_budget_is_what_the_file_system_can_hold_less_a_reserve() {
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    // Room enough: the configured budget.
+    assert_eq!(
+        super::fitted_budget(10 * GIB, 2 * GIB, 50 * GIB, 100 * GIB),
+        10 * GIB
+    );
+    // A twentieth of the file system is left free, at most 1 GiB...
+    assert_eq!(
+        super::fitted_budget(10 * GIB, 2 * GIB, 3 * GIB, 100 * GIB),
+        4 * GIB
+    );
+    assert_eq!(
+        super::fitted_budget(10 * GIB, GIB, 2 * GIB, 20 * GIB),
+        2 * GIB
+    );
+    // ...and at least 16 MiB.
+    assert_eq!(super::fitted_budget(GIB, 0, 100 * MIB, 100 * MIB), 84 * MIB);
+    // A full disk: less than the tier holds.
+    assert_eq!(super::fitted_budget(10 * GIB, 2 * GIB, 0, 100 * GIB), GIB);
+    assert_eq!(super::fitted_budget(10 * GIB, 0, 0, 100 * GIB), 0);
+}
+
+#[test]
+fn a_full_file_system_makes_the_disk_tier_evict_and_room_is_taken_back() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Cache::open(crate::cache::CacheConfig {
+        mem_bytes: 1 << 20,
+        mem_max_object: 1024,
+        dir: Some(dir.path().to_path_buf()),
+        dir_bytes: 4 * MIB,
+        dir_max_object: 1 << 20,
+        ..crate::cache::CacheConfig::default()
+    })
+    .expect("cache");
+    assert!(cache.wait_loaded(LOAD_WAIT));
+    let store_dir = cache.shared.disk.as_ref().expect("disk tier");
+    for i in 0..10 {
+        let url = format!("http://h/full{i}");
+        store(&cache, &get(&url), &[MAX_AGE], &body(15_000), 2).expect("stored");
+    }
+    let held = store_dir.tier.usage().bytes;
+    assert!(held >= 150_000, "ten objects held: {held}");
+    assert_eq!(object_files(dir.path()).len(), 10);
+    // The file system fills up (reserve 16 MiB of 320 MiB): the next write
+    // fails, and the tier keeps 60 KB less than it held.
+    *store_dir.space.lock().expect("space") = Some((16 * MIB - 60_000, 320 * MIB));
+    store_dir.fail_writes_after.store(1000, Ordering::Relaxed);
+    let failed = store(&cache, &get("http://h/more"), &[MAX_AGE], &body(15_000), 2);
+    assert_eq!(failed.err(), Some(NotStored::DiskError));
+    let disk = cache.usage().1.expect("disk tier");
+    assert_eq!(disk.capacity, held - 60_000);
+    assert!(disk.bytes <= held - 60_000, "evicted down to the budget");
+    assert!(read(&cache.stats().evictions_disk) >= 4);
+    assert!(
+        object_files(dir.path()).len() <= 6,
+        "the evicted objects' files are deleted"
+    );
+    // Room again (other files deleted): the whole budget is back.
+    *store_dir.space.lock().expect("space") = Some((200 * MIB, 320 * MIB));
+    store_dir
+        .fail_writes_after
+        .store(u64::MAX, Ordering::Relaxed);
+    store_dir.fit_to_file_system(true);
+    assert_eq!(cache.usage().1.expect("disk tier").capacity, 4 * MIB);
+    store(&cache, &get("http://h/more"), &[MAX_AGE], &body(15_000), 2).expect("stored again");
+    assert_eq!(hit_body(&cache, "http://h/more"), body(15_000));
+}
