@@ -83,9 +83,7 @@ pub enum ProxyError {
     )]
     PurgeDenied { addr: IpAddr },
     /// The destination address is not globally routable and no `allow_dest` covers it.
-    #[error(
-        "destination {addr} is not allowed; allow it with --allow-dest {addr} (or allow_dest in the config file)"
-    )]
+    #[error("{}", destination_denied(addr))]
     DestinationDenied { addr: IpAddr },
     /// The destination port of a forwarded request is outside `dest_ports`.
     #[error(
@@ -180,6 +178,22 @@ fn not_an_endpoint(method: &str, target: &str) -> String {
     format!(
         "{target} is not an endpoint of the proxy (/healthz, /metrics); to go through the proxy, \
          send an absolute URL: {method} http://host/path (curl -x http://PROXY:PORT URL does)"
+    )
+}
+
+/// Why a destination is refused, and what would allow it. `0.0.0.0` and
+/// `::` are no host's address (connecting to them reaches this machine):
+/// the hint is to name the host instead, not to allow them.
+fn destination_denied(addr: &IpAddr) -> String {
+    if addr.is_unspecified() {
+        let loopback = if addr.is_ipv4() { "127.0.0.1" } else { "::1" };
+        return format!(
+            "destination {addr} is not allowed: it is no host's address; name the origin's \
+             address instead (for this machine, {loopback}, which --allow-dest {loopback} allows)"
+        );
+    }
+    format!(
+        "destination {addr} is not allowed; allow it with --allow-dest {addr} (or allow_dest in the config file)"
     )
 }
 
@@ -488,6 +502,21 @@ mod tests {
                 .to_string()
                 .contains("--allow-dest ::1 ")
         );
+        // No host's address: the hint is not to allow it.
+        for (unspecified, loopback) in [("0.0.0.0", "127.0.0.1"), ("::", "::1")] {
+            let message = ProxyError::DestinationDenied {
+                addr: unspecified.parse().expect("address"),
+            }
+            .to_string();
+            assert!(
+                !message.contains(&format!("--allow-dest {unspecified} ")),
+                "{message}"
+            );
+            assert!(
+                message.contains(&format!("--allow-dest {loopback}")),
+                "{message}"
+            );
+        }
         assert_eq!(
             ProxyError::PortDenied { port: 25 }.to_string(),
             "destination port 25 is not allowed; allow it with --dest-port 25 (or dest_ports in the config file)"
