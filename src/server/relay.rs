@@ -52,9 +52,15 @@ impl UpstreamBody<ureq::BodyReader<'static>> {
         // ureq knows no length for a body it need not read, `Content-Length:
         // 0` included; that zero is still the origin's declared length (the
         // agent has checked the field), and sent on, it keeps the client's
-        // connection, where chunked or until-close framing would not.
+        // connection, where chunked or until-close framing would not. Also
+        // spelled `00`, or `0, 0` (a list of one value, RFC 9110 §8.6).
         let empty = || {
-            let zero = |v: &http::HeaderValue| v.as_bytes().trim_ascii() == b"0";
+            let zero = |v: &http::HeaderValue| {
+                v.as_bytes().split(|&b| b == b',').all(|member| {
+                    let member = member.trim_ascii();
+                    !member.is_empty() && member.iter().all(|&b| b == b'0')
+                })
+            };
             parts
                 .headers
                 .get(http::header::CONTENT_LENGTH)

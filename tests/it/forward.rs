@@ -2229,6 +2229,40 @@ fn an_empty_body_keeps_its_zero_length_and_the_connection() {
 }
 
 #[test]
+fn a_zero_length_spelled_otherwise_is_kept_too() {
+    // RFC 9110 §8.6: leading zeros, and a list of one value repeated.
+    for length in ["00", "0, 0"] {
+        let raw = format!("HTTP/1.1 302 Found\r\nLocation: /e\r\nContent-Length: {length}\r\n\r\n");
+        let origin = Origin::start(move |_| Reply::Raw(raw.clone().into_bytes()));
+        let proxy = Proxy::with(|config| config.cache_mem = 0);
+        let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+        for path in ["/a", "/b"] {
+            let request = format!(
+                "GET {} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                origin.url(path)
+            );
+            let response = send_one(&mut stream, request.as_bytes(), false);
+            assert_eq!(response.status, 302, "{length}: {}", response.head);
+            assert_eq!(
+                response.header("content-length"),
+                Some("0"),
+                "{length}: {}",
+                response.head
+            );
+            assert_eq!(
+                response
+                    .header("connection")
+                    .map(str::to_ascii_lowercase)
+                    .as_deref(),
+                Some("keep-alive"),
+                "{length}: {}",
+                response.head
+            );
+        }
+    }
+}
+
+#[test]
 fn via_names_the_protocol_the_response_came_in() {
     let origin = Origin::start(|_| {
         Reply::Raw(
