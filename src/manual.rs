@@ -63,8 +63,107 @@ pub fn manpage(command: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
             .cloned()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, name.to_string()))?,
     };
-    clap_mangen::Man::new(page).render(out)?;
+    render(page, out)
+}
+
+/// What a command's exit status says, for the page's EXIT STATUS section,
+/// which clap has no place for.
+fn exit_statuses(command: &str) -> &'static [(&'static str, &'static str)] {
+    const USAGE: (&str, &str) = (
+        "2",
+        "A usage error: the message names the bad flag or value.",
+    );
+    match command {
+        "serve" => &[
+            (
+                "0",
+                "Stopped by a signal after every request in flight was answered.",
+            ),
+            (
+                "1",
+                "Stopped with requests cut short: the grace period ran out, or a second signal came.",
+            ),
+            (
+                "2",
+                "A usage or configuration error (the message names the flag, key or line), \
+                 or the listening address could not be had.",
+            ),
+        ],
+        "fetch" => &[
+            (
+                "0",
+                "Every URL was fetched and saved, or skipped as already there.",
+            ),
+            (
+                "1",
+                "Finished, but some URL or input line failed (see the manifest).",
+            ),
+            USAGE,
+            (
+                "130, 143",
+                "Stopped by SIGINT or SIGTERM; the manifest says what was done.",
+            ),
+        ],
+        "hash-password" => &[
+            ("0", "The hash was printed."),
+            ("1", "The hash could not be written."),
+            ("2", "No password could be read, or it was empty."),
+        ],
+        "completions" | "manpage" => &[
+            ("0", "Written."),
+            ("1", "The output could not be written."),
+            USAGE,
+        ],
+        _ => &[
+            ("0", "Success."),
+            (
+                "1",
+                "fetch: some URL failed; serve: requests were cut short at a stop.",
+            ),
+            ("2", "A usage or configuration error, named in the message."),
+        ],
+    }
+}
+
+/// Renders `page` as clap_mangen does, with an EXIT STATUS section before
+/// the version.
+fn render(page: clap::Command, out: &mut dyn Write) -> io::Result<()> {
+    let name = page.get_name().to_string();
+    let man = clap_mangen::Man::new(page.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    if page.get_arguments().any(|arg| !arg.is_hide_set()) {
+        man.render_options_section(out)?;
+    }
+    if page.get_subcommands().any(|sub| !sub.is_hide_set()) {
+        man.render_subcommands_section(out)?;
+    }
+    if page.get_after_long_help().is_some() || page.get_after_help().is_some() {
+        man.render_extra_section(out)?;
+    }
+    writeln!(out, ".SH \"EXIT STATUS\"")?;
+    for (status, meaning) in exit_statuses(&name) {
+        writeln!(out, ".TP\n{status}\n{}", roff_text(meaning))?;
+    }
+    if page.get_version().is_some() || page.get_long_version().is_some() {
+        man.render_version_section(out)?;
+    }
+    if page.get_author().is_some() {
+        man.render_authors_section(out)?;
+    }
     out.flush()
+}
+
+/// `text` as a roff text line: hyphens as `\-`, and no leading `.` or `'`.
+fn roff_text(text: &str) -> String {
+    let text = text.replace('\\', "\\e").replace('-', "\\-");
+    if text.starts_with(['.', '\'']) {
+        format!("\\&{text}")
+    } else {
+        text
+    }
 }
 
 /// Writes `fetchproxy.1` and one `fetchproxy-SUBCOMMAND.1` per subcommand
@@ -74,5 +173,12 @@ pub fn manpage(command: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
 /// The OS error creating the directory or a file.
 pub fn manpages_to(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    clap_mangen::generate_to(Cli::command(), dir)
+    let cmd = commands();
+    let pages = std::iter::once(cmd.clone()).chain(cmd.get_subcommands().cloned());
+    for page in pages.filter(|page| !page.is_hide_set()) {
+        let file = clap_mangen::Man::new(page.clone()).get_filename();
+        let mut out = io::BufWriter::new(std::fs::File::create(dir.join(file))?);
+        render(page, &mut out)?;
+    }
+    Ok(())
 }

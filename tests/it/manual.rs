@@ -104,6 +104,12 @@ fn man_pages_are_generated_from_the_flags() {
     ] {
         assert!(fetch.contains(flag), "{flag} not in fetchproxy-fetch.1");
     }
+    // Each page says what its exit status means.
+    assert!(page.contains(".SH \"EXIT STATUS\""), "{page}");
+    assert!(fetch.contains(".SH \"EXIT STATUS\"\n.TP\n0\n"), "{fetch}");
+    assert!(fetch.contains("\n130, 143\n"), "{fetch}");
+    let serve = std::fs::read_to_string(dir.path().join("fetchproxy-serve.1")).expect("read");
+    assert!(serve.contains("grace period ran out"), "{serve}");
 
     // A directory that is not there yet is made, as `fetch --out-dir` does.
     let missing = dir.path().join("no/such/dir");
