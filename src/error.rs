@@ -185,8 +185,13 @@ fn not_an_endpoint(method: &str, target: &str) -> String {
 /// `::` are no host's address (connecting to them reaches this machine):
 /// the hint is to name the host instead, not to allow them.
 fn destination_denied(addr: &IpAddr) -> String {
-    if addr.is_unspecified() {
-        let loopback = if addr.is_ipv4() { "127.0.0.1" } else { "::1" };
+    let canonical = addr.to_canonical();
+    if canonical.is_unspecified() {
+        let loopback = if canonical.is_ipv4() {
+            "127.0.0.1"
+        } else {
+            "::1"
+        };
         return format!(
             "destination {addr} is not allowed: it is no host's address; name the origin's \
              address instead (for this machine, {loopback}, which --allow-dest {loopback} allows)"
@@ -503,7 +508,11 @@ mod tests {
                 .contains("--allow-dest ::1 ")
         );
         // No host's address: the hint is not to allow it.
-        for (unspecified, loopback) in [("0.0.0.0", "127.0.0.1"), ("::", "::1")] {
+        for (unspecified, loopback) in [
+            ("0.0.0.0", "127.0.0.1"),
+            ("::", "::1"),
+            ("::ffff:0.0.0.0", "127.0.0.1"),
+        ] {
             let message = ProxyError::DestinationDenied {
                 addr: unspecified.parse().expect("address"),
             }
