@@ -551,7 +551,7 @@ fn render_cache(page: &mut Page, cache: &CacheFigures) {
         ),
         (
             "fetchproxy_cache_capacity_bytes",
-            "Each tier's budget (cache_mem, cache_dir_size); 0 when the tier is off.",
+            "Each tier's budget (cache_mem; cache_dir_size, or less while the disk lacks room); 0 when the tier is off.",
             memory.capacity,
             disk.capacity,
         ),

@@ -199,7 +199,7 @@ pub(crate) fn plan(
     let fits = |limit: u64| declared.is_none_or(|len| len <= limit);
     let memory = shared.memory.is_some() && fits(config.mem_max_object);
     // Parts stay in memory: few clients ask for the same range twice.
-    let disk_fits = !partial && shared.disk.as_ref().is_some_and(|d| fits(d.max_object));
+    let disk_fits = !partial && shared.disk.as_ref().is_some_and(|d| fits(d.max_object()));
     if !memory && !disk_fits {
         return Err(NotStored::TooLarge);
     }

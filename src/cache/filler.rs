@@ -385,7 +385,7 @@ impl Filler {
                 .shared
                 .disk
                 .as_ref()
-                .is_none_or(|d| *received > d.max_object);
+                .is_none_or(|d| *received > d.max_object());
             let failed = !over
                 && writer
                     .write(bytes)

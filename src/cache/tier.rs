@@ -38,6 +38,8 @@ pub struct Tier {
     map: Cache<Arc<str>, Variants, ByWeight, DefaultHashBuilder, Evict>,
     /// The budget, as last set.
     capacity: AtomicU64,
+    /// Shards of `map`, each with its share of the budget.
+    shards: u64,
     /// One of these is held while a URL's list is read and rewritten.
     updates: Box<[Mutex<()>]>,
     stripe_of: DefaultHashBuilder,
@@ -71,6 +73,7 @@ impl Tier {
                 Evict { stats, kind },
             ),
             capacity: AtomicU64::new(budget),
+            shards: shards as u64,
             updates: (0..UPDATE_STRIPES).map(|_| Mutex::new(())).collect(),
             stripe_of: DefaultHashBuilder::default(),
         }
@@ -251,8 +254,17 @@ impl Tier {
         self.capacity.load(Ordering::Relaxed)
     }
 
+    /// The heaviest object the tier takes now: quick_cache refuses an entry
+    /// heavier than most of one shard's share of the budget (97%; this
+    /// leaves room for the head too). The shards are sized for the largest
+    /// object, but a budget set lower (`set_capacity`) shrinks each share.
+    pub fn largest(&self) -> u64 {
+        self.capacity() / self.shards * 9 / 10
+    }
+
     /// Sets a new budget; going down evicts at once, and what that pushes
-    /// out is dropped outside the locks.
+    /// out is dropped outside the locks. One caller at a time (the disk
+    /// tier's fitting, under its lock).
     pub fn set_capacity(&self, budget: u64) {
         if self.capacity.swap(budget, Ordering::Relaxed) != budget {
             self.map.set_capacity(budget);

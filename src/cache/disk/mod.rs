@@ -62,8 +62,8 @@ pub struct DiskStore {
     root: PathBuf,
     /// The index of stored files.
     pub tier: Tier,
-    /// Largest body stored.
-    pub max_object: u64,
+    /// Largest body stored, as configured (see `max_object`).
+    max_object: u64,
     stats: Arc<Stats>,
     /// Numbers object files (with the process id and the time, unique).
     seq: AtomicU64,
@@ -75,9 +75,6 @@ pub struct DiskStore {
     /// Bytes the files of fills in progress hold or were promised
     /// (`writing_room`), outside the index's budget.
     writing: Arc<AtomicU64>,
-    /// Past this, no more fills of a known length start a file: a quarter
-    /// of the budget (one fill may always start).
-    writing_limit: u64,
     /// Set once the loader has indexed every file.
     loaded: Mutex<bool>,
     loaded_cond: Condvar,
@@ -97,8 +94,11 @@ pub struct DiskStore {
 #[derive(Debug, Default)]
 struct Fit {
     checked: Option<Instant>,
-    /// Whether the budget is below `cache_dir_size` (said once).
-    reduced: bool,
+    /// The budget last warned about, while below `cache_dir_size`.
+    warned: Option<u64>,
+    /// A write found the file system full: the next fill fits the budget
+    /// first, once the failed fill's file is gone.
+    full: bool,
 }
 
 /// Takes the lock of a cache directory (`DIR/lock`, holding the owner's
@@ -174,7 +174,6 @@ impl DiskStore {
             closing: Arc::new(AtomicBool::new(false)),
             promised: Arc::new(AtomicU64::new(0)),
             writing: Arc::new(AtomicU64::new(0)),
-            writing_limit: budget / 4,
             loaded: Mutex::new(false),
             loaded_cond: Condvar::new(),
             budget,
@@ -208,23 +207,31 @@ impl DiskStore {
         self.fit_to_file_system(true);
     }
 
-    /// The file system's free space (for this process) and size.
+    /// The largest body stored: the configured limit, or less while the
+    /// budget is kept lower than `cache_dir_size` (see `Tier::largest`).
+    /// A fill over it is not written to disk at all.
+    pub fn max_object(&self) -> u64 {
+        self.max_object.min(self.tier.largest())
+    }
+
+    /// The file system's free space (for this process) and size; `None`
+    /// when it does not say (a size of 0, as some FUSE file systems report).
     fn file_system_space(&self) -> Option<(u64, u64)> {
         #[cfg(test)]
         if let Some(space) = *self.space.lock().unwrap_or_else(PoisonError::into_inner) {
             return Some(space);
         }
         let fs = rustix::fs::statvfs(&self.root).ok()?;
-        Some((
-            fs.f_bavail.saturating_mul(fs.f_frsize),
-            fs.f_blocks.saturating_mul(fs.f_frsize),
-        ))
+        let size = fs.f_blocks.saturating_mul(fs.f_frsize);
+        (size > 0).then(|| (fs.f_bavail.saturating_mul(fs.f_frsize), size))
     }
 
     /// Sets the budget to what the file system can hold (`fitted_budget`):
-    /// at once when `now`, else at most every `FIT_EVERY`. Not before the
-    /// loader is done: until then the files it has not indexed hold room
-    /// that the tier does not count. Going down evicts.
+    /// at once when `now` or after a write found the disk full, else at
+    /// most every `FIT_EVERY`. Not before the loader is done: until then
+    /// the files it has not indexed hold room that the tier does not count.
+    /// The files of fills in progress count as held: they are on their way
+    /// into the tier. Going down evicts.
     fn fit_to_file_system(&self, now: bool) {
         let mut fit = if now {
             self.fit.lock().unwrap_or_else(PoisonError::into_inner)
@@ -233,7 +240,7 @@ impl DiskStore {
             let Ok(fit) = self.fit.try_lock() else {
                 return;
             };
-            if fit.checked.is_some_and(|at| at.elapsed() < FIT_EVERY) {
+            if !fit.full && fit.checked.is_some_and(|at| at.elapsed() < FIT_EVERY) {
                 return;
             }
             fit
@@ -242,14 +249,25 @@ impl DiskStore {
             return;
         }
         fit.checked = Some(Instant::now());
+        fit.full = false;
         let Some((free, fs_size)) = self.file_system_space() else {
             return;
         };
-        let held = self.tier.usage().bytes;
+        let held = self.tier.usage().bytes + self.writing.load(Ordering::Acquire);
         let budget = fitted_budget(self.budget, held, free, fs_size);
         self.tier.set_capacity(budget);
-        let reduced = budget < self.budget;
-        if reduced && !fit.reduced {
+        if budget >= self.budget {
+            if fit.warned.take().is_some() {
+                log::info!(
+                    "cache: {} has room again: the disk cache keeps up to cache_dir_size ({})",
+                    self.root.display(),
+                    HumanBytes(self.budget),
+                );
+            }
+        } else if fit.warned.is_none_or(|warned| budget < warned / 10 * 9) {
+            // Said when the budget first goes down, and again when it goes
+            // a tenth further, not at every check.
+            fit.warned = Some(budget);
             log::warn!(
                 "cache: {} has {} free: the disk cache keeps at most {} (cache_dir_size is {}), \
                  leaving {} to the rest of the disk",
@@ -259,21 +277,16 @@ impl DiskStore {
                 HumanBytes(self.budget),
                 HumanBytes(reserve(fs_size)),
             );
-        } else if !reduced && fit.reduced {
-            log::info!(
-                "cache: {} has room again: the disk cache keeps up to cache_dir_size ({})",
-                self.root.display(),
-                HumanBytes(self.budget),
-            );
         }
-        fit.reduced = reduced;
     }
 
-    /// Told of a write that failed: a full file system makes the budget fit
-    /// it at once, so that eviction makes room for the next fills.
+    /// Told of a write that failed: after a full file system, the next fill
+    /// to start fits the budget first (by then the failed fill's own file
+    /// is deleted, which the free space would otherwise leave out), so
+    /// that eviction makes room for it.
     pub fn write_failed(&self, err: &io::Error) {
         if err.kind() == io::ErrorKind::StorageFull {
-            self.fit_to_file_system(true);
+            self.fit.lock().unwrap_or_else(PoisonError::into_inner).full = true;
         }
     }
 
@@ -307,9 +320,10 @@ impl DiskStore {
     /// counted as it grows. `None` without room.
     pub fn writing_room(&self, declared: Option<u64>) -> Option<WritingRoom> {
         if let Some(len) = declared {
+            let limit = self.tier.capacity() / 4;
             self.writing
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |writing| {
-                    let fits = writing == 0 || writing.saturating_add(len) <= self.writing_limit;
+                    let fits = writing == 0 || writing.saturating_add(len) <= limit;
                     fits.then(|| writing.saturating_add(len))
                 })
                 .ok()?;

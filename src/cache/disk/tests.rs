@@ -754,27 +754,40 @@ fn a_full_file_system_makes_the_disk_tier_evict_and_room_is_taken_back() {
     let held = store_dir.tier.usage().bytes;
     assert!(held >= 150_000, "ten objects held: {held}");
     assert_eq!(object_files(dir.path()).len(), 10);
-    // The file system fills up (reserve 16 MiB of 320 MiB): the next write
-    // fails, and the tier keeps 60 KB less than it held.
+    // The file system fills up (reserve 16 MiB of 320 MiB): a write fails,
+    // and the next fill to start finds the tier keeping 60 KB less than it
+    // held, and makes its room by eviction.
     *store_dir.space.lock().expect("space") = Some((16 * MIB - 60_000, 320 * MIB));
     store_dir.fail_writes_after.store(1000, Ordering::Relaxed);
     let failed = store(&cache, &get("http://h/more"), &[MAX_AGE], &body(15_000), 2);
     assert_eq!(failed.err(), Some(NotStored::DiskError));
+    store_dir
+        .fail_writes_after
+        .store(u64::MAX, Ordering::Relaxed);
+    store(&cache, &get("http://h/next"), &[MAX_AGE], &body(15_000), 2).expect("stored");
     let disk = cache.usage().1.expect("disk tier");
     assert_eq!(disk.capacity, held - 60_000);
     assert!(disk.bytes <= held - 60_000, "evicted down to the budget");
     assert!(read(&cache.stats().evictions_disk) >= 4);
     assert!(
-        object_files(dir.path()).len() <= 6,
+        object_files(dir.path()).len() <= 7,
         "the evicted objects' files are deleted"
     );
+    // What no longer fits the budget is not written at all.
+    assert!(store_dir.max_object() < 100_000);
+    let large = store(
+        &cache,
+        &get("http://h/large"),
+        &[MAX_AGE],
+        &body(100_000),
+        2,
+    );
+    assert_eq!(large.err(), Some(NotStored::TooLarge));
     // Room again (other files deleted): the whole budget is back.
     *store_dir.space.lock().expect("space") = Some((200 * MIB, 320 * MIB));
-    store_dir
-        .fail_writes_after
-        .store(u64::MAX, Ordering::Relaxed);
     store_dir.fit_to_file_system(true);
     assert_eq!(cache.usage().1.expect("disk tier").capacity, 4 * MIB);
+    assert_eq!(store_dir.max_object(), 1 << 20);
     store(&cache, &get("http://h/more"), &[MAX_AGE], &body(15_000), 2).expect("stored again");
     assert_eq!(hit_body(&cache, "http://h/more"), body(15_000));
 }
