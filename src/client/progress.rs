@@ -140,6 +140,7 @@ impl TermLike for Narrow {
 /// The progress display.
 pub struct Progress {
     mode: Mode,
+    layout: Layout,
     bar: Option<ProgressBar>,
     prompt: Option<Arc<Prompt>>,
     started: Instant,
@@ -155,22 +156,22 @@ impl Progress {
     /// A display in `mode`; `counted` is the number of URLs when known in
     /// advance, `prompt` the prompt when URLs are typed.
     pub fn new(mode: Mode, counted: Option<u64>, prompt: Option<Arc<Prompt>>) -> Progress {
+        let layout = Layout::for_width(Narrow(console::Term::stderr()).width());
         let bar = (mode == Mode::Bar).then(|| {
             let target = ProgressDrawTarget::term_like_with_hz(
                 Box::new(Narrow(console::Term::stderr())),
                 20,
             );
             let bar = ProgressBar::with_draw_target(Some(counted.unwrap_or(0)), target);
-            let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:25} {pos}/{len} URLs {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(layout.template())
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
         Progress {
             mode,
+            layout,
             bar,
             prompt,
             started: Instant::now(),
@@ -279,19 +280,79 @@ impl Progress {
         let Some(bar) = &self.bar else { return };
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = (self.bytes as f64 / secs) as u64;
-        let current = self
-            .in_flight
-            .values()
-            .next_back()
-            .map(|u| shorten(u, 60))
-            .unwrap_or_default();
-        bar.set_message(format!(
-            "{} {}/s, {} in flight {current}",
+        let stats = format!(
+            "{} {}/s, {} in flight",
             HumanBytes(self.bytes),
             HumanBytes(rate),
             self.in_flight.len()
-        ));
+        );
+        let counts = format!("{}/{}", bar.position(), bar.length().unwrap_or(0));
+        let width = usize::from(Narrow(console::Term::stderr()).width());
+        let room = width.saturating_sub(self.layout.before_message(counts.len()) + stats.len() + 1);
+        let message = match self.in_flight.values().next_back() {
+            Some(url) if room >= MIN_URL_SHOWN => format!("{stats} {}", fit(url, room)),
+            _ => stats,
+        };
+        bar.set_message(message);
     }
+}
+
+/// Fewest columns worth showing a URL in.
+const MIN_URL_SHOWN: usize = 16;
+
+/// The bar's layout, chosen by the terminal's width at the start: on a
+/// narrow one (80 columns), a shorter bar and no clock, so that the URL
+/// being fetched still shows beside the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Wide,
+    Narrow,
+}
+
+impl Layout {
+    /// Columns from which the wide layout is used.
+    const WIDE_FROM: u16 = 110;
+
+    fn for_width(width: u16) -> Layout {
+        if width >= Self::WIDE_FROM {
+            Layout::Wide
+        } else {
+            Layout::Narrow
+        }
+    }
+
+    fn template(self) -> &'static str {
+        match self {
+            Layout::Wide => "{spinner} [{elapsed_precise}] {bar:25} {pos}/{len} URLs {wide_msg}",
+            Layout::Narrow => "{spinner} {bar:12} {pos}/{len} {wide_msg}",
+        }
+    }
+
+    /// Columns the template takes before its message, with `counts`
+    /// columns of `{pos}/{len}`.
+    fn before_message(self, counts: usize) -> usize {
+        match self {
+            // Spinner, space, [hh:mm:ss], space, bar, space, counts, " URLs ".
+            Layout::Wide => 1 + 1 + 10 + 1 + 25 + 1 + counts + 6,
+            // Spinner, space, bar, space, counts, space.
+            Layout::Narrow => 1 + 1 + 12 + 1 + counts + 1,
+        }
+    }
+}
+
+/// `text` in at most `max` characters: whole, or its start and its end
+/// around `...` (a URL's host and its file name are what tell it apart).
+fn fit(text: &str, max: usize) -> String {
+    let len = text.chars().count();
+    if len <= max {
+        return text.to_string();
+    }
+    let kept = max.saturating_sub(3);
+    let head = kept.div_ceil(2);
+    let tail = kept - head;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(len - tail).collect();
+    format!("{start}...{end}")
 }
 
 /// Prints `line` above the bar: the bar is cleared, the line written, and
@@ -352,16 +413,37 @@ pub fn summary(tally: &Tally, elapsed: Duration, interrupted: Option<usize>) -> 
     line
 }
 
-fn shorten(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_url_keeps_its_start_and_its_end() {
+        let url = "http://downloads.example.com/toolchains/gcc-14.2.0-x86_64-linux.tar.xz";
+        assert_eq!(fit(url, 100), url);
+        let fitted = fit(url, 40);
+        assert_eq!(fitted.chars().count(), 40);
+        assert_eq!(fitted, "http://downloads.ex...86_64-linux.tar.xz");
+        assert_eq!(fit("http://ü.example/ä", 10), "http...e/ä");
+    }
+
+    #[test]
+    fn at_80_columns_the_url_in_flight_shows() {
+        // What `redraw` leaves for the URL: the terminal (less Narrow's
+        // two columns), the counts, and the byte counts.
+        let width = 80 - 2;
+        let layout = Layout::for_width(width);
+        assert_eq!(layout, Layout::Narrow);
+        let stats = format!(
+            "{} {}/s, {} in flight",
+            HumanBytes(123_456_789),
+            HumanBytes(2_345_678),
+            16
+        );
+        let room = usize::from(width) - layout.before_message("123/4567".len()) - stats.len() - 1;
+        assert!(room >= MIN_URL_SHOWN, "{room} columns for the URL");
+        assert_eq!(Layout::for_width(160), Layout::Wide);
+    }
 
     #[test]
     fn a_batch_without_urls_says_so() {
