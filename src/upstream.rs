@@ -440,6 +440,14 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
 /// their debug names (`UnknownIssuer`, `Other(OtherError(CaUsedAsEndEntity))`).
 fn tls_failure(err: &rustls::Error) -> String {
     use rustls::CertificateError as C;
+    if let rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) = err {
+        // The first bytes back were no TLS record: most often a plain HTTP
+        // answer, from a port that does not speak TLS.
+        return format!(
+            "{err}: the origin did not answer in TLS; if that port serves plain HTTP, \
+             ask for the http:// URL"
+        );
+    }
     let rustls::Error::InvalidCertificate(problem) = err else {
         return err.to_string();
     };
@@ -627,6 +635,15 @@ nGGLp51Yyb3TtxNiAiAKTmHdoKVJI6DKPrpS1xaDdfevOc405DGRo1ZldDK0Ag==
         let response = map_error(ureq::Error::Timeout(ureq::Timeout::RecvResponse), "a:1");
         assert_eq!(connect.proxy_status(), "connection_timeout");
         assert_eq!(response.proxy_status(), "http_response_timeout");
+    }
+
+    #[test]
+    fn a_plain_http_answer_to_tls_is_told_as_such() {
+        let said = tls_failure(&rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+        assert!(said.contains("did not answer in TLS"), "{said}");
+        assert!(said.contains("http:// URL"), "{said}");
     }
 
     #[test]
