@@ -298,7 +298,7 @@ impl Progress {
 }
 
 /// Fewest columns worth showing a URL in.
-const MIN_URL_SHOWN: usize = 16;
+const MIN_URL_SHOWN: usize = 12;
 
 /// The bar's layout, chosen by the terminal's width at the start: on a
 /// narrow one (80 columns), a shorter bar and no clock, so that the URL
@@ -324,7 +324,7 @@ impl Layout {
     fn template(self) -> &'static str {
         match self {
             Layout::Wide => "{spinner} [{elapsed_precise}] {bar:25} {pos}/{len} URLs {wide_msg}",
-            Layout::Narrow => "{spinner} {bar:12} {pos}/{len} {wide_msg}",
+            Layout::Narrow => "{spinner} {bar:10} {pos}/{len} URLs {wide_msg}",
         }
     }
 
@@ -334,8 +334,8 @@ impl Layout {
         match self {
             // Spinner, space, [hh:mm:ss], space, bar, space, counts, " URLs ".
             Layout::Wide => 1 + 1 + 10 + 1 + 25 + 1 + counts + 6,
-            // Spinner, space, bar, space, counts, space.
-            Layout::Narrow => 1 + 1 + 12 + 1 + counts + 1,
+            // Spinner, space, bar, space, counts, " URLs ".
+            Layout::Narrow => 1 + 1 + 10 + 1 + counts + 6,
         }
     }
 }
