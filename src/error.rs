@@ -193,8 +193,9 @@ fn destination_denied(addr: &IpAddr) -> String {
             "::1"
         };
         return format!(
-            "destination {addr} is not allowed: it is no host's address; name the origin's \
-             address instead (for this machine, {loopback}, which --allow-dest {loopback} allows)"
+            "destination {addr} is not allowed: it is no host's address (a name that DNS \
+             resolves to it is most often blocked there); to reach this machine, ask for \
+             {loopback}, which --allow-dest {loopback} allows"
         );
     }
     format!(
