@@ -42,7 +42,10 @@ pub enum BadLine {
     UnsupportedScheme(String),
     #[error("URL over {limit} bytes ({len})")]
     TooLong { len: usize, limit: usize },
-    #[error("credentials in URLs are not supported")]
+    #[error(
+        "credentials in URLs are not supported; send them in a header instead \
+         (--header 'Authorization: Basic BASE64'), or, for the proxy, with --proxy-user"
+    )]
     Credentials,
     #[error("not valid UTF-8")]
     NotUtf8,
@@ -380,7 +383,16 @@ mod tests {
             "{errs:?}"
         );
         assert_eq!(errs[3], "line 4: not valid UTF-8");
-        assert_eq!(errs[4], "line 5: credentials in URLs are not supported");
+        assert!(
+            errs[4].starts_with("line 5: credentials in URLs are not supported; "),
+            "{}",
+            errs[4]
+        );
+        assert!(
+            errs[4].contains("--header 'Authorization: Basic"),
+            "{}",
+            errs[4]
+        );
         assert!(matches!(
             items.last(),
             Some(Ok(Found {
