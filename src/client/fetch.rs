@@ -362,6 +362,10 @@ fn redirect_location(head: &Head) -> Option<&str> {
     }
 }
 
+/// Said of a refusal that came without `Via`.
+const NOT_A_PROXY: &str = "no Via header in the reply: if --proxy names a web server rather than \
+                           a forward proxy, that server answered for itself";
+
 fn status_error(head: &Head, body: &[u8]) -> FetchError {
     // Errors the proxy made itself carry Proxy-Status and a one-line text body.
     let detail = head.header("proxy-status").map(|ps| {
@@ -390,6 +394,13 @@ fn status_error(head: &Head, body: &[u8]) -> FetchError {
     let detail = detail.or_else(|| {
         matches!(head.status, 301 | 302 | 303 | 307 | 308)
             .then(|| "a redirect with no Location to follow".to_string())
+    });
+    // A proxy says `Via` on what it passes on (RFC 9110 §7.6.3); a web
+    // server given as `--proxy` answers a request for another host itself,
+    // most often with one of these.
+    let detail = detail.or_else(|| {
+        (matches!(head.status, 400 | 404 | 405 | 421 | 501) && head.header("via").is_none())
+            .then(|| NOT_A_PROXY.to_string())
     });
     FetchError::Status {
         status: head.status,

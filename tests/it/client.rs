@@ -487,6 +487,40 @@ fn a_redirect_without_a_location_says_so() {
 }
 
 #[test]
+fn a_web_server_given_as_the_proxy_is_suspected() {
+    // The test origin plays a web server named by mistake in --proxy: it
+    // answers the request for another host itself, with a 404 and no Via.
+    let web_server = Origin::start(|_| Reply::status(404));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(
+        web_server.addr,
+        dir.path(),
+        &["http://127.0.0.1:9/file"],
+        None,
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let error = manifest(dir.path())[0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(error.starts_with("HTTP 404 "), "{error}");
+    assert!(error.contains(" (no Via header in the reply"), "{error}");
+    assert!(error.contains("--proxy names a web server"), "{error}");
+    // Through a proxy, the origin's own 404 is said as it is.
+    let origin = Origin::start(|_| Reply::status(404));
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = run_fetch(proxy.addr, dir.path(), &[&origin.url("/gone")], None);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let error = manifest(dir.path())[0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(error.starts_with("HTTP 404 "), "{error}");
+    assert!(!error.contains("Via"), "{error}");
+}
+
+#[test]
 fn a_503_is_retried_after_its_retry_after() {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
