@@ -141,6 +141,8 @@ impl TermLike for Narrow {
 pub struct Progress {
     mode: Mode,
     layout: Layout,
+    /// The terminal's width for the bar, and when it was asked.
+    width: (usize, Instant),
     bar: Option<ProgressBar>,
     prompt: Option<Arc<Prompt>>,
     started: Instant,
@@ -156,7 +158,8 @@ impl Progress {
     /// A display in `mode`; `counted` is the number of URLs when known in
     /// advance, `prompt` the prompt when URLs are typed.
     pub fn new(mode: Mode, counted: Option<u64>, prompt: Option<Arc<Prompt>>) -> Progress {
-        let layout = Layout::for_width(Narrow(console::Term::stderr()).width());
+        let width = terminal_width();
+        let layout = Layout::for_width(u16::try_from(width).unwrap_or(u16::MAX));
         let bar = (mode == Mode::Bar).then(|| {
             let target = ProgressDrawTarget::term_like_with_hz(
                 Box::new(Narrow(console::Term::stderr())),
@@ -172,6 +175,7 @@ impl Progress {
         Progress {
             mode,
             layout,
+            width: (width, Instant::now()),
             bar,
             prompt,
             started: Instant::now(),
@@ -235,13 +239,15 @@ impl Progress {
         if let Some(id) = id {
             self.in_flight.remove(&id);
         }
-        match &self.bar {
+        // A handle on the same bar (indicatif's are shared), so that the
+        // redraw may update the width it keeps.
+        match self.bar.clone() {
             Some(bar) => {
                 if counts_as_url {
                     bar.inc(1);
                 }
                 self.redraw();
-                above(bar, line);
+                above(&bar, line);
             }
             None => self.say(line),
         }
@@ -276,7 +282,7 @@ impl Progress {
         self.in_flight.len()
     }
 
-    fn redraw(&self) {
+    fn redraw(&mut self) {
         let Some(bar) = &self.bar else { return };
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = (self.bytes as f64 / secs) as u64;
@@ -287,8 +293,15 @@ impl Progress {
             self.in_flight.len()
         );
         let counts = format!("{}/{}", bar.position(), bar.length().unwrap_or(0));
-        let width = usize::from(Narrow(console::Term::stderr()).width());
-        let room = width.saturating_sub(self.layout.before_message(counts.len()) + stats.len() + 1);
+        // Asked of the terminal twice a second at most: this runs for
+        // every piece of every body.
+        if self.width.1.elapsed() >= WIDTH_EVERY {
+            self.width = (terminal_width(), Instant::now());
+        }
+        let room = self
+            .width
+            .0
+            .saturating_sub(self.layout.before_message(counts.len()) + stats.len() + 1);
         let message = match self.in_flight.values().next_back() {
             Some(url) if room >= MIN_URL_SHOWN => format!("{stats} {}", fit(url, room)),
             _ => stats,
@@ -299,6 +312,14 @@ impl Progress {
 
 /// Fewest columns worth showing a URL in.
 const MIN_URL_SHOWN: usize = 12;
+
+/// How often the terminal's width is asked again, for a resize.
+const WIDTH_EVERY: Duration = Duration::from_millis(500);
+
+/// The columns the bar may take (see `Narrow`).
+fn terminal_width() -> usize {
+    usize::from(Narrow(console::Term::stderr()).width())
+}
 
 /// The bar's layout, chosen by the terminal's width at the start: on a
 /// narrow one (80 columns), a shorter bar and no clock, so that the URL
