@@ -85,8 +85,9 @@ fn exit_statuses(command: &str) -> &'static [(&'static str, &'static str)] {
             ),
             (
                 "2",
-                "A usage or configuration error (the message names the flag, key or line), \
-                 or the listening address could not be had.",
+                "Could not start: a usage or configuration error, or something the server could \
+                 not have (the listening address, the access log, the cache directory); the \
+                 message names it.",
             ),
         ],
         "fetch" => &[
@@ -96,12 +97,17 @@ fn exit_statuses(command: &str) -> &'static [(&'static str, &'static str)] {
             ),
             (
                 "1",
-                "Finished, but some URL or input line failed (see the manifest).",
+                "Finished, but some URL failed (see the manifest; with --stdout, standard \
+                 error) or some input line was bad (standard error).",
             ),
-            USAGE,
+            (
+                "2",
+                "Could not start: a usage error, no proxy answering, or an output directory or \
+                 input that cannot be used; the message says which.",
+            ),
             (
                 "130, 143",
-                "Stopped by SIGINT or SIGTERM; the manifest says what was done.",
+                "Stopped by SIGINT or SIGTERM during the batch; the manifest has what was done.",
             ),
         ],
         "hash-password" => &[
@@ -109,10 +115,18 @@ fn exit_statuses(command: &str) -> &'static [(&'static str, &'static str)] {
             ("1", "The hash could not be written."),
             ("2", "No password could be read, or it was empty."),
         ],
-        "completions" | "manpage" => &[
+        "completions" => &[
             ("0", "Written."),
             ("1", "The output could not be written."),
             USAGE,
+        ],
+        "manpage" => &[
+            ("0", "Written."),
+            ("1", "Standard output could not be written."),
+            (
+                "2",
+                "A usage error, or a page under --out-dir could not be written.",
+            ),
         ],
         _ => &[
             ("0", "Success."),
@@ -120,7 +134,10 @@ fn exit_statuses(command: &str) -> &'static [(&'static str, &'static str)] {
                 "1",
                 "fetch: some URL failed; serve: requests were cut short at a stop.",
             ),
-            ("2", "A usage or configuration error, named in the message."),
+            (
+                "2",
+                "Could not start: a usage or configuration error, named in the message.",
+            ),
         ],
     }
 }
