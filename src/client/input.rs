@@ -43,8 +43,9 @@ pub enum BadLine {
     #[error("URL over {limit} bytes ({len})")]
     TooLong { len: usize, limit: usize },
     #[error(
-        "credentials in URLs are not supported; send them in a header instead \
-         (--header 'Authorization: Basic BASE64'), or, for the proxy, with --proxy-user"
+        "credentials in URLs are not supported; fetch that URL in a run of its own with \
+         --header 'Authorization: Basic BASE64' (of user:password: a header goes with every \
+         URL of a run), or, for the proxy, use --proxy-user"
     )]
     Credentials,
     #[error("not valid UTF-8")]
