@@ -331,8 +331,9 @@ enum Layout {
 }
 
 impl Layout {
-    /// Columns from which the wide layout is used.
-    const WIDE_FROM: u16 = 110;
+    /// Bar width (the terminal's, less two: see `Narrow`) from which the
+    /// wide layout is used: a terminal of 110 columns.
+    const WIDE_FROM: u16 = 108;
 
     fn for_width(width: u16) -> Layout {
         if width >= Self::WIDE_FROM {
@@ -361,15 +362,24 @@ impl Layout {
     }
 }
 
-/// `text` in at most `max` characters: whole, or its start and its end
-/// around `...` (a URL's host and its file name are what tell it apart).
-fn fit(text: &str, max: usize) -> String {
+/// `url` in at most `max` characters, without its scheme: whole, or its
+/// start and its end around `...`, the end given twice the room (the host
+/// begins it; the file name, what tells one download from the next, ends
+/// it).
+fn fit(url: &str, max: usize) -> String {
+    let text = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
     let len = text.chars().count();
     if len <= max {
         return text.to_string();
     }
-    let kept = max.saturating_sub(3);
-    let head = kept.div_ceil(2);
+    if max <= 3 {
+        return text.chars().take(max).collect();
+    }
+    let kept = max - 3;
+    let head = kept / 3;
     let tail = kept - head;
     let start: String = text.chars().take(head).collect();
     let end: String = text.chars().skip(len - tail).collect();
@@ -440,12 +450,17 @@ mod tests {
 
     #[test]
     fn a_long_url_keeps_its_start_and_its_end() {
-        let url = "http://downloads.example.com/toolchains/gcc-14.2.0-x86_64-linux.tar.xz";
-        assert_eq!(fit(url, 100), url);
+        let url = "https://downloads.example.com/toolchains/gcc-14.2.0-x86_64-linux.tar.xz";
+        assert_eq!(
+            fit(url, 100),
+            "downloads.example.com/toolchains/gcc-14.2.0-x86_64-linux.tar.xz"
+        );
         let fitted = fit(url, 40);
         assert_eq!(fitted.chars().count(), 40);
-        assert_eq!(fitted, "http://downloads.ex...86_64-linux.tar.xz");
-        assert_eq!(fit("http://ü.example/ä", 10), "http...e/ä");
+        assert_eq!(fitted, "downloads.ex...4.2.0-x86_64-linux.tar.xz");
+        assert_eq!(fit(url, 15), "down...x.tar.xz");
+        assert_eq!(fit("http://ü.example/äöü", 10), "ü....e/äöü");
+        assert_eq!(fit(url, 2), "do");
     }
 
     #[test]
@@ -464,6 +479,7 @@ mod tests {
         let room = usize::from(width) - layout.before_message("123/4567".len()) - stats.len() - 1;
         assert!(room >= MIN_URL_SHOWN, "{room} columns for the URL");
         assert_eq!(Layout::for_width(160), Layout::Wide);
+        assert_eq!(Layout::for_width(110 - 2), Layout::Wide);
     }
 
     #[test]
