@@ -193,9 +193,9 @@ fn destination_denied(addr: &IpAddr) -> String {
             "::1"
         };
         return format!(
-            "destination {addr} is not allowed: it is no host's address (a name that DNS \
-             resolves to it is most often blocked there); to reach this machine, ask for \
-             {loopback}, which --allow-dest {loopback} allows"
+            "destination {addr} is not allowed: it is no host's address (a name resolving \
+             to it is blocked by DNS); this machine is {loopback}, which --allow-dest \
+             {loopback} allows"
         );
     }
     format!(
