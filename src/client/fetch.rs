@@ -398,8 +398,13 @@ fn status_error(head: &Head, body: &[u8]) -> FetchError {
     // A proxy says `Via` on what it passes on (RFC 9110 §7.6.3); a web
     // server given as `--proxy` answers a request for another host itself,
     // most often with one of these.
+    // Proxies that add no `Via` but cache say so otherwise: those are left
+    // out.
+    let passed_on = ["via", "age", "cache-status", "x-cache"]
+        .iter()
+        .any(|name| head.header(name).is_some());
     let detail = detail.or_else(|| {
-        (matches!(head.status, 400 | 404 | 405 | 421 | 501) && head.header("via").is_none())
+        (matches!(head.status, 400 | 404 | 405 | 421 | 501) && !passed_on)
             .then(|| NOT_A_PROXY.to_string())
     });
     FetchError::Status {
