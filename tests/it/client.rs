@@ -486,6 +486,11 @@ fn a_redirect_without_a_location_says_so() {
     );
 }
 
+/// The `error` of the manifest's first line, empty when there is none.
+fn first_error(out: &Path) -> String {
+    manifest(out)[0]["error"].as_str().unwrap_or("").to_string()
+}
+
 #[test]
 fn a_web_server_given_as_the_proxy_is_suspected() {
     // The test origin plays a web server named by mistake in --proxy: it
@@ -499,10 +504,7 @@ fn a_web_server_given_as_the_proxy_is_suspected() {
         None,
     );
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
-    let error = manifest(dir.path())[0]["error"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let error = first_error(dir.path());
     assert!(error.starts_with("HTTP 404 "), "{error}");
     assert!(error.contains(" (no Via header in the reply"), "{error}");
     assert!(error.contains("--proxy names a web server"), "{error}");
@@ -512,10 +514,7 @@ fn a_web_server_given_as_the_proxy_is_suspected() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ran = run_fetch(proxy.addr, dir.path(), &[&origin.url("/gone")], None);
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
-    let error = manifest(dir.path())[0]["error"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let error = first_error(dir.path());
     assert!(error.starts_with("HTTP 404 "), "{error}");
     assert!(!error.contains("Via"), "{error}");
 }
