@@ -307,7 +307,7 @@ impl Cache {
                         }
                     };
                     return Lookup::Stale(Stale {
-                        validators: object.head.policy.validators(now),
+                        validators: object.head.policy.validators(),
                         filler,
                         object,
                         by_request,

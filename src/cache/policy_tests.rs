@@ -1,7 +1,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode, Uri};
-use http_cache_semantics::{BeforeRequest, CachePolicy};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 
 use super::*;
 use crate::cache::testing::{headers, request};
@@ -319,7 +319,7 @@ fn validators_come_from_the_stored_response() {
         ("etag", "\"abc\""),
         ("last-modified", modified),
     ]);
-    let validators = p.validators(at(1));
+    let validators = p.validators();
     let get = |name: &str| {
         validators
             .iter()
@@ -330,9 +330,106 @@ fn validators_come_from_the_stored_response() {
     assert_eq!(get("if-modified-since"), Some(modified));
     assert!(
         policy(&[("cache-control", "max-age=0")])
-            .validators(at(1))
+            .validators()
             .is_empty()
     );
+}
+
+/// The validators are those the crate's revalidation request carries.
+#[test]
+fn validators_agree_with_the_crate() {
+    let modified = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let responses: &[&[(&str, &str)]] = &[
+        &[("cache-control", "max-age=0"), ("etag", "\"abc\"")],
+        &[("cache-control", "max-age=0"), ("etag", "W/\"abc\"")],
+        &[("cache-control", "max-age=0"), ("etag", "\"caf\u{e9}\"")],
+        &[("cache-control", "max-age=0"), ("last-modified", modified)],
+        &[
+            ("cache-control", "max-age=0"),
+            ("last-modified", "not a date"),
+        ],
+        &[("etag", "\"abc\""), ("last-modified", modified)],
+        &[
+            ("cache-control", "no-cache"),
+            ("etag", "\"a\""),
+            ("etag", "\"b\""),
+        ],
+        &[("cache-control", "no-store"), ("etag", "\"abc\"")],
+        &[("cache-control", "private"), ("last-modified", modified)],
+        &[("cache-control", "max-age=0")],
+    ];
+    for response in responses {
+        let p = policy(response);
+        let mut request = http::Request::new(());
+        *request.uri_mut() = uri();
+        request
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let (request, _) = request.into_parts();
+        let expected: Vec<_> = match p.crate_policy().before_request(&request, at(1)) {
+            BeforeRequest::Stale { request, .. } => [IF_NONE_MATCH, IF_MODIFIED_SINCE]
+                .into_iter()
+                .filter_map(|name| {
+                    request
+                        .headers
+                        .get(&name)
+                        .map(|v| (name.clone(), v.clone()))
+                })
+                .collect(),
+            BeforeRequest::Fresh(_) => Vec::new(),
+        };
+        assert_eq!(p.validators(), expected, "{response:?}");
+    }
+}
+
+/// Whether a 304 selects the stored entry is what the crate's
+/// `after_response` says, for every pairing of validators; a 304 with none
+/// answers the validators sent for the entry, and selects it.
+#[test]
+fn a_304_selects_the_entry_as_the_crate_says() {
+    let (monday, tuesday) = (
+        "Mon, 07 Nov 1994 08:49:37 GMT",
+        "Tue, 08 Nov 1994 08:49:37 GMT",
+    );
+    let validators: &[&[(&str, &str)]] = &[
+        &[],
+        &[("etag", "\"v1\"")],
+        &[("etag", "W/\"v1\"")],
+        &[("etag", " \"v1\" ")],
+        &[("etag", "\"v2\"")],
+        &[("etag", "W/\"v2\"")],
+        &[("last-modified", monday)],
+        &[("last-modified", tuesday)],
+        &[("etag", "\"v1\""), ("last-modified", monday)],
+        &[("etag", "W/\"v1\""), ("last-modified", tuesday)],
+        &[("etag", "\"v2\""), ("last-modified", monday)],
+    ];
+    for stored in validators {
+        let stored = headers(&[&[("cache-control", "max-age=10")][..], stored].concat());
+        let p = Policy::new(&uri(), &plain(), StatusCode::OK, &stored, t0());
+        for answer in validators {
+            let answer = not_modified(answer);
+            let ours = p
+                .refresh(&plain(), StatusCode::OK, &stored, &answer, at(20))
+                .is_some();
+            if answer.headers.is_empty() {
+                assert!(ours, "a bare 304 for {stored:?}");
+                continue;
+            }
+            let (status, view) =
+                crate::cache::normalise::response_view(StatusCode::NOT_MODIFIED, &answer.headers);
+            let mut answer_view = http::Response::new(());
+            *answer_view.status_mut() = status;
+            *answer_view.headers_mut() = view;
+            let answer_view = answer_view.into_parts().0;
+            let crate_says = matches!(
+                p.crate_policy()
+                    .after_response(&p.lookup_request(&plain()), &answer_view, at(20)),
+                AfterResponse::NotModified(..)
+            );
+            assert_eq!(ours, crate_says, "{stored:?} answered by {answer:?}");
+        }
+    }
 }
 
 fn not_modified(pairs: &[(&str, &str)]) -> http::response::Parts {

@@ -112,7 +112,7 @@ impl Refreshing {
         // Made before the request goes out: a PURGE meanwhile keeps the
         // new answer out of the cache (a 304 only updates what is there).
         let mut filler = self.cache.fill_alone(job.object.head.key.clone());
-        let validators = job.object.head.policy.validators(SystemTime::now());
+        let validators = job.object.head.policy.validators();
         let response = forward::fetch_detached(
             &job.head,
             &job.origin,
