@@ -32,6 +32,7 @@ pub mod stdout;
 
 use std::collections::HashMap;
 use std::io::{self, IsTerminal};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread;
@@ -89,6 +90,15 @@ fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
         if std::fs::metadata(path).map_err(unreadable)?.is_file() {
             std::fs::File::open(path).map_err(unreadable)?;
         }
+    }
+    // `fetch urls.txt` would fetch http://urls.txt: name the mix-up
+    // before anything is made or asked.
+    let is_file = |text: &String| !text.contains("://") && Path::new(text).is_file();
+    if let Some((i, text)) = args.urls.iter().enumerate().find(|(_, text)| is_file(text)) {
+        return Err(UsageError::UrlIsAFile {
+            n: i + 1,
+            text: text.clone(),
+        });
     }
     let to_stdout = args.writes_to_stdout();
     if to_stdout && args.urls.len() != 1 {

@@ -45,6 +45,11 @@ pub enum UsageError {
     OutDirInUse(PathBuf),
     #[error("--input {}: {source}", .path.display())]
     Input { path: PathBuf, source: io::Error },
+    #[error(
+        "argument {n}, {text}, is a file here: to read URLs from it, give --input {text}; \
+         to fetch a host of that name, write http://{text}"
+    )]
+    UrlIsAFile { n: usize, text: String },
     #[error("cannot start threads: {0}")]
     Spawn(io::Error),
 }

@@ -656,6 +656,28 @@ fn exit_codes_are_0_1_and_2() {
         many.stderr
     );
 
+    // A file of URLs given where a URL goes is named, not fetched as
+    // http://urls.txt; nothing is made or asked.
+    let input = write_input(dir.path(), &[origin.url("/")]);
+    let input = input.to_str().expect("utf-8");
+    let out = dir.path().join("not-made-for-a-file");
+    let asked = origin.requests().len();
+    let file_as_url = run_fetch(proxy.addr, &out, &[&origin.url("/"), input], None);
+    assert_eq!(file_as_url.code, Some(2), "{}", file_as_url.stderr);
+    assert!(
+        file_as_url.stderr.contains(&format!(
+            "argument 2, {input}, is a file here: to read URLs from it, give --input {input}"
+        )),
+        "{}",
+        file_as_url.stderr
+    );
+    assert!(!out.exists(), "nothing made for a file given as a URL");
+    assert_eq!(
+        origin.requests().len(),
+        asked,
+        "not even the good URL fetched"
+    );
+
     let out = dir.path().join("not-made");
     let input_dir = dir.path().to_str().expect("utf-8");
     let directory = run_fetch(proxy.addr, &out, &["--input", input_dir], None);
