@@ -170,6 +170,64 @@ fn shorten(text: &str) -> String {
     }
 }
 
+/// A file of URLs given where a URL goes: `fetch urls.txt` would fetch
+/// `http://urls.txt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misplaced {
+    /// A path (`/`, `./`, `../` or `~/` first), which no host name is.
+    Path,
+    /// A file whose first URL line is a URL: a file of URLs.
+    UrlList,
+}
+
+/// How many bytes of a file are looked at for its first URL line.
+const SNIFFED_BYTES: u64 = 16 * 1024;
+
+/// Whether the URL argument `text` is rather a file of URLs. Only a path,
+/// or a regular file whose first line that is not blank or a comment parses
+/// as a URL: a page saved under its host's name (`example.com`, as wget
+/// saves it), or an empty file a shell has just made for a redirect, is
+/// not taken for one.
+pub fn misplaced_input(text: &str) -> Option<Misplaced> {
+    let text = text.trim();
+    if text.contains("://") {
+        return None;
+    }
+    if ["/", "./", "../", "~/"]
+        .iter()
+        .any(|start| text.starts_with(start))
+    {
+        return Some(Misplaced::Path);
+    }
+    lists_urls(std::path::Path::new(text)).then_some(Misplaced::UrlList)
+}
+
+/// Whether `path` is a regular file whose first line that is not blank or
+/// a comment is a URL.
+fn lists_urls(path: &std::path::Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|meta| meta.is_file()) {
+        return false;
+    }
+    let mut lines = Lines::new(
+        io::BufReader::new(io::Read::take(file, SNIFFED_BYTES)),
+        None,
+    );
+    matches!(lines.next(), Some(Ok(Ok(_))))
+}
+
+/// `text` as one word to a POSIX shell: as it is when it has nothing the
+/// shell would read, else in single quotes.
+pub fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._/:@%+=,-".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.to_string();
+    }
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
 /// URLs from command-line arguments.
 pub fn from_args(args: Vec<String>) -> impl Iterator<Item = Item> {
     args.into_iter().enumerate().filter_map(|(i, text)| {
@@ -338,6 +396,40 @@ mod tests {
         Lines::new(text, None)
             .map(|r| r.expect("in-memory reads do not fail"))
             .collect()
+    }
+
+    #[test]
+    fn a_file_of_urls_given_as_a_url_is_told_apart_from_a_host() {
+        use std::path::Path;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path.to_str().expect("utf-8").to_string()
+        };
+        let list = write("urls.txt", "# mine\n\nexample.com/a\nhttps://b.example/\n");
+        let page = write("example.com", "<!DOCTYPE html>\n<p>saved page</p>\n");
+        let empty = write("redirected", "");
+        assert_eq!(misplaced_input(&list), Some(Misplaced::Path));
+        assert_eq!(misplaced_input("/dev/stdin"), Some(Misplaced::Path));
+        assert_eq!(misplaced_input("./urls.txt"), Some(Misplaced::Path));
+        assert_eq!(misplaced_input("~/urls.txt"), Some(Misplaced::Path));
+        assert_eq!(misplaced_input("http://example.com/"), None);
+        assert_eq!(misplaced_input("example.com/page"), None, "no such file");
+        assert_eq!(misplaced_input("localhost:8000/x"), None);
+        assert!(lists_urls(Path::new(&list)));
+        assert!(!lists_urls(Path::new(&page)), "a saved page");
+        assert!(!lists_urls(Path::new(&empty)), "an empty file");
+        assert!(!lists_urls(dir.path()), "a directory");
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_the_shell_would_read_them() {
+        assert_eq!(shell_word("urls.txt"), "urls.txt");
+        assert_eq!(shell_word("/tmp/a-b_c/urls.txt"), "/tmp/a-b_c/urls.txt");
+        assert_eq!(shell_word("my urls.txt"), "'my urls.txt'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word("$HOME/x"), "'$HOME/x'");
     }
 
     #[test]

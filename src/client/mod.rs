@@ -32,7 +32,6 @@ pub mod stdout;
 
 use std::collections::HashMap;
 use std::io::{self, IsTerminal};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread;
@@ -93,12 +92,14 @@ fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
     }
     // `fetch urls.txt` would fetch http://urls.txt: name the mix-up
     // before anything is made or asked.
-    let is_file = |text: &String| !text.contains("://") && Path::new(text).is_file();
-    if let Some((i, text)) = args.urls.iter().enumerate().find(|(_, text)| is_file(text)) {
-        return Err(UsageError::UrlIsAFile {
-            n: i + 1,
-            text: text.clone(),
-        });
+    for (i, text) in args.urls.iter().enumerate() {
+        if let Some(kind) = input::misplaced_input(text) {
+            return Err(UsageError::InputAsUrl {
+                n: i + 1,
+                text: text.clone(),
+                kind,
+            });
+        }
     }
     let to_stdout = args.writes_to_stdout();
     if to_stdout && args.urls.len() != 1 {

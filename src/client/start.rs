@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::cli::FetchArgs;
 use crate::client::fleet::Fleet;
+use crate::client::input::{Misplaced, shell_word};
 use crate::client::outdir::OutDirError;
 use crate::client::proxy::{self, ProxyArgError, Unreachable};
 
@@ -45,13 +46,28 @@ pub enum UsageError {
     OutDirInUse(PathBuf),
     #[error("--input {}: {source}", .path.display())]
     Input { path: PathBuf, source: io::Error },
-    #[error(
-        "argument {n}, {text}, is a file here: to read URLs from it, give --input {text}; \
-         to fetch a host of that name, write http://{text}"
-    )]
-    UrlIsAFile { n: usize, text: String },
+    #[error("{}", input_as_url_text(*.n, .text, *.kind))]
+    InputAsUrl {
+        n: usize,
+        text: String,
+        kind: Misplaced,
+    },
     #[error("cannot start threads: {0}")]
     Spawn(io::Error),
+}
+
+fn input_as_url_text(n: usize, text: &str, kind: Misplaced) -> String {
+    let word = shell_word(text.trim());
+    match kind {
+        Misplaced::Path => format!(
+            "argument {n}, {word}, is a path, not a URL: to read URLs from it, give --input {word}"
+        ),
+        Misplaced::UrlList => format!(
+            "argument {n}, {word}, names a file of URLs: to read them, give --input {word}; \
+             to fetch it as a URL, write {}",
+            shell_word(&format!("http://{}", text.trim()))
+        ),
+    }
 }
 
 fn no_proxy_text(down: &[Unreachable], default: bool) -> String {

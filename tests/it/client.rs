@@ -657,7 +657,7 @@ fn exit_codes_are_0_1_and_2() {
     );
 
     // A file of URLs given where a URL goes is named, not fetched as
-    // http://urls.txt; nothing is made or asked.
+    // http://tmp/...; nothing is made or asked.
     let input = write_input(dir.path(), &[origin.url("/")]);
     let input = input.to_str().expect("utf-8");
     let out = dir.path().join("not-made-for-a-file");
@@ -666,10 +666,15 @@ fn exit_codes_are_0_1_and_2() {
     assert_eq!(file_as_url.code, Some(2), "{}", file_as_url.stderr);
     assert!(
         file_as_url.stderr.contains(&format!(
-            "argument 2, {input}, is a file here: to read URLs from it, give --input {input}"
+            "argument 2, {input}, is a path, not a URL: to read URLs from it, give --input {input}"
         )),
         "{}",
         file_as_url.stderr
+    );
+    assert_eq!(
+        origin.requests().len(),
+        asked,
+        "not even the good URL fetched"
     );
     assert!(!out.exists(), "nothing made for a file given as a URL");
     assert_eq!(
