@@ -291,7 +291,11 @@ impl Policy {
     /// with `Last-Modified`; none for a response that may not be stored.
     /// The crate's revalidation request carries the same for a GET (the
     /// tests check it against the crate), but building its policy for them
-    /// cost an eighth of a revalidation.
+    /// cost an eighth of a revalidation. One case differs, on purpose: for
+    /// a response that varies on `Authorization`, `Cache-Control` or
+    /// `Pragma` (request headers the crate is given), the crate matched
+    /// them against a made-up request and sent no validators, though
+    /// `key::Variant` had already chosen this variant.
     pub fn validators(&self) -> Vec<(HeaderName, HeaderValue)> {
         if !self.storable {
             return Vec::new();

@@ -382,6 +382,31 @@ fn validators_agree_with_the_crate() {
     }
 }
 
+/// A variant chosen by its `Vary` headers is revalidated with its own
+/// validators, even when it varies on a header the crate is given (where
+/// the crate, matching a made-up request, would send none).
+#[test]
+fn a_variant_is_revalidated_with_its_validators_whatever_it_varies_on() {
+    for (varies_on, request) in [
+        ("authorization", &[("authorization", "Bearer t")][..]),
+        ("cache-control", &[][..]),
+        ("pragma", &[("pragma", "no-cache")][..]),
+    ] {
+        let p = policy_for(
+            request,
+            &[
+                ("cache-control", "public, max-age=0"),
+                ("etag", "\"v1\""),
+                ("vary", varies_on),
+            ],
+        );
+        let validators = p.validators();
+        assert_eq!(validators.len(), 1, "Vary: {varies_on}");
+        assert_eq!(validators[0].0, IF_NONE_MATCH);
+        assert_eq!(validators[0].1, "\"v1\"");
+    }
+}
+
 /// Whether a 304 selects the stored entry is what the crate's
 /// `after_response` says, for every pairing of validators; a 304 with none
 /// answers the validators sent for the entry, and selects it.
