@@ -69,22 +69,22 @@ pub struct ServeArgs {
     /// Connections with a complete request head waiting for a worker.
     #[arg(long, value_name = "N", value_parser = text::parse_count)]
     pub queue: Option<usize>,
-    /// Allow destinations in this range (or this address) even if not globally routable; repeatable.
+    /// Allow destinations in this range (or this address) even if not globally routable; repeatable, each adds to what is allowed.
     #[arg(long, value_name = "CIDR|ADDR", value_parser = text::parse_range)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_dest: Vec<IpNet>,
-    /// Clients allowed to use the proxy: a range or an address; repeatable.
+    /// Clients allowed to use the proxy: a range or an address; repeatable. Given, they replace the whole default list.
     #[arg(long = "allow-client", value_name = "CIDR|ADDR", value_parser = text::parse_range)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_clients: Vec<IpNet>,
-    /// Destination port (or FIRST-LAST range) forwarded requests may reach; repeatable.
+    /// Destination port (or FIRST-LAST range) forwarded requests may reach; repeatable. Given, they replace the whole default list.
     #[arg(long = "dest-port", value_name = "PORT", value_parser = text::parse_port_range)]
     #[serde(
         skip_serializing_if = "Vec::is_empty",
         serialize_with = "value::port_ranges::serialize"
     )]
     pub dest_ports: Vec<PortRange>,
-    /// Port CONNECT may reach; repeatable.
+    /// Port CONNECT may reach; repeatable. Given, they replace the default.
     #[arg(long = "connect-port", value_name = "PORT", value_parser = text::parse_port)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub connect_ports: Vec<u16>,
@@ -169,7 +169,7 @@ pub struct ServeArgs {
     /// Largest response kept in the disk cache.
     #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
     pub cache_dir_max_object: Option<u64>,
-    /// Clients allowed to send PURGE: a range or an address; repeatable.
+    /// Clients allowed to send PURGE: a range or an address; repeatable. Given, they replace the default.
     #[arg(long = "purge-client", value_name = "CIDR|ADDR", value_parser = text::parse_range)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purge_clients: Vec<IpNet>,

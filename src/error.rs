@@ -75,7 +75,9 @@ pub enum ProxyError {
     #[error("{0}")]
     ProxyAuthRequired(AuthFailure),
     /// The client address is outside `allow_clients`.
-    #[error("client {addr} is not allowed to use this proxy")]
+    #[error(
+        "client {addr} is not allowed to use this proxy; allow it with --allow-client {addr} (or allow_clients in the config file)"
+    )]
     ClientDenied { addr: IpAddr },
     /// A PURGE from a client outside `purge_clients`.
     #[error(

@@ -131,6 +131,29 @@ impl Running {
                 allowed.join(", ")
             );
         }
+        // A list given replaces its default whole: say so where it did.
+        let defaults = ServeConfig::default();
+        let listed = |items: &mut dyn Iterator<Item = String>| items.collect::<Vec<_>>().join(", ");
+        if config.dest_ports != defaults.dest_ports {
+            log::info!(
+                "destination ports: {} only (the list given replaces the default {})",
+                listed(&mut config.dest_ports.iter().map(ToString::to_string)),
+                listed(&mut defaults.dest_ports.iter().map(ToString::to_string))
+            );
+        }
+        if config.connect_ports != defaults.connect_ports {
+            log::info!(
+                "CONNECT ports: {} only (the list given replaces the default {})",
+                listed(&mut config.connect_ports.iter().map(ToString::to_string)),
+                listed(&mut defaults.connect_ports.iter().map(ToString::to_string))
+            );
+        }
+        if config.allow_clients != defaults.allow_clients {
+            log::info!(
+                "clients: {} only (the list given replaces the default: loopback, private and link-local ranges)",
+                listed(&mut config.allow_clients.iter().map(ToString::to_string))
+            );
+        }
         match config.users.len() {
             0 => {}
             1 => log::info!("proxy authentication on for 1 user"),

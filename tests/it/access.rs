@@ -182,6 +182,11 @@ fn client_outside_allow_clients_is_refused() {
     assert_denied(&request, &got, 403, "http_request_denied");
     assert!(got.closed, "refused client left connected");
     assert_untouched(&wire, "refused client");
+    let body = String::from_utf8_lossy(&got.responses()[0].body).into_owned();
+    assert!(
+        body.contains("allow it with --allow-client 127.0.0.1"),
+        "{body}"
+    );
     // Also the proxy's own endpoints.
     let (request, got) = get(proxy.addr, "/healthz");
     assert_denied(&request, &got, 403, "http_request_denied");

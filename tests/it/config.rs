@@ -435,6 +435,39 @@ fn via_name_and_dest_port_flags_are_used() {
 }
 
 #[test]
+fn a_list_given_in_place_of_its_default_is_said_at_startup() {
+    let narrowed = ProxyProcess::start(&[
+        "--dest-port",
+        "8081",
+        "--connect-port",
+        "8443",
+        "--allow-client",
+        "127.0.0.0/8",
+    ]);
+    for (starts, says) in [
+        (
+            "destination ports:",
+            "destination ports: 8081 only (the list given replaces the default 80, 443, 1024-65535)",
+        ),
+        (
+            "CONNECT ports:",
+            "CONNECT ports: 8443 only (the list given replaces the default 443)",
+        ),
+        (
+            "clients:",
+            "clients: 127.0.0.0/8 only (the list given replaces",
+        ),
+    ] {
+        let line = narrowed.wait_for_log(starts, LIMIT);
+        assert!(
+            line.as_deref().is_some_and(|l| l.contains(says)),
+            "{line:?}"
+        );
+    }
+    stop(narrowed);
+}
+
+#[test]
 fn the_destinations_allowed_are_said_at_startup() {
     let allowed = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8", "--allow-dest", "::1"]);
     let line = allowed.wait_for_log("destinations:", LIMIT);
