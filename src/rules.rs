@@ -100,10 +100,11 @@ impl SharedRules {
                 if ignored.is_empty() {
                     log::info!("{reloaded} (other settings take a restart)");
                 } else {
-                    log::warn!(
-                        "{reloaded}; changed {} not applied: they take a restart",
-                        ignored.join(", ")
-                    );
+                    let (changed, takes) = match ignored.as_slice() {
+                        [one] => (format!("{one} changed"), "it takes"),
+                        _ => (format!("{} changed", ignored.join(", ")), "they take"),
+                    };
+                    log::warn!("{reloaded}; {changed} but not applied: {takes} a restart");
                 }
             }
             Err(err) => log::error!("reload failed, keeping the old rules: {}", err.one_line()),

@@ -451,11 +451,10 @@ fn tls_failure(err: &rustls::Error) -> String {
     let rustls::Error::InvalidCertificate(problem) = err else {
         return err.to_string();
     };
-    let untrusted = "it is not signed by an authority the proxy trusts (self-signed, or from a \
-                     private CA); name that CA in upstream_ca_file (which replaces the public \
-                     authorities: put those in the same file to keep them), or reach the \
-                     origin through a CONNECT tunnel (https_proxy), where the client checks \
-                     the certificate itself";
+    // Short enough that `Proxy-Status` carries it whole, after the host.
+    let untrusted = "it is not signed by an authority the proxy trusts (self-signed or a private \
+                     CA); give that CA with --upstream-ca-file (in place of the public ones), \
+                     or use a CONNECT tunnel (https_proxy)";
     let why = match problem {
         C::UnknownIssuer => untrusted.to_string(),
         C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {

@@ -623,6 +623,17 @@ fn changed_keys_names_each_setting_that_differs() {
 }
 
 #[test]
+fn keys_that_follow_a_changed_one_are_not_named_with_it() {
+    let running = ServeConfig::default();
+    let fresh = from_file("workers = 3\n").expect("valid");
+    assert_eq!(changed_keys(&running, &fresh), ["workers"]);
+    let fresh = from_file("workers = 3\nqueue = 100\n").expect("valid");
+    assert_eq!(changed_keys(&running, &fresh), ["workers", "queue"]);
+    let fresh = from_file("max_conns_per_client = 7\n").expect("valid");
+    assert_eq!(changed_keys(&running, &fresh), ["max_conns_per_client"]);
+}
+
+#[test]
 fn help_shows_each_default_from_the_code() {
     assert_eq!(shown_default("workers").as_deref(), Some("512"));
     assert_eq!(

@@ -305,7 +305,15 @@ fn an_origin_of_a_private_ca_is_refused_until_upstream_ca_file_names_it() {
         text.contains("not signed by an authority the proxy trusts"),
         "{text}"
     );
-    assert!(text.contains("upstream_ca_file"), "{text}");
+    assert!(text.contains("--upstream-ca-file"), "{text}");
+    // Whole in Proxy-Status too, which is all `fetch` shows of it.
+    let status = refused
+        .head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("proxy-status:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(status.ends_with("(https_proxy)\""), "{status}");
     assert_eq!(bundled.terminate(LIMIT).and_then(|s| s.code()), Some(0));
 
     let ca = origin.ca_file.to_str().expect("UTF-8 path");
