@@ -7,7 +7,7 @@
 //! (`upstream::resolve_allowed`). No I/O but one name lookup, only for a
 //! URL on the proxy's own port.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ureq::http::Uri;
 
@@ -131,7 +131,20 @@ pub fn check_target(
                 return Err(ProxyError::PortDenied { port });
             }
             if local.is_some_and(|local| targets_this_proxy(host, port, local)) {
-                return Err(ProxyError::LoopDetected);
+                // The proxy is the origin of its own pages: a client that
+                // sends even those through it (`http_proxy` set for every
+                // URL) gets them, where anything else would come back here.
+                return own_page(&head.method, uri.path())
+                    .map(Route::Own)
+                    .ok_or(ProxyError::LoopDetected);
+            }
+            // An address is checked here, before the cache: a hit needs no
+            // DNS, and a rule a reload took back holds for hits too. A name
+            // is checked against what it resolves to, when it is fetched.
+            if let Some(ip) = literal_ip(host)
+                && !access::allows_destination(ip, &rules.allow_dest)
+            {
+                return Err(ProxyError::DestinationDenied { addr: ip });
             }
             Ok(Route::Forward(Origin { uri }))
         }
@@ -141,14 +154,29 @@ pub fn check_target(
 /// The proxy's own endpoint an origin-form request asks for.
 fn own_endpoint(head: &RequestHead) -> Result<Endpoint, ProxyError> {
     let path = head.target.split('?').next().unwrap_or_default();
-    match (head.method.as_str(), path) {
-        ("GET" | "HEAD", "/healthz") => Ok(Endpoint::Healthz),
-        ("GET" | "HEAD", "/metrics") => Ok(Endpoint::Metrics),
-        _ => Err(ProxyError::NotProxyEndpoint {
-            method: head.method.clone(),
-            target: head.target.clone(),
-        }),
+    own_page(&head.method, path).ok_or_else(|| ProxyError::NotProxyEndpoint {
+        method: head.method.clone(),
+        target: head.target.clone(),
+    })
+}
+
+/// The proxy's own page that `method` and `path` ask for, if any.
+fn own_page(method: &str, path: &str) -> Option<Endpoint> {
+    match (method, path) {
+        ("GET" | "HEAD", "/healthz") => Some(Endpoint::Healthz),
+        ("GET" | "HEAD", "/metrics") => Some(Endpoint::Metrics),
+        _ => None,
     }
+}
+
+/// The address a URL's host spells literally (`10.0.0.1`, `[::1]`); `None`
+/// for a name.
+fn literal_ip(host: &str) -> Option<IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse().ok()
 }
 
 /// Parses an absolute-form target into the URI to fetch (credentials dropped).

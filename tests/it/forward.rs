@@ -858,6 +858,19 @@ fn a_loop_is_detected_through_via() {
     assert!(origin.requests().is_empty(), "origin was contacted");
 }
 
+/// A client that sends every URL through the proxy (`http_proxy` set for
+/// all) gets the proxy's own pages, not a loop.
+#[test]
+fn own_pages_asked_for_through_the_proxy_itself_are_served() {
+    let proxy = Proxy::start();
+    let health = curl(proxy.addr, &format!("http://{}/healthz", proxy.addr), &[]);
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.text().trim(), "ok", "{health:?}");
+    let metrics = curl(proxy.addr, &format!("http://{}/metrics", proxy.addr), &[]);
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    assert!(metrics.text().contains("fetchproxy_"), "{metrics:?}");
+}
+
 #[test]
 fn the_proxy_pointed_at_itself_ends_without_hanging() {
     let proxy = Proxy::start();

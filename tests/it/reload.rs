@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::origin::Reply;
 use crate::support::{CurlReply, Origin, ProxyProcess, curl, read_response};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -102,6 +103,37 @@ fn sighup_applies_new_rules_to_new_and_kept_alive_connections() {
         2,
         "only the requests before the reload"
     );
+}
+
+#[test]
+fn a_destination_taken_back_by_a_reload_is_refused_for_cached_responses_too() {
+    let origin = Origin::start(|_| {
+        Reply::ok("text/plain", "cached").with_header("Cache-Control", "max-age=600")
+    });
+    let (_dir, path) = write_config(ALLOW_LOOPBACK);
+    let proxy = start(&path, &[]);
+    let url = origin.url("/kept");
+    assert_status(&curl(proxy.addr, &url, &[]), 200, &proxy);
+    let hit = curl(proxy.addr, &url, &[]);
+    assert_status(&hit, 200, &proxy);
+    assert!(
+        hit.header("cache-status")
+            .is_some_and(|v| v.starts_with("fetchproxy; hit")),
+        "{hit:?}"
+    );
+
+    rewrite(&path, "# loopback destinations no longer allowed\n");
+    reload(&proxy, "reloaded rules", 1);
+
+    let refused = curl(proxy.addr, &url, &[]);
+    assert_status(&refused, 403, &proxy);
+    assert!(
+        refused
+            .header("proxy-status")
+            .is_some_and(|v| v.contains("destination_ip_prohibited")),
+        "{refused:?}"
+    );
+    assert_eq!(origin.requests().len(), 1, "one fetch, then hits");
 }
 
 #[test]

@@ -115,7 +115,7 @@ fn a_port_with_leading_zeros_is_forwarded_as_its_number() {
     for (url, authority) in [
         ("http://h:08080/x", "h:8080"),
         ("http://u@h:0008080/x", "h:8080"),
-        ("http://[::1]:08081/x", "[::1]:8081"),
+        ("http://[2606:4700::1]:08081/x", "[2606:4700::1]:8081"),
         ("http://h:080/x", "h:80"),
     ] {
         match route(&format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n")) {
@@ -133,6 +133,67 @@ fn a_port_with_leading_zeros_is_forwarded_as_its_number() {
             other => panic!("{url}: {other:?}"),
         }
     }
+}
+
+/// A literal address is refused here, before the cache and without DNS,
+/// as the rules stand now; a name waits for what it resolves to.
+#[test]
+fn literal_addresses_outside_the_rules_are_refused_before_the_cache() {
+    for (url, addr) in [
+        ("http://10.1.2.3/x", "10.1.2.3"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "169.254.169.254",
+        ),
+        ("http://[::1]:8080/x", "::1"),
+        ("https://127.0.0.1:8443/x", "127.0.0.1"),
+    ] {
+        match route(&format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n")) {
+            Err(ProxyError::DestinationDenied { addr: denied }) => {
+                assert_eq!(denied.to_string(), addr, "{url}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    let allowing = Rules::from_config(&ServeConfig {
+        allow_dest: vec!["10.0.0.0/8".parse().expect("cidr")],
+        ..ServeConfig::default()
+    });
+    let allowed = check_target(
+        &head("GET http://10.1.2.3/x HTTP/1.1\r\nHost: h\r\n\r\n"),
+        &allowing,
+        None,
+    );
+    assert!(matches!(allowed, Ok(Route::Forward(_))), "{allowed:?}");
+    for url in ["http://internal.example/x", "http://127.1/x"] {
+        let named = route(&format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(matches!(named, Ok(Route::Forward(_))), "{url}: {named:?}");
+    }
+}
+
+/// The proxy's own pages, asked for through the proxy itself, are served
+/// rather than refused as a loop; any other URL of its own is a loop.
+#[test]
+fn own_pages_asked_through_the_proxy_are_served() {
+    let rules = Rules::from_config(&ServeConfig::default());
+    let local: SocketAddr = "127.0.0.1:8080".parse().expect("address");
+    let through = |text: &str| check_target(&head(text), &rules, Some(local));
+    assert!(matches!(
+        through("GET http://127.0.0.1:8080/healthz HTTP/1.1\r\nHost: h\r\n\r\n"),
+        Ok(Route::Own(Endpoint::Healthz))
+    ));
+    assert!(matches!(
+        through("HEAD http://127.0.0.1:8080/metrics?x HTTP/1.1\r\nHost: h\r\n\r\n"),
+        Ok(Route::Own(Endpoint::Metrics))
+    ));
+    assert!(matches!(
+        through("GET http://127.0.0.1:8080/other HTTP/1.1\r\nHost: h\r\n\r\n"),
+        Err(ProxyError::LoopDetected)
+    ));
+    assert!(matches!(
+        through("POST http://127.0.0.1:8080/healthz HTTP/1.1\r\nHost: h\r\n\r\n"),
+        Err(ProxyError::LoopDetected)
+    ));
 }
 
 #[test]
