@@ -133,20 +133,31 @@ impl Acceptor {
         // wait under the grace period's deadline.
         self.take_returns();
         let mut parked = 0;
+        let mut last = None;
         for (_, entry) in self.entries.iter_mut() {
             if let Entry::Parked { deadline, .. } = entry {
                 *deadline = (*deadline).min(grace_end);
                 parked += 1;
+                last = last.max(Some(*deadline));
             }
         }
-        let they = if parked == 1 {
-            "connection gets"
-        } else {
-            "connections get"
-        };
-        log::info!(
-            "draining: listeners closed; {parked} waiting {they} one more answer or close at the deadline"
-        );
+        // Say how long the wait can be: an idle client's deadline is its
+        // idle timeout, which surprises whoever pressed Ctrl-C.
+        match last {
+            None => log::info!("draining: listeners closed; no connection waits"),
+            Some(last) => {
+                let within = last.saturating_duration_since(Instant::now()).as_secs_f64();
+                let they = if parked == 1 {
+                    "connection gets"
+                } else {
+                    "connections get"
+                };
+                log::info!(
+                    "draining: listeners closed; {parked} waiting {they} one more answer or \
+                     close within {within:.1}s"
+                );
+            }
+        }
     }
 
     /// `wait` from now, or the end of the grace period when that comes first.
