@@ -61,6 +61,8 @@ pub struct Gauges {
 pub struct CacheFigures {
     /// Answered from the cache (stale answers included).
     pub hits: u64,
+    /// Of those, answered from the disk tier.
+    pub disk_hits: u64,
     /// Went to the origin for want of a usable entry.
     pub misses: u64,
     /// Revalidations answered 304.
@@ -422,6 +424,11 @@ fn render_cache(page: &mut Page, cache: &CacheFigures) {
             "fetchproxy_cache_hits_total",
             "Responses answered from the cache without the origin (stale ones included).",
             cache.hits,
+        ),
+        (
+            "fetchproxy_cache_disk_hits_total",
+            "Of the hits, those sent from a file of the disk tier; the rest came from memory (a disk object read back into memory on a hit counts as memory's).",
+            cache.disk_hits,
         ),
         (
             "fetchproxy_cache_misses_total",
@@ -848,6 +855,7 @@ mod tests {
         let gauges = Gauges {
             cache: CacheFigures {
                 hits: 5,
+                disk_hits: 3,
                 revalidated_not_modified: 2,
                 evictions_disk: 1,
                 memory: TierFigures {
@@ -862,6 +870,7 @@ mod tests {
         };
         let page = metrics.render(&gauges);
         assert_eq!(value(&page, "fetchproxy_cache_hits_total"), 5.0);
+        assert_eq!(value(&page, "fetchproxy_cache_disk_hits_total"), 3.0);
         assert_eq!(
             value(
                 &page,

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::access;
+use crate::cache::object::Body;
 use crate::cache::stats;
 use crate::cache::{
     Bypass, Cache, CacheConfig, CacheError, Fwd, Lookup, Miss, MissRole, Outcome, Release,
@@ -188,6 +189,9 @@ fn by_lookup(
             let outcome = hit.outcome(now);
             match answer::hit(ex, &hit.object, outcome, now) {
                 Ok(served) => {
+                    if matches!(hit.object.body, Body::Disk(_)) {
+                        stats::bump(&ex.ctx.cache.stats().disk_hits);
+                    }
                     if hit.revalidate {
                         upstream::refresh_later(ex, &hit.object);
                     }
@@ -289,6 +293,7 @@ pub fn figures(cache: &Cache, background: &BackgroundFills) -> CacheFigures {
     let (memory, disk) = cache.usage();
     CacheFigures {
         hits: read(&stats.hits),
+        disk_hits: read(&stats.disk_hits),
         misses: read(&stats.misses),
         revalidated_not_modified: read(&stats.revalidated_not_modified),
         revalidated_modified: read(&stats.revalidated_modified),

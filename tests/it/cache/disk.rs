@@ -168,6 +168,13 @@ fn an_object_too_heavy_for_the_memory_tier_is_read_back_once() {
         Some(1.0),
         "read back and checked once, not on every hit"
     );
+    // The first hit read the file back into memory, which would not keep
+    // it; the next two were sent from the file.
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_disk_hits_total"),
+        Some(2.0),
+        "hits sent from the disk tier's file"
+    );
     assert_eq!(origin.requests().len(), 1);
     stop(proxy);
 }

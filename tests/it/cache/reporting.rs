@@ -94,6 +94,11 @@ fn metrics_count_hits_misses_and_what_is_stored() {
     let value = |name: &str| metric(&page, name).unwrap_or_else(|| panic!("{name}:\n{page}"));
     assert_eq!(value("fetchproxy_cache_misses_total"), 1.0);
     assert_eq!(value("fetchproxy_cache_hits_total"), 2.0);
+    assert_eq!(
+        value("fetchproxy_cache_disk_hits_total"),
+        0.0,
+        "memory hits"
+    );
     assert_eq!(value("fetchproxy_cache_bypassed_total"), 1.0);
     assert_eq!(value("fetchproxy_cache_stored_total"), 1.0);
     assert_eq!(value("fetchproxy_cache_served_bytes_total"), 20.0);
