@@ -76,7 +76,7 @@ pub enum ProxyError {
     ProxyAuthRequired(AuthFailure),
     /// The client address is outside `allow_clients`.
     #[error(
-        "client {addr} is not allowed to use this proxy; allow it with --allow-client {addr} (or allow_clients in the config file)"
+        "client {addr} is not allowed to use this proxy; to allow it, add --allow-client {addr} to the ranges given (a list given replaces the default), or {addr} to allow_clients in the config file"
     )]
     ClientDenied { addr: IpAddr },
     /// A PURGE from a client outside `purge_clients`.
@@ -89,12 +89,12 @@ pub enum ProxyError {
     DestinationDenied { addr: IpAddr },
     /// The destination port of a forwarded request is outside `dest_ports`.
     #[error(
-        "destination port {port} is not allowed; allow it with --dest-port {port} (or dest_ports in the config file)"
+        "destination port {port} is not allowed; to allow it, add --dest-port {port} to the ports given (a list given replaces the default 80, 443, 1024-65535), or {port} to dest_ports in the config file"
     )]
     PortDenied { port: u16 },
     /// The port of a CONNECT is outside `connect_ports`.
     #[error(
-        "CONNECT to port {port} is not allowed; allow it with --connect-port {port} (or connect_ports in the config file)"
+        "CONNECT to port {port} is not allowed; to allow it, add --connect-port {port} to the ports given (a list given replaces the default 443), or {port} to connect_ports in the config file"
     )]
     ConnectPortDenied { port: u16 },
     /// A CONNECT while `max_tunnels` is 0: tunnels are turned off.
@@ -531,11 +531,11 @@ mod tests {
         }
         assert_eq!(
             ProxyError::PortDenied { port: 25 }.to_string(),
-            "destination port 25 is not allowed; allow it with --dest-port 25 (or dest_ports in the config file)"
+            "destination port 25 is not allowed; to allow it, add --dest-port 25 to the ports given (a list given replaces the default 80, 443, 1024-65535), or 25 to dest_ports in the config file"
         );
         assert_eq!(
             ProxyError::ConnectPortDenied { port: 8443 }.to_string(),
-            "CONNECT to port 8443 is not allowed; allow it with --connect-port 8443 (or connect_ports in the config file)"
+            "CONNECT to port 8443 is not allowed; to allow it, add --connect-port 8443 to the ports given (a list given replaces the default 443), or 8443 to connect_ports in the config file"
         );
         for err in [
             ProxyError::DestinationDenied { addr: loopback },

@@ -451,7 +451,7 @@ fn tls_failure(err: &rustls::Error) -> String {
     let rustls::Error::InvalidCertificate(problem) = err else {
         return err.to_string();
     };
-    // Short enough that `Proxy-Status` carries it whole, after the host.
+    // Short enough that `Proxy-Status` (256 bytes) carries it whole.
     let untrusted = "it is not signed by an authority the proxy trusts (self-signed or a private \
                      CA); give that CA with --upstream-ca-file (in place of the public ones), \
                      or use a CONNECT tunnel (https_proxy)";

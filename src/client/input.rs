@@ -174,23 +174,24 @@ fn shorten(text: &str) -> String {
 /// `http://urls.txt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Misplaced {
-    /// A path (`/`, `./`, `../` or `~/` first), which no host name is.
+    /// A path (`/` but not `//`, `./`, `../` or `~/` first), which no
+    /// host name is.
     Path,
-    /// A file whose first URL line is a URL: a file of URLs.
+    /// A file that reads as URLs: a file of URLs.
     UrlList,
 }
 
 /// How many bytes of a file are looked at for its first URL line.
 const SNIFFED_BYTES: u64 = 16 * 1024;
 
-/// Whether the URL argument `text` is rather a file of URLs. Only a path,
-/// or a regular file whose first line that is not blank or a comment parses
-/// as a URL: a page saved under its host's name (`example.com`, as wget
-/// saves it), or an empty file a shell has just made for a redirect, is
-/// not taken for one.
+/// Whether the URL argument `text` is rather a file of URLs: a path, or a
+/// regular file that reads as URLs (see `lists_urls`). A page saved under
+/// its host's name (`example.com`, as wget saves it), or an empty file a
+/// shell has just made for a redirect, is not taken for one; nor is
+/// `//host/path`, which is a URL without its scheme.
 pub fn misplaced_input(text: &str) -> Option<Misplaced> {
     let text = text.trim();
-    if text.contains("://") {
+    if text.contains("://") || text.starts_with("//") {
         return None;
     }
     if ["/", "./", "../", "~/"]
@@ -202,27 +203,36 @@ pub fn misplaced_input(text: &str) -> Option<Misplaced> {
     lists_urls(std::path::Path::new(text)).then_some(Misplaced::UrlList)
 }
 
-/// Whether `path` is a regular file whose first line that is not blank or
-/// a comment is a URL.
+/// Whether `path` is a regular file that reads as URLs: its first line
+/// that is not blank or a comment is a URL with a scheme, or its first two
+/// such lines are both URLs. A file holding one word (`ok`, an address, a
+/// version) is not a list. A pipe or device is never opened, as opening
+/// one can wait for a writer.
 fn lists_urls(path: &std::path::Path) -> bool {
+    if !std::fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
+        return false;
+    }
     let Ok(file) = std::fs::File::open(path) else {
         return false;
     };
-    if !file.metadata().is_ok_and(|meta| meta.is_file()) {
-        return false;
-    }
-    let mut lines = Lines::new(
+    let lines = Lines::new(
         io::BufReader::new(io::Read::take(file, SNIFFED_BYTES)),
         None,
     );
-    matches!(lines.next(), Some(Ok(Ok(_))))
+    let mut first_two = lines.map_while(Result::ok).take(2);
+    match first_two.next() {
+        Some(Ok(first)) if !first.assumed_http => true,
+        Some(Ok(_)) => matches!(first_two.next(), Some(Ok(_))),
+        _ => false,
+    }
 }
 
 /// `text` as one word to a POSIX shell: as it is when it has nothing the
 /// shell would read, else in single quotes.
 pub fn shell_word(text: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "._/:@%+=,-".contains(c);
-    if !text.is_empty() && text.chars().all(plain) {
+    // A word starting with `=` is expanded by zsh.
+    if !text.is_empty() && !text.starts_with('=') && text.chars().all(plain) {
         return text.to_string();
     }
     format!("'{}'", text.replace('\'', "'\\''"))
@@ -408,8 +418,10 @@ mod tests {
             path.to_str().expect("utf-8").to_string()
         };
         let list = write("urls.txt", "# mine\n\nexample.com/a\nhttps://b.example/\n");
+        let with_schemes = write("one.txt", "https://b.example/\n");
         let page = write("example.com", "<!DOCTYPE html>\n<p>saved page</p>\n");
         let empty = write("redirected", "");
+        let word = write("ifconfig.me", "203.0.113.7\n");
         assert_eq!(misplaced_input(&list), Some(Misplaced::Path));
         assert_eq!(misplaced_input("/dev/stdin"), Some(Misplaced::Path));
         assert_eq!(misplaced_input("./urls.txt"), Some(Misplaced::Path));
@@ -417,10 +429,31 @@ mod tests {
         assert_eq!(misplaced_input("http://example.com/"), None);
         assert_eq!(misplaced_input("example.com/page"), None, "no such file");
         assert_eq!(misplaced_input("localhost:8000/x"), None);
-        assert!(lists_urls(Path::new(&list)));
+        assert_eq!(
+            misplaced_input("//example.com/x"),
+            None,
+            "a URL less its scheme"
+        );
+        assert!(lists_urls(Path::new(&list)), "two URL lines");
+        assert!(
+            lists_urls(Path::new(&with_schemes)),
+            "a URL with its scheme"
+        );
         assert!(!lists_urls(Path::new(&page)), "a saved page");
         assert!(!lists_urls(Path::new(&empty)), "an empty file");
+        assert!(!lists_urls(Path::new(&word)), "one word");
         assert!(!lists_urls(dir.path()), "a directory");
+        // A pipe is never opened: that would wait for a writer.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(lists_urls(&fifo)));
+        let read = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(read, Ok(false), "a pipe is no list, and is not opened");
     }
 
     #[test]
@@ -430,6 +463,7 @@ mod tests {
         assert_eq!(shell_word("my urls.txt"), "'my urls.txt'");
         assert_eq!(shell_word("it's"), "'it'\\''s'");
         assert_eq!(shell_word("$HOME/x"), "'$HOME/x'");
+        assert_eq!(shell_word("=x"), "'=x'");
     }
 
     #[test]

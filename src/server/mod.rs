@@ -141,7 +141,9 @@ impl Running {
                 listed(&mut defaults.dest_ports.iter().map(ToString::to_string))
             );
         }
-        if config.connect_ports != defaults.connect_ports {
+        if config.connect_ports.is_empty() {
+            log::info!("CONNECT: off (the list of CONNECT ports given is empty)");
+        } else if config.connect_ports != defaults.connect_ports {
             log::info!(
                 "CONNECT ports: {} only (the list given replaces the default {})",
                 listed(&mut config.connect_ports.iter().map(ToString::to_string)),
@@ -150,7 +152,7 @@ impl Running {
         }
         if config.allow_clients != defaults.allow_clients {
             log::info!(
-                "clients: {} only (the list given replaces the default: loopback, private and link-local ranges)",
+                "clients: {} only (the list given replaces the default: loopback, private, link-local and shared ranges)",
                 listed(&mut config.allow_clients.iter().map(ToString::to_string))
             );
         }

@@ -127,9 +127,6 @@ pub fn check_target(
                 return Ok(Route::Own(Endpoint::Options));
             }
             let (host, port) = upstream::host_and_port(&uri);
-            if !access::allows_port(port, &rules.dest_ports) {
-                return Err(ProxyError::PortDenied { port });
-            }
             if local.is_some_and(|local| targets_this_proxy(host, port, local)) {
                 // The proxy is the origin of its own pages: a client that
                 // sends even those through it (`http_proxy` set for every
@@ -137,6 +134,9 @@ pub fn check_target(
                 return own_page(&head.method, uri.path())
                     .map(Route::Own)
                     .ok_or(ProxyError::LoopDetected);
+            }
+            if !access::allows_port(port, &rules.dest_ports) {
+                return Err(ProxyError::PortDenied { port });
             }
             // An address is checked here, before the cache: a hit needs no
             // DNS, and a rule a reload took back holds for hits too. A name
@@ -169,14 +169,25 @@ fn own_page(method: &str, path: &str) -> Option<Endpoint> {
     }
 }
 
-/// The address a URL's host spells literally (`10.0.0.1`, `[::1]`); `None`
-/// for a name.
+/// The address a URL's host spells (`10.0.0.1`, `[::1]`, and the numeric
+/// spellings the resolver also reads as one: `127.1`, `2130706433`,
+/// `0x7f.1`, as the WHATWG URL rules parse them); `None` for a name.
 fn literal_ip(host: &str) -> Option<IpAddr> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|inner| inner.strip_suffix(']'))
-        .unwrap_or(host);
-    bare.parse().ok()
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse().ok();
+    }
+    // Only digits, hex digits, `x` and dots can spell a number: a name
+    // such as `example.com` is not handed to the URL parser at all.
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() || b == b'.' || b.eq_ignore_ascii_case(&b'x'))
+    {
+        return None;
+    }
+    match url::Host::parse(host) {
+        Ok(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        _ => None,
+    }
 }
 
 /// Parses an absolute-form target into the URI to fetch (credentials dropped).

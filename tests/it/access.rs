@@ -184,7 +184,7 @@ fn client_outside_allow_clients_is_refused() {
     assert_untouched(&wire, "refused client");
     let body = String::from_utf8_lossy(&got.responses()[0].body).into_owned();
     assert!(
-        body.contains("allow it with --allow-client 127.0.0.1"),
+        body.contains("to allow it, add --allow-client 127.0.0.1 to the ranges given"),
         "{body}"
     );
     // Also the proxy's own endpoints.

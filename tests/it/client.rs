@@ -677,11 +677,29 @@ fn exit_codes_are_0_1_and_2() {
         "not even the good URL fetched"
     );
     assert!(!out.exists(), "nothing made for a file given as a URL");
-    assert_eq!(
-        origin.requests().len(),
-        asked,
-        "not even the good URL fetched"
+
+    // The same file named as it sits in the directory the client runs in.
+    let child = Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
+        .current_dir(dir.path())
+        .args(["fetch", "--proxy", &proxy.addr.to_string(), "--out-dir"])
+        .arg(&out)
+        .arg("urls.txt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fetchproxy fetch");
+    let by_name = finish(child, None);
+    assert_eq!(by_name.code, Some(2), "{}", by_name.stderr);
+    assert!(
+        by_name.stderr.contains(
+            "argument 1, urls.txt, names a file of URLs: to read them, give --input urls.txt; \
+             to fetch it as a URL, write http://urls.txt"
+        ),
+        "{}",
+        by_name.stderr
     );
+    assert_eq!(origin.requests().len(), asked, "nothing fetched");
 
     let out = dir.path().join("not-made");
     let input_dir = dir.path().to_str().expect("utf-8");

@@ -55,7 +55,7 @@ fn a_denied_port_says_how_to_allow_it() {
     assert_eq!(
         reply.text(),
         format!(
-            "destination port {port} is not allowed; allow it with --dest-port {port} (or dest_ports in the config file)\n"
+            "destination port {port} is not allowed; to allow it, add --dest-port {port} to the ports given (a list given replaces the default 80, 443, 1024-65535), or {port} to dest_ports in the config file\n"
         ),
         "{reply:?}"
     );

@@ -142,9 +142,14 @@ impl Acceptor {
             }
         }
         // Say how long the wait can be: an idle client's deadline is its
-        // idle timeout, which surprises whoever pressed Ctrl-C.
+        // idle timeout, which surprises whoever pressed Ctrl-C. Requests
+        // being served are the workers', within the grace.
+        let grace = self.config.grace.as_secs_f64();
         match last {
-            None => log::info!("draining: listeners closed; no connection waits"),
+            None => log::info!(
+                "draining: listeners closed; no idle connection waits; requests being served \
+                 have up to {grace:.1}s"
+            ),
             Some(last) => {
                 let within = last.saturating_duration_since(Instant::now()).as_secs_f64();
                 let they = if parked == 1 {
@@ -153,8 +158,8 @@ impl Acceptor {
                     "connections get"
                 };
                 log::info!(
-                    "draining: listeners closed; {parked} waiting {they} one more answer or \
-                     close within {within:.1}s"
+                    "draining: listeners closed; {parked} idle {they} one more answer or \
+                     close within {within:.1}s; requests being served have up to {grace:.1}s"
                 );
             }
         }

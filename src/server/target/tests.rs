@@ -147,6 +147,11 @@ fn literal_addresses_outside_the_rules_are_refused_before_the_cache() {
         ),
         ("http://[::1]:8080/x", "::1"),
         ("https://127.0.0.1:8443/x", "127.0.0.1"),
+        ("http://[::ffff:10.0.0.1]/x", "::ffff:10.0.0.1"),
+        ("http://127.1/x", "127.0.0.1"),
+        ("http://2130706433/x", "127.0.0.1"),
+        ("http://0x7f.1/x", "127.0.0.1"),
+        ("http://0177.0.0.1/x", "127.0.0.1"),
     ] {
         match route(&format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n")) {
             Err(ProxyError::DestinationDenied { addr: denied }) => {
@@ -165,7 +170,11 @@ fn literal_addresses_outside_the_rules_are_refused_before_the_cache() {
         None,
     );
     assert!(matches!(allowed, Ok(Route::Forward(_))), "{allowed:?}");
-    for url in ["http://internal.example/x", "http://127.1/x"] {
+    for url in [
+        "http://internal.example/x",
+        "http://deadbeef/x",
+        "http://1.2.3.4.example/x",
+    ] {
         let named = route(&format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n"));
         assert!(matches!(named, Ok(Route::Forward(_))), "{url}: {named:?}");
     }
@@ -193,6 +202,19 @@ fn own_pages_asked_through_the_proxy_are_served() {
     assert!(matches!(
         through("POST http://127.0.0.1:8080/healthz HTTP/1.1\r\nHost: h\r\n\r\n"),
         Err(ProxyError::LoopDetected)
+    ));
+    // Its own port need not be one that requests may be forwarded to.
+    let web_only = Rules::from_config(&ServeConfig {
+        dest_ports: vec!["80".parse().expect("port")],
+        ..ServeConfig::default()
+    });
+    assert!(matches!(
+        check_target(
+            &head("GET http://127.0.0.1:8080/healthz HTTP/1.1\r\nHost: h\r\n\r\n"),
+            &web_only,
+            Some(local)
+        ),
+        Ok(Route::Own(Endpoint::Healthz))
     ));
 }
 
