@@ -7,7 +7,7 @@
 //! (`upstream::resolve_allowed`). No I/O but one name lookup, only for a
 //! URL on the proxy's own port.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ureq::http::Uri;
 
@@ -175,6 +175,11 @@ fn own_page(method: &str, path: &str) -> Option<Endpoint> {
 fn literal_ip(host: &str) -> Option<IpAddr> {
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return inner.parse().ok();
+    }
+    // The usual spelling first: the URL parser below runs IDNA on the way,
+    // which cost a 1 KiB hit 7% of its requests a second.
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Some(IpAddr::V4(ip));
     }
     // Only digits, hex digits, `x` and dots can spell a number: a name
     // such as `example.com` is not handed to the URL parser at all.
