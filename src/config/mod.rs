@@ -358,15 +358,10 @@ impl ServeConfig {
 /// The keys whose values differ between two configurations, in the order
 /// of `ServeConfig`'s fields.
 pub fn changed_keys(running: &ServeConfig, fresh: &ServeConfig) -> Vec<&'static str> {
-    let (running_config, fresh_config) = (running, fresh);
-    let (running, fresh) = (running.to_table(), fresh.to_table());
-    let value = |table: &Option<toml::Table>, key: &str| {
-        table.as_ref().map(|table| table.get(key).cloned())
-    };
     // A key that follows others in both (the queue, the per-client cap)
     // changed because they did, and is not named again.
     let follows = |key: &str| {
-        [running_config, fresh_config].iter().all(|c| match key {
+        [running, fresh].iter().all(|c| match key {
             "queue" => c.queue == default_queue(c.workers),
             "max_conns_per_client" => {
                 c.max_conns_per_client
@@ -374,6 +369,10 @@ pub fn changed_keys(running: &ServeConfig, fresh: &ServeConfig) -> Vec<&'static 
             }
             _ => false,
         })
+    };
+    let (running, fresh) = (running.to_table(), fresh.to_table());
+    let value = |table: &Option<toml::Table>, key: &str| {
+        table.as_ref().map(|table| table.get(key).cloned())
     };
     keys()
         .iter()

@@ -133,12 +133,11 @@ impl Running {
         }
         // A list given replaces its default whole: say so where it did.
         let defaults = ServeConfig::default();
-        let listed = |items: &mut dyn Iterator<Item = String>| items.collect::<Vec<_>>().join(", ");
         if config.dest_ports != defaults.dest_ports {
             log::info!(
                 "destination ports: {} only (the list given replaces the default {})",
-                listed(&mut config.dest_ports.iter().map(ToString::to_string)),
-                listed(&mut defaults.dest_ports.iter().map(ToString::to_string))
+                joined(&config.dest_ports),
+                joined(&defaults.dest_ports)
             );
         }
         if config.connect_ports.is_empty() {
@@ -146,14 +145,14 @@ impl Running {
         } else if config.connect_ports != defaults.connect_ports {
             log::info!(
                 "CONNECT ports: {} only (the list given replaces the default {})",
-                listed(&mut config.connect_ports.iter().map(ToString::to_string)),
-                listed(&mut defaults.connect_ports.iter().map(ToString::to_string))
+                joined(&config.connect_ports),
+                joined(&defaults.connect_ports)
             );
         }
         if config.allow_clients != defaults.allow_clients {
             log::info!(
                 "clients: {} only (the list given replaces the default: loopback, private, link-local and shared ranges)",
-                listed(&mut config.allow_clients.iter().map(ToString::to_string))
+                joined(&config.allow_clients)
             );
         }
         match config.users.len() {
@@ -306,4 +305,13 @@ pub fn run(config: ServeConfig, load: LoadConfig) -> Result<Stopped, StartError>
     })?;
     running.announce();
     Ok(running.wait())
+}
+
+/// `items` shown one after the other: `80, 443, 1024-65535`.
+fn joined<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -80,7 +80,8 @@ pub struct TunnelTarget {
 ///
 /// # Errors
 /// `NotProxyEndpoint`, `BadRequest` (bad URL, bad port, `*`),
-/// `SchemeNotSupported`, `MethodNotSupported`, `PortDenied`, `LoopDetected`.
+/// `SchemeNotSupported`, `MethodNotSupported`, `PortDenied`, `LoopDetected`,
+/// `DestinationDenied` (for a host that is an address).
 pub fn check_target(
     head: &RequestHead,
     rules: &Rules,
@@ -177,7 +178,7 @@ fn literal_ip(host: &str) -> Option<IpAddr> {
         return inner.parse().ok();
     }
     // The usual spelling first: the URL parser below runs IDNA on the way,
-    // which cost a 1 KiB hit 7% of its requests a second.
+    // which cost a 1 KiB hit a fifth more instructions.
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Some(IpAddr::V4(ip));
     }
