@@ -34,7 +34,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             // SIGHUP loads the file again, with the same flags over it.
-            let load = Box::new(move || ServeConfig::load(path.as_deref(), &flags));
+            let load = path.map(|path| -> server::LoadConfig {
+                Box::new(move || ServeConfig::load(Some(&path), &flags))
+            });
             let outcome = server::run(config, load);
             logging::flush();
             match outcome {

@@ -427,7 +427,7 @@ fn render_cache(page: &mut Page, cache: &CacheFigures) {
         ),
         (
             "fetchproxy_cache_disk_hits_total",
-            "Of the hits, those sent from a file of the disk tier; the rest came from memory (a disk object read back into memory on a hit counts as memory's).",
+            "Of the hits, those whose body was sent from a file of the disk tier; the rest came from memory (a disk object read back into memory on a hit counts as memory's) or sent no body (HEAD, 304).",
             cache.disk_hits,
         ),
         (

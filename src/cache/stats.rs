@@ -12,8 +12,8 @@ use crate::cache::status::{Fwd, Outcome};
 pub struct Stats {
     /// Responses served from the cache without the origin.
     pub hits: AtomicU64,
-    /// Of those, the ones sent from a file of the disk tier (not a copy
-    /// read back into memory).
+    /// Of those, the ones whose body was sent from a file of the disk tier
+    /// (not a copy read back into memory; not a HEAD or a 304).
     pub disk_hits: AtomicU64,
     /// Requests that went to the origin for want of a usable entry.
     pub misses: AtomicU64,

@@ -289,19 +289,23 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
 
 /// Starts the server, installs signal handlers, and waits for it to stop.
 /// On SIGHUP, `load` is called and the access rules and users it gives are
-/// put in force (see `Running::reload`).
+/// put in force (see `Running::reload`); without it (no config file), the
+/// rules stay as the flags set them, and the log says so.
 ///
 /// # Errors
 /// `StartError` when a listener or thread cannot be set up.
-pub fn run(config: ServeConfig, load: LoadConfig) -> Result<Stopped, StartError> {
+pub fn run(config: ServeConfig, load: Option<LoadConfig>) -> Result<Stopped, StartError> {
     // Handlers first: a SIGTERM or SIGHUP sent while the server starts, or
     // as soon as its startup lines show, drains or reloads it; it does not
     // kill the process.
     let signals = crate::shutdown::Signals::register()?;
     let running = start(config)?;
     let (rules, base) = (running.rules.clone(), running.config.clone());
-    signals.serve(running.shutdown().clone(), move || {
-        rules.reload(&base, load());
+    signals.serve(running.shutdown().clone(), move || match &load {
+        Some(load) => rules.reload(&base, load()),
+        None => log::info!(
+            "no config file to reload (no --config): the rules stay as the flags set them"
+        ),
     })?;
     running.announce();
     Ok(running.wait())

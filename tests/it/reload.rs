@@ -137,6 +137,20 @@ fn a_destination_taken_back_by_a_reload_is_refused_for_cached_responses_too() {
 }
 
 #[test]
+fn sighup_without_a_config_file_says_there_is_none_to_read() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
+    let line = reload(&proxy, "no config file to reload", 1);
+    assert!(
+        line.ends_with(
+            "no config file to reload (no --config): the rules stay as the flags set them"
+        ),
+        "{line}"
+    );
+    assert_status(&curl(proxy.addr, &origin.url("/"), &[]), 200, &proxy);
+}
+
+#[test]
 fn a_bad_file_on_reload_is_refused_by_key_and_the_old_rules_stay() {
     let origin = Origin::fixed("text/plain", b"hello");
     let (_dir, path) = write_config(ALLOW_LOOPBACK);

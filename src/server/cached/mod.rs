@@ -189,7 +189,8 @@ fn by_lookup(
             let outcome = hit.outcome(now);
             match answer::hit(ex, &hit.object, outcome, now) {
                 Ok(served) => {
-                    if matches!(hit.object.body, Body::Disk(_)) {
+                    // A HEAD or a 304 sends nothing from the file.
+                    if matches!(hit.object.body, Body::Disk(_)) && served.bytes > 0 {
                         stats::bump(&ex.ctx.cache.stats().disk_hits);
                     }
                     if hit.revalidate {
