@@ -27,16 +27,23 @@ pub(crate) struct Ran {
 
 /// Starts `fetchproxy fetch --proxy PROXY --out-dir OUT ARGS...` with stdin piped.
 pub(crate) fn spawn_fetch(proxy: SocketAddr, out: &Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
+    fetch_command(proxy, out, args)
+        .spawn()
+        .expect("spawn fetchproxy fetch")
+}
+
+/// The `fetch` command `spawn_fetch` runs, to set more on it first.
+pub(crate) fn fetch_command(proxy: SocketAddr, out: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fetchproxy"));
+    command
         .args(["fetch", "--proxy", &proxy.to_string(), "--out-dir"])
         .arg(out)
         .args(["--timeout", "30s"])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fetchproxy fetch")
+        .stderr(Stdio::piped());
+    command
 }
 
 /// Waits for a client up to 60 s (killing it then), collecting its stderr.
@@ -679,14 +686,8 @@ fn exit_codes_are_0_1_and_2() {
     assert!(!out.exists(), "nothing made for a file given as a URL");
 
     // The same file named as it sits in the directory the client runs in.
-    let child = Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
+    let child = fetch_command(proxy.addr, &out, &["urls.txt"])
         .current_dir(dir.path())
-        .args(["fetch", "--proxy", &proxy.addr.to_string(), "--out-dir"])
-        .arg(&out)
-        .arg("urls.txt")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn fetchproxy fetch");
     let by_name = finish(child, None);

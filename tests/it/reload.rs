@@ -63,6 +63,17 @@ fn assert_status(reply: &CurlReply, status: u16, proxy: &ProxyProcess) {
     );
 }
 
+/// A 403 for a destination the rules no longer allow.
+fn assert_destination_refused(reply: &CurlReply, proxy: &ProxyProcess) {
+    assert_status(reply, 403, proxy);
+    assert!(
+        reply
+            .header("proxy-status")
+            .is_some_and(|v| v.contains("destination_ip_prohibited")),
+        "{reply:?}"
+    );
+}
+
 /// One keep-alive request on `stream`: (status, head).
 fn keep_alive_get(stream: &mut TcpStream, url: &str) -> (u16, String) {
     let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -87,14 +98,7 @@ fn sighup_applies_new_rules_to_new_and_kept_alive_connections() {
     rewrite(&path, "# loopback destinations no longer allowed\n");
     reload(&proxy, "reloaded rules", 1);
 
-    let reply = curl(proxy.addr, &url, &[]);
-    assert_status(&reply, 403, &proxy);
-    assert!(
-        reply
-            .header("proxy-status")
-            .is_some_and(|v| v.contains("destination_ip_prohibited")),
-        "{reply:?}"
-    );
+    assert_destination_refused(&curl(proxy.addr, &url, &[]), &proxy);
     // The connection opened before the reload is still open, under the new rules.
     let (status, head) = keep_alive_get(&mut kept, &url);
     assert_eq!(status, 403, "{head}");
@@ -125,14 +129,7 @@ fn a_destination_taken_back_by_a_reload_is_refused_for_cached_responses_too() {
     rewrite(&path, "# loopback destinations no longer allowed\n");
     reload(&proxy, "reloaded rules", 1);
 
-    let refused = curl(proxy.addr, &url, &[]);
-    assert_status(&refused, 403, &proxy);
-    assert!(
-        refused
-            .header("proxy-status")
-            .is_some_and(|v| v.contains("destination_ip_prohibited")),
-        "{refused:?}"
-    );
+    assert_destination_refused(&curl(proxy.addr, &url, &[]), &proxy);
     assert_eq!(origin.requests().len(), 1, "one fetch, then hits");
 }
 
