@@ -46,7 +46,7 @@ use crate::server::endpoints;
 use crate::server::finish::{self, Request, Served};
 use crate::server::idle::{self, Idler};
 use crate::server::job::Job;
-use crate::server::target::{self, Route};
+use crate::server::target::{self, Endpoint, Route};
 use crate::server::tunnel::{self, TunnelSlot};
 
 /// How long a worker waits on its connection for the client's next
@@ -260,8 +260,14 @@ fn handle<'r>(
     ctx: &Context,
     buf: &mut [u8],
 ) -> Result<Handled, ProxyError> {
-    *user = admit(conn, head, rules, &ctx.config.via_name)?;
-    match target::check_target(head, rules, conn.local_addr())? {
+    let route = target::check_target(head, rules, conn.local_addr());
+    // The proxy's pages need no credentials, however they are asked for: a
+    // health check with `http_proxy` set for every URL asks for them in
+    // absolute-form. Any other request meets the credentials first, so an
+    // unauthenticated client learns nothing of the rules beyond them.
+    let own = matches!(route, Ok(Route::Own(Endpoint::Healthz | Endpoint::Metrics)));
+    *user = admit(conn, head, rules, own, &ctx.config.via_name)?;
+    match route? {
         Route::Own(endpoint) => Ok(Handled::Served(endpoints::answer(
             conn, head, endpoint, request_id, ctx,
         ))),
@@ -279,20 +285,22 @@ fn handle<'r>(
 
 /// The rules every request meets under the rules of the moment: the client
 /// range (a reload may have dropped a connected client's range), the
-/// credentials of proxied requests (the proxy's own endpoints need none),
-/// framing the proxy can trust whoever answers, and no `Via` loop
-/// (RFC 9110 §7.6.3). Gives the user the credentials named, if any.
+/// credentials of proxied requests (not of the proxy's `own` pages, nor of
+/// any request in origin-form), framing the proxy can trust whoever
+/// answers, and no `Via` loop (RFC 9110 §7.6.3). Gives the user the
+/// credentials named, if any.
 fn admit<'r>(
     conn: &ClientConn,
     head: &RequestHead,
     rules: &'r Rules,
+    own: bool,
     via_name: &str,
 ) -> Result<Option<&'r str>, ProxyError> {
     let ip = conn.peer.ip().to_canonical();
     if !access::allows_client(ip, &rules.allow_clients) {
         return Err(ProxyError::ClientDenied { addr: ip });
     }
-    let user = if head.target_form() == TargetForm::Origin {
+    let user = if own || head.target_form() == TargetForm::Origin {
         None
     } else {
         rules

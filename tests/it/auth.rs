@@ -188,7 +188,20 @@ fn own_endpoints_need_no_credentials() {
     for endpoint in ["/healthz", "/metrics"] {
         let reply = get_own(proxy.addr, endpoint);
         assert_eq!(reply.0, 200, "{endpoint}: {}", reply.1);
+        // Asked through the proxy itself, as a health check with
+        // `http_proxy` set for every URL does.
+        for host in [
+            proxy.addr.to_string(),
+            format!("localhost:{}", proxy.addr.port()),
+        ] {
+            let url = format!("http://{host}{endpoint}");
+            let reply = curl(proxy.addr, &url, &[]);
+            assert_eq!(reply.status, 200, "{url}: {reply:?}");
+        }
     }
+    // Any other URL naming the proxy still asks for credentials.
+    let other = curl(proxy.addr, &format!("http://{}/self", proxy.addr), &[]);
+    assert_challenged(&other, &proxy);
 }
 
 fn get_own(addr: SocketAddr, path: &str) -> (u16, String) {
