@@ -313,6 +313,11 @@ impl Filler {
         Some(reader)
     }
 
+    /// The fill this filler writes, which followers read.
+    pub fn fill(&self) -> &Arc<Fill> {
+        &self.fill
+    }
+
     /// Whether followers are reading what this filler stores, or waiting
     /// for it: then a large enough body is received apart, and if the
     /// filler's own client stops taking the body, it is read on for them.

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 use rustix::net::{SendAncillaryBuffer, SendFlags};
 
+use crate::cache::fill::Fill;
 use crate::server::handback::Registration;
+use crate::server::hangup::{self, Abandoned, Hangup, Watching};
 use crate::server::idle;
 use crate::server::limits::ConnSlot;
 use crate::server::pace::Pace;
@@ -112,6 +114,37 @@ impl ClientConn {
     /// the connection is with a worker (see `Handback::give_back`).
     pub fn input_flag(&self) -> Option<Arc<AtomicBool>> {
         self.registration.as_ref().map(|r| r.input().clone())
+    }
+
+    /// The watch the acceptor tells when the client hangs up while a
+    /// worker has the connection, if it is registered.
+    pub fn hangup(&self) -> Option<&Arc<Hangup>> {
+        self.registration.as_ref().map(Registration::hangup)
+    }
+
+    /// Watches for the client hanging up while this thread waits for the
+    /// origin's answer (`hangup`), feeding `fill` if given. Not watched
+    /// (`Ok(None)`): a connection not registered, or with input taken in
+    /// and not yet used (a pipelined request).
+    ///
+    /// # Errors
+    /// `Abandoned` when the client has hung up already: the acceptor saw
+    /// news since the worker took the connection, and it is the end.
+    pub fn watch_hangup(&self, fill: Option<&Arc<Fill>>) -> Result<Option<Watching>, Abandoned> {
+        let Some(registration) = &self.registration else {
+            return Ok(None);
+        };
+        if !self.pending().is_empty() {
+            return Ok(None);
+        }
+        let seen = registration.input().load(Ordering::SeqCst);
+        hangup::watch(registration.hangup(), &self.stream, seen, fill).map(Some)
+    }
+
+    /// Whether the client's input has ended with nothing unread before the
+    /// end (it hung up): one look, without waiting.
+    pub fn at_end(&self) -> bool {
+        self.pending().is_empty() && hangup::at_end(&self.stream)
     }
 
     /// The acceptor's key for this connection, if it has one.

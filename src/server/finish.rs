@@ -83,6 +83,21 @@ impl Served {
     }
 }
 
+/// A request whose client hung up before any of an answer went out: no
+/// answer, and the access log's 499 (nginx's) with `client_aborted`.
+pub fn client_left() -> Served {
+    Served {
+        status: 499,
+        bytes: 0,
+        error: None,
+        reusable: false,
+        cache: None,
+        own: false,
+        cut: Some(Cut::ClientLeft),
+        shown: None,
+    }
+}
+
 /// The request as the access log names it.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {

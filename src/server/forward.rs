@@ -17,6 +17,7 @@ use ureq::SendBody;
 use ureq::http::request::Parts;
 use ureq::http::{self, HeaderName, HeaderValue};
 
+use crate::cache::fill::Fill;
 use crate::error::ProxyError;
 use crate::http::body::BodyFraming;
 use crate::http::headers::{self, HopByHop};
@@ -62,16 +63,21 @@ pub struct Upstream {
 /// Sends `head` (and its body from `conn`) to `origin`, until the response
 /// head arrives. `validators`, when the cache revalidates a stored
 /// response, replace the client's `If-None-Match` and `If-Modified-Since`.
+/// `fill` is the cache fill the answer goes to, if any: while other
+/// requests wait on it, the call goes on when the client hangs up.
 ///
 /// # Errors
-/// A `ProxyError` for the client: its own fault (413, 400) or the
-/// upstream's (502, 504); nothing has been sent to the client but maybe
-/// `100 Continue`.
+/// A `ProxyError` for the client: its own fault (413, 400), the
+/// upstream's (502, 504), or `ClientGone` when the client hung up before
+/// the answer came (`hangup`); nothing has been sent to the client but
+/// maybe `100 Continue`.
+#[allow(clippy::too_many_arguments)] // each is a different part of the request
 pub fn fetch(
     conn: &mut ClientConn,
     head: &RequestHead,
     origin: &Origin,
     validators: Option<&[(HeaderName, HeaderValue)]>,
+    fill: Option<&Arc<Fill>>,
     request_id: &str,
     rules: &Arc<Rules>,
     ctx: &Context,
@@ -93,9 +99,39 @@ pub fn fetch(
             &ctx.config.via_name,
         )
     };
-    let first = request()?;
-    let body = ClientBody::new(conn, head, framing, ctx.config.max_body_bytes);
-    let (mut response, body_read) = send(body, first, &request, framing, authority, rules, ctx)?;
+    let mut first = Some(request()?);
+    // A GET or HEAD without a body is given up when its client hangs up
+    // before the answer (`hangup`).
+    let mut watching =
+        if framing == BodyFraming::Empty && matches!(head.method.as_str(), "GET" | "HEAD") {
+            conn.watch_hangup(fill).map_err(|_| client_gone())?
+        } else {
+            None
+        };
+    let (mut response, body_read) = loop {
+        let call = match first.take() {
+            Some(call) => call,
+            None => request()?,
+        };
+        let body = ClientBody::new(conn, head, framing, ctx.config.max_body_bytes);
+        let sent = send(body, call, &request, framing, authority, rules, ctx);
+        match (sent, watching.take()) {
+            (Err(_), Some(watch)) if watch.hung_up() => {
+                if conn.at_end() {
+                    return Err(client_gone());
+                }
+                // Input came before the end (a pipelined request, then a
+                // half-close): the client is still there. Sent again,
+                // unwatched (the watch ends here).
+                log::debug!("{authority}: the client sent more and half-closed; sending again");
+            }
+            (sent, still) => {
+                watching = still;
+                break sent?;
+            }
+        }
+    };
+    drop(watching);
     check_response(&response)?;
     date_if_missing(&mut response);
     Ok(Upstream {
@@ -103,6 +139,11 @@ pub fn fetch(
         body_read,
         interim: interim::take(),
     })
+}
+
+/// The client hung up before the answer came.
+fn client_gone() -> ProxyError {
+    ProxyError::ClientGone("it hung up before the origin answered".into())
 }
 
 /// Sends `head` to `origin` for the cache alone, with no client behind it

@@ -33,6 +33,8 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Registry, Waker};
 
+use crate::server::hangup::Hangup;
+
 /// Something a worker tells the acceptor about a connection it had.
 #[derive(Debug)]
 pub enum Return<C> {
@@ -104,6 +106,7 @@ impl<C> Handback<C> {
             registry,
             armed: true,
             input: Arc::new(AtomicBool::new(false)),
+            hangup: Arc::new(Hangup::default()),
         }
     }
 
@@ -137,6 +140,9 @@ pub struct Registration<C> {
     armed: bool,
     /// Set by the acceptor when input arrives while a worker has the connection.
     input: Arc<AtomicBool>,
+    /// Told by the acceptor when the client hangs up while a worker has
+    /// the connection.
+    hangup: Arc<Hangup>,
 }
 
 impl<C> Registration<C> {
@@ -144,6 +150,12 @@ impl<C> Registration<C> {
     /// the connection is with a worker.
     pub fn input(&self) -> &Arc<AtomicBool> {
         &self.input
+    }
+
+    /// The watch the acceptor tells when the client hangs up while a
+    /// worker waits for the origin's answer (`hangup`).
+    pub fn hangup(&self) -> &Arc<Hangup> {
+        &self.hangup
     }
 
     /// Takes the socket out of the acceptor's loop for good (a tunnel,

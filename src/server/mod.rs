@@ -12,6 +12,7 @@ mod endpoints;
 mod finish;
 mod forward;
 mod handback;
+pub(crate) mod hangup;
 pub(crate) mod idle;
 mod in_flight;
 mod job;

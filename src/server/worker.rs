@@ -199,6 +199,11 @@ fn serve_one(
             open_tunnel(conn, upstream, slot, &request, ctx);
             return None;
         }
+        Ok(Err(ProxyError::ClientGone(why))) => {
+            // Nobody is left to answer: the access log says so.
+            log::debug!("{} {request_id}: the client left: {why}", conn.peer);
+            finish::client_left()
+        }
         Ok(Err(err)) => {
             // What follows a CONNECT that did not become a tunnel was meant
             // for the tunnel (a client may send it at once, RFC 9110

@@ -21,7 +21,7 @@ use ureq::Error;
 
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::server::idle;
+use crate::server::{hangup, idle};
 use buffers::OriginBuffers;
 pub use buffers::input_waiting;
 use ureq::unversioned::transport::{
@@ -120,7 +120,7 @@ impl<In: Transport> Connector<In> for OriginConnector {
         }
         Ok(Some(Either::B(OriginTransport {
             origin: stream.peer_addr().ok(),
-            stream,
+            stream: Arc::new(stream),
             buffers,
             read_timeout: None,
             write_timeout: None,
@@ -155,7 +155,9 @@ fn connect_any(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, 
 /// One TCP connection to an origin, with its buffers.
 #[derive(Debug)]
 pub struct OriginTransport {
-    stream: TcpStream,
+    /// Shared only while a read of the answer is published for the
+    /// acceptor to cut (`server::hangup`).
+    stream: Arc<TcpStream>,
     /// The origin's address (for the access log).
     origin: Option<SocketAddr>,
     buffers: OriginBuffers,
@@ -211,7 +213,7 @@ impl Transport for OriginTransport {
             return Ok(());
         }
         let output = &self.buffers.output()[..amount];
-        match self.stream.write_all(output) {
+        match (&*self.stream).write_all(output) {
             Ok(()) => {
                 self.sent += amount as u64;
                 Ok(())
@@ -240,10 +242,13 @@ impl Transport for OriginTransport {
         }
         // Reading an answer: the next write starts the next request.
         self.sent = 0;
+        // Published for the acceptor to cut, should the client hang up
+        // while this waits for the answer (`server::hangup`).
+        let reading = hangup::reading(&self.stream).map_err(|_| abandoned())?;
         let input = self.buffers.input_append_buf();
         let _waiting = idle::waiting();
-        let amount = loop {
-            match self.stream.read(input) {
+        let read = loop {
+            match (&*self.stream).read(input) {
                 // A signal: the socket timeout restarts, which only lengthens
                 // the wait by the time already spent; acceptable for a proxy.
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -256,9 +261,13 @@ impl Transport for OriginTransport {
                         "the origin reset the connection in the middle of its answer".into(),
                     ))));
                 }
-                result => break result.map_err(|err| timeout_error(err, timeout))?,
+                result => break result.map_err(|err| timeout_error(err, timeout)),
             }
         };
+        if let Some(reading) = reading {
+            reading.done().map_err(|_| abandoned())?;
+        }
+        let amount = read?;
         self.answered += amount as u64;
         self.buffers.input_appended(amount);
         ATTEMPT.with(|a| {
@@ -305,6 +314,13 @@ impl OriginTransport {
     }
 }
 
+/// The error an upstream call gives up with when its client hung up.
+fn abandoned() -> Error {
+    Error::Other(Box::new(ProxyError::ClientGone(
+        "it hung up while the origin's answer was awaited".into(),
+    )))
+}
+
 /// Whether a write failed because the origin closed or reset the connection.
 fn is_reset(err: &io::Error) -> bool {
     matches!(
@@ -324,7 +340,7 @@ mod tests {
         let (server, _) = listener.accept().expect("accept");
         let transport = OriginTransport {
             origin: client.peer_addr().ok(),
-            stream: client,
+            stream: Arc::new(client),
             buffers: OriginBuffers::new(1024, 1024, head_bytes),
             read_timeout: None,
             write_timeout: None,

@@ -17,6 +17,7 @@ mod drain;
 mod fleet;
 mod forward;
 mod framing;
+mod hangup;
 mod limits;
 mod manual;
 mod refusals;

@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::rules::SharedRules;
 use crate::server::conn::ClientConn;
 use crate::server::handback::{Handback, Return};
+use crate::server::hangup::Hangup;
 use crate::server::job::{Job, JobQueue};
 use crate::server::limits::ConnLimits;
 #[cfg(not(target_os = "linux"))]
@@ -79,8 +80,12 @@ enum Entry {
     /// With a worker; `input` records input that arrived meanwhile (the
     /// socket is edge-triggered, so that news would be lost otherwise). The
     /// flag is shared with the connection, so that its worker knows whether
-    /// handing it back must wake the acceptor.
-    Busy { input: Arc<AtomicBool> },
+    /// handing it back must wake the acceptor. `hangup` is told when the
+    /// client hangs up meanwhile.
+    Busy {
+        input: Arc<AtomicBool>,
+        hangup: Option<Arc<Hangup>>,
+    },
 }
 
 /// The acceptor's state; `run` is its thread's body.
@@ -202,7 +207,10 @@ impl Acceptor {
                 match event.token() {
                     WAKER => self.take_returns(),
                     Token(index) if index < self.conn_base => self.accept(index),
-                    Token(token) => self.on_event(token - self.conn_base),
+                    Token(token) => self.on_event(
+                        token - self.conn_base,
+                        event.is_read_closed() || event.is_error(),
+                    ),
                 }
             }
             // Wake-ups coalesce; connections handed back may be waiting.
@@ -314,7 +322,7 @@ impl Acceptor {
             return;
         };
         let ready = match self.entries.get(key) {
-            Some(Entry::Busy { input }) => input.swap(false, Ordering::SeqCst),
+            Some(Entry::Busy { input, .. }) => input.swap(false, Ordering::SeqCst),
             _ => {
                 log::error!(
                     "connection {} handed back to a place it does not own",
@@ -338,17 +346,21 @@ impl Acceptor {
             deadline,
         };
         if ready {
-            self.on_event(key);
+            self.on_event(key, false);
         }
     }
 
-    /// A readiness event for the connection at `key`.
-    fn on_event(&mut self, key: usize) {
+    /// A readiness event for the connection at `key`; `ended` when it
+    /// reported the end of the client's input, or an error.
+    fn on_event(&mut self, key: usize, ended: bool) {
         match self.entries.get_mut(key) {
-            Some(Entry::Busy { input }) => {
+            Some(Entry::Busy { input, hangup }) => {
                 input.store(true, Ordering::SeqCst);
                 // Taking the returns follows in this turn of the loop.
                 fence(Ordering::SeqCst);
+                if ended && let Some(hangup) = hangup {
+                    hangup.client_hung_up();
+                }
             }
             Some(Entry::Parked { .. }) => self.on_readable(key),
             None => {}
@@ -452,7 +464,8 @@ impl Acceptor {
         // connection) its worker wakes the acceptor every time.
         let input = conn.input_flag().unwrap_or_default();
         input.store(false, Ordering::SeqCst);
-        match std::mem::replace(entry, Entry::Busy { input }) {
+        let hangup = conn.hangup().cloned();
+        match std::mem::replace(entry, Entry::Busy { input, hangup }) {
             Entry::Parked { conn, .. } => Some(conn),
             Entry::Busy { .. } => None,
         }

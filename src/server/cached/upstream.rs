@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use ureq::http::{self, HeaderName, HeaderValue, StatusCode};
 
+use crate::cache::fill::Fill;
 use crate::cache::object::has_body;
 use crate::cache::{Filler, Fwd, NotStored, OriginFailure, Outcome, Stale, StoredObject};
 use crate::error::ProxyError;
@@ -61,7 +62,7 @@ const NOT_REVALIDATED: &[&str] = &[
 /// # Errors
 /// As `forward::fetch` and `relay::relay_response`.
 pub fn pass(ex: &mut Exchange<'_>, why: Option<(Fwd, &'static str)>) -> Result<Served, ProxyError> {
-    let upstream = fetch(ex, None)?;
+    let upstream = fetch(ex, None, None)?;
     let response = &upstream.response;
     let status = response.status().as_u16();
     ex.cache().invalidate(ex.head, status, response.headers());
@@ -94,7 +95,7 @@ pub fn fill(
 ) -> Result<Served, ProxyError> {
     let upstream = match fetched {
         Some(upstream) => upstream,
-        None => fetch(ex, None)?,
+        None => fetch(ex, None, Some(filler.fill()))?,
     };
     let now = SystemTime::now();
     let response = &upstream.response;
@@ -134,7 +135,7 @@ pub fn fill(
 pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyError> {
     let fwd = stale.fwd();
     let object = Arc::clone(&stale.object);
-    let upstream = match fetch(ex, Some(&stale.validators)) {
+    let upstream = match fetch(ex, Some(&stale.validators), Some(stale.filler.fill())) {
         Ok(upstream) => upstream,
         Err(err) if is_origin_failure(&err) => {
             // Those waiting on this revalidation need not ask again.
@@ -171,7 +172,7 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
         }
         // The 304 names other validators than the entry's (RFC 9111
         // §4.3.4): it says nothing about the entry, so fetch it whole.
-        let whole = fetch(ex, Some(&[]))?;
+        let whole = fetch(ex, Some(&[]), Some(stale.filler.fill()))?;
         return fill(ex, fwd, stale.filler, Some(whole));
     }
     if status == StatusCode::PRECONDITION_FAILED {
@@ -298,12 +299,14 @@ fn cache_request(head: &RequestHead) -> RequestHead {
 fn fetch(
     ex: &mut Exchange<'_>,
     validators: Option<&[(HeaderName, HeaderValue)]>,
+    fill: Option<&Arc<Fill>>,
 ) -> Result<Upstream, ProxyError> {
     forward::fetch(
         ex.conn,
         ex.head,
         ex.origin,
         validators,
+        fill,
         ex.request_id,
         ex.rules,
         ex.ctx,

@@ -225,6 +225,71 @@ fn stream_until_abandoned(mut stream: TcpStream, abandoned: &AtomicUsize, stop: 
     }
 }
 
+/// An origin on 127.0.0.1:0 that reads each request and never answers. It
+/// counts the requests, and the connections closed by the proxy while it
+/// was waiting (for 30 s at most).
+pub struct Silent {
+    pub addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+    _accept: AcceptLoop,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (asked, gone) = (requests.clone(), dropped.clone());
+        let accept = AcceptLoop::start(loopback_listener("silent"), "silent", move |stream, _| {
+            wait_silently(stream, &asked, &gone);
+        })
+        .expect("spawn silent origin thread");
+        Silent {
+            addr: accept.addr,
+            requests,
+            dropped,
+            _accept: accept,
+        }
+    }
+
+    /// Requests read so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections the proxy closed before an answer.
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+fn wait_silently(mut stream: TcpStream, requests: &AtomicUsize, dropped: &AtomicUsize) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    match stream.read(&mut byte) {
+        Ok(0) => {
+            dropped.fetch_add(1, Ordering::SeqCst);
+        }
+        Err(err)
+            if !matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            dropped.fetch_add(1, Ordering::SeqCst);
+        }
+        _ => {}
+    }
+}
+
 /// A listener that counts the connections made to it and answers each with
 /// a small 200, so a test that should have been denied sees it plainly.
 pub struct Tripwire {

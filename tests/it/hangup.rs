@@ -1,0 +1,136 @@
+//! A client that hangs up before the origin answers: the proxy closes the
+//! upstream connection at once and logs the request as `client_aborted`,
+//! rather than holding a worker until the origin answers; a client that
+//! sent more before half-closing is still answered.
+
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use crate::support::raw::read_one;
+use crate::support::servers::Silent;
+use crate::support::{Gate, Origin, ProxyProcess, Reply, curl, gated_origin, wait_until};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_client_that_gives_up_before_the_answer_frees_the_upstream_and_is_logged() {
+    let origin = Silent::start();
+    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8", "--workers", "2"]);
+    let url = format!("http://{}/slow", origin.addr);
+    // curl gives up after a second; the origin would keep the proxy's
+    // worker for `upstream_timeout` (60 s).
+    let reply = curl(proxy.addr, &url, &["--max-time", "1"]);
+    assert_eq!(reply.exit, 28, "curl timed out: {reply:?}");
+    assert!(
+        wait_until(LIMIT, || origin.dropped() == 1),
+        "the proxy closed its upstream connection when its client left \
+         (requests {}, dropped {})",
+        origin.requests(),
+        origin.dropped()
+    );
+    let line = proxy
+        .wait_for_log(&format!("GET {url} 499"), LIMIT)
+        .unwrap_or_else(|| panic!("no 499 line:\n{}", proxy.log().join("\n")));
+    assert!(line.contains("error=client_aborted"), "{line}");
+    assert_eq!(origin.requests(), 1, "not sent again");
+}
+
+#[test]
+fn a_client_gone_while_its_request_was_queued_is_not_sent_upstream() {
+    let origin = Silent::start();
+    // One worker, kept busy by a first client, so the second waits queued.
+    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8", "--workers", "1"]);
+    let first = format!("http://{}/first", origin.addr);
+    let second = format!("http://{}/second", origin.addr);
+    let mut holder = TcpStream::connect(proxy.addr).expect("connect");
+    holder
+        .write_all(format!("GET {first} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("send");
+    assert!(wait_until(LIMIT, || origin.requests() == 1));
+    let mut queued = TcpStream::connect(proxy.addr).expect("connect");
+    queued
+        .write_all(format!("GET {second} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(200));
+    drop(queued);
+    // The first client leaves too, which frees the worker for the queue.
+    std::thread::sleep(Duration::from_millis(200));
+    drop(holder);
+    let line = proxy
+        .wait_for_log(&format!("GET {second} 499"), LIMIT)
+        .unwrap_or_else(|| panic!("no 499 line:\n{}", proxy.log().join("\n")));
+    assert!(line.contains("error=client_aborted"), "{line}");
+    assert_eq!(origin.requests(), 1, "only the first went upstream");
+}
+
+#[test]
+fn a_pipelined_request_then_a_half_close_still_gets_both_answers() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, b"slow answer");
+    let fast = Origin::start(|_| Reply::ok("text/plain", b"fast answer".to_vec()));
+    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
+    let (first, second) = (origin.url("/first"), fast.url("/second"));
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    client
+        .write_all(format!("GET {first} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("send");
+    assert!(wait_until(LIMIT, || origin.requests().len() == 1));
+    // While the first waits on its origin: the next request, and the end
+    // of what this client sends; it still reads.
+    client
+        .write_all(format!("GET {second} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("send");
+    client.shutdown(Shutdown::Write).expect("half-close");
+    std::thread::sleep(Duration::from_millis(300));
+    gate.open();
+    let one = read_one(&mut client, false, LIMIT).expect("the first answer");
+    assert_eq!(
+        (one.status, one.text().as_str()),
+        (200, "slow answer"),
+        "{}",
+        one.head
+    );
+    let two = read_one(&mut client, false, LIMIT).expect("the second answer");
+    assert_eq!(
+        (two.status, two.text().as_str()),
+        (200, "fast answer"),
+        "{}",
+        two.head
+    );
+}
+
+#[test]
+fn a_fill_that_others_wait_on_goes_on_when_its_client_hangs_up() {
+    let gate = Gate::new();
+    let opener = gate.clone();
+    let origin = Origin::start(move |_| {
+        opener.wait(Duration::from_secs(60));
+        Reply::ok("text/plain", b"shared answer".to_vec())
+            .with_header("Cache-Control", "max-age=60")
+    });
+    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
+    let url = origin.url("/shared");
+    let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut leader = TcpStream::connect(proxy.addr).expect("connect");
+    leader.write_all(request.as_bytes()).expect("send");
+    assert!(wait_until(LIMIT, || origin.requests().len() == 1));
+    let mut follower = TcpStream::connect(proxy.addr).expect("connect");
+    follower.write_all(request.as_bytes()).expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(leader);
+    std::thread::sleep(Duration::from_millis(300));
+    gate.open();
+    let answer = read_one(&mut follower, false, LIMIT).expect("the follower's answer");
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (200, "shared answer"),
+        "{}",
+        answer.head
+    );
+    assert_eq!(
+        origin.requests().len(),
+        1,
+        "the leader's fetch went on for the follower"
+    );
+}
