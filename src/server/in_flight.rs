@@ -10,12 +10,15 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use crate::logging::{self, AccessDetails, AccessRecord};
+use crate::logging::{self, AccessDetails, AccessRecord, Cut};
 use crate::server::finish::Request;
 
 /// What the access log says of a request cut short at shutdown, in place
 /// of a `Proxy-Status` error type.
 pub const CUT_AT_SHUTDOWN: &str = "cut_at_shutdown";
+
+/// Where the shutdown's message points, in every access-log format.
+pub const CUT_LINES: &str = "access log: error=cut_at_shutdown, or NONE_ABORTED/000 in Squid's format, status 0 in combined";
 
 thread_local! {
     /// The slot of the worker running on this thread.
@@ -89,7 +92,8 @@ impl InFlight {
 
     /// Writes the access-log line of every request still being served, as
     /// cut short at shutdown (status 0: the proxy cannot tell what it had
-    /// sent), and returns how many there were.
+    /// sent; Squid's format says `NONE_ABORTED/000`), and returns how many
+    /// there were.
     pub fn cut_all(&self) -> usize {
         let mut cut = 0;
         for slot in &self.slots {
@@ -108,7 +112,8 @@ impl InFlight {
                 error: Some(CUT_AT_SHUTDOWN),
                 cache: None,
                 tunnel: None,
-                cut: None,
+                // Whatever went out, the answer did not reach the client whole.
+                cut: Some(Cut::Failed),
             };
             logging::access_with(&record, &AccessDetails::default());
             slot.open = false;

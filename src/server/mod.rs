@@ -43,7 +43,7 @@ use acceptor::Acceptor;
 use context::Context;
 use handback::Handback;
 use idle::IdleWorkers;
-use in_flight::{CUT_AT_SHUTDOWN, InFlight};
+use in_flight::{CUT_LINES, InFlight};
 use job::JobQueue;
 use limits::ConnLimits;
 pub use listen::StartError;
@@ -193,12 +193,8 @@ impl Running {
                 (0, 0) => log::warn!("stopped: requests still arriving were cut short"),
                 (0, 1) => log::warn!("stopped: 1 open tunnel was closed"),
                 (0, n) => log::warn!("stopped: {n} open tunnels were closed"),
-                (1, _) => {
-                    log::warn!("stopped: 1 request was cut short (access log: {CUT_AT_SHUTDOWN})");
-                }
-                (n, _) => log::warn!(
-                    "stopped: {n} requests were cut short (access log: {CUT_AT_SHUTDOWN})"
-                ),
+                (1, _) => log::warn!("stopped: 1 request was cut short ({CUT_LINES})"),
+                (n, _) => log::warn!("stopped: {n} requests were cut short ({CUT_LINES})"),
             }
             Stopped::CutShort
         } else {

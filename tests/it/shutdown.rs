@@ -228,6 +228,55 @@ fn grace_running_out_exits_1() {
     gate.open();
 }
 
+/// In Squid's format, a request cut at shutdown is an aborted one, and the
+/// shutdown's message names what to look for in each format.
+#[test]
+fn grace_running_out_is_logged_aborted_in_squids_format() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, BODY);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("access.log");
+    let log_arg = log_path.to_str().expect("UTF-8 temp path");
+    let mut proxy = start(&[
+        "--grace",
+        "300ms",
+        "--access-log",
+        log_arg,
+        "--access-log-format",
+        "squid",
+    ]);
+    let client = request_in_background(proxy.addr, origin.url("/held"));
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "request never reached the origin"
+    );
+    proxy.signal("TERM");
+    assert_eq!(
+        exit_code(&mut proxy, LIMIT),
+        Some(1),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+    let _ = client.join();
+    let text = std::fs::read_to_string(&log_path).expect("read the access log");
+    let url = origin.url("/held");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!(" GET {url} ")))
+        .unwrap_or_else(|| panic!("no line for {url}:\n{text}"));
+    assert!(line.contains(" NONE_ABORTED/000 0 "), "{line}");
+    assert!(
+        proxy
+            .log()
+            .iter()
+            .any(|l| l.contains("stopped: 1 request was cut short")
+                && l.contains("NONE_ABORTED/000")),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+    gate.open();
+}
+
 /// Asserts that the request for `url` got one access-log line, as cut at
 /// shutdown.
 fn assert_cut_line(proxy: &ProxyProcess, url: &str) {
