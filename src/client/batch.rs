@@ -36,6 +36,9 @@ pub enum Event {
     Note(String),
     /// A job is over.
     Done(Box<Outcome>),
+    /// A job failed with every proxy refusing connections, after all its
+    /// retries: nothing more can be fetched.
+    NoProxy,
 }
 
 /// How one job ended.
@@ -98,8 +101,12 @@ pub fn spawn_workers(
                             url: job.url.clone(),
                         });
                         let outcome = run_job(&mut conns, job, &settings, &scratch, &events);
+                        let no_proxy = outcome.result.is_err() && settings.fleet.all_down();
                         if events.send(Event::Done(Box::new(outcome))).is_err() {
                             break;
+                        }
+                        if no_proxy {
+                            let _ = events.send(Event::NoProxy);
                         }
                     }
                 })

@@ -232,6 +232,7 @@ pub fn fetch<S: Sink>(
         };
         let mut this = Seen::default();
         attempts += 1;
+        let sent = fleet.now();
         let outcome = attempt.run(url, sink, report, &mut this);
         let answered = this.status.is_some();
         if answered || !last_answered {
@@ -244,7 +245,7 @@ pub fn fetch<S: Sink>(
         };
         match outcome {
             Ok(done) => {
-                fleet.mark_up(i);
+                fleet.mark_up(i, sent);
                 break Ok(done);
             }
             Err(err) if err.is_connect_failure() => {

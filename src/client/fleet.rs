@@ -95,10 +95,33 @@ impl Fleet {
         !self.reported[i].swap(true, Ordering::Relaxed)
     }
 
-    /// Proxy `i` answered: it is up again.
-    pub fn mark_up(&self, i: usize) {
+    /// Proxy `i` answered a request sent at `sent` (from [`Fleet::now`]):
+    /// it is up again, unless it was marked down since that request went
+    /// out (a request under way when a proxy stops is still answered, by a
+    /// proxy that drains; that says nothing of the connections refused
+    /// after it).
+    pub fn mark_up(&self, i: usize, sent: u64) {
+        let until = self.down_until[i].load(Ordering::Relaxed);
+        let marked_at = until.saturating_sub(DOWN_FOR.as_millis() as u64);
+        if until != 0 && marked_at >= sent {
+            return;
+        }
         self.down_until[i].store(0, Ordering::Relaxed);
         self.reported[i].store(false, Ordering::Relaxed);
+    }
+
+    /// Whether every proxy is marked down: none has answered since each
+    /// last refused a connection.
+    pub fn all_down(&self) -> bool {
+        let now = self.now_ms();
+        self.down_until
+            .iter()
+            .all(|until| until.load(Ordering::Relaxed) > now)
+    }
+
+    /// The fleet's clock, in milliseconds, for [`Fleet::mark_up`].
+    pub fn now(&self) -> u64 {
+        self.now_ms()
     }
 
     fn now_ms(&self) -> u64 {
@@ -195,12 +218,33 @@ mod tests {
         let fleet = Fleet::new(crate::client::proxy::build(&entries, None).expect("valid"));
         let url = Url::parse("http://example.com/x").expect("url");
         let first = fleet.order_for(&url);
+        let sent_before = fleet.now();
+        std::thread::sleep(Duration::from_millis(2));
         assert!(fleet.mark_down(first[0]), "the first failure is reported");
         assert!(!fleet.mark_down(first[0]), "the second is not");
         let order = fleet.order_for(&url);
         assert_eq!(order, [first[1], first[2], first[0]]);
-        fleet.mark_up(first[0]);
+        // An answer to a request sent before it went down says nothing.
+        fleet.mark_up(first[0], sent_before);
+        assert_eq!(fleet.order_for(&url), order);
+        assert!(!fleet.mark_down(first[0]), "still reported once");
+        std::thread::sleep(Duration::from_millis(2));
+        fleet.mark_up(first[0], fleet.now());
         assert_eq!(fleet.order_for(&url), first);
         assert!(fleet.mark_down(first[0]), "reported again after it served");
+    }
+
+    #[test]
+    fn the_fleet_is_down_when_every_proxy_is() {
+        let entries: Vec<String> = (1..=2).map(|p| format!("127.0.0.1:{p}")).collect();
+        let fleet = Fleet::new(crate::client::proxy::build(&entries, None).expect("valid"));
+        assert!(!fleet.all_down());
+        fleet.mark_down(0);
+        assert!(!fleet.all_down());
+        fleet.mark_down(1);
+        assert!(fleet.all_down());
+        std::thread::sleep(Duration::from_millis(2));
+        fleet.mark_up(1, fleet.now());
+        assert!(!fleet.all_down());
     }
 }

@@ -44,7 +44,7 @@ use feed::{Fed, Feeder};
 use fetch::Settings;
 use manifest::{Entry, Manifest};
 use progress::{Mode, Progress, Prompt, Tally};
-use record::Recorder;
+use record::{Recorder, Stop};
 use request::RequestOptions;
 use save::{Names, Scratch};
 pub use start::UsageError;
@@ -227,25 +227,26 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
         tally: Tally::default(),
         told_407: Vec::new(),
     };
-    let code = recorder.run(&event_rx, fed_rx, signals, &stop, &scratch);
-    if code.is_none() {
+    let stopped = recorder.run(&event_rx, fed_rx, signals, &stop, &scratch);
+    if stopped.is_none() {
         for worker in workers {
             let _ = worker.join();
         }
     }
     drop(recorder.manifest);
     let tally = &recorder.tally;
-    let interrupted = code.map(|_| recorder.progress.in_flight());
+    let interrupted = stopped.map(|_| recorder.progress.in_flight());
     recorder.progress.finish(&progress::summary(
         tally,
         recorder.progress.elapsed(),
         interrupted,
     ));
-    Ok(code.unwrap_or(if tally.failed > 0 || tally.bad_lines > 0 {
+    let clean = if tally.failed > 0 || tally.bad_lines > 0 {
         1
     } else {
         0
-    }))
+    };
+    Ok(stopped.map_or(clean, Stop::exit_code))
 }
 
 /// SIGINT/SIGTERM as messages; `never()` if they cannot be caught.

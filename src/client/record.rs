@@ -22,6 +22,25 @@ use crate::client::save::{self, Names, Scratch};
 pub const EXIT_SIGINT: u8 = 130;
 /// Exit code when the batch is stopped by SIGTERM (128 + 15).
 pub const EXIT_SIGTERM: u8 = 143;
+
+/// Why a batch stopped before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT or SIGTERM; the exit code they give.
+    Signal(u8),
+    /// No proxy takes connections any more, through a URL's every retry.
+    NoProxy,
+}
+
+impl Stop {
+    /// The process's exit code.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Stop::Signal(code) => code,
+            Stop::NoProxy => 1,
+        }
+    }
+}
 /// The main thread's state: the only writer of files' final names, the
 /// manifest and the display.
 pub struct Recorder {
@@ -38,8 +57,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Handles messages until every queued URL is done; `Some(code)` when a
-    /// signal stopped the batch.
+    /// Handles messages until every queued URL is done; `Some` when a signal
+    /// or the loss of every proxy stopped the batch.
     pub fn run(
         &mut self,
         events: &Receiver<Event>,
@@ -47,7 +66,7 @@ impl Recorder {
         signals: Receiver<i32>,
         stop: &AtomicBool,
         scratch: &Scratch,
-    ) -> Option<u8> {
+    ) -> Option<Stop> {
         let (mut queued, mut done, mut input_open) = (0usize, 0usize, true);
         while input_open || done < queued {
             select! {
@@ -59,6 +78,20 @@ impl Recorder {
                     Ok(Event::Done(outcome)) => {
                         done += 1;
                         self.finish(*outcome);
+                    }
+                    Ok(Event::NoProxy) => {
+                        // As a signal does: the downloads still trying
+                        // stop, and the URLs not fetched stay out of the
+                        // manifest, for the next run.
+                        stop.store(true, Ordering::SeqCst);
+                        let removed = scratch.close_and_clean();
+                        log::debug!("removed {removed} temporary files");
+                        self.progress.error(
+                            None,
+                            "stopped: no proxy takes connections any more; run again once one does, for the rest",
+                            false,
+                        );
+                        return Some(Stop::NoProxy);
                     }
                     // Every worker is gone (they only end when input has ended).
                     Err(_) => break,
@@ -80,10 +113,10 @@ impl Recorder {
                     stop.store(true, Ordering::SeqCst);
                     let removed = scratch.close_and_clean();
                     log::debug!("removed {removed} temporary files");
-                    return Some(match signal {
+                    return Some(Stop::Signal(match signal {
                         Ok(signal_hook::consts::SIGTERM) => EXIT_SIGTERM,
                         _ => EXIT_SIGINT,
-                    });
+                    }));
                 },
             }
         }

@@ -1011,6 +1011,63 @@ fn a_download_cut_by_a_proxy_that_then_went_away_reports_the_cut() {
     assert!(ran.stderr.contains(error), "{}", ran.stderr);
 }
 
+/// A proxy stopped mid-batch (draining: the requests under way are
+/// answered, new connections refused) is reported once, and the batch
+/// stops there instead of failing every URL left after its retries; the
+/// URLs not fetched stay out of the manifest, and a rerun fetches them.
+#[test]
+fn a_batch_whose_only_proxy_stops_reports_it_once_and_stops() {
+    let origin = Origin::start(|request| {
+        thread::sleep(Duration::from_millis(300));
+        Reply::ok("text/plain", request.target.clone().into_bytes())
+    });
+    let mut proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8", "--grace", "5s"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let urls: Vec<String> = (0..30).map(|i| origin.url(&format!("/page/{i}"))).collect();
+    let input = write_input(dir.path(), &urls);
+    let out = dir.path().join("out");
+    let out_arg = out.to_str().expect("UTF-8 temp path");
+    let input_arg = input.to_str().expect("UTF-8 temp path");
+    let client = spawn_fetch(
+        proxy.addr,
+        &out,
+        &["-c", "4", "--retries", "1", "-i", input_arg],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || manifest(&out).len() >= 4),
+        "the batch never got going"
+    );
+    proxy.signal("TERM");
+    let ran = finish(client, None);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(
+        ran.stderr.matches("stopped taking connections").count(),
+        1,
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr
+            .contains("stopped: no proxy takes connections any more"),
+        "{}",
+        ran.stderr
+    );
+    let recorded = manifest(&out).len();
+    assert!(recorded < urls.len(), "{recorded} lines: the batch went on");
+    // Once a proxy is back, a rerun fetches what is missing.
+    assert!(proxy.wait_exit(Duration::from_secs(20)).is_some());
+    let again = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
+    let rerun = run_fetch(again.addr, &out, &["-c", "4", "-i", input_arg], None);
+    assert_eq!(rerun.code, Some(0), "{}", rerun.stderr);
+    let saved = by_url(&manifest(&out));
+    for url in &urls {
+        assert!(
+            saved.get(url).is_some_and(|line| line["error"].is_null()),
+            "{url} not saved in {out_arg}"
+        );
+    }
+}
+
 #[test]
 fn client_killed_mid_batch_then_rerun_fetches_only_the_missing_urls() {
     let site = site();
