@@ -1,5 +1,5 @@
 //! Which proxy a URL goes to when `--proxy` lists several: rendezvous
-//! (highest random weight) hashing of the URL's authority and path against
+//! (highest random weight) hashing of the URL's authority, path and query against
 //! each proxy's name, so a URL always lands on the same proxy, and so in
 //! the same cache, as a fleet behind a URL-hashing balancer would place it;
 //! removing a proxy moves only the URLs it had. Health marks put a proxy
@@ -16,15 +16,22 @@ use crate::client::proxy::Proxy;
 /// How long a proxy that refused a connection is tried only as a last resort.
 const DOWN_FOR: Duration = Duration::from_secs(30);
 
-/// The key a URL is placed by: its normalised authority and path, without
-/// scheme, query or fragment (`url` has normalised host case, default
-/// ports and percent-encoding already).
+/// The key a URL is placed by: its normalised authority, path and query,
+/// without scheme or fragment (`url` has normalised host case, default
+/// ports and percent-encoding already). The query is part of the cache key,
+/// and the shipped HAProxy configuration hashes it too (`balance uri
+/// whole`): a crawl of `?id=1`, `?id=2`, ... spreads over the fleet.
 pub fn affinity_key(url: &Url) -> String {
     let host = url.host_str().unwrap_or("");
-    match url.port() {
+    let mut key = match url.port() {
         Some(port) => format!("{host}:{port}{}", url.path()),
         None => format!("{host}{}", url.path()),
+    };
+    if let Some(query) = url.query() {
+        key.push('?');
+        key.push_str(query);
     }
+    key
 }
 
 /// The indexes of `proxies` in the order `key` tries them: highest weight
@@ -144,9 +151,13 @@ mod tests {
     }
 
     #[test]
-    fn the_key_is_authority_and_path() {
+    fn the_key_is_authority_path_and_query() {
         let key = |u: &str| affinity_key(&Url::parse(u).expect("url"));
-        assert_eq!(key("http://Example.COM:80/a/b?q=1#f"), "example.com/a/b");
+        assert_eq!(
+            key("http://Example.COM:80/a/b?q=1#f"),
+            "example.com/a/b?q=1"
+        );
+        assert_eq!(key("http://example.com/a/b?"), "example.com/a/b?");
         assert_eq!(key("https://example.com/a/b"), "example.com/a/b");
         assert_eq!(key("http://example.com:8080/"), "example.com:8080/");
         assert_eq!(key("http://[::1]:81/x"), "[::1]:81/x");
@@ -199,6 +210,20 @@ mod tests {
             }
         }
         assert!(moved > 0);
+    }
+
+    #[test]
+    fn urls_that_differ_only_by_query_spread_too() {
+        let all = ["a:3128", "b:3128", "c:3128"];
+        let key = |i: usize| {
+            affinity_key(&Url::parse(&format!("http://crawl.example/item?id={i}")).expect("url"))
+        };
+        for proxy in all {
+            assert!(
+                (0..300).any(|i| owner(&key(i), &all) == proxy),
+                "{proxy} got none"
+            );
+        }
     }
 
     #[test]
