@@ -393,7 +393,7 @@ pub fn map_error(err: ureq::Error, authority: &str) -> ProxyError {
         }
         E::Tls(reason) => ProxyError::UpstreamTls(reason.to_string()),
         E::Rustls(tls_err) => ProxyError::UpstreamTls(tls_failure(&tls_err)),
-        E::Protocol(proto) => ProxyError::UpstreamProtocol(proto.to_string()),
+        E::Protocol(proto) => ProxyError::UpstreamProtocol(protocol_failure(&proto, authority)),
         E::BadUri(uri) => ProxyError::BadRequest(format!("bad URL {uri:?}")),
         E::Http(http_err) => ProxyError::BadRequest(http_err.to_string()),
         other => ProxyError::UpstreamProtocol(other.to_string()),
@@ -433,6 +433,22 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
                 reason: err.to_string(),
             },
         },
+    }
+}
+
+/// A response that broke HTTP/1.1's rules, in words: the origin, and when
+/// its first line was no status line at all, that it may not speak HTTP
+/// (an SSH, SMTP or database port given by mistake).
+fn protocol_failure(proto: &impl std::fmt::Display, authority: &str) -> String {
+    let said = proto.to_string();
+    // ureq passes httparse's words on for a head it cannot read.
+    let no_status_line = ["invalid HTTP version", "invalid response status"]
+        .iter()
+        .any(|why| said.ends_with(why));
+    if no_status_line {
+        format!("{authority} did not answer in HTTP ({said}): is that port a web server?")
+    } else {
+        format!("{authority} broke the protocol: {said}")
     }
 }
 

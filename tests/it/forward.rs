@@ -1681,6 +1681,20 @@ fn a_request_body_over_max_body_bytes_is_413() {
     );
 }
 
+/// An origin port that speaks another protocol (an SSH banner here): the
+/// 502 names the origin and says it did not answer in HTTP.
+#[test]
+fn an_origin_that_does_not_speak_http_is_named_in_the_error() {
+    let origin = Responder::start(b"SSH-2.0-OpenSSH_9.6\r\n");
+    let proxy = Proxy::start();
+    let url = format!("http://{}/", origin.addr);
+    let reply = curl(proxy.addr, &url, &[]);
+    assert_curl_error(&url, &reply, 502, "http_protocol_error");
+    let said = reply.text();
+    assert!(said.contains(&origin.addr.to_string()), "{said}");
+    assert!(said.contains("did not answer in HTTP"), "{said}");
+}
+
 #[test]
 fn an_origin_refusing_an_upload_before_reading_it_is_heard() {
     // The origin answers as soon as it has the head and closes without
