@@ -437,6 +437,22 @@ fn bare_addresses_are_ranges_of_one() {
     assert_eq!(config.allow_clients[0].to_string(), "10.1.2.3/32");
 }
 
+/// A name where a range is expected gets advice: the addresses it stands
+/// for, or for `localhost` the loopback addresses.
+#[test]
+fn a_name_given_as_a_range_is_told_what_to_give() {
+    use crate::config::text::parse_range;
+    let localhost = parse_range("localhost").expect_err("a name");
+    assert!(
+        localhost.ends_with("for localhost give 127.0.0.1 and ::1"),
+        "{localhost}"
+    );
+    let name = parse_range("db.internal").expect_err("a name");
+    assert!(name.ends_with("give the addresses it stands for"), "{name}");
+    let garbage = parse_range("10.0.0.0/33").expect_err("no range");
+    assert!(!garbage.contains("name"), "{garbage}");
+}
+
 /// Issue 14: a bare port means 127.0.0.1, a host name every address it
 /// resolves to.
 #[test]

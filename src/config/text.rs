@@ -78,7 +78,20 @@ pub fn parse_range(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("expected {EXPECTED_RANGE}"))
+        .map_err(|_| {
+            // A name (`localhost`, `db.internal`): rules hold addresses,
+            // since a name can resolve to others later.
+            let name = text.contains(|c: char| c.is_ascii_alphabetic())
+                && !text.contains(['/', ':'])
+                && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if text.eq_ignore_ascii_case("localhost") {
+                format!("expected {EXPECTED_RANGE}; for localhost give 127.0.0.1 and ::1")
+            } else if name {
+                format!("expected {EXPECTED_RANGE}; a name is not taken, give the addresses it stands for")
+            } else {
+                format!("expected {EXPECTED_RANGE}")
+            }
+        })
 }
 
 /// One port, 1 to 65535.

@@ -154,7 +154,7 @@ fn every_problem_in_a_file_is_reported_with_its_line() {
             "fetchproxy: 3 problems in the configuration:\n  \
              {shown}:1: unknown key \"workrs\"; did you mean \"workers\"?\n  \
              {shown}:2: queue = \"lots\": expected a whole number from 1 to 1000000\n  \
-             {shown}:4: allow_dest = \"localhost\": expected an address or a range such as 127.0.0.1, 10.0.0.0/8, ::1 or fc00::/7\n"
+             {shown}:4: allow_dest = \"localhost\": expected an address or a range such as 127.0.0.1, 10.0.0.0/8, ::1 or fc00::/7; for localhost give 127.0.0.1 and ::1\n"
         )
     );
     assert!(!text.contains("usize"), "{text}");
