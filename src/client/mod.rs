@@ -235,7 +235,10 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
     }
     drop(recorder.manifest);
     let tally = &recorder.tally;
-    let interrupted = stopped.map(|_| recorder.progress.in_flight());
+    let interrupted = stopped.map(|_| progress::Cut {
+        downloads: recorder.progress.in_flight(),
+        unkept: recorder.progress.received().saturating_sub(tally.bytes),
+    });
     recorder.progress.finish(&progress::summary(
         tally,
         recorder.progress.elapsed(),

@@ -282,6 +282,11 @@ impl Progress {
         self.in_flight.len()
     }
 
+    /// Body bytes received so far, kept or not.
+    pub fn received(&self) -> u64 {
+        self.bytes
+    }
+
     fn redraw(&mut self) {
         let Some(bar) = &self.bar else { return };
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
@@ -413,9 +418,17 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// What a stop cut short: the downloads it stopped, and the body bytes
+/// received in all that were not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub downloads: usize,
+    pub unkept: u64,
+}
+
 /// The one-line summary: `fetched 12, skipped 3, failed 1, 4.20 MiB in 1.3s`;
-/// `interrupted` gives how many downloads a signal stopped.
-pub fn summary(tally: &Tally, elapsed: Duration, interrupted: Option<usize>) -> String {
+/// `interrupted` says what a stop cut short.
+pub fn summary(tally: &Tally, elapsed: Duration, interrupted: Option<Cut>) -> String {
     if tally.done() == 0 && tally.bad_lines == 0 && interrupted.is_none() {
         // A batch run from cron with an empty URL list should say so.
         return "no URLs to fetch: the input held none".to_string();
@@ -433,12 +446,22 @@ pub fn summary(tally: &Tally, elapsed: Duration, interrupted: Option<usize>) -> 
         HumanBytes(tally.bytes),
         elapsed.as_secs_f64()
     ));
-    match interrupted {
-        None => {}
-        Some(0) => line.push_str(", interrupted"),
-        Some(1) => line.push_str(", interrupted: 1 download stopped; run again for the rest"),
-        Some(n) => line.push_str(&format!(
-            ", interrupted: {n} downloads stopped; run again for the rest"
+    let Some(Cut { downloads, unkept }) = interrupted else {
+        return line;
+    };
+    // The bytes saved above are those of files kept: what the stopped
+    // downloads had received is said apart.
+    let unkept = match unkept {
+        0 => String::new(),
+        n => format!(" ({} received, not kept)", HumanBytes(n)),
+    };
+    match downloads {
+        0 => line.push_str(&format!(", interrupted{unkept}")),
+        1 => line.push_str(&format!(
+            ", interrupted: 1 download stopped{unkept}; run again for the rest"
+        )),
+        n => line.push_str(&format!(
+            ", interrupted: {n} downloads stopped{unkept}; run again for the rest"
         )),
     }
     line
@@ -502,9 +525,28 @@ mod tests {
             "fetched 12, skipped 3, failed 1 (and 2 bad inputs), 4.20 MiB in 1.3s"
         );
         assert_eq!(
-            summary(&tally, Duration::from_millis(1330), Some(2)),
+            summary(
+                &tally,
+                Duration::from_millis(1330),
+                Some(Cut {
+                    downloads: 2,
+                    unkept: 0
+                })
+            ),
             "fetched 12, skipped 3, failed 1 (and 2 bad inputs), 4.20 MiB in 1.3s, \
              interrupted: 2 downloads stopped; run again for the rest"
+        );
+        assert_eq!(
+            summary(
+                &tally,
+                Duration::from_millis(1330),
+                Some(Cut {
+                    downloads: 3,
+                    unkept: 600 * 1024 * 1024
+                })
+            ),
+            "fetched 12, skipped 3, failed 1 (and 2 bad inputs), 4.20 MiB in 1.3s, \
+             interrupted: 3 downloads stopped (600.00 MiB received, not kept); run again for the rest"
         );
         assert_eq!(tally.done(), 16);
     }

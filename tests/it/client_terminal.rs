@@ -306,7 +306,8 @@ fn ctrl_c_clears_the_bar() {
         screen
             .iter()
             .any(|r| r.starts_with("fetched 0, skipped 0, failed 0, ")
-                && r.ends_with(", interrupted: 1 download stopped; run again for the rest")),
+                && r.contains(", interrupted: 1 download stopped")
+                && r.ends_with("; run again for the rest")),
         "{}",
         screen.join("\n")
     );
