@@ -35,7 +35,7 @@ pub enum NotStored {
     /// `Vary: *`.
     VaryStar,
     /// A partial response (206) that is not one whole range of a known
-    /// total, or a full response to a range request.
+    /// total.
     Partial,
     /// Longer than every object limit that applies.
     TooLarge,

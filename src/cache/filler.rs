@@ -205,6 +205,13 @@ impl Filler {
                 return Err(NotStored::Request);
             }
         }
+        if status == StatusCode::OK && self.key.is_partial() && !self.registered {
+            // A whole response to a range request (an origin that ignores
+            // Range, an If-Range that failed) is the URL's response, and
+            // is kept as such: later requests, ranges too, are answered
+            // from it. Nobody follows a range request's fill.
+            self.key = self.key.whole();
+        }
         let request = self.request(client);
         let decided = admission::plan(&self.shared, &self.key, request, status, headers, now);
         match decided {

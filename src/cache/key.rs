@@ -163,6 +163,16 @@ impl CacheKey {
         ))
     }
 
+    /// The key of the URL's whole responses: itself, or for a partial key
+    /// the URL's own.
+    pub fn whole(&self) -> CacheKey {
+        if self.is_partial() {
+            CacheKey::of(self.resource())
+        } else {
+            self.clone()
+        }
+    }
+
     /// Whether this is the key of parts of responses (see `partial`).
     pub fn is_partial(&self) -> bool {
         self.url.ends_with(PARTIAL_MARK)

@@ -468,9 +468,21 @@ fn parts_that_are_not_one_whole_range_are_not_kept() {
             filler.response_head(&ask, StatusCode::PARTIAL_CONTENT, &part, SystemTime::now());
         assert_eq!(refused, Err(NotStored::Partial), "{content_range}");
     }
+}
+
+#[test]
+fn a_whole_answer_to_a_range_request_is_kept_as_the_urls_response() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let ask = request("GET", "http://h/q", &[("range", "bytes=0-4")]);
     let mut filler = lead(&cache, &ask);
-    let whole = ok_head(&mut filler, &ask, &[MAX_AGE]);
-    assert_eq!(whole, Err(NotStored::Partial), "a 200 to a range request");
+    ok_head(&mut filler, &ask, &[MAX_AGE]).expect("stored");
+    filler.body(b"0123456789");
+    filler.finish().expect("stored");
+    let hit = expect_hit(&cache, &get("http://h/q"));
+    assert_eq!(
+        &hit.object.memory_chunks().expect("memory")[0][..],
+        b"0123456789"
+    );
 }
 
 #[test]

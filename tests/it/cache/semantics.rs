@@ -150,6 +150,30 @@ fn ranges_are_answered_from_a_complete_entry() {
     assert_eq!(origin.requests().len(), 1, "{:?}", origin.requests());
 }
 
+/// An origin that ignores `Range` (Python's http.server, many scripts)
+/// answers a range request whole: that 200 is the URL's response, stored
+/// as such, and later ranges and whole requests are answered from it.
+#[test]
+fn a_whole_answer_to_a_range_request_is_stored_for_every_later_request() {
+    let origin = fresh_origin("0123456789");
+    let proxy = Proxy::start();
+    let url = origin.url("/ignores-range");
+    let first = get(proxy.addr, &url, &["-r", "2-4"]);
+    assert_eq!((first.status, first.text().as_str()), (200, "0123456789"));
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    let part = get(proxy.addr, &url, &["-r", "2-4"]);
+    assert_eq!(
+        (part.status, part.text().as_str()),
+        (206, "234"),
+        "{part:?}"
+    );
+    assert!(cache_status(&part).contains("; hit"), "{part:?}");
+    let whole = get(proxy.addr, &url, &[]);
+    assert_eq!((whole.status, whole.text().as_str()), (200, "0123456789"));
+    assert!(cache_status(&whole).contains("; hit"), "{whole:?}");
+    assert_eq!(origin.requests().len(), 1, "{:?}", origin.requests());
+}
+
 #[test]
 fn a_large_stored_body_is_served_whole_and_in_ranges() {
     // Over 1 MiB, so that a hit goes out in several writes (pieces of
