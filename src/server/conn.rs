@@ -55,6 +55,10 @@ pub struct ClientConn {
     cut: bool,
     /// The current request's waits on this client (see `pace`).
     pace: Pace,
+    /// When the current request's head came in whole, if it came alone
+    /// (not pipelined behind the one before): the start of its client's
+    /// grace to half-close (`hangup`).
+    head_at: Option<Instant>,
 }
 
 impl ClientConn {
@@ -78,7 +82,14 @@ impl ClientConn {
             sent: 0,
             cut: false,
             pace: Pace::off(),
+            head_at: None,
         }
+    }
+
+    /// Records when the request about to be served came in whole; `None`
+    /// for a pipelined one, sent before the answer to the one before.
+    pub fn set_head_at(&mut self, at: Option<Instant>) {
+        self.head_at = at;
     }
 
     /// Starts counting a new request's waits on this client: they may add
@@ -124,21 +135,19 @@ impl ClientConn {
 
     /// Watches for the client hanging up while this thread waits for the
     /// origin's answer (`hangup`), feeding `fill` if given. Not watched
-    /// (`Ok(None)`): a connection not registered, or with input taken in
-    /// and not yet used (a pipelined request).
+    /// (`Ok(None)`): a connection not registered, a pipelined request, or
+    /// one with input taken in and not yet used (the next, pipelined).
     ///
     /// # Errors
-    /// `Abandoned` when the client has hung up already: the acceptor saw
-    /// news since the worker took the connection, and it is the end.
+    /// `Abandoned` when the client has hung up already.
     pub fn watch_hangup(&self, fill: Option<&Arc<Fill>>) -> Result<Option<Watching>, Abandoned> {
-        let Some(registration) = &self.registration else {
+        let (Some(registration), Some(head_at)) = (&self.registration, self.head_at) else {
             return Ok(None);
         };
         if !self.pending().is_empty() {
             return Ok(None);
         }
-        let seen = registration.input().load(Ordering::SeqCst);
-        hangup::watch(registration.hangup(), &self.stream, seen, fill).map(Some)
+        hangup::watch(registration.hangup(), &self.stream, head_at, fill).map(Some)
     }
 
     /// Whether the client's input has ended with nothing unread before the

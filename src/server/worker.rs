@@ -109,7 +109,10 @@ fn serve_connection(job: Job, idler: &Idler, ctx: &Context, buf: &mut [u8]) {
         let Some(mut conn) = serve_one(conn, head, ctx, buf) else {
             return;
         };
-        if conn.pending().is_empty() && !await_next_request(&mut conn, idler, ctx, buf) {
+        // A request already here was sent before its client had the answer
+        // to the last one: pipelined.
+        let pipelined = !conn.pending().is_empty();
+        if !pipelined && !await_next_request(&mut conn, idler, ctx, buf) {
             // Nothing more sent yet. A client that reads one answer and sends
             // its next request at once (a crawler, a CI fetch, far origins
             // behind it) is served here, sparing the acceptor and a worker's
@@ -122,6 +125,7 @@ fn serve_connection(job: Job, idler: &Idler, ctx: &Context, buf: &mut [u8]) {
         match request::parse_head(conn.pending(), &limits) {
             Ok(Parsed::Complete { head, head_len }) => {
                 conn.consume_pending(head_len);
+                conn.set_head_at((!pipelined).then(Instant::now));
                 next = Some((conn, Ok(head)));
             }
             Ok(Parsed::Partial) => {

@@ -1,7 +1,8 @@
 //! A client that hangs up before the origin answers: the proxy closes the
 //! upstream connection at once and logs the request as `client_aborted`,
-//! rather than holding a worker until the origin answers; a client that
-//! sent more before half-closing is still answered.
+//! rather than holding a worker until the origin answers. A client that
+//! half-closes right after its request (`nc -N`), pipelines, or sent more
+//! before half-closing is still answered.
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
@@ -12,6 +13,77 @@ use crate::support::servers::Silent;
 use crate::support::{Gate, Origin, ProxyProcess, Reply, curl, gated_origin, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(10);
+/// How long after its request a client's end of input is taken for a
+/// half-close (the proxy's `hangup::GRACE`).
+const GRACE: Duration = Duration::from_millis(500);
+
+/// A client that sends its request and then ends its side (`nc -N`,
+/// HTTP/1.0 tools), HTTP/1.1 and 1.0, still gets its answer, however long
+/// the origin takes. The end comes once the request is upstream, where the
+/// proxy watches for clients that leave.
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, b"late answer");
+    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
+    for (i, version) in ["1.1", "1.0"].into_iter().enumerate() {
+        let url = origin.url(&format!("/half-closed-{version}"));
+        let mut client = TcpStream::connect(proxy.addr).expect("connect");
+        client
+            .write_all(format!("GET {url} HTTP/{version}\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("send");
+        assert!(wait_until(LIMIT, || origin.requests().len() == i + 1));
+        client.shutdown(Shutdown::Write).expect("half-close");
+        std::thread::sleep(GRACE + Duration::from_millis(200));
+        if version == "1.0" {
+            gate.open();
+        } else {
+            let opener = gate.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                opener.open();
+            });
+        }
+        let answer = read_one(&mut client, false, LIMIT).expect("an answer");
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (200, "late answer"),
+            "{version}"
+        );
+    }
+}
+
+/// Two requests in one write, then the end of the client's side: both are
+/// answered.
+#[test]
+fn pipelined_requests_then_a_half_close_are_all_answered() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, b"answer");
+    let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
+    let (first, second) = (origin.url("/one"), origin.url("/two"));
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    client
+        .write_all(
+            format!(
+                "GET {first} HTTP/1.1\r\nHost: x\r\n\r\nGET {second} HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("send");
+    assert!(wait_until(LIMIT, || origin.requests().len() == 1));
+    std::thread::sleep(GRACE + Duration::from_millis(200));
+    client.shutdown(Shutdown::Write).expect("half-close");
+    std::thread::sleep(Duration::from_millis(200));
+    gate.open();
+    for path in ["/one", "/two"] {
+        let answer = read_one(&mut client, false, LIMIT).expect("an answer");
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (200, "answer"),
+            "{path}"
+        );
+    }
+}
 
 #[test]
 fn a_client_that_gives_up_before_the_answer_frees_the_upstream_and_is_logged() {
@@ -52,7 +124,8 @@ fn a_client_gone_while_its_request_was_queued_is_not_sent_upstream() {
     queued
         .write_all(format!("GET {second} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .expect("send");
-    std::thread::sleep(Duration::from_millis(200));
+    // Past the grace in which an end of input is taken for a half-close.
+    std::thread::sleep(GRACE + Duration::from_millis(200));
     drop(queued);
     // The first client leaves too, which frees the worker for the queue.
     std::thread::sleep(Duration::from_millis(200));
@@ -76,13 +149,20 @@ fn a_pipelined_request_then_a_half_close_still_gets_both_answers() {
         .write_all(format!("GET {first} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .expect("send");
     assert!(wait_until(LIMIT, || origin.requests().len() == 1));
-    // While the first waits on its origin: the next request, and the end
-    // of what this client sends; it still reads.
+    // While the first waits on its origin, past the grace: the next
+    // request, and the end of what this client sends; it still reads.
+    std::thread::sleep(GRACE + Duration::from_millis(200));
     client
         .write_all(format!("GET {second} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .expect("send");
     client.shutdown(Shutdown::Write).expect("half-close");
-    std::thread::sleep(Duration::from_millis(300));
+    // The end cut the first call; with a request before it, the client is
+    // still there, and the first request is sent again.
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 2),
+        "sent again: {:?}",
+        origin.requests()
+    );
     gate.open();
     let one = read_one(&mut client, false, LIMIT).expect("the first answer");
     assert_eq!(
@@ -117,7 +197,7 @@ fn a_fill_that_others_wait_on_goes_on_when_its_client_hangs_up() {
     assert!(wait_until(LIMIT, || origin.requests().len() == 1));
     let mut follower = TcpStream::connect(proxy.addr).expect("connect");
     follower.write_all(request.as_bytes()).expect("send");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(GRACE + Duration::from_millis(200));
     drop(leader);
     std::thread::sleep(Duration::from_millis(300));
     gate.open();

@@ -359,7 +359,7 @@ impl Acceptor {
                 // Taking the returns follows in this turn of the loop.
                 fence(Ordering::SeqCst);
                 if ended && let Some(hangup) = hangup {
-                    hangup.client_hung_up();
+                    hangup.client_input_ended();
                 }
             }
             Some(Entry::Parked { .. }) => self.on_readable(key),
@@ -486,11 +486,13 @@ impl Acceptor {
     }
 
     /// Queues a connection for a worker, or answers 503 at once if the queue is full.
-    fn dispatch(&mut self, conn: ClientConn, head: Result<RequestHead, ProxyError>) {
+    fn dispatch(&mut self, mut conn: ClientConn, head: Result<RequestHead, ProxyError>) {
+        let now = Instant::now();
+        conn.set_head_at(Some(now));
         let job = Job {
             conn,
             head,
-            queued_at: Instant::now(),
+            queued_at: now,
         };
         match self.jobs.try_send(job) {
             Ok(()) => {}
