@@ -58,7 +58,18 @@ pub struct ClientConn {
     /// When the current request's head came in whole, if it came alone
     /// (not pipelined behind the one before): the start of its client's
     /// grace to half-close (`hangup`).
-    head_at: Option<Instant>,
+    head_at: HeadAt,
+}
+
+/// When a request's head came in, as far as `hangup` goes.
+#[derive(Debug, Clone, Copy)]
+enum HeadAt {
+    /// Pipelined behind the request before: not watched.
+    Pipelined,
+    /// Read by the worker just now: the request's start is the time.
+    Now,
+    /// Read by the acceptor at this time, then queued.
+    At(Instant),
 }
 
 impl ClientConn {
@@ -82,14 +93,31 @@ impl ClientConn {
             sent: 0,
             cut: false,
             pace: Pace::off(),
-            head_at: None,
+            head_at: HeadAt::Pipelined,
         }
     }
 
-    /// Records when the request about to be served came in whole; `None`
-    /// for a pipelined one, sent before the answer to the one before.
-    pub fn set_head_at(&mut self, at: Option<Instant>) {
-        self.head_at = at;
+    /// Records that the acceptor had the next request's head whole `at`.
+    pub fn set_head_at(&mut self, at: Instant) {
+        self.head_at = HeadAt::At(at);
+    }
+
+    /// Records how the worker found the next request: `pipelined` (sent
+    /// before the answer to the one before), or just read.
+    pub fn set_next_head(&mut self, pipelined: bool) {
+        self.head_at = if pipelined {
+            HeadAt::Pipelined
+        } else {
+            HeadAt::Now
+        };
+    }
+
+    /// A request starts being served at `started`: the time its head came
+    /// in, when the worker read it just now.
+    pub fn begin_request(&mut self, started: Instant) {
+        if let HeadAt::Now = self.head_at {
+            self.head_at = HeadAt::At(started);
+        }
     }
 
     /// Starts counting a new request's waits on this client: they may add
@@ -141,7 +169,7 @@ impl ClientConn {
     /// # Errors
     /// `Abandoned` when the client has hung up already.
     pub fn watch_hangup(&self, fill: Option<&Arc<Fill>>) -> Result<Option<Watching>, Abandoned> {
-        let (Some(registration), Some(head_at)) = (&self.registration, self.head_at) else {
+        let (Some(registration), HeadAt::At(head_at)) = (&self.registration, self.head_at) else {
             return Ok(None);
         };
         if !self.pending().is_empty() {

@@ -125,7 +125,7 @@ fn serve_connection(job: Job, idler: &Idler, ctx: &Context, buf: &mut [u8]) {
         match request::parse_head(conn.pending(), &limits) {
             Ok(Parsed::Complete { head, head_len }) => {
                 conn.consume_pending(head_len);
-                conn.set_head_at((!pipelined).then(Instant::now));
+                conn.set_next_head(pipelined);
                 next = Some((conn, Ok(head)));
             }
             Ok(Parsed::Partial) => {
@@ -160,6 +160,7 @@ fn serve_one(
     buf: &mut [u8],
 ) -> Option<ClientConn> {
     let started = Instant::now();
+    conn.begin_request(started);
     conn.start_pace(
         ctx.config.client_min_rate,
         ctx.config.idle_timeout,

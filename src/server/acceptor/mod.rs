@@ -488,7 +488,7 @@ impl Acceptor {
     /// Queues a connection for a worker, or answers 503 at once if the queue is full.
     fn dispatch(&mut self, mut conn: ClientConn, head: Result<RequestHead, ProxyError>) {
         let now = Instant::now();
-        conn.set_head_at(Some(now));
+        conn.set_head_at(now);
         let job = Job {
             conn,
             head,
