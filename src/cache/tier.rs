@@ -51,8 +51,15 @@ impl Tier {
     pub fn new(budget: u64, max_object: u64, stats: Arc<Stats>, kind: TierKind) -> Tier {
         // quick_cache refuses an entry heavier than about one shard's
         // budget, so shards are sized to hold the largest object 4 times.
+        // The disk tier keeps one: its budget shrinks with the file
+        // system's free room (`set_capacity`), and so would each shard's
+        // share, until large objects pushed each other out of a tier mostly
+        // empty. Its lookups are few beside the disk's own work.
         let per_shard = max_object.max(1).saturating_mul(4);
-        let shards = (budget / per_shard).clamp(1, 64) as usize;
+        let shards = match kind {
+            TierKind::Disk => 1,
+            TierKind::Memory => (budget / per_shard).clamp(1, 64) as usize,
+        };
         let shards = if shards.is_power_of_two() {
             shards
         } else {

@@ -732,6 +732,37 @@ fn the_budget_is_what_the_file_system_can_hold_less_a_reserve() {
     assert_eq!(super::fitted_budget(10 * GIB, 0, 0, 100 * GIB), 0);
 }
 
+/// A budget cut to the file system's free room keeps large objects side by
+/// side while they fit it: the disk tier is one pool, not shares of it.
+#[test]
+fn a_budget_cut_by_free_room_still_holds_what_fits_it() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Cache::open(crate::cache::CacheConfig {
+        mem_bytes: 1 << 20,
+        mem_max_object: 1024,
+        dir: Some(dir.path().to_path_buf()),
+        dir_bytes: 64 * MIB,
+        dir_max_object: 4 * MIB,
+        ..crate::cache::CacheConfig::default()
+    })
+    .expect("cache");
+    assert!(cache.wait_loaded(LOAD_WAIT));
+    let store_dir = cache.shared.disk.as_ref().expect("disk tier");
+    // 32 MiB free of 320 MiB, of which 16 MiB are left to the rest.
+    *store_dir.space.lock().expect("space") = Some((32 * MIB, 320 * MIB));
+    store_dir.fit_to_file_system(true);
+    assert_eq!(cache.usage().1.expect("disk tier").capacity, 16 * MIB);
+    for i in 0..4 {
+        let url = format!("http://h/artifact{i}");
+        let size = usize::try_from(3 * MIB).expect("size");
+        store(&cache, &get(&url), &[MAX_AGE], &body(size), 2).expect("stored");
+    }
+    let disk = cache.usage().1.expect("disk tier");
+    assert_eq!(disk.urls, 4, "12 MiB of objects in a 16 MiB budget");
+    assert_eq!(read(&cache.stats().evictions_disk), 0);
+}
+
 #[test]
 fn a_full_file_system_makes_the_disk_tier_evict_and_room_is_taken_back() {
     const MIB: u64 = 1 << 20;
