@@ -101,6 +101,17 @@ struct Fit {
     full: bool,
 }
 
+/// Whether files can be made in `dir`: one is made and removed.
+fn writable(dir: &Path) -> io::Result<()> {
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)?;
+    fs::remove_file(&probe)
+}
+
 /// Takes the lock of a cache directory (`DIR/lock`, holding the owner's
 /// process id): one process a directory, since each indexes, evicts and
 /// clears `tmp/` as if it were alone. A POSIX record lock: the kernel lets
@@ -158,7 +169,11 @@ impl DiskStore {
             source,
         };
         for sub in ["objects", "tmp"] {
-            fs::create_dir_all(dir.join(sub)).map_err(dir_error)?;
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(dir_error)?;
+            // A directory the proxy can read but not write (made by another
+            // user, say) would store nothing, each fill failing on its own.
+            writable(&path).map_err(|source| CacheError::Dir { dir: path, source })?;
         }
         let lock = lock_dir(dir)?;
         // Whatever is in tmp/ was being written when a process died.
@@ -599,10 +614,14 @@ impl DiskWriter {
         trailer.extend_from_slice(&hash.to_le_bytes());
         trailer.extend_from_slice(format::END_MAGIC);
         self.write_raw(&trailer)?;
+        // Named in the error: a directory the proxy may not write says
+        // which one.
+        let named =
+            |err: io::Error| io::Error::new(err.kind(), format!("{}: {err}", self.dest.display()));
         if let Some(parent) = self.dest.parent() {
-            fs::create_dir_all(parent)?;
+            fs::create_dir_all(parent).map_err(named)?;
         }
-        fs::rename(&self.tmp, &self.dest)?;
+        fs::rename(&self.tmp, &self.dest).map_err(named)?;
         self.finished = true;
         // Taken after the rename, which changes the file's ctime; without
         // it, the first hit reads the file back.

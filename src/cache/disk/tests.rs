@@ -560,6 +560,21 @@ fn an_unusable_directory_is_a_clear_error() {
     assert!(err.to_string().starts_with("cache directory "), "{err}");
 }
 
+/// A directory in which no file can be made (as one owned by another user
+/// is to the proxy; `/proc` is so even to root) is refused by name.
+#[test]
+fn a_directory_that_takes_no_files_is_refused() {
+    let err = super::writable(Path::new("/proc/self")).expect_err("no files in /proc/self");
+    assert!(err.raw_os_error().is_some(), "the OS's refusal: {err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    super::writable(dir.path()).expect("a temporary directory takes files");
+    assert_eq!(
+        fs::read_dir(dir.path()).expect("read").count(),
+        0,
+        "the probe is gone"
+    );
+}
+
 #[test]
 fn variants_and_newer_copies_keep_exactly_their_files() {
     let dir = tempfile::tempdir().expect("tempdir");
