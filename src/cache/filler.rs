@@ -56,9 +56,6 @@ pub struct Filler {
     fill: Arc<Fill>,
     /// In the collapse table: followers may be reading.
     registered: bool,
-    /// The whole response to a range request, stored as the URL's: its
-    /// client, which asked for a part, may well leave before the end.
-    whole_of_range: bool,
     /// The key it is in the collapse table under, when not `key`: a
     /// revalidation of one variant (`CacheKey::of_variant`).
     joined_as: Option<CacheKey>,
@@ -106,7 +103,6 @@ impl Filler {
             stored_as: None,
             fill,
             registered,
-            whole_of_range: false,
             joined_as: None,
             renews_mark: false,
             reserved: 0,
@@ -215,7 +211,6 @@ impl Filler {
             // is kept as such: later requests, ranges too, are answered
             // from it. Nobody follows a range request's fill.
             self.key = self.key.whole();
-            self.whole_of_range = true;
         }
         let request = self.request(client);
         let decided = admission::plan(&self.shared, &self.key, request, status, headers, now);
@@ -309,11 +304,7 @@ impl Filler {
         };
         let len = head.declared_len.filter(|&len| len >= min)?;
         let (in_memory, has_file) = (*memory, disk.is_some());
-        // A fill others may read, or the whole answer to a range request,
-        // whose client (resuming a download, say) often leaves once it
-        // sees a 200: received apart, it is stored all the same.
-        let may_outlive_client = self.registered || self.whole_of_range;
-        if !may_outlive_client || len > self.shared.config.mem_max_object && !has_file {
+        if !self.registered || len > self.shared.config.mem_max_object && !has_file {
             return None;
         }
         let wait = self.shared.config.collapse_wait;

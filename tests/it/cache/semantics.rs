@@ -174,42 +174,6 @@ fn a_whole_answer_to_a_range_request_is_stored_for_every_later_request() {
     assert_eq!(origin.requests().len(), 1, "{:?}", origin.requests());
 }
 
-/// A download resumed (`curl -C -`) from an origin that ignores `Range`
-/// gets a 200 of the whole body, and its client leaves at once: a large
-/// body is received on all the same, and stored, so the next request is a
-/// hit.
-#[test]
-fn a_whole_answer_to_a_range_request_is_stored_when_its_client_leaves() {
-    let body: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let origin = fresh_bytes_origin(body.clone());
-    let proxy = Proxy::start();
-    let url = origin.url("/resumed");
-    let mut client = std::net::TcpStream::connect(proxy.addr).expect("connect");
-    std::io::Write::write_all(
-        &mut client,
-        format!("GET {url} HTTP/1.1\r\nHost: h\r\nRange: bytes=3000000-\r\n\r\n").as_bytes(),
-    )
-    .expect("send");
-    let head = raw::read_head(&mut client, LIMIT).expect("an answer");
-    assert_eq!(head.status, 200, "{}", head.head);
-    drop(client);
-    // Stored once the body is in, without any client.
-    let stored = crate::support::wait_until(LIMIT, || {
-        let (_, page) = crate::support::scrape_metrics(proxy.addr);
-        page.lines()
-            .any(|l| l == "fetchproxy_cache_urls{tier=\"memory\"} 1")
-    });
-    assert!(stored, "the body was not stored after its client left");
-    let hit = get(proxy.addr, &url, &[]);
-    assert!(cache_status(&hit).contains("; hit"), "{:?}", hit.headers);
-    assert!(
-        hit.body == body,
-        "the stored body's {} bytes differ",
-        hit.body.len()
-    );
-    assert_eq!(requests_for(&origin, "/resumed").len(), 1);
-}
-
 #[test]
 fn a_large_stored_body_is_served_whole_and_in_ranges() {
     // Over 1 MiB, so that a hit goes out in several writes (pieces of
