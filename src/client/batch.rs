@@ -101,7 +101,11 @@ pub fn spawn_workers(
                             url: job.url.clone(),
                         });
                         let outcome = run_job(&mut conns, job, &settings, &scratch, &events);
-                        let no_proxy = outcome.result.is_err() && settings.fleet.all_down();
+                        // Given up on refusals, with every proxy refusing:
+                        // a URL that failed otherwise had an answer.
+                        let refused =
+                            matches!(&outcome.result, Err(err) if err.is_connect_failure());
+                        let no_proxy = refused && settings.fleet.all_down();
                         if events.send(Event::Done(Box::new(outcome))).is_err() {
                             break;
                         }

@@ -87,7 +87,8 @@ impl FetchError {
         }
     }
 
-    fn is_connect_failure(&self) -> bool {
+    /// The proxy took no connection (refused, unreachable).
+    pub fn is_connect_failure(&self) -> bool {
         matches!(self, FetchError::Http(err) if err.is_connect_failure())
     }
 
@@ -235,6 +236,10 @@ pub fn fetch<S: Sink>(
         let sent = fleet.now();
         let outcome = attempt.run(url, sink, report, &mut this);
         let answered = this.status.is_some();
+        if answered {
+            // Any answer, a 404 as well as a 200, says the proxy is up.
+            fleet.mark_up(i, sent);
+        }
         if answered || !last_answered {
             seen = this;
         }
@@ -244,10 +249,7 @@ pub fn fetch<S: Sink>(
             _ => err,
         };
         match outcome {
-            Ok(done) => {
-                fleet.mark_up(i, sent);
-                break Ok(done);
-            }
+            Ok(done) => break Ok(done),
             Err(err) if err.is_connect_failure() => {
                 if fleet.mark_down(i) {
                     let error = match &err {

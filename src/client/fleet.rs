@@ -109,12 +109,18 @@ impl Fleet {
     /// after it).
     pub fn mark_up(&self, i: usize, sent: u64) {
         let until = self.down_until[i].load(Ordering::Relaxed);
-        let marked_at = until.saturating_sub(DOWN_FOR.as_millis() as u64);
-        if until != 0 && marked_at >= sent {
+        if until == 0 {
             return;
         }
-        self.down_until[i].store(0, Ordering::Relaxed);
-        self.reported[i].store(false, Ordering::Relaxed);
+        let marked_at = until.saturating_sub(DOWN_FOR.as_millis() as u64);
+        // A refusal that marks it down meanwhile stands.
+        if marked_at < sent
+            && self.down_until[i]
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.reported[i].store(false, Ordering::Relaxed);
+        }
     }
 
     /// Whether every proxy is marked down: none has answered since each

@@ -1068,6 +1068,64 @@ fn a_batch_whose_only_proxy_stops_reports_it_once_and_stops() {
     }
 }
 
+/// A proxy that restarts within the retries' back-off loses nothing, even
+/// when its first answer after the restart is an error (a 404): an answer
+/// says the proxy is up, and only a URL given up on refusals stops a batch.
+#[test]
+fn a_proxy_back_within_the_back_off_loses_nothing_even_after_a_404() {
+    let origin = Origin::start(|request| {
+        if request.target.contains("/missing") {
+            thread::sleep(Duration::from_millis(1500));
+            return Reply::status(404);
+        }
+        Reply::ok("text/plain", request.target.clone().into_bytes())
+    });
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--listen", listen.as_str(), "--allow-dest", "127.0.0.0/8"];
+    let mut proxy = ProxyProcess::spawn(&args).unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut urls = vec![origin.url("/missing")];
+    urls.extend((0..4).map(|i| origin.url(&format!("/ok/{i}"))));
+    let input = write_input(dir.path(), &urls);
+    let out = dir.path().join("out");
+    let client = spawn_fetch(
+        proxy.addr,
+        &out,
+        &["-c", "1", "-i", input.to_str().expect("UTF-8 temp path")],
+    );
+    // The 404 is under way: the proxy is killed. The client's first retry
+    // (after 0.5 s) is refused and marks it down; it is back before the
+    // second (1 s later), which gets the 404.
+    assert!(wait_until(Duration::from_secs(20), || !origin
+        .requests()
+        .is_empty()));
+    drop(proxy);
+    thread::sleep(Duration::from_millis(900));
+    proxy = ProxyProcess::spawn(&args).unwrap_or_else(|err| panic!("{err}"));
+    let ran = finish(client, None);
+    drop(proxy);
+    assert_eq!(ran.code, Some(1), "the 404 fails: {}", ran.stderr);
+    assert!(
+        !ran.stderr.contains("no proxy takes connections"),
+        "{}",
+        ran.stderr
+    );
+    let saved = by_url(&manifest(&out));
+    for url in &urls[1..] {
+        assert!(
+            saved.get(url).is_some_and(|line| line["error"].is_null()),
+            "{url}: {}",
+            ran.stderr
+        );
+    }
+    assert_eq!(saved[&urls[0]]["status"], 404);
+}
+
 #[test]
 fn client_killed_mid_batch_then_rerun_fetches_only_the_missing_urls() {
     let site = site();
