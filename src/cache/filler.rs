@@ -207,7 +207,7 @@ impl Filler {
         }
         if status == StatusCode::OK && self.key.is_partial() && !self.registered {
             // A whole response to a range request (an origin that ignores
-            // Range, an If-Range that failed) is the URL's response, and
+            // Range) is the URL's response, and
             // is kept as such: later requests, ranges too, are answered
             // from it. Nobody follows a range request's fill.
             self.key = self.key.whole();
