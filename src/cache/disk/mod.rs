@@ -101,9 +101,11 @@ struct Fit {
     full: bool,
 }
 
-/// Whether files can be made in `dir`: one is made and removed.
+/// Whether files can be made in `dir`: one is made and removed. (One left
+/// by a crash is skipped by the index loader, as any stray file is, and
+/// taken over by the next probe.)
 fn writable(dir: &Path) -> io::Result<()> {
-    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    let probe = dir.join(".write-probe");
     File::options()
         .write(true)
         .create(true)
@@ -169,13 +171,16 @@ impl DiskStore {
             source,
         };
         for sub in ["objects", "tmp"] {
-            let path = dir.join(sub);
-            fs::create_dir_all(&path).map_err(dir_error)?;
-            // A directory the proxy can read but not write (made by another
-            // user, say) would store nothing, each fill failing on its own.
-            writable(&path).map_err(|source| CacheError::Dir { dir: path, source })?;
+            fs::create_dir_all(dir.join(sub)).map_err(dir_error)?;
         }
         let lock = lock_dir(dir)?;
+        // Once the directory is this process's: a directory the proxy can
+        // read but not write (made by another user, say) would store
+        // nothing, each fill failing on its own.
+        for sub in ["objects", "tmp"] {
+            let path = dir.join(sub);
+            writable(&path).map_err(|source| CacheError::Dir { dir: path, source })?;
+        }
         // Whatever is in tmp/ was being written when a process died.
         for entry in fs::read_dir(dir.join("tmp")).map_err(dir_error)? {
             let _ = fs::remove_file(entry.map_err(dir_error)?.path());
