@@ -120,9 +120,9 @@ pub fn fetch(
                 if conn.at_end() {
                     return Err(client_gone());
                 }
-                // Input came before the end (a pipelined request, then a
+                // Input came before the end (the next request, then a
                 // half-close): the client is still there. Sent again,
-                // unwatched (the watch ends here).
+                // unwatched (the watch ends here), so at most once.
                 log::debug!("{authority}: the client sent more and half-closed; sending again");
             }
             (sent, still) => {

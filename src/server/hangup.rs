@@ -10,10 +10,11 @@
 //! A client that ends its input (a FIN) may have given up (curl
 //! `--max-time`, a crawler's timeout), or may only be done sending and still
 //! read the answer (`nc -N`, a script that half-closes after its request).
-//! The two look the same on the wire, so the time tells them apart, as
-//! nginx and Squid tell neither: an end that comes within [`GRACE`] of the
-//! request is a half-close, and the request is served; a later one, while
-//! the origin has not answered, is a client that gave up. Then the acceptor
+//! The two look the same on the wire, so the time tells them apart (nginx
+//! and Squid take every half-close for a client gone): an end that comes
+//! within [`GRACE`] of the request is a half-close, and the request is
+//! served; a later one, while the origin has not answered, is a client that
+//! gave up. Then the acceptor
 //! shuts the upstream socket down, the read returns at once, and the worker
 //! looks at its client: at its end with nothing before it, the request ends
 //! as `client_aborted` (nginx's 499), instead of holding the worker, up to
