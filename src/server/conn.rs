@@ -8,15 +8,15 @@
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::net::{SendAncillaryBuffer, SendFlags};
 
 use crate::cache::fill::Fill;
-use crate::server::handback::Registration;
-use crate::server::hangup::{self, Abandoned, Hangup, Watching};
+use crate::server::handback::{Registration, Signals};
+use crate::server::hangup::{self, Abandoned, Watching};
 use crate::server::idle;
 use crate::server::limits::ConnSlot;
 use crate::server::pace::Pace;
@@ -149,16 +149,11 @@ impl ClientConn {
         self.registration = Some(registration);
     }
 
-    /// The flag the acceptor sets when the client sends something while
-    /// the connection is with a worker (see `Handback::give_back`).
-    pub fn input_flag(&self) -> Option<Arc<AtomicBool>> {
-        self.registration.as_ref().map(|r| r.input().clone())
-    }
-
-    /// The watch the acceptor tells when the client hangs up while a
-    /// worker has the connection, if it is registered.
-    pub fn hangup(&self) -> Option<&Arc<Hangup>> {
-        self.registration.as_ref().map(Registration::hangup)
+    /// What the acceptor tells the worker that has the connection: among
+    /// it, the flag it sets when the client sends something meanwhile (see
+    /// `Handback::give_back`).
+    pub fn signals(&self) -> Option<Arc<Signals>> {
+        self.registration.as_ref().map(|r| Arc::clone(r.signals()))
     }
 
     /// Watches for the client hanging up while this thread waits for the
@@ -175,7 +170,7 @@ impl ClientConn {
         if !self.pending().is_empty() {
             return Ok(None);
         }
-        hangup::watch(registration.hangup(), &self.stream, head_at, fill).map(Some)
+        hangup::watch(&registration.signals().hangup, &self.stream, head_at, fill).map(Some)
     }
 
     /// Whether the client's input has ended with nothing unread before the
@@ -219,12 +214,12 @@ impl ClientConn {
         if !matches!(poll(&mut fds, Some(&timeout)), Ok(1)) {
             return false;
         }
-        let flag = self.input_flag();
+        let signals = self.signals();
         // The acceptor saw this input too and marked the place; the worker
         // takes it, so the mark is cleared first: input after this read
         // marks it again.
-        if let Some(flag) = &flag {
-            flag.store(false, Ordering::SeqCst);
+        if let Some(signals) = &signals {
+            signals.input.store(false, Ordering::SeqCst);
         }
         match rustix::net::recv(
             &self.stream,
@@ -236,16 +231,16 @@ impl ClientConn {
                 // A full read may have left bytes in the socket, which will
                 // not be announced again: whoever reads next must look.
                 if n == scratch.len()
-                    && let Some(flag) = &flag
+                    && let Some(signals) = &signals
                 {
-                    flag.store(true, Ordering::SeqCst);
+                    signals.input.store(true, Ordering::SeqCst);
                 }
                 true
             }
             _ => {
                 // The end, or nothing after all: the acceptor looks.
-                if let Some(flag) = &flag {
-                    flag.store(true, Ordering::SeqCst);
+                if let Some(signals) = &signals {
+                    signals.input.store(true, Ordering::SeqCst);
                 }
                 false
             }
@@ -276,7 +271,7 @@ impl ClientConn {
     /// taken in, some the acceptor saw arrive, or some waiting in the
     /// socket (one look, without waiting).
     pub fn has_unread_input(&self) -> bool {
-        let seen = |r: &Registration<ClientConn>| r.input().load(Ordering::SeqCst);
+        let seen = |r: &Registration<ClientConn>| r.signals().input.load(Ordering::SeqCst);
         if !self.pending().is_empty() || self.registration.as_ref().is_some_and(seen) {
             return true;
         }

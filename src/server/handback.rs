@@ -105,8 +105,7 @@ impl<C> Handback<C> {
             tx: self.0.tx.clone(),
             registry,
             armed: true,
-            input: Arc::new(AtomicBool::new(false)),
-            hangup: Arc::new(Hangup::default()),
+            signals: Arc::default(),
         }
     }
 
@@ -138,24 +137,27 @@ pub struct Registration<C> {
     tx: Sender<Return<C>>,
     registry: Arc<Registry>,
     armed: bool,
-    /// Set by the acceptor when input arrives while a worker has the connection.
-    input: Arc<AtomicBool>,
-    /// Told by the acceptor when the client hangs up while a worker has
-    /// the connection.
-    hangup: Arc<Hangup>,
+    /// What the acceptor tells the worker that has the connection.
+    signals: Arc<Signals>,
+}
+
+/// What the acceptor tells the worker that has a connection, shared by
+/// the connection's `Registration` and its busy place in the acceptor's
+/// loop: one reference taken as the connection goes to a worker.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// Set by the acceptor when input arrives while a worker has the
+    /// connection.
+    pub input: AtomicBool,
+    /// Told by the acceptor when the client's input ends while a worker
+    /// waits for the origin's answer (`hangup`).
+    pub hangup: Arc<Hangup>,
 }
 
 impl<C> Registration<C> {
-    /// The flag the acceptor sets when the client sends something while
-    /// the connection is with a worker.
-    pub fn input(&self) -> &Arc<AtomicBool> {
-        &self.input
-    }
-
-    /// The watch the acceptor tells when the client hangs up while a
-    /// worker waits for the origin's answer (`hangup`).
-    pub fn hangup(&self) -> &Arc<Hangup> {
-        &self.hangup
+    /// What the acceptor tells the worker that has the connection.
+    pub fn signals(&self) -> &Arc<Signals> {
+        &self.signals
     }
 
     /// Takes the socket out of the acceptor's loop for good (a tunnel,

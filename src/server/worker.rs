@@ -117,8 +117,9 @@ fn serve_connection(job: Job, idler: &Idler, ctx: &Context, buf: &mut [u8]) {
             // its next request at once (a crawler, a CI fetch, far origins
             // behind it) is served here, sparing the acceptor and a worker's
             // wake-up; otherwise the acceptor waits for it.
-            let input = conn.input_flag();
-            ctx.handback.give_back(conn, input.as_deref());
+            let signals = conn.signals();
+            ctx.handback
+                .give_back(conn, signals.as_ref().map(|s| &s.input));
             return;
         }
         // Pipelined requests are answered in order, here, before waiting.
@@ -129,8 +130,9 @@ fn serve_connection(job: Job, idler: &Idler, ctx: &Context, buf: &mut [u8]) {
                 next = Some((conn, Ok(head)));
             }
             Ok(Parsed::Partial) => {
-                let input = conn.input_flag();
-                ctx.handback.give_back(conn, input.as_deref());
+                let signals = conn.signals();
+                ctx.handback
+                    .give_back(conn, signals.as_ref().map(|s| &s.input));
             }
             Err(err) => next = Some((conn, Err(err))),
         }

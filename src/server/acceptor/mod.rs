@@ -13,7 +13,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TrySendError};
@@ -29,8 +29,7 @@ use crate::http::request::{self, HeadLimits, Parsed, RequestHead};
 use crate::metrics::Metrics;
 use crate::rules::SharedRules;
 use crate::server::conn::ClientConn;
-use crate::server::handback::{Handback, Return};
-use crate::server::hangup::Hangup;
+use crate::server::handback::{Handback, Return, Signals};
 use crate::server::job::{Job, JobQueue};
 use crate::server::limits::ConnLimits;
 #[cfg(not(target_os = "linux"))]
@@ -80,12 +79,9 @@ enum Entry {
     /// With a worker; `input` records input that arrived meanwhile (the
     /// socket is edge-triggered, so that news would be lost otherwise). The
     /// flag is shared with the connection, so that its worker knows whether
-    /// handing it back must wake the acceptor. `hangup` is told when the
-    /// client hangs up meanwhile.
-    Busy {
-        input: Arc<AtomicBool>,
-        hangup: Option<Arc<Hangup>>,
-    },
+    /// handing it back must wake the acceptor. Its `hangup` is told when the
+    /// client's input ends meanwhile.
+    Busy { signals: Arc<Signals> },
 }
 
 /// The acceptor's state; `run` is its thread's body.
@@ -322,7 +318,7 @@ impl Acceptor {
             return;
         };
         let ready = match self.entries.get(key) {
-            Some(Entry::Busy { input, .. }) => input.swap(false, Ordering::SeqCst),
+            Some(Entry::Busy { signals }) => signals.input.swap(false, Ordering::SeqCst),
             _ => {
                 log::error!(
                     "connection {} handed back to a place it does not own",
@@ -354,12 +350,12 @@ impl Acceptor {
     /// reported the end of the client's input, or an error.
     fn on_event(&mut self, key: usize, ended: bool) {
         match self.entries.get_mut(key) {
-            Some(Entry::Busy { input, hangup }) => {
-                input.store(true, Ordering::SeqCst);
+            Some(Entry::Busy { signals }) => {
+                signals.input.store(true, Ordering::SeqCst);
                 // Taking the returns follows in this turn of the loop.
                 fence(Ordering::SeqCst);
-                if ended && let Some(hangup) = hangup {
-                    hangup.client_input_ended();
+                if ended {
+                    signals.hangup.client_input_ended();
                 }
             }
             Some(Entry::Parked { .. }) => self.on_readable(key),
@@ -462,10 +458,9 @@ impl Acceptor {
         };
         // Without a shared flag (never the case for a registered
         // connection) its worker wakes the acceptor every time.
-        let input = conn.input_flag().unwrap_or_default();
-        input.store(false, Ordering::SeqCst);
-        let hangup = conn.hangup().cloned();
-        match std::mem::replace(entry, Entry::Busy { input, hangup }) {
+        let signals = conn.signals().unwrap_or_default();
+        signals.input.store(false, Ordering::SeqCst);
+        match std::mem::replace(entry, Entry::Busy { signals }) {
             Entry::Parked { conn, .. } => Some(conn),
             Entry::Busy { .. } => None,
         }
