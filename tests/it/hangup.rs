@@ -13,6 +13,11 @@ use crate::support::servers::Silent;
 use crate::support::{Gate, Origin, ProxyProcess, Reply, curl, gated_origin, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(10);
+
+/// `GET url` in absolute-form, HTTP/`version`.
+fn get(url: &str, version: &str) -> Vec<u8> {
+    format!("GET {url} HTTP/{version}\r\nHost: x\r\n\r\n").into_bytes()
+}
 /// How long after its request a client's end of input is taken for a
 /// half-close (the proxy's `hangup::GRACE`).
 const GRACE: Duration = Duration::from_millis(500);
@@ -29,9 +34,7 @@ fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     for (i, version) in ["1.1", "1.0"].into_iter().enumerate() {
         let url = origin.url(&format!("/half-closed-{version}"));
         let mut client = TcpStream::connect(proxy.addr).expect("connect");
-        client
-            .write_all(format!("GET {url} HTTP/{version}\r\nHost: x\r\n\r\n").as_bytes())
-            .expect("send");
+        client.write_all(&get(&url, version)).expect("send");
         assert!(wait_until(LIMIT, || origin.requests().len() == i + 1));
         client.shutdown(Shutdown::Write).expect("half-close");
         std::thread::sleep(GRACE + Duration::from_millis(200));
@@ -62,14 +65,8 @@ fn pipelined_requests_then_a_half_close_are_all_answered() {
     let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
     let (first, second) = (origin.url("/one"), origin.url("/two"));
     let mut client = TcpStream::connect(proxy.addr).expect("connect");
-    client
-        .write_all(
-            format!(
-                "GET {first} HTTP/1.1\r\nHost: x\r\n\r\nGET {second} HTTP/1.1\r\nHost: x\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .expect("send");
+    let both = [get(&first, "1.1"), get(&second, "1.1")].concat();
+    client.write_all(&both).expect("send, in one write");
     assert!(wait_until(LIMIT, || origin.requests().len() == 1));
     std::thread::sleep(GRACE + Duration::from_millis(200));
     client.shutdown(Shutdown::Write).expect("half-close");
@@ -116,14 +113,10 @@ fn a_client_gone_while_its_request_was_queued_is_not_sent_upstream() {
     let first = format!("http://{}/first", origin.addr);
     let second = format!("http://{}/second", origin.addr);
     let mut holder = TcpStream::connect(proxy.addr).expect("connect");
-    holder
-        .write_all(format!("GET {first} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .expect("send");
+    holder.write_all(&get(&first, "1.1")).expect("send");
     assert!(wait_until(LIMIT, || origin.requests() == 1));
     let mut queued = TcpStream::connect(proxy.addr).expect("connect");
-    queued
-        .write_all(format!("GET {second} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .expect("send");
+    queued.write_all(&get(&second, "1.1")).expect("send");
     // Past the grace in which an end of input is taken for a half-close.
     std::thread::sleep(GRACE + Duration::from_millis(200));
     drop(queued);
@@ -145,16 +138,12 @@ fn a_pipelined_request_then_a_half_close_still_gets_both_answers() {
     let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
     let (first, second) = (origin.url("/first"), fast.url("/second"));
     let mut client = TcpStream::connect(proxy.addr).expect("connect");
-    client
-        .write_all(format!("GET {first} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .expect("send");
+    client.write_all(&get(&first, "1.1")).expect("send");
     assert!(wait_until(LIMIT, || origin.requests().len() == 1));
     // While the first waits on its origin, past the grace: the next
     // request, and the end of what this client sends; it still reads.
     std::thread::sleep(GRACE + Duration::from_millis(200));
-    client
-        .write_all(format!("GET {second} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .expect("send");
+    client.write_all(&get(&second, "1.1")).expect("send");
     client.shutdown(Shutdown::Write).expect("half-close");
     // The end cut the first call; with a request before it, the client is
     // still there, and the first request is sent again.
@@ -191,12 +180,12 @@ fn a_fill_that_others_wait_on_goes_on_when_its_client_hangs_up() {
     });
     let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
     let url = origin.url("/shared");
-    let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let request = get(&url, "1.1");
     let mut leader = TcpStream::connect(proxy.addr).expect("connect");
-    leader.write_all(request.as_bytes()).expect("send");
+    leader.write_all(&request).expect("send");
     assert!(wait_until(LIMIT, || origin.requests().len() == 1));
     let mut follower = TcpStream::connect(proxy.addr).expect("connect");
-    follower.write_all(request.as_bytes()).expect("send");
+    follower.write_all(&request).expect("send");
     std::thread::sleep(GRACE + Duration::from_millis(200));
     drop(leader);
     std::thread::sleep(Duration::from_millis(300));

@@ -27,6 +27,22 @@ fn open(dir: &Path) -> Cache {
     cache
 }
 
+/// A cache with a small memory tier and a disk tier of `dir_bytes`, objects
+/// up to `dir_max_object` there, its index loaded.
+fn open_sized(dir: &Path, dir_bytes: u64, dir_max_object: u64) -> Cache {
+    let cache = Cache::open(crate::cache::CacheConfig {
+        mem_bytes: 1 << 20,
+        mem_max_object: 1024,
+        dir: Some(dir.to_path_buf()),
+        dir_bytes,
+        dir_max_object,
+        ..crate::cache::CacheConfig::default()
+    })
+    .expect("cache");
+    assert!(cache.wait_loaded(LOAD_WAIT));
+    cache
+}
+
 fn get(url: &str) -> crate::http::request::RequestHead {
     request("GET", url, &[])
 }
@@ -471,16 +487,7 @@ fn a_full_disk_abandons_the_store_but_not_the_response() {
 #[test]
 fn the_disk_budget_is_kept_by_eviction() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cache = Cache::open(crate::cache::CacheConfig {
-        mem_bytes: 1 << 20,
-        mem_max_object: 1024,
-        dir: Some(dir.path().to_path_buf()),
-        dir_bytes: 200_000,
-        dir_max_object: 20_000,
-        ..crate::cache::CacheConfig::default()
-    })
-    .expect("cache");
-    assert!(cache.wait_loaded(LOAD_WAIT));
+    let cache = open_sized(dir.path(), 200_000, 20_000);
     for i in 0..30 {
         store(
             &cache,
@@ -753,16 +760,7 @@ fn the_budget_is_what_the_file_system_can_hold_less_a_reserve() {
 fn a_budget_cut_by_free_room_still_holds_what_fits_it() {
     const MIB: u64 = 1 << 20;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cache = Cache::open(crate::cache::CacheConfig {
-        mem_bytes: 1 << 20,
-        mem_max_object: 1024,
-        dir: Some(dir.path().to_path_buf()),
-        dir_bytes: 64 * MIB,
-        dir_max_object: 4 * MIB,
-        ..crate::cache::CacheConfig::default()
-    })
-    .expect("cache");
-    assert!(cache.wait_loaded(LOAD_WAIT));
+    let cache = open_sized(dir.path(), 64 * MIB, 4 * MIB);
     let store_dir = cache.shared.disk.as_ref().expect("disk tier");
     // 32 MiB free of 320 MiB, of which 16 MiB are left to the rest.
     *store_dir.space.lock().expect("space") = Some((32 * MIB, 320 * MIB));
@@ -782,16 +780,7 @@ fn a_budget_cut_by_free_room_still_holds_what_fits_it() {
 fn a_full_file_system_makes_the_disk_tier_evict_and_room_is_taken_back() {
     const MIB: u64 = 1 << 20;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cache = Cache::open(crate::cache::CacheConfig {
-        mem_bytes: 1 << 20,
-        mem_max_object: 1024,
-        dir: Some(dir.path().to_path_buf()),
-        dir_bytes: 4 * MIB,
-        dir_max_object: 1 << 20,
-        ..crate::cache::CacheConfig::default()
-    })
-    .expect("cache");
-    assert!(cache.wait_loaded(LOAD_WAIT));
+    let cache = open_sized(dir.path(), 4 * MIB, 1 << 20);
     let store_dir = cache.shared.disk.as_ref().expect("disk tier");
     for i in 0..10 {
         let url = format!("http://h/full{i}");

@@ -189,17 +189,26 @@ impl Streamer {
     }
 }
 
-fn stream_until_abandoned(mut stream: TcpStream, abandoned: &AtomicUsize, stop: &AtomicBool) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    // A write blocked on a reader that neither reads nor leaves ends too.
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+/// Reads a request head to its blank line, a byte at a time (nothing of
+/// what follows is taken); false when the connection ends or fails first.
+fn read_request_head(stream: &mut TcpStream) -> bool {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match stream.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
-            _ => return,
+            _ => return false,
         }
+    }
+    true
+}
+
+fn stream_until_abandoned(mut stream: TcpStream, abandoned: &AtomicUsize, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    // A write blocked on a reader that neither reads nor leaves ends too.
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+    if !read_request_head(&mut stream) {
+        return;
     }
     let mut chunk = format!("{:x}\r\n", 16 * 1024).into_bytes();
     chunk.extend((0..16 * 1024u64).map(super::origin::pattern_byte));
@@ -265,15 +274,11 @@ impl Silent {
 
 fn wait_silently(mut stream: TcpStream, requests: &AtomicUsize, dropped: &AtomicUsize) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
+    if !read_request_head(&mut stream) {
+        return;
     }
     requests.fetch_add(1, Ordering::SeqCst);
+    let mut byte = [0u8; 1];
     match stream.read(&mut byte) {
         Ok(0) => {
             dropped.fetch_add(1, Ordering::SeqCst);
