@@ -64,6 +64,27 @@ pub fn count_urls(args: &FetchArgs) -> Option<u64> {
     }
 }
 
+/// Whether the batch holds no line at all, URL or not: no URLs as arguments
+/// and an `--input` file with none (blank lines and comments only). Known
+/// only for a regular file; standard input, a pipe or a prompt may still
+/// bring lines.
+pub fn holds_nothing(args: &FetchArgs) -> bool {
+    if !args.urls.is_empty() {
+        return false;
+    }
+    let Some(path) = &args.input else {
+        return false;
+    };
+    if path.as_os_str() == "-" || !fs::metadata(path).is_ok_and(|meta| meta.is_file()) {
+        return false;
+    }
+    fs::File::open(path).is_ok_and(|file| {
+        input::Lines::new(BufReader::new(file), None)
+            .next()
+            .is_none()
+    })
+}
+
 /// The URL source: arguments, then `--input`; a prompt on stdin when neither
 /// is given.
 pub fn open_input(args: &FetchArgs, prompt: Option<Arc<Prompt>>) -> Result<Source, UsageError> {

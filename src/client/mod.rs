@@ -124,6 +124,11 @@ fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
 }
 
 fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Result<u8, UsageError> {
+    if feed::holds_nothing(&args) {
+        // Said before anything is made: no out-dir, no manifest.
+        eprintln!("{}", progress::NOTHING_TO_FETCH);
+        return Ok(0);
+    }
     let out_dir = args.out_dir.clone();
     outdir::prepare(&out_dir)?;
     let manifest_path = out_dir.join(manifest::MANIFEST_NAME);

@@ -426,12 +426,15 @@ pub struct Cut {
     pub unkept: u64,
 }
 
+/// The summary of a batch that held no URL.
+pub const NOTHING_TO_FETCH: &str = "no URLs to fetch: the input held none";
+
 /// The one-line summary: `fetched 12, skipped 3, failed 1, 4.20 MiB in 1.3s`;
 /// `interrupted` says what a stop cut short.
 pub fn summary(tally: &Tally, elapsed: Duration, interrupted: Option<Cut>) -> String {
     if tally.done() == 0 && tally.bad_lines == 0 && interrupted.is_none() {
         // A batch run from cron with an empty URL list should say so.
-        return "no URLs to fetch: the input held none".to_string();
+        return NOTHING_TO_FETCH.to_string();
     }
     let mut line = format!(
         "fetched {}, skipped {}, failed {}",

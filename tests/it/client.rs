@@ -715,6 +715,41 @@ fn exit_codes_are_0_1_and_2() {
 }
 
 #[test]
+fn an_input_of_blank_lines_and_comments_makes_nothing_and_says_so() {
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("not-made");
+    for (name, text) in [("empty.txt", ""), ("comments.txt", "# none yet\n\n   \n")] {
+        let input = dir.path().join(name);
+        std::fs::write(&input, text).expect("write input");
+        let ran = run_fetch(
+            proxy.addr,
+            &out,
+            &["--input", input.to_str().expect("utf-8")],
+            None,
+        );
+        assert_eq!(ran.code, Some(0), "{name}: {}", ran.stderr);
+        assert_eq!(
+            ran.stderr.trim(),
+            "no URLs to fetch: the input held none",
+            "{name}"
+        );
+        assert!(!out.exists(), "{name}: no out-dir and no manifest made");
+    }
+    // A line that is no URL is reported as before, in the manifest.
+    let input = dir.path().join("bad.txt");
+    std::fs::write(&input, "not a url at all\n").expect("write input");
+    let ran = run_fetch(
+        proxy.addr,
+        &out,
+        &["--input", input.to_str().expect("utf-8")],
+        None,
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(out.join("manifest.jsonl").is_file(), "{}", ran.stderr);
+}
+
+#[test]
 fn a_url_file_written_with_a_byte_order_mark_is_read_from_its_first_line() {
     let origin = site();
     let proxy = Proxy::start();
