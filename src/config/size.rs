@@ -1,12 +1,14 @@
 //! Sizes as people write them: `64KiB`, `256MiB`, `10GiB`, or a plain number
 //! of bytes. KiB, MiB, GiB and TiB are powers of 1024; KB, MB, GB and TB are
 //! powers of 1000, as their SI names say (so `256MB` is 256,000,000 bytes,
-//! about 5% less than `256MiB`). Units are case-insensitive and may follow a
-//! space. Pure: no I/O.
+//! about 5% less than `256MiB`). A bare letter, `K`, `M`, `G` or `T`, is
+//! binary, as in nginx, Varnish, Traffic Server and systemd configurations:
+//! `512M` is `512MiB`. Units are case-insensitive and may follow a space.
+//! Pure: no I/O.
 
 /// Each unit and the bytes it stands for; the longest suffixes come first
 /// so that `KiB` is not read as a number ending in `B`.
-const UNITS: [(&str, u64); 9] = [
+const UNITS: [(&str, u64); 13] = [
     ("KiB", 1 << 10),
     ("MiB", 1 << 20),
     ("GiB", 1 << 30),
@@ -16,6 +18,10 @@ const UNITS: [(&str, u64); 9] = [
     ("GB", 1_000_000_000),
     ("TB", 1_000_000_000_000),
     ("B", 1),
+    ("K", 1 << 10),
+    ("M", 1 << 20),
+    ("G", 1 << 30),
+    ("T", 1 << 40),
 ];
 
 /// The largest size accepted: TOML integers are signed 64-bit, and a size
@@ -23,9 +29,9 @@ const UNITS: [(&str, u64); 9] = [
 pub const MAX_SIZE: u64 = i64::MAX as u64;
 
 /// What a size looks like, for messages.
-pub const EXPECTED_SIZE: &str = "a whole number of bytes or a size such as 64KiB, 256MiB or 10GiB (KiB = 1024 bytes, KB = 1000)";
+pub const EXPECTED_SIZE: &str = "a whole number of bytes or a size such as 64KiB, 256MiB or 10GiB (KiB and K = 1024 bytes, KB = 1000)";
 
-/// Parses `64KiB`, `256 MiB`, `10GB` or `65536` into bytes.
+/// Parses `64KiB`, `256 MiB`, `10GB`, `512M` or `65536` into bytes.
 ///
 /// # Errors
 /// What was expected, when `text` is not a size or is over [`MAX_SIZE`].
@@ -106,6 +112,15 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_letter_is_binary() {
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("1t"), Ok(1 << 40));
+        assert_eq!(parse_size("256 m"), Ok(256 << 20));
+    }
+
+    #[test]
     fn plain_numbers_and_bytes_are_bytes() {
         assert_eq!(parse_size("0"), Ok(0));
         assert_eq!(parse_size("65536"), Ok(65536));
@@ -123,7 +138,7 @@ mod tests {
     #[test]
     fn anything_else_says_what_a_size_looks_like() {
         for bad in [
-            "", "MiB", "-1", "1.5GiB", "12XB", "64K", "ten", "64 KiB s", "+5",
+            "", "MiB", "-1", "1.5GiB", "12XB", "64Ki", "64KIBB", "ten", "64 KiB s", "+5", "M",
         ] {
             let err = parse_size(bad).expect_err(bad);
             assert!(err.contains("64KiB"), "{bad}: {err}");
