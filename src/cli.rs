@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::access::PortRange;
 use crate::config::{self, ConfigError, Flags, text, value};
-use crate::logging::AccessLogFormat;
+use crate::logging::{AccessLogFormat, OwnPages};
 
 use crate::client::request::{ExtraHeader, parse_user_agent};
 
@@ -153,6 +153,9 @@ pub struct ServeArgs {
     /// Format of the access log.
     #[arg(long, value_name = "FORMAT", ignore_case = true)]
     pub access_log_format: Option<AccessLogFormat>,
+    /// Which answers to the proxy's own pages (/healthz, /metrics) get an access line: all, or errors only (health checks and scrapes left out).
+    #[arg(long, value_name = "WHICH", ignore_case = true)]
+    pub access_log_own_pages: Option<OwnPages>,
     /// Memory budget of the HTTP cache: bytes, or a size such as 256MiB; 0 turns caching off.
     #[arg(long, value_name = "SIZE", value_parser = text::parse_bytes)]
     pub cache_mem: Option<u64>,

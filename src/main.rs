@@ -28,7 +28,11 @@ fn main() -> ExitCode {
             };
             logging::init(config.log_level);
             let access_log = config.access_log.as_deref();
-            if let Err(err) = logging::init_access_log(access_log, config.access_log_format) {
+            if let Err(err) = logging::init_access_log(
+                access_log,
+                config.access_log_format,
+                config.access_log_own_pages,
+            ) {
                 let path = access_log.unwrap_or(std::path::Path::new("-")).display();
                 eprintln!("fetchproxy: cannot open the access log {path}: {err}");
                 return ExitCode::from(2);

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{self, PortRange};
 use crate::auth::User;
-use crate::logging::AccessLogFormat;
+use crate::logging::{AccessLogFormat, OwnPages};
 pub use keys::keys;
 pub use layers::Flags;
 pub use problem::{Origin, Problem};
@@ -208,6 +208,10 @@ pub struct ServeConfig {
     /// Format of the access log. Default: fetchproxy.
     #[serde(deserialize_with = "value::named")]
     pub access_log_format: AccessLogFormat,
+    /// Which answers to the proxy's own pages (`/healthz`, `/metrics`) the
+    /// access log records: all, or errors only. Default: all.
+    #[serde(deserialize_with = "value::named")]
+    pub access_log_own_pages: OwnPages,
     /// Memory budget of the HTTP cache; 0 turns caching off. Default: 256MiB.
     #[serde(
         deserialize_with = "Within::<0, { size::MAX_SIZE }>::bytes",
@@ -274,6 +278,7 @@ impl Default for ServeConfig {
             log_level: log::LevelFilter::Info,
             access_log: None,
             access_log_format: AccessLogFormat::Fetchproxy,
+            access_log_own_pages: OwnPages::All,
             cache_mem: 256 << 20,
             cache_max_object: 16 << 20,
             cache_dir: None,

@@ -204,6 +204,40 @@ impl TryFrom<String> for AccessLogFormat {
     }
 }
 
+/// Which answers to the proxy's own pages (`/healthz`, `/metrics`) the
+/// access log records: a load balancer's health checks and a monitor's
+/// scrapes are a line every few seconds each, which can drown the requests
+/// that matter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnPages {
+    /// Every one, as every other request.
+    #[default]
+    All,
+    /// Only those answered with an error (4xx, 5xx): a refused scrape stays
+    /// in the log.
+    Errors,
+}
+
+impl OwnPages {
+    /// Whether an own page answered with `status` gets its line.
+    pub fn records(self, status: u16) -> bool {
+        self == OwnPages::All || status >= 400
+    }
+}
+
+impl TryFrom<String> for OwnPages {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(OwnPages::All),
+            "errors" => Ok(OwnPages::Errors),
+            _ => Err("expected all or errors".to_string()),
+        }
+    }
+}
+
 /// One access-log line in a format, written straight into the log's buffer.
 pub struct AccessLine<'r, 'a> {
     pub format: AccessLogFormat,

@@ -18,7 +18,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use simplelog::{ConfigBuilder, WriteLogger};
 
 use access::AccessLine;
-pub use access::{AccessDetails, AccessLogFormat, AccessRecord, Cut, Outcome, TunnelLog};
+pub use access::{AccessDetails, AccessLogFormat, AccessRecord, Cut, Outcome, OwnPages, TunnelLog};
 pub use escape::escape;
 use file::AccessFile;
 
@@ -35,6 +35,8 @@ const NOISY_TARGETS: &[&str] = &["ureq", "ureq_proto", "rustls"];
 /// Where access lines go, and in which format; set once by [`init_access_log`].
 struct AccessLog {
     format: AccessLogFormat,
+    /// Which answers to the proxy's own pages get a line.
+    own_pages: OwnPages,
     /// `None`: standard error, through the logger.
     file: Option<AccessFile>,
 }
@@ -161,15 +163,32 @@ impl fmt::Display for Prefixed<'_> {
 
 /// Sends access lines to the file at `path` (appended to, created if
 /// missing), or leaves them on standard error when `path` is `None`, in
-/// `format`. Lines written to a file are written whatever the log level.
+/// `format`, for the answers to the proxy's own pages that `own_pages`
+/// says. Lines written to a file are written whatever the log level.
 /// A second call keeps the first setting.
 ///
 /// # Errors
 /// When the file cannot be opened.
-pub fn init_access_log(path: Option<&Path>, format: AccessLogFormat) -> io::Result<()> {
+pub fn init_access_log(
+    path: Option<&Path>,
+    format: AccessLogFormat,
+    own_pages: OwnPages,
+) -> io::Result<()> {
     let file = path.map(AccessFile::open).transpose()?;
-    let _ = ACCESS_LOG.set(AccessLog { format, file });
+    let _ = ACCESS_LOG.set(AccessLog {
+        format,
+        own_pages,
+        file,
+    });
     Ok(())
+}
+
+/// Whether an answer to one of the proxy's own pages with `status` gets
+/// an access line (`access_log_own_pages`).
+pub fn records_own_page(status: u16) -> bool {
+    ACCESS_LOG
+        .get()
+        .is_none_or(|log| log.own_pages.records(status))
 }
 
 /// Opens the access-log file by its name again (after logrotate renamed

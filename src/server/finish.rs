@@ -228,6 +228,12 @@ pub fn record(
     if let Some((end, up)) = tunnel {
         metrics.tunnel_ended(end, up);
     }
+    // The proxy's own pages are the only answers of its own to a GET or
+    // HEAD (PURGE is another method).
+    let own_page = served.own && matches!(request.method, "GET" | "HEAD");
+    if own_page && !logging::records_own_page(served.status) {
+        return;
+    }
     let record = AccessRecord {
         client: request.client,
         method: request.method,

@@ -179,6 +179,61 @@ fn squid_format_marks_the_proxys_own_answers_as_not_forwarded() {
     assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
 }
 
+#[test]
+fn own_pages_answered_well_can_be_left_out_of_the_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = Origin::start(|_| Reply::ok("text/plain", "hello"));
+    let (mut proxy, path) = start_with(
+        dir.path(),
+        "fetchproxy",
+        &["--access-log-own-pages", "errors"],
+    );
+    let own = |path: &str| format!("http://{}{path}", proxy.addr);
+    // A health check and a scrape, straight and through the proxy itself:
+    // left out.
+    for page in ["/healthz", "/metrics"] {
+        let straight = curl(proxy.addr, &own(page), &["--noproxy", "*"]);
+        assert_eq!(straight.status, 200, "{straight:?}");
+        let through = curl(proxy.addr, &own(page), &[]);
+        assert_eq!(through.status, 200, "{through:?}");
+    }
+    // What is not a page of its own, or not answered well, keeps its line.
+    let purge = curl(
+        proxy.addr,
+        "http://127.0.0.1:9/never-stored",
+        &["-X", "PURGE"],
+    );
+    assert_eq!(purge.status, 404, "{purge:?}");
+    let unknown = curl(proxy.addr, &own("/nope"), &["--noproxy", "*"]);
+    assert_eq!(unknown.status, 400, "{unknown:?}");
+    get_ok(&proxy, &origin.url("/page"));
+    // Lines are written in order: once the last is in, any before it are.
+    let logged = wait_for_lines(&path, 3, &proxy);
+    std::thread::sleep(Duration::from_millis(400));
+    let logged_after = lines(&path);
+    assert_eq!(logged, logged_after, "nothing more came");
+    assert_eq!(logged.len(), 3, "{logged:#?}");
+    assert!(
+        logged[0].contains(" PURGE ") && logged[0].contains(" 404 "),
+        "{logged:#?}"
+    );
+    assert!(
+        logged[1].contains(" GET ") && logged[1].contains("/nope"),
+        "{logged:#?}"
+    );
+    assert!(logged[2].contains(&origin.url("/page")), "{logged:#?}");
+    assert!(
+        !logged
+            .iter()
+            .any(|line| line.contains("/healthz") || line.contains("/metrics"))
+    );
+    // Counted all the same.
+    let (_, page) = scrape_metrics(proxy.addr);
+    let answered = metric(&page, "fetchproxy_requests_total{code=\"200\"}").unwrap_or(0.0);
+    assert!(answered >= 5.0, "{answered}");
+    assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
 /// Asks the proxy for `url`, reads the head and some of the body, and
 /// closes with the rest unread.
 fn leave_mid_answer(proxy: &ProxyProcess, url: &str) {
