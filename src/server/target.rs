@@ -147,9 +147,30 @@ pub fn check_target(
             {
                 return Err(ProxyError::DestinationDenied { addr: ip });
             }
+            if head.method == "OPTIONS" && names_no_path(&head.target) {
+                return Ok(Route::Forward(Origin {
+                    uri: server_wide(uri),
+                }));
+            }
             Ok(Route::Forward(Origin { uri }))
         }
     }
+}
+
+/// Whether an absolute-form `target` has an empty path and no query
+/// (`http://h`, `http://h:8080`): for OPTIONS, a question about the server
+/// as a whole.
+fn names_no_path(target: &str) -> bool {
+    let after_scheme = target.find("://").map_or(target, |i| &target[i + 3..]);
+    !after_scheme.contains(['/', '?'])
+}
+
+/// `uri` with `*` as its request-target: an OPTIONS for the whole server,
+/// which the last proxy sends as `OPTIONS * HTTP/1.1` (RFC 9112 §3.2.4).
+fn server_wide(uri: Uri) -> Uri {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(ureq::http::uri::PathAndQuery::from_static("*"));
+    Uri::from_parts(parts).unwrap_or(uri)
 }
 
 /// The proxy's own endpoint an origin-form request asks for.

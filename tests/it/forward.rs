@@ -946,6 +946,33 @@ fn max_forwards_is_decremented() {
 }
 
 #[test]
+fn options_for_a_whole_server_reaches_the_origin_as_an_asterisk() {
+    let origin = path_echo_origin();
+    let proxy = Proxy::start();
+    let authority = origin.addr.to_string();
+    let request = format!(
+        "OPTIONS http://{authority} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    );
+    let reply = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(String::from_utf8_lossy(&reply.body), "path=*");
+    let req = only_request(&origin);
+    assert_eq!((req.method.as_str(), req.target.as_str()), ("OPTIONS", "*"));
+    assert_eq!(req.header("host"), Some(authority.as_str()));
+    // With a path it is about that resource, and goes up as it came.
+    let request = format!(
+        "OPTIONS http://{authority}/ HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    );
+    let reply = exchange(proxy.addr, request.as_bytes(), LIMIT);
+    assert_eq!(
+        String::from_utf8_lossy(&reply.body),
+        "path=/",
+        "{}",
+        reply.head
+    );
+}
+
+#[test]
 fn every_response_carries_a_request_id() {
     let origin = Origin::fixed("text/plain", b"ok");
     let proxy = Proxy::start();

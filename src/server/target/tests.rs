@@ -238,6 +238,34 @@ fn methods_and_schemes_that_are_not_forwarded_are_refused() {
 }
 
 #[test]
+fn options_for_a_whole_server_goes_up_as_an_asterisk() {
+    // RFC 9112 §3.2.4: an empty path and no query; the last proxy sends `*`.
+    for target in ["http://h", "http://h:8080", "http://user@h:8080"] {
+        let text = format!("OPTIONS {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let Ok(Route::Forward(origin)) = route(&text) else {
+            panic!("{target}: forwarded");
+        };
+        assert_eq!(
+            origin.uri.path_and_query().map(|p| p.as_str()),
+            Some("*"),
+            "{target}"
+        );
+        assert!(origin.uri.authority().is_some(), "{target}");
+    }
+    // A path, even `/`, or a query, is a resource; other methods keep `/`.
+    for text in [
+        "OPTIONS http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        "OPTIONS http://h?x HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h HTTP/1.1\r\nHost: h\r\n\r\n",
+    ] {
+        let Ok(Route::Forward(origin)) = route(text) else {
+            panic!("{text:?}: forwarded");
+        };
+        assert_ne!(origin.uri.path(), "*", "{text:?}");
+    }
+}
+
+#[test]
 fn extension_methods_are_forwarded_and_purge_stays_here() {
     for method in ["M-SEARCH", "PROPFIND", "BREW", "LINK"] {
         let text = format!("{method} http://h/ HTTP/1.1\r\nHost: h\r\n\r\n");
