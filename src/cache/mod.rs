@@ -329,6 +329,12 @@ impl Cache {
         (memory, self.shared.disk.as_ref().map(|d| d.tier.usage()))
     }
 
+    /// The largest response the disk tier takes now (`cache_dir_max_object`,
+    /// within what its budget allows); `None` without a disk tier.
+    pub fn disk_max_object(&self) -> Option<u64> {
+        self.shared.disk.as_ref().map(|disk| disk.max_object())
+    }
+
     /// Fills in progress that followers can join (a gauge).
     pub fn fills_in_progress(&self) -> usize {
         self.shared.collapser.fills_in_progress()

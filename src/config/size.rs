@@ -74,20 +74,29 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
-/// A size in a message: in the largest unit, binary or SI, that divides
-/// it exactly (`64KiB`, `10KB`), else in bytes (`1536 bytes`, `1 byte`).
+/// A size in a message, as it would be written: the shorter of the
+/// largest binary and the largest SI unit that divide it exactly (`64KiB`,
+/// `10KB`, `512MB` rather than `500000KiB`); else, from 1 MiB, about so
+/// many MiB or GiB (`about 18.9MiB`); else in bytes (`1536 bytes`, `1
+/// byte`).
 pub fn size_text(bytes: u64) -> String {
-    let plain = format_size(bytes);
-    if !plain.bytes().all(|b| b.is_ascii_digit()) {
-        return plain;
-    }
-    let si = UNITS[4..8]
-        .iter()
-        .rev()
-        .find(|&&(_, unit)| bytes >= unit && bytes.is_multiple_of(unit));
-    match si {
-        Some((name, unit)) => format!("{}{name}", bytes / unit),
-        None => format!("{plain} byte{}", if bytes == 1 { "" } else { "s" }),
+    let exact = |units: &[(&str, u64)]| {
+        units
+            .iter()
+            .rev()
+            .find(|&&(_, unit)| bytes >= unit && bytes.is_multiple_of(unit))
+            .map(|(name, unit)| format!("{}{name}", bytes / unit))
+    };
+    match (exact(&UNITS[..4]), exact(&UNITS[4..8])) {
+        (Some(binary), Some(si)) if si.len() < binary.len() => si,
+        (Some(text), _) | (None, Some(text)) => text,
+        (None, None) if bytes >= 1 << 30 => {
+            format!("about {:.1}GiB", bytes as f64 / f64::from(1 << 30))
+        }
+        (None, None) if bytes >= 1 << 20 => {
+            format!("about {:.1}MiB", bytes as f64 / f64::from(1 << 20))
+        }
+        (None, None) => format!("{bytes} byte{}", if bytes == 1 { "" } else { "s" }),
     }
 }
 
@@ -177,5 +186,10 @@ mod tests {
         assert_eq!(size_text(1536), "1536 bytes");
         assert_eq!(size_text(1), "1 byte");
         assert_eq!(size_text(0), "0 bytes");
+        assert_eq!(size_text(512_000_000), "512MB", "not 500000KiB");
+        assert_eq!(size_text(1 << 30), "1GiB");
+        assert_eq!(size_text(21 << 20), "21MiB");
+        assert_eq!(size_text((21 << 20) * 9 / 10), "about 18.9MiB");
+        assert_eq!(size_text((3 << 30) + 1), "about 3.0GiB");
     }
 }

@@ -91,7 +91,11 @@ pub fn open(config: &ServeConfig) -> Result<Cache, CacheError> {
             size(config.cache_max_object.min(config.cache_mem)),
             size(config.cache_dir_size),
             dir.display(),
-            size(config.cache_dir_max_object.min(config.cache_dir_size)),
+            size(
+                cache
+                    .disk_max_object()
+                    .unwrap_or(config.cache_dir_max_object)
+            ),
         );
     } else {
         log::info!(

@@ -599,6 +599,49 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 #[test]
+fn the_start_line_names_the_largest_object_the_disk_tier_takes() {
+    // The disk tier keeps at most 90% of its budget in one object.
+    let origin = Origin::start(|request| {
+        let len = if request.target == "/under" {
+            18 << 20
+        } else {
+            19 << 20
+        };
+        fresh_pattern(len)
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir_arg = dir.path().to_str().expect("UTF-8 temp path");
+    let proxy = start_loaded(&[
+        "--cache-dir",
+        dir_arg,
+        "--cache-dir-size",
+        "21MiB",
+        "--cache-max-object",
+        "1MiB",
+    ]);
+    let line = proxy
+        .wait_for_log("on disk in", LIMIT)
+        .expect("the cache's start line");
+    assert!(
+        line.contains("21MiB on disk") && line.contains("(objects up to about 18.9MiB)"),
+        "{line}"
+    );
+    let over = get(proxy.addr, &origin.url("/over"), &[]);
+    assert!(
+        cache_status(&over).contains("detail=too-large"),
+        "{:?}",
+        over.headers
+    );
+    let under = get(proxy.addr, &origin.url("/under"), &[]);
+    assert!(
+        cache_status(&under).contains("stored"),
+        "{:?}",
+        under.headers
+    );
+    stop(proxy);
+}
+
+#[test]
 fn a_response_over_every_limit_streams_through_with_memory_flat() {
     const LEN: u64 = 192 << 20;
     let origin = Origin::start(|request| Reply::HugeCacheable {
