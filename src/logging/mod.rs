@@ -175,6 +175,19 @@ pub fn init_access_log(
     own_pages: OwnPages,
 ) -> io::Result<()> {
     let file = path.map(AccessFile::open).transpose()?;
+    let own = match own_pages {
+        OwnPages::All => "",
+        OwnPages::Errors => "; health checks and scrapes answered well are left out",
+    };
+    let format_name = match format {
+        AccessLogFormat::Fetchproxy => "fetchproxy",
+        AccessLogFormat::Squid => "squid",
+        AccessLogFormat::Combined => "combined",
+    };
+    match path {
+        Some(path) => log::info!("access log: {}, {format_name} format{own}", path.display()),
+        None => log::info!("access log: standard error, {format_name} format{own}"),
+    }
     let _ = ACCESS_LOG.set(AccessLog {
         format,
         own_pages,
