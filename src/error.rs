@@ -43,7 +43,8 @@ pub enum ProxyError {
     /// The request head or body framing could not be parsed.
     #[error("malformed request: {0}")]
     BadRequest(String),
-    /// An origin-form target that is not one of the proxy's own endpoints.
+    /// An origin-form target that is not one of the proxy's own endpoints
+    /// (400), or is one asked with a method it does not answer (405).
     #[error("{}", not_an_endpoint(.method, .target))]
     NotProxyEndpoint { method: String, target: String },
     /// The request head grew past `max_header_bytes`.
@@ -173,13 +174,22 @@ pub const PROXY_STATUS_TYPES: [&str; 13] = [
 /// Why an origin-form request got no answer from the proxy's own
 /// endpoints, and how to send it through the proxy instead.
 fn not_an_endpoint(method: &str, target: &str) -> String {
-    let path = target.split('?').next().unwrap_or_default();
-    if matches!(path, "/healthz" | "/metrics") {
+    if is_own_page(target) {
+        let path = target.split('?').next().unwrap_or_default();
         return format!("{path} answers GET and HEAD, not {method}");
     }
     format!(
         "{target} is not an endpoint of the proxy (/healthz, /metrics); to go through the proxy, \
          send an absolute URL: {method} http://host/path (curl -x http://PROXY:PORT URL does)"
+    )
+}
+
+/// Whether an origin-form `target` is one of the proxy's own pages, whatever
+/// the method.
+fn is_own_page(target: &str) -> bool {
+    matches!(
+        target.split('?').next().unwrap_or_default(),
+        "/healthz" | "/metrics"
     )
 }
 
@@ -226,6 +236,14 @@ impl ProxyError {
         }
     }
 
+    /// The methods for `Allow`, on a 405 (RFC 9110 §15.5.6).
+    pub fn allow(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::NotProxyEndpoint { target, .. } if is_own_page(target) => Some("GET, HEAD"),
+            _ => None,
+        }
+    }
+
     /// The `Proxy-Authenticate` challenge, on the errors that have one.
     pub fn proxy_authenticate(&self) -> Option<&'static str> {
         match self {
@@ -263,6 +281,8 @@ impl ProxyError {
     fn classify(&self) -> (u16, &'static str) {
         use ProxyError::*;
         match self {
+            // A page of the proxy's own, asked with another method.
+            NotProxyEndpoint { target, .. } if is_own_page(target) => (405, "http_request_error"),
             BadRequest(_) | NotProxyEndpoint { .. } | SchemeNotSupported(_) => {
                 (400, "http_request_error")
             }
@@ -306,6 +326,22 @@ mod tests {
             (
                 ProxyError::BadRequest("x".into()),
                 400,
+                "http_request_error",
+            ),
+            (
+                ProxyError::NotProxyEndpoint {
+                    method: "GET".into(),
+                    target: "/other".into(),
+                },
+                400,
+                "http_request_error",
+            ),
+            (
+                ProxyError::NotProxyEndpoint {
+                    method: "OPTIONS".into(),
+                    target: "/healthz".into(),
+                },
+                405,
                 "http_request_error",
             ),
             (

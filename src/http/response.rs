@@ -181,6 +181,9 @@ pub fn error_response(
     if let Some(seconds) = err.retry_after() {
         head.header("Retry-After", seconds.to_string().as_bytes());
     }
+    if let Some(methods) = err.allow() {
+        head.header("Allow", methods.as_bytes());
+    }
     if let Some(challenge) = err.proxy_authenticate() {
         head.header("Proxy-Authenticate", challenge.as_bytes());
     }

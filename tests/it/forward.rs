@@ -1084,6 +1084,25 @@ fn healthz_answers_200() {
         "ok\n",
         "{output:?}"
     );
+    // Another method gets 405 with the methods it takes, and the connection
+    // stays open for the next request.
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    for method in ["OPTIONS", "POST"] {
+        let request = format!("{method} /healthz HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
+        stream.write_all(request.as_bytes()).expect("send");
+        let reply = read_one(&mut stream, false, LIMIT).expect("an answer");
+        assert_eq!(reply.status, 405, "{}", reply.head);
+        assert!(
+            reply.head.contains("\r\nAllow: GET, HEAD\r\n"),
+            "{}",
+            reply.head
+        );
+        assert!(
+            reply.head.contains("error=http_request_error"),
+            "{}",
+            reply.head
+        );
+    }
 }
 
 #[test]
