@@ -23,6 +23,10 @@ const PROGRESS_STEP: u64 = 256 * 1024;
 pub struct Job {
     pub id: usize,
     pub url: Url,
+    /// Where the URL stands, in input order, among those whose names would
+    /// collide (`naming::collision_key`): the first is 1, and the `n`th
+    /// takes no suffix below `-n`.
+    pub rank: u32,
 }
 
 /// What the workers tell the main thread.
@@ -46,6 +50,8 @@ pub enum Event {
 pub struct Outcome {
     pub id: usize,
     pub url: Url,
+    /// The job's `rank`.
+    pub rank: u32,
     /// The body in its temporary file, waiting for a name.
     pub result: Result<Finished, FetchError>,
     /// What the final response (if any) said, and which proxy gave it.
@@ -153,6 +159,7 @@ fn run_job(
     Outcome {
         id: job.id,
         url: job.url,
+        rank: job.rank,
         result,
         seen,
         elapsed: start.elapsed(),

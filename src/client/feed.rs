@@ -19,8 +19,8 @@ use crate::client::batch::Job;
 use crate::client::input::{self, InputError, Place, ReadError};
 use crate::client::manifest::Entry;
 use crate::client::progress::Prompt;
-use crate::client::save;
 use crate::client::start::UsageError;
+use crate::client::{naming, save};
 
 /// Something the input thread tells the main thread.
 pub enum Fed {
@@ -128,6 +128,9 @@ impl Feeder {
     /// Reads until the input ends or the main thread is gone.
     pub fn run(self) {
         let mut seen: HashMap<String, Place> = HashMap::new();
+        // Per collision key, the URLs seen so far (saved ones included, so
+        // that a rerun ranks as the first run did).
+        let mut ranks: HashMap<String, u32> = HashMap::new();
         let mut next_id = 0;
         for item in self.source {
             let message = match item {
@@ -154,6 +157,9 @@ impl Feeder {
                         }
                     } else {
                         seen.insert(key.clone(), place);
+                        let rank = ranks.entry(naming::collision_key(&url)).or_insert(0);
+                        *rank = rank.saturating_add(1);
+                        let rank = *rank;
                         match self.last_saved.get(&key) {
                             Some(entry) if !self.overwrite && is_intact(&self.out_dir, entry) => {
                                 Fed::Skipped {
@@ -164,7 +170,14 @@ impl Feeder {
                             _ => {
                                 next_id += 1;
                                 if self.fed.send(Fed::Queued).is_err()
-                                    || self.jobs.send(Job { id: next_id, url }).is_err()
+                                    || self
+                                        .jobs
+                                        .send(Job {
+                                            id: next_id,
+                                            url,
+                                            rank,
+                                        })
+                                        .is_err()
                                 {
                                     return;
                                 }

@@ -47,6 +47,8 @@ pub fn file_name_for(url: &Url, content_type: Option<&str>, disposition: Option<
     let (path_stem, path_ext) = split_extension(&slug);
     // Keep the path's own extension in the stem unless it is the one the type gives.
     let ext = match (type_ext, path_ext) {
+        // A two-part extension stays whole (`tar.gz`).
+        (Some(ext), Some(own)) if same_extension(ext, own) && own.contains('.') => own.to_string(),
         (Some(ext), Some(own)) if same_extension(ext, own) => ext.to_string(),
         (Some(ext), Some(own)) => {
             push_part(&mut stem, &format!("{path_stem}.{own}"));
@@ -60,12 +62,29 @@ pub fn file_name_for(url: &Url, content_type: Option<&str>, disposition: Option<
     finish_with_query(stem, &ext, url)
 }
 
+/// What two URLs whose names would collide have in common, whatever their
+/// answers: the host, the path's slug and the query's hash, lowercased.
+/// `/a_b`, `/a/b` and `/a%5Fb` share one. Within a batch, such URLs take
+/// their suffixes in the order of the input (`collision_rank`), not in the
+/// order their downloads end.
+pub fn collision_key(url: &Url) -> String {
+    let mut key = host_part(url);
+    push_part(&mut key, &path_slug(url.path()));
+    if let Some(query) = url.query() {
+        push_part(&mut key, &query_hash(query));
+    }
+    key.to_ascii_lowercase()
+}
+
 /// `name` with a collision suffix `-n` before the extension, still within
 /// `MAX_NAME_BYTES` (the stem is shortened to make room).
 pub fn with_suffix(name: &str, n: u32) -> String {
-    let (stem, ext) = match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => (stem, Some(ext)),
-        _ => (name, None),
+    let (stem, ext) = match split_extension(name) {
+        (stem, Some(ext)) if ext.contains('.') => (stem, Some(ext)),
+        _ => match name.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => (stem, Some(ext)),
+            _ => (name, None),
+        },
     };
     let suffix = format!("-{n}");
     let ext_len = ext.map_or(0, |e| e.len() + 1);
@@ -196,7 +215,12 @@ fn is_reserved_stem(name: &str) -> bool {
     RESERVED_STEMS.iter().any(|r| first.eq_ignore_ascii_case(r))
 }
 
-/// Splits a trailing extension of 1–8 alphanumeric characters off `name`.
+/// Compressions that follow `.tar` in a compressed archive's name
+/// (`a.tar.gz`): the two make one extension.
+const TAR_COMPRESSIONS: &[&str] = &["gz", "xz", "bz2", "zst", "lz", "lz4", "lzma", "z"];
+
+/// Splits a trailing extension of 1–8 alphanumeric characters off `name`;
+/// a compressed tar archive's is two (`a.tar.gz` gives `a` and `tar.gz`).
 fn split_extension(name: &str) -> (&str, Option<&str>) {
     match name.rsplit_once('.') {
         Some((stem, ext))
@@ -204,17 +228,31 @@ fn split_extension(name: &str) -> (&str, Option<&str>) {
                 && (1..=8).contains(&ext.len())
                 && ext.bytes().all(|b| b.is_ascii_alphanumeric()) =>
         {
-            (stem, Some(ext))
+            let compressed_tar = TAR_COMPRESSIONS.iter().any(|c| c.eq_ignore_ascii_case(ext))
+                && stem.len() > 4
+                && stem
+                    .get(stem.len() - 4..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(".tar"));
+            if compressed_tar {
+                let cut = stem.len() - 4;
+                (&name[..cut], Some(&name[cut + 1..]))
+            } else {
+                (stem, Some(ext))
+            }
         }
         _ => (name, None),
     }
 }
 
+/// Whether the path's own extension `own` is the one the type gives
+/// (`wanted`), or another spelling of it; a compressed tar archive's is the
+/// type's when its compression is (`tar.gz` for `application/gzip`).
 fn same_extension(wanted: &str, own: &str) -> bool {
     let own = own.to_ascii_lowercase();
-    own == wanted
+    let last = own.rsplit('.').next().unwrap_or(&own);
+    last == wanted
         || matches!(
-            (wanted, own.as_str()),
+            (wanted, last),
             ("html", "htm") | ("jpg", "jpeg") | ("txt", "text") | ("js", "mjs")
         )
 }
@@ -482,8 +520,53 @@ mod tests {
     }
 
     #[test]
+    fn a_compressed_tar_archive_keeps_its_two_part_extension() {
+        for (url, ct, want) in [
+            (
+                "http://h/pkg/b.tar.gz?version=2",
+                None,
+                "h_pkg_b_8f0ba7.tar.gz",
+            ),
+            (
+                "http://h/pkg/b.tar.gz",
+                Some("application/gzip"),
+                "h_pkg_b.tar.gz",
+            ),
+            (
+                "http://h/pkg/b.tar.gz",
+                Some("application/octet-stream"),
+                "h_pkg_b.tar.gz",
+            ),
+            (
+                "http://h/pkg/b.tar.xz?v=1",
+                Some("application/x-xz"),
+                "h_pkg_b_a798de.tar.xz",
+            ),
+            ("http://h/pkg/b.tar.zst", None, "h_pkg_b.tar.zst"),
+            // Not an archive's compression: `.tar` stays in the stem.
+            ("http://h/pkg/b.tar.json", None, "h_pkg_b.tar.json"),
+            ("http://h/pkg/b.gz?x=1", None, "h_pkg_b_1f206b.gz"),
+        ] {
+            assert_eq!(name(url, ct), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn urls_that_would_share_a_name_share_a_collision_key() {
+        let key = |u: &str| collision_key(&Url::parse(u).expect("url"));
+        assert_eq!(key("http://h/a_b"), key("http://h/a/b"));
+        assert_eq!(key("http://h/a_b"), key("http://H/A%5Fb"));
+        assert_eq!(key("http://h/pkg/a.tar.gz"), key("http://h/pkg/%61.tar.gz"));
+        assert_ne!(key("http://h/a?x=1"), key("http://h/a?x=2"));
+        assert_ne!(key("http://h/a"), key("http://g/a"));
+    }
+
+    #[test]
     fn suffix_goes_before_the_extension_within_the_limit() {
         assert_eq!(with_suffix("example.com.html", 2), "example.com-2.html");
+        assert_eq!(with_suffix("h_pkg_a.tar.gz", 2), "h_pkg_a-2.tar.gz");
+        assert_eq!(with_suffix("h_pkg_a.TAR.XZ", 3), "h_pkg_a-3.TAR.XZ");
+        assert_eq!(with_suffix("h_a.tar", 2), "h_a-2.tar");
         assert_eq!(with_suffix("noext", 3), "noext-3");
         let long = format!("{}.html", "a".repeat(115));
         let got = with_suffix(&long, 12);
@@ -586,7 +669,7 @@ mod tests {
                     continue; // the batch skips repeated URLs
                 }
                 let base = file_name_for(&url, Some("text/html"), None);
-                let chosen = names.choose(&base, url.as_str(), false, |_| false);
+                let chosen = names.choose(&base, url.as_str(), 1, false, |_| false);
                 prop_assert!(is_safe_name(&chosen));
                 prop_assert!(given.insert(chosen.to_ascii_lowercase()), "{chosen} given twice");
             }

@@ -155,6 +155,7 @@ impl Recorder {
         let Outcome {
             id,
             url,
+            rank,
             result,
             seen,
             elapsed,
@@ -190,7 +191,7 @@ impl Recorder {
                 seen.content_type.as_deref(),
                 seen.content_disposition.as_deref(),
             );
-            let name = self.place(&base, url.as_str(), &mut file)?;
+            let name = self.place(&base, url.as_str(), rank, &mut file)?;
             Ok((name, file.sha256.clone(), file.bytes))
         });
         match saved {
@@ -235,18 +236,20 @@ impl Recorder {
         }
     }
 
-    /// Picks a free name for `url` and renames the file to it; a name taken
-    /// meanwhile by another program is passed over.
+    /// Picks a free name for `url`, `rank`th among the URLs whose names
+    /// would collide, and renames the file to it; a name taken meanwhile by
+    /// another program is passed over.
     fn place(
         &mut self,
         base: &str,
         url: &str,
+        rank: u32,
         file: &mut save::Finished,
     ) -> Result<String, String> {
         let dir = &self.out_dir;
         // Bounded: each round either succeeds or sees the name on disk next time.
         for _ in 0..1000 {
-            let name = self.names.choose(base, url, self.overwrite, |n| {
+            let name = self.names.choose(base, url, rank, self.overwrite, |n| {
                 dir.join(n).symlink_metadata().is_ok()
             });
             match file.commit(dir, &name, self.overwrite) {

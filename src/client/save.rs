@@ -226,12 +226,15 @@ impl Names {
     }
 
     /// The name for `url`: `base`, else `base-2`, `base-3`, ... The first one
-    /// that no other URL holds and that is not on disk (`exists`); a file this
-    /// URL already owns may be replaced only when `overwrite` is set.
+    /// from `base-rank` on (so that URLs whose names collide take them in
+    /// the order of the input, however their downloads end) that no other
+    /// URL holds and that is not on disk (`exists`); a file this URL
+    /// already owns may be replaced only when `overwrite` is set.
     pub fn choose(
         &mut self,
         base: &str,
         url: &str,
+        rank: u32,
         overwrite: bool,
         exists: impl Fn(&str) -> bool,
     ) -> String {
@@ -242,7 +245,7 @@ impl Names {
         let own = self.recorded.get(url).into_iter().flatten();
         let first = own
             .filter_map(|file| suffix_of(base, file))
-            .fold(unowned, u32::min);
+            .fold(unowned.max(rank), u32::min);
         for n in first.. {
             let candidate = candidate(base, n);
             let key = candidate.to_ascii_lowercase();
@@ -290,9 +293,18 @@ fn suffix_of(base: &str, file: &str) -> Option<u32> {
     if file == base.to_ascii_lowercase() {
         return Some(1);
     }
+    // The number after the last `-` that is followed by digits, up to a
+    // dot or the end: `a-12.html`, `a-12.tar.gz`, `readme-3`.
     let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
-    let n: u32 = stem.rsplit_once('-')?.1.parse().ok()?;
-    (n >= 2 && candidate(base, n).to_ascii_lowercase() == file).then_some(n)
+    let before_extension = stem.rsplit_once('-').map(|(_, n)| n);
+    let before_dots = file
+        .rsplit_once('-')
+        .and_then(|(_, rest)| rest.split('.').next());
+    [before_extension, before_dots]
+        .into_iter()
+        .flatten()
+        .filter_map(|digits| digits.parse::<u32>().ok())
+        .find(|&n| n >= 2 && candidate(base, n).to_ascii_lowercase() == file)
 }
 
 /// Removes the temporary files that runs killed outright (`kill -9`, a
@@ -446,13 +458,26 @@ mod tests {
     fn collisions_get_numbered_suffixes() {
         let mut names = Names::new(std::iter::empty());
         let none = |_: &str| false;
-        assert_eq!(names.choose("a.html", "u1", false, none), "a.html");
-        assert_eq!(names.choose("a.html", "u2", false, none), "a-2.html");
-        assert_eq!(names.choose("A.html", "u3", false, none), "A-3.html");
+        assert_eq!(names.choose("a.html", "u1", 1, false, none), "a.html");
+        assert_eq!(names.choose("a.html", "u2", 1, false, none), "a-2.html");
+        assert_eq!(names.choose("A.html", "u3", 1, false, none), "A-3.html");
         assert_eq!(
-            names.choose("manifest.jsonl", "u4", false, none),
+            names.choose("manifest.jsonl", "u4", 1, false, none),
             "manifest-2.jsonl"
         );
+    }
+
+    #[test]
+    fn a_later_url_never_takes_a_suffix_below_its_rank() {
+        let mut names = Names::new(std::iter::empty());
+        let none = |_: &str| false;
+        // The second URL of a colliding pair ends first: it still gets -2,
+        // and the first URL gets the plain name when it ends.
+        assert_eq!(names.choose("a.html", "second", 2, false, none), "a-2.html");
+        assert_eq!(names.choose("a.html", "first", 1, false, none), "a.html");
+        assert_eq!(names.choose("a.html", "third", 3, false, none), "a-3.html");
+        // Past names held by others, as before.
+        assert_eq!(names.choose("a.html", "fourth", 2, false, none), "a-4.html");
     }
 
     #[test]
@@ -460,14 +485,17 @@ mod tests {
         let mut names = Names::new([("f.zip", "old"), ("f-3.zip", "older")].into_iter());
         let on_disk = |n: &str| n == "f-5.zip";
         let chosen: Vec<String> = (0..20_000)
-            .map(|i| names.choose("f.zip", &format!("u{i}"), false, on_disk))
+            .map(|i| names.choose("f.zip", &format!("u{i}"), 1, false, on_disk))
             .collect();
         assert_eq!(chosen[..3], ["f-2.zip", "f-4.zip", "f-6.zip"]);
         assert_eq!(chosen[19_999], "f-20003.zip");
         // The file on disk that no URL owns stays passed over, and a URL the
         // manifest records still finds its own name below the others.
-        assert_eq!(names.choose("F.zip", "new", false, on_disk), "F-20004.zip");
-        assert_eq!(names.choose("f.zip", "older", true, |_| true), "f-3.zip");
+        assert_eq!(
+            names.choose("F.zip", "new", 1, false, on_disk),
+            "F-20004.zip"
+        );
+        assert_eq!(names.choose("f.zip", "older", 1, true, |_| true), "f-3.zip");
     }
 
     #[test]
@@ -479,15 +507,19 @@ mod tests {
         for n in 1..=20_000 {
             let url = format!("u{n}");
             assert_eq!(
-                names.choose("f.zip", &url, true, |_| true),
+                names.choose("f.zip", &url, 1, true, |_| true),
                 candidate("f.zip", n)
             );
         }
         // Without --overwrite a URL's own file is kept, and it gets a new name.
         let on_disk = |n: &str| suffix_of("f.zip", n).is_some_and(|n| n <= 20_000);
-        assert_eq!(names.choose("f.zip", "u7", false, on_disk), "f-20001.zip");
-        assert_eq!(suffix_of("a.tar.gz", "a.tar-12.gz"), Some(12));
-        assert_eq!(suffix_of("a.tar.gz", "a-12.tar.gz"), None);
+        assert_eq!(
+            names.choose("f.zip", "u7", 1, false, on_disk),
+            "f-20001.zip"
+        );
+        assert_eq!(suffix_of("a.tar.gz", "a-12.tar.gz"), Some(12));
+        assert_eq!(suffix_of("a.tar.gz", "a.tar-12.gz"), None);
+        assert_eq!(suffix_of("a.html", "a-12.html"), Some(12));
         assert_eq!(suffix_of("readme", "readme-3"), Some(3));
         assert_eq!(suffix_of("readme", "other-3"), None);
     }
@@ -496,20 +528,20 @@ mod tests {
     fn unknown_files_on_disk_are_never_taken() {
         let mut names = Names::new(std::iter::empty());
         let on_disk = |n: &str| n == "a.html" || n == "a-2.html";
-        assert_eq!(names.choose("a.html", "u1", true, on_disk), "a-3.html");
+        assert_eq!(names.choose("a.html", "u1", 1, true, on_disk), "a-3.html");
     }
 
     #[test]
     fn a_urls_own_file_is_replaced_only_with_overwrite() {
         let on_disk = |n: &str| n == "a.html";
         let mut names = Names::new([("a.html", "u1")].into_iter());
-        assert_eq!(names.choose("a.html", "u1", true, on_disk), "a.html");
+        assert_eq!(names.choose("a.html", "u1", 1, true, on_disk), "a.html");
         let mut names = Names::new([("a.html", "u1")].into_iter());
-        assert_eq!(names.choose("a.html", "u1", false, on_disk), "a-2.html");
+        assert_eq!(names.choose("a.html", "u1", 1, false, on_disk), "a-2.html");
         let mut names = Names::new([("a.html", "u1")].into_iter());
-        assert_eq!(names.choose("a.html", "u2", true, on_disk), "a-2.html");
+        assert_eq!(names.choose("a.html", "u2", 1, true, on_disk), "a-2.html");
         // The URL's own recorded file is gone: its name is free for it again.
         let mut names = Names::new([("a.html", "u1")].into_iter());
-        assert_eq!(names.choose("a.html", "u1", false, |_| false), "a.html");
+        assert_eq!(names.choose("a.html", "u1", 1, false, |_| false), "a.html");
     }
 }

@@ -715,6 +715,67 @@ fn exit_codes_are_0_1_and_2() {
 }
 
 #[test]
+fn urls_that_would_share_a_name_take_suffixes_in_input_order() {
+    // The first URL's answer waits until the second has been saved: the
+    // second still gets the `-2`, as it would in any run.
+    let gate = Gate::new();
+    let held = gate.clone();
+    let origin = Origin::start(move |req| {
+        if req.target == "/pkg/a_b.tar.gz" {
+            held.wait(Duration::from_secs(60));
+        }
+        Reply::ok("application/octet-stream", req.target.clone())
+    });
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let first = origin.url("/pkg/a_b.tar.gz");
+    let second = origin.url("/pkg/a/b.tar.gz");
+    let input = write_input(dir.path(), &[first.clone(), second.clone()]);
+    let child = spawn_fetch(
+        proxy.addr,
+        &out,
+        &[
+            "--concurrency",
+            "2",
+            "--input",
+            input.to_str().expect("utf-8"),
+        ],
+    );
+    // Read as text: a line may be half written when it is looked at.
+    let second_saved = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(out.join("manifest.jsonl")).is_ok_and(|text| {
+            text.lines()
+                .any(|line| line.contains(second.as_str()) && line.ends_with('}'))
+        })
+    });
+    gate.open();
+    let ran = finish(child, None);
+    assert!(second_saved, "{}", ran.stderr);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let host = format!("127.0.0.1_{}", origin.addr.port());
+    let files: HashMap<String, String> = manifest(&out)
+        .iter()
+        .map(|e| {
+            (
+                e["url"].as_str().unwrap_or_default().to_string(),
+                e["file"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(files[&first], format!("{host}_pkg_a_b.tar.gz"), "{files:?}");
+    assert_eq!(
+        files[&second],
+        format!("{host}_pkg_a_b-2.tar.gz"),
+        "{files:?}"
+    );
+    for (url, file) in &files {
+        let body = std::fs::read_to_string(out.join(file)).expect("saved file");
+        assert!(url.ends_with(&body), "{file} holds {body}");
+    }
+}
+
+#[test]
 fn an_input_of_blank_lines_and_comments_makes_nothing_and_says_so() {
     let proxy = Proxy::start();
     let dir = tempfile::tempdir().expect("temp dir");
