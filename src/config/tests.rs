@@ -344,7 +344,7 @@ fn bad_values_name_the_key_or_the_flag_and_the_value() {
 fn a_bad_list_element_is_reported_at_its_own_line() {
     assert_eq!(
         message("allow_dest = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n"),
-        "fetchproxy.toml:3: allow_dest = \"10.0.0.0/33\": expected an address or a range such as 127.0.0.1, 10.0.0.0/8, ::1 or fc00::/7"
+        "fetchproxy.toml:3: allow_dest = \"10.0.0.0/33\": expected an address or a range such as 127.0.0.1, 10.0.0.0/8, ::1 or fc00::/7; the prefix length /33 is over 32, the most for this address"
     );
     assert_eq!(
         message("allow_clients = []\n"),

@@ -84,8 +84,19 @@ pub fn parse_range(text: &str) -> Result<IpNet, String> {
             let name = text.contains(|c: char| c.is_ascii_alphabetic())
                 && !text.contains(['/', ':'])
                 && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            // An address with a prefix too long for it (`10.0.0.0/33`).
+            let too_long = text.split_once('/').and_then(|(addr, bits)| {
+                let max = match addr.parse::<IpAddr>().ok()? {
+                    IpAddr::V4(_) => 32,
+                    IpAddr::V6(_) => 128,
+                };
+                let bits: u32 = bits.parse().ok()?;
+                (bits > max).then_some((bits, max))
+            });
             if text.eq_ignore_ascii_case("localhost") {
                 format!("expected {EXPECTED_RANGE}; for localhost give 127.0.0.1 and ::1")
+            } else if let Some((bits, max)) = too_long {
+                format!("expected {EXPECTED_RANGE}; the prefix length /{bits} is over {max}, the most for this address")
             } else if name {
                 format!("expected {EXPECTED_RANGE}; a name is not taken, give the addresses it stands for")
             } else {
@@ -261,6 +272,18 @@ mod tests {
             let err = parse_range(bad).expect_err(bad);
             assert!(err.contains("127.0.0.1, 10.0.0.0/8"), "{bad}: {err}");
         }
+        for (bad, says) in [
+            ("10.0.0.0/33", "/33 is over 32"),
+            ("fd00::/129", "/129 is over 128"),
+        ] {
+            let err = parse_range(bad).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(
+            !parse_range("10.0.0.0/x")
+                .expect_err("x")
+                .contains("prefix length")
+        );
     }
 
     #[test]
