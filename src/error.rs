@@ -184,9 +184,9 @@ fn not_an_endpoint(method: &str, target: &str) -> String {
     )
 }
 
-/// Whether an origin-form `target` is one of the proxy's own pages, whatever
-/// the method.
-fn is_own_page(target: &str) -> bool {
+/// Whether an origin-form `target` (or a URL's path) is one of the proxy's
+/// own pages, whatever the method.
+pub fn is_own_page(target: &str) -> bool {
     matches!(
         target.split('?').next().unwrap_or_default(),
         "/healthz" | "/metrics"

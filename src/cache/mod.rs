@@ -294,7 +294,11 @@ impl Cache {
             _ => None,
         };
         let mut config = config;
-        config.mem_max_object = config.mem_max_object.min(config.mem_bytes);
+        // Within what the tier takes: a budget under four times the limit
+        // leaves one shard, which holds at most 90% of it.
+        config.mem_max_object = memory.as_ref().map_or(config.mem_max_object, |tier| {
+            config.mem_max_object.min(tier.largest())
+        });
         Ok(Cache {
             shared: Arc::new(Shared {
                 collapser,
@@ -327,6 +331,12 @@ impl Cache {
             .map(Tier::usage)
             .unwrap_or_default();
         (memory, self.shared.disk.as_ref().map(|d| d.tier.usage()))
+    }
+
+    /// The largest response the memory tier takes (`cache_max_object`,
+    /// within what its budget allows).
+    pub fn memory_max_object(&self) -> u64 {
+        self.shared.config.mem_max_object
     }
 
     /// The largest response the disk tier takes now (`cache_dir_max_object`,

@@ -125,7 +125,9 @@ fn run_fetch(mut args: FetchArgs) -> Result<u8, UsageError> {
 
 fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Result<u8, UsageError> {
     if feed::holds_nothing(&args) {
-        // Said before anything is made: no out-dir, no manifest.
+        // Said before anything is made: no out-dir, no manifest (an out-dir
+        // that cannot be one is still named, for the next list).
+        outdir::check(&args.out_dir)?;
         eprintln!("{}", progress::NOTHING_TO_FETCH);
         return Ok(0);
     }

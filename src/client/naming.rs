@@ -62,18 +62,15 @@ pub fn file_name_for(url: &Url, content_type: Option<&str>, disposition: Option<
     finish_with_query(stem, &ext, url)
 }
 
-/// What two URLs whose names would collide have in common, whatever their
-/// answers: the host, the path's slug and the query's hash, lowercased.
-/// `/a_b`, `/a/b` and `/a%5Fb` share one. Within a batch, such URLs take
-/// their suffixes in the order of the input (`collision_rank`), not in the
-/// order their downloads end.
+/// What URLs whose names may collide have in common before their answers
+/// are known: the name the URL alone gives, without its extension,
+/// lowercased. `/a_b`, `/a/b`, `/a%5Fb` and `/a_b.html` share one; a long
+/// path cut to the name's limit keeps its own (the cut name ends in a hash
+/// of the URL). Within a batch, such URLs take their suffixes in the order
+/// of the input (`Job::rank`), not in the order their downloads end.
 pub fn collision_key(url: &Url) -> String {
-    let mut key = host_part(url);
-    push_part(&mut key, &path_slug(url.path()));
-    if let Some(query) = url.query() {
-        push_part(&mut key, &query_hash(query));
-    }
-    key.to_ascii_lowercase()
+    let name = file_name_for(url, None, None);
+    split_extension(&name).0.to_ascii_lowercase()
 }
 
 /// `name` with a collision suffix `-n` before the extension, still within
@@ -557,8 +554,15 @@ mod tests {
         assert_eq!(key("http://h/a_b"), key("http://h/a/b"));
         assert_eq!(key("http://h/a_b"), key("http://H/A%5Fb"));
         assert_eq!(key("http://h/pkg/a.tar.gz"), key("http://h/pkg/%61.tar.gz"));
+        assert_eq!(key("http://h/a"), key("http://h/a.html"));
         assert_ne!(key("http://h/a?x=1"), key("http://h/a?x=2"));
         assert_ne!(key("http://h/a"), key("http://g/a"));
+        // Cut to the limit, two long paths alike keep apart.
+        let long = "x".repeat(200);
+        assert_ne!(
+            key(&format!("http://h/{long}/1")),
+            key(&format!("http://h/{long}/2"))
+        );
     }
 
     #[test]

@@ -22,23 +22,30 @@ pub enum OutDirError {
     NotWritable { dir: PathBuf, source: io::Error },
 }
 
+/// Checks, without making anything, that no file stands where `dir` or
+/// one of its ancestors would be.
+///
+/// # Errors
+/// An `OutDirError` that names `dir` and the file in the way.
+pub fn check(dir: &Path) -> Result<(), OutDirError> {
+    match file_in_the_way(dir) {
+        None => Ok(()),
+        Some(file) if file == dir => Err(OutDirError::IsFile {
+            dir: dir.to_path_buf(),
+        }),
+        Some(file) => Err(OutDirError::UnderFile {
+            dir: dir.to_path_buf(),
+            file,
+        }),
+    }
+}
+
 /// Creates `dir` if needed and checks that a file can be made in it.
 ///
 /// # Errors
 /// An `OutDirError` that names `dir` (and the file in the way, if any).
 pub fn prepare(dir: &Path) -> Result<(), OutDirError> {
-    if let Some(file) = file_in_the_way(dir) {
-        return Err(if file == dir {
-            OutDirError::IsFile {
-                dir: dir.to_path_buf(),
-            }
-        } else {
-            OutDirError::UnderFile {
-                dir: dir.to_path_buf(),
-                file,
-            }
-        });
-    }
+    check(dir)?;
     fs::create_dir_all(dir).map_err(|source| OutDirError::Create {
         dir: dir.to_path_buf(),
         source,

@@ -90,13 +90,14 @@ pub fn size_text(bytes: u64) -> String {
     match (exact(&UNITS[..4]), exact(&UNITS[4..8])) {
         (Some(binary), Some(si)) if si.len() < binary.len() => si,
         (Some(text), _) | (None, Some(text)) => text,
-        (None, None) if bytes >= 1 << 30 => {
-            format!("about {:.1}GiB", bytes as f64 / f64::from(1 << 30))
+        (None, None) => {
+            // The largest unit of which it is at least 1.0 once rounded.
+            let about = UNITS[1..4].iter().rev().find_map(|&(name, unit)| {
+                let amount = bytes as f64 / unit as f64;
+                ((amount * 10.0).round() >= 10.0).then(|| format!("about {amount:.1}{name}"))
+            });
+            about.unwrap_or_else(|| format!("{bytes} byte{}", if bytes == 1 { "" } else { "s" }))
         }
-        (None, None) if bytes >= 1 << 20 => {
-            format!("about {:.1}MiB", bytes as f64 / f64::from(1 << 20))
-        }
-        (None, None) => format!("{bytes} byte{}", if bytes == 1 { "" } else { "s" }),
     }
 }
 
@@ -191,5 +192,9 @@ mod tests {
         assert_eq!(size_text(21 << 20), "21MiB");
         assert_eq!(size_text((21 << 20) * 9 / 10), "about 18.9MiB");
         assert_eq!(size_text((3 << 30) + 1), "about 3.0GiB");
+        assert_eq!(size_text((1 << 30) - 1), "about 1.0GiB");
+        assert_eq!(size_text(MAX_SIZE), "about 8388608.0TiB");
+        assert_eq!(size_text((1 << 20) - 1), "about 1.0MiB");
+        assert_eq!(size_text(900_001), "900001 bytes");
     }
 }

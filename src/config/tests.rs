@@ -338,6 +338,10 @@ fn bad_values_name_the_key_or_the_flag_and_the_value() {
         "fetchproxy.toml:1: access_log_format = \"apache\": expected fetchproxy, squid or combined"
     );
     assert!(message("via_name = \"two words\"\n").contains("an HTTP token"));
+    assert_eq!(
+        message("access_log_own_pages = \"none\"\n"),
+        "fetchproxy.toml:1: access_log_own_pages = \"none\": expected all or errors"
+    );
 }
 
 #[test]
@@ -560,6 +564,9 @@ fn via_name_log_level_and_access_log_are_read() {
         resolve("", "via_name = \"edge\"\naccess_log_format = \"combined\"").expect("valid");
     assert_eq!(config.via_name, "edge");
     assert_eq!(config.access_log_format, AccessLogFormat::Combined);
+    assert_eq!(config.access_log_own_pages, OwnPages::All, "the default");
+    let config = from_file("access_log_own_pages = \"Errors\"\n").expect("valid");
+    assert_eq!(config.access_log_own_pages, OwnPages::Errors);
 }
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$1Lj8XbtjgKpPhZe9BbR3v0p+ROxh6hV3kdEc4S1bfqc";

@@ -1,7 +1,8 @@
 //! Logging: simplelog on standard error set up once, and where access
 //! lines go: with the rest on standard error, or to a file of their own
 //! (`file`) in the format chosen (`access`), reopened on request. Escaping
-//! of peer-sent text is in `escape`. Makes no decisions about requests.
+//! of peer-sent text is in `escape`. Decides nothing about requests but
+//! whether an own page's answer gets a line (`records_own_page`).
 
 mod access;
 mod escape;

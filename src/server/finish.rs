@@ -1,7 +1,9 @@
 //! How a request ends, whoever ends it (a worker, the acceptor, the tunnel
 //! relay): whether the connection carries another request (decided here,
 //! once), the error answers the proxy writes itself, and the one
-//! access-log line and count that every request gets. Every answer's head
+//! access-log line and count that every request gets (but for the own
+//! pages answered well that `access_log_own_pages = errors` leaves out of
+//! the log). Every answer's head
 //! is finished by `http::response::Head::finish` (`X-Request-Id`,
 //! `Connection`); a closing connection lingers with the acceptor (see
 //! `handback`).
@@ -208,7 +210,9 @@ pub fn answer_error(
 }
 
 /// Writes the access-log line of a finished request and counts it for
-/// `/metrics`: every request gets exactly one of each, wherever it ends.
+/// `/metrics`: every request gets exactly one of each, wherever it ends
+/// (only the count, for an own page answered well that
+/// `access_log_own_pages` leaves out).
 /// A tunnel's line also gets its bytes up and why it ended.
 pub fn record(
     metrics: &Metrics,

@@ -63,7 +63,10 @@ pub enum Endpoint {
 /// An origin to forward to.
 #[derive(Debug)]
 pub struct Origin {
-    /// The URL to fetch, without credentials.
+    /// The URL to fetch, without credentials. For an OPTIONS about the
+    /// whole server its path is `*`, the request-target to send (RFC 9112
+    /// §3.2.4): then it prints as no URL does (`http://h*`), so show the
+    /// client's target, never this.
     pub uri: Uri,
 }
 
@@ -134,7 +137,17 @@ pub fn check_target(
                 // URL) gets them, where anything else would come back here.
                 return own_page(&head.method, uri.path())
                     .map(Route::Own)
-                    .ok_or(ProxyError::LoopDetected);
+                    .ok_or_else(|| {
+                        if crate::error::is_own_page(uri.path()) {
+                            // Asked with another method: a 405, as straight.
+                            ProxyError::NotProxyEndpoint {
+                                method: head.method.clone(),
+                                target: uri.path().to_string(),
+                            }
+                        } else {
+                            ProxyError::LoopDetected
+                        }
+                    });
             }
             if !access::allows_port(port, &rules.dest_ports) {
                 return Err(ProxyError::PortDenied { port });

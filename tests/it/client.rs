@@ -797,6 +797,18 @@ fn an_input_of_blank_lines_and_comments_makes_nothing_and_says_so() {
         );
         assert!(!out.exists(), "{name}: no out-dir and no manifest made");
     }
+    // An out-dir that cannot be one is named all the same.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let input = dir.path().join("empty.txt");
+    let ran = run_fetch(
+        proxy.addr,
+        &file,
+        &["--input", input.to_str().expect("utf-8")],
+        None,
+    );
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    assert!(ran.stderr.contains("--out-dir"), "{}", ran.stderr);
     // A line that is no URL is reported as before, in the manifest.
     let input = dir.path().join("bad.txt");
     std::fs::write(&input, "not a url at all\n").expect("write input");

@@ -37,3 +37,28 @@ fn the_cache_is_shared_across_worker_threads() {
     owned::<crate::cache::Follower>();
     owned::<crate::cache::BodyReader>();
 }
+
+/// The memory tier's object limit is what it can hold: a budget under four
+/// times `cache_max_object` leaves one shard, which takes 90% of it.
+#[test]
+fn the_memory_limit_is_what_the_tier_holds() {
+    use crate::cache::CacheConfig;
+    let open = |mem_bytes, mem_max_object| {
+        Cache::open(CacheConfig {
+            mem_bytes,
+            mem_max_object,
+            ..CacheConfig::default()
+        })
+        .expect("cache")
+    };
+    assert_eq!(open(256 << 20, 16 << 20).memory_max_object(), 16 << 20);
+    assert_eq!(
+        open(1 << 20, 16 << 20).memory_max_object(),
+        (1 << 20) * 9 / 10
+    );
+    assert_eq!(
+        open(16 << 20, 16 << 20).memory_max_object(),
+        (16 << 20) * 9 / 10
+    );
+    assert_eq!(open(16 << 20, 1 << 20).memory_max_object(), 1 << 20);
+}

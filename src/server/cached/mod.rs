@@ -88,7 +88,7 @@ pub fn open(config: &ServeConfig) -> Result<Cache, CacheError> {
         log::info!(
             "cache: {} in memory (objects up to {}), {} on disk in {} (objects up to {}); reading its index in the background",
             size(config.cache_mem),
-            size(config.cache_max_object.min(config.cache_mem)),
+            size(cache.memory_max_object()),
             size(config.cache_dir_size),
             dir.display(),
             size(
@@ -101,7 +101,7 @@ pub fn open(config: &ServeConfig) -> Result<Cache, CacheError> {
         log::info!(
             "cache: {} in memory (objects up to {}), no disk cache",
             size(config.cache_mem),
-            size(config.cache_max_object.min(config.cache_mem)),
+            size(cache.memory_max_object()),
         );
     }
     Ok(cache)
