@@ -146,7 +146,7 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
             }
             log::debug!("{}: serving stale: {err}", ex.head.target);
             let body_read = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
-            return answer_stale(ex, &object, None, now, body_read);
+            return answer_stale(ex, &object, None, now, body_read).map(from_origin);
         }
         Err(err) => return Err(err),
     };
@@ -168,6 +168,7 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
                 detail: None,
             };
             return answer::from_store(ex, &updated, outcome, now, upstream.body_read)
+                .map(from_origin)
                 .map_err(answer::Unsent::into_error);
         }
         // The 304 names other validators than the entry's (RFC 9111
@@ -200,7 +201,8 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
         stale.filler.origin_failed(Some(status.as_u16()));
         let (_, body) = upstream.response.into_parts();
         drain(body);
-        return answer_stale(ex, &object, Some(status.as_u16()), now, upstream.body_read);
+        return answer_stale(ex, &object, Some(status.as_u16()), now, upstream.body_read)
+            .map(from_origin);
     }
     fill(ex, fwd, stale.filler, Some(upstream))
 }
@@ -256,6 +258,18 @@ fn answer_stale(
         ttl: object.head.policy.ttl_seconds(now),
     };
     answer::from_store(ex, object, outcome, now, body_read).map_err(answer::Unsent::into_error)
+}
+
+/// `served`, an answer from the store right after this thread's call to
+/// the origin (a 304, or an error the stale copy stands in for), with the
+/// origin's address for an access log that shows it (Squid's
+/// `HIER_DIRECT/ADDR`); none when the origin was not reached. Only there:
+/// otherwise the thread's last call was another request's.
+fn from_origin(mut served: Served) -> Served {
+    if let Some(shown) = served.shown.as_mut() {
+        shown.origin = crate::transport::attempt().origin.map(|addr| addr.ip());
+    }
+    served
 }
 
 /// After a `stale-while-revalidate` hit was answered: hands the entry's

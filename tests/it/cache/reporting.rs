@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::{LIMIT, cache_status, fresh_origin, get};
+use super::{LIMIT, cache_status, fresh_origin, get, revalidating_origin};
 use crate::support::{Proxy, ProxyProcess, metric, scrape_metrics, wait_until};
 
 #[test]
@@ -121,11 +121,28 @@ fn lines(path: &Path) -> Vec<String> {
 #[test]
 fn the_access_log_names_each_outcome() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let origin = fresh_origin("logged");
+    let origin = revalidating_origin(
+        "logged",
+        &[
+            ("Content-Type", "text/plain"),
+            ("Cache-Control", "max-age=3600"),
+        ],
+        &[],
+    );
     let url = origin.url("/logged");
-    for (format, miss, hit) in [
-        ("fetchproxy", " cache=MISS", " cache=HIT"),
-        ("squid", " TCP_MISS/200 ", " TCP_HIT/200 "),
+    for (format, miss, hit, revalidated) in [
+        (
+            "fetchproxy",
+            " cache=MISS",
+            " cache=HIT",
+            " cache=REVALIDATED",
+        ),
+        (
+            "squid",
+            " TCP_MISS/200 ",
+            " TCP_HIT/200 ",
+            " TCP_REFRESH_UNMODIFIED/200 ",
+        ),
     ] {
         let path = dir.path().join(format!("{format}.log"));
         let mut proxy = ProxyProcess::start(&[
@@ -138,18 +155,26 @@ fn the_access_log_names_each_outcome() {
         ]);
         get(proxy.addr, &url, &[]);
         get(proxy.addr, &url, &[]);
-        let logged = wait_until(LIMIT, || lines(&path).len() >= 2);
+        let again = get(proxy.addr, &url, &["-H", "Cache-Control: no-cache"]);
+        assert!(cache_status(&again).contains("fwd-status=304"), "{again:?}");
+        let logged = wait_until(LIMIT, || lines(&path).len() >= 3);
         assert!(logged, "{:?}\n{}", lines(&path), proxy.log().join("\n"));
         let logged = lines(&path);
         assert!(logged[0].contains(miss), "{format}: {logged:?}");
         assert!(logged[1].contains(hit), "{format}: {logged:?}");
+        assert!(logged[2].contains(revalidated), "{format}: {logged:?}");
         if format == "squid" {
-            // The origin and the type on a miss; no origin on a hit.
+            // The origin and the type on a miss and on a revalidation that
+            // went there; no origin on a hit.
             assert!(
                 logged[0].ends_with(" HIER_DIRECT/127.0.0.1 text/plain"),
                 "{logged:?}"
             );
             assert!(logged[1].ends_with(" HIER_NONE/- text/plain"), "{logged:?}");
+            assert!(
+                logged[2].ends_with(" HIER_DIRECT/127.0.0.1 text/plain"),
+                "{logged:?}"
+            );
         }
         assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
     }
