@@ -192,6 +192,17 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
             .values()
             .filter_map(|e| Some((e.file.as_deref()?, e.url.as_str()))),
     );
+    // With `--overwrite`, the file each URL's latest line names, which the
+    // fresh copy replaces even under another name (its type changed, or an
+    // earlier version named it otherwise).
+    let replaced: HashMap<String, String> = if args.overwrite {
+        last_saved
+            .values()
+            .filter_map(|e| Some((e.url.clone(), e.file.clone()?)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
 
     let scratch = Arc::new(Scratch::new(&out_dir));
     // URLs given as arguments need no more workers than there are URLs.
@@ -229,6 +240,7 @@ fn run_batch(args: FetchArgs, settings: Settings, stop: Arc<AtomicBool>) -> Resu
         out_dir,
         overwrite: args.overwrite,
         names,
+        replaced,
         manifest,
         progress: Progress::new(mode, counted, prompt),
         tally: Tally::default(),

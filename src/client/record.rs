@@ -4,6 +4,7 @@
 //! manifest line, keeps the tally for the summary, and stops the batch
 //! cleanly on Ctrl-C or SIGTERM.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,9 @@ pub struct Recorder {
     pub out_dir: PathBuf,
     pub overwrite: bool,
     pub names: Names,
+    /// With `--overwrite`, the file each URL's latest manifest line names:
+    /// replaced by the fresh copy, whatever its name.
+    pub replaced: HashMap<String, String>,
     pub manifest: Manifest,
     pub progress: Progress,
     pub tally: Tally,
@@ -208,6 +212,7 @@ impl Recorder {
                 }
                 self.tally.fetched += 1;
                 self.tally.bytes += bytes;
+                self.retire_replaced(url.as_str(), &name);
                 let line = format!(
                     "fetched {url} -> {name} ({}, {:.1}s)",
                     indicatif::HumanBytes(bytes),
@@ -233,6 +238,34 @@ impl Recorder {
                 }
                 self.progress.error(Some(id), &line, true);
             }
+        }
+    }
+
+    /// Removes the file that `url`'s latest manifest line named, now that
+    /// `--overwrite` saved a fresh copy of it as `name`: only a regular file
+    /// (never a link or what one points at) that no other URL's line names.
+    fn retire_replaced(&mut self, url: &str, name: &str) {
+        let Some(old) = self.replaced.remove(url) else {
+            return;
+        };
+        // Compared without case: on a file system that ignores it, `A.html`
+        // is the file just saved as `a.html`.
+        if old.eq_ignore_ascii_case(name) || !self.names.is_owned_by(&old, url) {
+            return;
+        }
+        let path = self.out_dir.join(&old);
+        if !path.symlink_metadata().is_ok_and(|meta| meta.is_file()) {
+            return;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => self
+                .progress
+                .note(&format!("{url}: {name} replaces {old}, its file before")),
+            Err(err) => self.progress.error(
+                None,
+                &format!("{url}: saved as {name}, but its file before, {old}, stays: {err}"),
+                false,
+            ),
         }
     }
 

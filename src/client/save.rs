@@ -225,6 +225,14 @@ impl Names {
         }
     }
 
+    /// Whether `file` is `url`'s, as the manifest records it or as this
+    /// batch named it (compared without case).
+    pub fn is_owned_by(&self, file: &str, url: &str) -> bool {
+        self.owners
+            .get(&file.to_ascii_lowercase())
+            .is_some_and(|owner| owner == url)
+    }
+
     /// The name for `url`: `base`, else `base-2`, `base-3`, ... The first one
     /// from `base-rank` on (so that URLs whose names collide take them in
     /// the order of the input, however their downloads end) that no other

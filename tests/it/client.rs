@@ -400,6 +400,52 @@ fn rerun_skips_saved_urls_and_overwrite_fetches_them_again() {
 }
 
 #[test]
+fn overwrite_replaces_a_urls_file_saved_under_another_name() {
+    // An out-dir of an earlier version, which named this archive
+    // `..._b.tar_8f0ba7.gz`; the name is `..._b_8f0ba7.tar.gz` now.
+    let origin = Origin::start(|_| Reply::ok("application/gzip", "archive"));
+    let proxy = Proxy::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = origin.url("/pkg/b.tar.gz?version=2");
+    let p = prefix(&origin);
+    let (old, new) = (
+        format!("{p}_pkg_b.tar_8f0ba7.gz"),
+        format!("{p}_pkg_b_8f0ba7.tar.gz"),
+    );
+    let body = b"old archive";
+    std::fs::write(dir.path().join(&old), body).expect("old file");
+    let line = serde_json::json!({
+        "url": url, "file": old, "status": 200, "bytes": body.len(),
+        "content_type": "application/gzip",
+        "sha256": format!("{:x}", Sha256::digest(body)),
+        "elapsed_ms": 1, "request_id": null, "error": null,
+    });
+    std::fs::write(dir.path().join("manifest.jsonl"), format!("{line}\n")).expect("manifest");
+    // A file of another URL's name stays whatever happens.
+    std::fs::write(dir.path().join("unrelated.gz"), "mine").expect("other file");
+
+    let ran = run_fetch(proxy.addr, dir.path(), &[&url, "--overwrite"], None);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(&new)).expect("the fresh copy"),
+        "archive"
+    );
+    assert!(
+        !dir.path().join(&old).exists(),
+        "replaced: {:?}",
+        files(dir.path())
+    );
+    assert!(
+        ran.stderr.contains(&format!("{new} replaces {old}")),
+        "{}",
+        ran.stderr
+    );
+    assert!(dir.path().join("unrelated.gz").exists());
+    assert_eq!(by_url(&manifest(dir.path()))[&url]["file"], new.as_str());
+    assert_files_match_manifest(dir.path());
+}
+
+#[test]
 fn a_pre_existing_file_is_never_overwritten() {
     let origin = site();
     let proxy = Proxy::start();
