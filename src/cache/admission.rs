@@ -18,7 +18,7 @@ use crate::cache::fill::FillHead;
 use crate::cache::key::{CacheKey, Variant, VaryNames};
 use crate::cache::normalise;
 use crate::cache::object;
-use crate::cache::policy::Policy;
+use crate::cache::policy::{Policy, directives as policy_directives};
 use crate::cache::range;
 use crate::cache::stats::bump;
 use crate::http::headers::{HopByHop, is_hop_by_hop};
@@ -52,6 +52,9 @@ pub enum NotStored {
     /// serving it stale: only a client's `max-stale` or an unreachable
     /// origin could ever make use of it.
     Useless,
+    /// It sets a cookie, and its origin did not give it a lifetime of its
+    /// own in which it may be reused as it is (`sets_cookie_for_one`).
+    SetsCookie,
 }
 
 impl NotStored {
@@ -68,6 +71,7 @@ impl NotStored {
             NotStored::Incomplete => "incomplete",
             NotStored::Invalidated => "invalidated",
             NotStored::Useless => "no-freshness",
+            NotStored::SetsCookie => "sets-cookie",
         }
     }
 }
@@ -156,6 +160,9 @@ pub(crate) fn plan(
     let policy = Policy::new(&uri, request, status, &stored, now);
     if !policy.is_storable() {
         return Err(NotStored::Policy);
+    }
+    if sets_cookie_for_one(&stored) || (sets_cookie(&stored) && !policy.is_fresh(now)) {
+        return Err(NotStored::SetsCookie);
     }
     // An origin that sends no caching fields at all (no lifetime, no
     // Last-Modified to guess one from, no ETag) makes responses that RFC
@@ -301,6 +308,42 @@ pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
     }
     remove_unshared(&mut stored);
     stored
+}
+
+/// Whether `headers` set a cookie (`Set-Cookie`, or the old `Set-Cookie2`).
+pub fn sets_cookie(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::SET_COOKIE) || headers.contains_key("set-cookie2")
+}
+
+/// Whether a response that sets a cookie (as stored: without the fields
+/// its `no-cache="..."` or `private="..."` name) was meant for the one
+/// client it answers, as far as a shared cache can tell: its origin gave
+/// it no lifetime of its own (`max-age`, `s-maxage`, `Expires`), so only a
+/// heuristic would make it fresh, or it must be revalidated on every use
+/// (a bare `no-cache`), when each client's revalidation would be answered
+/// with the first client's cookie. RFC 9111 §3.1 lets a cache store
+/// `Set-Cookie`; nginx stores no response that sets one, Varnish none,
+/// Squid strips it from every hit. Here a response that sets a cookie is
+/// shared only as long as its origin said, explicitly, that it may be
+/// reused as it is (checked with its freshness by the caller).
+fn sets_cookie_for_one(stored: &HeaderMap) -> bool {
+    if !sets_cookie(stored) {
+        return false;
+    }
+    let values = || {
+        stored
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .map(http::HeaderValue::as_bytes)
+    };
+    let bare_no_cache = policy_directives(values()).any(|(key, value)| {
+        key.eq_ignore_ascii_case(b"no-cache") && value.is_none_or(<[u8]>::is_empty)
+    });
+    let explicit = stored.contains_key(http::header::EXPIRES)
+        || policy_directives(values()).any(|(key, _)| {
+            key.eq_ignore_ascii_case(b"max-age") || key.eq_ignore_ascii_case(b"s-maxage")
+        });
+    bare_no_cache || !explicit
 }
 
 /// Takes out of `headers` the fields its `no-cache="..."` or

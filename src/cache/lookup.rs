@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 
+use crate::cache::admission;
 use crate::cache::collapse::Role;
 use crate::cache::fill::{Fill, FillHead, Release};
 use crate::cache::filler::Filler;
@@ -623,7 +624,7 @@ impl Cache {
         // A PURGE or a newer response may have come while the origin was
         // asked: the refreshed entry then answers this request only.
         if let Some(tier) = tier {
-            tier.replace_exact(object, kept_for_others(&refreshed));
+            tier.replace_exact(object, kept_for_others(&refreshed, &answer.headers));
         }
         Some(refreshed)
     }
@@ -652,11 +653,15 @@ fn hit(object: Arc<StoredObject>, stale: bool, revalidate: bool) -> Lookup {
 }
 
 /// What of a refreshed entry is kept for other clients: all of it but the
-/// fields its `no-cache="..."` or `private="..."` name, which the 304 sent
-/// to this client only (its `Set-Cookie`, say).
-fn kept_for_others(refreshed: &Arc<StoredObject>) -> Arc<StoredObject> {
+/// fields its `no-cache="..."` or `private="..."` name, and a cookie the
+/// 304 (`answer`) set: those were sent to this client only. The entry
+/// keeps no cookie then: the one it had was replaced by this client's.
+fn kept_for_others(refreshed: &Arc<StoredObject>, answer: &http::HeaderMap) -> Arc<StoredObject> {
     let head = &refreshed.head;
-    let unshared = unshared_fields(&head.headers);
+    let mut unshared = unshared_fields(&head.headers);
+    if admission::sets_cookie(answer) {
+        unshared.extend(["set-cookie".to_string(), "set-cookie2".to_string()]);
+    }
     if unshared.is_empty() {
         return Arc::clone(refreshed);
     }

@@ -212,3 +212,131 @@ fn a_failed_post_does_not_become_the_answer_to_gets() {
         assert_eq!(after.text(), format!("page /p{status}"), "{after:?}");
     }
 }
+
+#[test]
+fn a_cookie_set_without_a_lifetime_of_its_own_reaches_only_its_client() {
+    // Frameworks set a session on the first visit of a page that has no
+    // lifetime (a Last-Modified, or `no-cache` and an ETag) and revalidate
+    // it on every use. Shared, the first visitor's session would be every
+    // later visitor's: by heuristic freshness, or with each revalidation's
+    // 304.
+    let origin = Origin::start(|request| {
+        let validated = request.header("if-none-match") == Some("\"home\"");
+        let control = match request.target.as_str() {
+            "/no-cache" => "no-cache",
+            "/expired" => "max-age=0",
+            _ => "",
+        };
+        let mut headers = vec![
+            ("ETag".to_string(), "\"home\"".to_string()),
+            (
+                "Last-Modified".to_string(),
+                "Wed, 01 Jan 2020 00:00:00 GMT".to_string(),
+            ),
+        ];
+        if !control.is_empty() {
+            headers.push(("Cache-Control".to_string(), control.to_string()));
+        }
+        if request.header("cookie").is_none() {
+            let user = format!("session=for-{}", request.header("x-user").unwrap_or("?"));
+            headers.push(("Set-Cookie".to_string(), user));
+        }
+        Reply::Full {
+            status: if validated { 304 } else { 200 },
+            headers,
+            body: if validated {
+                Vec::new()
+            } else {
+                b"home".to_vec()
+            },
+        }
+    });
+    let proxy = Proxy::start();
+    for path in ["/heuristic", "/no-cache", "/expired"] {
+        let url = origin.url(path);
+        let first = get(proxy.addr, &url, &["-H", "X-User: alice"]);
+        assert_eq!(
+            first.header("set-cookie"),
+            Some("session=for-alice"),
+            "{path}"
+        );
+        assert!(
+            cache_status(&first).contains("detail=sets-cookie"),
+            "{path}: {first:?}"
+        );
+        // Bob, logged in already, is sent no one's session.
+        let bob = get(proxy.addr, &url, &["-H", "Cookie: session=bob"]);
+        assert_eq!(bob.text(), "home", "{path}: {bob:?}");
+        assert_eq!(bob.header("set-cookie"), None, "{path}: leaked: {bob:?}");
+        // Bob's answer set no cookie: it may be shared. Newcomers get it,
+        // or, where it must be revalidated, a 304 with a session of their
+        // own, which the next one is not sent.
+        for user in ["carol", "dave"] {
+            let reply = get(proxy.addr, &url, &["-H", &format!("X-User: {user}")]);
+            assert_eq!(reply.text(), "home", "{path}: {reply:?}");
+            let own = format!("session=for-{user}");
+            let expected = (path != "/heuristic").then_some(own.as_str());
+            assert_eq!(reply.header("set-cookie"), expected, "{path}: {reply:?}");
+        }
+    }
+}
+
+#[test]
+fn a_cookie_with_a_lifetime_its_origin_gave_is_shared_as_rfc_9111_allows() {
+    // `max-age` says the response, cookie and all, may be reused as it is
+    // (RFC 9111 §3.1, §7.3): kept, as the public cache tests require.
+    let origin = Origin::start(|_| {
+        reply_with(
+            "shared",
+            &[("Cache-Control", "max-age=600"), ("Set-Cookie", "lang=en")],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/lang");
+    let first = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    let hit = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&hit).contains("; hit"), "{hit:?}");
+    assert_eq!(hit.header("set-cookie"), Some("lang=en"));
+    assert_eq!(requests_for(&origin, "/lang").len(), 1);
+}
+
+#[test]
+fn a_cookie_a_304_sets_reaches_only_the_client_that_revalidated() {
+    // A page stored without a cookie, stale at once; the origin's 304 to
+    // Alice's revalidation sets her session. Bob's hit must not carry it.
+    let origin = Origin::start(|request| {
+        let validated = request.header("if-none-match") == Some("\"v1\"");
+        let mut headers = vec![
+            ("ETag".to_string(), "\"v1\"".to_string()),
+            ("Cache-Control".to_string(), "max-age=600".to_string()),
+        ];
+        if validated {
+            headers.push(("Set-Cookie".to_string(), "session=alice".to_string()));
+        }
+        Reply::Full {
+            status: if validated { 304 } else { 200 },
+            headers,
+            body: if validated {
+                Vec::new()
+            } else {
+                b"page".to_vec()
+            },
+        }
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/page");
+    let first = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    let alice = get(proxy.addr, &url, &["-H", "Cache-Control: no-cache"]);
+    assert!(cache_status(&alice).contains("fwd-status=304"), "{alice:?}");
+    assert_eq!(alice.header("set-cookie"), Some("session=alice"));
+    let bob = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&bob).contains("; hit"), "{bob:?}");
+    assert_eq!(bob.text(), "page");
+    assert_eq!(
+        bob.header("set-cookie"),
+        None,
+        "alice's session leaked: {bob:?}"
+    );
+}
