@@ -149,9 +149,9 @@ pub enum NoStore {
     Head,
     /// The request says `no-store` (RFC 9111 §5.2.1.5).
     RequestNoStore,
-    /// The client's own preconditions go upstream as sent: the answer may
-    /// be a 304 or 412 (or, for `If-Range`, a 200 to a range request),
-    /// which is not the response to store.
+    /// An `If-Range` goes upstream as sent: the answer may be a 200 to a
+    /// range request, or a part, which is not the response to store. (The
+    /// other preconditions fill alone: a 200 is kept, a 304 or 412 not.)
     Conditional,
 }
 
@@ -399,8 +399,15 @@ impl Cache {
         if has_directive(head, "no-store") {
             return Some(MissRole::NoStore(NoStore::RequestNoStore));
         }
-        if PRECONDITIONS.iter().any(|name| head.header(name).is_some()) {
+        if head.header("if-range").is_some() {
             return Some(MissRole::NoStore(NoStore::Conditional));
+        }
+        if PRECONDITIONS.iter().any(|name| head.header(name).is_some()) {
+            // The client's preconditions go up as sent: a 304 or 412 is its
+            // answer alone, but a 200 is the whole response, and is kept
+            // (a crawler that revisits with validators fills the cache for
+            // everyone). Nobody waits on it: the answer may be a 304.
+            return Some(MissRole::Fill(self.fill_alone(key)));
         }
         if head.header("range").is_some() {
             // The 206 that comes back is kept as a part of the response,

@@ -548,3 +548,36 @@ fn a_head_that_sees_a_new_version_drops_the_stored_get_response() {
     assert_eq!(after.text(), "body of v2", "{after:?}");
     assert!(cache_status(&after).contains("fwd="), "{after:?}");
 }
+
+#[test]
+fn a_full_answer_to_a_conditional_miss_is_stored_and_a_304_is_not() {
+    // A crawler revisits with the validators it kept; the proxy has nothing
+    // yet. A 200 is the whole response, kept for everyone; a 304 is that
+    // client's answer alone.
+    let origin = revalidating_origin("page", &[("Cache-Control", "max-age=600")], &[]);
+    let proxy = Proxy::start();
+    let changed = origin.url("/changed");
+    let first = get(proxy.addr, &changed, &["-H", "If-None-Match: \"v0\""]);
+    assert_eq!(
+        (first.status, first.text().as_str()),
+        (200, "page"),
+        "{first:?}"
+    );
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    let hit = get(proxy.addr, &changed, &[]);
+    assert!(cache_status(&hit).contains("; hit"), "{hit:?}");
+    assert_eq!(requests_for(&origin, "/changed").len(), 1);
+
+    let same = origin.url("/same");
+    let revisit = get(proxy.addr, &same, &["-H", "If-None-Match: \"v1\""]);
+    assert_eq!(revisit.status, 304, "{revisit:?}");
+    assert!(!cache_status(&revisit).contains("stored"), "{revisit:?}");
+    let plain = get(proxy.addr, &same, &[]);
+    assert_eq!(
+        (plain.status, plain.text().as_str()),
+        (200, "page"),
+        "{plain:?}"
+    );
+    assert!(cache_status(&plain).contains("fwd=uri-miss"), "{plain:?}");
+    assert_eq!(requests_for(&origin, "/same").len(), 2);
+}

@@ -4,7 +4,7 @@
 //! without holding up any request.
 
 use super::{LIMIT, cache_status, get, reply_with, revalidating_origin};
-use crate::support::{Origin, Proxy, Reply, wait_until};
+use crate::support::{Origin, Proxy, Reply, metric, scrape_metrics, wait_until};
 
 #[test]
 fn a_stale_entry_revalidated_with_304_takes_the_new_headers() {
@@ -219,6 +219,13 @@ fn a_revalidation_in_the_background_holds_up_no_request() {
     let proxy = Proxy::start();
     let url = origin.url("/background");
     assert_eq!(get(proxy.addr, &url, &[]).text(), "version 0");
+    // The fill is stored just after its last byte went out: under load a
+    // request could come before and fetch on its own, held at the gate.
+    let stored = wait_until(LIMIT, || {
+        let (_, page) = scrape_metrics(proxy.addr);
+        metric(&page, "fetchproxy_cache_stored_total") == Some(1.0)
+    });
+    assert!(stored, "the first answer is stored");
     // Two requests on one connection while the origin holds the
     // revalidation: both answered from the stale entry.
     let mut conn = std::net::TcpStream::connect(proxy.addr).expect("connect");
