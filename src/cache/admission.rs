@@ -27,7 +27,8 @@ use crate::http::request::RequestHead;
 /// Why a response is not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotStored {
-    /// The request rules it out (not a GET).
+    /// The request rules it out (not a GET), or it answers the request's
+    /// own precondition (a 412).
     Request,
     /// RFC 9111 §3 forbids it (method, status, no-store, private,
     /// Authorization, or nothing that makes it cacheable).
@@ -145,7 +146,9 @@ pub(crate) fn plan(
     now: SystemTime,
 ) -> Result<Plan, NotStored> {
     let config = &shared.config;
-    if request.method != "GET" {
+    // A 412 answers the request's own precondition (`If-Match`), not what
+    // the URL is: stored, it would answer every later request for it.
+    if request.method != "GET" || status == StatusCode::PRECONDITION_FAILED {
         return Err(NotStored::Request);
     }
     if !key.is_partial() && never_fresh(request, status, headers) {

@@ -219,6 +219,36 @@ fn requests_with_credentials_never_lead_a_shared_fill() {
 }
 
 #[test]
+fn a_conditional_miss_fills_alone_and_its_304_or_412_says_nothing_of_the_url() {
+    let cache = small_cache(1 << 20, 64 << 10, None);
+    let url = "http://h/conditional";
+    for (precondition, status) in [
+        (("if-none-match", "\"v1\""), StatusCode::NOT_MODIFIED),
+        (("if-match", "\"v0\""), StatusCode::PRECONDITION_FAILED),
+    ] {
+        let asked = request("GET", url, &[precondition]);
+        let mut filler = lead(&cache, &asked);
+        assert_eq!(cache.fills_in_progress(), 0, "nobody waits on it");
+        let answer = filler.response_head(&asked, status, &headers(&[MAX_AGE]), SystemTime::now());
+        assert!(answer.is_err(), "{status}: not stored");
+        // Others still collapse on the URL.
+        let other = lead(&cache, &get(url));
+        assert_eq!(cache.fills_in_progress(), 1, "{status}");
+        drop((other, filler));
+    }
+    // A 200 to it is the whole response, stored.
+    let asked = request("GET", url, &[("if-none-match", "\"v0\"")]);
+    let mut filler = lead(&cache, &asked);
+    assert!(ok_head(&mut filler, &asked, &[MAX_AGE]).is_ok());
+    filler.body(b"whole");
+    assert!(filler.finish().is_ok());
+    assert!(matches!(
+        cache.lookup(&get(url), SystemTime::now()),
+        Lookup::Hit(_)
+    ));
+}
+
+#[test]
 fn responses_over_the_object_limit_are_not_stored() {
     let cache = small_cache(1 << 20, 1024, None);
     let url = "http://h/big";

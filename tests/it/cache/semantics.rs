@@ -580,4 +580,31 @@ fn a_full_answer_to_a_conditional_miss_is_stored_and_a_304_is_not() {
     );
     assert!(cache_status(&plain).contains("fwd=uri-miss"), "{plain:?}");
     assert_eq!(requests_for(&origin, "/same").len(), 2);
+
+    // A 412 answers the client's `If-Match`, however fresh it says it is:
+    // the next request gets the page, not the 412.
+    let guarded = Origin::start(|request| {
+        if request.header("if-match").is_some() {
+            Reply::Full {
+                status: 412,
+                headers: vec![("Cache-Control".into(), "max-age=600".into())],
+                body: b"precondition failed".to_vec(),
+            }
+        } else {
+            reply_with("page", &[("Cache-Control", "max-age=600")])
+        }
+    });
+    let url = guarded.url("/guarded");
+    let refused = get(proxy.addr, &url, &["-H", "If-Match: \"nope\""]);
+    assert_eq!(refused.status, 412, "{refused:?}");
+    assert!(
+        cache_status(&refused).contains("detail=request"),
+        "{refused:?}"
+    );
+    let plain = get(proxy.addr, &url, &[]);
+    assert_eq!(
+        (plain.status, plain.text().as_str()),
+        (200, "page"),
+        "{plain:?}"
+    );
 }
