@@ -329,7 +329,7 @@ pub fn sets_cookie(headers: &HeaderMap) -> bool {
 /// Squid strips it from every hit. Here a response that sets a cookie is
 /// shared only as long as its origin said, explicitly, that it may be
 /// reused as it is (checked with its freshness by the caller).
-fn sets_cookie_for_one(stored: &HeaderMap) -> bool {
+pub(crate) fn sets_cookie_for_one(stored: &HeaderMap) -> bool {
     if !sets_cookie(stored) {
         return false;
     }

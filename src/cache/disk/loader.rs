@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use super::DiskStore;
 use super::format::{self, Broken, TRAILER_LEN};
 use crate::cache::CacheError;
-use crate::cache::admission::remove_unshared;
+use crate::cache::admission::{remove_unshared, sets_cookie_for_one};
 use crate::cache::invalidations::{Invalidations, Since};
 use crate::cache::object::{Body, DiskBody, DiskFile, ObjectHead, StoredObject};
 use crate::cache::policy::Policy;
@@ -92,6 +92,11 @@ impl DiskStore {
         // out of the store have them still.
         let mut response = header.response;
         remove_unshared(&mut response);
+        // Nor was a response that sets a cookie kept to the lifetime its
+        // origin gave it: such a file would hand one user's cookie to all.
+        if sets_cookie_for_one(&response) {
+            return Err("sets a cookie without a lifetime of its own");
+        }
         let policy = Policy::from_parts(
             &uri,
             header.request,

@@ -232,33 +232,58 @@ fn a_damaged_header_is_dropped_at_load() {
     assert!(object_files(dir.path()).is_empty());
 }
 
+/// Rewrites the stored response in `file`'s header with `change`, as a
+/// file an older version wrote would have it.
+fn rewrite_response(file: &Path, change: impl FnOnce(&mut http::HeaderMap)) {
+    let bytes = fs::read(file).expect("read");
+    let len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    let mut header = format::decode(&bytes[12..12 + len]).expect("header");
+    change(&mut header.response);
+    let encoded = format::encode(&header);
+    let mut out = format::MAGIC.to_vec();
+    out.extend_from_slice(&u32::try_from(encoded.len()).expect("short").to_le_bytes());
+    out.extend_from_slice(&encoded);
+    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&encoded).to_le_bytes());
+    out.extend_from_slice(&bytes[12 + len + 8..]);
+    fs::write(file, out).expect("write");
+}
+
 #[test]
 fn fields_an_older_file_kept_against_no_cache_are_dropped_at_load() {
     // A file written before the fields that `no-cache="..."` names were
     // kept out of the store: its header is rewritten here to hold one.
     let (_dir, cache) = reopen_after(|file| {
-        let bytes = fs::read(file).expect("read");
-        let len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
-        let mut header = format::decode(&bytes[12..12 + len]).expect("header");
-        header.response.insert(
-            "cache-control",
-            HeaderValue::from_static("max-age=600, no-cache=\"Set-Cookie\""),
-        );
-        header
-            .response
-            .insert("set-cookie", HeaderValue::from_static("session=alice"));
-        let encoded = format::encode(&header);
-        let mut out = format::MAGIC.to_vec();
-        out.extend_from_slice(&u32::try_from(encoded.len()).expect("short").to_le_bytes());
-        out.extend_from_slice(&encoded);
-        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&encoded).to_le_bytes());
-        out.extend_from_slice(&bytes[12 + len + 8..]);
-        fs::write(file, out).expect("write");
+        rewrite_response(file, |response| {
+            response.insert(
+                "cache-control",
+                HeaderValue::from_static("max-age=600, no-cache=\"Set-Cookie\""),
+            );
+            response.insert("set-cookie", HeaderValue::from_static("session=alice"));
+        });
     });
     let hit = expect_hit(&cache, &get("http://h/x"));
     assert!(hit.object.head.headers.contains_key("cache-control"));
     assert_eq!(hit.object.head.headers.get("set-cookie"), None);
     assert_eq!(hit_body(&cache, "http://h/x"), body(20_000));
+}
+
+#[test]
+fn an_older_file_that_sets_a_cookie_without_a_lifetime_is_dropped_at_load() {
+    // Written before a response that sets a cookie had to have a lifetime
+    // of its own: fresh only by heuristic, it would give one user's cookie
+    // to all.
+    let (dir, cache) = reopen_after(|file| {
+        rewrite_response(file, |response| {
+            response.remove("cache-control");
+            response.insert(
+                "last-modified",
+                HeaderValue::from_static("Wed, 01 Jan 2020 00:00:00 GMT"),
+            );
+            response.insert("set-cookie", HeaderValue::from_static("session=alice"));
+        });
+    });
+    assert!(is_miss(&cache, "http://h/x"));
+    assert!(object_files(dir.path()).is_empty(), "deleted");
 }
 
 #[test]
