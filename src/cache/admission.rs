@@ -18,7 +18,7 @@ use crate::cache::fill::FillHead;
 use crate::cache::key::{CacheKey, Variant, VaryNames};
 use crate::cache::normalise;
 use crate::cache::object;
-use crate::cache::policy::{Policy, directives as policy_directives};
+use crate::cache::policy::Policy;
 use crate::cache::range;
 use crate::cache::stats::bump;
 use crate::http::headers::{HopByHop, is_hop_by_hop};
@@ -28,7 +28,7 @@ use crate::http::request::RequestHead;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotStored {
     /// The request rules it out (not a GET), or it answers the request's
-    /// own precondition (a 412).
+    /// own precondition or range (a 412, a 416).
     Request,
     /// RFC 9111 §3 forbids it (method, status, no-store, private,
     /// Authorization, or nothing that makes it cacheable).
@@ -146,9 +146,13 @@ pub(crate) fn plan(
     now: SystemTime,
 ) -> Result<Plan, NotStored> {
     let config = &shared.config;
-    // A 412 answers the request's own precondition (`If-Match`), not what
-    // the URL is: stored, it would answer every later request for it.
-    if request.method != "GET" || status == StatusCode::PRECONDITION_FAILED {
+    // A 412 answers the request's own precondition (`If-Match`), a 416 its
+    // own `Range`, not what the URL is: stored (with the lifetime some
+    // servers give every status), either would answer every later request.
+    if request.method != "GET"
+        || status == StatusCode::PRECONDITION_FAILED
+        || status == StatusCode::RANGE_NOT_SATISFIABLE
+    {
         return Err(NotStored::Request);
     }
     if !key.is_partial() && never_fresh(request, status, headers) {
@@ -333,19 +337,20 @@ pub(crate) fn sets_cookie_for_one(stored: &HeaderMap) -> bool {
     if !sets_cookie(stored) {
         return false;
     }
-    let values = || {
+    let directives = normalise::parse(
         stored
             .get_all(http::header::CACHE_CONTROL)
             .iter()
-            .map(http::HeaderValue::as_bytes)
-    };
-    let bare_no_cache = policy_directives(values()).any(|(key, value)| {
-        key.eq_ignore_ascii_case(b"no-cache") && value.is_none_or(<[u8]>::is_empty)
-    });
+            .map(http::HeaderValue::as_bytes),
+    );
+    // `no-cache` without a list of fields (`no-cache=""` is none either).
+    let bare_no_cache = directives
+        .iter()
+        .any(|directive| directive.0 == "no-cache" && !normalise::is_field_limit(directive));
     let explicit = stored.contains_key(http::header::EXPIRES)
-        || policy_directives(values()).any(|(key, _)| {
-            key.eq_ignore_ascii_case(b"max-age") || key.eq_ignore_ascii_case(b"s-maxage")
-        });
+        || directives
+            .iter()
+            .any(|(name, _)| name == "max-age" || name == "s-maxage");
     bare_no_cache || !explicit
 }
 

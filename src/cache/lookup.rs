@@ -402,17 +402,19 @@ impl Cache {
         if head.header("if-range").is_some() {
             return Some(MissRole::NoStore(NoStore::Conditional));
         }
+        if head.header("range").is_some() {
+            // The 206 that comes back is kept as a part of the response,
+            // for later ranges within it (a 200 as the whole response;
+            // anything else not at all); nobody waits on it. So also with
+            // preconditions.
+            return Some(MissRole::Fill(self.fill_alone(key.partial())));
+        }
         if PRECONDITIONS.iter().any(|name| head.header(name).is_some()) {
             // The client's preconditions go up as sent: a 304 or 412 is its
             // answer alone, but a 200 is the whole response, and is kept
             // (a crawler that revisits with validators fills the cache for
             // everyone). Nobody waits on it: the answer may be a 304.
             return Some(MissRole::Fill(self.fill_alone(key)));
-        }
-        if head.header("range").is_some() {
-            // The 206 that comes back is kept as a part of the response,
-            // for later ranges within it; nobody waits on it.
-            return Some(MissRole::Fill(self.fill_alone(key.partial())));
         }
         // A response to a request with credentials is shared only if the
         // origin says so (RFC 9111 §3.5), which is known only once it
@@ -631,7 +633,7 @@ impl Cache {
         // A PURGE or a newer response may have come while the origin was
         // asked: the refreshed entry then answers this request only.
         if let Some(tier) = tier {
-            tier.replace_exact(object, kept_for_others(&refreshed, &answer.headers));
+            tier.replace_exact(object, kept_for_others(&refreshed, &answer.headers, now));
         }
         Some(refreshed)
     }
@@ -659,14 +661,24 @@ fn hit(object: Arc<StoredObject>, stale: bool, revalidate: bool) -> Lookup {
     })
 }
 
-/// What of a refreshed entry is kept for other clients: all of it but the
-/// fields its `no-cache="..."` or `private="..."` name, and a cookie the
-/// 304 (`answer`) set: those were sent to this client only. The entry
-/// keeps no cookie then: the one it had was replaced by this client's.
-fn kept_for_others(refreshed: &Arc<StoredObject>, answer: &http::HeaderMap) -> Arc<StoredObject> {
+/// What of a refreshed entry is kept for other clients at `now`: all of it
+/// but the fields its `no-cache="..."` or `private="..."` name, and a
+/// cookie the 304 (`answer`) set: those were sent to this client only. The
+/// entry keeps no cookie then (the one it had was replaced by this
+/// client's), nor when the 304 took away what let it share one: a lifetime
+/// of its own, fresh (admission's rule for a response that sets a cookie).
+fn kept_for_others(
+    refreshed: &Arc<StoredObject>,
+    answer: &http::HeaderMap,
+    now: SystemTime,
+) -> Arc<StoredObject> {
     let head = &refreshed.head;
     let mut unshared = unshared_fields(&head.headers);
-    if admission::sets_cookie(answer) {
+    let drops_cookie = admission::sets_cookie(&head.headers)
+        && (admission::sets_cookie(answer)
+            || admission::sets_cookie_for_one(&head.headers)
+            || !head.policy.is_fresh(now));
+    if drops_cookie {
         unshared.extend(["set-cookie".to_string(), "set-cookie2".to_string()]);
     }
     if unshared.is_empty() {

@@ -74,9 +74,10 @@
 //!        304; for `Release::OriginFailed`, a stale entry answers where
 //!        `may_serve_on_error` allows, else it is revalidated alone).
 //!      - `MissRole::NoStore(why)`: forward untouched, store nothing
-//!        (HEAD, request `no-store`, client preconditions). A range
-//!        request fills the URL's partial key: its 206 is kept for
-//!        later ranges within it.
+//!        (HEAD, request `no-store`, `If-Range`). A range request fills
+//!        the URL's partial key alone: its 206 is kept for later ranges
+//!        within it. Other client preconditions fill alone: a 200 is kept,
+//!        a 304 or 412 is that client's.
 //!    - `OnlyIfCached`: answer 504 (RFC 9111 §5.2.1.7).
 //!    - `Bypass(why)`: forward untouched (Cache-Status `fwd=bypass`).
 //!      After the response to an unsafe method, call

@@ -4,6 +4,7 @@
 //! kept for later GETs (RFC 9110 §9.3.3). Extension methods the proxy
 //! forwards count as unsafe.
 
+use crate::cache::admission;
 use crate::cache::key::CacheKey;
 use crate::cache::policy::directive;
 use crate::cache::stats;
@@ -78,7 +79,7 @@ impl Cache {
         let explicit = directive(cache_control(), "max-age").is_some()
             || directive(cache_control(), "s-maxage").is_some()
             || headers.contains_key(http::header::EXPIRES);
-        if !names_itself || !explicit {
+        if !names_itself || !explicit || sets_its_cookie(headers) {
             return None;
         }
         let body_headers = ["content-length", "transfer-encoding", "expect"];
@@ -99,4 +100,17 @@ impl Cache {
         };
         Some(self.fill_alone(key).stored_as(as_get))
     }
+}
+
+/// Whether a POST's answer sets a cookie that would be kept with it (one
+/// not named by its `no-cache="..."` or `private="..."`): an answer to a
+/// login or a form is its sender's, whatever lifetime the site gives every
+/// page, and no later GET may be sent its cookie.
+fn sets_its_cookie(headers: &http::HeaderMap) -> bool {
+    if !admission::sets_cookie(headers) {
+        return false;
+    }
+    let mut kept = headers.clone();
+    admission::remove_unshared(&mut kept);
+    admission::sets_cookie(&kept)
 }

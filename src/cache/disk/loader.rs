@@ -13,11 +13,16 @@ use std::sync::{Arc, Weak};
 use super::DiskStore;
 use super::format::{self, Broken, TRAILER_LEN};
 use crate::cache::CacheError;
-use crate::cache::admission::{remove_unshared, sets_cookie_for_one};
+use crate::cache::admission::{remove_unshared, sets_cookie, sets_cookie_for_one};
 use crate::cache::invalidations::{Invalidations, Since};
 use crate::cache::object::{Body, DiskBody, DiskFile, ObjectHead, StoredObject};
 use crate::cache::policy::Policy;
 use crate::cache::stats::bump;
+
+/// Why a sound file is not indexed: an older version kept a response that
+/// sets a cookie without a lifetime of its own, which would now give one
+/// client's cookie to every other.
+const SETS_COOKIE: Broken = "sets a cookie without a lifetime of its own";
 
 impl DiskStore {
     /// Starts the loader thread. It holds the store weakly: dropping the
@@ -95,7 +100,7 @@ impl DiskStore {
         // Nor was a response that sets a cookie kept to the lifetime its
         // origin gave it: such a file would hand one user's cookie to all.
         if sets_cookie_for_one(&response) {
-            return Err("sets a cookie without a lifetime of its own");
+            return Err(SETS_COOKIE);
         }
         let policy = Policy::from_parts(
             &uri,
@@ -104,6 +109,9 @@ impl DiskStore {
             &response,
             header.response_time,
         );
+        if sets_cookie(&response) && !policy.had_lifetime() {
+            return Err(SETS_COOKIE);
+        }
         let head = ObjectHead::new(
             header.key,
             header.variant,
@@ -136,6 +144,7 @@ fn load_all(
         return;
     };
     let mut count = 0u64;
+    let mut cookies = 0u64;
     for dir in dirs.flatten() {
         let Ok(files) = fs::read_dir(dir.path()) else {
             continue;
@@ -160,6 +169,12 @@ fn load_all(
                         store.tier.remove_exact(&object);
                     }
                 }
+                Err(SETS_COOKIE) => {
+                    // Sound, but kept by an older rule: no corruption.
+                    log::debug!("cache: deleting {}: {SETS_COOKIE}", path.display());
+                    cookies += 1;
+                    let _ = fs::remove_file(&path);
+                }
                 Err(reason) => {
                     log::warn!("cache: deleting {}: {reason}", path.display());
                     bump(&store.stats.disk_corrupt);
@@ -167,6 +182,11 @@ fn load_all(
                 }
             }
         }
+    }
+    if cookies > 0 {
+        log::info!(
+            "cache: deleted {cookies} objects that set a cookie without a lifetime of their own (kept by an older version)"
+        );
     }
     if let Some(store) = store.upgrade() {
         log::info!("cache: indexed {count} objects in {}", objects.display());

@@ -284,6 +284,18 @@ fn an_older_file_that_sets_a_cookie_without_a_lifetime_is_dropped_at_load() {
     });
     assert!(is_miss(&cache, "http://h/x"));
     assert!(object_files(dir.path()).is_empty(), "deleted");
+    assert_eq!(read(&cache.stats().disk_corrupt), 0, "not corrupt");
+    // Nor one stale from the start (revalidated on every use, each 304
+    // would carry the cookie).
+    let (dir, cache) = reopen_after(|file| {
+        rewrite_response(file, |response| {
+            response.insert("cache-control", HeaderValue::from_static("max-age=0"));
+            response.insert("etag", HeaderValue::from_static("\"v1\""));
+            response.insert("set-cookie", HeaderValue::from_static("session=alice"));
+        });
+    });
+    assert!(is_miss(&cache, "http://h/x"));
+    assert!(object_files(dir.path()).is_empty(), "deleted");
 }
 
 #[test]

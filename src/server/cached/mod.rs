@@ -15,7 +15,7 @@
 //! - **miss, following**: another request's fill is read as it arrives
 //!   (`answer::follow`), or fetched alone when the fill lets it go;
 //! - **miss that stores nothing** (HEAD, `no-store` requests,
-//!   client preconditions) and **bypass** (methods other than GET and HEAD,
+//!   `If-Range`) and **bypass** (methods other than GET and HEAD,
 //!   the cache off): forwarded untouched (`upstream::pass`); an unsafe
 //!   method that succeeds invalidates the URL (RFC 9111 §4.4);
 //! - **only-if-cached** with nothing usable: 504 (RFC 9111 §5.2.1.7).

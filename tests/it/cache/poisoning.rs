@@ -340,3 +340,69 @@ fn a_cookie_a_304_sets_reaches_only_the_client_that_revalidated() {
         "alice's session leaked: {bob:?}"
     );
 }
+
+#[test]
+fn a_post_answer_that_sets_a_cookie_is_not_kept_for_gets() {
+    // A login answer, fresh as the site makes every page, naming itself.
+    let origin = Origin::start(|request| {
+        let mut headers = vec![
+            ("Cache-Control", "max-age=300"),
+            ("Content-Location", "/login"),
+        ];
+        if request.method == "POST" {
+            headers.push(("Set-Cookie", "session=alice"));
+        }
+        reply_with(&format!("{} page", request.method), &headers)
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/login");
+    let login = get(proxy.addr, &url, &["-X", "POST", "--data", "user=alice"]);
+    assert_eq!(login.header("set-cookie"), Some("session=alice"));
+    let next = get(proxy.addr, &url, &[]);
+    assert_eq!(next.text(), "GET page", "{next:?}");
+    assert_eq!(
+        next.header("set-cookie"),
+        None,
+        "alice's session leaked: {next:?}"
+    );
+}
+
+#[test]
+fn a_304_that_takes_away_a_cookies_lifetime_takes_the_cookie_from_the_entry() {
+    // Stored with a lifetime and a cookie (shared, as its origin said);
+    // once stale, the 304 says `no-cache`: others must not get the cookie
+    // on every revalidation from then on.
+    let origin = Origin::start(|request| {
+        if request.header("if-none-match") == Some("\"v1\"") {
+            return Reply::Full {
+                status: 304,
+                headers: vec![
+                    ("ETag".into(), "\"v1\"".into()),
+                    ("Cache-Control".into(), "no-cache".into()),
+                ],
+                body: Vec::new(),
+            };
+        }
+        reply_with(
+            "page",
+            &[
+                ("ETag", "\"v1\""),
+                ("Cache-Control", "max-age=1"),
+                ("Set-Cookie", "lang=en"),
+            ],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/page");
+    let first = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    let refreshed = get(proxy.addr, &url, &["-H", "Cache-Control: no-cache"]);
+    assert!(
+        cache_status(&refreshed).contains("fwd-status=304"),
+        "{refreshed:?}"
+    );
+    let later = get(proxy.addr, &url, &[]);
+    assert!(cache_status(&later).contains("fwd-status=304"), "{later:?}");
+    assert_eq!(later.text(), "page");
+    assert_eq!(later.header("set-cookie"), None, "{later:?}");
+}

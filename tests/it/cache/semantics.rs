@@ -607,4 +607,33 @@ fn a_full_answer_to_a_conditional_miss_is_stored_and_a_304_is_not() {
         (200, "page"),
         "{plain:?}"
     );
+
+    // With a range too: a 416 answers that range, whatever its lifetime.
+    let ranged = Origin::start(|request| {
+        if request.header("range").is_some() {
+            Reply::Full {
+                status: 416,
+                headers: vec![
+                    ("Cache-Control".into(), "public, max-age=31536000".into()),
+                    ("Content-Range".into(), "bytes */4".into()),
+                ],
+                body: Vec::new(),
+            }
+        } else {
+            reply_with("page", &[("Cache-Control", "max-age=600")])
+        }
+    });
+    let url = ranged.url("/app.js");
+    let refused = get(
+        proxy.addr,
+        &url,
+        &["-H", "Range: bytes=999-", "-H", "If-None-Match: \"nope\""],
+    );
+    assert_eq!(refused.status, 416, "{refused:?}");
+    let plain = get(proxy.addr, &url, &[]);
+    assert_eq!(
+        (plain.status, plain.text().as_str()),
+        (200, "page"),
+        "{plain:?}"
+    );
 }
