@@ -180,11 +180,9 @@ pub fn init_access_log(
         OwnPages::All => "",
         OwnPages::Errors => "; health checks and scrapes answered well are left out",
     };
-    let format_name = match format {
-        AccessLogFormat::Fetchproxy => "fetchproxy",
-        AccessLogFormat::Squid => "squid",
-        AccessLogFormat::Combined => "combined",
-    };
+    // The name a user gives it (`--access-log-format`).
+    let name = clap::ValueEnum::to_possible_value(&format);
+    let format_name = name.as_ref().map_or("", |value| value.get_name());
     match path {
         Some(path) => log::info!("access log: {}, {format_name} format{own}", path.display()),
         None => log::info!("access log: standard error, {format_name} format{own}"),

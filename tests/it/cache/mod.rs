@@ -34,6 +34,20 @@ fn reply_with(body: &str, headers: &[(&str, &str)]) -> Reply {
     }
 }
 
+/// `body` with `headers`, or, when the request was `validated`, a 304
+/// with the same headers.
+fn full_or_not_modified(validated: bool, headers: Vec<(String, String)>, body: &str) -> Reply {
+    Reply::Full {
+        status: if validated { 304 } else { 200 },
+        headers,
+        body: if validated {
+            Vec::new()
+        } else {
+            body.as_bytes().to_vec()
+        },
+    }
+}
+
 /// An origin answering every request with `body`, fresh for an hour.
 fn fresh_origin(body: &'static str) -> Origin {
     Origin::start(move |_| {

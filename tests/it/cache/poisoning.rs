@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{cache_status, get, reply_with, requests_for, revalidating_origin};
+use super::{
+    cache_status, full_or_not_modified, get, reply_with, requests_for, revalidating_origin,
+};
 use crate::support::{Origin, Proxy, Reply};
 
 #[test]
@@ -241,15 +243,7 @@ fn a_cookie_set_without_a_lifetime_of_its_own_reaches_only_its_client() {
             let user = format!("session=for-{}", request.header("x-user").unwrap_or("?"));
             headers.push(("Set-Cookie".to_string(), user));
         }
-        Reply::Full {
-            status: if validated { 304 } else { 200 },
-            headers,
-            body: if validated {
-                Vec::new()
-            } else {
-                b"home".to_vec()
-            },
-        }
+        full_or_not_modified(validated, headers, "home")
     });
     let proxy = Proxy::start();
     for path in ["/heuristic", "/no-cache", "/expired"] {
@@ -314,15 +308,7 @@ fn a_cookie_a_304_sets_reaches_only_the_client_that_revalidated() {
         if validated {
             headers.push(("Set-Cookie".to_string(), "session=alice".to_string()));
         }
-        Reply::Full {
-            status: if validated { 304 } else { 200 },
-            headers,
-            body: if validated {
-                Vec::new()
-            } else {
-                b"page".to_vec()
-            },
-        }
+        full_or_not_modified(validated, headers, "page")
     });
     let proxy = Proxy::start();
     let url = origin.url("/page");
