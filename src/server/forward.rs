@@ -363,7 +363,10 @@ fn send(
         let Err(err) = &result else {
             break result;
         };
-        let untouched = framing != BodyFraming::Empty && body.bytes_read() == 0;
+        // Not one byte of the body left the client, so the origin cannot
+        // have had the whole request. (An empty chunked body reads no
+        // bytes and is done: the whole request went.)
+        let untouched = framing != BodyFraming::Empty && body.bytes_read() == 0 && !body.is_done();
         let may_retry = !retried
             && closed_before_answering(err, transport::attempt())
             && (idempotent || untouched)

@@ -63,6 +63,7 @@ fn serve(stream: TcpStream, first: bool, seen: &Mutex<Vec<String>>) {
             return;
         }
         let mut length = 0;
+        let mut chunked = false;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -71,12 +72,18 @@ fn serve(stream: TcpStream, first: bool, seen: &Mutex<Vec<String>>) {
             if header == "\r\n" {
                 break;
             }
-            if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            let header = header.to_ascii_lowercase();
+            if let Some(value) = header.strip_prefix("content-length:") {
                 length = value.trim().parse().unwrap_or(0);
             }
+            chunked |= header.starts_with("transfer-encoding:") && header.contains("chunked");
         }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
+        let whole = if chunked {
+            read_chunked(&mut reader)
+        } else {
+            reader.read_exact(&mut vec![0u8; length]).is_ok()
+        };
+        if !whole {
             return;
         }
         if let Ok(mut seen) = seen.lock() {
@@ -93,6 +100,27 @@ fn serve(stream: TcpStream, first: bool, seen: &Mutex<Vec<String>>) {
         );
         if writer.write_all(reply.as_bytes()).is_err() {
             return;
+        }
+    }
+}
+
+/// Reads a chunked body to its end (chunks, the last chunk, no trailers);
+/// false when the connection ends first.
+fn read_chunked(reader: &mut impl BufRead) -> bool {
+    loop {
+        let mut size = String::new();
+        if reader.read_line(&mut size).unwrap_or(0) == 0 {
+            return false;
+        }
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            return false;
+        };
+        // The chunk's data and its CRLF, or the last chunk's closing CRLF.
+        if reader.read_exact(&mut vec![0u8; size + 2]).is_err() {
+            return false;
+        }
+        if size == 0 {
+            return true;
         }
     }
 }
@@ -176,6 +204,31 @@ fn issue_11_a_post_whose_body_was_sent_is_not_retried() {
     assert_eq!(one_exchange(&mut client, &first).0, 200);
     let post =
         format!("POST http://{o}/order HTTP/1.1\r\nHost: {o}\r\nContent-Length: 5\r\n\r\nhello");
+    let (status, _) = one_exchange(&mut client, &post);
+    assert_eq!(status, 502, "{:?}", origin.seen());
+    let posts = origin
+        .seen()
+        .iter()
+        .filter(|line| line.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "{:?}", origin.seen());
+    assert_eq!(retries(&proxy), 0.0);
+}
+
+/// A POST whose chunked body is empty went out whole (the last chunk is
+/// the whole body): the origin may have acted on it, so it is not sent
+/// again, though no byte of body was read.
+#[test]
+fn a_post_with_an_empty_chunked_body_is_not_retried() {
+    let origin = ClosingOrigin::start();
+    let proxy = Proxy::start();
+    let o = origin.addr;
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    let first = format!("GET http://{o}/warm HTTP/1.1\r\nHost: {o}\r\n\r\n");
+    assert_eq!(one_exchange(&mut client, &first).0, 200);
+    let post = format!(
+        "POST http://{o}/order HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    );
     let (status, _) = one_exchange(&mut client, &post);
     assert_eq!(status, 502, "{:?}", origin.seen());
     let posts = origin
