@@ -13,7 +13,10 @@ use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
 use super::keys::{keys, nearest};
-use super::{ConfigError, Origin, Problem, ServeConfig, default_conns_per_client, default_queue};
+use super::{
+    ConfigError, Origin, Problem, ServeConfig, default_conns_per_client, default_max_tunnels,
+    default_max_url_bytes, default_queue,
+};
 
 /// Longest value quoted back in a message.
 const MAX_SHOWN: usize = 80;
@@ -240,9 +243,16 @@ pub(super) fn resolve(
         .map(|(key, value)| (key.get_ref().to_string(), value.span()))
         .collect();
     let mut config = read(table).map_err(|err| invalid(Origin::Default, err.message()))?;
-    // Unless set, the queue follows the resolved worker count, and the
-    // per-client limit what the pool can take at once.
+    // Unless set, the queue follows the resolved worker count, the
+    // per-client limit what the pool can take at once, and the limits
+    // bounded by others stay within them.
     let is_given = |name: &str| given.iter().any(|(key, _)| key == name);
+    if !is_given("max_tunnels") {
+        config.max_tunnels = default_max_tunnels(config.max_connections);
+    }
+    if !is_given("max_url_bytes") {
+        config.max_url_bytes = default_max_url_bytes(config.max_header_bytes);
+    }
     if !is_given("queue") {
         config.queue = default_queue(config.workers);
     }

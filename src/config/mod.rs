@@ -72,6 +72,19 @@ pub fn default_conns_per_client(
         .min(max_connections)
 }
 
+/// `max_tunnels` unless set: a thousand, at most `max_connections`.
+pub fn default_max_tunnels(max_connections: usize) -> usize {
+    MAX_TUNNELS.min(max_connections)
+}
+
+/// `max_url_bytes` unless set: 8 KiB, at most `max_header_bytes`.
+pub fn default_max_url_bytes(max_header_bytes: usize) -> usize {
+    MAX_URL_BYTES.min(max_header_bytes)
+}
+
+const MAX_TUNNELS: usize = 1_000;
+const MAX_URL_BYTES: usize = 8 * 1024;
+
 /// The configuration could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -269,11 +282,11 @@ impl Default for ServeConfig {
             tunnel_idle_timeout: Duration::from_secs(5 * 60),
             client_min_rate: 1024,
             max_header_bytes: 64 * 1024,
-            max_url_bytes: 8 * 1024,
+            max_url_bytes: MAX_URL_BYTES,
             max_body_bytes: None,
             max_connections: MAX_CONNECTIONS,
             max_conns_per_client: default_conns_per_client(WORKERS, queue, MAX_CONNECTIONS),
-            max_tunnels: 1_000,
+            max_tunnels: MAX_TUNNELS,
             via_name: default_via_name(),
             log_level: log::LevelFilter::Info,
             access_log: None,
@@ -372,6 +385,8 @@ pub fn changed_keys(running: &ServeConfig, fresh: &ServeConfig) -> Vec<&'static 
                 c.max_conns_per_client
                     == default_conns_per_client(c.workers, c.queue, c.max_connections)
             }
+            "max_tunnels" => c.max_tunnels == default_max_tunnels(c.max_connections),
+            "max_url_bytes" => c.max_url_bytes == default_max_url_bytes(c.max_header_bytes),
             _ => false,
         })
     };
@@ -392,15 +407,6 @@ pub fn shown_default(key: &str) -> Option<String> {
     static DEFAULTS: std::sync::OnceLock<Option<toml::Table>> = std::sync::OnceLock::new();
     let defaults = DEFAULTS.get_or_init(|| ServeConfig::default().to_table());
     let value = defaults.as_ref()?.get(key)?;
-    // Values that follow other keys say so, then give the default's.
-    let follows = match key {
-        "queue" => Some("16 x workers"),
-        "max_conns_per_client" => Some("workers + queue, at most max_connections"),
-        _ => None,
-    };
-    if let Some(rule) = follows {
-        return Some(format!("{rule}: {value}"));
-    }
     let shown = match value {
         toml::Value::String(text) => text.clone(),
         toml::Value::Array(items) if items.is_empty() => "none".to_string(),
@@ -414,5 +420,12 @@ pub fn shown_default(key: &str) -> Option<String> {
             .join(", "),
         other => other.to_string(),
     };
-    Some(shown)
+    // Values that follow other keys say so.
+    Some(match key {
+        "queue" => format!("16 x workers: {shown}"),
+        "max_conns_per_client" => format!("workers + queue, at most max_connections: {shown}"),
+        "max_tunnels" => format!("{shown}, at most max_connections"),
+        "max_url_bytes" => format!("{shown}, at most max_header_bytes"),
+        _ => shown,
+    })
 }

@@ -517,12 +517,23 @@ fn limits_are_checked_against_each_other() {
         message("max_header_bytes = 2048\nmax_url_bytes = 4096\n"),
         "fetchproxy.toml:2: max_url_bytes = 4096: must be at most max_header_bytes (2048)"
     );
-    let found = problems(from_file("max_connections = 100\n"));
+    // Defaults bounded by another key stay within it when it is lowered.
+    let lowered = from_file("max_connections = 100\nmax_header_bytes = 2048\n").expect("valid");
+    assert_eq!(
+        (
+            lowered.max_tunnels,
+            lowered.max_conns_per_client,
+            lowered.max_url_bytes
+        ),
+        (100, 100, 2048)
+    );
+    let flagged = resolve("", "max_connections = 100").expect("valid");
+    assert_eq!(flagged.max_tunnels, 100);
+    let found = problems(from_file("max_connections = 100\nmax_tunnels = 1000\n"));
     let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
-        ["max_tunnels = 1000 (the default): must be at most max_connections (100)"],
-        "the per-client default follows max_connections"
+        ["fetchproxy.toml:2: max_tunnels = 1000: must be at most max_connections (100)"]
     );
     assert_eq!(
         from_file(
