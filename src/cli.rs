@@ -96,9 +96,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub connect_timeout: Option<Duration>,
-    /// The longest silence of the origin: each read of its response head and
-    /// body, and each write of the request, must progress within it (as
-    /// nginx's proxy_read_timeout).
+    /// How long the origin may take: its whole response head must arrive
+    /// within it of the request sent, and each read of its body and each
+    /// write of the request must progress within it.
     #[arg(long, value_name = "DURATION", value_parser = text::parse_duration)]
     #[serde(serialize_with = "value::serialize_some_duration")]
     pub upstream_timeout: Option<Duration>,

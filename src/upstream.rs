@@ -120,11 +120,16 @@ fn agent(
         .allow_non_standard_methods(true)
         .timeout_connect(Some(config.connect_timeout))
         // upstream_timeout bounds every silence of the origin: while it reads
-        // the request, before its response head, and inside its body. Fixed
+        // the request, before its response head, and inside its body; and
+        // the whole head, from the request sent to its last byte, so that
+        // an origin trickling it in holds no worker for longer. Fixed
         // per-read and per-write limits (rather than shrinking per-phase
-        // budgets) also spare a setsockopt call on every socket operation.
+        // budgets throughout) also spare a setsockopt call on every socket
+        // operation (and the head's shrinking budget, see
+        // transport::read_timeout_changes).
         .timeout_per_read(Some(config.upstream_timeout))
         .timeout_per_write(Some(config.upstream_timeout))
+        .timeout_recv_response(Some(config.upstream_timeout))
         .max_response_header_size(config.max_header_bytes)
         // Our plain-TCP transport's buffers start small and take these as
         // how far they may grow (see transport::buffers); ureq's TLS layer

@@ -186,6 +186,21 @@ fn operation_timeout(timeout: NextTimeout) -> Result<Option<Duration>, Error> {
     Ok(timeout.not_zero().map(|t| *t))
 }
 
+/// Whether the socket's read timeout must change from `current` for a read
+/// that may take `wanted`. A budget that shrinks as a head trickles in
+/// (ureq's time left to receive it) keeps a timeout up to a sixteenth
+/// longer: ureq checks the budget before every read, so a trickle still
+/// ends on time, and a silent origin at most a sixteenth late, for no
+/// `setsockopt` on every read.
+fn read_timeout_changes(current: Option<Duration>, wanted: Option<Duration>) -> bool {
+    match (current, wanted) {
+        (Some(current), Some(wanted)) => {
+            wanted > current || wanted < current.saturating_sub(current / 16)
+        }
+        (current, wanted) => current != wanted,
+    }
+}
+
 fn timeout_error(err: io::Error, timeout: NextTimeout) -> Error {
     match err.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::Timeout(timeout.reason),
@@ -236,7 +251,7 @@ impl Transport for OriginTransport {
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
         let timeout = timeout.for_read();
         let limit = operation_timeout(timeout)?;
-        if limit != self.read_timeout {
+        if read_timeout_changes(self.read_timeout, limit) {
             self.stream.set_read_timeout(limit)?;
             self.read_timeout = limit;
         }
@@ -350,6 +365,19 @@ mod tests {
             answered_early: false,
         };
         (transport, server)
+    }
+
+    #[test]
+    fn a_read_timeout_is_set_again_only_when_it_changes_by_more_than_a_sixteenth() {
+        let s = Duration::from_secs;
+        assert!(read_timeout_changes(None, Some(s(60))));
+        assert!(read_timeout_changes(Some(s(60)), None));
+        assert!(!read_timeout_changes(Some(s(60)), Some(s(60))));
+        // The head's shrinking budget keeps the timeout while close to it.
+        assert!(!read_timeout_changes(Some(s(60)), Some(s(57))));
+        assert!(read_timeout_changes(Some(s(60)), Some(s(56))));
+        // Never longer than the budget asks for more time.
+        assert!(read_timeout_changes(Some(s(56)), Some(s(60))));
     }
 
     #[test]

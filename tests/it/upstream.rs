@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::support::raw::{assert_raw_error, exchange, exchange_until_close, split_raw};
+use crate::support::raw::{
+    assert_curl_error, assert_raw_error, exchange, exchange_until_close, split_raw,
+};
 use crate::support::tls::{BODY, TlsOrigin};
 use crate::support::{Proxy, ProxyProcess, metric, run_binary_within, scrape_metrics};
 
@@ -238,6 +240,41 @@ fn a_post_with_an_empty_chunked_body_is_not_retried() {
         .count();
     assert_eq!(posts, 1, "{:?}", origin.seen());
     assert_eq!(retries(&proxy), 0.0);
+}
+
+/// An origin that trickles its response head in, a byte every 50 ms, is
+/// cut at `upstream_timeout` from the request sent (504), though no single
+/// read waits that long.
+#[test]
+fn a_response_head_trickling_in_is_504_after_upstream_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+    let addr = listener.local_addr().expect("origin address");
+    thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(LIMIT));
+        let mut writer = stream.try_clone().expect("clone origin socket");
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+            line.clear();
+        }
+        // About 6.5 s of head at this pace.
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nX-Padding: {}\r\nContent-Length: 2\r\n\r\nok",
+            "p".repeat(100)
+        );
+        for byte in head.as_bytes() {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let proxy = Proxy::with(|c| c.upstream_timeout = Duration::from_secs(1));
+    let reply = crate::support::curl(proxy.addr, &format!("http://{addr}/trickle"), &[]);
+    assert_curl_error("GET /trickle", &reply, 504, "http_response_timeout");
 }
 
 /// Issue 11 (4): a port that is no port is a bad request; nothing is dialled.
