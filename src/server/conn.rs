@@ -18,6 +18,7 @@ use crate::cache::fill::Fill;
 use crate::server::handback::{Registration, Signals};
 use crate::server::hangup::{self, Abandoned, Watching};
 use crate::server::idle;
+use crate::server::in_flight;
 use crate::server::limits::ConnSlot;
 use crate::server::pace::Pace;
 
@@ -132,6 +133,13 @@ impl ClientConn {
     /// answer with an error only while this has not moved.
     pub fn bytes_sent(&self) -> u64 {
         self.sent
+    }
+
+    /// Counts `n` bytes written to the client, here and for the access
+    /// line of a request cut at shutdown.
+    fn count_sent(&mut self, n: usize) {
+        self.sent += n as u64;
+        in_flight::count_sent(n);
     }
 
     /// The address the client connected to (asked of the OS at most once,
@@ -370,7 +378,7 @@ impl ClientConn {
                 // The file ended early.
                 Ok(0) => break,
                 Ok(n) => {
-                    self.sent += n as u64;
+                    self.count_sent(n);
                     // The call blocks while the client's socket is full.
                     if let Err(err) = self.paced_write(began, n) {
                         return (at - offset, Err(err));
@@ -456,13 +464,13 @@ impl ClientConn {
                     SendFlags::NOSIGNAL,
                 );
                 let n = *written.as_ref().unwrap_or(&0);
-                self.sent += n as u64;
+                self.count_sent(n);
                 self.paced_write(began, n)?;
                 return Ok(written?);
             }
             Err(errno) => return Err(errno.into()),
         };
-        self.sent += n as u64;
+        self.count_sent(n);
         self.pace.moved(n);
         Ok(n)
     }
@@ -508,7 +516,7 @@ impl Write for ClientConn {
             }
             Err(errno) => return Err(errno.into()),
         };
-        self.sent += n as u64;
+        self.count_sent(n);
         Ok(n)
     }
 

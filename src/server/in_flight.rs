@@ -3,11 +3,13 @@
 //! then, and a worker in the middle of a request never writes it. One slot
 //! a worker, written as a request starts and ends: an uncontended lock and
 //! a copy of a few short words into buffers kept from one request to the
-//! next.
+//! next. The bytes a worker writes to its client are counted on the side,
+//! so that a cut request's line says how much of the answer went out.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use crate::logging::{self, AccessDetails, AccessRecord, Cut};
@@ -23,11 +25,25 @@ pub const CUT_LINES: &str = "access log: error=cut_at_shutdown, or NONE_ABORTED/
 thread_local! {
     /// The slot of the worker running on this thread.
     static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Its count of bytes written to the client in the current request.
+    static SENT: RefCell<Option<Arc<AtomicU64>>> = const { RefCell::new(None) };
 }
 
 /// The workers' slots.
 pub struct InFlight {
     slots: Box<[Mutex<Slot>]>,
+    /// Bytes written to each worker's client in its current request.
+    sent: Box<[Arc<AtomicU64>]>,
+}
+
+/// Counts `n` bytes written to the client of the worker on this thread (on
+/// any other thread, nothing).
+pub fn count_sent(n: usize) {
+    SENT.with(|sent| {
+        if let Some(sent) = &*sent.borrow() {
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    });
 }
 
 /// One worker's request.
@@ -49,6 +65,7 @@ impl InFlight {
     pub fn new(workers: usize) -> InFlight {
         InFlight {
             slots: (0..workers).map(|_| Mutex::default()).collect(),
+            sent: (0..workers).map(|_| Arc::default()).collect(),
         }
     }
 
@@ -66,6 +83,15 @@ impl InFlight {
 
     /// The calling worker starts serving `request`.
     pub fn begin(&self, request: &Request<'_>) {
+        if let Some(sent) = SLOT.with(Cell::get).and_then(|index| self.sent.get(index)) {
+            sent.store(0, Ordering::Relaxed);
+            SENT.with(|mine| {
+                let mut mine = mine.borrow_mut();
+                if !mine.as_ref().is_some_and(|mine| Arc::ptr_eq(mine, sent)) {
+                    *mine = Some(sent.clone());
+                }
+            });
+        }
         if let Some(mut slot) = self.mine() {
             slot.open = true;
             slot.cut = false;
@@ -91,12 +117,12 @@ impl InFlight {
     }
 
     /// Writes the access-log line of every request still being served, as
-    /// cut short at shutdown (status 0: the proxy cannot tell what it had
-    /// sent; Squid's format says `NONE_ABORTED/000`), and returns how many
-    /// there were.
+    /// cut short at shutdown (status 0: it did not end as any status says;
+    /// Squid's format says `NONE_ABORTED/000`; the bytes are all that went
+    /// to the client, its head included), and returns how many there were.
     pub fn cut_all(&self) -> usize {
         let mut cut = 0;
-        for slot in &self.slots {
+        for (slot, sent) in self.slots.iter().zip(&self.sent) {
             let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
             let (Some(client), Some(started), true) = (slot.client, slot.started, slot.open) else {
                 continue;
@@ -106,7 +132,7 @@ impl InFlight {
                 method: &slot.method,
                 url: &slot.url,
                 status: 0,
-                bytes: 0,
+                bytes: sent.load(Ordering::Relaxed),
                 duration: started.elapsed(),
                 request_id: &slot.request_id,
                 error: Some(CUT_AT_SHUTDOWN),

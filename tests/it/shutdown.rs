@@ -277,6 +277,57 @@ fn grace_running_out_is_logged_aborted_in_squids_format() {
     gate.open();
 }
 
+/// A request cut at shutdown after part of its answer went out says how
+/// much did: its line counts every byte the client got.
+#[test]
+fn a_request_cut_mid_body_logs_the_bytes_sent() {
+    let gate = Gate::new();
+    let first = b"the first part of the body".to_vec();
+    let origin = {
+        let (gate, first) = (gate.clone(), first.clone());
+        Origin::start(move |_| crate::support::Reply::Paused {
+            status: 200,
+            headers: Vec::new(),
+            first: first.clone(),
+            gate: gate.clone(),
+            rest: b"and the rest".to_vec(),
+            reset: false,
+        })
+    };
+    let mut proxy = start(&["--grace", "300ms"]);
+    let url = origin.url("/part");
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    client
+        .set_read_timeout(Some(LIMIT))
+        .expect("client timeout");
+    client
+        .write_all(format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(first.len()).any(|w| w == first.as_slice()) {
+        match std::io::Read::read(&mut client, &mut buf) {
+            Ok(0) | Err(_) => panic!("the first part never came: {got:?}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    proxy.signal("TERM");
+    assert_eq!(exit_code(&mut proxy, LIMIT), Some(1), "{}", log_of(&proxy));
+    got.extend(read_to_close(&mut client, LIMIT).bytes);
+    let line = proxy
+        .log()
+        .into_iter()
+        .find(|l| l.contains(&format!(" {url} ")))
+        .unwrap_or_else(|| panic!("no line for {url}:\n{}", log_of(&proxy)));
+    assert!(line.contains("cut_at_shutdown"), "{line}");
+    assert!(
+        line.contains(&format!(" 0 {} ", got.len())),
+        "{} bytes received: {line}",
+        got.len()
+    );
+    gate.open();
+}
+
 /// Asserts that the request for `url` got one access-log line, as cut at
 /// shutdown.
 fn assert_cut_line(proxy: &ProxyProcess, url: &str) {
