@@ -121,6 +121,9 @@ pub enum ProxyError {
     /// The TLS handshake with the origin failed.
     #[error("TLS with the origin failed: {0}")]
     UpstreamTls(String),
+    /// The origin's certificate did not verify: why, in words.
+    #[error("the origin's certificate was refused: {0}")]
+    UpstreamCertificate(String),
     /// The origin's response is malformed.
     #[error("malformed upstream response: {0}")]
     UpstreamProtocol(String),
@@ -272,6 +275,7 @@ impl ProxyError {
                 | ProxyError::ConnectFailed { .. }
                 | ProxyError::UpstreamTimeout(_)
                 | ProxyError::UpstreamTls(_)
+                | ProxyError::UpstreamCertificate(_)
                 | ProxyError::UpstreamProtocol(_)
                 | ProxyError::UpstreamBodyTooLarge { .. }
         )
@@ -304,6 +308,7 @@ impl ProxyError {
             ConnectionRefused { .. } => (502, "connection_refused"),
             ConnectFailed { .. } => (502, "destination_unavailable"),
             UpstreamTls(_) => (502, "tls_protocol_error"),
+            UpstreamCertificate(_) => (502, "tls_certificate_error"),
             UpstreamProtocol(_) => (502, "http_protocol_error"),
             UpstreamBodyTooLarge { .. } => (502, "http_response_body_size"),
             QueueFull | ShuttingDown | TooManyConnections { .. } => (503, "proxy_internal_error"),
@@ -458,6 +463,7 @@ mod tests {
                 reason: "x".into(),
             },
             ProxyError::UpstreamTls("x".into()),
+            ProxyError::UpstreamCertificate("x".into()),
             ProxyError::UpstreamProtocol("x".into()),
             ProxyError::UpstreamBodyTooLarge { limit: 1 },
             ProxyError::QueueFull,
@@ -496,6 +502,7 @@ mod tests {
                 | ProxyError::ConnectionRefused { .. }
                 | ProxyError::ConnectFailed { .. }
                 | ProxyError::UpstreamTls(_)
+                | ProxyError::UpstreamCertificate(_)
                 | ProxyError::UpstreamProtocol(_)
                 | ProxyError::UpstreamBodyTooLarge { .. }
                 | ProxyError::QueueFull

@@ -397,7 +397,7 @@ pub fn map_error(err: ureq::Error, authority: &str) -> ProxyError {
             ProxyError::UpstreamProtocol(format!("response head over {limit} bytes"))
         }
         E::Tls(reason) => ProxyError::UpstreamTls(reason.to_string()),
-        E::Rustls(tls_err) => ProxyError::UpstreamTls(tls_failure(&tls_err)),
+        E::Rustls(tls_err) => tls_error(&tls_err),
         E::Protocol(proto) => ProxyError::UpstreamProtocol(protocol_failure(&proto, authority)),
         E::BadUri(uri) => ProxyError::BadRequest(format!("bad URL {uri:?}")),
         E::Http(http_err) => ProxyError::BadRequest(http_err.to_string()),
@@ -431,7 +431,7 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
                 let tls_err = err
                     .get_ref()
                     .and_then(|e| e.downcast_ref::<rustls::Error>());
-                ProxyError::UpstreamTls(tls_err.map_or_else(|| err.to_string(), tls_failure))
+                tls_err.map_or_else(|| ProxyError::UpstreamTls(err.to_string()), tls_error)
             }
             Err(err) => ProxyError::ConnectFailed {
                 authority: authority.to_string(),
@@ -459,34 +459,39 @@ fn protocol_failure(proto: &impl std::fmt::Display, authority: &str) -> String {
 
 /// A TLS failure in words: rustls shows some certificate problems only as
 /// their debug names (`UnknownIssuer`, `Other(OtherError(CaUsedAsEndEntity))`).
-fn tls_failure(err: &rustls::Error) -> String {
+fn tls_error(err: &rustls::Error) -> ProxyError {
     use rustls::CertificateError as C;
     if let rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) = err {
         // The first bytes back were no TLS record: most often a plain HTTP
         // answer, from a port that does not speak TLS.
-        return format!(
+        return ProxyError::UpstreamTls(format!(
             "{err}: the origin did not answer in TLS; if that port serves plain HTTP, \
              ask for the http:// URL"
-        );
+        ));
     }
     let rustls::Error::InvalidCertificate(problem) = err else {
-        return err.to_string();
+        return ProxyError::UpstreamTls(err.to_string());
     };
-    // Short enough that `Proxy-Status` (256 bytes) carries it whole.
-    let untrusted = "it is not signed by an authority the proxy trusts (self-signed or a private \
-                     CA); give that CA with --upstream-ca-file (in place of the public ones), \
-                     or use a CONNECT tunnel (https_proxy)";
+    // Short enough that `Proxy-Status` (256 bytes) carries them whole.
     let why = match problem {
-        C::UnknownIssuer => untrusted.to_string(),
+        C::UnknownIssuer => "it is not signed by an authority the proxy trusts (self-signed or a \
+                             private CA); give that CA with --upstream-ca-file (in place of the \
+                             public ones), or use a CONNECT tunnel (https_proxy)"
+            .to_string(),
+        // webpki refuses a CA's certificate as a server's own before it
+        // looks for its issuer, so listing it as a CA does not help.
         C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
-            untrusted.to_string()
+            "it is a CA certificate (CA:TRUE, as openssl req -x509 makes), refused as a server's \
+             own even when given as a CA; sign the origin's with a CA and give that CA with \
+             --upstream-ca-file"
+                .to_string()
         }
         C::BadEncoding => "it is malformed".to_string(),
         C::Revoked => "it is revoked".to_string(),
         C::BadSignature => "its signature does not verify".to_string(),
         other => other.to_string(),
     };
-    format!("the origin's certificate was refused: {why}")
+    ProxyError::UpstreamCertificate(why)
 }
 
 fn timeout_phase(timeout: ureq::Timeout) -> TimeoutPhase {
@@ -659,9 +664,10 @@ nGGLp51Yyb3TtxNiAiAKTmHdoKVJI6DKPrpS1xaDdfevOc405DGRo1ZldDK0Ag==
 
     #[test]
     fn a_plain_http_answer_to_tls_is_told_as_such() {
-        let said = tls_failure(&rustls::Error::InvalidMessage(
+        let said = tls_error(&rustls::Error::InvalidMessage(
             rustls::InvalidMessage::InvalidContentType,
-        ));
+        ))
+        .to_string();
         assert!(said.contains("did not answer in TLS"), "{said}");
         assert!(said.contains("http:// URL"), "{said}");
     }
@@ -679,22 +685,27 @@ nGGLp51Yyb3TtxNiAiAKTmHdoKVJI6DKPrpS1xaDdfevOc405DGRo1ZldDK0Ag==
         let self_signed = rustls::CertificateError::Other(rustls::OtherError(std::sync::Arc::new(
             CaUsedAsEndEntity,
         )));
-        for problem in [rustls::CertificateError::UnknownIssuer, self_signed] {
+        for (problem, said) in [
+            (
+                rustls::CertificateError::UnknownIssuer,
+                "not signed by an authority the proxy trusts",
+            ),
+            (self_signed, "it is a CA certificate (CA:TRUE"),
+        ] {
             let tls_err = rustls::Error::InvalidCertificate(problem);
             // As ureq passes it on: inside an I/O error.
             let err = map_io_error(io::Error::new(io::ErrorKind::InvalidData, tls_err), "a:443");
-            assert_eq!(err.proxy_status(), "tls_protocol_error");
+            assert_eq!(err.proxy_status(), "tls_certificate_error");
             let text = err.to_string();
-            assert!(
-                text.contains("not signed by an authority the proxy trusts"),
-                "{text}"
-            );
-            assert!(text.contains("CONNECT"), "{text}");
+            assert!(text.contains(said), "{text}");
+            assert!(text.contains("--upstream-ca-file"), "{text}");
             assert!(!text.contains("Other("), "{text}");
+            // Whole in Proxy-Status, which carries 256 bytes.
+            assert!(text.len() <= 256, "{} bytes: {text}", text.len());
         }
         let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
         let err = map_error(ureq::Error::Rustls(expired), "a:443");
-        assert_eq!(err.proxy_status(), "tls_protocol_error");
+        assert_eq!(err.proxy_status(), "tls_certificate_error");
         assert!(err.to_string().contains("certificate was refused"), "{err}");
     }
 }

@@ -365,6 +365,9 @@ fn redirect_location(head: &Head) -> Option<&str> {
     }
 }
 
+/// Most characters of the proxy's own message kept in an error.
+const DETAIL_CHARS: usize = 600;
+
 /// Said of a refusal that came without `Via`.
 const NOT_A_PROXY: &str = "no Via header in the reply: if --proxy names a web server rather than \
                            a forward proxy, that server answered for itself";
@@ -378,13 +381,12 @@ fn status_error(head: &Head, body: &[u8]) -> FetchError {
             .find_map(|p| p.strip_prefix("error="))
             .unwrap_or(ps);
         let text = String::from_utf8_lossy(body);
-        let line: String = text
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect();
+        let first = text.lines().next().unwrap_or("");
+        // Whole, unless far longer than any the proxy writes.
+        let mut line: String = first.chars().take(DETAIL_CHARS).collect();
+        if line.len() < first.len() {
+            line.push_str("...");
+        }
         let said = if line.is_empty() {
             token.to_string()
         } else {
@@ -508,6 +510,25 @@ mod tests {
             "HTTP 502 Bad Gateway (dns_error: cannot resolve nohost.invalid)"
         );
         assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn the_proxys_message_is_kept_whole() {
+        let head = Head::bodiless(
+            502,
+            &[("Proxy-Status", "fetchproxy; error=tls_protocol_error")],
+        );
+        let message = format!("the origin's certificate was refused: {}", "x".repeat(300));
+        let FetchError::Status { detail, .. } = status_error(&head, message.as_bytes()) else {
+            panic!("not a status error");
+        };
+        assert_eq!(detail, Some(format!("tls_protocol_error: {message}")));
+        let endless = "y".repeat(10_000);
+        let FetchError::Status { detail, .. } = status_error(&head, endless.as_bytes()) else {
+            panic!("not a status error");
+        };
+        let detail = detail.unwrap_or_default();
+        assert!(detail.len() < 700 && detail.ends_with("..."), "{detail}");
     }
 
     #[test]

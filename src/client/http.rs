@@ -73,6 +73,21 @@ pub struct Head {
 }
 
 impl Head {
+    /// A head with no body, for tests.
+    #[cfg(test)]
+    pub fn bodiless(status: u16, headers: &[(&str, &str)]) -> Head {
+        Head {
+            status,
+            reason: String::new(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_string(), (*value).to_string()))
+                .collect(),
+            framing: BodyFraming::Length(0),
+            keep_alive: false,
+        }
+    }
+
     /// First value of a header, case-insensitive.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

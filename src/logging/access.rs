@@ -118,11 +118,12 @@ pub enum Outcome {
 }
 
 /// `Proxy-Status` error types (RFC 9209) that come from going upstream.
-const UPSTREAM_ERRORS: [&str; 8] = [
+const UPSTREAM_ERRORS: [&str; 9] = [
     "dns_error",
     "connection_refused",
     "destination_unavailable",
     "tls_protocol_error",
+    "tls_certificate_error",
     "http_protocol_error",
     "http_response_body_size",
     "connection_timeout",

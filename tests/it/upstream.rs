@@ -396,7 +396,7 @@ fn an_origin_of_a_private_ca_is_refused_until_upstream_ca_file_names_it() {
         "{text}"
     );
     assert!(text.contains("--upstream-ca-file"), "{text}");
-    // Whole in Proxy-Status too, which is all `fetch` shows of it.
+    // Whole in Proxy-Status too.
     let status = refused
         .head
         .lines()
@@ -421,6 +421,33 @@ fn an_origin_of_a_private_ca_is_refused_until_upstream_ca_file_names_it() {
         trusting.log()
     );
     assert_eq!(trusting.terminate(LIMIT).and_then(|s| s.code()), Some(0));
+}
+
+/// A "self-signed" origin, whose certificate is a CA's (CA:TRUE), is
+/// refused even with that certificate as `upstream_ca_file`, and the answer
+/// says why and what to do, not to give the file already given.
+#[test]
+fn an_origin_presenting_a_ca_certificate_is_refused_saying_why() {
+    let origin = TlsOrigin::start_self_signed();
+    let ca = origin.ca_file.to_str().expect("UTF-8 path");
+    let mut proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.1", "--upstream-ca-file", ca]);
+    let refused = get_https(proxy.addr, &origin.url("/artifact"));
+    assert_eq!(refused.status, 502, "{}", refused.head);
+    let status = refused
+        .head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("proxy-status:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(status.contains("error=tls_certificate_error"), "{status}");
+    assert!(status.contains("CA:TRUE"), "{status}");
+    assert!(status.ends_with("--upstream-ca-file\""), "{status}");
+    assert!(
+        !refused.text().contains("not signed by"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(proxy.terminate(LIMIT).and_then(|s| s.code()), Some(0));
 }
 
 #[test]

@@ -27,13 +27,25 @@ pub struct TlsOrigin {
 
 impl TlsOrigin {
     pub fn start() -> TlsOrigin {
+        TlsOrigin::presenting("leaf")
+    }
+
+    /// An origin that presents the CA's own certificate as its own: what
+    /// `openssl req -x509` alone makes of a "self-signed" server.
+    pub fn start_self_signed() -> TlsOrigin {
+        TlsOrigin::presenting("ca")
+    }
+
+    /// An origin presenting `name`.pem with `name`.key.
+    fn presenting(name: &str) -> TlsOrigin {
         let dir = tempfile::tempdir().expect("temp dir");
         make_certificates(dir.path());
-        let read = |name: &str| std::fs::read(dir.path().join(name)).expect("generated file");
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read("leaf.pem"))
-            .collect::<Result<_, _>>()
-            .expect("leaf certificate");
-        let key = PrivateKeyDer::from_pem_slice(&read("leaf.key")).expect("leaf key");
+        let read = |file: String| std::fs::read(dir.path().join(file)).expect("generated file");
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&read(format!("{name}.pem")))
+                .collect::<Result<_, _>>()
+                .expect("certificate");
+        let key = PrivateKeyDer::from_pem_slice(&read(format!("{name}.key"))).expect("key");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
