@@ -127,6 +127,18 @@ pub enum ProxyError {
     /// The origin's response is malformed.
     #[error("malformed upstream response: {0}")]
     UpstreamProtocol(String),
+    /// The origin closed the connection before a byte of its response.
+    #[error("{0}")]
+    UpstreamClosed(String),
+    /// The origin's response stopped before its end (in its head or body).
+    #[error("{0}")]
+    UpstreamIncomplete(String),
+    /// The origin's response head is over `max_header_bytes`.
+    #[error("the origin's response head is over {limit} bytes (max_header_bytes)")]
+    UpstreamHeadTooLarge { limit: usize },
+    /// The origin's response has a transfer coding the proxy does not pass on.
+    #[error("malformed upstream response: {0}")]
+    UpstreamTransferCoding(String),
     /// The origin's response body is larger than `max_body_bytes`.
     #[error("upstream response body over {limit} bytes (max_body_bytes)")]
     UpstreamBodyTooLarge { limit: u64 },
@@ -158,7 +170,7 @@ impl From<ureq::http::Error> for ProxyError {
 }
 
 /// Every `Proxy-Status` error type the proxy answers with (see `classify`).
-pub const PROXY_STATUS_TYPES: [&str; 13] = [
+pub const PROXY_STATUS_TYPES: [&str; 18] = [
     "http_request_error",
     "http_request_denied",
     "destination_ip_prohibited",
@@ -167,7 +179,12 @@ pub const PROXY_STATUS_TYPES: [&str; 13] = [
     "connection_refused",
     "destination_unavailable",
     "tls_protocol_error",
+    "tls_certificate_error",
     "http_protocol_error",
+    "connection_terminated",
+    "http_response_incomplete",
+    "http_response_header_section_size",
+    "http_response_transfer_coding",
     "http_response_body_size",
     "connection_timeout",
     "http_response_timeout",
@@ -277,6 +294,10 @@ impl ProxyError {
                 | ProxyError::UpstreamTls(_)
                 | ProxyError::UpstreamCertificate(_)
                 | ProxyError::UpstreamProtocol(_)
+                | ProxyError::UpstreamClosed(_)
+                | ProxyError::UpstreamIncomplete(_)
+                | ProxyError::UpstreamHeadTooLarge { .. }
+                | ProxyError::UpstreamTransferCoding(_)
                 | ProxyError::UpstreamBodyTooLarge { .. }
         )
     }
@@ -310,6 +331,10 @@ impl ProxyError {
             UpstreamTls(_) => (502, "tls_protocol_error"),
             UpstreamCertificate(_) => (502, "tls_certificate_error"),
             UpstreamProtocol(_) => (502, "http_protocol_error"),
+            UpstreamClosed(_) => (502, "connection_terminated"),
+            UpstreamIncomplete(_) => (502, "http_response_incomplete"),
+            UpstreamHeadTooLarge { .. } => (502, "http_response_header_section_size"),
+            UpstreamTransferCoding(_) => (502, "http_response_transfer_coding"),
             UpstreamBodyTooLarge { .. } => (502, "http_response_body_size"),
             QueueFull | ShuttingDown | TooManyConnections { .. } => (503, "proxy_internal_error"),
             UpstreamTimeout(TimeoutPhase::Connect) => (504, "connection_timeout"),
@@ -403,6 +428,26 @@ mod tests {
                 "http_protocol_error",
             ),
             (
+                ProxyError::UpstreamClosed("x".into()),
+                502,
+                "connection_terminated",
+            ),
+            (
+                ProxyError::UpstreamIncomplete("x".into()),
+                502,
+                "http_response_incomplete",
+            ),
+            (
+                ProxyError::UpstreamHeadTooLarge { limit: 1 },
+                502,
+                "http_response_header_section_size",
+            ),
+            (
+                ProxyError::UpstreamTransferCoding("x".into()),
+                502,
+                "http_response_transfer_coding",
+            ),
+            (
                 ProxyError::ProxyAuthRequired(AuthFailure::Missing),
                 407,
                 "http_request_denied",
@@ -465,6 +510,10 @@ mod tests {
             ProxyError::UpstreamTls("x".into()),
             ProxyError::UpstreamCertificate("x".into()),
             ProxyError::UpstreamProtocol("x".into()),
+            ProxyError::UpstreamClosed("x".into()),
+            ProxyError::UpstreamIncomplete("x".into()),
+            ProxyError::UpstreamHeadTooLarge { limit: 1 },
+            ProxyError::UpstreamTransferCoding("x".into()),
             ProxyError::UpstreamBodyTooLarge { limit: 1 },
             ProxyError::QueueFull,
             ProxyError::ShuttingDown,
@@ -504,6 +553,10 @@ mod tests {
                 | ProxyError::UpstreamTls(_)
                 | ProxyError::UpstreamCertificate(_)
                 | ProxyError::UpstreamProtocol(_)
+                | ProxyError::UpstreamClosed(_)
+                | ProxyError::UpstreamIncomplete(_)
+                | ProxyError::UpstreamHeadTooLarge { .. }
+                | ProxyError::UpstreamTransferCoding(_)
                 | ProxyError::UpstreamBodyTooLarge { .. }
                 | ProxyError::QueueFull
                 | ProxyError::ShuttingDown

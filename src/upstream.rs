@@ -22,8 +22,8 @@ use crate::config::ServeConfig;
 use crate::error::{ProxyError, TimeoutPhase};
 use crate::metrics::Metrics;
 use crate::rules::{Rules, SharedRules};
-use crate::transport::OriginConnector;
 use crate::transport::interim::InterimConnector;
+use crate::transport::{self, OriginConnector};
 
 /// Room beyond the response-head limit that the input buffer may grow to,
 /// so that ureq sees a head over the limit (and refuses it) before the
@@ -393,9 +393,7 @@ pub fn map_error(err: ureq::Error, authority: &str) -> ProxyError {
             reason: "connection failed".into(),
         },
         E::BodyExceedsLimit(limit) => ProxyError::UpstreamBodyTooLarge { limit },
-        E::LargeResponseHeader(_, limit) => {
-            ProxyError::UpstreamProtocol(format!("response head over {limit} bytes"))
-        }
+        E::LargeResponseHeader(_, limit) => ProxyError::UpstreamHeadTooLarge { limit },
         E::Tls(reason) => ProxyError::UpstreamTls(reason.to_string()),
         E::Rustls(tls_err) => tls_error(&tls_err),
         E::Protocol(proto) => ProxyError::UpstreamProtocol(protocol_failure(&proto, authority)),
@@ -415,13 +413,22 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
             ProxyError::UpstreamTimeout(TimeoutPhase::Response)
         }
         io::ErrorKind::FileTooLarge => ProxyError::UpstreamBodyTooLarge { limit: 0 },
-        // Connected, then closed or reset before a complete response: the
-        // origin's answer is incomplete; its address was reachable.
+        // Connected, then closed or reset: before a byte of the answer, the
+        // connection was terminated; after some, the answer is incomplete.
+        // Either way its address was reachable.
         io::ErrorKind::UnexpectedEof
         | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted => ProxyError::UpstreamProtocol(format!(
-            "{authority} closed the connection before a complete response"
-        )),
+        | io::ErrorKind::ConnectionAborted => {
+            if transport::attempt().received == 0 {
+                ProxyError::UpstreamClosed(format!(
+                    "{authority} closed the connection before answering"
+                ))
+            } else {
+                ProxyError::UpstreamIncomplete(format!(
+                    "{authority} closed the connection before a complete response"
+                ))
+            }
+        }
         _ => match err.downcast::<ureq::Error>() {
             Ok(ureq_err) => map_error(ureq_err, authority),
             // rustls reports a failed handshake or a corrupt record as an
@@ -627,16 +634,17 @@ nGGLp51Yyb3TtxNiAiAKTmHdoKVJI6DKPrpS1xaDdfevOc405DGRo1ZldDK0Ag==
     }
 
     #[test]
-    fn an_origin_closing_early_is_a_protocol_error_not_an_unreachable_one() {
+    fn an_origin_closing_early_is_a_terminated_connection_not_an_unreachable_one() {
         for kind in [
             io::ErrorKind::UnexpectedEof,
             io::ErrorKind::ConnectionReset,
             io::ErrorKind::ConnectionAborted,
         ] {
             let err = map_io_error(io::Error::new(kind, "Peer disconnected"), "a:1");
+            // Nothing was received on this thread's attempt.
             assert_eq!(
                 (err.status(), err.proxy_status()),
-                (502, "http_protocol_error"),
+                (502, "connection_terminated"),
                 "{kind:?}"
             );
         }

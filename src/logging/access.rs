@@ -118,13 +118,17 @@ pub enum Outcome {
 }
 
 /// `Proxy-Status` error types (RFC 9209) that come from going upstream.
-const UPSTREAM_ERRORS: [&str; 9] = [
+const UPSTREAM_ERRORS: [&str; 13] = [
     "dns_error",
     "connection_refused",
     "destination_unavailable",
     "tls_protocol_error",
     "tls_certificate_error",
     "http_protocol_error",
+    "connection_terminated",
+    "http_response_incomplete",
+    "http_response_header_section_size",
+    "http_response_transfer_coding",
     "http_response_body_size",
     "connection_timeout",
     "http_response_timeout",

@@ -214,7 +214,8 @@ const BYTE_CODINGS: [&str; 7] = [
 /// `chunked` followed by another coding.
 /// A coding it does not know is left as before (dropped with the field,
 /// the body framed as the rest of the head says), as the public cache
-/// tests expect. All are 502 `http_protocol_error`.
+/// tests expect. All are 502 `http_protocol_error`, but for the codings,
+/// `http_response_transfer_coding`.
 fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::UpstreamProtocol(
@@ -249,7 +250,7 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
         .iter()
         .find(|coding| BYTE_CODINGS.contains(&coding.as_str()))
     {
-        return Err(ProxyError::UpstreamProtocol(format!(
+        return Err(ProxyError::UpstreamTransferCoding(format!(
             "transfer coding {coding:?} is not decoded by this proxy; only chunked"
         )));
     }
@@ -258,7 +259,7 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
     // connection after it.
     let chunked = codings.iter().position(|coding| coding == "chunked");
     if chunked.is_some_and(|at| at + 1 != codings.len()) {
-        return Err(ProxyError::UpstreamProtocol(
+        return Err(ProxyError::UpstreamTransferCoding(
             "the origin's Transfer-Encoding has chunked before another coding".into(),
         ));
     }

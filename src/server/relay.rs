@@ -192,10 +192,22 @@ fn body_failure(err: io::Error, authority: &str) -> ProxyError {
         Some(CacheError::FillFailed(FillFailure::Stalled)) => {
             ProxyError::UpstreamTimeout(TimeoutPhase::Response)
         }
-        Some(CacheError::FillFailed(FillFailure::Upstream)) => ProxyError::UpstreamProtocol(
+        Some(CacheError::FillFailed(FillFailure::Upstream)) => ProxyError::UpstreamIncomplete(
             format!("the response from {authority} ended before it was complete"),
         ),
         Some(other) => ProxyError::Internal(other.to_string()),
+        // In a body, a close is always after the head: incomplete.
+        None if matches!(
+            err.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+        ) =>
+        {
+            ProxyError::UpstreamIncomplete(format!(
+                "the response from {authority} ended before it was complete"
+            ))
+        }
         None => upstream::map_io_error(err, authority),
     }
 }
@@ -628,14 +640,14 @@ mod tests {
         );
         assert_eq!(
             status(body_failure(as_read(FillFailure::Upstream), "h")),
-            "http_protocol_error"
+            "http_response_incomplete"
         );
         assert_eq!(
             status(body_failure(as_read(FillFailure::MemoryFull), "h")),
             "proxy_internal_error"
         );
         let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "cut");
-        assert_eq!(status(body_failure(eof, "h")), "http_protocol_error");
+        assert_eq!(status(body_failure(eof, "h")), "http_response_incomplete");
     }
 
     /// Reads from `data` at most as much as asked, and notes how much was asked.

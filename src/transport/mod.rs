@@ -272,7 +272,7 @@ impl Transport for OriginTransport {
                 // and be stored. A reset before any answer stays one (the
                 // pooled connection the origin had closed: retried).
                 Err(err) if err.kind() == io::ErrorKind::ConnectionReset && self.answered > 0 => {
-                    return Err(Error::Other(Box::new(ProxyError::UpstreamProtocol(
+                    return Err(Error::Other(Box::new(ProxyError::UpstreamIncomplete(
                         "the origin reset the connection in the middle of its answer".into(),
                     ))));
                 }

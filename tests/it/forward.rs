@@ -1453,13 +1453,13 @@ fn a_malformed_first_chunk_is_502_not_a_head_and_a_close() {
 }
 
 #[test]
-fn an_origin_that_resets_in_the_middle_of_its_head_is_502_http_protocol_error() {
+fn an_origin_that_resets_in_the_middle_of_its_head_is_502_http_response_incomplete() {
     let origin = Origin::start(|_| {
         Reply::RawThenReset(b"HTTP/1.1 200 OK\r\nContent-Type: text/pl".to_vec())
     });
     let proxy = Proxy::start();
     let reply = curl(proxy.addr, &origin.url("/half"), &[]);
-    assert_curl_error("GET /half", &reply, 502, "http_protocol_error");
+    assert_curl_error("GET /half", &reply, 502, "http_response_incomplete");
 }
 
 #[test]
@@ -1486,7 +1486,7 @@ fn a_transfer_coding_that_codes_the_bytes_is_502_and_not_stored() {
     let proxy = Proxy::start();
     for _ in 0..2 {
         let reply = curl(proxy.addr, &origin.url("/coded"), &[]);
-        assert_curl_error("GET /coded", &reply, 502, "http_protocol_error");
+        assert_curl_error("GET /coded", &reply, 502, "http_response_transfer_coding");
         assert!(reply.text().contains("gzip"), "{}", reply.text());
     }
     assert_eq!(origin.requests().len(), 2, "nothing stored");
@@ -1507,7 +1507,7 @@ fn chunked_before_another_transfer_coding_is_502_and_not_stored() {
         let proxy = Proxy::start();
         for _ in 0..2 {
             let reply = curl(proxy.addr, &origin.url("/late-chunked"), &[]);
-            assert_curl_error(codings, &reply, 502, "http_protocol_error");
+            assert_curl_error(codings, &reply, 502, "http_response_transfer_coding");
         }
         assert_eq!(origin.requests().len(), 2, "nothing stored");
     }
@@ -1996,15 +1996,21 @@ fn a_client_that_leaves_mid_body_drops_the_upstream_connection() {
 }
 
 #[test]
-fn an_origin_that_closes_without_a_complete_answer_is_502_http_protocol_error() {
+fn an_origin_that_closes_without_a_complete_answer_is_502_terminated_or_incomplete() {
     let proxy = Proxy::start();
-    for sent in [&b""[..], b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"] {
+    for (sent, error) in [
+        (&b""[..], "connection_terminated"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",
+            "http_response_incomplete",
+        ),
+    ] {
         let origin = Origin::start(move |_| Reply::Raw(sent.to_vec()));
         let request = get_request(&origin.url("/closes"), "");
         let response = exchange(proxy.addr, &request, LIMIT);
         let context = format!("origin sent {:?}", String::from_utf8_lossy(sent));
         assert_eq!(response.status, 502, "{context}\n{}", response.head);
-        assert_raw_error(&request, &response, 502, "http_protocol_error");
+        assert_raw_error(&request, &response, 502, error);
     }
 }
 
