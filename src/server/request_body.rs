@@ -186,6 +186,13 @@ impl ClientBody<'_> {
                     io::ErrorKind::WouldBlock => {
                         ProxyError::BodyTimeout("the client sent nothing for idle_timeout".into())
                     }
+                    // The client went away in the middle of its body: no
+                    // fault of its request, and nobody to answer.
+                    io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted => ProxyError::ClientGone(format!(
+                        "the client closed its connection in the middle of its request body: {err}"
+                    )),
                     _ => ProxyError::BadRequest(format!("request body not received: {err}")),
                 };
                 self.failure = Some(failure);
