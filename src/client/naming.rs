@@ -49,6 +49,10 @@ pub fn file_name_for(url: &Url, content_type: Option<&str>, disposition: Option<
     let ext = match (type_ext, path_ext) {
         // A two-part extension stays whole (`tar.gz`).
         (Some(ext), Some(own)) if same_extension(ext, own) && own.contains('.') => own.to_string(),
+        // A name that says more than the type: `.tgz` served as gzip, a
+        // compressed tar served as `application/x-tar` (with the compression
+        // as its Content-Encoding, as Apache does).
+        (Some(ext), Some(own)) if says_more(ext, own) => own.to_ascii_lowercase(),
         (Some(ext), Some(own)) if same_extension(ext, own) => ext.to_string(),
         (Some(ext), Some(own)) => {
             push_part(&mut stem, &format!("{path_stem}.{own}"));
@@ -252,6 +256,17 @@ fn same_extension(wanted: &str, own: &str) -> bool {
             (wanted, last),
             ("html", "htm") | ("jpg", "jpeg") | ("txt", "text") | ("js", "mjs")
         )
+}
+
+/// Whether the path's own extension `own` names what the type's (`wanted`)
+/// does, and more: `tgz` for `gz`, `tar.gz` for `tar`.
+fn says_more(wanted: &str, own: &str) -> bool {
+    let own = own.to_ascii_lowercase();
+    match wanted {
+        "gz" => own == "tgz",
+        "tar" => own.starts_with("tar."),
+        _ => false,
+    }
 }
 
 /// The extension for a Content-Type (`text/html; charset=utf-8` → `html`);
@@ -543,6 +558,24 @@ mod tests {
             // Not an archive's compression: `.tar` stays in the stem.
             ("http://h/pkg/b.tar.json", None, "h_pkg_b.tar.json"),
             ("http://h/pkg/b.gz?x=1", None, "h_pkg_b_1f206b.gz"),
+            // The name says more than the type.
+            (
+                "http://h/pkg/b.tar.gz?v=1",
+                Some("application/x-tar"),
+                "h_pkg_b_a798de.tar.gz",
+            ),
+            (
+                "http://h/pkg/b.tgz",
+                Some("application/x-gzip"),
+                "h_pkg_b.tgz",
+            ),
+            (
+                "http://h/pkg/b.TGZ?v=1",
+                Some("application/gzip"),
+                "h_pkg_b_a798de.tgz",
+            ),
+            // A type that says otherwise still wins.
+            ("http://h/pkg/b.tgz", Some("text/html"), "h_pkg_b.tgz.html"),
         ] {
             assert_eq!(name(url, ct), want, "{url}");
         }
