@@ -122,7 +122,23 @@ pub fn parse_basic(value: &[u8]) -> Result<Credentials, AuthFailure> {
 /// # Errors
 /// A lowercase reason that never repeats the hash.
 pub fn parse_password_hash(text: &str) -> Result<PasswordHash, String> {
-    let hash = PasswordHash::new(text.trim())
+    // htpasswd's hashes (bcrypt `$2y$`, MD5 `$apr1$`, SHA `{SHA}`) look
+    // almost like PHC strings; say what they are rather than how they fail.
+    let text = text.trim();
+    if let Some(kind) = [
+        ("$2", "a bcrypt"),
+        ("$apr1$", "an Apache MD5"),
+        ("{SHA}", "a SHA-1"),
+    ]
+    .iter()
+    .find_map(|(prefix, kind)| text.starts_with(prefix).then_some(kind))
+    {
+        return Err(format!(
+            "{kind} hash (as htpasswd makes); only argon2id is accepted: make one with \
+             `fetchproxy hash-password`"
+        ));
+    }
+    let hash = PasswordHash::new(text)
         .map_err(|err| format!("not a PHC string such as $argon2id$v=19$m=19456,t=2,p=1$... ({err}); make one with `fetchproxy hash-password`"))?;
     if hash.algorithm != argon2::ARGON2ID_IDENT {
         return Err(format!(
@@ -470,6 +486,23 @@ mod tests {
                     .replace("phc", "PHC")
                     .replace("kib", "KiB")
             );
+        }
+    }
+
+    #[test]
+    fn htpasswd_hashes_are_named_as_such() {
+        for (hash, kind) in [
+            (
+                "$2y$05$c2FsdHNhbHRzYWx0c2FsdOKmbk9QY1o5Q3ZzT2FkYnVuTkVGb2hm",
+                "a bcrypt hash",
+            ),
+            ("$apr1$salt$hash", "an Apache MD5 hash"),
+            ("{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "a SHA-1 hash"),
+        ] {
+            let err = parse_password_hash(hash).expect_err(hash);
+            assert!(err.starts_with(kind), "{err}");
+            assert!(err.contains("argon2id"), "{err}");
+            assert!(!err.contains(hash), "the hash is never repeated: {err}");
         }
     }
 

@@ -130,6 +130,57 @@ impl Sources<'_> {
         Some(format!("{name} is set twice{first}; keep one"))
     }
 
+    /// The line of a `[` that a later line shows was never closed: a line
+    /// that sets a key (`workers = 8`) or heads a table (`[[users]]`)
+    /// while the list is still open.
+    fn unclosed_array(&self) -> Option<usize> {
+        let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        let mut balance = 0;
+        let mut opened = 0;
+        for (i, text) in self.file.lines().enumerate() {
+            let trimmed = text.trim_start();
+            if balance > 0 {
+                let sets_key = trimmed
+                    .split_once('=')
+                    .is_some_and(|(key, _)| !key.trim().is_empty() && key.trim().chars().all(bare));
+                let heads_table =
+                    trimmed
+                        .trim_start_matches('[')
+                        .split_once(']')
+                        .is_some_and(|(name, _)| {
+                            !name.is_empty() && name.chars().all(|c| bare(c) || c == '.')
+                        });
+                if sets_key || heads_table {
+                    return Some(opened);
+                }
+            }
+            let before = balance;
+            // Outside a list, only a value opens one: a line that starts
+            // with `[` is a table's header.
+            let value = if balance > 0 {
+                text
+            } else {
+                text.split_once('=').map_or("", |(_, value)| value)
+            };
+            balance += bracket_balance(value);
+            if before <= 0 && balance > 0 {
+                opened = i + 1;
+            }
+            balance = balance.max(0);
+        }
+        None
+    }
+
+    /// Whether the line of `at` sets a list of ports (where `1024-65535`
+    /// unquoted reads as a date to TOML).
+    fn sets_ports(&self, at: &Range<usize>) -> bool {
+        self.file
+            .lines()
+            .nth(self.line(at) - 1)
+            .and_then(|text| text.split_once('='))
+            .is_some_and(|(key, _)| key.trim().ends_with("_ports"))
+    }
+
     /// A hint for a syntax error on a `key = value` line whose value is
     /// bare text (`listen = 127.0.0.1:8080`): TOML wants text quoted.
     fn unquoted(&self, at: &Range<usize>) -> Option<String> {
@@ -269,16 +320,59 @@ pub(super) fn resolve(
     }
 }
 
+/// `[` less `]` on a line of TOML, outside quotes and comments.
+fn bracket_balance(text: &str) -> i32 {
+    let mut balance = 0;
+    let mut quote = None;
+    for c in text.chars() {
+        match (quote, c) {
+            (None, '#') => break,
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(open), c) if c == open => quote = None,
+            (None, '[') => balance += 1,
+            (None, ']') => balance -= 1,
+            _ => {}
+        }
+    }
+    balance
+}
+
 /// The file's syntax errors, the first of each line only: the parser's
 /// recovery from one mistake often reports a few more on the same line.
+/// An array left open is reported once, at its `[`, not on each line the
+/// parser then read into it.
 fn syntax_problems(sources: &Sources<'_>, errors: &[toml::de::Error]) -> Vec<Problem> {
     let mut problems: Vec<Problem> = Vec::new();
+    let unclosed = sources.unclosed_array().filter(|_| !errors.is_empty());
+    if let Some(line) = unclosed {
+        problems.push(Problem {
+            origin: Origin::File {
+                path: sources.path.to_path_buf(),
+                line,
+            },
+            key: None,
+            value: None,
+            reason: "this `[` is never closed: a `]` is missing at the end of the list".to_string(),
+        });
+    }
     for err in errors {
         let at = err.span().unwrap_or(0..0);
+        if let Some(line) = unclosed {
+            // What the parser found from there on may all come of it.
+            if sources.line(&at) >= line {
+                continue;
+            }
+        }
         let origin = sources.origin("", &at);
         if !problems.iter().any(|p| p.origin == origin) {
             let reason = match sources.duplicate(err.message(), &at) {
                 Some(said) => said,
+                None if err.message().contains("invalid date") && sources.sets_ports(&at) => {
+                    format!(
+                        "{}; a range of ports is quoted in TOML: \"1024-65535\"",
+                        one_line(err.message())
+                    )
+                }
                 None => match sources.unquoted(&at) {
                     // The parser says so itself for some values, not all.
                     Some(hint) if !err.message().contains("quoted") => {

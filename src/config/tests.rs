@@ -413,10 +413,9 @@ fn a_bad_file_value_is_reported_even_when_a_flag_overrides_it() {
 fn a_broken_line_is_reported_once() {
     let found = problems(from_file("workers = [\nqueue = 3\n"));
     assert_eq!(found.len(), 1, "{found:#?}");
-    assert!(
-        found[0].to_string().starts_with("fetchproxy.toml:2: "),
-        "{}",
-        found[0]
+    assert_eq!(
+        found[0].to_string(),
+        "fetchproxy.toml:1: this `[` is never closed: a `]` is missing at the end of the list"
     );
     let found = problems(from_file("workers = 4\nqueue = \n\ngrace = \"1x\"\n"));
     let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
@@ -481,6 +480,30 @@ fn listen_takes_a_port_or_a_host_name() {
     assert!(
         text.starts_with("fetchproxy.toml:1: listen = \"nowhere.invalid:80\": cannot resolve"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_list_left_open_is_named_at_its_bracket_alone() {
+    assert_eq!(
+        message("allow_dest = [\"127.0.0.1\"\nworkers = 8\nmax_connections = 100\n"),
+        "fetchproxy.toml:1: this `[` is never closed: a `]` is missing at the end of the list"
+    );
+    assert_eq!(
+        message(
+            "workers = 8\nallow_clients = [\n  \"10.0.0.0/8\", # [a comment]\n  \"192.168.0.0/16\",\n\n[[users]]\nname = \"a\"\n"
+        ),
+        "fetchproxy.toml:2: this `[` is never closed: a `]` is missing at the end of the list"
+    );
+    // A list closed on a later line is no such mistake.
+    assert!(from_file("allow_clients = [\n  \"10.0.0.0/8\", # [\n]\nworkers = 8\n").is_ok());
+}
+
+#[test]
+fn an_unquoted_port_range_is_told_to_be_quoted() {
+    assert_eq!(
+        message("dest_ports = [80, 443, 1024-65535]\n"),
+        "fetchproxy.toml:1: invalid date, expected `-` (MM-DD); a range of ports is quoted in TOML: \"1024-65535\""
     );
 }
 
