@@ -220,8 +220,9 @@ pub struct FetchArgs {
     /// [default: 127.0.0.1:8080]
     #[arg(long, value_name = "PROXY", value_delimiter = ',')]
     pub proxy: Vec<String>,
-    /// Proxy credentials, sent as Proxy-Authorization: Basic; the password is
-    /// asked for on the terminal (not echoed) when left out.
+    /// Proxy credentials, sent as Proxy-Authorization: Basic; a password
+    /// left out is read from FETCHPROXY_PROXY_PASSWORD, else asked for on
+    /// the terminal (not echoed).
     #[arg(long, short = 'U', value_name = "USER[:PASSWORD]")]
     pub proxy_user: Option<String>,
     /// File with one URL a line (`-` for standard input).

@@ -93,7 +93,8 @@ pub enum ProxyArgError {
     NoUser,
     #[error(
         "no password given for the proxy, and no terminal to ask for it on ({0}); \
-         give it as --proxy-user USER:PASSWORD or in --proxy http://USER:PASSWORD@HOST:PORT"
+         set FETCHPROXY_PROXY_PASSWORD, or give it as --proxy-user USER:PASSWORD or in \
+         --proxy http://USER:PASSWORD@HOST:PORT"
     )]
     NoTerminal(io::Error),
 }
@@ -320,11 +321,25 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
-/// Asks on the terminal, as curl does, with echo off.
+/// The environment variable a left-out proxy password is read from
+/// before the terminal is asked (for CI, where a secret in the command
+/// line shows in `ps` and in logs).
+pub const PASSWORD_VARIABLE: &str = "FETCHPROXY_PROXY_PASSWORD";
+
+/// Takes the password from `FETCHPROXY_PROXY_PASSWORD` when set, else
+/// asks on the terminal, as curl does, with echo off.
 ///
 /// # Errors
 /// The OS error when there is no terminal to ask on.
 pub fn ask_on_terminal(user: &str) -> io::Result<String> {
+    if let Some(password) = std::env::var_os(PASSWORD_VARIABLE) {
+        return password.into_string().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{PASSWORD_VARIABLE} is not valid UTF-8"),
+            )
+        });
+    }
     rpassword::prompt_password(format!("Enter proxy password for user '{user}': "))
 }
 

@@ -34,7 +34,17 @@ fn proxy_with_alice() -> Proxy {
 /// `fetchproxy fetch --out-dir OUT ARGS...` in a session of its own, so that
 /// it has no terminal to ask a password on.
 fn fetch(out: &Path, args: &[&str]) -> Ran {
-    let child = Command::new("setsid")
+    fetch_with_password(out, args, None)
+}
+
+/// `fetch`, with `FETCHPROXY_PROXY_PASSWORD` set to `password` (or unset).
+fn fetch_with_password(out: &Path, args: &[&str], password: Option<&str>) -> Ran {
+    let mut command = Command::new("setsid");
+    command.env_remove("FETCHPROXY_PROXY_PASSWORD");
+    if let Some(password) = password {
+        command.env("FETCHPROXY_PROXY_PASSWORD", password);
+    }
+    let child = command
         .arg(env!("CARGO_BIN_EXE_fetchproxy"))
         .args(["fetch", "--timeout", "30s", "--out-dir"])
         .arg(out)
@@ -98,6 +108,30 @@ fn proxy_user_with_a_password_is_sent_as_basic() {
             &user,
             &origin.url("/"),
         ],
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(manifest(dir.path())[0]["status"], 200);
+    assert_no_secret(&ran.stderr, "stderr");
+    assert_no_secret(&manifest_text(dir.path()), "the manifest");
+}
+
+/// In CI, where no terminal asks and a password in the command line would
+/// show in `ps` and the logs, it comes from the environment.
+#[test]
+fn a_password_left_out_is_read_from_the_environment() {
+    let origin = Origin::fixed("text/plain", b"members only");
+    let proxy = proxy_with_alice();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = fetch_with_password(
+        dir.path(),
+        &[
+            "--proxy",
+            &proxy.addr.to_string(),
+            "--proxy-user",
+            USER,
+            &origin.url("/"),
+        ],
+        Some(PASSWORD),
     );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     assert_eq!(manifest(dir.path())[0]["status"], 200);
@@ -197,7 +231,8 @@ fn a_password_left_out_without_a_terminal_is_a_usage_error() {
     assert!(
         ran.stderr.starts_with(
             "fetchproxy: no password given for the proxy, and no terminal to ask for it on"
-        ) && ran.stderr.contains("--proxy-user USER:PASSWORD"),
+        ) && ran.stderr.contains("--proxy-user USER:PASSWORD")
+            && ran.stderr.contains("FETCHPROXY_PROXY_PASSWORD"),
         "{}",
         ran.stderr
     );
