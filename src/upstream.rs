@@ -418,7 +418,8 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
         // Either way its address was reachable.
         io::ErrorKind::UnexpectedEof
         | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted => {
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => {
             if transport::attempt().received == 0 {
                 ProxyError::UpstreamClosed(format!(
                     "{authority} closed the connection before answering"

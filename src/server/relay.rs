@@ -189,13 +189,7 @@ fn body_failure(err: io::Error, authority: &str) -> ProxyError {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<CacheError>())
     {
-        Some(CacheError::FillFailed(FillFailure::Stalled)) => {
-            ProxyError::UpstreamTimeout(TimeoutPhase::Response)
-        }
-        Some(CacheError::FillFailed(FillFailure::Upstream)) => ProxyError::UpstreamIncomplete(
-            format!("the response from {authority} ended before it was complete"),
-        ),
-        Some(other) => ProxyError::Internal(other.to_string()),
+        Some(failure) => fill_failure(failure, authority),
         // In a body, a close is always after the head: incomplete.
         None if matches!(
             err.kind(),
@@ -209,6 +203,21 @@ fn body_failure(err: io::Error, authority: &str) -> ProxyError {
             ))
         }
         None => upstream::map_io_error(err, authority),
+    }
+}
+
+/// A cache fill that failed, as what it was: the origin stalled, or its
+/// answer ended early; anything else is the proxy's own failure. For the
+/// request that fills and for those reading the fill alike.
+pub fn fill_failure(failure: &CacheError, authority: &str) -> ProxyError {
+    match failure {
+        CacheError::FillFailed(FillFailure::Stalled) => {
+            ProxyError::UpstreamTimeout(TimeoutPhase::Response)
+        }
+        CacheError::FillFailed(FillFailure::Upstream) => ProxyError::UpstreamIncomplete(format!(
+            "the response from {authority} ended before it was complete"
+        )),
+        other => ProxyError::Internal(other.to_string()),
     }
 }
 

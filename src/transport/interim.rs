@@ -139,6 +139,7 @@ impl<T: Transport> Transport for Watched<T> {
         let more = self.inner.await_input(timeout)?;
         let input = self.inner.buffers().input();
         if let Some(new) = input.get(before..) {
+            super::note_received(new.len());
             saw(new);
         }
         Ok(more)

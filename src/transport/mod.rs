@@ -55,7 +55,7 @@ thread_local! {
 pub struct Attempt {
     /// A new connection was opened (the call did not reuse a pooled one).
     pub opened: bool,
-    /// Bytes received from the origin.
+    /// Bytes of HTTP received from the origin (after TLS).
     pub received: u64,
     /// The address the request went to.
     pub origin: Option<SocketAddr>,
@@ -77,6 +77,18 @@ pub fn begin_attempt(head_bytes: usize) {
 /// The size of the head being sent on this thread (see [`begin_attempt`]).
 fn head_bytes() -> usize {
     HEAD_BYTES.with(Cell::get)
+}
+
+/// Counts `amount` bytes of the origin's answer received by the call on
+/// this thread: plain HTTP, as the layer above TLS sees it (a handshake
+/// is no answer).
+fn note_received(amount: usize) {
+    ATTEMPT.with(|a| {
+        a.set(Attempt {
+            received: a.get().received + amount as u64,
+            ..a.get()
+        });
+    });
 }
 
 /// What the upstream call on this thread did since [`begin_attempt`].
@@ -285,12 +297,6 @@ impl Transport for OriginTransport {
         let amount = read?;
         self.answered += amount as u64;
         self.buffers.input_appended(amount);
-        ATTEMPT.with(|a| {
-            a.set(Attempt {
-                received: a.get().received + amount as u64,
-                ..a.get()
-            });
-        });
         Ok(amount > 0)
     }
 

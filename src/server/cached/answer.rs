@@ -26,6 +26,7 @@ use crate::server::cached::{Exchange, upstream};
 use crate::server::conn::ClientConn;
 use crate::server::context::Context;
 use crate::server::finish::{self, Cut, Served, Shown};
+use crate::server::relay;
 use crate::server::request_body;
 
 /// A stored answer that could not begin: its file changed between the
@@ -216,7 +217,7 @@ pub fn follow(
             // The fill failed: the client sees the body cut short; where
             // it runs to the close, only a reset says so.
             log::debug!("{} {}: fill failed: {failure}", ex.conn.peer, ex.request_id);
-            served.error = Some("http_protocol_error");
+            served.error = Some(relay::fill_failure(&failure, "the origin").proxy_status());
             served.cut = Some(Cut::Failed);
             if until_close {
                 ex.conn.end_with_reset();

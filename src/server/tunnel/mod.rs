@@ -56,7 +56,13 @@ pub fn connect(
         Some(err) if err.kind() == io::ErrorKind::TimedOut => {
             ProxyError::UpstreamTimeout(TimeoutPhase::Connect)
         }
-        Some(err) => upstream::map_io_error(err, &authority),
+        Some(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+            ProxyError::ConnectionRefused { authority }
+        }
+        Some(err) => ProxyError::ConnectFailed {
+            authority,
+            reason: err.to_string(),
+        },
         None => ProxyError::ConnectFailed {
             authority,
             reason: "no address".into(),
