@@ -186,13 +186,15 @@ impl ClientBody<'_> {
                     io::ErrorKind::WouldBlock => {
                         ProxyError::BodyTimeout("the client sent nothing for idle_timeout".into())
                     }
-                    // The client went away in the middle of its body: no
-                    // fault of its request, and nobody to answer.
-                    io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted => ProxyError::ClientGone(format!(
-                        "the client closed its connection in the middle of its request body: {err}"
-                    )),
+                    // The client reset its connection in the middle of
+                    // its body: it went away, and nobody is left to answer.
+                    // (An end of input may be a half-close from a client
+                    // still reading: that one is answered 400.)
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                        ProxyError::ClientGone(format!(
+                            "the client reset its connection in the middle of its request body: {err}"
+                        ))
+                    }
                     _ => ProxyError::BadRequest(format!("request body not received: {err}")),
                 };
                 self.failure = Some(failure);

@@ -105,10 +105,11 @@ fn a_client_that_gives_up_before_the_answer_frees_the_upstream_and_is_logged() {
     assert_eq!(origin.requests(), 1, "not sent again");
 }
 
-/// A client that closes its connection in the middle of its upload left:
-/// its line says 499 `client_aborted`, not a malformed request.
+/// A client that resets its connection in the middle of its upload left:
+/// its line says 499 `client_aborted`, not a malformed request. (One that
+/// only ends its side may still be reading: it is answered 400.)
 #[test]
-fn a_client_that_leaves_mid_upload_is_logged_as_gone() {
+fn a_client_that_resets_mid_upload_is_logged_as_gone() {
     let origin = Silent::start();
     let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
     let url = format!("http://{}/upload", origin.addr);
@@ -123,11 +124,29 @@ fn a_client_that_leaves_mid_upload_is_logged_as_gone() {
         wait_until(LIMIT, || origin.requests() == 1),
         "the request never reached the origin"
     );
+    // Closed with a zero linger: the kernel sends a reset.
+    rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO)).expect("linger");
     drop(client);
     let line = proxy
         .wait_for_log(&format!("POST {url} 499"), LIMIT)
         .unwrap_or_else(|| panic!("no 499 line:\n{}", proxy.log().join("\n")));
     assert!(line.contains("error=client_aborted"), "{line}");
+
+    // Its side ended with the body short: still reading, it gets the 400.
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    client
+        .write_all(
+            format!("POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nten bytes.")
+                .as_bytes(),
+        )
+        .expect("send");
+    assert!(
+        wait_until(LIMIT, || origin.requests() == 2),
+        "the request never reached the origin"
+    );
+    client.shutdown(Shutdown::Write).expect("half-close");
+    let answer = read_one(&mut client, false, LIMIT).expect("an answer");
+    assert_eq!(answer.status, 400, "{}", answer.head);
 }
 
 #[test]
