@@ -132,24 +132,27 @@ impl Sources<'_> {
 
     /// The line of a `[` that a later line shows was never closed: a line
     /// that sets a key (`workers = 8`) or heads a table (`[[users]]`)
-    /// while the list is still open.
+    /// while the list is still open. Comments are no part of it.
     fn unclosed_array(&self) -> Option<usize> {
         let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
         let mut balance = 0;
         let mut opened = 0;
         for (i, text) in self.file.lines().enumerate() {
-            let trimmed = text.trim_start();
+            let code = without_comment(text);
+            let trimmed = code.trim();
+            if trimmed.is_empty() {
+                continue;
+            }
             if balance > 0 {
                 let sets_key = trimmed
                     .split_once('=')
                     .is_some_and(|(key, _)| !key.trim().is_empty() && key.trim().chars().all(bare));
-                let heads_table =
-                    trimmed
-                        .trim_start_matches('[')
-                        .split_once(']')
-                        .is_some_and(|(name, _)| {
-                            !name.is_empty() && name.chars().all(|c| bare(c) || c == '.')
-                        });
+                let heads_table = trimmed.starts_with('[')
+                    && trimmed.ends_with(']')
+                    && trimmed
+                        .trim_matches(['[', ']'])
+                        .chars()
+                        .all(|c| bare(c) || c == '.');
                 if sets_key || heads_table {
                     return Some(opened);
                 }
@@ -158,9 +161,9 @@ impl Sources<'_> {
             // Outside a list, only a value opens one: a line that starts
             // with `[` is a table's header.
             let value = if balance > 0 {
-                text
+                code
             } else {
-                text.split_once('=').map_or("", |(_, value)| value)
+                code.split_once('=').map_or("", |(_, value)| value)
             };
             balance += bracket_balance(value);
             if before <= 0 && balance > 0 {
@@ -320,21 +323,43 @@ pub(super) fn resolve(
     }
 }
 
+/// The quotes of a line of TOML: `Some(quote)` while inside one, for each
+/// character in turn (a backslash escapes the next inside `"`).
+fn quoting(text: &str) -> impl Iterator<Item = (usize, char, bool)> + '_ {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    text.char_indices().map(move |(at, c)| {
+        let inside = quote.is_some();
+        match quote {
+            Some('"') if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(open) if c == open => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None => {}
+        }
+        (at, c, inside || quote.is_some())
+    })
+}
+
+/// A line of TOML without its comment.
+fn without_comment(text: &str) -> &str {
+    let cut = quoting(text)
+        .find(|&(_, c, quoted)| c == '#' && !quoted)
+        .map_or(text.len(), |(at, _, _)| at);
+    &text[..cut]
+}
+
 /// `[` less `]` on a line of TOML, outside quotes and comments.
 fn bracket_balance(text: &str) -> i32 {
-    let mut balance = 0;
-    let mut quote = None;
-    for c in text.chars() {
-        match (quote, c) {
-            (None, '#') => break,
-            (None, '"' | '\'') => quote = Some(c),
-            (Some(open), c) if c == open => quote = None,
-            (None, '[') => balance += 1,
-            (None, ']') => balance -= 1,
-            _ => {}
-        }
-    }
-    balance
+    quoting(without_comment(text))
+        .filter(|&(_, _, quoted)| !quoted)
+        .map(|(_, c, _)| match c {
+            '[' => 1,
+            ']' => -1,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// The file's syntax errors, the first of each line only: the parser's
@@ -343,7 +368,14 @@ fn bracket_balance(text: &str) -> i32 {
 /// parser then read into it.
 fn syntax_problems(sources: &Sources<'_>, errors: &[toml::de::Error]) -> Vec<Problem> {
     let mut problems: Vec<Problem> = Vec::new();
-    let unclosed = sources.unclosed_array().filter(|_| !errors.is_empty());
+    // Claimed only when the parser's first complaint is in or after it.
+    let first_error = errors
+        .iter()
+        .map(|err| sources.line(&err.span().unwrap_or(0..0)))
+        .min();
+    let unclosed = sources
+        .unclosed_array()
+        .filter(|line| first_error.is_some_and(|first| first >= *line));
     if let Some(line) = unclosed {
         problems.push(Problem {
             origin: Origin::File {

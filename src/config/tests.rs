@@ -495,6 +495,23 @@ fn a_list_left_open_is_named_at_its_bracket_alone() {
         ),
         "fetchproxy.toml:2: this `[` is never closed: a `]` is missing at the end of the list"
     );
+    // The example's commented-out lists are no lists, and a real mistake
+    // below them is reported as itself.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .expect("config.example.toml");
+    let broken = example.replace(
+        "# dest_ports = [80, 443, \"1024-65535\"]",
+        "dest_ports = [80, 443, 1024-65535]",
+    );
+    assert_ne!(broken, example, "the example's dest_ports line moved");
+    let said = message(&broken);
+    assert!(said.contains("a range of ports is quoted"), "{said}");
+    // Brackets and quotes in strings and comments are not counted.
+    assert_eq!(
+        message("access_log = \"/var/log/a[\\\"b.log\" # [\nworkers = 8x\n"),
+        "fetchproxy.toml:2: string values must be quoted, expected literal string"
+    );
     // A list closed on a later line is no such mistake.
     assert!(from_file("allow_clients = [\n  \"10.0.0.0/8\", # [\n]\nworkers = 8\n").is_ok());
 }
