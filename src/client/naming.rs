@@ -259,12 +259,12 @@ fn same_extension(wanted: &str, own: &str) -> bool {
 }
 
 /// Whether the path's own extension `own` names what the type's (`wanted`)
-/// does, and more: `tgz` for `gz`, `tar.gz` for `tar`.
+/// does, and more: `tgz` for `gz`, `tar.gz` or `tgz` for `tar`.
 fn says_more(wanted: &str, own: &str) -> bool {
     let own = own.to_ascii_lowercase();
     match wanted {
         "gz" => own == "tgz",
-        "tar" => own.starts_with("tar."),
+        "tar" => own.starts_with("tar.") || own == "tgz",
         _ => false,
     }
 }
@@ -567,6 +567,11 @@ mod tests {
             (
                 "http://h/pkg/b.tgz",
                 Some("application/x-gzip"),
+                "h_pkg_b.tgz",
+            ),
+            (
+                "http://h/pkg/b.tgz",
+                Some("application/x-tar"),
                 "h_pkg_b.tgz",
             ),
             (

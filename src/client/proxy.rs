@@ -326,13 +326,14 @@ fn basic(user: &str, password: &str) -> String {
 /// line shows in `ps` and in logs).
 pub const PASSWORD_VARIABLE: &str = "FETCHPROXY_PROXY_PASSWORD";
 
-/// Takes the password from `FETCHPROXY_PROXY_PASSWORD` when set, else
+/// Takes the password from `FETCHPROXY_PROXY_PASSWORD` when set and not
+/// empty (a CI secret that is missing comes as an empty variable), else
 /// asks on the terminal, as curl does, with echo off.
 ///
 /// # Errors
 /// The OS error when there is no terminal to ask on.
-pub fn ask_on_terminal(user: &str) -> io::Result<String> {
-    if let Some(password) = std::env::var_os(PASSWORD_VARIABLE) {
+pub fn password_from_environment_or_terminal(user: &str) -> io::Result<String> {
+    if let Some(password) = std::env::var_os(PASSWORD_VARIABLE).filter(|p| !p.is_empty()) {
         return password.into_string().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

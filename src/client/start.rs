@@ -119,7 +119,10 @@ pub fn connect_fleet(args: &FetchArgs) -> Result<Fleet, UsageError> {
         });
     }
     // Asked only now, so that nobody types a password for a proxy that is not there.
-    proxy::ask_passwords(&mut proxies, &mut proxy::ask_on_terminal)?;
+    proxy::ask_passwords(
+        &mut proxies,
+        &mut proxy::password_from_environment_or_terminal,
+    )?;
     let fleet = Fleet::new(proxies);
     for (i, unreachable) in down {
         fleet.mark_down(i);
