@@ -268,19 +268,28 @@ impl Cache {
         if head.method != "GET" && head.method != "HEAD" {
             return Lookup::Bypass(Bypass::Method);
         }
+        let only_if_cached = has_directive(head, "only-if-cached");
+        // A GET the cache cannot answer goes upstream, unless the client
+        // wants a stored response or nothing (RFC 9111 §5.2.1.7).
+        let bypass = |why| {
+            if only_if_cached {
+                Lookup::OnlyIfCached
+            } else {
+                Lookup::Bypass(why)
+            }
+        };
         if !matches!(
             head.body_framing(),
             Ok(BodyFraming::Empty | BodyFraming::Length(0))
         ) {
-            return Lookup::Bypass(Bypass::Body);
+            return bypass(Bypass::Body);
         }
         let Ok(key) = CacheKey::exact(&head.target) else {
-            return Lookup::Bypass(Bypass::Target);
+            return bypass(Bypass::Target);
         };
         if drops_named_fields(head) {
-            return Lookup::Bypass(Bypass::ConnectionField);
+            return bypass(Bypass::ConnectionField);
         }
-        let only_if_cached = has_directive(head, "only-if-cached");
         let kind = match self.find(&key, head) {
             Found::Object(object) => match object.head.policy.decide(head, now) {
                 Decision::Fresh => return hit(object, false, false),

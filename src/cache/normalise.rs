@@ -21,7 +21,12 @@
 //!   proxy acts for its clients. Honouring it could share what the origin
 //!   marked `private` or `no-store` for everyone but its CDN, or keep for
 //!   a year what the origin means to purge. It is stored and passed on
-//!   like any other header.
+//!   like any other header. `proxy-revalidate` is left out: it only keeps
+//!   a stale response from being served (`Policy`'s own reading), where
+//!   the crate makes a shared cache's copy stale on arrival, whatever its
+//!   `max-age` (RFC 9111 §5.2.2.8). So is `immutable` beside `Expires`,
+//!   to which the crate would give a day however far past it is (RFC
+//!   8246 §2: `immutable` extends no lifetime).
 //! - `Age`: the first value of the first line, when it is a number
 //!   (RFC 9111 §5.1); otherwise ignored.
 //! - `Date`, `Last-Modified`, `Expires`: one line in any HTTP-date form
@@ -56,7 +61,6 @@ const KNOWN: &[&str] = &[
     "private",
     "public",
     "must-revalidate",
-    "proxy-revalidate",
     "immutable",
     "must-understand",
     "stale-while-revalidate",
@@ -111,6 +115,11 @@ pub fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, He
         if !UNDERSTOOD.contains(&status.as_u16()) {
             directives.push((Cow::Borrowed("no-store"), None));
         }
+    }
+    // `immutable` extends no explicit lifetime (RFC 8246 §2): the crate
+    // would give a past `Expires` a day.
+    if headers.contains_key(EXPIRES) {
+        directives.retain(|(name, _)| name != "immutable");
     }
     let rendered = render(&directives, KNOWN);
     if let Some(value) = rendered.and_then(|v| same_or(headers, &CACHE_CONTROL, v.as_bytes())) {

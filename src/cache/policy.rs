@@ -156,6 +156,13 @@ impl Policy {
                 stale_if_error.get_or_insert_with(seconds);
             }
         }
+        // Left out of the crate's view (see `normalise`): read here.
+        let proxy_revalidate = || {
+            let lines = response.get_all(CACHE_CONTROL);
+            directives(lines.iter().map(|v| v.as_bytes()))
+                .any(|(name, _)| name.eq_ignore_ascii_case(b"proxy-revalidate"))
+        };
+        never_stale = never_stale || proxy_revalidate();
         Policy {
             fresh_until: later(response_time, ttl),
             stale_while_revalidate: stale_while_revalidate.unwrap_or(Duration::ZERO),
@@ -516,13 +523,9 @@ fn forbids_stale(head: &RequestHead) -> bool {
 }
 
 /// Response directives under which a stale response is never served
-/// without revalidation, whatever the request allows (RFC 9111 §5.2.2).
-const NEVER_STALE: [&str; 4] = [
-    "must-revalidate",
-    "proxy-revalidate",
-    "s-maxage",
-    "no-cache",
-];
+/// without revalidation, whatever the request allows (RFC 9111 §5.2.2);
+/// `proxy-revalidate` too, read from the response itself.
+const NEVER_STALE: [&str; 3] = ["must-revalidate", "s-maxage", "no-cache"];
 
 /// Looks up a Cache-Control directive in a list of field values:
 /// `Some(None)` when present without a value, `Some(Some(v))` with one.

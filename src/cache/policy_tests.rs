@@ -91,6 +91,26 @@ fn expires_and_heuristics_give_freshness() {
 fn immutable_gets_a_default_lifetime() {
     let p = policy(&[("cache-control", "public, immutable")]);
     assert_eq!(p.decide(&plain(), at(3600)), Decision::Fresh);
+    // But extends no explicit one: an `Expires` already past is stale.
+    let date = httpdate::fmt_http_date(at(0));
+    let past = httpdate::fmt_http_date(at(0) - Duration::from_secs(60));
+    let p = policy(&[
+        ("cache-control", "public, immutable"),
+        ("date", &date),
+        ("expires", &past),
+    ]);
+    assert_eq!(p.decide(&plain(), at(10)), REVALIDATE);
+}
+
+#[test]
+fn proxy_revalidate_keeps_a_fresh_response_fresh() {
+    // RFC 9111 §5.2.2.8: it only forbids serving the response stale.
+    let p = policy(&[(
+        "cache-control",
+        "public, max-age=3600, must-revalidate, proxy-revalidate",
+    )]);
+    assert_eq!(p.decide(&plain(), at(60)), Decision::Fresh);
+    assert_eq!(p.decide(&plain(), at(3700)), REVALIDATE);
 }
 
 #[test]

@@ -399,6 +399,21 @@ fn only_if_cached_gets_504_when_nothing_is_stored() {
     assert_eq!(missing.status, 504, "{missing:?}");
     assert_eq!(cache_status(&missing), "fetchproxy; detail=only-if-cached");
     assert!(origin.requests().is_empty());
+    // Nor does one the cache could never answer (a GET with a body).
+    let with_body = get(
+        proxy.addr,
+        &url,
+        &[
+            "-X",
+            "GET",
+            "--data",
+            "x",
+            "-H",
+            "Cache-Control: only-if-cached",
+        ],
+    );
+    assert_eq!(with_body.status, 504, "{with_body:?}");
+    assert!(origin.requests().is_empty());
     get(proxy.addr, &url, &[]);
     let cached = get(proxy.addr, &url, &only);
     assert_eq!((cached.status, cached.text().as_str()), (200, "here"));
