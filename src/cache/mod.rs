@@ -154,6 +154,14 @@ use collapse::Collapser;
 use disk::DiskStore;
 use tier::{Tier, TierKind};
 
+/// Memory the disk tier's index may take, for a memory budget of
+/// `mem_bytes`: a quarter of it more (as fills in progress may take a
+/// quarter more). An entry is its object's head, about 2 KiB plus the
+/// headers.
+pub fn disk_index_budget(mem_bytes: u64) -> u64 {
+    (mem_bytes / 4).max(1)
+}
+
 /// What the cache may hold. Every size is a hard bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
@@ -287,6 +295,7 @@ impl Cache {
                     dir,
                     config.dir_bytes,
                     max,
+                    disk_index_budget(config.mem_bytes),
                     Arc::clone(&stats),
                 )?);
                 store.start_loader(collapser.invalidations())?;

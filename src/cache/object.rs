@@ -346,20 +346,27 @@ pub struct StoredObject {
     /// index weighs an entry again whenever it moves or evicts it, and
     /// must get the same answer, without walking the headers again.
     weight: u64,
+    /// For an object on disk, the memory its entry in the index takes (its
+    /// head); 0 for one in memory, whose `weight` counts it already.
+    index_weight: u64,
 }
 
 impl StoredObject {
     /// Wraps a head and a body.
     pub fn new(head: Arc<ObjectHead>, body: Body) -> StoredObject {
-        let weight = match &body {
-            Body::Memory(_) => head.memory_weight() + head.body_len,
-            Body::Disk(disk) => disk.offset + head.body_len + crate::cache::disk::TRAILER_LEN,
+        let (weight, index_weight) = match &body {
+            Body::Memory(_) => (head.memory_weight() + head.body_len, 0),
+            Body::Disk(disk) => (
+                disk.offset + head.body_len + crate::cache::disk::TRAILER_LEN,
+                head.memory_weight(),
+            ),
         };
         StoredObject {
             head,
             body,
             revalidating: AtomicU64::new(0),
             weight,
+            index_weight,
         }
     }
 
@@ -394,6 +401,11 @@ impl StoredObject {
     /// Bytes this object counts against its tier's budget.
     pub fn weight(&self) -> u64 {
         self.weight
+    }
+
+    /// Memory its index entry takes, for an object on disk (else 0).
+    pub fn index_weight(&self) -> u64 {
+        self.index_weight
     }
 
     /// Claims the background revalidation of a stale entry: true for one

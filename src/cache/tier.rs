@@ -49,6 +49,20 @@ impl Tier {
     /// A tier of `budget` bytes whose objects are at most `max_object`
     /// bytes; evictions are counted in `stats` under `kind`.
     pub fn new(budget: u64, max_object: u64, stats: Arc<Stats>, kind: TierKind) -> Tier {
+        Tier::with_index(budget, max_object, stats, kind, 1)
+    }
+
+    /// `new`, for a tier whose objects' index entries (in memory) must
+    /// also stay within `budget / index_ratio` bytes: each object weighs
+    /// the larger of its bytes and its entry's times `index_ratio`, so the
+    /// one budget bounds both (the disk tier's files and its index).
+    pub fn with_index(
+        budget: u64,
+        max_object: u64,
+        stats: Arc<Stats>,
+        kind: TierKind,
+        index_ratio: u64,
+    ) -> Tier {
         // quick_cache refuses an entry heavier than about one shard's
         // budget, so shards are sized to hold the largest object 4 times.
         // The disk tier keeps one: its budget shrinks with the file
@@ -75,7 +89,7 @@ impl Tier {
         Tier {
             map: Cache::with_options(
                 options,
-                ByWeight,
+                ByWeight { index_ratio },
                 DefaultHashBuilder::default(),
                 Evict { stats, kind },
             ),
@@ -279,14 +293,23 @@ impl Tier {
     }
 }
 
-/// Weighs an entry by the bytes its variants hold.
+/// Weighs an entry by the bytes its variants hold, or by their index
+/// entries times `index_ratio` where that is more (see `Tier::with_index`).
 #[derive(Clone)]
-struct ByWeight;
+struct ByWeight {
+    index_ratio: u64,
+}
 
 impl Weighter<Arc<str>, Variants> for ByWeight {
     fn weight(&self, key: &Arc<str>, val: &Variants) -> u64 {
-        let objects: u64 = val.iter().map(|o| o.weight()).sum();
-        (key.len() as u64 + objects).max(1)
+        let objects: u64 = val
+            .iter()
+            .map(|o| {
+                o.weight()
+                    .max(o.index_weight().saturating_mul(self.index_ratio))
+            })
+            .sum();
+        (key.len() as u64).saturating_add(objects).max(1)
     }
 }
 

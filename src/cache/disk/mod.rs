@@ -164,6 +164,7 @@ impl DiskStore {
         dir: &Path,
         budget: u64,
         max_object: u64,
+        index_budget: u64,
         stats: Arc<Stats>,
     ) -> Result<DiskStore, CacheError> {
         let dir_error = |source| CacheError::Dir {
@@ -188,7 +189,15 @@ impl DiskStore {
         Ok(DiskStore {
             _lock: lock,
             root: dir.to_path_buf(),
-            tier: Tier::new(budget, max_object, Arc::clone(&stats), TierKind::Disk),
+            // The index is in memory: its entries stay within
+            // `index_budget` as the files within `budget`.
+            tier: Tier::with_index(
+                budget,
+                max_object,
+                Arc::clone(&stats),
+                TierKind::Disk,
+                budget.div_ceil(index_budget.max(1)).max(1),
+            ),
             max_object,
             seq: AtomicU64::new(0),
             closing: Arc::new(AtomicBool::new(false)),

@@ -31,7 +31,7 @@ fn open(dir: &Path) -> Cache {
 /// up to `dir_max_object` there, its index loaded.
 fn open_sized(dir: &Path, dir_bytes: u64, dir_max_object: u64) -> Cache {
     let cache = Cache::open(crate::cache::CacheConfig {
-        mem_bytes: 1 << 20,
+        mem_bytes: 4 << 20,
         mem_max_object: 1024,
         dir: Some(dir.to_path_buf()),
         dir_bytes,
@@ -549,6 +549,39 @@ fn the_disk_budget_is_kept_by_eviction() {
 }
 
 #[test]
+fn the_disk_index_stays_within_its_share_of_memory() {
+    // 4 MiB of memory: the index may take 1 MiB, however much room the
+    // disk has for files.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = open_sized(dir.path(), 64 << 20, 1 << 20);
+    for i in 0..1000 {
+        store(
+            &cache,
+            &get(&format!("http://h/small{i}")),
+            &[MAX_AGE],
+            &body(100),
+            1,
+        )
+        .expect("stored");
+    }
+    let disk = cache.usage().1.expect("disk tier");
+    assert!(disk.bytes <= disk.capacity);
+    // Each entry takes over 2 KiB of memory: far fewer than 1000 stay.
+    assert!(
+        disk.urls > 0 && disk.urls * 2048 <= 1 << 20,
+        "{} objects indexed",
+        disk.urls
+    );
+    assert!(read(&cache.stats().evictions_disk) > 0);
+    let files = object_files(dir.path()).len() as u64;
+    assert!(
+        files <= disk.urls,
+        "{files} files for {} objects",
+        disk.urls
+    );
+}
+
+#[test]
 fn purge_deletes_the_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = open(dir.path());
@@ -676,6 +709,7 @@ fn room_is_promised_out_of_the_free_space_with_a_margin() {
         dir.path(),
         1 << 30,
         1 << 30,
+        64 << 20,
         std::sync::Arc::new(crate::cache::stats::Stats::default()),
     )
     .expect("store");
@@ -740,14 +774,16 @@ fn a_purge_while_the_index_is_rebuilt_drops_files_not_read_yet() {
     const URLS: usize = 1500;
     let dir = tempfile::tempdir().expect("tempdir");
     let url = |n: usize| format!("http://h/purged/{n}");
+    // Memory enough for the index of all of them.
     {
-        let cache = open(dir.path());
+        let cache = small_cache(64 << 20, MEM_MAX, Some(dir.path()));
+        assert!(cache.wait_loaded(LOAD_WAIT), "the loader finished");
         for n in 0..URLS {
             store(&cache, &get(&url(n)), &[MAX_AGE], &body(100), 3).expect("stored");
         }
     }
     assert_eq!(object_files(dir.path()).len(), URLS);
-    let cache = small_cache(1 << 20, MEM_MAX, Some(dir.path()));
+    let cache = small_cache(64 << 20, MEM_MAX, Some(dir.path()));
     for n in 0..URLS {
         cache.purge(&url(n)).expect("url");
     }
