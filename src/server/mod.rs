@@ -31,7 +31,7 @@ mod worker;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::{Poll, Waker};
 
@@ -53,6 +53,10 @@ use request_id::RequestIds;
 /// Large shared fills received by threads of their own at once (see
 /// `cached::BackgroundFills`); more stay with their requests.
 const BACKGROUND_FILLS: usize = 32;
+
+/// How often the end of the grace period is looked for while tunnels
+/// outlive the requests.
+const TUNNEL_WAIT_STEP: Duration = Duration::from_millis(20);
 
 /// How the server stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +186,15 @@ impl Running {
             // The requests still running end with the process: their lines
             // are written now.
             cut = self.in_flight.cut_all();
+        }
+        // Open tunnels have the same grace as requests: past it, they are
+        // cut too.
+        while !self.relay.is_finished() && !self.shutdown.is_stopping_now() {
+            if Instant::now() >= deadline {
+                self.shutdown.stop_now();
+                break;
+            }
+            std::thread::sleep(TUNNEL_WAIT_STEP);
         }
         // Tunnels cut by the stop, whenever it came (a second signal while
         // the relay waited for the last tunnels to end, too).

@@ -466,6 +466,50 @@ fn two_quick_signals_to_an_idle_proxy_exit_0() {
     );
 }
 
+/// A tunnel kept busy past the grace period is cut when it ends, as a
+/// request would be: the process does not wait on it (systemd would kill
+/// it), and exits 1.
+#[test]
+fn a_busy_tunnel_is_cut_when_the_grace_ends() {
+    let echo = crate::support::servers::EchoServer::start();
+    let port = echo.addr.port().to_string();
+    let mut proxy = start(&["--connect-port", &port, "--grace", "1s"]);
+    let mut tunnel = TcpStream::connect(proxy.addr).expect("connect");
+    tunnel.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    let target = echo.addr.to_string();
+    write!(
+        tunnel,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+    )
+    .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        std::io::Read::read_exact(&mut tunnel, &mut byte).expect("the CONNECT answer");
+        head.push(byte[0]);
+    }
+    proxy.signal("TERM");
+    // Busy through the tunnel, never silent for long, until it is cut.
+    let started = std::time::Instant::now();
+    let mut echoed = [0u8; 4];
+    let cut = loop {
+        assert!(started.elapsed() < LIMIT, "the tunnel was never cut");
+        if tunnel.write_all(b"ping").is_err()
+            || std::io::Read::read_exact(&mut tunnel, &mut echoed).is_err()
+        {
+            break true;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert!(cut);
+    assert_eq!(exit_code(&mut proxy, LIMIT), Some(1), "{}", log_of(&proxy));
+    assert!(
+        log_of(&proxy).contains("stopped: 1 open tunnel was closed"),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+}
+
 #[test]
 fn a_second_signal_that_cuts_an_open_tunnel_exits_1() {
     let echo = crate::support::servers::EchoServer::start();
