@@ -105,8 +105,12 @@ fn serve_connection(job: Job, idler: &Idler, ctx: &Context, buf: &mut [u8]) {
         max_url_bytes: ctx.config.max_url_bytes,
     };
     let mut next = Some((job.conn, job.head));
+    // The first request's time counts from when its head was in, queue
+    // included; the next ones', read here, from now.
+    let mut received = Some(job.queued_at);
     while let Some((conn, head)) = next.take() {
-        let Some(mut conn) = serve_one(conn, head, ctx, buf) else {
+        let started = received.take().unwrap_or_else(Instant::now);
+        let Some(mut conn) = serve_one(conn, head, started, ctx, buf) else {
             return;
         };
         // A request already here was sent before its client had the answer
@@ -153,15 +157,15 @@ fn await_next_request(conn: &mut ClientConn, idler: &Idler, ctx: &Context, buf: 
     conn.await_input(NEXT_REQUEST_WAIT, buf)
 }
 
-/// Serves one request through its phases; gives the connection back when
-/// it can carry another request.
+/// Serves one request, whose head was complete at `started`, through its
+/// phases; gives the connection back when it can carry another request.
 fn serve_one(
     mut conn: ClientConn,
     head: Result<RequestHead, ProxyError>,
+    started: Instant,
     ctx: &Context,
     buf: &mut [u8],
 ) -> Option<ClientConn> {
-    let started = Instant::now();
     conn.begin_request(started);
     conn.start_pace(
         ctx.config.client_min_rate,

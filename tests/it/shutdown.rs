@@ -277,6 +277,47 @@ fn grace_running_out_is_logged_aborted_in_squids_format() {
     gate.open();
 }
 
+/// A request that waited in the queue for a worker has that wait in its
+/// logged duration: the log says what the client waited.
+#[test]
+fn the_logged_duration_counts_the_wait_in_the_queue() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, BODY);
+    let mut proxy = start(&["--workers", "1"]);
+    let get = |url: String| {
+        let addr = proxy.addr;
+        thread::spawn(move || {
+            let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            exchange_until_close(addr, request.as_bytes(), LIMIT)
+        })
+    };
+    let held = get(origin.url("/held"));
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "request never reached the origin"
+    );
+    let queued = get(origin.url("/queued"));
+    // The one worker is held: the second request waits at least this long.
+    let waited = Duration::from_millis(400);
+    thread::sleep(waited);
+    gate.open();
+    for client in [held, queued] {
+        let got = client.join().expect("client");
+        assert_eq!(got.responses().first().map(|r| r.status), Some(200));
+    }
+    let url = origin.url("/queued");
+    let line = proxy
+        .wait_for_log(&format!(" {url} 200 "), LIMIT)
+        .unwrap_or_else(|| panic!("no line for {url}:\n{}", log_of(&proxy)));
+    let ms: u64 = line
+        .split_whitespace()
+        .find_map(|field| field.strip_suffix("ms")?.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {line}"));
+    assert!(ms >= waited.as_millis() as u64, "{line}");
+    proxy.signal("TERM");
+    assert_eq!(exit_code(&mut proxy, LIMIT), Some(0), "{}", log_of(&proxy));
+}
+
 /// A request cut at shutdown after part of its answer went out says how
 /// much did: its line counts every byte the client got.
 #[test]
