@@ -318,6 +318,54 @@ fn the_logged_duration_counts_the_wait_in_the_queue() {
     assert_eq!(exit_code(&mut proxy, LIMIT), Some(0), "{}", log_of(&proxy));
 }
 
+/// A health check that would wait behind busy workers is answered at once
+/// by the acceptor: a balancer must not take a busy proxy for a dead one.
+#[test]
+fn a_health_check_does_not_wait_behind_busy_workers() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, BODY);
+    let mut proxy = start(&["--workers", "1"]);
+    let get = |target: String| {
+        let addr = proxy.addr;
+        thread::spawn(move || {
+            let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            exchange_until_close(addr, request.as_bytes(), LIMIT)
+        })
+    };
+    let held = get(origin.url("/held"));
+    assert!(
+        wait_until(LIMIT, || origin.requests().len() == 1),
+        "request never reached the origin"
+    );
+    // The one worker is held; this one waits in the queue.
+    let queued = get(origin.url("/queued"));
+    thread::sleep(Duration::from_millis(500));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let check = {
+        let answered = answered.clone();
+        let addr = proxy.addr;
+        thread::spawn(move || {
+            let got =
+                exchange_until_close(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", LIMIT);
+            answered.store(1, Ordering::SeqCst);
+            got
+        })
+    };
+    // Answered while the worker is still held.
+    let in_time = wait_until(LIMIT, || answered.load(Ordering::SeqCst) == 1);
+    gate.open();
+    let got = check.join().expect("health check");
+    assert!(in_time, "the health check waited for the worker");
+    let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200], "{}", got.text());
+    for client in [held, queued] {
+        let got = client.join().expect("client");
+        assert_eq!(got.responses().first().map(|r| r.status), Some(200));
+    }
+    proxy.signal("TERM");
+    assert_eq!(exit_code(&mut proxy, LIMIT), Some(0), "{}", log_of(&proxy));
+}
+
 /// A request cut at shutdown after part of its answer went out says how
 /// much did: its line counts every byte the client got.
 #[test]

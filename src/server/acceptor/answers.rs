@@ -1,7 +1,8 @@
 //! The answers the acceptor writes itself, without a worker and without
 //! ever waiting on the client: refusals at accept (client range, connection
-//! limits), and 503 when the queue is full or the server is stopping. They
-//! end as every request does (`finish`).
+//! limits), 503 when the queue is full or the server is stopping, and a
+//! health check that would wait in the queue. They end as every request
+//! does (`finish`).
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
@@ -10,7 +11,10 @@ use rustix::net::SendFlags;
 
 use super::Acceptor;
 use crate::error::ProxyError;
-use crate::http::response::Persistence;
+use crate::http::body::BodyFraming;
+use crate::http::request::RequestHead;
+use crate::http::response::{Head, Persistence};
+use crate::server::conn::ClientConn;
 use crate::server::finish::{self, Request, Served};
 use crate::server::job::Job;
 
@@ -57,6 +61,66 @@ impl Acceptor {
             Some(head) => Request::of(conn.peer, head, &request_id, queued_at),
             None => Request::unparsed(conn.peer, &request_id, queued_at),
         };
+        finish::record(&self.metrics, &request, &served, None);
+    }
+}
+
+/// Whether `head` is a plain health check (`GET` or `HEAD /healthz`, no
+/// body), which the acceptor may answer itself.
+pub(super) fn is_health_check(head: &RequestHead) -> bool {
+    matches!(head.method.as_str(), "GET" | "HEAD")
+        && head.target.split('?').next() == Some("/healthz")
+        && matches!(
+            head.body_framing(),
+            Ok(BodyFraming::Empty | BodyFraming::Length(0))
+        )
+}
+
+impl Acceptor {
+    /// Answers a health check from this thread, as a worker would (200 `ok`,
+    /// or 503 `draining`), and closes the connection: the workers are busy,
+    /// and it would have waited behind them.
+    pub(super) fn answer_health_check(
+        &mut self,
+        mut conn: ClientConn,
+        head: &RequestHead,
+        received: Instant,
+    ) {
+        if let Some(key) = conn.registration_key() {
+            self.entries.try_remove(key);
+        }
+        conn.disarm_registration();
+        let request_id = self.ids.for_request(head);
+        let (status, body): (u16, &[u8]) = if self.shutdown.is_draining() {
+            (503, b"draining\n")
+        } else {
+            (200, b"ok\n")
+        };
+        let mut out = Head::new(status);
+        out.header("Content-Type", b"text/plain; charset=utf-8")
+            .header("Content-Length", body.len().to_string().as_bytes())
+            .header("Cache-Control", b"no-store");
+        let mut bytes = out.finish(&request_id, Persistence::Close);
+        let head_only = head.method == "HEAD";
+        if !head_only {
+            bytes.extend_from_slice(body);
+        }
+        let sent = send_now(&conn.stream, &bytes);
+        let served = Served {
+            status,
+            bytes: if sent && !head_only {
+                body.len() as u64
+            } else {
+                0
+            },
+            error: None,
+            reusable: false,
+            cache: None,
+            own: true,
+            cut: None,
+            shown: None,
+        };
+        let request = Request::of(conn.peer, head, &request_id, received);
         finish::record(&self.metrics, &request, &served, None);
     }
 }

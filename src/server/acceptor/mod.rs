@@ -481,9 +481,18 @@ impl Acceptor {
     }
 
     /// Queues a connection for a worker, or answers 503 at once if the queue is full.
+    /// A health check that would wait behind others is answered at once:
+    /// a load balancer must not take a busy proxy for a dead one.
     fn dispatch(&mut self, mut conn: ClientConn, head: Result<RequestHead, ProxyError>) {
         let now = Instant::now();
         conn.set_head_at(now);
+        if let Ok(head) = &head
+            && self.jobs.len() > 0
+            && answers::is_health_check(head)
+        {
+            self.answer_health_check(conn, head, now);
+            return;
+        }
         let job = Job {
             conn,
             head,
