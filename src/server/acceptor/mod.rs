@@ -487,8 +487,8 @@ impl Acceptor {
         let now = Instant::now();
         conn.set_head_at(now);
         if let Ok(head) = &head
-            && self.jobs.len() > 0
             && answers::is_health_check(head)
+            && self.jobs.len() > 0
         {
             self.answer_health_check(conn, head, now);
             return;
