@@ -305,11 +305,16 @@ impl Default for ServeConfig {
 
 /// The host name, as the kernel knows it, when it can stand in a `Via` header.
 fn default_via_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    // uname(2), not /proc/sys/kernel/hostname: the systemd unit's
+    // `ProcSubset=pid` hides the latter.
+    let uname = rustix::system::uname();
+    uname
+        .nodename()
+        .to_str()
         .ok()
-        .map(|name| name.trim().to_string())
+        .map(str::trim)
         .filter(|name| text::is_token(name))
-        .unwrap_or_else(|| "fetchproxy".to_string())
+        .map_or_else(|| "fetchproxy".to_string(), str::to_string)
 }
 
 impl ServeConfig {
