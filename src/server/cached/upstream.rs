@@ -138,15 +138,18 @@ pub fn revalidate(ex: &mut Exchange<'_>, stale: Stale) -> Result<Served, ProxyEr
     let upstream = match fetch(ex, Some(&stale.validators), Some(stale.filler.fill())) {
         Ok(upstream) => upstream,
         Err(err) if is_origin_failure(&err) => {
+            // An origin that answered, badly, is no disconnected one: only
+            // `stale-if-error` lets a stale copy stand in, as for its 502.
+            let status = (!is_unreachable(&err)).then(|| err.status());
             // Those waiting on this revalidation need not ask again.
-            stale.filler.origin_failed(None);
+            stale.filler.origin_failed(status);
             let now = SystemTime::now();
-            if !may_stand_in(ex, &object, None, now) {
+            if !may_stand_in(ex, &object, status, now) {
                 return Err(err);
             }
             log::debug!("{}: serving stale: {err}", ex.head.target);
             let body_read = ex.head.body_framing().ok() == Some(BodyFraming::Empty);
-            return answer_stale(ex, &object, None, now, body_read).map(from_origin);
+            return answer_stale(ex, &object, status, now, body_read).map(from_origin);
         }
         Err(err) => return Err(err),
     };
@@ -514,4 +517,19 @@ fn drain(body: ureq::Body) {
 /// opposed to the client's fault).
 fn is_origin_failure(err: &ProxyError) -> bool {
     matches!(err.status(), 502 | 504)
+}
+
+/// Whether the origin could not be reached at all (refused, reset before
+/// answering, DNS, timeout): a disconnected origin, for which a stale copy
+/// may stand in (RFC 9111 §4.2.4). One that answered badly (malformed, a
+/// refused certificate) is not.
+fn is_unreachable(err: &ProxyError) -> bool {
+    matches!(
+        err,
+        ProxyError::DnsFailed { .. }
+            | ProxyError::ConnectionRefused { .. }
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::UpstreamClosed(_)
+            | ProxyError::UpstreamTimeout(_)
+    )
 }

@@ -150,6 +150,49 @@ fn a_stale_entry_stands_in_for_an_origin_that_cannot_be_reached() {
     assert_eq!(refused.status, 502, "{refused:?}");
 }
 
+/// An origin that answers, but badly (here, no HTTP at all), is no
+/// disconnected one: without `stale-if-error` the client gets the 502, not
+/// a stale copy for up to a week.
+#[test]
+fn a_malformed_answer_is_no_unreachable_origin() {
+    let origin = Origin::start(|request| {
+        if request.header("if-none-match").is_some() {
+            return Reply::Raw(b"garbage\r\n\r\n".to_vec());
+        }
+        reply_with(
+            "kept",
+            &[
+                ("Cache-Control", "max-age=0"),
+                ("ETag", "\"k\""),
+                ("Connection", "close"),
+            ],
+        )
+    });
+    let proxy = Proxy::start();
+    let url = origin.url("/garbled");
+    get(proxy.addr, &url, &[]);
+    let failed = get(proxy.addr, &url, &[]);
+    assert_eq!(failed.status, 502, "{failed:?}");
+    // With `stale-if-error`, as for a 502 from the origin, it stands in.
+    let lenient = Origin::start(|request| {
+        if request.header("if-none-match").is_some() {
+            return Reply::Raw(b"garbage\r\n\r\n".to_vec());
+        }
+        reply_with(
+            "kept",
+            &[
+                ("Cache-Control", "max-age=0, stale-if-error=600"),
+                ("ETag", "\"k\""),
+                ("Connection", "close"),
+            ],
+        )
+    });
+    let url = lenient.url("/garbled");
+    get(proxy.addr, &url, &[]);
+    let stood_in = get(proxy.addr, &url, &[]);
+    assert_eq!((stood_in.status, stood_in.text().as_str()), (200, "kept"));
+}
+
 #[test]
 fn without_stale_if_error_the_origin_error_goes_through() {
     let origin = Origin::start(|request| {
