@@ -292,6 +292,16 @@ impl Variant {
         Variant { fields }
     }
 
+    /// Bytes it takes in memory, roughly but not below the truth: each
+    /// field's name and value, and about 64 bytes of overhead a field.
+    pub fn memory_bytes(&self) -> usize {
+        self.fields
+            .iter()
+            .flatten()
+            .map(|(name, value)| name.as_str().len() + value.as_ref().map_or(0, Vec::len) + 64)
+            .sum()
+    }
+
     /// Rebuilds a variant from stored fields (the disk format).
     pub fn from_fields(fields: Option<Vec<VaryField>>) -> Variant {
         Variant { fields }
@@ -417,6 +427,21 @@ fn path_and_query(url: &str) -> &str {
 mod tests {
     use super::*;
     use crate::cache::testing::request;
+
+    #[test]
+    fn a_variant_weighs_the_values_it_keeps() {
+        let mut response = http::HeaderMap::new();
+        response.insert(http::header::VARY, http::HeaderValue::from_static("Cookie"));
+        let names = VaryNames::of_response(&response);
+        let cookie = "c".repeat(4096);
+        let with = Variant::capture(
+            &names,
+            &request("GET", "http://h/", &[("cookie", cookie.as_str())]),
+        );
+        let without = Variant::capture(&names, &request("GET", "http://h/", &[]));
+        assert!(with.memory_bytes() >= without.memory_bytes() + 4096);
+        assert_eq!(Variant::any().memory_bytes(), 0);
+    }
 
     #[test]
     fn a_request_is_keyed_only_as_it_goes_to_the_origin() {

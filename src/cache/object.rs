@@ -92,7 +92,8 @@ impl ObjectHead {
 
     /// Bytes the head takes in memory, roughly but not below the truth: the
     /// serialised head, the header map and the policy's normalised copy of
-    /// it (each entry with its map overhead, about 128 bytes), and the fixed
+    /// it (each entry with its map overhead, about 128 bytes), the request
+    /// values its `Vary` names (a cookie can be kilobytes), and the fixed
     /// parts (policy, key, variant, `Arc`s, the index entry), about 2 KiB;
     /// measured against the process's resident size for 1 KiB objects with
     /// eight headers, this errs on the high side. For small objects the head
@@ -104,7 +105,11 @@ impl ObjectHead {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 128)
             .sum();
-        (self.head_block.len() + 2 * headers + 2 * self.key.as_str().len() + 2048) as u64
+        (self.head_block.len()
+            + 2 * headers
+            + 2 * self.key.as_str().len()
+            + self.variant.memory_bytes()
+            + 2048) as u64
     }
 
     /// Status line and headers (with `Content-Length`), without `Age` and
