@@ -40,6 +40,8 @@ pub struct Tier {
     capacity: AtomicU64,
     /// Shards of `map`, each with its share of the budget.
     shards: u64,
+    /// How `map` weighs an entry.
+    weigher: ByWeight,
     /// One of these is held while a URL's list is read and rewritten.
     updates: Box<[Mutex<()>]>,
     stripe_of: DefaultHashBuilder,
@@ -87,6 +89,7 @@ impl Tier {
             .build()
             .expect("options are in range: positive shards and items");
         Tier {
+            weigher: ByWeight { index_ratio },
             map: Cache::with_options(
                 options,
                 ByWeight { index_ratio },
@@ -141,6 +144,11 @@ impl Tier {
             list.remove(0);
         }
         list.push(Arc::clone(&object));
+        // A list heavier than a shard holds would be refused whole, every
+        // variant with it: the oldest give way instead.
+        while list.len() > 1 && self.weigher.of(url.len(), list.iter()) > self.largest() {
+            list.remove(0);
+        }
         let mut pushed_out = self.replace(url, list);
         // Evicted by another URL's insert meanwhile, the list read holds
         // the last references to what it replaces.
@@ -300,16 +308,22 @@ struct ByWeight {
     index_ratio: u64,
 }
 
-impl Weighter<Arc<str>, Variants> for ByWeight {
-    fn weight(&self, key: &Arc<str>, val: &Variants) -> u64 {
-        let objects: u64 = val
-            .iter()
+impl ByWeight {
+    /// The weight of `objects` stored under a key of `key_len` bytes.
+    fn of<'a>(&self, key_len: usize, objects: impl Iterator<Item = &'a Arc<StoredObject>>) -> u64 {
+        let objects: u64 = objects
             .map(|o| {
                 o.weight()
                     .max(o.index_weight().saturating_mul(self.index_ratio))
             })
             .sum();
-        (key.len() as u64).saturating_add(objects).max(1)
+        (key_len as u64).saturating_add(objects).max(1)
+    }
+}
+
+impl Weighter<Arc<str>, Variants> for ByWeight {
+    fn weight(&self, key: &Arc<str>, val: &Variants) -> u64 {
+        self.of(key.len(), val.iter())
     }
 }
 
@@ -370,6 +384,11 @@ mod tests {
 
     /// The variant of `URL` for clients sending `Accept-Encoding: coding`.
     fn variant(coding: &str) -> Arc<StoredObject> {
+        sized_variant(coding, 1)
+    }
+
+    /// `variant`, with a body of `len` bytes.
+    fn sized_variant(coding: &str, len: usize) -> Arc<StoredObject> {
         let key = CacheKey::from_target(URL).expect("key");
         let req = request("GET", URL, &[("accept-encoding", coding)]);
         let response = headers(&[("cache-control", "max-age=60"), ("vary", "accept-encoding")]);
@@ -381,11 +400,29 @@ mod tests {
             SystemTime::now(),
         );
         let variant = Variant::capture(&VaryNames::of_response(&response), &req);
-        let head = ObjectHead::new(key, variant, StatusCode::OK, response, policy, 1);
+        let head = ObjectHead::new(key, variant, StatusCode::OK, response, policy, len as u64);
         Arc::new(StoredObject::new(
             Arc::new(head),
-            Body::Memory(Box::new([Bytes::from_static(b"x")])),
+            Body::Memory(Box::new([Bytes::from(vec![b'x'; len])])),
         ))
+    }
+
+    #[test]
+    fn variants_heavier_than_a_shard_push_out_the_oldest_not_all() {
+        // One shard holds 90% of 4 MiB: three 1 MiB variants, not four.
+        let tier = Tier::new(
+            4 << 20,
+            1 << 20,
+            Arc::new(Stats::default()),
+            TierKind::Memory,
+        );
+        for n in 0..4 {
+            tier.put(sized_variant(&format!("coding-{n}"), 1 << 20));
+        }
+        let kept = tier.get(URL).expect("the URL's variants");
+        assert_eq!(kept.len(), 3);
+        let first = request("GET", URL, &[("accept-encoding", "coding-0")]);
+        assert!(kept.iter().all(|o| !o.head.variant.matches(&first)));
     }
 
     fn tier() -> Tier {
