@@ -324,6 +324,48 @@ fn connect_tunnels_pass_and_origin_form_is_refused_through_haproxy() {
     assert_eq!(status, 403, "{head}");
 }
 
+/// One id per request in HAProxy's log and in the instance's: a client's
+/// own id is kept when the instance would keep it, else HAProxy's goes to
+/// both (an instance would otherwise have replaced it with one of its own).
+#[test]
+fn a_request_has_one_id_through_haproxy_and_the_instance() {
+    let fleet = Fleet::start();
+    for (sent, kept) in [("build-42.step-7", true), ("build 42/step 7", false)] {
+        let url = fleet.url(&format!("/id/{kept}"));
+        let host = fleet.origin.addr;
+        let mut stream = TcpStream::connect(fleet.haproxy.addr).expect("connect");
+        write!(
+            stream,
+            "GET {url} HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: {sent}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let (status, head, _) = read_response(&mut stream, LIMIT).expect("an answer");
+        assert_eq!(status, 200, "{head}");
+        let id = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("x-request-id")
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_default();
+        if kept {
+            assert_eq!(id, sent);
+        } else {
+            assert!(!id.is_empty() && id != sent, "{head}");
+        }
+        let needle = format!("id={id} ");
+        let logged = wait_until(LIMIT, || {
+            fleet
+                .instances
+                .iter()
+                .any(|i| i.access_lines().iter().any(|l| l.contains(&needle)))
+                && fleet.haproxy.log().contains(&format!("{{{id}}}"))
+        });
+        assert!(logged, "{id} not in both logs\n{}", fleet.diagnostics());
+    }
+}
+
 #[test]
 fn deploy_haproxy_cfg_passes_haproxys_own_check() {
     let output = Command::new("haproxy")
