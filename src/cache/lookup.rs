@@ -591,8 +591,11 @@ impl Cache {
     /// select this entry (then fetch again without validators).
     ///
     /// A disk object's updated head is kept in the index only: after a
-    /// restart the file's older head makes it stale again, so it is
-    /// revalidated once more rather than served on outdated terms.
+    /// restart the file's older head is read back. That head is stale by
+    /// then when a stale entry was revalidated (it is revalidated once
+    /// more); an entry still fresh that a client's `no-cache` had
+    /// revalidated, and whose 304 shortened its lifetime, is served on its
+    /// first terms until they run out.
     pub fn refresh(
         &self,
         object: &Arc<StoredObject>,
