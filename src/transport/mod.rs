@@ -147,21 +147,41 @@ impl<In: Transport> Connector<In> for OriginConnector {
 /// Tries each resolved address in turn within the connect timeout.
 fn connect_any(addrs: &[SocketAddr], timeout: NextTimeout) -> Result<TcpStream, Error> {
     let limit = timeout.not_zero().map(|t| *t);
+    match connect_within(addrs.iter().copied(), limit) {
+        Ok(stream) => Ok(stream),
+        Err(err) if err.kind() == io::ErrorKind::TimedOut => Err(Error::Timeout(timeout.reason)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Err(Error::ConnectionFailed),
+        Err(err) => Err(Error::Io(err)),
+    }
+}
+
+/// Connects to the first of `addrs` that answers, all within `limit` (one
+/// budget for them all, as `connect_timeout` means: a name with many dead
+/// addresses does not take the limit once for each). The last failure, or
+/// `TimedOut` when the budget ran out; `NotFound` for no address at all.
+pub fn connect_within(
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    limit: Option<Duration>,
+) -> io::Result<TcpStream> {
+    let deadline = limit.map(|limit| std::time::Instant::now() + limit);
     let mut last = None;
     for addr in addrs {
-        let attempt = match limit {
-            Some(limit) => TcpStream::connect_timeout(addr, limit),
+        let attempt = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                TcpStream::connect_timeout(&addr, left)
+            }
             None => TcpStream::connect(addr),
         };
         match attempt {
             Ok(stream) => return Ok(stream),
-            Err(err) if err.kind() == io::ErrorKind::TimedOut => {
-                last = Some(Error::Timeout(timeout.reason));
-            }
-            Err(err) => last = Some(Error::Io(err)),
+            Err(err) => last = Some(err),
         }
     }
-    Err(last.unwrap_or(Error::ConnectionFailed))
+    Err(last.unwrap_or_else(|| io::ErrorKind::NotFound.into()))
 }
 
 /// One TCP connection to an origin, with its buffers.
@@ -371,6 +391,27 @@ mod tests {
             answered_early: false,
         };
         (transport, server)
+    }
+
+    #[test]
+    fn connect_within_tries_each_address_in_one_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let open = listener.local_addr().expect("addr");
+        // A port nothing listens on: refused at once.
+        let closed = {
+            let gone = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+            gone.local_addr().expect("addr")
+        };
+        let limit = Some(Duration::from_secs(10));
+        let stream = connect_within([closed, open], limit).expect("the second answers");
+        assert_eq!(stream.peer_addr().ok(), Some(open));
+        let refused = connect_within([closed], limit).expect_err("refused");
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        let none = connect_within([], limit).expect_err("no address");
+        assert_eq!(none.kind(), io::ErrorKind::NotFound);
+        // A budget spent before an address is tried dials nothing.
+        let spent = connect_within([open], Some(Duration::ZERO)).expect_err("no time");
+        assert_eq!(spent.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]

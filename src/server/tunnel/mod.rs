@@ -45,13 +45,12 @@ pub fn connect(
     rules: &Rules,
 ) -> Result<TcpStream, ProxyError> {
     let authority = format!("{}:{}", target.host, target.port);
-    let mut last = None;
-    for addr in upstream::resolve_allowed(&target.host, target.port, rules)? {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(stream) => return Ok(stream),
-            Err(err) => last = Some(err),
-        }
-    }
+    let addrs = upstream::resolve_allowed(&target.host, target.port, rules)?;
+    let last = match crate::transport::connect_within(addrs, Some(timeout)) {
+        Ok(stream) => return Ok(stream),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+        Err(err) => Some(err),
+    };
     Err(match last {
         Some(err) if err.kind() == io::ErrorKind::TimedOut => {
             ProxyError::UpstreamTimeout(TimeoutPhase::Connect)
