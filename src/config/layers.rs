@@ -134,7 +134,6 @@ impl Sources<'_> {
     /// that sets a key (`workers = 8`) or heads a table (`[[users]]`)
     /// while the list is still open. Comments are no part of it.
     fn unclosed_array(&self) -> Option<usize> {
-        let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
         let mut balance = 0;
         let mut opened = 0;
         for (i, text) in self.file.lines().enumerate() {
@@ -144,15 +143,15 @@ impl Sources<'_> {
                 continue;
             }
             if balance > 0 {
-                let sets_key = trimmed
-                    .split_once('=')
-                    .is_some_and(|(key, _)| !key.trim().is_empty() && key.trim().chars().all(bare));
+                let sets_key = trimmed.split_once('=').is_some_and(|(key, _)| {
+                    !key.trim().is_empty() && key.trim().chars().all(is_bare_key_char)
+                });
                 let heads_table = trimmed.starts_with('[')
                     && trimmed.ends_with(']')
                     && trimmed
                         .trim_matches(['[', ']'])
                         .chars()
-                        .all(|c| bare(c) || c == '.');
+                        .all(|c| is_bare_key_char(c) || c == '.');
                 if sets_key || heads_table {
                     return Some(opened);
                 }
@@ -190,9 +189,12 @@ impl Sources<'_> {
         let text = self.file.lines().nth(self.line(at) - 1)?;
         let (key, value) = text.split_once('=')?;
         let (key, value) = (key.trim(), value.trim());
-        let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
         let quoted_or_structured = value.starts_with(['"', '\'', '[', '{']);
-        if key.is_empty() || !key.chars().all(bare) || value.is_empty() || quoted_or_structured {
+        if key.is_empty()
+            || !key.chars().all(is_bare_key_char)
+            || value.is_empty()
+            || quoted_or_structured
+        {
             return None;
         }
         // Where quotes alone would not make it valid, no example.
@@ -348,6 +350,11 @@ fn without_comment(text: &str) -> &str {
         .find(|&(_, c, quoted)| c == '#' && !quoted)
         .map_or(text.len(), |(at, _, _)| at);
     &text[..cut]
+}
+
+/// Whether `c` may be in a bare TOML key (`max_url_bytes`).
+fn is_bare_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
 }
 
 /// `[` less `]` on a line of TOML, outside quotes and comments.

@@ -29,11 +29,8 @@ pub fn answer(
     let persistence = finish::persistence(head, body_read, draining);
     let (status, body, mut out) = match endpoint {
         Endpoint::Healthz => {
-            let (status, body) = if draining {
-                (503, "draining\n".to_string())
-            } else {
-                (200, "ok\n".to_string())
-            };
+            let (status, body) = health(draining);
+            let body = body.to_string();
             let mut out = Head::new(status);
             out.header("Content-Type", b"text/plain; charset=utf-8");
             (status, body, out)
@@ -70,6 +67,16 @@ pub fn answer(
         own: true,
         cut: None,
         shown: None,
+    }
+}
+
+/// `/healthz`'s status and body: 200 `ok`, or 503 `draining` once
+/// shutdown began, so that a balancer stops sending work.
+pub fn health(draining: bool) -> (u16, &'static str) {
+    if draining {
+        (503, "draining\n")
+    } else {
+        (200, "ok\n")
     }
 }
 

@@ -196,7 +196,7 @@ fn own_endpoint(head: &RequestHead) -> Result<Endpoint, ProxyError> {
 }
 
 /// The proxy's own page that `method` and `path` ask for, if any.
-fn own_page(method: &str, path: &str) -> Option<Endpoint> {
+pub fn own_page(method: &str, path: &str) -> Option<Endpoint> {
     match (method, path) {
         ("GET" | "HEAD", "/healthz") => Some(Endpoint::Healthz),
         ("GET" | "HEAD", "/metrics") => Some(Endpoint::Metrics),

@@ -113,17 +113,20 @@ fn a_client_that_resets_mid_upload_is_logged_as_gone() {
     let origin = Silent::start();
     let proxy = ProxyProcess::start(&["--allow-dest", "127.0.0.0/8"]);
     let url = format!("http://{}/upload", origin.addr);
-    let mut client = TcpStream::connect(proxy.addr).expect("connect");
-    client
-        .write_all(
-            format!("POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nten bytes.")
-                .as_bytes(),
-        )
-        .expect("send");
-    assert!(
-        wait_until(LIMIT, || origin.requests() == 1),
-        "the request never reached the origin"
-    );
+    // The head and ten bytes of a body of 1,000, once the origin has them.
+    let start_upload = |nth: usize| {
+        let mut client = TcpStream::connect(proxy.addr).expect("connect");
+        let head = format!("POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n");
+        client
+            .write_all(format!("{head}ten bytes.").as_bytes())
+            .expect("send");
+        assert!(
+            wait_until(LIMIT, || origin.requests() == nth),
+            "the request never reached the origin"
+        );
+        client
+    };
+    let client = start_upload(1);
     // Closed with a zero linger: the kernel sends a reset.
     rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO)).expect("linger");
     drop(client);
@@ -133,17 +136,7 @@ fn a_client_that_resets_mid_upload_is_logged_as_gone() {
     assert!(line.contains("error=client_aborted"), "{line}");
 
     // Its side ended with the body short: still reading, it gets the 400.
-    let mut client = TcpStream::connect(proxy.addr).expect("connect");
-    client
-        .write_all(
-            format!("POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nten bytes.")
-                .as_bytes(),
-        )
-        .expect("send");
-    assert!(
-        wait_until(LIMIT, || origin.requests() == 2),
-        "the request never reached the origin"
-    );
+    let mut client = start_upload(2);
     client.shutdown(Shutdown::Write).expect("half-close");
     let answer = read_one(&mut client, false, LIMIT).expect("an answer");
     assert_eq!(answer.status, 400, "{}", answer.head);

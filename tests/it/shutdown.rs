@@ -277,13 +277,13 @@ fn grace_running_out_is_logged_aborted_in_squids_format() {
     gate.open();
 }
 
-/// A request that waited in the queue for a worker has that wait in its
-/// logged duration: the log says what the client waited.
-#[test]
-fn the_logged_duration_counts_the_wait_in_the_queue() {
-    let gate = Gate::new();
-    let origin = gated_origin(&gate, BODY);
-    let mut proxy = start(&["--workers", "1"]);
+/// With `--workers 1`: a request to the gated `origin` that holds the one
+/// worker (`/held`), then one that waits in the queue behind it
+/// (`/queued`); both `Connection: close`.
+fn hold_the_worker(
+    proxy: &ProxyProcess,
+    origin: &Origin,
+) -> (JoinHandle<Exchange>, JoinHandle<Exchange>) {
     let get = |url: String| {
         let addr = proxy.addr;
         thread::spawn(move || {
@@ -296,7 +296,17 @@ fn the_logged_duration_counts_the_wait_in_the_queue() {
         wait_until(LIMIT, || origin.requests().len() == 1),
         "request never reached the origin"
     );
-    let queued = get(origin.url("/queued"));
+    (held, get(origin.url("/queued")))
+}
+
+/// A request that waited in the queue for a worker has that wait in its
+/// logged duration: the log says what the client waited.
+#[test]
+fn the_logged_duration_counts_the_wait_in_the_queue() {
+    let gate = Gate::new();
+    let origin = gated_origin(&gate, BODY);
+    let mut proxy = start(&["--workers", "1"]);
+    let (held, queued) = hold_the_worker(&proxy, &origin);
     // The one worker is held: the second request waits at least this long.
     let waited = Duration::from_millis(400);
     thread::sleep(waited);
@@ -325,20 +335,7 @@ fn a_health_check_does_not_wait_behind_busy_workers() {
     let gate = Gate::new();
     let origin = gated_origin(&gate, BODY);
     let mut proxy = start(&["--workers", "1"]);
-    let get = |target: String| {
-        let addr = proxy.addr;
-        thread::spawn(move || {
-            let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            exchange_until_close(addr, request.as_bytes(), LIMIT)
-        })
-    };
-    let held = get(origin.url("/held"));
-    assert!(
-        wait_until(LIMIT, || origin.requests().len() == 1),
-        "request never reached the origin"
-    );
-    // The one worker is held; this one waits in the queue.
-    let queued = get(origin.url("/queued"));
+    let (held, queued) = hold_the_worker(&proxy, &origin);
     thread::sleep(Duration::from_millis(500));
     let answered = Arc::new(AtomicUsize::new(0));
     let check = {
@@ -555,58 +552,10 @@ fn two_quick_signals_to_an_idle_proxy_exit_0() {
     );
 }
 
-/// A tunnel kept busy past the grace period is cut when it ends, as a
-/// request would be: the process does not wait on it (systemd would kill
-/// it), and exits 1.
-#[test]
-fn a_busy_tunnel_is_cut_when_the_grace_ends() {
-    let echo = crate::support::servers::EchoServer::start();
-    let port = echo.addr.port().to_string();
-    let mut proxy = start(&["--connect-port", &port, "--grace", "1s"]);
+/// A CONNECT tunnel through `proxy` to `target`, open (its 200 read).
+fn open_tunnel(proxy: &ProxyProcess, target: SocketAddr) -> TcpStream {
     let mut tunnel = TcpStream::connect(proxy.addr).expect("connect");
     tunnel.set_read_timeout(Some(LIMIT)).expect("read timeout");
-    let target = echo.addr.to_string();
-    write!(
-        tunnel,
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
-    )
-    .expect("send");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        std::io::Read::read_exact(&mut tunnel, &mut byte).expect("the CONNECT answer");
-        head.push(byte[0]);
-    }
-    proxy.signal("TERM");
-    // Busy through the tunnel, never silent for long, until it is cut.
-    let started = std::time::Instant::now();
-    let mut echoed = [0u8; 4];
-    let cut = loop {
-        assert!(started.elapsed() < LIMIT, "the tunnel was never cut");
-        if tunnel.write_all(b"ping").is_err()
-            || std::io::Read::read_exact(&mut tunnel, &mut echoed).is_err()
-        {
-            break true;
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
-    assert!(cut);
-    assert_eq!(exit_code(&mut proxy, LIMIT), Some(1), "{}", log_of(&proxy));
-    assert!(
-        log_of(&proxy).contains("stopped: 1 open tunnel was closed"),
-        "log:\n{}",
-        log_of(&proxy)
-    );
-}
-
-#[test]
-fn a_second_signal_that_cuts_an_open_tunnel_exits_1() {
-    let echo = crate::support::servers::EchoServer::start();
-    let port = echo.addr.port().to_string();
-    let mut proxy = start(&["--connect-port", &port, "--grace", "5m"]);
-    let mut tunnel = TcpStream::connect(proxy.addr).expect("connect");
-    tunnel.set_read_timeout(Some(LIMIT)).expect("read timeout");
-    let target = echo.addr.to_string();
     write!(
         tunnel,
         "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
@@ -623,6 +572,42 @@ fn a_second_signal_that_cuts_an_open_tunnel_exits_1() {
         "{}",
         String::from_utf8_lossy(&head)
     );
+    tunnel
+}
+
+/// A tunnel kept busy past the grace period is cut when it ends, as a
+/// request would be: the process does not wait on it (systemd would kill
+/// it), and exits 1.
+#[test]
+fn a_busy_tunnel_is_cut_when_the_grace_ends() {
+    let echo = crate::support::servers::EchoServer::start();
+    let port = echo.addr.port().to_string();
+    let mut proxy = start(&["--connect-port", &port, "--grace", "1s"]);
+    let mut tunnel = open_tunnel(&proxy, echo.addr);
+    proxy.signal("TERM");
+    // Busy through the tunnel, never silent for long, until it is cut.
+    let started = std::time::Instant::now();
+    let mut echoed = [0u8; 4];
+    while tunnel.write_all(b"ping").is_ok()
+        && std::io::Read::read_exact(&mut tunnel, &mut echoed).is_ok()
+    {
+        assert!(started.elapsed() < LIMIT, "the tunnel was never cut");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(exit_code(&mut proxy, LIMIT), Some(1), "{}", log_of(&proxy));
+    assert!(
+        log_of(&proxy).contains("stopped: 1 open tunnel was closed"),
+        "log:\n{}",
+        log_of(&proxy)
+    );
+}
+
+#[test]
+fn a_second_signal_that_cuts_an_open_tunnel_exits_1() {
+    let echo = crate::support::servers::EchoServer::start();
+    let port = echo.addr.port().to_string();
+    let mut proxy = start(&["--connect-port", &port, "--grace", "5m"]);
+    let _tunnel = open_tunnel(&proxy, echo.addr);
     // The open tunnel holds the drain; the second signal cuts it.
     signal_twice_while_draining(&proxy);
     let code = exit_code(&mut proxy, LIMIT);

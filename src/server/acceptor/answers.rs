@@ -15,8 +15,10 @@ use crate::http::body::BodyFraming;
 use crate::http::request::RequestHead;
 use crate::http::response::{Head, Persistence};
 use crate::server::conn::ClientConn;
+use crate::server::endpoints;
 use crate::server::finish::{self, Request, Served};
 use crate::server::job::Job;
+use crate::server::target::{self, Endpoint};
 
 impl Acceptor {
     /// Answers a connection the proxy will not serve, and closes it.
@@ -68,8 +70,8 @@ impl Acceptor {
 /// Whether `head` is a plain health check (`GET` or `HEAD /healthz`, no
 /// body), which the acceptor may answer itself.
 pub(super) fn is_health_check(head: &RequestHead) -> bool {
-    matches!(head.method.as_str(), "GET" | "HEAD")
-        && head.target.split('?').next() == Some("/healthz")
+    let path = head.target.split('?').next().unwrap_or_default();
+    target::own_page(&head.method, path) == Some(Endpoint::Healthz)
         && matches!(
             head.body_framing(),
             Ok(BodyFraming::Empty | BodyFraming::Length(0))
@@ -91,11 +93,7 @@ impl Acceptor {
         }
         conn.disarm_registration();
         let request_id = self.ids.for_request(head);
-        let (status, body): (u16, &[u8]) = if self.shutdown.is_draining() {
-            (503, b"draining\n")
-        } else {
-            (200, b"ok\n")
-        };
+        let (status, body) = endpoints::health(self.shutdown.is_draining());
         let mut out = Head::new(status);
         out.header("Content-Type", b"text/plain; charset=utf-8")
             .header("Content-Length", body.len().to_string().as_bytes())
@@ -103,7 +101,7 @@ impl Acceptor {
         let mut bytes = out.finish(&request_id, Persistence::Close);
         let head_only = head.method == "HEAD";
         if !head_only {
-            bytes.extend_from_slice(body);
+            bytes.extend_from_slice(body.as_bytes());
         }
         let sent = send_now(&conn.stream, &bytes);
         let served = Served {
