@@ -528,8 +528,8 @@ impl Filler {
     fn store_in_memory(&self, head: &Arc<ObjectHead>) -> Arc<StoredObject> {
         // One piece, unless followers read it as it came (then slices of
         // one block, which a hit writes in vectored writes anyway).
-        let body = self.fill.chunks().into_boxed_slice();
-        let object = Arc::new(StoredObject::new(Arc::clone(head), Body::Memory(body)));
+        let body = Body::in_memory(self.fill.chunks(), head.body_len, &self.shared.pages);
+        let object = Arc::new(StoredObject::new(Arc::clone(head), body));
         if let Some(memory) = &self.shared.memory {
             memory.put(Arc::clone(&object));
         }
@@ -567,7 +567,7 @@ impl Filler {
     /// Takes this fill's own stored `object` out of its tier.
     fn remove_stored(&self, object: &StoredObject) {
         let tier = match &object.body {
-            Body::Memory(_) => self.shared.memory.as_ref(),
+            Body::Memory(_) | Body::Pages(_) => self.shared.memory.as_ref(),
             Body::Disk(_) => self.shared.disk.as_ref().map(|d| &d.tier),
         };
         if let Some(tier) = tier {

@@ -548,9 +548,10 @@ impl Cache {
             return Some(read_meanwhile);
         }
         let body = disk.read_whole(&object)?;
+        let len = object.head.body_len;
         let promoted = Arc::new(StoredObject::new(
             Arc::clone(&object.head),
-            Body::Memory(Box::new([body])),
+            Body::in_memory(vec![body], len, &self.shared.pages),
         ));
         // Not over a newer response of the variant that a fill stored in
         // memory meanwhile.
@@ -639,7 +640,7 @@ impl Cache {
             return Some(refreshed);
         }
         let tier = match &refreshed.body {
-            Body::Memory(_) => self.shared.memory.as_ref(),
+            Body::Memory(_) | Body::Pages(_) => self.shared.memory.as_ref(),
             Body::Disk(_) => self.shared.disk.as_ref().map(|d| &d.tier),
         };
         // A PURGE or a newer response may have come while the origin was

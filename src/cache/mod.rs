@@ -119,6 +119,7 @@ mod lookup;
 mod normal;
 mod normalise;
 pub mod object;
+pub mod pages;
 pub mod policy;
 pub mod range;
 pub mod reader;
@@ -152,6 +153,7 @@ pub use status::{Fwd, Outcome};
 
 use collapse::Collapser;
 use disk::DiskStore;
+use pages::PageFiles;
 use tier::{Tier, TierKind};
 
 /// Memory the disk tier's index may take, for a memory budget of
@@ -181,6 +183,10 @@ pub struct CacheConfig {
     /// How long a URL whose response could not be shared is fetched
     /// without collapsing (Varnish's hit-for-miss). Default: 120 s.
     pub hit_for_miss: Duration,
+    /// Most bodies the memory tier keeps in memory files at once, for
+    /// hits sent with `sendfile` (each holds a file descriptor; see
+    /// `pages`). Default: 0, none.
+    pub page_files: usize,
 }
 
 impl Default for CacheConfig {
@@ -193,6 +199,7 @@ impl Default for CacheConfig {
             dir_max_object: 1 << 30,
             collapse_wait: Duration::from_secs(60),
             hit_for_miss: Duration::from_secs(120),
+            page_files: 0,
         }
     }
 }
@@ -251,6 +258,8 @@ pub(crate) struct Shared {
     /// quarter of the memory budget (at least one largest object).
     inflight: AtomicU64,
     inflight_limit: u64,
+    /// The bound of bodies in memory files.
+    pages: Arc<PageFiles>,
 }
 
 /// The cache. Clones share one cache.
@@ -314,6 +323,7 @@ impl Cache {
                 collapser,
                 inflight: AtomicU64::new(0),
                 inflight_limit: (config.mem_bytes / 4).max(config.mem_max_object),
+                pages: PageFiles::new(config.page_files),
                 config,
                 memory,
                 disk,

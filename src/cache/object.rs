@@ -1,9 +1,10 @@
 //! Stored objects: an immutable response head (its HTTP/1.1 bytes built
-//! once, at store time) and a body held in memory as shared `Bytes`, or in
-//! a file of the disk tier. A hit from memory writes `head_block`, an `Age`
-//! line, the proxy's own headers and the body chunks in vectored writes
-//! (one for all but the largest); from disk, the head, then the file with
-//! `sendfile`. Nothing of the object is copied per hit.
+//! once, at store time) and a body held in memory as shared `Bytes` or, from
+//! 32 to 128 KiB, in a sealed memory file, or in a file of the disk tier. A hit on
+//! chunks writes `head_block`, an `Age` line, the proxy's own headers and
+//! the body chunks in vectored writes (one for all but the largest); on a
+//! file, the head, then the file with `sendfile`. Nothing of the object is
+//! copied per hit.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::cache::CacheError;
 use crate::cache::key::{CacheKey, Variant};
+use crate::cache::pages::{PageFiles, Pages};
 use crate::cache::policy::Policy;
 use crate::cache::reader::BodyReader;
 use crate::http::response;
@@ -199,16 +201,34 @@ pub fn has_body(status: StatusCode) -> bool {
 pub enum Body {
     /// In memory, as the chunks it was received in (usually one).
     Memory(Box<[Bytes]>),
+    /// In memory, in a sealed memory file that hits send from
+    /// (`cache::pages`).
+    Pages(Arc<Pages>),
     /// In a file of the disk tier.
     Disk(DiskBody),
 }
 
 impl Body {
+    /// A body the memory tier keeps: in a memory file when it is large
+    /// enough and `places` has room, else as its `chunks`.
+    pub fn in_memory(chunks: Vec<Bytes>, len: u64, places: &Arc<PageFiles>) -> Body {
+        match Pages::store(&chunks, len, places) {
+            Some(pages) => Body::Pages(Arc::new(pages)),
+            None => Body::Memory(chunks.into_boxed_slice()),
+        }
+    }
+
+    /// Whether the body is in memory (either form), not on disk.
+    pub fn is_in_memory(&self) -> bool {
+        !matches!(self, Body::Disk(_))
+    }
+
     /// The same body for another object (a refreshed head): the memory's
-    /// pieces or the disk's file, shared, not copied.
+    /// pieces or file, or the disk's file, shared, not copied.
     pub fn share(&self) -> Body {
         match self {
             Body::Memory(chunks) => Body::Memory(chunks.clone()),
+            Body::Pages(pages) => Body::Pages(Arc::clone(pages)),
             Body::Disk(disk) => Body::Disk(DiskBody {
                 file: Arc::clone(&disk.file),
                 offset: disk.offset,
@@ -360,7 +380,7 @@ impl StoredObject {
     /// Wraps a head and a body.
     pub fn new(head: Arc<ObjectHead>, body: Body) -> StoredObject {
         let (weight, index_weight) = match &body {
-            Body::Memory(_) => (head.memory_weight() + head.body_len, 0),
+            Body::Memory(_) | Body::Pages(_) => (head.memory_weight() + head.body_len, 0),
             Body::Disk(disk) => (
                 disk.offset + head.body_len + crate::cache::disk::TRAILER_LEN,
                 head.memory_weight(),
@@ -395,11 +415,12 @@ impl StoredObject {
         }
     }
 
-    /// The body chunks when the body is in memory: the vectored-write path.
+    /// The body chunks when the body is in memory as chunks: the
+    /// vectored-write path.
     pub fn memory_chunks(&self) -> Option<&[Bytes]> {
         match &self.body {
             Body::Memory(chunks) => Some(chunks),
-            Body::Disk(_) => None,
+            Body::Pages(_) | Body::Disk(_) => None,
         }
     }
 

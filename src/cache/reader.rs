@@ -1,6 +1,7 @@
 //! Reading a body as `Bytes` chunks, whatever holds it: a stored object in
-//! memory (slices of its shared buffers, no copy), a disk file (checked
-//! against its checksum when read whole), or a fill being written.
+//! memory (slices of its shared buffers, no copy, or pieces of its memory
+//! file), a disk file (checked against its checksum when read whole), or a
+//! fill being written.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -13,6 +14,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::cache::CacheError;
 use crate::cache::fill::FillReader;
 use crate::cache::object::{Body, StoredObject};
+use crate::cache::pages::Pages;
 
 /// Largest piece read from a disk file at once.
 pub const DISK_READ_BYTES: usize = 64 * 1024;
@@ -32,6 +34,8 @@ enum Source {
         index: usize,
         chunk_start: u64,
     },
+    /// A memory file (`cache::pages`), read in pieces like a disk file.
+    Pages(Arc<Pages>),
     Disk {
         file: File,
         offset: u64,
@@ -65,6 +69,7 @@ impl BodyReader {
                         .then(|| Box::new((Xxh3::new(), disk.hash, disk.file.path.clone()))),
                 }
             }
+            Body::Pages(pages) => Source::Pages(Arc::clone(pages)),
             Body::Memory(_) => Source::Memory {
                 object,
                 index: 0,
@@ -120,15 +125,18 @@ impl BodyReader {
                 }
                 Ok(None)
             }
+            Source::Pages(pages) => {
+                let piece = read_piece(pages.file(), 0, self.pos, self.end)?;
+                self.pos += piece.len() as u64;
+                Ok(Some(piece.freeze()))
+            }
             Source::Disk {
                 file,
                 offset,
                 check,
             } => {
-                let want = (self.end - self.pos).min(DISK_READ_BYTES as u64) as usize;
-                let mut buf = BytesMut::zeroed(want);
-                file.read_exact_at(&mut buf, *offset + self.pos)?;
-                self.pos += want as u64;
+                let buf = read_piece(file, *offset, self.pos, self.end)?;
+                self.pos += buf.len() as u64;
                 if let Some(check) = check {
                     let (hasher, expected, path) = &mut **check;
                     hasher.update(&buf);
@@ -145,4 +153,13 @@ impl BodyReader {
             Source::Fill(reader) => reader.next_chunk(),
         }
     }
+}
+
+/// Bytes `pos..end` of a body that starts at `offset` in `file`, at most
+/// `DISK_READ_BYTES` of them.
+fn read_piece(file: &File, offset: u64, pos: u64, end: u64) -> std::io::Result<BytesMut> {
+    let want = (end - pos).min(DISK_READ_BYTES as u64) as usize;
+    let mut buf = BytesMut::zeroed(want);
+    file.read_exact_at(&mut buf, offset + pos)?;
+    Ok(buf)
 }

@@ -64,7 +64,8 @@ pub fn memory_object(url: &str, response: &[(&str, &str)], body: &[u8]) -> Arc<S
     ))
 }
 
-/// A small cache in memory only, or with `dir` as its disk tier.
+/// A small cache in memory only, or with `dir` as its disk tier; bodies of
+/// 32 to 128 KiB in memory go to memory files, as in the server.
 pub fn small_cache(
     mem_bytes: u64,
     mem_max_object: u64,
@@ -78,6 +79,7 @@ pub fn small_cache(
         dir_max_object: 16 << 20,
         collapse_wait: std::time::Duration::from_secs(10),
         hit_for_miss: std::time::Duration::from_secs(60),
+        page_files: 64,
     })
     .expect("cache opens")
 }

@@ -476,6 +476,29 @@ impl ClientConn {
     }
 }
 
+impl ClientConn {
+    /// `write_vectored` with `MSG_MORE`: more follows at once (a
+    /// `sendfile`), so what fits is held for the next segment instead of
+    /// leaving alone. Only the first, non-blocking try carries the flag.
+    pub fn write_vectored_more(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let bufs = &bufs[..bufs.len().min(MAX_SLICES)];
+        match rustix::net::sendmsg(
+            &self.stream,
+            bufs,
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL | SendFlags::MORE,
+        ) {
+            Ok(n) => {
+                self.pace.moved(n);
+                self.count_sent(n);
+                Ok(n)
+            }
+            Err(Errno::AGAIN) => self.write_vectored(bufs),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+}
+
 /// Writes go straight to the socket, counted. What the socket's buffer
 /// takes at once is written while the worker counts as running; when it is
 /// full, the worker waits for the client to read as it waits for a read

@@ -73,11 +73,11 @@ pub fn bind(config: &ServeConfig) -> Result<Vec<TcpListener>, StartError> {
 }
 
 /// Raises the open-files limit to fit every client connection plus its
-/// upstream connection, as far as the hard limit allows.
+/// upstream connection, as far as the hard limit allows, and returns it.
 ///
 /// # Errors
 /// `FileLimit` when even `max_connections` client sockets would not fit.
-pub fn raise_file_limit(max_connections: usize) -> Result<(), StartError> {
+pub fn raise_file_limit(max_connections: usize) -> Result<u64, StartError> {
     let spare = 64;
     let wanted = (max_connections as u64) * 2 + spare;
     let limit = rlimit::increase_nofile_limit(wanted)?;
@@ -92,7 +92,7 @@ pub fn raise_file_limit(max_connections: usize) -> Result<(), StartError> {
             "open-files limit {limit} covers fewer than {max_connections} proxied connections"
         );
     }
-    Ok(())
+    Ok(limit)
 }
 
 /// Sets what every client socket needs: no Nagle delay, and the timeouts

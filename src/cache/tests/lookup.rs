@@ -13,6 +13,35 @@ use crate::cache::testing::{
 use crate::cache::*;
 
 #[test]
+fn a_body_of_32_to_128_kib_is_kept_in_a_memory_file_and_read_back_whole_or_in_part() {
+    let cache = small_cache(4 << 20, 1 << 20, None);
+    let body: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    store(&cache, &get("http://h/pages"), &[MAX_AGE], &body, 5).expect("stored");
+    let hit = expect_hit(&cache, &get("http://h/pages"));
+    assert!(
+        matches!(hit.object.body, object::Body::Pages(_)),
+        "in a memory file"
+    );
+    assert!(hit.object.memory_chunks().is_none());
+    let len = hit.object.head.body_len;
+    let whole = read_body(&mut hit.object.reader(0, len).expect("reader")).expect("body");
+    assert_eq!(whole, body);
+    let part = read_body(&mut hit.object.reader(1000, 70_000).expect("reader")).expect("part");
+    assert_eq!(part, body[1000..65_536]);
+    // Weighed as a body in memory.
+    let (memory, _) = cache.usage();
+    assert!(memory.bytes >= len, "{memory:?}");
+
+    let small = b"small".repeat(100);
+    store(&cache, &get("http://h/small"), &[MAX_AGE], &small, 1).expect("stored");
+    let hit = expect_hit(&cache, &get("http://h/small"));
+    assert!(
+        hit.object.memory_chunks().is_some(),
+        "small bodies stay chunks"
+    );
+}
+
+#[test]
 fn a_stored_response_is_a_hit_for_get_and_head() {
     let cache = small_cache(1 << 20, 64 << 10, None);
     let body = b"hello, cache".repeat(100);

@@ -3,8 +3,9 @@
 //! origin), from another request's fill as it arrives (a follower), the
 //! 504 for `only-if-cached`, and PURGE's. A stored body in memory goes out
 //! with its head in vectored writes of shared buffers (one, up to 576 KiB;
-//! else pieces of 512 KiB), copied nowhere; a body on disk goes from the
-//! file to the socket with `sendfile`, corked. A body that cannot be sent
+//! else pieces of 512 KiB), copied nowhere; a body in a memory file
+//! (`cache::pages`) goes to the socket with `sendfile`, after its head;
+//! a body on disk goes from the file to the socket with `sendfile`, corked. A body that cannot be sent
 //! whole is cut short by closing the connection.
 
 use std::fs::File;
@@ -73,7 +74,7 @@ pub fn from_store(
 ) -> Result<Served, Unsent> {
     let file = match &object.body {
         Body::Disk(disk) => Some(open_checked(disk).ok_or(Unsent)?),
-        Body::Memory(_) => None,
+        Body::Memory(_) | Body::Pages(_) => None,
     };
     let reply = reply::plan(object, ex.head, now);
     let status = reply.status(object);
@@ -401,6 +402,7 @@ fn write_object(
                 )),
             }
         }
+        Body::Pages(pages) => write_from_pages(conn, head, pages.file(), start, len),
         Body::Disk(disk) => {
             // Corked, as nginx's `tcp_nopush` does around `sendfile`: the
             // head and the file's pages leave in full segments, and the
@@ -445,6 +447,44 @@ fn write_from_disk(
             suspect();
             Err(Shortfall::unreadable(sent))
         }
+        (sent, Err(_)) => Err(Shortfall::by_client(sent)),
+    }
+}
+
+/// Writes `head`, then bytes `start..start + len` of the body in the
+/// memory file `file`, with `sendfile`; as [`write_object`]. The head goes
+/// with `MSG_MORE`, so that it leaves in the body's first segment (corking
+/// would cost two more system calls; uncorked, alone, it would be a
+/// segment of its own).
+fn write_from_pages(
+    conn: &mut ClientConn,
+    head: &[&[u8]],
+    file: &File,
+    start: u64,
+    len: u64,
+) -> Result<u64, Shortfall> {
+    let mut parts: Vec<IoSlice<'_>> = head.iter().map(|part| IoSlice::new(part)).collect();
+    let mut slices = &mut parts[..];
+    while !slices.is_empty() {
+        let written = if len > 0 {
+            conn.write_vectored_more(slices)
+        } else {
+            conn.write_vectored(slices)
+        };
+        match written {
+            Ok(0) => return Err(Shortfall::by_client(0)),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Shortfall::by_client(0)),
+        }
+    }
+    if len == 0 {
+        return Ok(0);
+    }
+    match conn.send_file(file, start, len) {
+        (sent, Ok(())) if sent == len => Ok(len),
+        // Sealed at its length: cannot happen, but must not pass for whole.
+        (sent, Ok(())) => Err(Shortfall::unreadable(sent)),
         (sent, Err(_)) => Err(Shortfall::by_client(sent)),
     }
 }

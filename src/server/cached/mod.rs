@@ -60,8 +60,19 @@ use crate::server::target::Origin;
 /// request on its own, without collapsing (Varnish's hit-for-miss).
 const HIT_FOR_MISS: Duration = Duration::from_secs(120);
 
-/// The cache's settings from the server's.
-pub fn cache_config(config: &ServeConfig) -> CacheConfig {
+/// How many stored bodies may be in memory files (`cache::pages`), each
+/// with a file descriptor, under an open-files limit of `file_limit`: an
+/// eighth of it, at most 8,192 (a 256 MiB memory tier holds at most 8,192
+/// bodies of 32 KiB).
+pub fn page_files(file_limit: u64) -> usize {
+    usize::try_from(file_limit / 8)
+        .unwrap_or(usize::MAX)
+        .min(8192)
+}
+
+/// The cache's settings from the server's, with at most `page_files`
+/// bodies in memory files.
+pub fn cache_config(config: &ServeConfig, page_files: usize) -> CacheConfig {
     CacheConfig {
         mem_bytes: config.cache_mem,
         mem_max_object: config.cache_max_object,
@@ -72,6 +83,7 @@ pub fn cache_config(config: &ServeConfig) -> CacheConfig {
         // wait for the origin.
         collapse_wait: config.upstream_timeout,
         hit_for_miss: HIT_FOR_MISS,
+        page_files,
     }
 }
 
@@ -79,8 +91,8 @@ pub fn cache_config(config: &ServeConfig) -> CacheConfig {
 ///
 /// # Errors
 /// When the disk tier's directory cannot be used.
-pub fn open(config: &ServeConfig) -> Result<Cache, CacheError> {
-    let cache = Cache::open(cache_config(config))?;
+pub fn open(config: &ServeConfig, page_files: usize) -> Result<Cache, CacheError> {
+    let cache = Cache::open(cache_config(config, page_files))?;
     let size = size_text;
     if !cache.is_enabled() {
         log::info!("cache: off (cache_mem = 0)");

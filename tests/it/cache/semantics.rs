@@ -215,6 +215,59 @@ fn a_large_stored_body_is_served_whole_and_in_ranges() {
     assert_eq!(requests_for(&origin, "/large").len(), 1);
 }
 
+#[test]
+fn a_body_sent_from_a_memory_file_is_framed_whole_for_each_request() {
+    // 32 to 128 KiB: a hit goes out with `sendfile` from a memory file.
+    let body: Vec<u8> = (0..25_000u32).flat_map(u32::to_le_bytes).collect();
+    let origin = fresh_bytes_origin(body.clone());
+    let proxy = Proxy::start();
+    let url = origin.url("/paged");
+    assert_eq!(get(proxy.addr, &url, &[]).body, body);
+    for attempt in 1.. {
+        let again = get(proxy.addr, &url, &[]);
+        assert!(again.body == body, "{} bytes differ", again.body.len());
+        if cache_status(&again).contains("; hit") {
+            break;
+        }
+        assert!(attempt < 50, "never a hit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Two hits on one connection, then a HEAD (a head alone), read to the
+    // close: each answer is its head and exactly its body.
+    let one = format!("GET {url} HTTP/1.1\r\nHost: h\r\n\r\n");
+    let head = format!("HEAD {url} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    let answer = raw(proxy.addr, format!("{one}{one}{head}").as_bytes(), LIMIT);
+    let mut rest = &answer[..];
+    for expected in [&body[..], &body[..], &[][..]] {
+        let split = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        let parsed = parse_head(&rest[..split]).expect("a response head");
+        assert_eq!(parsed.status, 200, "{}", parsed.head);
+        assert!(parsed.head.contains("; hit"), "{}", parsed.head);
+        assert!(
+            parsed
+                .head
+                .contains(&format!("Content-Length: {}", body.len())),
+            "{}",
+            parsed.head
+        );
+        let answered = &rest[split + 4..split + 4 + expected.len()];
+        assert!(answered == expected, "a body differs");
+        rest = &rest[split + 4 + expected.len()..];
+    }
+    assert!(
+        rest.is_empty(),
+        "{} bytes after the last answer",
+        rest.len()
+    );
+    let part = get(proxy.addr, &url, &["-r", "1000-60999"]);
+    assert_eq!(part.status, 206, "{:?}", part.headers);
+    assert!(part.body == body[1000..61_000], "the range differs");
+    assert_eq!(requests_for(&origin, "/paged").len(), 1);
+}
+
 /// An origin serving "0123456789" that honours a single `bytes=` range.
 fn range_origin() -> Origin {
     Origin::start(|request| {
