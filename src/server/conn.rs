@@ -34,6 +34,13 @@ const SENDFILE_CHUNK: usize = 1 << 30;
 /// can be in thousands of pieces.
 const MAX_SLICES: usize = 1024;
 
+/// `MSG_MORE`, where the system has it (elsewhere the head of a body sent
+/// with `sendfile` simply leaves in a segment of its own).
+#[cfg(target_os = "linux")]
+const MORE: SendFlags = SendFlags::MORE;
+#[cfg(not(target_os = "linux"))]
+const MORE: SendFlags = SendFlags::empty();
+
 /// A client connection and its unconsumed input.
 #[derive(Debug)]
 pub struct ClientConn {
@@ -486,7 +493,7 @@ impl ClientConn {
             &self.stream,
             bufs,
             &mut SendAncillaryBuffer::default(),
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL | SendFlags::MORE,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL | MORE,
         ) {
             Ok(n) => {
                 self.pace.moved(n);
