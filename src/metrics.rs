@@ -107,6 +107,8 @@ pub struct CacheFigures {
     pub fills_received_apart: usize,
     /// Body bytes held in memory by fills in progress.
     pub fill_memory_bytes: u64,
+    /// Stored bodies in memory files, each holding a file descriptor.
+    pub memory_files: usize,
     /// The disk tier's index has been read (true without a disk tier).
     pub disk_loaded: bool,
 }
@@ -584,6 +586,12 @@ fn render_cache(page: &mut Page, cache: &CacheFigures) {
         "gauge",
         "Body bytes held in memory by fills in progress (at most a quarter of cache_mem).",
         cache.fill_memory_bytes,
+    );
+    page.single(
+        "fetchproxy_cache_memory_files",
+        "gauge",
+        "Stored bodies of 32 to 128 KiB kept in memory files, for hits sent with sendfile; each holds a file descriptor.",
+        cache.memory_files,
     );
     page.single(
         "fetchproxy_cache_disk_index_loaded",

@@ -377,6 +377,12 @@ impl Cache {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Stored bodies held in memory files now (a gauge: each holds a file
+    /// descriptor).
+    pub fn memory_files(&self) -> usize {
+        self.shared.pages.live()
+    }
+
     /// Whether the disk index is complete (true without a disk tier).
     pub fn is_loaded(&self) -> bool {
         self.shared.disk.as_ref().is_none_or(|d| d.is_loaded())

@@ -218,11 +218,6 @@ impl Body {
         }
     }
 
-    /// Whether the body is in memory (either form), not on disk.
-    pub fn is_in_memory(&self) -> bool {
-        !matches!(self, Body::Disk(_))
-    }
-
     /// The same body for another object (a refreshed head): the memory's
     /// pieces or file, or the disk's file, shared, not copied.
     pub fn share(&self) -> Body {

@@ -73,13 +73,14 @@ pub fn bind(config: &ServeConfig) -> Result<Vec<TcpListener>, StartError> {
 }
 
 /// Raises the open-files limit to fit every client connection plus its
-/// upstream connection, as far as the hard limit allows, and returns it.
+/// upstream connection, and `extra` more (the cache's memory files), as far
+/// as the hard limit allows, and returns it.
 ///
 /// # Errors
 /// `FileLimit` when even `max_connections` client sockets would not fit.
-pub fn raise_file_limit(max_connections: usize) -> Result<u64, StartError> {
+pub fn raise_file_limit(max_connections: usize, extra: usize) -> Result<u64, StartError> {
     let spare = 64;
-    let wanted = (max_connections as u64) * 2 + spare;
+    let wanted = (max_connections as u64) * 2 + spare + extra as u64;
     let limit = rlimit::increase_nofile_limit(wanted)?;
     if limit < max_connections as u64 + spare {
         return Err(StartError::FileLimit {

@@ -223,7 +223,7 @@ impl Running {
 /// `StartError` when a listener or thread cannot be set up.
 pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let tls = crate::upstream::tls_config(&config)?;
-    let file_limit = listen::raise_file_limit(config.max_connections)?;
+    let file_limit = listen::raise_file_limit(config.max_connections, cached::PAGE_FILES_MAX)?;
     let listeners = listen::bind(&config)?;
     let addrs = listeners
         .iter()
@@ -240,7 +240,7 @@ pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let (relay, relay_thread) =
         tunnel::spawn_relay(config.clone(), shutdown.clone(), metrics.clone())?;
     let agents = crate::upstream::Agents::new(&config, &tls, &rules, &metrics);
-    let cache = cached::open(&config, cached::page_files(file_limit))?;
+    let cache = cached::open(&config, cached::page_files(file_limit, &config))?;
     let refresher = cached::Refresher::spawn(&cache, agents.current(), &config)?;
     let ids = Arc::new(RequestIds::new());
     let limits = ConnLimits::new(config.max_connections, config.max_conns_per_client);

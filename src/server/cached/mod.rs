@@ -60,14 +60,25 @@ use crate::server::target::Origin;
 /// request on its own, without collapsing (Varnish's hit-for-miss).
 const HIT_FOR_MISS: Duration = Duration::from_secs(120);
 
+/// Most stored bodies in memory files: a 256 MiB memory tier holds at
+/// most 8,192 bodies of 32 KiB.
+pub const PAGE_FILES_MAX: usize = 8192;
+
 /// How many stored bodies may be in memory files (`cache::pages`), each
-/// with a file descriptor, under an open-files limit of `file_limit`: an
-/// eighth of it, at most 8,192 (a 256 MiB memory tier holds at most 8,192
-/// bodies of 32 KiB).
-pub fn page_files(file_limit: u64) -> usize {
-    usize::try_from(file_limit / 8)
+/// with a file descriptor, under an open-files limit of `file_limit`: what
+/// the connections leave, up to [`PAGE_FILES_MAX`]. Clients hold up to
+/// `max_connections` descriptors; origins at most three per worker (one in
+/// use, two idle in the pools) and one per tunnel; a few more go to
+/// listeners, logs, the disk tier's files and the background fetches.
+pub fn page_files(file_limit: u64, config: &ServeConfig) -> usize {
+    const SPARE: u64 = 256;
+    let connections = config.max_connections as u64
+        + 3 * config.workers.get() as u64
+        + config.max_tunnels as u64
+        + SPARE;
+    usize::try_from(file_limit.saturating_sub(connections))
         .unwrap_or(usize::MAX)
-        .min(8192)
+        .min(PAGE_FILES_MAX)
 }
 
 /// The cache's settings from the server's, with at most `page_files`
@@ -334,6 +345,32 @@ pub fn figures(cache: &Cache, background: &BackgroundFills) -> CacheFigures {
         fills_in_progress: cache.fills_in_progress(),
         fills_received_apart: background.running(),
         fill_memory_bytes: cache.inflight_bytes(),
+        memory_files: cache.memory_files(),
         disk_loaded: cache.is_loaded(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_files_get_what_the_connections_leave() {
+        // 10,000 clients, 512 workers (three upstream each), 1,000 tunnels,
+        // 256 spare: 12,792 descriptors.
+        let config = ServeConfig::default();
+        let needed = config.max_connections as u64
+            + 3 * config.workers.get() as u64
+            + config.max_tunnels as u64
+            + 256;
+        assert_eq!(page_files(needed, &config), 0);
+        assert_eq!(
+            page_files(needed - 1, &config),
+            0,
+            "short of the connections"
+        );
+        assert_eq!(page_files(needed + 100, &config), 100);
+        assert_eq!(page_files(1 << 20, &config), PAGE_FILES_MAX);
+        assert_eq!(page_files(0, &config), 0);
     }
 }

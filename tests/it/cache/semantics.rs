@@ -11,7 +11,7 @@ use super::{
     revalidating_origin,
 };
 use crate::support::raw::parse_head;
-use crate::support::{Origin, Proxy, Reply, raw};
+use crate::support::{Origin, Proxy, Reply, metric, raw, scrape_metrics};
 
 #[test]
 fn a_fresh_response_is_served_again_without_the_origin() {
@@ -266,6 +266,12 @@ fn a_body_sent_from_a_memory_file_is_framed_whole_for_each_request() {
     assert_eq!(part.status, 206, "{:?}", part.headers);
     assert!(part.body == body[1000..61_000], "the range differs");
     assert_eq!(requests_for(&origin, "/paged").len(), 1);
+    let (_, page) = scrape_metrics(proxy.addr);
+    assert_eq!(
+        metric(&page, "fetchproxy_cache_memory_files"),
+        Some(1.0),
+        "{page}"
+    );
 }
 
 /// An origin serving "0123456789" that honours a single `bytes=` range.
