@@ -359,23 +359,33 @@ impl ClientConn {
     /// Sends `len` bytes of `file` from `offset` straight to the socket
     /// with `sendfile(2)`, counted: the bytes never pass through this
     /// process. Only for files that are never written again (the disk
-    /// tier's objects): the socket may read the pages after the call
-    /// returns. (std's `io::copy` declines `sendfile` from a file to a
-    /// socket for that reason, and copies through a buffer.) Unlike `send`,
-    /// `sendfile` cannot be told not to raise SIGPIPE on a closed peer: a
-    /// Rust program ignores that signal from startup, so it is an `EPIPE`
-    /// here, but a program embedding the server must not restore it.
-    /// Returns the bytes sent, fewer than `len` when the file is shorter,
-    /// and with them the error that stopped the sending, if one did (a send
-    /// timeout is `WouldBlock`, a client slower than its pace `TimedOut`).
+    /// tier's objects, the sealed memory files): the socket may read the
+    /// pages after the call returns. (std's `io::copy` declines `sendfile`
+    /// from a file to a socket for that reason, and copies through a
+    /// buffer.) The socket is non-blocking meanwhile, so that a client
+    /// whose socket is full is waited for as a write waits for it: as a
+    /// worker waiting on a socket ([`idle::waiting`]), within the request's
+    /// pace. Unlike `send`, `sendfile` cannot be told not to raise SIGPIPE
+    /// on a closed peer: a Rust program ignores that signal from startup,
+    /// so it is an `EPIPE` here, but a program embedding the server must
+    /// not restore it. Returns the bytes sent, fewer than `len` when the
+    /// file is shorter, and with them the error that stopped the sending,
+    /// if one did (a send timeout is `WouldBlock`, a client slower than its
+    /// pace `TimedOut`).
     pub fn send_file(
         &mut self,
         file: &std::fs::File,
         offset: u64,
         len: u64,
     ) -> (u64, io::Result<()>) {
+        // Before any request there is no pace: block, up to the send
+        // timeout, as writes do then.
+        let mut nonblocking =
+            self.pace.write_wait().is_some() && self.stream.set_nonblocking(true).is_ok();
         let mut at = offset;
         let end = offset + len;
+        let mut result = Ok(());
+        let mut just_waited = false;
         while at < end {
             let want = usize::try_from(end - at)
                 .unwrap_or(usize::MAX)
@@ -385,17 +395,45 @@ impl ClientConn {
                 // The file ended early.
                 Ok(0) => break,
                 Ok(n) => {
+                    just_waited = false;
                     self.count_sent(n);
-                    // The call blocks while the client's socket is full.
-                    if let Err(err) = self.paced_write(began, n) {
-                        return (at - offset, Err(err));
+                    if nonblocking {
+                        self.pace.moved(n);
+                    } else if let Err(err) = self.paced_write(began, n) {
+                        // The call blocked while the client's socket was full.
+                        result = Err(err);
+                        break;
                     }
                 }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(errno) => return (at - offset, Err(errno.into())),
+                // Writable, yet no room (the machine's TCP memory is short:
+                // its sockets then say writable regardless): wait in the
+                // kernel, up to the send timeout, rather than spin.
+                Err(Errno::AGAIN) if nonblocking && just_waited => {
+                    if let Err(err) = self.stream.set_nonblocking(false) {
+                        result = Err(err);
+                        break;
+                    }
+                    nonblocking = false;
+                }
+                Err(Errno::AGAIN) if nonblocking => {
+                    let _waiting = idle::waiting();
+                    if let Err(err) = self.wait_for_room() {
+                        result = Err(err);
+                        break;
+                    }
+                    just_waited = true;
+                }
+                Err(Errno::INTR) => {}
+                Err(errno) => {
+                    result = Err(errno.into());
+                    break;
+                }
             }
         }
-        (at - offset, Ok(()))
+        if nonblocking {
+            let _ = self.stream.set_nonblocking(false);
+        }
+        (at - offset, result)
     }
 }
 
@@ -424,33 +462,7 @@ impl ClientConn {
     #[cold]
     #[inline(never)]
     fn write_when_room(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let Some((limit, paced)) = self.pace.write_wait() else {
-            return Err(io::ErrorKind::WouldBlock.into());
-        };
-        let timeout = Timespec {
-            tv_sec: i64::try_from(limit.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: limit.subsec_nanos().into(),
-        };
-        let began = Instant::now();
-        let mut fds = [PollFd::new(&self.stream, PollFlags::OUT)];
-        let ready = match poll(&mut fds, Some(&timeout)) {
-            Ok(n) => n > 0,
-            // A signal: the send below finds out where the socket stands.
-            Err(Errno::INTR) => true,
-            Err(errno) => return Err(errno.into()),
-        };
-        self.paced_write(began, 0)?;
-        if !ready {
-            return Err(if paced {
-                self.cut_off(self.pace.too_slow())
-            } else {
-                io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "the client took nothing for upstream_timeout",
-                )
-            });
-        }
+        self.wait_for_room()?;
         let n = match rustix::net::sendmsg(
             &self.stream,
             bufs,
@@ -480,6 +492,41 @@ impl ClientConn {
         self.count_sent(n);
         self.pace.moved(n);
         Ok(n)
+    }
+
+    /// Waits for room in the client's socket, no longer than the send
+    /// timeout or what the request's pace has left; the wait counts against
+    /// the pace. Errors when there is still none (or no pace: before any
+    /// request), or the client is slower than its pace.
+    fn wait_for_room(&mut self) -> io::Result<()> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let Some((limit, paced)) = self.pace.write_wait() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let timeout = Timespec {
+            tv_sec: i64::try_from(limit.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: limit.subsec_nanos().into(),
+        };
+        let began = Instant::now();
+        let mut fds = [PollFd::new(&self.stream, PollFlags::OUT)];
+        let ready = match poll(&mut fds, Some(&timeout)) {
+            Ok(n) => n > 0,
+            // A signal: the send below finds out where the socket stands.
+            Err(Errno::INTR) => true,
+            Err(errno) => return Err(errno.into()),
+        };
+        self.paced_write(began, 0)?;
+        if !ready {
+            return Err(if paced {
+                self.cut_off(self.pace.too_slow())
+            } else {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the client took nothing for upstream_timeout",
+                )
+            });
+        }
+        Ok(())
     }
 }
 

@@ -8,10 +8,9 @@
 //! `client_min_rate` bytes moved (Apache httpd's `RequestReadTimeout
 //! body=...,MinRate=...` works the same way). A client on a slow link stays
 //! within it; one that trickles is cut off. A read returns with the first
-//! byte that comes, so it is checked after it; a write waits for room in
-//! the socket no longer than what is left (`write_wait`). A disk hit's
-//! `sendfile` is checked after each call, which blocks up to the socket's
-//! send timeout (`upstream_timeout`).
+//! byte that comes, so it is checked after it; a write, and a cache hit's
+//! `sendfile` (the socket non-blocking meanwhile), waits for room in the
+//! socket no longer than what is left (`write_wait`).
 
 use std::io;
 use std::time::Duration;

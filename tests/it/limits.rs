@@ -745,6 +745,86 @@ fn clients_that_stop_reading_do_not_hold_up_queued_requests() {
 }
 
 #[test]
+fn clients_that_stop_reading_a_stored_answer_sent_from_its_file_do_not_hold_up_others() {
+    // As above, for cache hits that go from a file to the socket with
+    // `sendfile` (a disk object here): a worker whose client's socket is
+    // full waits for room as a write does, and the others are served.
+    let cpus = thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let stuck_count = 2 * cpus;
+    const LEN: usize = 32 << 20;
+    let origin = Origin::start(|request| {
+        if request.target == "/stored" {
+            Reply::Full {
+                status: 200,
+                headers: vec![("Cache-Control".into(), "max-age=3600".into())],
+                body: vec![b's'; LEN],
+            }
+        } else {
+            Reply::ok("text/plain", "hello")
+        }
+    });
+    let dir = tempfile::tempdir().expect("cache dir");
+    let proxy = Proxy::with(|c| {
+        c.workers = (stuck_count + 4).try_into().expect("non-zero");
+        c.cache_dir = Some(dir.path().to_path_buf());
+        // On disk only: every hit is a sendfile of the whole file.
+        c.cache_max_object = 1024;
+    });
+    let first = exchange_until_close(
+        proxy.addr,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.url("/stored")
+        )
+        .as_bytes(),
+        LIMIT,
+    );
+    assert_eq!(only_response(b"stored", &first).body.len(), LEN);
+    let stuck: Vec<TcpStream> = (0..stuck_count)
+        .map(|_| {
+            let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+            stream
+                .write_all(get(origin.addr, "/stored").as_bytes())
+                .expect("send");
+            stream
+        })
+        .collect();
+    let unread = || -> Vec<u64> {
+        stuck
+            .iter()
+            .map(|s| rustix::io::ioctl_fionread(s).expect("FIONREAD"))
+            .collect()
+    };
+    let mut last = unread();
+    assert!(
+        wait_until(LIMIT, || {
+            thread::sleep(Duration::from_millis(100));
+            let now = unread();
+            let still = now == last && now.iter().all(|&n| n > 0);
+            last = now;
+            still
+        }),
+        "the stored answers never stopped arriving"
+    );
+    assert_eq!(origin.requests().len(), 1, "the stuck clients got hits");
+    let clients: Vec<_> = (0..10)
+        .map(|n| {
+            let (addr, url) = (proxy.addr, origin.url(&format!("/other-{n}")));
+            thread::spawn(move || {
+                let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                exchange_until_close(addr, request.as_bytes(), LIMIT)
+            })
+        })
+        .collect();
+    for (n, client) in clients.into_iter().enumerate() {
+        let got = client.join().expect("client thread");
+        let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
+    }
+    drop(stuck);
+}
+
+#[test]
 fn an_oversized_body_sent_in_full_still_gets_its_413_not_a_reset() {
     let origin = Origin::fixed("text/plain", b"never");
     let proxy = Proxy::with(|c| c.max_body_bytes = Some(1000));
