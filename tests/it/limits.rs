@@ -695,21 +695,35 @@ fn clients_that_stop_reading_do_not_hold_up_queued_requests() {
         // workers are what the test is about.
         c.cache_mem = 0;
     });
-    let stuck: Vec<TcpStream> = (0..stuck_count)
-        .map(|_| {
-            let mut stream = TcpStream::connect(proxy.addr).expect("connect");
-            stream
-                .write_all(get(origin.addr, "/huge").as_bytes())
-                .expect("send");
-            stream
-        })
-        .collect();
+    let stuck = clients_asking(proxy.addr, &origin, "/huge", stuck_count);
     assert!(
         wait_until(LIMIT, || origin.requests().len() == stuck_count),
         "the huge requests never all reached the origin"
     );
     // Stuck for good once nothing more arrives at these clients: the
     // workers then block in their writes.
+    wait_until_stuck(&stuck);
+    ten_others_are_served(proxy.addr, &origin);
+    drop(stuck);
+}
+
+/// `count` connections to `proxy`, each having sent a GET for `path` at
+/// `origin` and read nothing.
+fn clients_asking(proxy: SocketAddr, origin: &Origin, path: &str, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| {
+            let mut stream = TcpStream::connect(proxy).expect("connect");
+            stream
+                .write_all(get(origin.addr, path).as_bytes())
+                .expect("send");
+            stream
+        })
+        .collect()
+}
+
+/// Waits until nothing more arrives at the `stuck` clients, each of which
+/// has unread bytes: their workers wait on full sockets.
+fn wait_until_stuck(stuck: &[TcpStream]) {
     let unread = || -> Vec<u64> {
         stuck
             .iter()
@@ -725,14 +739,19 @@ fn clients_that_stop_reading_do_not_hold_up_queued_requests() {
             last = now;
             still
         }),
-        "the huge answers never stopped arriving"
+        "the answers never stopped arriving"
     );
+}
+
+/// Ten clients at once, each asking `origin` for a path of its own, each
+/// answered 200.
+fn ten_others_are_served(proxy: SocketAddr, origin: &Origin) {
     let clients: Vec<_> = (0..10)
         .map(|n| {
-            let (addr, url) = (proxy.addr, origin.url(&format!("/other-{n}")));
+            let url = origin.url(&format!("/other-{n}"));
             thread::spawn(move || {
                 let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                exchange_until_close(addr, request.as_bytes(), LIMIT)
+                exchange_until_close(proxy, request.as_bytes(), LIMIT)
             })
         })
         .collect();
@@ -741,7 +760,6 @@ fn clients_that_stop_reading_do_not_hold_up_queued_requests() {
         let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
     }
-    drop(stuck);
 }
 
 #[test]
@@ -780,47 +798,10 @@ fn clients_that_stop_reading_a_stored_answer_sent_from_its_file_do_not_hold_up_o
         LIMIT,
     );
     assert_eq!(only_response(b"stored", &first).body.len(), LEN);
-    let stuck: Vec<TcpStream> = (0..stuck_count)
-        .map(|_| {
-            let mut stream = TcpStream::connect(proxy.addr).expect("connect");
-            stream
-                .write_all(get(origin.addr, "/stored").as_bytes())
-                .expect("send");
-            stream
-        })
-        .collect();
-    let unread = || -> Vec<u64> {
-        stuck
-            .iter()
-            .map(|s| rustix::io::ioctl_fionread(s).expect("FIONREAD"))
-            .collect()
-    };
-    let mut last = unread();
-    assert!(
-        wait_until(LIMIT, || {
-            thread::sleep(Duration::from_millis(100));
-            let now = unread();
-            let still = now == last && now.iter().all(|&n| n > 0);
-            last = now;
-            still
-        }),
-        "the stored answers never stopped arriving"
-    );
+    let stuck = clients_asking(proxy.addr, &origin, "/stored", stuck_count);
+    wait_until_stuck(&stuck);
     assert_eq!(origin.requests().len(), 1, "the stuck clients got hits");
-    let clients: Vec<_> = (0..10)
-        .map(|n| {
-            let (addr, url) = (proxy.addr, origin.url(&format!("/other-{n}")));
-            thread::spawn(move || {
-                let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                exchange_until_close(addr, request.as_bytes(), LIMIT)
-            })
-        })
-        .collect();
-    for (n, client) in clients.into_iter().enumerate() {
-        let got = client.join().expect("client thread");
-        let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
-        assert_eq!(statuses, [200], "client {n} got {:?}", got.text());
-    }
+    ten_others_are_served(proxy.addr, &origin);
     drop(stuck);
 }
 
