@@ -380,7 +380,7 @@ impl ClientConn {
     ) -> (u64, io::Result<()>) {
         // Before any request there is no pace: block, up to the send
         // timeout, as writes do then.
-        let mut nonblocking =
+        let nonblocking =
             self.pace.write_wait().is_some() && self.stream.set_nonblocking(true).is_ok();
         let mut at = offset;
         let end = offset + len;
@@ -406,14 +406,21 @@ impl ClientConn {
                     }
                 }
                 // Writable, yet no room (the machine's TCP memory is short:
-                // its sockets then say writable regardless): wait in the
-                // kernel, up to the send timeout, rather than spin.
+                // its sockets then say writable regardless, or a signal cut
+                // the wait): one call waits in the kernel, up to the send
+                // timeout, rather than spin, as a write does.
                 Err(Errno::AGAIN) if nonblocking && just_waited => {
-                    if let Err(err) = self.stream.set_nonblocking(false) {
-                        result = Err(err);
-                        break;
+                    just_waited = false;
+                    let _waiting = idle::waiting();
+                    match self.send_file_waiting(file, &mut at, want) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                        Err(err) => {
+                            result = Err(err);
+                            break;
+                        }
                     }
-                    nonblocking = false;
                 }
                 Err(Errno::AGAIN) if nonblocking => {
                     let _waiting = idle::waiting();
@@ -438,6 +445,25 @@ impl ClientConn {
 }
 
 impl ClientConn {
+    /// One `sendfile` of `want` bytes of `file` from `at` on the socket made
+    /// blocking for it (then non-blocking again), counted against the pace.
+    fn send_file_waiting(
+        &mut self,
+        file: &std::fs::File,
+        at: &mut u64,
+        want: usize,
+    ) -> io::Result<usize> {
+        self.stream.set_nonblocking(false)?;
+        let began = Instant::now();
+        let sent = rustix::fs::sendfile(&self.stream, file, Some(at), want);
+        let restored = self.stream.set_nonblocking(true);
+        let n = sent?;
+        self.count_sent(n);
+        self.paced_write(began, n)?;
+        restored?;
+        Ok(n)
+    }
+
     /// Counts a write that waited on the client since `began` against the
     /// request's pace. A client cut off for reading too slowly is logged:
     /// its access line shows only that the answer was cut short.

@@ -72,15 +72,33 @@ pub fn bind(config: &ServeConfig) -> Result<Vec<TcpListener>, StartError> {
     Ok(listeners)
 }
 
-/// Raises the open-files limit to fit every client connection plus its
-/// upstream connection, and `extra` more (the cache's memory files), as far
-/// as the hard limit allows, and returns it.
+/// Descriptors the connections may hold at once: clients up to
+/// `max_connections`; upstream at most three per worker (one in use, two
+/// idle in the pools) and one per tunnel; with a disk tier, a file per
+/// worker; and a few for listeners, logs and background fetches.
+pub fn connection_files(config: &ServeConfig) -> u64 {
+    const SPARE: u64 = 256;
+    let workers = config.workers.get() as u64;
+    let disk = if config.cache_dir.is_some() {
+        workers
+    } else {
+        0
+    };
+    config.max_connections as u64 + 3 * workers + config.max_tunnels as u64 + disk + SPARE
+}
+
+/// Raises the open-files limit to fit the connections
+/// ([`connection_files`], and at least two per client, as a thread per
+/// client and origin would hold) and `extra` more (the cache's memory
+/// files), as far as the hard limit allows, and returns it.
 ///
 /// # Errors
 /// `FileLimit` when even `max_connections` client sockets would not fit.
-pub fn raise_file_limit(max_connections: usize, extra: usize) -> Result<u64, StartError> {
+pub fn raise_file_limit(config: &ServeConfig, extra: usize) -> Result<u64, StartError> {
     let spare = 64;
-    let wanted = (max_connections as u64) * 2 + spare + extra as u64;
+    let max_connections = config.max_connections;
+    let needed = connection_files(config);
+    let wanted = needed.max(max_connections as u64 * 2 + spare) + extra as u64;
     let limit = rlimit::increase_nofile_limit(wanted)?;
     if limit < max_connections as u64 + spare {
         return Err(StartError::FileLimit {
@@ -88,7 +106,7 @@ pub fn raise_file_limit(max_connections: usize, extra: usize) -> Result<u64, Sta
             max_connections,
         });
     }
-    if limit < (max_connections as u64) * 2 {
+    if limit < needed {
         log::warn!(
             "open-files limit {limit} covers fewer than {max_connections} proxied connections"
         );

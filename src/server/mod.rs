@@ -223,7 +223,7 @@ impl Running {
 /// `StartError` when a listener or thread cannot be set up.
 pub fn start(config: ServeConfig) -> Result<Running, StartError> {
     let tls = crate::upstream::tls_config(&config)?;
-    let file_limit = listen::raise_file_limit(config.max_connections, cached::PAGE_FILES_MAX)?;
+    let file_limit = listen::raise_file_limit(&config, cached::PAGE_FILES_MAX)?;
     let listeners = listen::bind(&config)?;
     let addrs = listeners
         .iter()

@@ -66,16 +66,10 @@ pub const PAGE_FILES_MAX: usize = 8192;
 
 /// How many stored bodies may be in memory files (`cache::pages`), each
 /// with a file descriptor, under an open-files limit of `file_limit`: what
-/// the connections leave, up to [`PAGE_FILES_MAX`]. Clients hold up to
-/// `max_connections` descriptors; origins at most three per worker (one in
-/// use, two idle in the pools) and one per tunnel; a few more go to
-/// listeners, logs, the disk tier's files and the background fetches.
+/// the connections leave (`listen::connection_files`), up to
+/// [`PAGE_FILES_MAX`].
 pub fn page_files(file_limit: u64, config: &ServeConfig) -> usize {
-    const SPARE: u64 = 256;
-    let connections = config.max_connections as u64
-        + 3 * config.workers.get() as u64
-        + config.max_tunnels as u64
-        + SPARE;
+    let connections = crate::server::listen::connection_files(config);
     usize::try_from(file_limit.saturating_sub(connections))
         .unwrap_or(usize::MAX)
         .min(PAGE_FILES_MAX)
@@ -357,12 +351,10 @@ mod tests {
     #[test]
     fn memory_files_get_what_the_connections_leave() {
         // 10,000 clients, 512 workers (three upstream each), 1,000 tunnels,
-        // 256 spare: 12,792 descriptors.
-        let config = ServeConfig::default();
-        let needed = config.max_connections as u64
-            + 3 * config.workers.get() as u64
-            + config.max_tunnels as u64
-            + 256;
+        // 256 spare: 12,792 descriptors; a disk tier, 512 more.
+        let mut config = ServeConfig::default();
+        let needed = 12_792;
+        assert_eq!(crate::server::listen::connection_files(&config), needed);
         assert_eq!(page_files(needed, &config), 0);
         assert_eq!(
             page_files(needed - 1, &config),
@@ -372,5 +364,8 @@ mod tests {
         assert_eq!(page_files(needed + 100, &config), 100);
         assert_eq!(page_files(1 << 20, &config), PAGE_FILES_MAX);
         assert_eq!(page_files(0, &config), 0);
+        config.cache_dir = Some("/var/cache/fetchproxy".into());
+        assert_eq!(page_files(needed + 100, &config), 0, "a file per worker");
+        assert_eq!(page_files(needed + 612, &config), 100);
     }
 }
