@@ -1,10 +1,10 @@
 //! Stored objects: an immutable response head (its HTTP/1.1 bytes built
-//! once, at store time) and a body held in memory as shared `Bytes` or, from
-//! 32 to 128 KiB, in a sealed memory file, or in a file of the disk tier. A hit on
-//! chunks writes `head_block`, an `Age` line, the proxy's own headers and
-//! the body chunks in vectored writes (one for all but the largest); on a
-//! file, the head, then the file with `sendfile`. Nothing of the object is
-//! copied per hit.
+//! once, at store time) and a body held in memory as shared `Bytes` or,
+//! from 32 to 128 KiB, in a sealed memory file, or in a file of the disk
+//! tier. A hit on chunks writes `head_block`, an `Age` line, the proxy's
+//! own headers and the body chunks in vectored writes (one for all but the
+//! largest); on a file, the head, then the file with `sendfile`. Nothing of
+//! the object is copied per hit.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

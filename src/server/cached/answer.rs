@@ -4,9 +4,9 @@
 //! 504 for `only-if-cached`, and PURGE's. A stored body in memory goes out
 //! with its head in vectored writes of shared buffers (one, up to 576 KiB;
 //! else pieces of 512 KiB), copied nowhere; a body in a memory file
-//! (`cache::pages`) goes to the socket with `sendfile`, after its head;
-//! a body on disk goes from the file to the socket with `sendfile`, corked. A body that cannot be sent
-//! whole is cut short by closing the connection.
+//! (`cache::pages`) goes to the socket with `sendfile`, after its head; a
+//! body on disk goes from the file to the socket with `sendfile`, corked.
+//! A body that cannot be sent whole is cut short by closing the connection.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
