@@ -464,19 +464,8 @@ fn write_from_pages(
     len: u64,
 ) -> Result<u64, Shortfall> {
     let mut parts: Vec<IoSlice<'_>> = head.iter().map(|part| IoSlice::new(part)).collect();
-    let mut slices = &mut parts[..];
-    while !slices.is_empty() {
-        let written = if len > 0 {
-            conn.write_vectored_more(slices)
-        } else {
-            conn.write_vectored(slices)
-        };
-        match written {
-            Ok(0) => return Err(Shortfall::by_client(0)),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(Shortfall::by_client(0)),
-        }
+    if write_all(conn, &mut parts, len > 0).is_err() {
+        return Err(Shortfall::by_client(0));
     }
     if len == 0 {
         return Ok(0);
@@ -518,13 +507,31 @@ const WRITE_PIECE: usize = 512 * 1024;
 /// most [`WRITE_PIECE`] bytes (a last piece under an eighth of that goes
 /// with the one before). `Err` holds the bytes written before a write
 /// failed.
-fn write_all_vectored(conn: &mut ClientConn, mut slices: &mut [IoSlice<'_>]) -> Result<(), usize> {
+fn write_all_vectored(conn: &mut ClientConn, slices: &mut [IoSlice<'_>]) -> Result<(), usize> {
+    write_all(conn, slices, false)
+}
+
+/// [`write_all_vectored`], with `MSG_MORE` on each write when
+/// `more_follows`: what the caller sends next (a `sendfile`) may share the
+/// last segment.
+fn write_all(
+    conn: &mut ClientConn,
+    mut slices: &mut [IoSlice<'_>],
+    more_follows: bool,
+) -> Result<(), usize> {
+    let write = |conn: &mut ClientConn, slices: &[IoSlice<'_>]| {
+        if more_follows {
+            conn.write_vectored_more(slices)
+        } else {
+            conn.write_vectored(slices)
+        }
+    };
     let mut written = 0;
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         let left: usize = slices.iter().map(|slice| slice.len()).sum();
         let result = if left < WRITE_PIECE + WRITE_PIECE / 8 {
-            conn.write_vectored(slices)
+            write(conn, slices)
         } else {
             let mut piece = Vec::with_capacity(slices.len());
             let mut room = WRITE_PIECE;
@@ -536,7 +543,7 @@ fn write_all_vectored(conn: &mut ClientConn, mut slices: &mut [IoSlice<'_>]) -> 
                     break;
                 }
             }
-            conn.write_vectored(&piece)
+            write(conn, &piece)
         };
         match result {
             Ok(0) => return Err(written),
