@@ -47,6 +47,12 @@ pub enum ProxyError {
     /// (400), or is one asked with a method it does not answer (405).
     #[error("{}", not_an_endpoint(.method, .target))]
     NotProxyEndpoint { method: String, target: String },
+    /// A well-formed request in an HTTP major version other than 1.
+    #[error(
+        "HTTP/{major}.{minor} is not supported: this proxy speaks HTTP/1.1 and HTTP/1.0 \
+         (send HTTP/1.1)"
+    )]
+    VersionNotSupported { major: u8, minor: u8 },
     /// The request head grew past `max_header_bytes`.
     #[error("request head over {limit} bytes (max_header_bytes)")]
     HeadTooLarge { limit: usize },
@@ -325,6 +331,7 @@ impl ProxyError {
             ClientGone(_) => (499, "http_request_error"),
             Internal(_) => (500, "proxy_internal_error"),
             MethodNotSupported(_) => (501, "http_request_error"),
+            VersionNotSupported { .. } => (505, "http_request_error"),
             DnsFailed { .. } => (502, "dns_error"),
             ConnectionRefused { .. } => (502, "connection_refused"),
             ConnectFailed { .. } => (502, "destination_unavailable"),
@@ -499,6 +506,7 @@ mod tests {
             ProxyError::ClientGone("x".into()),
             ProxyError::Internal("x".into()),
             ProxyError::MethodNotSupported("BREW".into()),
+            ProxyError::VersionNotSupported { major: 2, minor: 0 },
             ProxyError::DnsFailed { host: "x".into() },
             ProxyError::ConnectionRefused {
                 authority: "x".into(),
@@ -547,6 +555,7 @@ mod tests {
                 | ProxyError::ClientGone(_)
                 | ProxyError::Internal(_)
                 | ProxyError::MethodNotSupported(_)
+                | ProxyError::VersionNotSupported { .. }
                 | ProxyError::DnsFailed { .. }
                 | ProxyError::ConnectionRefused { .. }
                 | ProxyError::ConnectFailed { .. }

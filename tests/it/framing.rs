@@ -229,6 +229,45 @@ fn issue_15_bare_lf_in_a_request_head_is_400() {
     assert!(origin.requests().is_empty(), "{:?}", origin.requests());
 }
 
+/// RFC 9110 §2.5 and §15.6.6: a later HTTP/1 minor version is served as
+/// HTTP/1.1, on a connection kept alive; another major version gets 505 and
+/// a close, and nothing is forwarded.
+#[test]
+fn a_request_line_in_another_http_version() {
+    let origin = echo_origin();
+    let proxy = Proxy::start();
+    let o = origin.addr;
+    let mut sent = format!("GET http://{o}/one-two HTTP/1.2\r\nHost: {o}\r\n\r\n").into_bytes();
+    sent.extend_from_slice(&after(&origin));
+    let got = exchange_until_close(proxy.addr, &sent, LIMIT);
+    let first = split_raw(&got.bytes).unwrap_or_else(|| panic!("{}", describe(&sent, &got)));
+    assert_eq!(first.status, 200, "{}", describe(&sent, &got));
+    assert!(first.head.starts_with("HTTP/1.1 200"), "{}", first.head);
+    let text = got.text();
+    assert!(
+        text.contains("/one-two") && text.contains("/after"),
+        "{text}"
+    );
+    assert!(origin_saw(&origin, "/one-two") && origin_saw(&origin, "/after"));
+
+    for version in ["HTTP/2.0", "HTTP/0.9", "HTTP/3.0"] {
+        let head = format!("GET http://{o}/other-{version} {version}\r\nHost: {o}\r\n\r\n");
+        let got = exchange_until_close(proxy.addr, head.as_bytes(), LIMIT);
+        let response = split_raw(&got.bytes)
+            .unwrap_or_else(|| panic!("no answer\n{}", describe(head.as_bytes(), &got)));
+        assert_raw_error(head.as_bytes(), &response, 505, "http_request_error");
+        assert!(
+            response
+                .text()
+                .contains(&format!("{version} is not supported")),
+            "{}",
+            describe(head.as_bytes(), &got)
+        );
+        assert!(got.closed, "{}", describe(head.as_bytes(), &got));
+    }
+    assert!(!origin_saw(&origin, "/other-"), "{:?}", origin.requests());
+}
+
 /// Issue 15 (3): `transfer_encoding` and `content_length` never reach the
 /// origin next to the proxy's own framing.
 #[test]

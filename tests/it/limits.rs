@@ -82,12 +82,15 @@ fn garbage_request_line_is_answered_400_and_closed() {
     for request in [
         &b"HELLO THERE\r\n\r\n"[..],
         b"GET\r\n\r\n",
-        b"GET http://127.0.0.1/ HTTP/9.9\r\n\r\n",
+        b"GET http://127.0.0.1/ HTTP/1.10\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
         b"GET  http://127.0.0.1/ HTTP/1.1\r\n\r\n",
     ] {
         expect_error_and_close(&proxy, request, 400, "http_request_error");
     }
+    // Well formed, in a version the proxy does not speak.
+    let request = b"GET http://127.0.0.1/ HTTP/9.9\r\n\r\n";
+    expect_error_and_close(&proxy, request, 505, "http_request_error");
 }
 
 #[test]

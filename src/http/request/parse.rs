@@ -100,6 +100,13 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
         Err(httparse::Error::TooManyHeaders) => {
             Err(ProxyError::TooManyHeaderLines { limit: MAX_HEADERS })
         }
+        Err(httparse::Error::Version) => match as_http_1_1(buf) {
+            Some(copy) => parse_head(&copy, limits),
+            // httparse gives up on a version before its line ends; what
+            // has arrived of it passed `check_line_so_far`.
+            None if !request_line_ended(buf) => Ok(Parsed::Partial),
+            None => Err(bad("unsupported http version")),
+        },
         Err(err) => Err(bad(&describe(buf, err))),
     }
 }
@@ -135,12 +142,12 @@ fn check_line_so_far(buf: &[u8], limits: &HeadLimits) -> Result<(), ProxyError> 
         } else {
             line.strip_suffix(b"\r").unwrap_or(line)
         };
-        return check_request_line(line, complete).map_or(Ok(()), |msg| Err(bad(msg)));
+        return check_request_line(line, complete).map_or(Ok(()), |fault| Err(fault.into_error()));
     };
     let judged = &line[..cut];
     let judged = judged.strip_suffix(b"\r").unwrap_or(judged);
     Err(match check_request_line(judged, false) {
-        Some(msg) => bad(msg),
+        Some(fault) => fault.into_error(),
         None => ProxyError::UrlTooLong {
             limit: limits.max_url_bytes,
         },
@@ -239,7 +246,7 @@ fn first_line(buf: &[u8]) -> (usize, &[u8], bool) {
 /// Finds what made httparse give up, to tell the client in words.
 fn describe(buf: &[u8], err: httparse::Error) -> String {
     let (start, line, complete) = first_line(buf);
-    if let Some(msg) = check_request_line(line, complete) {
+    if let Some(LineFault::Malformed(msg)) = check_request_line(line, complete) {
         return msg.to_owned();
     }
     if complete {
@@ -268,7 +275,8 @@ fn describe(buf: &[u8], err: httparse::Error) -> String {
 /// What is wrong with a request line (possibly still arriving), if anything.
 /// Every request line is judged, so its spaces are found once and each
 /// part looked at once.
-fn check_request_line(line: &[u8], complete: bool) -> Option<&'static str> {
+fn check_request_line(line: &[u8], complete: bool) -> Option<LineFault> {
+    let malformed = |msg| Some(LineFault::Malformed(msg));
     let line = if complete {
         line.strip_suffix(b"\r").unwrap_or(line)
     } else {
@@ -281,32 +289,84 @@ fn check_request_line(line: &[u8], complete: bool) -> Option<&'static str> {
     if !method.iter().copied().all(is_token_byte)
         || (method.is_empty() && (complete || first.is_some()))
     {
-        return Some("invalid method in request line");
+        return malformed("invalid method in request line");
     }
     let Some(first) = first else {
-        return complete.then_some("malformed request line");
+        return complete.then_some(LineFault::Malformed("malformed request line"));
     };
     let target = part(first + 1, second);
     if !is_target(target) {
-        return Some("invalid byte in request target");
+        return malformed("invalid byte in request target");
     }
     if target.is_empty() {
         // Empty so far is fine while the line is arriving and nothing follows.
-        return (complete || second.is_some()).then_some("malformed request line");
+        return (complete || second.is_some())
+            .then_some(LineFault::Malformed("malformed request line"));
     }
     let Some(second) = second else {
-        return complete.then_some("malformed request line");
+        return complete.then_some(LineFault::Malformed("malformed request line"));
     };
     if third.is_some() {
-        return Some("malformed request line");
+        return malformed("malformed request line");
     }
-    let version = part(second + 1, None);
-    // RFC 9112 §2.3: we speak HTTP/1.0 and HTTP/1.1 only.
-    let known = [&b"HTTP/1.1"[..], b"HTTP/1.0"];
-    let plausible = if complete {
-        known.contains(&version)
-    } else {
-        known.iter().any(|v| v.starts_with(version))
-    };
-    (!plausible).then_some("unsupported http version")
+    check_version(part(second + 1, None), complete)
+}
+
+/// A request line that cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineFault {
+    /// Not a request line (400), in these words.
+    Malformed(&'static str),
+    /// A well-formed request line in an HTTP major version other than 1
+    /// (505, RFC 9110 §15.6.6).
+    Version { major: u8, minor: u8 },
+}
+
+impl LineFault {
+    fn into_error(self) -> ProxyError {
+        match self {
+            LineFault::Malformed(msg) => bad(msg),
+            LineFault::Version { major, minor } => ProxyError::VersionNotSupported { major, minor },
+        }
+    }
+}
+
+/// Judges a request line's version, or as much of it as has arrived:
+/// `HTTP/` DIGIT `.` DIGIT (RFC 9112 §2.3). Any HTTP/1.x is served: a
+/// minor version above 1 as HTTP/1.1, the highest spoken here (RFC 9110
+/// §2.5). Another major version is well formed but refused.
+fn check_version(version: &[u8], complete: bool) -> Option<LineFault> {
+    const SHAPE: &[u8; 8] = b"HTTP/0.0";
+    let fits = version.len() <= SHAPE.len()
+        && version.iter().zip(SHAPE).all(|(&b, &shape)| match shape {
+            b'0' => b.is_ascii_digit(),
+            _ => b == shape,
+        });
+    if !fits || (complete && version.len() < SHAPE.len()) {
+        return Some(LineFault::Malformed("unsupported http version"));
+    }
+    match version {
+        [.., major, b'.', minor] if complete && *major != b'1' => Some(LineFault::Version {
+            major: major - b'0',
+            minor: minor - b'0',
+        }),
+        _ => None,
+    }
+}
+
+/// A copy of `buf` whose request line says HTTP/1.1 where it says a later
+/// HTTP/1.x, for httparse, which reads only 1.0 and 1.1 (see
+/// [`check_version`]). `None` when the line says something else.
+fn as_http_1_1(buf: &[u8]) -> Option<Vec<u8>> {
+    let (start, line, _) = first_line(buf);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let version_at = memchr::memrchr(b' ', line)? + 1;
+    match &line[version_at..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
+            let mut copy = buf.to_vec();
+            copy[start + version_at + 7] = b'1';
+            Some(copy)
+        }
+        _ => None,
+    }
 }

@@ -207,17 +207,78 @@ fn http_1_0_is_accepted_and_other_versions_are_not() {
         Version::Http10
     );
     for version in [
-        "HTTP/2.0",
-        "HTTP/1.2",
-        "HTTP/0.9",
         "HTTP/1.10",
         "http/1.1",
         "HTTP/1",
+        "HTTP/2",
+        "HTTP/a.b",
+        "HTTP/1.1x",
     ] {
         let buf = format!("GET http://h/ {version}\r\n\r\n");
         let msg = bad_request(buf.as_bytes());
         assert!(msg.contains("version"), "{version}: {msg}");
     }
+}
+
+/// RFC 9110 §2.5: a later minor version of HTTP/1 is served as HTTP/1.1.
+#[test]
+fn a_later_http_1_minor_version_is_read_as_http_1_1() {
+    let stream = b"GET http://h/a HTTP/1.2\r\nHost: h\r\nX: y\r\n\r\nGET http://h/b HTTP/1.1\r\n";
+    let head_len = stream.len() - b"GET http://h/b HTTP/1.1\r\n".len();
+    for end in 0..head_len {
+        match parse(&stream[..end]) {
+            Ok(Parsed::Partial) => {}
+            other => panic!("prefix of {end} bytes: {other:?}"),
+        }
+    }
+    let (parsed, len) = complete(stream);
+    assert_eq!(len, head_len);
+    assert_eq!(parsed.version, Version::Http11);
+    assert_eq!(parsed.target, "http://h/a");
+    assert_eq!(parsed.header("x"), Some(&b"y"[..]));
+    assert!(parsed.keep_alive());
+    assert_eq!(
+        head(b"GET http://h/ HTTP/1.9\r\nHost: h\r\n\r\n").version,
+        Version::Http11
+    );
+}
+
+/// RFC 9110 §15.6.6: a well-formed request line in another major version
+/// gets 505, whichever way its bytes arrive; a malformed one stays a 400.
+#[test]
+fn another_major_version_is_not_supported() {
+    for (version, major, minor) in [("HTTP/2.0", 2, 0), ("HTTP/0.9", 0, 9), ("HTTP/3.0", 3, 0)] {
+        let buf = format!("GET http://h/ {version}\r\nHost: h\r\n\r\n");
+        let buf = buf.as_bytes();
+        let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or_default();
+        for end in 0..=line_end {
+            match parse(&buf[..end]) {
+                Ok(Parsed::Partial) => {}
+                other => panic!("{version}, prefix of {end} bytes: {other:?}"),
+            }
+        }
+        for end in line_end + 1..=buf.len() {
+            match parse(&buf[..end]) {
+                Err(ProxyError::VersionNotSupported { major: m, minor: n }) => {
+                    assert_eq!((m, n), (major, minor), "{version}");
+                }
+                other => panic!("{version}, prefix of {end} bytes: {other:?}"),
+            }
+        }
+    }
+    let err = match parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") {
+        Err(err) => err,
+        other => panic!("the HTTP/2 preface: {other:?}"),
+    };
+    assert_eq!(
+        (err.status(), err.proxy_status()),
+        (505, "http_request_error")
+    );
+    assert!(
+        err.to_string().contains("HTTP/2.0 is not supported"),
+        "{err}"
+    );
+    assert!(err.closes_connection());
 }
 
 #[test]
