@@ -142,6 +142,9 @@ pub enum ProxyError {
     /// The origin's response head is over `max_header_bytes`.
     #[error("the origin's response head is over {limit} bytes (max_header_bytes)")]
     UpstreamHeadTooLarge { limit: usize },
+    /// The origin's response head has more header lines than are parsed.
+    #[error("the origin's response head has more than {limit} header lines")]
+    UpstreamTooManyHeaderLines { limit: usize },
     /// The origin's response has a transfer coding the proxy does not pass on.
     #[error("malformed upstream response: {0}")]
     UpstreamTransferCoding(String),
@@ -303,6 +306,7 @@ impl ProxyError {
                 | ProxyError::UpstreamClosed(_)
                 | ProxyError::UpstreamIncomplete(_)
                 | ProxyError::UpstreamHeadTooLarge { .. }
+                | ProxyError::UpstreamTooManyHeaderLines { .. }
                 | ProxyError::UpstreamTransferCoding(_)
                 | ProxyError::UpstreamBodyTooLarge { .. }
         )
@@ -340,7 +344,9 @@ impl ProxyError {
             UpstreamProtocol(_) => (502, "http_protocol_error"),
             UpstreamClosed(_) => (502, "connection_terminated"),
             UpstreamIncomplete(_) => (502, "http_response_incomplete"),
-            UpstreamHeadTooLarge { .. } => (502, "http_response_header_section_size"),
+            UpstreamHeadTooLarge { .. } | UpstreamTooManyHeaderLines { .. } => {
+                (502, "http_response_header_section_size")
+            }
             UpstreamTransferCoding(_) => (502, "http_response_transfer_coding"),
             UpstreamBodyTooLarge { .. } => (502, "http_response_body_size"),
             QueueFull | ShuttingDown | TooManyConnections { .. } => (503, "proxy_internal_error"),
@@ -521,6 +527,7 @@ mod tests {
             ProxyError::UpstreamClosed("x".into()),
             ProxyError::UpstreamIncomplete("x".into()),
             ProxyError::UpstreamHeadTooLarge { limit: 1 },
+            ProxyError::UpstreamTooManyHeaderLines { limit: 1 },
             ProxyError::UpstreamTransferCoding("x".into()),
             ProxyError::UpstreamBodyTooLarge { limit: 1 },
             ProxyError::QueueFull,
@@ -565,6 +572,7 @@ mod tests {
                 | ProxyError::UpstreamClosed(_)
                 | ProxyError::UpstreamIncomplete(_)
                 | ProxyError::UpstreamHeadTooLarge { .. }
+                | ProxyError::UpstreamTooManyHeaderLines { .. }
                 | ProxyError::UpstreamTransferCoding(_)
                 | ProxyError::UpstreamBodyTooLarge { .. }
                 | ProxyError::QueueFull

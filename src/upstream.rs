@@ -396,7 +396,7 @@ pub fn map_error(err: ureq::Error, authority: &str) -> ProxyError {
         E::LargeResponseHeader(_, limit) => ProxyError::UpstreamHeadTooLarge { limit },
         E::Tls(reason) => ProxyError::UpstreamTls(reason.to_string()),
         E::Rustls(tls_err) => tls_error(&tls_err),
-        E::Protocol(proto) => ProxyError::UpstreamProtocol(protocol_failure(&proto, authority)),
+        E::Protocol(proto) => protocol_failure(&proto, authority),
         E::BadUri(uri) => ProxyError::BadRequest(format!("bad URL {uri:?}")),
         E::Http(http_err) => ProxyError::BadRequest(http_err.to_string()),
         other => ProxyError::UpstreamProtocol(other.to_string()),
@@ -451,19 +451,33 @@ pub fn map_io_error(err: io::Error, authority: &str) -> ProxyError {
 
 /// A response that broke HTTP/1.1's rules, in words: the origin, and when
 /// its first line was no status line at all, that it may not speak HTTP
-/// (an SSH, SMTP or database port given by mistake).
-fn protocol_failure(proto: &impl std::fmt::Display, authority: &str) -> String {
+/// (an SSH, SMTP or database port given by mistake). A head of too many
+/// lines is too large a head, not a broken one.
+fn protocol_failure(proto: &impl std::fmt::Display, authority: &str) -> ProxyError {
     let said = proto.to_string();
+    if said == TOO_MANY_HEADERS {
+        return ProxyError::UpstreamTooManyHeaderLines {
+            limit: RESPONSE_HEADER_LINES,
+        };
+    }
     // ureq passes httparse's words on for a head it cannot read.
     let no_status_line = ["invalid HTTP version", "invalid response status"]
         .iter()
         .any(|why| said.ends_with(why));
-    if no_status_line {
+    ProxyError::UpstreamProtocol(if no_status_line {
         format!("{authority} did not answer in HTTP ({said}): is that port a web server?")
     } else {
         format!("{authority} broke the protocol: {said}")
-    }
+    })
 }
+
+/// How ureq words a response head with more header lines than it parses
+/// (`RESPONSE_HEADER_LINES`); it has no error of its own for that.
+const TOO_MANY_HEADERS: &str = "http parse resulted in too many headers";
+
+/// Most header lines ureq parses in a response head (ureq-proto's
+/// `MAX_RESPONSE_HEADERS`).
+const RESPONSE_HEADER_LINES: usize = 128;
 
 /// A TLS failure in words: rustls shows some certificate problems only as
 /// their debug names (`UnknownIssuer`, `Other(OtherError(CaUsedAsEndEntity))`).

@@ -20,6 +20,7 @@ use ureq::http::{self, HeaderName, HeaderValue};
 use crate::cache::fill::Fill;
 use crate::error::ProxyError;
 use crate::http::body::BodyFraming;
+use crate::http::field::is_token_byte;
 use crate::http::headers::{self, HopByHop};
 use crate::http::request::{RequestHead, Version};
 use crate::logging;
@@ -211,7 +212,8 @@ const BYTE_CODINGS: [&str; 7] = [
 /// faulty (its body would reach the client with the chunks' framing in it);
 /// a transfer coding that codes the bytes (`gzip, chunked`), which would
 /// reach the client with the coding dropped and the bytes still coded; and
-/// `chunked` followed by another coding.
+/// `chunked` followed by another coding, given parameters, or a coding
+/// that is no token (the body would reach the client still chunked).
 /// A coding it does not know is left as before (dropped with the field,
 /// the body framed as the rest of the head says), as the public cache
 /// tests expect. All are 502 `http_protocol_error`, but for the codings,
@@ -236,16 +238,34 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
             "the origin sent Transfer-Encoding in an HTTP/1.0 response".into(),
         ));
     }
-    let codings: Vec<String> = headers
+    let mut codings = Vec::new();
+    for element in headers
         .get_all(http::header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(|coding| {
-            let name = coding.split(|&b| b == b';').next().unwrap_or_default();
-            String::from_utf8_lossy(name.trim_ascii()).to_ascii_lowercase()
-        })
-        .filter(|coding| !coding.is_empty())
-        .collect();
+        .map(<[u8]>::trim_ascii)
+        .filter(|element| !element.is_empty())
+    {
+        let name = element.split(|&b| b == b';').next().unwrap_or_default();
+        let name = name.trim_ascii();
+        // ureq reads a body as chunked only where an element is the bare
+        // word: `chunked;x=1` or `"chunked"` would reach the client with
+        // the chunks' framing in its bytes, and be stored so.
+        if !name.iter().all(|&b| is_token_byte(b)) {
+            return Err(ProxyError::UpstreamTransferCoding(format!(
+                "the origin's Transfer-Encoding is malformed: {:?}",
+                String::from_utf8_lossy(element)
+            )));
+        }
+        if name.eq_ignore_ascii_case(b"chunked") && name.len() != element.len() {
+            return Err(ProxyError::UpstreamTransferCoding(format!(
+                "the origin's Transfer-Encoding gives chunked parameters, which it has none of \
+                 (RFC 9112 §7.1): {:?}",
+                String::from_utf8_lossy(element)
+            )));
+        }
+        codings.push(String::from_utf8_lossy(name).to_ascii_lowercase());
+    }
     if let Some(coding) = codings
         .iter()
         .find(|coding| BYTE_CODINGS.contains(&coding.as_str()))

@@ -1514,6 +1514,41 @@ fn chunked_before_another_transfer_coding_is_502_and_not_stored() {
 }
 
 #[test]
+fn chunked_with_parameters_or_quoted_is_502_and_not_stored() {
+    // ureq reads a body as chunked only where the element is the bare word;
+    // these would reach the client, and the cache, with the chunks' framing
+    // in the body.
+    for codings in [
+        "chunked;x=1",
+        "chunked ; x",
+        "\"chunked\"",
+        "gzip;q=1, Chunked;y",
+    ] {
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: {codings}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let origin = Origin::start(move |_| Reply::Raw(answer.clone().into_bytes()));
+        let proxy = Proxy::start();
+        for _ in 0..2 {
+            let reply = curl(proxy.addr, &origin.url("/param-chunked"), &[]);
+            assert_curl_error(codings, &reply, 502, "http_response_transfer_coding");
+        }
+        assert_eq!(origin.requests().len(), 2, "{codings}: nothing stored");
+    }
+    // The bare word in any case is read as chunked.
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding:  ChunKed \r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+    });
+    let proxy = Proxy::start();
+    let reply = curl(proxy.addr, &origin.url("/cased"), &[]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.body, b"hello");
+}
+
+#[test]
 fn an_http_1_0_response_with_transfer_encoding_is_502_and_not_stored() {
     // RFC 9112 §6.1: its framing is faulty. Passed on, the chunks' framing
     // would reach the client as part of the body.
@@ -2076,6 +2111,30 @@ fn malformed_upstream_heads_are_502_http_protocol_error() {
             response.head
         );
         assert_raw_error(&request, &response, 502, "http_protocol_error");
+    }
+}
+
+#[test]
+fn an_upstream_head_over_the_limits_is_502_header_section_size() {
+    let proxy = Proxy::with(|c| c.max_header_bytes = 8 * 1024);
+    let mut many_lines = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+    for n in 0..200 {
+        many_lines.extend_from_slice(format!("X-{n}: v\r\n").as_bytes());
+    }
+    many_lines.extend_from_slice(b"\r\nok");
+    let mut long = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+    long.extend_from_slice(format!("X-Long: {}\r\n\r\nok", "v".repeat(10_000)).as_bytes());
+    for (sent, words) in [(many_lines, "header lines"), (long, "bytes")] {
+        let origin = Origin::start(move |_| Reply::Raw(sent.clone()));
+        let request = get_request(&origin.url("/big-head"), "");
+        let response = exchange(proxy.addr, &request, LIMIT);
+        assert_raw_error(
+            &request,
+            &response,
+            502,
+            "http_response_header_section_size",
+        );
+        assert!(response.text().contains(words), "{}", response.text());
     }
 }
 
