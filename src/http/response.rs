@@ -6,6 +6,7 @@
 use ureq::http::StatusCode;
 
 use crate::error::ProxyError;
+use crate::http::headers::http_date;
 
 /// Longest `details` text in a `Proxy-Status` header, escapes included.
 const MAX_DETAILS_BYTES: usize = 256;
@@ -41,9 +42,14 @@ impl Persistence {
 pub struct Head(Vec<u8>);
 
 impl Head {
-    /// A head with `status` and its canonical reason phrase.
+    /// The head of an answer of the proxy's own: `status`, its canonical
+    /// reason phrase, and `Date`, which the proxy as the origin of the
+    /// answer sends (RFC 9110 §6.6.1).
     pub fn new(status: u16) -> Head {
-        Head::with_reason(status, reason_phrase(status))
+        let mut head = Head::with_reason(status, reason_phrase(status));
+        let now = http_date(std::time::SystemTime::now());
+        head.header("Date", now.as_bytes());
+        head
     }
 
     /// A head with `status` and `reason`.
@@ -260,6 +266,21 @@ mod tests {
         );
     }
 
+    /// `out` as text with its `Date` line taken out, after checking that it
+    /// is the second line and an HTTP date of now.
+    fn dated(out: &[u8]) -> String {
+        let text = String::from_utf8_lossy(out).into_owned();
+        let mut lines: Vec<&str> = text.split("\r\n").collect();
+        let date = lines.remove(1);
+        let value = date
+            .strip_prefix("Date: ")
+            .unwrap_or_else(|| panic!("{text}"));
+        let at = httpdate::parse_http_date(value).unwrap_or_else(|_| panic!("{text}"));
+        let age = std::time::SystemTime::now().duration_since(at);
+        assert!(age.is_ok_and(|age| age.as_secs() < 60), "{text}");
+        lines.join("\r\n")
+    }
+
     #[test]
     fn loop_error_response_has_exact_bytes() {
         let out = error_response(&ProxyError::LoopDetected, "req-1", KEEP, false).0;
@@ -274,7 +295,7 @@ mod tests {
              {message}\n",
             message.len() + 1
         );
-        assert_eq!(String::from_utf8_lossy(&out), expected);
+        assert_eq!(dated(&out), expected);
     }
 
     #[test]
@@ -310,6 +331,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "Date",
                 "Content-Type",
                 "Content-Length",
                 "Proxy-Status",
@@ -350,7 +372,7 @@ mod tests {
             head.header("Content-Length", b"0");
             let out = head.finish("r", persistence);
             let expected = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n{end}");
-            assert_eq!(String::from_utf8_lossy(&out), expected);
+            assert_eq!(dated(&out), expected);
         }
     }
 

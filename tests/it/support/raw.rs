@@ -189,6 +189,11 @@ pub fn check_proxy_error(
         "want text/plain\n{all}"
     );
     assert!(get("x-request-id").is_some(), "want X-Request-Id\n{all}");
+    // RFC 9110 §6.6.1: the proxy is the origin of its own answers.
+    assert!(
+        get("date").is_some_and(|v| httpdate::parse_http_date(v).is_ok()),
+        "want Date\n{all}"
+    );
     assert!(
         body_text.trim().len() >= 10,
         "want a body that explains the error\n{all}"
