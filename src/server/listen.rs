@@ -21,9 +21,16 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(
-        "open-files limit {limit} is too low for max_connections = {max_connections}; raise it (ulimit -n) or lower max_connections"
+        "open-files limit {limit} (as far as its hard limit lets it be raised) is too low for \
+         max_connections = {max_connections}: at most {fits} fit; give --max-connections {fits} \
+         (or max_connections in the config file), or raise the hard limit (LimitNOFILE= under \
+         systemd, `ulimit -Hn` as root)"
     )]
-    FileLimit { limit: u64, max_connections: usize },
+    FileLimit {
+        limit: u64,
+        max_connections: usize,
+        fits: usize,
+    },
     #[error("cannot start the cache: {0}")]
     Cache(#[from] crate::cache::CacheError),
     #[error("{0}")]
@@ -90,28 +97,66 @@ pub fn connection_files(config: &ServeConfig) -> u64 {
 /// Raises the open-files limit to fit the connections
 /// ([`connection_files`], and at least two per client, as a thread per
 /// client and origin would hold) and `extra` more (the cache's memory
-/// files), as far as the hard limit allows, and returns it.
+/// files), as far as the hard limit allows, fits the connection limits to
+/// it (see [`fit_connections`]), and returns it.
 ///
 /// # Errors
-/// `FileLimit` when even `max_connections` client sockets would not fit.
-pub fn raise_file_limit(config: &ServeConfig, extra: usize) -> Result<u64, StartError> {
-    let spare = 64;
-    let max_connections = config.max_connections;
+/// `FileLimit` when a `max_connections` that was given does not fit.
+pub fn raise_file_limit(config: &mut ServeConfig, extra: usize) -> Result<u64, StartError> {
     let needed = connection_files(config);
-    let wanted = needed.max(max_connections as u64 * 2 + spare) + extra as u64;
+    let wanted = needed.max(config.max_connections as u64 * 2 + 64) + extra as u64;
     let limit = rlimit::increase_nofile_limit(wanted)?;
-    if limit < max_connections as u64 + spare {
+    fit_connections(config, limit)?;
+    Ok(limit)
+}
+
+/// Fewest client connections the default is lowered to; below that the
+/// start fails instead.
+const FEWEST_FITTED: usize = 64;
+
+/// Fits the connection limits to the open-files limit `limit`. The
+/// default `max_connections` (10,000) is lowered to what fits, with a
+/// warning, as nginx and Squid start with fewer descriptors than they were
+/// configured for: a machine whose hard limit is 4,096 is common, and the
+/// proxy should start there as it is. A `max_connections` given that
+/// leaves no room for one descriptor per client is refused, and one that
+/// leaves too little for their origins too is warned of.
+///
+/// # Errors
+/// `FileLimit` when the clients' own sockets would not fit.
+pub fn fit_connections(config: &mut ServeConfig, limit: u64) -> Result<(), StartError> {
+    let needed = connection_files(config);
+    if limit >= needed {
+        return Ok(());
+    }
+    let max_connections = config.max_connections;
+    let others = needed - max_connections as u64;
+    let fits = usize::try_from(limit.saturating_sub(others)).unwrap_or(usize::MAX);
+    let raise = "raise the hard limit (LimitNOFILE= under systemd, `ulimit -Hn` as root)";
+    if max_connections == ServeConfig::default().max_connections && fits >= FEWEST_FITTED {
+        log::warn!(
+            "open-files limit {limit} leaves room for {fits} client connections: max_connections \
+             lowered from {max_connections} to {fits}; to serve more, {raise}"
+        );
+        config.max_connections = fits;
+        config.max_tunnels = config.max_tunnels.min(fits);
+        config.max_conns_per_client = config.max_conns_per_client.min(fits);
+        return Ok(());
+    }
+    // The clients' own sockets, and a few for listeners and logs.
+    if limit < max_connections as u64 + 64 {
         return Err(StartError::FileLimit {
             limit,
             max_connections,
+            fits,
         });
     }
-    if limit < needed {
-        log::warn!(
-            "open-files limit {limit} covers fewer than {max_connections} proxied connections"
-        );
-    }
-    Ok(limit)
+    log::warn!(
+        "open-files limit {limit} covers fewer than max_connections = {max_connections} proxied \
+         connections (each holds one to its origin too): {fits} fit; give --max-connections \
+         {fits}, or {raise}"
+    );
+    Ok(())
 }
 
 /// Sets what every client socket needs: no Nagle delay, and the timeouts
@@ -166,5 +211,46 @@ mod tests {
         assert!(text.starts_with("cannot listen on 127.0.0.1:"), "{text}");
         assert!(text.contains("another process holds it"), "{text}");
         assert!(text.contains("--listen"), "{text}");
+    }
+
+    /// The default configuration's workers (512) and tunnels (1,000) hold
+    /// 3 x 512 + 1,000 + 256 spare = 2,792 descriptors beside the clients.
+    #[test]
+    fn the_default_max_connections_is_fitted_to_a_low_limit() {
+        let mut config = ServeConfig::default();
+        assert_eq!(connection_files(&config), 10_000 + 2_792);
+        fit_connections(&mut config, 4_096).expect("fitted");
+        assert_eq!(config.max_connections, 4_096 - 2_792);
+        assert_eq!(config.max_tunnels, 1_000);
+        assert_eq!(config.max_conns_per_client, 4_096 - 2_792);
+        assert!(connection_files(&config) <= 4_096);
+
+        let mut config = ServeConfig::default();
+        fit_connections(&mut config, 20_000).expect("room enough");
+        assert_eq!(config.max_connections, 10_000);
+        // Too few for even a few dozen clients beside the workers: refused.
+        let mut config = ServeConfig::default();
+        assert!(fit_connections(&mut config, 2_800).is_err());
+    }
+
+    #[test]
+    fn a_max_connections_given_is_kept_or_refused_with_what_fits() {
+        let mut config = ServeConfig {
+            max_connections: 5_000,
+            ..ServeConfig::default()
+        };
+        let err = fit_connections(&mut config, 4_096).expect_err("5,000 do not fit");
+        let text = err.to_string();
+        assert!(text.contains("at most 1304 fit"), "{text}");
+        assert!(text.contains("--max-connections 1304"), "{text}");
+        assert!(text.contains("LimitNOFILE="), "{text}");
+        assert_eq!(config.max_connections, 5_000);
+        // The clients' sockets fit, their origins' not all: kept, warned of.
+        let mut config = ServeConfig {
+            max_connections: 3_000,
+            ..ServeConfig::default()
+        };
+        fit_connections(&mut config, 4_096).expect("kept");
+        assert_eq!(config.max_connections, 3_000);
     }
 }

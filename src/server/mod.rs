@@ -221,9 +221,9 @@ impl Running {
 ///
 /// # Errors
 /// `StartError` when a listener or thread cannot be set up.
-pub fn start(config: ServeConfig) -> Result<Running, StartError> {
+pub fn start(mut config: ServeConfig) -> Result<Running, StartError> {
     let tls = crate::upstream::tls_config(&config)?;
-    let file_limit = listen::raise_file_limit(&config, cached::PAGE_FILES_MAX)?;
+    let file_limit = listen::raise_file_limit(&mut config, cached::PAGE_FILES_MAX)?;
     let listeners = listen::bind(&config)?;
     let addrs = listeners
         .iter()
@@ -309,8 +309,11 @@ pub fn run(config: ServeConfig, load: Option<LoadConfig>) -> Result<Stopped, Sta
     // as soon as its startup lines show, drains or reloads it; it does not
     // kill the process.
     let signals = crate::shutdown::Signals::register()?;
+    // A reload is judged against the settings as given, not as the start
+    // fitted them to the open-files limit.
+    let base = config.clone();
     let running = start(config)?;
-    let (rules, base) = (running.rules.clone(), running.config.clone());
+    let rules = running.rules.clone();
     signals.serve(running.shutdown().clone(), move || match &load {
         Some(load) => rules.reload(&base, load()),
         None => log::info!(

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::raw::{Exchange, Response, exchange_until_close, read_to_close};
 use crate::support::{
-    Gate, Origin, Proxy, Reply, gated_origin, read_response, read_until_close, wait_until,
+    Gate, Origin, Proxy, ProxyProcess, Reply, curl, gated_origin, read_response, read_until_close,
+    wait_until,
 };
 
 /// Time allowed for anything that is not itself the subject of a test.
@@ -999,4 +1001,33 @@ fn a_long_target_after_an_empty_line_is_refused_as_it_arrives() {
     let got = read_to_close(&mut stream, LIMIT);
     let statuses: Vec<u16> = got.responses().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [414], "got {:?}", got.text());
+}
+
+/// A machine whose hard open-files limit is 4,096 (common) runs the proxy
+/// at its defaults: `max_connections` is lowered to what fits beside the
+/// workers' and tunnels' descriptors, with a warning saying how to serve
+/// more, and requests are served. A `max_connections` given that does not
+/// fit stops the start with the value that would.
+#[test]
+fn the_defaults_start_under_a_low_hard_file_limit() {
+    let origin = Origin::fixed("text/plain", b"hello");
+    let proxy = ProxyProcess::start_with_file_limit(4096, &["--allow-dest", "127.0.0.0/8"]);
+    let log = proxy.log().join("\n");
+    assert!(
+        log.contains("max_connections lowered from 10000 to 1304") && log.contains("LimitNOFILE="),
+        "{log}"
+    );
+    let reply = curl(proxy.addr, &origin.url("/"), &[]);
+    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"hello"[..]));
+
+    let given = Command::new("sh")
+        .args(["-c", "ulimit -n 4096 && exec \"$0\" serve \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_fetchproxy"))
+        .args(["--listen", "127.0.0.1:0", "--max-connections", "5000"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run fetchproxy under sh");
+    let stderr = String::from_utf8_lossy(&given.stderr);
+    assert_eq!(given.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-connections 1304"), "{stderr}");
 }

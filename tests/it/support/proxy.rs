@@ -94,9 +94,29 @@ impl ProxyProcess {
     /// Starts `fetchproxy serve ARGS...` with exactly the arguments given and
     /// waits up to 20 s for its "listening on" line.
     pub fn spawn(args: &[&str]) -> Result<ProxyProcess, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fetchproxy"))
-            .arg("serve")
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fetchproxy"));
+        command.arg("serve").args(args);
+        ProxyProcess::spawn_command(command, args)
+    }
+
+    /// [`ProxyProcess::start`] with the open-files limit, soft and hard,
+    /// lowered to `limit` (by `sh`'s `ulimit -n`, then `exec`).
+    pub fn start_with_file_limit(limit: u64, args: &[&str]) -> ProxyProcess {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut command = Command::new("sh");
+        command
+            .args([
+                "-c",
+                &format!("ulimit -n {limit} && exec \"$0\" serve \"$@\""),
+            ])
+            .arg(env!("CARGO_BIN_EXE_fetchproxy"))
+            .args(&all);
+        ProxyProcess::spawn_command(command, &all).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    fn spawn_command(mut command: Command, args: &[&str]) -> Result<ProxyProcess, String> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
