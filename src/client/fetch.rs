@@ -181,9 +181,10 @@ impl Settings {
 ///
 /// Each attempt goes to the first proxy in the URL's order not yet tried
 /// in this round. A proxy that refuses the connection is passed over at
-/// once, free of charge: the request never left. A 503 or a broken
-/// connection moves on to the next proxy as a retry. Once every proxy had
-/// its turn, the next round waits (Retry-After, or backoff) as a retry.
+/// once, free of charge: the request never left, and it is not counted
+/// in `Seen::attempts`. A 503 or a broken connection moves on to the next
+/// proxy, which is a retry once the request reaches it. Once every proxy
+/// had its turn, the next round waits (Retry-After, or backoff) as a retry.
 pub fn fetch<S: Sink>(
     conns: &mut [ProxyConnection],
     url: &Url,
@@ -203,6 +204,9 @@ pub fn fetch<S: Sink>(
     let mut last: Option<FetchError> = None;
     let mut last_answered = false;
     let mut attempts = 0;
+    // Set when an attempt failed over: the next request that reaches a
+    // proxy in this round is a retry.
+    let mut failed_over = false;
     let result = loop {
         let next = fleet.order_for(url).into_iter().find(|&i| !tried[i]);
         let Some(i) = next else {
@@ -220,6 +224,7 @@ pub fn fetch<S: Sink>(
             retries_left -= 1;
             round += 1;
             tried.fill(false);
+            failed_over = false;
             log::debug!("retry round {round} for {url} after {err}");
             last = Some(err);
             continue;
@@ -232,9 +237,14 @@ pub fn fetch<S: Sink>(
             settings,
         };
         let mut this = Seen::default();
-        attempts += 1;
         let sent = fleet.now();
         let outcome = attempt.run(url, sink, report, &mut this);
+        if !matches!(&outcome, Err(err) if err.is_connect_failure()) {
+            attempts += 1;
+            if std::mem::take(&mut failed_over) {
+                retries_left = retries_left.saturating_sub(1);
+            }
+        }
         let answered = this.status.is_some();
         if answered {
             // Any answer, a 404 as well as a 200, says the proxy is up.
@@ -269,11 +279,12 @@ pub fn fetch<S: Sink>(
             }
             Err(err) if err.is_retryable() && sink.can_retry() => {
                 if tried.iter().any(|t| !t) {
-                    // Failing over to the next proxy at once is a retry too.
+                    // Failing over to the next proxy at once is a retry
+                    // too, charged once the request reaches one.
                     if retries_left == 0 {
                         break Err(settle(err, &mut last));
                     }
-                    retries_left -= 1;
+                    failed_over = true;
                 }
                 if answered || !last_answered {
                     last = Some(err);

@@ -388,6 +388,22 @@ fn a_proxy_that_answers_503_is_failed_over() {
     assert_eq!(failed, first_on_busy);
 }
 
+/// A stopped proxy in the list costs no retry and is no attempt: with one
+/// proxy up and an origin that always answers 503, `--retries 2` makes
+/// three requests, as with that proxy alone, and says so.
+#[test]
+fn a_stopped_proxy_costs_no_retry_of_a_url_that_keeps_failing() {
+    let origin = Origin::start(|_| Reply::status(503));
+    let good = Proxy::start();
+    let spec = format!("{},{}", good.addr, dead_port());
+    let url = origin.url("/always-503");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ran = fetch(dir.path(), &["--proxy", &spec, "--retries", "2", &url]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(origin.requests().len(), 3, "{}", ran.stderr);
+    assert!(ran.stderr.contains("after 3 attempts"), "{}", ran.stderr);
+}
+
 #[test]
 fn no_proxy_of_several_answering_is_one_usage_error() {
     let (x, y) = (dead_port(), dead_port());
