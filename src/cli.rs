@@ -244,7 +244,7 @@ pub struct FetchArgs {
     /// Fetch again and replace files the manifest already records.
     #[arg(long)]
     pub overwrite: bool,
-    /// No progress bar or per-URL lines; only the summary and errors.
+    /// No progress bar or per-URL lines; only errors, warnings and the summary.
     #[arg(long, short = 'q')]
     pub quiet: bool,
     /// A request header to send, 'Name: value'; repeatable. 'Name:' with no

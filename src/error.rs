@@ -88,7 +88,7 @@ pub enum ProxyError {
     ClientDenied { addr: IpAddr },
     /// A PURGE from a client outside `purge_clients`.
     #[error(
-        "client {addr} may not purge the cache; allow it with --purge-client {addr} (or purge_clients in the config file)"
+        "client {addr} may not purge the cache; to allow it, add --purge-client {addr} to the ranges given (a list given replaces the default, loopback), or {addr} to purge_clients in the config file"
     )]
     PurgeDenied { addr: IpAddr },
     /// The destination address is not globally routable and no `allow_dest` covers it.

@@ -160,6 +160,12 @@ impl Running {
                 joined(&config.allow_clients)
             );
         }
+        if config.purge_clients != defaults.purge_clients {
+            log::info!(
+                "PURGE: from {} only (the list given replaces the default: loopback)",
+                joined(&config.purge_clients)
+            );
+        }
         match config.users.len() {
             0 => {}
             1 => log::info!("proxy authentication on for 1 user"),

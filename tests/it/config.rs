@@ -443,6 +443,8 @@ fn a_list_given_in_place_of_its_default_is_said_at_startup() {
         "8443",
         "--allow-client",
         "127.0.0.0/8",
+        "--purge-client",
+        "10.0.0.0/8",
     ]);
     for (starts, says) in [
         (
@@ -456,6 +458,10 @@ fn a_list_given_in_place_of_its_default_is_said_at_startup() {
         (
             "clients:",
             "clients: 127.0.0.0/8 only (the list given replaces",
+        ),
+        (
+            "PURGE:",
+            "PURGE: from 10.0.0.0/8 only (the list given replaces the default: loopback)",
         ),
     ] {
         let line = narrowed.wait_for_log(starts, LIMIT);
