@@ -251,7 +251,7 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
         // ureq reads a body as chunked only where an element is the bare
         // word: `chunked;x=1` or `"chunked"` would reach the client with
         // the chunks' framing in its bytes, and be stored so.
-        if !name.iter().all(|&b| is_token_byte(b)) {
+        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
             return Err(ProxyError::UpstreamTransferCoding(format!(
                 "the origin's Transfer-Encoding is malformed: {:?}",
                 String::from_utf8_lossy(element)

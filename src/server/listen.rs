@@ -101,7 +101,7 @@ pub fn connection_files(config: &ServeConfig) -> u64 {
 /// it (see [`fit_connections`]), and returns it.
 ///
 /// # Errors
-/// `FileLimit` when a `max_connections` that was given does not fit.
+/// `FileLimit` when the clients' own sockets would not fit.
 pub fn raise_file_limit(config: &mut ServeConfig, extra: usize) -> Result<u64, StartError> {
     let needed = connection_files(config);
     let wanted = needed.max(config.max_connections as u64 * 2 + 64) + extra as u64;

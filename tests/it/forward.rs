@@ -1523,6 +1523,7 @@ fn chunked_with_parameters_or_quoted_is_502_and_not_stored() {
         "chunked ; x",
         "\"chunked\"",
         "gzip;q=1, Chunked;y",
+        ";x, chunked",
     ] {
         let answer = format!(
             "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: {codings}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
