@@ -207,6 +207,19 @@ impl Sources<'_> {
         ))
     }
 
+    /// Whether the line of `at` is `key =` with no value after it (the
+    /// parser then speaks of quotes, which misleads).
+    fn value_missing(&self, at: &Range<usize>) -> bool {
+        let Some(text) = self.file.lines().nth(self.line(at) - 1) else {
+            return false;
+        };
+        let Some((key, value)) = text.split_once('=') else {
+            return false;
+        };
+        let value = value.split('#').next().unwrap_or_default();
+        !key.trim().is_empty() && value.trim().is_empty()
+    }
+
     /// The value at `at` as written, if it fits on a line.
     fn shown(&self, key: &str, at: &Range<usize>) -> Option<String> {
         let (text, is_flag) = if self.is_flag(key) {
@@ -406,6 +419,9 @@ fn syntax_problems(sources: &Sources<'_>, errors: &[toml::de::Error]) -> Vec<Pro
         if !problems.iter().any(|p| p.origin == origin) {
             let reason = match sources.duplicate(err.message(), &at) {
                 Some(said) => said,
+                None if sources.value_missing(&at) => {
+                    "no value after `=`: give one, or comment the line out with `#`".to_string()
+                }
                 None if err.message().contains("invalid date") && sources.sets_ports(&at) => {
                     format!(
                         "{}; a range of ports is quoted in TOML: \"1024-65535\"",

@@ -219,6 +219,21 @@ fn a_key_set_twice_is_named_with_the_line_that_set_it_first() {
 }
 
 #[test]
+fn a_key_without_a_value_is_named_so() {
+    for text in ["workers = \n", "queue = 8\nworkers =   # later\n"] {
+        let line = text.lines().count();
+        assert_eq!(
+            message(text),
+            format!(
+                "fetchproxy.toml:{line}: no value after `=`: give one, or comment the line out \
+                 with `#`"
+            ),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
 fn a_bare_text_value_is_shown_quoted() {
     assert_eq!(
         message("workers = 4\nlisten = 127.0.0.1:8092\n"),
