@@ -247,7 +247,9 @@ impl Sources<'_> {
         err: &toml::de::Error,
     ) -> Problem {
         let name = key.get_ref().as_ref();
-        let at = err.span().unwrap_or_else(|| value.span());
+        let at = key_named_in(value.get_ref(), err.message())
+            .or_else(|| err.span())
+            .unwrap_or_else(|| value.span());
         // Tables (`[[users]]`) are not quoted back: they hold password hashes.
         let shown = if holds_table(value.get_ref()) {
             None
@@ -261,6 +263,34 @@ impl Sources<'_> {
             reason: one_line(err.message()),
         }
     }
+}
+
+/// Where, inside `value`'s tables (`[[users]]`), the key is that `message`
+/// is about (one unknown, misplaced or not text), so that the problem is
+/// shown at its own line rather than at the table's header.
+fn key_named_in(value: &DeValue<'_>, message: &str) -> Option<Range<usize>> {
+    let tables: Vec<&DeTable<'_>> = match value {
+        DeValue::Table(table) => vec![table],
+        DeValue::Array(items) => items
+            .iter()
+            .filter_map(|item| match item.get_ref() {
+                DeValue::Table(table) => Some(table),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    tables
+        .into_iter()
+        .flat_map(|table| table.iter())
+        .map(|(key, _)| key)
+        .find(|key| {
+            let key = key.get_ref().as_ref();
+            message.contains(&format!("{key:?}"))
+                || message.contains(&format!("{key}:"))
+                || message.starts_with(&format!("{key} "))
+        })
+        .map(Spanned::span)
 }
 
 /// Reads the flags over the file (`path` and its text) over the defaults.

@@ -387,6 +387,7 @@ fn a_bad_list_element_is_reported_at_its_own_line() {
     assert!(message("connect_ports = [0]").contains("expected a port number from 1 to 65535"));
 }
 
+/// Each at the line of the key at fault, in its own table.
 #[test]
 fn every_bad_user_is_reported_at_its_own_table() {
     let file = format!(
@@ -400,11 +401,11 @@ fn every_bad_user_is_reported_at_its_own_table() {
         .collect();
     assert_eq!(found.len(), 2, "{found:#?}");
     assert!(
-        found[0].starts_with("fetchproxy.toml:5: users: unknown key \"password\""),
+        found[0].starts_with("fetchproxy.toml:7: users: unknown key \"password\""),
         "{found:#?}"
     );
     assert!(
-        found[1].starts_with("fetchproxy.toml:9: users: user \"c\": password_hash:"),
+        found[1].starts_with("fetchproxy.toml:11: users: user \"c\": password_hash:"),
         "{found:#?}"
     );
     assert!(!found[1].contains("plain"), "{found:#?}");
@@ -661,7 +662,7 @@ fn bad_users_name_the_user_but_never_echo_the_hash() {
     let text = user("alice", "plain-password");
     assert!(
         text.starts_with(
-            "fetchproxy.toml:2: users: user \"alice\": password_hash: not a PHC string"
+            "fetchproxy.toml:4: users: user \"alice\": password_hash: not a PHC string"
         ),
         "{text}"
     );
@@ -678,12 +679,20 @@ fn bad_users_name_the_user_but_never_echo_the_hash() {
     let text = message("[[users]]\nname = \"a\"\npassword = \"x\"\n");
     assert_eq!(
         text,
-        "fetchproxy.toml:1: users: unknown key \"password\" in [[users]]; expected a [[users]] table with name and password_hash"
+        "fetchproxy.toml:3: users: unknown key \"password\" in [[users]]; expected a [[users]] table with name and password_hash"
     );
     let after = format!("[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\nworkers = 3\n");
     assert_eq!(
         message(&after),
-        "fetchproxy.toml:1: users: workers is set inside a [[users]] table, where it means nothing: move it above the first [[users]] line"
+        "fetchproxy.toml:4: users: workers is set inside a [[users]] table, where it means nothing: move it above the first [[users]] line"
+    );
+    // A value that is no text is shown at its own line, in the second table.
+    let second = format!(
+        "[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n[[users]]\nname = 7\npassword_hash = \"{HASH}\"\n"
+    );
+    assert_eq!(
+        message(&second),
+        "fetchproxy.toml:5: users: name in [[users]] is not a string in quotes"
     );
     let inline = format!(
         "users = [{{ name = \"a\", password_hash = \"{}\" }}]\n",
