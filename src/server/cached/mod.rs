@@ -121,7 +121,57 @@ pub fn open(config: &ServeConfig, page_files: usize) -> Result<Cache, CacheError
             size(cache.memory_max_object()),
         );
     }
+    if let Some(warning) = memory_warning(config.cache_mem, usable_memory()) {
+        log::warn!("{warning}");
+    }
     Ok(cache)
+}
+
+/// A warning when `cache_mem` takes more than half of `usable` bytes (the
+/// machine's memory, or its cgroup's limit): the cache fills up to its
+/// budget, and the rest of the process and the kernel's buffers need room
+/// too, or the kernel's out-of-memory killer ends the proxy.
+fn memory_warning(cache_mem: u64, usable: Option<u64>) -> Option<String> {
+    let usable = usable?;
+    (cache_mem > usable / 2).then(|| {
+        format!(
+            "cache_mem {} is more than half of the {} of memory this process may use: \
+             when the cache fills, the proxy may run out of memory; lower --cache-mem",
+            size_text(cache_mem),
+            roughly(usable)
+        )
+    })
+}
+
+/// `bytes` to a tenth of a GiB (or a MiB, below one GiB).
+fn roughly(bytes: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    let mib = bytes as f64 / MIB;
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.0} MiB")
+    }
+}
+
+/// The memory this process may use: the machine's, or less where its
+/// cgroup sets a limit (a container). `None` where neither can be read.
+fn usable_memory() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        });
+    // cgroup v2; "max" (no limit) does not parse.
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    match (total, limit) {
+        (Some(total), Some(limit)) => Some(total.min(limit)),
+        (one, other) => one.or(other),
+    }
 }
 
 /// One forwarded request, as every step of the cache phase sees it.
@@ -367,5 +417,21 @@ mod tests {
         config.cache_dir = Some("/var/cache/fetchproxy".into());
         assert_eq!(page_files(needed + 100, &config), 0, "a file per worker");
         assert_eq!(page_files(needed + 612, &config), 100);
+    }
+
+    #[test]
+    fn a_cache_over_half_the_memory_is_warned_of() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(memory_warning(256 * MIB, Some(512 * MIB)), None);
+        assert_eq!(memory_warning(256 * MIB, None), None);
+        let warning = memory_warning(1 << 40, Some(23 << 30)).expect("1 TiB of 23 GiB");
+        assert!(
+            warning.starts_with("cache_mem 1TiB is more than half of the 23.0 GiB"),
+            "{warning}"
+        );
+        assert!(warning.contains("--cache-mem"), "{warning}");
+        assert!(memory_warning(300 * MIB, Some(512 * MIB)).is_some());
+        // This machine's memory, or its container's, is readable here.
+        assert!(usable_memory().is_some_and(|bytes| bytes > 0));
     }
 }
