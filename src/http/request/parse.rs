@@ -68,6 +68,14 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
     // how they were split into reads.
     let buf = &buf[..buf.len().min(limits.max_header_bytes)];
     check_line_so_far(buf, limits)?;
+    // More is needed, unless the head has filled all the room it has.
+    let partial = || {
+        if buf.len() >= limits.max_header_bytes {
+            Err(head_too_large())
+        } else {
+            Ok(Parsed::Partial)
+        }
+    };
 
     // Left uninitialised: httparse writes the slots it fills, and zeroing
     // 128 of them on every request would cost more than the parse.
@@ -91,12 +99,7 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
             head.check_host()?;
             Ok(Parsed::Complete { head, head_len })
         }
-        Ok(httparse::Status::Partial) => {
-            if buf.len() >= limits.max_header_bytes {
-                return Err(head_too_large());
-            }
-            Ok(Parsed::Partial)
-        }
+        Ok(httparse::Status::Partial) => partial(),
         Err(httparse::Error::TooManyHeaders) => {
             Err(ProxyError::TooManyHeaderLines { limit: MAX_HEADERS })
         }
@@ -104,7 +107,7 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, ProxyError>
             Some(copy) => parse_head(&copy, limits),
             // httparse gives up on a version before its line ends; what
             // has arrived of it passed `check_line_so_far`.
-            None if !request_line_ended(buf) => Ok(Parsed::Partial),
+            None if !request_line_ended(buf) => partial(),
             None => Err(bad("unsupported http version")),
         },
         Err(err) => Err(bad(&describe(buf, err))),

@@ -243,6 +243,23 @@ fn a_later_http_1_minor_version_is_read_as_http_1_1() {
     );
 }
 
+/// A head that fills its room while its version is still arriving is too
+/// large then, not left waiting for bytes that will never be looked at.
+#[test]
+fn a_version_cut_by_the_head_limit_is_too_large() {
+    let limits = HeadLimits {
+        max_header_bytes: 64,
+        max_url_bytes: 64,
+    };
+    let target = format!("http://h/{}", "a".repeat(44));
+    let buf = format!("GET {target} HTTP/2.0\r\nHost: h\r\n\r\n");
+    assert_eq!(buf.find("HTTP/2").map(|at| at + 6), Some(64));
+    match parse_head(buf.as_bytes(), &limits) {
+        Err(ProxyError::HeadTooLarge { limit: 64 }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
 /// RFC 9110 §15.6.6: a well-formed request line in another major version
 /// gets 505, whichever way its bytes arrive; a malformed one stays a 400.
 #[test]
