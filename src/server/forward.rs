@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::http::body::BodyFraming;
 use crate::http::field::is_token_byte;
 use crate::http::headers::{self, HopByHop};
-use crate::http::request::{RequestHead, Version};
+use crate::http::request::{RequestHead, Version, list_elements};
 use crate::logging;
 use crate::rules::Rules;
 use crate::server::conn::ClientConn;
@@ -238,33 +238,23 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
             "the origin sent Transfer-Encoding in an HTTP/1.0 response".into(),
         ));
     }
+    let malformed = |value: &[u8]| {
+        ProxyError::UpstreamTransferCoding(format!(
+            "the origin's Transfer-Encoding is malformed: {:?}",
+            String::from_utf8_lossy(value)
+        ))
+    };
     let mut codings = Vec::new();
-    for element in headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|element| !element.is_empty())
-    {
-        let name = element.split(|&b| b == b';').next().unwrap_or_default();
-        let name = name.trim_ascii();
-        // ureq reads a body as chunked only where an element is the bare
-        // word: `chunked;x=1` or `"chunked"` would reach the client with
-        // the chunks' framing in its bytes, and be stored so.
-        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
-            return Err(ProxyError::UpstreamTransferCoding(format!(
-                "the origin's Transfer-Encoding is malformed: {:?}",
-                String::from_utf8_lossy(element)
-            )));
+    for value in headers.get_all(http::header::TRANSFER_ENCODING) {
+        // ureq reads a body as chunked only where an element of a value
+        // that is all visible ASCII is the bare word: `chunked;x=1`,
+        // `"chunked"`, or a byte over 0x7f anywhere in the value would
+        // have the body reach the client with the chunks' framing in its
+        // bytes, and be stored so.
+        if value.to_str().is_err() {
+            return Err(malformed(value.as_bytes()));
         }
-        if name.eq_ignore_ascii_case(b"chunked") && name.len() != element.len() {
-            return Err(ProxyError::UpstreamTransferCoding(format!(
-                "the origin's Transfer-Encoding gives chunked parameters, which it has none of \
-                 (RFC 9112 §7.1): {:?}",
-                String::from_utf8_lossy(element)
-            )));
-        }
-        codings.push(String::from_utf8_lossy(name).to_ascii_lowercase());
+        codings_of(value.as_bytes(), &mut codings).map_err(|()| malformed(value.as_bytes()))?;
     }
     if let Some(coding) = codings
         .iter()
@@ -282,6 +272,24 @@ fn check_response<B>(response: &http::Response<B>) -> Result<(), ProxyError> {
         return Err(ProxyError::UpstreamTransferCoding(
             "the origin's Transfer-Encoding has chunked before another coding".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Adds the coding names of one `Transfer-Encoding` value to `codings`,
+/// lowercased. `Err` for a name that is no token, and for `chunked` with
+/// parameters, which it has none of (RFC 9112 §7.1).
+fn codings_of(value: &[u8], codings: &mut Vec<String>) -> Result<(), ()> {
+    for element in list_elements(value) {
+        let name = element.split(|&b| b == b';').next().unwrap_or_default();
+        let name = name.trim_ascii();
+        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+            return Err(());
+        }
+        if name.eq_ignore_ascii_case(b"chunked") && name.len() != element.len() {
+            return Err(());
+        }
+        codings.push(String::from_utf8_lossy(name).to_ascii_lowercase());
     }
     Ok(())
 }

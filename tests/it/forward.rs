@@ -1515,14 +1515,16 @@ fn chunked_before_another_transfer_coding_is_502_and_not_stored() {
 
 #[test]
 fn chunked_with_parameters_or_quoted_is_502_and_not_stored() {
-    // ureq reads a body as chunked only where the element is the bare word;
-    // these would reach the client, and the cache, with the chunks' framing
-    // in the body.
+    // ureq reads a body as chunked only where the element is the bare word,
+    // in a value of visible ASCII; the first five would reach the client,
+    // and the cache, with the chunks' framing in the body. A coding with no
+    // name is as malformed.
     for codings in [
         "chunked;x=1",
         "chunked ; x",
         "\"chunked\"",
-        "gzip;q=1, Chunked;y",
+        "identity, Chunked;y",
+        "x;p=\u{e9}, chunked",
         ";x, chunked",
     ] {
         let answer = format!(

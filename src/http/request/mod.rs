@@ -85,7 +85,7 @@ pub enum TargetForm {
 }
 
 /// The elements of a comma-separated list, trimmed, empties dropped (RFC 9110 §5.6.1).
-fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
