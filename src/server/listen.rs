@@ -22,14 +22,13 @@ pub enum StartError {
     },
     #[error(
         "open-files limit {limit} (as far as its hard limit lets it be raised) is too low for \
-         max_connections = {max_connections}: at most {fits} fit; give --max-connections {fits} \
-         (or max_connections in the config file), or raise the hard limit (LimitNOFILE= under \
-         systemd, `ulimit -Hn` as root)"
+         max_connections = {max_connections}: {advice}, or raise the hard limit (LimitNOFILE= \
+         under systemd, `ulimit -Hn` as root)"
     )]
     FileLimit {
         limit: u64,
         max_connections: usize,
-        fits: usize,
+        advice: String,
     },
     #[error("cannot start the cache: {0}")]
     Cache(#[from] crate::cache::CacheError),
@@ -130,8 +129,7 @@ pub fn fit_connections(config: &mut ServeConfig, limit: u64) -> Result<(), Start
         return Ok(());
     }
     let max_connections = config.max_connections;
-    let others = needed - max_connections as u64;
-    let fits = usize::try_from(limit.saturating_sub(others)).unwrap_or(usize::MAX);
+    let fits = connections_that_fit(config, limit);
     let raise = "raise the hard limit (LimitNOFILE= under systemd, `ulimit -Hn` as root)";
     if max_connections == ServeConfig::default().max_connections && fits >= FEWEST_FITTED {
         log::warn!(
@@ -143,12 +141,22 @@ pub fn fit_connections(config: &mut ServeConfig, limit: u64) -> Result<(), Start
         config.max_conns_per_client = config.max_conns_per_client.min(fits);
         return Ok(());
     }
-    // The clients' own sockets, and a few for listeners and logs.
-    if limit < max_connections as u64 + 64 {
+    // The clients' own sockets, and a few for listeners and logs; and
+    // a default that would leave too few.
+    if limit < max_connections as u64 + 64 || fits < FEWEST_FITTED {
+        let workers = config.workers;
+        let advice = if fits >= FEWEST_FITTED {
+            format!(
+                "{fits} fit with their origin connections beside {workers} workers; give \
+                 --max-connections {fits} (or max_connections in the config file)"
+            )
+        } else {
+            format!("{workers} workers hold 3 upstream connections each; give fewer --workers")
+        };
         return Err(StartError::FileLimit {
             limit,
             max_connections,
-            fits,
+            advice,
         });
     }
     log::warn!(
@@ -157,6 +165,20 @@ pub fn fit_connections(config: &mut ServeConfig, limit: u64) -> Result<(), Start
          {fits}, or {raise}"
     );
     Ok(())
+}
+
+/// The most client connections `limit` descriptors hold, beside the rest
+/// [`connection_files`] counts, tunnels being at most as many as clients.
+fn connections_that_fit(config: &ServeConfig, limit: u64) -> usize {
+    let tunnels = config.max_tunnels as u64;
+    let rest = connection_files(config) - config.max_connections as u64 - tunnels;
+    let room = limit.saturating_sub(rest);
+    let fits = if room >= 2 * tunnels {
+        room - tunnels
+    } else {
+        room / 2
+    };
+    usize::try_from(fits).unwrap_or(usize::MAX)
 }
 
 /// Sets what every client socket needs: no Nagle delay, and the timeouts
@@ -228,9 +250,18 @@ mod tests {
         let mut config = ServeConfig::default();
         fit_connections(&mut config, 20_000).expect("room enough");
         assert_eq!(config.max_connections, 10_000);
-        // Too few for even a few dozen clients beside the workers: refused.
+        // Fewer clients than tunnels: as many tunnels as clients.
         let mut config = ServeConfig::default();
-        assert!(fit_connections(&mut config, 2_800).is_err());
+        fit_connections(&mut config, 2_048).expect("fitted");
+        assert_eq!((config.max_connections, config.max_tunnels), (128, 128));
+        assert_eq!(connection_files(&config), 2_048);
+        // Too few for even a few dozen clients beside the workers: refused,
+        // with the workers named.
+        let mut config = ServeConfig::default();
+        let text = fit_connections(&mut config, 1_900)
+            .expect_err("54 clients are too few")
+            .to_string();
+        assert!(text.contains("give fewer --workers"), "{text}");
     }
 
     #[test]
@@ -241,7 +272,10 @@ mod tests {
         };
         let err = fit_connections(&mut config, 4_096).expect_err("5,000 do not fit");
         let text = err.to_string();
-        assert!(text.contains("at most 1304 fit"), "{text}");
+        assert!(
+            text.contains("1304 fit with their origin connections"),
+            "{text}"
+        );
         assert!(text.contains("--max-connections 1304"), "{text}");
         assert!(text.contains("LimitNOFILE="), "{text}");
         assert_eq!(config.max_connections, 5_000);

@@ -75,6 +75,9 @@ pub type LoadConfig = Box<dyn Fn() -> Result<ServeConfig, ConfigError> + Send>;
 pub struct Running {
     addrs: Vec<SocketAddr>,
     config: Arc<ServeConfig>,
+    /// The settings as given, before the start fitted the connection
+    /// limits to the open-files limit: what a reload is judged against.
+    given: Arc<ServeConfig>,
     rules: SharedRules,
     shutdown: Arc<Shutdown>,
     grace: std::time::Duration,
@@ -108,7 +111,7 @@ impl Running {
     /// open; their next requests follow the new rules. Other settings are
     /// not reloaded.
     pub fn reload(&self, fresh: Result<ServeConfig, ConfigError>) {
-        self.rules.reload(&self.config, fresh);
+        self.rules.reload(&self.given, fresh);
     }
 
     /// Logs the startup lines: where it listens, which destinations it
@@ -228,6 +231,7 @@ impl Running {
 /// # Errors
 /// `StartError` when a listener or thread cannot be set up.
 pub fn start(mut config: ServeConfig) -> Result<Running, StartError> {
+    let given = Arc::new(config.clone());
     let tls = crate::upstream::tls_config(&config)?;
     let file_limit = listen::raise_file_limit(&mut config, cached::PAGE_FILES_MAX)?;
     let listeners = listen::bind(&config)?;
@@ -293,6 +297,7 @@ pub fn start(mut config: ServeConfig) -> Result<Running, StartError> {
     Ok(Running {
         addrs,
         config: config.clone(),
+        given,
         rules,
         shutdown,
         grace: config.grace,
@@ -315,11 +320,8 @@ pub fn run(config: ServeConfig, load: Option<LoadConfig>) -> Result<Stopped, Sta
     // as soon as its startup lines show, drains or reloads it; it does not
     // kill the process.
     let signals = crate::shutdown::Signals::register()?;
-    // A reload is judged against the settings as given, not as the start
-    // fitted them to the open-files limit.
-    let base = config.clone();
     let running = start(config)?;
-    let rules = running.rules.clone();
+    let (rules, base) = (running.rules.clone(), running.given.clone());
     signals.serve(running.shutdown().clone(), move || match &load {
         Some(load) => rules.reload(&base, load()),
         None => log::info!(
