@@ -154,24 +154,52 @@ fn roughly(bytes: u64) -> String {
     }
 }
 
-/// The memory this process may use: the machine's, or less where its
-/// cgroup sets a limit (a container). `None` where neither can be read.
+/// The memory this process may use: the machine's, or less where a
+/// cgroup it is in sets a limit (a container, a systemd `MemoryMax=`).
+/// `None` where none of them can be read.
 fn usable_memory() -> Option<u64> {
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            kib.checked_mul(1024)
-        });
-    // cgroup v2; "max" (no limit) does not parse.
-    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok());
-    match (total, limit) {
-        (Some(total), Some(limit)) => Some(total.min(limit)),
-        (one, other) => one.or(other),
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let total = read("/proc/meminfo").and_then(|text| {
+        let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    });
+    let limits = cgroup_memory_files(&read("/proc/self/cgroup").unwrap_or_default())
+        .into_iter()
+        // "max" (no limit) does not parse; cgroup v1 says no limit with a
+        // number larger than any memory.
+        .filter_map(|path| read(&path)?.trim().parse::<u64>().ok());
+    total.into_iter().chain(limits).min()
+}
+
+/// The files that hold the memory limits of the cgroups a process is in,
+/// given its `/proc/self/cgroup`: cgroup v2's `memory.max` of its group
+/// and of every group above it, and cgroup v1's `memory.limit_in_bytes`.
+fn cgroup_memory_files(proc_self_cgroup: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if controllers.is_empty() {
+            // v2: the group's own path, then each one above it.
+            let mut dir = path.trim_end_matches('/');
+            loop {
+                files.push(format!("/sys/fs/cgroup{dir}/memory.max"));
+                match dir.rfind('/') {
+                    Some(at) => dir = &dir[..at],
+                    None => break,
+                }
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let path = path.trim_end_matches('/');
+            files.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+        }
     }
+    files
 }
 
 /// One forwarded request, as every step of the cache phase sees it.
@@ -433,5 +461,22 @@ mod tests {
         assert!(memory_warning(300 * MIB, Some(512 * MIB)).is_some());
         // This machine's memory, or its container's, is readable here.
         assert!(usable_memory().is_some_and(|bytes| bytes > 0));
+    }
+
+    #[test]
+    fn the_memory_limits_are_read_up_the_cgroup_tree() {
+        assert_eq!(
+            cgroup_memory_files("0::/system.slice/fetchproxy.service\n"),
+            [
+                "/sys/fs/cgroup/system.slice/fetchproxy.service/memory.max",
+                "/sys/fs/cgroup/system.slice/memory.max",
+                "/sys/fs/cgroup/memory.max",
+            ]
+        );
+        assert_eq!(cgroup_memory_files("0::/\n"), ["/sys/fs/cgroup/memory.max"]);
+        assert_eq!(
+            cgroup_memory_files("4:cpu,cpuacct:/docker/ab\n7:memory:/docker/ab\n"),
+            ["/sys/fs/cgroup/memory/docker/ab/memory.limit_in_bytes"]
+        );
     }
 }
