@@ -286,8 +286,10 @@ fn key_named_in(value: &DeValue<'_>, message: &str) -> Option<Range<usize>> {
         .map(|(key, _)| key)
         .find(|key| {
             let key = key.get_ref().as_ref();
-            message.contains(&format!("{key:?}"))
-                || message.contains(&format!("{key}:"))
+            // The forms of `value::users`: `unknown key "x" in ...`,
+            // `user "a": password_hash: ...`, `name in ...`, `x is set ...`.
+            message.contains(&format!("unknown key {key:?}"))
+                || message.contains(&format!(": {key}:"))
                 || message.starts_with(&format!("{key} "))
         })
         .map(Spanned::span)

@@ -686,6 +686,13 @@ fn bad_users_name_the_user_but_never_echo_the_hash() {
         message(&after),
         "fetchproxy.toml:4: users: workers is set inside a [[users]] table, where it means nothing: move it above the first [[users]] line"
     );
+    // A user called like a key: the fault is still at its own line.
+    let named = "[[users]]\nname = \"name\"\npassword_hash = \"plain\"\n";
+    assert!(
+        message(named).starts_with("fetchproxy.toml:3: users: user \"name\": password_hash:"),
+        "{}",
+        message(named)
+    );
     // A value that is no text is shown at its own line, in the second table.
     let second = format!(
         "[[users]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n[[users]]\nname = 7\npassword_hash = \"{HASH}\"\n"
